@@ -1,0 +1,203 @@
+//! Map layouts and constants shared by the XDP program and the controller.
+//!
+//! This crate is the one source of truth for what the kernel and userspace exchange: every map
+//! key and value is `#[repr(C)]`, padded explicitly, and stored in network byte order where it
+//! mirrors a packet field (addresses, ports), so the XDP program compares without swapping.
+//! With the `user` feature, the types implement `aya::Pod` for the controller.
+#![no_std]
+
+pub mod reason;
+
+/// Names of the maps and the program in the BPF object, so userspace never spells them twice.
+pub mod names {
+    pub const PROGRAM: &str = "k3s_xdp";
+    pub const PASS_PROGRAM: &str = "k3s_xdp_pass";
+    pub const VIPS: &str = "VIPS";
+    pub const BACKENDS: &str = "BACKENDS";
+    pub const MAGLEV: &str = "MAGLEV";
+    pub const FLOWS: &str = "FLOWS";
+    pub const NAT_REVERSE: &str = "NAT_REVERSE";
+    pub const REASONS: &str = "REASONS";
+    pub const SERVICE_STATS: &str = "SERVICE_STATS";
+    pub const BACKEND_STATS: &str = "BACKEND_STATS";
+    pub const GLOBALS: &str = "GLOBALS";
+}
+
+/// Services (VIP:port:protocol) the data plane can hold.
+pub const MAX_SERVICES: u32 = 256;
+/// Ports (services) per VIP; the XDP program scans them linearly after one VIP lookup.
+pub const MAX_PORTS_PER_VIP: usize = 8;
+/// Distinct VIPs.
+pub const MAX_VIPS: u32 = 64;
+/// Backend slots, across all services. Slot 0 is never used, so 0 means "no backend".
+pub const MAX_BACKENDS: u32 = 4096;
+/// Maglev table size when the config does not name one (the paper's M, a prime).
+pub const DEFAULT_TABLE_SIZE: u32 = 65537;
+/// Largest Maglev table size accepted (a prime; 1 MiB-ish of u32 entries).
+pub const MAX_TABLE_SIZE: u32 = 262_139;
+/// Default capacity of the flow table (LRU); the reverse NAT table holds as many.
+pub const DEFAULT_FLOW_TABLE_SIZE: u32 = 262_144;
+
+pub const IPPROTO_ICMP: u8 = 1;
+pub const IPPROTO_TCP: u8 = 6;
+pub const IPPROTO_UDP: u8 = 17;
+
+/// `VipPort::flags`: forward by rewriting the destination MAC only (backend holds the VIP).
+pub const SERVICE_DSR: u16 = 1 << 0;
+/// `VipPort::flags`: answer packets of flows pinned to a down backend with a TCP RST.
+pub const SERVICE_RESET_ON_DOWN: u16 = 1 << 1;
+
+/// One service on a VIP: the port and protocol it answers, and how.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VipPort {
+    /// Port, network byte order.
+    pub port: u16,
+    pub protocol: u8,
+    pub _pad: u8,
+    /// Index into `MAGLEV`, `SERVICE_STATS`.
+    pub service: u32,
+    /// Entries in this service's Maglev table (a prime).
+    pub table_size: u32,
+    /// `SERVICE_*` flags.
+    pub flags: u16,
+    pub _pad2: u16,
+}
+
+/// Value of `VIPS` (key: the VIP as a `u32` in network byte order).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VipInfo {
+    /// Valid entries in `ports`.
+    pub count: u32,
+    pub _pad: u32,
+    pub ports: [VipPort; MAX_PORTS_PER_VIP],
+}
+
+/// `Backend::state`: in the Maglev table, gets new flows.
+pub const BACKEND_UP: u32 = 1;
+/// `Backend::state`: out of the table; its flows continue (`drain`).
+pub const BACKEND_DRAIN: u32 = 2;
+/// `Backend::state`: failed its checks or `disable`d; its flows are reset or kept per service.
+pub const BACKEND_DOWN: u32 = 3;
+/// `Backend::state` 0: the slot is free (backend removed); flows pinned to it choose again.
+pub const BACKEND_FREE: u32 = 0;
+
+/// Value of `BACKENDS` (key: backend slot).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Backend {
+    /// IPv4 address, network byte order.
+    pub addr: u32,
+    /// Port, network byte order.
+    pub port: u16,
+    pub _pad: u16,
+    /// `BACKEND_*`.
+    pub state: u32,
+    /// Service slot this backend belongs to.
+    pub service: u32,
+}
+
+/// Key of `FLOWS` and `NAT_REVERSE`: an IPv4 5-tuple as seen on the wire.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    pub src: u32,
+    pub dst: u32,
+    pub sport: u16,
+    pub dport: u16,
+    pub protocol: u8,
+    pub _pad: [u8; 3],
+}
+
+/// Next hop resolved by `bpf_fib_lookup` when a flow is created, so established packets skip it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NextHop {
+    pub ifindex: u32,
+    /// `GLOBALS.fib_generation` when resolved; a mismatch makes the program resolve again.
+    pub generation: u32,
+    pub smac: [u8; 6],
+    pub dmac: [u8; 6],
+}
+
+/// Value of `FLOWS` (key: client → VIP tuple).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Flow {
+    pub backend: u32,
+    /// nat mode: the source port the backend sees (network byte order); 0 in dsr mode.
+    pub snat_port: u16,
+    pub _pad: u16,
+    pub next_hop: NextHop,
+}
+
+/// Value of `NAT_REVERSE` (key: backend → VIP:snat_port tuple, as the backend's reply carries it).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NatReverse {
+    pub client_addr: u32,
+    pub client_port: u16,
+    /// The service port on the VIP, restored as the reply's source port.
+    pub vip_port: u16,
+    pub backend: u32,
+    pub _pad: u32,
+    pub next_hop: NextHop,
+}
+
+/// Per-CPU packet counters of a service or a backend.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Traffic {
+    pub packets: u64,
+    pub bytes: u64,
+    pub new_flows: u64,
+    /// Packets answered with a RST because their backend was down (or none was healthy).
+    pub resets: u64,
+}
+
+/// Single-entry `GLOBALS` array: knobs the controller sets for the whole program.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Globals {
+    /// Bumped by the controller when routes or neighbours change; invalidates cached next hops.
+    pub fib_generation: u32,
+    /// First and last source port used for nat mode (host byte order, inclusive).
+    pub snat_port_min: u16,
+    pub snat_port_max: u16,
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    // SAFETY: all are #[repr(C)] plain data with explicit padding and no invalid bit patterns.
+    unsafe impl aya::Pod for VipPort {}
+    unsafe impl aya::Pod for VipInfo {}
+    unsafe impl aya::Pod for Backend {}
+    unsafe impl aya::Pod for FlowKey {}
+    unsafe impl aya::Pod for NextHop {}
+    unsafe impl aya::Pod for Flow {}
+    unsafe impl aya::Pod for NatReverse {}
+    unsafe impl aya::Pod for Traffic {}
+    unsafe impl aya::Pod for Globals {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use core::mem::size_of;
+
+    /// Sizes are part of the kernel/userspace contract; padding must be explicit.
+    #[test]
+    fn layouts_have_no_implicit_padding() {
+        assert_eq!(size_of::<VipPort>(), 16);
+        assert_eq!(size_of::<VipInfo>(), 8 + 16 * MAX_PORTS_PER_VIP);
+        assert_eq!(size_of::<Backend>(), 16);
+        assert_eq!(size_of::<FlowKey>(), 16);
+        assert_eq!(size_of::<NextHop>(), 20);
+        assert_eq!(size_of::<Flow>(), 28);
+        assert_eq!(size_of::<NatReverse>(), 36);
+        assert_eq!(size_of::<Traffic>(), 32);
+        assert_eq!(size_of::<Globals>(), 8);
+    }
+}

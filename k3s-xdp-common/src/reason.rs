@@ -1,0 +1,68 @@
+//! Why the XDP program passed, dropped or answered a packet: one per-CPU counter each, indexed
+//! by these constants in the `REASONS` array. `NAMES` gives the label used by `k3s-xdp status`
+//! and the `reason` label of `k3sxdp_xdp_packets_total`.
+
+/// Not IPv4 (ARP, IPv6, LLDP, ...): the host's business.
+pub const PASS_NOT_IPV4: u32 = 0;
+/// IPv4 but not addressed to a VIP: the host's own traffic (ssh, VRRP, health checks).
+pub const PASS_NOT_VIP: u32 = 1;
+/// Addressed to a VIP but to no configured port/protocol, and not a NAT reply.
+pub const PASS_VIP_OTHER: u32 = 2;
+/// Forwarded to a backend (XDP_TX or redirect).
+pub const TX_FORWARD: u32 = 3;
+/// A backend's reply, translated back to the client (nat mode).
+pub const TX_REPLY: u32 = 4;
+/// ICMP echo request to a VIP, answered.
+pub const TX_ICMP_ECHO: u32 = 5;
+/// ICMP "fragmentation needed" about a VIP flow, sent on to that flow's backend.
+pub const TX_ICMP_TO_BACKEND: u32 = 6;
+/// TCP RST sent to a client whose flow's backend is down, or when no backend is healthy.
+pub const TX_RESET: u32 = 7;
+/// Frame too short for the headers it announces.
+pub const DROP_TRUNCATED: u32 = 8;
+/// IPv4 header with a bad version, IHL or total length.
+pub const DROP_BAD_IP_HEADER: u32 = 9;
+/// IP fragment addressed to a VIP (ports unknown, cannot be balanced).
+pub const DROP_FRAGMENT: u32 = 10;
+/// TCP header with a data offset below 5 or beyond the packet.
+pub const DROP_BAD_L4_HEADER: u32 = 11;
+/// No healthy backend for a new non-TCP flow (TCP gets a RST instead).
+pub const DROP_NO_BACKEND: u32 = 12;
+/// The next hop toward a backend or client has no resolved neighbour yet.
+pub const DROP_NO_NEIGHBOUR: u32 = 13;
+/// `bpf_fib_lookup` found no route, or an unusable one.
+pub const DROP_NO_ROUTE: u32 = 14;
+/// All candidate SNAT ports for a new nat flow were taken.
+pub const DROP_SNAT_EXHAUSTED: u32 = 15;
+/// A flow or NAT table update failed.
+pub const DROP_MAP_UPDATE: u32 = 16;
+/// ICMP to a VIP that is neither an echo request nor about a known flow.
+pub const DROP_ICMP_OTHER: u32 = 17;
+/// More than one VLAN tag (only one 802.1Q tag is supported).
+pub const PASS_STACKED_VLAN: u32 = 18;
+
+/// Number of reasons; the length of the `REASONS` map.
+pub const COUNT: u32 = 19;
+
+/// Label of each reason, indexed by its constant.
+pub const NAMES: [&str; COUNT as usize] = [
+    "pass_not_ipv4",
+    "pass_not_vip",
+    "pass_vip_other",
+    "tx_forward",
+    "tx_reply",
+    "tx_icmp_echo",
+    "tx_icmp_to_backend",
+    "tx_reset",
+    "drop_truncated",
+    "drop_bad_ip_header",
+    "drop_fragment",
+    "drop_bad_l4_header",
+    "drop_no_backend",
+    "drop_no_neighbour",
+    "drop_no_route",
+    "drop_snat_exhausted",
+    "drop_map_update",
+    "drop_icmp_other",
+    "pass_stacked_vlan",
+];

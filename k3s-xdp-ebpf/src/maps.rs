@@ -1,0 +1,53 @@
+//! The maps the controller writes and the program reads. Layouts live in `k3s-xdp-common`.
+
+use aya_ebpf::{
+    btf_maps::{Array, ArrayOfMaps, HashMap, LruHashMap, PerCpuArray},
+    macros::btf_map,
+};
+use k3s_xdp_common::{
+    reason, Backend, Flow, FlowKey, Globals, NatReverse, Traffic, VipInfo, DEFAULT_FLOW_TABLE_SIZE,
+    DEFAULT_TABLE_SIZE, MAX_BACKENDS, MAX_SERVICES, MAX_VIPS,
+};
+
+/// `BPF_F_INNER_MAP`: inner Maglev tables may differ in size from this template.
+const INNER_MAP: usize = 1 << 12;
+
+/// VIP (network byte order) → its services.
+#[btf_map]
+pub static VIPS: HashMap<u32, VipInfo, { MAX_VIPS as usize }> = HashMap::new();
+
+/// Backend slot → address and state.
+#[btf_map]
+pub static BACKENDS: Array<Backend, { MAX_BACKENDS as usize }> = Array::new();
+
+/// Service slot → its Maglev table (entry → backend slot). The controller builds a new table in
+/// a fresh inner map and swaps it in with one update of this array, so a packet reads either the
+/// old table or the new one, never a table being written.
+#[btf_map]
+pub static MAGLEV: ArrayOfMaps<Array<u32, { DEFAULT_TABLE_SIZE as usize }, INNER_MAP>, { MAX_SERVICES as usize }> =
+    ArrayOfMaps::new();
+
+/// Client → VIP tuple → backend and cached next hop.
+#[btf_map]
+pub static FLOWS: LruHashMap<FlowKey, Flow, { DEFAULT_FLOW_TABLE_SIZE as usize }> = LruHashMap::new();
+
+/// Backend → VIP:snat_port tuple → the client it stands for (nat mode).
+#[btf_map]
+pub static NAT_REVERSE: LruHashMap<FlowKey, NatReverse, { DEFAULT_FLOW_TABLE_SIZE as usize }> =
+    LruHashMap::new();
+
+/// Packet fates, per CPU, indexed by `k3s_xdp_common::reason`.
+#[btf_map]
+pub static REASONS: PerCpuArray<u64, { reason::COUNT as usize }> = PerCpuArray::new();
+
+/// Per service slot traffic, per CPU.
+#[btf_map]
+pub static SERVICE_STATS: PerCpuArray<Traffic, { MAX_SERVICES as usize }> = PerCpuArray::new();
+
+/// Per backend slot traffic, per CPU.
+#[btf_map]
+pub static BACKEND_STATS: PerCpuArray<Traffic, { MAX_BACKENDS as usize }> = PerCpuArray::new();
+
+/// Program-wide settings, one entry.
+#[btf_map]
+pub static GLOBALS: Array<Globals, 1> = Array::new();

@@ -1,0 +1,1 @@
+//! Configuration: parsing and validation of the TOML file (placeholder, being written).
