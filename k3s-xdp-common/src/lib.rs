@@ -6,6 +6,7 @@
 //! With the `user` feature, the types implement `aya::Pod` for the controller.
 #![no_std]
 
+pub mod hash;
 pub mod reason;
 
 /// Names of the maps and the program in the BPF object, so userspace never spells them twice.
@@ -14,6 +15,7 @@ pub mod names {
     pub const PASS_PROGRAM: &str = "k3s_xdp_pass";
     pub const VIPS: &str = "VIPS";
     pub const BACKENDS: &str = "BACKENDS";
+    pub const BACKEND_HOPS: &str = "BACKEND_HOPS";
     pub const MAGLEV: &str = "MAGLEV";
     pub const FLOWS: &str = "FLOWS";
     pub const NAT_REVERSE: &str = "NAT_REVERSE";
@@ -35,6 +37,8 @@ pub const MAX_BACKENDS: u32 = 4096;
 pub const DEFAULT_TABLE_SIZE: u32 = 65537;
 /// Largest Maglev table size accepted (a prime; 1 MiB-ish of u32 entries).
 pub const MAX_TABLE_SIZE: u32 = 262_139;
+/// Map flags of every Maglev table: `BPF_F_INNER_MAP | BPF_F_MMAPABLE`.
+pub const MAGLEV_INNER_FLAGS: u32 = (1 << 12) | (1 << 10);
 /// Default capacity of the flow table (LRU); the reverse NAT table holds as many.
 pub const DEFAULT_FLOW_TABLE_SIZE: u32 = 262_144;
 
@@ -110,13 +114,19 @@ pub struct FlowKey {
     pub _pad: [u8; 3],
 }
 
-/// Next hop resolved by `bpf_fib_lookup` when a flow is created, so established packets skip it.
+/// A next hop resolved by `bpf_fib_lookup`, cached so that established packets skip the lookup:
+/// per backend in `BACKEND_HOPS`, per client in `NAT_REVERSE`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct NextHop {
-    pub ifindex: u32,
-    /// `GLOBALS.fib_generation` when resolved; a mismatch makes the program resolve again.
+    /// The address it was resolved for (network byte order); a backend slot reused for another
+    /// address does not inherit it.
+    pub dst: u32,
+    /// `Globals::fib_generation` when resolved; the controller bumps the generation when routes
+    /// or neighbours change, and the program then resolves again.
     pub generation: u32,
+    /// Egress interface; 0 means "not resolved".
+    pub ifindex: u32,
     pub smac: [u8; 6],
     pub dmac: [u8; 6],
 }
@@ -129,7 +139,6 @@ pub struct Flow {
     /// nat mode: the source port the backend sees (network byte order); 0 in dsr mode.
     pub snat_port: u16,
     pub _pad: u16,
-    pub next_hop: NextHop,
 }
 
 /// Value of `NAT_REVERSE` (key: backend → VIP:snat_port tuple, as the backend's reply carries it).
@@ -141,7 +150,10 @@ pub struct NatReverse {
     /// The service port on the VIP, restored as the reply's source port.
     pub vip_port: u16,
     pub backend: u32,
-    pub _pad: u32,
+    /// Service slot, for the counters.
+    pub service: u32,
+    /// Toward the client: first the mirror of the client's frame (its source MAC, the
+    /// interface it came in on), marked stale so the first reply resolves it with the FIB.
     pub next_hop: NextHop,
 }
 
@@ -194,9 +206,9 @@ mod tests {
         assert_eq!(size_of::<VipInfo>(), 8 + 16 * MAX_PORTS_PER_VIP);
         assert_eq!(size_of::<Backend>(), 16);
         assert_eq!(size_of::<FlowKey>(), 16);
-        assert_eq!(size_of::<NextHop>(), 20);
-        assert_eq!(size_of::<Flow>(), 28);
-        assert_eq!(size_of::<NatReverse>(), 36);
+        assert_eq!(size_of::<NextHop>(), 24);
+        assert_eq!(size_of::<Flow>(), 8);
+        assert_eq!(size_of::<NatReverse>(), 40);
         assert_eq!(size_of::<Traffic>(), 32);
         assert_eq!(size_of::<Globals>(), 8);
     }

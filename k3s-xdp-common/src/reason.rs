@@ -18,7 +18,7 @@ pub const TX_ICMP_ECHO: u32 = 5;
 pub const TX_ICMP_TO_BACKEND: u32 = 6;
 /// TCP RST sent to a client whose flow's backend is down, or when no backend is healthy.
 pub const TX_RESET: u32 = 7;
-/// Frame too short for the headers it announces.
+/// Addressed to a VIP, but too short for the headers it announces.
 pub const DROP_TRUNCATED: u32 = 8;
 /// IPv4 header with a bad version, IHL or total length.
 pub const DROP_BAD_IP_HEADER: u32 = 9;
@@ -40,9 +40,12 @@ pub const DROP_MAP_UPDATE: u32 = 16;
 pub const DROP_ICMP_OTHER: u32 = 17;
 /// More than one VLAN tag (only one 802.1Q tag is supported).
 pub const PASS_STACKED_VLAN: u32 = 18;
+/// Too short or malformed to tell whether it is addressed to a VIP: left to the kernel, which
+/// drops what is really broken.
+pub const PASS_MALFORMED: u32 = 19;
 
 /// Number of reasons; the length of the `REASONS` map.
-pub const COUNT: u32 = 19;
+pub const COUNT: u32 = 20;
 
 /// Label of each reason, indexed by its constant.
 pub const NAMES: [&str; COUNT as usize] = [
@@ -65,4 +68,5 @@ pub const NAMES: [&str; COUNT as usize] = [
     "drop_map_update",
     "drop_icmp_other",
     "pass_stacked_vlan",
+    "pass_malformed",
 ];

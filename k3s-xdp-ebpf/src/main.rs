@@ -1,40 +1,70 @@
-//! The k3s-xdp data plane. One entry point, `k3s_xdp`, reads like the path of a packet:
-//! parse → is it for a VIP → (forwarding comes with the data-plane issue) → count → verdict.
+//! The k3s-xdp data plane. `k3s_xdp` reads like the path of a packet:
+//! parse → addressed to a VIP? → checked → service port? forward to the backend (new flows pick
+//! one with Maglev) : a backend's reply (nat) → translate back to the client; ICMP is answered or
+//! sent on; everything else passes untouched to the kernel. Each packet is counted under exactly
+//! one reason (`k3s_xdp_common::reason`).
+//!
 //! `k3s_xdp_pass` is a trivial XDP_PASS, attached to veth peers so that XDP_TX frames are
-//! delivered (see TOOLCHAIN.md) and used as the floor in benchmarks.
+//! delivered (see TOOLCHAIN.md), and the floor the benchmarks compare with.
 #![no_std]
 #![no_main]
 
+mod choose;
 mod counters;
+mod csum;
+mod forward;
+mod headers;
+mod hop;
+mod icmp;
 mod maps;
 mod parse;
+mod reset;
+mod rewrite;
+mod verdict;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
-use counters::count;
-use k3s_xdp_common::reason;
-use parse::NotIpv4;
+use k3s_xdp_common::{reason, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP};
+use verdict::Verdict;
 
 #[xdp]
 pub fn k3s_xdp(ctx: XdpContext) -> u32 {
-    let l3 = match parse::ipv4(&ctx) {
-        Ok(l3) => l3,
-        Err(NotIpv4::Pass(why)) => {
-            count(why);
-            return xdp_action::XDP_PASS;
-        }
-        Err(NotIpv4::Drop(why)) => {
-            count(why);
-            return xdp_action::XDP_DROP;
-        }
+    let verdict = process(&ctx);
+    counters::count(verdict.reason);
+    verdict.action
+}
+
+#[inline(always)]
+fn process(ctx: &XdpContext) -> Verdict {
+    let ip = match parse::ipv4(ctx) {
+        Ok(ip) => ip,
+        Err(why) => return Verdict::pass(why),
     };
-    let dst = parse::dst_addr(l3.ip);
-    // SAFETY: lookups return pointers into the map, valid for this program run.
-    if unsafe { maps::VIPS.get(dst) }.is_none() {
-        count(reason::PASS_NOT_VIP);
-        return xdp_action::XDP_PASS;
+    let dst = unsafe { (*ip.hdr).dst };
+    // SAFETY: the value stays valid for this run (RCU); it is only read.
+    let Some(vip) = (unsafe { maps::VIPS.get(dst) }) else {
+        return Verdict::pass(reason::PASS_NOT_VIP);
+    };
+    let valid = match parse::validate(ctx, &ip) {
+        Ok(valid) => valid,
+        Err(why) => return Verdict::drop(why),
+    };
+    let protocol = unsafe { (*ip.hdr).protocol };
+    match protocol {
+        IPPROTO_TCP | IPPROTO_UDP => {
+            let l4 = match parse::transport(ctx, &valid, protocol) {
+                Ok(l4) => l4,
+                Err(why) => return Verdict::drop(why),
+            };
+            match choose::service(vip, l4.dport, protocol) {
+                Some(service) => {
+                    forward::to_backend(ctx, &ip, &valid, l4, protocol, vip, &service)
+                }
+                None => forward::reply(ctx, &ip, l4, protocol),
+            }
+        }
+        IPPROTO_ICMP => icmp::handle(ctx, &ip, &valid, vip),
+        _ => Verdict::pass(reason::PASS_VIP_OTHER),
     }
-    count(reason::PASS_VIP_OTHER);
-    xdp_action::XDP_PASS
 }
 
 #[xdp]
@@ -42,7 +72,8 @@ pub fn k3s_xdp_pass(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_PASS
 }
 
-#[cfg(not(test))]
+// On the host (`cargo clippy --workspace` lints this crate too) std provides the handler.
+#[cfg(target_arch = "bpf")]
 #[panic_handler]
 fn panic(_info: &core::panic::PanicInfo) -> ! {
     loop {}

@@ -5,12 +5,14 @@ use aya_ebpf::{
     macros::btf_map,
 };
 use k3s_xdp_common::{
-    reason, Backend, Flow, FlowKey, Globals, NatReverse, Traffic, VipInfo, DEFAULT_FLOW_TABLE_SIZE,
-    DEFAULT_TABLE_SIZE, MAX_BACKENDS, MAX_SERVICES, MAX_VIPS,
+    reason, Backend, Flow, FlowKey, Globals, NatReverse, NextHop, Traffic, VipInfo,
+    DEFAULT_FLOW_TABLE_SIZE, DEFAULT_TABLE_SIZE, MAX_BACKENDS, MAX_SERVICES, MAX_VIPS,
 };
 
-/// `BPF_F_INNER_MAP`: inner Maglev tables may differ in size from this template.
-const INNER_MAP: usize = 1 << 12;
+/// Flags of the inner Maglev tables, which the controller must create with the same flags:
+/// `BPF_F_INNER_MAP` (tables may differ in size from this template) and `BPF_F_MMAPABLE` (the
+/// controller fills a new table with one memory copy instead of one syscall per entry).
+const INNER_FLAGS: usize = k3s_xdp_common::MAGLEV_INNER_FLAGS as usize;
 
 /// VIP (network byte order) → its services.
 #[btf_map]
@@ -20,11 +22,15 @@ pub static VIPS: HashMap<u32, VipInfo, { MAX_VIPS as usize }> = HashMap::new();
 #[btf_map]
 pub static BACKENDS: Array<Backend, { MAX_BACKENDS as usize }> = Array::new();
 
+/// Backend slot → cached next hop toward it (written by the program, see `hop.rs`).
+#[btf_map]
+pub static BACKEND_HOPS: Array<NextHop, { MAX_BACKENDS as usize }> = Array::new();
+
 /// Service slot → its Maglev table (entry → backend slot). The controller builds a new table in
 /// a fresh inner map and swaps it in with one update of this array, so a packet reads either the
 /// old table or the new one, never a table being written.
 #[btf_map]
-pub static MAGLEV: ArrayOfMaps<Array<u32, { DEFAULT_TABLE_SIZE as usize }, INNER_MAP>, { MAX_SERVICES as usize }> =
+pub static MAGLEV: ArrayOfMaps<Array<u32, { DEFAULT_TABLE_SIZE as usize }, INNER_FLAGS>, { MAX_SERVICES as usize }> =
     ArrayOfMaps::new();
 
 /// Client → VIP tuple → backend and cached next hop.

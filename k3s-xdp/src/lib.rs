@@ -1,7 +1,18 @@
 //! k3s-xdp: an XDP load balancer with VRRP failover for the API servers of an HA k3s cluster.
 //!
-//! The binary (`main.rs`) is a thin CLI over these modules. Pure logic (config validation, and
-//! later Maglev, health state, VRRP) is free of I/O; the data plane and the system sit at the edges.
+//! The binary (`main.rs`) is a thin CLI over these modules. Pure cores, unit-tested without
+//! sockets or clocks: [`config`] (parsing and validation), [`maglev`], [`health::state`],
+//! [`vrrp::machine`] and [`vrrp::packet`], [`import`], [`controller::model`]. I/O at the edges:
+//! [`dataplane`] (the XDP program and its maps), [`system`] (netlink, raw sockets),
+//! [`health::check`] (probes), [`vrrp::runtime`], [`controller`] (the daemon's event loop,
+//! control socket, metrics) and [`daemon`] (`k3s-xdp run`).
 
-pub mod dataplane;
 pub mod config;
+pub mod controller;
+pub mod daemon;
+pub mod dataplane;
+pub mod health;
+pub mod import;
+pub mod maglev;
+pub mod system;
+pub mod vrrp;

@@ -1,12 +1,239 @@
-use aya::{programs::{Xdp, XdpMode}, Ebpf};
-fn main() -> anyhow::Result<()> {
-    let mut bpf = Ebpf::load(k3s_xdp::dataplane::BPF_OBJECT)?;
-    for (name, m) in bpf.maps() { println!("map {name} {:?}", m); }
-    let iface = std::env::args().nth(1).unwrap_or("lo".into());
-    let p: &mut Xdp = bpf.program_mut("k3s_xdp").unwrap().try_into()?;
-    p.load()?;
-    let id = p.attach(&iface, XdpMode::Driver)?;
-    println!("attached {id:?}");
-    std::thread::sleep(std::time::Duration::from_secs(1));
+//! The `k3s-xdp` command line. Each subcommand is a thin shell over a library module.
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+use k3s_xdp::controller::{
+    control,
+    model::Admin,
+    status::{self, Request, Response},
+};
+use std::{
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+    process::ExitCode,
+};
+
+const DEFAULT_SOCKET: &str = "/run/k3s-xdp/control.sock";
+
+#[derive(Parser)]
+#[command(
+    name = "k3s-xdp",
+    version,
+    about = "XDP load balancer with VRRP failover for the API servers of an HA k3s cluster"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Load and attach the XDP program, run health checks and VRRP until SIGINT/SIGTERM.
+    /// SIGHUP reloads the configuration.
+    Run {
+        /// The configuration file (TOML).
+        #[arg(long, short)]
+        config: PathBuf,
+        /// The interface to attach to; overrides `interface` in the config.
+        #[arg(long)]
+        iface: Option<String>,
+    },
+    /// Validate a configuration file; print every error with its line.
+    Check {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Services, backends (health, weight, flows, packets, bytes), VRRP state, data-plane mode.
+    Status {
+        /// Print the status as JSON.
+        #[arg(long)]
+        json: bool,
+        /// The daemon's control socket.
+        #[arg(long, default_value = DEFAULT_SOCKET)]
+        socket: PathBuf,
+    },
+    /// Set a backend's state, like HAProxy's `set server BACKEND/SERVER state`.
+    Backend {
+        action: AdminArg,
+        /// SERVICE/BACKEND, e.g. k3s-api/server-2.
+        target: String,
+        #[arg(long, default_value = DEFAULT_SOCKET)]
+        socket: PathBuf,
+    },
+    /// Reload the configuration of the running daemon (as SIGHUP does), and say what changed.
+    Reload {
+        #[arg(long, default_value = DEFAULT_SOCKET)]
+        socket: PathBuf,
+    },
+    /// Print the k3s-xdp configuration equivalent to haproxy.cfg (and keepalived.conf);
+    /// warnings name every directive without an equivalent.
+    Import {
+        #[arg(long)]
+        haproxy: PathBuf,
+        #[arg(long)]
+        keepalived: Option<PathBuf>,
+        /// The VIP, when haproxy binds `*` and no keepalived.conf is given.
+        #[arg(long)]
+        vip: Option<Ipv4Addr>,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum AdminArg {
+    /// Back in rotation (when healthy).
+    Enable,
+    /// No new flows; existing flows continue.
+    Drain,
+    /// Out of rotation, as if down (its flows are reset or kept per `on_backend_down`).
+    Disable,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Check { config } => return check(&config),
+        Command::Run { config, iface } => {
+            init_logging();
+            run_async(k3s_xdp::daemon::run(k3s_xdp::daemon::Options { config, iface }))
+        }
+        Command::Status { json, socket } => run_async(async move {
+            match control::request(&socket, &Request::Status).await? {
+                Response::Status(s) if json => {
+                    println!("{}", serde_json::to_string_pretty(&s)?);
+                    Ok(())
+                }
+                Response::Status(s) => {
+                    print!("{}", status::render_table(&s));
+                    Ok(())
+                }
+                other => unexpected(other),
+            }
+        }),
+        Command::Backend {
+            action,
+            target,
+            socket,
+        } => run_async(async move {
+            let action = match action {
+                AdminArg::Enable => Admin::Enable,
+                AdminArg::Drain => Admin::Drain,
+                AdminArg::Disable => Admin::Disable,
+            };
+            answer(control::request(&socket, &Request::Backend { action, target }).await?)
+        }),
+        Command::Reload { socket } => {
+            run_async(async move { answer(control::request(&socket, &Request::Reload).await?) })
+        }
+        Command::Import {
+            haproxy,
+            keepalived,
+            vip,
+        } => import(&haproxy, keepalived.as_deref(), vip),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn answer(response: Response) -> Result<()> {
+    match response {
+        Response::Ok { message } => {
+            println!("{message}");
+            Ok(())
+        }
+        other => unexpected(other),
+    }
+}
+
+fn unexpected(response: Response) -> Result<()> {
+    match response {
+        Response::Error { message } => bail!("{message}"),
+        other => bail!("unexpected answer from the daemon: {other:?}"),
+    }
+}
+
+fn check(path: &Path) -> ExitCode {
+    match k3s_xdp::config::load(path) {
+        Ok(config) => {
+            for warning in &config.warnings {
+                eprintln!("warning: {warning}");
+            }
+            println!(
+                "{}: ok ({} service(s), {} backend(s), {})",
+                path.display(),
+                config.services.len(),
+                config.services.iter().map(|s| s.backends.len()).sum::<usize>(),
+                match &config.vrrp {
+                    Some(v) => format!(
+                        "VRRP virtual_router_id {} priority {}",
+                        v.virtual_router_id, v.priority
+                    ),
+                    None => "no VRRP: single load balancer".to_string(),
+                }
+            );
+            ExitCode::SUCCESS
+        }
+        Err(errors) => {
+            for e in &errors.0 {
+                eprintln!("error: {e}");
+            }
+            eprintln!(
+                "{}: {} error(s), configuration rejected",
+                path.display(),
+                errors.0.len()
+            );
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn import(haproxy: &Path, keepalived: Option<&Path>, vip: Option<Ipv4Addr>) -> Result<()> {
+    let h = std::fs::read_to_string(haproxy).with_context(|| format!("reading {}", haproxy.display()))?;
+    let k = keepalived
+        .map(|p| std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display())))
+        .transpose()?;
+    let h_name = haproxy.display().to_string();
+    let k_name = keepalived.map(|p| p.display().to_string()).unwrap_or_default();
+    let imported = k3s_xdp::import::import(
+        k3s_xdp::import::Input {
+            name: &h_name,
+            text: &h,
+        },
+        k.as_deref().map(|text| k3s_xdp::import::Input {
+            name: &k_name,
+            text,
+        }),
+        vip,
+    )?;
+    eprint!("{}", imported.warnings);
+    print!("{}", imported.toml);
     Ok(())
+}
+
+fn run_async(fut: impl std::future::Future<Output = Result<()>>) -> Result<()> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?
+        .block_on(fut)
+}
+
+/// Logs to stderr (journald picks it up under systemd); `K3S_XDP_LOG` or `RUST_LOG` filter it.
+fn init_logging() {
+    use tracing_subscriber::EnvFilter;
+    let filter = std::env::var("K3S_XDP_LOG")
+        .ok()
+        .map(EnvFilter::new)
+        .unwrap_or_else(|| {
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"))
+        });
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
 }

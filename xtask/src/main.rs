@@ -1,1 +1,128 @@
-fn main() {}
+//! `cargo xtask`: the developer commands of k3s-xdp.
+//!
+//! - `setup`: install what building and testing need (apt packages, bpf-linker); quick no-op when
+//!   everything is there.
+//! - `build`: build the workspace (release), with the XDP program embedded.
+//! - `run -- ARGS`: build, then `k3s-xdp run ARGS` as root.
+//! - `lab [--keep | --down]`: the seed topology in network namespaces, with traffic through the VIP.
+//! - `test`: unit tests, BPF tests and integration tests (root).
+//! - `lint`: `cargo fmt --check` and `cargo clippy -- -D warnings`.
+//!
+//! `lab`, `test` and `run` call `setup` themselves when something is missing, so a fresh machine
+//! needs nothing but these commands.
+
+mod setup;
+mod util;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "Developer commands of k3s-xdp")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Install the BPF toolchain and test tools (apt packages, bpf-linker); no-op when present.
+    Setup {
+        /// Also install the peers that benchmarks compare against (haproxy, nginx, wrk, iperf3).
+        #[arg(long)]
+        bench: bool,
+    },
+    /// Build the workspace in release mode, with the XDP program embedded.
+    Build,
+    /// Build, then run `k3s-xdp run` with these arguments (as root).
+    Run {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Build the seed topology in network namespaces, run k3s-xdp on lb-1, drive traffic, report.
+    Lab {
+        /// Leave the topology up for exploring (remove it later with `cargo xtask lab --down`).
+        #[arg(long, conflicts_with = "down")]
+        keep: bool,
+        /// Remove a topology left up by `--keep`.
+        #[arg(long)]
+        down: bool,
+    },
+    /// Run the unit tests, the BPF tests and the integration tests (needs root).
+    Test {
+        /// Arguments passed to `cargo test` after `--` (e.g. a test name filter).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Check formatting and lints (`cargo fmt --check`, `cargo clippy -- -D warnings`).
+    Lint,
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Setup { bench } => setup::run(setup::Scope { bench }),
+        Command::Build => build(),
+        Command::Run { args } => {
+            build()?;
+            util::require_root("cargo xtask run")?;
+            let mut cmd = util::workspace_command("target/release/k3s-xdp");
+            cmd.arg("run").args(args);
+            util::exec(cmd)
+        }
+        Command::Lab { keep, down } => {
+            build()?;
+            util::require_root("cargo xtask lab")?;
+            let mut cmd = util::workspace_command("target/release/k3s-xdp-lab");
+            if keep {
+                cmd.arg("--keep");
+            }
+            if down {
+                cmd.arg("--down");
+            }
+            util::exec(cmd)
+        }
+        Command::Test { args } => test(args),
+        Command::Lint => lint(),
+    }
+}
+
+fn build() -> Result<()> {
+    setup::ensure(setup::Scope::default())?;
+    util::cargo(&["build", "--release", "--locked", "--workspace", "--bins"])
+}
+
+fn test(args: Vec<String>) -> Result<()> {
+    setup::ensure(setup::Scope::default())?;
+    util::require_root("cargo xtask test")?;
+    let mut cargo_args = vec!["test", "--release", "--locked", "--workspace"];
+    if !args.is_empty() {
+        cargo_args.push("--");
+        cargo_args.extend(args.iter().map(String::as_str));
+    }
+    util::cargo(&cargo_args)
+}
+
+fn lint() -> Result<()> {
+    setup::ensure(setup::Scope::default())?;
+    util::cargo(&["fmt", "--all", "--", "--check"])?;
+    util::cargo(&[
+        "clippy",
+        "--locked",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ])
+}

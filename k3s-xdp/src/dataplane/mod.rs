@@ -1,5 +1,237 @@
-//! The data plane: loading the XDP program, attaching it, and reading its counters.
+//! The data plane: the XDP program in the kernel and the maps the controller writes.
+//!
+//! [`Dataplane`] owns the loaded BPF object. It attaches the program to an interface (driver mode,
+//! falling back to generic mode where the driver has no XDP), detaches it on drop, and exposes the
+//! maps to the modules that fill them from the config and read the counters.
 
 mod object;
+mod publish;
+mod sys;
 
 pub use object::BPF_OBJECT;
+pub use publish::{
+    backend_entry, publish_table, read_globals, remove_table, table, vip_entries, write_globals,
+    Applied, BackendSpec, BackendState, Publisher, ServiceSpec,
+};
+
+use anyhow::{anyhow, Context, Result};
+use aya::{
+    maps::{HashMap, MapData, PerCpuArray},
+    programs::{xdp::XdpLink, Xdp, XdpMode},
+    Ebpf, EbpfLoader,
+};
+use k3s_xdp_common::{names, reason, Flow, FlowKey, NatReverse, Traffic};
+use std::fmt;
+
+/// How the program ended up attached.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AttachMode {
+    /// In the driver, before the kernel allocates an skb: the fast path.
+    Driver,
+    /// In the kernel's generic hook, after skb allocation: works everywhere, slower.
+    Generic,
+}
+
+impl fmt::Display for AttachMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            AttachMode::Driver => "driver",
+            AttachMode::Generic => "generic",
+        })
+    }
+}
+
+/// Which attach modes to try, from the config's `xdp_mode`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttachPolicy {
+    /// Driver mode, else generic mode with a warning.
+    Auto,
+    /// Driver mode only.
+    Driver,
+    /// Generic mode only.
+    Generic,
+}
+
+/// The loaded XDP program and its maps.
+pub struct Dataplane {
+    bpf: Ebpf,
+    attached: Option<Attached>,
+}
+
+struct Attached {
+    iface: String,
+    mode: AttachMode,
+    /// Owning the link keeps the program attached; dropping it detaches. On kernels with
+    /// bpf_link (5.9+) the process dying detaches it too, so a crash leaves nothing behind.
+    _link: XdpLink,
+}
+
+/// Sizes the controller chooses at load time.
+#[derive(Clone, Copy, Debug)]
+pub struct LoadOptions {
+    pub flow_table_size: u32,
+}
+
+impl Dataplane {
+    /// Loads the embedded object: creates the maps and verifies the programs.
+    pub fn load(options: LoadOptions) -> Result<Self> {
+        let mut bpf = EbpfLoader::new()
+            .map_max_entries(names::FLOWS, options.flow_table_size)
+            .map_max_entries(names::NAT_REVERSE, options.flow_table_size)
+            .load(BPF_OBJECT)
+            .context("cannot load the XDP object into the kernel (needs root, or CAP_BPF and CAP_NET_ADMIN)")?;
+        for name in [names::PROGRAM, names::PASS_PROGRAM] {
+            let program: &mut Xdp = bpf
+                .program_mut(name)
+                .ok_or_else(|| anyhow!("the XDP object has no program `{name}`"))?
+                .try_into()?;
+            program
+                .load()
+                .with_context(|| format!("the kernel's verifier rejected the XDP program `{name}`"))?;
+        }
+        Ok(Self { bpf, attached: None })
+    }
+
+    /// Attaches the main program to `iface`, per `policy`; returns the mode that worked.
+    pub fn attach(&mut self, iface: &str, policy: AttachPolicy) -> Result<AttachMode> {
+        self.detach();
+        let attempts: &[AttachMode] = match policy {
+            AttachPolicy::Auto => &[AttachMode::Driver, AttachMode::Generic],
+            AttachPolicy::Driver => &[AttachMode::Driver],
+            AttachPolicy::Generic => &[AttachMode::Generic],
+        };
+        let mut failures = Vec::new();
+        for &mode in attempts {
+            match self.attach_mode(iface, mode) {
+                Ok(link) => {
+                    if !failures.is_empty() {
+                        tracing::warn!(
+                            interface = iface,
+                            "the driver of {iface} has no native XDP ({}); attached in generic mode, which is slower",
+                            failures.join("; ")
+                        );
+                    }
+                    self.attached = Some(Attached {
+                        iface: iface.to_string(),
+                        mode,
+                        _link: link,
+                    });
+                    return Ok(mode);
+                }
+                Err(e) => failures.push(format!("{mode} mode: {e:#}")),
+            }
+        }
+        Err(anyhow!(
+            "cannot attach the XDP program to {iface}: {}",
+            failures.join("; ")
+        ))
+    }
+
+    fn attach_mode(&mut self, iface: &str, mode: AttachMode) -> Result<XdpLink> {
+        let program = self.program_mut(names::PROGRAM)?;
+        let xdp_mode = match mode {
+            AttachMode::Driver => XdpMode::Driver,
+            AttachMode::Generic => XdpMode::Skb,
+        };
+        let id = program.attach(iface, xdp_mode)?;
+        Ok(program.take_link(id)?)
+    }
+
+    /// Detaches the program, if attached. Also happens on drop and when the process dies.
+    pub fn detach(&mut self) -> Option<(String, AttachMode)> {
+        self.attached.take().map(|a| (a.iface, a.mode))
+    }
+
+    /// The interface and mode the program is attached with.
+    pub fn attachment(&self) -> Option<(&str, AttachMode)> {
+        self.attached.as_ref().map(|a| (a.iface.as_str(), a.mode))
+    }
+
+    /// A loaded program of the object, e.g. for BPF_PROG_TEST_RUN.
+    pub fn program_mut(&mut self, name: &str) -> Result<&mut Xdp> {
+        Ok(self
+            .bpf
+            .program_mut(name)
+            .ok_or_else(|| anyhow!("the XDP object has no program `{name}`"))?
+            .try_into()?)
+    }
+
+    /// The BPF object, for the modules that fill and read its maps.
+    pub fn bpf(&self) -> &Ebpf {
+        &self.bpf
+    }
+
+    pub fn bpf_mut(&mut self) -> &mut Ebpf {
+        &mut self.bpf
+    }
+
+    /// Packet counts by reason (`k3s_xdp_common::reason`), summed over CPUs, in reason order.
+    pub fn reasons(&self) -> Result<Vec<(&'static str, u64)>> {
+        let counters: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(self.map(names::REASONS)?)?;
+        let mut out = Vec::with_capacity(reason::COUNT as usize);
+        for (index, name) in reason::NAMES.iter().enumerate() {
+            let per_cpu = counters.get(&(index as u32), 0)?;
+            out.push((*name, per_cpu.iter().sum()));
+        }
+        Ok(out)
+    }
+}
+
+impl Dataplane {
+    fn map(&self, name: &str) -> Result<&aya::maps::Map> {
+        self.bpf
+            .map(name)
+            .ok_or_else(|| anyhow!("the XDP object has no map {name}"))
+    }
+
+    /// Traffic of service slot `slot`, summed over CPUs.
+    pub fn service_traffic(&self, slot: u32) -> Result<Traffic> {
+        self.traffic(names::SERVICE_STATS, slot)
+    }
+
+    /// Traffic of backend slot `slot`, summed over CPUs.
+    pub fn backend_traffic(&self, slot: u32) -> Result<Traffic> {
+        self.traffic(names::BACKEND_STATS, slot)
+    }
+
+    fn traffic(&self, map: &str, slot: u32) -> Result<Traffic> {
+        let stats: PerCpuArray<&MapData, Traffic> = PerCpuArray::try_from(self.map(map)?)?;
+        let mut sum = Traffic::default();
+        for t in stats.get(&slot, 0)?.iter() {
+            sum.packets += t.packets;
+            sum.bytes += t.bytes;
+            sum.new_flows += t.new_flows;
+            sum.resets += t.resets;
+        }
+        Ok(sum)
+    }
+
+    /// The flow table entry of a client → VIP tuple.
+    pub fn flow(&self, key: &FlowKey) -> Result<Option<Flow>> {
+        let flows: HashMap<&MapData, FlowKey, Flow> = HashMap::try_from(self.map(names::FLOWS)?)?;
+        lookup(&flows, key)
+    }
+
+    /// The reverse NAT entry of a backend → VIP:snat_port tuple.
+    pub fn nat_reverse(&self, key: &FlowKey) -> Result<Option<NatReverse>> {
+        let rev: HashMap<&MapData, FlowKey, NatReverse> =
+            HashMap::try_from(self.map(names::NAT_REVERSE)?)?;
+        lookup(&rev, key)
+    }
+
+    /// Entries in the flow table now (walks the table: for status, not for hot paths).
+    pub fn flow_count(&self) -> Result<usize> {
+        let flows: HashMap<&MapData, FlowKey, Flow> = HashMap::try_from(self.map(names::FLOWS)?)?;
+        Ok(flows.keys().filter(|k| k.is_ok()).count())
+    }
+}
+
+fn lookup<V: aya::Pod>(map: &HashMap<&MapData, FlowKey, V>, key: &FlowKey) -> Result<Option<V>> {
+    match map.get(key, 0) {
+        Ok(v) => Ok(Some(v)),
+        Err(aya::maps::MapError::KeyNotFound) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+

@@ -1,0 +1,87 @@
+//! The flow hash, shared by the XDP program and userspace so both compute exactly the same
+//! value: the program to pick a Maglev entry and an SNAT port, userspace to predict and test
+//! them. It is a fixed function of the packet's 5-tuple (no per-boot seed), so lb-1 and lb-2
+//! pick the same backend for the same flow given the same table.
+
+use crate::FlowKey;
+
+const SEED_FLOW: u32 = 0x6b33_7864; // "k3xd"
+const SEED_SNAT: u32 = 0x736e_6174; // "snat"
+
+#[inline(always)]
+fn mix(h: u32, k: u32) -> u32 {
+    // One round of MurmurHash3's body.
+    let k = k.wrapping_mul(0xcc9e_2d51).rotate_left(15).wrapping_mul(0x1b87_3593);
+    (h ^ k).rotate_left(13).wrapping_mul(5).wrapping_add(0xe654_6b64)
+}
+
+#[inline(always)]
+fn finish(mut h: u32) -> u32 {
+    // MurmurHash3's finaliser: every input bit affects every output bit.
+    h ^= h >> 16;
+    h = h.wrapping_mul(0x85eb_ca6b);
+    h ^= h >> 13;
+    h = h.wrapping_mul(0xc2b2_ae35);
+    h ^ (h >> 16)
+}
+
+/// Hash of a client → VIP 5-tuple (fields as stored in [`FlowKey`], network byte order).
+#[inline(always)]
+pub fn flow_hash(key: &FlowKey) -> u32 {
+    let ports = (u32::from(key.sport) << 16) | u32::from(key.dport);
+    finish(mix(mix(mix(SEED_FLOW ^ u32::from(key.protocol), key.src), key.dst), ports))
+}
+
+/// Hash choosing the first SNAT port tried for a client → VIP flow (nat mode).
+#[inline(always)]
+pub fn snat_hash(key: &FlowKey) -> u32 {
+    let ports = (u32::from(key.sport) << 16) | u32::from(key.dport);
+    finish(mix(mix(mix(SEED_SNAT ^ u32::from(key.protocol), key.src), key.dst), ports))
+}
+
+/// Maps a 32-bit hash onto `0..n` without a division (Lemire's multiply-shift reduction).
+#[inline(always)]
+pub fn reduce(hash: u32, n: u32) -> u32 {
+    ((u64::from(hash) * u64::from(n)) >> 32) as u32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(src: [u8; 4], sport: u16) -> FlowKey {
+        FlowKey {
+            src: u32::from_ne_bytes(src),
+            dst: u32::from_ne_bytes([192, 0, 2, 100]),
+            sport: sport.to_be(),
+            dport: 6443u16.to_be(),
+            protocol: 6,
+            _pad: [0; 3],
+        }
+    }
+
+    /// The hash is part of the lb-1/lb-2 contract: pin its value so a change is deliberate.
+    #[test]
+    fn flow_hash_is_stable() {
+        let k = key([192, 0, 2, 101], 40000);
+        assert_eq!(flow_hash(&k), flow_hash(&k));
+        assert_ne!(flow_hash(&k), snat_hash(&k));
+        assert_eq!(flow_hash(&k), 0x58b4_ac9a, "flow_hash changed: lb-1 and lb-2 of different versions would disagree");
+    }
+
+    #[test]
+    fn reduce_stays_in_range_and_spreads() {
+        let n = 65537;
+        let mut buckets = [0u32; 16];
+        for port in 1024..(1024 + 16 * 4096) {
+            let h = flow_hash(&key([192, 0, 2, 101], port as u16));
+            let r = reduce(h, n);
+            assert!(r < n);
+            buckets[(r * 16 / n) as usize] += 1;
+        }
+        // 65536 flows over 16 ranges: each within 10% of 4096.
+        for b in buckets {
+            assert!((3686..=4506).contains(&b), "uneven spread: {buckets:?}");
+        }
+    }
+}

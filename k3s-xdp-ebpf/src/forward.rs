@@ -1,0 +1,203 @@
+//! The two forwarding paths of a VIP service: a client's packet to its backend (new flows choose
+//! one with Maglev; established flows keep theirs), and in nat mode a backend's reply back to the
+//! client.
+
+use crate::{
+    choose, counters, hop,
+    headers::{TCP_RST},
+    maps::{BACKENDS, FLOWS, NAT_REVERSE},
+    parse::{frame_len, Ip, Valid, L4},
+    reset,
+    rewrite::{self, Tuple},
+    verdict::Verdict,
+};
+use aya_ebpf::{bindings::xdp_action, helpers::bpf_redirect, programs::XdpContext};
+use k3s_xdp_common::{
+    reason, Backend, Flow, FlowKey, NextHop, VipInfo, VipPort, BACKEND_DOWN, BACKEND_FREE,
+    IPPROTO_TCP, SERVICE_DSR, SERVICE_RESET_ON_DOWN,
+};
+
+/// A client's packet to `service` on `vip`.
+#[inline(always)]
+pub fn to_backend(
+    ctx: &XdpContext,
+    ip: &Ip,
+    valid: &Valid,
+    l4: L4,
+    protocol: u8,
+    vip: &VipInfo,
+    service: &VipPort,
+) -> Verdict {
+    let (src, dst) = unsafe { ((*ip.hdr).src, (*ip.hdr).dst) };
+    let key = FlowKey {
+        src,
+        dst,
+        sport: l4.sport,
+        dport: l4.dport,
+        protocol,
+        _pad: [0; 3],
+    };
+    let dsr = service.flags & SERVICE_DSR != 0;
+
+    let mut pinned: Option<(u32, Backend, u16)> = None;
+    if let Some(flow) = unsafe { FLOWS.get(key) } {
+        let flow: Flow = *flow;
+        if let Some(backend) = BACKENDS.get(flow.backend) {
+            let backend = *backend;
+            // A freed slot, or one reused by another service: the flow chooses again.
+            if backend.state != BACKEND_FREE && backend.service == service.service {
+                if backend.state == BACKEND_DOWN
+                    && service.flags & SERVICE_RESET_ON_DOWN != 0
+                    && protocol == IPPROTO_TCP
+                {
+                    let _ = FLOWS.remove(key);
+                    return reset::send(ctx, ip, valid, &l4, service.service, flow.backend);
+                }
+                pinned = Some((flow.backend, backend, flow.snat_port));
+            }
+        }
+    }
+
+    let new_flow = pinned.is_none();
+    let (id, backend, snat_port) = match pinned {
+        Some(p) => p,
+        None => match choose::backend(service, &key) {
+            Some((id, backend)) => {
+                let snat_port = if dsr {
+                    0
+                } else {
+                    let client_hop = mirror_hop(ip, src, ctx.ingress_ifindex() as u32);
+                    match choose::snat_port(&key, vip, id, &backend, service.service, &client_hop)
+                    {
+                        Ok(port) => port,
+                        Err(why) => return Verdict::drop(why),
+                    }
+                };
+                let flow = Flow {
+                    backend: id,
+                    snat_port,
+                    _pad: 0,
+                };
+                if FLOWS.insert(key, flow, 0).is_err() {
+                    return Verdict::drop(reason::DROP_MAP_UPDATE);
+                }
+                (id, backend, snat_port)
+            }
+            None => {
+                // No healthy backend: refuse at once rather than let the client time out.
+                if protocol == IPPROTO_TCP && l4.tcp_flags(ctx) & TCP_RST == 0 {
+                    return reset::send(ctx, ip, valid, &l4, service.service, 0);
+                }
+                return Verdict::drop(reason::DROP_NO_BACKEND);
+            }
+        },
+    };
+
+    let hop = match hop::to_backend(ctx, id, &backend, dst, dsr) {
+        Ok(hop) => hop,
+        Err(why) => return Verdict::drop(why),
+    };
+    if !dsr {
+        rewrite::tuple(
+            ctx,
+            ip.hdr,
+            &l4,
+            &Tuple {
+                src: dst,
+                dst: backend.addr,
+                sport: snat_port,
+                dport: backend.port,
+            },
+        );
+    }
+    rewrite::l2(ip, &hop);
+    counters::traffic(service.service, id, frame_len(ctx), new_flow);
+    transmit(ctx, ip, &hop, reason::TX_FORWARD)
+}
+
+/// A packet to a VIP on a port without a service: a backend's reply in nat mode, if it matches
+/// a translation; otherwise the host's business.
+#[inline(always)]
+pub fn reply(ctx: &XdpContext, ip: &Ip, l4: L4, protocol: u8) -> Verdict {
+    let (src, vip) = unsafe { ((*ip.hdr).src, (*ip.hdr).dst) };
+    let key = FlowKey {
+        src,
+        dst: vip,
+        sport: l4.sport,
+        dport: l4.dport,
+        protocol,
+        _pad: [0; 3],
+    };
+    let Some(entry) = NAT_REVERSE.get_ptr_mut(key) else {
+        return Verdict::pass(reason::PASS_VIP_OTHER);
+    };
+    let nat = unsafe { *entry };
+    let generation = hop::generation();
+    let hop = if hop::is_fresh(&nat.next_hop, nat.client_addr, generation) {
+        nat.next_hop
+    } else {
+        // Resolve once per flow (and after route/neighbour changes); where the FIB has no
+        // answer, keep the mirror of the client's own frame.
+        let hop = match hop::resolve(ctx, vip, nat.client_addr, false, generation) {
+            Ok(hop) => hop,
+            Err(_) => NextHop {
+                generation,
+                ..nat.next_hop
+            },
+        };
+        unsafe { (*entry).next_hop = hop };
+        hop
+    };
+    rewrite::tuple(
+        ctx,
+        ip.hdr,
+        &l4,
+        &Tuple {
+            src: vip,
+            dst: nat.client_addr,
+            sport: nat.vip_port,
+            dport: nat.client_port,
+        },
+    );
+    rewrite::l2(ip, &hop);
+    counters::traffic(nat.service, nat.backend, frame_len(ctx), false);
+    transmit(ctx, ip, &hop, reason::TX_REPLY)
+}
+
+/// The hop back to the sender of this frame: its source MAC, out the interface it came in on.
+/// Stored stale (generation never current) so the first reply resolves it with the FIB.
+#[inline(always)]
+fn mirror_hop(ip: &Ip, client: u32, ifindex: u32) -> NextHop {
+    let generation = hop::generation();
+    unsafe {
+        NextHop {
+            dst: client,
+            generation: generation.wrapping_sub(1),
+            ifindex,
+            smac: (*ip.eth).dst_addr,
+            dmac: (*ip.eth).src_addr,
+        }
+    }
+}
+
+/// Sends the rewritten frame: XDP_TX when it leaves where it came in (or stays in the VLAN it
+/// came from), a redirect otherwise.
+#[inline(always)]
+pub fn transmit(ctx: &XdpContext, ip: &Ip, hop: &NextHop, why: u32) -> Verdict {
+    if ip.tagged || hop.ifindex as usize == ctx.ingress_ifindex() {
+        return Verdict::tx(why);
+    }
+    let action = unsafe { bpf_redirect(hop.ifindex, 0) } as u32;
+    Verdict {
+        action: if action == xdp_action::XDP_REDIRECT {
+            action
+        } else {
+            xdp_action::XDP_DROP
+        },
+        reason: if action == xdp_action::XDP_REDIRECT {
+            why
+        } else {
+            reason::DROP_NO_ROUTE
+        },
+    }
+}

@@ -1,0 +1,94 @@
+//! Next hops: where a rewritten frame goes, from `bpf_fib_lookup`. The hop toward a backend
+//! depends only on the backend, so it is resolved once and cached per backend slot in
+//! `BACKEND_HOPS`; the hop toward a client is cached in its `NAT_REVERSE` entry. A cached hop
+//! is used while its `generation` matches `GLOBALS.fib_generation`, which the controller bumps
+//! when routes or neighbours change.
+
+use crate::maps::{BACKEND_HOPS, GLOBALS};
+use aya_ebpf::{
+    bindings::{bpf_fib_lookup, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS},
+    helpers::bpf_fib_lookup as fib_lookup,
+    programs::XdpContext,
+    EbpfContext,
+};
+use core::mem::size_of;
+use k3s_xdp_common::{reason, Backend, NextHop};
+
+const AF_INET: u8 = 2;
+
+/// The current FIB generation.
+#[inline(always)]
+pub fn generation() -> u32 {
+    GLOBALS.get(0).map(|g| g.fib_generation).unwrap_or(0)
+}
+
+/// Whether `hop` was resolved for `dst` under the current generation.
+#[inline(always)]
+pub fn is_fresh(hop: &NextHop, dst: u32, generation: u32) -> bool {
+    hop.ifindex != 0 && hop.dst == dst && hop.generation == generation
+}
+
+/// Resolves the next hop toward `dst` (network order) for a packet from `src`. With
+/// `on_link`, a route through a gateway is refused: dsr needs the backend on the same link,
+/// or the router would send the VIP-addressed frame straight back.
+#[inline(always)]
+pub fn resolve(
+    ctx: &XdpContext,
+    src: u32,
+    dst: u32,
+    on_link: bool,
+    generation: u32,
+) -> Result<NextHop, u32> {
+    let mut params: bpf_fib_lookup = unsafe { core::mem::zeroed() };
+    params.family = AF_INET;
+    params.ifindex = ctx.ingress_ifindex() as u32;
+    params.__bindgen_anon_3.ipv4_src = src;
+    params.__bindgen_anon_4.ipv4_dst = dst;
+    let rc = unsafe {
+        fib_lookup(
+            ctx.as_ptr(),
+            &mut params,
+            size_of::<bpf_fib_lookup>() as i32,
+            0,
+        )
+    };
+    if rc == BPF_FIB_LKUP_RET_NO_NEIGH as i64 {
+        return Err(reason::DROP_NO_NEIGHBOUR);
+    }
+    if rc != BPF_FIB_LKUP_RET_SUCCESS as i64 {
+        return Err(reason::DROP_NO_ROUTE);
+    }
+    // On success the kernel leaves the gateway (or `dst` itself when on-link) in ipv4_dst.
+    if on_link && unsafe { params.__bindgen_anon_4.ipv4_dst } != dst {
+        return Err(reason::DROP_NO_ROUTE);
+    }
+    Ok(NextHop {
+        dst,
+        generation,
+        ifindex: params.ifindex,
+        smac: params.smac,
+        dmac: params.dmac,
+    })
+}
+
+/// The next hop toward backend slot `id`, from the cache or resolved and cached.
+#[inline(always)]
+pub fn to_backend(
+    ctx: &XdpContext,
+    id: u32,
+    backend: &Backend,
+    src: u32,
+    on_link: bool,
+) -> Result<NextHop, u32> {
+    let generation = generation();
+    let slot = BACKEND_HOPS.get_ptr_mut(id).ok_or(reason::DROP_NO_ROUTE)?;
+    // SAFETY: array slots are preallocated; a concurrent writer can only store another hop
+    // resolved for the same slot, and every field is re-validated below.
+    let cached = unsafe { *slot };
+    if is_fresh(&cached, backend.addr, generation) {
+        return Ok(cached);
+    }
+    let hop = resolve(ctx, src, backend.addr, on_link, generation)?;
+    unsafe { *slot = hop };
+    Ok(hop)
+}

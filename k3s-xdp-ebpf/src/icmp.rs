@@ -1,0 +1,148 @@
+//! ICMP addressed to a VIP: echo requests are answered here; "fragmentation needed" about a
+//! VIP flow goes on to that flow's backend, translated in nat mode, so the backend's TCP lowers
+//! its path MTU. Other ICMP is left to the kernel, which holds the VIP.
+
+use crate::{
+    choose, counters,
+    csum::{self, Delta},
+    forward, hop,
+    headers::{
+        IcmpHdr, Ipv4Hdr, UdpHdr, ICMP_DEST_UNREACH, ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST,
+        ICMP_FRAG_NEEDED,
+    },
+    maps::{BACKENDS, FLOWS},
+    parse::{self, frame_len, ptr_at, Ip, Valid},
+    verdict::Verdict,
+};
+use aya_ebpf::programs::XdpContext;
+use core::mem::size_of;
+use k3s_xdp_common::{
+    reason, FlowKey, VipInfo, BACKEND_FREE, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, SERVICE_DSR,
+};
+
+#[inline(always)]
+pub fn handle(ctx: &XdpContext, ip: &Ip, valid: &Valid, vip: &VipInfo) -> Verdict {
+    let icmp = match parse::icmp(ctx, valid) {
+        Ok(icmp) => icmp,
+        Err(why) => return Verdict::drop(why),
+    };
+    let (icmp_type, code) = unsafe { ((*icmp).icmp_type, (*icmp).code) };
+    if icmp_type == ICMP_ECHO_REQUEST && code == 0 {
+        return echo_reply(ip, icmp);
+    }
+    if icmp_type == ICMP_DEST_UNREACH && code == ICMP_FRAG_NEEDED {
+        return frag_needed(ctx, ip, valid, icmp, vip);
+    }
+    Verdict::pass(reason::PASS_VIP_OTHER)
+}
+
+/// Turns the echo request into its reply, in place.
+#[inline(always)]
+fn echo_reply(ip: &Ip, icmp: *mut IcmpHdr) -> Verdict {
+    crate::rewrite::back_to_sender(ip);
+    unsafe {
+        let hdr = ip.hdr;
+        // Swapping the addresses leaves the IPv4 checksum as it is; the TTL does not.
+        let (src, dst) = ((*hdr).src, (*hdr).dst);
+        (*hdr).src = dst;
+        (*hdr).dst = src;
+        (*hdr).check = csum::replace2(
+            (*hdr).check,
+            u16::from_ne_bytes([(*hdr).ttl, IPPROTO_ICMP]),
+            u16::from_ne_bytes([64, IPPROTO_ICMP]),
+        );
+        (*hdr).ttl = 64;
+        let code = (*icmp).code;
+        (*icmp).check = csum::replace2(
+            (*icmp).check,
+            u16::from_ne_bytes([ICMP_ECHO_REQUEST, code]),
+            u16::from_ne_bytes([ICMP_ECHO_REPLY, code]),
+        );
+        (*icmp).icmp_type = ICMP_ECHO_REPLY;
+    }
+    Verdict::tx(reason::TX_ICMP_ECHO)
+}
+
+/// "Fragmentation needed" quoting a packet we sent to a client (VIP:port → client:port).
+#[inline(always)]
+fn frag_needed(
+    ctx: &XdpContext,
+    ip: &Ip,
+    valid: &Valid,
+    icmp: *mut IcmpHdr,
+    vip: &VipInfo,
+) -> Verdict {
+    let inner_l3 = valid.l4 + size_of::<IcmpHdr>();
+    let Some(inner) = ptr_at::<Ipv4Hdr>(ctx, inner_l3) else {
+        return Verdict::drop(reason::DROP_TRUNCATED);
+    };
+    let (vihl, protocol, inner_src, inner_dst) =
+        unsafe { ((*inner).vihl, (*inner).protocol, (*inner).src, (*inner).dst) };
+    let outer_dst = unsafe { (*ip.hdr).dst };
+    if vihl >> 4 != 4 || (protocol != IPPROTO_TCP && protocol != IPPROTO_UDP) || inner_src != outer_dst {
+        return Verdict::pass(reason::PASS_VIP_OTHER);
+    }
+    let inner_l4 = inner_l3 + ((vihl & 0x0f) as usize) * 4;
+    // The first 8 bytes of the quoted transport header: both ports (and UDP's length/checksum).
+    let Some(ports) = ptr_at::<UdpHdr>(ctx, inner_l4) else {
+        return Verdict::drop(reason::DROP_TRUNCATED);
+    };
+    let (inner_sport, inner_dport) = unsafe { ((*ports).sport, (*ports).dport) };
+    let Some(service) = choose::service(vip, inner_sport, protocol) else {
+        return Verdict::pass(reason::PASS_VIP_OTHER);
+    };
+    // The client → VIP flow the quoted packet answered.
+    let key = FlowKey {
+        src: inner_dst,
+        dst: inner_src,
+        sport: inner_dport,
+        dport: inner_sport,
+        protocol,
+        _pad: [0; 3],
+    };
+    let Some(flow) = (unsafe { FLOWS.get(key) }) else {
+        return Verdict::pass(reason::PASS_VIP_OTHER);
+    };
+    let flow = *flow;
+    let Some(backend) = BACKENDS.get(flow.backend) else {
+        return Verdict::pass(reason::PASS_VIP_OTHER);
+    };
+    let backend = *backend;
+    if backend.state == BACKEND_FREE || backend.service != service.service {
+        return Verdict::pass(reason::PASS_VIP_OTHER);
+    }
+    let dsr = service.flags & SERVICE_DSR != 0;
+    let hop = match hop::to_backend(ctx, flow.backend, &backend, outer_dst, dsr) {
+        Ok(hop) => hop,
+        Err(why) => return Verdict::drop(why),
+    };
+    if !dsr {
+        // The backend sent backend:port → VIP:snat_port; quote it as it sent it, and deliver
+        // the error to the backend itself.
+        unsafe {
+            let hdr = ip.hdr;
+            (*hdr).check = csum::replace4((*hdr).check, outer_dst, backend.addr);
+            (*hdr).dst = backend.addr;
+
+            let addresses = Delta::new()
+                .word32(inner_src, backend.addr)
+                .word32(inner_dst, inner_src);
+            let old_inner_check = (*inner).check;
+            let new_inner_check = addresses.apply(old_inner_check);
+            (*inner).src = backend.addr;
+            (*inner).dst = inner_src;
+            (*inner).check = new_inner_check;
+            (*ports).sport = backend.port;
+            (*ports).dport = flow.snat_port;
+            // The ICMP checksum covers the quoted bytes.
+            (*icmp).check = addresses
+                .word16(old_inner_check, new_inner_check)
+                .word16(inner_sport, backend.port)
+                .word16(inner_dport, flow.snat_port)
+                .apply((*icmp).check);
+        }
+    }
+    crate::rewrite::l2(ip, &hop);
+    counters::traffic(service.service, flow.backend, frame_len(ctx), false);
+    forward::transmit(ctx, ip, &hop, reason::TX_ICMP_TO_BACKEND)
+}

@@ -1,0 +1,99 @@
+//! Refusing a TCP packet with a RST built in place: when its flow's backend went down
+//! (`on_backend_down = "reset"`) or when no backend is healthy, so clients such as kubectl
+//! watches reconnect at once instead of waiting for a timeout (RFC 9293, 3.10.7.1).
+
+use crate::{
+    counters,
+    csum::{self, add32, fold},
+    headers::{TcpHdr, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
+    parse::{Ip, Valid, L4},
+    verdict::Verdict,
+};
+use aya_ebpf::{helpers::bpf_xdp_adjust_tail, programs::XdpContext};
+use core::mem::size_of;
+use k3s_xdp_common::{reason, IPPROTO_TCP};
+
+/// Turns the TCP packet into a RST back to its sender and returns XDP_TX.
+#[inline(always)]
+pub fn send(
+    ctx: &XdpContext,
+    ip: &Ip,
+    valid: &Valid,
+    l4: &L4,
+    service: u32,
+    backend: u32,
+) -> Verdict {
+    let Some(tcp) = l4.tcp(ctx) else {
+        return Verdict::drop(reason::DROP_NO_BACKEND);
+    };
+    unsafe {
+        let flags = (*tcp).flags;
+        // Never answer a RST with a RST.
+        if flags & TCP_RST != 0 {
+            return Verdict::drop(reason::DROP_NO_BACKEND);
+        }
+        let doff = (((*tcp).doff >> 4) as usize) * 4;
+        let (seq, ack, rst_flags) = if flags & TCP_ACK != 0 {
+            ((*tcp).ack_seq, 0, TCP_RST)
+        } else {
+            let mut len = (valid.end - valid.l4 - doff) as u32;
+            if flags & TCP_SYN != 0 {
+                len += 1;
+            }
+            if flags & TCP_FIN != 0 {
+                len += 1;
+            }
+            (
+                0,
+                u32::from_be((*tcp).seq).wrapping_add(len).to_be(),
+                TCP_RST | TCP_ACK,
+            )
+        };
+
+        // Ethernet: back where it came from.
+        crate::rewrite::back_to_sender(ip);
+
+        // IPv4: swapped addresses (checksum-neutral), a new length and TTL.
+        let hdr = ip.hdr;
+        let src = (*hdr).dst;
+        let dst = (*hdr).src;
+        (*hdr).src = src;
+        (*hdr).dst = dst;
+        let tot_len = ((valid.ihl + size_of::<TcpHdr>()) as u16).to_be();
+        let mut check = csum::replace2((*hdr).check, (*hdr).tot_len, tot_len);
+        let ttl_word = u16::from_ne_bytes([64, IPPROTO_TCP]);
+        check = csum::replace2(check, u16::from_ne_bytes([(*hdr).ttl, IPPROTO_TCP]), ttl_word);
+        (*hdr).tot_len = tot_len;
+        (*hdr).ttl = 64;
+        (*hdr).check = check;
+
+        // TCP: a bare 20-byte header, checksummed from scratch.
+        let sport = (*tcp).dport;
+        let dport = (*tcp).sport;
+        (*tcp).sport = sport;
+        (*tcp).dport = dport;
+        (*tcp).seq = seq;
+        (*tcp).ack_seq = ack;
+        (*tcp).doff = 5 << 4;
+        (*tcp).flags = rst_flags;
+        (*tcp).window = 0;
+        (*tcp).urg_ptr = 0;
+        let doff_flags = u16::from_ne_bytes([5 << 4, rst_flags]);
+        let mut sum = add32(add32(0, src), dst);
+        sum += u32::from(u16::from(IPPROTO_TCP).to_be());
+        sum += u32::from((size_of::<TcpHdr>() as u16).to_be());
+        sum += u32::from(sport) + u32::from(dport);
+        sum = add32(add32(sum, seq), ack);
+        sum += u32::from(doff_flags);
+        (*tcp).check = !fold(sum);
+
+        // Cut the options and payload off (and any Ethernet padding).
+        let keep = valid.l4 + size_of::<TcpHdr>();
+        let delta = keep as i32 - (ctx.data_end() - ctx.data()) as i32;
+        if delta != 0 && bpf_xdp_adjust_tail(ctx.ctx, delta) != 0 {
+            return Verdict::drop(reason::DROP_NO_BACKEND);
+        }
+    }
+    counters::reset(service, backend);
+    Verdict::tx(reason::TX_RESET)
+}

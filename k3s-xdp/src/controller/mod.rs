@@ -1,0 +1,496 @@
+//! The controller: one task that owns the data plane and the runtime model, and to which
+//! everything else sends events: check results, control requests (status, backend admin,
+//! reload), VRRP reports, FIB changes, shutdown. After each change it derives what the data
+//! plane should hold from the model and publishes the difference, so there is a single place
+//! where decisions are made and a single writer of the maps.
+
+pub mod control;
+pub mod metrics;
+pub mod model;
+pub mod status;
+
+use crate::{
+    config::{self, CheckKind, Config},
+    dataplane::{self, Dataplane, Publisher},
+    health::{
+        check::{Probe, TlsFiles},
+        state::Outcome,
+    },
+};
+use anyhow::{anyhow, Context, Result};
+use model::{Admin, Model};
+use status::{BackendStatus, Request, Response, ServiceStatus, Status, VrrpStatus};
+use std::{
+    collections::BTreeMap,
+    path::PathBuf,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+use tokio::sync::{mpsc, oneshot, watch};
+use tracing::{error, info, warn};
+
+/// What the controller reacts to.
+pub enum Event {
+    CheckDone {
+        service: String,
+        backend: config::BackendConfig,
+        outcome: Outcome,
+        took: Duration,
+    },
+    Control {
+        request: Request,
+        reply: oneshot::Sender<Response>,
+    },
+    /// SIGHUP.
+    Reload,
+    /// Prometheus scrape.
+    Metrics {
+        reply: oneshot::Sender<String>,
+    },
+    /// VRRP's view, for status and metrics.
+    Vrrp(Box<VrrpStatus>),
+    /// Routes or neighbours changed: cached next hops must be resolved again.
+    FibChanged,
+    Shutdown(&'static str),
+}
+
+/// What the controller publishes for others (VRRP tracking).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Health {
+    pub healthy_backends: usize,
+    pub dataplane_attached: bool,
+}
+
+pub struct Controller {
+    pub config_path: PathBuf,
+    config: Config,
+    interface: String,
+    dp: Dataplane,
+    publisher: Publisher,
+    model: Model,
+    probes: BTreeMap<String, (Probe, Duration)>,
+    started: Instant,
+    reloads: u64,
+    failed_reloads: u64,
+    fib_generation: u32,
+    vrrp: Option<VrrpStatus>,
+    events: mpsc::Sender<Event>,
+    health: watch::Sender<Health>,
+    /// Services currently without any backend for new flows (logged once per outage).
+    empty: Vec<String>,
+}
+
+/// Builds each service's probe now, so a missing CA file or token is an error at start/reload.
+pub fn probes(config: &Config) -> Result<BTreeMap<String, (Probe, Duration)>> {
+    let mut out = BTreeMap::new();
+    for s in &config.services {
+        let h = &s.health;
+        let files = TlsFiles {
+            ca_file: h.ca_file.as_deref(),
+            client_cert: h.client_cert.as_deref(),
+            client_key: h.client_key.as_deref(),
+        };
+        let probe = match h.check {
+            CheckKind::Tcp => Probe::Tcp,
+            CheckKind::Tls => Probe::Tls {
+                tls: Probe::tls_config(&files).map_err(|e| anyhow!("service {}: {e:#}", s.name))?,
+            },
+            CheckKind::Https => Probe::Https {
+                tls: Probe::tls_config(&files).map_err(|e| anyhow!("service {}: {e:#}", s.name))?,
+                path: h.path.clone(),
+                expect: h.expect.clone(),
+                bearer_token: h
+                    .bearer_token_file
+                    .as_deref()
+                    .map(Probe::read_token)
+                    .transpose()
+                    .map_err(|e| anyhow!("service {}: {e:#}", s.name))?,
+            },
+        };
+        out.insert(s.name.clone(), (probe, h.timeout));
+    }
+    Ok(out)
+}
+
+impl Controller {
+    /// Publishes the config into the data plane (all backends up until checked).
+    pub fn new(
+        config_path: PathBuf,
+        config: Config,
+        interface: String,
+        mut dp: Dataplane,
+        events: mpsc::Sender<Event>,
+    ) -> Result<(Self, watch::Receiver<Health>)> {
+        let probes = probes(&config)?;
+        let now = Instant::now();
+        let model = Model::new(&config, now);
+        let fib_generation = 1;
+        dataplane::write_globals(
+            &mut dp,
+            &k3s_xdp_common::Globals {
+                fib_generation,
+                snat_port_min: config.snat_port_min,
+                snat_port_max: config.snat_port_max,
+            },
+        )?;
+        let attached = dp.attachment().is_some();
+        let (health, health_rx) = watch::channel(Health {
+            healthy_backends: model.healthy_backends(),
+            dataplane_attached: attached,
+        });
+        let mut c = Controller {
+            config_path,
+            config,
+            interface,
+            dp,
+            publisher: Publisher::new(),
+            model,
+            probes,
+            started: now,
+            reloads: 0,
+            failed_reloads: 0,
+            fib_generation,
+            vrrp: None,
+            events,
+            health,
+            empty: Vec::new(),
+        };
+        c.publish(now)?;
+        Ok((c, health_rx))
+    }
+
+    pub fn dataplane_mut(&mut self) -> &mut Dataplane {
+        &mut self.dp
+    }
+
+    /// Runs until a shutdown event; returns its reason.
+    pub async fn run(&mut self, mut rx: mpsc::Receiver<Event>) -> &'static str {
+        loop {
+            let now = Instant::now();
+            let wake = self
+                .model
+                .next_deadline(now)
+                .unwrap_or(now + Duration::from_secs(3600));
+            tokio::select! {
+                event = rx.recv() => {
+                    let Some(event) = event else { return "all event senders gone" };
+                    if let Some(reason) = self.handle(event).await {
+                        return reason;
+                    }
+                }
+                _ = tokio::time::sleep_until(wake.into()) => {}
+            }
+            let now = Instant::now();
+            self.start_due_checks(now);
+            // Slowstart steps and check results change weights: publish what changed.
+            if let Err(e) = self.publish(now) {
+                error!("publishing to the data plane: {e:#}");
+            }
+        }
+    }
+
+    fn start_due_checks(&mut self, now: Instant) {
+        for (service, backend) in self.model.due(now) {
+            let Some((probe, limit)) = self.probes.get(&service).cloned() else {
+                continue;
+            };
+            let events = self.events.clone();
+            tokio::spawn(async move {
+                let (outcome, took) = probe.run(backend.address, limit).await;
+                let _ = events
+                    .send(Event::CheckDone {
+                        service,
+                        backend,
+                        outcome,
+                        took,
+                    })
+                    .await;
+            });
+        }
+    }
+
+    async fn handle(&mut self, event: Event) -> Option<&'static str> {
+        let now = Instant::now();
+        match event {
+            Event::CheckDone {
+                service,
+                backend,
+                outcome,
+                took,
+            } => {
+                if let Some(t) = self.model.record(&service, backend.address, outcome, took, now) {
+                    let line = format!("{service}/{} ({}) {}", backend.name, backend.address, t.reason);
+                    if t.up {
+                        info!(service = %service, backend = %backend.name, "{line}");
+                    } else {
+                        warn!(service = %service, backend = %backend.name, "{line}");
+                    }
+                }
+            }
+            Event::Control { request, reply } => {
+                let response = self.control(request, now);
+                let _ = reply.send(response);
+            }
+            Event::Reload => {
+                let _ = self.reload(now);
+            }
+            Event::Metrics { reply } => {
+                let _ = reply.send(status::render_metrics(&self.status(now)));
+            }
+            Event::Vrrp(v) => self.vrrp = Some(*v),
+            Event::FibChanged => {
+                self.fib_generation = self.fib_generation.wrapping_add(1).max(1);
+                let globals = k3s_xdp_common::Globals {
+                    fib_generation: self.fib_generation,
+                    snat_port_min: self.config.snat_port_min,
+                    snat_port_max: self.config.snat_port_max,
+                };
+                if let Err(e) = dataplane::write_globals(&mut self.dp, &globals) {
+                    error!("updating the FIB generation: {e:#}");
+                }
+            }
+            Event::Shutdown(reason) => return Some(reason),
+        }
+        None
+    }
+
+    fn control(&mut self, request: Request, now: Instant) -> Response {
+        match request {
+            Request::Status => Response::Status(Box::new(self.status(now))),
+            Request::Backend { action, target } => match self.model.set_admin(&target, action) {
+                Ok(was) => {
+                    let verb = match action {
+                        Admin::Enable => "enabled: takes new flows when healthy",
+                        Admin::Drain => "draining: no new flows, existing flows continue",
+                        Admin::Disable => "disabled: out of rotation, as if down",
+                    };
+                    info!("{target} {verb} (was {was:?}, by `k3s-xdp backend`)");
+                    match self.publish(now) {
+                        Ok(()) => Response::Ok {
+                            message: format!("{target} {verb}"),
+                        },
+                        Err(e) => Response::Error {
+                            message: format!("{e:#}"),
+                        },
+                    }
+                }
+                Err(e) => Response::Error {
+                    message: format!("{e:#}"),
+                },
+            },
+            Request::Reload => match self.reload(now) {
+                Ok(summary) => Response::Ok { message: summary },
+                Err(e) => Response::Error {
+                    message: format!("{e:#}"),
+                },
+            },
+        }
+    }
+
+    /// Validates the file again; if valid, applies only what changed.
+    fn reload(&mut self, now: Instant) -> Result<String> {
+        let result = (|| -> Result<String> {
+            let new = config::load(&self.config_path).map_err(|e| anyhow!("{e}"))?;
+            for w in &new.warnings {
+                warn!("{w}");
+            }
+            let probes = probes(&new)?;
+            let mut ignored = Vec::new();
+            if new.interface != self.config.interface {
+                ignored.push("interface");
+            }
+            if new.flow_table_size != self.config.flow_table_size {
+                ignored.push("flow_table_size");
+            }
+            if new.metrics_listen != self.config.metrics_listen {
+                ignored.push("metrics_listen");
+            }
+            if new.control_socket != self.config.control_socket {
+                ignored.push("control_socket");
+            }
+            if new.xdp_mode != self.config.xdp_mode {
+                ignored.push("xdp_mode");
+            }
+            if new.vrrp != self.config.vrrp {
+                ignored.push("vrrp");
+            }
+            for key in &ignored {
+                warn!("reload: `{key}` changed; it takes effect at the next restart");
+            }
+            let mut candidate = self.model.clone();
+            let changes = candidate.reload(&new, now);
+            let specs = candidate.specs(now);
+            self.publisher.apply(&mut self.dp, &specs)?;
+            self.model = candidate;
+            self.probes = probes;
+            let snat_changed = (new.snat_port_min, new.snat_port_max)
+                != (self.config.snat_port_min, self.config.snat_port_max);
+            self.config = new;
+            if snat_changed {
+                let _ = self.handle_fib_like_globals();
+            }
+            Ok(if changes.is_empty() {
+                "configuration reloaded: no change".to_string()
+            } else {
+                format!("configuration reloaded: {}", changes.join("; "))
+            })
+        })();
+        match &result {
+            Ok(summary) => {
+                self.reloads += 1;
+                info!("{summary}");
+            }
+            Err(e) => {
+                self.failed_reloads += 1;
+                error!("reload of {} refused, the running configuration stays: {e:#}", self.config_path.display());
+            }
+        }
+        result
+    }
+
+    fn handle_fib_like_globals(&mut self) -> Result<()> {
+        dataplane::write_globals(
+            &mut self.dp,
+            &k3s_xdp_common::Globals {
+                fib_generation: self.fib_generation,
+                snat_port_min: self.config.snat_port_min,
+                snat_port_max: self.config.snat_port_max,
+            },
+        )
+    }
+
+    /// Makes the data plane match the model; logs services that lost or regained backends.
+    fn publish(&mut self, now: Instant) -> Result<()> {
+        let specs = self.model.specs(now);
+        let applied = self.publisher.apply(&mut self.dp, &specs)?;
+        for (service, backends, took) in &applied.tables {
+            info!("service {service}: Maglev table published ({backends} backends, {took:.1?})");
+            if let Some(i) = self.empty.iter().position(|s| s == service) {
+                self.empty.remove(i);
+                info!("service {service} has healthy backends again: new connections are accepted");
+            }
+        }
+        for service in &applied.emptied {
+            if !self.empty.contains(service) {
+                error!("service {service} has no healthy backend: new connections are refused (TCP RST) until one recovers");
+                self.empty.push(service.clone());
+            }
+        }
+        let health = Health {
+            healthy_backends: self.model.healthy_backends(),
+            dataplane_attached: self.dp.attachment().is_some(),
+        };
+        self.health.send_if_modified(|h| {
+            let changed = *h != health;
+            *h = health;
+            changed
+        });
+        Ok(())
+    }
+
+    /// The status snapshot, with counters read from the maps now.
+    pub fn status(&self, now: Instant) -> Status {
+        let (interface, mode) = match self.dp.attachment() {
+            Some((i, m)) => (i.to_string(), m.to_string()),
+            None => (self.interface.clone(), "detached".to_string()),
+        };
+        let packets = self
+            .dp
+            .reasons()
+            .map(|r| r.into_iter().map(|(k, v)| (k.to_string(), v)).collect())
+            .unwrap_or_default();
+        let services = self
+            .model
+            .services
+            .iter()
+            .map(|s| {
+                let slot = self.publisher.service_slot(&s.config.name);
+                let traffic = slot
+                    .and_then(|slot| self.dp.service_traffic(slot).ok())
+                    .unwrap_or_default();
+                let backends: Vec<BackendStatus> = s
+                    .backends
+                    .iter()
+                    .map(|b| {
+                        let spec = model::backend_spec(b, now);
+                        let t = self
+                            .publisher
+                            .backend_slot(&s.config.name, b.config.address)
+                            .and_then(|slot| self.dp.backend_traffic(slot).ok())
+                            .unwrap_or_default();
+                        BackendStatus {
+                            name: b.config.name.clone(),
+                            address: b.config.address.to_string(),
+                            health: if b.health.is_up() { "up" } else { "down" }.into(),
+                            admin: match b.admin {
+                                Admin::Enable => "enable",
+                                Admin::Drain => "drain",
+                                Admin::Disable => "disable",
+                            }
+                            .into(),
+                            state: format!("{:?}", spec.state).to_lowercase(),
+                            weight: b.config.weight,
+                            effective_weight: spec.weight,
+                            checks: b.checks,
+                            last_check: b.last_outcome.as_ref().map(|o| match o {
+                                Outcome::Passed => "passed".to_string(),
+                                Outcome::Failed(why) => why.clone(),
+                            }),
+                            last_check_duration_seconds: b.last_check_duration.map(|d| d.as_secs_f64()),
+                            transitions: b.transitions,
+                            last_change_seconds_ago: b
+                                .last_transition
+                                .as_ref()
+                                .map(|(at, _)| now.saturating_duration_since(*at).as_secs()),
+                            last_change: b.last_transition.as_ref().map(|(_, why)| why.clone()),
+                            packets: t.packets,
+                            bytes: t.bytes,
+                            new_flows: t.new_flows,
+                            resets: t.resets,
+                        }
+                    })
+                    .collect();
+                ServiceStatus {
+                    name: s.config.name.clone(),
+                    vip: s.config.vip.to_string(),
+                    port: s.config.port,
+                    protocol: format!("{:?}", s.config.protocol).to_lowercase(),
+                    mode: format!("{:?}", s.config.mode).to_lowercase(),
+                    on_backend_down: format!("{:?}", s.config.on_backend_down).to_lowercase(),
+                    check: format!("{:?}", s.config.health.check).to_lowercase(),
+                    healthy_backends: backends.iter().filter(|b| b.state == "up").count(),
+                    packets: traffic.packets,
+                    bytes: traffic.bytes,
+                    new_flows: traffic.new_flows,
+                    resets: traffic.resets,
+                    backends,
+                }
+            })
+            .collect();
+        Status {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            config: self.config_path.display().to_string(),
+            interface,
+            xdp_mode: mode,
+            uptime_seconds: now.saturating_duration_since(self.started).as_secs(),
+            reloads: self.reloads,
+            failed_reloads: self.failed_reloads,
+            services,
+            vrrp: self.vrrp.clone(),
+            packets,
+        }
+    }
+}
+
+/// Sends `request` to the controller and waits for the answer.
+pub async fn ask(events: &mpsc::Sender<Event>, request: Request) -> Result<Response> {
+    let (reply, answer) = oneshot::channel();
+    events
+        .send(Event::Control { request, reply })
+        .await
+        .map_err(|_| anyhow!("the controller has stopped"))?;
+    answer.await.context("the controller dropped the request")
+}
+
+/// A shared handle that only the daemon's pieces use.
+pub type Events = Arc<mpsc::Sender<Event>>;

@@ -1,0 +1,206 @@
+//! `k3s-xdp run`: the long-running daemon. It validates the config, binds its sockets (control,
+//! metrics), loads and attaches the data plane, runs the controller (health checks, admin,
+//! reload, status) and VRRP, and on SIGINT/SIGTERM gives the VIPs up (VRRP priority 0 first),
+//! detaches and restores what it changed on the host.
+
+use crate::{
+    config::{self, Config},
+    controller::{control::ControlSocket, metrics::MetricsServer, Controller, Event},
+    dataplane::{AttachPolicy, Dataplane, LoadOptions},
+    system::{self, InterfaceAddress, Netlink},
+    vrrp,
+};
+use anyhow::{anyhow, bail, Context, Result};
+use std::{net::Ipv4Addr, path::PathBuf, time::Duration};
+use tokio::{
+    signal::unix::{signal, SignalKind},
+    sync::mpsc,
+};
+use tracing::{error, info, warn};
+
+/// What `k3s-xdp run` was asked to do.
+pub struct Options {
+    pub config: PathBuf,
+    pub iface: Option<String>,
+}
+
+pub async fn run(options: Options) -> Result<()> {
+    let config = config::load(&options.config).map_err(|e| anyhow!("{e}"))?;
+    for warning in &config.warnings {
+        warn!("{warning}");
+    }
+    let iface = options
+        .iface
+        .clone()
+        .or_else(|| config.interface.clone())
+        .ok_or_else(|| {
+            anyhow!(
+                "no interface: set `interface` in {} or pass --iface",
+                options.config.display()
+            )
+        })?;
+    let netlink = Netlink::connect()?;
+    let ifindex = netlink.ifindex(&iface).await?;
+
+    // Sockets first: a port in use or a second instance fails before anything changes.
+    let control = ControlSocket::bind(&config.control_socket)?;
+    let metrics = MetricsServer::bind(config.metrics_listen).await?;
+
+    let dp = Dataplane::load(LoadOptions {
+        flow_table_size: config.flow_table_size,
+    })?;
+    let (events_tx, events_rx) = mpsc::channel(4096);
+    let (mut controller, health) = Controller::new(
+        options.config.clone(),
+        config.clone(),
+        iface.clone(),
+        dp,
+        events_tx.clone(),
+    )?;
+
+    let forwarding_before = system::set_ipv4_forwarding(&iface, true)
+        .with_context(|| format!("enabling IPv4 forwarding on {iface} (bpf_fib_lookup needs it)"))?;
+    if !forwarding_before {
+        info!("enabled IPv4 forwarding on {iface}: bpf_fib_lookup resolves next hops only for forwarding interfaces; restored on exit");
+    }
+    let mode = controller.dataplane_mut().attach(&iface, attach_policy(&config))?;
+    info!(
+        "XDP program attached to {iface} in {mode} mode; {} service(s), control socket {}, metrics on http://{}/metrics",
+        config.services.len(),
+        control.path().display(),
+        metrics
+            .local_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_default()
+    );
+
+    let mut tasks = Vec::new();
+    tasks.push(tokio::spawn(control.serve(events_tx.clone())));
+    tasks.push(tokio::spawn(metrics.serve(events_tx.clone())));
+    tasks.push(tokio::spawn(signals(events_tx.clone())));
+    let fib_events = events_tx.clone();
+    tasks.push(tokio::spawn(async move {
+        let r = system::watch_routes_and_neighbours(Duration::from_millis(500), || {
+            let _ = fib_events.try_send(Event::FibChanged);
+        })
+        .await;
+        if let Err(e) = r {
+            warn!("not watching route/neighbour changes ({e:#}); next hops refresh only on restart");
+        }
+    }));
+
+    // Without VRRP this node is the only load balancer: it holds the VIPs itself.
+    let mut owned = Vec::new();
+    let mut vrrp_task = None;
+    match &config.vrrp {
+        None => owned = claim_vips(&netlink, ifindex, &iface, &config).await?,
+        Some(v) => {
+            let instance = vrrp::runtime::Instance::start(
+                v.clone(),
+                iface.clone(),
+                ifindex,
+                health,
+                events_tx.clone(),
+            )
+            .await?;
+            vrrp_task = Some(instance);
+        }
+    }
+
+    let reason = controller.run(events_rx).await;
+    info!("{reason}: shutting down");
+
+    let mut failed = false;
+    if let Some(instance) = vrrp_task {
+        if let Err(e) = instance.shutdown().await {
+            error!("VRRP shutdown: {e:#}");
+            failed = true;
+        }
+    }
+    for addr in owned {
+        match netlink.del_address(ifindex, addr).await {
+            Ok(()) => info!("removed VIP {addr} from {iface}"),
+            Err(e) => {
+                error!("{e:#}");
+                failed = true;
+            }
+        }
+    }
+    if let Some((iface, mode)) = controller.dataplane_mut().detach() {
+        info!("XDP program detached from {iface} ({mode} mode)");
+    }
+    if !forwarding_before {
+        if let Err(e) = system::set_ipv4_forwarding(&iface, false) {
+            warn!("restoring IPv4 forwarding on {iface}: {e:#}");
+        }
+    }
+    for t in tasks {
+        t.abort();
+    }
+    if failed {
+        bail!("shutdown left state behind (see errors above)");
+    }
+    Ok(())
+}
+
+fn attach_policy(config: &Config) -> AttachPolicy {
+    match config.xdp_mode {
+        config::XdpMode::Auto => AttachPolicy::Auto,
+        config::XdpMode::Native => AttachPolicy::Driver,
+        config::XdpMode::Generic => AttachPolicy::Generic,
+    }
+}
+
+/// Adds every service VIP to `iface` as a /32 unless the interface has it already; returns the
+/// ones it added, which it alone removes on exit.
+async fn claim_vips(netlink: &Netlink, ifindex: u32, iface: &str, config: &Config) -> Result<Vec<Ipv4Addr>> {
+    let present = netlink.addresses(ifindex).await?;
+    let mut added = Vec::new();
+    let mut vips: Vec<Ipv4Addr> = config.services.iter().map(|s| s.vip).collect();
+    vips.sort();
+    vips.dedup();
+    for vip in vips {
+        if present.iter().any(|a| a.addr == vip) {
+            info!("VIP {vip} is already on {iface}; leaving it as it is");
+            continue;
+        }
+        netlink
+            .add_address(
+                ifindex,
+                InterfaceAddress {
+                    addr: vip,
+                    prefix_len: 32,
+                },
+            )
+            .await?;
+        info!("added VIP {vip}/32 to {iface} (no [vrrp]: this node is the only load balancer)");
+        added.push(vip);
+    }
+    Ok(added)
+}
+
+/// SIGHUP reloads; SIGINT/SIGTERM shut down.
+async fn signals(events: mpsc::Sender<Event>) {
+    let (Ok(mut hup), Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::hangup()),
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        error!("cannot install signal handlers");
+        return;
+    };
+    loop {
+        let event = tokio::select! {
+            _ = hup.recv() => {
+                info!("SIGHUP: reloading the configuration");
+                Event::Reload
+            }
+            _ = term.recv() => Event::Shutdown("SIGTERM"),
+            _ = int.recv() => Event::Shutdown("SIGINT"),
+        };
+        let stop = matches!(event, Event::Shutdown(_));
+        if events.send(event).await.is_err() || stop {
+            return;
+        }
+    }
+}

@@ -1,0 +1,559 @@
+//! Publishing the wanted state (services, backends, their health and weights) into the maps.
+//!
+//! [`Publisher`] keeps slots stable across updates (a service keeps its slot while its name
+//! stays; a backend keeps its slot while its service and address stay), so flows pinned to a
+//! backend slot survive reloads, and writes only what changed, in an order that never lets a
+//! packet see a reference to something not yet written:
+//! 1. backend entries (new and changed);
+//! 2. Maglev tables, each built in a fresh inner map and swapped in with one update of `MAGLEV`
+//!    (see [`publish_table`]): a packet reads the old table or the new one, never a mix;
+//! 3. `VIPS` entries, so a new service appears only once its table exists;
+//! 4. then removals: VIPs first, then tables, then backend slots (marked free).
+//!
+//! What to publish is computed by pure functions ([`backend_entry`], [`table`],
+//! [`vip_entries`]) unit-tested without BPF.
+
+use super::{sys, Dataplane};
+use crate::{
+    config::{self, Mode, OnBackendDown, Protocol},
+    maglev,
+};
+use anyhow::{anyhow, bail, Context, Result};
+use aya::maps::{
+    Array, ArrayOfMaps, HashMap, IterableMap, Map, MapData, PerCpuArray, PerCpuValues,
+};
+use k3s_xdp_common::{
+    names, Backend, Globals, NextHop, Traffic, VipInfo, VipPort, BACKEND_DOWN, BACKEND_DRAIN,
+    BACKEND_FREE, BACKEND_UP, IPPROTO_TCP, IPPROTO_UDP, MAGLEV_INNER_FLAGS, MAX_BACKENDS,
+    MAX_PORTS_PER_VIP, MAX_SERVICES, SERVICE_DSR, SERVICE_RESET_ON_DOWN,
+};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::{Ipv4Addr, SocketAddrV4},
+    os::fd::{AsFd, AsRawFd},
+    time::{Duration, Instant},
+};
+
+/// Whether a backend takes new flows, keeps its flows, or has its flows reset/kept per service.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendState {
+    /// Healthy and enabled: in the Maglev table (if its weight is positive).
+    Up,
+    /// `drain`: out of the table, existing flows continue.
+    Drain,
+    /// Failed its checks or `disable`d: out of the table; flows reset or kept per service.
+    Down,
+}
+
+/// A backend as the data plane should see it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BackendSpec {
+    pub name: String,
+    pub address: SocketAddrV4,
+    pub state: BackendState,
+    /// Weight in the Maglev table now (configured weight, ramped by slowstart); 0 = no entries.
+    pub weight: u32,
+}
+
+/// A service as the data plane should see it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServiceSpec {
+    pub name: String,
+    pub vip: Ipv4Addr,
+    pub port: u16,
+    pub protocol: Protocol,
+    pub mode: Mode,
+    pub on_backend_down: OnBackendDown,
+    pub table_size: u32,
+    pub backends: Vec<BackendSpec>,
+}
+
+impl ServiceSpec {
+    /// The service of the config with every backend up at its configured weight.
+    pub fn from_config(service: &config::Service) -> Self {
+        ServiceSpec {
+            name: service.name.clone(),
+            vip: service.vip,
+            port: service.port,
+            protocol: service.protocol,
+            mode: service.mode,
+            on_backend_down: service.on_backend_down,
+            table_size: service.table_size,
+            backends: service
+                .backends
+                .iter()
+                .map(|b| BackendSpec {
+                    name: b.name.clone(),
+                    address: b.address,
+                    state: BackendState::Up,
+                    weight: b.weight,
+                })
+                .collect(),
+        }
+    }
+}
+
+/// What one [`Publisher::apply`] changed, for the log.
+#[derive(Debug, Default)]
+pub struct Applied {
+    /// Services whose Maglev table was rebuilt: name, entries owned per backend slot, time.
+    pub tables: Vec<(String, usize, Duration)>,
+    /// Services left without any backend to take new flows (their table was removed).
+    pub emptied: Vec<String>,
+    pub services_added: Vec<String>,
+    pub services_removed: Vec<String>,
+    pub backends_added: usize,
+    pub backends_removed: usize,
+}
+
+impl Applied {
+    pub fn is_empty(&self) -> bool {
+        self.tables.is_empty()
+            && self.emptied.is_empty()
+            && self.services_added.is_empty()
+            && self.services_removed.is_empty()
+            && self.backends_added == 0
+            && self.backends_removed == 0
+    }
+}
+
+type BackendKey = (String, SocketAddrV4);
+
+/// Slots and what was last written, so each apply writes only differences.
+#[derive(Default)]
+pub struct Publisher {
+    service_slots: BTreeMap<String, u32>,
+    backend_slots: BTreeMap<BackendKey, u32>,
+    written_backends: BTreeMap<u32, Backend>,
+    tables: BTreeMap<u32, Vec<u32>>,
+    vips: BTreeMap<u32, VipInfo>,
+    /// Where the search for a free backend slot starts: slots are handed out round the ring,
+    /// so a freed slot is reused as late as possible.
+    next_backend_slot: u32,
+}
+
+impl Publisher {
+    pub fn new() -> Self {
+        Self {
+            next_backend_slot: 1,
+            ..Default::default()
+        }
+    }
+
+    /// The slot of service `name`, once published.
+    pub fn service_slot(&self, name: &str) -> Option<u32> {
+        self.service_slots.get(name).copied()
+    }
+
+    /// The slot of a backend of `service` at `address`, once published.
+    pub fn backend_slot(&self, service: &str, address: SocketAddrV4) -> Option<u32> {
+        self.backend_slots
+            .get(&(service.to_string(), address))
+            .copied()
+    }
+
+    /// The Maglev table last published for service slot `slot` (empty: none).
+    pub fn published_table(&self, slot: u32) -> &[u32] {
+        self.tables.get(&slot).map(Vec::as_slice).unwrap_or(&[])
+    }
+
+    /// Makes the maps describe `services`.
+    pub fn apply(&mut self, dp: &mut Dataplane, services: &[ServiceSpec]) -> Result<Applied> {
+        check_limits(services)?;
+        let mut applied = Applied::default();
+
+        // Slots for what is new.
+        let wanted_services: BTreeSet<&str> = services.iter().map(|s| s.name.as_str()).collect();
+        for s in services {
+            if !self.service_slots.contains_key(&s.name) {
+                let slot = (0..MAX_SERVICES)
+                    .find(|slot| !self.service_slots.values().any(|v| v == slot))
+                    .ok_or_else(|| anyhow!("no free service slot (at most {MAX_SERVICES})"))?;
+                self.service_slots.insert(s.name.clone(), slot);
+                reset_stats(dp, names::SERVICE_STATS, slot)?;
+                applied.services_added.push(s.name.clone());
+            }
+        }
+        let wanted_backends: BTreeSet<BackendKey> = services
+            .iter()
+            .flat_map(|s| s.backends.iter().map(|b| (s.name.clone(), b.address)))
+            .collect();
+        for key in &wanted_backends {
+            if !self.backend_slots.contains_key(key) {
+                let slot = self.free_backend_slot()?;
+                self.backend_slots.insert(key.clone(), slot);
+                reset_stats(dp, names::BACKEND_STATS, slot)?;
+                clear_hop(dp, slot)?;
+                applied.backends_added += 1;
+            }
+        }
+
+        // 1. Backend entries.
+        for s in services {
+            let service_slot = self.service_slots[&s.name];
+            for b in &s.backends {
+                let slot = self.backend_slots[&(s.name.clone(), b.address)];
+                let entry = backend_entry(b, service_slot);
+                if self.written_backends.get(&slot) != Some(&entry) {
+                    write_backend(dp, slot, &entry)?;
+                    self.written_backends.insert(slot, entry);
+                }
+            }
+        }
+
+        // 2. Maglev tables.
+        for s in services {
+            let service_slot = self.service_slots[&s.name];
+            let started = Instant::now();
+            let new = table(s, |b| self.backend_slots[&(s.name.clone(), b.address)]);
+            if self.tables.get(&service_slot) == Some(&new) {
+                continue;
+            }
+            if new.is_empty() {
+                if self.tables.contains_key(&service_slot) {
+                    remove_table(dp, service_slot)?;
+                    self.tables.remove(&service_slot);
+                }
+                applied.emptied.push(s.name.clone());
+                continue;
+            }
+            publish_table(dp, service_slot, &new)
+                .with_context(|| format!("publishing the Maglev table of service {}", s.name))?;
+            let owners: BTreeSet<u32> = new.iter().copied().collect();
+            self.tables.insert(service_slot, new);
+            applied
+                .tables
+                .push((s.name.clone(), owners.len(), started.elapsed()));
+        }
+
+        // 3. VIPs.
+        let vips = vip_entries(services, &self.service_slots)?;
+        for (vip, info) in &vips {
+            if self.vips.get(vip) != Some(info) {
+                vips_map(dp)?.insert(vip, info, 0)?;
+            }
+        }
+
+        // 4. Removals: VIPs, then tables, then backend slots.
+        let stale_vips: Vec<u32> = self
+            .vips
+            .keys()
+            .filter(|k| !vips.contains_key(k))
+            .copied()
+            .collect();
+        for vip in stale_vips {
+            vips_map(dp)?.remove(&vip)?;
+        }
+        self.vips = vips;
+        let gone: Vec<(String, u32)> = self
+            .service_slots
+            .iter()
+            .filter(|(name, _)| !wanted_services.contains(name.as_str()))
+            .map(|(n, s)| (n.clone(), *s))
+            .collect();
+        for (name, slot) in gone {
+            if self.tables.remove(&slot).is_some() {
+                remove_table(dp, slot)?;
+            }
+            self.service_slots.remove(&name);
+            applied.services_removed.push(name);
+        }
+        let gone: Vec<(BackendKey, u32)> = self
+            .backend_slots
+            .iter()
+            .filter(|(key, _)| !wanted_backends.contains(*key))
+            .map(|(k, s)| (k.clone(), *s))
+            .collect();
+        for (key, slot) in gone {
+            let free = Backend {
+                state: BACKEND_FREE,
+                ..Default::default()
+            };
+            write_backend(dp, slot, &free)?;
+            self.written_backends.remove(&slot);
+            self.backend_slots.remove(&key);
+            applied.backends_removed += 1;
+        }
+        Ok(applied)
+    }
+
+    fn free_backend_slot(&mut self) -> Result<u32> {
+        let used: BTreeSet<u32> = self.backend_slots.values().copied().collect();
+        for i in 0..MAX_BACKENDS {
+            let slot = (self.next_backend_slot + i) % MAX_BACKENDS;
+            if slot != 0 && !used.contains(&slot) {
+                self.next_backend_slot = slot + 1;
+                return Ok(slot);
+            }
+        }
+        bail!("no free backend slot (at most {} backends)", MAX_BACKENDS - 1)
+    }
+}
+
+fn check_limits(services: &[ServiceSpec]) -> Result<()> {
+    if services.len() > MAX_SERVICES as usize {
+        bail!("{} services, at most {MAX_SERVICES}", services.len());
+    }
+    let backends: usize = services.iter().map(|s| s.backends.len()).sum();
+    if backends >= MAX_BACKENDS as usize {
+        bail!("{backends} backends, at most {}", MAX_BACKENDS - 1);
+    }
+    for s in services {
+        if !maglev::is_prime(s.table_size) {
+            bail!("service {}: table size {} is not prime", s.name, s.table_size);
+        }
+    }
+    Ok(())
+}
+
+/// The `BACKENDS` entry of a backend of service slot `service`.
+pub fn backend_entry(b: &BackendSpec, service: u32) -> Backend {
+    Backend {
+        addr: u32::from(*b.address.ip()).to_be(),
+        port: b.address.port().to_be(),
+        _pad: 0,
+        state: match b.state {
+            BackendState::Up => BACKEND_UP,
+            BackendState::Drain => BACKEND_DRAIN,
+            BackendState::Down => BACKEND_DOWN,
+        },
+        service,
+    }
+}
+
+/// The Maglev table of a service: its up backends with a positive weight, each identified by
+/// its address; entries hold backend slots. Empty when no backend can take new flows.
+pub fn table(service: &ServiceSpec, slot_of: impl Fn(&BackendSpec) -> u32) -> Vec<u32> {
+    let identities: Vec<String> = service
+        .backends
+        .iter()
+        .map(|b| b.address.to_string())
+        .collect();
+    let candidates: Vec<maglev::Candidate<'_>> = service
+        .backends
+        .iter()
+        .zip(&identities)
+        .filter(|(b, _)| b.state == BackendState::Up && b.weight > 0)
+        .map(|(b, identity)| maglev::Candidate {
+            identity,
+            weight: b.weight,
+            value: slot_of(b),
+        })
+        .collect();
+    maglev::build(&candidates, service.table_size)
+}
+
+/// The `VIPS` entries (keys in network order) for `services` in their slots.
+pub fn vip_entries(
+    services: &[ServiceSpec],
+    slots: &BTreeMap<String, u32>,
+) -> Result<BTreeMap<u32, VipInfo>> {
+    let mut out: BTreeMap<u32, VipInfo> = BTreeMap::new();
+    for s in services {
+        let slot = *slots
+            .get(&s.name)
+            .ok_or_else(|| anyhow!("service {} has no slot", s.name))?;
+        let info = out.entry(u32::from(s.vip).to_be()).or_default();
+        let index = info.count as usize;
+        if index >= MAX_PORTS_PER_VIP {
+            bail!("VIP {} has more than {MAX_PORTS_PER_VIP} services", s.vip);
+        }
+        let mut flags = 0;
+        if s.mode == Mode::Dsr {
+            flags |= SERVICE_DSR;
+        }
+        if s.on_backend_down == OnBackendDown::Reset {
+            flags |= SERVICE_RESET_ON_DOWN;
+        }
+        info.ports[index] = VipPort {
+            port: s.port.to_be(),
+            protocol: match s.protocol {
+                Protocol::Tcp => IPPROTO_TCP,
+                Protocol::Udp => IPPROTO_UDP,
+            },
+            service: slot,
+            table_size: s.table_size,
+            flags,
+            ..Default::default()
+        };
+        info.count += 1;
+    }
+    Ok(out)
+}
+
+fn map_mut<'a>(dp: &'a mut Dataplane, name: &str) -> Result<&'a mut Map> {
+    dp.bpf_mut()
+        .map_mut(name)
+        .ok_or_else(|| anyhow!("the XDP object has no map {name}"))
+}
+
+fn vips_map(dp: &mut Dataplane) -> Result<HashMap<&mut MapData, u32, VipInfo>> {
+    Ok(HashMap::try_from(map_mut(dp, names::VIPS)?)?)
+}
+
+fn write_backend(dp: &mut Dataplane, slot: u32, entry: &Backend) -> Result<()> {
+    let mut backends: Array<&mut MapData, Backend> =
+        Array::try_from(map_mut(dp, names::BACKENDS)?)?;
+    backends
+        .set(slot, entry, 0)
+        .with_context(|| format!("writing backend slot {slot}"))
+}
+
+fn clear_hop(dp: &mut Dataplane, slot: u32) -> Result<()> {
+    let mut hops: Array<&mut MapData, NextHop> =
+        Array::try_from(map_mut(dp, names::BACKEND_HOPS)?)?;
+    Ok(hops.set(slot, NextHop::default(), 0)?)
+}
+
+fn reset_stats(dp: &mut Dataplane, map: &str, slot: u32) -> Result<()> {
+    let cpus = aya::util::nr_cpus().map_err(|(path, e)| anyhow!("reading {path}: {e}"))?;
+    let mut stats: PerCpuArray<&mut MapData, Traffic> = PerCpuArray::try_from(map_mut(dp, map)?)?;
+    let zeros = PerCpuValues::try_from(vec![Traffic::default(); cpus])?;
+    Ok(stats.set(slot, zeros, 0)?)
+}
+
+/// Publishes `entries` as the Maglev table of service slot `slot`: a new inner array (created
+/// with the template's flags), filled through a shared memory mapping in one copy, then swapped
+/// into `MAGLEV` with a single update. The kernel replaces the pointer atomically and frees the
+/// old table only after every program run that could still read it has finished (RCU), so no
+/// packet ever sees a half-written table or a mix of two.
+pub fn publish_table(dp: &mut Dataplane, slot: u32, entries: &[u32]) -> Result<()> {
+    let size = u32::try_from(entries.len())?;
+    let inner: Array<MapData, u32> = Array::create(size, MAGLEV_INNER_FLAGS)
+        .context("creating a Maglev table (BPF_MAP_CREATE)")?;
+    let fd = inner.map().fd().as_fd().as_raw_fd();
+    sys::write_mmapable_array(fd, entries)?;
+    let mut outer: ArrayOfMaps<&mut MapData, Array<MapData, u32>> =
+        ArrayOfMaps::try_from(map_mut(dp, names::MAGLEV)?)?;
+    outer
+        .set(slot, &inner, 0)
+        .with_context(|| format!("swapping in the Maglev table of service slot {slot}"))?;
+    Ok(())
+}
+
+/// Removes the Maglev table of service slot `slot`: new flows of the service find no backend.
+pub fn remove_table(dp: &mut Dataplane, slot: u32) -> Result<()> {
+    let Map::ArrayOfMaps(outer) = map_mut(dp, names::MAGLEV)? else {
+        bail!("{} is not an array of maps", names::MAGLEV);
+    };
+    sys::delete_elem(outer.fd().as_fd().as_raw_fd(), &slot)
+        .with_context(|| format!("removing the Maglev table of service slot {slot}"))
+}
+
+/// Writes the program-wide settings.
+pub fn write_globals(dp: &mut Dataplane, globals: &Globals) -> Result<()> {
+    let mut map: Array<&mut MapData, Globals> = Array::try_from(map_mut(dp, names::GLOBALS)?)?;
+    Ok(map.set(0, globals, 0)?)
+}
+
+/// The program-wide settings as last written.
+pub fn read_globals(dp: &Dataplane) -> Result<Globals> {
+    let map = dp
+        .bpf()
+        .map(names::GLOBALS)
+        .ok_or_else(|| anyhow!("the XDP object has no map {}", names::GLOBALS))?;
+    let map: Array<&MapData, Globals> = Array::try_from(map)?;
+    Ok(map.get(&0, 0)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(name: &str, vip: &str, port: u16, backends: &[(&str, BackendState, u32)]) -> ServiceSpec {
+        ServiceSpec {
+            name: name.into(),
+            vip: vip.parse().unwrap(),
+            port,
+            protocol: Protocol::Tcp,
+            mode: Mode::Nat,
+            on_backend_down: OnBackendDown::Reset,
+            table_size: 251,
+            backends: backends
+                .iter()
+                .map(|(addr, state, weight)| BackendSpec {
+                    name: addr.to_string(),
+                    address: addr.parse().unwrap(),
+                    state: *state,
+                    weight: *weight,
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn only_up_backends_with_weight_are_in_the_table() {
+        use BackendState::*;
+        let s = spec(
+            "api",
+            "192.0.2.100",
+            6443,
+            &[
+                ("192.0.2.50:6443", Up, 100),
+                ("192.0.2.51:6443", Down, 100),
+                ("192.0.2.52:6443", Drain, 100),
+                ("192.0.2.53:6443", Up, 0),
+            ],
+        );
+        let t = table(&s, |b| u32::from(b.address.ip().octets()[3]));
+        assert_eq!(t.len(), 251);
+        assert!(t.iter().all(|&v| v == 50));
+        let all_down = spec("api", "192.0.2.100", 6443, &[("192.0.2.50:6443", Down, 100)]);
+        assert!(table(&all_down, |_| 1).is_empty());
+    }
+
+    #[test]
+    fn the_table_does_not_depend_on_backend_names_or_order() {
+        use BackendState::*;
+        let a = spec(
+            "api",
+            "192.0.2.100",
+            6443,
+            &[("192.0.2.50:6443", Up, 100), ("192.0.2.51:6443", Up, 100)],
+        );
+        let mut b = a.clone();
+        b.backends.reverse();
+        b.backends[0].name = "renamed".into();
+        let slot = |s: &BackendSpec| u32::from(s.address.ip().octets()[3]);
+        assert_eq!(table(&a, slot), table(&b, slot));
+    }
+
+    #[test]
+    fn vip_entries_group_services_by_vip() {
+        use BackendState::*;
+        let services = [
+            spec("api", "192.0.2.100", 6443, &[("192.0.2.50:6443", Up, 100)]),
+            spec("ingress", "192.0.2.100", 30080, &[("192.0.2.50:30080", Up, 100)]),
+            spec("other", "192.0.2.200", 6443, &[("192.0.2.50:6443", Up, 100)]),
+        ];
+        let slots: BTreeMap<String, u32> = [("api", 3), ("ingress", 4), ("other", 5)]
+            .into_iter()
+            .map(|(n, s)| (n.to_string(), s))
+            .collect();
+        let entries = vip_entries(&services, &slots).unwrap();
+        let vip = entries[&u32::from(Ipv4Addr::new(192, 0, 2, 100)).to_be()];
+        assert_eq!(vip.count, 2);
+        assert_eq!(vip.ports[0].port, 6443u16.to_be());
+        assert_eq!(vip.ports[0].service, 3);
+        assert_eq!(vip.ports[0].flags, SERVICE_RESET_ON_DOWN);
+        assert_eq!(vip.ports[1].port, 30080u16.to_be());
+        assert_eq!(vip.ports[1].service, 4);
+        assert_eq!(entries.len(), 2);
+    }
+
+    #[test]
+    fn backend_entries_are_in_network_order() {
+        let b = BackendSpec {
+            name: "server-1".into(),
+            address: "192.0.2.50:6443".parse().unwrap(),
+            state: BackendState::Drain,
+            weight: 100,
+        };
+        let e = backend_entry(&b, 7);
+        assert_eq!(e.addr.to_ne_bytes(), [192, 0, 2, 50]);
+        assert_eq!(e.port.to_ne_bytes(), [0x19, 0x2b]);
+        assert_eq!(e.state, BACKEND_DRAIN);
+        assert_eq!(e.service, 7);
+    }
+}

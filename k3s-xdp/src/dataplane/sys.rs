@@ -1,0 +1,79 @@
+//! The two map operations aya 0.14 does not offer: deleting an entry of an array of maps (the
+//! slot becomes empty), and filling a `BPF_F_MMAPABLE` array through a shared mapping.
+
+use anyhow::{bail, Result};
+use std::{io, os::fd::RawFd};
+
+const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
+
+/// The `map_elem` member of `union bpf_attr`.
+#[repr(C)]
+struct MapElemAttr {
+    map_fd: u32,
+    _pad: u32,
+    key: u64,
+    value: u64,
+    flags: u64,
+}
+
+/// `bpf(BPF_MAP_DELETE_ELEM)` on map `fd`.
+pub fn delete_elem(fd: RawFd, key: &u32) -> Result<()> {
+    let attr = MapElemAttr {
+        map_fd: fd as u32,
+        _pad: 0,
+        key: key as *const u32 as u64,
+        value: 0,
+        flags: 0,
+    };
+    // SAFETY: attr is a valid bpf_attr prefix for this command and outlives the call.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_MAP_DELETE_ELEM,
+            &attr as *const MapElemAttr,
+            std::mem::size_of::<MapElemAttr>(),
+        )
+    };
+    if rc < 0 {
+        let e = io::Error::last_os_error();
+        // Already empty is fine.
+        if e.raw_os_error() != Some(libc::ENOENT) {
+            bail!("bpf(BPF_MAP_DELETE_ELEM): {e}");
+        }
+    }
+    Ok(())
+}
+
+/// Copies `values` into the `BPF_F_MMAPABLE` array map `fd` (of exactly `values.len()` u32
+/// entries) through a shared mapping. The kernel lays array elements out at a stride of the
+/// value size rounded up to 8 bytes, so each u32 sits at the start of an 8-byte slot.
+pub fn write_mmapable_array(fd: RawFd, values: &[u32]) -> Result<()> {
+    const STRIDE: usize = 8;
+    let bytes = values.len() * STRIDE;
+    // SAFETY: page size query has no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize;
+    let len = bytes.div_ceil(page) * page;
+    // SAFETY: mapping a map fd the kernel created mmapable; checked for MAP_FAILED below.
+    let ptr = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            fd,
+            0,
+        )
+    };
+    if ptr == libc::MAP_FAILED {
+        bail!("mmap of a Maglev table: {}", io::Error::last_os_error());
+    }
+    // SAFETY: the mapping is at least `bytes` long and nobody else writes this fresh map.
+    unsafe {
+        let base = ptr.cast::<u8>();
+        for (i, v) in values.iter().enumerate() {
+            std::ptr::write_unaligned(base.add(i * STRIDE).cast::<u32>(), *v);
+        }
+        libc::munmap(ptr, len);
+    }
+    Ok(())
+}

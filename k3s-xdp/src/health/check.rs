@@ -1,0 +1,350 @@
+//! Health check probes, the I/O edge of health checking: `tcp` (the connection is accepted),
+//! `tls` (the TLS handshake completes: the right check for k3s, whose `/readyz` answers 401 to
+//! anonymous requests), `https` (GET a path, the status is one of `expect`). A failure comes back
+//! in the operator's words: "connection refused", "timeout after 1s", "HTTP 500 (expected 200)".
+//!
+//! Without `ca_file`, the server's certificate is not verified (k3s serves its own CA; what
+//! matters is that the API server answers); with it, the chain and the backend's IP address
+//! are verified. `client_cert`/`client_key` authenticate the check, `bearer_token_file` adds an
+//! `Authorization: Bearer` header.
+
+use super::state::Outcome;
+use anyhow::{anyhow, bail, Context, Result};
+use rustls::{
+    client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier},
+    crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider},
+    pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer, ServerName, UnixTime},
+    ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
+};
+use std::{
+    io,
+    net::SocketAddrV4,
+    path::Path,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpStream,
+    time::timeout,
+};
+use tokio_rustls::TlsConnector;
+
+/// What to check and how, built once per service (certificates are read at build time).
+#[derive(Clone)]
+pub enum Probe {
+    Tcp,
+    Tls {
+        tls: Arc<ClientConfig>,
+    },
+    Https {
+        tls: Arc<ClientConfig>,
+        path: String,
+        expect: Vec<u16>,
+        bearer_token: Option<String>,
+    },
+}
+
+/// Files named by the config for TLS checks.
+#[derive(Clone, Debug, Default)]
+pub struct TlsFiles<'a> {
+    pub ca_file: Option<&'a Path>,
+    pub client_cert: Option<&'a Path>,
+    pub client_key: Option<&'a Path>,
+}
+
+impl Probe {
+    /// A TLS client configuration for checks: verifying against `ca_file` if given, presenting
+    /// a client certificate if given. Errors name the file and what is wrong with it.
+    pub fn tls_config(files: &TlsFiles<'_>) -> Result<Arc<ClientConfig>> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builder = ClientConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .context("TLS protocol versions")?;
+        let builder = match files.ca_file {
+            Some(path) => {
+                let mut roots = RootCertStore::empty();
+                let certs = CertificateDer::pem_file_iter(path)
+                    .with_context(|| format!("ca_file {}: cannot read", path.display()))?;
+                for cert in certs {
+                    let cert = cert.with_context(|| {
+                        format!("ca_file {}: not a PEM certificate", path.display())
+                    })?;
+                    roots.add(cert).with_context(|| {
+                        format!("ca_file {}: certificate rejected", path.display())
+                    })?;
+                }
+                if roots.is_empty() {
+                    bail!("ca_file {}: no certificate in it", path.display());
+                }
+                builder.with_root_certificates(roots)
+            }
+            None => builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(AcceptAnyCertificate(provider))),
+        };
+        let config = match (files.client_cert, files.client_key) {
+            (Some(cert), Some(key)) => {
+                let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+                    .with_context(|| format!("client_cert {}: cannot read", cert.display()))?
+                    .collect::<Result<_, _>>()
+                    .with_context(|| format!("client_cert {}: not PEM", cert.display()))?;
+                let key = PrivateKeyDer::from_pem_file(key)
+                    .with_context(|| format!("client_key {}: not a PEM private key", key.display()))?;
+                builder
+                    .with_client_auth_cert(chain, key)
+                    .context("client_cert and client_key do not match")?
+            }
+            (None, None) => builder.with_no_client_auth(),
+            _ => bail!("client_cert and client_key go together"),
+        };
+        Ok(Arc::new(config))
+    }
+
+    /// Reads a bearer token file (trimmed), with a clear error.
+    pub fn read_token(path: &Path) -> Result<String> {
+        let token = std::fs::read_to_string(path)
+            .with_context(|| format!("bearer_token_file {}: cannot read", path.display()))?;
+        let token = token.trim().to_string();
+        if token.is_empty() || token.contains(['\r', '\n']) {
+            bail!("bearer_token_file {}: expected one line with the token", path.display());
+        }
+        Ok(token)
+    }
+
+    /// Runs one check against `addr` within `limit`; returns the outcome and how long it took.
+    pub async fn run(&self, addr: SocketAddrV4, limit: Duration) -> (Outcome, Duration) {
+        let started = Instant::now();
+        let outcome = match timeout(limit, self.attempt(addr)).await {
+            Ok(Ok(())) => Outcome::Passed,
+            Ok(Err(why)) => Outcome::Failed(why),
+            Err(_) => Outcome::Failed(format!("timeout after {limit:.1?}")),
+        };
+        (outcome, started.elapsed())
+    }
+
+    async fn attempt(&self, addr: SocketAddrV4) -> Result<(), String> {
+        let stream = TcpStream::connect(addr).await.map_err(|e| describe(&e))?;
+        let _ = stream.set_nodelay(true);
+        match self {
+            Probe::Tcp => Ok(()),
+            Probe::Tls { tls } => {
+                let mut tls = handshake(tls, addr, stream).await?;
+                let _ = tls.shutdown().await;
+                Ok(())
+            }
+            Probe::Https {
+                tls,
+                path,
+                expect,
+                bearer_token,
+            } => {
+                let mut tls = handshake(tls, addr, stream).await?;
+                let mut request = format!(
+                    "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: k3s-xdp-health-check\r\nAccept: */*\r\nConnection: close\r\n"
+                );
+                if let Some(token) = bearer_token {
+                    request.push_str(&format!("Authorization: Bearer {token}\r\n"));
+                }
+                request.push_str("\r\n");
+                tls.write_all(request.as_bytes())
+                    .await
+                    .map_err(|e| format!("sending the request: {}", describe(&e)))?;
+                let status = read_status(&mut tls).await?;
+                let _ = tls.shutdown().await;
+                if expect.contains(&status) {
+                    Ok(())
+                } else {
+                    Err(format!("HTTP {status} (expected {})", list(expect)))
+                }
+            }
+        }
+    }
+}
+
+async fn handshake(
+    tls: &Arc<ClientConfig>,
+    addr: SocketAddrV4,
+    stream: TcpStream,
+) -> Result<tokio_rustls::client::TlsStream<TcpStream>, String> {
+    let name = ServerName::IpAddress((*addr.ip()).into());
+    TlsConnector::from(tls.clone())
+        .connect(name, stream)
+        .await
+        .map_err(|e| format!("TLS handshake failed: {}", describe(&e)))
+}
+
+/// Reads the status code of an HTTP/1.x response.
+async fn read_status<S: AsyncReadExt + Unpin>(stream: &mut S) -> Result<u16, String> {
+    let mut buf = Vec::with_capacity(256);
+    let mut chunk = [0u8; 256];
+    while !buf.contains(&b'\n') {
+        if buf.len() > 4096 {
+            return Err("no HTTP status line in the first 4 KiB".into());
+        }
+        let n = stream
+            .read(&mut chunk)
+            .await
+            .map_err(|e| format!("reading the response: {}", describe(&e)))?;
+        if n == 0 {
+            return Err(if buf.is_empty() {
+                "connection closed without a response".into()
+            } else {
+                "connection closed in the status line".into()
+            });
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    parse_status_line(&buf)
+}
+
+/// The status code of `HTTP/1.x NNN ...`.
+pub fn parse_status_line(bytes: &[u8]) -> Result<u16, String> {
+    let line = bytes.split(|&b| b == b'\n').next().unwrap_or_default();
+    let line = String::from_utf8_lossy(line);
+    let mut parts = line.split_whitespace();
+    let version = parts.next().unwrap_or_default();
+    if !version.starts_with("HTTP/1.") {
+        return Err(format!("not an HTTP/1 response: {:?}", line.trim()));
+    }
+    parts
+        .next()
+        .and_then(|code| code.parse::<u16>().ok())
+        .filter(|code| (100..=599).contains(code))
+        .ok_or_else(|| format!("bad HTTP status line: {:?}", line.trim()))
+}
+
+fn list(codes: &[u16]) -> String {
+    codes.iter().map(u16::to_string).collect::<Vec<_>>().join(" or ")
+}
+
+/// An I/O error in the words an operator would use.
+pub fn describe(e: &io::Error) -> String {
+    use io::ErrorKind::*;
+    if let Some(inner) = e.get_ref() {
+        // TLS errors come wrapped in io::Error.
+        if let Some(tls) = inner.downcast_ref::<rustls::Error>() {
+            return tls.to_string();
+        }
+    }
+    match e.raw_os_error() {
+        Some(libc::ECONNREFUSED) => "connection refused".into(),
+        Some(libc::EHOSTUNREACH) => "no route to host".into(),
+        Some(libc::ENETUNREACH) => "network unreachable".into(),
+        Some(libc::ECONNRESET) => "connection reset".into(),
+        Some(libc::ETIMEDOUT) => "timed out".into(),
+        _ => match e.kind() {
+            UnexpectedEof => "connection closed by the server".into(),
+            ConnectionReset => "connection reset".into(),
+            _ => e.to_string(),
+        },
+    }
+}
+
+/// Accepts any server certificate (no `ca_file`) but still checks the handshake signatures, so
+/// the check proves the server holds the key of the certificate it presents.
+#[derive(Debug)]
+struct AcceptAnyCertificate(Arc<CryptoProvider>);
+
+impl ServerCertVerifier for AcceptAnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// Errors when the probe cannot even be built (for messages at startup/reload).
+pub fn probe_error(service: &str, e: anyhow::Error) -> anyhow::Error {
+    anyhow!("service {service}: health check: {e:#}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_lines() {
+        assert_eq!(parse_status_line(b"HTTP/1.1 200 OK\r\n"), Ok(200));
+        assert_eq!(parse_status_line(b"HTTP/1.0 401 Unauthorized\r\nX: y"), Ok(401));
+        assert!(parse_status_line(b"SSH-2.0-OpenSSH\r\n").is_err());
+        assert!(parse_status_line(b"HTTP/1.1 abc\r\n").is_err());
+        assert!(parse_status_line(b"HTTP/1.1 999 Nope\r\n").is_err());
+        assert!(parse_status_line(b"").is_err());
+    }
+
+    #[test]
+    fn errors_read_like_an_operator_would_say_them() {
+        assert_eq!(
+            describe(&io::Error::from_raw_os_error(libc::ECONNREFUSED)),
+            "connection refused"
+        );
+        assert_eq!(
+            describe(&io::Error::from_raw_os_error(libc::EHOSTUNREACH)),
+            "no route to host"
+        );
+        assert_eq!(list(&[200, 204]), "200 or 204");
+    }
+
+    /// Real sockets on loopback: a refused port and a listener that accepts.
+    #[tokio::test]
+    async fn tcp_checks_on_loopback() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = match listener.local_addr().unwrap() {
+            std::net::SocketAddr::V4(a) => a,
+            _ => unreachable!(),
+        };
+        let (outcome, _) = Probe::Tcp.run(addr, Duration::from_secs(1)).await;
+        assert_eq!(outcome, Outcome::Passed);
+        drop(listener);
+        let (outcome, _) = Probe::Tcp.run(addr, Duration::from_secs(1)).await;
+        assert_eq!(outcome, Outcome::Failed("connection refused".into()));
+    }
+
+    /// A listener that accepts TCP but never speaks TLS: the tls check times out.
+    #[tokio::test]
+    async fn a_tls_check_against_a_silent_server_times_out() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = match listener.local_addr().unwrap() {
+            std::net::SocketAddr::V4(a) => a,
+            _ => unreachable!(),
+        };
+        let hold = tokio::spawn(async move {
+            let (s, _) = listener.accept().await.unwrap();
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            drop(s);
+        });
+        let tls = Probe::tls_config(&TlsFiles::default()).unwrap();
+        let (outcome, took) = Probe::Tls { tls }.run(addr, Duration::from_millis(300)).await;
+        assert_eq!(outcome, Outcome::Failed("timeout after 300.0ms".into()));
+        assert!(took < Duration::from_secs(2));
+        hold.abort();
+    }
+}

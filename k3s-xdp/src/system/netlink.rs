@@ -1,0 +1,160 @@
+//! rtnetlink requests: interface lookup, IPv4 addresses.
+
+use anyhow::{anyhow, bail, Context, Result};
+use futures::TryStreamExt;
+use netlink_packet_route::{
+    address::{AddressAttribute, AddressMessage},
+    link::LinkAttribute,
+    AddressFamily,
+};
+use std::net::{IpAddr, Ipv4Addr};
+
+/// An IPv4 address on an interface, with its prefix length.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct InterfaceAddress {
+    pub addr: Ipv4Addr,
+    pub prefix_len: u8,
+}
+
+/// A route netlink socket. Needs a tokio runtime; the connection task lives as long as it.
+pub struct Netlink {
+    handle: rtnetlink::Handle,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Netlink {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Netlink {
+    pub fn connect() -> Result<Self> {
+        let (connection, handle, _) =
+            rtnetlink::new_connection().context("cannot open a route netlink socket")?;
+        let task = tokio::spawn(connection);
+        Ok(Self { handle, task })
+    }
+
+    /// The index of interface `name`, with an error that says what to check.
+    pub async fn ifindex(&self, name: &str) -> Result<u32> {
+        let mut links = self.handle.link().get().match_name(name.to_string()).execute();
+        match links.try_next().await {
+            Ok(Some(link)) => Ok(link.header.index),
+            Ok(None) => bail!("no interface named {name}"),
+            Err(e) => Err(anyhow!(e)).with_context(|| {
+                format!("no interface named {name} (see `ip link`; set `interface` in the config or pass --iface)")
+            }),
+        }
+    }
+
+    /// The MAC address of interface `ifindex`.
+    pub async fn mac(&self, ifindex: u32) -> Result<[u8; 6]> {
+        let mut links = self.handle.link().get().match_index(ifindex).execute();
+        let link = links
+            .try_next()
+            .await?
+            .ok_or_else(|| anyhow!("no interface with index {ifindex}"))?;
+        for attr in link.attributes {
+            if let LinkAttribute::Address(bytes) = attr {
+                if let Ok(mac) = <[u8; 6]>::try_from(bytes.as_slice()) {
+                    return Ok(mac);
+                }
+            }
+        }
+        bail!("interface {ifindex} has no Ethernet address")
+    }
+
+    /// IPv4 addresses of interface `ifindex`.
+    pub async fn addresses(&self, ifindex: u32) -> Result<Vec<InterfaceAddress>> {
+        let mut out = Vec::new();
+        let mut stream = self
+            .handle
+            .address()
+            .get()
+            .set_link_index_filter(ifindex)
+            .execute();
+        while let Some(msg) = stream.try_next().await? {
+            if let Some(addr) = ipv4_of(&msg) {
+                out.push(InterfaceAddress {
+                    addr,
+                    prefix_len: msg.header.prefix_len,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// Adds `addr/prefix_len` to interface `ifindex`.
+    pub async fn add_address(&self, ifindex: u32, address: InterfaceAddress) -> Result<()> {
+        self.handle
+            .address()
+            .add(ifindex, IpAddr::V4(address.addr), address.prefix_len)
+            .execute()
+            .await
+            .with_context(|| {
+                format!(
+                    "cannot add {}/{} to interface {ifindex}",
+                    address.addr, address.prefix_len
+                )
+            })
+    }
+
+    /// Removes `addr` (whatever its prefix) from interface `ifindex`; absent is not an error.
+    pub async fn del_address(&self, ifindex: u32, addr: Ipv4Addr) -> Result<()> {
+        let mut stream = self
+            .handle
+            .address()
+            .get()
+            .set_link_index_filter(ifindex)
+            .execute();
+        while let Some(msg) = stream.try_next().await? {
+            if ipv4_of(&msg) == Some(addr) {
+                self.handle
+                    .address()
+                    .del(msg)
+                    .execute()
+                    .await
+                    .with_context(|| format!("cannot remove {addr} from interface {ifindex}"))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn ipv4_of(msg: &AddressMessage) -> Option<Ipv4Addr> {
+    if msg.header.family != AddressFamily::Inet {
+        return None;
+    }
+    msg.attributes.iter().find_map(|attr| match attr {
+        AddressAttribute::Local(IpAddr::V4(a)) => Some(*a),
+        _ => None,
+    })
+}
+
+/// Calls `on_change` (at most once per `quiet`) whenever IPv4 routes or neighbours change, so
+/// cached next hops are resolved again. Runs until the task is dropped.
+pub async fn watch_routes_and_neighbours(quiet: std::time::Duration, mut on_change: impl FnMut()) -> Result<()> {
+    use futures::StreamExt;
+    use rtnetlink::MulticastGroup;
+    let (connection, _handle, mut messages) =
+        rtnetlink::new_multicast_connection(&[MulticastGroup::Neigh, MulticastGroup::Ipv4Route])
+            .context("subscribing to route and neighbour changes (netlink)")?;
+    let task = tokio::spawn(connection);
+    let _abort = AbortOnDrop(task);
+    while messages.next().await.is_some() {
+        // Coalesce a burst (a neighbour resolving, a route flap) into one notification.
+        let deadline = tokio::time::Instant::now() + quiet;
+        while let Ok(Some(_)) = tokio::time::timeout_at(deadline, messages.next()).await {}
+        on_change();
+    }
+    Ok(())
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}

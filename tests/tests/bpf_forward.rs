@@ -1,0 +1,625 @@
+//! BPF_PROG_TEST_RUN tests of the forwarding paths: nat and dsr forwarding to the backend the
+//! Maglev table selects, the NAT round trip, flow affinity across backend changes, RSTs for
+//! flows of down backends and for services without backends, ICMP echo and "fragmentation
+//! needed", several services and a VLAN tag. Every output is parsed and its checksums are
+//! recomputed from scratch (not with the program's incremental arithmetic).
+
+use k3s_xdp::dataplane::{BackendState, ServiceSpec};
+use k3s_xdp_common::{
+    hash::{flow_hash, reduce},
+    reason, FlowKey, IPPROTO_TCP,
+};
+use k3s_xdp_tests::{
+    bpf::{action_name, have_root, lab_mac, Outcome, XdpHarness, LAB_LB_MAC, LAB_ROUTER_MAC, XDP_DROP, XDP_PASS, XDP_TX},
+    packet::{self, verify_checksums, Frame, Icmp, Ipv4, L4, TCP_ACK, TCP_PSH, TCP_RST, TCP_SYN},
+};
+use std::net::{Ipv4Addr, SocketAddrV4};
+
+const CONFIG: &str = r#"
+interface = "eth1"
+
+[[service]]
+name = "k3s-api"
+vip = "192.0.2.100"
+port = 6443
+backends = [
+  { name = "server-1", address = "192.0.2.50:6443" },
+  { name = "server-2", address = "192.0.2.51:6443" },
+  { name = "server-3", address = "192.0.2.52:6443" },
+]
+
+[[service]]
+name = "ingress"
+vip = "192.0.2.100"
+port = 30080
+backends = [
+  { name = "server-1", address = "192.0.2.50:30080" },
+  { name = "server-2", address = "192.0.2.51:30080" },
+  { name = "server-3", address = "192.0.2.52:30080" },
+]
+
+[[service]]
+name = "api-dsr"
+vip = "192.0.2.200"
+port = 6443
+mode = "dsr"
+backends = [
+  { name = "server-4", address = "192.0.2.53:6443" },
+  { name = "server-5", address = "192.0.2.54:6443" },
+]
+
+[[service]]
+name = "dns"
+vip = "192.0.2.100"
+port = 53
+protocol = "udp"
+backends = [{ name = "server-6", address = "192.0.2.55:53" }]
+
+[[service]]
+name = "kept"
+vip = "192.0.2.100"
+port = 8443
+on_backend_down = "keep"
+backends = [
+  { name = "server-7", address = "192.0.2.56:8443" },
+  { name = "server-8", address = "192.0.2.57:8443" },
+]
+"#;
+
+const VIP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 100);
+const DSR_VIP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 200);
+
+fn harness() -> Option<XdpHarness> {
+    if !have_root() {
+        eprintln!("skipped: BPF_PROG_TEST_RUN needs root (run `cargo xtask test`)");
+        return None;
+    }
+    Some(XdpHarness::with_config_in_lab(CONFIG).expect("XDP object loaded, config published"))
+}
+
+fn sock(addr: Ipv4Addr, port: u16) -> SocketAddrV4 {
+    SocketAddrV4::new(addr, port)
+}
+
+fn agent(n: u8, port: u16) -> SocketAddrV4 {
+    sock(Ipv4Addr::new(192, 0, 2, 100 + n), port)
+}
+
+fn key(client: SocketAddrV4, vip: SocketAddrV4, protocol: u8) -> FlowKey {
+    FlowKey {
+        src: u32::from(*client.ip()).to_be(),
+        dst: u32::from(*vip.ip()).to_be(),
+        sport: client.port().to_be(),
+        dport: vip.port().to_be(),
+        protocol,
+        _pad: [0; 3],
+    }
+}
+
+/// The backend the published Maglev table gives a new flow, computed independently of the
+/// program from the publisher's table and the shared flow hash.
+fn expected_backend(h: &XdpHarness, service: &str, k: &FlowKey, candidates: &[&str]) -> SocketAddrV4 {
+    let slot = h.publisher.service_slot(service).expect("service published");
+    let table = h.publisher.published_table(slot);
+    assert!(!table.is_empty(), "service {service} has a table");
+    let backend_slot = table[reduce(flow_hash(k), table.len() as u32) as usize];
+    candidates
+        .iter()
+        .map(|a| a.parse::<SocketAddrV4>().unwrap())
+        .find(|a| h.publisher.backend_slot(service, *a) == Some(backend_slot))
+        .expect("the table entry is one of the service's backends")
+}
+
+const API_BACKENDS: [&str; 3] = ["192.0.2.50:6443", "192.0.2.51:6443", "192.0.2.52:6443"];
+
+fn run(h: &mut XdpHarness, frame: &Frame) -> Outcome {
+    h.run_frame(frame).expect("BPF_PROG_TEST_RUN")
+}
+
+fn transmitted(h: &mut XdpHarness, frame: &Frame) -> Frame {
+    let out = run(h, frame);
+    assert_eq!(
+        out.action,
+        XDP_TX,
+        "expected XDP_TX, got {} (reasons {:?})",
+        action_name(out.action),
+        nonzero(h)
+    );
+    verify_checksums(&out.data).expect("valid checksums on the output");
+    out.frame().unwrap()
+}
+
+fn nonzero(h: &XdpHarness) -> Vec<(&'static str, u64)> {
+    h.reasons().unwrap().into_iter().filter(|(_, v)| *v > 0).collect()
+}
+
+fn with_payload(mut frame: Frame, flags: u8, payload: &[u8]) -> Frame {
+    if let Some(ip) = frame.ip_mut() {
+        if let L4::Tcp(t) = &mut ip.l4 {
+            t.flags = flags;
+            t.ack = 77_000;
+            t.seq = 5_000;
+            t.options.clear();
+            t.payload = payload.to_vec();
+        }
+    }
+    frame
+}
+
+#[test]
+fn nat_syn_goes_to_the_maglev_backend_with_snat_to_the_vip() {
+    let Some(mut h) = harness() else { return };
+    let client = agent(1, 40001);
+    let vip = sock(VIP, 6443);
+    let k = key(client, vip, IPPROTO_TCP);
+    let backend = expected_backend(&h, "k3s-api", &k, &API_BACKENDS);
+
+    let out = transmitted(&mut h, &packet::tcp_syn(client, vip));
+    let ip = out.ip().unwrap();
+    let tcp = out.tcp().unwrap();
+    assert_eq!(out.eth_dst, lab_mac(*backend.ip()), "to the backend's MAC, from the FIB");
+    assert_eq!(out.eth_src, LAB_LB_MAC);
+    assert_eq!(ip.dst, *backend.ip());
+    assert_eq!(ip.src, VIP, "SNAT to the VIP: the backend sees the load balancer");
+    assert_eq!(tcp.dport, 6443);
+    assert!(tcp.sport >= 1024, "SNAT port in the configured range");
+    assert_eq!(tcp.flags, TCP_SYN);
+    assert_eq!(tcp.options, vec![2, 4, 0x05, 0xb4], "options and payload untouched");
+
+    let flow = h.dataplane.flow(&k).unwrap().expect("flow recorded");
+    assert_eq!(flow.snat_port, tcp.sport.to_be());
+    let slot = h.publisher.service_slot("k3s-api").unwrap();
+    let t = h.dataplane.service_traffic(slot).unwrap();
+    assert_eq!((t.packets, t.new_flows), (1, 1));
+    let bslot = h.publisher.backend_slot("k3s-api", backend).unwrap();
+    assert_eq!(h.dataplane.backend_traffic(bslot).unwrap().new_flows, 1);
+    assert_eq!(h.reason(reason::TX_FORWARD).unwrap(), 1);
+}
+
+#[test]
+fn nat_round_trip_restores_the_clients_tuple() {
+    let Some(mut h) = harness() else { return };
+    let client = agent(2, 41000);
+    let vip = sock(VIP, 6443);
+    let fwd = transmitted(&mut h, &packet::tcp_syn(client, vip));
+    let (backend_ip, snat_port) = (fwd.ip().unwrap().dst, fwd.tcp().unwrap().sport);
+
+    // The backend answers VIP:snat_port from backend:6443.
+    let mut reply = packet::tcp(sock(backend_ip, 6443), sock(VIP, snat_port), TCP_SYN | TCP_ACK);
+    reply.eth_src = lab_mac(backend_ip);
+    reply.eth_dst = LAB_LB_MAC;
+    let back = transmitted(&mut h, &reply);
+    let ip = back.ip().unwrap();
+    let tcp = back.tcp().unwrap();
+    assert_eq!((ip.src, tcp.sport), (VIP, 6443), "from VIP:6443 as the client expects");
+    assert_eq!((ip.dst, tcp.dport), (*client.ip(), client.port()));
+    assert_eq!(back.eth_dst, lab_mac(*client.ip()), "to the client's MAC, from the FIB");
+    assert_eq!(back.eth_src, LAB_LB_MAC);
+    assert_eq!(tcp.flags, TCP_SYN | TCP_ACK);
+    assert_eq!(h.reason(reason::TX_REPLY).unwrap(), 1);
+
+    // And the next client packet still goes to the same backend and port, not a new flow.
+    let ack = with_payload(packet::tcp(client, vip, TCP_ACK), TCP_ACK | TCP_PSH, b"GET /readyz");
+    let fwd2 = transmitted(&mut h, &ack);
+    assert_eq!(fwd2.ip().unwrap().dst, backend_ip);
+    assert_eq!(fwd2.tcp().unwrap().sport, snat_port);
+    assert_eq!(fwd2.tcp().unwrap().payload, b"GET /readyz");
+    let slot = h.publisher.service_slot("k3s-api").unwrap();
+    let t = h.dataplane.service_traffic(slot).unwrap();
+    assert_eq!((t.packets, t.new_flows), (3, 1), "SYN, reply, data: one flow");
+}
+
+#[test]
+fn a_reply_to_a_client_behind_a_router_goes_to_the_router() {
+    let Some(mut h) = harness() else { return };
+    let client = sock(Ipv4Addr::new(203, 0, 113, 7), 42000);
+    let vip = sock(VIP, 6443);
+    let mut syn = packet::tcp_syn(client, vip);
+    syn.eth_src = LAB_ROUTER_MAC;
+    let fwd = transmitted(&mut h, &syn);
+    let (backend_ip, snat_port) = (fwd.ip().unwrap().dst, fwd.tcp().unwrap().sport);
+    let mut reply = packet::tcp(sock(backend_ip, 6443), sock(VIP, snat_port), TCP_SYN | TCP_ACK);
+    reply.eth_src = lab_mac(backend_ip);
+    let back = transmitted(&mut h, &reply);
+    assert_eq!(back.eth_dst, LAB_ROUTER_MAC, "next hop from bpf_fib_lookup: the router");
+    assert_eq!(back.ip().unwrap().dst, *client.ip());
+}
+
+#[test]
+fn dsr_rewrites_only_the_destination_mac() {
+    let Some(mut h) = harness() else { return };
+    let client = agent(3, 43000);
+    let vip = sock(DSR_VIP, 6443);
+    let k = key(client, vip, IPPROTO_TCP);
+    let backend = expected_backend(&h, "api-dsr", &k, &["192.0.2.53:6443", "192.0.2.54:6443"]);
+    let syn = packet::tcp_syn(client, vip);
+    let out = transmitted(&mut h, &syn);
+    assert_eq!(out.eth_dst, lab_mac(*backend.ip()));
+    assert_eq!(out.eth_src, LAB_LB_MAC);
+    let before = syn.to_bytes();
+    let after = out.to_bytes();
+    assert_eq!(&after[12..], &before[12..], "IP and TCP untouched in dsr mode");
+}
+
+#[test]
+fn flows_keep_their_backend_when_backends_are_added_removed_and_reweighted() {
+    let Some(mut h) = harness() else { return };
+    let vip = sock(VIP, 6443);
+    // Twenty flows, so that every backend holds some.
+    let mut pinned = Vec::new();
+    for i in 0..20u16 {
+        let client = agent(1, 50000 + i);
+        let out = transmitted(&mut h, &packet::tcp_syn(client, vip));
+        pinned.push((client, out.ip().unwrap().dst));
+    }
+    let removed = Ipv4Addr::new(192, 0, 2, 52);
+    // New config: server-3 removed, server-4 added, server-1 reweighted.
+    let mut specs: Vec<ServiceSpec> = Vec::new();
+    let config = k3s_xdp::config::parse(CONFIG, "t.toml".as_ref()).unwrap();
+    for s in &config.services {
+        let mut spec = ServiceSpec::from_config(s);
+        if spec.name == "k3s-api" {
+            spec.backends.retain(|b| *b.address.ip() != removed);
+            spec.backends[0].weight = 30;
+            spec.backends.push(k3s_xdp::dataplane::BackendSpec {
+                name: "server-4".into(),
+                address: "192.0.2.53:6443".parse().unwrap(),
+                state: BackendState::Up,
+                weight: 100,
+            });
+        }
+        specs.push(spec);
+    }
+    h.apply(&specs).unwrap();
+    for (client, backend) in &pinned {
+        let data = with_payload(packet::tcp(*client, vip, TCP_ACK), TCP_ACK, b"watch");
+        let out = transmitted(&mut h, &data);
+        if *backend == removed {
+            // Its backend is gone: the flow chooses again among the remaining ones.
+            assert_ne!(out.ip().unwrap().dst, removed);
+        } else {
+            assert_eq!(out.ip().unwrap().dst, *backend, "flow of {client} stays on {backend}");
+        }
+    }
+}
+
+/// Marks `addr` of service `name` with `state` (the others up).
+fn set_state(h: &mut XdpHarness, name: &str, addr: Ipv4Addr, state: BackendState) {
+    set_states(h, name, &[addr], state);
+}
+
+/// Marks `addrs` of service `name` with `state` (the others up).
+fn set_states(h: &mut XdpHarness, name: &str, addrs: &[Ipv4Addr], state: BackendState) {
+    let config = k3s_xdp::config::parse(CONFIG, "t.toml".as_ref()).unwrap();
+    let specs: Vec<ServiceSpec> = config
+        .services
+        .iter()
+        .map(|s| {
+            let mut spec = ServiceSpec::from_config(s);
+            if spec.name == name {
+                for b in &mut spec.backends {
+                    if addrs.contains(b.address.ip()) {
+                        b.state = state;
+                    }
+                }
+            }
+            spec
+        })
+        .collect();
+    h.apply(&specs).unwrap();
+}
+
+#[test]
+fn a_flow_pinned_to_a_down_backend_gets_a_rst_then_reconnects_elsewhere() {
+    let Some(mut h) = harness() else { return };
+    let client = agent(1, 44000);
+    let vip = sock(VIP, 6443);
+    let backend = transmitted(&mut h, &packet::tcp_syn(client, vip)).ip().unwrap().dst;
+    set_state(&mut h, "k3s-api", backend, BackendState::Down);
+
+    let data = with_payload(packet::tcp(client, vip, TCP_ACK), TCP_ACK | TCP_PSH, b"more");
+    let out = run(&mut h, &data);
+    assert_eq!(out.action, XDP_TX, "the RST goes back where the packet came from");
+    verify_checksums(&out.data).unwrap();
+    assert_eq!(out.data.len(), 14 + 20 + 20, "a bare RST: options and payload cut");
+    let rst = out.frame().unwrap();
+    let (ip, tcp) = (rst.ip().unwrap(), rst.tcp().unwrap());
+    assert_eq!((rst.eth_dst, rst.eth_src), (packet::CLIENT_MAC, packet::LB_MAC));
+    assert_eq!((ip.src, ip.dst), (VIP, *client.ip()));
+    assert_eq!((tcp.sport, tcp.dport), (6443, client.port()));
+    assert_eq!(tcp.flags, TCP_RST, "RST for a segment with ACK: seq = its ack");
+    assert_eq!(tcp.seq, 77_000);
+    assert_eq!(h.reason(reason::TX_RESET).unwrap(), 1);
+    let slot = h.publisher.service_slot("k3s-api").unwrap();
+    assert_eq!(h.dataplane.service_traffic(slot).unwrap().resets, 1);
+    assert!(h.dataplane.flow(&key(client, vip, IPPROTO_TCP)).unwrap().is_none(), "flow forgotten");
+
+    // The client reconnects (same port, new SYN): a healthy backend.
+    let again = transmitted(&mut h, &packet::tcp_syn(client, vip));
+    assert_ne!(again.ip().unwrap().dst, backend);
+}
+
+#[test]
+fn with_on_backend_down_keep_the_flow_continues() {
+    let Some(mut h) = harness() else { return };
+    let client = agent(2, 44500);
+    let vip = sock(VIP, 8443);
+    let backend = transmitted(&mut h, &packet::tcp_syn(client, vip)).ip().unwrap().dst;
+    set_state(&mut h, "kept", backend, BackendState::Down);
+    let data = with_payload(packet::tcp(client, vip, TCP_ACK), TCP_ACK, b"still there");
+    let out = transmitted(&mut h, &data);
+    assert_eq!(out.ip().unwrap().dst, backend);
+}
+
+#[test]
+fn a_draining_backend_keeps_its_flows_but_gets_no_new_ones() {
+    let Some(mut h) = harness() else { return };
+    let vip = sock(VIP, 6443);
+    let client = agent(3, 45000);
+    let backend = transmitted(&mut h, &packet::tcp_syn(client, vip)).ip().unwrap().dst;
+    set_state(&mut h, "k3s-api", backend, BackendState::Drain);
+    let data = with_payload(packet::tcp(client, vip, TCP_ACK), TCP_ACK, b"x");
+    assert_eq!(transmitted(&mut h, &data).ip().unwrap().dst, backend);
+    for i in 0..30 {
+        let out = transmitted(&mut h, &packet::tcp_syn(agent(1, 46000 + i), vip));
+        assert_ne!(out.ip().unwrap().dst, backend, "no new flow to a draining backend");
+    }
+}
+
+#[test]
+fn without_healthy_backends_syns_get_a_rst_and_udp_is_dropped() {
+    let Some(mut h) = harness() else { return };
+    let all = [50, 51, 52].map(|last| Ipv4Addr::new(192, 0, 2, last));
+    set_states(&mut h, "k3s-api", &all, BackendState::Down);
+    let client = agent(1, 47000);
+    let syn = packet::tcp_syn(client, sock(VIP, 6443));
+    let out = run(&mut h, &syn);
+    assert_eq!(out.action, XDP_TX);
+    verify_checksums(&out.data).unwrap();
+    let rst = out.frame().unwrap();
+    let tcp = rst.tcp().unwrap();
+    assert_eq!(tcp.flags, TCP_RST | TCP_ACK);
+    assert_eq!((tcp.seq, tcp.ack), (0, 1000 + 1), "ack = the SYN's seq + 1");
+
+    // A RST toward a service without backends is not answered.
+    let stray = packet::tcp(client, sock(VIP, 6443), TCP_RST);
+    assert_eq!(run(&mut h, &stray).action, XDP_DROP);
+
+    set_state(&mut h, "dns", Ipv4Addr::new(192, 0, 2, 55), BackendState::Down);
+    let before = h.reason(reason::DROP_NO_BACKEND).unwrap();
+    let query = packet::udp(client, sock(VIP, 53), b"query");
+    assert_eq!(run(&mut h, &query).action, XDP_DROP);
+    assert_eq!(h.reason(reason::DROP_NO_BACKEND).unwrap(), before + 1);
+}
+
+#[test]
+fn udp_is_balanced_with_its_checksum_updated() {
+    let Some(mut h) = harness() else { return };
+    let out = transmitted(&mut h, &packet::udp(agent(1, 5353), sock(VIP, 53), b"query"));
+    let ip = out.ip().unwrap();
+    assert_eq!((ip.src, ip.dst), (VIP, Ipv4Addr::new(192, 0, 2, 55)));
+    assert_eq!(out.udp().unwrap().dport, 53);
+    assert_eq!(out.udp().unwrap().payload, b"query");
+}
+
+#[test]
+fn two_services_on_one_vip_use_their_own_backends() {
+    let Some(mut h) = harness() else { return };
+    let api = transmitted(&mut h, &packet::tcp_syn(agent(1, 48000), sock(VIP, 6443)));
+    let ingress = transmitted(&mut h, &packet::tcp_syn(agent(1, 48000), sock(VIP, 30080)));
+    assert_eq!(api.tcp().unwrap().dport, 6443);
+    assert_eq!(ingress.tcp().unwrap().dport, 30080);
+}
+
+#[test]
+fn a_vlan_tagged_packet_is_forwarded_within_its_vlan() {
+    let Some(mut h) = harness() else { return };
+    let mut syn = packet::tcp_syn(agent(1, 48500), sock(VIP, 6443));
+    syn.vlan = Some(100);
+    let out = transmitted(&mut h, &syn);
+    assert_eq!(out.vlan, Some(100), "the tag is kept");
+    assert_eq!(out.ip().unwrap().src, VIP);
+}
+
+#[test]
+fn icmp_echo_to_a_vip_is_answered() {
+    let Some(mut h) = harness() else { return };
+    let ping = packet::icmp_echo(*agent(1, 0).ip(), VIP, 7, 3, b"abcdefgh");
+    let out = transmitted(&mut h, &ping);
+    let ip = out.ip().unwrap();
+    let icmp = out.icmp().unwrap();
+    assert_eq!((ip.src, ip.dst), (VIP, *agent(1, 0).ip()));
+    assert_eq!((icmp.icmp_type, icmp.code), (0, 0));
+    assert_eq!(icmp.rest, [0, 7, 0, 3], "id and sequence echoed");
+    assert_eq!(icmp.payload, b"abcdefgh");
+    assert_eq!((out.eth_dst, out.eth_src), (packet::CLIENT_MAC, packet::LB_MAC));
+    assert_eq!(ip.ttl, 64);
+    assert_eq!(h.reason(reason::TX_ICMP_ECHO).unwrap(), 1);
+}
+
+/// An ICMP "fragmentation needed" from a router about our reply VIP:6443 → client.
+fn frag_needed(client: SocketAddrV4, vip: SocketAddrV4) -> Frame {
+    let quoted = Ipv4::new(
+        *vip.ip(),
+        *client.ip(),
+        L4::Tcp(packet::Tcp::new(vip.port(), client.port(), TCP_ACK)),
+    );
+    let quoted_bytes = Frame::ipv4(quoted).to_bytes()[14..14 + 28].to_vec();
+    let mut f = Frame::ipv4(Ipv4::new(
+        Ipv4Addr::new(192, 0, 2, 1),
+        *vip.ip(),
+        L4::Icmp(Icmp {
+            icmp_type: 3,
+            code: 4,
+            rest: [0, 0, 0x05, 0x78], // next-hop MTU 1400
+            payload: quoted_bytes,
+            checksum: None,
+        }),
+    ));
+    f.eth_src = LAB_ROUTER_MAC;
+    f
+}
+
+#[test]
+fn fragmentation_needed_reaches_the_flows_backend_translated() {
+    let Some(mut h) = harness() else { return };
+    let client = agent(2, 49000);
+    let vip = sock(VIP, 6443);
+    let fwd = transmitted(&mut h, &packet::tcp_syn(client, vip));
+    let (backend_ip, snat_port) = (fwd.ip().unwrap().dst, fwd.tcp().unwrap().sport);
+
+    let out = transmitted(&mut h, &frag_needed(client, vip));
+    let ip = out.ip().unwrap();
+    assert_eq!(ip.dst, backend_ip, "delivered to the backend");
+    assert_eq!(out.eth_dst, lab_mac(backend_ip));
+    let icmp = out.icmp().unwrap();
+    assert_eq!((icmp.icmp_type, icmp.code, icmp.rest), (3, 4, [0, 0, 0x05, 0x78]));
+    // The quoted packet now reads as the backend sent it: backend:6443 → VIP:snat_port.
+    let quoted = &icmp.payload;
+    assert_eq!(&quoted[12..16], &backend_ip.octets());
+    assert_eq!(&quoted[16..20], &VIP.octets());
+    assert_eq!(u16::from_be_bytes([quoted[20], quoted[21]]), 6443);
+    assert_eq!(u16::from_be_bytes([quoted[22], quoted[23]]), snat_port);
+    assert_eq!(packet::ones_complement_sum(&quoted[..20], 0), 0xffff, "quoted IPv4 checksum valid");
+    assert_eq!(h.reason(reason::TX_ICMP_TO_BACKEND).unwrap(), 1);
+}
+
+#[test]
+fn fragmentation_needed_in_dsr_mode_goes_to_the_backend_unchanged() {
+    let Some(mut h) = harness() else { return };
+    let client = agent(2, 49500);
+    let vip = sock(DSR_VIP, 6443);
+    let backend = transmitted(&mut h, &packet::tcp_syn(client, vip)).eth_dst;
+    let icmp = frag_needed(client, vip);
+    let out = transmitted(&mut h, &icmp);
+    assert_eq!(out.eth_dst, backend);
+    assert_eq!(&out.to_bytes()[12..], &icmp.to_bytes()[12..]);
+}
+
+#[test]
+fn icmp_about_unknown_flows_and_other_icmp_pass() {
+    let Some(mut h) = harness() else { return };
+    let out = run(&mut h, &frag_needed(agent(3, 1), sock(VIP, 6443)));
+    assert_eq!(out.action, XDP_PASS);
+    let mut timestamp = packet::icmp_echo(*agent(1, 0).ip(), VIP, 1, 1, b"");
+    if let Some(L4::Icmp(i)) = timestamp.ip_mut().map(|ip| &mut ip.l4) {
+        i.icmp_type = 13;
+    }
+    assert_eq!(run(&mut h, &timestamp).action, XDP_PASS);
+}
+
+#[test]
+fn fragments_and_malformed_packets_to_a_vip_are_dropped_by_reason() {
+    let Some(mut h) = harness() else { return };
+    let vip = sock(VIP, 6443);
+    let syn = packet::tcp_syn(agent(1, 40000), vip);
+    let cases: Vec<(&str, Vec<u8>, u32)> = vec![
+        ("first fragment", {
+            let mut f = syn.clone();
+            f.ip_mut().unwrap().more_fragments = true;
+            f.ip_mut().unwrap().dont_fragment = false;
+            f.to_bytes()
+        }, reason::DROP_FRAGMENT),
+        ("later fragment", {
+            let mut f = syn.clone();
+            f.ip_mut().unwrap().fragment_offset = 185;
+            f.ip_mut().unwrap().dont_fragment = false;
+            f.to_bytes()
+        }, reason::DROP_FRAGMENT),
+        ("IHL 4", {
+            let mut f = syn.clone();
+            f.ip_mut().unwrap().ihl = Some(4);
+            f.to_bytes()
+        }, reason::DROP_BAD_IP_HEADER),
+        ("version 6 in an IPv4 frame", {
+            let mut f = syn.clone();
+            f.ip_mut().unwrap().version = Some(6);
+            f.to_bytes()
+        }, reason::DROP_BAD_IP_HEADER),
+        ("total length beyond the frame", {
+            let mut f = syn.clone();
+            f.ip_mut().unwrap().total_len = Some(1400);
+            f.to_bytes()
+        }, reason::DROP_BAD_IP_HEADER),
+        ("TCP data offset 4", {
+            let mut f = syn.clone();
+            if let L4::Tcp(t) = &mut f.ip_mut().unwrap().l4 {
+                t.data_offset = Some(4);
+            }
+            f.to_bytes()
+        }, reason::DROP_BAD_L4_HEADER),
+        ("TCP header cut short", {
+            // The IP length agrees with the short frame: 12 bytes of a 24-byte TCP header.
+            let mut f = syn.clone();
+            f.ip_mut().unwrap().total_len = Some(20 + 12);
+            f.to_bytes()[..14 + 20 + 12].to_vec()
+        }, reason::DROP_TRUNCATED),
+    ];
+    for (what, bytes, why) in cases {
+        let before = h.reason(why).unwrap();
+        let out = h.run(&bytes).unwrap();
+        assert_eq!(out.action, XDP_DROP, "{what}: expected XDP_DROP, got {}", action_name(out.action));
+        assert_eq!(h.reason(why).unwrap(), before + 1, "{what}: counted as {}", reason::NAMES[why as usize]);
+    }
+}
+
+#[test]
+fn a_backend_without_a_resolved_neighbour_is_counted_not_forwarded_blind() {
+    if !have_root() {
+        return;
+    }
+    // 192.0.2.60 is on the lab's link but has no neighbour entry.
+    let config = CONFIG.replace("192.0.2.55:53", "192.0.2.60:53");
+    let mut h = XdpHarness::with_config_in_lab(&config).unwrap();
+    let out = run(&mut h, &packet::udp(agent(1, 5353), sock(VIP, 53), b"q"));
+    assert_eq!(out.action, XDP_DROP);
+    assert_eq!(h.reason(reason::DROP_NO_NEIGHBOUR).unwrap(), 1);
+}
+
+/// lb-1 and lb-2 load the same config (here with backends listed in another order, so their
+/// slots differ): the same flow goes to the same backend with the same SNAT port.
+#[test]
+fn the_same_flow_gets_the_same_backend_and_snat_port_on_lb1_and_lb2() {
+    let Some(mut lb1) = harness() else { return };
+    let reordered = CONFIG.replacen(
+        "  { name = \"server-1\", address = \"192.0.2.50:6443\" },\n  { name = \"server-2\", address = \"192.0.2.51:6443\" },",
+        "  { name = \"server-2\", address = \"192.0.2.51:6443\" },\n  { name = \"server-1\", address = \"192.0.2.50:6443\" },",
+        1,
+    );
+    assert_ne!(reordered, CONFIG);
+    let mut lb2 = XdpHarness::with_config_in_lab(&reordered).unwrap();
+    for i in 0..50 {
+        let syn = packet::tcp_syn(agent(1 + (i % 3) as u8, 30000 + i), sock(VIP, 6443));
+        let a = transmitted(&mut lb1, &syn);
+        let b = transmitted(&mut lb2, &syn);
+        assert_eq!(a.ip().unwrap().dst, b.ip().unwrap().dst);
+        assert_eq!(a.tcp().unwrap().sport, b.tcp().unwrap().sport);
+    }
+}
+
+/// A new flow whose preferred SNAT port is held by another client's translation takes the next.
+#[test]
+fn snat_port_collisions_step_to_the_next_port() {
+    let Some(mut h) = harness() else { return };
+    let vip = sock(VIP, 6443);
+    let first = transmitted(&mut h, &packet::tcp_syn(agent(1, 40100), vip));
+    let (backend_ip, port) = (first.ip().unwrap().dst, first.tcp().unwrap().sport);
+    // Forget the forward flow (as LRU eviction would), and let another client claim the same
+    // translation first by rewriting the reverse entry's owner.
+    let rev_key = FlowKey {
+        src: u32::from(backend_ip).to_be(),
+        dst: u32::from(VIP).to_be(),
+        sport: 6443u16.to_be(),
+        dport: port.to_be(),
+        protocol: IPPROTO_TCP,
+        _pad: [0; 3],
+    };
+    let mut other = h.dataplane.nat_reverse(&rev_key).unwrap().expect("translation recorded");
+    other.client_port = 1u16.to_be();
+    k3s_xdp_tests::bpf::insert_nat_reverse(&mut h, &rev_key, &other).unwrap();
+    k3s_xdp_tests::bpf::remove_flow(&mut h, &key(agent(1, 40100), vip, IPPROTO_TCP)).unwrap();
+    let again = transmitted(&mut h, &packet::tcp_syn(agent(1, 40100), vip));
+    assert_eq!(again.ip().unwrap().dst, backend_ip, "same flow, same table: same backend");
+    assert_ne!(again.tcp().unwrap().sport, port, "the held port is skipped");
+    assert!(h.dataplane.nat_reverse(&FlowKey { dport: again.tcp().unwrap().sport.to_be(), ..rev_key }).unwrap().is_some());
+}
