@@ -1,1 +1,444 @@
-//! Configuration: parsing and validation of the TOML file (placeholder, being written).
+//! The configuration file: its types, its defaults, and the functions that read it.
+//!
+//! [`load`] and [`parse`] turn a TOML file into a [`Config`] or into *every* problem found in it
+//! ([`ConfigErrors`]), each with file, line, column, dotted key and what was expected. The
+//! vocabulary is HAProxy's and keepalived's (`inter`, `fall`, `virtual_router_id`, ...), so an
+//! operator of the seed setup recognises each key.
+//!
+//! How it fits together:
+//! - `parse.rs` walks the document with `toml_edit` (which keeps byte spans) and checks each key
+//!   on its own: type, range, format, unknown keys;
+//! - `validate.rs` checks the rules that span keys (duplicates, VIPs covered by VRRP, limits of
+//!   the data plane, keys that only apply to some health check kinds);
+//! - `render.rs` writes a [`Config`] back to TOML ([`Config::to_toml`]), for `k3s-xdp import`;
+//! - the [`defaults`] below are the one place where default values live.
+//!
+//! The module is pure: apart from [`load`] reading the file, it does no I/O. Files named in the
+//! config (`ca_file`, ...) are opened, and so checked, by the runtime.
+
+mod duration;
+mod error;
+mod parse;
+mod render;
+mod validate;
+
+#[cfg(test)]
+mod tests;
+
+pub use duration::format as format_duration;
+pub use error::{ConfigError, ConfigErrors};
+
+use serde::Serialize;
+use std::{
+    fmt,
+    net::{Ipv4Addr, SocketAddr, SocketAddrV4},
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+/// Every default value of the config, and the limits of the values the file may hold.
+pub mod defaults {
+    use super::{CheckKind, InitialState, Mode, OnBackendDown, Protocol, XdpMode};
+    use std::{
+        net::{Ipv4Addr, SocketAddr, SocketAddrV4},
+        time::Duration,
+    };
+
+    pub const METRICS_LISTEN: SocketAddr =
+        SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::new(127, 0, 0, 1), 9742));
+    pub const CONTROL_SOCKET: &str = "/run/k3s-xdp/control.sock";
+    pub const XDP_MODE: XdpMode = XdpMode::Auto;
+    pub const FLOW_TABLE_SIZE: u32 = k3s_xdp_common::DEFAULT_FLOW_TABLE_SIZE;
+    pub const FLOW_TABLE_SIZE_MIN: u32 = 1024;
+    pub const FLOW_TABLE_SIZE_MAX: u32 = 16_777_216;
+    pub const SNAT_PORT_MIN: u16 = 1024;
+    pub const SNAT_PORT_MAX: u16 = 65535;
+
+    pub const PROTOCOL: Protocol = Protocol::Tcp;
+    pub const MODE: Mode = Mode::Nat;
+    pub const ON_BACKEND_DOWN: OnBackendDown = OnBackendDown::Reset;
+    pub const TABLE_SIZE: u32 = k3s_xdp_common::DEFAULT_TABLE_SIZE;
+    pub const TABLE_SIZE_MIN: u32 = 7;
+    pub const TABLE_SIZE_MAX: u32 = k3s_xdp_common::MAX_TABLE_SIZE;
+    /// Maglev spreads load evenly only when the table is much larger than the backend count.
+    pub const TABLE_ENTRIES_PER_BACKEND: u32 = 100;
+
+    /// 100, so that relative weights read as percentages.
+    pub const BACKEND_WEIGHT: u32 = 100;
+    /// HAProxy's upper bound.
+    pub const BACKEND_WEIGHT_MAX: u32 = 256;
+
+    /// TLS handshake: k3s answers `/readyz` with 401 to anonymous clients, so a handshake is the
+    /// most a check without credentials can prove.
+    pub const CHECK: CheckKind = CheckKind::Tls;
+    pub const CHECK_PATH: &str = "/readyz";
+    pub const CHECK_EXPECT: [u16; 1] = [200];
+    /// HAProxy's default `inter`; `downinter` and `fastinter` default to `inter`.
+    pub const INTER: Duration = Duration::from_secs(2);
+    pub const RISE: u32 = 2;
+    /// HAProxy's default `fall`.
+    pub const FALL: u32 = 3;
+    pub const RISE_FALL_MAX: u32 = 1000;
+    pub const CHECK_TIMEOUT: Duration = Duration::from_secs(1);
+    pub const SLOWSTART: Duration = Duration::ZERO;
+
+    pub const PRIORITY: u8 = 100;
+    pub const STATE: InitialState = InitialState::Backup;
+    pub const ADVERT_INT: Duration = Duration::from_secs(1);
+    pub const VRRP_VERSION: u8 = 3;
+    pub const PREEMPT: bool = true;
+    pub const PREEMPT_DELAY: Duration = Duration::ZERO;
+    /// keepalived's upper bound for `preempt_delay`.
+    pub const PREEMPT_DELAY_MAX: Duration = Duration::from_secs(1000);
+    pub const AUTH_PASS_MAX_BYTES: usize = 8;
+    pub const VIRTUAL_ADDRESS_PREFIX: u8 = 32;
+    pub const GARP_MASTER_REPEAT: u32 = 5;
+    pub const GARP_MASTER_REPEAT_MAX: u32 = 100;
+    pub const GARP_INTERVAL: Duration = Duration::from_millis(10);
+    pub const GARP_MASTER_REFRESH: Duration = Duration::ZERO;
+
+    pub const TRACK_DATAPLANE: bool = true;
+    pub const TRACK_MIN_HEALTHY_BACKENDS: u32 = 1;
+    /// keepalived's meaning: 0 puts the instance in FAULT while the track fails.
+    pub const TRACK_WEIGHT: i32 = 0;
+    pub const TRACK_WEIGHT_MAX: i32 = 254;
+}
+
+/// Reads `path` and parses it; a file that cannot be read is one error naming it.
+pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => parse(&text, path),
+        Err(e) => Err(ConfigErrors(vec![ConfigError {
+            file: path.to_path_buf(),
+            line: 0,
+            column: 0,
+            key: String::new(),
+            message: format!("cannot read the config file: {e}"),
+        }])),
+    }
+}
+
+/// Parses and validates `text`; `origin` is only used to name the file in messages.
+pub fn parse(text: &str, origin: &Path) -> Result<Config, ConfigErrors> {
+    parse::parse(text, origin)
+}
+
+/// A whole, valid configuration.
+#[derive(Debug, Clone, Serialize)]
+pub struct Config {
+    /// Interface to attach to and to hold the VIPs on; `run --iface` overrides it.
+    pub interface: Option<String>,
+    /// Where Prometheus scrapes `/metrics`.
+    pub metrics_listen: SocketAddr,
+    /// Unix socket of `k3s-xdp status` and `k3s-xdp backend`.
+    pub control_socket: PathBuf,
+    pub xdp_mode: XdpMode,
+    /// Capacity of the flow table (and of the reverse NAT table).
+    pub flow_table_size: u32,
+    /// SNAT source ports, inclusive (`snat_port_range = [min, max]`).
+    pub snat_port_min: u16,
+    pub snat_port_max: u16,
+    /// `[[service]]`, in file order; at least one.
+    pub services: Vec<Service>,
+    /// `[vrrp]`; without it this node is the only load balancer and holds the VIPs itself.
+    pub vrrp: Option<Vrrp>,
+    /// Non-fatal notes about the file (e.g. no `interface`), for `check` to print and `run` to
+    /// log. Not configuration: ignored by `==` and not serialized.
+    #[serde(skip)]
+    pub warnings: Vec<ConfigError>,
+}
+
+/// Two configs are equal when they configure the same thing; their warnings (which carry line
+/// numbers) do not count, so a reload that only moved lines or comments changes nothing.
+impl PartialEq for Config {
+    fn eq(&self, other: &Self) -> bool {
+        // Destructured so that a new field cannot be forgotten here.
+        let Config {
+            interface,
+            metrics_listen,
+            control_socket,
+            xdp_mode,
+            flow_table_size,
+            snat_port_min,
+            snat_port_max,
+            services,
+            vrrp,
+            warnings: _,
+        } = self;
+        *interface == other.interface
+            && *metrics_listen == other.metrics_listen
+            && *control_socket == other.control_socket
+            && *xdp_mode == other.xdp_mode
+            && *flow_table_size == other.flow_table_size
+            && *snat_port_min == other.snat_port_min
+            && *snat_port_max == other.snat_port_max
+            && *services == other.services
+            && *vrrp == other.vrrp
+    }
+}
+
+impl Config {
+    /// Renders the config as TOML that [`parse`] reads back as an equal `Config`. Values equal
+    /// to their default are left out, except the few an operator looks for first.
+    pub fn to_toml(&self) -> String {
+        render::to_toml(self)
+    }
+}
+
+/// How the XDP program is attached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum XdpMode {
+    /// Driver (native) mode, falling back to generic mode with a warning.
+    Auto,
+    /// Driver mode only: fail if the driver cannot run XDP.
+    Native,
+    /// Generic (skb) mode: works everywhere, slower.
+    Generic,
+}
+
+/// A VIP:port:protocol and the backends behind it (HAProxy's frontend + backend pair).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Service {
+    /// `SERVICE` in `k3s-xdp backend disable SERVICE/BACKEND`; `[A-Za-z0-9_.-]+`, unique.
+    pub name: String,
+    pub vip: Ipv4Addr,
+    pub port: u16,
+    pub protocol: Protocol,
+    pub mode: Mode,
+    pub on_backend_down: OnBackendDown,
+    /// Maglev table size `M`: a prime, more than 100 × the number of backends.
+    pub table_size: u32,
+    pub backends: Vec<BackendConfig>,
+    pub health: Health,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    Tcp,
+    Udp,
+}
+
+/// How packets reach a backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Full NAT: the backend sees the load balancer as the client; backends need no change.
+    Nat,
+    /// Direct server return: only the destination MAC changes; the backend holds the VIP on
+    /// `lo` and answers the client itself. Ports cannot be rewritten.
+    Dsr,
+}
+
+/// What happens to a flow pinned to a backend that went down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnBackendDown {
+    /// Answer its next packet with a TCP RST, so the client reconnects at once.
+    Reset,
+    /// Keep sending it to the backend (it may come back before the client gives up).
+    Keep,
+}
+
+/// One backend server (HAProxy's `server NAME ADDRESS weight W`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct BackendConfig {
+    /// `BACKEND` in `SERVICE/BACKEND`; `[A-Za-z0-9_.-]+`, unique within the service.
+    pub name: String,
+    /// `"ip:port"`; a bare `"ip"` in the file means the service port.
+    pub address: SocketAddrV4,
+    /// 0..=256 like HAProxy; relative to the other backends; 0 takes no new flows.
+    pub weight: u32,
+}
+
+/// Active health checks of a service's backends, with HAProxy's meanings.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Health {
+    pub check: CheckKind,
+    /// Request path of `https` checks.
+    pub path: String,
+    /// Status codes an `https` check accepts.
+    pub expect: Vec<u16>,
+    /// CA bundle to verify the backend's certificate (`tls` and `https`); without it the
+    /// certificate is not verified.
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate and key of `https` checks; both or neither.
+    pub client_cert: Option<PathBuf>,
+    pub client_key: Option<PathBuf>,
+    /// File holding a bearer token sent by `https` checks.
+    pub bearer_token_file: Option<PathBuf>,
+    /// Port to check instead of the backend's (HAProxy's `port`).
+    pub port: Option<u16>,
+    /// Interval between checks of a backend that is up.
+    #[serde(serialize_with = "duration::serialize")]
+    pub inter: Duration,
+    /// Interval between checks of a backend that is down.
+    #[serde(serialize_with = "duration::serialize")]
+    pub downinter: Duration,
+    /// Interval while a backend is changing state (between its first and its `rise`/`fall`th
+    /// result).
+    #[serde(serialize_with = "duration::serialize")]
+    pub fastinter: Duration,
+    /// Consecutive successes that bring a backend up.
+    pub rise: u32,
+    /// Consecutive failures that take a backend down.
+    pub fall: u32,
+    #[serde(serialize_with = "duration::serialize")]
+    pub timeout: Duration,
+    /// A backend coming up ramps its weight from 0 over this long; 0 = at once.
+    #[serde(serialize_with = "duration::serialize")]
+    pub slowstart: Duration,
+}
+
+impl Default for Health {
+    fn default() -> Self {
+        Health {
+            check: defaults::CHECK,
+            path: defaults::CHECK_PATH.to_string(),
+            expect: defaults::CHECK_EXPECT.to_vec(),
+            ca_file: None,
+            client_cert: None,
+            client_key: None,
+            bearer_token_file: None,
+            port: None,
+            inter: defaults::INTER,
+            downinter: defaults::INTER,
+            fastinter: defaults::INTER,
+            rise: defaults::RISE,
+            fall: defaults::FALL,
+            timeout: defaults::CHECK_TIMEOUT,
+            slowstart: defaults::SLOWSTART,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CheckKind {
+    /// TCP connect.
+    Tcp,
+    /// TCP connect and TLS handshake.
+    Tls,
+    /// HTTPS GET of `path`, status in `expect`.
+    Https,
+}
+
+/// The VRRP instance (keepalived's `vrrp_instance`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Vrrp {
+    pub virtual_router_id: u8,
+    /// 1..=254: 255 is reserved for the address owner, 0 for a master that leaves.
+    pub priority: u8,
+    pub state: InitialState,
+    #[serde(serialize_with = "duration::serialize")]
+    pub advert_int: Duration,
+    /// The addresses VRRP moves; every service VIP is one of them.
+    pub virtual_ipaddress: Vec<VirtualAddress>,
+    /// Source of the adverts; by default the interface's primary address.
+    pub unicast_src_ip: Option<Ipv4Addr>,
+    /// Empty: adverts go to multicast 224.0.0.18.
+    pub unicast_peers: Vec<Ipv4Addr>,
+    pub preempt: bool,
+    #[serde(serialize_with = "duration::serialize")]
+    pub preempt_delay: Duration,
+    /// 2 or 3; 2 speaks to keepalived peers configured with `auth_type PASS`.
+    pub version: u8,
+    /// Version 2 only; 1..=8 bytes.
+    pub auth_pass: Option<String>,
+    pub track: Track,
+    /// Gratuitous ARPs sent on becoming master.
+    pub garp_master_repeat: u32,
+    /// Spacing between those gratuitous ARPs.
+    #[serde(serialize_with = "duration::serialize")]
+    pub garp_interval: Duration,
+    /// Period of the gratuitous ARP refresh while master; 0 = off.
+    #[serde(serialize_with = "duration::serialize")]
+    pub garp_master_refresh: Duration,
+}
+
+/// The state a VRRP instance starts in (keepalived's `state MASTER|BACKUP`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InitialState {
+    Master,
+    Backup,
+}
+
+/// `"ip/prefix"` in `virtual_ipaddress`: the address, and the prefix it is added with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VirtualAddress {
+    pub addr: Ipv4Addr,
+    pub prefix_len: u8,
+}
+
+impl fmt::Display for VirtualAddress {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix_len)
+    }
+}
+
+/// As `"ip/prefix"`, the way the file writes it.
+impl Serialize for VirtualAddress {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// What the VRRP instance watches, keepalived's `track_script` made built-in.
+///
+/// The track fails while the data plane is not attached (if `dataplane`) or while fewer than
+/// `min_healthy_backends` backends, counted over all services, are healthy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Track {
+    pub dataplane: bool,
+    /// 0 turns backend tracking off.
+    pub min_healthy_backends: u32,
+    /// keepalived's meaning: 0 = the instance goes to FAULT while the track fails; otherwise
+    /// added to the priority while the track fails (-254..=254, usually negative).
+    pub weight: i32,
+}
+
+impl Default for Track {
+    fn default() -> Self {
+        Track {
+            dataplane: defaults::TRACK_DATAPLANE,
+            min_healthy_backends: defaults::TRACK_MIN_HEALTHY_BACKENDS,
+            weight: defaults::TRACK_WEIGHT,
+        }
+    }
+}
+
+/// Names as written in the config file, for messages and rendering.
+macro_rules! keyword_names {
+    ($($ty:ident { $($variant:ident => $name:literal),+ $(,)? })+) => {
+        $(
+            impl $ty {
+                /// Every value, in the order messages list them.
+                pub const ALL: &'static [$ty] = &[$($ty::$variant),+];
+
+                /// The word the config file uses.
+                pub fn as_str(self) -> &'static str {
+                    match self {
+                        $($ty::$variant => $name),+
+                    }
+                }
+            }
+
+            impl fmt::Display for $ty {
+                fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                    f.write_str(self.as_str())
+                }
+            }
+        )+
+    };
+}
+
+keyword_names! {
+    XdpMode { Auto => "auto", Native => "native", Generic => "generic" }
+    Protocol { Tcp => "tcp", Udp => "udp" }
+    Mode { Nat => "nat", Dsr => "dsr" }
+    OnBackendDown { Reset => "reset", Keep => "keep" }
+    CheckKind { Tcp => "tcp", Tls => "tls", Https => "https" }
+    InitialState { Master => "master", Backup => "backup" }
+}

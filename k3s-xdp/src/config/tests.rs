@@ -1,0 +1,1405 @@
+//! Unit tests of the config module: defaults, and one test per rule asserting the exact key and
+//! line of the error it reports. Whole files (the examples) are tested in
+//! `tests/check_config.rs`.
+
+use super::*;
+use std::time::Duration;
+
+/// `text` without its first newline, so that line 1 is the line after `r#"`.
+fn doc(text: &str) -> &str {
+    text.strip_prefix('\n').unwrap_or(text)
+}
+
+fn errors_in(text: &str) -> Vec<ConfigError> {
+    match parse(doc(text), Path::new("t.toml")) {
+        Ok(config) => panic!("expected errors, got {config:#?}"),
+        Err(e) => e.0,
+    }
+}
+
+fn ok(text: &str) -> Config {
+    match parse(doc(text), Path::new("t.toml")) {
+        Ok(config) => config,
+        Err(e) => panic!("expected a valid config, got:\n{e}"),
+    }
+}
+
+/// Asserts `text` has exactly one error, at `key` on `line`, whose message contains `words`.
+#[track_caller]
+fn one_error(text: &str, key: &str, line: usize, words: &str) -> ConfigError {
+    let errors = errors_in(text);
+    assert_eq!(
+        errors.len(),
+        1,
+        "expected one error, got:\n{}",
+        ConfigErrors(errors.clone())
+    );
+    let e = errors.into_iter().next().unwrap();
+    assert_eq!((e.key.as_str(), e.line), (key, line), "{e}");
+    assert!(e.message.contains(words), "{e}\nshould contain: {words}");
+    e
+}
+
+/// Asserts that some error of `errors` is at `key` on `line` and mentions `words`.
+#[track_caller]
+fn has_error(errors: &[ConfigError], key: &str, line: usize, words: &str) {
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.key == key && e.line == line && e.message.contains(words)),
+        "no error at {key} line {line} with {words:?} in:\n{}",
+        ConfigErrors(errors.to_vec())
+    );
+}
+
+const MINIMAL: &str = r#"
+interface = "eth1"
+
+[[service]]
+name = "k3s-api"
+vip = "192.0.2.100"
+port = 6443
+backends = [
+  { name = "server-1", address = "192.0.2.50:6443" },
+  { name = "server-2", address = "192.0.2.51:6443" },
+]
+"#;
+
+#[test]
+fn a_minimal_file_gets_every_default() {
+    let c = ok(MINIMAL);
+    assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+    assert_eq!(c.interface.as_deref(), Some("eth1"));
+    assert_eq!(c.metrics_listen, "127.0.0.1:9742".parse().unwrap());
+    assert_eq!(c.control_socket, Path::new("/run/k3s-xdp/control.sock"));
+    assert_eq!(c.xdp_mode, XdpMode::Auto);
+    assert_eq!(c.flow_table_size, k3s_xdp_common::DEFAULT_FLOW_TABLE_SIZE);
+    assert_eq!((c.snat_port_min, c.snat_port_max), (1024, 65535));
+    assert!(c.vrrp.is_none());
+    let s = &c.services[0];
+    assert_eq!(s.name, "k3s-api");
+    assert_eq!(s.vip, Ipv4Addr::new(192, 0, 2, 100));
+    assert_eq!(s.port, 6443);
+    assert_eq!(
+        (s.protocol, s.mode, s.on_backend_down),
+        (Protocol::Tcp, Mode::Nat, OnBackendDown::Reset)
+    );
+    assert_eq!(s.table_size, 65537);
+    assert_eq!(s.backends.len(), 2);
+    assert_eq!(s.backends[1].address, "192.0.2.51:6443".parse().unwrap());
+    assert_eq!(s.backends[0].weight, 100);
+    assert_eq!(s.health, Health::default());
+    let h = &s.health;
+    assert_eq!(h.check, CheckKind::Tls);
+    assert_eq!(
+        (h.path.as_str(), h.expect.as_slice()),
+        ("/readyz", &[200][..])
+    );
+    assert_eq!(h.inter, Duration::from_secs(2));
+    assert_eq!((h.downinter, h.fastinter), (h.inter, h.inter));
+    assert_eq!((h.rise, h.fall), (2, 3));
+    assert_eq!(
+        (h.timeout, h.slowstart),
+        (Duration::from_secs(1), Duration::ZERO)
+    );
+}
+
+#[test]
+fn vrrp_defaults_and_keepalived_spelling() {
+    let c = ok(r#"
+[[service]]
+name = "k3s-api"
+vip = "192.0.2.100"
+port = 6443
+backends = [{ name = "server-1", address = "192.0.2.50" }]
+
+[vrrp]
+virtual_router_id = 51
+state = "MASTER"
+virtual_ipaddress = ["192.0.2.100/24"]
+"#);
+    // A bare IP means the service port.
+    assert_eq!(
+        c.services[0].backends[0].address,
+        "192.0.2.50:6443".parse().unwrap()
+    );
+    let v = c.vrrp.unwrap();
+    assert_eq!(v.virtual_router_id, 51);
+    assert_eq!(v.priority, 100);
+    assert_eq!(v.state, InitialState::Master);
+    assert_eq!(v.advert_int, Duration::from_secs(1));
+    assert_eq!(
+        v.virtual_ipaddress,
+        [VirtualAddress {
+            addr: Ipv4Addr::new(192, 0, 2, 100),
+            prefix_len: 24
+        }]
+    );
+    assert!(v.unicast_src_ip.is_none() && v.unicast_peers.is_empty());
+    assert!(v.preempt);
+    assert_eq!(v.preempt_delay, Duration::ZERO);
+    assert_eq!(v.version, 3);
+    assert_eq!(v.auth_pass, None);
+    assert_eq!(v.track, Track::default());
+    assert_eq!(v.track.weight, 0);
+    assert_eq!(v.garp_master_repeat, 5);
+    assert_eq!(v.garp_interval, Duration::from_millis(10));
+    assert_eq!(v.garp_master_refresh, Duration::ZERO);
+    // No `interface`: a warning, not an error.
+    assert_eq!(c.warnings.len(), 1);
+    assert_eq!(
+        (c.warnings[0].key.as_str(), c.warnings[0].line),
+        ("interface", 0)
+    );
+    assert!(c.warnings[0].message.contains("--iface"));
+}
+
+#[test]
+fn health_intervals_default_to_inter_and_durations_compound() {
+    let c = ok(r#"
+interface = "eth1"
+[[service]]
+name = "k3s-api"
+vip = "192.0.2.100"
+port = 6443
+backends = [{ name = "server-1", address = "192.0.2.50:6443" }]
+[service.health]
+inter = "1m30s"
+fastinter = "500ms"
+timeout = "1s"
+"#);
+    let h = &c.services[0].health;
+    assert_eq!(h.inter, Duration::from_secs(90));
+    assert_eq!(h.downinter, Duration::from_secs(90));
+    assert_eq!(h.fastinter, Duration::from_millis(500));
+}
+
+#[test]
+fn syntax_errors_give_the_line() {
+    let e = one_error(
+        r#"
+interface = "eth1"
+[[service]]
+port =
+"#,
+        "",
+        3,
+        "TOML syntax error",
+    );
+    assert!(e.column > 0);
+    assert!(!e.message.contains('\n'));
+    one_error(
+        r#"
+[vrrp]
+priority = 1
+priority = 2
+"#,
+        "",
+        3,
+        "duplicate key",
+    );
+}
+
+#[test]
+fn unknown_keys_suggest_the_closest_and_list_the_accepted() {
+    let e = one_error(
+        r#"
+interface = "eth1"
+[[service]]
+name = "k3s-api"
+vip = "192.0.2.100"
+port = 6443
+backends = [{ name = "server-1", address = "192.0.2.50:6443" }]
+[service.health]
+inetr = "2s"
+"#,
+        "service[0].health.inetr",
+        8,
+        "unknown key `inetr` in [service.health]; did you mean `inter`?",
+    );
+    assert!(
+        e.message.contains("accepted keys: check, path, expect"),
+        "{e}"
+    );
+    assert_eq!(e.column, 1);
+
+    // At every level: the top, a backend, vrrp.track; and a key that belongs elsewhere.
+    let errors = errors_in(
+        r#"
+interfaces = "eth1"
+rise = 2
+[[service]]
+name = "k3s-api"
+vip = "192.0.2.100"
+port = 6443
+backends = [{ name = "server-1", adress = "192.0.2.50:6443" }]
+[vrrp]
+virtual_router_id = 51
+virtual_ipaddress = ["192.0.2.100"]
+unicast_peer = ["192.0.2.99"]
+auth_type = "PASS"
+track = { datapalne = true }
+"#,
+    );
+    has_error(&errors, "interfaces", 1, "did you mean `interface`?");
+    has_error(&errors, "rise", 2, "`rise` belongs in [service.health]");
+    has_error(
+        &errors,
+        "service[0].backends[0].adress",
+        7,
+        "did you mean `address`?",
+    );
+    // The missing `address` of that backend is reported too.
+    has_error(
+        &errors,
+        "service[0].backends[0].address",
+        7,
+        "missing `address`",
+    );
+    has_error(
+        &errors,
+        "vrrp.unicast_peer",
+        11,
+        "did you mean `unicast_peers`?",
+    );
+    has_error(
+        &errors,
+        "vrrp.auth_type",
+        12,
+        "set `auth_pass` with `version = 2`",
+    );
+    has_error(
+        &errors,
+        "vrrp.track.datapalne",
+        13,
+        "did you mean `dataplane`?",
+    );
+    assert_eq!(errors.len(), 7, "{}", ConfigErrors(errors.clone()));
+}
+
+#[test]
+fn wrong_types_say_what_is_expected() {
+    let errors = errors_in(
+        r#"
+interface = 5
+[[service]]
+name = "k3s-api"
+vip = "192.0.2.100"
+port = "6443"
+backends = [{ name = "server-1", address = "192.0.2.50:6443", weight = 1.5 }]
+[service.health]
+inter = 10
+[vrrp]
+virtual_router_id = 51
+virtual_ipaddress = "192.0.2.100/24"
+preempt = "yes"
+"#,
+    );
+    has_error(
+        &errors,
+        "interface",
+        1,
+        "expected a string, found an integer",
+    );
+    has_error(
+        &errors,
+        "service[0].port",
+        5,
+        "expected an integer, found a string (write 6443 without quotes)",
+    );
+    has_error(
+        &errors,
+        "service[0].backends[0].weight",
+        6,
+        "expected an integer, found a float",
+    );
+    has_error(
+        &errors,
+        "service[0].health.inter",
+        8,
+        "expected a duration with a unit, like \"2s\" or \"500ms\"",
+    );
+    has_error(&errors, "vrrp.virtual_ipaddress", 11, "expected an array");
+    has_error(&errors, "vrrp.preempt", 12, "expected a boolean");
+    assert_eq!(errors.len(), 6, "{}", ConfigErrors(errors.clone()));
+}
+
+#[test]
+fn keywords_list_the_accepted_values() {
+    let errors = errors_in(
+        r#"
+xdp_mode = "driver"
+[[service]]
+name = "k3s-api"
+vip = "192.0.2.100"
+port = 6443
+protocol = "sctp"
+mode = "NAT"
+backends = [{ name = "server-1", address = "192.0.2.50:6443" }]
+health = { check = "http" }
+"#,
+    );
+    has_error(
+        &errors,
+        "xdp_mode",
+        1,
+        "expected one of \"auto\", \"native\", \"generic\", found \"driver\"",
+    );
+    has_error(
+        &errors,
+        "service[0].protocol",
+        6,
+        "expected one of \"tcp\", \"udp\"",
+    );
+    // Only `state` is case-insensitive (for keepalived's MASTER/BACKUP).
+    has_error(
+        &errors,
+        "service[0].mode",
+        7,
+        "expected one of \"nat\", \"dsr\"",
+    );
+    has_error(
+        &errors,
+        "service[0].health.check",
+        9,
+        "expected one of \"tcp\", \"tls\", \"https\", found \"http\"",
+    );
+    assert_eq!(errors.len(), 4);
+}
+
+#[test]
+fn duplicate_vip_port_protocol_points_at_the_second_and_names_the_first() {
+    one_error(
+        r#"
+interface = "eth1"
+[[service]]
+name = "k3s-api"
+vip = "192.0.2.100"
+port = 6443
+backends = [{ name = "server-1", address = "192.0.2.50:6443" }]
+
+[[service]]
+name = "k3s-api-again"
+vip = "192.0.2.100"
+port = 6443
+backends = [{ name = "server-2", address = "192.0.2.51:6443" }]
+
+[[service]]
+name = "dns"
+vip = "192.0.2.100"
+port = 6443
+protocol = "udp"
+backends = [{ name = "server-3", address = "192.0.2.52:6443" }]
+"#,
+        "service[1]",
+        8,
+        "192.0.2.100:6443/tcp is already served by service \"k3s-api\" (line 2)",
+    );
+}
+
+#[test]
+fn duplicate_service_names() {
+    one_error(
+        r#"
+interface = "eth1"
+[[service]]
+name = "api"
+vip = "192.0.2.100"
+port = 6443
+backends = [{ name = "server-1", address = "192.0.2.50:6443" }]
+[[service]]
+name = "api"
+vip = "192.0.2.100"
+port = 30080
+backends = [{ name = "server-1", address = "192.0.2.50:30080" }]
+"#,
+        "service[1].name",
+        8,
+        "service name \"api\" is already used by service[0] (line 3)",
+    );
+}
+
+#[test]
+fn duplicate_backend_names_and_addresses_within_a_service() {
+    let errors = errors_in(
+        r#"
+interface = "eth1"
+[[service]]
+name = "api"
+vip = "192.0.2.100"
+port = 6443
+backends = [
+  { name = "server-1", address = "192.0.2.50:6443" },
+  { name = "server-1", address = "192.0.2.51:6443" },
+  { name = "server-3", address = "192.0.2.50" },
+]
+"#,
+    );
+    has_error(
+        &errors,
+        "service[0].backends[1].name",
+        8,
+        "backend name \"server-1\" is already used in this service (line 7)",
+    );
+    // A bare IP is the service port: the same address as line 7's.
+    has_error(
+        &errors,
+        "service[0].backends[2].address",
+        9,
+        "address 192.0.2.50:6443 is already used by backend \"server-1\" of this service (line 7)",
+    );
+    assert_eq!(errors.len(), 2);
+}
+
+#[test]
+fn the_same_backend_in_two_services_is_fine() {
+    ok(r#"
+interface = "eth1"
+[[service]]
+name = "api"
+vip = "192.0.2.100"
+port = 6443
+backends = [{ name = "server-1", address = "192.0.2.50:6443" }]
+[[service]]
+name = "api-2"
+vip = "192.0.2.101"
+port = 6443
+backends = [{ name = "server-1", address = "192.0.2.50:6443" }]
+"#);
+}
+
+#[test]
+fn backend_addresses_that_do_not_parse() {
+    let e = one_error(
+        r#"
+interface = "eth1"
+[[service]]
+name = "api"
+vip = "192.0.2.100"
+port = 6443
+backends = [
+  { name = "server-1", address = "192.0.2.50:6443" },
+  { name = "server-2", address = "192.0.2.51:abc" },
+]
+"#,
+        "service[0].backends[1].address",
+        8,
+        "expected \"IP:PORT\" like \"192.0.2.51:6443\", found \"192.0.2.51:abc\"",
+    );
+    assert_eq!(
+        e.to_string(),
+        "t.toml:8:34: service[0].backends[1].address: expected \"IP:PORT\" like \
+         \"192.0.2.51:6443\", found \"192.0.2.51:abc\""
+    );
+    let errors = errors_in(
+        r#"
+[[service]]
+name = "api"
+vip = "192.0.2.100"
+port = 6443
+backends = [
+  { name = "server-1", address = "[2001:db8::1]:6443" },
+  { name = "server-2", address = "192.0.2.51:0" },
+  { name = "server-3", address = "0.0.0.0:6443" },
+  "192.0.2.53:6443",
+]
+"#,
+    );
+    has_error(
+        &errors,
+        "service[0].backends[0].address",
+        6,
+        "IPv6 backends are not supported yet",
+    );
+    has_error(
+        &errors,
+        "service[0].backends[1].address",
+        7,
+        "port must be between 1 and 65535",
+    );
+    has_error(
+        &errors,
+        "service[0].backends[2].address",
+        8,
+        "unspecified address",
+    );
+    has_error(
+        &errors,
+        "service[0].backends[3]",
+        9,
+        "expected a table like { name = ..., ... }, found a string",
+    );
+    assert_eq!(errors.len(), 4, "{}", ConfigErrors(errors.clone()));
+}
+
+#[test]
+fn vips_that_do_not_parse() {
+    let errors = errors_in(
+        r#"
+interface = "eth1"
+[[service]]
+name = "v6"
+vip = "2001:db8::100"
+port = 6443
+backends = [{ name = "server-1", address = "192.0.2.50:6443" }]
+[[service]]
+name = "typo"
+vip = "192.0.2.300"
+port = 6443
+backends = [{ name = "server-1", address = "192.0.2.50:6443" }]
+[[service]]
+name = "multicast"
+vip = "224.0.0.18"
+port = 6443
+backends = [{ name = "server-1", address = "192.0.2.50:6443" }]
+"#,
+    );
+    has_error(
+        &errors,
+        "service[0].vip",
+        4,
+        "IPv6 VIPs are not supported yet",
+    );
+    has_error(
+        &errors,
+        "service[1].vip",
+        9,
+        "expected an IPv4 address like \"192.0.2.100\", found \"192.0.2.300\"",
+    );
+    has_error(&errors, "service[2].vip", 14, "a multicast address");
+    // Bad VIPs take part in no further rule: no "duplicate VIP:port" noise.
+    assert_eq!(errors.len(), 3, "{}", ConfigErrors(errors.clone()));
+}
+
+#[test]
+fn required_keys_and_at_least_one_service() {
+    let e = one_error("interface = \"eth1\"\n", "service", 0, "missing `service`");
+    assert_eq!(e.to_string(), format!("t.toml: service: {}", e.message));
+    let errors = errors_in(
+        r#"
+interface = "eth1"
+[[service]]
+name = "api"
+backends = []
+[vrrp]
+priority = 100
+"#,
+    );
+    has_error(
+        &errors,
+        "service[0].vip",
+        2,
+        "missing `vip`: an IPv4 address",
+    );
+    has_error(&errors, "service[0].port", 2, "missing `port`");
+    has_error(
+        &errors,
+        "service[0].backends",
+        4,
+        "at least one backend is required",
+    );
+    has_error(
+        &errors,
+        "vrrp.virtual_router_id",
+        5,
+        "missing `virtual_router_id`",
+    );
+    has_error(
+        &errors,
+        "vrrp.virtual_ipaddress",
+        5,
+        "missing `virtual_ipaddress`",
+    );
+    assert_eq!(errors.len(), 5, "{}", ConfigErrors(errors.clone()));
+    // `[service]` instead of `[[service]]`.
+    one_error(
+        r#"
+[service]
+name = "api"
+"#,
+        "service",
+        1,
+        "expected [[service]] tables, found a table",
+    );
+}
+
+#[test]
+fn every_service_vip_must_be_a_virtual_ipaddress_with_vrrp() {
+    one_error(
+        r#"
+interface = "eth1"
+[[service]]
+name = "k3s-api"
+vip = "192.0.2.100"
+port = 6443
+backends = [{ name = "server-1", address = "192.0.2.50:6443" }]
+[[service]]
+name = "ingress"
+vip = "192.0.2.101"
+port = 30080
+backends = [{ name = "server-1", address = "192.0.2.50:30080" }]
+[vrrp]
+virtual_router_id = 51
+virtual_ipaddress = ["192.0.2.100/24", "192.0.2.0/24"]
+"#,
+        "service[1].vip",
+        9,
+        "VIP 192.0.2.101 of service \"ingress\" is not in vrrp.virtual_ipaddress",
+    );
+}
+
+#[test]
+fn intervals_must_be_positive() {
+    let errors = errors_in(
+        r#"
+interface = "eth1"
+[[service]]
+name = "api"
+vip = "192.0.2.100"
+port = 6443
+backends = [{ name = "server-1", address = "192.0.2.50:6443" }]
+[service.health]
+inter = "0s"
+downinter = "-1s"
+fastinter = "0ms"
+timeout = "0s"
+slowstart = "-5s"
+[vrrp]
+virtual_router_id = 51
+virtual_ipaddress = ["192.0.2.100"]
+advert_int = "0s"
+preempt_delay = "1001s"
+"#,
+    );
+    has_error(
+        &errors,
+        "service[0].health.inter",
+        8,
+        "must be greater than 0, found \"0s\"",
+    );
+    has_error(
+        &errors,
+        "service[0].health.downinter",
+        9,
+        "must be greater than 0, found \"-1s\"",
+    );
+    has_error(
+        &errors,
+        "service[0].health.fastinter",
+        10,
+        "must be greater than 0",
+    );
+    has_error(
+        &errors,
+        "service[0].health.timeout",
+        11,
+        "must be greater than 0",
+    );
+    has_error(
+        &errors,
+        "service[0].health.slowstart",
+        12,
+        "must not be negative",
+    );
+    has_error(&errors, "vrrp.advert_int", 16, "must be greater than 0");
+    has_error(&errors, "vrrp.preempt_delay", 17, "must be at most 16m40s");
+    assert_eq!(errors.len(), 7, "{}", ConfigErrors(errors.clone()));
+}
+
+#[test]
+fn a_timeout_longer_than_inter_is_a_warning() {
+    let c = ok(r#"
+interface = "eth1"
+[[service]]
+name = "api"
+vip = "192.0.2.100"
+port = 6443
+backends = [{ name = "server-1", address = "192.0.2.50:6443" }]
+[service.health]
+inter = "500ms"
+timeout = "2s"
+"#);
+    assert_eq!(c.warnings.len(), 1, "{:?}", c.warnings);
+    let w = &c.warnings[0];
+    assert_eq!((w.key.as_str(), w.line), ("service[0].health.timeout", 9));
+    assert!(
+        w.message
+            .contains("timeout (2s) is longer than inter (500ms)"),
+        "{w}"
+    );
+}
+
+#[test]
+fn vrrp_ranges_priority_router_id_and_rise_fall() {
+    let errors = errors_in(
+        r#"
+interface = "eth1"
+[[service]]
+name = "api"
+vip = "192.0.2.100"
+port = 6443
+backends = [{ name = "server-1", address = "192.0.2.50:6443" }]
+[service.health]
+rise = 0
+fall = 0
+[vrrp]
+virtual_router_id = 256
+priority = 255
+virtual_ipaddress = ["192.0.2.100/33"]
+track = { weight = 255 }
+"#,
+    );
+    has_error(
+        &errors,
+        "service[0].health.rise",
+        8,
+        "must be between 1 and 1000, found 0",
+    );
+    has_error(
+        &errors,
+        "service[0].health.fall",
+        9,
+        "must be between 1 and 1000, found 0",
+    );
+    has_error(
+        &errors,
+        "vrrp.virtual_router_id",
+        11,
+        "must be between 1 and 255, found 256",
+    );
+    has_error(
+        &errors,
+        "vrrp.priority",
+        12,
+        "must be between 1 and 254 (255 is reserved for the address owner",
+    );
+    has_error(&errors, "vrrp.virtual_ipaddress[0]", 13, "prefix 0..=32");
+    has_error(
+        &errors,
+        "vrrp.track.weight",
+        14,
+        "must be between -254 and 254",
+    );
+    assert_eq!(errors.len(), 6, "{}", ConfigErrors(errors.clone()));
+    let errors = errors_of_vrrp("virtual_router_id = 0\npriority = 0");
+    has_error(&errors, "vrrp.virtual_router_id", 8, "found 0");
+    has_error(&errors, "vrrp.priority", 9, "found 0");
+}
+
+/// A valid service followed by `[vrrp]` (line 7) and `vrrp_lines` (from line 8), plus
+/// `virtual_ipaddress` at the end.
+fn errors_of_vrrp(vrrp_lines: &str) -> Vec<ConfigError> {
+    let text = format!(
+        r#"
+interface = "eth1"
+[[service]]
+name = "api"
+vip = "192.0.2.100"
+port = 6443
+backends = [{{ name = "server-1", address = "192.0.2.50:6443" }}]
+[vrrp]
+{vrrp_lines}
+virtual_ipaddress = ["192.0.2.100/24"]
+"#
+    );
+    errors_in(&text)
+}
+
+fn vrrp_ok(vrrp_lines: &str) -> Vrrp {
+    let text = format!(
+        r#"
+interface = "eth1"
+[[service]]
+name = "api"
+vip = "192.0.2.100"
+port = 6443
+backends = [{{ name = "server-1", address = "192.0.2.50:6443" }}]
+[vrrp]
+virtual_router_id = 51
+virtual_ipaddress = ["192.0.2.100/24"]
+{vrrp_lines}
+"#
+    );
+    ok(&text).vrrp.unwrap()
+}
+
+#[test]
+fn dsr_cannot_change_the_port() {
+    one_error(
+        r#"
+interface = "eth1"
+[[service]]
+name = "api-dsr"
+vip = "192.0.2.200"
+port = 6443
+mode = "dsr"
+backends = [
+  { name = "server-1", address = "192.0.2.53:6443" },
+  { name = "server-2", address = "192.0.2.54:8443" },
+  { name = "server-3", address = "192.0.2.55" },
+]
+"#,
+        "service[0].backends[1].address",
+        9,
+        "mode = \"dsr\" cannot rewrite ports",
+    );
+}
+
+/// `count` services; service `i` is on VIP `vip(i)`, port `port(i)`, with `backends` each.
+fn many_services(
+    count: usize,
+    vip: impl Fn(usize) -> String,
+    port: impl Fn(usize) -> usize,
+    backends: usize,
+) -> String {
+    let mut text = String::from("interface = \"eth1\"\n");
+    for i in 0..count {
+        text.push_str(&format!(
+            "[[service]]\nname = \"s{i}\"\nvip = \"{}\"\nport = {}\nbackends = [\n",
+            vip(i),
+            port(i)
+        ));
+        for j in 0..backends {
+            text.push_str(&format!(
+                "  {{ name = \"b{j}\", address = \"198.51.100.1:{}\" }},\n",
+                1000 + j
+            ));
+        }
+        text.push_str("]\n");
+    }
+    text
+}
+
+/// Line of the `[[service]]` header of service `i` in [`many_services`].
+fn service_line(i: usize, backends: usize) -> usize {
+    2 + i * (6 + backends)
+}
+
+#[test]
+fn data_plane_limits() {
+    use k3s_xdp_common::{MAX_BACKENDS, MAX_PORTS_PER_VIP, MAX_SERVICES, MAX_VIPS};
+    // Ports per VIP.
+    let n = MAX_PORTS_PER_VIP + 1;
+    let text = many_services(n, |_| "192.0.2.100".into(), |i| 6000 + i, 1);
+    let errors = errors_in(&text);
+    assert_eq!(errors.len(), 1, "{}", ConfigErrors(errors.clone()));
+    assert_eq!(errors[0].key, format!("service[{}].vip", n - 1));
+    assert_eq!(errors[0].line, service_line(n - 1, 1) + 2);
+    assert!(errors[0]
+        .message
+        .contains("more than 8 services on VIP 192.0.2.100"));
+
+    // Distinct VIPs.
+    let n = MAX_VIPS as usize + 1;
+    let text = many_services(n, |i| format!("192.0.2.{}", i + 1), |_| 6443, 1);
+    let errors = errors_in(&text);
+    assert_eq!(errors.len(), 1);
+    assert_eq!(errors[0].key, format!("service[{}].vip", n - 1));
+    assert!(errors[0].message.contains("more than 64 distinct VIPs"));
+
+    // Services (spread over VIPs so that no other limit is hit).
+    let n = MAX_SERVICES as usize + 1;
+    let text = many_services(n, |i| format!("192.0.2.{}", i / 8 + 1), |i| 6000 + i % 8, 1);
+    let errors = errors_in(&text);
+    assert_eq!(errors.len(), 1, "{}", ConfigErrors(errors.clone()));
+    assert_eq!(errors[0].key, format!("service[{}]", n - 1));
+    assert_eq!(errors[0].line, service_line(n - 1, 1));
+    assert!(errors[0].message.contains("at most 256"));
+
+    // Backends across services: slot 0 is reserved, so 4095 fit.
+    let per_service = 205;
+    let n = (MAX_BACKENDS as usize - 1) / per_service + 1;
+    assert!(n * per_service > MAX_BACKENDS as usize - 1 && n <= 64);
+    let text = many_services(n, |i| format!("192.0.2.{}", i + 1), |_| 6443, per_service);
+    let errors = errors_in(&text);
+    assert_eq!(errors.len(), 1, "{}", ConfigErrors(errors.clone()));
+    assert_eq!(errors[0].key, format!("service[{}].backends", n - 1));
+    assert_eq!(errors[0].line, service_line(n - 1, per_service) + 4);
+    assert!(errors[0].message.contains("more than 4095 backends"));
+}
+
+#[test]
+fn table_size_prime_and_large_enough() {
+    let errors = errors_in(
+        r#"
+interface = "eth1"
+[[service]]
+name = "a"
+vip = "192.0.2.100"
+port = 1
+table_size = 65536
+backends = [{ name = "server-1", address = "192.0.2.50:6443" }]
+[[service]]
+name = "b"
+vip = "192.0.2.100"
+port = 2
+table_size = 101
+backends = [
+  { name = "server-1", address = "192.0.2.50:6443" },
+  { name = "server-2", address = "192.0.2.51:6443" },
+]
+[[service]]
+name = "c"
+vip = "192.0.2.100"
+port = 3
+table_size = 3
+backends = [{ name = "server-1", address = "192.0.2.50:6443" }]
+"#,
+    );
+    has_error(
+        &errors,
+        "service[0].table_size",
+        6,
+        "must be a prime number (Maglev needs it), found 65536; the next prime is 65537",
+    );
+    has_error(
+        &errors,
+        "service[1].table_size",
+        12,
+        "table_size 101 is too small for 2 backends",
+    );
+    has_error(
+        &errors,
+        "service[2].table_size",
+        21,
+        "must be between 7 and 262139",
+    );
+    assert_eq!(errors.len(), 3, "{}", ConfigErrors(errors.clone()));
+}
+
+#[test]
+fn auth_pass_is_version_2_only_and_at_most_8_bytes() {
+    let errors = errors_of_vrrp("virtual_router_id = 60\nauth_pass = \"1111\"");
+    assert_eq!(errors.len(), 1);
+    assert_eq!(
+        (errors[0].key.as_str(), errors[0].line),
+        ("vrrp.auth_pass", 9)
+    );
+    assert!(errors[0].message.contains("only sent by VRRP version 2"));
+
+    let errors = errors_of_vrrp("virtual_router_id = 60\nversion = 2\nauth_pass = \"123456789\"");
+    assert_eq!(errors.len(), 1);
+    assert_eq!(
+        (errors[0].key.as_str(), errors[0].line),
+        ("vrrp.auth_pass", 10)
+    );
+    assert!(errors[0].message.contains("must be 1 to 8 bytes"));
+
+    let v = vrrp_ok("version = 2\nauth_pass = \"1111\"");
+    assert_eq!(v.auth_pass.as_deref(), Some("1111"));
+    let errors = errors_of_vrrp("virtual_router_id = 60\nversion = 4");
+    assert_eq!(
+        (errors[0].key.as_str(), errors[0].line),
+        ("vrrp.version", 9)
+    );
+}
+
+#[test]
+fn advert_int_must_fit_the_version() {
+    for (lines, words) in [
+        (
+            "version = 2\nadvert_int = \"1500ms\"",
+            "whole seconds from 1s to 255s",
+        ),
+        ("version = 2\nadvert_int = \"256s\"", "whole seconds"),
+        (
+            "advert_int = \"5ms\"",
+            "whole centiseconds from 10ms to 40s950ms",
+        ),
+        ("advert_int = \"41s\"", "whole centiseconds"),
+        ("advert_int = \"105ms\"", "whole centiseconds"),
+    ] {
+        let errors = errors_of_vrrp(&format!("virtual_router_id = 1\n{lines}"));
+        assert_eq!(errors.len(), 1, "{lines}: {}", ConfigErrors(errors.clone()));
+        assert_eq!(errors[0].key, "vrrp.advert_int");
+        let line = 8 + lines.lines().count();
+        assert_eq!(errors[0].line, line, "{}", errors[0]);
+        assert!(errors[0].message.contains(words), "{}", errors[0]);
+    }
+    assert_eq!(
+        vrrp_ok("advert_int = \"150ms\"").advert_int,
+        Duration::from_millis(150)
+    );
+    assert_eq!(
+        vrrp_ok("version = 2\nadvert_int = \"3s\"").advert_int,
+        Duration::from_secs(3)
+    );
+}
+
+#[test]
+fn https_only_keys_name_the_check_kind_they_apply_to() {
+    let errors = errors_in(
+        r#"
+interface = "eth1"
+[[service]]
+name = "api"
+vip = "192.0.2.100"
+port = 6443
+backends = [{ name = "server-1", address = "192.0.2.50:6443" }]
+[service.health]
+check = "tcp"
+path = "/healthz"
+ca_file = "/etc/k3s-xdp/ca.crt"
+[[service]]
+name = "api-2"
+vip = "192.0.2.100"
+port = 6444
+backends = [{ name = "server-1", address = "192.0.2.50:6444" }]
+health = { ca_file = "/etc/k3s-xdp/ca.crt", bearer_token_file = "/etc/k3s-xdp/token" }
+[[service]]
+name = "api-3"
+vip = "192.0.2.100"
+port = 6445
+backends = [{ name = "server-1", address = "192.0.2.50:6445" }]
+health = { check = "https", client_cert = "/etc/k3s-xdp/client.crt", expect = [200, 401] }
+"#,
+    );
+    has_error(
+        &errors,
+        "service[0].health.path",
+        9,
+        "`path` applies to check = \"https\" only, and this service has check = \"tcp\"",
+    );
+    has_error(
+        &errors,
+        "service[0].health.ca_file",
+        10,
+        "`ca_file` applies to check = \"tls\" or \"https\" only",
+    );
+    // ca_file is fine with the default "tls"; a bearer token is not.
+    has_error(
+        &errors,
+        "service[1].health.bearer_token_file",
+        16,
+        "this service has check = \"tls\" (the default)",
+    );
+    has_error(
+        &errors,
+        "service[2].health.client_cert",
+        22,
+        "client_cert needs client_key too",
+    );
+    assert_eq!(errors.len(), 4, "{}", ConfigErrors(errors.clone()));
+}
+
+#[test]
+fn https_checks_read_their_keys() {
+    let c = ok(r#"
+interface = "eth1"
+[[service]]
+name = "api"
+vip = "192.0.2.100"
+port = 6443
+backends = [{ name = "server-1", address = "192.0.2.50:6443" }]
+[service.health]
+check = "https"
+path = "/livez"
+expect = [200, 204]
+ca_file = "/etc/k3s-xdp/ca.crt"
+client_cert = "/etc/k3s-xdp/client.crt"
+client_key = "/etc/k3s-xdp/client.key"
+port = 6444
+"#);
+    let h = &c.services[0].health;
+    assert_eq!(h.check, CheckKind::Https);
+    assert_eq!(
+        (h.path.as_str(), h.expect.as_slice()),
+        ("/livez", &[200, 204][..])
+    );
+    // Not opened here: the runtime checks that the files exist.
+    assert_eq!(
+        h.client_key.as_deref(),
+        Some(Path::new("/etc/k3s-xdp/client.key"))
+    );
+    assert_eq!(h.port, Some(6444));
+}
+
+#[test]
+fn unicast_peers_exclude_this_node_and_duplicates() {
+    let errors = errors_of_vrrp(
+        "virtual_router_id = 1\nunicast_src_ip = \"192.0.2.98\"\n\
+         unicast_peers = [\"192.0.2.99\", \"192.0.2.98\", \"192.0.2.99\"]",
+    );
+    has_error(
+        &errors,
+        "vrrp.unicast_peers[1]",
+        10,
+        "is unicast_src_ip, this node itself",
+    );
+    has_error(
+        &errors,
+        "vrrp.unicast_peers[2]",
+        10,
+        "is already listed (line 10)",
+    );
+    assert_eq!(errors.len(), 2);
+    let v = vrrp_ok("unicast_src_ip = \"192.0.2.98\"\nunicast_peers = [\"192.0.2.99\"]");
+    assert_eq!(v.unicast_peers, [Ipv4Addr::new(192, 0, 2, 99)]);
+}
+
+#[test]
+fn track_as_inline_table_or_subtable() {
+    let inline = vrrp_ok("track = { dataplane = false, min_healthy_backends = 0, weight = -50 }");
+    let table = vrrp_ok("[vrrp.track]\ndataplane = false\nmin_healthy_backends = 0\nweight = -50");
+    assert_eq!(inline.track, table.track);
+    assert_eq!(
+        inline.track,
+        Track {
+            dataplane: false,
+            min_healthy_backends: 0,
+            weight: -50
+        }
+    );
+    // A track that can never pass.
+    let errors = errors_of_vrrp("virtual_router_id = 1\ntrack = { min_healthy_backends = 2 }");
+    assert_eq!(errors.len(), 1);
+    assert_eq!(
+        (errors[0].key.as_str(), errors[0].line),
+        ("vrrp.track.min_healthy_backends", 9)
+    );
+    assert!(errors[0]
+        .message
+        .contains("only 1 backend(s) are configured in all"));
+}
+
+#[test]
+fn snat_port_range_and_top_level_values() {
+    let errors = errors_in(
+        r#"
+snat_port_range = [2000, 1000]
+flow_table_size = 100
+metrics_listen = "localhost:9742"
+interface = "a-very-long-interface-name"
+[[service]]
+name = "k3s api"
+vip = "192.0.2.100"
+port = 0
+backends = [{ name = "server/1", address = "192.0.2.50:6443", weight = 257 }]
+"#,
+    );
+    has_error(
+        &errors,
+        "snat_port_range",
+        1,
+        "expected 1 <= MIN <= MAX <= 65535",
+    );
+    has_error(
+        &errors,
+        "flow_table_size",
+        2,
+        "must be between 1024 and 16777216",
+    );
+    has_error(&errors, "metrics_listen", 3, "expected \"IP:PORT\"");
+    has_error(&errors, "interface", 4, "expected an interface name");
+    has_error(
+        &errors,
+        "service[0].name",
+        6,
+        "letters, digits, '_', '.' or '-'",
+    );
+    has_error(
+        &errors,
+        "service[0].port",
+        8,
+        "must be between 1 and 65535, found 0",
+    );
+    has_error(&errors, "service[0].backends[0].name", 9, "letters, digits");
+    has_error(
+        &errors,
+        "service[0].backends[0].weight",
+        9,
+        "between 0 and 256",
+    );
+    // The bare port 0 makes no backend address wrong by itself; the address here has a port.
+    assert_eq!(errors.len(), 8, "{}", ConfigErrors(errors.clone()));
+    let c = ok(r#"
+snat_port_range = [32768, 60999]
+xdp_mode = "generic"
+interface = "eth1"
+[[service]]
+name = "api"
+vip = "192.0.2.100"
+port = 6443
+backends = [{ name = "server-1", address = "192.0.2.50:6443" }]
+"#);
+    assert_eq!((c.snat_port_min, c.snat_port_max), (32768, 60999));
+    assert_eq!(c.xdp_mode, XdpMode::Generic);
+}
+
+#[test]
+fn udp_services_warn_that_checks_use_tcp() {
+    let c = ok(r#"
+interface = "eth1"
+[[service]]
+name = "dns"
+vip = "192.0.2.100"
+port = 53
+protocol = "udp"
+backends = [{ name = "server-6", address = "192.0.2.55:53", weight = 0 }]
+"#);
+    let keys: Vec<(&str, usize)> = c
+        .warnings
+        .iter()
+        .map(|w| (w.key.as_str(), w.line))
+        .collect();
+    assert_eq!(
+        keys,
+        [("service[0].protocol", 6), ("service[0].backends", 7)]
+    );
+}
+
+#[test]
+fn errors_come_in_file_order_and_all_at_once() {
+    let errors = errors_in(
+        r#"
+interface = "eth1"
+[[service]]
+name = "api"
+vip = "192.0.2.300"
+port = 6443
+backends = [{ name = "server-1", address = "192.0.2.50:abc" }]
+[service.health]
+inter = 10
+rise = 0
+[vrrp]
+virtual_router_id = 0
+virtual_ipaddress = ["192.0.2.100"]
+"#,
+    );
+    let lines: Vec<usize> = errors.iter().map(|e| e.line).collect();
+    assert_eq!(lines, [4, 6, 8, 9, 11]);
+}
+
+#[test]
+fn serializes_durations_and_addresses_as_the_file_writes_them() {
+    let c = ok(r#"
+interface = "eth1"
+[[service]]
+name = "api"
+vip = "192.0.2.100"
+port = 6443
+backends = [{ name = "server-1", address = "192.0.2.50:6443" }]
+[vrrp]
+virtual_router_id = 51
+virtual_ipaddress = ["192.0.2.100/24"]
+"#);
+    let json = serde_json::to_value(&c).unwrap();
+    assert_eq!(json["services"][0]["health"]["inter"], "2s");
+    assert_eq!(json["services"][0]["protocol"], "tcp");
+    assert_eq!(
+        json["services"][0]["backends"][0]["address"],
+        "192.0.2.50:6443"
+    );
+    assert_eq!(json["vrrp"]["virtual_ipaddress"][0], "192.0.2.100/24");
+    assert_eq!(json["vrrp"]["state"], "backup");
+    assert!(json.get("warnings").is_none());
+}
+
+#[test]
+fn equality_ignores_warnings_and_to_toml_round_trips() {
+    let mut c = ok(r#"
+[[service]]
+name = "dns"
+vip = "192.0.2.100"
+port = 53
+protocol = "udp"
+mode = "dsr"
+on_backend_down = "keep"
+table_size = 251
+backends = [{ name = "server-6", address = "192.0.2.55:53", weight = 7 }]
+[service.health]
+check = "https"
+path = "/x"
+expect = [204]
+bearer_token_file = "/t"
+port = 8080
+downinter = "5s"
+fastinter = "1s"
+timeout = "3s"
+slowstart = "1m"
+[vrrp]
+virtual_router_id = 51
+virtual_ipaddress = ["192.0.2.100/24", "192.0.2.101"]
+unicast_src_ip = "192.0.2.98"
+unicast_peers = ["192.0.2.99"]
+preempt = false
+version = 2
+auth_pass = "pass\"q"
+garp_master_repeat = 3
+garp_interval = "0s"
+garp_master_refresh = "1m"
+track = { dataplane = false }
+"#);
+    c.metrics_listen = "[::1]:9000".parse().unwrap();
+    c.control_socket = "/tmp/x.sock".into();
+    c.flow_table_size = 2048;
+    let text = c.to_toml();
+    let back =
+        parse(&text, Path::new("rendered.toml")).unwrap_or_else(|e| panic!("{e}\nin:\n{text}"));
+    assert_eq!(back, c, "{text}");
+    let mut other = back.clone();
+    other.warnings.clear();
+    assert_eq!(other, back);
+    other.services[0].backends[0].weight = 8;
+    assert_ne!(other, back);
+}
+
+#[test]
+fn dotted_keys_and_subtables_of_the_wrong_type() {
+    let c = ok(r#"
+interface = "eth1"
+[[service]]
+name = "api"
+vip = "192.0.2.100"
+port = 6443
+backends = [{ name = "server-1", address = "192.0.2.50:6443" }]
+health.inter = "5s"
+"#);
+    assert_eq!(c.services[0].health.inter, Duration::from_secs(5));
+    let errors = errors_in(
+        r#"
+interface = "eth1"
+[[service]]
+name = "api"
+vip = "192.0.2.100"
+port = 6443
+backends = [{ name = "server-1", address = "192.0.2.50:6443" }]
+health.intre = "5s"
+[[service]]
+name = "api-2"
+vip = "192.0.2.100"
+port = 6444
+backends = { name = "server-1", address = "192.0.2.50:6444" }
+health = "tls"
+[vrrp]
+virtual_router_id = 51
+virtual_ipaddress = ["192.0.2.100"]
+track = true
+"#,
+    );
+    has_error(
+        &errors,
+        "service[0].health.intre",
+        7,
+        "did you mean `inter`?",
+    );
+    has_error(
+        &errors,
+        "service[1].backends",
+        12,
+        "expected an array of backends",
+    );
+    has_error(
+        &errors,
+        "service[1].health",
+        13,
+        "expected a [service.health] table",
+    );
+    has_error(
+        &errors,
+        "vrrp.track",
+        17,
+        "expected a table like { dataplane = true",
+    );
+    assert_eq!(errors.len(), 4, "{}", ConfigErrors(errors.clone()));
+}

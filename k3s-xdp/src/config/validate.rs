@@ -1,0 +1,425 @@
+//! Rules that involve more than one key: duplicates, VIPs that VRRP must hold, the limits of
+//! the data plane's maps, keys that only apply to some health check kinds, VRRP version rules.
+//!
+//! Runs after `parse.rs` on the config it built, even when some keys were wrong: a rule skips
+//! the keys [`Cx::is_bad`] marks, so each mistake is reported once, by the check closest to it.
+
+use super::{
+    defaults, duration, parse::join, parse::next_prime, parse::Cx, CheckKind, Config, Mode,
+    Protocol, Service, Vrrp,
+};
+use k3s_xdp_common::{MAX_BACKENDS, MAX_PORTS_PER_VIP, MAX_SERVICES, MAX_VIPS};
+use std::{
+    collections::{HashMap, HashSet},
+    net::Ipv4Addr,
+    time::Duration,
+};
+
+pub(super) fn validate(config: &Config, cx: &mut Cx) {
+    if config.interface.is_none() && !cx.is_bad("interface") {
+        cx.warn(
+            "interface",
+            "no `interface` set: `k3s-xdp run` needs --iface IFACE",
+        );
+    }
+    service_identities(config, cx);
+    data_plane_limits(config, cx);
+    for (i, service) in config.services.iter().enumerate() {
+        let path = format!("service[{i}]");
+        if cx.is_bad(&path) {
+            continue;
+        }
+        backends(service, &path, cx);
+        health(service, &path, cx);
+    }
+    if let Some(vrrp) = &config.vrrp {
+        vrrp_rules(config, vrrp, cx);
+    }
+}
+
+/// Unique names, and one service per VIP:port:protocol.
+fn service_identities(config: &Config, cx: &mut Cx) {
+    let mut names: HashMap<&str, usize> = HashMap::new();
+    let mut listeners: HashMap<(Ipv4Addr, u16, Protocol), usize> = HashMap::new();
+    for (i, s) in config.services.iter().enumerate() {
+        let path = format!("service[{i}]");
+        let name_path = join(&path, "name");
+        if !cx.is_bad(&name_path) {
+            if let Some(&first) = names.get(s.name.as_str()) {
+                let line = cx.line_of(&format!("service[{first}].name"));
+                cx.error(
+                    &name_path,
+                    format!(
+                        "service name {:?} is already used by service[{first}] (line {line}); \
+                         names must be unique",
+                        s.name
+                    ),
+                );
+            } else {
+                names.insert(&s.name, i);
+            }
+        }
+        let parts = ["vip", "port", "protocol"].map(|k| join(&path, k));
+        if parts.iter().any(|p| cx.is_bad(p)) {
+            continue;
+        }
+        let listener = (s.vip, s.port, s.protocol);
+        if let Some(&first) = listeners.get(&listener) {
+            let line = cx.line_of(&format!("service[{first}]"));
+            let first_name = &config.services[first].name;
+            cx.error(
+                &path,
+                format!(
+                    "{}:{}/{} is already served by service {first_name:?} (line {line}); \
+                     each VIP:port:protocol belongs to one service",
+                    s.vip, s.port, s.protocol
+                ),
+            );
+        } else {
+            listeners.insert(listener, i);
+        }
+    }
+}
+
+/// What the BPF maps can hold (k3s_xdp_common's limits).
+fn data_plane_limits(config: &Config, cx: &mut Cx) {
+    let max_services = MAX_SERVICES as usize;
+    if config.services.len() > max_services {
+        cx.error(
+            &format!("service[{max_services}]"),
+            format!(
+                "{} services: the data plane holds at most {max_services}",
+                config.services.len()
+            ),
+        );
+    }
+    // Slot 0 of the backend map means "no backend".
+    let max_backends = MAX_BACKENDS as usize - 1;
+    let mut backends = 0usize;
+    let mut per_vip: HashMap<Ipv4Addr, usize> = HashMap::new();
+    let mut vips: HashSet<Ipv4Addr> = HashSet::new();
+    for (i, s) in config.services.iter().enumerate() {
+        let path = format!("service[{i}]");
+        let before = backends;
+        backends += s.backends.len();
+        if before <= max_backends && backends > max_backends {
+            cx.error(
+                &join(&path, "backends"),
+                format!(
+                    "more than {max_backends} backends in all: the data plane holds at most \
+                     {max_backends} (services up to this one have {backends})"
+                ),
+            );
+        }
+        let vip_path = join(&path, "vip");
+        if cx.is_bad(&vip_path) {
+            continue;
+        }
+        let on_vip = per_vip.entry(s.vip).or_default();
+        *on_vip += 1;
+        if *on_vip == MAX_PORTS_PER_VIP + 1 {
+            cx.error(
+                &vip_path,
+                format!(
+                    "more than {MAX_PORTS_PER_VIP} services on VIP {}: the data plane holds at \
+                     most {MAX_PORTS_PER_VIP} ports per VIP",
+                    s.vip
+                ),
+            );
+        }
+        if vips.insert(s.vip) && vips.len() == MAX_VIPS as usize + 1 {
+            cx.error(
+                &vip_path,
+                format!(
+                    "more than {MAX_VIPS} distinct VIPs: the data plane holds at most {MAX_VIPS}"
+                ),
+            );
+        }
+    }
+}
+
+fn backends(s: &Service, path: &str, cx: &mut Cx) {
+    let mut names: HashMap<&str, usize> = HashMap::new();
+    let mut addresses: HashMap<_, usize> = HashMap::new();
+    let dsr = s.mode == Mode::Dsr && !cx.is_bad(&join(path, "mode"));
+    for (j, b) in s.backends.iter().enumerate() {
+        let backend = format!("{path}.backends[{j}]");
+        let name_path = join(&backend, "name");
+        if !cx.is_bad(&name_path) {
+            if let Some(&first) = names.get(b.name.as_str()) {
+                let line = cx.line_of(&format!("{path}.backends[{first}].name"));
+                cx.error(
+                    &name_path,
+                    format!(
+                        "backend name {:?} is already used in this service (line {line}); \
+                         names must be unique within a service",
+                        b.name
+                    ),
+                );
+            } else {
+                names.insert(&b.name, j);
+            }
+        }
+        let address_path = join(&backend, "address");
+        if cx.is_bad(&address_path) {
+            continue;
+        }
+        if let Some(&first) = addresses.get(&b.address) {
+            let line = cx.line_of(&format!("{path}.backends[{first}].address"));
+            cx.error(
+                &address_path,
+                format!(
+                    "address {} is already used by backend {:?} of this service (line {line})",
+                    b.address, s.backends[first].name
+                ),
+            );
+        } else {
+            addresses.insert(b.address, j);
+        }
+        if dsr && !cx.is_bad(&join(path, "port")) && b.address.port() != s.port {
+            cx.error(
+                &address_path,
+                format!(
+                    "mode = \"dsr\" cannot rewrite ports: the backend must listen on the service \
+                     port {}, found {} (use mode = \"nat\" to change ports)",
+                    s.port, b.address
+                ),
+            );
+        }
+    }
+
+    let count = s.backends.len() as u64;
+    let size_path = join(path, "table_size");
+    let per_backend = u64::from(defaults::TABLE_ENTRIES_PER_BACKEND);
+    if count > 0 && !cx.is_bad(&size_path) && u64::from(s.table_size) <= per_backend * count {
+        let needed = per_backend * count + 1;
+        let hint = match u32::try_from(needed).ok().and_then(next_prime) {
+            Some(p) if p <= defaults::TABLE_SIZE_MAX => {
+                format!("set table_size to a prime above {}, like {p}", needed - 1)
+            }
+            _ => format!(
+                "at most {} backends fit in the largest table ({})",
+                (u64::from(defaults::TABLE_SIZE_MAX) - 1) / per_backend,
+                defaults::TABLE_SIZE_MAX
+            ),
+        };
+        cx.error(
+            &size_path,
+            format!(
+                "table_size {} is too small for {count} backends: Maglev needs more than \
+                 {per_backend} entries per backend; {hint}",
+                s.table_size
+            ),
+        );
+    }
+
+    if !s.backends.is_empty() && s.backends.iter().all(|b| b.weight == 0) {
+        cx.warn(
+            &join(path, "backends"),
+            "every backend has weight 0: this service takes no new flows",
+        );
+    }
+}
+
+/// Keys that only some check kinds use, the client certificate pair, timeout vs inter.
+fn health(s: &Service, path: &str, cx: &mut Cx) {
+    let health_path = join(path, "health");
+    let h = &s.health;
+    let check_path = join(&health_path, "check");
+    if !cx.is_bad(&check_path) {
+        let check = if cx.present(&check_path) {
+            format!("check = \"{}\"", h.check)
+        } else {
+            format!("check = \"{}\" (the default)", h.check)
+        };
+        let https_only = [
+            "path",
+            "expect",
+            "client_cert",
+            "client_key",
+            "bearer_token_file",
+        ];
+        for key in https_only {
+            let key_path = join(&health_path, key);
+            if h.check != CheckKind::Https && cx.present(&key_path) && !cx.is_bad(&key_path) {
+                cx.error(
+                    &key_path,
+                    format!(
+                        "`{key}` applies to check = \"https\" only, and this service has {check}"
+                    ),
+                );
+            }
+        }
+        let ca_path = join(&health_path, "ca_file");
+        if h.check == CheckKind::Tcp && cx.present(&ca_path) && !cx.is_bad(&ca_path) {
+            cx.error(
+                &ca_path,
+                format!(
+                    "`ca_file` applies to check = \"tls\" or \"https\" only, and this service has \
+                     {check}"
+                ),
+            );
+        }
+        if h.check == CheckKind::Https {
+            match (&h.client_cert, &h.client_key) {
+                (Some(_), None) => cx.error(
+                    &join(&health_path, "client_cert"),
+                    "client_cert needs client_key too",
+                ),
+                (None, Some(_)) => cx.error(
+                    &join(&health_path, "client_key"),
+                    "client_key needs client_cert too",
+                ),
+                _ => {}
+            }
+        }
+        if s.protocol == Protocol::Udp
+            && h.port.is_none()
+            && !cx.is_bad(&join(path, "protocol"))
+            && !cx.is_bad(&join(&health_path, "port"))
+        {
+            cx.warn(
+                &join(path, "protocol"),
+                format!(
+                    "health checks connect over TCP ({check}) to port {} of each backend; set \
+                     health.port to a TCP port the backends answer on if {} is UDP only",
+                    s.port, s.port
+                ),
+            );
+        }
+    }
+    let timeout_path = join(&health_path, "timeout");
+    let inter_path = join(&health_path, "inter");
+    if !cx.is_bad(&timeout_path) && !cx.is_bad(&inter_path) && h.timeout > h.inter {
+        cx.warn(
+            &timeout_path,
+            format!(
+                "timeout ({}) is longer than inter ({}): a check may still run when the next is due",
+                duration::format(h.timeout),
+                duration::format(h.inter)
+            ),
+        );
+    }
+}
+
+fn vrrp_rules(config: &Config, v: &Vrrp, cx: &mut Cx) {
+    // Every VIP must move with the VRRP instance.
+    if !cx.any_bad_under("vrrp.virtual_ipaddress") {
+        let mut seen: HashMap<Ipv4Addr, usize> = HashMap::new();
+        for (j, a) in v.virtual_ipaddress.iter().enumerate() {
+            if let Some(&first) = seen.get(&a.addr) {
+                let line = cx.line_of(&format!("vrrp.virtual_ipaddress[{first}]"));
+                cx.error(
+                    &format!("vrrp.virtual_ipaddress[{j}]"),
+                    format!("{} is already listed (line {line})", a.addr),
+                );
+            } else {
+                seen.insert(a.addr, j);
+            }
+        }
+        for (i, s) in config.services.iter().enumerate() {
+            let vip_path = format!("service[{i}].vip");
+            if cx.is_bad(&vip_path) || seen.contains_key(&s.vip) {
+                continue;
+            }
+            cx.error(
+                &vip_path,
+                format!(
+                    "VIP {} of service {:?} is not in vrrp.virtual_ipaddress, so VRRP would not \
+                     hold it; add \"{}/32\" (or with the prefix of its subnet)",
+                    s.vip, s.name, s.vip
+                ),
+            );
+        }
+    }
+
+    // Peers: other nodes, each once.
+    let virtual_addrs: HashSet<Ipv4Addr> = v.virtual_ipaddress.iter().map(|a| a.addr).collect();
+    if let Some(src) = v.unicast_src_ip {
+        if virtual_addrs.contains(&src) {
+            cx.error(
+                "vrrp.unicast_src_ip",
+                format!("{src} is a virtual address; unicast_src_ip is this node's own address"),
+            );
+        }
+    }
+    let mut peers: HashMap<Ipv4Addr, usize> = HashMap::new();
+    for (j, &p) in v.unicast_peers.iter().enumerate() {
+        let path = format!("vrrp.unicast_peers[{j}]");
+        if Some(p) == v.unicast_src_ip {
+            cx.error(
+                &path,
+                format!("{p} is unicast_src_ip, this node itself; list the other nodes only"),
+            );
+        } else if virtual_addrs.contains(&p) {
+            cx.error(
+                &path,
+                format!("{p} is a virtual address; list the other nodes' own addresses"),
+            );
+        } else if let Some(&first) = peers.get(&p) {
+            let line = cx.line_of(&format!("vrrp.unicast_peers[{first}]"));
+            cx.error(&path, format!("{p} is already listed (line {line})"));
+        } else {
+            peers.insert(p, j);
+        }
+    }
+
+    // What each VRRP version can carry.
+    if !cx.is_bad("vrrp.version") {
+        if v.version == 3 && v.auth_pass.is_some() {
+            cx.error(
+                "vrrp.auth_pass",
+                "auth_pass is only sent by VRRP version 2 (keepalived's auth_type PASS); set \
+                 version = 2, or remove auth_pass",
+            );
+        }
+        if !cx.is_bad("vrrp.advert_int") {
+            if let Some(problem) = advert_int_problem(v.advert_int, v.version) {
+                cx.error("vrrp.advert_int", problem);
+            }
+        }
+    }
+
+    if !v.preempt && !v.preempt_delay.is_zero() && !cx.is_bad("vrrp.preempt") {
+        cx.warn(
+            "vrrp.preempt_delay",
+            "preempt_delay has no effect with preempt = false",
+        );
+    }
+
+    // A track that can never pass keeps this node out of MASTER for good.
+    let min = v.track.min_healthy_backends;
+    let total: usize = config.services.iter().map(|s| s.backends.len()).sum();
+    if (total as u64) < u64::from(min)
+        && !cx.is_bad("vrrp.track.min_healthy_backends")
+        && !cx.any_bad_under("service")
+    {
+        cx.error(
+            "vrrp.track.min_healthy_backends",
+            format!(
+                "only {total} backend(s) are configured in all, so a track of {min} healthy \
+                 backends would always fail"
+            ),
+        );
+    }
+}
+
+/// Why `advert_int` cannot be sent by VRRP `version`, if it cannot: version 3 carries
+/// centiseconds in 12 bits, version 2 whole seconds in 8.
+fn advert_int_problem(advert_int: Duration, version: u8) -> Option<String> {
+    let ms = advert_int.as_millis();
+    let shown = duration::format(advert_int);
+    if version == 2 {
+        if !ms.is_multiple_of(1000) || !(1..=255).contains(&(ms / 1000)) {
+            return Some(format!(
+                "VRRP version 2 sends whole seconds from 1s to 255s, found {shown:?} \
+                 (version 3 allows centiseconds)"
+            ));
+        }
+    } else if !ms.is_multiple_of(10) || !(1..=4095).contains(&(ms / 10)) {
+        return Some(format!(
+            "VRRP version 3 sends whole centiseconds from 10ms to 40s950ms, found {shown:?}"
+        ));
+    }
+    None
+}
