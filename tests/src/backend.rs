@@ -435,7 +435,7 @@ fn provider() -> Arc<CryptoProvider> {
     Arc::new(ring::default_provider())
 }
 
-/// The throwaway CA of this test process: (certificate, key pair, PEM).
+/// The throwaway CA of this test process, signing every TLS backend certificate.
 struct TestCa {
     cert: rcgen::Certificate,
     key: rcgen::KeyPair,
