@@ -22,7 +22,7 @@ const OBJECT_ENV: &str = "K3S_XDP_BPF_OBJECT";
 const TOOLCHAIN_ENV: &str = "K3S_XDP_BPF_TOOLCHAIN";
 const TARGET: &str = "bpfel-unknown-none";
 const EBPF_PACKAGE: &str = "k3s-xdp-ebpf";
-const EBPF_BIN: &str = "k3s-xdp";
+const EBPF_BIN: &str = "k3s-xdp-ebpf";
 
 /// How to invoke cargo for the BPF target.
 struct Toolchain {
@@ -76,7 +76,13 @@ fn main() {
     build_ebpf(&toolchain, &linker_dir, &workspace, &out_dir, &object);
 }
 
-fn build_ebpf(toolchain: &Toolchain, linker_dir: &Path, workspace: &Path, out_dir: &Path, object: &Path) {
+fn build_ebpf(
+    toolchain: &Toolchain,
+    linker_dir: &Path,
+    workspace: &Path,
+    out_dir: &Path,
+    object: &Path,
+) {
     let target_dir = out_dir.join("ebpf-target");
     let mut cmd = Command::new(&toolchain.cargo[0]);
     cmd.args(&toolchain.cargo[1..]);
@@ -107,7 +113,14 @@ fn build_ebpf(toolchain: &Toolchain, linker_dir: &Path, workspace: &Path, out_di
         .env("PATH", path)
         .env("RUSTC_BOOTSTRAP", "1")
         .env("CARGO_ENCODED_RUSTFLAGS", rustflags)
-        .args(["build", "--package", EBPF_PACKAGE, "--release", "--target", TARGET])
+        .args([
+            "build",
+            "--package",
+            EBPF_PACKAGE,
+            "--release",
+            "--target",
+            TARGET,
+        ])
         .arg("--target-dir")
         .arg(&target_dir);
     if toolchain.build_std {
@@ -115,7 +128,10 @@ fn build_ebpf(toolchain: &Toolchain, linker_dir: &Path, workspace: &Path, out_di
     }
     let status = match cmd.status() {
         Ok(s) => s,
-        Err(e) => fail(&format!("cannot run the cargo of {}: {e}", toolchain.origin)),
+        Err(e) => fail(&format!(
+            "cannot run the cargo of {}: {e}",
+            toolchain.origin
+        )),
     };
     if !status.success() {
         // Compiler errors in the XDP program are printed above by the inner cargo.
@@ -124,7 +140,10 @@ fn build_ebpf(toolchain: &Toolchain, linker_dir: &Path, workspace: &Path, out_di
     }
     let built = target_dir.join(TARGET).join("release").join(EBPF_BIN);
     if let Err(e) = fs::copy(&built, object) {
-        fail(&format!("the BPF build left no object at {}: {e}", built.display()));
+        fail(&format!(
+            "the BPF build left no object at {}: {e}",
+            built.display()
+        ));
     }
 }
 
@@ -139,9 +158,11 @@ fn find_toolchain() -> Result<Toolchain, String> {
     if let Some(t) = rustup_toolchain("nightly") {
         return Ok(t);
     }
-    Err("no compiler for the BPF target was found: neither Debian's rustc-web with its BPF core \
+    Err(
+        "no compiler for the BPF target was found: neither Debian's rustc-web with its BPF core \
          (/usr/bin/rustc, /usr/lib/rustlib/bpfel-unknown-none) nor a rustup nightly with rust-src"
-        .to_string())
+            .to_string(),
+    )
 }
 
 fn toolchain_from_override(choice: &str) -> Result<Toolchain, String> {
@@ -219,7 +240,10 @@ fn rustup_toolchain(name: &str) -> Option<Toolchain> {
 }
 
 fn sysroot_of(rustc: &Path) -> Option<PathBuf> {
-    let output = Command::new(rustc).args(["--print", "sysroot"]).output().ok()?;
+    let output = Command::new(rustc)
+        .args(["--print", "sysroot"])
+        .output()
+        .ok()?;
     output
         .status
         .success()

@@ -11,8 +11,14 @@ const SEED_SNAT: u32 = 0x736e_6174; // "snat"
 #[inline(always)]
 fn mix(h: u32, k: u32) -> u32 {
     // One round of MurmurHash3's body.
-    let k = k.wrapping_mul(0xcc9e_2d51).rotate_left(15).wrapping_mul(0x1b87_3593);
-    (h ^ k).rotate_left(13).wrapping_mul(5).wrapping_add(0xe654_6b64)
+    let k = k
+        .wrapping_mul(0xcc9e_2d51)
+        .rotate_left(15)
+        .wrapping_mul(0x1b87_3593);
+    (h ^ k)
+        .rotate_left(13)
+        .wrapping_mul(5)
+        .wrapping_add(0xe654_6b64)
 }
 
 #[inline(always)]
@@ -29,14 +35,20 @@ fn finish(mut h: u32) -> u32 {
 #[inline(always)]
 pub fn flow_hash(key: &FlowKey) -> u32 {
     let ports = (u32::from(key.sport) << 16) | u32::from(key.dport);
-    finish(mix(mix(mix(SEED_FLOW ^ u32::from(key.protocol), key.src), key.dst), ports))
+    finish(mix(
+        mix(mix(SEED_FLOW ^ u32::from(key.protocol), key.src), key.dst),
+        ports,
+    ))
 }
 
 /// Hash choosing the first SNAT port tried for a client → VIP flow (nat mode).
 #[inline(always)]
 pub fn snat_hash(key: &FlowKey) -> u32 {
     let ports = (u32::from(key.sport) << 16) | u32::from(key.dport);
-    finish(mix(mix(mix(SEED_SNAT ^ u32::from(key.protocol), key.src), key.dst), ports))
+    finish(mix(
+        mix(mix(SEED_SNAT ^ u32::from(key.protocol), key.src), key.dst),
+        ports,
+    ))
 }
 
 /// Maps a 32-bit hash onto `0..n` without a division (Lemire's multiply-shift reduction).
@@ -66,7 +78,11 @@ mod tests {
         let k = key([192, 0, 2, 101], 40000);
         assert_eq!(flow_hash(&k), flow_hash(&k));
         assert_ne!(flow_hash(&k), snat_hash(&k));
-        assert_eq!(flow_hash(&k), 0x58b4_ac9a, "flow_hash changed: lb-1 and lb-2 of different versions would disagree");
+        assert_eq!(
+            flow_hash(&k),
+            0x58b4_ac9a,
+            "flow_hash changed: lb-1 and lb-2 of different versions would disagree"
+        );
     }
 
     #[test]

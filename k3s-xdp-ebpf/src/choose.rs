@@ -4,8 +4,7 @@
 use crate::maps::{BACKENDS, GLOBALS, MAGLEV, NAT_REVERSE};
 use k3s_xdp_common::{
     hash::{flow_hash, reduce, snat_hash},
-    reason, Backend, FlowKey, NatReverse, NextHop, VipInfo, VipPort, BACKEND_UP,
-    MAX_PORTS_PER_VIP,
+    reason, Backend, FlowKey, NatReverse, NextHop, VipInfo, VipPort, BACKEND_UP, MAX_PORTS_PER_VIP,
 };
 
 /// `BPF_NOEXIST`: insert only if absent, so two CPUs cannot claim the same SNAT port.

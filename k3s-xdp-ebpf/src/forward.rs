@@ -3,8 +3,9 @@
 //! client.
 
 use crate::{
-    choose, counters, hop,
-    headers::{TCP_RST},
+    choose, counters,
+    headers::TCP_RST,
+    hop,
     maps::{BACKENDS, FLOWS, NAT_REVERSE},
     parse::{frame_len, Ip, Valid, L4},
     reset,
@@ -67,8 +68,7 @@ pub fn to_backend(
                     0
                 } else {
                     let client_hop = mirror_hop(ip, src, ctx.ingress_ifindex() as u32);
-                    match choose::snat_port(&key, vip, id, &backend, service.service, &client_hop)
-                    {
+                    match choose::snat_port(&key, vip, id, &backend, service.service, &client_hop) {
                         Ok(port) => port,
                         Err(why) => return Verdict::drop(why),
                     }

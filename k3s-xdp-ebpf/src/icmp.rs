@@ -5,11 +5,12 @@
 use crate::{
     choose, counters,
     csum::{self, Delta},
-    forward, hop,
+    forward,
     headers::{
         IcmpHdr, Ipv4Hdr, UdpHdr, ICMP_DEST_UNREACH, ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST,
         ICMP_FRAG_NEEDED,
     },
+    hop,
     maps::{BACKENDS, FLOWS},
     parse::{self, frame_len, ptr_at, Ip, Valid},
     verdict::Verdict,
@@ -79,7 +80,10 @@ fn frag_needed(
     let (vihl, protocol, inner_src, inner_dst) =
         unsafe { ((*inner).vihl, (*inner).protocol, (*inner).src, (*inner).dst) };
     let outer_dst = unsafe { (*ip.hdr).dst };
-    if vihl >> 4 != 4 || (protocol != IPPROTO_TCP && protocol != IPPROTO_UDP) || inner_src != outer_dst {
+    if vihl >> 4 != 4
+        || (protocol != IPPROTO_TCP && protocol != IPPROTO_UDP)
+        || inner_src != outer_dst
+    {
         return Verdict::pass(reason::PASS_VIP_OTHER);
     }
     let inner_l4 = inner_l3 + ((vihl & 0x0f) as usize) * 4;

@@ -56,9 +56,7 @@ fn process(ctx: &XdpContext) -> Verdict {
                 Err(why) => return Verdict::drop(why),
             };
             match choose::service(vip, l4.dport, protocol) {
-                Some(service) => {
-                    forward::to_backend(ctx, &ip, &valid, l4, protocol, vip, &service)
-                }
+                Some(service) => forward::to_backend(ctx, &ip, &valid, l4, protocol, vip, &service),
                 None => forward::reply(ctx, &ip, l4, protocol),
             }
         }

@@ -30,12 +30,15 @@ pub static BACKEND_HOPS: Array<NextHop, { MAX_BACKENDS as usize }> = Array::new(
 /// a fresh inner map and swaps it in with one update of this array, so a packet reads either the
 /// old table or the new one, never a table being written.
 #[btf_map]
-pub static MAGLEV: ArrayOfMaps<Array<u32, { DEFAULT_TABLE_SIZE as usize }, INNER_FLAGS>, { MAX_SERVICES as usize }> =
-    ArrayOfMaps::new();
+pub static MAGLEV: ArrayOfMaps<
+    Array<u32, { DEFAULT_TABLE_SIZE as usize }, INNER_FLAGS>,
+    { MAX_SERVICES as usize },
+> = ArrayOfMaps::new();
 
 /// Client → VIP tuple → backend and cached next hop.
 #[btf_map]
-pub static FLOWS: LruHashMap<FlowKey, Flow, { DEFAULT_FLOW_TABLE_SIZE as usize }> = LruHashMap::new();
+pub static FLOWS: LruHashMap<FlowKey, Flow, { DEFAULT_FLOW_TABLE_SIZE as usize }> =
+    LruHashMap::new();
 
 /// Backend → VIP:snat_port tuple → the client it stands for (nat mode).
 #[btf_map]

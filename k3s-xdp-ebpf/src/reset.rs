@@ -62,7 +62,11 @@ pub fn send(
         let tot_len = ((valid.ihl + size_of::<TcpHdr>()) as u16).to_be();
         let mut check = csum::replace2((*hdr).check, (*hdr).tot_len, tot_len);
         let ttl_word = u16::from_ne_bytes([64, IPPROTO_TCP]);
-        check = csum::replace2(check, u16::from_ne_bytes([(*hdr).ttl, IPPROTO_TCP]), ttl_word);
+        check = csum::replace2(
+            check,
+            u16::from_ne_bytes([(*hdr).ttl, IPPROTO_TCP]),
+            ttl_word,
+        );
         (*hdr).tot_len = tot_len;
         (*hdr).ttl = 64;
         (*hdr).check = check;

@@ -58,12 +58,15 @@ pub async fn run(options: Options) -> Result<()> {
         events_tx.clone(),
     )?;
 
-    let forwarding_before = system::set_ipv4_forwarding(&iface, true)
-        .with_context(|| format!("enabling IPv4 forwarding on {iface} (bpf_fib_lookup needs it)"))?;
+    let forwarding_before = system::set_ipv4_forwarding(&iface, true).with_context(|| {
+        format!("enabling IPv4 forwarding on {iface} (bpf_fib_lookup needs it)")
+    })?;
     if !forwarding_before {
         info!("enabled IPv4 forwarding on {iface}: bpf_fib_lookup resolves next hops only for forwarding interfaces; restored on exit");
     }
-    let mode = controller.dataplane_mut().attach(&iface, attach_policy(&config))?;
+    let mode = controller
+        .dataplane_mut()
+        .attach(&iface, attach_policy(&config))?;
     info!(
         "XDP program attached to {iface} in {mode} mode; {} service(s), control socket {}, metrics on http://{}/metrics",
         config.services.len(),
@@ -85,7 +88,9 @@ pub async fn run(options: Options) -> Result<()> {
         })
         .await;
         if let Err(e) = r {
-            warn!("not watching route/neighbour changes ({e:#}); next hops refresh only on restart");
+            warn!(
+                "not watching route/neighbour changes ({e:#}); next hops refresh only on restart"
+            );
         }
     }));
 
@@ -153,7 +158,12 @@ fn attach_policy(config: &Config) -> AttachPolicy {
 
 /// Adds every service VIP to `iface` as a /32 unless the interface has it already; returns the
 /// ones it added, which it alone removes on exit.
-async fn claim_vips(netlink: &Netlink, ifindex: u32, iface: &str, config: &Config) -> Result<Vec<Ipv4Addr>> {
+async fn claim_vips(
+    netlink: &Netlink,
+    ifindex: u32,
+    iface: &str,
+    config: &Config,
+) -> Result<Vec<Ipv4Addr>> {
     let present = netlink.addresses(ifindex).await?;
     let mut added = Vec::new();
     let mut vips: Vec<Ipv4Addr> = config.services.iter().map(|s| s.vip).collect();

@@ -28,7 +28,10 @@ pub struct Candidate<'a> {
 /// Builds a table of `size` entries (a prime). Returns an empty table when no candidate has a
 /// positive weight.
 pub fn build(candidates: &[Candidate<'_>], size: u32) -> Vec<u32> {
-    debug_assert!(is_prime(size), "Maglev needs a prime table size, got {size}");
+    debug_assert!(
+        is_prime(size),
+        "Maglev needs a prime table size, got {size}"
+    );
     let mut backends: Vec<&Candidate<'_>> = candidates.iter().filter(|c| c.weight > 0).collect();
     if backends.is_empty() || size == 0 {
         return Vec::new();
@@ -180,7 +183,10 @@ mod tests {
                 max <= 1.1 * fair,
                 "{n} backends: max {max} > 1.1 x fair {fair:.1}"
             );
-            assert!(min >= 0.9 * fair, "{n} backends: min {min} < 0.9 x fair {fair:.1}");
+            assert!(
+                min >= 0.9 * fair,
+                "{n} backends: min {min} < 0.9 x fair {fair:.1}"
+            );
         }
     }
 
@@ -260,7 +266,10 @@ mod tests {
         let table = build(&c, M);
         assert_eq!(table, build(&reversed, M));
         let fingerprint: Vec<u32> = table.iter().take(16).copied().collect();
-        assert_eq!(fingerprint, PINNED_PREFIX, "the Maglev table for a fixed input changed");
+        assert_eq!(
+            fingerprint, PINNED_PREFIX,
+            "the Maglev table for a fixed input changed"
+        );
     }
 
     const PINNED_PREFIX: [u32; 16] = [5, 2, 5, 1, 5, 5, 5, 4, 5, 2, 1, 5, 5, 4, 5, 5];

@@ -94,7 +94,10 @@ fn main() -> ExitCode {
         Command::Check { config } => return check(&config),
         Command::Run { config, iface } => {
             init_logging();
-            run_async(k3s_xdp::daemon::run(k3s_xdp::daemon::Options { config, iface }))
+            run_async(k3s_xdp::daemon::run(k3s_xdp::daemon::Options {
+                config,
+                iface,
+            }))
         }
         Command::Status { json, socket } => run_async(async move {
             match control::request(&socket, &Request::Status).await? {
@@ -166,7 +169,11 @@ fn check(path: &Path) -> ExitCode {
                 "{}: ok ({} service(s), {} backend(s), {})",
                 path.display(),
                 config.services.len(),
-                config.services.iter().map(|s| s.backends.len()).sum::<usize>(),
+                config
+                    .services
+                    .iter()
+                    .map(|s| s.backends.len())
+                    .sum::<usize>(),
                 match &config.vrrp {
                     Some(v) => format!(
                         "VRRP virtual_router_id {} priority {}",
@@ -192,12 +199,15 @@ fn check(path: &Path) -> ExitCode {
 }
 
 fn import(haproxy: &Path, keepalived: Option<&Path>, vip: Option<Ipv4Addr>) -> Result<()> {
-    let h = std::fs::read_to_string(haproxy).with_context(|| format!("reading {}", haproxy.display()))?;
+    let h = std::fs::read_to_string(haproxy)
+        .with_context(|| format!("reading {}", haproxy.display()))?;
     let k = keepalived
         .map(|p| std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display())))
         .transpose()?;
     let h_name = haproxy.display().to_string();
-    let k_name = keepalived.map(|p| p.display().to_string()).unwrap_or_default();
+    let k_name = keepalived
+        .map(|p| p.display().to_string())
+        .unwrap_or_default();
     let imported = k3s_xdp::import::import(
         k3s_xdp::import::Input {
             name: &h_name,
@@ -231,9 +241,11 @@ fn init_logging() {
         .unwrap_or_else(|| {
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"))
         });
+    use std::io::IsTerminal;
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_target(false)
         .init();
 }

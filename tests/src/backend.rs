@@ -33,7 +33,7 @@ use std::{
     io::{self, Read, Write},
     net::{Ipv4Addr, Shutdown, SocketAddr, SocketAddrV4, TcpListener, TcpStream},
     sync::{
-        atomic::{AtomicBool, AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering},
         Arc, Mutex, OnceLock,
     },
     thread::{self, JoinHandle},
@@ -49,11 +49,18 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Longest greeting line [`echo_roundtrip`] reads.
 const MAX_GREETING: usize = 256;
 
-/// Plain TCP or TLS.
+/// What a backend speaks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
+    /// Greets with its name, then echoes.
     Tcp,
+    /// The same inside TLS.
     Tls,
+    /// HTTPS like a k3s API server: `GET /readyz` answers the status set with
+    /// [`Backend::set_status`] (200 at start; 401 is what k3s answers anonymous clients).
+    Https,
+    /// Accepts TCP and never answers: a hung server (a TLS check times out on it).
+    Silent,
 }
 
 /// What a backend has seen since it was created (across restarts).
@@ -105,6 +112,8 @@ pub struct Backend {
     kind: Kind,
     tls: Option<Arc<ServerConfig>>,
     counters: Arc<Counters>,
+    /// The status `GET /readyz` answers ([`Kind::Https`]).
+    status: Arc<AtomicU16>,
     running: Option<Running>,
 }
 
@@ -129,8 +138,8 @@ impl Backend {
         addrs: &[Ipv4Addr],
     ) -> Result<Self> {
         let tls = match kind {
-            Kind::Tcp => None,
-            Kind::Tls => Some(server_config(name, addrs)?),
+            Kind::Tcp | Kind::Silent => None,
+            Kind::Tls | Kind::Https => Some(server_config(name, addrs)?),
         };
         let mut backend = Backend {
             name: name.to_string(),
@@ -139,6 +148,7 @@ impl Backend {
             kind,
             tls,
             counters: Arc::default(),
+            status: Arc::new(AtomicU16::new(200)),
             running: None,
         };
         backend.restart()?;
@@ -163,6 +173,11 @@ impl Backend {
 
     pub fn stats(&self) -> Stats {
         self.counters.snapshot()
+    }
+
+    /// The status `GET /readyz` answers from now on ([`Kind::Https`]).
+    pub fn set_status(&self, status: u16) {
+        self.status.store(status, Ordering::Relaxed);
     }
 
     /// Starts listening again after [`Backend::stop`] (same name, port, certificate and
@@ -190,6 +205,8 @@ impl Backend {
         let conns = Arc::new(Mutex::new(HashMap::new()));
         let server = Server {
             name: self.name.clone(),
+            kind: self.kind,
+            status: Arc::clone(&self.status),
             tls: self.tls.clone(),
             counters: Arc::clone(&self.counters),
             stop: Arc::clone(&stop),
@@ -237,6 +254,8 @@ impl Drop for Backend {
 /// What the accept loop and the connection threads share.
 struct Server {
     name: String,
+    kind: Kind,
+    status: Arc<AtomicU16>,
     tls: Option<Arc<ServerConfig>>,
     counters: Arc<Counters>,
     stop: Arc<AtomicBool>,
@@ -309,6 +328,9 @@ impl Server {
     }
 
     fn handle(&self, stream: TcpStream) -> io::Result<()> {
+        if self.kind == Kind::Silent {
+            return self.silent(stream);
+        }
         match &self.tls {
             None => self.echo(stream),
             Some(config) => {
@@ -323,9 +345,70 @@ impl Server {
                     }
                 }
                 tls.sock.set_read_timeout(None)?;
-                self.echo(tls)
+                if self.kind == Kind::Https {
+                    self.https(tls)
+                } else {
+                    self.echo(tls)
+                }
             }
         }
+    }
+
+    /// Reads and discards until EOF (or until `stop` shuts the socket down); never answers.
+    fn silent(&self, mut stream: TcpStream) -> io::Result<()> {
+        let mut buf = [0u8; 4096];
+        loop {
+            match stream.read(&mut buf) {
+                Ok(0) => return Ok(()),
+                Ok(n) => {
+                    self.counters
+                        .bytes_in
+                        .fetch_add(n as u64, Ordering::Relaxed);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// One HTTP/1.1 request: `GET /readyz` gets the configured status, anything else 404.
+    fn https(&self, mut stream: impl Read + Write) -> io::Result<()> {
+        let mut request = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = stream.read(&mut buf)?;
+            if n == 0 || request.len() > 16 * 1024 {
+                return Ok(());
+            }
+            self.counters
+                .bytes_in
+                .fetch_add(n as u64, Ordering::Relaxed);
+            request.extend_from_slice(&buf[..n]);
+        }
+        let line = String::from_utf8_lossy(&request);
+        let path = line.split_whitespace().nth(1).unwrap_or("");
+        let status = if path == "/readyz" {
+            self.status.load(Ordering::Relaxed)
+        } else {
+            404
+        };
+        let reason = match status {
+            200 => "OK",
+            401 => "Unauthorized",
+            404 => "Not Found",
+            500 => "Internal Server Error",
+            _ => "Status",
+        };
+        let body = format!("{status} {reason}\n");
+        let response = format!(
+            "HTTP/1.1 {status} {reason}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        self.counters
+            .bytes_out
+            .fetch_add(response.len() as u64, Ordering::Relaxed);
+        stream.write_all(response.as_bytes())?;
+        stream.flush()
     }
 
     /// Greets, then echoes until EOF (or until `stop` shuts the socket down).
@@ -642,4 +725,21 @@ pub fn echo_roundtrip(stream: &mut (impl Read + Write), payload: &[u8]) -> Resul
         .read_exact(&mut echoed)
         .with_context(|| format!("reading the echo of {} bytes from {server}", payload.len()))?;
     Ok((server, echoed == payload))
+}
+
+/// Connects from `from` to `to`, checks the greeting and the echo of `payload`, and closes:
+/// the name of the backend that answered.
+pub fn roundtrip(
+    from: &NetNs,
+    to: SocketAddrV4,
+    payload: &[u8],
+    timeout: Duration,
+) -> Result<String> {
+    let mut stream = connect(from, to, timeout)?;
+    let (server, echoed) = echo_roundtrip(&mut stream, payload)?;
+    if !echoed {
+        bail!("{server} echoed something else than it was sent");
+    }
+    let _ = stream.shutdown(Shutdown::Both);
+    Ok(server)
 }

@@ -107,7 +107,11 @@ impl XdpHarness {
         let mut h = Self::new()?;
         let config = k3s_xdp::config::parse(config_toml, "test.toml".as_ref())
             .map_err(|e| anyhow::anyhow!("{e}"))?;
-        let specs: Vec<ServiceSpec> = config.services.iter().map(ServiceSpec::from_config).collect();
+        let specs: Vec<ServiceSpec> = config
+            .services
+            .iter()
+            .map(ServiceSpec::from_config)
+            .collect();
         h.apply(&specs)?;
         Ok(h)
     }
@@ -242,7 +246,10 @@ impl FibLab {
     fn configure(mut self) -> Result<Self> {
         let n = self.name.clone();
         let lb_mac = mac_string(LAB_LB_MAC);
-        ip(&["-n", &n, "link", "add", "name", "eth1", "address", &lb_mac, "type", "veth", "peer", "name", "wire"])?;
+        ip(&[
+            "-n", &n, "link", "add", "name", "eth1", "address", &lb_mac, "type", "veth", "peer",
+            "name", "wire",
+        ])?;
         ip(&["-n", &n, "link", "set", "eth1", "up"])?;
         ip(&["-n", &n, "link", "set", "wire", "up"])?;
         ip(&["-n", &n, "link", "set", "lo", "up"])?;
@@ -251,10 +258,36 @@ impl FibLab {
         let hosts = (50..60).chain(101..110).chain([1]);
         for last in hosts {
             let addr = Ipv4Addr::new(192, 0, 2, last);
-            let mac = if last == 1 { LAB_ROUTER_MAC } else { lab_mac(addr) };
-            ip(&["-n", &n, "neigh", "replace", &addr.to_string(), "lladdr", &mac_string(mac), "nud", "permanent", "dev", "eth1"])?;
+            let mac = if last == 1 {
+                LAB_ROUTER_MAC
+            } else {
+                lab_mac(addr)
+            };
+            ip(&[
+                "-n",
+                &n,
+                "neigh",
+                "replace",
+                &addr.to_string(),
+                "lladdr",
+                &mac_string(mac),
+                "nud",
+                "permanent",
+                "dev",
+                "eth1",
+            ])?;
         }
-        ip(&["-n", &n, "route", "add", ROUTED_CLIENTS, "via", "192.0.2.1", "dev", "eth1"])?;
+        ip(&[
+            "-n",
+            &n,
+            "route",
+            "add",
+            ROUTED_CLIENTS,
+            "via",
+            "192.0.2.1",
+            "dev",
+            "eth1",
+        ])?;
         let out = Command::new("ip")
             .args(["-n", &n, "-o", "link", "show", "eth1"])
             .output()?;
@@ -274,7 +307,11 @@ impl FibLab {
             .with_context(|| format!("opening netns {}", self.name))?;
         // SAFETY: setns on a netns fd affects only this thread.
         if unsafe { libc::setns(lab.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-            bail!("setns into {}: {}", self.name, std::io::Error::last_os_error());
+            bail!(
+                "setns into {}: {}",
+                self.name,
+                std::io::Error::last_os_error()
+            );
         }
         Ok(NetnsGuard { original })
     }
@@ -282,7 +319,9 @@ impl FibLab {
 
 impl Drop for FibLab {
     fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
     }
 }
 
@@ -306,7 +345,10 @@ fn mac_string(mac: [u8; 6]) -> String {
 }
 
 fn ip(args: &[&str]) -> Result<()> {
-    let out = Command::new("ip").args(args).output().context("running ip")?;
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .context("running ip")?;
     if !out.status.success() {
         bail!(
             "ip {}: {}",
@@ -323,7 +365,10 @@ fn sysctl(netns: &str, setting: &str) -> Result<()> {
         .output()
         .context("running sysctl")?;
     if !out.status.success() {
-        bail!("sysctl {setting} in {netns}: {}", String::from_utf8_lossy(&out.stderr).trim());
+        bail!(
+            "sysctl {setting} in {netns}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
     Ok(())
 }

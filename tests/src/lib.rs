@@ -5,9 +5,11 @@
 //! - [`backend`]: TCP and TLS backends that say which server they are, with counters.
 //! - [`packet`]: packet builders and parsers for BPF_PROG_TEST_RUN tests.
 //! - [`bpf`]: loading the real XDP program and running packets through it.
+//! - [`daemon`]: `k3s-xdp run` as a process in a node, driven over its control socket.
 
 pub mod backend;
 pub mod bpf;
+pub mod daemon;
 pub mod netns;
 pub mod packet;
 pub mod topology;

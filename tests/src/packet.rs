@@ -37,7 +37,10 @@ pub struct Frame {
 pub enum L3 {
     Ipv4(Ipv4),
     /// Any other ethertype, with its payload.
-    Other { ether_type: u16, payload: Vec<u8> },
+    Other {
+        ether_type: u16,
+        payload: Vec<u8>,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -67,7 +70,10 @@ pub enum L4 {
     Udp(Udp),
     Icmp(Icmp),
     /// Another IP protocol, or bytes that do not parse as the protocol's header.
-    Raw { protocol: u8, bytes: Vec<u8> },
+    Raw {
+        protocol: u8,
+        bytes: Vec<u8>,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -337,7 +343,10 @@ fn pseudo_header_sum(src: Ipv4Addr, dst: Ipv4Addr, protocol: u8, len: usize) -> 
 
 /// The TCP/UDP checksum of `segment` (with its checksum field zeroed) under the pseudo-header.
 pub fn l4_checksum(src: Ipv4Addr, dst: Ipv4Addr, protocol: u8, segment: &[u8]) -> u16 {
-    !ones_complement_sum(segment, pseudo_header_sum(src, dst, protocol, segment.len()))
+    !ones_complement_sum(
+        segment,
+        pseudo_header_sum(src, dst, protocol, segment.len()),
+    )
 }
 
 fn ipv4_bytes(ip: &Ipv4) -> Vec<u8> {
@@ -442,7 +451,9 @@ fn parse_ipv4(bytes: &[u8]) -> Result<Ipv4, String> {
     let version = vihl >> 4;
     let ihl = vihl & 0x0f;
     if version != 4 || ihl < 5 {
-        return Err(format!("not a valid IPv4 header: version {version}, ihl {ihl}"));
+        return Err(format!(
+            "not a valid IPv4 header: version {version}, ihl {ihl}"
+        ));
     }
     let tos = r.u8()?;
     let total_len = r.u16()?;
@@ -498,7 +509,9 @@ fn parse_l4(protocol: u8, bytes: &[u8]) -> Result<L4, String> {
             let window = r.u16()?;
             let checksum = r.u16()?;
             let _urgent = r.u16()?;
-            let options = r.take((usize::from(offset) * 4).saturating_sub(20))?.to_vec();
+            let options = r
+                .take((usize::from(offset) * 4).saturating_sub(20))?
+                .to_vec();
             Ok(L4::Tcp(Tcp {
                 sport,
                 dport,
@@ -532,7 +545,9 @@ fn parse_l4(protocol: u8, bytes: &[u8]) -> Result<L4, String> {
 
 /// Whether the IPv4 header checksum of a frame is right (recomputed from scratch).
 pub fn ip_checksum_ok(bytes: &[u8]) -> bool {
-    let Ok(frame) = Frame::parse(bytes) else { return false };
+    let Ok(frame) = Frame::parse(bytes) else {
+        return false;
+    };
     let Some(ip) = frame.ip() else { return false };
     let l3 = if frame.vlan.is_some() { 18 } else { 14 };
     let ihl = usize::from(ip.ihl.unwrap_or(5)) * 4;
@@ -661,7 +676,11 @@ mod tests {
             let bytes = frame.to_bytes();
             verify_checksums(&bytes).unwrap();
             let parsed = Frame::parse(&bytes).unwrap();
-            assert_eq!(parsed.to_bytes(), bytes, "parse(to_bytes(f)) renders the same bytes");
+            assert_eq!(
+                parsed.to_bytes(),
+                bytes,
+                "parse(to_bytes(f)) renders the same bytes"
+            );
         }
     }
 

@@ -324,6 +324,23 @@ impl Topology {
 
     /// Pulls (`up = false`) or plugs back (`up = true`) `node`'s cable: sets its switch-side
     /// port down or up, so the node's `eth1` loses or regains its carrier.
+    /// Configures `node` as a dsr backend: `vip` on its `lo`, and no ARP answers for it
+    /// (`arp_ignore=1`, `arp_announce=2`), as README.md tells operators to do.
+    pub fn prepare_dsr_backend(&self, node: &str, vip: Ipv4Addr) -> Result<()> {
+        let ns = self.node(node);
+        ns.ip(["addr", "add", &format!("{vip}/32"), "dev", "lo"])?;
+        for (key, value) in [
+            ("net.ipv4.conf.all.arp_ignore", "1"),
+            ("net.ipv4.conf.all.arp_announce", "2"),
+            ("net.ipv4.conf.eth1.arp_ignore", "1"),
+            ("net.ipv4.conf.eth1.arp_announce", "2"),
+        ] {
+            ns.run("sysctl", ["-q", "-w", &format!("{key}={value}")])
+                .with_context(|| format!("{key}={value} on {node}"))?;
+        }
+        Ok(())
+    }
+
     pub fn set_link(&self, node: &str, up: bool) -> Result<()> {
         let port = self.find_node(node)?.port.clone();
         self.switch

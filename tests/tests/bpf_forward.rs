@@ -10,7 +10,10 @@ use k3s_xdp_common::{
     reason, FlowKey, IPPROTO_TCP,
 };
 use k3s_xdp_tests::{
-    bpf::{action_name, have_root, lab_mac, Outcome, XdpHarness, LAB_LB_MAC, LAB_ROUTER_MAC, XDP_DROP, XDP_PASS, XDP_TX},
+    bpf::{
+        action_name, have_root, lab_mac, Outcome, XdpHarness, LAB_LB_MAC, LAB_ROUTER_MAC, XDP_DROP,
+        XDP_PASS, XDP_TX,
+    },
     packet::{self, verify_checksums, Frame, Icmp, Ipv4, L4, TCP_ACK, TCP_PSH, TCP_RST, TCP_SYN},
 };
 use std::net::{Ipv4Addr, SocketAddrV4};
@@ -98,8 +101,16 @@ fn key(client: SocketAddrV4, vip: SocketAddrV4, protocol: u8) -> FlowKey {
 
 /// The backend the published Maglev table gives a new flow, computed independently of the
 /// program from the publisher's table and the shared flow hash.
-fn expected_backend(h: &XdpHarness, service: &str, k: &FlowKey, candidates: &[&str]) -> SocketAddrV4 {
-    let slot = h.publisher.service_slot(service).expect("service published");
+fn expected_backend(
+    h: &XdpHarness,
+    service: &str,
+    k: &FlowKey,
+    candidates: &[&str],
+) -> SocketAddrV4 {
+    let slot = h
+        .publisher
+        .service_slot(service)
+        .expect("service published");
     let table = h.publisher.published_table(slot);
     assert!(!table.is_empty(), "service {service} has a table");
     let backend_slot = table[reduce(flow_hash(k), table.len() as u32) as usize];
@@ -130,7 +141,11 @@ fn transmitted(h: &mut XdpHarness, frame: &Frame) -> Frame {
 }
 
 fn nonzero(h: &XdpHarness) -> Vec<(&'static str, u64)> {
-    h.reasons().unwrap().into_iter().filter(|(_, v)| *v > 0).collect()
+    h.reasons()
+        .unwrap()
+        .into_iter()
+        .filter(|(_, v)| *v > 0)
+        .collect()
 }
 
 fn with_payload(mut frame: Frame, flags: u8, payload: &[u8]) -> Frame {
@@ -157,14 +172,25 @@ fn nat_syn_goes_to_the_maglev_backend_with_snat_to_the_vip() {
     let out = transmitted(&mut h, &packet::tcp_syn(client, vip));
     let ip = out.ip().unwrap();
     let tcp = out.tcp().unwrap();
-    assert_eq!(out.eth_dst, lab_mac(*backend.ip()), "to the backend's MAC, from the FIB");
+    assert_eq!(
+        out.eth_dst,
+        lab_mac(*backend.ip()),
+        "to the backend's MAC, from the FIB"
+    );
     assert_eq!(out.eth_src, LAB_LB_MAC);
     assert_eq!(ip.dst, *backend.ip());
-    assert_eq!(ip.src, VIP, "SNAT to the VIP: the backend sees the load balancer");
+    assert_eq!(
+        ip.src, VIP,
+        "SNAT to the VIP: the backend sees the load balancer"
+    );
     assert_eq!(tcp.dport, 6443);
     assert!(tcp.sport >= 1024, "SNAT port in the configured range");
     assert_eq!(tcp.flags, TCP_SYN);
-    assert_eq!(tcp.options, vec![2, 4, 0x05, 0xb4], "options and payload untouched");
+    assert_eq!(
+        tcp.options,
+        vec![2, 4, 0x05, 0xb4],
+        "options and payload untouched"
+    );
 
     let flow = h.dataplane.flow(&k).unwrap().expect("flow recorded");
     assert_eq!(flow.snat_port, tcp.sport.to_be());
@@ -185,28 +211,48 @@ fn nat_round_trip_restores_the_clients_tuple() {
     let (backend_ip, snat_port) = (fwd.ip().unwrap().dst, fwd.tcp().unwrap().sport);
 
     // The backend answers VIP:snat_port from backend:6443.
-    let mut reply = packet::tcp(sock(backend_ip, 6443), sock(VIP, snat_port), TCP_SYN | TCP_ACK);
+    let mut reply = packet::tcp(
+        sock(backend_ip, 6443),
+        sock(VIP, snat_port),
+        TCP_SYN | TCP_ACK,
+    );
     reply.eth_src = lab_mac(backend_ip);
     reply.eth_dst = LAB_LB_MAC;
     let back = transmitted(&mut h, &reply);
     let ip = back.ip().unwrap();
     let tcp = back.tcp().unwrap();
-    assert_eq!((ip.src, tcp.sport), (VIP, 6443), "from VIP:6443 as the client expects");
+    assert_eq!(
+        (ip.src, tcp.sport),
+        (VIP, 6443),
+        "from VIP:6443 as the client expects"
+    );
     assert_eq!((ip.dst, tcp.dport), (*client.ip(), client.port()));
-    assert_eq!(back.eth_dst, lab_mac(*client.ip()), "to the client's MAC, from the FIB");
+    assert_eq!(
+        back.eth_dst,
+        lab_mac(*client.ip()),
+        "to the client's MAC, from the FIB"
+    );
     assert_eq!(back.eth_src, LAB_LB_MAC);
     assert_eq!(tcp.flags, TCP_SYN | TCP_ACK);
     assert_eq!(h.reason(reason::TX_REPLY).unwrap(), 1);
 
     // And the next client packet still goes to the same backend and port, not a new flow.
-    let ack = with_payload(packet::tcp(client, vip, TCP_ACK), TCP_ACK | TCP_PSH, b"GET /readyz");
+    let ack = with_payload(
+        packet::tcp(client, vip, TCP_ACK),
+        TCP_ACK | TCP_PSH,
+        b"GET /readyz",
+    );
     let fwd2 = transmitted(&mut h, &ack);
     assert_eq!(fwd2.ip().unwrap().dst, backend_ip);
     assert_eq!(fwd2.tcp().unwrap().sport, snat_port);
     assert_eq!(fwd2.tcp().unwrap().payload, b"GET /readyz");
     let slot = h.publisher.service_slot("k3s-api").unwrap();
     let t = h.dataplane.service_traffic(slot).unwrap();
-    assert_eq!((t.packets, t.new_flows), (3, 1), "SYN, reply, data: one flow");
+    assert_eq!(
+        (t.packets, t.new_flows),
+        (3, 1),
+        "SYN, reply, data: one flow"
+    );
 }
 
 #[test]
@@ -218,10 +264,17 @@ fn a_reply_to_a_client_behind_a_router_goes_to_the_router() {
     syn.eth_src = LAB_ROUTER_MAC;
     let fwd = transmitted(&mut h, &syn);
     let (backend_ip, snat_port) = (fwd.ip().unwrap().dst, fwd.tcp().unwrap().sport);
-    let mut reply = packet::tcp(sock(backend_ip, 6443), sock(VIP, snat_port), TCP_SYN | TCP_ACK);
+    let mut reply = packet::tcp(
+        sock(backend_ip, 6443),
+        sock(VIP, snat_port),
+        TCP_SYN | TCP_ACK,
+    );
     reply.eth_src = lab_mac(backend_ip);
     let back = transmitted(&mut h, &reply);
-    assert_eq!(back.eth_dst, LAB_ROUTER_MAC, "next hop from bpf_fib_lookup: the router");
+    assert_eq!(
+        back.eth_dst, LAB_ROUTER_MAC,
+        "next hop from bpf_fib_lookup: the router"
+    );
     assert_eq!(back.ip().unwrap().dst, *client.ip());
 }
 
@@ -238,7 +291,11 @@ fn dsr_rewrites_only_the_destination_mac() {
     assert_eq!(out.eth_src, LAB_LB_MAC);
     let before = syn.to_bytes();
     let after = out.to_bytes();
-    assert_eq!(&after[12..], &before[12..], "IP and TCP untouched in dsr mode");
+    assert_eq!(
+        &after[12..],
+        &before[12..],
+        "IP and TCP untouched in dsr mode"
+    );
 }
 
 #[test]
@@ -278,7 +335,11 @@ fn flows_keep_their_backend_when_backends_are_added_removed_and_reweighted() {
             // Its backend is gone: the flow chooses again among the remaining ones.
             assert_ne!(out.ip().unwrap().dst, removed);
         } else {
-            assert_eq!(out.ip().unwrap().dst, *backend, "flow of {client} stays on {backend}");
+            assert_eq!(
+                out.ip().unwrap().dst,
+                *backend,
+                "flow of {client} stays on {backend}"
+            );
         }
     }
 }
@@ -314,25 +375,51 @@ fn a_flow_pinned_to_a_down_backend_gets_a_rst_then_reconnects_elsewhere() {
     let Some(mut h) = harness() else { return };
     let client = agent(1, 44000);
     let vip = sock(VIP, 6443);
-    let backend = transmitted(&mut h, &packet::tcp_syn(client, vip)).ip().unwrap().dst;
+    let backend = transmitted(&mut h, &packet::tcp_syn(client, vip))
+        .ip()
+        .unwrap()
+        .dst;
     set_state(&mut h, "k3s-api", backend, BackendState::Down);
 
-    let data = with_payload(packet::tcp(client, vip, TCP_ACK), TCP_ACK | TCP_PSH, b"more");
+    let data = with_payload(
+        packet::tcp(client, vip, TCP_ACK),
+        TCP_ACK | TCP_PSH,
+        b"more",
+    );
     let out = run(&mut h, &data);
-    assert_eq!(out.action, XDP_TX, "the RST goes back where the packet came from");
+    assert_eq!(
+        out.action, XDP_TX,
+        "the RST goes back where the packet came from"
+    );
     verify_checksums(&out.data).unwrap();
-    assert_eq!(out.data.len(), 14 + 20 + 20, "a bare RST: options and payload cut");
+    assert_eq!(
+        out.data.len(),
+        14 + 20 + 20,
+        "a bare RST: options and payload cut"
+    );
     let rst = out.frame().unwrap();
     let (ip, tcp) = (rst.ip().unwrap(), rst.tcp().unwrap());
-    assert_eq!((rst.eth_dst, rst.eth_src), (packet::CLIENT_MAC, packet::LB_MAC));
+    assert_eq!(
+        (rst.eth_dst, rst.eth_src),
+        (packet::CLIENT_MAC, packet::LB_MAC)
+    );
     assert_eq!((ip.src, ip.dst), (VIP, *client.ip()));
     assert_eq!((tcp.sport, tcp.dport), (6443, client.port()));
-    assert_eq!(tcp.flags, TCP_RST, "RST for a segment with ACK: seq = its ack");
+    assert_eq!(
+        tcp.flags, TCP_RST,
+        "RST for a segment with ACK: seq = its ack"
+    );
     assert_eq!(tcp.seq, 77_000);
     assert_eq!(h.reason(reason::TX_RESET).unwrap(), 1);
     let slot = h.publisher.service_slot("k3s-api").unwrap();
     assert_eq!(h.dataplane.service_traffic(slot).unwrap().resets, 1);
-    assert!(h.dataplane.flow(&key(client, vip, IPPROTO_TCP)).unwrap().is_none(), "flow forgotten");
+    assert!(
+        h.dataplane
+            .flow(&key(client, vip, IPPROTO_TCP))
+            .unwrap()
+            .is_none(),
+        "flow forgotten"
+    );
 
     // The client reconnects (same port, new SYN): a healthy backend.
     let again = transmitted(&mut h, &packet::tcp_syn(client, vip));
@@ -344,7 +431,10 @@ fn with_on_backend_down_keep_the_flow_continues() {
     let Some(mut h) = harness() else { return };
     let client = agent(2, 44500);
     let vip = sock(VIP, 8443);
-    let backend = transmitted(&mut h, &packet::tcp_syn(client, vip)).ip().unwrap().dst;
+    let backend = transmitted(&mut h, &packet::tcp_syn(client, vip))
+        .ip()
+        .unwrap()
+        .dst;
     set_state(&mut h, "kept", backend, BackendState::Down);
     let data = with_payload(packet::tcp(client, vip, TCP_ACK), TCP_ACK, b"still there");
     let out = transmitted(&mut h, &data);
@@ -356,13 +446,20 @@ fn a_draining_backend_keeps_its_flows_but_gets_no_new_ones() {
     let Some(mut h) = harness() else { return };
     let vip = sock(VIP, 6443);
     let client = agent(3, 45000);
-    let backend = transmitted(&mut h, &packet::tcp_syn(client, vip)).ip().unwrap().dst;
+    let backend = transmitted(&mut h, &packet::tcp_syn(client, vip))
+        .ip()
+        .unwrap()
+        .dst;
     set_state(&mut h, "k3s-api", backend, BackendState::Drain);
     let data = with_payload(packet::tcp(client, vip, TCP_ACK), TCP_ACK, b"x");
     assert_eq!(transmitted(&mut h, &data).ip().unwrap().dst, backend);
     for i in 0..30 {
         let out = transmitted(&mut h, &packet::tcp_syn(agent(1, 46000 + i), vip));
-        assert_ne!(out.ip().unwrap().dst, backend, "no new flow to a draining backend");
+        assert_ne!(
+            out.ip().unwrap().dst,
+            backend,
+            "no new flow to a draining backend"
+        );
     }
 }
 
@@ -385,7 +482,12 @@ fn without_healthy_backends_syns_get_a_rst_and_udp_is_dropped() {
     let stray = packet::tcp(client, sock(VIP, 6443), TCP_RST);
     assert_eq!(run(&mut h, &stray).action, XDP_DROP);
 
-    set_state(&mut h, "dns", Ipv4Addr::new(192, 0, 2, 55), BackendState::Down);
+    set_state(
+        &mut h,
+        "dns",
+        Ipv4Addr::new(192, 0, 2, 55),
+        BackendState::Down,
+    );
     let before = h.reason(reason::DROP_NO_BACKEND).unwrap();
     let query = packet::udp(client, sock(VIP, 53), b"query");
     assert_eq!(run(&mut h, &query).action, XDP_DROP);
@@ -395,7 +497,10 @@ fn without_healthy_backends_syns_get_a_rst_and_udp_is_dropped() {
 #[test]
 fn udp_is_balanced_with_its_checksum_updated() {
     let Some(mut h) = harness() else { return };
-    let out = transmitted(&mut h, &packet::udp(agent(1, 5353), sock(VIP, 53), b"query"));
+    let out = transmitted(
+        &mut h,
+        &packet::udp(agent(1, 5353), sock(VIP, 53), b"query"),
+    );
     let ip = out.ip().unwrap();
     assert_eq!((ip.src, ip.dst), (VIP, Ipv4Addr::new(192, 0, 2, 55)));
     assert_eq!(out.udp().unwrap().dport, 53);
@@ -432,7 +537,10 @@ fn icmp_echo_to_a_vip_is_answered() {
     assert_eq!((icmp.icmp_type, icmp.code), (0, 0));
     assert_eq!(icmp.rest, [0, 7, 0, 3], "id and sequence echoed");
     assert_eq!(icmp.payload, b"abcdefgh");
-    assert_eq!((out.eth_dst, out.eth_src), (packet::CLIENT_MAC, packet::LB_MAC));
+    assert_eq!(
+        (out.eth_dst, out.eth_src),
+        (packet::CLIENT_MAC, packet::LB_MAC)
+    );
     assert_eq!(ip.ttl, 64);
     assert_eq!(h.reason(reason::TX_ICMP_ECHO).unwrap(), 1);
 }
@@ -473,14 +581,21 @@ fn fragmentation_needed_reaches_the_flows_backend_translated() {
     assert_eq!(ip.dst, backend_ip, "delivered to the backend");
     assert_eq!(out.eth_dst, lab_mac(backend_ip));
     let icmp = out.icmp().unwrap();
-    assert_eq!((icmp.icmp_type, icmp.code, icmp.rest), (3, 4, [0, 0, 0x05, 0x78]));
+    assert_eq!(
+        (icmp.icmp_type, icmp.code, icmp.rest),
+        (3, 4, [0, 0, 0x05, 0x78])
+    );
     // The quoted packet now reads as the backend sent it: backend:6443 → VIP:snat_port.
     let quoted = &icmp.payload;
     assert_eq!(&quoted[12..16], &backend_ip.octets());
     assert_eq!(&quoted[16..20], &VIP.octets());
     assert_eq!(u16::from_be_bytes([quoted[20], quoted[21]]), 6443);
     assert_eq!(u16::from_be_bytes([quoted[22], quoted[23]]), snat_port);
-    assert_eq!(packet::ones_complement_sum(&quoted[..20], 0), 0xffff, "quoted IPv4 checksum valid");
+    assert_eq!(
+        packet::ones_complement_sum(&quoted[..20], 0),
+        0xffff,
+        "quoted IPv4 checksum valid"
+    );
     assert_eq!(h.reason(reason::TX_ICMP_TO_BACKEND).unwrap(), 1);
 }
 
@@ -514,52 +629,90 @@ fn fragments_and_malformed_packets_to_a_vip_are_dropped_by_reason() {
     let vip = sock(VIP, 6443);
     let syn = packet::tcp_syn(agent(1, 40000), vip);
     let cases: Vec<(&str, Vec<u8>, u32)> = vec![
-        ("first fragment", {
-            let mut f = syn.clone();
-            f.ip_mut().unwrap().more_fragments = true;
-            f.ip_mut().unwrap().dont_fragment = false;
-            f.to_bytes()
-        }, reason::DROP_FRAGMENT),
-        ("later fragment", {
-            let mut f = syn.clone();
-            f.ip_mut().unwrap().fragment_offset = 185;
-            f.ip_mut().unwrap().dont_fragment = false;
-            f.to_bytes()
-        }, reason::DROP_FRAGMENT),
-        ("IHL 4", {
-            let mut f = syn.clone();
-            f.ip_mut().unwrap().ihl = Some(4);
-            f.to_bytes()
-        }, reason::DROP_BAD_IP_HEADER),
-        ("version 6 in an IPv4 frame", {
-            let mut f = syn.clone();
-            f.ip_mut().unwrap().version = Some(6);
-            f.to_bytes()
-        }, reason::DROP_BAD_IP_HEADER),
-        ("total length beyond the frame", {
-            let mut f = syn.clone();
-            f.ip_mut().unwrap().total_len = Some(1400);
-            f.to_bytes()
-        }, reason::DROP_BAD_IP_HEADER),
-        ("TCP data offset 4", {
-            let mut f = syn.clone();
-            if let L4::Tcp(t) = &mut f.ip_mut().unwrap().l4 {
-                t.data_offset = Some(4);
-            }
-            f.to_bytes()
-        }, reason::DROP_BAD_L4_HEADER),
-        ("TCP header cut short", {
-            // The IP length agrees with the short frame: 12 bytes of a 24-byte TCP header.
-            let mut f = syn.clone();
-            f.ip_mut().unwrap().total_len = Some(20 + 12);
-            f.to_bytes()[..14 + 20 + 12].to_vec()
-        }, reason::DROP_TRUNCATED),
+        (
+            "first fragment",
+            {
+                let mut f = syn.clone();
+                f.ip_mut().unwrap().more_fragments = true;
+                f.ip_mut().unwrap().dont_fragment = false;
+                f.to_bytes()
+            },
+            reason::DROP_FRAGMENT,
+        ),
+        (
+            "later fragment",
+            {
+                let mut f = syn.clone();
+                f.ip_mut().unwrap().fragment_offset = 185;
+                f.ip_mut().unwrap().dont_fragment = false;
+                f.to_bytes()
+            },
+            reason::DROP_FRAGMENT,
+        ),
+        (
+            "IHL 4",
+            {
+                let mut f = syn.clone();
+                f.ip_mut().unwrap().ihl = Some(4);
+                f.to_bytes()
+            },
+            reason::DROP_BAD_IP_HEADER,
+        ),
+        (
+            "version 6 in an IPv4 frame",
+            {
+                let mut f = syn.clone();
+                f.ip_mut().unwrap().version = Some(6);
+                f.to_bytes()
+            },
+            reason::DROP_BAD_IP_HEADER,
+        ),
+        (
+            "total length beyond the frame",
+            {
+                let mut f = syn.clone();
+                f.ip_mut().unwrap().total_len = Some(1400);
+                f.to_bytes()
+            },
+            reason::DROP_BAD_IP_HEADER,
+        ),
+        (
+            "TCP data offset 4",
+            {
+                let mut f = syn.clone();
+                if let L4::Tcp(t) = &mut f.ip_mut().unwrap().l4 {
+                    t.data_offset = Some(4);
+                }
+                f.to_bytes()
+            },
+            reason::DROP_BAD_L4_HEADER,
+        ),
+        (
+            "TCP header cut short",
+            {
+                // The IP length agrees with the short frame: 12 bytes of a 24-byte TCP header.
+                let mut f = syn.clone();
+                f.ip_mut().unwrap().total_len = Some(20 + 12);
+                f.to_bytes()[..14 + 20 + 12].to_vec()
+            },
+            reason::DROP_TRUNCATED,
+        ),
     ];
     for (what, bytes, why) in cases {
         let before = h.reason(why).unwrap();
         let out = h.run(&bytes).unwrap();
-        assert_eq!(out.action, XDP_DROP, "{what}: expected XDP_DROP, got {}", action_name(out.action));
-        assert_eq!(h.reason(why).unwrap(), before + 1, "{what}: counted as {}", reason::NAMES[why as usize]);
+        assert_eq!(
+            out.action,
+            XDP_DROP,
+            "{what}: expected XDP_DROP, got {}",
+            action_name(out.action)
+        );
+        assert_eq!(
+            h.reason(why).unwrap(),
+            before + 1,
+            "{what}: counted as {}",
+            reason::NAMES[why as usize]
+        );
     }
 }
 
@@ -614,12 +767,27 @@ fn snat_port_collisions_step_to_the_next_port() {
         protocol: IPPROTO_TCP,
         _pad: [0; 3],
     };
-    let mut other = h.dataplane.nat_reverse(&rev_key).unwrap().expect("translation recorded");
+    let mut other = h
+        .dataplane
+        .nat_reverse(&rev_key)
+        .unwrap()
+        .expect("translation recorded");
     other.client_port = 1u16.to_be();
     k3s_xdp_tests::bpf::insert_nat_reverse(&mut h, &rev_key, &other).unwrap();
     k3s_xdp_tests::bpf::remove_flow(&mut h, &key(agent(1, 40100), vip, IPPROTO_TCP)).unwrap();
     let again = transmitted(&mut h, &packet::tcp_syn(agent(1, 40100), vip));
-    assert_eq!(again.ip().unwrap().dst, backend_ip, "same flow, same table: same backend");
+    assert_eq!(
+        again.ip().unwrap().dst,
+        backend_ip,
+        "same flow, same table: same backend"
+    );
     assert_ne!(again.tcp().unwrap().sport, port, "the held port is skipped");
-    assert!(h.dataplane.nat_reverse(&FlowKey { dport: again.tcp().unwrap().sport.to_be(), ..rev_key }).unwrap().is_some());
+    assert!(h
+        .dataplane
+        .nat_reverse(&FlowKey {
+            dport: again.tcp().unwrap().sport.to_be(),
+            ..rev_key
+        })
+        .unwrap()
+        .is_some());
 }

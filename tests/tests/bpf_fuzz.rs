@@ -76,7 +76,11 @@ fn seeds(rng: &mut Rng) -> Vec<Vec<u8>> {
         packet::tcp_syn(client, sock([192, 0, 2, 200], 6443)),
         packet::udp(client, sock([192, 0, 2, 100], 53), b"query"),
         packet::icmp_echo(*client.ip(), VIPS[0], 1, 2, b"ping"),
-        packet::tcp(sock([192, 0, 2, 50], 6443), sock([192, 0, 2, 100], 40000), TCP_SYN | TCP_ACK),
+        packet::tcp(
+            sock([192, 0, 2, 50], 6443),
+            sock([192, 0, 2, 100], 40000),
+            TCP_SYN | TCP_ACK,
+        ),
         packet::tcp_syn(client, sock([192, 0, 2, 98], 22)),
     ];
     let mut tagged = out[0].clone();
@@ -87,7 +91,11 @@ fn seeds(rng: &mut Rng) -> Vec<Vec<u8>> {
 
 fn mutate(rng: &mut Rng, base: &[u8]) -> Vec<u8> {
     let mut p = base.to_vec();
-    let ip = if p.len() > 17 && p[12] == 0x81 { 18 } else { 14 };
+    let ip = if p.len() > 17 && p[12] == 0x81 {
+        18
+    } else {
+        14
+    };
     match rng.below(12) {
         // Truncation anywhere (at least an Ethernet header: the kernel's minimum).
         0 => p.truncate(14 + rng.below(p.len() as u64 - 13) as usize),
@@ -123,7 +131,8 @@ fn mutate(rng: &mut Rng, base: &[u8]) -> Vec<u8> {
                 let opts: Vec<u8> = (0..words * 4).map(|_| rng.byte()).collect();
                 p.splice(ip + 20..ip + 20, opts);
                 p[ip] = 0x40 | (5 + words as u8);
-                let tot = u16::from_be_bytes([p[ip + 2], p[ip + 3]]).saturating_add((words * 4) as u16);
+                let tot =
+                    u16::from_be_bytes([p[ip + 2], p[ip + 3]]).saturating_add((words * 4) as u16);
                 p[ip + 2..ip + 4].copy_from_slice(&tot.to_be_bytes());
             }
         }
@@ -172,7 +181,9 @@ fn mutate(rng: &mut Rng, base: &[u8]) -> Vec<u8> {
 /// Whether `bytes` is a well-formed, unfragmented IPv4 packet to a VIP, judged independently
 /// of the program.
 fn valid_vip_packet(bytes: &[u8]) -> bool {
-    let Ok(frame) = Frame::parse(bytes) else { return false };
+    let Ok(frame) = Frame::parse(bytes) else {
+        return false;
+    };
     let Some(ip) = frame.ip() else { return false };
     if !ip_checksum_ok(bytes) {
         return false;
@@ -260,8 +271,17 @@ fn a_hundred_thousand_hostile_packets() {
     }
 
     let counted: u64 = h.reasons().unwrap().values().sum();
-    assert_eq!(counted, runs, "every packet counted under exactly one reason");
-    assert!(actions[XDP_TX as usize] > 1000, "the fuzz reached the forwarding paths: {actions:?}");
-    assert!(actions[XDP_DROP as usize] > 1000, "and the drop paths: {actions:?}");
+    assert_eq!(
+        counted, runs,
+        "every packet counted under exactly one reason"
+    );
+    assert!(
+        actions[XDP_TX as usize] > 1000,
+        "the fuzz reached the forwarding paths: {actions:?}"
+    );
+    assert!(
+        actions[XDP_DROP as usize] > 1000,
+        "and the drop paths: {actions:?}"
+    );
     eprintln!("{runs} packets: {actions:?} (aborted, drop, pass, tx, redirect); seed {seed:#x}");
 }

@@ -4,7 +4,7 @@
 use k3s_xdp_common::reason;
 use k3s_xdp_tests::{
     bpf::{action_name, have_root, XdpHarness, XDP_PASS},
-    packet::{self, Frame, Ipv4, L3, L4, ETH_P_ARP, ETH_P_IPV6, LB_MAC},
+    packet::{self, Frame, Ipv4, ETH_P_ARP, ETH_P_IPV6, L3, L4, LB_MAC},
 };
 use std::net::SocketAddrV4;
 
@@ -60,7 +60,10 @@ fn arp_and_ipv6_are_the_hosts_business() {
         vlan: None,
         l3: L3::Other {
             ether_type: ETH_P_ARP,
-            payload: vec![0, 1, 8, 0, 6, 4, 0, 1, 2, 0, 0, 0, 0, 1, 192, 0, 2, 101, 0, 0, 0, 0, 0, 0, 192, 0, 2, 100],
+            payload: vec![
+                0, 1, 8, 0, 6, 4, 0, 1, 2, 0, 0, 0, 0, 1, 192, 0, 2, 101, 0, 0, 0, 0, 0, 0, 192, 0,
+                2, 100,
+            ],
         },
     };
     assert_passed_untouched(&mut h, &arp.to_bytes(), reason::PASS_NOT_IPV4);
@@ -82,7 +85,11 @@ fn ipv4_not_addressed_to_a_vip_passes() {
     // ssh to the load balancer itself, a health-check reply, a tagged frame.
     let ssh = packet::tcp_syn(addr("192.0.2.101:40000"), addr("192.0.2.98:22"));
     assert_passed_untouched(&mut h, &ssh.to_bytes(), reason::PASS_NOT_VIP);
-    let reply = packet::tcp(addr("192.0.2.50:6443"), addr("192.0.2.98:50000"), packet::TCP_ACK);
+    let reply = packet::tcp(
+        addr("192.0.2.50:6443"),
+        addr("192.0.2.98:50000"),
+        packet::TCP_ACK,
+    );
     assert_passed_untouched(&mut h, &reply.to_bytes(), reason::PASS_NOT_VIP);
     let mut tagged = packet::udp(addr("192.0.2.101:5000"), addr("192.0.2.98:53"), b"query");
     tagged.vlan = Some(42);

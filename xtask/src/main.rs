@@ -99,13 +99,14 @@ fn run(cli: Cli) -> Result<()> {
 
 fn build() -> Result<()> {
     setup::ensure(setup::Scope::default())?;
-    util::cargo(&["build", "--release", "--locked", "--workspace", "--bins"])
+    // The default members: everything but the eBPF crate, which k3s-xdp's build.rs builds.
+    util::cargo(&["build", "--release", "--locked", "--bins"])
 }
 
 fn test(args: Vec<String>) -> Result<()> {
     setup::ensure(setup::Scope::default())?;
     util::require_root("cargo xtask test")?;
-    let mut cargo_args = vec!["test", "--release", "--locked", "--workspace"];
+    let mut cargo_args = vec!["test", "--release", "--locked"];
     if !args.is_empty() {
         cargo_args.push("--");
         cargo_args.extend(args.iter().map(String::as_str));

@@ -45,7 +45,10 @@ impl ControlSocket {
         }
         if let Ok(meta) = std::fs::symlink_metadata(path) {
             if !meta.file_type().is_socket() {
-                bail!("{} exists and is not a socket; remove it or set control_socket", path.display());
+                bail!(
+                    "{} exists and is not a socket; remove it or set control_socket",
+                    path.display()
+                );
             }
             if std::os::unix::net::UnixStream::connect(path).is_ok() {
                 bail!(
@@ -54,7 +57,8 @@ impl ControlSocket {
                 );
             }
             // A stale socket from a process that died.
-            std::fs::remove_file(path).with_context(|| format!("removing stale {}", path.display()))?;
+            std::fs::remove_file(path)
+                .with_context(|| format!("removing stale {}", path.display()))?;
         }
         let listener = UnixListener::bind(path)
             .with_context(|| format!("binding the control socket {}", path.display()))?;
@@ -98,13 +102,20 @@ impl Drop for ControlSocket {
 }
 
 async fn serve_one(stream: UnixStream, events: mpsc::Sender<Event>) -> Result<()> {
-    let cred = stream.peer_cred().context("reading the peer's credentials")?;
+    let cred = stream
+        .peer_cred()
+        .context("reading the peer's credentials")?;
     let (read, mut write) = stream.into_split();
     if cred.uid() != 0 {
         let r = Response::Error {
-            message: format!("permission denied: the control socket is for root (you are uid {})", cred.uid()),
+            message: format!(
+                "permission denied: the control socket is for root (you are uid {})",
+                cred.uid()
+            ),
         };
-        write.write_all(format!("{}\n", serde_json::to_string(&r)?).as_bytes()).await?;
+        write
+            .write_all(format!("{}\n", serde_json::to_string(&r)?).as_bytes())
+            .await?;
         return Ok(());
     }
     let mut lines = BufReader::new(read.take(MAX_REQUEST as u64)).lines();
@@ -113,14 +124,18 @@ async fn serve_one(stream: UnixStream, events: mpsc::Sender<Event>) -> Result<()
         .context("idle control connection")??
     {
         let response = match serde_json::from_str::<Request>(&line) {
-            Ok(request) => ask(&events, request).await.unwrap_or_else(|e| Response::Error {
-                message: format!("{e:#}"),
-            }),
+            Ok(request) => ask(&events, request)
+                .await
+                .unwrap_or_else(|e| Response::Error {
+                    message: format!("{e:#}"),
+                }),
             Err(e) => Response::Error {
                 message: format!("bad request: {e}"),
             },
         };
-        write.write_all(format!("{}\n", serde_json::to_string(&response)?).as_bytes()).await?;
+        write
+            .write_all(format!("{}\n", serde_json::to_string(&response)?).as_bytes())
+            .await?;
     }
     Ok(())
 }
@@ -129,17 +144,21 @@ use tokio::io::AsyncReadExt as _;
 
 /// Sends one request to the daemon at `path` and returns its response (the CLI's side).
 pub async fn request(path: &Path, request: &Request) -> Result<Response> {
-    let stream = UnixStream::connect(path).await.map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused => anyhow::anyhow!(
-            "no k3s-xdp answers on {} ({e}): is `k3s-xdp run` running? (see --socket)",
-            path.display()
-        ),
-        std::io::ErrorKind::PermissionDenied => anyhow::anyhow!(
-            "permission denied on {}: the control socket is for root",
-            path.display()
-        ),
-        _ => anyhow::anyhow!("connecting to {}: {e}", path.display()),
-    })?;
+    let stream = UnixStream::connect(path)
+        .await
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused => {
+                anyhow::anyhow!(
+                    "no k3s-xdp answers on {} ({e}): is `k3s-xdp run` running? (see --socket)",
+                    path.display()
+                )
+            }
+            std::io::ErrorKind::PermissionDenied => anyhow::anyhow!(
+                "permission denied on {}: the control socket is for root",
+                path.display()
+            ),
+            _ => anyhow::anyhow!("connecting to {}: {e}", path.display()),
+        })?;
     let (read, mut write) = stream.into_split();
     write
         .write_all(format!("{}\n", serde_json::to_string(request)?).as_bytes())

@@ -65,7 +65,11 @@ async fn serve_one(mut stream: TcpStream, events: mpsc::Sender<Event>) -> Result
                 anyhow::bail!("request headers too large");
             }
         }
-        Ok(String::from_utf8_lossy(&buf[..len]).lines().next().unwrap_or_default().to_string())
+        Ok(String::from_utf8_lossy(&buf[..len])
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .to_string())
     })
     .await
     .context("slow request")??;
@@ -87,7 +91,11 @@ async fn serve_one(mut stream: TcpStream, events: mpsc::Sender<Event>) -> Result
             "k3s-xdp: metrics at /metrics\n".to_string(),
         ),
         ("GET", _) => ("404 Not Found", "text/plain", "not found\n".to_string()),
-        _ => ("405 Method Not Allowed", "text/plain", "only GET\n".to_string()),
+        _ => (
+            "405 Method Not Allowed",
+            "text/plain",
+            "only GET\n".to_string(),
+        ),
     };
     let head = format!(
         "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",

@@ -218,8 +218,14 @@ impl Controller {
                 outcome,
                 took,
             } => {
-                if let Some(t) = self.model.record(&service, backend.address, outcome, took, now) {
-                    let line = format!("{service}/{} ({}) {}", backend.name, backend.address, t.reason);
+                if let Some(t) = self
+                    .model
+                    .record(&service, backend.address, outcome, took, now)
+                {
+                    let line = format!(
+                        "{service}/{} ({}) {}",
+                        backend.name, backend.address, t.reason
+                    );
                     if t.up {
                         info!(service = %service, backend = %backend.name, "{line}");
                     } else {
@@ -342,7 +348,10 @@ impl Controller {
             }
             Err(e) => {
                 self.failed_reloads += 1;
-                error!("reload of {} refused, the running configuration stays: {e:#}", self.config_path.display());
+                error!(
+                    "reload of {} refused, the running configuration stays: {e:#}",
+                    self.config_path.display()
+                );
             }
         }
         result
@@ -436,7 +445,9 @@ impl Controller {
                                 Outcome::Passed => "passed".to_string(),
                                 Outcome::Failed(why) => why.clone(),
                             }),
-                            last_check_duration_seconds: b.last_check_duration.map(|d| d.as_secs_f64()),
+                            last_check_duration_seconds: b
+                                .last_check_duration
+                                .map(|d| d.as_secs_f64()),
                             transitions: b.transitions,
                             last_change_seconds_ago: b
                                 .last_transition

@@ -88,7 +88,14 @@ impl Model {
                     .backends
                     .iter()
                     .enumerate()
-                    .map(|(i, b)| new_backend(s, b, now, first_check(now, i, s.backends.len(), s.health.inter)))
+                    .map(|(i, b)| {
+                        new_backend(
+                            s,
+                            b,
+                            now,
+                            first_check(now, i, s.backends.len(), s.health.inter),
+                        )
+                    })
                     .collect(),
             })
             .collect();
@@ -101,21 +108,36 @@ impl Model {
         let mut changes = Vec::new();
         let mut old: Vec<ServiceModel> = std::mem::take(&mut self.services);
         for s in &config.services {
-            let previous = old.iter().position(|o| o.config.name == s.name).map(|i| old.remove(i));
+            let previous = old
+                .iter()
+                .position(|o| o.config.name == s.name)
+                .map(|i| old.remove(i));
             let mut backends = Vec::new();
             match previous {
                 None => {
                     changes.push(format!("service {} added", s.name));
                     for (i, b) in s.backends.iter().enumerate() {
-                        backends.push(new_backend(s, b, now, first_check(now, i, s.backends.len(), s.health.inter)));
+                        backends.push(new_backend(
+                            s,
+                            b,
+                            now,
+                            first_check(now, i, s.backends.len(), s.health.inter),
+                        ));
                     }
                 }
                 Some(mut p) => {
-                    if p.config.vip != s.vip || p.config.port != s.port || p.config.protocol != s.protocol {
+                    if p.config.vip != s.vip
+                        || p.config.port != s.port
+                        || p.config.protocol != s.protocol
+                    {
                         changes.push(format!("service {}: now {}:{}", s.name, s.vip, s.port));
                     }
                     for (i, b) in s.backends.iter().enumerate() {
-                        match p.backends.iter().position(|o| o.config.address == b.address) {
+                        match p
+                            .backends
+                            .iter()
+                            .position(|o| o.config.address == b.address)
+                        {
                             Some(j) => {
                                 let mut kept = p.backends.remove(j);
                                 if kept.config.weight != b.weight {
@@ -129,13 +151,22 @@ impl Model {
                                 backends.push(kept);
                             }
                             None => {
-                                changes.push(format!("{}/{} ({}) added", s.name, b.name, b.address));
-                                backends.push(new_backend(s, b, now, first_check(now, i, s.backends.len(), s.health.inter)));
+                                changes
+                                    .push(format!("{}/{} ({}) added", s.name, b.name, b.address));
+                                backends.push(new_backend(
+                                    s,
+                                    b,
+                                    now,
+                                    first_check(now, i, s.backends.len(), s.health.inter),
+                                ));
                             }
                         }
                     }
                     for gone in p.backends {
-                        changes.push(format!("{}/{} ({}) removed", s.name, gone.config.name, gone.config.address));
+                        changes.push(format!(
+                            "{}/{} ({}) removed",
+                            s.name, gone.config.name, gone.config.address
+                        ));
                     }
                 }
             }
@@ -170,7 +201,11 @@ impl Model {
             .count()
     }
 
-    pub fn backend_mut(&mut self, service: &str, address: SocketAddrV4) -> Option<&mut BackendModel> {
+    pub fn backend_mut(
+        &mut self,
+        service: &str,
+        address: SocketAddrV4,
+    ) -> Option<&mut BackendModel> {
         self.services
             .iter_mut()
             .find(|s| s.config.name == service)?
@@ -231,18 +266,25 @@ impl Model {
 
     /// `SERVICE/BACKEND` → sets its admin state; returns what it was.
     pub fn set_admin(&mut self, target: &str, admin: Admin) -> Result<Admin> {
-        let (service, backend) = target
-            .split_once('/')
-            .ok_or_else(|| anyhow!("expected SERVICE/BACKEND, e.g. k3s-api/server-2, got {target:?}"))?;
+        let (service, backend) = target.split_once('/').ok_or_else(|| {
+            anyhow!("expected SERVICE/BACKEND, e.g. k3s-api/server-2, got {target:?}")
+        })?;
         let Some(s) = self.services.iter_mut().find(|s| s.config.name == service) else {
             bail!(
                 "no service {service:?} (services: {})",
-                self.services.iter().map(|s| s.config.name.as_str()).collect::<Vec<_>>().join(", ")
+                self.services
+                    .iter()
+                    .map(|s| s.config.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             );
         };
         let names: Vec<String> = s.backends.iter().map(|b| b.config.name.clone()).collect();
         let Some(b) = s.backends.iter_mut().find(|b| b.config.name == backend) else {
-            bail!("service {service} has no backend {backend:?} (backends: {})", names.join(", "));
+            bail!(
+                "service {service} has no backend {backend:?} (backends: {})",
+                names.join(", ")
+            );
         };
         let was = b.admin;
         b.admin = admin;
@@ -250,7 +292,12 @@ impl Model {
     }
 }
 
-fn new_backend(s: &config::Service, b: &config::BackendConfig, now: Instant, first: Instant) -> BackendModel {
+fn new_backend(
+    s: &config::Service,
+    b: &config::BackendConfig,
+    now: Instant,
+    first: Instant,
+) -> BackendModel {
     BackendModel {
         config: b.clone(),
         health: Health::new(params(&s.health), now),
@@ -324,7 +371,11 @@ slowstart = "10s"
         let m = Model::new(&config(CONFIG), t0);
         assert_eq!(state_of(&m, t0, "server-1"), (BackendState::Up, 100));
         assert_eq!(state_of(&m, t0, "server-2"), (BackendState::Up, 50));
-        let firsts: Vec<Instant> = m.services[0].backends.iter().map(|b| b.next_check).collect();
+        let firsts: Vec<Instant> = m.services[0]
+            .backends
+            .iter()
+            .map(|b| b.next_check)
+            .collect();
         assert_eq!(firsts, vec![t0, t0 + Duration::from_millis(500)]);
     }
 
@@ -334,32 +385,57 @@ slowstart = "10s"
         let mut m = Model::new(&config(CONFIG), t0);
         let s2 = addr("192.0.2.51:6443");
         let fail = Outcome::Failed("connection refused".into());
-        let t = m.record("k3s-api", s2, fail, Duration::from_millis(1), t0).unwrap();
+        let t = m
+            .record("k3s-api", s2, fail, Duration::from_millis(1), t0)
+            .unwrap();
         assert_eq!(t.reason, "DOWN after 1/2 failures: connection refused");
         assert_eq!(state_of(&m, t0, "server-2"), (BackendState::Down, 0));
         assert_eq!(m.healthy_backends(), 1);
         m.record("k3s-api", s2, Outcome::Passed, Duration::ZERO, t0);
         let up = t0 + Duration::from_secs(1);
-        assert!(m.record("k3s-api", s2, Outcome::Passed, Duration::ZERO, up).unwrap().up);
-        assert_eq!(state_of(&m, up, "server-2"), (BackendState::Up, 5), "slowstart: a tenth of 50");
-        assert_eq!(state_of(&m, up + Duration::from_secs(10), "server-2"), (BackendState::Up, 50));
+        assert!(
+            m.record("k3s-api", s2, Outcome::Passed, Duration::ZERO, up)
+                .unwrap()
+                .up
+        );
+        assert_eq!(
+            state_of(&m, up, "server-2"),
+            (BackendState::Up, 5),
+            "slowstart: a tenth of 50"
+        );
+        assert_eq!(
+            state_of(&m, up + Duration::from_secs(10), "server-2"),
+            (BackendState::Up, 50)
+        );
 
         m.set_admin("k3s-api/server-1", Admin::Drain).unwrap();
         assert_eq!(state_of(&m, up, "server-1"), (BackendState::Drain, 0));
         m.set_admin("k3s-api/server-1", Admin::Disable).unwrap();
         assert_eq!(state_of(&m, up, "server-1"), (BackendState::Down, 0));
-        assert_eq!(m.set_admin("k3s-api/server-1", Admin::Enable).unwrap(), Admin::Disable);
+        assert_eq!(
+            m.set_admin("k3s-api/server-1", Admin::Enable).unwrap(),
+            Admin::Disable
+        );
         assert_eq!(state_of(&m, up, "server-1").0, BackendState::Up);
     }
 
     #[test]
     fn admin_targets_are_checked_with_helpful_errors() {
         let mut m = Model::new(&config(CONFIG), Instant::now());
-        let e = m.set_admin("k3s-api", Admin::Drain).unwrap_err().to_string();
+        let e = m
+            .set_admin("k3s-api", Admin::Drain)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("SERVICE/BACKEND"), "{e}");
-        let e = m.set_admin("nope/server-1", Admin::Drain).unwrap_err().to_string();
+        let e = m
+            .set_admin("nope/server-1", Admin::Drain)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("services: k3s-api"), "{e}");
-        let e = m.set_admin("k3s-api/server-9", Admin::Drain).unwrap_err().to_string();
+        let e = m
+            .set_admin("k3s-api/server-9", Admin::Drain)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("backends: server-1, server-2"), "{e}");
     }
 
@@ -369,8 +445,17 @@ slowstart = "10s"
         let mut m = Model::new(&config(CONFIG), t0);
         let due = m.due(t0 + Duration::from_secs(1));
         assert_eq!(due.len(), 2);
-        assert!(m.due(t0 + Duration::from_secs(5)).is_empty(), "both still running");
-        m.record("k3s-api", addr("192.0.2.50:6443"), Outcome::Passed, Duration::ZERO, t0 + Duration::from_secs(1));
+        assert!(
+            m.due(t0 + Duration::from_secs(5)).is_empty(),
+            "both still running"
+        );
+        m.record(
+            "k3s-api",
+            addr("192.0.2.50:6443"),
+            Outcome::Passed,
+            Duration::ZERO,
+            t0 + Duration::from_secs(1),
+        );
         // Not fully up yet (counter rise -> rise+1 = max with fall 2): inter from now on.
         assert_eq!(
             m.services[0].backends[0].next_check,
@@ -385,19 +470,49 @@ slowstart = "10s"
         let t0 = Instant::now();
         let mut m = Model::new(&config(CONFIG), t0);
         m.set_admin("k3s-api/server-1", Admin::Drain).unwrap();
-        m.record("k3s-api", addr("192.0.2.51:6443"), Outcome::Failed("x".into()), Duration::ZERO, t0);
+        m.record(
+            "k3s-api",
+            addr("192.0.2.51:6443"),
+            Outcome::Failed("x".into()),
+            Duration::ZERO,
+            t0,
+        );
         let next = config(&CONFIG.replace(
             "  { name = \"server-2\", address = \"192.0.2.51:6443\", weight = 50 },",
             "  { name = \"server-2\", address = \"192.0.2.51:6443\", weight = 80 },\n  { name = \"server-3\", address = \"192.0.2.52:6443\" },",
         ));
         let changes = m.reload(&next, t0);
-        assert!(changes.contains(&"k3s-api/server-2: weight 50 -> 80".to_string()), "{changes:?}");
-        assert!(changes.iter().any(|c| c.contains("server-3 (192.0.2.52:6443) added")), "{changes:?}");
-        assert_eq!(state_of(&m, t0, "server-1").0, BackendState::Drain, "admin state kept");
-        assert_eq!(state_of(&m, t0, "server-2").0, BackendState::Down, "health kept");
+        assert!(
+            changes.contains(&"k3s-api/server-2: weight 50 -> 80".to_string()),
+            "{changes:?}"
+        );
+        assert!(
+            changes
+                .iter()
+                .any(|c| c.contains("server-3 (192.0.2.52:6443) added")),
+            "{changes:?}"
+        );
+        assert_eq!(
+            state_of(&m, t0, "server-1").0,
+            BackendState::Drain,
+            "admin state kept"
+        );
+        assert_eq!(
+            state_of(&m, t0, "server-2").0,
+            BackendState::Down,
+            "health kept"
+        );
         assert_eq!(state_of(&m, t0, "server-3"), (BackendState::Up, 100));
-        let gone = config(&CONFIG.replace("  { name = \"server-1\", address = \"192.0.2.50:6443\" },\n", ""));
+        let gone = config(&CONFIG.replace(
+            "  { name = \"server-1\", address = \"192.0.2.50:6443\" },\n",
+            "",
+        ));
         let changes = m.reload(&gone, t0);
-        assert!(changes.iter().any(|c| c.contains("server-1 (192.0.2.50:6443) removed")), "{changes:?}");
+        assert!(
+            changes
+                .iter()
+                .any(|c| c.contains("server-1 (192.0.2.50:6443) removed")),
+            "{changes:?}"
+        );
     }
 }

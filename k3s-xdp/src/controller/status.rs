@@ -265,7 +265,9 @@ pub fn render_table(s: &Status) -> String {
 }
 
 fn escape(v: &str) -> String {
-    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 /// The Prometheus text exposition (format 0.0.4) of a status snapshot.
@@ -332,26 +334,96 @@ pub fn render_metrics(s: &Status) -> String {
     let per_service = |f: fn(&ServiceStatus) -> f64| -> Vec<(String, f64)> {
         s.services.iter().map(|x| (svc(x), f(x))).collect()
     };
-    family("k3sxdp_service_packets_total", "counter", "Packets forwarded for the service (both directions in nat mode).", per_service(|x| x.packets as f64));
-    family("k3sxdp_service_bytes_total", "counter", "Bytes forwarded for the service.", per_service(|x| x.bytes as f64));
-    family("k3sxdp_service_flows_total", "counter", "New flows of the service.", per_service(|x| x.new_flows as f64));
-    family("k3sxdp_service_resets_total", "counter", "TCP RSTs sent for the service (backend down, or none healthy).", per_service(|x| x.resets as f64));
-    family("k3sxdp_service_healthy_backends", "gauge", "Backends of the service that take new flows.", per_service(|x| x.healthy_backends as f64));
+    family(
+        "k3sxdp_service_packets_total",
+        "counter",
+        "Packets forwarded for the service (both directions in nat mode).",
+        per_service(|x| x.packets as f64),
+    );
+    family(
+        "k3sxdp_service_bytes_total",
+        "counter",
+        "Bytes forwarded for the service.",
+        per_service(|x| x.bytes as f64),
+    );
+    family(
+        "k3sxdp_service_flows_total",
+        "counter",
+        "New flows of the service.",
+        per_service(|x| x.new_flows as f64),
+    );
+    family(
+        "k3sxdp_service_resets_total",
+        "counter",
+        "TCP RSTs sent for the service (backend down, or none healthy).",
+        per_service(|x| x.resets as f64),
+    );
+    family(
+        "k3sxdp_service_healthy_backends",
+        "gauge",
+        "Backends of the service that take new flows.",
+        per_service(|x| x.healthy_backends as f64),
+    );
     let per_backend = |f: fn(&BackendStatus) -> f64| -> Vec<(String, f64)> {
         s.services
             .iter()
             .flat_map(|x| x.backends.iter().map(move |b| (be(x, b), f(b))))
             .collect()
     };
-    family("k3sxdp_backend_packets_total", "counter", "Packets forwarded through the backend.", per_backend(|b| b.packets as f64));
-    family("k3sxdp_backend_bytes_total", "counter", "Bytes forwarded through the backend.", per_backend(|b| b.bytes as f64));
-    family("k3sxdp_backend_flows_total", "counter", "New flows sent to the backend.", per_backend(|b| b.new_flows as f64));
-    family("k3sxdp_backend_resets_total", "counter", "RSTs sent for flows pinned to the backend.", per_backend(|b| b.resets as f64));
-    family("k3sxdp_backend_up", "gauge", "1 if the backend passes its health checks.", per_backend(|b| f64::from(u8::from(b.health == "up"))));
-    family("k3sxdp_backend_weight", "gauge", "Weight of the backend in the Maglev table now (0 unless up; ramped by slowstart).", per_backend(|b| f64::from(b.effective_weight)));
-    family("k3sxdp_backend_checks_total", "counter", "Health checks run against the backend.", per_backend(|b| b.checks as f64));
-    family("k3sxdp_backend_check_duration_seconds", "gauge", "Duration of the last health check.", per_backend(|b| b.last_check_duration_seconds.unwrap_or(0.0)));
-    family("k3sxdp_backend_transitions_total", "counter", "Health state changes (UP/DOWN) of the backend.", per_backend(|b| b.transitions as f64));
+    family(
+        "k3sxdp_backend_packets_total",
+        "counter",
+        "Packets forwarded through the backend.",
+        per_backend(|b| b.packets as f64),
+    );
+    family(
+        "k3sxdp_backend_bytes_total",
+        "counter",
+        "Bytes forwarded through the backend.",
+        per_backend(|b| b.bytes as f64),
+    );
+    family(
+        "k3sxdp_backend_flows_total",
+        "counter",
+        "New flows sent to the backend.",
+        per_backend(|b| b.new_flows as f64),
+    );
+    family(
+        "k3sxdp_backend_resets_total",
+        "counter",
+        "RSTs sent for flows pinned to the backend.",
+        per_backend(|b| b.resets as f64),
+    );
+    family(
+        "k3sxdp_backend_up",
+        "gauge",
+        "1 if the backend passes its health checks.",
+        per_backend(|b| f64::from(u8::from(b.health == "up"))),
+    );
+    family(
+        "k3sxdp_backend_weight",
+        "gauge",
+        "Weight of the backend in the Maglev table now (0 unless up; ramped by slowstart).",
+        per_backend(|b| f64::from(b.effective_weight)),
+    );
+    family(
+        "k3sxdp_backend_checks_total",
+        "counter",
+        "Health checks run against the backend.",
+        per_backend(|b| b.checks as f64),
+    );
+    family(
+        "k3sxdp_backend_check_duration_seconds",
+        "gauge",
+        "Duration of the last health check.",
+        per_backend(|b| b.last_check_duration_seconds.unwrap_or(0.0)),
+    );
+    family(
+        "k3sxdp_backend_transitions_total",
+        "counter",
+        "Health state changes (UP/DOWN) of the backend.",
+        per_backend(|b| b.transitions as f64),
+    );
     family(
         "k3sxdp_backend_admin_state",
         "gauge",
@@ -374,12 +446,32 @@ pub fn render_metrics(s: &Status) -> String {
             "VRRP state of this node: 1 for the current one.",
             ["MASTER", "BACKUP", "FAULT", "INIT"]
                 .iter()
-                .map(|st| (format!("state=\"{}\"", st.to_lowercase()), f64::from(u8::from(v.state == *st))))
+                .map(|st| {
+                    (
+                        format!("state=\"{}\"", st.to_lowercase()),
+                        f64::from(u8::from(v.state == *st)),
+                    )
+                })
                 .collect(),
         );
-        family("k3sxdp_vrrp_priority", "gauge", "VRRP priority advertised now.", vec![(String::new(), f64::from(v.effective_priority))]);
-        family("k3sxdp_vrrp_adverts_sent_total", "counter", "VRRP advertisements sent.", vec![(String::new(), v.adverts_sent as f64)]);
-        family("k3sxdp_vrrp_adverts_received_total", "counter", "Valid VRRP advertisements received for our virtual router.", vec![(String::new(), v.adverts_received as f64)]);
+        family(
+            "k3sxdp_vrrp_priority",
+            "gauge",
+            "VRRP priority advertised now.",
+            vec![(String::new(), f64::from(v.effective_priority))],
+        );
+        family(
+            "k3sxdp_vrrp_adverts_sent_total",
+            "counter",
+            "VRRP advertisements sent.",
+            vec![(String::new(), v.adverts_sent as f64)],
+        );
+        family(
+            "k3sxdp_vrrp_adverts_received_total",
+            "counter",
+            "Valid VRRP advertisements received for our virtual router.",
+            vec![(String::new(), v.adverts_received as f64)],
+        );
         family(
             "k3sxdp_vrrp_adverts_rejected_total",
             "counter",
@@ -389,8 +481,18 @@ pub fn render_metrics(s: &Status) -> String {
                 .map(|(k, n)| (format!("reason=\"{}\"", escape(k)), *n as f64))
                 .collect(),
         );
-        family("k3sxdp_vrrp_transitions_total", "counter", "VRRP state changes.", vec![(String::new(), v.transitions as f64)]);
-        family("k3sxdp_vrrp_track_ok", "gauge", "1 while tracking (data plane, healthy backends) succeeds.", vec![(String::new(), f64::from(u8::from(v.track_ok)))]);
+        family(
+            "k3sxdp_vrrp_transitions_total",
+            "counter",
+            "VRRP state changes.",
+            vec![(String::new(), v.transitions as f64)],
+        );
+        family(
+            "k3sxdp_vrrp_track_ok",
+            "gauge",
+            "1 while tracking (data plane, healthy backends) succeeds.",
+            vec![(String::new(), f64::from(u8::from(v.track_ok)))],
+        );
     }
     out
 }
@@ -433,10 +535,14 @@ mod tests {
             target: "k3s-api/server-2".into(),
         };
         let line = serde_json::to_string(&r).unwrap();
-        assert_eq!(line, r#"{"command":"backend","action":"drain","target":"k3s-api/server-2"}"#);
+        assert_eq!(
+            line,
+            r#"{"command":"backend","action":"drain","target":"k3s-api/server-2"}"#
+        );
         assert_eq!(serde_json::from_str::<Request>(&line).unwrap(), r);
         let status = Response::Status(Box::new(sample()));
-        let back: Response = serde_json::from_str(&serde_json::to_string(&status).unwrap()).unwrap();
+        let back: Response =
+            serde_json::from_str(&serde_json::to_string(&status).unwrap()).unwrap();
         assert_eq!(back, status);
     }
 

@@ -86,11 +86,14 @@ impl Dataplane {
                 .program_mut(name)
                 .ok_or_else(|| anyhow!("the XDP object has no program `{name}`"))?
                 .try_into()?;
-            program
-                .load()
-                .with_context(|| format!("the kernel's verifier rejected the XDP program `{name}`"))?;
+            program.load().with_context(|| {
+                format!("the kernel's verifier rejected the XDP program `{name}`")
+            })?;
         }
-        Ok(Self { bpf, attached: None })
+        Ok(Self {
+            bpf,
+            attached: None,
+        })
     }
 
     /// Attaches the main program to `iface`, per `policy`; returns the mode that worked.
@@ -168,7 +171,8 @@ impl Dataplane {
 
     /// Packet counts by reason (`k3s_xdp_common::reason`), summed over CPUs, in reason order.
     pub fn reasons(&self) -> Result<Vec<(&'static str, u64)>> {
-        let counters: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(self.map(names::REASONS)?)?;
+        let counters: PerCpuArray<&MapData, u64> =
+            PerCpuArray::try_from(self.map(names::REASONS)?)?;
         let mut out = Vec::with_capacity(reason::COUNT as usize);
         for (index, name) in reason::NAMES.iter().enumerate() {
             let per_cpu = counters.get(&(index as u32), 0)?;
@@ -234,4 +238,3 @@ fn lookup<V: aya::Pod>(map: &HashMap<&MapData, FlowKey, V>, key: &FlowKey) -> Re
         Err(e) => Err(e.into()),
     }
 }
-

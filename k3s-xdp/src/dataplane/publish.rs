@@ -287,7 +287,10 @@ impl Publisher {
                 return Ok(slot);
             }
         }
-        bail!("no free backend slot (at most {} backends)", MAX_BACKENDS - 1)
+        bail!(
+            "no free backend slot (at most {} backends)",
+            MAX_BACKENDS - 1
+        )
     }
 }
 
@@ -301,7 +304,11 @@ fn check_limits(services: &[ServiceSpec]) -> Result<()> {
     }
     for s in services {
         if !maglev::is_prime(s.table_size) {
-            bail!("service {}: table size {} is not prime", s.name, s.table_size);
+            bail!(
+                "service {}: table size {} is not prime",
+                s.name,
+                s.table_size
+            );
         }
     }
     Ok(())
@@ -461,7 +468,12 @@ pub fn read_globals(dp: &Dataplane) -> Result<Globals> {
 mod tests {
     use super::*;
 
-    fn spec(name: &str, vip: &str, port: u16, backends: &[(&str, BackendState, u32)]) -> ServiceSpec {
+    fn spec(
+        name: &str,
+        vip: &str,
+        port: u16,
+        backends: &[(&str, BackendState, u32)],
+    ) -> ServiceSpec {
         ServiceSpec {
             name: name.into(),
             vip: vip.parse().unwrap(),
@@ -499,7 +511,12 @@ mod tests {
         let t = table(&s, |b| u32::from(b.address.ip().octets()[3]));
         assert_eq!(t.len(), 251);
         assert!(t.iter().all(|&v| v == 50));
-        let all_down = spec("api", "192.0.2.100", 6443, &[("192.0.2.50:6443", Down, 100)]);
+        let all_down = spec(
+            "api",
+            "192.0.2.100",
+            6443,
+            &[("192.0.2.50:6443", Down, 100)],
+        );
         assert!(table(&all_down, |_| 1).is_empty());
     }
 
@@ -524,8 +541,18 @@ mod tests {
         use BackendState::*;
         let services = [
             spec("api", "192.0.2.100", 6443, &[("192.0.2.50:6443", Up, 100)]),
-            spec("ingress", "192.0.2.100", 30080, &[("192.0.2.50:30080", Up, 100)]),
-            spec("other", "192.0.2.200", 6443, &[("192.0.2.50:6443", Up, 100)]),
+            spec(
+                "ingress",
+                "192.0.2.100",
+                30080,
+                &[("192.0.2.50:30080", Up, 100)],
+            ),
+            spec(
+                "other",
+                "192.0.2.200",
+                6443,
+                &[("192.0.2.50:6443", Up, 100)],
+            ),
         ];
         let slots: BTreeMap<String, u32> = [("api", 3), ("ingress", 4), ("other", 5)]
             .into_iter()

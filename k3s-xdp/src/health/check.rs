@@ -89,8 +89,9 @@ impl Probe {
                     .with_context(|| format!("client_cert {}: cannot read", cert.display()))?
                     .collect::<Result<_, _>>()
                     .with_context(|| format!("client_cert {}: not PEM", cert.display()))?;
-                let key = PrivateKeyDer::from_pem_file(key)
-                    .with_context(|| format!("client_key {}: not a PEM private key", key.display()))?;
+                let key = PrivateKeyDer::from_pem_file(key).with_context(|| {
+                    format!("client_key {}: not a PEM private key", key.display())
+                })?;
                 builder
                     .with_client_auth_cert(chain, key)
                     .context("client_cert and client_key do not match")?
@@ -107,7 +108,10 @@ impl Probe {
             .with_context(|| format!("bearer_token_file {}: cannot read", path.display()))?;
         let token = token.trim().to_string();
         if token.is_empty() || token.contains(['\r', '\n']) {
-            bail!("bearer_token_file {}: expected one line with the token", path.display());
+            bail!(
+                "bearer_token_file {}: expected one line with the token",
+                path.display()
+            );
         }
         Ok(token)
     }
@@ -215,7 +219,11 @@ pub fn parse_status_line(bytes: &[u8]) -> Result<u16, String> {
 }
 
 fn list(codes: &[u16]) -> String {
-    codes.iter().map(u16::to_string).collect::<Vec<_>>().join(" or ")
+    codes
+        .iter()
+        .map(u16::to_string)
+        .collect::<Vec<_>>()
+        .join(" or ")
 }
 
 /// An I/O error in the words an operator would use.
@@ -264,7 +272,12 @@ impl ServerCertVerifier for AcceptAnyCertificate {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
     }
 
     fn verify_tls13_signature(
@@ -273,7 +286,12 @@ impl ServerCertVerifier for AcceptAnyCertificate {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
@@ -293,7 +311,10 @@ mod tests {
     #[test]
     fn status_lines() {
         assert_eq!(parse_status_line(b"HTTP/1.1 200 OK\r\n"), Ok(200));
-        assert_eq!(parse_status_line(b"HTTP/1.0 401 Unauthorized\r\nX: y"), Ok(401));
+        assert_eq!(
+            parse_status_line(b"HTTP/1.0 401 Unauthorized\r\nX: y"),
+            Ok(401)
+        );
         assert!(parse_status_line(b"SSH-2.0-OpenSSH\r\n").is_err());
         assert!(parse_status_line(b"HTTP/1.1 abc\r\n").is_err());
         assert!(parse_status_line(b"HTTP/1.1 999 Nope\r\n").is_err());
@@ -342,7 +363,9 @@ mod tests {
             drop(s);
         });
         let tls = Probe::tls_config(&TlsFiles::default()).unwrap();
-        let (outcome, took) = Probe::Tls { tls }.run(addr, Duration::from_millis(300)).await;
+        let (outcome, took) = Probe::Tls { tls }
+            .run(addr, Duration::from_millis(300))
+            .await;
         assert_eq!(outcome, Outcome::Failed("timeout after 300.0ms".into()));
         assert!(took < Duration::from_secs(2));
         hold.abort();

@@ -245,7 +245,11 @@ mod tests {
         let t0 = Instant::now();
         let mut h = Health::new(params(), t0);
         assert!(h.is_up());
-        assert_eq!(h.interval(), S / 2, "at start the counter is at rise: changing state");
+        assert_eq!(
+            h.interval(),
+            S / 2,
+            "at start the counter is at rise: changing state"
+        );
         let t = fail(&mut h, t0 + S).expect("down");
         assert!(!t.up);
         assert_eq!(t.reason, "DOWN after 1/3 failures: connection refused");
@@ -311,7 +315,11 @@ mod tests {
             ..params()
         };
         let mut h = Health::new(p, t0);
-        assert_eq!(h.interval(), 2 * S, "rise 1 fall 1: the start counter is the max");
+        assert_eq!(
+            h.interval(),
+            2 * S,
+            "rise 1 fall 1: the start counter is the max"
+        );
         assert!(fail(&mut h, t0).is_some());
         assert!(pass(&mut h, t0).is_some());
     }

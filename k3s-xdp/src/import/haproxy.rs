@@ -221,7 +221,10 @@ fn frontend_line(f: &mut Frontend, words: &[String], at: &Where, warnings: &mut 
                     if f.port != 0 {
                         warnings.push(
                             at.clone(),
-                            format!("frontend {}: a second `bind` ({addr}): only the first is imported", f.name),
+                            format!(
+                                "frontend {}: a second `bind` ({addr}): only the first is imported",
+                                f.name
+                            ),
                         );
                     } else {
                         f.bind = host;
@@ -258,7 +261,10 @@ fn frontend_line(f: &mut Frontend, words: &[String], at: &Where, warnings: &mut 
         "use_backend" => {
             warnings.push(
                 at.clone(),
-                format!("`{}`: content switching has no equivalent; only default_backend is imported", words.join(" ")),
+                format!(
+                    "`{}`: content switching has no equivalent; only default_backend is imported",
+                    words.join(" ")
+                ),
             );
             true
         }
@@ -505,7 +511,10 @@ mod tests {
             split("    server devops-master-01 10.220.62.21:6443 check # Replace the IP"),
             ["server", "devops-master-01", "10.220.62.21:6443", "check"]
         );
-        assert_eq!(split("  script \"killall -0 haproxy\""), ["script", "killall -0 haproxy"]);
+        assert_eq!(
+            split("  script \"killall -0 haproxy\""),
+            ["script", "killall -0 haproxy"]
+        );
         assert!(split("   # only a comment").is_empty());
     }
 

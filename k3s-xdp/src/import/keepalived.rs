@@ -86,7 +86,10 @@ fn tokenize(text: &str) -> Vec<Token> {
             }
         }
         if !current.is_empty() {
-            out.push(Token { text: current, line });
+            out.push(Token {
+                text: current,
+                line,
+            });
         }
     }
     out
@@ -122,7 +125,9 @@ fn statements(tokens: &[Token], pos: &mut usize) -> Vec<Statement> {
             }
             _ => {
                 let line = t.line;
-                let same_line = out.last().is_some_and(|s| s.line == line && s.block.is_none());
+                let same_line = out
+                    .last()
+                    .is_some_and(|s| s.line == line && s.block.is_none());
                 if same_line {
                     if let Some(last) = out.last_mut() {
                         last.words.push(t.text.clone());
@@ -160,11 +165,20 @@ pub fn parse(text: &str, file: &str, warnings: &mut Warnings) -> Keepalived {
                 for g in body {
                     let at = Where::new(file, g.line);
                     match g.words.first().map(String::as_str) {
-                        Some("vrrp_version") => out.version = g.words.get(1).and_then(|v| v.parse().ok()),
+                        Some("vrrp_version") => {
+                            out.version = g.words.get(1).and_then(|v| v.parse().ok())
+                        }
                         Some("vrrp_garp_interval") => {
                             out.garp_interval = g.words.get(1).and_then(|v| seconds(v));
                         }
-                        Some(other) => warnings.push(at, format!("global_defs `{}`: no equivalent{}", join(&g.words), hint(other))),
+                        Some(other) => warnings.push(
+                            at,
+                            format!(
+                                "global_defs `{}`: no equivalent{}",
+                                join(&g.words),
+                                hint(other)
+                            ),
+                        ),
                         None => {}
                     }
                 }
@@ -262,7 +276,10 @@ fn instance_line(
                     Some("auth_type") if a.words.get(1).map(String::as_str) != Some("PASS") => {
                         warnings.push(
                             Where::new(file, a.line),
-                            format!("`{}`: only PASS is supported (AH is deprecated by RFC 3768)", join(&a.words)),
+                            format!(
+                                "`{}`: only PASS is supported (AH is deprecated by RFC 3768)",
+                                join(&a.words)
+                            ),
                         );
                     }
                     _ => {}
@@ -279,20 +296,28 @@ fn instance_line(
                     Some(a) => i.unicast_peers.push(a),
                     None => warnings.push(
                         Where::new(file, p.line),
-                        format!("unicast_peer `{}`: not an IPv4 address, skipped", join(&p.words)),
+                        format!(
+                            "unicast_peer `{}`: not an IPv4 address, skipped",
+                            join(&p.words)
+                        ),
                     ),
                 }
                 if p.words.len() > 1 {
                     warnings.push(
                         Where::new(file, p.line),
-                        format!("unicast_peer options `{}`: no equivalent", p.words[1..].join(" ")),
+                        format!(
+                            "unicast_peer options `{}`: no equivalent",
+                            p.words[1..].join(" ")
+                        ),
                     );
                 }
             }
         }
         "virtual_ipaddress" => {
             for v in block {
-                let Some(text) = v.words.first() else { continue };
+                let Some(text) = v.words.first() else {
+                    continue;
+                };
                 let (addr, prefix) = text.split_once('/').unwrap_or((text, "32"));
                 match (addr.parse::<Ipv4Addr>(), prefix.parse::<u8>()) {
                     (Ok(a), Ok(p)) if p <= 32 => i.virtual_ipaddress.push((a, p)),
@@ -319,7 +344,14 @@ fn instance_line(
         "preempt_delay" => i.preempt_delay = value.and_then(seconds),
         "garp_master_repeat" => i.garp_master_repeat = value.and_then(|v| v.parse().ok()),
         "garp_master_refresh" => i.garp_master_refresh = value.and_then(seconds),
-        other => warnings.push(at, format!("vrrp_instance `{}`: no equivalent{}", join(&d.words), hint(other))),
+        other => warnings.push(
+            at,
+            format!(
+                "vrrp_instance `{}`: no equivalent{}",
+                join(&d.words),
+                hint(other)
+            ),
+        ),
     }
 }
 
@@ -335,9 +367,13 @@ fn join(words: &[String]) -> String {
 
 fn hint(directive: &str) -> &'static str {
     match directive {
-        "notification_email" | "notification_email_from" | "smtp_server" | "notify" | "notify_master" | "notify_backup" | "notify_fault" => {
-            " (watch `k3s-xdp status` or the k3sxdp_vrrp_* metrics)"
-        }
+        "notification_email"
+        | "notification_email_from"
+        | "smtp_server"
+        | "notify"
+        | "notify_master"
+        | "notify_backup"
+        | "notify_fault" => " (watch `k3s-xdp status` or the k3sxdp_vrrp_* metrics)",
         "enable_script_security" | "script_user" => " (k3s-xdp runs no scripts)",
         "vrrp_skip_check_adv_addr" => " (k3s-xdp always checks the advertised addresses)",
         _ => "",
@@ -357,7 +393,10 @@ mod tests {
         assert_eq!(i.master, Some(true));
         assert_eq!(
             i.virtual_ipaddress,
-            vec![(Ipv4Addr::new(192, 0, 2, 100), 24), (Ipv4Addr::new(192, 0, 2, 101), 32)]
+            vec![
+                (Ipv4Addr::new(192, 0, 2, 100), 24),
+                (Ipv4Addr::new(192, 0, 2, 101), 32)
+            ]
         );
         assert_eq!(i.auth_pass.as_deref(), Some("secret"));
         assert!(w.is_empty(), "{w:?}");

@@ -80,7 +80,11 @@ pub struct Imported {
 }
 
 /// Converts haproxy.cfg (and keepalived.conf) to k3s-xdp TOML.
-pub fn import(haproxy: Input<'_>, keepalived: Option<Input<'_>>, vip: Option<Ipv4Addr>) -> Result<Imported> {
+pub fn import(
+    haproxy: Input<'_>,
+    keepalived: Option<Input<'_>>,
+    vip: Option<Ipv4Addr>,
+) -> Result<Imported> {
     let mut warnings = Warnings::default();
     let h = haproxy::parse(haproxy.text, haproxy.name, &mut warnings);
     let k = keepalived.map(|k| keepalived::parse(k.text, k.name, &mut warnings));
@@ -102,28 +106,46 @@ pub fn import(haproxy: Input<'_>, keepalived: Option<Input<'_>>, vip: Option<Ipv
     };
 
     let mut out = String::new();
-    let _ = writeln!(out, "# k3s-xdp configuration imported from {}{}.", haproxy.name, match &k {
-        Some(_) => " and keepalived.conf",
-        None => "",
-    });
+    let _ = writeln!(
+        out,
+        "# k3s-xdp configuration imported from {}{}.",
+        haproxy.name,
+        match &k {
+            Some(_) => " and keepalived.conf",
+            None => "",
+        }
+    );
     let _ = writeln!(out, "# Check it with `k3s-xdp check --config FILE`.");
     if let Some(iface) = instance.and_then(|i| i.interface.as_ref()) {
         let _ = writeln!(out, "\ninterface = {}", quote(iface));
     } else {
-        let _ = writeln!(out, "\n# interface = \"eth1\"   # or pass --iface to `k3s-xdp run`");
+        let _ = writeln!(
+            out,
+            "\n# interface = \"eth1\"   # or pass --iface to `k3s-xdp run`"
+        );
     }
 
-    let fallback_vip = vip.or_else(|| instance.and_then(|i| i.virtual_ipaddress.first().map(|v| v.0)));
+    let fallback_vip =
+        vip.or_else(|| instance.and_then(|i| i.virtual_ipaddress.first().map(|v| v.0)));
     let mut names = BTreeSet::new();
     let mut services = 0;
     for f in &h.frontends {
         let at = Where::new(haproxy.name, f.line);
         let Some(backend_name) = &f.backend else {
-            warnings.push(at, format!("frontend {} has no default_backend: skipped", f.name));
+            warnings.push(
+                at,
+                format!("frontend {} has no default_backend: skipped", f.name),
+            );
             continue;
         };
         let Some(b) = h.backends.get(backend_name) else {
-            warnings.push(at, format!("frontend {}: backend {backend_name} is not defined: skipped", f.name));
+            warnings.push(
+                at,
+                format!(
+                    "frontend {}: backend {backend_name} is not defined: skipped",
+                    f.name
+                ),
+            );
             continue;
         };
         if f.port == 0 {
@@ -157,13 +179,19 @@ pub fn import(haproxy: Input<'_>, keepalived: Option<Input<'_>>, vip: Option<Ipv
             if !seen.insert((s.addr, port)) {
                 warnings.push(
                     Where::new(haproxy.name, s.line),
-                    format!("server {}: {}:{port} appears twice in backend {backend_name}: skipped", s.name, s.addr),
+                    format!(
+                        "server {}: {}:{port} appears twice in backend {backend_name}: skipped",
+                        s.name, s.addr
+                    ),
                 );
                 continue;
             }
             let weight = match s.params.weight {
                 Some(w) if w > 256 => {
-                    warnings.push(Where::new(haproxy.name, s.line), format!("server {}: weight {w} above 256, using 256", s.name));
+                    warnings.push(
+                        Where::new(haproxy.name, s.line),
+                        format!("server {}: weight {w} above 256, using 256", s.name),
+                    );
                     ", weight = 256".to_string()
                 }
                 Some(w) => format!(", weight = {w}"),
@@ -180,7 +208,10 @@ pub fn import(haproxy: Input<'_>, keepalived: Option<Input<'_>>, vip: Option<Ipv
         write_health(&mut out, b, haproxy.name, &mut warnings);
     }
     if services == 0 {
-        bail!("{}: no frontend with a default_backend and servers: nothing to import", haproxy.name);
+        bail!(
+            "{}: no frontend with a default_backend and servers: nothing to import",
+            haproxy.name
+        );
     }
 
     if let Some(i) = instance {
@@ -201,7 +232,10 @@ fn write_health(out: &mut String, b: &haproxy::Backend, file: &str, warnings: &m
     if checked.is_empty() {
         warnings.push(
             Where::new(file, b.line),
-            format!("backend {}: no server has `check`; k3s-xdp checks every backend (tcp)", b.name),
+            format!(
+                "backend {}: no server has `check`; k3s-xdp checks every backend (tcp)",
+                b.name
+            ),
         );
     }
     let first = checked.first().copied().unwrap_or(&b.servers[0]);
@@ -233,7 +267,10 @@ fn write_health(out: &mut String, b: &haproxy::Backend, file: &str, warnings: &m
     let _ = writeln!(out, "\n[service.health]");
     let _ = writeln!(out, "check = \"{check}\"");
     if check == "tcp" && b.servers.iter().any(|s| s.port.unwrap_or(0) == 6443) {
-        let _ = writeln!(out, "# k3s: check = \"tls\" also proves the API server completes a TLS handshake");
+        let _ = writeln!(
+            out,
+            "# k3s: check = \"tls\" also proves the API server completes a TLS handshake"
+        );
     }
     if check == "https" {
         if let Some(path) = &b.httpchk {
@@ -273,10 +310,16 @@ fn write_vrrp(
     warnings: &mut Warnings,
 ) -> Result<()> {
     let Some(vrid) = i.virtual_router_id else {
-        bail!("keepalived.conf: vrrp_instance {} has no virtual_router_id", i.name);
+        bail!(
+            "keepalived.conf: vrrp_instance {} has no virtual_router_id",
+            i.name
+        );
     };
     if i.virtual_ipaddress.is_empty() {
-        bail!("keepalived.conf: vrrp_instance {} has no virtual_ipaddress", i.name);
+        bail!(
+            "keepalived.conf: vrrp_instance {} has no virtual_ipaddress",
+            i.name
+        );
     }
     let version = k.and_then(|k| k.version).unwrap_or(2);
     let _ = writeln!(out, "\n[vrrp]");
@@ -320,7 +363,11 @@ fn write_vrrp(
         let _ = writeln!(out, "unicast_src_ip = {}", quote(&src.to_string()));
     }
     if !i.unicast_peers.is_empty() {
-        let peers: Vec<String> = i.unicast_peers.iter().map(|p| quote(&p.to_string())).collect();
+        let peers: Vec<String> = i
+            .unicast_peers
+            .iter()
+            .map(|p| quote(&p.to_string()))
+            .collect();
         let _ = writeln!(out, "unicast_peers = [{}]", peers.join(", "));
     }
     if !i.preempt {
@@ -329,7 +376,10 @@ fn write_vrrp(
     if let Some(d) = i.preempt_delay {
         let _ = writeln!(out, "preempt_delay = \"{}\"", fmt_duration(d));
     }
-    let _ = writeln!(out, "version = {version}   # keepalived's default; 3 once both nodes run k3s-xdp");
+    let _ = writeln!(
+        out,
+        "version = {version}   # keepalived's default; 3 once both nodes run k3s-xdp"
+    );
     if let Some(pass) = &i.auth_pass {
         if version == 2 {
             let pass = if pass.len() > 8 {
@@ -407,8 +457,14 @@ mod tests {
             let h = fixture(&format!("seed-{seed}-haproxy.cfg"));
             let k = fixture(&format!("seed-{seed}-keepalived-1.conf"));
             let imported = import(
-                Input { name: "haproxy.cfg", text: &h },
-                Some(Input { name: "keepalived.conf", text: &k }),
+                Input {
+                    name: "haproxy.cfg",
+                    text: &h,
+                },
+                Some(Input {
+                    name: "keepalived.conf",
+                    text: &k,
+                }),
                 None,
             )
             .unwrap();
@@ -424,10 +480,22 @@ mod tests {
             let v = config.vrrp.as_ref().unwrap();
             assert_eq!(v.virtual_router_id, 51);
             assert_eq!(v.version, 2);
-            assert_eq!(v.track.weight, 0, "chk_haproxy without weight: fault, as keepalived");
+            assert_eq!(
+                v.track.weight, 0,
+                "chk_haproxy without weight: fault, as keepalived"
+            );
             let text = imported.warnings.to_string();
-            for named in ["option tcplog", "balance roundrobin", "<STATE>", "<PRIORITY>", "killall -0 haproxy"] {
-                assert!(text.contains(named), "seed {seed}: a warning names `{named}`:\n{text}");
+            for named in [
+                "option tcplog",
+                "balance roundrobin",
+                "<STATE>",
+                "<PRIORITY>",
+                "killall -0 haproxy",
+            ] {
+                assert!(
+                    text.contains(named),
+                    "seed {seed}: a warning names `{named}`:\n{text}"
+                );
             }
         }
     }
@@ -437,11 +505,20 @@ mod tests {
     #[test]
     fn seed_004_imports_both_services_and_unicast_vrrp() {
         let h = fixture("seed-004-haproxy.cfg");
-        for (n, src, peer) in [(1, "10.220.62.32", "10.220.62.33"), (2, "10.220.62.33", "10.220.62.32")] {
+        for (n, src, peer) in [
+            (1, "10.220.62.32", "10.220.62.33"),
+            (2, "10.220.62.33", "10.220.62.32"),
+        ] {
             let k = fixture(&format!("seed-004-keepalived-{n}.conf"));
             let imported = import(
-                Input { name: "haproxy.cfg", text: &h },
-                Some(Input { name: "keepalived.conf", text: &k }),
+                Input {
+                    name: "haproxy.cfg",
+                    text: &h,
+                },
+                Some(Input {
+                    name: "keepalived.conf",
+                    text: &k,
+                }),
                 None,
             )
             .unwrap();
@@ -456,7 +533,10 @@ mod tests {
             assert_eq!(api.health.slowstart, Duration::from_secs(60));
             assert!(api.backends.iter().all(|b| b.weight == 100));
             let ingress = &config.services[1];
-            assert_eq!((ingress.name.as_str(), ingress.port), ("ingress-nginx-30080", 30080));
+            assert_eq!(
+                (ingress.name.as_str(), ingress.port),
+                ("ingress-nginx-30080", 30080)
+            );
             assert_eq!(ingress.backends[0].address.port(), 30080);
             let v = config.vrrp.as_ref().unwrap();
             assert_eq!(v.virtual_router_id, 60);
@@ -464,9 +544,19 @@ mod tests {
             assert_eq!(v.auth_pass.as_deref(), Some("1111"));
             assert_eq!(v.unicast_src_ip, Some(src.parse().unwrap()));
             assert_eq!(v.unicast_peers, vec![peer.parse::<Ipv4Addr>().unwrap()]);
-            assert_eq!(v.track.weight, -2, "keepalived's +2 while alive is -2 while failing");
+            assert_eq!(
+                v.track.weight, -2,
+                "keepalived's +2 while alive is -2 while failing"
+            );
             let text = imported.warnings.to_string();
-            for named in ["maxconn 250", "maxqueue 256", "option httplog", "timeout connect", "router_id LVS_DEVEL", "stats socket"] {
+            for named in [
+                "maxconn 250",
+                "maxqueue 256",
+                "option httplog",
+                "timeout connect",
+                "router_id LVS_DEVEL",
+                "stats socket",
+            ] {
                 assert!(text.contains(named), "a warning names `{named}`:\n{text}");
             }
         }
@@ -475,13 +565,23 @@ mod tests {
     #[test]
     fn bind_star_without_a_vip_is_an_error_that_says_what_to_do() {
         let h = fixture("seed-000-haproxy.cfg");
-        let err = import(Input { name: "haproxy.cfg", text: &h }, None, None)
-            .err()
-            .unwrap()
-            .to_string();
+        let err = import(
+            Input {
+                name: "haproxy.cfg",
+                text: &h,
+            },
+            None,
+            None,
+        )
+        .err()
+        .unwrap()
+        .to_string();
         assert!(err.contains("--vip"), "{err}");
         let ok = import(
-            Input { name: "haproxy.cfg", text: &h },
+            Input {
+                name: "haproxy.cfg",
+                text: &h,
+            },
             None,
             Some(Ipv4Addr::new(192, 0, 2, 100)),
         )

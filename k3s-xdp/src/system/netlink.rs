@@ -38,7 +38,12 @@ impl Netlink {
 
     /// The index of interface `name`, with an error that says what to check.
     pub async fn ifindex(&self, name: &str) -> Result<u32> {
-        let mut links = self.handle.link().get().match_name(name.to_string()).execute();
+        let mut links = self
+            .handle
+            .link()
+            .get()
+            .match_name(name.to_string())
+            .execute();
         match links.try_next().await {
             Ok(Some(link)) => Ok(link.header.index),
             Ok(None) => bail!("no interface named {name}"),
@@ -134,7 +139,10 @@ fn ipv4_of(msg: &AddressMessage) -> Option<Ipv4Addr> {
 
 /// Calls `on_change` (at most once per `quiet`) whenever IPv4 routes or neighbours change, so
 /// cached next hops are resolved again. Runs until the task is dropped.
-pub async fn watch_routes_and_neighbours(quiet: std::time::Duration, mut on_change: impl FnMut()) -> Result<()> {
+pub async fn watch_routes_and_neighbours(
+    quiet: std::time::Duration,
+    mut on_change: impl FnMut(),
+) -> Result<()> {
     use futures::StreamExt;
     use rtnetlink::MulticastGroup;
     let (connection, _handle, mut messages) =

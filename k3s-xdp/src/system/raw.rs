@@ -24,12 +24,19 @@ pub struct VrrpReceiver {
 
 impl VrrpReceiver {
     pub fn open(iface: &str, ifindex: u32) -> Result<Self> {
-        let s = Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::from(i32::from(IPPROTO_VRRP))))
-            .context("opening a raw VRRP socket (needs CAP_NET_RAW)")?;
+        let s = Socket::new(
+            Domain::IPV4,
+            Type::RAW,
+            Some(Protocol::from(i32::from(IPPROTO_VRRP))),
+        )
+        .context("opening a raw VRRP socket (needs CAP_NET_RAW)")?;
         s.bind_device(Some(iface.as_bytes()))
             .with_context(|| format!("binding the VRRP socket to {iface}"))?;
-        s.join_multicast_v4_n(&MULTICAST_GROUP, &socket2::InterfaceIndexOrAddress::Index(ifindex))
-            .with_context(|| format!("joining 224.0.0.18 on {iface}"))?;
+        s.join_multicast_v4_n(
+            &MULTICAST_GROUP,
+            &socket2::InterfaceIndexOrAddress::Index(ifindex),
+        )
+        .with_context(|| format!("joining 224.0.0.18 on {iface}"))?;
         s.set_nonblocking(true)?;
         // SAFETY: the Socket owns its descriptor and AsyncFd owns the Socket: the descriptor is
         // neither replaced nor closed while registered.
@@ -61,8 +68,12 @@ pub struct VrrpSender {
 
 impl VrrpSender {
     pub fn open(iface: &str) -> Result<Self> {
-        let s = Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::from(libc::IPPROTO_RAW)))
-            .context("opening a raw IP socket (needs CAP_NET_RAW)")?;
+        let s = Socket::new(
+            Domain::IPV4,
+            Type::RAW,
+            Some(Protocol::from(libc::IPPROTO_RAW)),
+        )
+        .context("opening a raw IP socket (needs CAP_NET_RAW)")?;
         s.bind_device(Some(iface.as_bytes()))
             .with_context(|| format!("binding the VRRP sender to {iface}"))?;
         s.set_multicast_loop_v4(false)?;
@@ -108,7 +119,10 @@ impl ArpSender {
             )
         };
         if fd < 0 {
-            bail!("opening a packet socket for gratuitous ARP: {}", io::Error::last_os_error());
+            bail!(
+                "opening a packet socket for gratuitous ARP: {}",
+                io::Error::last_os_error()
+            );
         }
         // SAFETY: fd is a fresh, valid descriptor.
         let fd = unsafe { OwnedFd::from_raw_fd(fd) };
@@ -138,7 +152,10 @@ impl ArpSender {
             )
         };
         if rc < 0 {
-            bail!("sending a gratuitous ARP for {addr}: {}", io::Error::last_os_error());
+            bail!(
+                "sending a gratuitous ARP for {addr}: {}",
+                io::Error::last_os_error()
+            );
         }
         Ok(())
     }
@@ -169,6 +186,10 @@ mod tests {
         assert_eq!(&f[12..14], &[0x08, 0x06]);
         assert_eq!(&f[20..22], &[0, 1], "request");
         assert_eq!(&f[28..32], &[192, 0, 2, 100], "sender IP");
-        assert_eq!(&f[38..42], &[192, 0, 2, 100], "target IP: the same (gratuitous)");
+        assert_eq!(
+            &f[38..42],
+            &[192, 0, 2, 100],
+            "target IP: the same (gratuitous)"
+        );
     }
 }

@@ -73,7 +73,9 @@ pub enum Event {
         interval: Duration,
     },
     /// The tracked conditions changed (data plane attached, enough healthy backends).
-    Track { ok: bool },
+    Track {
+        ok: bool,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -258,7 +260,13 @@ impl Machine {
         self.go(State::Master, reason, out);
     }
 
-    fn become_backup(&mut self, master: Option<Ipv4Addr>, now: Instant, reason: String, out: &mut Output) {
+    fn become_backup(
+        &mut self,
+        master: Option<Ipv4Addr>,
+        now: Instant,
+        reason: String,
+        out: &mut Output,
+    ) {
         if self.state == State::Master {
             out.actions.push(Action::ReleaseVips);
         }
@@ -296,7 +304,14 @@ impl Machine {
         }
     }
 
-    fn advert(&mut self, from: Ipv4Addr, priority: u8, interval: Duration, now: Instant, out: &mut Output) {
+    fn advert(
+        &mut self,
+        from: Ipv4Addr,
+        priority: u8,
+        interval: Duration,
+        now: Instant,
+        out: &mut Output,
+    ) {
         match self.state {
             State::Initialize => {}
             State::Fault => {
@@ -372,11 +387,19 @@ impl Machine {
                 out.actions.push(Action::ReleaseVips);
                 self.adver_timer = None;
                 self.master = None;
-                self.go(State::Fault, "tracking failed (weight 0: fault)".into(), out);
+                self.go(
+                    State::Fault,
+                    "tracking failed (weight 0: fault)".into(),
+                    out,
+                );
             }
             (State::Backup, false) if fault_mode => {
                 self.master_down_timer = None;
-                self.go(State::Fault, "tracking failed (weight 0: fault)".into(), out);
+                self.go(
+                    State::Fault,
+                    "tracking failed (weight 0: fault)".into(),
+                    out,
+                );
             }
             (State::Master, _) => {
                 // Advertise the new priority at once, so a better backup preempts promptly.
@@ -435,7 +458,10 @@ mod tests {
         let mut m = Machine::new(p);
         let out = m.handle(Event::Startup, t0);
         assert_eq!(m.state(), State::Backup);
-        assert!(out.actions.is_empty(), "nothing is sent before the first wait");
+        assert!(
+            out.actions.is_empty(),
+            "nothing is sent before the first wait"
+        );
         m
     }
 
@@ -444,18 +470,27 @@ mod tests {
         let m = Machine::new(params(100));
         // Skew = (256 - 100) / 256 * 1 s = 609.375 ms; MDI = 3 s + skew.
         assert_eq!(m.skew_time(), Duration::from_nanos(609_375_000));
-        assert_eq!(m.master_down_interval(), Duration::from_nanos(3_609_375_000));
+        assert_eq!(
+            m.master_down_interval(),
+            Duration::from_nanos(3_609_375_000)
+        );
         let fast = Machine::new(Params {
             advert_int: S / 10,
             ..params(200)
         });
-        assert_eq!(fast.master_down_interval(), Duration::from_nanos(321_875_000));
+        assert_eq!(
+            fast.master_down_interval(),
+            Duration::from_nanos(321_875_000)
+        );
         let v2 = Machine::new(Params {
             version: 2,
             advert_int: 2 * S,
             ..params(100)
         });
-        assert_eq!(v2.master_down_interval(), Duration::from_nanos(6_609_375_000));
+        assert_eq!(
+            v2.master_down_interval(),
+            Duration::from_nanos(6_609_375_000)
+        );
     }
 
     #[test]
@@ -467,13 +502,22 @@ mod tests {
         assert!(outs.is_empty(), "still waiting");
         let out = m.handle(Event::Timer, t0 + m.master_down_interval());
         assert_eq!(m.state(), State::Master);
-        assert_eq!(out.actions, vec![Action::Advertise { priority: 100 }, Action::TakeVips]);
-        assert!(out.transition.unwrap().reason.contains("Master_Down_Interval"));
+        assert_eq!(
+            out.actions,
+            vec![Action::Advertise { priority: 100 }, Action::TakeVips]
+        );
+        assert!(out
+            .transition
+            .unwrap()
+            .reason
+            .contains("Master_Down_Interval"));
         // Then an advert every advert_int.
         let t1 = t0 + m.master_down_interval();
         let outs = run_until(&mut m, t1 + 3 * S);
         assert_eq!(outs.len(), 3);
-        assert!(outs.iter().all(|o| o.actions == vec![Action::Advertise { priority: 100 }]));
+        assert!(outs
+            .iter()
+            .all(|o| o.actions == vec![Action::Advertise { priority: 100 }]));
     }
 
     #[test]
@@ -506,7 +550,10 @@ mod tests {
         assert!(out.actions.is_empty());
         assert_eq!(m.master(), Some(PEER));
         // Master_Adver_Interval is now 2 s: MDI = 6 s + (156/256) * 2 s.
-        assert_eq!(m.master_down_interval(), Duration::from_nanos(7_218_750_000));
+        assert_eq!(
+            m.master_down_interval(),
+            Duration::from_nanos(7_218_750_000)
+        );
         assert_eq!(m.next_deadline(), Some(t0 + S + m.master_down_interval()));
     }
 
@@ -521,7 +568,11 @@ mod tests {
         }
         let out = m.handle(Event::Timer, t0 + mdi);
         assert_eq!(m.state(), State::Master);
-        assert!(out.transition.unwrap().reason.contains("preempting 192.0.2.99"));
+        assert!(out
+            .transition
+            .unwrap()
+            .reason
+            .contains("preempting 192.0.2.99"));
     }
 
     #[test]
@@ -576,7 +627,11 @@ mod tests {
         let out = m.handle(advert(150), t0 + 5 * S);
         assert_eq!(m.state(), State::Backup);
         assert_eq!(out.actions, vec![Action::ReleaseVips]);
-        assert!(out.transition.unwrap().reason.contains("higher priority (150 > 100)"));
+        assert!(out
+            .transition
+            .unwrap()
+            .reason
+            .contains("higher priority (150 > 100)"));
     }
 
     #[test]
@@ -589,7 +644,10 @@ mod tests {
             priority: 100,
             interval: S,
         };
-        assert!(m.handle(lower, t0 + 5 * S).transition.is_none(), "we have the higher address");
+        assert!(
+            m.handle(lower, t0 + 5 * S).transition.is_none(),
+            "we have the higher address"
+        );
         let out = m.handle(advert(100), t0 + 5 * S);
         assert_eq!(m.state(), State::Backup, "192.0.2.99 > 192.0.2.98");
         assert!(out.transition.unwrap().reason.contains("higher address"));
@@ -613,7 +671,10 @@ mod tests {
         let mut m = started(params(100), t0);
         run_until(&mut m, t0 + 4 * S);
         let out = m.handle(Event::Shutdown, t0 + 5 * S);
-        assert_eq!(out.actions, vec![Action::Advertise { priority: 0 }, Action::ReleaseVips]);
+        assert_eq!(
+            out.actions,
+            vec![Action::Advertise { priority: 0 }, Action::ReleaseVips]
+        );
         assert_eq!(m.state(), State::Initialize);
         assert_eq!(m.next_deadline(), None);
         // A backup leaving sends nothing.
@@ -638,7 +699,11 @@ mod tests {
         run_until(&mut m, t0 + 4 * S);
         let out = m.handle(Event::Track { ok: false }, t0 + 5 * S);
         assert_eq!(m.priority(), 50);
-        assert_eq!(out.actions, vec![Action::Advertise { priority: 50 }], "advertised at once");
+        assert_eq!(
+            out.actions,
+            vec![Action::Advertise { priority: 50 }],
+            "advertised at once"
+        );
         // The peer at 100 now wins.
         m.handle(advert(100), t0 + 5 * S);
         assert_eq!(m.state(), State::Backup);
@@ -664,7 +729,10 @@ mod tests {
         run_until(&mut m, t0 + 4 * S);
         let out = m.handle(Event::Track { ok: false }, t0 + 5 * S);
         assert_eq!(m.state(), State::Fault);
-        assert_eq!(out.actions, vec![Action::Advertise { priority: 0 }, Action::ReleaseVips]);
+        assert_eq!(
+            out.actions,
+            vec![Action::Advertise { priority: 0 }, Action::ReleaseVips]
+        );
         assert_eq!(m.next_deadline(), None, "no adverts in fault");
         m.handle(Event::Track { ok: true }, t0 + 6 * S);
         assert_eq!(m.state(), State::Backup);

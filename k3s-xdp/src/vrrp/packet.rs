@@ -28,7 +28,9 @@ const AUTH_SIMPLE: u8 = 1;
 pub enum Version {
     V3,
     /// Version 2, with `auth_pass` (at most 8 bytes) or no authentication.
-    V2 { auth_pass: Option<Vec<u8>> },
+    V2 {
+        auth_pass: Option<Vec<u8>>,
+    },
 }
 
 /// One advertisement, as sent or received.
@@ -143,7 +145,11 @@ pub fn encode(advert: &Advert, version: &Version, src: Ipv4Addr, dst: Ipv4Addr) 
             p.push(advert.vrid);
             p.push(advert.priority);
             p.push(count);
-            p.push(if auth_pass.is_some() { AUTH_SIMPLE } else { AUTH_NONE });
+            p.push(if auth_pass.is_some() {
+                AUTH_SIMPLE
+            } else {
+                AUTH_NONE
+            });
             p.push(secs);
             p.extend_from_slice(&[0, 0]);
             for a in advert.addresses.iter().take(255) {
@@ -181,7 +187,11 @@ pub fn decode(packet: &[u8], expect: &Expect<'_>) -> Result<(Ipv4Addr, Advert), 
         return Err(Reject::Truncated);
     }
     let total = usize::from(u16::from_be_bytes([packet[2], packet[3]]));
-    let end = if total >= ihl + 8 && total <= packet.len() { total } else { packet.len() };
+    let end = if total >= ihl + 8 && total <= packet.len() {
+        total
+    } else {
+        packet.len()
+    };
     let ttl = packet[8];
     let src = Ipv4Addr::new(packet[12], packet[13], packet[14], packet[15]);
     let dst = Ipv4Addr::new(packet[16], packet[17], packet[18], packet[19]);
@@ -227,7 +237,9 @@ pub fn decode(packet: &[u8], expect: &Expect<'_>) -> Result<(Ipv4Addr, Advert), 
         let auth_type = vrrp[4];
         let data = &vrrp[8 + 4 * count..];
         let ok = match expect.version {
-            Version::V2 { auth_pass: Some(pass) } => {
+            Version::V2 {
+                auth_pass: Some(pass),
+            } => {
                 let mut wanted = [0u8; 8];
                 let n = pass.len().min(8);
                 wanted[..n].copy_from_slice(&pass[..n]);
@@ -362,7 +374,12 @@ mod tests {
                 addresses: vec![VIP, Ipv4Addr::new(192, 0, 2, 101)],
                 ..advert(150)
             };
-            let bytes = ip(&encode(&a, &version, SRC, MULTICAST_GROUP), 255, SRC, MULTICAST_GROUP);
+            let bytes = ip(
+                &encode(&a, &version, SRC, MULTICAST_GROUP),
+                255,
+                SRC,
+                MULTICAST_GROUP,
+            );
             let expect = Expect {
                 vrid: 51,
                 version: &version,
@@ -401,7 +418,10 @@ mod tests {
         let pkt = |vrrp: &[u8], ttl| ip(vrrp, ttl, SRC, MULTICAST_GROUP);
         assert!(decode(&pkt(&good, 255), &expect).is_ok());
         assert_eq!(decode(&pkt(&good, 254), &expect), Err(Reject::Ttl(254)));
-        assert_eq!(decode(&pkt(&good[..6], 255), &expect), Err(Reject::Truncated));
+        assert_eq!(
+            decode(&pkt(&good[..6], 255), &expect),
+            Err(Reject::Truncated)
+        );
         assert_eq!(decode(&[0x45; 10], &expect), Err(Reject::Truncated));
 
         let mut bad = good.clone();
@@ -411,7 +431,10 @@ mod tests {
         assert_eq!(decode(&pkt(&bad, 255), &expect), Err(Reject::Type(2)));
         let mut other = good.clone();
         other[1] = 52;
-        assert_eq!(decode(&pkt(&other, 255), &expect), Err(Reject::OtherVrid(52)));
+        assert_eq!(
+            decode(&pkt(&other, 255), &expect),
+            Err(Reject::OtherVrid(52))
+        );
         let mut count = good.clone();
         count[3] = 2;
         assert_eq!(decode(&pkt(&count, 255), &expect), Err(Reject::Truncated));
@@ -426,7 +449,10 @@ mod tests {
         no_pseudo[6..8].copy_from_slice(&[0, 0]);
         let s = checksum(&no_pseudo, None);
         no_pseudo[6..8].copy_from_slice(&s.to_be_bytes());
-        assert_eq!(decode(&pkt(&no_pseudo, 255), &expect), Err(Reject::Checksum));
+        assert_eq!(
+            decode(&pkt(&no_pseudo, 255), &expect),
+            Err(Reject::Checksum)
+        );
 
         let wrong_vip = encode(
             &Advert {
@@ -437,7 +463,10 @@ mod tests {
             SRC,
             MULTICAST_GROUP,
         );
-        assert_eq!(decode(&pkt(&wrong_vip, 255), &expect), Err(Reject::Addresses));
+        assert_eq!(
+            decode(&pkt(&wrong_vip, 255), &expect),
+            Err(Reject::Addresses)
+        );
         let zero = encode(
             &Advert {
                 interval: Duration::ZERO,
@@ -465,7 +494,12 @@ mod tests {
             auth_pass: Some(b"2222".to_vec()),
         };
         let none = Version::V2 { auth_pass: None };
-        let bytes = ip(&encode(&advert(100), &wrong, SRC, MULTICAST_GROUP), 255, SRC, MULTICAST_GROUP);
+        let bytes = ip(
+            &encode(&advert(100), &wrong, SRC, MULTICAST_GROUP),
+            255,
+            SRC,
+            MULTICAST_GROUP,
+        );
         let expect = |v| Expect {
             vrid: 51,
             version: v,
@@ -473,7 +507,12 @@ mod tests {
         };
         assert_eq!(decode(&bytes, &expect(&with)), Err(Reject::Auth));
         assert_eq!(decode(&bytes, &expect(&none)), Err(Reject::Auth));
-        let plain = ip(&encode(&advert(100), &none, SRC, MULTICAST_GROUP), 255, SRC, MULTICAST_GROUP);
+        let plain = ip(
+            &encode(&advert(100), &none, SRC, MULTICAST_GROUP),
+            255,
+            SRC,
+            MULTICAST_GROUP,
+        );
         assert_eq!(decode(&plain, &expect(&with)), Err(Reject::Auth));
         assert!(decode(&plain, &expect(&none)).is_ok());
     }
@@ -487,7 +526,12 @@ mod tests {
             version: &v3,
             addresses: &[VIP],
         };
-        let good = ip(&encode(&advert(200), &v3, SRC, MULTICAST_GROUP), 255, SRC, MULTICAST_GROUP);
+        let good = ip(
+            &encode(&advert(200), &v3, SRC, MULTICAST_GROUP),
+            255,
+            SRC,
+            MULTICAST_GROUP,
+        );
         let mut x: u32 = 12345;
         for _ in 0..20_000 {
             x ^= x << 13;

@@ -52,8 +52,14 @@ impl Instance {
                 prefix_len: v.prefix_len,
             })
             .collect();
-        for stale in present.iter().filter(|a| vips.iter().any(|v| v.addr == a.addr)) {
-            warn!("removing VIP {} found on {iface} at start (left by a previous run)", stale.addr);
+        for stale in present
+            .iter()
+            .filter(|a| vips.iter().any(|v| v.addr == a.addr))
+        {
+            warn!(
+                "removing VIP {} found on {iface} at start (left by a previous run)",
+                stale.addr
+            );
             netlink.del_address(ifindex, stale.addr).await?;
         }
         let primary = match config.unicast_src_ip {
@@ -161,8 +167,25 @@ async fn run(
         machine.handle(Event::Track { ok: false }, now);
     }
     let out = machine.handle(Event::Startup, now);
-    apply(&config, &io, &version, &vips, primary, out, &mut counters, &mut holding, &mut garp_refresh).await;
-    report(&config, &machine, &counters, &events, track_ok(&config, &health.borrow()));
+    apply(
+        &config,
+        &io,
+        &version,
+        &vips,
+        primary,
+        out,
+        &mut counters,
+        &mut holding,
+        &mut garp_refresh,
+    )
+    .await;
+    report(
+        &config,
+        &machine,
+        &counters,
+        &events,
+        track_ok(&config, &health.borrow()),
+    );
 
     loop {
         let now = Instant::now();
@@ -228,9 +251,26 @@ async fn run(
             let now = Instant::now();
             let out = machine.handle(event, now);
             let changed = out.transition.is_some();
-            apply(&config, &io, &version, &vips, primary, out, &mut counters, &mut holding, &mut garp_refresh).await;
+            apply(
+                &config,
+                &io,
+                &version,
+                &vips,
+                primary,
+                out,
+                &mut counters,
+                &mut holding,
+                &mut garp_refresh,
+            )
+            .await;
             if changed || counters.received % 16 == 1 {
-                report(&config, &machine, &counters, &events, track_ok(&config, &health.borrow()));
+                report(
+                    &config,
+                    &machine,
+                    &counters,
+                    &events,
+                    track_ok(&config, &health.borrow()),
+                );
             }
         }
     }

@@ -1,0 +1,223 @@
+//! `k3s-xdp run` as a real process inside a node of the topology, with its own config file and
+//! control socket in a per-test directory; stopped (SIGTERM, then SIGKILL) by its PID when the
+//! handle drops, and the directory removed. Its log is what the process printed.
+
+use crate::{netns::Process, topology::Topology};
+use anyhow::{anyhow, bail, Context, Result};
+use k3s_xdp::controller::{
+    control,
+    status::{render_table, Request, Response, Status},
+};
+use std::{
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+/// The `k3s-xdp` binary: `K3S_XDP_BIN` (set by `cargo xtask test`), else beside the test
+/// executable's directory (target/<profile>/k3s-xdp).
+pub fn binary() -> Result<PathBuf> {
+    if let Some(p) = std::env::var_os("K3S_XDP_BIN") {
+        return Ok(PathBuf::from(p));
+    }
+    let exe = std::env::current_exe()?;
+    let candidate = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .map(|profile| profile.join("k3s-xdp"))
+        .ok_or_else(|| anyhow!("cannot locate the target directory from {}", exe.display()))?;
+    if !candidate.is_file() {
+        bail!(
+            "{} is not built: run `cargo xtask test` (it builds the binaries), or set K3S_XDP_BIN",
+            candidate.display()
+        );
+    }
+    Ok(candidate)
+}
+
+pub struct Daemon {
+    pub node: String,
+    pub config: PathBuf,
+    pub socket: PathBuf,
+    dir: PathBuf,
+    process: Option<Process>,
+    /// What earlier runs of this daemon printed (restarts keep the history).
+    earlier_logs: String,
+}
+
+impl Daemon {
+    /// Writes `config` (TOML without `control_socket`, which is added) and starts the daemon in
+    /// `node`; returns once it answers on its control socket.
+    pub fn start(topo: &Topology, node: &str, config: &str) -> Result<Daemon> {
+        let dir = std::env::temp_dir().join(format!("k3s-xdp-test-{}-{node}", topo.prefix()));
+        std::fs::create_dir_all(&dir)?;
+        let mut d = Daemon {
+            node: node.to_string(),
+            config: dir.join("config.toml"),
+            socket: dir.join("control.sock"),
+            dir,
+            process: None,
+            earlier_logs: String::new(),
+        };
+        d.write_config(config)?;
+        d.spawn(topo)?;
+        Ok(d)
+    }
+
+    /// Replaces the config file (then [`Daemon::reload`] or SIGHUP applies it).
+    pub fn write_config(&self, config: &str) -> Result<()> {
+        let text = format!(
+            "control_socket = {:?}\n{config}",
+            self.socket.display().to_string()
+        );
+        std::fs::write(&self.config, text)
+            .with_context(|| format!("writing {}", self.config.display()))
+    }
+
+    fn spawn(&mut self, topo: &Topology) -> Result<()> {
+        let bin = binary()?;
+        let bin = bin.display().to_string();
+        let config = self.config.display().to_string();
+        let p = topo
+            .node(&self.node)
+            .spawn(&bin, ["run", "--config", &config])?;
+        self.process = Some(p);
+        self.wait_ready(Duration::from_secs(20))
+    }
+
+    /// Starts it again (after [`Daemon::crash`] or [`Daemon::stop`]).
+    pub fn restart(&mut self, topo: &Topology) -> Result<()> {
+        self.stop();
+        self.spawn(topo)
+    }
+
+    fn wait_ready(&mut self, limit: Duration) -> Result<()> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if !self.running() {
+                bail!("k3s-xdp in {} exited at start:\n{}", self.node, self.log());
+            }
+            if self.status().is_ok() {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "k3s-xdp in {} not ready after {limit:?}:\n{}",
+                    self.node,
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn request(&self, request: &Request) -> Result<Response> {
+        let socket = self.socket.clone();
+        let request = request.clone();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        rt.block_on(async move { control::request(&socket, &request).await })
+    }
+
+    pub fn status(&self) -> Result<Status> {
+        match self.request(&Request::Status)? {
+            Response::Status(s) => Ok(*s),
+            other => bail!("unexpected answer: {other:?}"),
+        }
+    }
+
+    /// `k3s-xdp reload` over the control socket: its message, or its error.
+    pub fn reload(&self) -> Result<String> {
+        match self.request(&Request::Reload)? {
+            Response::Ok { message } => Ok(message),
+            Response::Error { message } => bail!("{message}"),
+            other => bail!("unexpected answer: {other:?}"),
+        }
+    }
+
+    /// Waits until `f(status)` holds, up to `limit`; returns that status.
+    pub fn wait_for(
+        &self,
+        limit: Duration,
+        what: &str,
+        f: impl Fn(&Status) -> bool,
+    ) -> Result<Status> {
+        let deadline = Instant::now() + limit;
+        loop {
+            let status = self.status();
+            if let Ok(s) = &status {
+                if f(s) {
+                    return Ok(s.clone());
+                }
+            }
+            if Instant::now() > deadline {
+                let last = status
+                    .map(|s| render_table(&s))
+                    .unwrap_or_else(|e| format!("no status: {e:#}"));
+                bail!(
+                    "timed out after {limit:?} waiting for {what}; last status:\n{last}\nlog:\n{}",
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.process.as_ref().map(Process::pid).unwrap_or(0)
+    }
+
+    pub fn signal(&mut self, signal: i32) -> Result<()> {
+        self.process
+            .as_mut()
+            .ok_or_else(|| anyhow!("k3s-xdp in {} is not running", self.node))?
+            .signal(signal)
+    }
+
+    /// SIGTERM, wait (then SIGKILL); how it ended.
+    pub fn stop(&mut self) -> Option<std::process::ExitStatus> {
+        let mut p = self.process.take()?;
+        let status = p.stop().ok();
+        self.earlier_logs.push_str(&p.output());
+        status
+    }
+
+    /// `kill -9`, as a crash.
+    pub fn crash(&mut self) {
+        if let Some(mut p) = self.process.take() {
+            let _ = p.signal(libc::SIGKILL);
+            let _ = p.wait_timeout(Duration::from_secs(3));
+            self.earlier_logs.push_str(&p.output());
+        }
+    }
+
+    pub fn running(&mut self) -> bool {
+        self.process
+            .as_mut()
+            .is_some_and(|p| matches!(p.try_wait(), Ok(None)))
+    }
+
+    /// Everything the daemon printed, over its restarts.
+    pub fn log(&self) -> String {
+        let now = self
+            .process
+            .as_ref()
+            .map(Process::output)
+            .unwrap_or_default();
+        format!("{}{now}", self.earlier_logs)
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.stop();
+        if std::thread::panicking() {
+            eprintln!("--- log of k3s-xdp in {} ---\n{}", self.node, self.log());
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
