@@ -13,25 +13,31 @@ use std::{
     time::{Duration, Instant},
 };
 
-/// The `k3s-xdp` binary: `K3S_XDP_BIN` (set by `cargo xtask test`), else beside the test
-/// executable's directory (target/<profile>/k3s-xdp).
+/// The `k3s-xdp` binary: `K3S_XDP_BIN` (set by `cargo xtask test`), else in the target
+/// directory of this executable (target/<profile>/, seen from a binary there or from a test
+/// in target/<profile>/deps/).
 pub fn binary() -> Result<PathBuf> {
     if let Some(p) = std::env::var_os("K3S_XDP_BIN") {
         return Ok(PathBuf::from(p));
     }
     let exe = std::env::current_exe()?;
-    let candidate = exe
+    let dir = exe
         .parent()
-        .and_then(|deps| deps.parent())
-        .map(|profile| profile.join("k3s-xdp"))
         .ok_or_else(|| anyhow!("cannot locate the target directory from {}", exe.display()))?;
-    if !candidate.is_file() {
-        bail!(
-            "{} is not built: run `cargo xtask test` (it builds the binaries), or set K3S_XDP_BIN",
-            candidate.display()
-        );
-    }
-    Ok(candidate)
+    let candidates = [
+        Some(dir.join("k3s-xdp")),
+        dir.parent().map(|p| p.join("k3s-xdp")),
+    ];
+    candidates
+        .into_iter()
+        .flatten()
+        .find(|c| c.is_file())
+        .ok_or_else(|| {
+            anyhow!(
+                "k3s-xdp is not built next to {}: run `cargo xtask test` (it builds the binaries), or set K3S_XDP_BIN",
+                exe.display()
+            )
+        })
 }
 
 pub struct Daemon {
@@ -161,6 +167,17 @@ impl Daemon {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// Waits until every backend has been checked and is up: the health checks have resolved
+    /// lb's neighbour entries for the backends, which the data plane's next hops need.
+    pub fn wait_healthy(&self, limit: Duration) -> Result<Status> {
+        self.wait_for(limit, "every backend checked and up", |s| {
+            s.services
+                .iter()
+                .flat_map(|svc| &svc.backends)
+                .all(|b| b.checks > 0 && b.health == "up")
+        })
     }
 
     pub fn pid(&self) -> u32 {

@@ -104,6 +104,7 @@ pub struct Node {
 pub struct TopologyBuilder {
     nodes: Vec<(String, Ipv4Addr)>,
     pass_nodes: Vec<String>,
+    prefix: Option<String>,
 }
 
 impl TopologyBuilder {
@@ -132,6 +133,13 @@ impl TopologyBuilder {
     /// default [`DEFAULT_PASS_NODES`]); `&[]` attaches none.
     pub fn pass_programs(mut self, nodes: &[&str]) -> Self {
         self.pass_nodes = nodes.iter().map(|n| n.to_string()).collect();
+        self
+    }
+
+    /// A fixed namespace prefix instead of `kx<pid>x<n>` (the lab uses `kxlab`, so that
+    /// `cargo xtask lab --down` finds what `--keep` left up).
+    pub fn prefix(mut self, prefix: &str) -> Self {
+        self.prefix = Some(prefix.to_string());
         self
     }
 
@@ -171,6 +179,7 @@ impl Topology {
                 .map(|(n, a)| (n.to_string(), *a))
                 .collect(),
             pass_nodes: DEFAULT_PASS_NODES.iter().map(|n| n.to_string()).collect(),
+            prefix: None,
         }
     }
 
@@ -188,11 +197,13 @@ impl Topology {
                 bail!("node {name} ({addr}) is defined twice");
             }
         }
-        let prefix = format!(
-            "{NAME_MAGIC}{}x{}",
-            std::process::id(),
-            INSTANCE.fetch_add(1, Ordering::Relaxed)
-        );
+        let prefix = spec.prefix.clone().unwrap_or_else(|| {
+            format!(
+                "{NAME_MAGIC}{}x{}",
+                std::process::id(),
+                INSTANCE.fetch_add(1, Ordering::Relaxed)
+            )
+        });
         let switch = NetNs::create(&format!("{prefix}-sw"))?;
         switch.ip([
             "link",
@@ -252,6 +263,11 @@ impl Topology {
         self.switch.ip(["link", "set", &port, "up"])?;
         let node = self.node(name);
         node.ip(["addr", "add", &format!("{addr}/{PREFIX_LEN}"), "dev", IFACE])?;
+        // A veth hands checksums over unfinished (CHECKSUM_PARTIAL) when TX offload is on; a
+        // real NIC always puts complete checksums on the wire, and the XDP program, which
+        // updates checksums incrementally, needs them complete. Make the lab's wire real.
+        node.run("ethtool", ["-K", IFACE, "tx", "off"])
+            .with_context(|| format!("turning TX checksum offload off on {name}"))?;
         node.ip(["link", "set", IFACE, "up"])?;
         Ok(())
     }
@@ -479,6 +495,19 @@ impl Topology {
             removed.push(name);
         }
         Ok(removed)
+    }
+}
+
+impl Topology {
+    /// Leaves the namespaces up when the topology drops (for `cargo xtask lab --keep`) and
+    /// returns their names. Processes started with [`Topology::spawn`] and the pass programs
+    /// still stop: what must outlive this process has to be started detached.
+    pub fn keep(mut self) -> Result<Vec<String>> {
+        let mut names: Vec<String> = self.nodes.drain(..).map(|n| n.ns.disown()).collect();
+        let switch_name = self.switch.name().to_string();
+        let owned = std::mem::replace(&mut self.switch, NetNs::existing(&switch_name)?);
+        names.push(owned.disown());
+        Ok(names)
     }
 }
 

@@ -104,8 +104,13 @@ fn build() -> Result<()> {
 }
 
 fn test(args: Vec<String>) -> Result<()> {
-    setup::ensure(setup::Scope::default())?;
     util::require_root("cargo xtask test")?;
+    // The integration tests run the real binaries (k3s-xdp, the lab's helpers).
+    build()?;
+    std::env::set_var(
+        "K3S_XDP_BIN",
+        util::workspace_root().join("target/release/k3s-xdp"),
+    );
     let mut cargo_args = vec!["test", "--release", "--locked"];
     if !args.is_empty() {
         cargo_args.push("--");
