@@ -51,6 +51,17 @@ pub fn snat_hash(key: &FlowKey) -> u32 {
     ))
 }
 
+/// The `try`-th probe of a search that starts from `hash`: `hash` itself first, then
+/// independent values (random probing, which does not cluster like linear probing does).
+#[inline(always)]
+pub fn probe(hash: u32, try_: u32) -> u32 {
+    if try_ == 0 {
+        hash
+    } else {
+        finish(hash ^ try_.wrapping_mul(0x9e37_79b9))
+    }
+}
+
 /// Maps a 32-bit hash onto `0..n` without a division (Lemire's multiply-shift reduction).
 #[inline(always)]
 pub fn reduce(hash: u32, n: u32) -> u32 {

@@ -13,6 +13,10 @@ pub mod reason;
 pub mod names {
     pub const PROGRAM: &str = "k3s_xdp";
     pub const PASS_PROGRAM: &str = "k3s_xdp_pass";
+    pub const FLOOR_PROGRAM: &str = "k3s_xdp_floor";
+    pub const BENCH_PROGRAM: &str = "k3s_xdp_bench";
+    pub const BENCH_FLOOR_PROGRAM: &str = "k3s_xdp_bench_floor";
+    pub const BENCH: &str = "BENCH";
     pub const VIPS: &str = "VIPS";
     pub const BACKENDS: &str = "BACKENDS";
     pub const BACKEND_HOPS: &str = "BACKEND_HOPS";
@@ -37,6 +41,22 @@ pub const MAX_BACKENDS: u32 = 4096;
 pub const DEFAULT_TABLE_SIZE: u32 = 65537;
 /// Largest Maglev table size accepted (a prime; 1 MiB-ish of u32 entries).
 pub const MAX_TABLE_SIZE: u32 = 262_139;
+/// Backend slots packed in each 64-bit word of a Maglev table: four 16-bit slots, so that a
+/// 65537-entry table takes 128 KiB (BPF arrays store each element in at least 8 bytes) and new
+/// flows find it in the cache.
+pub const MAGLEV_SLOTS_PER_WORD: u32 = 4;
+
+/// Words of a Maglev table of `entries` entries.
+pub const fn maglev_words(entries: u32) -> u32 {
+    entries.div_ceil(MAGLEV_SLOTS_PER_WORD)
+}
+
+/// The backend slot at `entry` of a packed Maglev table word.
+#[inline(always)]
+pub fn maglev_slot(word: u64, entry: u32) -> u32 {
+    ((word >> ((entry % MAGLEV_SLOTS_PER_WORD) * 16)) & 0xffff) as u32
+}
+
 /// Map flags of every Maglev table: `BPF_F_INNER_MAP | BPF_F_MMAPABLE`.
 pub const MAGLEV_INNER_FLAGS: u32 = (1 << 12) | (1 << 10);
 /// Default capacity of the flow table (LRU); the reverse NAT table holds as many.
@@ -152,9 +172,28 @@ pub struct NatReverse {
     pub backend: u32,
     /// Service slot, for the counters.
     pub service: u32,
+    /// `NAT_*` bits: how far the TCP connection has closed. A closed translation's SNAT port may
+    /// be taken by a new flow.
+    pub closing: u32,
     /// Toward the client: first the mirror of the client's frame (its source MAC, the
     /// interface it came in on), marked stale so the first reply resolves it with the FIB.
     pub next_hop: NextHop,
+}
+
+/// `NatReverse::closing`: the client sent a FIN.
+pub const NAT_CLIENT_FIN: u32 = 1 << 0;
+/// `NatReverse::closing`: the backend sent a FIN.
+pub const NAT_BACKEND_FIN: u32 = 1 << 1;
+/// `NatReverse::closing`: either side sent a RST.
+pub const NAT_RESET: u32 = 1 << 2;
+
+impl NatReverse {
+    /// Whether the connection is over (FIN both ways, or a RST): its SNAT port may be reused.
+    #[inline(always)]
+    pub fn closed(&self) -> bool {
+        self.closing & NAT_RESET != 0
+            || self.closing & (NAT_CLIENT_FIN | NAT_BACKEND_FIN) == NAT_CLIENT_FIN | NAT_BACKEND_FIN
+    }
 }
 
 /// Per-CPU packet counters of a service or a backend.
@@ -179,6 +218,35 @@ pub struct Globals {
     pub snat_port_max: u16,
 }
 
+/// Bytes of a benchmark packet (`BENCH`).
+pub const BENCH_MAX_LEN: usize = 128;
+
+/// The packet the benchmark entry points restore before each run (BPF_PROG_TEST_RUN with
+/// `repeat` would otherwise hand the program its own output), optionally with a fresh TCP/UDP
+/// source port each time (a new flow per run).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BenchPacket {
+    pub len: u32,
+    /// Non-zero: add the run counter to the source port (untagged IPv4 without options).
+    pub vary_sport: u32,
+    pub counter: u32,
+    pub _pad: u32,
+    pub bytes: [u8; BENCH_MAX_LEN],
+}
+
+impl Default for BenchPacket {
+    fn default() -> Self {
+        BenchPacket {
+            len: 0,
+            vary_sport: 0,
+            counter: 0,
+            _pad: 0,
+            bytes: [0; BENCH_MAX_LEN],
+        }
+    }
+}
+
 #[cfg(feature = "user")]
 mod pod {
     use super::*;
@@ -192,6 +260,7 @@ mod pod {
     unsafe impl aya::Pod for NatReverse {}
     unsafe impl aya::Pod for Traffic {}
     unsafe impl aya::Pod for Globals {}
+    unsafe impl aya::Pod for BenchPacket {}
 }
 
 #[cfg(test)]
@@ -208,7 +277,7 @@ mod tests {
         assert_eq!(size_of::<FlowKey>(), 16);
         assert_eq!(size_of::<NextHop>(), 24);
         assert_eq!(size_of::<Flow>(), 8);
-        assert_eq!(size_of::<NatReverse>(), 40);
+        assert_eq!(size_of::<NatReverse>(), 44);
         assert_eq!(size_of::<Traffic>(), 32);
         assert_eq!(size_of::<Globals>(), 8);
     }

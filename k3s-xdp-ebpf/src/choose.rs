@@ -1,17 +1,23 @@
 //! Choosing: the service a packet is for, the backend of a new flow (Maglev), and the SNAT port
 //! the backend will see in nat mode.
 
-use crate::maps::{BACKENDS, GLOBALS, MAGLEV, NAT_REVERSE};
+use crate::maps::{BACKENDS, FLOWS, GLOBALS, MAGLEV, NAT_REVERSE};
+use aya_ebpf::helpers::bpf_loop;
+use core::ffi::c_void;
 use k3s_xdp_common::{
-    hash::{flow_hash, reduce, snat_hash},
-    reason, Backend, FlowKey, NatReverse, NextHop, VipInfo, VipPort, BACKEND_UP, MAX_PORTS_PER_VIP,
+    hash::{flow_hash, probe as probe_hash, reduce, snat_hash},
+    maglev_slot, reason, Backend, FlowKey, NatReverse, NextHop, VipInfo, VipPort, BACKEND_UP,
+    MAGLEV_SLOTS_PER_WORD, MAX_PORTS_PER_VIP,
 };
 
 /// `BPF_NOEXIST`: insert only if absent, so two CPUs cannot claim the same SNAT port.
 const BPF_NOEXIST: u64 = 1;
-/// SNAT ports tried per new flow before giving up (collisions are rare: ~64k ports per
-/// backend, address and protocol).
-const SNAT_TRIES: u32 = 4;
+/// `BPF_EXIST`: replace an existing entry as a whole.
+const BPF_EXIST: u64 = 2;
+/// SNAT ports tried per new flow before giving up. Random probing from the flow's hash: with
+/// the backend's port space a fraction `a` full of live connections, a new flow fails with
+/// probability about a^16 (4e-7 at 40%, 3e-4 at 60%).
+const SNAT_TRIES: u32 = 16;
 const SNAT_DEFAULT_MIN: u32 = 1024;
 const SNAT_DEFAULT_MAX: u32 = 65535;
 
@@ -30,26 +36,13 @@ pub fn service(vip: &VipInfo, port: u16, protocol: u8) -> Option<VipPort> {
     None
 }
 
-/// Whether any service of `vip` listens on `port` (network order), whatever the protocol.
-#[inline(always)]
-fn is_service_port(vip: &VipInfo, port: u16) -> bool {
-    for i in 0..MAX_PORTS_PER_VIP {
-        if i as u32 >= vip.count {
-            break;
-        }
-        if vip.ports[i].port == port {
-            return true;
-        }
-    }
-    false
-}
-
 /// The backend for a new flow: the Maglev entry its hash selects, if that backend is up.
 /// `None` when the service has no table (no healthy backend) or the entry is stale.
 #[inline(always)]
 pub fn backend(service: &VipPort, key: &FlowKey) -> Option<(u32, Backend)> {
     let entry = reduce(flow_hash(key), service.table_size);
-    let id = *MAGLEV.get_value(service.service, &entry)?;
+    let word = *MAGLEV.get_value(service.service, &(entry / MAGLEV_SLOTS_PER_WORD))?;
+    let id = maglev_slot(word, entry);
     let backend = *BACKENDS.get(id)?;
     if backend.state == BACKEND_UP && backend.service == service.service {
         Some((id, backend))
@@ -59,9 +52,12 @@ pub fn backend(service: &VipPort, key: &FlowKey) -> Option<(u32, Backend)> {
 }
 
 /// Claims the SNAT port (network order) through which `backend` will see the flow `key`, and
-/// records the reverse translation. The first port tried is a hash of the flow, so lb-1 and
-/// lb-2 choose the same one and a backend connection survives a failover; a port held by
-/// another flow is skipped, and so is any port a service listens on at this VIP.
+/// records the reverse translation. The ports tried are hashes of the flow, so lb-1 and lb-2
+/// choose the same one and a backend connection survives a failover; a port held by a
+/// live connection of another client is skipped, and so is any port a service listens on at
+/// this VIP. A port whose connection has closed (FIN both ways, or a RST) is taken over: the
+/// previous owner's flow entry is removed with it, so its stray packets cannot reach the new
+/// connection.
 #[inline(always)]
 pub fn snat_port(
     key: &FlowKey,
@@ -78,46 +74,160 @@ pub fn snat_port(
             max = u32::from(g.snat_port_max);
         }
     }
-    let span = max - min + 1;
-    let first = reduce(snat_hash(key), span);
-    let entry = NatReverse {
-        client_addr: key.src,
-        client_port: key.sport,
-        vip_port: key.dport,
-        backend: id,
-        service,
-        next_hop: *client_hop,
+    let mut probe = Probe {
+        key: *key,
+        entry: NatReverse {
+            client_addr: key.src,
+            client_port: key.sport,
+            vip_port: key.dport,
+            backend: id,
+            service,
+            closing: 0,
+            next_hop: *client_hop,
+        },
+        backend_addr: backend.addr,
+        backend_port: backend.port,
+        found: 0,
+        hash: snat_hash(key),
+        span: max - min + 1,
+        min,
+        service_ports: [0; MAX_PORTS_PER_VIP],
+        service_count: vip.count.min(MAX_PORTS_PER_VIP as u32),
     };
-    for i in 0..SNAT_TRIES {
-        let mut offset = first + i;
-        if offset >= span {
-            offset -= span;
-        }
-        let port = ((min + offset) as u16).to_be();
-        if is_service_port(vip, port) {
-            continue;
+    for i in 0..MAX_PORTS_PER_VIP {
+        probe.service_ports[i] = vip.ports[i].port;
+    }
+    // bpf_loop: the kernel verifies the callback once, whatever the number of tries.
+    unsafe {
+        bpf_loop(
+            SNAT_TRIES,
+            snat_try as *mut c_void,
+            &mut probe as *mut Probe as *mut c_void,
+            0,
+        );
+    }
+    if probe.found & FOUND != 0 {
+        Ok(probe.found as u16)
+    } else {
+        Err(reason::DROP_SNAT_EXHAUSTED)
+    }
+}
+
+/// Marks `Probe::found` as set (the low 16 bits hold the port, network order).
+const FOUND: u32 = 1 << 16;
+
+/// The state of an SNAT port search, on the stack, shared with `snat_try`.
+#[repr(C)]
+struct Probe {
+    key: FlowKey,
+    entry: NatReverse,
+    backend_addr: u32,
+    backend_port: u16,
+    found: u32,
+    hash: u32,
+    span: u32,
+    min: u32,
+    service_ports: [u16; MAX_PORTS_PER_VIP],
+    service_count: u32,
+}
+
+/// One try of the SNAT port search: the `index`-th probe of the flow's hash.
+extern "C" fn snat_try(index: u64, ctx: *mut c_void) -> i64 {
+    let probe = ctx as *mut Probe;
+    // SAFETY: `ctx` is the `Probe` on `snat_port`'s stack, alive during bpf_loop.
+    unsafe {
+        let offset = reduce(probe_hash((*probe).hash, index as u32), (*probe).span);
+        let port = (((*probe).min + offset) as u16).to_be();
+        for i in 0..MAX_PORTS_PER_VIP {
+            if i as u32 >= (*probe).service_count {
+                break;
+            }
+            if (*probe).service_ports[i] == port {
+                return 0;
+            }
         }
         let reverse = FlowKey {
-            src: backend.addr,
-            dst: key.dst,
-            sport: backend.port,
+            src: (*probe).backend_addr,
+            dst: (*probe).key.dst,
+            sport: (*probe).backend_port,
             dport: port,
+            protocol: (*probe).key.protocol,
+            _pad: [0; 3],
+        };
+        if claim(&(*probe).key, &reverse, &(*probe).entry) {
+            (*probe).found = FOUND | u32::from(port);
+            return 1;
+        }
+    }
+    0
+}
+
+/// Tries to take the translation `reverse` for `key`: free, already this client tuple's, or
+/// left by a closed connection. A BPF subprogram of its own (not inlined) so that the probing
+/// loop's verifier states stay alike whatever happened inside, and merge.
+#[inline(never)]
+fn claim(key: &FlowKey, reverse: &FlowKey, entry: &NatReverse) -> bool {
+    if NAT_REVERSE.insert(reverse, entry, BPF_NOEXIST).is_ok() {
+        return true;
+    }
+    // Taken: by this very client tuple earlier (its forward entry was evicted, or it
+    // reconnects from the same port), which we reuse; by a closed connection, which we take
+    // over; or by another live connection, which we step over.
+    let Some(existing) = (unsafe { NAT_REVERSE.get(reverse) }) else {
+        return false;
+    };
+    let existing = *existing;
+    let ours = existing.client_addr == key.src
+        && existing.client_port == key.sport
+        && existing.vip_port == key.dport;
+    if ours && existing.closing == 0 {
+        return true;
+    }
+    if !ours && !existing.closed() {
+        return false;
+    }
+    if !ours {
+        let previous = FlowKey {
+            src: existing.client_addr,
+            dst: key.dst,
+            sport: existing.client_port,
+            dport: existing.vip_port,
             protocol: key.protocol,
             _pad: [0; 3],
         };
-        if NAT_REVERSE.insert(reverse, entry, BPF_NOEXIST).is_ok() {
-            return Ok(port);
-        }
-        // Taken: by this very flow earlier (its forward entry was evicted, or lb-2 saw it
-        // first), which we reuse; or by another flow, which we step over.
-        if let Some(existing) = unsafe { NAT_REVERSE.get(reverse) } {
-            if existing.client_addr == key.src
-                && existing.client_port == key.sport
-                && existing.vip_port == key.dport
-            {
-                return Ok(port);
-            }
-        }
+        let _ = FLOWS.remove(previous);
     }
-    Err(reason::DROP_SNAT_EXHAUSTED)
+    if NAT_REVERSE.insert(reverse, entry, BPF_EXIST).is_err() {
+        return false;
+    }
+    // Another CPU may have taken the same port at the same moment: keep it only if the entry
+    // is ours after the write.
+    match unsafe { NAT_REVERSE.get(reverse) } {
+        Some(now) => {
+            now.client_addr == key.src && now.client_port == key.sport && now.vip_port == key.dport
+        }
+        None => false,
+    }
+}
+
+/// The reverse-NAT key of a flow of `key` through `backend` with `snat_port`.
+#[inline(always)]
+pub fn reverse_key(key: &FlowKey, backend: &Backend, snat_port: u16) -> FlowKey {
+    FlowKey {
+        src: backend.addr,
+        dst: key.dst,
+        sport: backend.port,
+        dport: snat_port,
+        protocol: key.protocol,
+        _pad: [0; 3],
+    }
+}
+
+/// Records in the reverse entry that a side of the TCP connection sent a FIN or a RST.
+#[inline(always)]
+pub fn note_closing(entry: *mut NatReverse, bits: u32) {
+    // SAFETY: a map value valid for this run. A plain OR (the BPF target has no atomic OR in
+    // Rust): two FINs on two CPUs at the same instant may lose one bit, which only delays the
+    // reuse of that SNAT port until the LRU evicts the entry; it can never mistranslate.
+    unsafe { (*entry).closing |= bits };
 }

@@ -4,7 +4,7 @@
 
 use crate::{
     choose, counters,
-    headers::TCP_RST,
+    headers::{TCP_FIN, TCP_RST, TCP_SYN},
     hop,
     maps::{BACKENDS, FLOWS, NAT_REVERSE},
     parse::{frame_len, Ip, Valid, L4},
@@ -15,7 +15,7 @@ use crate::{
 use aya_ebpf::{bindings::xdp_action, helpers::bpf_redirect, programs::XdpContext};
 use k3s_xdp_common::{
     reason, Backend, Flow, FlowKey, NextHop, VipInfo, VipPort, BACKEND_DOWN, BACKEND_FREE,
-    IPPROTO_TCP, SERVICE_DSR, SERVICE_RESET_ON_DOWN,
+    IPPROTO_TCP, NAT_BACKEND_FIN, NAT_CLIENT_FIN, NAT_RESET, SERVICE_DSR, SERVICE_RESET_ON_DOWN,
 };
 
 /// A client's packet to `service` on `vip`.
@@ -39,6 +39,11 @@ pub fn to_backend(
         _pad: [0; 3],
     };
     let dsr = service.flags & SERVICE_DSR != 0;
+    let tcp_flags = if protocol == IPPROTO_TCP {
+        l4.tcp_flags(ctx)
+    } else {
+        0
+    };
 
     let mut pinned: Option<(u32, Backend, u16)> = None;
     if let Some(flow) = unsafe { FLOWS.get(key) } {
@@ -55,6 +60,27 @@ pub fn to_backend(
                     return reset::send(ctx, ip, valid, &l4, service.service, flow.backend);
                 }
                 pinned = Some((flow.backend, backend, flow.snat_port));
+                // nat: FIN and RST mark the translation closing; a SYN (a new connection on
+                // the same tuple) checks the translation is still this flow's.
+                if !dsr && tcp_flags & (TCP_SYN | TCP_FIN | TCP_RST) != 0 {
+                    let reverse = choose::reverse_key(&key, &backend, flow.snat_port);
+                    match NAT_REVERSE.get_ptr_mut(reverse) {
+                        Some(entry) => {
+                            let e = unsafe { *entry };
+                            let ours = e.client_addr == src && e.client_port == key.sport;
+                            if tcp_flags & TCP_SYN != 0 && (!ours || e.closing != 0) {
+                                // Taken over, or closed: choose again, as a new flow.
+                                pinned = None;
+                            } else if ours && tcp_flags & TCP_RST != 0 {
+                                choose::note_closing(entry, NAT_RESET);
+                            } else if ours && tcp_flags & TCP_FIN != 0 {
+                                choose::note_closing(entry, NAT_CLIENT_FIN);
+                            }
+                        }
+                        None if tcp_flags & TCP_SYN != 0 => pinned = None,
+                        None => {}
+                    }
+                }
             }
         }
     }
@@ -132,6 +158,14 @@ pub fn reply(ctx: &XdpContext, ip: &Ip, l4: L4, protocol: u8) -> Verdict {
         return Verdict::pass(reason::PASS_VIP_OTHER);
     };
     let nat = unsafe { *entry };
+    if protocol == IPPROTO_TCP {
+        let flags = l4.tcp_flags(ctx);
+        if flags & TCP_RST != 0 {
+            choose::note_closing(entry, NAT_RESET);
+        } else if flags & TCP_FIN != 0 {
+            choose::note_closing(entry, NAT_BACKEND_FIN);
+        }
+    }
     let generation = hop::generation();
     let hop = if hop::is_fresh(&nat.next_hop, nat.client_addr, generation) {
         nat.next_hop

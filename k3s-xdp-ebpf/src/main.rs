@@ -5,10 +5,12 @@
 //! one reason (`k3s_xdp_common::reason`).
 //!
 //! `k3s_xdp_pass` is a trivial XDP_PASS, attached to veth peers so that XDP_TX frames are
-//! delivered (see TOOLCHAIN.md), and the floor the benchmarks compare with.
+//! delivered (see TOOLCHAIN.md); `k3s_xdp_floor` (MAC swap + XDP_TX) is the floor the
+//! benchmarks compare with.
 #![no_std]
 #![no_main]
 
+mod bench;
 mod choose;
 mod counters;
 mod csum;
@@ -28,7 +30,12 @@ use verdict::Verdict;
 
 #[xdp]
 pub fn k3s_xdp(ctx: XdpContext) -> u32 {
-    let verdict = process(&ctx);
+    run(&ctx)
+}
+
+#[inline(always)]
+fn run(ctx: &XdpContext) -> u32 {
+    let verdict = process(ctx);
     counters::count(verdict.reason);
     verdict.action
 }
@@ -70,9 +77,45 @@ pub fn k3s_xdp_pass(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_PASS
 }
 
+/// The benchmarks' floor: swap the Ethernet addresses and send the frame back (the least any
+/// XDP forwarder does). Never attached by k3s-xdp.
+#[xdp]
+pub fn k3s_xdp_floor(ctx: XdpContext) -> u32 {
+    floor(&ctx)
+}
+
+#[inline(always)]
+fn floor(ctx: &XdpContext) -> u32 {
+    match parse::ptr_at::<network_types::eth::EthHdr>(ctx, 0) {
+        Some(eth) => {
+            unsafe { core::mem::swap(&mut (*eth).src_addr, &mut (*eth).dst_addr) };
+            xdp_action::XDP_TX
+        }
+        None => xdp_action::XDP_DROP,
+    }
+}
+
 // On the host (`cargo clippy --workspace` lints this crate too) std provides the handler.
 #[cfg(target_arch = "bpf")]
 #[panic_handler]
 fn panic(_info: &core::panic::PanicInfo) -> ! {
     loop {}
+}
+
+/// Benchmarks only: restores the packet from `BENCH`, then runs the real path.
+#[xdp]
+pub fn k3s_xdp_bench(ctx: XdpContext) -> u32 {
+    if !bench::restore(&ctx) {
+        return xdp_action::XDP_ABORTED;
+    }
+    run(&ctx)
+}
+
+/// Benchmarks only: the same restore, then the floor's MAC swap.
+#[xdp]
+pub fn k3s_xdp_bench_floor(ctx: XdpContext) -> u32 {
+    if !bench::restore(&ctx) {
+        return xdp_action::XDP_ABORTED;
+    }
+    floor(&ctx)
 }

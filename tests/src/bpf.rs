@@ -75,8 +75,13 @@ pub fn have_root() -> bool {
 impl XdpHarness {
     /// Loads the object with small tables (tests create few flows).
     pub fn new() -> Result<Self> {
+        Self::sized(4096)
+    }
+
+    /// Loads the object with flow tables of `flows` entries.
+    pub fn sized(flows: u32) -> Result<Self> {
         let dataplane = Dataplane::load(LoadOptions {
-            flow_table_size: 4096,
+            flow_table_size: flows,
         })
         .context("loading the XDP object for BPF_PROG_TEST_RUN")?;
         Ok(Self {
@@ -89,7 +94,12 @@ impl XdpHarness {
     /// Like [`XdpHarness::with_config`], with packets arriving on the LB interface of a
     /// [`FibLab`], so the forwarding paths find their next hops.
     pub fn with_config_in_lab(config_toml: &str) -> Result<Self> {
-        let mut h = Self::with_config(config_toml)?;
+        Self::with_config_in_lab_sized(config_toml, 4096)
+    }
+
+    /// Like [`XdpHarness::with_config_in_lab`], with flow tables of `flows` entries.
+    pub fn with_config_in_lab_sized(config_toml: &str, flows: u32) -> Result<Self> {
+        let mut h = Self::with_config_sized(config_toml, flows)?;
         h.lab = Some(FibLab::new()?);
         k3s_xdp::dataplane::write_globals(
             &mut h.dataplane,
@@ -104,7 +114,11 @@ impl XdpHarness {
 
     /// Loads the object and publishes the services of `config_toml` (all backends up).
     pub fn with_config(config_toml: &str) -> Result<Self> {
-        let mut h = Self::new()?;
+        Self::with_config_sized(config_toml, 4096)
+    }
+
+    fn with_config_sized(config_toml: &str, flows: u32) -> Result<Self> {
+        let mut h = Self::sized(flows)?;
         let config = k3s_xdp::config::parse(config_toml, "test.toml".as_ref())
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         let specs: Vec<ServiceSpec> = config
@@ -194,6 +208,22 @@ pub fn insert_nat_reverse(
     let mut rev: aya::maps::HashMap<_, k3s_xdp_common::FlowKey, k3s_xdp_common::NatReverse> =
         aya::maps::HashMap::try_from(map)?;
     Ok(rev.insert(key, value, 0)?)
+}
+
+/// Writes a flow table entry (to stage states in tests).
+pub fn insert_flow(
+    h: &mut XdpHarness,
+    key: &k3s_xdp_common::FlowKey,
+    value: &k3s_xdp_common::Flow,
+) -> Result<()> {
+    let map = h
+        .dataplane
+        .bpf_mut()
+        .map_mut(names::FLOWS)
+        .ok_or_else(|| anyhow!("no map {}", names::FLOWS))?;
+    let mut flows: aya::maps::HashMap<_, k3s_xdp_common::FlowKey, k3s_xdp_common::Flow> =
+        aya::maps::HashMap::try_from(map)?;
+    Ok(flows.insert(key, value, 0)?)
 }
 
 /// Removes a flow table entry (as LRU eviction would).

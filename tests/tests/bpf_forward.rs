@@ -14,7 +14,9 @@ use k3s_xdp_tests::{
         action_name, have_root, lab_mac, Outcome, XdpHarness, LAB_LB_MAC, LAB_ROUTER_MAC, XDP_DROP,
         XDP_PASS, XDP_TX,
     },
-    packet::{self, verify_checksums, Frame, Icmp, Ipv4, L4, TCP_ACK, TCP_PSH, TCP_RST, TCP_SYN},
+    packet::{
+        self, verify_checksums, Frame, Icmp, Ipv4, L4, TCP_ACK, TCP_FIN, TCP_PSH, TCP_RST, TCP_SYN,
+    },
 };
 use std::net::{Ipv4Addr, SocketAddrV4};
 
@@ -790,4 +792,146 @@ fn snat_port_collisions_step_to_the_next_port() {
         })
         .unwrap()
         .is_some());
+}
+
+/// The SNAT port the program tries first for `client` → `vip` (the shared hash, as in
+/// `choose::snat_port`, with the default port range).
+fn first_snat_port(client: SocketAddrV4, vip: SocketAddrV4) -> u16 {
+    let k = key(client, vip, IPPROTO_TCP);
+    let span = 65535 - 1024 + 1;
+    1024 + reduce(
+        k3s_xdp_common::hash::probe(k3s_xdp_common::hash::snat_hash(&k), 0),
+        span,
+    ) as u16
+}
+
+/// Another client whose new flow would go to the same backend and try the same SNAT port.
+fn colliding_client(h: &XdpHarness, with: SocketAddrV4, vip: SocketAddrV4) -> SocketAddrV4 {
+    let backend = expected_backend(h, "k3s-api", &key(with, vip, IPPROTO_TCP), &API_BACKENDS);
+    let port = first_snat_port(with, vip);
+    for last in 101..110u8 {
+        for p in 1024..=65535u16 {
+            let c = sock(Ipv4Addr::new(192, 0, 2, last), p);
+            if c != with
+                && first_snat_port(c, vip) == port
+                && expected_backend(h, "k3s-api", &key(c, vip, IPPROTO_TCP), &API_BACKENDS)
+                    == backend
+            {
+                return c;
+            }
+        }
+    }
+    panic!("no colliding client found");
+}
+
+#[test]
+fn a_closed_connections_snat_port_is_taken_over_and_its_flow_forgotten() {
+    let Some(mut h) = harness() else { return };
+    let vip = sock(VIP, 6443);
+    let a = agent(1, 40200);
+    let b = colliding_client(&h, a, vip);
+    let fwd = transmitted(&mut h, &packet::tcp_syn(a, vip));
+    let (backend, port) = (fwd.ip().unwrap().dst, fwd.tcp().unwrap().sport);
+    assert_eq!(port, first_snat_port(a, vip));
+
+    // While a's connection lives, b is pushed to another port.
+    let live = transmitted(&mut h, &packet::tcp_syn(b, vip));
+    assert_eq!(live.ip().unwrap().dst, backend);
+    assert_ne!(
+        live.tcp().unwrap().sport,
+        port,
+        "a live translation is never taken"
+    );
+    k3s_xdp_tests::bpf::remove_flow(&mut h, &key(b, vip, IPPROTO_TCP)).unwrap();
+
+    // a closes: FIN from the client, FIN from the backend.
+    transmitted(
+        &mut h,
+        &with_payload(
+            packet::tcp(a, vip, TCP_ACK | TCP_FIN),
+            TCP_ACK | TCP_FIN,
+            b"",
+        ),
+    );
+    let mut fin = packet::tcp(sock(backend, 6443), sock(VIP, port), TCP_ACK | TCP_FIN);
+    fin.eth_src = lab_mac(backend);
+    transmitted(&mut h, &fin);
+    // Now the port can go to b, and a's flow entry goes with it.
+    let taken = transmitted(&mut h, &packet::tcp_syn(b, vip));
+    assert_eq!(
+        taken.tcp().unwrap().sport,
+        port,
+        "the closed translation's port is reused"
+    );
+    assert!(
+        h.dataplane
+            .flow(&key(a, vip, IPPROTO_TCP))
+            .unwrap()
+            .is_none(),
+        "a's flow forgotten"
+    );
+    // And b's replies reach b.
+    let mut reply = packet::tcp(sock(backend, 6443), sock(VIP, port), TCP_SYN | TCP_ACK);
+    reply.eth_src = lab_mac(backend);
+    let back = transmitted(&mut h, &reply);
+    assert_eq!(
+        (back.ip().unwrap().dst, back.tcp().unwrap().dport),
+        (*b.ip(), b.port())
+    );
+}
+
+#[test]
+fn a_rst_closes_the_translation_at_once() {
+    let Some(mut h) = harness() else { return };
+    let vip = sock(VIP, 6443);
+    let a = agent(2, 40300);
+    let b = colliding_client(&h, a, vip);
+    let port = transmitted(&mut h, &packet::tcp_syn(a, vip))
+        .tcp()
+        .unwrap()
+        .sport;
+    transmitted(&mut h, &packet::tcp(a, vip, TCP_RST | TCP_ACK));
+    assert_eq!(
+        transmitted(&mut h, &packet::tcp_syn(b, vip))
+            .tcp()
+            .unwrap()
+            .sport,
+        port
+    );
+}
+
+/// A client that reconnects from the same port after its translation was taken over does not
+/// borrow the new owner's translation: its SYN chooses again.
+#[test]
+fn a_reconnect_on_a_taken_translation_chooses_again() {
+    let Some(mut h) = harness() else { return };
+    let vip = sock(VIP, 6443);
+    let a = agent(3, 40400);
+    let b = colliding_client(&h, a, vip);
+    let port = transmitted(&mut h, &packet::tcp_syn(a, vip))
+        .tcp()
+        .unwrap()
+        .sport;
+    transmitted(&mut h, &packet::tcp(a, vip, TCP_RST | TCP_ACK));
+    assert_eq!(
+        transmitted(&mut h, &packet::tcp_syn(b, vip))
+            .tcp()
+            .unwrap()
+            .sport,
+        port
+    );
+    // a's flow entry was removed with the take-over; stage the worst case: it is still there.
+    let backend = expected_backend(&h, "k3s-api", &key(a, vip, IPPROTO_TCP), &API_BACKENDS);
+    let flow = k3s_xdp_common::Flow {
+        backend: h.publisher.backend_slot("k3s-api", backend).unwrap(),
+        snat_port: port.to_be(),
+        _pad: 0,
+    };
+    k3s_xdp_tests::bpf::insert_flow(&mut h, &key(a, vip, IPPROTO_TCP), &flow).unwrap();
+    let again = transmitted(&mut h, &packet::tcp_syn(a, vip));
+    assert_ne!(
+        again.tcp().unwrap().sport,
+        port,
+        "b's translation is not shared"
+    );
 }

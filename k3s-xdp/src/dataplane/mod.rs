@@ -81,7 +81,7 @@ impl Dataplane {
             .map_max_entries(names::NAT_REVERSE, options.flow_table_size)
             .load(BPF_OBJECT)
             .context("cannot load the XDP object into the kernel (needs root, or CAP_BPF and CAP_NET_ADMIN)")?;
-        for name in [names::PROGRAM, names::PASS_PROGRAM] {
+        for name in [names::PROGRAM, names::PASS_PROGRAM, names::FLOOR_PROGRAM] {
             let program: &mut Xdp = bpf
                 .program_mut(name)
                 .ok_or_else(|| anyhow!("the XDP object has no program `{name}`"))?
@@ -149,6 +149,13 @@ impl Dataplane {
     /// The interface and mode the program is attached with.
     pub fn attachment(&self) -> Option<(&str, AttachMode)> {
         self.attached.as_ref().map(|a| (a.iface.as_str(), a.mode))
+    }
+
+    /// Loads (verifies) another program of the object, e.g. a benchmark entry point.
+    pub fn load_program(&mut self, name: &str) -> Result<()> {
+        self.program_mut(name)?
+            .load()
+            .with_context(|| format!("the kernel's verifier rejected the XDP program `{name}`"))
     }
 
     /// A loaded program of the object, e.g. for BPF_PROG_TEST_RUN.

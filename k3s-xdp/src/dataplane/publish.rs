@@ -24,8 +24,8 @@ use aya::maps::{
 };
 use k3s_xdp_common::{
     names, Backend, Globals, NextHop, Traffic, VipInfo, VipPort, BACKEND_DOWN, BACKEND_DRAIN,
-    BACKEND_FREE, BACKEND_UP, IPPROTO_TCP, IPPROTO_UDP, MAGLEV_INNER_FLAGS, MAX_BACKENDS,
-    MAX_PORTS_PER_VIP, MAX_SERVICES, SERVICE_DSR, SERVICE_RESET_ON_DOWN,
+    BACKEND_FREE, BACKEND_UP, IPPROTO_TCP, IPPROTO_UDP, MAGLEV_INNER_FLAGS, MAGLEV_SLOTS_PER_WORD,
+    MAX_BACKENDS, MAX_PORTS_PER_VIP, MAX_SERVICES, SERVICE_DSR, SERVICE_RESET_ON_DOWN,
 };
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -420,23 +420,38 @@ fn reset_stats(dp: &mut Dataplane, map: &str, slot: u32) -> Result<()> {
     Ok(stats.set(slot, zeros, 0)?)
 }
 
-/// Publishes `entries` as the Maglev table of service slot `slot`: a new inner array (created
-/// with the template's flags), filled through a shared memory mapping in one copy, then swapped
-/// into `MAGLEV` with a single update. The kernel replaces the pointer atomically and frees the
-/// old table only after every program run that could still read it has finished (RCU), so no
-/// packet ever sees a half-written table or a mix of two.
+/// Publishes `entries` (backend slots, each below 65536) as the Maglev table of service slot
+/// `slot`: a new inner array (created with the template's flags) of 64-bit words holding four
+/// 16-bit slots each, filled through a shared memory mapping in one copy, then swapped into
+/// `MAGLEV` with a single update. The kernel replaces the pointer atomically and frees the old
+/// table only after every program run that could still read it has finished (RCU), so no packet
+/// ever sees a half-written table or a mix of two.
 pub fn publish_table(dp: &mut Dataplane, slot: u32, entries: &[u32]) -> Result<()> {
-    let size = u32::try_from(entries.len())?;
-    let inner: Array<MapData, u32> = Array::create(size, MAGLEV_INNER_FLAGS)
+    let words = pack_table(entries)?;
+    let inner: Array<MapData, u64> = Array::create(u32::try_from(words.len())?, MAGLEV_INNER_FLAGS)
         .context("creating a Maglev table (BPF_MAP_CREATE)")?;
     let fd = inner.map().fd().as_fd().as_raw_fd();
-    sys::write_mmapable_array(fd, entries)?;
-    let mut outer: ArrayOfMaps<&mut MapData, Array<MapData, u32>> =
+    sys::write_mmapable_array(fd, &words)?;
+    let mut outer: ArrayOfMaps<&mut MapData, Array<MapData, u64>> =
         ArrayOfMaps::try_from(map_mut(dp, names::MAGLEV)?)?;
     outer
         .set(slot, &inner, 0)
         .with_context(|| format!("swapping in the Maglev table of service slot {slot}"))?;
     Ok(())
+}
+
+/// Packs backend slots four to a 64-bit word, as the XDP program reads them
+/// (`k3s_xdp_common::maglev_slot`).
+pub fn pack_table(entries: &[u32]) -> Result<Vec<u64>> {
+    let per = MAGLEV_SLOTS_PER_WORD as usize;
+    let mut words = vec![0u64; entries.len().div_ceil(per)];
+    for (i, &slot) in entries.iter().enumerate() {
+        if slot > 0xffff {
+            bail!("backend slot {slot} does not fit a Maglev table entry (16 bits)");
+        }
+        words[i / per] |= u64::from(slot) << ((i % per) * 16);
+    }
+    Ok(words)
 }
 
 /// Removes the Maglev table of service slot `slot`: new flows of the service find no backend.
@@ -567,6 +582,18 @@ mod tests {
         assert_eq!(vip.ports[1].port, 30080u16.to_be());
         assert_eq!(vip.ports[1].service, 4);
         assert_eq!(entries.len(), 2);
+    }
+
+    #[test]
+    fn tables_pack_four_slots_per_word_as_the_program_reads_them() {
+        let entries: Vec<u32> = (0..11).map(|i| i * 1000 + 7).collect();
+        let words = pack_table(&entries).unwrap();
+        assert_eq!(words.len(), 3);
+        for (i, &e) in entries.iter().enumerate() {
+            let word = words[i / MAGLEV_SLOTS_PER_WORD as usize];
+            assert_eq!(k3s_xdp_common::maglev_slot(word, i as u32), e);
+        }
+        assert!(pack_table(&[70_000]).is_err());
     }
 
     #[test]

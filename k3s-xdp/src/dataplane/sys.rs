@@ -44,12 +44,10 @@ pub fn delete_elem(fd: RawFd, key: &u32) -> Result<()> {
     Ok(())
 }
 
-/// Copies `values` into the `BPF_F_MMAPABLE` array map `fd` (of exactly `values.len()` u32
-/// entries) through a shared mapping. The kernel lays array elements out at a stride of the
-/// value size rounded up to 8 bytes, so each u32 sits at the start of an 8-byte slot.
-pub fn write_mmapable_array(fd: RawFd, values: &[u32]) -> Result<()> {
-    const STRIDE: usize = 8;
-    let bytes = values.len() * STRIDE;
+/// Copies `values` into the `BPF_F_MMAPABLE` array map `fd` (of exactly `values.len()` u64
+/// entries) through a shared mapping (the kernel lays 8-byte elements out back to back).
+pub fn write_mmapable_array(fd: RawFd, values: &[u64]) -> Result<()> {
+    let bytes = std::mem::size_of_val(values);
     // SAFETY: page size query has no preconditions.
     let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize;
     let len = bytes.div_ceil(page) * page;
@@ -67,12 +65,10 @@ pub fn write_mmapable_array(fd: RawFd, values: &[u32]) -> Result<()> {
     if ptr == libc::MAP_FAILED {
         bail!("mmap of a Maglev table: {}", io::Error::last_os_error());
     }
-    // SAFETY: the mapping is at least `bytes` long and nobody else writes this fresh map.
+    // SAFETY: the mapping is at least `bytes` long, page aligned (so u64 aligned), and nobody
+    // else writes this fresh map.
     unsafe {
-        let base = ptr.cast::<u8>();
-        for (i, v) in values.iter().enumerate() {
-            std::ptr::write_unaligned(base.add(i * STRIDE).cast::<u32>(), *v);
-        }
+        std::ptr::copy_nonoverlapping(values.as_ptr(), ptr.cast::<u64>(), values.len());
         libc::munmap(ptr, len);
     }
     Ok(())
