@@ -22,7 +22,7 @@ pub fn restore(ctx: &XdpContext) -> bool {
     let len = unsafe { (*bench).len } as usize;
     // Benchmark frames are padded to whole 8-byte words (Ethernet padding after the IP
     // packet, which the program ignores), so only whole words are copied.
-    if len > BENCH_MAX_LEN || len % 8 != 0 || ctx.data_end() - ctx.data() != len {
+    if len > BENCH_MAX_LEN || !len.is_multiple_of(8) || ctx.data_end() - ctx.data() != len {
         return false;
     }
     // Constant offsets, fully unrolled: a loop's bounds checks get rewritten by LLVM into a
