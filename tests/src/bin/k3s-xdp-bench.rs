@@ -161,7 +161,7 @@ fn run_repeated(
 /// `frame` with Ethernet padding to a whole number of 8-byte words (what the bench entry
 /// points copy); the program ignores bytes after the IP packet.
 fn padded(mut frame: Vec<u8>) -> Vec<u8> {
-    while frame.len() % 8 != 0 {
+    while !frame.len().is_multiple_of(8) {
         frame.push(0);
     }
     frame
