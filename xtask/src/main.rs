@@ -7,6 +7,7 @@
 //! - `lab [--keep | --down]`: the seed topology in network namespaces, with traffic through the VIP.
 //! - `test`: unit tests, BPF tests and integration tests (root).
 //! - `lint`: `cargo fmt --check` and `cargo clippy -- -D warnings`.
+//! - `bench [micro | controller | all]`: benchmarks, results in `bench-results/`.
 //!
 //! `lab`, `test` and `run` call `setup` themselves when something is missing, so a fresh machine
 //! needs nothing but these commands.
@@ -57,6 +58,12 @@ enum Command {
     },
     /// Check formatting and lints (`cargo fmt --check`, `cargo clippy -- -D warnings`).
     Lint,
+    /// Benchmarks (root): micro (XDP ns/packet), controller (table build, failure detection),
+    /// or all of them; results in bench-results/.
+    Bench {
+        #[arg(default_value = "all")]
+        what: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -93,6 +100,18 @@ fn run(cli: Cli) -> Result<()> {
             util::exec(cmd)
         }
         Command::Test { args } => test(args),
+        Command::Bench { what } => {
+            setup::ensure(setup::Scope { bench: true })?;
+            build()?;
+            util::require_root("cargo xtask bench")?;
+            let mut cmd = util::workspace_command("target/release/k3s-xdp-bench");
+            cmd.arg(what);
+            cmd.env(
+                "K3S_XDP_BIN",
+                util::workspace_root().join("target/release/k3s-xdp"),
+            );
+            util::exec(cmd)
+        }
         Command::Lint => lint(),
     }
 }

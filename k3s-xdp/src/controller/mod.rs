@@ -431,6 +431,8 @@ impl Controller {
                             name: b.config.name.clone(),
                             address: b.config.address.to_string(),
                             health: if b.health.is_up() { "up" } else { "down" }.into(),
+                            health_counter: b.health.counter().0,
+                            health_max: b.health.counter().1,
                             admin: match b.admin {
                                 Admin::Enable => "enable",
                                 Admin::Drain => "drain",

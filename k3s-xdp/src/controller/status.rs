@@ -62,6 +62,9 @@ pub struct BackendStatus {
     pub address: String,
     /// Health from the checks: "up" or "down".
     pub health: String,
+    /// HAProxy's health counter: from 0 (fully down) to `rise + fall - 1` (fully up).
+    pub health_counter: u32,
+    pub health_max: u32,
     /// "enable", "drain" or "disable".
     pub admin: String,
     /// What the data plane does with it: "up", "drain" or "down".
@@ -210,7 +213,7 @@ pub fn render_table(s: &Status) -> String {
         );
         let _ = writeln!(
             out,
-            "  {:<14} {:<21} {:<6} {:<8} {:>6} {:>9} {:>10} {:>11} {:>7}  LAST CHANGE",
+            "  {:<14} {:<21} {:<9} {:<8} {:>6} {:>9} {:>10} {:>11} {:>7}  LAST CHANGE",
             "BACKEND", "ADDRESS", "HEALTH", "ADMIN", "WEIGHT", "FLOWS", "PACKETS", "BYTES", "CHECK"
         );
         for b in &svc.backends {
@@ -232,10 +235,10 @@ pub fn render_table(s: &Status) -> String {
             };
             let _ = writeln!(
                 out,
-                "  {:<14} {:<21} {:<6} {:<8} {:>6} {:>9} {:>10} {:>11} {:>7}  {}",
+                "  {:<14} {:<21} {:<9} {:<8} {:>6} {:>9} {:>10} {:>11} {:>7}  {}",
                 b.name,
                 b.address,
-                b.health.to_uppercase(),
+                format!("{} {}/{}", b.health.to_uppercase(), b.health_counter, b.health_max),
                 b.admin,
                 weight,
                 b.new_flows,

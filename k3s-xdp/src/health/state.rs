@@ -107,6 +107,11 @@ impl Health {
         self.up
     }
 
+    /// The health counter and its maximum (`rise + fall - 1`), as HAProxy shows "UP 3/4".
+    pub fn counter(&self) -> (u32, u32) {
+        (self.counter, self.max())
+    }
+
     /// When the state last changed.
     pub fn since(&self) -> Instant {
         self.since

@@ -418,7 +418,7 @@ fn controller() -> Result<String> {
         out,
         "### Building and publishing a Maglev table of 65537 entries\n"
     );
-    let _ = writeln!(out, "Median of 20 (min-max). Build: `maglev::build`. Publish: a fresh BPF_F_MMAPABLE inner map, one copy through the mapping, one swap in `MAGLEV`.\n");
+    let _ = writeln!(out, "Median of 20 (min-max). Build: `maglev::build`. Publish: a fresh BPF_F_MMAPABLE inner map, one copy through the mapping, one swap in `MAGLEV`; most of it is the kernel waiting for an RCU grace period before the swap returns (`synchronize_rcu` for map-in-map updates), the guarantee that no packet still reads the old table.\n");
     let _ = writeln!(out, "| backends | build | publish | total |");
     let _ = writeln!(out, "|---:|---:|---:|---:|");
     let mut h = XdpHarness::new()?;
@@ -521,8 +521,10 @@ fn detection(health: &str) -> Result<Duration> {
     );
     let daemon = Daemon::start(&topo, "lb-1", &config)?;
     daemon.wait_healthy(Duration::from_secs(20))?;
-    // Let the counters settle at fully up.
-    std::thread::sleep(Duration::from_secs(1));
+    // Fully up first (health counter at rise + fall - 1), so it takes `fall` failures.
+    daemon.wait_for(Duration::from_secs(60), "every backend fully up", |s| {
+        s.services[0].backends.iter().all(|b| b.health_counter == b.health_max)
+    })?;
     let started = Instant::now();
     backends[1].stop();
     daemon.wait_for(Duration::from_secs(60), "server-2 down", |s| {
