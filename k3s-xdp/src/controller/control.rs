@@ -106,23 +106,24 @@ async fn serve_one(stream: UnixStream, events: mpsc::Sender<Event>) -> Result<()
         .peer_cred()
         .context("reading the peer's credentials")?;
     let (read, mut write) = stream.into_split();
-    if cred.uid() != 0 {
-        let r = Response::Error {
-            message: format!(
-                "permission denied: the control socket is for root (you are uid {})",
-                cred.uid()
-            ),
-        };
-        write
-            .write_all(format!("{}\n", serde_json::to_string(&r)?).as_bytes())
-            .await?;
-        return Ok(());
-    }
     let mut lines = BufReader::new(read.take(MAX_REQUEST as u64)).lines();
     while let Some(line) = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
         .await
         .context("idle control connection")??
     {
+        // The request is read before it is refused, so the client gets the answer, not EPIPE.
+        if cred.uid() != 0 {
+            let r = Response::Error {
+                message: format!(
+                    "permission denied: the control socket is for root (you are uid {})",
+                    cred.uid()
+                ),
+            };
+            write
+                .write_all(format!("{}\n", serde_json::to_string(&r)?).as_bytes())
+                .await?;
+            return Ok(());
+        }
         let response = match serde_json::from_str::<Request>(&line) {
             Ok(request) => ask(&events, request)
                 .await

@@ -238,7 +238,12 @@ pub fn render_table(s: &Status) -> String {
                 "  {:<14} {:<21} {:<9} {:<8} {:>6} {:>9} {:>10} {:>11} {:>7}  {}",
                 b.name,
                 b.address,
-                format!("{} {}/{}", b.health.to_uppercase(), b.health_counter, b.health_max),
+                format!(
+                    "{} {}/{}",
+                    b.health.to_uppercase(),
+                    b.health_counter,
+                    b.health_max
+                ),
                 b.admin,
                 weight,
                 b.new_flows,

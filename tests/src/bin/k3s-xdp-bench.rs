@@ -523,7 +523,10 @@ fn detection(health: &str) -> Result<Duration> {
     daemon.wait_healthy(Duration::from_secs(20))?;
     // Fully up first (health counter at rise + fall - 1), so it takes `fall` failures.
     daemon.wait_for(Duration::from_secs(60), "every backend fully up", |s| {
-        s.services[0].backends.iter().all(|b| b.health_counter == b.health_max)
+        s.services[0]
+            .backends
+            .iter()
+            .all(|b| b.health_counter == b.health_max)
     })?;
     let started = Instant::now();
     backends[1].stop();
