@@ -214,6 +214,22 @@ impl Daemon {
             .is_some_and(|p| matches!(p.try_wait(), Ok(None)))
     }
 
+    /// Waits until the log contains `pattern` (the output is collected in the background, so
+    /// a line just logged may not be there yet).
+    pub fn wait_log(&self, pattern: &str, limit: Duration) -> Result<String> {
+        let deadline = Instant::now() + limit;
+        loop {
+            let log = self.log();
+            if log.contains(pattern) {
+                return Ok(log);
+            }
+            if Instant::now() > deadline {
+                bail!("no {pattern:?} in the log after {limit:?}:\n{log}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Everything the daemon printed, over its restarts.
     pub fn log(&self) -> String {
         let now = self

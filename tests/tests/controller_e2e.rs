@@ -222,11 +222,9 @@ fn without_any_healthy_backend_connections_are_refused_then_recover() {
         started.elapsed() < Duration::from_millis(500),
         "refused at once, not timed out"
     );
-    assert!(
-        daemon.log().contains("no healthy backend"),
-        "{}",
-        daemon.log()
-    );
+    daemon
+        .wait_log("no healthy backend", Duration::from_secs(2))
+        .unwrap();
     topo.set_link("server-1", true).unwrap();
     daemon
         .wait_for(Duration::from_secs(10), "recovered", |s| {
@@ -402,11 +400,9 @@ fn reload_applies_differences_and_refuses_broken_configs() {
         })
         .unwrap();
     assert_eq!(backend(&s, "server-1").weight, 30);
-    assert!(
-        daemon.log().contains("server-1: weight 100 -> 30"),
-        "{}",
-        daemon.log()
-    );
+    daemon
+        .wait_log("server-1: weight 100 -> 30", Duration::from_secs(2))
+        .unwrap();
     for i in 0..10 {
         echo(&mut watch, &format!("still here {i}"));
     }
