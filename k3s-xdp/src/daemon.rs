@@ -7,6 +7,7 @@ use crate::{
     config::{self, Config},
     controller::{control::ControlSocket, metrics::MetricsServer, Controller, Event},
     dataplane::{AttachPolicy, Dataplane, LoadOptions},
+    guard::Guard,
     system::{self, InterfaceAddress, Netlink},
     vrrp,
 };
@@ -58,15 +59,17 @@ pub async fn run(options: Options) -> Result<()> {
         events_tx.clone(),
     )?;
 
+    // From here on the host changes; the guard undoes the changes if this process dies.
+    let guard = Guard::spawn(&iface)?;
+    let forwarding_path = system::ipv4_forwarding_path(&iface);
     let forwarding_before = system::set_ipv4_forwarding(&iface, true).with_context(|| {
         format!("enabling IPv4 forwarding on {iface} (bpf_fib_lookup needs it)")
     })?;
     if !forwarding_before {
+        guard.restore(&forwarding_path, "0");
         info!("enabled IPv4 forwarding on {iface}: bpf_fib_lookup resolves next hops only for forwarding interfaces; restored on exit");
     }
-    let mode = controller
-        .dataplane_mut()
-        .attach(&iface, attach_policy(&config))?;
+    let mode = controller.attach(&iface, attach_policy(&config))?;
     info!(
         "XDP program attached to {iface} in {mode} mode; {} service(s), control socket {}, metrics on http://{}/metrics",
         config.services.len(),
@@ -98,7 +101,7 @@ pub async fn run(options: Options) -> Result<()> {
     let mut owned = Vec::new();
     let mut vrrp_task = None;
     match &config.vrrp {
-        None => owned = claim_vips(&netlink, ifindex, &iface, &config).await?,
+        None => owned = claim_vips(&netlink, ifindex, &iface, &config, &guard).await?,
         Some(v) => {
             let instance = vrrp::runtime::Instance::start(
                 v.clone(),
@@ -106,6 +109,7 @@ pub async fn run(options: Options) -> Result<()> {
                 ifindex,
                 health,
                 events_tx.clone(),
+                guard.clone(),
             )
             .await?;
             vrrp_task = Some(instance);
@@ -124,7 +128,10 @@ pub async fn run(options: Options) -> Result<()> {
     }
     for addr in owned {
         match netlink.del_address(ifindex, addr).await {
-            Ok(()) => info!("removed VIP {addr} from {iface}"),
+            Ok(()) => {
+                info!("removed VIP {addr} from {iface}");
+                guard.release(addr);
+            }
             Err(e) => {
                 error!("{e:#}");
                 failed = true;
@@ -135,16 +142,19 @@ pub async fn run(options: Options) -> Result<()> {
         info!("XDP program detached from {iface} ({mode} mode)");
     }
     if !forwarding_before {
-        if let Err(e) = system::set_ipv4_forwarding(&iface, false) {
-            warn!("restoring IPv4 forwarding on {iface}: {e:#}");
+        match system::set_ipv4_forwarding(&iface, false) {
+            Ok(_) => guard.forget(&forwarding_path),
+            Err(e) => warn!("restoring IPv4 forwarding on {iface}: {e:#}"),
         }
     }
     for t in tasks {
         t.abort();
     }
     if failed {
+        // Left armed: the guard retries what failed when this process exits.
         bail!("shutdown left state behind (see errors above)");
     }
+    guard.disarm();
     Ok(())
 }
 
@@ -163,6 +173,7 @@ async fn claim_vips(
     ifindex: u32,
     iface: &str,
     config: &Config,
+    guard: &Guard,
 ) -> Result<Vec<Ipv4Addr>> {
     let present = netlink.addresses(ifindex).await?;
     let mut added = Vec::new();
@@ -183,6 +194,7 @@ async fn claim_vips(
                 },
             )
             .await?;
+        guard.hold(vip);
         info!("added VIP {vip}/32 to {iface} (no [vrrp]: this node is the only load balancer)");
         added.push(vip);
     }

@@ -67,6 +67,12 @@ enum Command {
     },
     /// Print the k3s-xdp configuration equivalent to haproxy.cfg (and keepalived.conf);
     /// warnings name every directive without an equivalent.
+    /// Internal: started by `run`; undoes its host changes if it dies (see `guard.rs`).
+    #[command(hide = true)]
+    Guard {
+        #[arg(long)]
+        iface: String,
+    },
     Import {
         #[arg(long)]
         haproxy: PathBuf,
@@ -98,6 +104,10 @@ fn main() -> ExitCode {
                 config,
                 iface,
             }))
+        }
+        Command::Guard { iface } => {
+            init_logging();
+            k3s_xdp::guard::serve(&iface)
         }
         Command::Status { json, socket } => run_async(async move {
             match control::request(&socket, &Request::Status).await? {

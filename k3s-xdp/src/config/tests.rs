@@ -1403,3 +1403,25 @@ track = true
     );
     assert_eq!(errors.len(), 4, "{}", ConfigErrors(errors.clone()));
 }
+
+#[test]
+fn state_master_without_preemption_is_a_warning() {
+    let c = ok(r#"
+interface = "eth1"
+[[service]]
+name = "k3s-api"
+vip = "192.0.2.100"
+port = 6443
+backends = [{ name = "server-1", address = "192.0.2.50:6443" }]
+[vrrp]
+virtual_router_id = 51
+priority = 200
+state = "master"
+preempt = false
+virtual_ipaddress = ["192.0.2.100/24"]
+"#);
+    assert_eq!(c.warnings.len(), 1, "{:?}", c.warnings);
+    assert_eq!(c.warnings[0].key, "vrrp.state");
+    assert_eq!(c.warnings[0].line, 10);
+    assert!(c.warnings[0].message.contains("preempt = false"));
+}

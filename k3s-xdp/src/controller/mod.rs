@@ -68,7 +68,7 @@ pub struct Controller {
     dp: Dataplane,
     publisher: Publisher,
     model: Model,
-    probes: BTreeMap<String, (Probe, Duration)>,
+    probes: BTreeMap<String, Check>,
     started: Instant,
     reloads: u64,
     failed_reloads: u64,
@@ -80,8 +80,25 @@ pub struct Controller {
     empty: Vec<String>,
 }
 
+/// How a service's backends are checked.
+#[derive(Clone)]
+pub struct Check {
+    pub probe: Probe,
+    /// `timeout`.
+    pub limit: Duration,
+    /// `port`: checked instead of the backend's own port.
+    pub port: Option<u16>,
+}
+
+impl Check {
+    /// Where to check `backend`.
+    pub fn target(&self, backend: std::net::SocketAddrV4) -> std::net::SocketAddrV4 {
+        std::net::SocketAddrV4::new(*backend.ip(), self.port.unwrap_or(backend.port()))
+    }
+}
+
 /// Builds each service's probe now, so a missing CA file or token is an error at start/reload.
-pub fn probes(config: &Config) -> Result<BTreeMap<String, (Probe, Duration)>> {
+pub fn probes(config: &Config) -> Result<BTreeMap<String, Check>> {
     let mut out = BTreeMap::new();
     for s in &config.services {
         let h = &s.health;
@@ -107,7 +124,14 @@ pub fn probes(config: &Config) -> Result<BTreeMap<String, (Probe, Duration)>> {
                     .map_err(|e| anyhow!("service {}: {e:#}", s.name))?,
             },
         };
-        out.insert(s.name.clone(), (probe, h.timeout));
+        out.insert(
+            s.name.clone(),
+            Check {
+                probe,
+                limit: h.timeout,
+                port: h.port,
+            },
+        );
     }
     Ok(out)
 }
@@ -163,6 +187,17 @@ impl Controller {
         &mut self.dp
     }
 
+    /// Attaches the data plane and tells the trackers (VRRP) at once.
+    pub fn attach(
+        &mut self,
+        iface: &str,
+        policy: crate::dataplane::AttachPolicy,
+    ) -> Result<crate::dataplane::AttachMode> {
+        let mode = self.dp.attach(iface, policy)?;
+        self.health.send_modify(|h| h.dataplane_attached = true);
+        Ok(mode)
+    }
+
     /// Runs until a shutdown event; returns its reason.
     pub async fn run(&mut self, mut rx: mpsc::Receiver<Event>) -> &'static str {
         loop {
@@ -191,12 +226,15 @@ impl Controller {
 
     fn start_due_checks(&mut self, now: Instant) {
         for (service, backend) in self.model.due(now) {
-            let Some((probe, limit)) = self.probes.get(&service).cloned() else {
+            let Some(check) = self.probes.get(&service).cloned() else {
                 continue;
             };
             let events = self.events.clone();
             tokio::spawn(async move {
-                let (outcome, took) = probe.run(backend.address, limit).await;
+                let (outcome, took) = check
+                    .probe
+                    .run(check.target(backend.address), check.limit)
+                    .await;
                 let _ = events
                     .send(Event::CheckDone {
                         service,

@@ -3,7 +3,7 @@
 use anyhow::{anyhow, bail, Context, Result};
 use futures::TryStreamExt;
 use netlink_packet_route::{
-    address::{AddressAttribute, AddressMessage},
+    address::{AddressAttribute, AddressMessage, CacheInfo},
     link::LinkAttribute,
     AddressFamily,
 };
@@ -103,6 +103,36 @@ impl Netlink {
                     address.addr, address.prefix_len
                 )
             })
+    }
+
+    /// Adds or refreshes `addr/prefix_len` on interface `ifindex` with a lifetime: the kernel
+    /// removes it by itself `lease` after the last refresh. A VRRP master leases its VIPs, so a
+    /// master that crashes or hangs does not keep answering for them.
+    pub async fn lease_address(
+        &self,
+        ifindex: u32,
+        address: InterfaceAddress,
+        lease: std::time::Duration,
+    ) -> Result<()> {
+        let secs = lease.as_secs().clamp(1, u64::from(u32::MAX - 1)) as u32;
+        let mut request = self
+            .handle
+            .address()
+            .add(ifindex, IpAddr::V4(address.addr), address.prefix_len)
+            .replace();
+        let mut lifetime = CacheInfo::default();
+        lifetime.ifa_preferred = secs;
+        lifetime.ifa_valid = secs;
+        request
+            .message_mut()
+            .attributes
+            .push(AddressAttribute::CacheInfo(lifetime));
+        request.execute().await.with_context(|| {
+            format!(
+                "cannot add {}/{} to interface {ifindex}",
+                address.addr, address.prefix_len
+            )
+        })
     }
 
     /// Removes `addr` (whatever its prefix) from interface `ifindex`; absent is not an error.

@@ -101,6 +101,17 @@ pub struct Output {
     pub transition: Option<Transition>,
 }
 
+/// What the master-down timer waits for.
+#[derive(Clone, Copy, Debug)]
+enum Wait {
+    /// The first advertisement after startup (Skew_Time when `state = "master"`).
+    Startup(Duration),
+    /// The known master's next advertisement.
+    MasterDown,
+    /// Skew_Time after the master sent priority 0.
+    Leaving(Ipv4Addr),
+}
+
 #[derive(Clone, Debug)]
 pub struct Machine {
     params: Params,
@@ -109,6 +120,8 @@ pub struct Machine {
     master_adver_interval: Duration,
     adver_timer: Option<Instant>,
     master_down_timer: Option<Instant>,
+    /// Why the master-down timer runs, for the log line when it fires.
+    waiting: Wait,
     started: Option<Instant>,
     /// When a lower priority master was first heard while we wait to preempt it.
     lower_master_since: Option<Instant>,
@@ -125,6 +138,7 @@ impl Machine {
             track_ok: true,
             adver_timer: None,
             master_down_timer: None,
+            waiting: Wait::MasterDown,
             started: None,
             lower_master_since: None,
             master: None,
@@ -224,12 +238,14 @@ impl Machine {
             self.go(State::Fault, "tracking fails at startup".into(), out);
             return;
         }
-        let wait = if self.params.start_as_master {
+        // Without preemption a node that comes back never claims early: a master may be running.
+        let wait = if self.params.start_as_master && self.params.preempt {
             self.skew_time()
         } else {
             self.master_down_interval()
         };
         self.master_down_timer = Some(now + wait);
+        self.waiting = Wait::Startup(wait);
         self.go(
             State::Backup,
             format!("startup: waiting {wait:.1?} for a master's advertisement"),
@@ -273,6 +289,7 @@ impl Machine {
         self.adver_timer = None;
         self.master = master;
         self.master_down_timer = Some(now + self.master_down_interval());
+        self.waiting = Wait::MasterDown;
         self.go(State::Backup, reason, out);
     }
 
@@ -292,10 +309,19 @@ impl Machine {
                         Some(m) if self.lower_master_since.is_some() => {
                             format!("preempting {m}, which has a lower priority")
                         }
-                        _ => format!(
-                            "no advertisement for Master_Down_Interval ({:.1?})",
-                            self.master_down_interval()
-                        ),
+                        _ => match self.waiting {
+                            Wait::Startup(wait) => {
+                                format!("no master advertised within {wait:.1?} of startup")
+                            }
+                            Wait::Leaving(m) => format!(
+                                "{m} left (priority 0); took over after Skew_Time ({:.1?})",
+                                self.skew_time()
+                            ),
+                            Wait::MasterDown => format!(
+                                "no advertisement for Master_Down_Interval ({:.1?})",
+                                self.master_down_interval()
+                            ),
+                        },
                     };
                     self.become_master(now, reason, out);
                 }
@@ -323,12 +349,14 @@ impl Machine {
                 if priority == 0 {
                     // The master is leaving: take over after Skew_Time.
                     self.master_down_timer = Some(now + self.skew_time());
+                    self.waiting = Wait::Leaving(from);
                     return;
                 }
                 let mine = self.priority();
                 if !self.params.preempt || priority >= mine || !self.may_preempt(now) {
                     self.master_adver_interval = interval;
                     self.master_down_timer = Some(now + self.master_down_interval());
+                    self.waiting = Wait::MasterDown;
                     self.master = Some(from);
                     if priority >= mine {
                         self.lower_master_since = None;
@@ -380,6 +408,7 @@ impl Machine {
         match (self.state, ok) {
             (State::Fault, true) => {
                 self.master_down_timer = Some(now + self.master_down_interval());
+                self.waiting = Wait::MasterDown;
                 self.go(State::Backup, "tracking recovered".into(), out);
             }
             (State::Master, false) if fault_mode => {
@@ -510,7 +539,7 @@ mod tests {
             .transition
             .unwrap()
             .reason
-            .contains("Master_Down_Interval"));
+            .contains("no master advertised within 3.6s of startup"));
         // Then an advert every advert_int.
         let t1 = t0 + m.master_down_interval();
         let outs = run_until(&mut m, t1 + 3 * S);
@@ -533,6 +562,33 @@ mod tests {
         assert_eq!(m.next_deadline(), Some(t0 + m.skew_time()));
         run_until(&mut m, t0 + S);
         assert_eq!(m.state(), State::Master);
+    }
+
+    #[test]
+    fn without_preemption_start_as_master_waits_like_a_backup() {
+        let t0 = Instant::now();
+        let mut m = started(
+            Params {
+                start_as_master: true,
+                preempt: false,
+                ..params(200)
+            },
+            t0,
+        );
+        assert_eq!(m.next_deadline(), Some(t0 + m.master_down_interval()));
+        // A running master (lower priority) advertises: this node stays backup.
+        for i in 1..10 {
+            m.handle(
+                Event::Advert {
+                    from: PEER,
+                    priority: 100,
+                    interval: S,
+                },
+                t0 + i * S,
+            );
+            m.handle(Event::Timer, t0 + i * S + S / 2);
+        }
+        assert_eq!(m.state(), State::Backup);
     }
 
     #[test]

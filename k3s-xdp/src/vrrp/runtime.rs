@@ -14,6 +14,7 @@ use super::{
 use crate::{
     config::{self, InitialState},
     controller::{self, status::VrrpStatus},
+    guard::Guard,
     system::{
         raw::{ArpSender, VrrpReceiver, VrrpSender},
         InterfaceAddress, Netlink,
@@ -41,6 +42,7 @@ impl Instance {
         ifindex: u32,
         health: watch::Receiver<controller::Health>,
         events: mpsc::Sender<controller::Event>,
+        guard: Guard,
     ) -> Result<Instance> {
         let netlink = Netlink::connect()?;
         let present = netlink.addresses(ifindex).await?;
@@ -78,6 +80,7 @@ impl Instance {
             netlink,
             ifindex,
             iface,
+            guard,
         };
         let (stop, stop_rx) = oneshot::channel();
         let task = tokio::spawn(run(config, io, primary, health, events, stop_rx));
@@ -104,8 +107,16 @@ struct Io {
     netlink: Netlink,
     ifindex: u32,
     iface: String,
+    guard: Guard,
 }
 
+/// How long a VIP stays on the interface after the master's last refresh: a master that
+/// crashes or hangs loses it by itself (the peer takes over after Master_Down_Interval).
+const VIP_LEASE: Duration = Duration::from_secs(15);
+/// How often a master refreshes its VIPs' lease.
+const VIP_LEASE_REFRESH: Duration = Duration::from_secs(5);
+
+#[derive(Default)]
 struct Counters {
     sent: u64,
     received: u64,
@@ -134,6 +145,28 @@ fn track_ok(c: &config::Vrrp, h: &controller::Health) -> bool {
         && h.healthy_backends >= c.track.min_healthy_backends as usize
 }
 
+/// One VRRP instance on the wire: the machine, its I/O and what it holds.
+struct Speaker {
+    config: config::Vrrp,
+    io: Io,
+    version: Version,
+    vips: Vec<Ipv4Addr>,
+    primary: Ipv4Addr,
+    machine: Machine,
+    counters: Counters,
+    events: mpsc::Sender<controller::Event>,
+    track_ok: bool,
+    /// Whether the VIPs are on the interface.
+    holding: bool,
+    /// When to send the next periodic gratuitous ARPs (`garp_master_refresh`).
+    garp_at: Option<Instant>,
+    /// Rounds of the takeover's gratuitous ARPs still to send, and when the next one is due
+    /// (`garp_master_repeat` rounds, `garp_interval` apart, sent from the loop, not slept on).
+    garp_burst: Option<(u32, Instant)>,
+    /// When to refresh the VIPs' lease.
+    lease_at: Option<Instant>,
+}
+
 async fn run(
     config: config::Vrrp,
     io: Io,
@@ -148,131 +181,264 @@ async fn run(
         },
         _ => Version::V3,
     };
-    let vips: Vec<Ipv4Addr> = config.virtual_ipaddress.iter().map(|v| v.addr).collect();
-    let mut machine = Machine::new(params(&config, primary));
-    let mut counters = Counters {
-        sent: 0,
-        received: 0,
-        rejected: Reject::LABELS.iter().map(|l| (l.to_string(), 0)).collect(),
-        transitions: 0,
-        last_transition: None,
-        logged: BTreeMap::new(),
-    };
-    let mut holding = false;
-    let mut garp_refresh: Option<Instant> = None;
-    let mut buf = vec![0u8; 2048];
-    let now = Instant::now();
-    let initial_track = track_ok(&config, &health.borrow());
-    if !initial_track {
-        machine.handle(Event::Track { ok: false }, now);
-    }
-    let out = machine.handle(Event::Startup, now);
-    apply(
-        &config,
-        &io,
-        &version,
-        &vips,
+    let track = track_ok(&config, &health.borrow());
+    let mut speaker = Speaker {
+        vips: config.virtual_ipaddress.iter().map(|v| v.addr).collect(),
+        machine: Machine::new(params(&config, primary)),
+        counters: Counters {
+            rejected: Reject::LABELS.iter().map(|l| (l.to_string(), 0)).collect(),
+            ..Default::default()
+        },
+        config,
+        io,
+        version,
         primary,
-        out,
-        &mut counters,
-        &mut holding,
-        &mut garp_refresh,
-    )
-    .await;
-    report(
-        &config,
-        &machine,
-        &counters,
-        &events,
-        track_ok(&config, &health.borrow()),
-    );
+        events,
+        track_ok: track,
+        holding: false,
+        garp_at: None,
+        garp_burst: None,
+        lease_at: None,
+    };
+    let now = Instant::now();
+    if !track {
+        speaker.machine.handle(Event::Track { ok: false }, now);
+    }
+    speaker.handle(Event::Startup).await;
 
+    let mut buf = vec![0u8; 2048];
     loop {
-        let now = Instant::now();
-        let deadline = [machine.next_deadline(), garp_refresh]
-            .into_iter()
-            .flatten()
-            .min()
-            .unwrap_or(now + Duration::from_secs(3600));
-        let event = tokio::select! {
+        let deadline = [
+            speaker.machine.next_deadline(),
+            speaker.garp_at,
+            speaker.garp_burst.map(|(_, at)| at),
+            speaker.lease_at,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+        .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+        tokio::select! {
             done = &mut stop => {
-                let out = machine.handle(Event::Shutdown, Instant::now());
-                apply(&config, &io, &version, &vips, primary, out, &mut counters, &mut holding, &mut garp_refresh).await;
-                report(&config, &machine, &counters, &events, false);
+                speaker.track_ok = false;
+                speaker.handle(Event::Shutdown).await;
                 if let Ok(done) = done {
                     let _ = done.send(());
                 }
                 return Ok(());
             }
-            r = io.receiver.recv(&mut buf) => match r {
-                Ok(n) => match receive(&buf[..n], &config, &version, &vips, primary) {
-                    Ok(Some((from, advert))) => {
-                        counters.received += 1;
-                        Some(Event::Advert { from, priority: advert.priority, interval: advert.interval })
+            r = speaker.io.receiver.recv(&mut buf) => match r {
+                Ok(n) => {
+                    if let Some(event) = speaker.receive(&buf[..n]) {
+                        speaker.handle(event).await;
                     }
-                    Ok(None) => None,
-                    Err(reject) => {
-                        *counters.rejected.entry(reject.label().to_string()).or_default() += 1;
-                        let label = reject.label();
-                        let quiet = counters.logged.get(label).is_some_and(|t| t.elapsed() < Duration::from_secs(10));
-                        if !quiet {
-                            warn!("VRRP packet rejected: {reject} (logged at most every 10 s per reason)");
-                            counters.logged.insert(label, Instant::now());
-                        }
-                        None
-                    }
-                },
+                }
                 Err(e) => {
                     error!("receiving VRRP: {e}");
                     tokio::time::sleep(Duration::from_millis(100)).await;
-                    None
                 }
             },
             changed = health.changed() => {
-                if changed.is_err() {
-                    None
-                } else {
-                    let ok = track_ok(&config, &health.borrow());
-                    Some(Event::Track { ok })
+                if changed.is_ok() {
+                    let ok = track_ok(&speaker.config, &health.borrow());
+                    speaker.track_ok = ok;
+                    speaker.handle(Event::Track { ok }).await;
                 }
             }
             _ = tokio::time::sleep_until(deadline.into()) => {
-                if garp_refresh.is_some_and(|t| Instant::now() >= t) {
-                    garp_refresh = None;
-                    if holding {
-                        announce(&config, &io, &vips).await;
-                        garp_refresh = refresh_at(&config);
-                    }
-                }
-                Some(Event::Timer)
-            }
-        };
-        if let Some(event) = event {
-            let now = Instant::now();
-            let out = machine.handle(event, now);
-            let changed = out.transition.is_some();
-            apply(
-                &config,
-                &io,
-                &version,
-                &vips,
-                primary,
-                out,
-                &mut counters,
-                &mut holding,
-                &mut garp_refresh,
-            )
-            .await;
-            if changed || counters.received % 16 == 1 {
-                report(
-                    &config,
-                    &machine,
-                    &counters,
-                    &events,
-                    track_ok(&config, &health.borrow()),
-                );
+                speaker.refresh().await;
+                speaker.handle(Event::Timer).await;
             }
         }
+    }
+}
+
+impl Speaker {
+    /// A received packet as an event, or None (not ours to judge, or rejected and counted).
+    fn receive(&mut self, packet: &[u8]) -> Option<Event> {
+        match receive(
+            packet,
+            &self.config,
+            &self.version,
+            &self.vips,
+            self.primary,
+        ) {
+            Ok(Some((from, advert))) => {
+                self.counters.received += 1;
+                Some(Event::Advert {
+                    from,
+                    priority: advert.priority,
+                    interval: advert.interval,
+                })
+            }
+            Ok(None) => None,
+            Err(reject) => {
+                let label = reject.label();
+                *self.counters.rejected.entry(label.to_string()).or_default() += 1;
+                let quiet = self
+                    .counters
+                    .logged
+                    .get(label)
+                    .is_some_and(|t| t.elapsed() < Duration::from_secs(10));
+                if !quiet {
+                    warn!("VRRP packet rejected: {reject} (logged at most every 10 s per reason)");
+                    self.counters.logged.insert(label, Instant::now());
+                }
+                self.report();
+                None
+            }
+        }
+    }
+
+    /// Runs `event` through the machine and carries out its actions.
+    async fn handle(&mut self, event: Event) {
+        let out = self.machine.handle(event, Instant::now());
+        if let Some(t) = &out.transition {
+            self.counters.transitions += 1;
+            let line = format!("VRRP {} -> {}: {}", t.from, t.to, t.reason);
+            self.counters.last_transition = Some(line.clone());
+            if t.to == State::Fault {
+                warn!("{line}");
+            } else {
+                info!("{line}");
+            }
+            // Status shows the new state at once, before the actions take their time.
+            self.report();
+        }
+        for action in out.actions {
+            match action {
+                Action::Advertise { priority } => self.advertise(priority),
+                Action::TakeVips => self.take_vips().await,
+                Action::ReleaseVips => self.release_vips().await,
+            }
+        }
+        self.report();
+    }
+
+    fn advertise(&mut self, priority: u8) {
+        let advert = Advert {
+            vrid: self.config.virtual_router_id,
+            priority,
+            interval: self.config.advert_int,
+            addresses: self.vips.clone(),
+        };
+        let targets: Vec<Ipv4Addr> = if self.config.unicast_peers.is_empty() {
+            vec![packet::MULTICAST_GROUP]
+        } else {
+            self.config.unicast_peers.clone()
+        };
+        for dst in targets {
+            let bytes = packet::encode(&advert, &self.version, self.primary, dst);
+            match self.io.sender.send(self.primary, dst, &bytes) {
+                Ok(()) => self.counters.sent += 1,
+                Err(e) => warn!("{e:#}"),
+            }
+        }
+    }
+
+    async fn take_vips(&mut self) {
+        for v in &self.config.virtual_ipaddress {
+            self.io.guard.hold(v.addr);
+        }
+        self.lease_vips().await;
+        for v in &self.config.virtual_ipaddress {
+            info!("VIP {}/{} added to {}", v.addr, v.prefix_len, self.io.iface);
+        }
+        self.holding = true;
+        self.announce();
+        let rounds = self.config.garp_master_repeat.max(1) - 1;
+        self.garp_burst =
+            (rounds > 0).then(|| (rounds, Instant::now() + self.config.garp_interval));
+        self.garp_at = (!self.config.garp_master_refresh.is_zero())
+            .then(|| Instant::now() + self.config.garp_master_refresh);
+    }
+
+    /// Adds or refreshes every VIP with a lease of `VIP_LEASE`.
+    async fn lease_vips(&mut self) {
+        for v in &self.config.virtual_ipaddress {
+            let address = InterfaceAddress {
+                addr: v.addr,
+                prefix_len: v.prefix_len,
+            };
+            if let Err(e) = self
+                .io
+                .netlink
+                .lease_address(self.io.ifindex, address, VIP_LEASE)
+                .await
+            {
+                error!("{e:#}");
+            }
+        }
+        self.lease_at = Some(Instant::now() + VIP_LEASE_REFRESH);
+    }
+
+    async fn release_vips(&mut self) {
+        for v in &self.vips {
+            match self.io.netlink.del_address(self.io.ifindex, *v).await {
+                Ok(()) => {
+                    self.io.guard.release(*v);
+                    info!("VIP {v} removed from {}", self.io.iface);
+                }
+                Err(e) => error!("{e:#}"),
+            }
+        }
+        self.holding = false;
+        self.garp_at = None;
+        self.garp_burst = None;
+        self.lease_at = None;
+    }
+
+    /// Periodic work of a master: the VIPs' lease, gratuitous ARP refresh.
+    async fn refresh(&mut self) {
+        let now = Instant::now();
+        if self.holding && self.lease_at.is_some_and(|t| now >= t) {
+            self.lease_vips().await;
+        }
+        if self.holding && self.garp_at.is_some_and(|t| now >= t) {
+            self.announce();
+            self.garp_at = Some(now + self.config.garp_master_refresh);
+        }
+        if let Some((left, at)) = self.garp_burst {
+            if self.holding && now >= at {
+                self.announce();
+                self.garp_burst = (left > 1).then(|| (left - 1, now + self.config.garp_interval));
+            }
+        }
+    }
+
+    /// One gratuitous ARP per VIP.
+    fn announce(&self) {
+        for vip in &self.vips {
+            if let Err(e) = self.io.arp.announce(*vip) {
+                warn!("{e:#}");
+            }
+        }
+    }
+
+    fn report(&self) {
+        let c = &self.config;
+        let status = VrrpStatus {
+            state: self.machine.state().to_string(),
+            virtual_router_id: c.virtual_router_id,
+            version: c.version,
+            priority: c.priority,
+            effective_priority: self.machine.priority(),
+            master: self.machine.master().map(|m| m.to_string()),
+            virtual_ipaddress: c
+                .virtual_ipaddress
+                .iter()
+                .map(|v| format!("{}/{}", v.addr, v.prefix_len))
+                .collect(),
+            adverts_sent: self.counters.sent,
+            adverts_received: self.counters.received,
+            adverts_rejected: self.counters.rejected.clone(),
+            transitions: self.counters.transitions,
+            last_transition: self.counters.last_transition.clone(),
+            track_ok: self.track_ok,
+        };
+        let _ = self
+            .events
+            .try_send(controller::Event::Vrrp(Box::new(status)));
     }
 }
 
@@ -301,125 +467,4 @@ fn receive(
         Err(Reject::OtherVrid(_)) => Ok(None),
         Err(e) => Err(e),
     }
-}
-
-#[allow(clippy::too_many_arguments)]
-async fn apply(
-    config: &config::Vrrp,
-    io: &Io,
-    version: &Version,
-    vips: &[Ipv4Addr],
-    primary: Ipv4Addr,
-    out: super::machine::Output,
-    counters: &mut Counters,
-    holding: &mut bool,
-    garp_refresh: &mut Option<Instant>,
-) {
-    if let Some(t) = &out.transition {
-        counters.transitions += 1;
-        let line = format!("VRRP {} -> {}: {}", t.from, t.to, t.reason);
-        counters.last_transition = Some(line.clone());
-        if t.to == State::Fault {
-            warn!("{line}");
-        } else {
-            info!("{line}");
-        }
-    }
-    for action in out.actions {
-        match action {
-            Action::Advertise { priority } => {
-                let advert = Advert {
-                    vrid: config.virtual_router_id,
-                    priority,
-                    interval: config.advert_int,
-                    addresses: vips.to_vec(),
-                };
-                let targets: Vec<Ipv4Addr> = if config.unicast_peers.is_empty() {
-                    vec![packet::MULTICAST_GROUP]
-                } else {
-                    config.unicast_peers.clone()
-                };
-                for dst in targets {
-                    let bytes = packet::encode(&advert, version, primary, dst);
-                    match io.sender.send(primary, dst, &bytes) {
-                        Ok(()) => counters.sent += 1,
-                        Err(e) => warn!("{e:#}"),
-                    }
-                }
-            }
-            Action::TakeVips => {
-                for v in &config.virtual_ipaddress {
-                    let address = InterfaceAddress {
-                        addr: v.addr,
-                        prefix_len: v.prefix_len,
-                    };
-                    match io.netlink.add_address(io.ifindex, address).await {
-                        Ok(()) => info!("VIP {}/{} added to {}", v.addr, v.prefix_len, io.iface),
-                        Err(e) if format!("{e:#}").contains("File exists") => {}
-                        Err(e) => error!("{e:#}"),
-                    }
-                }
-                *holding = true;
-                announce(config, io, vips).await;
-                *garp_refresh = refresh_at(config);
-            }
-            Action::ReleaseVips => {
-                for v in vips {
-                    match io.netlink.del_address(io.ifindex, *v).await {
-                        Ok(()) => info!("VIP {v} removed from {}", io.iface),
-                        Err(e) => error!("{e:#}"),
-                    }
-                }
-                *holding = false;
-                *garp_refresh = None;
-            }
-        }
-    }
-}
-
-/// `garp_master_repeat` gratuitous ARPs per VIP, `garp_interval` apart.
-async fn announce(config: &config::Vrrp, io: &Io, vips: &[Ipv4Addr]) {
-    for round in 0..config.garp_master_repeat.max(1) {
-        if round > 0 && !config.garp_interval.is_zero() {
-            tokio::time::sleep(config.garp_interval).await;
-        }
-        for vip in vips {
-            if let Err(e) = io.arp.announce(*vip) {
-                warn!("{e:#}");
-            }
-        }
-    }
-}
-
-fn refresh_at(config: &config::Vrrp) -> Option<Instant> {
-    (!config.garp_master_refresh.is_zero()).then(|| Instant::now() + config.garp_master_refresh)
-}
-
-fn report(
-    config: &config::Vrrp,
-    machine: &Machine,
-    counters: &Counters,
-    events: &mpsc::Sender<controller::Event>,
-    track_ok: bool,
-) {
-    let status = VrrpStatus {
-        state: machine.state().to_string(),
-        virtual_router_id: config.virtual_router_id,
-        version: config.version,
-        priority: config.priority,
-        effective_priority: machine.priority(),
-        master: machine.master().map(|m| m.to_string()),
-        virtual_ipaddress: config
-            .virtual_ipaddress
-            .iter()
-            .map(|v| format!("{}/{}", v.addr, v.prefix_len))
-            .collect(),
-        adverts_sent: counters.sent,
-        adverts_received: counters.received,
-        adverts_rejected: counters.rejected.clone(),
-        transitions: counters.transitions,
-        last_transition: counters.last_transition.clone(),
-        track_ok,
-    };
-    let _ = events.try_send(controller::Event::Vrrp(Box::new(status)));
 }

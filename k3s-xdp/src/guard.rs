@@ -1,0 +1,283 @@
+//! The guard: a small child process that undoes the daemon's changes to the host when the
+//! daemon dies without doing it itself (`kill -9`, a panic, the OOM killer).
+//!
+//! A crashed daemon's XDP program is gone with it (its link lives in the process), but the VIPs
+//! it held stay on the interface: the kernel would then answer ARP for them and reset every
+//! connection that reaches it, while the peer takes over. So `k3s-xdp run` starts
+//! `k3s-xdp guard` with a pipe on its stdin and tells it, one line at a time, what to undo:
+//!
+//! ```text
+//! hold 192.0.2.100        the daemon added this address; remove it if I die
+//! release 192.0.2.100     the daemon removed it itself
+//! restore /proc/sys/net/ipv4/conf/eth1/forwarding 0
+//! disarm                  clean shutdown: nothing to undo
+//! ```
+//!
+//! When the pipe closes without `disarm`, the daemon is dead: the guard removes the addresses it
+//! holds, restores the sysctls and exits. It ignores SIGTERM, SIGINT and SIGHUP, so that a
+//! service manager stopping the whole group does not kill it before it has cleaned up; it does
+//! a few netlink calls and exits within milliseconds. The ledger is a pure core, unit-tested
+//! below; the process around it is the edge.
+
+use crate::system::Netlink;
+use anyhow::{bail, Context, Result};
+use std::{
+    collections::BTreeMap,
+    io::{BufRead, Write},
+    net::Ipv4Addr,
+    path::PathBuf,
+    process::{Child, ChildStdin, Command, Stdio},
+    sync::{Arc, Mutex},
+};
+use tracing::{error, info, warn};
+
+/// What the guard would undo if the daemon died now.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Ledger {
+    /// Addresses on the interface that the daemon holds.
+    pub held: Vec<Ipv4Addr>,
+    /// sysctl files and the value to write back.
+    pub restore: BTreeMap<PathBuf, String>,
+    /// Set by a clean shutdown.
+    pub disarmed: bool,
+}
+
+impl Ledger {
+    /// Applies one line of the protocol; an error names what was wrong with it.
+    pub fn apply(&mut self, line: &str) -> Result<()> {
+        let mut words = line.split_whitespace();
+        match (words.next(), words.next(), words.next(), words.next()) {
+            (Some("hold"), Some(a), None, None) => {
+                let a: Ipv4Addr = a.parse().with_context(|| format!("bad address {a:?}"))?;
+                if !self.held.contains(&a) {
+                    self.held.push(a);
+                }
+            }
+            (Some("release"), Some(a), None, None) => {
+                let a: Ipv4Addr = a.parse().with_context(|| format!("bad address {a:?}"))?;
+                self.held.retain(|h| *h != a);
+            }
+            (Some("restore"), Some(path), Some(value), None) => {
+                if !path.starts_with("/proc/sys/") {
+                    bail!("restore only writes under /proc/sys, not {path:?}");
+                }
+                // The first value recorded is the one from before the daemon changed it.
+                self.restore
+                    .entry(PathBuf::from(path))
+                    .or_insert_with(|| value.to_string());
+            }
+            (Some("forget"), Some(path), None, None) => {
+                self.restore.remove(&PathBuf::from(path));
+            }
+            (Some("disarm"), None, None, None) => self.disarmed = true,
+            _ => bail!("unknown guard instruction {line:?}"),
+        }
+        Ok(())
+    }
+
+    /// Whether the guard has anything to do when the pipe closes.
+    pub fn pending(&self) -> bool {
+        !self.disarmed && (!self.held.is_empty() || !self.restore.is_empty())
+    }
+}
+
+/// The daemon's side: a handle to tell the guard what to undo. Cloning shares the pipe.
+#[derive(Clone)]
+pub struct Guard {
+    pipe: Arc<Mutex<Option<ChildStdin>>>,
+    child: Arc<Mutex<Option<Child>>>,
+}
+
+impl Guard {
+    /// Starts `k3s-xdp guard --iface IFACE` (this same binary).
+    pub fn spawn(iface: &str) -> Result<Guard> {
+        let exe = std::env::current_exe().context("finding the k3s-xdp binary for the guard")?;
+        let mut child = Command::new(&exe)
+            .arg("guard")
+            .arg("--iface")
+            .arg(iface)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .with_context(|| format!("starting the guard process ({})", exe.display()))?;
+        let pipe = child.stdin.take();
+        Ok(Guard {
+            pipe: Arc::new(Mutex::new(pipe)),
+            child: Arc::new(Mutex::new(Some(child))),
+        })
+    }
+
+    /// A guard that does nothing (tests of the runtime without a daemon).
+    pub fn none() -> Guard {
+        Guard {
+            pipe: Arc::new(Mutex::new(None)),
+            child: Arc::new(Mutex::new(None)),
+        }
+    }
+
+    fn send(&self, line: &str) {
+        let mut pipe = self.pipe.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(p) = pipe.as_mut() {
+            if let Err(e) = writeln!(p, "{line}") {
+                warn!("the guard process is gone ({e}); a crash would leave the VIPs behind");
+                *pipe = None;
+            }
+        }
+    }
+
+    /// `addr` was added to the interface by the daemon.
+    pub fn hold(&self, addr: Ipv4Addr) {
+        self.send(&format!("hold {addr}"));
+    }
+
+    /// `addr` was removed by the daemon.
+    pub fn release(&self, addr: Ipv4Addr) {
+        self.send(&format!("release {addr}"));
+    }
+
+    /// `path` was changed by the daemon and held `value` before.
+    pub fn restore(&self, path: &str, value: &str) {
+        self.send(&format!("restore {path} {value}"));
+    }
+
+    /// `path` was restored by the daemon.
+    pub fn forget(&self, path: &str) {
+        self.send(&format!("forget {path}"));
+    }
+
+    /// Clean shutdown: the daemon undid everything itself. Waits for the guard to exit.
+    pub fn disarm(&self) {
+        self.send("disarm");
+        drop(self.pipe.lock().unwrap_or_else(|e| e.into_inner()).take());
+        if let Some(mut child) = self.child.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            let _ = child.wait();
+        }
+    }
+}
+
+/// `k3s-xdp guard`: reads instructions from stdin until it closes, then undoes what is pending.
+/// Everything the cleanup needs (runtime, netlink socket, interface index) is ready before the
+/// first line is read, so that the VIPs go within a millisecond or so of the daemon's death.
+pub fn serve(iface: &str) -> Result<()> {
+    for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
+        // SAFETY: setting a signal's disposition to SIG_IGN installs no handler code.
+        unsafe { libc::signal(sig, libc::SIG_IGN) };
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let (netlink, ifindex) = rt.block_on(async {
+        let netlink = Netlink::connect()?;
+        let ifindex = netlink.ifindex(iface).await?;
+        anyhow::Ok((netlink, ifindex))
+    })?;
+    let mut ledger = Ledger::default();
+    for line in std::io::stdin().lock().lines() {
+        let Ok(line) = line else { break };
+        if let Err(e) = ledger.apply(&line) {
+            error!("guard: {e:#}");
+        }
+    }
+    if !ledger.pending() {
+        return Ok(());
+    }
+    let removed: Vec<Result<()>> = rt.block_on(async {
+        let mut out = Vec::new();
+        for addr in &ledger.held {
+            out.push(netlink.del_address(ifindex, *addr).await);
+        }
+        out
+    });
+    let restored: Vec<std::io::Result<()>> = ledger
+        .restore
+        .iter()
+        .map(|(path, value)| std::fs::write(path, value))
+        .collect();
+    // Logged after the work: the VIPs come first.
+    warn!("k3s-xdp exited without cleaning up (killed or crashed): the guard undoes its changes on {iface}");
+    let mut failed = false;
+    for (addr, r) in ledger.held.iter().zip(&removed) {
+        match r {
+            Ok(()) => info!("guard: removed {addr} from {iface}"),
+            Err(e) => {
+                error!("guard: {e:#}");
+                failed = true;
+            }
+        }
+    }
+    for ((path, value), r) in ledger.restore.iter().zip(&restored) {
+        match r {
+            Ok(()) => info!("guard: restored {} to {value}", path.display()),
+            Err(e) => {
+                error!("guard: restoring {}: {e}", path.display());
+                failed = true;
+            }
+        }
+    }
+    if failed {
+        bail!("the guard could not undo everything (see above)");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ledger(lines: &[&str]) -> Ledger {
+        let mut l = Ledger::default();
+        for line in lines {
+            l.apply(line).unwrap();
+        }
+        l
+    }
+
+    #[test]
+    fn holds_and_releases_addresses() {
+        let l = ledger(&[
+            "hold 192.0.2.100",
+            "hold 192.0.2.200",
+            "hold 192.0.2.100",
+            "release 192.0.2.200",
+        ]);
+        assert_eq!(l.held, vec![Ipv4Addr::new(192, 0, 2, 100)]);
+        assert!(l.pending());
+    }
+
+    #[test]
+    fn restores_the_first_recorded_value() {
+        let p = "/proc/sys/net/ipv4/conf/eth1/forwarding";
+        let l = ledger(&[&format!("restore {p} 0"), &format!("restore {p} 1")]);
+        assert_eq!(
+            l.restore.get(&PathBuf::from(p)).map(String::as_str),
+            Some("0")
+        );
+        let l = ledger(&[&format!("restore {p} 0"), &format!("forget {p}")]);
+        assert!(l.restore.is_empty());
+        assert!(!l.pending());
+    }
+
+    #[test]
+    fn disarm_leaves_nothing_to_do() {
+        let l = ledger(&["hold 192.0.2.100", "disarm"]);
+        assert!(!l.pending());
+    }
+
+    #[test]
+    fn refuses_bad_instructions() {
+        let mut l = Ledger::default();
+        for bad in [
+            "hold",
+            "hold 192.0.2",
+            "hold 192.0.2.1 extra",
+            "restore /etc/passwd x",
+            "restore /proc/sys/x",
+            "explode",
+            "",
+        ] {
+            assert!(l.apply(bad).is_err(), "{bad:?} accepted");
+        }
+        assert_eq!(l, Ledger::default());
+    }
+}
