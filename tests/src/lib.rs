@@ -6,10 +6,12 @@
 //! - [`packet`]: packet builders and parsers for BPF_PROG_TEST_RUN tests.
 //! - [`bpf`]: loading the real XDP program and running packets through it.
 //! - [`daemon`]: `k3s-xdp run` as a process in a node, driven over its control socket.
+//! - [`keepalived`]: a real keepalived as a VRRP peer in a node.
 
 pub mod backend;
 pub mod bpf;
 pub mod daemon;
+pub mod keepalived;
 pub mod netns;
 pub mod packet;
 pub mod topology;

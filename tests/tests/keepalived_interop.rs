@@ -1,0 +1,342 @@
+//! Interop with a real keepalived (Debian's package), configured like the seeds: k3s-xdp and
+//! keepalived share virtual_router_id 51 and the VIP, in VRRPv3 and in VRRPv2 with
+//! `auth_pass`. Both directions: k3s-xdp master with keepalived backup, and the reverse; each
+//! side fails over to the other and takes the VIP back by preemption.
+
+use k3s_xdp::controller::status::Status;
+use k3s_xdp_tests::{
+    backend::{roundtrip, Backend, Kind},
+    bpf::have_root,
+    daemon::Daemon,
+    keepalived::{self, Instance, Keepalived},
+    topology::{seed_addr, Topology, LB1, LB2, SERVERS, VIP},
+};
+use std::{
+    net::SocketAddrV4,
+    sync::Mutex,
+    time::{Duration, Instant},
+};
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Whether the tests can run here: root and keepalived installed (`cargo xtask setup`).
+fn able() -> bool {
+    if !have_root() {
+        return false;
+    }
+    keepalived::binary().expect("keepalived for the interop tests");
+    true
+}
+
+#[derive(Clone, Copy)]
+struct Proto {
+    version: u8,
+    auth_pass: Option<&'static str>,
+}
+
+const V3: Proto = Proto {
+    version: 3,
+    auth_pass: None,
+};
+const V2_AUTH: Proto = Proto {
+    version: 2,
+    auth_pass: Some("1111"),
+};
+
+fn k3s_xdp_config(priority: u8, master: bool, proto: Proto) -> String {
+    let backends: Vec<String> = SERVERS
+        .iter()
+        .map(|s| {
+            format!(
+                "  {{ name = \"{s}\", address = \"{}:6443\" }},",
+                seed_addr(s).unwrap()
+            )
+        })
+        .collect();
+    let auth = proto
+        .auth_pass
+        .map(|p| format!("auth_pass = \"{p}\"\n"))
+        .unwrap_or_default();
+    format!(
+        r#"interface = "eth1"
+
+[[service]]
+name = "k3s-api"
+vip = "{VIP}"
+port = 6443
+backends = [
+{backends}
+]
+[service.health]
+check = "tcp"
+inter = "300ms"
+rise = 1
+fall = 2
+timeout = "300ms"
+
+[vrrp]
+virtual_router_id = 51
+priority = {priority}
+state = "{state}"
+advert_int = "1s"
+virtual_ipaddress = ["{VIP}/24"]
+version = {version}
+{auth}"#,
+        backends = backends.join("\n"),
+        state = if master { "master" } else { "backup" },
+        version = proto.version,
+    )
+}
+
+fn keepalived_instance(priority: u8, master: bool, proto: Proto) -> Instance {
+    Instance {
+        priority,
+        master,
+        version: proto.version,
+        auth_pass: proto.auth_pass.map(str::to_string),
+        advert_int: 1.0,
+        vip: VIP,
+        unicast_src_ip: None,
+        unicast_peers: Vec::new(),
+        nopreempt: false,
+    }
+}
+
+struct Lab {
+    topo: Topology,
+    _servers: Vec<Backend>,
+}
+
+fn lab() -> Lab {
+    let topo = Topology::seed().unwrap();
+    let servers = SERVERS
+        .iter()
+        .map(|s| Backend::start(topo.node(s), s, 6443, Kind::Tcp, &[topo.addr(s)]).unwrap())
+        .collect();
+    Lab {
+        topo,
+        _servers: servers,
+    }
+}
+
+fn has_vip(topo: &Topology, node: &str) -> bool {
+    let out = topo
+        .node(node)
+        .ip(["-o", "addr", "show", "dev", "eth1"])
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).contains(&format!(" {VIP}/"))
+}
+
+fn wait(limit: Duration, what: &str, mut f: impl FnMut() -> bool) -> Duration {
+    let started = Instant::now();
+    while !f() {
+        assert!(
+            started.elapsed() < limit,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    started.elapsed()
+}
+
+fn vrrp(s: &Status) -> &k3s_xdp::controller::status::VrrpStatus {
+    s.vrrp.as_ref().expect("vrrp status")
+}
+
+fn rejected(s: &Status) -> u64 {
+    vrrp(s).adverts_rejected.values().sum()
+}
+
+fn through_vip(topo: &Topology, from: &str) -> bool {
+    roundtrip(
+        topo.node(from),
+        SocketAddrV4::new(VIP, 6443),
+        b"hello",
+        Duration::from_secs(2),
+    )
+    .is_ok()
+}
+
+/// k3s-xdp on lb-1 (200, master), keepalived on lb-2 (100, backup).
+fn k3s_xdp_master_keepalived_backup(proto: Proto) {
+    let l = lab();
+    let mut lb1 = Daemon::start(&l.topo, "lb-1", &k3s_xdp_config(200, true, proto)).unwrap();
+    let k = Keepalived::start(&l.topo, "lb-2", &keepalived_instance(100, false, proto)).unwrap();
+    lb1.wait_for(Duration::from_secs(10), "lb-1 MASTER", |s| {
+        vrrp(s).state == "MASTER"
+    })
+    .unwrap();
+    k.wait_log("Entering BACKUP STATE", 1, Duration::from_secs(10))
+        .unwrap();
+    // keepalived accepts our adverts: well past its Master_Down_Interval (3.6 s), it is still
+    // backup and the VIP is on lb-1 only.
+    std::thread::sleep(Duration::from_secs(5));
+    assert_eq!(
+        k.state().as_deref(),
+        Some("BACKUP"),
+        "keepalived stays backup:\n{}",
+        k.log()
+    );
+    assert!(has_vip(&l.topo, "lb-1") && !has_vip(&l.topo, "lb-2"));
+    assert!(through_vip(&l.topo, "agent-1"));
+
+    // k3s-xdp dies: keepalived takes over after its Master_Down_Interval.
+    lb1.crash();
+    let took = wait(Duration::from_secs(8), "keepalived takes the VIP", || {
+        has_vip(&l.topo, "lb-2")
+    });
+    k.wait_log("Entering MASTER STATE", 1, Duration::from_secs(2))
+        .unwrap();
+    eprintln!("keepalived took over {took:?} after k3s-xdp was killed");
+
+    // k3s-xdp comes back and preempts: keepalived hears priority 200 and steps down.
+    lb1.restart(&l.topo).unwrap();
+    lb1.wait_for(Duration::from_secs(10), "lb-1 MASTER again", |s| {
+        vrrp(s).state == "MASTER"
+    })
+    .unwrap();
+    k.wait_log("Entering BACKUP STATE", 2, Duration::from_secs(5))
+        .unwrap();
+    wait(Duration::from_secs(3), "the VIP on lb-1 only", || {
+        has_vip(&l.topo, "lb-1") && !has_vip(&l.topo, "lb-2")
+    });
+    // Whatever lb-1 heard from keepalived, it rejected none of it.
+    let s = lb1.status().unwrap();
+    assert_eq!(rejected(&s), 0, "{:?}", vrrp(&s).adverts_rejected);
+    assert!(through_vip(&l.topo, "agent-2"));
+}
+
+/// keepalived on lb-1 (200, master), k3s-xdp on lb-2 (100, backup).
+fn keepalived_master_k3s_xdp_backup(proto: Proto) {
+    let l = lab();
+    let mut k = Keepalived::start(&l.topo, "lb-1", &keepalived_instance(200, true, proto)).unwrap();
+    k.wait_log("Entering MASTER STATE", 1, Duration::from_secs(10))
+        .unwrap();
+    let lb2 = Daemon::start(&l.topo, "lb-2", &k3s_xdp_config(100, false, proto)).unwrap();
+    lb2.wait_for(Duration::from_secs(10), "lb-2 follows keepalived", |s| {
+        let v = vrrp(s);
+        v.state == "BACKUP" && v.master.as_deref() == Some("192.0.2.98") && v.adverts_received >= 2
+    })
+    .unwrap();
+    std::thread::sleep(Duration::from_secs(4));
+    let s = lb2.status().unwrap();
+    assert_eq!(
+        vrrp(&s).state,
+        "BACKUP",
+        "k3s-xdp accepts keepalived's adverts"
+    );
+    assert_eq!(rejected(&s), 0, "{:?}", vrrp(&s).adverts_rejected);
+    assert!(has_vip(&l.topo, "lb-1") && !has_vip(&l.topo, "lb-2"));
+
+    // keepalived stops cleanly (priority 0): k3s-xdp takes over after Skew_Time.
+    let started = Instant::now();
+    k.stop();
+    wait(Duration::from_secs(3), "k3s-xdp takes the VIP", || {
+        has_vip(&l.topo, "lb-2")
+    });
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_millis(2000),
+        "takeover after keepalived's priority 0 took {took:?}"
+    );
+    assert!(!has_vip(&l.topo, "lb-1"), "keepalived removed its VIP");
+    assert!(
+        through_vip(&l.topo, "agent-1"),
+        "k3s-xdp forwards for the VIP"
+    );
+
+    // keepalived comes back as master (priority 200): k3s-xdp steps down.
+    k.restart(&l.topo).unwrap();
+    lb2.wait_for(Duration::from_secs(10), "lb-2 BACKUP again", |s| {
+        vrrp(s).state == "BACKUP"
+    })
+    .unwrap();
+    wait(Duration::from_secs(3), "the VIP on lb-1 only", || {
+        has_vip(&l.topo, "lb-1") && !has_vip(&l.topo, "lb-2")
+    });
+
+    // keepalived crashes (no priority 0): k3s-xdp takes over after Master_Down_Interval.
+    k.crash(&l.topo, VIP).unwrap();
+    let took = wait(Duration::from_secs(6), "k3s-xdp takes the VIP", || {
+        has_vip(&l.topo, "lb-2")
+    });
+    assert!(
+        took < Duration::from_millis(4200),
+        "takeover after {took:?}"
+    );
+    assert!(through_vip(&l.topo, "agent-3"));
+    assert_eq!(rejected(&lb2.status().unwrap()), 0);
+}
+
+#[test]
+fn v3_k3s_xdp_master_with_keepalived_backup() {
+    if !able() {
+        return;
+    }
+    let _s = serial();
+    k3s_xdp_master_keepalived_backup(V3);
+}
+
+#[test]
+fn v2_auth_pass_k3s_xdp_master_with_keepalived_backup() {
+    if !able() {
+        return;
+    }
+    let _s = serial();
+    k3s_xdp_master_keepalived_backup(V2_AUTH);
+}
+
+#[test]
+fn v3_keepalived_master_with_k3s_xdp_backup() {
+    if !able() {
+        return;
+    }
+    let _s = serial();
+    keepalived_master_k3s_xdp_backup(V3);
+}
+
+#[test]
+fn v2_auth_pass_keepalived_master_with_k3s_xdp_backup() {
+    if !able() {
+        return;
+    }
+    let _s = serial();
+    keepalived_master_k3s_xdp_backup(V2_AUTH);
+}
+
+/// A keepalived with another auth_pass: its adverts are rejected and counted, never obeyed.
+#[test]
+fn v2_wrong_auth_pass_is_rejected() {
+    if !able() {
+        return;
+    }
+    let _s = serial();
+    let l = lab();
+    let _k = Keepalived::start(&l.topo, "lb-1", &keepalived_instance(200, true, V2_AUTH)).unwrap();
+    let other = Proto {
+        version: 2,
+        auth_pass: Some("2222"),
+    };
+    let lb2 = Daemon::start(&l.topo, "lb-2", &k3s_xdp_config(100, false, other)).unwrap();
+    let s = lb2
+        .wait_for(
+            Duration::from_secs(10),
+            "keepalived's adverts rejected",
+            |s| {
+                vrrp(s)
+                    .adverts_rejected
+                    .get("authentication")
+                    .copied()
+                    .unwrap_or(0)
+                    >= 2
+            },
+        )
+        .unwrap();
+    assert_eq!(vrrp(&s).adverts_received, 0);
+    assert!(lb2.log().contains("authentication"), "{}", lb2.log());
+    let _ = (LB1, LB2);
+}
