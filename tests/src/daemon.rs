@@ -48,25 +48,65 @@ pub struct Daemon {
     process: Option<Process>,
     /// What earlier runs of this daemon printed (restarts keep the history).
     earlier_logs: String,
+    /// A command line the daemon runs under, e.g. `setpriv --bounding-set=...`.
+    wrapper: Vec<String>,
 }
 
 impl Daemon {
     /// Writes `config` (TOML without `control_socket`, which is added) and starts the daemon in
     /// `node`; returns once it answers on its control socket.
     pub fn start(topo: &Topology, node: &str, config: &str) -> Result<Daemon> {
+        Daemon::start_wrapped(topo, node, config, &[])
+    }
+
+    /// As [`Daemon::start`], the daemon running under `wrapper` (a command that ends by
+    /// executing its arguments, like `setpriv ... --`).
+    pub fn start_wrapped(
+        topo: &Topology,
+        node: &str,
+        config: &str,
+        wrapper: &[String],
+    ) -> Result<Daemon> {
+        let mut d = Daemon::prepare(topo, node, config, wrapper)?;
+        d.spawn(topo)?;
+        Ok(d)
+    }
+
+    /// Writes the config and starts the process without waiting for it to be ready: for a
+    /// daemon expected to fail at start. See [`Daemon::exit_within`].
+    pub fn launch_wrapped(
+        topo: &Topology,
+        node: &str,
+        config: &str,
+        wrapper: &[String],
+    ) -> Result<Daemon> {
+        let mut d = Daemon::prepare(topo, node, config, wrapper)?;
+        d.process = Some(d.spawn_process(topo)?);
+        Ok(d)
+    }
+
+    fn prepare(topo: &Topology, node: &str, config: &str, wrapper: &[String]) -> Result<Daemon> {
         let dir = std::env::temp_dir().join(format!("k3s-xdp-test-{}-{node}", topo.prefix()));
         std::fs::create_dir_all(&dir)?;
-        let mut d = Daemon {
+        let d = Daemon {
             node: node.to_string(),
             config: dir.join("config.toml"),
             socket: dir.join("control.sock"),
             dir,
             process: None,
             earlier_logs: String::new(),
+            wrapper: wrapper.to_vec(),
         };
         d.write_config(config)?;
-        d.spawn(topo)?;
         Ok(d)
+    }
+
+    /// Waits up to `limit` for the process to exit; its exit status, or None if it runs on.
+    pub fn exit_within(&mut self, limit: Duration) -> Result<Option<std::process::ExitStatus>> {
+        match self.process.as_mut() {
+            Some(p) => p.wait_timeout(limit),
+            None => bail!("k3s-xdp in {} was not started", self.node),
+        }
     }
 
     /// Replaces the config file (then [`Daemon::reload`] or SIGHUP applies it).
@@ -80,14 +120,17 @@ impl Daemon {
     }
 
     fn spawn(&mut self, topo: &Topology) -> Result<()> {
-        let bin = binary()?;
-        let bin = bin.display().to_string();
-        let config = self.config.display().to_string();
-        let p = topo
-            .node(&self.node)
-            .spawn(&bin, ["run", "--config", &config])?;
+        let p = self.spawn_process(topo)?;
         self.process = Some(p);
         self.wait_ready(Duration::from_secs(20))
+    }
+
+    fn spawn_process(&self, topo: &Topology) -> Result<Process> {
+        let bin = binary()?.display().to_string();
+        let config = self.config.display().to_string();
+        let mut argv: Vec<String> = self.wrapper.clone();
+        argv.extend([bin, "run".into(), "--config".into(), config]);
+        topo.node(&self.node).spawn(&argv[0], &argv[1..])
     }
 
     /// Starts it again (after [`Daemon::crash`] or [`Daemon::stop`]).

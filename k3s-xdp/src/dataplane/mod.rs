@@ -80,15 +80,13 @@ impl Dataplane {
             .map_max_entries(names::FLOWS, options.flow_table_size)
             .map_max_entries(names::NAT_REVERSE, options.flow_table_size)
             .load(BPF_OBJECT)
-            .context("cannot load the XDP object into the kernel (needs root, or CAP_BPF and CAP_NET_ADMIN)")?;
+            .context("cannot load the XDP object into the kernel (needs root, or CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN)")?;
         for name in [names::PROGRAM, names::PASS_PROGRAM, names::FLOOR_PROGRAM] {
             let program: &mut Xdp = bpf
                 .program_mut(name)
                 .ok_or_else(|| anyhow!("the XDP object has no program `{name}`"))?
                 .try_into()?;
-            program.load().with_context(|| {
-                format!("the kernel's verifier rejected the XDP program `{name}`")
-            })?;
+            program.load().map_err(|e| verifier_error(name, e))?;
         }
         Ok(Self {
             bpf,
@@ -155,7 +153,7 @@ impl Dataplane {
     pub fn load_program(&mut self, name: &str) -> Result<()> {
         self.program_mut(name)?
             .load()
-            .with_context(|| format!("the kernel's verifier rejected the XDP program `{name}`"))
+            .map_err(|e| verifier_error(name, e))
     }
 
     /// A loaded program of the object, e.g. for BPF_PROG_TEST_RUN.
@@ -244,4 +242,21 @@ fn lookup<V: aya::Pod>(map: &HashMap<&MapData, FlowKey, V>, key: &FlowKey) -> Re
         Err(aya::maps::MapError::KeyNotFound) => Ok(None),
         Err(e) => Err(e.into()),
     }
+}
+
+/// A verifier refusal, with the capability to grant when it is one of privilege: without
+/// CAP_PERFMON the verifier forbids packet-pointer arithmetic with variable offsets (Spectre v1
+/// sanitation), which parsing a VLAN tag or IP options needs.
+fn verifier_error(name: &str, e: aya::programs::ProgramError) -> anyhow::Error {
+    let text = format!("{e:#}");
+    if text.contains("prohibited for !root") || text.contains("Operation not permitted") {
+        let log_tail: Vec<&str> = text.lines().rev().take(4).collect();
+        return anyhow!(
+            "the kernel's verifier refused the XDP program `{name}` for lack of privilege: run as root, or with CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN (CAP_PERFMON allows the packet-pointer arithmetic of variable-length headers); verifier: {}",
+            log_tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
+        );
+    }
+    anyhow::Error::new(e).context(format!(
+        "the kernel's verifier rejected the XDP program `{name}`"
+    ))
 }
