@@ -216,6 +216,11 @@ pub struct Globals {
     /// First and last source port used for nat mode (host byte order, inclusive).
     pub snat_port_min: u16,
     pub snat_port_max: u16,
+    /// The MAC address of the interface the program is attached to: a VIP packet sent to
+    /// another MAC (flooded by a switch, or seen in promiscuous mode) is not ours to forward.
+    /// All zero: not checked.
+    pub mac: [u8; 6],
+    pub _pad: [u8; 2],
 }
 
 /// Bytes of a benchmark packet (`BENCH`).

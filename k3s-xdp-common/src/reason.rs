@@ -43,9 +43,12 @@ pub const PASS_STACKED_VLAN: u32 = 18;
 /// Too short or malformed to tell whether it is addressed to a VIP: left to the kernel, which
 /// drops what is really broken.
 pub const PASS_MALFORMED: u32 = 19;
+/// Addressed to a VIP but sent to another node's MAC address (unknown unicast flooded by a
+/// switch, for instance to the backup): left to the kernel, which drops it.
+pub const PASS_OTHER_HOST: u32 = 20;
 
 /// Number of reasons; the length of the `REASONS` map.
-pub const COUNT: u32 = 20;
+pub const COUNT: u32 = 21;
 
 /// Label of each reason, indexed by its constant.
 pub const NAMES: [&str; COUNT as usize] = [
@@ -69,4 +72,5 @@ pub const NAMES: [&str; COUNT as usize] = [
     "drop_icmp_other",
     "pass_stacked_vlan",
     "pass_malformed",
+    "pass_other_host",
 ];

@@ -51,6 +51,9 @@ fn process(ctx: &XdpContext) -> Verdict {
     let Some(vip) = (unsafe { maps::VIPS.get(dst) }) else {
         return Verdict::pass(reason::PASS_NOT_VIP);
     };
+    if !for_this_host(&ip) {
+        return Verdict::pass(reason::PASS_OTHER_HOST);
+    }
     let valid = match parse::validate(ctx, &ip) {
         Ok(valid) => valid,
         Err(why) => return Verdict::drop(why),
@@ -70,6 +73,16 @@ fn process(ctx: &XdpContext) -> Verdict {
         IPPROTO_ICMP => icmp::handle(ctx, &ip, &valid, vip),
         _ => Verdict::pass(reason::PASS_VIP_OTHER),
     }
+}
+
+/// Whether the frame was sent to this interface's MAC address (when the controller set it).
+#[inline(always)]
+fn for_this_host(ip: &parse::Ip) -> bool {
+    let Some(g) = maps::GLOBALS.get(0) else {
+        return true;
+    };
+    let dst = unsafe { (*ip.eth).dst_addr };
+    g.mac == [0; 6] || dst == g.mac
 }
 
 #[xdp]

@@ -51,10 +51,12 @@ pub async fn run(options: Options) -> Result<()> {
         flow_table_size: config.flow_table_size,
     })?;
     let (events_tx, events_rx) = mpsc::channel(4096);
+    let mac = netlink.mac(ifindex).await?;
     let (mut controller, health) = Controller::new(
         options.config.clone(),
         config.clone(),
         iface.clone(),
+        mac,
         dp,
         events_tx.clone(),
     )?;

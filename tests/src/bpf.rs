@@ -107,6 +107,8 @@ impl XdpHarness {
                 fib_generation: 1,
                 snat_port_min: 1024,
                 snat_port_max: 65535,
+                mac: [0; 6],
+                _pad: [0; 2],
             },
         )?;
         Ok(h)

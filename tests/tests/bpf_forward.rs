@@ -935,3 +935,40 @@ fn a_reconnect_on_a_taken_translation_chooses_again() {
         "b's translation is not shared"
     );
 }
+
+/// A VIP packet sent to another node's MAC (unknown unicast flooded by the switch to the
+/// backup, or seen in promiscuous mode) is not forwarded: it passes to the kernel, which drops
+/// it, and is counted. The same packet sent to this interface's MAC is forwarded.
+#[test]
+fn vip_packets_for_another_mac_are_not_forwarded() {
+    let Some(mut h) = harness() else { return };
+    k3s_xdp::dataplane::write_globals(
+        &mut h.dataplane,
+        &k3s_xdp_common::Globals {
+            fib_generation: 1,
+            snat_port_min: 1024,
+            snat_port_max: 65535,
+            mac: LAB_LB_MAC,
+            _pad: [0; 2],
+        },
+    )
+    .unwrap();
+    let mut other = packet::tcp_syn(agent(1, 40100), sock(VIP, 6443));
+    other.eth_dst = [0x02, 0, 0xc0, 0, 0x02, 0x63];
+    let out = run(&mut h, &other);
+    assert_eq!(out.action, XDP_PASS, "{:?}", nonzero(&h));
+    assert_eq!(out.data, other.to_bytes(), "untouched");
+    assert_eq!(h.reason(reason::PASS_OTHER_HOST).unwrap(), 1);
+    assert_eq!(h.reason(reason::TX_FORWARD).unwrap(), 0);
+
+    let mine = packet::tcp_syn(agent(1, 40100), sock(VIP, 6443));
+    assert_eq!(mine.eth_dst, LAB_LB_MAC);
+    let fwd = transmitted(&mut h, &mine);
+    assert_eq!(fwd.eth_src, LAB_LB_MAC);
+    assert_eq!(h.reason(reason::TX_FORWARD).unwrap(), 1);
+    // Non-VIP traffic to another MAC is none of our business either way: passed as not_vip.
+    let mut stranger = packet::tcp_syn(agent(1, 40101), sock(Ipv4Addr::new(192, 0, 2, 7), 22));
+    stranger.eth_dst = [0x02, 0, 0xc0, 0, 0x02, 0x63];
+    assert_eq!(run(&mut h, &stranger).action, XDP_PASS);
+    assert_eq!(h.reason(reason::PASS_NOT_VIP).unwrap(), 1);
+}

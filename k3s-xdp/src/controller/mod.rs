@@ -65,6 +65,8 @@ pub struct Controller {
     pub config_path: PathBuf,
     config: Config,
     interface: String,
+    /// The interface's MAC address (the data plane forwards only frames sent to it).
+    mac: [u8; 6],
     dp: Dataplane,
     publisher: Publisher,
     model: Model,
@@ -136,12 +138,24 @@ pub fn probes(config: &Config) -> Result<BTreeMap<String, Check>> {
     Ok(out)
 }
 
+/// The data plane's globals for `config`.
+fn globals(config: &Config, fib_generation: u32, mac: [u8; 6]) -> k3s_xdp_common::Globals {
+    k3s_xdp_common::Globals {
+        fib_generation,
+        snat_port_min: config.snat_port_min,
+        snat_port_max: config.snat_port_max,
+        mac,
+        _pad: [0; 2],
+    }
+}
+
 impl Controller {
     /// Publishes the config into the data plane (all backends up until checked).
     pub fn new(
         config_path: PathBuf,
         config: Config,
         interface: String,
+        mac: [u8; 6],
         mut dp: Dataplane,
         events: mpsc::Sender<Event>,
     ) -> Result<(Self, watch::Receiver<Health>)> {
@@ -149,14 +163,7 @@ impl Controller {
         let now = Instant::now();
         let model = Model::new(&config, now);
         let fib_generation = 1;
-        dataplane::write_globals(
-            &mut dp,
-            &k3s_xdp_common::Globals {
-                fib_generation,
-                snat_port_min: config.snat_port_min,
-                snat_port_max: config.snat_port_max,
-            },
-        )?;
+        dataplane::write_globals(&mut dp, &globals(&config, fib_generation, mac))?;
         let attached = dp.attachment().is_some();
         let (health, health_rx) = watch::channel(Health {
             healthy_backends: model.healthy_backends(),
@@ -166,6 +173,7 @@ impl Controller {
             config_path,
             config,
             interface,
+            mac,
             dp,
             publisher: Publisher::new(),
             model,
@@ -284,11 +292,7 @@ impl Controller {
             Event::Vrrp(v) => self.vrrp = Some(*v),
             Event::FibChanged => {
                 self.fib_generation = self.fib_generation.wrapping_add(1).max(1);
-                let globals = k3s_xdp_common::Globals {
-                    fib_generation: self.fib_generation,
-                    snat_port_min: self.config.snat_port_min,
-                    snat_port_max: self.config.snat_port_max,
-                };
+                let globals = globals(&self.config, self.fib_generation, self.mac);
                 if let Err(e) = dataplane::write_globals(&mut self.dp, &globals) {
                     error!("updating the FIB generation: {e:#}");
                 }
@@ -398,11 +402,7 @@ impl Controller {
     fn handle_fib_like_globals(&mut self) -> Result<()> {
         dataplane::write_globals(
             &mut self.dp,
-            &k3s_xdp_common::Globals {
-                fib_generation: self.fib_generation,
-                snat_port_min: self.config.snat_port_min,
-                snat_port_max: self.config.snat_port_max,
-            },
+            &globals(&self.config, self.fib_generation, self.mac),
         )
     }
 
