@@ -284,6 +284,6 @@ mod tests {
         assert_eq!(size_of::<Flow>(), 8);
         assert_eq!(size_of::<NatReverse>(), 44);
         assert_eq!(size_of::<Traffic>(), 32);
-        assert_eq!(size_of::<Globals>(), 8);
+        assert_eq!(size_of::<Globals>(), 16);
     }
 }

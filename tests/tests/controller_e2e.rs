@@ -261,7 +261,8 @@ fn tls_and_https_checks_against_real_tls_servers() {
     }
     let _silent =
         Backend::start(topo.node("server-3"), "server-3", 6444, Kind::Silent, &[]).unwrap();
-    let ca = daemon_dir_file(&topo, "ca.pem", &test_ca_pem().unwrap());
+    let files = Files::new(&topo);
+    let ca = files.write("ca.pem", &test_ca_pem().unwrap());
     let all = [("server-1", 100), ("server-2", 100), ("server-3", 100)];
 
     // https, expect 200: only server-1 is up; the others say why.
@@ -331,7 +332,7 @@ fn tls_and_https_checks_against_real_tls_servers() {
         .unwrap()
         .cert
         .pem();
-    let wrong = daemon_dir_file(&topo, "wrong-ca.pem", &other_ca);
+    let wrong = files.write("wrong-ca.pem", &other_ca);
     let cfg = service(
         &format!("check = \"tls\"\ninter = \"200ms\"\nrise = 1\nfall = 1\nca_file = {wrong:?}"),
         &[("server-1", 100)],
@@ -355,14 +356,29 @@ fn tls_and_https_checks_against_real_tls_servers() {
     );
 }
 
-/// A file in a per-topology directory, removed with the system's temp directory cleanup by the
-/// test's end (the daemon's own directory is removed on drop).
-fn daemon_dir_file(topo: &Topology, name: &str, content: &str) -> String {
-    let dir = std::env::temp_dir().join(format!("k3s-xdp-test-{}-files", topo.prefix()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join(name);
-    std::fs::write(&path, content).unwrap();
-    path.display().to_string()
+/// A per-topology directory for files the daemon reads (CA certificates), removed on drop,
+/// also when the test fails.
+struct Files(std::path::PathBuf);
+
+impl Files {
+    fn new(topo: &Topology) -> Files {
+        let dir = std::env::temp_dir().join(format!("k3s-xdp-test-{}-files", topo.prefix()));
+        std::fs::create_dir_all(&dir).unwrap();
+        Files(dir)
+    }
+
+    /// Writes `name` and returns its path.
+    fn write(&self, name: &str, content: &str) -> String {
+        let path = self.0.join(name);
+        std::fs::write(&path, content).unwrap();
+        path.display().to_string()
+    }
+}
+
+impl Drop for Files {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 /// A long-lived connection survives a reload (SIGHUP) that adds a backend and reweights

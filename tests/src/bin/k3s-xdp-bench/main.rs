@@ -11,6 +11,9 @@
 //!   backends; time from a backend's death to its removal from the data plane, with the default
 //!   timers and with `inter = "200ms"`.
 
+mod e2e;
+mod failover;
+
 use anyhow::{bail, Context, Result};
 use aya::{TestRun, TestRunOptions};
 use k3s_xdp::{dataplane::publish_table, maglev};
@@ -37,14 +40,24 @@ fn main() {
             bail!("benchmarks load XDP programs and create namespaces: run as root (cargo xtask bench)");
         }
         let mut report = String::new();
+        let mut summary = Vec::new();
         if matches!(what, "micro" | "all") {
-            report.push_str(&micro()?);
+            report.push_str(&micro(&mut summary)?);
         }
         if matches!(what, "controller" | "all") {
-            report.push_str(&controller()?);
+            report.push_str(&controller(&mut summary)?);
+        }
+        if matches!(what, "failover" | "all") {
+            report.push_str(&failover::run(&mut summary)?);
+        }
+        if matches!(what, "e2e" | "all") {
+            report.push_str(&e2e::run(&machine())?);
         }
         if report.is_empty() {
-            bail!("unknown benchmark {what:?}: micro, controller or all");
+            bail!("unknown benchmark {what:?}: micro, controller, failover, e2e or all");
+        }
+        if what == "all" {
+            report = format!("{}\n{report}", render_summary(&summary));
         }
         save(what, &report)?;
         Ok(())
@@ -53,6 +66,31 @@ fn main() {
         eprintln!("error: {e:#}");
         std::process::exit(1);
     }
+}
+
+/// One line of the summary that `cargo xtask bench` prints: a figure as a ratio to the
+/// baseline measured in the same run.
+pub struct Ratio {
+    pub what: String,
+    pub value: String,
+    pub baseline: String,
+    pub ratio: f64,
+    /// The target and whether it is met, or "-".
+    pub target: String,
+}
+
+fn render_summary(rows: &[Ratio]) -> String {
+    let mut out = String::from(
+        "## Summary: ratios to baselines measured in the same run\n\n| figure | value | baseline | ratio | target |\n|---|---:|---|---:|---|\n",
+    );
+    for r in rows {
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {:.2}x | {} |",
+            r.what, r.value, r.baseline, r.ratio, r.target
+        );
+    }
+    out
 }
 
 fn results_dir() -> PathBuf {
@@ -197,7 +235,7 @@ struct Case {
     target: Option<f64>,
 }
 
-fn micro() -> Result<String> {
+fn micro(summary: &mut Vec<Ratio>) -> Result<String> {
     const ROUNDS: usize = 15;
     const REPEAT: u32 = 10_000;
     let mut h = XdpHarness::with_config_in_lab_sized(CONFIG, 1 << 20)?;
@@ -392,6 +430,15 @@ fn micro() -> Result<String> {
             ),
             None => "-".into(),
         };
+        if ci > 0 {
+            summary.push(Ratio {
+                what: format!("XDP: {}", case.name),
+                value: format!("{m:.0} ns/packet"),
+                baseline: format!("floor (MAC swap + XDP_TX) {floor:.0} ns"),
+                ratio: m / floor,
+                target: target.clone(),
+            });
+        }
         let _ = writeln!(
             out,
             "| {} | {m:.0} | {lo:.0}-{hi:.0} | {} | {:.2} | {target} |",
@@ -411,7 +458,7 @@ fn micro() -> Result<String> {
     Ok(out)
 }
 
-fn controller() -> Result<String> {
+fn controller(summary: &mut Vec<Ratio>) -> Result<String> {
     let mut out = String::new();
     let _ = writeln!(out, "## Control plane\n");
     let _ = writeln!(
@@ -455,6 +502,14 @@ fn controller() -> Result<String> {
             )
         };
         let total: Vec<u64> = builds.iter().zip(&publishes).map(|(a, b)| a + b).collect();
+        let build_ms = median(&mut builds.clone()) as f64 / 1000.0;
+        summary.push(Ratio {
+            what: format!("Maglev build, 65537 entries, {n} backends"),
+            value: format!("{build_ms:.2} ms"),
+            baseline: "Maglev paper 1.8 ms".into(),
+            ratio: build_ms / 1.8,
+            target: "-".into(),
+        });
         let _ = writeln!(
             out,
             "| {n} | {} | {} | {} |",
@@ -475,6 +530,7 @@ fn controller() -> Result<String> {
     let _ = writeln!(out, "server-2's backend stops (listener and connections closed, as a crash); time until `k3s-xdp status` shows it DOWN, which happens in the same controller step that removes it from the Maglev table. tcp checks; median of 3 (min-max).\n");
     let _ = writeln!(out, "| timers | detection |");
     let _ = writeln!(out, "|---|---:|");
+    let mut detections = Vec::new();
     for (label, health) in [
         ("defaults (inter 2s, fall 3)", "check = \"tcp\"\n"),
         (
@@ -487,6 +543,7 @@ fn controller() -> Result<String> {
             times.push(detection(health)?);
         }
         times.sort();
+        detections.push(times[1].as_secs_f64());
         let _ = writeln!(
             out,
             "| {label} | {:.2} s ({:.2}-{:.2}) |",
@@ -496,6 +553,13 @@ fn controller() -> Result<String> {
         );
     }
     let _ = writeln!(out);
+    summary.push(Ratio {
+        what: "dead backend removed, inter = 200ms".into(),
+        value: format!("{:.2} s", detections[1]),
+        baseline: format!("default timers {:.2} s", detections[0]),
+        ratio: detections[1] / detections[0],
+        target: "-".into(),
+    });
     Ok(out)
 }
 
