@@ -495,6 +495,72 @@ fn hostile_adverts_are_rejected_by_reason() {
         "MASTER",
         "no priority 254 believed"
     );
+
+    // The same in lb-2's metrics, parsed by a Prometheus text parser.
+    let m = metrics(&p.topo, "lb-2");
+    assert_eq!(
+        m.get("k3sxdp_vrrp_state{state=backup}"),
+        Some(&1.0),
+        "{m:?}"
+    );
+    assert_eq!(m.get("k3sxdp_vrrp_state{state=master}"), Some(&0.0));
+    assert_eq!(
+        m.get("k3sxdp_vrrp_master_info{address=192.0.2.98}"),
+        Some(&1.0)
+    );
+    assert_eq!(
+        m.get("k3sxdp_vrrp_adverts_rejected_total{reason=ttl}"),
+        Some(&1.0)
+    );
+    assert_eq!(
+        m.get("k3sxdp_vrrp_adverts_rejected_total{reason=checksum}"),
+        Some(&1.0)
+    );
+    assert!(m
+        .get("k3sxdp_vrrp_adverts_received_total")
+        .is_some_and(|v| *v >= 1.0));
+    assert!(m
+        .get("k3sxdp_vrrp_transitions_total")
+        .is_some_and(|v| *v >= 1.0));
+}
+
+/// `/metrics` of the daemon in `node`, as "name{label=value,...}" -> value.
+fn metrics(topo: &Topology, node: &str) -> std::collections::BTreeMap<String, f64> {
+    let body = topo
+        .node(node)
+        .enter(|| -> std::io::Result<String> {
+            let mut s = std::net::TcpStream::connect("127.0.0.1:9742")?;
+            s.set_read_timeout(Some(T))?;
+            s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")?;
+            let mut text = String::new();
+            s.read_to_string(&mut text)?;
+            Ok(text)
+        })
+        .unwrap()
+        .unwrap();
+    let (_, text) = body.split_once("\r\n\r\n").unwrap();
+    let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).unwrap();
+    scrape
+        .samples
+        .into_iter()
+        .map(|s| {
+            let mut labels: Vec<String> =
+                s.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            labels.sort();
+            let name = if labels.is_empty() {
+                s.metric.clone()
+            } else {
+                format!("{}{{{}}}", s.metric, labels.join(","))
+            };
+            let v = match s.value {
+                prometheus_parse::Value::Counter(v)
+                | prometheus_parse::Value::Gauge(v)
+                | prometheus_parse::Value::Untyped(v) => v,
+                _ => f64::NAN,
+            };
+            (name, v)
+        })
+        .collect()
 }
 
 fn advert(priority: u8) -> Advert {

@@ -463,6 +463,15 @@ pub fn render_metrics(s: &Status) -> String {
                 .collect(),
         );
         family(
+            "k3sxdp_vrrp_master_info",
+            "gauge",
+            "The current master's primary address (this node's when master), 1 while known.",
+            v.master
+                .iter()
+                .map(|m| (format!("address=\"{}\"", escape(m)), 1.0))
+                .collect(),
+        );
+        family(
             "k3sxdp_vrrp_priority",
             "gauge",
             "VRRP priority advertised now.",

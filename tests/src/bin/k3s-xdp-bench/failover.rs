@@ -56,7 +56,7 @@ pub fn run(summary: &mut Vec<crate::Ratio>) -> Result<String> {
     let mut times: Vec<Vec<Duration>> = vec![Vec::new(); SETUPS.len()];
     for round in 1..=ROUNDS {
         for (i, setup) in SETUPS.iter().enumerate() {
-            let t = once(*setup).with_context(|| format!("failover, {}", setup.label()))?;
+            let t = once(*setup, round).with_context(|| format!("failover, {}", setup.label()))?;
             eprintln!(
                 "failover round {round}/{ROUNDS}: {}: {t:.2?}",
                 setup.label()
@@ -76,7 +76,7 @@ pub fn run(summary: &mut Vec<crate::Ratio>) -> Result<String> {
     writeln!(
         out,
         "## Failover: master lost → first connection through the VIP\n\n\
-         lb-1 (master) is cut off the switch; agent-1 retries a connection (connect, echo, \
+         lb-1 (master) is cut off the switch, at a different point of the advert cycle in each round; agent-1 retries a connection (connect, echo, \
          close; 100 ms timeout, so the figure has that resolution) until one succeeds. {ROUNDS} rounds, setups interleaved.\n"
     )?;
     writeln!(out, "| setup | min | median | max | median vs keepalived |")?;
@@ -122,8 +122,11 @@ pub fn run(summary: &mut Vec<crate::Ratio>) -> Result<String> {
     Ok(out)
 }
 
-/// One failover; the time from cutting lb-1 off to the first successful connection.
-fn once(setup: Setup) -> Result<Duration> {
+/// One failover; the time from cutting lb-1 off to the first successful connection. The cut
+/// comes a set delay after an advert of the master, seen from agent-1 (a different delay in
+/// each round, the same for every setup), so that setups are compared at the same points of
+/// the advert cycle, not wherever the cut happened to fall.
+fn once(setup: Setup, round: usize) -> Result<Duration> {
     let topo = Topology::seed()?;
     let _servers: Vec<Backend> = SERVERS
         .iter()
@@ -181,7 +184,9 @@ fn once(setup: Setup) -> Result<Duration> {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    std::thread::sleep(Duration::from_millis(500));
+    let phase = advert_phase(round, setup);
+    wait_for_advert(&topo)?;
+    std::thread::sleep(phase);
 
     let cut = Instant::now();
     topo.set_link("lb-1", false)?;
@@ -207,6 +212,31 @@ fn once(setup: Setup) -> Result<Duration> {
             std::thread::sleep(Duration::from_millis(20) - spent);
         }
     }
+}
+
+/// Where in the advert cycle round `round` cuts: spread over the interval.
+fn advert_phase(round: usize, setup: Setup) -> Duration {
+    let interval_ms = match setup {
+        Setup::K3sXdp { advert_int: "100ms" } => 100,
+        _ => 1000,
+    };
+    Duration::from_millis((interval_ms * (2 * round as u64 - 1)) / (2 * ROUNDS as u64))
+}
+
+/// Returns when agent-1 sees a VRRP advert (multicast, flooded by the switch), within 5 s.
+fn wait_for_advert(topo: &Topology) -> Result<()> {
+    topo.node("agent-1").enter(|| -> Result<()> {
+        let s = socket2::Socket::new(
+            socket2::Domain::IPV4,
+            socket2::Type::RAW,
+            Some(socket2::Protocol::from(112)),
+        )?;
+        s.join_multicast_v4(&std::net::Ipv4Addr::new(224, 0, 0, 18), &topo.addr("agent-1"))?;
+        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); 256];
+        s.recv(&mut buf).context("no VRRP advert seen from agent-1 within 5 s")?;
+        Ok(())
+    })?
 }
 
 /// What one run started; dropped (stopped, removed) before the topology goes.
