@@ -86,7 +86,8 @@ fn lab(args: &[String]) -> Result<()> {
     }
     std::fs::create_dir_all(STATE_DIR)?;
     let started = Instant::now();
-    let result = run_lab(mode, connections);
+    // With --keep the pair is left as it is (lb-1 master) for exploring.
+    let result = run_lab(mode, connections, !keep);
     if keep && result.is_ok() {
         println!(
             "\nThe lab is up (namespaces {PREFIX}-*). For example:\n  \
@@ -103,7 +104,7 @@ fn lab(args: &[String]) -> Result<()> {
     result.and(cleanup)
 }
 
-fn run_lab(mode: &str, connections: usize) -> Result<()> {
+fn run_lab(mode: &str, connections: usize, failover: bool) -> Result<()> {
     println!("building the seed topology in network namespaces {PREFIX}-*");
     let topo = Topology::builder()
         .prefix(PREFIX)
@@ -140,21 +141,43 @@ fn run_lab(mode: &str, connections: usize) -> Result<()> {
         state.pids.push(pid);
     }
     let bin = daemon::binary()?;
-    let config = Path::new(STATE_DIR).join("lb-1.toml");
-    std::fs::write(&config, lab_config(mode))?;
-    println!("starting k3s-xdp on lb-1 (config {})", config.display());
-    let pid = spawn_detached(
-        topo.node("lb-1"),
-        &bin.display().to_string(),
-        &["run", "--config", &config.display().to_string()],
-        &log_path("lb-1"),
-    )?;
-    state.pids.push(pid);
+    let mut lb1_pid = 0;
+    for lb in ["lb-1", "lb-2"] {
+        let config = Path::new(STATE_DIR).join(format!("{lb}.toml"));
+        std::fs::write(&config, lab_config(mode, lb))?;
+        println!("starting k3s-xdp on {lb} (config {})", config.display());
+        let pid = spawn_detached(
+            topo.node(lb),
+            &bin.display().to_string(),
+            &["run", "--config", &config.display().to_string()],
+            &log_path(lb),
+        )?;
+        state.pids.push(pid);
+        if lb == "lb-1" {
+            lb1_pid = pid;
+        }
+    }
     state.namespaces = topo.keep()?;
     save(&state)?;
 
     let socket = Path::new(STATE_DIR).join("lb-1.sock");
+    let socket2 = Path::new(STATE_DIR).join("lb-2.sock");
     wait_healthy(&socket, Duration::from_secs(20))?;
+    wait_healthy(&socket2, Duration::from_secs(20))?;
+    wait_vrrp(&socket, "MASTER", Duration::from_secs(10))?;
+    wait_vrrp(&socket2, "BACKUP", Duration::from_secs(10))?;
+    // lb-2 follows lb-1 once it has heard an advert (Master_Down_Interval runs from there).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !status(&socket2)?
+        .vrrp
+        .is_some_and(|v| v.adverts_received > 0 && v.master.is_some())
+    {
+        if Instant::now() > deadline {
+            bail!("lb-2 heard no advert from lb-1 in 5 s");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    println!("VRRP: lb-1 MASTER (priority 200, holds {VIP}), lb-2 BACKUP (priority 100)");
 
     let total = connections * AGENTS.len();
     let (per_backend, failures) = burst(SocketAddrV4::new(VIP, PORT), connections)?;
@@ -171,12 +194,60 @@ fn run_lab(mode: &str, connections: usize) -> Result<()> {
     for f in failures.iter().take(3) {
         println!("  failed: {f}");
     }
-    let status = status(&socket)?;
-    println!("\n`k3s-xdp status` on lb-1:\n{}", render_table(&status));
+    let status1 = status(&socket)?;
+    println!("\n`k3s-xdp status` on lb-1:\n{}", render_table(&status1));
+
+    if !failover {
+        return Ok(());
+    }
+    // Failover: lb-1's daemon is killed (as a crash); lb-2 takes the VIP over.
+    println!("\nfailover: kill -9 of k3s-xdp on lb-1 (PID {lb1_pid})");
+    let killed = Instant::now();
+    // SAFETY: kill has no memory-safety preconditions; the PID is the daemon this lab started.
+    unsafe { libc::kill(lb1_pid as libc::pid_t, libc::SIGKILL) };
+    wait_vrrp(&socket2, "MASTER", Duration::from_secs(10))?;
+    let took = killed.elapsed();
+    println!("lb-2 MASTER after {took:.2?} (Master_Down_Interval 3.61 s at 1 s adverts)");
+    let after = (connections / 2).max(1);
+    let (per_backend, failures) = burst(SocketAddrV4::new(VIP, PORT), after)?;
+    println!(
+        "{} connections through lb-2 after the failover: {} failed",
+        after * AGENTS.len(),
+        failures.len()
+    );
+    for (backend, n) in &per_backend {
+        println!("  {backend:<10} {n:>5} connections");
+    }
+    for f in failures.iter().take(3) {
+        println!("  failed: {f}");
+    }
+    let status2 = status(&socket2)?;
+    println!("\n`k3s-xdp status` on lb-2:\n{}", render_table(&status2));
     Ok(())
 }
 
-fn lab_config(mode: &str) -> String {
+/// Waits until the daemon behind `socket` is in VRRP `state`.
+fn wait_vrrp(socket: &Path, state: &str, limit: Duration) -> Result<()> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Ok(s) = status(socket) {
+            if s.vrrp.as_ref().is_some_and(|v| v.state == state) {
+                return Ok(());
+            }
+        }
+        if Instant::now() > deadline {
+            bail!("{} not {state} after {limit:?}", socket.display());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn lab_config(mode: &str, lb: &str) -> String {
+    let (priority, state) = if lb == "lb-1" {
+        (200, "master")
+    } else {
+        (100, "backup")
+    };
     let backends: Vec<String> = SERVERS
         .iter()
         .map(|s| {
@@ -185,9 +256,9 @@ fn lab_config(mode: &str) -> String {
         })
         .collect();
     format!(
-        r#"# The lab's lb-1: the seeds' haproxy.cfg, with documentation addresses.
+        r#"# The lab's {lb}: the seeds' haproxy.cfg and keepalived.conf, with documentation addresses.
 interface = "eth1"
-control_socket = "{STATE_DIR}/lb-1.sock"
+control_socket = "{STATE_DIR}/{lb}.sock"
 metrics_listen = "127.0.0.1:9742"
 
 [[service]]
@@ -203,6 +274,13 @@ check = "tcp"
 inter = "1s"
 rise = 2
 fall = 2
+
+[vrrp]
+virtual_router_id = 51
+priority = {priority}
+state = "{state}"
+advert_int = "1s"
+virtual_ipaddress = ["{VIP}/24"]
 "#,
         backends.join("\n")
     )
@@ -321,8 +399,9 @@ fn wait_healthy(socket: &Path, limit: Duration) -> Result<()> {
             }
         }
         if Instant::now() > deadline {
-            let log = std::fs::read_to_string(log_path("lb-1")).unwrap_or_default();
-            bail!("k3s-xdp on lb-1 is not ready with healthy backends after {limit:?}:\n{log}");
+            let lb = socket.file_stem().and_then(|n| n.to_str()).unwrap_or("lb");
+            let log = std::fs::read_to_string(log_path(lb)).unwrap_or_default();
+            bail!("k3s-xdp on {lb} is not ready with healthy backends after {limit:?}:\n{log}");
         }
         std::thread::sleep(Duration::from_millis(100));
     }
