@@ -70,6 +70,18 @@ pub fn seed_addr(node: &str) -> Option<Ipv4Addr> {
     SEED_NODES.iter().find(|(n, _)| *n == node).map(|(_, a)| *a)
 }
 
+/// The `backends = [...]` entries of a k3s-xdp config for server-1..3 on `port`, one per line.
+pub fn seed_backends_toml(port: u16) -> String {
+    SERVERS
+        .iter()
+        .map(|s| {
+            let addr = seed_addr(s).expect("a seed server");
+            format!("  {{ name = \"{s}\", address = \"{addr}:{port}\" }},")
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 /// The MAC address the topology gives `addr`'s `eth1`: `02:00:c0:00:02:<last octet>`
 /// (locally administered; the middle bytes spell 192.0.2).
 pub fn mac_for(addr: Ipv4Addr) -> [u8; 6] {

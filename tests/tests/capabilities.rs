@@ -10,7 +10,7 @@ use k3s_xdp_tests::{
     backend::{roundtrip, Backend, Kind},
     bpf::have_root,
     daemon::Daemon,
-    topology::{seed_addr, Topology, SERVERS, VIP},
+    topology::{seed_backends_toml, Topology, SERVERS, VIP},
 };
 use std::{net::SocketAddrV4, sync::Mutex, time::Duration};
 
@@ -44,15 +44,7 @@ fn setpriv(caps: &[String]) -> Vec<String> {
 }
 
 fn config() -> String {
-    let backends: Vec<String> = SERVERS
-        .iter()
-        .map(|s| {
-            format!(
-                "  {{ name = \"{s}\", address = \"{}:6443\" }},",
-                seed_addr(s).unwrap()
-            )
-        })
-        .collect();
+    let backends = seed_backends_toml(6443);
     format!(
         r#"interface = "eth1"
 [[service]]
@@ -71,7 +63,7 @@ priority = 200
 state = "master"
 virtual_ipaddress = ["{VIP}/24"]
 "#,
-        backends.join("\n")
+        backends
     )
 }
 

@@ -9,7 +9,7 @@ use k3s_xdp_tests::{
     bpf::have_root,
     daemon::Daemon,
     keepalived::{self, Instance, Keepalived},
-    topology::{seed_addr, Topology, LB1, LB2, SERVERS, VIP},
+    topology::{seed_backends_toml, Topology, LB1, LB2, SERVERS, VIP},
 };
 use std::{
     net::SocketAddrV4,
@@ -48,15 +48,7 @@ const V2_AUTH: Proto = Proto {
 };
 
 fn k3s_xdp_config(priority: u8, master: bool, proto: Proto) -> String {
-    let backends: Vec<String> = SERVERS
-        .iter()
-        .map(|s| {
-            format!(
-                "  {{ name = \"{s}\", address = \"{}:6443\" }},",
-                seed_addr(s).unwrap()
-            )
-        })
-        .collect();
+    let backends = seed_backends_toml(6443);
     let auth = proto
         .auth_pass
         .map(|p| format!("auth_pass = \"{p}\"\n"))
@@ -86,7 +78,7 @@ advert_int = "1s"
 virtual_ipaddress = ["{VIP}/24"]
 version = {version}
 {auth}"#,
-        backends = backends.join("\n"),
+        backends = backends,
         state = if master { "master" } else { "backup" },
         version = proto.version,
     )

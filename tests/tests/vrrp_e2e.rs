@@ -9,7 +9,7 @@ use k3s_xdp_tests::{
     backend::{connect, echo_roundtrip, roundtrip, Backend, Kind},
     bpf::have_root,
     daemon::Daemon,
-    topology::{seed_addr, Topology, LB1, LB2, SERVERS, VIP},
+    topology::{seed_backends_toml, Topology, LB1, LB2, SERVERS, VIP},
 };
 use std::{
     io::{Read, Write},
@@ -54,15 +54,7 @@ fn config(node: &str, o: &Opts) -> String {
     } else {
         (100, "backup", LB2, LB1)
     };
-    let backends: Vec<String> = SERVERS
-        .iter()
-        .map(|s| {
-            format!(
-                "  {{ name = \"{s}\", address = \"{}:6443\" }},",
-                seed_addr(s).unwrap()
-            )
-        })
-        .collect();
+    let backends = seed_backends_toml(6443);
     let check_port = if node == "lb-1" && o.lb1_broken_checks {
         "port = 6999\n"
     } else {
@@ -106,7 +98,7 @@ preempt = {preempt}
 {unicast}{track}
 "#,
         mode = o.mode,
-        backends = backends.join("\n"),
+        backends = backends,
         advert = o.advert_int,
         preempt = o.preempt,
     )
