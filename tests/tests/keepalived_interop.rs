@@ -1,7 +1,8 @@
 //! Interop with a real keepalived (Debian's package), configured like the seeds: k3s-xdp and
 //! keepalived share virtual_router_id 51 and the VIP, in VRRPv3 and in VRRPv2 with
 //! `auth_pass`. Both directions: k3s-xdp master with keepalived backup, and the reverse; each
-//! side fails over to the other and takes the VIP back by preemption.
+//! side fails over to the other and takes the VIP back by preemption; and seed 004's unicast
+//! setup (unicast_src_ip, unicast_peer).
 
 use k3s_xdp::controller::status::Status;
 use k3s_xdp_tests::{
@@ -36,23 +37,48 @@ fn able() -> bool {
 struct Proto {
     version: u8,
     auth_pass: Option<&'static str>,
+    /// Unicast adverts between lb-1 and lb-2 (seed 004) instead of multicast.
+    unicast: bool,
 }
 
 const V3: Proto = Proto {
     version: 3,
     auth_pass: None,
+    unicast: false,
 };
 const V2_AUTH: Proto = Proto {
     version: 2,
     auth_pass: Some("1111"),
+    unicast: false,
 };
+/// Seed 004: VRRPv2, auth_pass, unicast_src_ip and unicast_peer.
+const V2_AUTH_UNICAST: Proto = Proto {
+    version: 2,
+    auth_pass: Some("1111"),
+    unicast: true,
+};
+
+/// This node's address and its peer's, for the priority's node (200: lb-1, 100: lb-2).
+fn me_and_peer(priority: u8) -> (std::net::Ipv4Addr, std::net::Ipv4Addr) {
+    if priority == 200 {
+        (LB1, LB2)
+    } else {
+        (LB2, LB1)
+    }
+}
 
 fn k3s_xdp_config(priority: u8, master: bool, proto: Proto) -> String {
     let backends = seed_backends_toml(6443);
-    let auth = proto
+    let mut auth = proto
         .auth_pass
         .map(|p| format!("auth_pass = \"{p}\"\n"))
         .unwrap_or_default();
+    if proto.unicast {
+        let (me, peer) = me_and_peer(priority);
+        auth.push_str(&format!(
+            "unicast_src_ip = \"{me}\"\nunicast_peers = [\"{peer}\"]\n"
+        ));
+    }
     format!(
         r#"interface = "eth1"
 
@@ -92,8 +118,12 @@ fn keepalived_instance(priority: u8, master: bool, proto: Proto) -> Instance {
         auth_pass: proto.auth_pass.map(str::to_string),
         advert_int: 1.0,
         vip: VIP,
-        unicast_src_ip: None,
-        unicast_peers: Vec::new(),
+        unicast_src_ip: proto.unicast.then(|| me_and_peer(priority).0),
+        unicast_peers: if proto.unicast {
+            vec![me_and_peer(priority).1]
+        } else {
+            Vec::new()
+        },
         nopreempt: false,
     }
 }
@@ -139,6 +169,11 @@ fn vrrp(s: &Status) -> &k3s_xdp::controller::status::VrrpStatus {
     s.vrrp.as_ref().expect("vrrp status")
 }
 
+/// The VRRP state ("" until the VRRP task has reported).
+fn state(s: &Status) -> String {
+    s.vrrp.as_ref().map(|v| v.state.clone()).unwrap_or_default()
+}
+
 fn rejected(s: &Status) -> u64 {
     vrrp(s).adverts_rejected.values().sum()
 }
@@ -159,7 +194,7 @@ fn k3s_xdp_master_keepalived_backup(proto: Proto) {
     let mut lb1 = Daemon::start(&l.topo, "lb-1", &k3s_xdp_config(200, true, proto)).unwrap();
     let k = Keepalived::start(&l.topo, "lb-2", &keepalived_instance(100, false, proto)).unwrap();
     lb1.wait_for(Duration::from_secs(10), "lb-1 MASTER", |s| {
-        vrrp(s).state == "MASTER"
+        state(s) == "MASTER"
     })
     .unwrap();
     k.wait_log("Entering BACKUP STATE", 1, Duration::from_secs(10))
@@ -188,7 +223,7 @@ fn k3s_xdp_master_keepalived_backup(proto: Proto) {
     // k3s-xdp comes back and preempts: keepalived hears priority 200 and steps down.
     lb1.restart(&l.topo).unwrap();
     lb1.wait_for(Duration::from_secs(10), "lb-1 MASTER again", |s| {
-        vrrp(s).state == "MASTER"
+        state(s) == "MASTER"
     })
     .unwrap();
     k.wait_log("Entering BACKUP STATE", 2, Duration::from_secs(5))
@@ -210,7 +245,7 @@ fn keepalived_master_k3s_xdp_backup(proto: Proto) {
         .unwrap();
     let lb2 = Daemon::start(&l.topo, "lb-2", &k3s_xdp_config(100, false, proto)).unwrap();
     lb2.wait_for(Duration::from_secs(10), "lb-2 follows keepalived", |s| {
-        let v = vrrp(s);
+        let Some(v) = &s.vrrp else { return false };
         v.state == "BACKUP" && v.master.as_deref() == Some("192.0.2.98") && v.adverts_received >= 2
     })
     .unwrap();
@@ -244,7 +279,7 @@ fn keepalived_master_k3s_xdp_backup(proto: Proto) {
     // keepalived comes back as master (priority 200): k3s-xdp steps down.
     k.restart(&l.topo).unwrap();
     lb2.wait_for(Duration::from_secs(10), "lb-2 BACKUP again", |s| {
-        vrrp(s).state == "BACKUP"
+        state(s) == "BACKUP"
     })
     .unwrap();
     wait(Duration::from_secs(3), "the VIP on lb-1 only", || {
@@ -300,6 +335,24 @@ fn v2_auth_pass_keepalived_master_with_k3s_xdp_backup() {
     keepalived_master_k3s_xdp_backup(V2_AUTH);
 }
 
+#[test]
+fn v2_unicast_k3s_xdp_master_with_keepalived_backup() {
+    if !able() {
+        return;
+    }
+    let _s = serial();
+    k3s_xdp_master_keepalived_backup(V2_AUTH_UNICAST);
+}
+
+#[test]
+fn v2_unicast_keepalived_master_with_k3s_xdp_backup() {
+    if !able() {
+        return;
+    }
+    let _s = serial();
+    keepalived_master_k3s_xdp_backup(V2_AUTH_UNICAST);
+}
+
 /// A keepalived with another auth_pass: its adverts are rejected and counted, never obeyed.
 #[test]
 fn v2_wrong_auth_pass_is_rejected() {
@@ -312,6 +365,7 @@ fn v2_wrong_auth_pass_is_rejected() {
     let other = Proto {
         version: 2,
         auth_pass: Some("2222"),
+        unicast: false,
     };
     let lb2 = Daemon::start(&l.topo, "lb-2", &k3s_xdp_config(100, false, other)).unwrap();
     let s = lb2
@@ -319,9 +373,10 @@ fn v2_wrong_auth_pass_is_rejected() {
             Duration::from_secs(10),
             "keepalived's adverts rejected",
             |s| {
-                vrrp(s)
-                    .adverts_rejected
-                    .get("authentication")
+                s.vrrp
+                    .as_ref()
+                    .map(|v| &v.adverts_rejected)
+                    .and_then(|r| r.get("authentication"))
                     .copied()
                     .unwrap_or(0)
                     >= 2
@@ -330,5 +385,4 @@ fn v2_wrong_auth_pass_is_rejected() {
         .unwrap();
     assert_eq!(vrrp(&s).adverts_received, 0);
     assert!(lb2.log().contains("authentication"), "{}", lb2.log());
-    let _ = (LB1, LB2);
 }
