@@ -7,7 +7,7 @@
 //! - `lab [--keep | --down]`: the seed topology in network namespaces, with traffic through the VIP.
 //! - `test`: unit tests, BPF tests and integration tests (root).
 //! - `lint`: `cargo fmt --check` and `cargo clippy -- -D warnings`.
-//! - `bench [micro | controller | all]`: benchmarks, results in `bench-results/`.
+//! - `bench [micro | controller | failover | e2e | all]`: benchmarks, results in `bench-results/`.
 //!
 //! `lab`, `test` and `run` call `setup` themselves when something is missing, so a fresh machine
 //! needs nothing but these commands.
@@ -59,7 +59,8 @@ enum Command {
     /// Check formatting and lints (`cargo fmt --check`, `cargo clippy -- -D warnings`).
     Lint,
     /// Benchmarks (root): micro (XDP ns/packet), controller (table build, failure detection),
-    /// or all of them; results in bench-results/.
+    /// failover (VRRP vs keepalived), e2e (vs HAProxy and nginx), or all of them with a summary
+    /// table of ratios; results in bench-results/.
     Bench {
         #[arg(default_value = "all")]
         what: String,

@@ -39,8 +39,17 @@ const TEST_PACKAGES: &[&str] = &[
     "keepalived",
 ];
 
-/// Benchmarks: the load balancers the seeds install today, and load generators.
-const BENCH_PACKAGES: &[&str] = &["haproxy", "nginx", "libnginx-mod-stream", "wrk", "iperf3"];
+/// Benchmarks: the load balancers the seeds install today, load generators, the font of the
+/// plots, and perf for the end-to-end benchmark's profile.
+const BENCH_PACKAGES: &[&str] = &[
+    "haproxy",
+    "nginx",
+    "libnginx-mod-stream",
+    "wrk",
+    "iperf3",
+    "fonts-dejavu-core",
+    "linux-perf",
+];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";

@@ -217,7 +217,9 @@ fn once(setup: Setup, round: usize) -> Result<Duration> {
 /// Where in the advert cycle round `round` cuts: spread over the interval.
 fn advert_phase(round: usize, setup: Setup) -> Duration {
     let interval_ms = match setup {
-        Setup::K3sXdp { advert_int: "100ms" } => 100,
+        Setup::K3sXdp {
+            advert_int: "100ms",
+        } => 100,
         _ => 1000,
     };
     Duration::from_millis((interval_ms * (2 * round as u64 - 1)) / (2 * ROUNDS as u64))
@@ -231,10 +233,14 @@ fn wait_for_advert(topo: &Topology) -> Result<()> {
             socket2::Type::RAW,
             Some(socket2::Protocol::from(112)),
         )?;
-        s.join_multicast_v4(&std::net::Ipv4Addr::new(224, 0, 0, 18), &topo.addr("agent-1"))?;
+        s.join_multicast_v4(
+            &std::net::Ipv4Addr::new(224, 0, 0, 18),
+            &topo.addr("agent-1"),
+        )?;
         s.set_read_timeout(Some(Duration::from_secs(5)))?;
         let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); 256];
-        s.recv(&mut buf).context("no VRRP advert seen from agent-1 within 5 s")?;
+        s.recv(&mut buf)
+            .context("no VRRP advert seen from agent-1 within 5 s")?;
         Ok(())
     })?
 }

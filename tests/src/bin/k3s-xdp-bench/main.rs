@@ -1,4 +1,4 @@
-//! `cargo xtask bench [micro | controller | ...]`: benchmarks, never assertions. Figures are
+//! `cargo xtask bench [micro | controller | failover | e2e | all]`: benchmarks, never assertions. Figures are
 //! reported as medians over interleaved rounds and as ratios to a baseline measured in the same
 //! run, because this machine's timings are noisy.
 //!
@@ -10,9 +10,18 @@
 //! - `controller`: time to build and publish a 65537-entry Maglev table for 3, 100 and 1000
 //!   backends; time from a backend's death to its removal from the data plane, with the default
 //!   timers and with `inter = "200ms"`.
+//! - `failover`: master lost → first connection through the VIP, k3s-xdp pair vs keepalived +
+//!   HAProxy pair, and k3s-xdp at 100 ms adverts (`failover.rs`).
+//! - `e2e`: the same client load direct, through k3s-xdp nat/dsr, HAProxy and nginx: new
+//!   connections/s, throughput, latency, CPU on the load-balancer node, plots (`e2e.rs`).
+//! - `all` (the default): everything, and a summary table of ratios first.
 
 mod e2e;
+mod e2e_report;
 mod failover;
+mod load;
+mod plot;
+mod profile;
 
 use anyhow::{bail, Context, Result};
 use aya::{TestRun, TestRunOptions};
@@ -51,7 +60,7 @@ fn main() {
             report.push_str(&failover::run(&mut summary)?);
         }
         if matches!(what, "e2e" | "all") {
-            report.push_str(&e2e::run(&machine())?);
+            report.push_str(&e2e::run_with_summary(&machine(), &mut summary)?);
         }
         if report.is_empty() {
             bail!("unknown benchmark {what:?}: micro, controller, failover, e2e or all");
