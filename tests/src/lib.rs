@@ -15,3 +15,21 @@ pub mod keepalived;
 pub mod netns;
 pub mod packet;
 pub mod topology;
+
+/// Polls `f` every 10 ms until it holds; panics (naming `what`) after `limit`. Returns how long
+/// it took, for the tests that bound a takeover time.
+pub fn wait_until(
+    limit: std::time::Duration,
+    what: &str,
+    mut f: impl FnMut() -> bool,
+) -> std::time::Duration {
+    let started = std::time::Instant::now();
+    while !f() {
+        assert!(
+            started.elapsed() < limit,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    started.elapsed()
+}

@@ -369,6 +369,14 @@ impl Topology {
         Ok(())
     }
 
+    /// Whether `node` holds `addr` on its `eth1` (a VIP, for instance).
+    pub fn has_address(&self, node: &str, addr: Ipv4Addr) -> bool {
+        self.node(node)
+            .ip(["-o", "addr", "show", "dev", IFACE])
+            .map(|out| String::from_utf8_lossy(&out.stdout).contains(&format!(" {addr}/")))
+            .unwrap_or(false)
+    }
+
     pub fn set_link(&self, node: &str, up: bool) -> Result<()> {
         let port = self.find_node(node)?.port.clone();
         self.switch

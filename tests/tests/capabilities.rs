@@ -68,11 +68,7 @@ virtual_ipaddress = ["{VIP}/24"]
 }
 
 fn has_vip(topo: &Topology) -> bool {
-    let out = topo
-        .node("lb-1")
-        .ip(["-o", "addr", "show", "dev", "eth1"])
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout).contains(&format!(" {VIP}/"))
+    topo.has_address("lb-1", VIP)
 }
 
 fn xdp_attached(topo: &Topology) -> bool {

@@ -11,6 +11,7 @@ use k3s_xdp_tests::{
     daemon::Daemon,
     keepalived::{self, Instance, Keepalived},
     topology::{seed_backends_toml, Topology, LB1, LB2, SERVERS, VIP},
+    wait_until,
 };
 use std::{
     net::SocketAddrV4,
@@ -146,23 +147,7 @@ fn lab() -> Lab {
 }
 
 fn has_vip(topo: &Topology, node: &str) -> bool {
-    let out = topo
-        .node(node)
-        .ip(["-o", "addr", "show", "dev", "eth1"])
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout).contains(&format!(" {VIP}/"))
-}
-
-fn wait(limit: Duration, what: &str, mut f: impl FnMut() -> bool) -> Duration {
-    let started = Instant::now();
-    while !f() {
-        assert!(
-            started.elapsed() < limit,
-            "timed out after {limit:?} waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    started.elapsed()
+    topo.has_address(node, VIP)
 }
 
 fn vrrp(s: &Status) -> &k3s_xdp::controller::status::VrrpStatus {
@@ -213,7 +198,7 @@ fn k3s_xdp_master_keepalived_backup(proto: Proto) {
 
     // k3s-xdp dies: keepalived takes over after its Master_Down_Interval.
     lb1.crash();
-    let took = wait(Duration::from_secs(8), "keepalived takes the VIP", || {
+    let took = wait_until(Duration::from_secs(8), "keepalived takes the VIP", || {
         has_vip(&l.topo, "lb-2")
     });
     k.wait_log("Entering MASTER STATE", 1, Duration::from_secs(2))
@@ -228,7 +213,7 @@ fn k3s_xdp_master_keepalived_backup(proto: Proto) {
     .unwrap();
     k.wait_log("Entering BACKUP STATE", 2, Duration::from_secs(5))
         .unwrap();
-    wait(Duration::from_secs(3), "the VIP on lb-1 only", || {
+    wait_until(Duration::from_secs(3), "the VIP on lb-1 only", || {
         has_vip(&l.topo, "lb-1") && !has_vip(&l.topo, "lb-2")
     });
     // Whatever lb-1 heard from keepalived, it rejected none of it.
@@ -262,7 +247,7 @@ fn keepalived_master_k3s_xdp_backup(proto: Proto) {
     // keepalived stops cleanly (priority 0): k3s-xdp takes over after Skew_Time.
     let started = Instant::now();
     k.stop();
-    wait(Duration::from_secs(3), "k3s-xdp takes the VIP", || {
+    wait_until(Duration::from_secs(3), "k3s-xdp takes the VIP", || {
         has_vip(&l.topo, "lb-2")
     });
     let took = started.elapsed();
@@ -282,13 +267,13 @@ fn keepalived_master_k3s_xdp_backup(proto: Proto) {
         state(s) == "BACKUP"
     })
     .unwrap();
-    wait(Duration::from_secs(3), "the VIP on lb-1 only", || {
+    wait_until(Duration::from_secs(3), "the VIP on lb-1 only", || {
         has_vip(&l.topo, "lb-1") && !has_vip(&l.topo, "lb-2")
     });
 
     // keepalived crashes (no priority 0): k3s-xdp takes over after Master_Down_Interval.
     k.crash(&l.topo, VIP).unwrap();
-    let took = wait(Duration::from_secs(6), "k3s-xdp takes the VIP", || {
+    let took = wait_until(Duration::from_secs(6), "k3s-xdp takes the VIP", || {
         has_vip(&l.topo, "lb-2")
     });
     assert!(

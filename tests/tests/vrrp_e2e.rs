@@ -10,6 +10,7 @@ use k3s_xdp_tests::{
     bpf::have_root,
     daemon::Daemon,
     topology::{seed_backends_toml, Topology, LB1, LB2, SERVERS, VIP},
+    wait_until,
 };
 use std::{
     io::{Read, Write},
@@ -138,23 +139,7 @@ fn vrrp_state(s: &Status) -> String {
 
 /// Whether `node` holds the VIP on eth1.
 fn has_vip(topo: &Topology, node: &str) -> bool {
-    let out = topo
-        .node(node)
-        .ip(["-o", "addr", "show", "dev", "eth1"])
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout).contains(&format!(" {VIP}/"))
-}
-
-fn wait(limit: Duration, what: &str, mut f: impl FnMut() -> bool) -> Duration {
-    let started = Instant::now();
-    while !f() {
-        assert!(
-            started.elapsed() < limit,
-            "timed out after {limit:?} waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    started.elapsed()
+    topo.has_address(node, VIP)
 }
 
 /// lb-1 MASTER with the VIP, lb-2 BACKUP without it.
@@ -164,12 +149,17 @@ fn steady(p: &Pair) {
             vrrp_state(s) == "MASTER"
         })
         .unwrap();
+    // lb-2 is backup and has heard lb-1 (its next advert is at most advert_int away).
     p.lb2
-        .wait_for(Duration::from_secs(10), "lb-2 BACKUP", |s| {
-            vrrp_state(s) == "BACKUP"
+        .wait_for(Duration::from_secs(10), "lb-2 BACKUP following lb-1", |s| {
+            s.vrrp.as_ref().is_some_and(|v| {
+                v.state == "BACKUP"
+                    && v.master.as_deref() == Some("192.0.2.98")
+                    && v.adverts_received > 0
+            })
         })
         .unwrap();
-    wait(T, "the VIP on lb-1 only", || {
+    wait_until(T, "the VIP on lb-1 only", || {
         has_vip(&p.topo, "lb-1") && !has_vip(&p.topo, "lb-2")
     });
     p.lb1.wait_healthy(Duration::from_secs(10)).unwrap();
@@ -217,17 +207,17 @@ fn kill_9_of_the_master_then_it_returns_and_preempts() {
     p.lb1.crash();
     // The guard removes the dead daemon's VIP and restores the sysctl at once: the kernel of
     // lb-1 must not answer ARP for the VIP, nor reset connections that reach it.
-    let gone = wait(
+    let gone = wait_until(
         Duration::from_secs(2),
         "the guard removes lb-1's VIP",
         || !has_vip(&p.topo, "lb-1"),
     );
     eprintln!("VIP gone from lb-1 {gone:?} after kill -9");
     if enabled_it {
-        wait(T, "forwarding restored", || forwarding() == "0");
+        wait_until(T, "forwarding restored", || forwarding() == "0");
     }
     // Master_Down_Interval for lb-2 (priority 100, 1 s adverts): 3 s + 156/256 s = 3.61 s.
-    let took = wait(Duration::from_secs(6), "lb-2 takes the VIP", || {
+    let took = wait_until(Duration::from_secs(6), "lb-2 takes the VIP", || {
         has_vip(&p.topo, "lb-2")
     });
     assert!(
@@ -247,7 +237,7 @@ fn kill_9_of_the_master_then_it_returns_and_preempts() {
             vrrp_state(s) == "MASTER"
         })
         .unwrap();
-    wait(Duration::from_secs(3), "one VIP, on lb-1", || {
+    wait_until(Duration::from_secs(3), "one VIP, on lb-1", || {
         has_vip(&p.topo, "lb-1") && !has_vip(&p.topo, "lb-2")
     });
     p.lb2
@@ -268,7 +258,7 @@ fn without_preempt_a_returning_master_stays_backup() {
     });
     steady(&p);
     p.lb1.crash();
-    wait(Duration::from_secs(6), "lb-2 takes the VIP", || {
+    wait_until(Duration::from_secs(6), "lb-2 takes the VIP", || {
         has_vip(&p.topo, "lb-2")
     });
     p.lb1.restart(&p.topo).unwrap();
@@ -301,7 +291,7 @@ fn sigterm_hands_over_within_skew_time() {
     let status = p.lb1.stop().expect("lb-1 exits");
     assert!(status.success(), "clean exit: {status:?}\n{}", p.lb1.log());
     assert!(!has_vip(&p.topo, "lb-1"), "SIGTERM removes the VIP");
-    wait(Duration::from_secs(3), "lb-2 holds the VIP", || {
+    wait_until(Duration::from_secs(3), "lb-2 holds the VIP", || {
         has_vip(&p.topo, "lb-2")
     });
     let took = started.elapsed();
@@ -321,7 +311,7 @@ fn a_link_down_and_up_converges_to_one_master() {
     let p = pair(Opts::default());
     steady(&p);
     p.topo.set_link("lb-1", false).unwrap();
-    wait(Duration::from_secs(6), "lb-2 takes over", || {
+    wait_until(Duration::from_secs(6), "lb-2 takes over", || {
         has_vip(&p.topo, "lb-2")
     });
     assert!(
@@ -329,7 +319,7 @@ fn a_link_down_and_up_converges_to_one_master() {
         "lb-2 serves while lb-1 is cut off"
     );
     p.topo.set_link("lb-1", true).unwrap();
-    wait(Duration::from_secs(6), "one master", || {
+    wait_until(Duration::from_secs(6), "one master", || {
         has_vip(&p.topo, "lb-1") && !has_vip(&p.topo, "lb-2")
     });
     p.lb2
@@ -368,7 +358,7 @@ fn unicast_peers_fail_over_and_refuse_strangers() {
         .unwrap();
     assert_eq!(vrrp_state(&p.lb2.status().unwrap()), "BACKUP");
     p.lb1.crash();
-    wait(Duration::from_secs(6), "lb-2 takes the VIP", || {
+    wait_until(Duration::from_secs(6), "lb-2 takes the VIP", || {
         has_vip(&p.topo, "lb-2")
     });
     assert!(through_vip(&p, "agent-2").is_ok());
@@ -387,7 +377,7 @@ fn fast_adverts_fail_over_in_under_half_a_second() {
     });
     steady(&p);
     p.lb1.crash();
-    let took = wait(Duration::from_secs(3), "lb-2 takes the VIP", || {
+    let took = wait_until(Duration::from_secs(3), "lb-2 takes the VIP", || {
         has_vip(&p.topo, "lb-2")
     });
     assert!(took < Duration::from_millis(500), "takeover after {took:?}");
@@ -415,7 +405,7 @@ fn failing_tracking_hands_the_vip_to_the_peer() {
                 .is_some_and(|v| !v.track_ok && v.effective_priority == 50)
         })
         .unwrap();
-    wait(Duration::from_secs(8), "lb-2 holds the VIP", || {
+    wait_until(Duration::from_secs(8), "lb-2 holds the VIP", || {
         has_vip(&p.topo, "lb-2") && !has_vip(&p.topo, "lb-1")
     });
     assert_eq!(vrrp_state(&p.lb2.status().unwrap()), "MASTER");
@@ -430,7 +420,7 @@ fn failing_tracking_hands_the_vip_to_the_peer() {
                 .is_some_and(|v| v.track_ok && v.effective_priority == 200)
         })
         .unwrap();
-    wait(Duration::from_secs(8), "lb-1 preempts", || {
+    wait_until(Duration::from_secs(8), "lb-1 preempts", || {
         has_vip(&p.topo, "lb-1") && !has_vip(&p.topo, "lb-2")
     });
     let _ = &p.opts;
@@ -624,7 +614,7 @@ fn dsr_connections_survive_a_failover() {
     let mut conns = open_connections(&p, 6);
     idle();
     p.lb1.crash();
-    wait(Duration::from_secs(6), "lb-2 takes the VIP", || {
+    wait_until(Duration::from_secs(6), "lb-2 takes the VIP", || {
         has_vip(&p.topo, "lb-2")
     });
     for (i, c) in conns.iter_mut().enumerate() {
@@ -646,7 +636,7 @@ fn nat_connections_survive_a_failover_when_the_client_speaks_next() {
     let mut conns = open_connections(&p, 6);
     idle();
     p.lb1.crash();
-    wait(Duration::from_secs(6), "lb-2 takes the VIP", || {
+    wait_until(Duration::from_secs(6), "lb-2 takes the VIP", || {
         has_vip(&p.topo, "lb-2")
     });
     for (i, c) in conns.iter_mut().enumerate() {
