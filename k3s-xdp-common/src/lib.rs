@@ -18,6 +18,9 @@ pub mod names {
     pub const BENCH_FLOOR_PROGRAM: &str = "k3s_xdp_bench_floor";
     pub const BENCH: &str = "BENCH";
     pub const VIPS: &str = "VIPS";
+    pub const VIP_INDEX: &str = "VIP_INDEX";
+    pub const VIP_TABLE: &str = "VIP_TABLE";
+    pub const GRACE: &str = "GRACE";
     pub const BACKENDS: &str = "BACKENDS";
     pub const BACKEND_HOPS: &str = "BACKEND_HOPS";
     pub const MAGLEV: &str = "MAGLEV";
@@ -35,6 +38,11 @@ pub const MAX_SERVICES: u32 = 256;
 pub const MAX_PORTS_PER_VIP: usize = 8;
 /// Distinct VIPs.
 pub const MAX_VIPS: u32 = 64;
+/// Slots of each half of `VIP_INDEX` (a power of two): the perfect hash of the VIPs spreads
+/// at most `MAX_VIPS` addresses over these without a collision.
+pub const VIP_SLOTS: u32 = 1024;
+/// Entries of each half of `VIPS`: entry 0 of a half is never used, so 0 means "no VIP".
+pub const VIP_INFO_SLOTS: u32 = MAX_VIPS + 1;
 /// Backend slots, across all services. Slot 0 is never used, so 0 means "no backend".
 pub const MAX_BACKENDS: u32 = 4096;
 /// Maglev table size when the config does not name one (the paper's M, a prime).
@@ -46,9 +54,20 @@ pub const MAX_TABLE_SIZE: u32 = 262_139;
 /// flows find it in the cache.
 pub const MAGLEV_SLOTS_PER_WORD: u32 = 4;
 
-/// Words of a Maglev table of `entries` entries.
+/// Word 0 of a Maglev table holds its number of entries: a packet takes the size from the
+/// table it reads, so a table swapped in with a new size is never indexed with the old one.
+/// The entries start at word 1.
+pub const MAGLEV_HEADER_WORDS: u32 = 1;
+
+/// Words of a Maglev table of `entries` entries (its size word included).
 pub const fn maglev_words(entries: u32) -> u32 {
-    entries.div_ceil(MAGLEV_SLOTS_PER_WORD)
+    MAGLEV_HEADER_WORDS + entries.div_ceil(MAGLEV_SLOTS_PER_WORD)
+}
+
+/// The word of a Maglev table that holds `entry`.
+#[inline(always)]
+pub fn maglev_word(entry: u32) -> u32 {
+    MAGLEV_HEADER_WORDS + entry / MAGLEV_SLOTS_PER_WORD
 }
 
 /// The backend slot at `entry` of a packed Maglev table word.
@@ -81,14 +100,13 @@ pub struct VipPort {
     pub _pad: u8,
     /// Index into `MAGLEV`, `SERVICE_STATS`.
     pub service: u32,
-    /// Entries in this service's Maglev table (a prime).
-    pub table_size: u32,
+    pub _reserved: u32,
     /// `SERVICE_*` flags.
     pub flags: u16,
     pub _pad2: u16,
 }
 
-/// Value of `VIPS` (key: the VIP as a `u32` in network byte order).
+/// Value of `VIPS` (index: `VipSlot::info`): the services of one VIP.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct VipInfo {
@@ -96,6 +114,48 @@ pub struct VipInfo {
     pub count: u32,
     pub _pad: u32,
     pub ports: [VipPort; MAX_PORTS_PER_VIP],
+}
+
+/// A multiply-shift hash that userspace chose so that the VIPs it publishes land in distinct
+/// slots of `VIP_INDEX` (a perfect hash): the program finds whether a destination is a VIP
+/// with one multiplication and one array read, for every packet, instead of a hash-map lookup.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VipHash {
+    pub mult: u32,
+    /// `32 - log2(slots used)`; 32 puts every address in slot 0.
+    pub shift: u32,
+}
+
+impl VipHash {
+    /// The `VIP_INDEX` slot (within a half) of `addr` (network byte order).
+    #[inline(always)]
+    pub fn slot(&self, addr: u32) -> u32 {
+        (u64::from(addr.wrapping_mul(self.mult)) >> (self.shift & 63)) as u32
+    }
+}
+
+/// Value of `VIP_INDEX` (key: `half * VIP_SLOTS + VipHash::slot`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VipSlot {
+    /// The VIP in this slot (network byte order); a packet's destination must equal it.
+    pub addr: u32,
+    /// Its entry in `VIPS` (`half * VIP_INFO_SLOTS + 1..`); 0: the slot is empty.
+    pub info: u32,
+}
+
+/// Single-entry `VIP_TABLE`: which half of `VIP_INDEX`/`VIPS` is live, and each half's hash.
+/// Userspace fills the other half, then flips `half` (only its lowest byte ever changes, so no
+/// reader can see a torn value), then waits for every running program to finish before it
+/// touches the old half again (see `GRACE`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VipTable {
+    /// 0 or 1.
+    pub half: u32,
+    pub _pad: u32,
+    pub hash: [VipHash; 2],
 }
 
 /// `Backend::state`: in the Maglev table, gets new flows.
@@ -258,6 +318,9 @@ mod pod {
     // SAFETY: all are #[repr(C)] plain data with explicit padding and no invalid bit patterns.
     unsafe impl aya::Pod for VipPort {}
     unsafe impl aya::Pod for VipInfo {}
+    unsafe impl aya::Pod for VipHash {}
+    unsafe impl aya::Pod for VipSlot {}
+    unsafe impl aya::Pod for VipTable {}
     unsafe impl aya::Pod for Backend {}
     unsafe impl aya::Pod for FlowKey {}
     unsafe impl aya::Pod for NextHop {}
@@ -285,5 +348,22 @@ mod tests {
         assert_eq!(size_of::<NatReverse>(), 44);
         assert_eq!(size_of::<Traffic>(), 32);
         assert_eq!(size_of::<Globals>(), 16);
+        assert_eq!(size_of::<VipSlot>(), 8);
+        assert_eq!(size_of::<VipTable>(), 24);
+    }
+
+    #[test]
+    fn vip_slots_stay_within_the_bits_of_the_shift() {
+        for bits in 0..=10u32 {
+            let hash = VipHash {
+                mult: 0x9e37_79b1,
+                shift: 32 - bits,
+            };
+            for addr in [0u32, 1, 0xffff_ffff, 0xc000_0264, 0x6400_02c0] {
+                assert!(hash.slot(addr) < 1 << bits, "bits {bits} addr {addr:#x}");
+            }
+        }
+        assert_eq!(VipHash::default().slot(0xc000_0264), 0);
+        assert!(VIP_SLOTS.is_power_of_two());
     }
 }

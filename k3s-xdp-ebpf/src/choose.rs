@@ -6,8 +6,8 @@ use aya_ebpf::helpers::bpf_loop;
 use core::ffi::c_void;
 use k3s_xdp_common::{
     hash::{flow_hash, probe as probe_hash, reduce, snat_hash},
-    maglev_slot, reason, Backend, FlowKey, NatReverse, NextHop, VipInfo, VipPort, BACKEND_UP,
-    MAGLEV_SLOTS_PER_WORD, MAX_PORTS_PER_VIP,
+    maglev_slot, maglev_word, reason, Backend, FlowKey, NatReverse, NextHop, VipInfo, VipPort,
+    BACKEND_UP, MAX_PORTS_PER_VIP,
 };
 
 /// `BPF_NOEXIST`: insert only if absent, so two CPUs cannot claim the same SNAT port.
@@ -37,11 +37,16 @@ pub fn service(vip: &VipInfo, port: u16, protocol: u8) -> Option<VipPort> {
 }
 
 /// The backend for a new flow: the Maglev entry its hash selects, if that backend is up.
-/// `None` when the service has no table (no healthy backend) or the entry is stale.
+/// `None` when the service has no table (no healthy backend), an empty one, or the entry is
+/// stale.
 #[inline(always)]
 pub fn backend(service: &VipPort, key: &FlowKey) -> Option<(u32, Backend)> {
-    let entry = reduce(flow_hash(key), service.table_size);
-    let word = *MAGLEV.get_value(service.service, &(entry / MAGLEV_SLOTS_PER_WORD))?;
+    // One outer lookup: the size and the entry come from the same table even if the
+    // controller swaps in another one meanwhile.
+    let table = MAGLEV.get(service.service)?;
+    let size = *table.get(0)? as u32;
+    let entry = reduce(flow_hash(key), size);
+    let word = *table.get(maglev_word(entry))?;
     let id = maglev_slot(word, entry);
     let backend = *BACKENDS.get(id)?;
     if backend.state == BACKEND_UP && backend.service == service.service {
@@ -74,33 +79,46 @@ pub fn snat_port(
             max = u32::from(g.snat_port_max);
         }
     }
+    let entry = NatReverse {
+        client_addr: key.src,
+        client_port: key.sport,
+        vip_port: key.dport,
+        backend: id,
+        service,
+        closing: 0,
+        next_hop: *client_hop,
+    };
+    let hash = snat_hash(key);
+    let span = max - min + 1;
+    let count = vip.count.min(MAX_PORTS_PER_VIP as u32);
+    // The first try inline: it succeeds unless the port is taken, so most new flows skip the
+    // loop's setup.
+    let port = ((min + reduce(hash, span)) as u16).to_be();
+    if !is_service_port(&vip.ports, count, port)
+        && claim(key, &reverse_key(key, backend, port), &entry)
+    {
+        return Ok(port);
+    }
     let mut probe = Probe {
         key: *key,
-        entry: NatReverse {
-            client_addr: key.src,
-            client_port: key.sport,
-            vip_port: key.dport,
-            backend: id,
-            service,
-            closing: 0,
-            next_hop: *client_hop,
-        },
+        entry,
         backend_addr: backend.addr,
         backend_port: backend.port,
         found: 0,
-        hash: snat_hash(key),
-        span: max - min + 1,
+        hash,
+        span,
         min,
         service_ports: [0; MAX_PORTS_PER_VIP],
-        service_count: vip.count.min(MAX_PORTS_PER_VIP as u32),
+        service_count: count,
     };
     for i in 0..MAX_PORTS_PER_VIP {
         probe.service_ports[i] = vip.ports[i].port;
     }
-    // bpf_loop: the kernel verifies the callback once, whatever the number of tries.
+    // bpf_loop: the kernel verifies the callback once, whatever the number of tries. Try 0
+    // was the inline one above.
     unsafe {
         bpf_loop(
-            SNAT_TRIES,
+            SNAT_TRIES - 1,
             snat_try as *mut c_void,
             &mut probe as *mut Probe as *mut c_void,
             0,
@@ -111,6 +129,20 @@ pub fn snat_port(
     } else {
         Err(reason::DROP_SNAT_EXHAUSTED)
     }
+}
+
+/// Whether `port` (network order) is one of the first `count` service ports of a VIP.
+#[inline(always)]
+fn is_service_port(ports: &[VipPort; MAX_PORTS_PER_VIP], count: u32, port: u16) -> bool {
+    for (i, p) in ports.iter().enumerate() {
+        if i as u32 >= count {
+            break;
+        }
+        if p.port == port {
+            return true;
+        }
+    }
+    false
 }
 
 /// Marks `Probe::found` as set (the low 16 bits hold the port, network order).
@@ -131,12 +163,12 @@ struct Probe {
     service_count: u32,
 }
 
-/// One try of the SNAT port search: the `index`-th probe of the flow's hash.
+/// One try of the SNAT port search: the `index + 1`-th probe of the flow's hash.
 extern "C" fn snat_try(index: u64, ctx: *mut c_void) -> i64 {
     let probe = ctx as *mut Probe;
     // SAFETY: `ctx` is the `Probe` on `snat_port`'s stack, alive during bpf_loop.
     unsafe {
-        let offset = reduce(probe_hash((*probe).hash, index as u32), (*probe).span);
+        let offset = reduce(probe_hash((*probe).hash, index as u32 + 1), (*probe).span);
         let port = (((*probe).min + offset) as u16).to_be();
         for i in 0..MAX_PORTS_PER_VIP {
             if i as u32 >= (*probe).service_count {

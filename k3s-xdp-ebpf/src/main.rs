@@ -47,8 +47,7 @@ fn process(ctx: &XdpContext) -> Verdict {
         Err(why) => return Verdict::pass(why),
     };
     let dst = unsafe { (*ip.hdr).dst };
-    // SAFETY: the value stays valid for this run (RCU); it is only read.
-    let Some(vip) = (unsafe { maps::VIPS.get(dst) }) else {
+    let Some(vip) = maps::vip(dst) else {
         return Verdict::pass(reason::PASS_NOT_VIP);
     };
     if !for_this_host(&ip) {

@@ -1,13 +1,13 @@
 //! The maps the controller writes and the program reads. Layouts live in `k3s-xdp-common`.
 
 use aya_ebpf::{
-    btf_maps::{Array, ArrayOfMaps, HashMap, LruHashMap, PerCpuArray},
+    btf_maps::{Array, ArrayOfMaps, LruHashMap, PerCpuArray},
     macros::btf_map,
 };
 use k3s_xdp_common::{
     maglev_words, reason, Backend, BenchPacket, Flow, FlowKey, Globals, NatReverse, NextHop,
-    Traffic, VipInfo, DEFAULT_FLOW_TABLE_SIZE, DEFAULT_TABLE_SIZE, MAX_BACKENDS, MAX_SERVICES,
-    MAX_VIPS,
+    Traffic, VipInfo, VipSlot, VipTable, DEFAULT_FLOW_TABLE_SIZE, DEFAULT_TABLE_SIZE, MAX_BACKENDS,
+    MAX_SERVICES, VIP_INFO_SLOTS, VIP_SLOTS,
 };
 
 /// Flags of the inner Maglev tables, which the controller must create with the same flags:
@@ -15,9 +15,25 @@ use k3s_xdp_common::{
 /// controller fills a new table with one memory copy instead of one syscall per entry).
 const INNER_FLAGS: usize = k3s_xdp_common::MAGLEV_INNER_FLAGS as usize;
 
-/// VIP (network byte order) → its services.
+/// Which half of `VIP_INDEX` and `VIPS` is live, and the perfect hash of each half.
 #[btf_map]
-pub static VIPS: HashMap<u32, VipInfo, { MAX_VIPS as usize }> = HashMap::new();
+pub static VIP_TABLE: Array<VipTable, 1> = Array::new();
+
+/// Two halves of `VIP_SLOTS` slots: a VIP's slot (by the half's perfect hash) → the VIP and
+/// its entry in `VIPS`. Arrays, not a hash map: the verifier inlines array lookups, so telling
+/// VIP traffic from the rest costs every packet a multiplication and a load, not a call.
+#[btf_map]
+pub static VIP_INDEX: Array<VipSlot, { 2 * VIP_SLOTS as usize }> = Array::new();
+
+/// Two halves of `VIP_INFO_SLOTS` entries: the services of each VIP.
+#[btf_map]
+pub static VIPS: Array<VipInfo, { 2 * VIP_INFO_SLOTS as usize }> = Array::new();
+
+/// Never read by the program. Userspace updates it to wait until no program run can still be
+/// reading the VIP half it has just retired: the kernel returns from an update of a
+/// map-in-map only after every running program has finished (`synchronize_rcu`).
+#[btf_map]
+pub static GRACE: ArrayOfMaps<Array<u32, 1>, 1> = ArrayOfMaps::new();
 
 /// Backend slot → address and state.
 #[btf_map]
@@ -72,3 +88,17 @@ pub static GLOBALS: Array<Globals, 1> = Array::new();
 /// The packet the benchmark entry points restore before each run (see `bench.rs`).
 #[btf_map]
 pub static BENCH: Array<BenchPacket, 1> = Array::new();
+
+/// The services of `dst` (network byte order) if it is a VIP: the live half's perfect hash
+/// gives its one possible slot.
+#[inline(always)]
+pub fn vip(dst: u32) -> Option<&'static VipInfo> {
+    let table = VIP_TABLE.get(0)?;
+    let half = table.half & 1;
+    let hash = table.hash[half as usize];
+    let slot = VIP_INDEX.get(half * VIP_SLOTS + (hash.slot(dst) & (VIP_SLOTS - 1)))?;
+    if slot.info == 0 || slot.addr != dst {
+        return None;
+    }
+    VIPS.get(slot.info)
+}

@@ -20,7 +20,7 @@ use std::{
     collections::BTreeMap,
     fs::File,
     net::Ipv4Addr,
-    os::fd::AsRawFd,
+    os::fd::{AsFd, AsRawFd, OwnedFd},
     process::Command,
     sync::atomic::{AtomicU32, Ordering},
 };
@@ -193,6 +193,108 @@ impl XdpHarness {
     pub fn reason(&self, index: u32) -> Result<u64> {
         let name = reason::NAMES[index as usize];
         Ok(self.reasons()?.get(name).copied().unwrap_or(0))
+    }
+}
+
+/// A handle that runs the main program from another thread while the harness publishes:
+/// its own descriptor of the loaded program, and the lab to run in.
+pub struct Runner<'a> {
+    fd: OwnedFd,
+    lab: Option<&'a FibLab>,
+}
+
+impl XdpHarness {
+    /// Splits the harness into a [`Runner`] for a packet thread and the data plane and
+    /// publisher for the thread that publishes.
+    pub fn split(&mut self) -> Result<(Runner<'_>, &mut Dataplane, &mut Publisher)> {
+        let fd = self
+            .dataplane
+            .program_mut(names::PROGRAM)?
+            .fd()?
+            .as_fd()
+            .try_clone_to_owned()?;
+        Ok((
+            Runner {
+                fd,
+                lab: self.lab.as_ref(),
+            },
+            &mut self.dataplane,
+            &mut self.publisher,
+        ))
+    }
+}
+
+/// `union bpf_attr` for BPF_PROG_TEST_RUN.
+#[repr(C)]
+#[derive(Default)]
+struct TestRunAttr {
+    prog_fd: u32,
+    retval: u32,
+    data_size_in: u32,
+    data_size_out: u32,
+    data_in: u64,
+    data_out: u64,
+    repeat: u32,
+    duration: u32,
+    ctx_size_in: u32,
+    ctx_size_out: u32,
+    ctx_in: u64,
+    ctx_out: u64,
+    flags: u32,
+    cpu: u32,
+    batch_size: u32,
+    _pad: u32,
+}
+
+impl Runner<'_> {
+    /// Moves the calling thread into the lab (if any) until the guard drops.
+    pub fn enter(&self) -> Result<Option<NetnsGuard>> {
+        self.lab.map(FibLab::enter).transpose()
+    }
+
+    /// Runs `frame` through the program once (from a thread that called [`Runner::enter`]).
+    pub fn run(&self, frame: &[u8]) -> Result<Outcome> {
+        const BPF_PROG_TEST_RUN: libc::c_long = 10;
+        let mut out = vec![0u8; frame.len() + 256];
+        let ctx: Vec<u8> = match self.lab {
+            Some(lab) => [0u32, frame.len() as u32, 0, lab.ifindex, 0, 0]
+                .iter()
+                .flat_map(|v| v.to_ne_bytes())
+                .collect(),
+            None => Vec::new(),
+        };
+        let mut attr = TestRunAttr {
+            prog_fd: self.fd.as_raw_fd() as u32,
+            data_size_in: frame.len() as u32,
+            data_size_out: out.len() as u32,
+            data_in: frame.as_ptr() as u64,
+            data_out: out.as_mut_ptr() as u64,
+            repeat: 1,
+            ctx_size_in: ctx.len() as u32,
+            ctx_in: if ctx.is_empty() {
+                0
+            } else {
+                ctx.as_ptr() as u64
+            },
+            ..Default::default()
+        };
+        // SAFETY: attr points at buffers that outlive the call, with their true sizes.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_PROG_TEST_RUN,
+                &mut attr as *mut TestRunAttr,
+                std::mem::size_of::<TestRunAttr>(),
+            )
+        };
+        if rc < 0 {
+            bail!("BPF_PROG_TEST_RUN: {}", std::io::Error::last_os_error());
+        }
+        out.truncate(attr.data_size_out as usize);
+        Ok(Outcome {
+            action: attr.retval,
+            data: out,
+        })
     }
 }
 

@@ -972,3 +972,174 @@ fn vip_packets_for_another_mac_are_not_forwarded() {
     assert_eq!(run(&mut h, &stranger).action, XDP_PASS);
     assert_eq!(h.reason(reason::PASS_NOT_VIP).unwrap(), 1);
 }
+
+/// The two publications the next test alternates between: other backends behind the same
+/// service (so other Maglev tables, of another size), a second VIP that comes and goes, and a
+/// second service on the first VIP.
+const BEFORE: &str = r#"
+interface = "eth1"
+
+[[service]]
+name = "k3s-api"
+vip = "192.0.2.100"
+port = 6443
+backends = [
+  { name = "server-1", address = "192.0.2.50:6443" },
+  { name = "server-2", address = "192.0.2.51:6443" },
+  { name = "server-3", address = "192.0.2.52:6443" },
+]
+
+[[service]]
+name = "other"
+vip = "192.0.2.201"
+port = 6443
+backends = [{ name = "server-9", address = "192.0.2.59:6443" }]
+"#;
+
+const AFTER: &str = r#"
+interface = "eth1"
+
+[[service]]
+name = "k3s-api"
+vip = "192.0.2.100"
+port = 6443
+table_size = 251
+backends = [
+  { name = "server-4", address = "192.0.2.53:6443" },
+  { name = "server-5", address = "192.0.2.54:6443" },
+]
+
+[[service]]
+name = "ingress"
+vip = "192.0.2.100"
+port = 30080
+backends = [{ name = "server-6", address = "192.0.2.55:30080" }]
+"#;
+
+fn specs(config: &str) -> Vec<ServiceSpec> {
+    k3s_xdp::config::parse(config, "t.toml".as_ref())
+        .unwrap()
+        .services
+        .iter()
+        .map(ServiceSpec::from_config)
+        .collect()
+}
+
+/// A complete Maglev table of `spec`, by backend address.
+fn maglev_addresses(spec: &ServiceSpec) -> Vec<Ipv4Addr> {
+    k3s_xdp::dataplane::table(spec, |b| {
+        1 + spec.backends.iter().position(|x| x == b).unwrap() as u32
+    })
+    .into_iter()
+    .map(|slot| *spec.backends[slot as usize - 1].address.ip())
+    .collect()
+}
+
+/// The backend `table` (from [`maglev_addresses`]) gives the new flow `k`.
+fn maglev_choice(table: &[Ipv4Addr], k: &FlowKey) -> Ipv4Addr {
+    table[reduce(flow_hash(k), table.len() as u32) as usize]
+}
+
+/// Publishing is atomic for packets in flight. While the controller alternates between two
+/// publications (see `BEFORE` and `AFTER`), a thread sends SYNs of new flows through the
+/// program: each one to the VIP's 6443 (in both publications) is forwarded to the backend
+/// that one whole publication's table selects, never dropped, reset or sent by a table of one
+/// publication indexed with the size of the other; the VIP that comes and goes and the port
+/// that comes and goes are forwarded or passed, never anything else.
+#[test]
+fn packets_in_flight_see_the_old_or_the_new_publication_never_a_mix() {
+    if !have_root() {
+        eprintln!("skipped: BPF_PROG_TEST_RUN needs root (run `cargo xtask test`)");
+        return;
+    }
+    let mut h = XdpHarness::with_config_in_lab(BEFORE).unwrap();
+    let (before, after) = (specs(BEFORE), specs(AFTER));
+    let (old_table, new_table) = (maglev_addresses(&before[0]), maglev_addresses(&after[0]));
+    let vip = sock(VIP, 6443);
+    let probe = key(agent(1, 1), vip, IPPROTO_TCP);
+    assert_eq!(
+        *expected_backend(&h, "k3s-api", &probe, &API_BACKENDS).ip(),
+        maglev_choice(&old_table, &probe),
+        "the independent table agrees with the published one"
+    );
+    const ROUNDS: u32 = 20;
+    const MAX_PACKETS: u32 = 3_000_000;
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let (runner, dp, publisher) = h.split().unwrap();
+    let (tally, rounds) = std::thread::scope(|s| {
+        let packets = s.spawn(|| {
+            let _inside = runner.enter().unwrap();
+            let started = std::time::Instant::now();
+            let (mut old, mut new, mut others) = (0u32, 0u32, 0u32);
+            let mut wrong: Vec<String> = Vec::new();
+            for i in 0..MAX_PACKETS {
+                if stop.load(std::sync::atomic::Ordering::Relaxed)
+                    || started.elapsed() > std::time::Duration::from_secs(60)
+                {
+                    break;
+                }
+                // A new tuple each time (clients behind the lab's router need no neighbour).
+                let client = sock(
+                    Ipv4Addr::new(203, 0, 113, 1 + (i / 60_000) as u8),
+                    1024 + (i % 60_000) as u16,
+                );
+                let to = match i % 8 {
+                    3 => sock(Ipv4Addr::new(192, 0, 2, 201), 6443),
+                    5 => sock(VIP, 30080),
+                    _ => vip,
+                };
+                let out = runner.run(&packet::tcp_syn(client, to).to_bytes()).unwrap();
+                let dst = out.frame().ok().and_then(|f| f.ip().map(|ip| ip.dst));
+                if to != vip {
+                    // Forwarded to its one backend, or passed while it is not published.
+                    let one = match to.port() {
+                        30080 => Ipv4Addr::new(192, 0, 2, 55),
+                        _ => Ipv4Addr::new(192, 0, 2, 59),
+                    };
+                    let fine = (out.action == XDP_TX && dst == Some(one))
+                        || (out.action == XDP_PASS && dst == Some(*to.ip()));
+                    if !fine {
+                        wrong.push(format!("{to}: {} to {dst:?}", action_name(out.action)));
+                    }
+                    others += 1;
+                    continue;
+                }
+                let k = key(client, vip, IPPROTO_TCP);
+                match (out.action, dst) {
+                    (XDP_TX, Some(d)) if d == maglev_choice(&old_table, &k) => old += 1,
+                    (XDP_TX, Some(d)) if d == maglev_choice(&new_table, &k) => new += 1,
+                    (action, d) => wrong.push(format!(
+                        "{client} → {vip}: {} to {d:?}",
+                        action_name(action)
+                    )),
+                }
+            }
+            (old, new, others, wrong)
+        });
+        let mut rounds = 0;
+        while !packets.is_finished() && rounds < ROUNDS {
+            publisher.apply(dp, &after).unwrap();
+            publisher.apply(dp, &before).unwrap();
+            rounds += 1;
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        (packets.join().unwrap(), rounds)
+    });
+    let (old, new, others, wrong) = tally;
+    eprintln!("{rounds} rounds of two publications; SYNs: {old} by the old tables, {new} by the new, {others} to the other VIP and port");
+    assert!(
+        wrong.is_empty(),
+        "{} of {} packets saw neither publication whole, e.g. {:?}",
+        wrong.len(),
+        old + new + others,
+        &wrong[..wrong.len().min(5)]
+    );
+    assert_eq!(
+        rounds, ROUNDS,
+        "the packets ran out before the publications did"
+    );
+    assert!(
+        old > 0 && new > 0,
+        "packets ran under both publications ({old} old, {new} new)"
+    );
+}

@@ -7,6 +7,7 @@
 mod object;
 mod publish;
 mod sys;
+mod vip_index;
 
 pub use object::BPF_OBJECT;
 pub use publish::{

@@ -7,25 +7,27 @@
 //! 1. backend entries (new and changed);
 //! 2. Maglev tables, each built in a fresh inner map and swapped in with one update of `MAGLEV`
 //!    (see [`publish_table`]): a packet reads the old table or the new one, never a mix;
-//! 3. `VIPS` entries, so a new service appears only once its table exists;
-//! 4. then removals: VIPs first, then tables, then backend slots (marked free).
+//! 3. the VIPs, so a new service appears only once its table exists: the whole VIP set is
+//!    written into the half of `VIP_INDEX`/`VIPS` that no program reads, one write of
+//!    `VIP_TABLE` makes it live, and the publisher waits until no program run still reads the
+//!    retired half (see [`Publisher::publish_vips`]);
+//! 4. then removals: tables, then backend slots (marked free); no VIP refers to them any more.
 //!
 //! What to publish is computed by pure functions ([`backend_entry`], [`table`],
 //! [`vip_entries`]) unit-tested without BPF.
 
-use super::{sys, Dataplane};
+use super::{sys, vip_index, Dataplane};
 use crate::{
     config::{self, Mode, OnBackendDown, Protocol},
     maglev,
 };
 use anyhow::{anyhow, bail, Context, Result};
-use aya::maps::{
-    Array, ArrayOfMaps, HashMap, IterableMap, Map, MapData, PerCpuArray, PerCpuValues,
-};
+use aya::maps::{Array, ArrayOfMaps, IterableMap, Map, MapData, PerCpuArray, PerCpuValues};
 use k3s_xdp_common::{
-    names, Backend, Globals, NextHop, Traffic, VipInfo, VipPort, BACKEND_DOWN, BACKEND_DRAIN,
-    BACKEND_FREE, BACKEND_UP, IPPROTO_TCP, IPPROTO_UDP, MAGLEV_INNER_FLAGS, MAGLEV_SLOTS_PER_WORD,
-    MAX_BACKENDS, MAX_PORTS_PER_VIP, MAX_SERVICES, SERVICE_DSR, SERVICE_RESET_ON_DOWN,
+    maglev_word, maglev_words, names, Backend, Globals, NextHop, Traffic, VipInfo, VipPort,
+    VipSlot, VipTable, BACKEND_DOWN, BACKEND_DRAIN, BACKEND_FREE, BACKEND_UP, IPPROTO_TCP,
+    IPPROTO_UDP, MAGLEV_INNER_FLAGS, MAGLEV_SLOTS_PER_WORD, MAX_BACKENDS, MAX_PORTS_PER_VIP,
+    MAX_SERVICES, SERVICE_DSR, SERVICE_RESET_ON_DOWN,
 };
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -128,6 +130,12 @@ pub struct Publisher {
     written_backends: BTreeMap<u32, Backend>,
     tables: BTreeMap<u32, Vec<u32>>,
     vips: BTreeMap<u32, VipInfo>,
+    /// As last written to `VIP_TABLE`: the live half and each half's hash.
+    vip_table: VipTable,
+    /// The `VIP_INDEX` slots written in each half, cleared when the half is next filled.
+    vip_slots: [Vec<u32>; 2],
+    /// The inner map `GRACE` is updated with to wait for running programs.
+    grace: Option<Array<MapData, u32>>,
     /// Where the search for a free backend slot starts: slots are handed out round the ring,
     /// so a freed slot is reused as late as possible.
     next_backend_slot: u32,
@@ -229,23 +237,13 @@ impl Publisher {
 
         // 3. VIPs.
         let vips = vip_entries(services, &self.service_slots)?;
-        for (vip, info) in &vips {
-            if self.vips.get(vip) != Some(info) {
-                vips_map(dp)?.insert(vip, info, 0)?;
-            }
+        if vips != self.vips {
+            self.publish_vips(dp, &vips)
+                .context("publishing the VIPs")?;
+            self.vips = vips;
         }
 
-        // 4. Removals: VIPs, then tables, then backend slots.
-        let stale_vips: Vec<u32> = self
-            .vips
-            .keys()
-            .filter(|k| !vips.contains_key(k))
-            .copied()
-            .collect();
-        for vip in stale_vips {
-            vips_map(dp)?.remove(&vip)?;
-        }
-        self.vips = vips;
+        // 4. Removals: tables, then backend slots.
         let gone: Vec<(String, u32)> = self
             .service_slots
             .iter()
@@ -276,6 +274,68 @@ impl Publisher {
             applied.backends_removed += 1;
         }
         Ok(applied)
+    }
+
+    /// Makes `vips` the VIP set the program sees, all at once. The program reads the half of
+    /// `VIP_INDEX` and `VIPS` that `VIP_TABLE.half` names; this writes the other half (no
+    /// program reads it), then flips `half` in one update of `VIP_TABLE` (only the low byte of
+    /// `half` changes, and the live half's hash is rewritten with the same bytes, so a
+    /// concurrent reader sees the old table or the new one), then waits until every program
+    /// run that may have read the old half has finished, so that the next publish may
+    /// overwrite it. A packet therefore sees the whole old VIP set or the whole new one.
+    fn publish_vips(&mut self, dp: &mut Dataplane, vips: &BTreeMap<u32, VipInfo>) -> Result<()> {
+        let next = 1 - (self.vip_table.half & 1);
+        let half = vip_index::layout(vips, next)?;
+        {
+            let mut index: Array<&mut MapData, VipSlot> =
+                Array::try_from(map_mut(dp, names::VIP_INDEX)?)?;
+            for &i in &self.vip_slots[next as usize] {
+                if !half.slots.contains_key(&i) {
+                    index.set(i, VipSlot::default(), 0)?;
+                }
+            }
+        }
+        {
+            let mut infos: Array<&mut MapData, VipInfo> =
+                Array::try_from(map_mut(dp, names::VIPS)?)?;
+            for (&i, info) in &half.infos {
+                infos.set(i, info, 0)?;
+            }
+        }
+        {
+            let mut index: Array<&mut MapData, VipSlot> =
+                Array::try_from(map_mut(dp, names::VIP_INDEX)?)?;
+            for (&i, slot) in &half.slots {
+                index.set(i, slot, 0)?;
+            }
+        }
+        self.vip_slots[next as usize] = half.slots.keys().copied().collect();
+        let mut table = self.vip_table;
+        table.hash[next as usize] = half.hash;
+        table.half = next;
+        let mut map: Array<&mut MapData, VipTable> =
+            Array::try_from(map_mut(dp, names::VIP_TABLE)?)?;
+        map.set(0, table, 0)?;
+        self.vip_table = table;
+        self.wait_for_programs(dp)
+    }
+
+    /// Returns once every XDP program run that started before the call has finished: the
+    /// kernel waits for an RCU grace period before an update of a map-in-map returns, so that
+    /// userspace knows no program still uses the old value; `GRACE` exists for that update.
+    fn wait_for_programs(&mut self, dp: &mut Dataplane) -> Result<()> {
+        let inner = match self.grace.take() {
+            Some(inner) => inner,
+            None => {
+                Array::create(1, 0).context("creating the inner map of GRACE (BPF_MAP_CREATE)")?
+            }
+        };
+        let mut outer: ArrayOfMaps<&mut MapData, Array<MapData, u32>> =
+            ArrayOfMaps::try_from(map_mut(dp, names::GRACE)?)?;
+        let updated = outer.set(0, &inner, 0);
+        self.grace = Some(inner);
+        updated.context("waiting for running XDP programs (update of GRACE)")?;
+        Ok(())
     }
 
     fn free_backend_slot(&mut self) -> Result<u32> {
@@ -380,7 +440,6 @@ pub fn vip_entries(
                 Protocol::Udp => IPPROTO_UDP,
             },
             service: slot,
-            table_size: s.table_size,
             flags,
             ..Default::default()
         };
@@ -393,10 +452,6 @@ fn map_mut<'a>(dp: &'a mut Dataplane, name: &str) -> Result<&'a mut Map> {
     dp.bpf_mut()
         .map_mut(name)
         .ok_or_else(|| anyhow!("the XDP object has no map {name}"))
-}
-
-fn vips_map(dp: &mut Dataplane) -> Result<HashMap<&mut MapData, u32, VipInfo>> {
-    Ok(HashMap::try_from(map_mut(dp, names::VIPS)?)?)
 }
 
 fn write_backend(dp: &mut Dataplane, slot: u32, entry: &Backend) -> Result<()> {
@@ -425,7 +480,9 @@ fn reset_stats(dp: &mut Dataplane, map: &str, slot: u32) -> Result<()> {
 /// 16-bit slots each, filled through a shared memory mapping in one copy, then swapped into
 /// `MAGLEV` with a single update. The kernel replaces the pointer atomically and frees the old
 /// table only after every program run that could still read it has finished (RCU), so no packet
-/// ever sees a half-written table or a mix of two.
+/// ever sees a half-written table or a mix of two. The table's first word is its size, which
+/// the program reads from the same table as the entry (one outer lookup), so a table of a new
+/// size is never indexed with the old size from `VIPS`, which is published after it.
 pub fn publish_table(dp: &mut Dataplane, slot: u32, entries: &[u32]) -> Result<()> {
     let words = pack_table(entries)?;
     let inner: Array<MapData, u64> = Array::create(u32::try_from(words.len())?, MAGLEV_INNER_FLAGS)
@@ -440,16 +497,18 @@ pub fn publish_table(dp: &mut Dataplane, slot: u32, entries: &[u32]) -> Result<(
     Ok(())
 }
 
-/// Packs backend slots four to a 64-bit word, as the XDP program reads them
-/// (`k3s_xdp_common::maglev_slot`).
+/// Packs backend slots four to a 64-bit word behind a word holding their number, as the XDP
+/// program reads them (`k3s_xdp_common::maglev_word`, `maglev_slot`).
 pub fn pack_table(entries: &[u32]) -> Result<Vec<u64>> {
+    let size = u32::try_from(entries.len())?;
     let per = MAGLEV_SLOTS_PER_WORD as usize;
-    let mut words = vec![0u64; entries.len().div_ceil(per)];
+    let mut words = vec![0u64; maglev_words(size) as usize];
+    words[0] = u64::from(size);
     for (i, &slot) in entries.iter().enumerate() {
         if slot > 0xffff {
             bail!("backend slot {slot} does not fit a Maglev table entry (16 bits)");
         }
-        words[i / per] |= u64::from(slot) << ((i % per) * 16);
+        words[maglev_word(i as u32) as usize] |= u64::from(slot) << ((i % per) * 16);
     }
     Ok(words)
 }
@@ -588,9 +647,10 @@ mod tests {
     fn tables_pack_four_slots_per_word_as_the_program_reads_them() {
         let entries: Vec<u32> = (0..11).map(|i| i * 1000 + 7).collect();
         let words = pack_table(&entries).unwrap();
-        assert_eq!(words.len(), 3);
+        assert_eq!(words.len(), 4, "the size word and three words of entries");
+        assert_eq!(words[0], 11, "the table carries its size");
         for (i, &e) in entries.iter().enumerate() {
-            let word = words[i / MAGLEV_SLOTS_PER_WORD as usize];
+            let word = words[k3s_xdp_common::maglev_word(i as u32) as usize];
             assert_eq!(k3s_xdp_common::maglev_slot(word, i as u32), e);
         }
         assert!(pack_table(&[70_000]).is_err());
