@@ -303,6 +303,9 @@ impl Publisher {
             }
         }
         {
+            // Tracked before they are written, so that a write failing halfway leaves nothing
+            // the next fill of this half would not clear.
+            self.vip_slots[next as usize].extend(half.slots.keys().copied());
             let mut index: Array<&mut MapData, VipSlot> =
                 Array::try_from(map_mut(dp, names::VIP_INDEX)?)?;
             for (&i, slot) in &half.slots {
