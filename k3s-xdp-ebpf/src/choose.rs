@@ -1,7 +1,7 @@
 //! Choosing: the service a packet is for, the backend of a new flow (Maglev), and the SNAT port
 //! the backend will see in nat mode.
 
-use crate::maps::{BACKENDS, FLOWS, GLOBALS, MAGLEV, NAT_REVERSE};
+use crate::maps::{BACKENDS, FLOWS, MAGLEV, NAT_REVERSE};
 use aya_ebpf::helpers::bpf_loop;
 use core::ffi::c_void;
 use k3s_xdp_common::{
@@ -71,13 +71,12 @@ pub fn snat_port(
     backend: &Backend,
     service: u32,
     client_hop: &NextHop,
+    (port_min, port_max): (u16, u16),
 ) -> Result<u16, u32> {
     let (mut min, mut max) = (SNAT_DEFAULT_MIN, SNAT_DEFAULT_MAX);
-    if let Some(g) = GLOBALS.get(0) {
-        if g.snat_port_min != 0 && g.snat_port_min <= g.snat_port_max {
-            min = u32::from(g.snat_port_min);
-            max = u32::from(g.snat_port_max);
-        }
+    if port_min != 0 && port_min <= port_max {
+        min = u32::from(port_min);
+        max = u32::from(port_max);
     }
     let entry = NatReverse {
         client_addr: key.src,

@@ -14,7 +14,7 @@ use crate::{
 };
 use aya_ebpf::{bindings::xdp_action, helpers::bpf_redirect, programs::XdpContext};
 use k3s_xdp_common::{
-    reason, Backend, Flow, FlowKey, NextHop, VipInfo, VipPort, BACKEND_DOWN, BACKEND_FREE,
+    reason, Backend, Flow, FlowKey, Globals, NextHop, VipInfo, VipPort, BACKEND_DOWN, BACKEND_FREE,
     IPPROTO_TCP, NAT_BACKEND_FIN, NAT_CLIENT_FIN, NAT_RESET, SERVICE_DSR, SERVICE_RESET_ON_DOWN,
 };
 
@@ -25,10 +25,11 @@ pub fn to_backend(
     ip: &Ip,
     valid: &Valid,
     l4: L4,
-    protocol: u8,
     vip: &VipInfo,
     service: &VipPort,
+    globals: &Globals,
 ) -> Verdict {
+    let protocol = l4.protocol;
     let (src, dst) = unsafe { ((*ip.hdr).src, (*ip.hdr).dst) };
     let key = FlowKey {
         src,
@@ -93,8 +94,22 @@ pub fn to_backend(
                 let snat_port = if dsr {
                     0
                 } else {
-                    let client_hop = mirror_hop(ip, src, ctx.ingress_ifindex() as u32);
-                    match choose::snat_port(&key, vip, id, &backend, service.service, &client_hop) {
+                    let client_hop = mirror_hop(
+                        ip,
+                        src,
+                        ctx.ingress_ifindex() as u32,
+                        globals.fib_generation,
+                    );
+                    let ports = (globals.snat_port_min, globals.snat_port_max);
+                    match choose::snat_port(
+                        &key,
+                        vip,
+                        id,
+                        &backend,
+                        service.service,
+                        &client_hop,
+                        ports,
+                    ) {
                         Ok(port) => port,
                         Err(why) => return Verdict::drop(why),
                     }
@@ -119,7 +134,7 @@ pub fn to_backend(
         },
     };
 
-    let hop = match hop::to_backend(ctx, id, &backend, dst, dsr) {
+    let hop = match hop::to_backend(ctx, id, &backend, dst, dsr, globals.fib_generation) {
         Ok(hop) => hop,
         Err(why) => return Verdict::drop(why),
     };
@@ -144,7 +159,7 @@ pub fn to_backend(
 /// A packet to a VIP on a port without a service: a backend's reply in nat mode, if it matches
 /// a translation; otherwise the host's business.
 #[inline(always)]
-pub fn reply(ctx: &XdpContext, ip: &Ip, l4: L4, protocol: u8) -> Verdict {
+pub fn reply(ctx: &XdpContext, ip: &Ip, l4: L4, protocol: u8, generation: u32) -> Verdict {
     let (src, vip) = unsafe { ((*ip.hdr).src, (*ip.hdr).dst) };
     let key = FlowKey {
         src,
@@ -166,7 +181,6 @@ pub fn reply(ctx: &XdpContext, ip: &Ip, l4: L4, protocol: u8) -> Verdict {
             choose::note_closing(entry, NAT_BACKEND_FIN);
         }
     }
-    let generation = hop::generation();
     let hop = if hop::is_fresh(&nat.next_hop, nat.client_addr, generation) {
         nat.next_hop
     } else {
@@ -201,8 +215,7 @@ pub fn reply(ctx: &XdpContext, ip: &Ip, l4: L4, protocol: u8) -> Verdict {
 /// The hop back to the sender of this frame: its source MAC, out the interface it came in on.
 /// Stored stale (generation never current) so the first reply resolves it with the FIB.
 #[inline(always)]
-fn mirror_hop(ip: &Ip, client: u32, ifindex: u32) -> NextHop {
-    let generation = hop::generation();
+fn mirror_hop(ip: &Ip, client: u32, ifindex: u32, generation: u32) -> NextHop {
     unsafe {
         NextHop {
             dst: client,

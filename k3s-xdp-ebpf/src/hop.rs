@@ -4,7 +4,7 @@
 //! is used while its `generation` matches `GLOBALS.fib_generation`, which the controller bumps
 //! when routes or neighbours change.
 
-use crate::maps::{BACKEND_HOPS, GLOBALS};
+use crate::maps::BACKEND_HOPS;
 use aya_ebpf::{
     bindings::{bpf_fib_lookup, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS},
     helpers::bpf_fib_lookup as fib_lookup,
@@ -15,12 +15,6 @@ use core::mem::size_of;
 use k3s_xdp_common::{reason, Backend, NextHop};
 
 const AF_INET: u8 = 2;
-
-/// The current FIB generation.
-#[inline(always)]
-pub fn generation() -> u32 {
-    GLOBALS.get(0).map(|g| g.fib_generation).unwrap_or(0)
-}
 
 /// Whether `hop` was resolved for `dst` under the current generation.
 #[inline(always)]
@@ -71,7 +65,8 @@ pub fn resolve(
     })
 }
 
-/// The next hop toward backend slot `id`, from the cache or resolved and cached.
+/// The next hop toward backend slot `id`, from the cache (if resolved under `generation`) or
+/// resolved and cached.
 #[inline(always)]
 pub fn to_backend(
     ctx: &XdpContext,
@@ -79,8 +74,8 @@ pub fn to_backend(
     backend: &Backend,
     src: u32,
     on_link: bool,
+    generation: u32,
 ) -> Result<NextHop, u32> {
-    let generation = generation();
     let slot = BACKEND_HOPS.get_ptr_mut(id).ok_or(reason::DROP_NO_ROUTE)?;
     // SAFETY: array slots are preallocated; a concurrent writer can only store another hop
     // resolved for the same slot, and every field is re-validated below.

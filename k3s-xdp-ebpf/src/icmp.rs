@@ -22,7 +22,7 @@ use k3s_xdp_common::{
 };
 
 #[inline(always)]
-pub fn handle(ctx: &XdpContext, ip: &Ip, valid: &Valid, vip: &VipInfo) -> Verdict {
+pub fn handle(ctx: &XdpContext, ip: &Ip, valid: &Valid, vip: &VipInfo, generation: u32) -> Verdict {
     let icmp = match parse::icmp(ctx, valid) {
         Ok(icmp) => icmp,
         Err(why) => return Verdict::drop(why),
@@ -32,7 +32,7 @@ pub fn handle(ctx: &XdpContext, ip: &Ip, valid: &Valid, vip: &VipInfo) -> Verdic
         return echo_reply(ip, icmp);
     }
     if icmp_type == ICMP_DEST_UNREACH && code == ICMP_FRAG_NEEDED {
-        return frag_needed(ctx, ip, valid, icmp, vip);
+        return frag_needed(ctx, ip, valid, icmp, vip, generation);
     }
     Verdict::pass(reason::PASS_VIP_OTHER)
 }
@@ -72,6 +72,7 @@ fn frag_needed(
     valid: &Valid,
     icmp: *mut IcmpHdr,
     vip: &VipInfo,
+    generation: u32,
 ) -> Verdict {
     let inner_l3 = valid.l4 + size_of::<IcmpHdr>();
     let Some(inner) = ptr_at::<Ipv4Hdr>(ctx, inner_l3) else {
@@ -116,7 +117,7 @@ fn frag_needed(
         return Verdict::pass(reason::PASS_VIP_OTHER);
     }
     let dsr = service.flags & SERVICE_DSR != 0;
-    let hop = match hop::to_backend(ctx, flow.backend, &backend, outer_dst, dsr) {
+    let hop = match hop::to_backend(ctx, flow.backend, &backend, outer_dst, dsr, generation) {
         Ok(hop) => hop,
         Err(why) => return Verdict::drop(why),
     };

@@ -50,7 +50,8 @@ fn process(ctx: &XdpContext) -> Verdict {
     let Some(vip) = maps::vip(dst) else {
         return Verdict::pass(reason::PASS_NOT_VIP);
     };
-    if !for_this_host(&ip) {
+    let globals = maps::globals();
+    if !for_this_host(&ip, &globals) {
         return Verdict::pass(reason::PASS_OTHER_HOST);
     }
     let valid = match parse::validate(ctx, &ip) {
@@ -65,21 +66,18 @@ fn process(ctx: &XdpContext) -> Verdict {
                 Err(why) => return Verdict::drop(why),
             };
             match choose::service(vip, l4.dport, protocol) {
-                Some(service) => forward::to_backend(ctx, &ip, &valid, l4, protocol, vip, &service),
-                None => forward::reply(ctx, &ip, l4, protocol),
+                Some(service) => forward::to_backend(ctx, &ip, &valid, l4, vip, &service, &globals),
+                None => forward::reply(ctx, &ip, l4, protocol, globals.fib_generation),
             }
         }
-        IPPROTO_ICMP => icmp::handle(ctx, &ip, &valid, vip),
+        IPPROTO_ICMP => icmp::handle(ctx, &ip, &valid, vip, globals.fib_generation),
         _ => Verdict::pass(reason::PASS_VIP_OTHER),
     }
 }
 
 /// Whether the frame was sent to this interface's MAC address (when the controller set it).
 #[inline(always)]
-fn for_this_host(ip: &parse::Ip) -> bool {
-    let Some(g) = maps::GLOBALS.get(0) else {
-        return true;
-    };
+fn for_this_host(ip: &parse::Ip, g: &k3s_xdp_common::Globals) -> bool {
     let dst = unsafe { (*ip.eth).dst_addr };
     g.mac == [0; 6] || dst == g.mac
 }

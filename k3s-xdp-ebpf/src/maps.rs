@@ -89,6 +89,12 @@ pub static GLOBALS: Array<Globals, 1> = Array::new();
 #[btf_map]
 pub static BENCH: Array<BenchPacket, 1> = Array::new();
 
+/// The program-wide settings, read once per VIP packet (zero until the controller writes them).
+#[inline(always)]
+pub fn globals() -> Globals {
+    GLOBALS.get(0).copied().unwrap_or_default()
+}
+
 /// The services of `dst` (network byte order) if it is a VIP: the live half's perfect hash
 /// gives its one possible slot.
 #[inline(always)]
