@@ -975,8 +975,10 @@ fn vip_packets_for_another_mac_are_not_forwarded() {
 
 /// The two publications the next test alternates between: other backends behind the same
 /// service (so other Maglev tables, of another size), a second VIP that comes and goes, and a
-/// second service on the first VIP.
-const BEFORE: &str = r#"
+/// second service on the first VIP. This one: the seed's three servers, and the second VIP.
+fn before_config() -> String {
+    format!(
+        r#"
 interface = "eth1"
 
 [[service]]
@@ -984,17 +986,18 @@ name = "k3s-api"
 vip = "192.0.2.100"
 port = 6443
 backends = [
-  { name = "server-1", address = "192.0.2.50:6443" },
-  { name = "server-2", address = "192.0.2.51:6443" },
-  { name = "server-3", address = "192.0.2.52:6443" },
+{}
 ]
 
 [[service]]
 name = "other"
 vip = "192.0.2.201"
 port = 6443
-backends = [{ name = "server-9", address = "192.0.2.59:6443" }]
-"#;
+backends = [{{ name = "server-9", address = "192.0.2.59:6443" }}]
+"#,
+        k3s_xdp_tests::topology::seed_backends_toml(6443)
+    )
+}
 
 const AFTER: &str = r#"
 interface = "eth1"
@@ -1041,7 +1044,7 @@ fn maglev_choice(table: &[Ipv4Addr], k: &FlowKey) -> Ipv4Addr {
 }
 
 /// Publishing is atomic for packets in flight. While the controller alternates between two
-/// publications (see `BEFORE` and `AFTER`), a thread sends SYNs of new flows through the
+/// publications (see `before_config` and `AFTER`), a thread sends SYNs of new flows through the
 /// program: each one to the VIP's 6443 (in both publications) is forwarded to the backend
 /// that one whole publication's table selects, never dropped, reset or sent by a table of one
 /// publication indexed with the size of the other; the VIP that comes and goes and the port
@@ -1052,8 +1055,9 @@ fn packets_in_flight_see_the_old_or_the_new_publication_never_a_mix() {
         eprintln!("skipped: BPF_PROG_TEST_RUN needs root (run `cargo xtask test`)");
         return;
     }
-    let mut h = XdpHarness::with_config_in_lab(BEFORE).unwrap();
-    let (before, after) = (specs(BEFORE), specs(AFTER));
+    let before_toml = before_config();
+    let mut h = XdpHarness::with_config_in_lab(&before_toml).unwrap();
+    let (before, after) = (specs(&before_toml), specs(AFTER));
     let (old_table, new_table) = (maglev_addresses(&before[0]), maglev_addresses(&after[0]));
     let vip = sock(VIP, 6443);
     let probe = key(agent(1, 1), vip, IPPROTO_TCP);
