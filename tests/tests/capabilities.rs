@@ -131,6 +131,29 @@ fn the_units_capabilities_are_enough() {
     assert!(!xdp_attached(&topo), "XDP detached on exit");
 }
 
+/// Starts lb-1 under the unit's capabilities without `cap` (as `setpriv` spells it): it must
+/// exit by itself with an error naming the capability and leave no VIP and no XDP program.
+/// Returns the topology (still up) and the daemon's log.
+fn refused_without(cap: &str) -> (Topology, String) {
+    let caps: Vec<String> = unit_capabilities()
+        .into_iter()
+        .filter(|c| c != cap)
+        .collect();
+    let topo = Topology::seed().unwrap();
+    let mut lb1 = Daemon::launch_wrapped(&topo, "lb-1", &config(), &setpriv(&caps)).unwrap();
+    let exit = lb1
+        .exit_within(Duration::from_secs(20))
+        .unwrap()
+        .expect("it exits by itself");
+    assert!(!exit.success());
+    let log = lb1.log();
+    let name = format!("CAP_{}", cap.to_uppercase());
+    assert!(log.contains(&name), "the error names {name}:\n{log}");
+    assert!(!has_vip(&topo), "no VIP left behind:\n{log}");
+    assert!(!xdp_attached(&topo), "no XDP program left behind:\n{log}");
+    (topo, log)
+}
+
 /// Without CAP_PERFMON the verifier refuses the program (variable-offset packet pointers):
 /// the unit must keep it, and the error says so.
 #[test]
@@ -139,26 +162,7 @@ fn without_perfmon_the_verifier_refuses_the_program() {
         return;
     }
     let _s = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let caps: Vec<String> = unit_capabilities()
-        .into_iter()
-        .filter(|c| c != "perfmon")
-        .collect();
-    let topo = Topology::seed().unwrap();
-    let mut lb1 = Daemon::launch_wrapped(&topo, "lb-1", &config(), &setpriv(&caps)).unwrap();
-    let exit = lb1
-        .exit_within(Duration::from_secs(20))
-        .unwrap()
-        .expect("it exits by itself");
-    assert!(!exit.success());
-    let log = lb1.log();
-    assert!(
-        log.contains("CAP_PERFMON"),
-        "the error names the capability:\n{log}"
-    );
-    assert!(
-        !has_vip(&topo) && !xdp_attached(&topo),
-        "nothing left behind:\n{log}"
-    );
+    refused_without("perfmon");
 }
 
 #[test]
@@ -167,24 +171,7 @@ fn without_net_raw_it_refuses_to_start_and_says_why() {
         return;
     }
     let _s = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let caps: Vec<String> = unit_capabilities()
-        .into_iter()
-        .filter(|c| c != "net_raw")
-        .collect();
-    let topo = Topology::seed().unwrap();
-    let mut lb1 = Daemon::launch_wrapped(&topo, "lb-1", &config(), &setpriv(&caps)).unwrap();
-    let exit = lb1
-        .exit_within(Duration::from_secs(20))
-        .unwrap()
-        .expect("it exits by itself");
-    assert!(!exit.success());
-    let log = lb1.log();
-    assert!(
-        log.contains("CAP_NET_RAW"),
-        "the error names the capability:\n{log}"
-    );
-    assert!(!has_vip(&topo), "no VIP left behind");
-    assert!(!xdp_attached(&topo), "no XDP program left behind:\n{log}");
+    let (topo, log) = refused_without("net_raw");
     let forwarding = topo
         .node("lb-1")
         .run("sysctl", ["-n", "net.ipv4.conf.eth1.forwarding"])
