@@ -136,6 +136,8 @@ pub struct Publisher {
     vip_slots: [Vec<u32>; 2],
     /// The inner map `GRACE` is updated with to wait for running programs.
     grace: Option<Array<MapData, u32>>,
+    /// A flip of `VIP_TABLE` not yet followed by a completed wait for running programs.
+    grace_owed: bool,
     /// Where the search for a free backend slot starts: slots are handed out round the ring,
     /// so a freed slot is reused as late as possible.
     next_backend_slot: u32,
@@ -284,17 +286,14 @@ impl Publisher {
     /// run that may have read the old half has finished, so that the next publish may
     /// overwrite it. A packet therefore sees the whole old VIP set or the whole new one.
     fn publish_vips(&mut self, dp: &mut Dataplane, vips: &BTreeMap<u32, VipInfo>) -> Result<()> {
+        if self.grace_owed {
+            // The last flip's wait failed: the idle half may still be read.
+            self.wait_for_programs(dp)?;
+            self.grace_owed = false;
+        }
         let next = 1 - (self.vip_table.half & 1);
         let half = vip_index::layout(vips, next)?;
-        {
-            let mut index: Array<&mut MapData, VipSlot> =
-                Array::try_from(map_mut(dp, names::VIP_INDEX)?)?;
-            for &i in &self.vip_slots[next as usize] {
-                if !half.slots.contains_key(&i) {
-                    index.set(i, VipSlot::default(), 0)?;
-                }
-            }
-        }
+        // The half is idle, so the order of these writes does not matter.
         {
             let mut infos: Array<&mut MapData, VipInfo> =
                 Array::try_from(map_mut(dp, names::VIPS)?)?;
@@ -303,16 +302,22 @@ impl Publisher {
             }
         }
         {
-            // Tracked before they are written, so that a write failing halfway leaves nothing
-            // the next fill of this half would not clear.
-            self.vip_slots[next as usize].extend(half.slots.keys().copied());
+            let written = &mut self.vip_slots[next as usize];
             let mut index: Array<&mut MapData, VipSlot> =
                 Array::try_from(map_mut(dp, names::VIP_INDEX)?)?;
+            for &i in written.iter() {
+                if !half.slots.contains_key(&i) {
+                    index.set(i, VipSlot::default(), 0)?;
+                }
+            }
+            // Tracked before they are written: a write failing halfway leaves nothing that the
+            // next fill of this half would not clear.
+            written.extend(half.slots.keys().copied());
             for (&i, slot) in &half.slots {
                 index.set(i, slot, 0)?;
             }
+            *written = half.slots.keys().copied().collect();
         }
-        self.vip_slots[next as usize] = half.slots.keys().copied().collect();
         let mut table = self.vip_table;
         table.hash[next as usize] = half.hash;
         table.half = next;
@@ -320,7 +325,10 @@ impl Publisher {
             Array::try_from(map_mut(dp, names::VIP_TABLE)?)?;
         map.set(0, table, 0)?;
         self.vip_table = table;
-        self.wait_for_programs(dp)
+        self.grace_owed = true;
+        self.wait_for_programs(dp)?;
+        self.grace_owed = false;
+        Ok(())
     }
 
     /// Returns once every XDP program run that started before the call has finished: the
