@@ -18,7 +18,6 @@ pub mod names {
     pub const BENCH_FLOOR_PROGRAM: &str = "k3s_xdp_bench_floor";
     pub const BENCH: &str = "BENCH";
     pub const VIPS: &str = "VIPS";
-    pub const VIP_INDEX: &str = "VIP_INDEX";
     pub const VIP_TABLE: &str = "VIP_TABLE";
     pub const GRACE: &str = "GRACE";
     pub const BACKENDS: &str = "BACKENDS";
@@ -38,11 +37,9 @@ pub const MAX_SERVICES: u32 = 256;
 pub const MAX_PORTS_PER_VIP: usize = 8;
 /// Distinct VIPs.
 pub const MAX_VIPS: u32 = 64;
-/// Slots of each half of `VIP_INDEX` (a power of two): the perfect hash of the VIPs spreads
-/// at most `MAX_VIPS` addresses over these without a collision.
+/// Slots of each half of `VIPS` (a power of two): the perfect hash of the VIPs spreads at most
+/// `MAX_VIPS` addresses over these without a collision.
 pub const VIP_SLOTS: u32 = 1024;
-/// Entries of each half of `VIPS`: entry 0 of a half is never used, so 0 means "no VIP".
-pub const VIP_INFO_SLOTS: u32 = MAX_VIPS + 1;
 /// Backend slots, across all services. Slot 0 is never used, so 0 means "no backend".
 pub const MAX_BACKENDS: u32 = 4096;
 /// Maglev table size when the config does not name one (the paper's M, a prime).
@@ -106,7 +103,7 @@ pub struct VipPort {
     pub _pad2: u16,
 }
 
-/// Value of `VIPS` (index: `VipSlot::info`): the services of one VIP.
+/// The services of one VIP (in its `VipSlot`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct VipInfo {
@@ -117,7 +114,7 @@ pub struct VipInfo {
 }
 
 /// A multiply-shift hash that userspace chose so that the VIPs it publishes land in distinct
-/// slots of `VIP_INDEX` (a perfect hash): the program finds whether a destination is a VIP
+/// slots of `VIPS` (a perfect hash): the program finds whether a destination is a VIP
 /// with one multiplication and one array read, for every packet, instead of a hash-map lookup.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -128,24 +125,25 @@ pub struct VipHash {
 }
 
 impl VipHash {
-    /// The `VIP_INDEX` slot (within a half) of `addr` (network byte order).
+    /// The `VIPS` slot (within a half) of `addr` (network byte order).
     #[inline(always)]
     pub fn slot(&self, addr: u32) -> u32 {
         (u64::from(addr.wrapping_mul(self.mult)) >> (self.shift & 63)) as u32
     }
 }
 
-/// Value of `VIP_INDEX` (key: `half * VIP_SLOTS + VipHash::slot`).
+/// Value of `VIPS` (index: `half * VIP_SLOTS + VipHash::slot`): a VIP and its services, or an
+/// empty slot (`info.count == 0`; every VIP has at least one service).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct VipSlot {
     /// The VIP in this slot (network byte order); a packet's destination must equal it.
     pub addr: u32,
-    /// Its entry in `VIPS` (`half * VIP_INFO_SLOTS + 1..`); 0: the slot is empty.
-    pub info: u32,
+    pub _pad: u32,
+    pub info: VipInfo,
 }
 
-/// Single-entry `VIP_TABLE`: which half of `VIP_INDEX`/`VIPS` is live, and each half's hash.
+/// Single-entry `VIP_TABLE`: which half of `VIPS` is live, and each half's hash.
 /// Userspace fills the other half, then flips `half` (only its lowest byte ever changes, so no
 /// reader can see a torn value), then waits for every running program to finish before it
 /// touches the old half again (see `GRACE`).
@@ -348,7 +346,7 @@ mod tests {
         assert_eq!(size_of::<NatReverse>(), 44);
         assert_eq!(size_of::<Traffic>(), 32);
         assert_eq!(size_of::<Globals>(), 16);
-        assert_eq!(size_of::<VipSlot>(), 8);
+        assert_eq!(size_of::<VipSlot>(), 8 + size_of::<VipInfo>());
         assert_eq!(size_of::<VipTable>(), 24);
     }
 

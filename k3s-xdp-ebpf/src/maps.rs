@@ -7,7 +7,7 @@ use aya_ebpf::{
 use k3s_xdp_common::{
     maglev_words, reason, Backend, BenchPacket, Flow, FlowKey, Globals, NatReverse, NextHop,
     Traffic, VipInfo, VipSlot, VipTable, DEFAULT_FLOW_TABLE_SIZE, DEFAULT_TABLE_SIZE, MAX_BACKENDS,
-    MAX_SERVICES, VIP_INFO_SLOTS, VIP_SLOTS,
+    MAX_SERVICES, VIP_SLOTS,
 };
 
 /// Flags of the inner Maglev tables, which the controller must create with the same flags:
@@ -15,19 +15,15 @@ use k3s_xdp_common::{
 /// controller fills a new table with one memory copy instead of one syscall per entry).
 const INNER_FLAGS: usize = k3s_xdp_common::MAGLEV_INNER_FLAGS as usize;
 
-/// Which half of `VIP_INDEX` and `VIPS` is live, and the perfect hash of each half.
+/// Which half of `VIPS` is live, and the perfect hash of each half.
 #[btf_map]
 pub static VIP_TABLE: Array<VipTable, 1> = Array::new();
 
 /// Two halves of `VIP_SLOTS` slots: a VIP's slot (by the half's perfect hash) → the VIP and
-/// its entry in `VIPS`. Arrays, not a hash map: the verifier inlines array lookups, so telling
-/// VIP traffic from the rest costs every packet a multiplication and a load, not a call.
+/// its services. An array, not a hash map: the verifier inlines array lookups, so telling VIP
+/// traffic from the rest costs every packet a multiplication and a load, not a call.
 #[btf_map]
-pub static VIP_INDEX: Array<VipSlot, { 2 * VIP_SLOTS as usize }> = Array::new();
-
-/// Two halves of `VIP_INFO_SLOTS` entries: the services of each VIP.
-#[btf_map]
-pub static VIPS: Array<VipInfo, { 2 * VIP_INFO_SLOTS as usize }> = Array::new();
+pub static VIPS: Array<VipSlot, { 2 * VIP_SLOTS as usize }> = Array::new();
 
 /// Never read by the program. Userspace updates it to wait until no program run can still be
 /// reading the VIP half it has just retired: the kernel returns from an update of a
@@ -102,9 +98,9 @@ pub fn vip(dst: u32) -> Option<&'static VipInfo> {
     let table = VIP_TABLE.get(0)?;
     let half = table.half & 1;
     let hash = table.hash[half as usize];
-    let slot = VIP_INDEX.get(half * VIP_SLOTS + (hash.slot(dst) & (VIP_SLOTS - 1)))?;
-    if slot.info == 0 || slot.addr != dst {
+    let slot = VIPS.get(half * VIP_SLOTS + (hash.slot(dst) & (VIP_SLOTS - 1)))?;
+    if slot.info.count == 0 || slot.addr != dst {
         return None;
     }
-    VIPS.get(slot.info)
+    Some(&slot.info)
 }

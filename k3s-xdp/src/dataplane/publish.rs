@@ -8,7 +8,7 @@
 //! 2. Maglev tables, each built in a fresh inner map and swapped in with one update of `MAGLEV`
 //!    (see [`publish_table`]): a packet reads the old table or the new one, never a mix;
 //! 3. the VIPs, so a new service appears only once its table exists: the whole VIP set is
-//!    written into the half of `VIP_INDEX`/`VIPS` that no program reads, one write of
+//!    written into the half of `VIPS` that no program reads, one write of
 //!    `VIP_TABLE` makes it live, and the publisher waits until no program run still reads the
 //!    retired half (see [`Publisher::publish_vips`]);
 //! 4. then removals: tables, then backend slots (marked free); no VIP refers to them any more.
@@ -132,7 +132,7 @@ pub struct Publisher {
     vips: BTreeMap<u32, VipInfo>,
     /// As last written to `VIP_TABLE`: the live half and each half's hash.
     vip_table: VipTable,
-    /// The `VIP_INDEX` slots written in each half, cleared when the half is next filled.
+    /// The `VIPS` slots written in each half, cleared when the half is next filled.
     vip_slots: [Vec<u32>; 2],
     /// The inner map `GRACE` is updated with to wait for running programs.
     grace: Option<Array<MapData, u32>>,
@@ -279,7 +279,7 @@ impl Publisher {
     }
 
     /// Makes `vips` the VIP set the program sees, all at once. The program reads the half of
-    /// `VIP_INDEX` and `VIPS` that `VIP_TABLE.half` names; this writes the other half (no
+    /// `VIPS` that `VIP_TABLE.half` names; this writes the other half (no
     /// program reads it), then flips `half` in one update of `VIP_TABLE` (only the low byte of
     /// `half` changes, and the live half's hash is rewritten with the same bytes, so a
     /// concurrent reader sees the old table or the new one), then waits until every program
@@ -295,16 +295,9 @@ impl Publisher {
         let half = vip_index::layout(vips, next)?;
         // The half is idle, so the order of these writes does not matter.
         {
-            let mut infos: Array<&mut MapData, VipInfo> =
-                Array::try_from(map_mut(dp, names::VIPS)?)?;
-            for (&i, info) in &half.infos {
-                infos.set(i, info, 0)?;
-            }
-        }
-        {
             let written = &mut self.vip_slots[next as usize];
             let mut index: Array<&mut MapData, VipSlot> =
-                Array::try_from(map_mut(dp, names::VIP_INDEX)?)?;
+                Array::try_from(map_mut(dp, names::VIPS)?)?;
             for &i in written.iter() {
                 if !half.slots.contains_key(&i) {
                     index.set(i, VipSlot::default(), 0)?;
@@ -493,7 +486,7 @@ fn reset_stats(dp: &mut Dataplane, map: &str, slot: u32) -> Result<()> {
 /// table only after every program run that could still read it has finished (RCU), so no packet
 /// ever sees a half-written table or a mix of two. The table's first word is its size, which
 /// the program reads from the same table as the entry (one outer lookup), so a table of a new
-/// size is never indexed with the old size from `VIPS`, which is published after it.
+/// size is never indexed with an old size.
 pub fn publish_table(dp: &mut Dataplane, slot: u32, entries: &[u32]) -> Result<()> {
     let words = pack_table(entries)?;
     let inner: Array<MapData, u64> = Array::create(u32::try_from(words.len())?, MAGLEV_INNER_FLAGS)

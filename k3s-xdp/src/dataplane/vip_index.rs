@@ -1,10 +1,10 @@
 //! How the VIPs are laid out for the XDP program: a perfect hash over the configured VIPs, so
 //! that every packet learns whether its destination is a VIP with one multiplication and one
-//! array read (`k3s_xdp_common::VipHash`), and the entries of one half of `VIP_INDEX` and
-//! `VIPS`. Pure: the publisher writes what [`layout`] returns.
+//! array read (`k3s_xdp_common::VipHash`), and the slots of one half of `VIPS`. Pure: the
+//! publisher writes what [`layout`] returns.
 
 use anyhow::{bail, Result};
-use k3s_xdp_common::{VipHash, VipInfo, VipSlot, MAX_VIPS, VIP_INFO_SLOTS, VIP_SLOTS};
+use k3s_xdp_common::{VipHash, VipInfo, VipSlot, MAX_VIPS, VIP_SLOTS};
 use std::collections::BTreeMap;
 
 /// Multipliers tried per table size before a larger one is tried.
@@ -53,14 +53,12 @@ fn collision_free(addrs: &[u32], hash: &VipHash) -> bool {
     true
 }
 
-/// One half of the VIP maps, ready to write.
+/// One half of `VIPS`, ready to write.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Half {
     pub hash: VipHash,
-    /// `VIP_INDEX` index → entry.
+    /// `VIPS` index → slot.
     pub slots: BTreeMap<u32, VipSlot>,
-    /// `VIPS` index → entry.
-    pub infos: BTreeMap<u32, VipInfo>,
 }
 
 /// The entries of half `half` (0 or 1) for `vips` (VIP in network byte order → its services).
@@ -75,20 +73,20 @@ pub fn layout(vips: &BTreeMap<u32, VipInfo>, half: u32) -> Result<Half> {
             addrs.len()
         );
     };
-    let mut out = Half {
-        hash,
-        slots: BTreeMap::new(),
-        infos: BTreeMap::new(),
-    };
-    for (i, (&addr, info)) in vips.iter().enumerate() {
-        let index = half * VIP_INFO_SLOTS + 1 + i as u32;
-        out.infos.insert(index, *info);
-        out.slots.insert(
-            half * VIP_SLOTS + hash.slot(addr),
-            VipSlot { addr, info: index },
-        );
-    }
-    Ok(out)
+    let slots = vips
+        .iter()
+        .map(|(&addr, info)| {
+            (
+                half * VIP_SLOTS + hash.slot(addr),
+                VipSlot {
+                    addr,
+                    _pad: 0,
+                    info: *info,
+                },
+            )
+        })
+        .collect();
+    Ok(Half { hash, slots })
 }
 
 #[cfg(test)]
@@ -105,10 +103,10 @@ mod tests {
         let slot = half
             .slots
             .get(&(half_index * VIP_SLOTS + half.hash.slot(dst)))?;
-        if slot.info == 0 || slot.addr != dst {
+        if slot.info.count == 0 || slot.addr != dst {
             return None;
         }
-        half.infos.get(&slot.info).copied()
+        Some(slot.info)
     }
 
     fn info(count: u32) -> VipInfo {
@@ -134,11 +132,9 @@ mod tests {
                 let a = be(Ipv4Addr::new(198, 51, 100, other));
                 assert_eq!(find(&half, half_index, a), None);
             }
-            // Indices stay inside their half, and entry 0 of a half is never used.
-            for (&i, slot) in &half.slots {
+            // Indices stay inside their half.
+            for &i in half.slots.keys() {
                 assert!((half_index * VIP_SLOTS..(half_index + 1) * VIP_SLOTS).contains(&i));
-                assert!(slot.info > half_index * VIP_INFO_SLOTS);
-                assert!(slot.info < (half_index + 1) * VIP_INFO_SLOTS);
             }
         }
     }
@@ -173,7 +169,7 @@ mod tests {
     #[test]
     fn no_vips_lay_out_nothing() {
         let half = layout(&BTreeMap::new(), 1).unwrap();
-        assert!(half.slots.is_empty() && half.infos.is_empty());
+        assert!(half.slots.is_empty());
     }
 
     #[test]
