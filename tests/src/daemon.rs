@@ -13,6 +13,21 @@ use std::{
     time::{Duration, Instant},
 };
 
+/// The raw HTTP response (head and body) of `GET /metrics` at `addr`, asked from inside `node`.
+pub fn get_metrics(topo: &Topology, node: &str, addr: &str) -> Result<String> {
+    use std::io::{Read, Write};
+    topo.node(node)
+        .enter(|| -> std::io::Result<String> {
+            let mut s = std::net::TcpStream::connect(addr)?;
+            s.set_read_timeout(Some(Duration::from_secs(10)))?;
+            s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")?;
+            let mut text = String::new();
+            s.read_to_string(&mut text)?;
+            Ok(text)
+        })?
+        .with_context(|| format!("GET /metrics from {addr} in {node}"))
+}
+
 /// The `k3s-xdp` binary: `K3S_XDP_BIN` (set by `cargo xtask test`), else in the target
 /// directory of this executable (target/<profile>/, seen from a binary there or from a test
 /// in target/<profile>/deps/).

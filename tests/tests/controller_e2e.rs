@@ -582,18 +582,7 @@ fn metrics_parse_as_prometheus_text() {
         )
         .unwrap();
     }
-    let body = topo
-        .node("lb-1")
-        .enter(|| -> std::io::Result<String> {
-            let mut s = std::net::TcpStream::connect("127.0.0.1:9742")?;
-            s.set_read_timeout(Some(T))?;
-            s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")?;
-            let mut text = String::new();
-            s.read_to_string(&mut text)?;
-            Ok(text)
-        })
-        .unwrap()
-        .unwrap();
+    let body = k3s_xdp_tests::daemon::get_metrics(&topo, "lb-1", "127.0.0.1:9742").unwrap();
     let (head, text) = body.split_once("\r\n\r\n").unwrap();
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     assert!(head.contains("text/plain; version=0.0.4"));

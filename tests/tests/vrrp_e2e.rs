@@ -508,18 +508,7 @@ fn hostile_adverts_are_rejected_by_reason() {
 
 /// `/metrics` of the daemon in `node`, as "name{label=value,...}" -> value.
 fn metrics(topo: &Topology, node: &str) -> std::collections::BTreeMap<String, f64> {
-    let body = topo
-        .node(node)
-        .enter(|| -> std::io::Result<String> {
-            let mut s = std::net::TcpStream::connect("127.0.0.1:9742")?;
-            s.set_read_timeout(Some(T))?;
-            s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")?;
-            let mut text = String::new();
-            s.read_to_string(&mut text)?;
-            Ok(text)
-        })
-        .unwrap()
-        .unwrap();
+    let body = k3s_xdp_tests::daemon::get_metrics(topo, node, "127.0.0.1:9742").unwrap();
     let (_, text) = body.split_once("\r\n\r\n").unwrap();
     let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).unwrap();
     scrape
