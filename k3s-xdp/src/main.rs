@@ -40,6 +40,7 @@ enum Command {
     },
     /// Validate a configuration file; print every error with its line.
     Check {
+        /// The configuration file (TOML).
         #[arg(long, short)]
         config: PathBuf,
     },
@@ -54,28 +55,33 @@ enum Command {
     },
     /// Set a backend's state, like HAProxy's `set server BACKEND/SERVER state`.
     Backend {
+        /// The backend's new runtime state.
         action: AdminArg,
         /// SERVICE/BACKEND, e.g. k3s-api/server-2.
         target: String,
+        /// The daemon's control socket.
         #[arg(long, default_value = DEFAULT_SOCKET)]
         socket: PathBuf,
     },
     /// Reload the configuration of the running daemon (as SIGHUP does), and say what changed.
     Reload {
+        /// The daemon's control socket.
         #[arg(long, default_value = DEFAULT_SOCKET)]
         socket: PathBuf,
     },
-    /// Print the k3s-xdp configuration equivalent to haproxy.cfg (and keepalived.conf);
-    /// warnings name every directive without an equivalent.
     /// Internal: started by `run`; undoes its host changes if it dies (see `guard.rs`).
     #[command(hide = true)]
     Guard {
         #[arg(long)]
         iface: String,
     },
+    /// Print the k3s-xdp configuration equivalent to haproxy.cfg (and keepalived.conf);
+    /// warnings name every directive without an equivalent.
     Import {
+        /// The haproxy.cfg to translate.
         #[arg(long)]
         haproxy: PathBuf,
+        /// The keepalived.conf of the same pair (VRRP settings and the VIP).
         #[arg(long)]
         keepalived: Option<PathBuf>,
         /// The VIP, when haproxy binds `*` and no keepalived.conf is given.
@@ -258,4 +264,33 @@ fn init_logging() {
         .with_ansi(std::io::stderr().is_terminal())
         .with_target(false)
         .init();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_cli_is_consistent_and_every_visible_command_says_what_it_does() {
+        let cli = Cli::command();
+        cli.clone().debug_assert();
+        for sub in cli.get_subcommands().filter(|s| !s.is_hide_set()) {
+            assert!(
+                sub.get_about().is_some(),
+                "`{}` has no help text",
+                sub.get_name()
+            );
+            for arg in sub.get_arguments().filter(|a| !a.is_hide_set()) {
+                let id = arg.get_id().as_str();
+                if id != "help" {
+                    assert!(
+                        arg.get_help().is_some(),
+                        "`{} --{id}` has no help text",
+                        sub.get_name()
+                    );
+                }
+            }
+        }
+    }
 }
