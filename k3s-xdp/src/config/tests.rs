@@ -730,6 +730,45 @@ timeout = "2s"
 }
 
 #[test]
+fn a_nat_backend_that_is_a_dsr_backend_of_the_same_vip_is_a_warning() {
+    let c = ok(r#"
+interface = "eth1"
+[[service]]
+name = "ingress"
+vip = "192.0.2.100"
+port = 30080
+mode = "dsr"
+backends = [{ name = "server-1", address = "192.0.2.50:30080" }]
+[[service]]
+name = "api"
+vip = "192.0.2.100"
+port = 6443
+backends = [
+  { name = "server-2", address = "192.0.2.51:6443" },
+  { name = "server-1", address = "192.0.2.50:6443" },
+]
+[[service]]
+name = "other-vip"
+vip = "192.0.2.101"
+port = 6443
+backends = [{ name = "server-1", address = "192.0.2.50:6443" }]
+"#);
+    // Only the host shared on the same VIP: server-2 is nat-only, and on another VIP the nat
+    // source is not an address server-1 holds.
+    assert_eq!(c.warnings.len(), 1, "{:?}", c.warnings);
+    let w = &c.warnings[0];
+    assert_eq!(
+        (w.key.as_str(), w.line),
+        ("service[1].backends[1].address", 14)
+    );
+    assert!(
+        w.message
+            .contains("dsr backend of 192.0.2.100 in service \"ingress\" (line 7)"),
+        "{w}"
+    );
+}
+
+#[test]
 fn vrrp_ranges_priority_router_id_and_rise_fall() {
     let errors = errors_in(
         r#"

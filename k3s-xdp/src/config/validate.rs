@@ -24,6 +24,7 @@ pub(super) fn validate(config: &Config, cx: &mut Cx) {
     }
     service_identities(config, cx);
     data_plane_limits(config, cx);
+    nat_to_dsr_hosts(config, cx);
     for (i, service) in config.services.iter().enumerate() {
         let path = format!("service[{i}]");
         if cx.is_bad(&path) {
@@ -77,6 +78,47 @@ fn service_identities(config: &Config, cx: &mut Cx) {
             );
         } else {
             listeners.insert(listener, i);
+        }
+    }
+}
+
+/// A host that is a dsr backend of a VIP holds that VIP (on `lo`): nat traffic from the same VIP
+/// (its SNAT source) then arrives from one of the host's own addresses, which its kernel drops.
+/// A warning, not an error: a host can accept dsr traffic without holding the VIP (a DNAT rule).
+fn nat_to_dsr_hosts(config: &Config, cx: &mut Cx) {
+    let usable = |i: usize, cx: &Cx| {
+        let path = format!("service[{i}]");
+        !cx.is_bad(&path) && !cx.is_bad(&join(&path, "vip")) && !cx.is_bad(&join(&path, "mode"))
+    };
+    let mut dsr_hosts: HashMap<(Ipv4Addr, Ipv4Addr), (usize, usize)> = HashMap::new();
+    for (i, s) in config.services.iter().enumerate() {
+        if s.mode == Mode::Dsr && usable(i, cx) {
+            for (j, b) in s.backends.iter().enumerate() {
+                dsr_hosts.entry((s.vip, *b.address.ip())).or_insert((i, j));
+            }
+        }
+    }
+    for (i, s) in config.services.iter().enumerate() {
+        if s.mode != Mode::Nat || !usable(i, cx) {
+            continue;
+        }
+        for (j, b) in s.backends.iter().enumerate() {
+            let Some(&(di, dj)) = dsr_hosts.get(&(s.vip, *b.address.ip())) else {
+                continue;
+            };
+            let dsr = &config.services[di];
+            let line = cx.line_of(&format!("service[{di}].backends[{dj}].address"));
+            cx.warn(
+                &format!("service[{i}].backends[{j}].address"),
+                format!(
+                    "{} is also a dsr backend of {} in service {:?} (line {line}), so it holds the \
+                     VIP on lo, and its kernel will drop this nat service's packets, which come \
+                     from the VIP; use one mode per VIP on a shared host, or another VIP",
+                    b.address.ip(),
+                    s.vip,
+                    dsr.name
+                ),
+            );
         }
     }
 }
