@@ -49,9 +49,8 @@ enum Command {
         /// Print the status as JSON.
         #[arg(long)]
         json: bool,
-        /// The daemon's control socket.
-        #[arg(long, default_value = DEFAULT_SOCKET)]
-        socket: PathBuf,
+        #[command(flatten)]
+        socket: SocketArgs,
     },
     /// Set a backend's state, like HAProxy's `set server BACKEND/SERVER state`.
     Backend {
@@ -59,15 +58,13 @@ enum Command {
         action: AdminArg,
         /// SERVICE/BACKEND, e.g. k3s-api/server-2.
         target: String,
-        /// The daemon's control socket.
-        #[arg(long, default_value = DEFAULT_SOCKET)]
-        socket: PathBuf,
+        #[command(flatten)]
+        socket: SocketArgs,
     },
     /// Reload the configuration of the running daemon (as SIGHUP does), and say what changed.
     Reload {
-        /// The daemon's control socket.
-        #[arg(long, default_value = DEFAULT_SOCKET)]
-        socket: PathBuf,
+        #[command(flatten)]
+        socket: SocketArgs,
     },
     /// Internal: started by `run`; undoes its host changes if it dies (see `guard.rs`).
     #[command(hide = true)]
@@ -90,6 +87,28 @@ enum Command {
     },
 }
 
+/// Where the running daemon answers.
+#[derive(clap::Args)]
+struct SocketArgs {
+    /// The daemon's control socket.
+    #[arg(long, default_value = DEFAULT_SOCKET)]
+    socket: PathBuf,
+    /// Take the control socket from this configuration file (its `control_socket`).
+    #[arg(long, short, conflicts_with = "socket")]
+    config: Option<PathBuf>,
+}
+
+impl SocketArgs {
+    fn path(&self) -> anyhow::Result<PathBuf> {
+        match &self.config {
+            Some(file) => Ok(k3s_xdp::config::load(file)
+                .map_err(|e| anyhow::anyhow!("{e}"))?
+                .control_socket),
+            None => Ok(self.socket.clone()),
+        }
+    }
+}
+
 #[derive(Clone, Copy, ValueEnum)]
 enum AdminArg {
     /// Back in rotation (when healthy).
@@ -102,53 +121,55 @@ enum AdminArg {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let result = match cli.command {
-        Command::Check { config } => return check(&config),
-        Command::Run { config, iface } => {
-            init_logging();
-            run_async(k3s_xdp::daemon::run(k3s_xdp::daemon::Options {
-                config,
-                iface,
-            }))
-        }
-        Command::Guard { iface } => {
-            init_logging();
-            k3s_xdp::guard::serve(&iface)
-        }
-        Command::Status { json, socket } => run_async(async move {
-            match control::request(&socket, &Request::Status).await? {
-                Response::Status(s) if json => {
-                    println!("{}", serde_json::to_string_pretty(&s)?);
-                    Ok(())
-                }
-                Response::Status(s) => {
-                    print!("{}", status::render_table(&s));
-                    Ok(())
-                }
-                other => unexpected(other),
+    let result =
+        match cli.command {
+            Command::Check { config } => return check(&config),
+            Command::Run { config, iface } => {
+                init_logging();
+                run_async(k3s_xdp::daemon::run(k3s_xdp::daemon::Options {
+                    config,
+                    iface,
+                }))
             }
-        }),
-        Command::Backend {
-            action,
-            target,
-            socket,
-        } => run_async(async move {
-            let action = match action {
-                AdminArg::Enable => Admin::Enable,
-                AdminArg::Drain => Admin::Drain,
-                AdminArg::Disable => Admin::Disable,
-            };
-            answer(control::request(&socket, &Request::Backend { action, target }).await?)
-        }),
-        Command::Reload { socket } => {
-            run_async(async move { answer(control::request(&socket, &Request::Reload).await?) })
-        }
-        Command::Import {
-            haproxy,
-            keepalived,
-            vip,
-        } => import(&haproxy, keepalived.as_deref(), vip),
-    };
+            Command::Guard { iface } => {
+                init_logging();
+                k3s_xdp::guard::serve(&iface)
+            }
+            Command::Status { json, socket } => run_async(async move {
+                match control::request(&socket.path()?, &Request::Status).await? {
+                    Response::Status(s) if json => {
+                        println!("{}", serde_json::to_string_pretty(&s)?);
+                        Ok(())
+                    }
+                    Response::Status(s) => {
+                        print!("{}", status::render_table(&s));
+                        Ok(())
+                    }
+                    other => unexpected(other),
+                }
+            }),
+            Command::Backend {
+                action,
+                target,
+                socket,
+            } => run_async(async move {
+                let action = match action {
+                    AdminArg::Enable => Admin::Enable,
+                    AdminArg::Drain => Admin::Drain,
+                    AdminArg::Disable => Admin::Disable,
+                };
+                let request = Request::Backend { action, target };
+                answer(control::request(&socket.path()?, &request).await?)
+            }),
+            Command::Reload { socket } => run_async(async move {
+                answer(control::request(&socket.path()?, &Request::Reload).await?)
+            }),
+            Command::Import {
+                haproxy,
+                keepalived,
+                vip,
+            } => import(&haproxy, keepalived.as_deref(), vip),
+        };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

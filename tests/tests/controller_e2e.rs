@@ -486,8 +486,10 @@ fn the_control_socket_serves_root_only() {
     let status: Status = serde_json::from_slice(&out.stdout).expect("status --json parses");
     assert_eq!(status.services[0].backends.len(), 3);
     assert_eq!(status.interface, "eth1");
+    // The socket named by the config file, as an operator would find it.
+    let config = daemon.config.display().to_string();
     let table = Command::new(&bin)
-        .args(["status", "--socket", &socket])
+        .args(["status", "--config", &config])
         .output()
         .unwrap();
     let table = String::from_utf8_lossy(&table.stdout);

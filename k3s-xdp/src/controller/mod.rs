@@ -390,10 +390,17 @@ impl Controller {
             }
             Err(e) => {
                 self.failed_reloads += 1;
+                // One record per problem: a config file with three mistakes logs three lines,
+                // each naming its file, line and key.
+                let text = format!("{e:#}");
                 error!(
-                    "reload of {} refused, the running configuration stays: {e:#}",
-                    self.config_path.display()
+                    "reload of {} refused, the running configuration stays ({} problem(s)):",
+                    self.config_path.display(),
+                    text.lines().count()
                 );
+                for line in text.lines() {
+                    error!("reload refused: {line}");
+                }
             }
         }
         result
@@ -419,7 +426,17 @@ impl Controller {
         }
         for service in &applied.emptied {
             if !self.empty.contains(service) {
-                error!("service {service} has no healthy backend: new connections are refused (TCP RST) until one recovers");
+                let udp = self
+                    .config
+                    .services
+                    .iter()
+                    .any(|s| &s.name == service && s.protocol == config::Protocol::Udp);
+                let refused = if udp {
+                    "new flows are dropped"
+                } else {
+                    "new connections are refused (TCP RST)"
+                };
+                error!("service {service} has no healthy backend: {refused} until one recovers");
                 self.empty.push(service.clone());
             }
         }
