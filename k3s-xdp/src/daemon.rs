@@ -187,6 +187,12 @@ async fn claim_vips(
             info!("VIP {vip} is already on {iface}; leaving it as it is");
             continue;
         }
+        if !present.iter().any(|a| a.prefix_len < 32 && a.covers(vip)) {
+            warn!(
+                "VIP {vip} is in no subnet of {iface}: hosts on that link will not ask for it \
+                 (ARP); only traffic routed to it through this node reaches it"
+            );
+        }
         netlink
             .add_address(
                 ifindex,

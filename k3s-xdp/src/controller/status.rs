@@ -214,7 +214,15 @@ pub fn render_table(s: &Status) -> String {
         let _ = writeln!(
             out,
             "  {:<14} {:<21} {:<9} {:<8} {:>6} {:>9} {:>10} {:>11} {:>7}  LAST CHANGE",
-            "BACKEND", "ADDRESS", "HEALTH", "ADMIN", "WEIGHT", "NEW FLOWS", "PACKETS", "BYTES", "CHECK"
+            "BACKEND",
+            "ADDRESS",
+            "HEALTH",
+            "ADMIN",
+            "WEIGHT",
+            "NEW FLOWS",
+            "PACKETS",
+            "BYTES",
+            "CHECK"
         );
         for b in &svc.backends {
             let weight = if b.effective_weight != b.weight && b.state == "up" {

@@ -16,6 +16,15 @@ pub struct InterfaceAddress {
     pub prefix_len: u8,
 }
 
+impl InterfaceAddress {
+    /// Whether `other` is in this address's subnet.
+    pub fn covers(&self, other: Ipv4Addr) -> bool {
+        let len = u32::from(self.prefix_len.min(32));
+        let mask = u32::MAX.checked_shl(32 - len).unwrap_or(0);
+        u32::from(self.addr) & mask == u32::from(other) & mask
+    }
+}
+
 /// A route netlink socket. Needs a tokio runtime; the connection task lives as long as it.
 pub struct Netlink {
     handle: rtnetlink::Handle,
@@ -194,5 +203,26 @@ struct AbortOnDrop(tokio::task::JoinHandle<()>);
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         self.0.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_address_covers_its_subnet_only() {
+        let a = |s: &str, prefix_len| InterfaceAddress {
+            addr: s.parse().unwrap(),
+            prefix_len,
+        };
+        let ip = |s: &str| s.parse::<Ipv4Addr>().unwrap();
+        assert!(a("192.0.2.98", 24).covers(ip("192.0.2.100")));
+        assert!(!a("192.0.2.98", 24).covers(ip("198.51.100.100")));
+        assert!(a("192.0.2.98", 25).covers(ip("192.0.2.1")));
+        assert!(!a("192.0.2.98", 25).covers(ip("192.0.2.200")));
+        assert!(a("192.0.2.100", 32).covers(ip("192.0.2.100")));
+        assert!(!a("192.0.2.98", 32).covers(ip("192.0.2.100")));
+        assert!(a("192.0.2.98", 0).covers(ip("203.0.113.7")));
     }
 }
