@@ -98,6 +98,9 @@ pub struct VrrpStatus {
     pub virtual_ipaddress: Vec<String>,
     pub adverts_sent: u64,
     pub adverts_received: u64,
+    /// Adverts of other virtual routers on the same link (another virtual_router_id), ignored.
+    #[serde(default)]
+    pub adverts_other_routers: u64,
     pub adverts_rejected: BTreeMap<String, u64>,
     pub transitions: u64,
     pub last_transition: Option<String>,
@@ -161,7 +164,7 @@ pub fn render_table(s: &Status) -> String {
             let rejected: u64 = v.adverts_rejected.values().sum();
             let _ = writeln!(
                 out,
-                "      adverts sent {}, received {}, rejected {}{}; {} transitions{}",
+                "      adverts sent {}, received {}, rejected {}{}{}; {} transitions{}",
                 v.adverts_sent,
                 v.adverts_received,
                 rejected,
@@ -174,6 +177,14 @@ pub fn render_table(s: &Status) -> String {
                             .map(|(k, n)| format!("{k} {n}"))
                             .collect::<Vec<_>>()
                             .join(", ")
+                    )
+                } else {
+                    String::new()
+                },
+                if v.adverts_other_routers > 0 {
+                    format!(
+                        ", {} from other virtual routers ignored",
+                        v.adverts_other_routers
                     )
                 } else {
                     String::new()
@@ -496,6 +507,12 @@ pub fn render_metrics(s: &Status) -> String {
             "counter",
             "Valid VRRP advertisements received for our virtual router.",
             vec![(String::new(), v.adverts_received as f64)],
+        );
+        family(
+            "k3sxdp_vrrp_adverts_other_routers_total",
+            "counter",
+            "VRRP advertisements of other virtual routers on the link (another virtual_router_id), ignored.",
+            vec![(String::new(), v.adverts_other_routers as f64)],
         );
         family(
             "k3sxdp_vrrp_adverts_rejected_total",

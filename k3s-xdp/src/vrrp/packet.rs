@@ -87,12 +87,13 @@ impl Reject {
         }
     }
 
-    pub const LABELS: [&'static str; 11] = [
+    /// The reasons counted as rejections. Another virtual router's advert is not one: several
+    /// VRRP instances share a link as a matter of course (counted apart, as "other routers").
+    pub const LABELS: [&'static str; 10] = [
         "truncated",
         "ttl",
         "version",
         "type",
-        "other_vrid",
         "address_count",
         "checksum",
         "authentication",

@@ -120,6 +120,8 @@ const VIP_LEASE_REFRESH: Duration = Duration::from_secs(5);
 struct Counters {
     sent: u64,
     received: u64,
+    /// Adverts of other virtual routers on the link (another virtual_router_id), ignored.
+    other_routers: u64,
     rejected: BTreeMap<String, u64>,
     transitions: u64,
     last_transition: Option<String>,
@@ -272,6 +274,10 @@ impl Speaker {
                 })
             }
             Ok(None) => None,
+            Err(Reject::OtherVrid(_)) => {
+                self.counters.other_routers += 1;
+                None
+            }
             Err(reject) => {
                 let label = reject.label();
                 *self.counters.rejected.entry(label.to_string()).or_default() += 1;
@@ -431,6 +437,7 @@ impl Speaker {
                 .collect(),
             adverts_sent: self.counters.sent,
             adverts_received: self.counters.received,
+            adverts_other_routers: self.counters.other_routers,
             adverts_rejected: self.counters.rejected.clone(),
             transitions: self.counters.transitions,
             last_transition: self.counters.last_transition.clone(),
@@ -464,7 +471,6 @@ fn receive(
             }
             Ok(Some((from, advert)))
         }
-        Err(Reject::OtherVrid(_)) => Ok(None),
         Err(e) => Err(e),
     }
 }
