@@ -104,9 +104,12 @@ pub async fn run(options: Options) -> Result<()> {
     let mut vrrp_task = None;
     match &config.vrrp {
         None => owned = claim_vips(&netlink, ifindex, &iface, &config, &guard).await?,
-        Some(v) => {
+        Some(_) => {
+            let settings = controller
+                .vrrp_settings()
+                .context("the controller has the [vrrp] settings")?;
             let instance = vrrp::runtime::Instance::start(
-                v.clone(),
+                settings,
                 iface.clone(),
                 ifindex,
                 health,

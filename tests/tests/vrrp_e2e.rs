@@ -426,6 +426,75 @@ fn failing_tracking_hands_the_vip_to_the_peer() {
     let _ = &p.opts;
 }
 
+/// A reload retunes the running instance like keepalived's: lb-2 raised above lb-1 takes the
+/// VIP, lowered again gives it back, without a restart; a new virtual_router_id waits for one
+/// and says so.
+#[test]
+fn a_reload_changes_the_priority_live() {
+    if !have_root() {
+        return;
+    }
+    let _s = serial();
+    let p = pair(Opts::default());
+    steady(&p);
+    let lb2 = config("lb-2", &p.opts);
+    // A backup preempts when Master_Down_Interval passes without a higher priority heard
+    // (RFC 9568 6.4.2): 3.6 s at 1 s adverts.
+    let preempt = Duration::from_secs(8);
+
+    p.lb2
+        .write_config(&lb2.replace("priority = 100", "priority = 250"))
+        .unwrap();
+    let said = p.lb2.reload().unwrap();
+    assert!(said.contains("vrrp: priority 100 -> 250"), "{said}");
+    assert!(!said.contains("restart"), "{said}");
+    p.lb2
+        .wait_for(preempt, "lb-2 MASTER at 250", |s| {
+            s.vrrp
+                .as_ref()
+                .is_some_and(|v| v.state == "MASTER" && v.priority == 250)
+        })
+        .unwrap();
+    p.lb1
+        .wait_for(T, "lb-1 BACKUP", |s| vrrp_state(s) == "BACKUP")
+        .unwrap();
+    wait_until(T, "the VIP on lb-2 only", || {
+        has_vip(&p.topo, "lb-2") && !has_vip(&p.topo, "lb-1")
+    });
+    through_vip(&p, "agent-1").unwrap();
+
+    // Back to 100, and a new virtual_router_id in the same file: the priority applies, the
+    // id waits for a restart (the VIP returns to lb-1, still on router 51).
+    p.lb2
+        .write_config(&lb2.replace("virtual_router_id = 51", "virtual_router_id = 52"))
+        .unwrap();
+    let said = p.lb2.reload().unwrap();
+    assert!(said.contains("vrrp: priority 250 -> 100"), "{said}");
+    assert!(
+        said.contains("applied only at the next restart: vrrp.virtual_router_id"),
+        "{said}"
+    );
+    p.lb1
+        .wait_for(preempt, "lb-1 MASTER again", |s| vrrp_state(s) == "MASTER")
+        .unwrap();
+    let s = p
+        .lb2
+        .wait_for(T, "lb-2 BACKUP of router 51", |s| {
+            s.vrrp.as_ref().is_some_and(|v| {
+                v.state == "BACKUP" && v.virtual_router_id == 51 && v.priority == 100
+            })
+        })
+        .unwrap();
+    assert_eq!(
+        s.vrrp.unwrap().adverts_rejected.values().sum::<u64>(),
+        0,
+        "lb-2 still speaks router 51"
+    );
+    wait_until(T, "the VIP on lb-1 only", || {
+        has_vip(&p.topo, "lb-1") && !has_vip(&p.topo, "lb-2")
+    });
+}
+
 /// Hostile adverts from an agent: TTL 64 (routed), a bad checksum, version 2 against version 3:
 /// each rejected and counted by reason, and the state does not move.
 #[test]
@@ -516,10 +585,7 @@ fn hostile_adverts_are_rejected_by_reason() {
         m.get("k3sxdp_vrrp_adverts_rejected_total{reason=checksum}"),
         Some(&1.0)
     );
-    assert_eq!(
-        m.get("k3sxdp_vrrp_adverts_other_routers_total"),
-        Some(&1.0)
-    );
+    assert_eq!(m.get("k3sxdp_vrrp_adverts_other_routers_total"), Some(&1.0));
     assert!(m
         .get("k3sxdp_vrrp_adverts_received_total")
         .is_some_and(|v| *v >= 1.0));

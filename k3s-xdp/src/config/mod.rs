@@ -357,6 +357,106 @@ pub struct Vrrp {
     pub garp_master_refresh: Duration,
 }
 
+/// What a reload changes in a running VRRP instance.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct VrrpReload {
+    /// Settings the running instance takes at once, as "key old -> new".
+    pub live: Vec<String>,
+    /// Keys that change the virtual router itself or its sockets (`vrrp.KEY`): they take effect
+    /// at the next start.
+    pub at_restart: Vec<&'static str>,
+}
+
+impl Vrrp {
+    /// What changes from `self` (running) to `new` (reloaded). The priority, timers, preemption,
+    /// tracking and gratuitous ARP settings apply live; the router's identity (id, version,
+    /// password, addresses, peers) and the initial state wait for a restart.
+    pub fn reload_to(&self, new: &Vrrp) -> VrrpReload {
+        // Destructured so that a new field cannot be forgotten here.
+        let Vrrp {
+            virtual_router_id,
+            priority,
+            state,
+            advert_int,
+            virtual_ipaddress,
+            unicast_src_ip,
+            unicast_peers,
+            preempt,
+            preempt_delay,
+            version,
+            auth_pass,
+            track,
+            garp_master_repeat,
+            garp_interval,
+            garp_master_refresh,
+        } = self;
+        let mut r = VrrpReload::default();
+        let mut live = |key: &str, old: String, new: String| {
+            if old != new {
+                r.live.push(format!("{key} {old} -> {new}"));
+            }
+        };
+        let d = |d: &Duration| duration::format(*d);
+        live("priority", priority.to_string(), new.priority.to_string());
+        live("advert_int", d(advert_int), d(&new.advert_int));
+        live("preempt", preempt.to_string(), new.preempt.to_string());
+        live("preempt_delay", d(preempt_delay), d(&new.preempt_delay));
+        let t = |t: &Track| {
+            format!(
+                "{{ dataplane = {}, min_healthy_backends = {}, weight = {} }}",
+                t.dataplane, t.min_healthy_backends, t.weight
+            )
+        };
+        live("track", t(track), t(&new.track));
+        live(
+            "garp_master_repeat",
+            garp_master_repeat.to_string(),
+            new.garp_master_repeat.to_string(),
+        );
+        live("garp_interval", d(garp_interval), d(&new.garp_interval));
+        live(
+            "garp_master_refresh",
+            d(garp_master_refresh),
+            d(&new.garp_master_refresh),
+        );
+        let restart = [
+            (
+                "vrrp.virtual_router_id",
+                *virtual_router_id != new.virtual_router_id,
+            ),
+            ("vrrp.state", *state != new.state),
+            (
+                "vrrp.virtual_ipaddress",
+                *virtual_ipaddress != new.virtual_ipaddress,
+            ),
+            ("vrrp.unicast_src_ip", *unicast_src_ip != new.unicast_src_ip),
+            ("vrrp.unicast_peers", *unicast_peers != new.unicast_peers),
+            ("vrrp.version", *version != new.version),
+            ("vrrp.auth_pass", *auth_pass != new.auth_pass),
+        ];
+        r.at_restart = restart
+            .into_iter()
+            .filter(|(_, changed)| *changed)
+            .map(|(key, _)| key)
+            .collect();
+        r
+    }
+
+    /// `new`, but with the identity of `self` (what [`Vrrp::reload_to`] leaves for a restart).
+    pub fn retuned(&self, new: &Vrrp) -> Vrrp {
+        Vrrp {
+            virtual_router_id: self.virtual_router_id,
+            state: self.state,
+            virtual_ipaddress: self.virtual_ipaddress.clone(),
+            unicast_src_ip: self.unicast_src_ip,
+            unicast_peers: self.unicast_peers.clone(),
+            version: self.version,
+            auth_pass: self.auth_pass.clone(),
+            ..new.clone()
+        }
+    }
+}
+
 /// The state a VRRP instance starts in (keepalived's `state MASTER|BACKUP`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]

@@ -1464,3 +1464,73 @@ virtual_ipaddress = ["192.0.2.100/24"]
     assert_eq!(c.warnings[0].line, 10);
     assert!(c.warnings[0].message.contains("preempt = false"));
 }
+
+fn with_vrrp(vrrp: &str) -> Vrrp {
+    ok(&format!(
+        r#"
+interface = "eth1"
+[[service]]
+name = "api"
+vip = "192.0.2.100"
+port = 6443
+backends = [{{ name = "server-1", address = "192.0.2.50:6443" }}]
+[vrrp]
+virtual_router_id = 51
+virtual_ipaddress = ["192.0.2.100/24"]
+{vrrp}
+"#
+    ))
+    .vrrp
+    .unwrap()
+}
+
+#[test]
+fn a_reload_retunes_vrrp_live_but_keeps_the_routers_identity_for_a_restart() {
+    let old = with_vrrp("priority = 200\nadvert_int = \"1s\"");
+    assert_eq!(old.reload_to(&old), VrrpReload::default());
+
+    let new = with_vrrp("priority = 150\nadvert_int = \"100ms\"\npreempt = false");
+    let r = old.reload_to(&new);
+    assert_eq!(
+        r.live,
+        [
+            "priority 200 -> 150",
+            "advert_int 1s -> 100ms",
+            "preempt true -> false"
+        ]
+    );
+    assert!(r.at_restart.is_empty(), "{r:?}");
+    assert_eq!(old.retuned(&new), new);
+
+    let moved = ok(r#"
+interface = "eth1"
+[[service]]
+name = "api"
+vip = "192.0.2.200"
+port = 6443
+backends = [{ name = "server-1", address = "192.0.2.50:6443" }]
+[vrrp]
+virtual_router_id = 52
+priority = 250
+virtual_ipaddress = ["192.0.2.200/24"]
+version = 2
+"#)
+    .vrrp
+    .unwrap();
+    let r = old.reload_to(&moved);
+    assert_eq!(r.live, ["priority 200 -> 250"]);
+    assert_eq!(
+        r.at_restart,
+        [
+            "vrrp.virtual_router_id",
+            "vrrp.virtual_ipaddress",
+            "vrrp.version"
+        ]
+    );
+    // Retuned: the new priority on the old router.
+    let running = old.retuned(&moved);
+    assert_eq!(running.priority, 250);
+    assert_eq!(running.virtual_router_id, 51);
+    assert_eq!(running.virtual_ipaddress, old.virtual_ipaddress);
+    assert_eq!(running.version, 3);
+}

@@ -78,6 +78,8 @@ pub struct Controller {
     vrrp: Option<VrrpStatus>,
     events: mpsc::Sender<Event>,
     health: watch::Sender<Health>,
+    /// The running VRRP instance's settings: a reload retunes it through this.
+    vrrp_settings: Option<watch::Sender<config::Vrrp>>,
     /// Services currently without any backend for new flows (logged once per outage).
     empty: Vec<String>,
 }
@@ -185,10 +187,18 @@ impl Controller {
             vrrp: None,
             events,
             health,
+            vrrp_settings: None,
             empty: Vec::new(),
         };
         c.publish(now)?;
         Ok((c, health_rx))
+    }
+
+    /// The VRRP settings for the instance to run with, and then to follow across reloads.
+    pub fn vrrp_settings(&mut self) -> Option<watch::Receiver<config::Vrrp>> {
+        let (tx, rx) = watch::channel(self.config.vrrp.clone()?);
+        self.vrrp_settings = Some(tx);
+        Some(rx)
     }
 
     pub fn dataplane_mut(&mut self) -> &mut Dataplane {
@@ -359,29 +369,57 @@ impl Controller {
             if new.xdp_mode != self.config.xdp_mode {
                 ignored.push("xdp_mode");
             }
-            if new.vrrp != self.config.vrrp {
-                ignored.push("vrrp");
+            let mut vrrp_changes = Vec::new();
+            let mut retuned = None;
+            match (&self.config.vrrp, &new.vrrp) {
+                (Some(running), Some(next)) => {
+                    let r = running.reload_to(next);
+                    ignored.extend(r.at_restart);
+                    if !r.live.is_empty() {
+                        vrrp_changes.push(format!("vrrp: {}", r.live.join(", ")));
+                        retuned = Some(running.retuned(next));
+                    }
+                }
+                (running, next) if running != next => ignored.push("vrrp"),
+                _ => {}
             }
             for key in &ignored {
                 warn!("reload: `{key}` changed; it takes effect at the next restart");
             }
             let mut candidate = self.model.clone();
-            let changes = candidate.reload(&new, now);
+            let mut changes = candidate.reload(&new, now);
+            changes.extend(vrrp_changes);
             let specs = candidate.specs(now);
             self.publisher.apply(&mut self.dp, &specs)?;
             self.model = candidate;
             self.probes = probes;
             let snat_changed = (new.snat_port_min, new.snat_port_max)
                 != (self.config.snat_port_min, self.config.snat_port_max);
+            let mut new = new;
+            // The running instance keeps its identity until a restart; the config says so.
+            new.vrrp.clone_from(&self.config.vrrp);
+            if let Some(v) = retuned {
+                if let Some(tx) = &self.vrrp_settings {
+                    tx.send_replace(v.clone());
+                }
+                new.vrrp = Some(v);
+            }
             self.config = new;
             if snat_changed {
                 let _ = self.handle_fib_like_globals();
             }
-            Ok(if changes.is_empty() {
+            let mut summary = if changes.is_empty() {
                 "configuration reloaded: no change".to_string()
             } else {
                 format!("configuration reloaded: {}", changes.join("; "))
-            })
+            };
+            if !ignored.is_empty() {
+                summary.push_str(&format!(
+                    "; changed but applied only at the next restart: {}",
+                    ignored.join(", ")
+                ));
+            }
+            Ok(summary)
         })();
         match &result {
             Ok(summary) => {

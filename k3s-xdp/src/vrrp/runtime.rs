@@ -36,14 +36,17 @@ pub struct Instance {
 }
 
 impl Instance {
+    /// Starts with the settings in `settings`, and follows their changes (reloads retune the
+    /// priority, timers, preemption and tracking; the router's identity stays).
     pub async fn start(
-        config: config::Vrrp,
+        mut settings: watch::Receiver<config::Vrrp>,
         iface: String,
         ifindex: u32,
         health: watch::Receiver<controller::Health>,
         events: mpsc::Sender<controller::Event>,
         guard: Guard,
     ) -> Result<Instance> {
+        let config = settings.borrow_and_update().clone();
         let netlink = Netlink::connect()?;
         let present = netlink.addresses(ifindex).await?;
         let vips: Vec<InterfaceAddress> = config
@@ -83,7 +86,7 @@ impl Instance {
             guard,
         };
         let (stop, stop_rx) = oneshot::channel();
-        let task = tokio::spawn(run(config, io, primary, health, events, stop_rx));
+        let task = tokio::spawn(run(config, settings, io, primary, health, events, stop_rx));
         Ok(Instance { stop, task })
     }
 
@@ -171,6 +174,7 @@ struct Speaker {
 
 async fn run(
     config: config::Vrrp,
+    mut settings: watch::Receiver<config::Vrrp>,
     io: Io,
     primary: Ipv4Addr,
     mut health: watch::Receiver<controller::Health>,
@@ -209,6 +213,7 @@ async fn run(
     speaker.handle(Event::Startup).await;
 
     let mut buf = vec![0u8; 2048];
+    let mut retunable = true;
     loop {
         let deadline = [
             speaker.machine.next_deadline(),
@@ -240,6 +245,15 @@ async fn run(
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
             },
+            changed = settings.changed(), if retunable => match changed {
+                Ok(()) => {
+                    let next = settings.borrow_and_update().clone();
+                    let ok = track_ok(&next, &health.borrow());
+                    speaker.retune(next, ok).await;
+                }
+                // The controller is gone: nothing will change any more.
+                Err(_) => retunable = false,
+            },
             changed = health.changed() => {
                 if changed.is_ok() {
                     let ok = track_ok(&speaker.config, &health.borrow());
@@ -256,6 +270,21 @@ async fn run(
 }
 
 impl Speaker {
+    /// New live settings from a reload (the identity fields are the running ones).
+    async fn retune(&mut self, config: config::Vrrp, track_ok: bool) {
+        self.machine.set_params(params(&config, self.primary));
+        info!(
+            "VRRP retuned: priority {}, advert_int {:?}, preempt {}",
+            config.priority, config.advert_int, config.preempt
+        );
+        self.config = config;
+        if track_ok != self.track_ok {
+            self.track_ok = track_ok;
+            self.handle(Event::Track { ok: track_ok }).await;
+        }
+        self.report();
+    }
+
     /// A received packet as an event, or None (not ours to judge, or rejected and counted).
     fn receive(&mut self, packet: &[u8]) -> Option<Event> {
         match receive(
