@@ -86,7 +86,7 @@ impl Instance {
             guard,
         };
         let (stop, stop_rx) = oneshot::channel();
-        let task = tokio::spawn(run(config, settings, io, primary, health, events, stop_rx));
+        let task = tokio::spawn(run(settings, io, primary, health, events, stop_rx));
         Ok(Instance { stop, task })
     }
 
@@ -173,7 +173,6 @@ struct Speaker {
 }
 
 async fn run(
-    config: config::Vrrp,
     mut settings: watch::Receiver<config::Vrrp>,
     io: Io,
     primary: Ipv4Addr,
@@ -181,6 +180,7 @@ async fn run(
     events: mpsc::Sender<controller::Event>,
     mut stop: oneshot::Receiver<oneshot::Sender<()>>,
 ) -> Result<()> {
+    let config = settings.borrow_and_update().clone();
     let version = match config.version {
         2 => Version::V2 {
             auth_pass: config.auth_pass.as_ref().map(|p| p.as_bytes().to_vec()),
