@@ -531,6 +531,17 @@ fn hostile_adverts_are_rejected_by_reason() {
         b[6] ^= 0xff;
         b
     });
+    // One more address announced than the packet carries.
+    send_raw(&p.topo, "agent-3", vrrp::MULTICAST_GROUP, 255, &{
+        let mut b = vrrp::encode(
+            &advert(254),
+            &Version::V3,
+            Ipv4Addr::new(192, 0, 2, 103),
+            vrrp::MULTICAST_GROUP,
+        );
+        b[3] += 1;
+        b
+    });
     // Another virtual router on the same link, at a higher priority: not a rejection, not a
     // reason to move, counted apart.
     send_raw(&p.topo, "agent-3", vrrp::MULTICAST_GROUP, 255, &{
@@ -547,17 +558,18 @@ fn hostile_adverts_are_rejected_by_reason() {
     });
     let s = p
         .lb2
-        .wait_for(T, "three rejections and one other router", |s| {
+        .wait_for(T, "four rejections and one other router", |s| {
             let v = s.vrrp.as_ref().unwrap();
             let r = &v.adverts_rejected;
             r.get("ttl") == Some(&1)
                 && r.get("version") == Some(&1)
                 && r.get("checksum") == Some(&1)
+                && r.get("address_count") == Some(&1)
                 && v.adverts_other_routers == 1
         })
         .unwrap();
     let rejected: u64 = s.vrrp.as_ref().unwrap().adverts_rejected.values().sum();
-    assert_eq!(rejected, 3, "{:?}", s.vrrp);
+    assert_eq!(rejected, 4, "{:?}", s.vrrp);
     assert_eq!(vrrp_state(&s), "BACKUP");
     assert_eq!(
         vrrp_state(&p.lb1.status().unwrap()),
@@ -583,6 +595,10 @@ fn hostile_adverts_are_rejected_by_reason() {
     );
     assert_eq!(
         m.get("k3sxdp_vrrp_adverts_rejected_total{reason=checksum}"),
+        Some(&1.0)
+    );
+    assert_eq!(
+        m.get("k3sxdp_vrrp_adverts_rejected_total{reason=address_count}"),
         Some(&1.0)
     );
     assert_eq!(m.get("k3sxdp_vrrp_adverts_other_routers_total"), Some(&1.0));

@@ -9,6 +9,8 @@ use std::{net::Ipv4Addr, time::Duration};
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Instance {
     pub name: String,
+    /// Where directives stand, for warnings about them (0: absent).
+    pub lines: Lines,
     pub interface: Option<String>,
     /// `state MASTER`.
     pub master: Option<bool>,
@@ -28,8 +30,18 @@ pub struct Instance {
     pub track_weight: Option<i32>,
 }
 
+/// Lines of an instance's directives that the import may warn about.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Lines {
+    pub instance: usize,
+    pub advert_int: usize,
+    pub authentication: usize,
+}
+
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Keepalived {
+    /// The file's name, as given.
+    pub file: String,
     pub instances: Vec<Instance>,
     /// `vrrp_version` from global_defs (keepalived's default is 2).
     pub version: Option<u8>,
@@ -151,7 +163,10 @@ pub fn parse(text: &str, file: &str, warnings: &mut Warnings) -> Keepalived {
     let tokens = tokenize(text);
     let mut pos = 0;
     let top = statements(&tokens, &mut pos);
-    let mut out = Keepalived::default();
+    let mut out = Keepalived {
+        file: file.to_string(),
+        ..Default::default()
+    };
     let mut scripts: Vec<(String, i32)> = Vec::new();
     let mut instances: Vec<(Instance, Vec<String>)> = Vec::new();
     for s in &top {
@@ -204,6 +219,10 @@ pub fn parse(text: &str, file: &str, warnings: &mut Warnings) -> Keepalived {
             "vrrp_instance" => {
                 let mut i = Instance {
                     name: s.words.get(1).cloned().unwrap_or_default(),
+                    lines: Lines {
+                        instance: s.line,
+                        ..Lines::default()
+                    },
                     preempt: true,
                     ..Default::default()
                 };
@@ -266,13 +285,19 @@ fn instance_line(
             None => bad(warnings, "not a number 1..255"),
         },
         "advert_int" => match value.and_then(seconds) {
-            Some(v) => i.advert_int = Some(v),
+            Some(v) => {
+                i.advert_int = Some(v);
+                i.lines.advert_int = d.line;
+            }
             None => bad(warnings, "not a number of seconds"),
         },
         "authentication" => {
             for a in block {
                 match a.words.first().map(String::as_str) {
-                    Some("auth_pass") => i.auth_pass = a.words.get(1).cloned(),
+                    Some("auth_pass") => {
+                        i.auth_pass = a.words.get(1).cloned();
+                        i.lines.authentication = a.line;
+                    }
                     Some("auth_type") if a.words.get(1).map(String::as_str) != Some("PASS") => {
                         warnings.push(
                             Where::new(file, a.line),

@@ -92,7 +92,7 @@ pub fn import(
         Some(k) => {
             if k.instances.len() > 1 {
                 warnings.push(
-                    Where::new(keepalived_name(&k.instances[1].name), 0),
+                    Where::new(&k.file, k.instances[1].lines.instance),
                     format!(
                         "{} vrrp_instance blocks: only the first ({}) is imported",
                         k.instances.len(),
@@ -223,10 +223,6 @@ pub fn import(
     })
 }
 
-fn keepalived_name(_: &str) -> &'static str {
-    "keepalived.conf"
-}
-
 fn write_health(out: &mut String, b: &haproxy::Backend, file: &str, warnings: &mut Warnings) {
     let checked: Vec<&haproxy::Server> = b.servers.iter().filter(|s| s.params.check).collect();
     if checked.is_empty() {
@@ -309,15 +305,18 @@ fn write_vrrp(
     k: Option<&keepalived::Keepalived>,
     warnings: &mut Warnings,
 ) -> Result<()> {
+    let file = k.map_or("keepalived.conf", |k| k.file.as_str());
     let Some(vrid) = i.virtual_router_id else {
         bail!(
-            "keepalived.conf: vrrp_instance {} has no virtual_router_id",
+            "{file}:{}: vrrp_instance {} has no virtual_router_id",
+            i.lines.instance,
             i.name
         );
     };
     if i.virtual_ipaddress.is_empty() {
         bail!(
-            "keepalived.conf: vrrp_instance {} has no virtual_ipaddress",
+            "{file}:{}: vrrp_instance {} has no virtual_ipaddress",
+            i.lines.instance,
             i.name
         );
     }
@@ -344,7 +343,7 @@ fn write_vrrp(
         let v = if version == 2 && v.subsec_nanos() != 0 {
             let rounded = Duration::from_secs(v.as_secs().max(1));
             warnings.push(
-                Where::new("keepalived.conf", 0),
+                Where::new(file, i.lines.advert_int),
                 format!("advert_int {v:?}: VRRPv2 counts whole seconds, using {rounded:?}"),
             );
             rounded
@@ -384,7 +383,7 @@ fn write_vrrp(
         if version == 2 {
             let pass = if pass.len() > 8 {
                 warnings.push(
-                    Where::new("keepalived.conf", 0),
+                    Where::new(file, i.lines.authentication),
                     "auth_pass longer than 8 characters: keepalived uses the first 8, so does this import".into(),
                 );
                 pass.chars().take(8).collect()
@@ -394,7 +393,7 @@ fn write_vrrp(
             let _ = writeln!(out, "auth_pass = {}", quote(&pass));
         } else {
             warnings.push(
-                Where::new("keepalived.conf", 0),
+                Where::new(file, i.lines.authentication),
                 "authentication with vrrp_version 3: VRRPv3 has no authentication, dropped".into(),
             );
         }
@@ -447,6 +446,35 @@ mod tests {
     fn check(toml: &str) -> crate::config::Config {
         crate::config::parse(toml, "imported.toml".as_ref())
             .unwrap_or_else(|e| panic!("imported TOML rejected:\n{e}\n---\n{toml}"))
+    }
+
+    /// Warnings about keepalived directives name the file as given and the directive's line.
+    #[test]
+    fn keepalived_warnings_name_the_file_and_line() {
+        let h = "frontend k3s\n  bind *:6443\n  default_backend k3s\nbackend k3s\n  server s1 192.0.2.50:6443 check\n";
+        let k = "vrrp_instance a {\n  interface eth1\n  virtual_router_id 51\n  advert_int 1.5\n  authentication {\n    auth_type PASS\n    auth_pass averylongpassword\n  }\n  virtual_ipaddress {\n    192.0.2.100/24\n  }\n}\nvrrp_instance b {\n  virtual_router_id 52\n}\n";
+        let imported = import(
+            Input {
+                name: "haproxy.cfg",
+                text: h,
+            },
+            Some(Input {
+                name: "/etc/keepalived/lb-1.conf",
+                text: k,
+            }),
+            None,
+        )
+        .unwrap();
+        let text = imported.warnings.to_string();
+        for expected in [
+            "/etc/keepalived/lb-1.conf:7: auth_pass longer than 8",
+            "/etc/keepalived/lb-1.conf:4: advert_int",
+            "/etc/keepalived/lb-1.conf:13: 2 vrrp_instance blocks",
+        ] {
+            assert!(text.contains(expected), "`{expected}` in:\n{text}");
+        }
+        assert!(!text.contains(":0:"), "no warning without a line:\n{text}");
+        assert!(imported.toml.contains("auth_pass = \"averylon\""));
     }
 
     /// Seeds 000 (pt), 001 (zh), 002 (ja): the same HAProxy + keepalived setup, with the

@@ -46,7 +46,7 @@ pub struct Advert {
 /// Why a received packet was rejected; each is counted under its label.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Reject {
-    /// Shorter than its headers, or than the address count says.
+    /// Shorter than its fixed headers.
     Truncated,
     /// IP TTL other than 255: it crossed a router (RFC 9568 7.1).
     Ttl(u8),
@@ -56,7 +56,8 @@ pub enum Reject {
     Type(u8),
     /// Another virtual router: not ours to judge, dropped silently (not an error).
     OtherVrid(u8),
-    /// The address count does not match the packet length.
+    /// The address count does not match the packet length (more addresses announced than
+    /// carried, or bytes beyond them).
     Count,
     Checksum,
     /// Version 2: wrong authentication type or password.
@@ -219,9 +220,10 @@ pub fn decode(packet: &[u8], expect: &Expect<'_>) -> Result<(Ipv4Addr, Advert), 
     let priority = vrrp[2];
     let count = usize::from(vrrp[3]);
     let auth_len = if version == 2 { 8 } else { 0 };
-    if vrrp.len() < 8 + 4 * count + auth_len {
+    if vrrp.len() < 8 + auth_len {
         return Err(Reject::Truncated);
     }
+    // More addresses announced than the packet carries, or bytes beyond them.
     if vrrp.len() != 8 + 4 * count + auth_len {
         return Err(Reject::Count);
     }
@@ -438,7 +440,13 @@ mod tests {
         );
         let mut count = good.clone();
         count[3] = 2;
-        assert_eq!(decode(&pkt(&count, 255), &expect), Err(Reject::Truncated));
+        assert_eq!(decode(&pkt(&count, 255), &expect), Err(Reject::Count));
+        // Fewer than the fixed header's 8 bytes after the IP header (the IP total length
+        // says so): truncated.
+        let mut short = pkt(&good, 255);
+        let ihl = usize::from(short[0] & 0x0f) * 4;
+        short.truncate(ihl + 6);
+        assert_eq!(decode(&short, &expect), Err(Reject::Truncated));
         let mut extra = good.clone();
         extra.extend_from_slice(&[0, 0, 0, 0, 1]);
         assert_eq!(decode(&pkt(&extra, 255), &expect), Err(Reject::Count));
