@@ -99,6 +99,17 @@ pub async fn run(options: Options) -> Result<()> {
         }
     }));
 
+    let link_events = events_tx.clone();
+    tasks.push(tokio::spawn(async move {
+        let r = system::watch_link(ifindex, |up| {
+            let _ = link_events.try_send(Event::Link { up });
+        })
+        .await;
+        if let Err(e) = r {
+            warn!("not watching the link state ({e:#}); a dead link is noticed by the health checks only");
+        }
+    }));
+
     // Without VRRP this node is the only load balancer: it holds the VIPs itself.
     let mut owned = Vec::new();
     let mut vrrp_task = None;

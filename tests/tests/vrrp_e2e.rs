@@ -35,6 +35,8 @@ struct Opts {
     unicast: bool,
     /// lb-1 checks a port nobody listens on, so its tracking fails.
     lb1_broken_checks: bool,
+    /// The health checks' `inter`.
+    inter: &'static str,
 }
 
 impl Default for Opts {
@@ -45,6 +47,7 @@ impl Default for Opts {
             preempt: true,
             unicast: false,
             lb1_broken_checks: false,
+            inter: "300ms",
         }
     }
 }
@@ -84,7 +87,7 @@ backends = [
 ]
 [service.health]
 check = "tcp"
-inter = "300ms"
+inter = "{inter}"
 rise = 1
 fall = 2
 timeout = "300ms"
@@ -102,6 +105,7 @@ preempt = {preempt}
         backends = backends,
         advert = o.advert_int,
         preempt = o.preempt,
+        inter = o.inter,
     )
 }
 
@@ -300,8 +304,8 @@ fn sigterm_hands_over_within_skew_time() {
     assert!(p.lb1.log().contains("SIGTERM"), "{}", p.lb1.log());
 }
 
-/// lb-1's link goes down (both become master: lb-2 cannot hear it) and up: they converge on
-/// one master, lb-1, with the VIP on one node only.
+/// lb-1's link goes down (lb-1 goes to FAULT, lb-2 takes over) and up: they converge on one
+/// master, lb-1, with the VIP on one node only.
 #[test]
 fn a_link_down_and_up_converges_to_one_master() {
     if !have_root() {
@@ -328,6 +332,55 @@ fn a_link_down_and_up_converges_to_one_master() {
     assert_eq!(vrrp_state(&p.lb1.status().unwrap()), "MASTER");
     // Let gratuitous ARP settle the agents' caches, then traffic flows through lb-1.
     assert!(through_vip(&p, "agent-2").is_ok());
+}
+
+/// A dead link is a fault at once, as in keepalived, not after the health checks fail
+/// (here they run every 30 s, so they would take a minute): the link watch sees the carrier
+/// go. When it comes back lb-1 listens as a backup, then preempts.
+#[test]
+fn a_dead_link_is_a_fault_at_once_whatever_the_health_checks() {
+    if !have_root() {
+        return;
+    }
+    let _s = serial();
+    let p = pair(Opts {
+        inter: "30s",
+        ..Opts::default()
+    });
+    steady(&p);
+    p.topo.set_link("lb-1", false).unwrap();
+    let s = p
+        .lb1
+        .wait_for(T, "lb-1 FAULT", |s| vrrp_state(s) == "FAULT")
+        .unwrap();
+    assert!(!has_vip(&p.topo, "lb-1"), "the VIP left with the link");
+    assert!(
+        p.lb1.log().contains("link of eth1 is down"),
+        "{}",
+        p.lb1.log()
+    );
+    assert!(
+        s.services[0].backends.iter().all(|b| b.health == "up"),
+        "the health checks have not noticed: the fault came from the link: {:?}",
+        s.services[0].backends
+    );
+    wait_until(Duration::from_secs(6), "lb-2 takes over", || {
+        has_vip(&p.topo, "lb-2")
+    });
+    p.topo.set_link("lb-1", true).unwrap();
+    p.lb1
+        .wait_for(Duration::from_secs(8), "lb-1 MASTER again", |s| {
+            vrrp_state(s) == "MASTER"
+        })
+        .unwrap();
+    wait_until(Duration::from_secs(6), "one master", || {
+        has_vip(&p.topo, "lb-1") && !has_vip(&p.topo, "lb-2")
+    });
+    assert!(
+        p.lb1.log().contains("link of eth1 is up"),
+        "{}",
+        p.lb1.log()
+    );
 }
 
 /// Unicast peers, as in seed 004: failover works, and a non-peer's adverts are rejected.

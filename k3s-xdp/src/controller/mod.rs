@@ -51,6 +51,10 @@ pub enum Event {
     Vrrp(Box<VrrpStatus>),
     /// Routes or neighbours changed: cached next hops must be resolved again.
     FibChanged,
+    /// The interface's link went down or came up (netlink).
+    Link {
+        up: bool,
+    },
     Shutdown(&'static str),
 }
 
@@ -59,6 +63,8 @@ pub enum Event {
 pub struct Health {
     pub healthy_backends: usize,
     pub dataplane_attached: bool,
+    /// The interface has a carrier and is up (from netlink; assumed until told otherwise).
+    pub link_up: bool,
 }
 
 pub struct Controller {
@@ -170,6 +176,7 @@ impl Controller {
         let (health, health_rx) = watch::channel(Health {
             healthy_backends: model.healthy_backends(),
             dataplane_attached: attached,
+            link_up: true,
         });
         let mut c = Controller {
             config_path,
@@ -305,6 +312,18 @@ impl Controller {
                 let globals = globals(&self.config, self.fib_generation, self.mac);
                 if let Err(e) = dataplane::write_globals(&mut self.dp, &globals) {
                     error!("updating the FIB generation: {e:#}");
+                }
+            }
+            Event::Link { up } => {
+                let changed = self.health.send_if_modified(|h| {
+                    let changed = h.link_up != up;
+                    h.link_up = up;
+                    changed
+                });
+                if changed && up {
+                    info!(interface = %self.interface, "link of {} is up", self.interface);
+                } else if changed {
+                    warn!(interface = %self.interface, "link of {} is down (no carrier, or set down)", self.interface);
                 }
             }
             Event::Shutdown(reason) => return Some(reason),
@@ -481,6 +500,7 @@ impl Controller {
         let health = Health {
             healthy_backends: self.model.healthy_backends(),
             dataplane_attached: self.dp.attachment().is_some(),
+            link_up: self.health.borrow().link_up,
         };
         self.health.send_if_modified(|h| {
             let changed = *h != health;

@@ -5,7 +5,7 @@
 mod netlink;
 pub mod raw;
 
-pub use netlink::{watch_routes_and_neighbours, InterfaceAddress, Netlink};
+pub use netlink::{watch_link, watch_routes_and_neighbours, InterfaceAddress, Netlink};
 
 /// The sysctl file of IPv4 forwarding on `iface`.
 pub fn ipv4_forwarding_path(iface: &str) -> String {

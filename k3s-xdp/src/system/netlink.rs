@@ -198,6 +198,54 @@ pub async fn watch_routes_and_neighbours(
     Ok(())
 }
 
+/// Whether a link's flags say it can carry traffic: administratively up, with a carrier
+/// (`IFF_LOWER_UP`; a veth whose peer is down, or an unplugged cable, has none).
+pub fn link_is_up(flags: netlink_packet_route::link::LinkFlags) -> bool {
+    use netlink_packet_route::link::LinkFlags;
+    flags.contains(LinkFlags::Up) && flags.contains(LinkFlags::LowerUp)
+}
+
+/// Calls `on_change` with the state of interface `ifindex`'s link (see [`link_is_up`]): once
+/// at start, then whenever it changes (a deleted interface counts as down). Runs until the task
+/// is dropped.
+pub async fn watch_link(ifindex: u32, mut on_change: impl FnMut(bool)) -> Result<()> {
+    use futures::StreamExt;
+    use rtnetlink::{
+        packet_core::NetlinkPayload, packet_route::RouteNetlinkMessage, MulticastGroup,
+    };
+    let (connection, handle, mut messages) =
+        rtnetlink::new_multicast_connection(&[MulticastGroup::Link])
+            .context("subscribing to link changes (netlink)")?;
+    let task = tokio::spawn(connection);
+    let _abort = AbortOnDrop(task);
+    let mut links = handle.link().get().match_index(ifindex).execute();
+    let mut up = match links.try_next().await? {
+        Some(link) => link_is_up(link.header.flags),
+        None => false,
+    };
+    on_change(up);
+    while let Some((message, _)) = messages.next().await {
+        let now = match message.payload {
+            NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(link))
+                if link.header.index == ifindex =>
+            {
+                link_is_up(link.header.flags)
+            }
+            NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelLink(link))
+                if link.header.index == ifindex =>
+            {
+                false
+            }
+            _ => continue,
+        };
+        if now != up {
+            up = now;
+            on_change(up);
+        }
+    }
+    Ok(())
+}
+
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
 
 impl Drop for AbortOnDrop {
@@ -209,6 +257,16 @@ impl Drop for AbortOnDrop {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_link_is_up_when_set_up_and_with_a_carrier() {
+        use netlink_packet_route::link::LinkFlags;
+        let up = LinkFlags::Up | LinkFlags::Running | LinkFlags::LowerUp | LinkFlags::Multicast;
+        assert!(link_is_up(up));
+        assert!(!link_is_up(up - LinkFlags::LowerUp), "no carrier");
+        assert!(!link_is_up(up - LinkFlags::Up), "set down");
+        assert!(!link_is_up(LinkFlags::empty()));
+    }
 
     #[test]
     fn an_address_covers_its_subnet_only() {

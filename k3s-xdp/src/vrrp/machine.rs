@@ -76,6 +76,11 @@ pub enum Event {
     Track {
         ok: bool,
     },
+    /// The interface's link went down (no carrier, or set down) or came back. Down is a
+    /// fault whatever the tracking weight, as in keepalived: adverts cannot leave.
+    Link {
+        up: bool,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -117,6 +122,7 @@ pub struct Machine {
     params: Params,
     state: State,
     track_ok: bool,
+    link_up: bool,
     master_adver_interval: Duration,
     adver_timer: Option<Instant>,
     master_down_timer: Option<Instant>,
@@ -136,6 +142,7 @@ impl Machine {
             params,
             state: State::Initialize,
             track_ok: true,
+            link_up: true,
             adver_timer: None,
             master_down_timer: None,
             waiting: Wait::MasterDown,
@@ -213,6 +220,7 @@ impl Machine {
                 interval,
             } => self.advert(from, priority, interval, now, &mut out),
             Event::Track { ok } => self.track(ok, now, &mut out),
+            Event::Link { up } => self.link(up, now, &mut out),
         }
         out
     }
@@ -234,6 +242,10 @@ impl Machine {
         }
         self.started = Some(now);
         self.master_adver_interval = self.params.advert_int;
+        if !self.link_up {
+            self.go(State::Fault, "link down at startup".into(), out);
+            return;
+        }
         if !self.track_ok && self.params.track_weight == 0 {
             self.go(State::Fault, "tracking fails at startup".into(), out);
             return;
@@ -399,6 +411,34 @@ impl Machine {
         now >= started + delay && now >= since + delay
     }
 
+    fn link(&mut self, up: bool, now: Instant, out: &mut Output) {
+        if up == self.link_up {
+            return;
+        }
+        self.link_up = up;
+        match (self.state, up) {
+            (State::Master, false) => {
+                // No priority 0 advert: it could not leave. The backup's master-down timer
+                // takes over, as for a crash.
+                out.actions.push(Action::ReleaseVips);
+                self.adver_timer = None;
+                self.master = None;
+                self.go(State::Fault, "link down".into(), out);
+            }
+            (State::Backup, false) => {
+                self.master_down_timer = None;
+                self.master = None;
+                self.go(State::Fault, "link down".into(), out);
+            }
+            (State::Fault, true) if self.track_ok || self.params.track_weight != 0 => {
+                self.master_down_timer = Some(now + self.master_down_interval());
+                self.waiting = Wait::MasterDown;
+                self.go(State::Backup, "link up".into(), out);
+            }
+            _ => {}
+        }
+    }
+
     fn track(&mut self, ok: bool, now: Instant, out: &mut Output) {
         if ok == self.track_ok {
             return;
@@ -406,7 +446,7 @@ impl Machine {
         self.track_ok = ok;
         let fault_mode = self.params.track_weight == 0;
         match (self.state, ok) {
-            (State::Fault, true) => {
+            (State::Fault, true) if self.link_up => {
                 self.master_down_timer = Some(now + self.master_down_interval());
                 self.waiting = Wait::MasterDown;
                 self.go(State::Backup, "tracking recovered".into(), out);
@@ -746,6 +786,52 @@ mod tests {
         let out = m.handle(advert(0), t0 + 5 * S);
         assert_eq!(out.actions, vec![Action::Advertise { priority: 100 }]);
         assert_eq!(m.state(), State::Master);
+    }
+
+    #[test]
+    fn a_link_down_is_a_fault_whatever_the_weight_and_up_waits_as_a_backup() {
+        let t0 = Instant::now();
+        // Weight -150: failing tracking only lowers the priority, a dead link is still a fault.
+        let mut m = started(params(200), t0);
+        run_until(&mut m, t0 + 4 * S);
+        assert_eq!(m.state(), State::Master);
+        let out = m.handle(Event::Link { up: false }, t0 + 5 * S);
+        assert_eq!(m.state(), State::Fault);
+        assert_eq!(out.actions, vec![Action::ReleaseVips]);
+        assert_eq!(m.next_deadline(), None, "nothing to send in fault");
+        // Tracking recovering does not leave the fault while the link is down.
+        m.handle(Event::Track { ok: false }, t0 + 6 * S);
+        m.handle(Event::Track { ok: true }, t0 + 7 * S);
+        assert_eq!(m.state(), State::Fault);
+        let out = m.handle(Event::Link { up: true }, t0 + 8 * S);
+        assert_eq!(m.state(), State::Backup);
+        assert!(out.actions.is_empty(), "{out:?}");
+        assert_eq!(
+            m.next_deadline(),
+            Some(t0 + 8 * S + m.master_down_interval()),
+            "listens for a master first"
+        );
+        // A backup whose link goes down is a fault too; up again while tracking fails with
+        // weight 0 stays a fault.
+        let mut b = started(
+            Params {
+                track_weight: 0,
+                ..params(100)
+            },
+            t0,
+        );
+        b.handle(Event::Link { up: false }, t0 + S);
+        assert_eq!(b.state(), State::Fault);
+        b.handle(Event::Track { ok: false }, t0 + 2 * S);
+        b.handle(Event::Link { up: true }, t0 + 3 * S);
+        assert_eq!(b.state(), State::Fault, "tracking still fails");
+        b.handle(Event::Track { ok: true }, t0 + 4 * S);
+        assert_eq!(b.state(), State::Backup);
+        // Down at startup: a fault from the start.
+        let mut c = Machine::new(params(100));
+        c.handle(Event::Link { up: false }, t0);
+        c.handle(Event::Startup, t0);
+        assert_eq!(c.state(), State::Fault);
     }
 
     #[test]

@@ -188,6 +188,7 @@ async fn run(
         _ => Version::V3,
     };
     let track = track_ok(&config, &health.borrow());
+    let mut link_up = health.borrow().link_up;
     let mut speaker = Speaker {
         vips: config.virtual_ipaddress.iter().map(|v| v.addr).collect(),
         machine: Machine::new(params(&config, primary)),
@@ -209,6 +210,9 @@ async fn run(
     let now = Instant::now();
     if !track {
         speaker.machine.handle(Event::Track { ok: false }, now);
+    }
+    if !link_up {
+        speaker.machine.handle(Event::Link { up: false }, now);
     }
     speaker.handle(Event::Startup).await;
 
@@ -256,6 +260,11 @@ async fn run(
             },
             changed = health.changed() => {
                 if changed.is_ok() {
+                    let up = health.borrow().link_up;
+                    if up != link_up {
+                        link_up = up;
+                        speaker.handle(Event::Link { up }).await;
+                    }
                     let ok = track_ok(&speaker.config, &health.borrow());
                     speaker.track_ok = ok;
                     speaker.handle(Event::Track { ok }).await;
