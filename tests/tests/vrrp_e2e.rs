@@ -359,6 +359,8 @@ fn a_dead_link_is_a_fault_at_once_whatever_the_health_checks() {
         "{}",
         p.lb1.log()
     );
+    assert!(!s.link_up, "status shows the link down");
+    assert_eq!(metrics(&p.topo, "lb-1").get("k3sxdp_link_up"), Some(&0.0));
     assert!(
         s.services[0].backends.iter().all(|b| b.health == "up"),
         "the health checks have not noticed: the fault came from the link: {:?}",

@@ -603,6 +603,7 @@ impl Controller {
             failed_reloads: self.failed_reloads,
             services,
             vrrp: self.vrrp.clone(),
+            link_up: self.health.borrow().link_up,
             packets,
         }
     }

@@ -35,6 +35,9 @@ pub struct Status {
     pub failed_reloads: u64,
     pub services: Vec<ServiceStatus>,
     pub vrrp: Option<VrrpStatus>,
+    /// The interface is up with a carrier (netlink's view; a dead link is a VRRP fault).
+    #[serde(default = "link_up_default")]
+    pub link_up: bool,
     /// XDP packet counts by reason (pass_*, tx_*, drop_*).
     pub packets: BTreeMap<String, u64>,
 }
@@ -107,6 +110,10 @@ pub struct VrrpStatus {
     pub track_ok: bool,
 }
 
+fn link_up_default() -> bool {
+    true
+}
+
 fn human_bytes(b: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
     let mut v = b as f64;
@@ -135,9 +142,10 @@ pub fn render_table(s: &Status) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "k3s-xdp {} on {} ({} mode), up {}, config {} (reloads: {} ok, {} failed)",
+        "k3s-xdp {} on {}{} ({} mode), up {}, config {} (reloads: {} ok, {} failed)",
         s.version,
         s.interface,
+        if s.link_up { "" } else { " (LINK DOWN)" },
         s.xdp_mode,
         ago(s.uptime_seconds).trim_end_matches(" ago"),
         s.config,
@@ -339,6 +347,12 @@ pub fn render_metrics(s: &Status) -> String {
         "gauge",
         "Seconds since k3s-xdp started.",
         vec![(String::new(), s.uptime_seconds as f64)],
+    );
+    family(
+        "k3sxdp_link_up",
+        "gauge",
+        "1 while the interface is up with a carrier, 0 while its link is down.",
+        vec![(String::new(), if s.link_up { 1.0 } else { 0.0 })],
     );
     family(
         "k3sxdp_config_reloads_total",
@@ -546,6 +560,7 @@ mod tests {
     fn sample() -> Status {
         Status {
             version: "0.1.0".into(),
+            link_up: true,
             interface: "eth1".into(),
             xdp_mode: "driver".into(),
             services: vec![ServiceStatus {
@@ -607,5 +622,13 @@ mod tests {
         assert!(table.contains("service k3s-api 192.0.2.100:6443"));
         assert!(table.contains("192.0.2.50:6443"));
         assert!(table.contains("VRRP: not configured"));
+        assert!(!table.contains("LINK DOWN"));
+        let down = Status {
+            link_up: false,
+            ..sample()
+        };
+        assert!(render_table(&down).contains("on eth1 (LINK DOWN)"));
+        assert!(render_metrics(&down).contains("\nk3sxdp_link_up 0\n"));
+        assert!(render_metrics(&sample()).contains("\nk3sxdp_link_up 1\n"));
     }
 }
