@@ -99,14 +99,25 @@ pub async fn run(options: Options) -> Result<()> {
         }
     }));
 
-    let link_events = events_tx.clone();
+    // The link state goes through a watch channel, which keeps the latest value, so the
+    // controller always ends up with the current state however fast the link flaps.
+    let (link_tx, mut link_rx) = tokio::sync::watch::channel(true);
     tasks.push(tokio::spawn(async move {
         let r = system::watch_link(ifindex, |up| {
-            let _ = link_events.try_send(Event::Link { up });
+            link_tx.send_replace(up);
         })
         .await;
         if let Err(e) = r {
             warn!("not watching the link state ({e:#}); a dead link is noticed by the health checks only");
+        }
+    }));
+    let link_events = events_tx.clone();
+    tasks.push(tokio::spawn(async move {
+        while link_rx.changed().await.is_ok() {
+            let up = *link_rx.borrow_and_update();
+            if link_events.send(Event::Link { up }).await.is_err() {
+                break;
+            }
         }
     }));
 

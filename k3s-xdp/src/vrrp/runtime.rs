@@ -188,7 +188,7 @@ async fn run(
         _ => Version::V3,
     };
     let track = track_ok(&config, &health.borrow());
-    let mut link_up = health.borrow().link_up;
+    let link_up = health.borrow().link_up;
     let mut speaker = Speaker {
         vips: config.virtual_ipaddress.iter().map(|v| v.addr).collect(),
         machine: Machine::new(params(&config, primary)),
@@ -260,11 +260,9 @@ async fn run(
             },
             changed = health.changed() => {
                 if changed.is_ok() {
+                    // The machine ignores repeats of either.
                     let up = health.borrow().link_up;
-                    if up != link_up {
-                        link_up = up;
-                        speaker.handle(Event::Link { up }).await;
-                    }
+                    speaker.handle(Event::Link { up }).await;
                     let ok = track_ok(&speaker.config, &health.borrow());
                     speaker.track_ok = ok;
                     speaker.handle(Event::Track { ok }).await;
