@@ -111,8 +111,8 @@ pub fn import(
         "# k3s-xdp configuration imported from {}{}.",
         haproxy.name,
         match &k {
-            Some(_) => " and keepalived.conf",
-            None => "",
+            Some(k) => format!(" and {}", k.file),
+            None => String::new(),
         }
     );
     let _ = writeln!(out, "# Check it with `k3s-xdp check --config FILE`.");
@@ -475,6 +475,9 @@ mod tests {
         }
         assert!(!text.contains(":0:"), "no warning without a line:\n{text}");
         assert!(imported.toml.contains("auth_pass = \"averylon\""));
+        assert!(imported.toml.starts_with(
+            "# k3s-xdp configuration imported from haproxy.cfg and /etc/keepalived/lb-1.conf."
+        ));
     }
 
     /// Seeds 000 (pt), 001 (zh), 002 (ja): the same HAProxy + keepalived setup, with the
