@@ -1,19 +1,19 @@
 //! Choosing: the service a packet is for, the backend of a new flow (Maglev), and the SNAT port
 //! the backend will see in nat mode.
 
-use crate::maps::{BACKENDS, FLOWS, MAGLEV, NAT_REVERSE};
+use crate::{
+    maps::{BACKENDS, MAGLEV},
+    table,
+};
 use aya_ebpf::helpers::bpf_loop;
 use core::ffi::c_void;
 use k3s_xdp_common::{
-    hash::{flow_hash, probe as probe_hash, reduce, snat_hash},
-    maglev_slot, maglev_word, reason, Backend, FlowKey, NatReverse, NextHop, VipInfo, VipPort,
-    BACKEND_UP, MAX_PORTS_PER_VIP,
+    hash::{probe as probe_hash, reduce, snat_hash},
+    maglev_slot, maglev_word, reason,
+    table::NatSlot,
+    Backend, FlowKey, NatReverse, NextHop, VipInfo, VipPort, BACKEND_UP, MAX_PORTS_PER_VIP,
 };
 
-/// `BPF_NOEXIST`: insert only if absent, so two CPUs cannot claim the same SNAT port.
-const BPF_NOEXIST: u64 = 1;
-/// `BPF_EXIST`: replace an existing entry as a whole.
-const BPF_EXIST: u64 = 2;
 /// SNAT ports tried per new flow before giving up. Random probing from the flow's hash: with
 /// the backend's port space a fraction `a` full of live connections, a new flow fails with
 /// probability about a^16 (4e-7 at 40%, 3e-4 at 60%).
@@ -36,16 +36,16 @@ pub fn service(vip: &VipInfo, port: u16, protocol: u8) -> Option<VipPort> {
     None
 }
 
-/// The backend for a new flow: the Maglev entry its hash selects, if that backend is up.
-/// `None` when the service has no table (no healthy backend), an empty one, or the entry is
-/// stale.
+/// The backend for a new flow: the Maglev entry its hash (`flow_hash`) selects, if that
+/// backend is up. `None` when the service has no table (no healthy backend), an empty one, or
+/// the entry is stale.
 #[inline(always)]
-pub fn backend(service: &VipPort, key: &FlowKey) -> Option<(u32, Backend)> {
+pub fn backend(service: &VipPort, hash: u32) -> Option<(u32, Backend)> {
     // One outer lookup: the size and the entry come from the same table even if the
     // controller swaps in another one meanwhile.
     let table = MAGLEV.get(service.service)?;
     let size = *table.get(0)? as u32;
-    let entry = reduce(flow_hash(key), size);
+    let entry = reduce(hash, size);
     let word = *table.get(maglev_word(entry))?;
     let id = maglev_slot(word, entry);
     let backend = *BACKENDS.get(id)?;
@@ -59,10 +59,10 @@ pub fn backend(service: &VipPort, key: &FlowKey) -> Option<(u32, Backend)> {
 /// Claims the SNAT port (network order) through which `backend` will see the flow `key`, and
 /// records the reverse translation. The ports tried are hashes of the flow, so lb-1 and lb-2
 /// choose the same one and a backend connection survives a failover; a port held by a
-/// live connection of another client is skipped, and so is any port a service listens on at
-/// this VIP. A port whose connection has closed (FIN both ways, or a RST) is taken over: the
-/// previous owner's flow entry is removed with it, so its stray packets cannot reach the new
-/// connection.
+/// live connection of another client is skipped (and a port whose reverse-table bucket is full
+/// of live connections), and so is any port a service listens on at this VIP. A port whose
+/// connection has closed (FIN both ways, or a RST) or gone idle is taken over: the previous
+/// owner's flow entry is removed with it, so its stray packets cannot reach the new connection.
 #[inline(always)]
 pub fn snat_port(
     key: &FlowKey,
@@ -72,6 +72,7 @@ pub fn snat_port(
     service: u32,
     client_hop: &NextHop,
     (port_min, port_max): (u16, u16),
+    (clock, mask): (u32, u32),
 ) -> Result<u16, u32> {
     let (mut min, mut max) = (SNAT_DEFAULT_MIN, SNAT_DEFAULT_MAX);
     if port_min != 0 && port_min <= port_max {
@@ -82,8 +83,8 @@ pub fn snat_port(
         client_addr: key.src,
         client_port: key.sport,
         vip_port: key.dport,
-        backend: id,
-        service,
+        backend: id as u16,
+        service: service as u16,
         closing: 0,
         next_hop: *client_hop,
     };
@@ -94,7 +95,7 @@ pub fn snat_port(
     // loop's setup.
     let port = ((min + reduce(hash, span)) as u16).to_be();
     if !is_service_port(&vip.ports, count, port)
-        && claim(key, &reverse_key(key, backend, port), &entry)
+        && claim(key, &reverse_key(key, backend, port), &entry, clock, mask)
     {
         return Ok(port);
     }
@@ -109,6 +110,8 @@ pub fn snat_port(
         min,
         service_ports: [0; MAX_PORTS_PER_VIP],
         service_count: count,
+        clock,
+        mask,
     };
     for i in 0..MAX_PORTS_PER_VIP {
         probe.service_ports[i] = vip.ports[i].port;
@@ -160,6 +163,8 @@ struct Probe {
     min: u32,
     service_ports: [u16; MAX_PORTS_PER_VIP],
     service_count: u32,
+    clock: u32,
+    mask: u32,
 }
 
 /// One try of the SNAT port search: the `index + 1`-th probe of the flow's hash.
@@ -185,7 +190,13 @@ extern "C" fn snat_try(index: u64, ctx: *mut c_void) -> i64 {
             protocol: (*probe).key.protocol,
             _pad: [0; 3],
         };
-        if claim(&(*probe).key, &reverse, &(*probe).entry) {
+        if claim(
+            &(*probe).key,
+            &reverse,
+            &(*probe).entry,
+            (*probe).clock,
+            (*probe).mask,
+        ) {
             (*probe).found = FOUND | u32::from(port);
             return 1;
         }
@@ -193,52 +204,12 @@ extern "C" fn snat_try(index: u64, ctx: *mut c_void) -> i64 {
     0
 }
 
-/// Tries to take the translation `reverse` for `key`: free, already this client tuple's, or
-/// left by a closed connection. A BPF subprogram of its own (not inlined) so that the probing
-/// loop's verifier states stay alike whatever happened inside, and merge.
+/// Tries to take the translation `reverse` for `key` (see `table::claim_nat`). A BPF
+/// subprogram of its own (not inlined) so that the probing loop's verifier states stay alike
+/// whatever happened inside, and merge.
 #[inline(never)]
-fn claim(key: &FlowKey, reverse: &FlowKey, entry: &NatReverse) -> bool {
-    if NAT_REVERSE.insert(reverse, entry, BPF_NOEXIST).is_ok() {
-        return true;
-    }
-    // Taken: by this very client tuple earlier (its forward entry was evicted, or it
-    // reconnects from the same port), which we reuse; by a closed connection, which we take
-    // over; or by another live connection, which we step over.
-    let Some(existing) = (unsafe { NAT_REVERSE.get(reverse) }) else {
-        return false;
-    };
-    let existing = *existing;
-    let ours = existing.client_addr == key.src
-        && existing.client_port == key.sport
-        && existing.vip_port == key.dport;
-    if ours && existing.closing == 0 {
-        return true;
-    }
-    if !ours && !existing.closed() {
-        return false;
-    }
-    if !ours {
-        let previous = FlowKey {
-            src: existing.client_addr,
-            dst: key.dst,
-            sport: existing.client_port,
-            dport: existing.vip_port,
-            protocol: key.protocol,
-            _pad: [0; 3],
-        };
-        let _ = FLOWS.remove(previous);
-    }
-    if NAT_REVERSE.insert(reverse, entry, BPF_EXIST).is_err() {
-        return false;
-    }
-    // Another CPU may have taken the same port at the same moment: keep it only if the entry
-    // is ours after the write.
-    match unsafe { NAT_REVERSE.get(reverse) } {
-        Some(now) => {
-            now.client_addr == key.src && now.client_port == key.sport && now.vip_port == key.dport
-        }
-        None => false,
-    }
+fn claim(key: &FlowKey, reverse: &FlowKey, entry: &NatReverse, clock: u32, mask: u32) -> bool {
+    table::claim_nat(key, reverse, entry, clock, mask)
 }
 
 /// The reverse-NAT key of a flow of `key` through `backend` with `snat_port`.
@@ -256,9 +227,10 @@ pub fn reverse_key(key: &FlowKey, backend: &Backend, snat_port: u16) -> FlowKey 
 
 /// Records in the reverse entry that a side of the TCP connection sent a FIN or a RST.
 #[inline(always)]
-pub fn note_closing(entry: *mut NatReverse, bits: u32) {
-    // SAFETY: a map value valid for this run. A plain OR (the BPF target has no atomic OR in
-    // Rust): two FINs on two CPUs at the same instant may lose one bit, which only delays the
-    // reuse of that SNAT port until the LRU evicts the entry; it can never mistranslate.
-    unsafe { (*entry).closing |= bits };
+pub fn note_closing(slot: *mut NatSlot, bits: u32) {
+    // SAFETY: a map value valid for this run; `closing` is outside the seal. A plain OR (the
+    // BPF target has no atomic OR in Rust): two FINs on two CPUs at the same instant may lose
+    // one bit, which only delays the reuse of that SNAT port until the translation goes idle;
+    // it can never mistranslate.
+    unsafe { (*slot).nat.closing |= bits };
 }

@@ -6,10 +6,11 @@ use crate::{
     choose, counters,
     headers::{TCP_FIN, TCP_RST, TCP_SYN},
     hop,
-    maps::{BACKENDS, FLOWS, NAT_REVERSE},
+    maps::BACKENDS,
     parse::{frame_len, Ip, Valid, L4},
     reset,
     rewrite::{self, Tuple},
+    table::{self, Place},
     verdict::Verdict,
 };
 use aya_ebpf::{bindings::xdp_action, helpers::bpf_redirect, programs::XdpContext};
@@ -46,9 +47,10 @@ pub fn to_backend(
         0
     };
 
+    let (clock, mask) = (globals.clock, globals.flow_mask);
+    let at = Place::of(&key, mask);
     let mut pinned: Option<(u32, Backend, u16)> = None;
-    if let Some(flow) = unsafe { FLOWS.get(key) } {
-        let flow: Flow = *flow;
+    if let Some(flow) = table::find_flow(&key, at, clock) {
         if let Some(backend) = BACKENDS.get(flow.backend) {
             let backend = *backend;
             // A freed slot, or one reused by another service: the flow chooses again.
@@ -57,7 +59,7 @@ pub fn to_backend(
                     && service.flags & SERVICE_RESET_ON_DOWN != 0
                     && protocol == IPPROTO_TCP
                 {
-                    let _ = FLOWS.remove(key);
+                    table::clear_flow(&key, at, None);
                     return reset::send(ctx, ip, valid, &l4, service.service, flow.backend);
                 }
                 pinned = Some((flow.backend, backend, flow.snat_port));
@@ -65,9 +67,9 @@ pub fn to_backend(
                 // the same tuple) checks the translation is still this flow's.
                 if !dsr && tcp_flags & (TCP_SYN | TCP_FIN | TCP_RST) != 0 {
                     let reverse = choose::reverse_key(&key, &backend, flow.snat_port);
-                    match NAT_REVERSE.get_ptr_mut(reverse) {
-                        Some(entry) => {
-                            let e = unsafe { *entry };
+                    match table::find_nat(&reverse, Place::of(&reverse, mask)) {
+                        Some((entry, copy)) => {
+                            let e = copy.nat;
                             let ours = e.client_addr == src && e.client_port == key.sport;
                             if tcp_flags & TCP_SYN != 0 && (!ours || e.closing != 0) {
                                 // Taken over, or closed: choose again, as a new flow.
@@ -89,7 +91,7 @@ pub fn to_backend(
     let new_flow = pinned.is_none();
     let (id, backend, snat_port) = match pinned {
         Some(p) => p,
-        None => match choose::backend(service, &key) {
+        None => match choose::backend(service, at.hash) {
             Some((id, backend)) => {
                 let snat_port = if dsr {
                     0
@@ -109,6 +111,7 @@ pub fn to_backend(
                         service.service,
                         &client_hop,
                         ports,
+                        (clock, mask),
                     ) {
                         Ok(port) => port,
                         Err(why) => return Verdict::drop(why),
@@ -119,7 +122,7 @@ pub fn to_backend(
                     snat_port,
                     _pad: 0,
                 };
-                if FLOWS.insert(key, flow, 0).is_err() {
+                if !table::store_flow(&key, at, flow, clock) {
                     return Verdict::drop(reason::DROP_MAP_UPDATE);
                 }
                 (id, backend, snat_port)
@@ -159,7 +162,8 @@ pub fn to_backend(
 /// A packet to a VIP on a port without a service: a backend's reply in nat mode, if it matches
 /// a translation; otherwise the host's business.
 #[inline(always)]
-pub fn reply(ctx: &XdpContext, ip: &Ip, l4: L4, protocol: u8, generation: u32) -> Verdict {
+pub fn reply(ctx: &XdpContext, ip: &Ip, l4: L4, protocol: u8, globals: &Globals) -> Verdict {
+    let generation = globals.fib_generation;
     let (src, vip) = unsafe { ((*ip.hdr).src, (*ip.hdr).dst) };
     let key = FlowKey {
         src,
@@ -169,10 +173,11 @@ pub fn reply(ctx: &XdpContext, ip: &Ip, l4: L4, protocol: u8, generation: u32) -
         protocol,
         _pad: [0; 3],
     };
-    let Some(entry) = NAT_REVERSE.get_ptr_mut(key) else {
+    let Some((entry, copy)) = table::find_nat(&key, Place::of(&key, globals.flow_mask)) else {
         return Verdict::pass(reason::PASS_VIP_OTHER);
     };
-    let nat = unsafe { *entry };
+    table::touch_nat(entry, copy.seen, globals.clock);
+    let nat = copy.nat;
     if protocol == IPPROTO_TCP {
         let flags = l4.tcp_flags(ctx);
         if flags & TCP_RST != 0 {
@@ -193,7 +198,7 @@ pub fn reply(ctx: &XdpContext, ip: &Ip, l4: L4, protocol: u8, generation: u32) -
                 ..nat.next_hop
             },
         };
-        unsafe { (*entry).next_hop = hop };
+        unsafe { (*entry).nat.next_hop = hop };
         hop
     };
     rewrite::tuple(
@@ -208,7 +213,12 @@ pub fn reply(ctx: &XdpContext, ip: &Ip, l4: L4, protocol: u8, generation: u32) -
         },
     );
     rewrite::l2(ip, &hop);
-    counters::traffic(nat.service, nat.backend, frame_len(ctx), false);
+    counters::traffic(
+        u32::from(nat.service),
+        u32::from(nat.backend),
+        frame_len(ctx),
+        false,
+    );
     transmit(ctx, ip, &hop, reason::TX_REPLY)
 }
 

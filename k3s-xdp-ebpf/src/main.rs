@@ -22,6 +22,7 @@ mod maps;
 mod parse;
 mod reset;
 mod rewrite;
+mod table;
 mod verdict;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
@@ -67,10 +68,10 @@ fn process(ctx: &XdpContext) -> Verdict {
             };
             match choose::service(vip, l4.dport, protocol) {
                 Some(service) => forward::to_backend(ctx, &ip, &valid, l4, vip, &service, &globals),
-                None => forward::reply(ctx, &ip, l4, protocol, globals.fib_generation),
+                None => forward::reply(ctx, &ip, l4, protocol, &globals),
             }
         }
-        IPPROTO_ICMP => icmp::handle(ctx, &ip, &valid, vip, globals.fib_generation),
+        IPPROTO_ICMP => icmp::handle(ctx, &ip, &valid, vip, &globals),
         _ => Verdict::pass(reason::PASS_VIP_OTHER),
     }
 }

@@ -775,7 +775,7 @@ fn snat_port_collisions_step_to_the_next_port() {
         .unwrap()
         .expect("translation recorded");
     other.client_port = 1u16.to_be();
-    k3s_xdp_tests::bpf::insert_nat_reverse(&mut h, &rev_key, &other).unwrap();
+    k3s_xdp_tests::bpf::insert_nat_reverse(&mut h, &rev_key, &other, 0).unwrap();
     k3s_xdp_tests::bpf::remove_flow(&mut h, &key(agent(1, 40100), vip, IPPROTO_TCP)).unwrap();
     let again = transmitted(&mut h, &packet::tcp_syn(agent(1, 40100), vip));
     assert_eq!(
@@ -950,6 +950,7 @@ fn vip_packets_for_another_mac_are_not_forwarded() {
             snat_port_max: 65535,
             mac: LAB_LB_MAC,
             _pad: [0; 2],
+            ..Default::default()
         },
     )
     .unwrap();
