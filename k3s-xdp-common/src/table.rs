@@ -76,7 +76,7 @@ pub fn nat_index(hash: u32, mask: u32) -> u32 {
 /// Whether two keys are the same tuple, with one branch (the verifier explores every branch
 /// of every way of a bucket; fewer branches keep the program within its limits).
 #[inline(always)]
-fn same_key(a: &FlowKey, b: &FlowKey) -> bool {
+pub fn same_key(a: &FlowKey, b: &FlowKey) -> bool {
     ((a.src ^ b.src)
         | (a.dst ^ b.dst)
         | ((u32::from(a.sport) << 16 | u32::from(a.dport))
@@ -167,6 +167,12 @@ impl NatSlot {
             seal: Self::seal_of(hash, &nat),
             seen,
         }
+    }
+
+    /// The seal of a slot holding `nat` for the key whose flow hash is `hash`.
+    #[inline(always)]
+    pub fn seal_for(hash: u32, nat: &NatReverse) -> u32 {
+        Self::seal_of(hash, nat)
     }
 
     #[inline(always)]

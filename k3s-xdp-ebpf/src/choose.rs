@@ -91,14 +91,6 @@ pub fn snat_port(
     let hash = snat_hash(key);
     let span = max - min + 1;
     let count = vip.count.min(MAX_PORTS_PER_VIP as u32);
-    // The first try inline: it succeeds unless the port is taken, so most new flows skip the
-    // loop's setup.
-    let port = ((min + reduce(hash, span)) as u16).to_be();
-    if !is_service_port(&vip.ports, count, port)
-        && claim(key, &reverse_key(key, backend, port), &entry, clock, mask)
-    {
-        return Ok(port);
-    }
     let mut probe = Probe {
         key: *key,
         entry,
@@ -116,11 +108,10 @@ pub fn snat_port(
     for i in 0..MAX_PORTS_PER_VIP {
         probe.service_ports[i] = vip.ports[i].port;
     }
-    // bpf_loop: the kernel verifies the callback once, whatever the number of tries. Try 0
-    // was the inline one above.
+    // bpf_loop: the kernel verifies the callback once, whatever the number of tries.
     unsafe {
         bpf_loop(
-            SNAT_TRIES - 1,
+            SNAT_TRIES,
             snat_try as *mut c_void,
             &mut probe as *mut Probe as *mut c_void,
             0,
@@ -167,12 +158,12 @@ struct Probe {
     mask: u32,
 }
 
-/// One try of the SNAT port search: the `index + 1`-th probe of the flow's hash.
+/// One try of the SNAT port search: the `index`-th probe of the flow's hash.
 extern "C" fn snat_try(index: u64, ctx: *mut c_void) -> i64 {
     let probe = ctx as *mut Probe;
     // SAFETY: `ctx` is the `Probe` on `snat_port`'s stack, alive during bpf_loop.
     unsafe {
-        let offset = reduce(probe_hash((*probe).hash, index as u32 + 1), (*probe).span);
+        let offset = reduce(probe_hash((*probe).hash, index as u32), (*probe).span);
         let port = (((*probe).min + offset) as u16).to_be();
         for i in 0..MAX_PORTS_PER_VIP {
             if i as u32 >= (*probe).service_count {

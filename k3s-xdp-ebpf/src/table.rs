@@ -7,7 +7,7 @@
 use crate::maps::{FLOWS, NAT_REVERSE};
 use k3s_xdp_common::{
     hash::flow_hash,
-    table::{bucket_index, keep_rank, nat_index, FlowBucket, FlowSlot, NatSlot, WAYS},
+    table::{bucket_index, keep_rank, nat_index, same_key, FlowBucket, FlowSlot, NatSlot, WAYS},
     Flow, FlowKey, NatReverse,
 };
 
@@ -180,8 +180,22 @@ pub fn claim_nat(
     let Some(slot) = nat_slot(hash, mask) else {
         return false;
     };
-    // SAFETY: as in `find_nat`.
-    let old = unsafe { core::ptr::read_volatile(slot) };
+    // SAFETY (every access below): a map value valid for this run. Fields are read once each
+    // into locals, not copied whole: the claim runs on a small stack.
+    let (old_key, old_nat, old_seal, old_seen) = unsafe {
+        (
+            core::ptr::read_volatile(&(*slot).key),
+            core::ptr::read_volatile(&(*slot).nat),
+            core::ptr::read_volatile(&(*slot).seal),
+            core::ptr::read_volatile(&(*slot).seen),
+        )
+    };
+    let old = NatSlot {
+        key: old_key,
+        nat: old_nat,
+        seal: old_seal,
+        seen: old_seen,
+    };
     let ours = old.holds(reverse, hash)
         & (old.nat.client_addr == key.src)
         & (old.nat.client_port == key.sport)
@@ -204,16 +218,26 @@ pub fn claim_nat(
             protocol: old.key.protocol,
             _pad: [0; 3],
         };
-        let _ = previous; // forget_flow(&previous, mask, u32::from(old.nat.backend), old.key.dport);
+        clear_flow(
+            &previous,
+            Place::of(&previous, mask),
+            Some((u32::from(old.nat.backend), old.key.dport)),
+        );
     }
-    // SAFETY: a map value valid for this run.
-    unsafe { *slot = NatSlot::new(*reverse, hash, *entry, clock) };
+    let seal = NatSlot::seal_for(hash, entry);
+    unsafe {
+        (*slot).seal = 0;
+        (*slot).key = *reverse;
+        (*slot).nat = *entry;
+        (*slot).seen = clock;
+        (*slot).seal = seal;
+    }
     // Another CPU may have written the same slot at the same instant: keep the port only if
     // the slot reads back whole and ours.
-    // SAFETY: as above.
-    let now = unsafe { *slot };
-    now.holds(reverse, hash)
-        & (now.nat.client_addr == key.src)
-        & (now.nat.client_port == key.sport)
-        & (now.nat.vip_port == key.dport)
+    unsafe {
+        same_key(&core::ptr::read_volatile(&(*slot).key), reverse)
+            & (core::ptr::read_volatile(&(*slot).nat.client_addr) == key.src)
+            & (core::ptr::read_volatile(&(*slot).nat.client_port) == key.sport)
+            & (core::ptr::read_volatile(&(*slot).seal) == seal)
+    }
 }
