@@ -86,9 +86,11 @@ pub fn same_key(a: &FlowKey, b: &FlowKey) -> bool {
 }
 
 /// Mixes the fields that decide a packet's destination with the key's hash. Never 0, so an
-/// all-zero (never written) or cleared slot never passes.
+/// all-zero (never written) or cleared slot never passes. A flow slot seals
+/// `(backend, snat_port, 0)`; a translation `(client_addr, client_port << 16 | vip_port,
+/// backend << 16 | service)` (see the `seal_of` functions).
 #[inline(always)]
-fn seal(hash: u32, a: u32, b: u32, c: u32) -> u32 {
+pub fn seal(hash: u32, a: u32, b: u32, c: u32) -> u32 {
     (hash
         ^ a.wrapping_mul(0x9e37_79b1)
         ^ b.wrapping_mul(0x85eb_ca77).rotate_left(11)

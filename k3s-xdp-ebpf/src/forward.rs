@@ -59,7 +59,7 @@ pub fn to_backend(
                     && service.flags & SERVICE_RESET_ON_DOWN != 0
                     && protocol == IPPROTO_TCP
                 {
-                    table::clear_flow(&key, at, None);
+                    table::clear_flow(&key, at);
                     return reset::send(ctx, ip, valid, &l4, service.service, flow.backend);
                 }
                 pinned = Some((flow.backend, backend, flow.snat_port));

@@ -7,7 +7,9 @@
 use crate::maps::{FLOWS, NAT_REVERSE};
 use k3s_xdp_common::{
     hash::flow_hash,
-    table::{bucket_index, keep_rank, nat_index, same_key, FlowBucket, FlowSlot, NatSlot, WAYS},
+    table::{
+        bucket_index, idle, keep_rank, nat_index, same_key, FlowBucket, FlowSlot, NatSlot, WAYS,
+    },
     Flow, FlowKey, NatReverse,
 };
 
@@ -76,21 +78,42 @@ pub fn find_flow(key: &FlowKey, at: Place, clock: u32) -> Option<Flow> {
     found
 }
 
+/// Reads one field of a map value, once.
+macro_rules! field {
+    ($e:expr) => {
+        // SAFETY: a field of a map value valid for this run.
+        unsafe { core::ptr::read_volatile(core::ptr::addr_of!($e)) }
+    };
+}
+
 /// Clears the flow entry of `key` (its seal, so no reader takes it any more) if it still goes
-/// through `backend` with `snat_port`; `None` clears it whatever it holds.
+/// through `backend` with `snat_port`. Reads fields one by one (registers, not stack copies):
+/// it runs inside the SNAT claim, on a small stack.
 #[inline(always)]
-pub fn clear_flow(key: &FlowKey, at: Place, expected: Option<(u32, u16)>) {
+pub fn clear_flow_through(key: &FlowKey, at: Place, backend: u32, snat_port: u16) {
+    let Some(bucket) = FLOWS.get_ptr_mut(at.index()) else {
+        return;
+    };
+    let seal = k3s_xdp_common::table::seal(at.hash, backend, u32::from(snat_port), 0);
+    for way in 0..WAYS {
+        let slot = flow_slot(bucket, way);
+        let same = (field!((*slot).seal) == seal) & same_key(&field!((*slot).key), key);
+        if same {
+            // SAFETY: a map value valid for this run.
+            unsafe { (*slot).seal = 0 };
+        }
+    }
+}
+
+/// Clears the flow entry of `key`, whatever it holds.
+#[inline(always)]
+pub fn clear_flow(key: &FlowKey, at: Place) {
     let Some(bucket) = FLOWS.get_ptr_mut(at.index()) else {
         return;
     };
     for way in 0..WAYS {
         let slot = flow_slot(bucket, way);
-        let copy = load_flow(slot);
-        let matches = match expected {
-            Some((backend, port)) => (copy.flow.backend == backend) & (copy.flow.snat_port == port),
-            None => true,
-        };
-        if copy.holds(key, at.hash) & matches {
+        if load_flow(slot).holds(key, at.hash) {
             // SAFETY: a map value valid for this run.
             unsafe { (*slot).seal = 0 };
         }
@@ -180,51 +203,59 @@ pub fn claim_nat(
     let Some(slot) = nat_slot(hash, mask) else {
         return false;
     };
-    // SAFETY (every access below): a map value valid for this run. Fields are read once each
-    // into locals, not copied whole: the claim runs on a small stack.
-    let (old_key, old_nat, old_seal, old_seen) = unsafe {
-        (
-            core::ptr::read_volatile(&(*slot).key),
-            core::ptr::read_volatile(&(*slot).nat),
-            core::ptr::read_volatile(&(*slot).seal),
-            core::ptr::read_volatile(&(*slot).seen),
-        )
-    };
-    let old = NatSlot {
-        key: old_key,
-        nat: old_nat,
-        seal: old_seal,
-        seen: old_seen,
-    };
-    let ours = old.holds(reverse, hash)
-        & (old.nat.client_addr == key.src)
-        & (old.nat.client_port == key.sport)
-        & (old.nat.vip_port == key.dport);
-    if ours & (old.nat.closing == 0) {
+    // Fields read once each into locals, not copied whole: the claim runs on a small stack.
+    let old_key = field!((*slot).key);
+    let client_addr = field!((*slot).nat.client_addr);
+    let client_port = field!((*slot).nat.client_port);
+    let vip_port = field!((*slot).nat.vip_port);
+    let ids =
+        (u32::from(field!((*slot).nat.backend)) << 16) | u32::from(field!((*slot).nat.service));
+    let closing = field!((*slot).nat.closing);
+    let old_seal = field!((*slot).seal);
+    let seen = field!((*slot).seen);
+    let ports = (u32::from(client_port) << 16) | u32::from(vip_port);
+    let holds = same_key(&old_key, reverse)
+        & (old_seal == k3s_xdp_common::table::seal(hash, client_addr, ports, ids));
+    let ours =
+        holds & (client_addr == key.src) & (client_port == key.sport) & (vip_port == key.dport);
+    if ours & (closing == 0) {
         // This client tuple's already (its flow entry was replaced, or it reconnects from the
         // same port): reuse it.
-        touch_nat(slot, old.seen, clock);
+        touch_nat(slot, seen, clock);
         return true;
     }
-    if (old.seal != 0) & !old.reusable(clock) & !ours {
+    let closed = NatReverse {
+        closing,
+        ..NatReverse::default()
+    }
+    .closed();
+    let reusable = closed | idle(seen, clock);
+    if (old_seal != 0) & !reusable & !ours {
         return false;
     }
-    if (old.seal != 0) & !ours && old.is_valid() {
-        let previous = FlowKey {
-            src: old.nat.client_addr,
-            dst: old.key.dst,
-            sport: old.nat.client_port,
-            dport: old.nat.vip_port,
-            protocol: old.key.protocol,
-            _pad: [0; 3],
-        };
-        clear_flow(
-            &previous,
-            Place::of(&previous, mask),
-            Some((u32::from(old.nat.backend), old.key.dport)),
-        );
+    if (old_seal != 0) & !ours {
+        // A whole translation of another client, taken over: its flow entry goes with it.
+        let old_hash = flow_hash(&old_key);
+        let whole = old_seal == k3s_xdp_common::table::seal(old_hash, client_addr, ports, ids);
+        if whole {
+            let previous = FlowKey {
+                src: client_addr,
+                dst: old_key.dst,
+                sport: client_port,
+                dport: vip_port,
+                protocol: old_key.protocol,
+                _pad: [0; 3],
+            };
+            clear_flow_through(
+                &previous,
+                Place::of(&previous, mask),
+                ids >> 16,
+                old_key.dport,
+            );
+        }
     }
     let seal = NatSlot::seal_for(hash, entry);
+    // SAFETY: a map value valid for this run.
     unsafe {
         (*slot).seal = 0;
         (*slot).key = *reverse;
@@ -234,10 +265,8 @@ pub fn claim_nat(
     }
     // Another CPU may have written the same slot at the same instant: keep the port only if
     // the slot reads back whole and ours.
-    unsafe {
-        same_key(&core::ptr::read_volatile(&(*slot).key), reverse)
-            & (core::ptr::read_volatile(&(*slot).nat.client_addr) == key.src)
-            & (core::ptr::read_volatile(&(*slot).nat.client_port) == key.sport)
-            & (core::ptr::read_volatile(&(*slot).seal) == seal)
-    }
+    same_key(&field!((*slot).key), reverse)
+        & (field!((*slot).nat.client_addr) == key.src)
+        & (field!((*slot).nat.client_port) == key.sport)
+        & (field!((*slot).seal) == seal)
 }
