@@ -2,7 +2,7 @@
 //! the backend will see in nat mode.
 
 use crate::{
-    maps::{BACKENDS, MAGLEV},
+    maps::{BACKENDS, MAGLEV, SNAT_SEARCH},
     table,
 };
 use aya_ebpf::helpers::bpf_loop;
@@ -91,39 +91,45 @@ pub fn snat_port(
     let hash = snat_hash(key);
     let span = max - min + 1;
     let count = vip.count.min(MAX_PORTS_PER_VIP as u32);
-    let mut probe = Probe {
-        key: *key,
-        entry,
-        backend_addr: backend.addr,
-        backend_port: backend.port,
-        found: 0,
-        hash,
-        span,
-        min,
-        service_ports: [0; MAX_PORTS_PER_VIP],
-        service_count: count,
-        clock,
-        mask,
+    // The search's state lives in a per-CPU scratch slot, not on the stack: the claim runs
+    // two calls deep (bpf_loop's callback, then `claim`), within the 512-byte stack.
+    let Some(probe) = SNAT_SEARCH.get_ptr_mut(0) else {
+        return Err(reason::DROP_SNAT_EXHAUSTED);
     };
-    for i in 0..MAX_PORTS_PER_VIP {
-        probe.service_ports[i] = vip.ports[i].port;
+    // SAFETY: a per-CPU map value; this program owns it until it returns (XDP runs with
+    // preemption disabled, so nothing else on this CPU uses it meanwhile).
+    unsafe {
+        (*probe).key = *key;
+        (*probe).entry = entry;
+        (*probe).backend_addr = backend.addr;
+        (*probe).backend_port = backend.port;
+        (*probe).found = 0;
+        (*probe).hash = hash;
+        (*probe).span = span;
+        (*probe).min = min;
+        (*probe).service_count = count;
+        (*probe).clock = clock;
+        (*probe).mask = mask;
+        for i in 0..MAX_PORTS_PER_VIP {
+            (*probe).service_ports[i] = vip.ports[i].port;
+        }
     }
     // bpf_loop: the kernel verifies the callback once, whatever the number of tries.
     unsafe {
         bpf_loop(
             SNAT_TRIES,
             snat_try as *mut c_void,
-            &mut probe as *mut Probe as *mut c_void,
+            core::ptr::null_mut(),
             0,
         );
     }
-    if probe.found & FOUND != 0 {
-        Ok(probe.found as u16)
+    let found = unsafe { (*probe).found };
+    if found & FOUND != 0 {
+        Ok(found as u16)
     } else {
         Err(reason::DROP_SNAT_EXHAUSTED)
     }
 }
-
 /// Whether `port` (network order) is one of the first `count` service ports of a VIP.
 #[inline(always)]
 fn is_service_port(ports: &[VipPort; MAX_PORTS_PER_VIP], count: u32, port: u16) -> bool {
@@ -141,9 +147,9 @@ fn is_service_port(ports: &[VipPort; MAX_PORTS_PER_VIP], count: u32, port: u16) 
 /// Marks `Probe::found` as set (the low 16 bits hold the port, network order).
 const FOUND: u32 = 1 << 16;
 
-/// The state of an SNAT port search, on the stack, shared with `snat_try`.
+/// The state of an SNAT port search, in `SNAT_SEARCH`, shared with `snat_try`.
 #[repr(C)]
-struct Probe {
+pub struct Probe {
     key: FlowKey,
     entry: NatReverse,
     backend_addr: u32,
@@ -159,9 +165,11 @@ struct Probe {
 }
 
 /// One try of the SNAT port search: the `index`-th probe of the flow's hash.
-extern "C" fn snat_try(index: u64, ctx: *mut c_void) -> i64 {
-    let probe = ctx as *mut Probe;
-    // SAFETY: `ctx` is the `Probe` on `snat_port`'s stack, alive during bpf_loop.
+extern "C" fn snat_try(index: u64, _ctx: *mut c_void) -> i64 {
+    let Some(probe) = SNAT_SEARCH.get_ptr_mut(0) else {
+        return 1;
+    };
+    // SAFETY: this CPU's search state, written by `snat_port` before bpf_loop.
     unsafe {
         let offset = reduce(probe_hash((*probe).hash, index as u32), (*probe).span);
         let port = (((*probe).min + offset) as u16).to_be();

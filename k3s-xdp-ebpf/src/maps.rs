@@ -65,6 +65,10 @@ pub static FLOWS: Array<FlowBucket, { buckets(DEFAULT_FLOW_TABLE_SIZE) as usize 
 pub static NAT_REVERSE: Array<NatSlot, { slots(DEFAULT_FLOW_TABLE_SIZE) as usize }, MMAPABLE> =
     Array::new();
 
+/// Scratch space of the SNAT port search (one per CPU), see `choose::snat_port`.
+#[btf_map]
+pub static SNAT_SEARCH: PerCpuArray<crate::choose::Probe, 1> = PerCpuArray::new();
+
 /// Packet fates, per CPU, indexed by `k3s_xdp_common::reason`.
 #[btf_map]
 pub static REASONS: PerCpuArray<u64, { reason::COUNT as usize }> = PerCpuArray::new();
