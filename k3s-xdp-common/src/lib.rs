@@ -13,6 +13,9 @@ pub mod table;
 /// Names of the maps and the program in the BPF object, so userspace never spells them twice.
 pub mod names {
     pub const PROGRAM: &str = "k3s_xdp";
+    /// The new-flow half of `PROGRAM`, which it tail-calls through `NEW_FLOW`.
+    pub const NEW_FLOW_PROGRAM: &str = "k3s_xdp_new_flow";
+    pub const NEW_FLOW: &str = "NEW_FLOW";
     pub const PASS_PROGRAM: &str = "k3s_xdp_pass";
     pub const FLOOR_PROGRAM: &str = "k3s_xdp_floor";
     pub const BENCH_PROGRAM: &str = "k3s_xdp_bench";
@@ -251,10 +254,15 @@ impl NatReverse {
     /// Whether the connection is over (FIN both ways, or a RST): its SNAT port may be reused.
     #[inline(always)]
     pub fn closed(&self) -> bool {
-        (self.closing & NAT_RESET != 0)
-            | (self.closing & (NAT_CLIENT_FIN | NAT_BACKEND_FIN)
-                == NAT_CLIENT_FIN | NAT_BACKEND_FIN)
+        closed(self.closing)
     }
+}
+
+/// Whether a translation with these `closing` bits has closed (see [`NatReverse::closed`]).
+#[inline(always)]
+pub fn closed(closing: u32) -> bool {
+    (closing & NAT_RESET != 0)
+        | (closing & (NAT_CLIENT_FIN | NAT_BACKEND_FIN) == NAT_CLIENT_FIN | NAT_BACKEND_FIN)
 }
 
 /// Per-CPU packet counters of a service or a backend.

@@ -3,7 +3,7 @@
 
 use crate::{
     maps::{BACKENDS, MAGLEV, SNAT_SEARCH},
-    table,
+    table::{self, Place, TakenOver},
 };
 use aya_ebpf::helpers::bpf_loop;
 use core::ffi::c_void;
@@ -104,6 +104,7 @@ pub fn snat_port(
         (*probe).backend_addr = backend.addr;
         (*probe).backend_port = backend.port;
         (*probe).found = 0;
+        (*probe).taken.set = 0;
         (*probe).hash = hash;
         (*probe).span = span;
         (*probe).min = min;
@@ -125,6 +126,9 @@ pub fn snat_port(
     }
     let found = unsafe { (*probe).found };
     if found & FOUND != 0 {
+        if unsafe { (*probe).taken.set } != 0 {
+            clear_taken_over();
+        }
         Ok(found as u16)
     } else {
         Err(reason::DROP_SNAT_EXHAUSTED)
@@ -162,6 +166,7 @@ pub struct Probe {
     service_count: u32,
     clock: u32,
     mask: u32,
+    taken: TakenOver,
 }
 
 /// One try of the SNAT port search: the `index`-th probe of the flow's hash.
@@ -189,12 +194,12 @@ extern "C" fn snat_try(index: u64, _ctx: *mut c_void) -> i64 {
             protocol: (*probe).key.protocol,
             _pad: [0; 3],
         };
-        if claim(
+        if table::claim_nat(
             &(*probe).key,
             &reverse,
             &(*probe).entry,
-            (*probe).clock,
-            (*probe).mask,
+            ((*probe).clock, (*probe).mask),
+            core::ptr::addr_of_mut!((*probe).taken),
         ) {
             (*probe).found = FOUND | u32::from(port);
             return 1;
@@ -203,12 +208,21 @@ extern "C" fn snat_try(index: u64, _ctx: *mut c_void) -> i64 {
     0
 }
 
-/// Tries to take the translation `reverse` for `key` (see `table::claim_nat`). A BPF
-/// subprogram of its own (not inlined) so that the probing loop's verifier states stay alike
-/// whatever happened inside, and merge.
+/// Clears the flow entry of the translation the SNAT search took over. A BPF subprogram of
+/// its own, after the search: its frame is not stacked on the search's.
 #[inline(never)]
-fn claim(key: &FlowKey, reverse: &FlowKey, entry: &NatReverse, clock: u32, mask: u32) -> bool {
-    table::claim_nat(key, reverse, entry, clock, mask)
+fn clear_taken_over() {
+    let Some(probe) = SNAT_SEARCH.get_ptr(0) else {
+        return;
+    };
+    // SAFETY: this CPU's search state, written by the search just done.
+    let taken = unsafe { &(*probe).taken };
+    table::clear_flow_through(
+        &taken.key,
+        Place::of(&taken.key, unsafe { (*probe).mask }),
+        taken.backend,
+        taken.snat_port,
+    );
 }
 
 /// The reverse-NAT key of a flow of `key` through `backend` with `snat_port`.

@@ -6,7 +6,7 @@ use crate::{
     choose, counters,
     headers::{TCP_FIN, TCP_RST, TCP_SYN},
     hop,
-    maps::BACKENDS,
+    maps::{BACKENDS, NEW_FLOW},
     parse::{frame_len, Ip, Valid, L4},
     reset,
     rewrite::{self, Tuple},
@@ -19,14 +19,14 @@ use k3s_xdp_common::{
     IPPROTO_TCP, NAT_BACKEND_FIN, NAT_CLIENT_FIN, NAT_RESET, SERVICE_DSR, SERVICE_RESET_ON_DOWN,
 };
 
-/// A client's packet to `service` on `vip`.
+/// A client's packet to `service` on `vip`: an established flow goes to its backend; a packet
+/// that starts a flow goes on to `k3s_xdp_new_flow` (tail call), which runs [`new_flow`].
 #[inline(always)]
 pub fn to_backend(
     ctx: &XdpContext,
     ip: &Ip,
     valid: &Valid,
     l4: L4,
-    vip: &VipInfo,
     service: &VipPort,
     globals: &Globals,
 ) -> Verdict {
@@ -88,55 +88,112 @@ pub fn to_backend(
         }
     }
 
-    let new_flow = pinned.is_none();
-    let (id, backend, snat_port) = match pinned {
-        Some(p) => p,
-        None => match choose::backend(service, at.hash) {
-            Some((id, backend)) => {
-                let snat_port = if dsr {
-                    0
-                } else {
-                    let client_hop = mirror_hop(
-                        ip,
-                        src,
-                        ctx.ingress_ifindex() as u32,
-                        globals.fib_generation,
-                    );
-                    let ports = (globals.snat_port_min, globals.snat_port_max);
-                    match choose::snat_port(
-                        &key,
-                        vip,
-                        id,
-                        &backend,
-                        service.service,
-                        &client_hop,
-                        ports,
-                        (clock, mask),
-                    ) {
-                        Ok(port) => port,
-                        Err(why) => return Verdict::drop(why),
-                    }
-                };
-                let flow = Flow {
-                    backend: id,
-                    snat_port,
-                    _pad: 0,
-                };
-                if !table::store_flow(&key, at, flow, clock) {
-                    return Verdict::drop(reason::DROP_MAP_UPDATE);
+    let Some((id, backend, snat_port)) = pinned else {
+        // SAFETY: a tail call into the program in slot 0, which the controller fills before
+        // attaching; on success it does not return. The packet is as it came.
+        unsafe { NEW_FLOW.tail_call(ctx, 0) };
+        return Verdict::drop(reason::DROP_INTERNAL);
+    };
+    send(
+        ctx,
+        ip,
+        &l4,
+        service,
+        (id, backend, snat_port),
+        dsr,
+        globals,
+        false,
+    )
+}
+
+/// A packet that starts a flow of `service` (or restarts one whose translation closed, or
+/// whose backend went away): Maglev chooses the backend, nat mode claims an SNAT port, the
+/// flow is recorded and the packet sent.
+#[inline(always)]
+pub fn new_flow(
+    ctx: &XdpContext,
+    ip: &Ip,
+    valid: &Valid,
+    l4: L4,
+    vip: &VipInfo,
+    service: &VipPort,
+    globals: &Globals,
+) -> Verdict {
+    let protocol = l4.protocol;
+    let (src, dst) = unsafe { ((*ip.hdr).src, (*ip.hdr).dst) };
+    let key = FlowKey {
+        src,
+        dst,
+        sport: l4.sport,
+        dport: l4.dport,
+        protocol,
+        _pad: [0; 3],
+    };
+    let dsr = service.flags & SERVICE_DSR != 0;
+    let (clock, mask) = (globals.clock, globals.flow_mask);
+    let at = Place::of(&key, mask);
+    let chosen = match choose::backend(service, at.hash) {
+        Some((id, backend)) => {
+            let snat_port = if dsr {
+                0
+            } else {
+                let client_hop = mirror_hop(
+                    ip,
+                    src,
+                    ctx.ingress_ifindex() as u32,
+                    globals.fib_generation,
+                );
+                let ports = (globals.snat_port_min, globals.snat_port_max);
+                match choose::snat_port(
+                    &key,
+                    vip,
+                    id,
+                    &backend,
+                    service.service,
+                    &client_hop,
+                    ports,
+                    (clock, mask),
+                ) {
+                    Ok(port) => port,
+                    Err(why) => return Verdict::drop(why),
                 }
-                (id, backend, snat_port)
+            };
+            let flow = Flow {
+                backend: id,
+                snat_port,
+                _pad: 0,
+            };
+            if !table::store_flow(&key, at, flow, clock) {
+                return Verdict::drop(reason::DROP_MAP_UPDATE);
             }
-            None => {
-                // No healthy backend: refuse at once rather than let the client time out.
-                if protocol == IPPROTO_TCP && l4.tcp_flags(ctx) & TCP_RST == 0 {
-                    return reset::send(ctx, ip, valid, &l4, service.service, 0);
-                }
-                return Verdict::drop(reason::DROP_NO_BACKEND);
+            (id, backend, snat_port)
+        }
+        None => {
+            // No healthy backend: refuse at once rather than let the client time out.
+            if protocol == IPPROTO_TCP && l4.tcp_flags(ctx) & TCP_RST == 0 {
+                return reset::send(ctx, ip, valid, &l4, service.service, 0);
             }
-        },
+            return Verdict::drop(reason::DROP_NO_BACKEND);
+        }
     };
 
+    send(ctx, ip, &l4, service, chosen, dsr, globals, true)
+}
+
+/// Rewrites and sends a client's packet to the backend `id` (with `snat_port` in nat mode).
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn send(
+    ctx: &XdpContext,
+    ip: &Ip,
+    l4: &L4,
+    service: &VipPort,
+    (id, backend, snat_port): (u32, Backend, u16),
+    dsr: bool,
+    globals: &Globals,
+    new_flow: bool,
+) -> Verdict {
+    let dst = unsafe { (*ip.hdr).dst };
     let hop = match hop::to_backend(ctx, id, &backend, dst, dsr, globals.fib_generation) {
         Ok(hop) => hop,
         Err(why) => return Verdict::drop(why),
@@ -145,7 +202,7 @@ pub fn to_backend(
         rewrite::tuple(
             ctx,
             ip.hdr,
-            &l4,
+            l4,
             &Tuple {
                 src: dst,
                 dst: backend.addr,

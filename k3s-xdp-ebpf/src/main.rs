@@ -31,18 +31,28 @@ use verdict::Verdict;
 
 #[xdp]
 pub fn k3s_xdp(ctx: XdpContext) -> u32 {
-    run(&ctx)
+    run::<false>(&ctx)
 }
 
+/// The path of a packet that starts a flow, tail-called by `k3s_xdp` (through `NEW_FLOW`)
+/// once it has found no flow entry: the same parse, then Maglev, the SNAT port and the table
+/// writes. Never attached; counts its own verdict (the caller's run ends at the tail call).
+#[xdp]
+pub fn k3s_xdp_new_flow(ctx: XdpContext) -> u32 {
+    run::<true>(&ctx)
+}
+
+/// `NEW_FLOW` is true in `k3s_xdp_new_flow`, false in `k3s_xdp`: each half keeps only its
+/// own paths (the constant folds the others away).
 #[inline(always)]
-fn run(ctx: &XdpContext) -> u32 {
-    let verdict = process(ctx);
+fn run<const NEW_FLOW: bool>(ctx: &XdpContext) -> u32 {
+    let verdict = process::<NEW_FLOW>(ctx);
     counters::count(verdict.reason);
     verdict.action
 }
 
 #[inline(always)]
-fn process(ctx: &XdpContext) -> Verdict {
+fn process<const NEW_FLOW: bool>(ctx: &XdpContext) -> Verdict {
     let ip = match parse::ipv4(ctx) {
         Ok(ip) => ip,
         Err(why) => return Verdict::pass(why),
@@ -67,10 +77,17 @@ fn process(ctx: &XdpContext) -> Verdict {
                 Err(why) => return Verdict::drop(why),
             };
             match choose::service(vip, l4.dport, protocol) {
-                Some(service) => forward::to_backend(ctx, &ip, &valid, l4, vip, &service, &globals),
+                Some(service) if NEW_FLOW => {
+                    forward::new_flow(ctx, &ip, &valid, l4, vip, &service, &globals)
+                }
+                Some(service) => forward::to_backend(ctx, &ip, &valid, l4, &service, &globals),
+                // The first half tail-calls only for a service's packet, which it leaves as
+                // it came: the new-flow half never gets anything else.
+                None if NEW_FLOW => Verdict::drop(reason::DROP_INTERNAL),
                 None => forward::reply(ctx, &ip, l4, protocol, &globals),
             }
         }
+        _ if NEW_FLOW => Verdict::drop(reason::DROP_INTERNAL),
         IPPROTO_ICMP => icmp::handle(ctx, &ip, &valid, vip, &globals),
         _ => Verdict::pass(reason::PASS_VIP_OTHER),
     }
@@ -119,7 +136,7 @@ pub fn k3s_xdp_bench(ctx: XdpContext) -> u32 {
     if !bench::restore(&ctx) {
         return xdp_action::XDP_ABORTED;
     }
-    run(&ctx)
+    run::<false>(&ctx)
 }
 
 /// Benchmarks only: the same restore, then the floor's MAC swap.

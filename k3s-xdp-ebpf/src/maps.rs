@@ -1,7 +1,7 @@
 //! The maps the controller writes and the program reads. Layouts live in `k3s-xdp-common`.
 
 use aya_ebpf::{
-    btf_maps::{Array, ArrayOfMaps, PerCpuArray},
+    btf_maps::{Array, ArrayOfMaps, PerCpuArray, ProgramArray},
     macros::btf_map,
 };
 use k3s_xdp_common::{
@@ -64,6 +64,13 @@ pub static FLOWS: Array<FlowBucket, { buckets(DEFAULT_FLOW_TABLE_SIZE) as usize 
 #[btf_map]
 pub static NAT_REVERSE: Array<NatSlot, { slots(DEFAULT_FLOW_TABLE_SIZE) as usize }, MMAPABLE> =
     Array::new();
+
+/// Slot 0: `k3s_xdp_new_flow`, which `k3s_xdp` tail-calls for a packet that starts a flow.
+/// Two programs instead of one because each gets its own 512-byte stack and its own verifier
+/// budget: the new-flow path (Maglev, the SNAT port search, the table writes) and the rest of
+/// the program do not fit together in either. The controller fills the slot before attaching.
+#[btf_map]
+pub static NEW_FLOW: ProgramArray<1> = ProgramArray::new();
 
 /// Scratch space of the SNAT port search (one per CPU), see `choose::snat_port`.
 #[btf_map]

@@ -186,18 +186,31 @@ pub fn touch_nat(slot: *mut NatSlot, seen: u32, clock: u32) {
     }
 }
 
+/// A translation taken over by [`claim_nat`]: the flow entry of `key` through `backend` with
+/// `snat_port` is to be cleared ([`clear_flow_through`]) once the claim is done.
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+pub struct TakenOver {
+    pub key: FlowKey,
+    pub backend: u32,
+    pub snat_port: u16,
+    /// 1 when a whole translation of another client was taken over.
+    pub set: u16,
+}
+
 /// Takes the reverse slot of `reverse` for the client flow `key` (`entry` says who it is):
 /// free, already this client tuple's, or held by a translation that closed or went idle. A
 /// slot holding another live translation refuses: the caller tries another SNAT port. A
-/// translation taken over loses its client's flow entry with it, so the old client's stray
-/// packets cannot reach the new connection.
+/// translation taken over is described in `taken`, so that the caller clears its client's
+/// flow entry and the old client's stray packets cannot reach the new connection (done by the
+/// caller, after the SNAT search: the search runs in a bpf_loop callback, on little stack).
 #[inline(always)]
 pub fn claim_nat(
     key: &FlowKey,
     reverse: &FlowKey,
     entry: &NatReverse,
-    clock: u32,
-    mask: u32,
+    (clock, mask): (u32, u32),
+    taken: *mut TakenOver,
 ) -> bool {
     let hash = flow_hash(reverse);
     let Some(slot) = nat_slot(hash, mask) else {
@@ -224,34 +237,30 @@ pub fn claim_nat(
         touch_nat(slot, seen, clock);
         return true;
     }
-    let closed = NatReverse {
-        closing,
-        ..NatReverse::default()
-    }
-    .closed();
-    let reusable = closed | idle(seen, clock);
+    let reusable = k3s_xdp_common::closed(closing) | idle(seen, clock);
     if (old_seal != 0) & !reusable & !ours {
         return false;
     }
     if (old_seal != 0) & !ours {
         // A whole translation of another client, taken over: its flow entry goes with it.
         let old_hash = flow_hash(&old_key);
-        let whole = old_seal == k3s_xdp_common::table::seal(old_hash, client_addr, ports, ids);
-        if whole {
-            let previous = FlowKey {
-                src: client_addr,
-                dst: old_key.dst,
-                sport: client_port,
-                dport: vip_port,
-                protocol: old_key.protocol,
-                _pad: [0; 3],
-            };
-            clear_flow_through(
-                &previous,
-                Place::of(&previous, mask),
-                ids >> 16,
-                old_key.dport,
-            );
+        if old_seal == k3s_xdp_common::table::seal(old_hash, client_addr, ports, ids) {
+            // SAFETY: the caller's record (per-CPU scratch), valid for this run. Left set
+            // even if the claim then loses a race: the old translation is overwritten
+            // either way.
+            unsafe {
+                (*taken).key = FlowKey {
+                    src: client_addr,
+                    dst: old_key.dst,
+                    sport: client_port,
+                    dport: vip_port,
+                    protocol: old_key.protocol,
+                    _pad: [0; 3],
+                };
+                (*taken).backend = ids >> 16;
+                (*taken).snat_port = old_key.dport;
+                (*taken).set = 1;
+            }
         }
     }
     let seal = NatSlot::seal_for(hash, entry);

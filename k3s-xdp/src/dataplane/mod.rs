@@ -17,7 +17,7 @@ pub use publish::{
 
 use anyhow::{anyhow, Context, Result};
 use aya::{
-    maps::{Array, MapData, PerCpuArray},
+    maps::{Array, MapData, PerCpuArray, ProgramArray},
     programs::{xdp::XdpLink, Xdp, XdpMode},
     Ebpf, EbpfLoader,
 };
@@ -90,13 +90,35 @@ impl Dataplane {
             .map_max_entries(names::NAT_REVERSE, table::slots(options.flow_table_size))
             .load(BPF_OBJECT)
             .context("cannot load the XDP object into the kernel (needs root, or CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN)")?;
-        for name in [names::PROGRAM, names::PASS_PROGRAM, names::FLOOR_PROGRAM] {
+        for name in [
+            names::PROGRAM,
+            names::NEW_FLOW_PROGRAM,
+            names::PASS_PROGRAM,
+            names::FLOOR_PROGRAM,
+        ] {
             let program: &mut Xdp = bpf
                 .program_mut(name)
                 .ok_or_else(|| anyhow!("the XDP object has no program `{name}`"))?
                 .try_into()?;
             program.load().map_err(|e| verifier_error(name, e))?;
         }
+        // The main program tail-calls the new-flow one: in place before any packet.
+        let new_flow: &Xdp = bpf
+            .program(names::NEW_FLOW_PROGRAM)
+            .ok_or_else(|| {
+                anyhow!(
+                    "the XDP object has no program `{}`",
+                    names::NEW_FLOW_PROGRAM
+                )
+            })?
+            .try_into()?;
+        let new_flow = new_flow.fd()?.try_clone()?;
+        let mut jump: ProgramArray<_> = ProgramArray::try_from(
+            bpf.map_mut(names::NEW_FLOW)
+                .ok_or_else(|| anyhow!("the XDP object has no map `{}`", names::NEW_FLOW))?,
+        )?;
+        jump.set(0, &new_flow, 0)
+            .context("cannot install the new-flow program in its tail-call slot")?;
         let mut dp = Self {
             bpf,
             attached: None,
