@@ -56,84 +56,60 @@ pub fn backend(service: &VipPort, hash: u32) -> Option<(u32, Backend)> {
     }
 }
 
-/// Claims the SNAT port (network order) through which `backend` will see the flow `key`, and
-/// records the reverse translation. The ports tried are hashes of the flow, so lb-1 and lb-2
-/// choose the same one and a backend connection survives a failover; a port held by a
-/// live connection of another client is skipped (and a port whose reverse-table bucket is full
-/// of live connections), and so is any port a service listens on at this VIP. A port whose
-/// connection has closed (FIN both ways, or a RST) or gone idle is taken over: the previous
-/// owner's flow entry is removed with it, so its stray packets cannot reach the new connection.
+/// Claims the SNAT port (network order) through which `backend` (slot `id`) will see the flow
+/// in `probe`, and records the reverse translation. The ports tried are hashes of the flow, so
+/// lb-1 and lb-2 choose the same one and a backend connection survives a failover; a port held
+/// by a live connection of another client is skipped, and so is any port a service listens on
+/// at this VIP. A port whose connection has closed (FIN both ways, or a RST) or gone idle is
+/// taken over: the previous owner's flow entry is removed with it, so its stray packets cannot
+/// reach the new connection. When every port tried is live, the one seen longest ago is taken
+/// over (as an LRU table would evict it).
 #[inline(always)]
-pub fn snat_port(
-    key: &FlowKey,
-    vip: &VipInfo,
-    id: u32,
-    backend: &Backend,
-    service: u32,
-    client_hop: &NextHop,
-    (port_min, port_max): (u16, u16),
-    (clock, mask): (u32, u32),
-) -> Result<u16, u32> {
-    let (mut min, mut max) = (SNAT_DEFAULT_MIN, SNAT_DEFAULT_MAX);
-    if port_min != 0 && port_min <= port_max {
-        min = u32::from(port_min);
-        max = u32::from(port_max);
-    }
-    let entry = NatReverse {
-        client_addr: key.src,
-        client_port: key.sport,
-        vip_port: key.dport,
-        backend: id as u16,
-        service: service as u16,
-        closing: 0,
-        next_hop: *client_hop,
-    };
-    let hash = snat_hash(key);
-    let span = max - min + 1;
-    let count = vip.count.min(MAX_PORTS_PER_VIP as u32);
-    // The search's state lives in a per-CPU scratch slot, not on the stack: the claim runs
-    // two calls deep (bpf_loop's callback, then `claim`), within the 512-byte stack.
-    let Some(probe) = SNAT_SEARCH.get_ptr_mut(0) else {
-        return Err(reason::DROP_SNAT_EXHAUSTED);
-    };
-    // SAFETY: a per-CPU map value; this program owns it until it returns (XDP runs with
-    // preemption disabled, so nothing else on this CPU uses it meanwhile).
+pub fn snat_port(probe: *mut Probe, id: u32, backend: &Backend) -> Result<u16, u32> {
+    // SAFETY: this CPU's new-flow state (see `new_flow.rs`), valid for this run; XDP runs with
+    // preemption disabled, so nothing else on this CPU uses it meanwhile.
     unsafe {
-        (*probe).key = *key;
-        (*probe).entry = entry;
+        (*probe).entry.backend = id as u16;
+        (*probe).entry.service = (*probe).service.service as u16;
         (*probe).backend_addr = backend.addr;
         (*probe).backend_port = backend.port;
+        (*probe).hash = snat_hash(&(*probe).key);
         (*probe).found = 0;
         (*probe).taken.set = 0;
-        (*probe).hash = hash;
-        (*probe).span = span;
-        (*probe).min = min;
-        (*probe).service_count = count;
-        (*probe).clock = clock;
-        (*probe).mask = mask;
-        for i in 0..MAX_PORTS_PER_VIP {
-            (*probe).service_ports[i] = vip.ports[i].port;
-        }
-    }
-    // bpf_loop: the kernel verifies the callback once, whatever the number of tries.
-    unsafe {
+        (*probe).taken.refused_live = 0;
+        (*probe).force = NO_TRY;
+        (*probe).oldest = NO_TRY;
+        (*probe).oldest_age = 0;
+        // bpf_loop: the kernel verifies the callback once, whatever the number of tries.
         bpf_loop(
             SNAT_TRIES,
             snat_try as *mut c_void,
             core::ptr::null_mut(),
             0,
         );
-    }
-    let found = unsafe { (*probe).found };
-    if found & FOUND != 0 {
-        if unsafe { (*probe).taken.set } != 0 {
+        // Every port tried is held by a live connection: the table is full (or flooded with
+        // connections that never close). Like an LRU table, take over the one seen longest
+        // ago rather than refuse every new flow until translations age out.
+        if (*probe).found & FOUND == 0 && (*probe).oldest != NO_TRY {
+            (*probe).force = (*probe).oldest;
+            bpf_loop(
+                SNAT_TRIES,
+                snat_try as *mut c_void,
+                core::ptr::null_mut(),
+                0,
+            );
+        }
+        let found = (*probe).found;
+        if found & FOUND == 0 {
+            return Err(reason::DROP_SNAT_EXHAUSTED);
+        }
+        if (*probe).taken.set != 0 {
             clear_taken_over();
         }
         Ok(found as u16)
-    } else {
-        Err(reason::DROP_SNAT_EXHAUSTED)
     }
 }
+
 /// Whether `port` (network order) is one of the first `count` service ports of a VIP.
 #[inline(always)]
 fn is_service_port(ports: &[VipPort; MAX_PORTS_PER_VIP], count: u32, port: u16) -> bool {
@@ -151,23 +127,48 @@ fn is_service_port(ports: &[VipPort; MAX_PORTS_PER_VIP], count: u32, port: u16) 
 /// Marks `Probe::found` as set (the low 16 bits hold the port, network order).
 const FOUND: u32 = 1 << 16;
 
-/// The state of an SNAT port search, in `SNAT_SEARCH`, shared with `snat_try`.
+/// A new flow's question and answer between the program's two halves, and the state of its
+/// SNAT port search (shared with `snat_try`); one per CPU, in `SNAT_SEARCH` (see
+/// `new_flow.rs`).
 #[repr(C)]
 pub struct Probe {
-    key: FlowKey,
-    entry: NatReverse,
+    // The question, written by the first half.
+    pub key: FlowKey,
+    pub flow_hash: u32,
+    pub service: VipPort,
+    /// The reverse translation to record: the client side, and the mirror hop toward it.
+    pub entry: NatReverse,
+    /// SNAT ports: the first one, and how many.
+    pub min: u32,
+    pub span: u32,
+    pub service_ports: [u16; MAX_PORTS_PER_VIP],
+    pub service_count: u32,
+    pub clock: u32,
+    pub mask: u32,
+    // The answer, written by the second half.
+    /// 1 from the second half's answer until the first half reads it.
+    pub pending: u32,
+    /// `new_flow::CHOSEN` or a drop reason.
+    pub outcome: u32,
+    pub id: u32,
+    pub backend: Backend,
+    pub snat_port: u16,
+    // The SNAT search's own.
     backend_addr: u32,
     backend_port: u16,
     found: u32,
+    /// The flow's SNAT hash, which the tries probe from.
     hash: u32,
-    span: u32,
-    min: u32,
-    service_ports: [u16; MAX_PORTS_PER_VIP],
-    service_count: u32,
-    clock: u32,
-    mask: u32,
     taken: TakenOver,
+    /// The try that may take over a live translation (`NO_TRY` on the first pass).
+    force: u32,
+    /// The first pass's try whose live translation was seen longest ago, and its age.
+    oldest: u32,
+    oldest_age: u32,
 }
+
+/// No try: `Probe::force` and `Probe::oldest` unset.
+const NO_TRY: u32 = u32::MAX;
 
 /// One try of the SNAT port search: the `index`-th probe of the flow's hash.
 extern "C" fn snat_try(index: u64, _ctx: *mut c_void) -> i64 {
@@ -186,6 +187,10 @@ extern "C" fn snat_try(index: u64, _ctx: *mut c_void) -> i64 {
                 return 0;
             }
         }
+        let force = (*probe).force;
+        if (force != NO_TRY) & (force != index as u32) {
+            return 0;
+        }
         let reverse = FlowKey {
             src: (*probe).backend_addr,
             dst: (*probe).key.dst,
@@ -200,9 +205,20 @@ extern "C" fn snat_try(index: u64, _ctx: *mut c_void) -> i64 {
             &(*probe).entry,
             ((*probe).clock, (*probe).mask),
             core::ptr::addr_of_mut!((*probe).taken),
+            force != NO_TRY,
         ) {
             (*probe).found = FOUND | u32::from(port);
             return 1;
+        }
+        if (*probe).taken.refused_live != 0 {
+            (*probe).taken.refused_live = 0;
+            let age = (*probe).clock.wrapping_sub((*probe).taken.refused_seen);
+            // "Seen in the future" (the clock restarted) counts as seen now.
+            let age = if age > u32::MAX / 2 { 0 } else { age };
+            if ((*probe).oldest == NO_TRY) | (age > (*probe).oldest_age) {
+                (*probe).oldest = index as u32;
+                (*probe).oldest_age = age;
+            }
         }
     }
     0

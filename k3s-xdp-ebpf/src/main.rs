@@ -19,6 +19,7 @@ mod headers;
 mod hop;
 mod icmp;
 mod maps;
+mod new_flow;
 mod parse;
 mod reset;
 mod rewrite;
@@ -31,28 +32,32 @@ use verdict::Verdict;
 
 #[xdp]
 pub fn k3s_xdp(ctx: XdpContext) -> u32 {
-    run::<false>(&ctx)
+    run(&ctx)
 }
 
-/// The path of a packet that starts a flow, tail-called by `k3s_xdp` (through `NEW_FLOW`)
-/// once it has found no flow entry: the same parse, then Maglev, the SNAT port and the table
-/// writes. Never attached; counts its own verdict (the caller's run ends at the tail call).
+/// The second half of a new flow's path (see `new_flow.rs`): tail-called by `k3s_xdp`, it
+/// chooses and records the flow's backend, then tail-calls `k3s_xdp` again. Never attached.
 #[xdp]
 pub fn k3s_xdp_new_flow(ctx: XdpContext) -> u32 {
-    run::<true>(&ctx)
+    if let Some(state) = new_flow::state() {
+        new_flow::decide(state);
+        // SAFETY: a tail call into the first half, which the controller puts in its slot
+        // before attaching; on success it does not return.
+        unsafe { maps::NEW_FLOW.tail_call(&ctx, new_flow::FIRST_HALF_SLOT) };
+    }
+    counters::count(reason::DROP_INTERNAL);
+    xdp_action::XDP_DROP
 }
 
-/// `NEW_FLOW` is true in `k3s_xdp_new_flow`, false in `k3s_xdp`: each half keeps only its
-/// own paths (the constant folds the others away).
 #[inline(always)]
-fn run<const NEW_FLOW: bool>(ctx: &XdpContext) -> u32 {
-    let verdict = process::<NEW_FLOW>(ctx);
+fn run(ctx: &XdpContext) -> u32 {
+    let verdict = process(ctx);
     counters::count(verdict.reason);
     verdict.action
 }
 
 #[inline(always)]
-fn process<const NEW_FLOW: bool>(ctx: &XdpContext) -> Verdict {
+fn process(ctx: &XdpContext) -> Verdict {
     let ip = match parse::ipv4(ctx) {
         Ok(ip) => ip,
         Err(why) => return Verdict::pass(why),
@@ -77,17 +82,10 @@ fn process<const NEW_FLOW: bool>(ctx: &XdpContext) -> Verdict {
                 Err(why) => return Verdict::drop(why),
             };
             match choose::service(vip, l4.dport, protocol) {
-                Some(service) if NEW_FLOW => {
-                    forward::new_flow(ctx, &ip, &valid, l4, vip, &service, &globals)
-                }
-                Some(service) => forward::to_backend(ctx, &ip, &valid, l4, &service, &globals),
-                // The first half tail-calls only for a service's packet, which it leaves as
-                // it came: the new-flow half never gets anything else.
-                None if NEW_FLOW => Verdict::drop(reason::DROP_INTERNAL),
+                Some(service) => forward::to_backend(ctx, &ip, &valid, l4, vip, &service, &globals),
                 None => forward::reply(ctx, &ip, l4, protocol, &globals),
             }
         }
-        _ if NEW_FLOW => Verdict::drop(reason::DROP_INTERNAL),
         IPPROTO_ICMP => icmp::handle(ctx, &ip, &valid, vip, &globals),
         _ => Verdict::pass(reason::PASS_VIP_OTHER),
     }
@@ -136,7 +134,7 @@ pub fn k3s_xdp_bench(ctx: XdpContext) -> u32 {
     if !bench::restore(&ctx) {
         return xdp_action::XDP_ABORTED;
     }
-    run::<false>(&ctx)
+    run(&ctx)
 }
 
 /// Benchmarks only: the same restore, then the floor's MAC swap.

@@ -65,14 +65,12 @@ pub static FLOWS: Array<FlowBucket, { buckets(DEFAULT_FLOW_TABLE_SIZE) as usize 
 pub static NAT_REVERSE: Array<NatSlot, { slots(DEFAULT_FLOW_TABLE_SIZE) as usize }, MMAPABLE> =
     Array::new();
 
-/// Slot 0: `k3s_xdp_new_flow`, which `k3s_xdp` tail-calls for a packet that starts a flow.
-/// Two programs instead of one because each gets its own 512-byte stack and its own verifier
-/// budget: the new-flow path (Maglev, the SNAT port search, the table writes) and the rest of
-/// the program do not fit together in either. The controller fills the slot before attaching.
+/// The two halves of a new flow's path (see `new_flow.rs`): slot 0 `k3s_xdp_new_flow`, slot 1
+/// `k3s_xdp`. The controller fills them before attaching.
 #[btf_map]
-pub static NEW_FLOW: ProgramArray<1> = ProgramArray::new();
+pub static NEW_FLOW: ProgramArray<2> = ProgramArray::new();
 
-/// Scratch space of the SNAT port search (one per CPU), see `choose::snat_port`.
+/// A new flow's question and answer between the halves, and its SNAT port search (one per CPU), see `choose::snat_port`.
 #[btf_map]
 pub static SNAT_SEARCH: PerCpuArray<crate::choose::Probe, 1> = PerCpuArray::new();
 

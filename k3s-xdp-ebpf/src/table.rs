@@ -196,11 +196,16 @@ pub struct TakenOver {
     pub snat_port: u16,
     /// 1 when a whole translation of another client was taken over.
     pub set: u16,
+    /// Set by a claim refused because the slot holds a live translation of another client,
+    /// with when that translation was last seen.
+    pub refused_live: u32,
+    pub refused_seen: u32,
 }
 
 /// Takes the reverse slot of `reverse` for the client flow `key` (`entry` says who it is):
 /// free, already this client tuple's, or held by a translation that closed or went idle. A
-/// slot holding another live translation refuses: the caller tries another SNAT port. A
+/// slot holding another live translation refuses (unless `force`), saying when it was last
+/// seen in `taken`: the caller tries another SNAT port. A
 /// translation taken over is described in `taken`, so that the caller clears its client's
 /// flow entry and the old client's stray packets cannot reach the new connection (done by the
 /// caller, after the SNAT search: the search runs in a bpf_loop callback, on little stack).
@@ -211,6 +216,7 @@ pub fn claim_nat(
     entry: &NatReverse,
     (clock, mask): (u32, u32),
     taken: *mut TakenOver,
+    force: bool,
 ) -> bool {
     let hash = flow_hash(reverse);
     let Some(slot) = nat_slot(hash, mask) else {
@@ -237,8 +243,13 @@ pub fn claim_nat(
         touch_nat(slot, seen, clock);
         return true;
     }
-    let reusable = k3s_xdp_common::closed(closing) | idle(seen, clock);
+    let reusable = k3s_xdp_common::closed(closing) | idle(seen, clock) | force;
     if (old_seal != 0) & !reusable & !ours {
+        // SAFETY: the caller's record (per-CPU scratch), valid for this run.
+        unsafe {
+            (*taken).refused_live = 1;
+            (*taken).refused_seen = seen;
+        }
         return false;
     }
     if (old_seal != 0) & !ours {

@@ -102,23 +102,24 @@ impl Dataplane {
                 .try_into()?;
             program.load().map_err(|e| verifier_error(name, e))?;
         }
-        // The main program tail-calls the new-flow one: in place before any packet.
-        let new_flow: &Xdp = bpf
-            .program(names::NEW_FLOW_PROGRAM)
-            .ok_or_else(|| {
-                anyhow!(
-                    "the XDP object has no program `{}`",
-                    names::NEW_FLOW_PROGRAM
-                )
-            })?
-            .try_into()?;
-        let new_flow = new_flow.fd()?.try_clone()?;
+        // A new flow's two halves tail-call each other (slot 0: the second half, slot 1: the
+        // main program): in place before any packet.
+        let mut halves = Vec::new();
+        for name in [names::NEW_FLOW_PROGRAM, names::PROGRAM] {
+            let program: &Xdp = bpf
+                .program(name)
+                .ok_or_else(|| anyhow!("the XDP object has no program `{name}`"))?
+                .try_into()?;
+            halves.push(program.fd()?.try_clone()?);
+        }
         let mut jump: ProgramArray<_> = ProgramArray::try_from(
             bpf.map_mut(names::NEW_FLOW)
                 .ok_or_else(|| anyhow!("the XDP object has no map `{}`", names::NEW_FLOW))?,
         )?;
-        jump.set(0, &new_flow, 0)
-            .context("cannot install the new-flow program in its tail-call slot")?;
+        for (slot, fd) in halves.iter().enumerate() {
+            jump.set(slot as u32, fd, 0)
+                .context("cannot install the new-flow programs in their tail-call slots")?;
+        }
         let mut dp = Self {
             bpf,
             attached: None,
