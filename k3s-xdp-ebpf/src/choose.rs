@@ -11,15 +11,13 @@ use k3s_xdp_common::{
     hash::{probe as probe_hash, reduce, snat_hash},
     maglev_slot, maglev_word, reason,
     table::NatSlot,
-    Backend, FlowKey, NatReverse, NextHop, VipInfo, VipPort, BACKEND_UP, MAX_PORTS_PER_VIP,
+    Backend, FlowKey, NatReverse, VipInfo, VipPort, BACKEND_UP, MAX_PORTS_PER_VIP,
 };
 
 /// SNAT ports tried per new flow before giving up. Random probing from the flow's hash: with
 /// the backend's port space a fraction `a` full of live connections, a new flow fails with
 /// probability about a^16 (4e-7 at 40%, 3e-4 at 60%).
 const SNAT_TRIES: u32 = 16;
-const SNAT_DEFAULT_MIN: u32 = 1024;
-const SNAT_DEFAULT_MAX: u32 = 65535;
 
 /// The service of `vip` on `port` (network order) and `protocol`.
 #[inline(always)]
@@ -108,20 +106,6 @@ pub fn snat_port(probe: *mut Probe, id: u32, backend: &Backend) -> Result<u16, u
         }
         Ok(found as u16)
     }
-}
-
-/// Whether `port` (network order) is one of the first `count` service ports of a VIP.
-#[inline(always)]
-fn is_service_port(ports: &[VipPort; MAX_PORTS_PER_VIP], count: u32, port: u16) -> bool {
-    for (i, p) in ports.iter().enumerate() {
-        if i as u32 >= count {
-            break;
-        }
-        if p.port == port {
-            return true;
-        }
-    }
-    false
 }
 
 /// Marks `Probe::found` as set (the low 16 bits hold the port, network order).

@@ -16,7 +16,7 @@ use crate::{
 };
 use aya_ebpf::{bindings::xdp_action, helpers::bpf_redirect, programs::XdpContext};
 use k3s_xdp_common::{
-    reason, Backend, Flow, FlowKey, Globals, NextHop, VipInfo, VipPort, BACKEND_DOWN, BACKEND_FREE,
+    reason, Backend, FlowKey, Globals, NextHop, VipInfo, VipPort, BACKEND_DOWN, BACKEND_FREE,
     IPPROTO_TCP, NAT_BACKEND_FIN, NAT_CLIENT_FIN, NAT_RESET, SERVICE_DSR, SERVICE_RESET_ON_DOWN,
 };
 
