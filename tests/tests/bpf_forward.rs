@@ -1148,3 +1148,89 @@ fn packets_in_flight_see_the_old_or_the_new_publication_never_a_mix() {
         "packets ran under both publications ({old} old, {new} new)"
     );
 }
+
+/// Sets the data plane's clock (seconds; the controller ticks it), keeping the lab's settings.
+fn set_clock(h: &mut XdpHarness, clock: u32) {
+    k3s_xdp::dataplane::write_globals(
+        &mut h.dataplane,
+        &k3s_xdp_common::Globals {
+            fib_generation: 1,
+            snat_port_min: 1024,
+            snat_port_max: 65535,
+            clock,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+}
+
+#[test]
+fn a_full_reverse_nat_table_gives_new_flows_the_translations_seen_longest_ago() {
+    if !have_root() {
+        eprintln!("skipped: BPF_PROG_TEST_RUN needs root (run `cargo xtask test`)");
+        return;
+    }
+    // 1024 translations at most, none closing and none idle (300 s): without taking over
+    // live translations, new flows would be refused once the table fills.
+    let mut h = XdpHarness::with_config_in_lab_sized(CONFIG, 1024).unwrap();
+    let vip = sock(VIP, 6443);
+    let client = |batch: u8, i: u16| sock(Ipv4Addr::new(203, 0, 113, batch), 20000 + i);
+    let mut open = |h: &mut XdpHarness, batch: u8, count: u16| -> Vec<(SocketAddrV4, Frame)> {
+        (0..count)
+            .map(|i| {
+                let c = client(batch, i);
+                (c, transmitted(h, &packet::tcp_syn(c, vip)))
+            })
+            .collect()
+    };
+    set_clock(&mut h, 10);
+    let old = open(&mut h, 1, 700);
+    set_clock(&mut h, 200);
+    let recent = open(&mut h, 2, 300);
+    set_clock(&mut h, 250);
+    let newest = open(&mut h, 3, 100);
+    assert_eq!(
+        h.reason(reason::DROP_SNAT_EXHAUSTED).unwrap(),
+        0,
+        "{:?}",
+        nonzero(&h)
+    );
+    assert_eq!(h.reason(reason::TX_FORWARD).unwrap(), 1100);
+
+    // Does the backend's reply to a flow's translation still reach that flow's client?
+    let answers = |h: &mut XdpHarness, (c, fwd): &(SocketAddrV4, Frame)| -> bool {
+        let (backend, port) = (fwd.ip().unwrap().dst, fwd.tcp().unwrap().sport);
+        let mut reply = packet::tcp(sock(backend, 6443), sock(VIP, port), TCP_SYN | TCP_ACK);
+        reply.eth_src = lab_mac(backend);
+        reply.eth_dst = LAB_LB_MAC;
+        let out = run(h, &reply);
+        let to = out
+            .frame()
+            .ok()
+            .and_then(|f| Some((f.ip()?.dst, f.tcp()?.dport)));
+        out.action == XDP_TX && to == Some((*c.ip(), c.port()))
+    };
+    let kept = |h: &mut XdpHarness, flows: &[(SocketAddrV4, Frame)]| {
+        flows.iter().filter(|f| answers(h, f)).count()
+    };
+    let (kept_newest, kept_recent, kept_old) = (
+        kept(&mut h, &newest),
+        kept(&mut h, &recent),
+        kept(&mut h, &old),
+    );
+    assert_eq!(kept_newest, 100, "every new flow got a translation");
+    // Each full search takes over the oldest of the 16 translations it tried: with the old
+    // batch still most of the table, one of them (a 2^-16 chance that none is old).
+    assert_eq!(
+        kept_recent, 300,
+        "translations seen at 200 s are kept over older ones"
+    );
+    assert!(
+        kept_old <= 700 - 100 + 1024 - 1000,
+        "the new flows took old translations: {kept_old} of 700 old ones left"
+    );
+    assert!(
+        kept_old >= 400,
+        "only as many as needed: {kept_old} of 700 old ones left"
+    );
+}
