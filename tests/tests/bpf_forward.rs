@@ -1234,3 +1234,41 @@ fn a_full_reverse_nat_table_gives_new_flows_the_translations_seen_longest_ago() 
         "only as many as needed: {kept_old} of 700 old ones left"
     );
 }
+
+#[test]
+fn a_translation_unseen_for_five_minutes_is_taken_over_and_its_flow_forgotten() {
+    let Some(mut h) = harness() else { return };
+    let vip = sock(VIP, 6443);
+    let a = agent(1, 40300);
+    let b = colliding_client(&h, a, vip);
+    set_clock(&mut h, 10);
+    let fwd = transmitted(&mut h, &packet::tcp_syn(a, vip));
+    let (backend, port) = (fwd.ip().unwrap().dst, fwd.tcp().unwrap().sport);
+    assert_eq!(port, first_snat_port(a, vip));
+
+    // 299 s later a's translation is still live: b goes to another port.
+    set_clock(&mut h, 10 + 299);
+    let live = transmitted(&mut h, &packet::tcp_syn(b, vip));
+    assert_ne!(
+        live.tcp().unwrap().sport,
+        port,
+        "a live translation is not taken"
+    );
+    k3s_xdp_tests::bpf::remove_flow(&mut h, &key(b, vip, IPPROTO_TCP)).unwrap();
+
+    // 300 s without a packet either way: a's client is gone, b takes the port.
+    set_clock(&mut h, 10 + 300);
+    let taken = transmitted(&mut h, &packet::tcp_syn(b, vip));
+    assert_eq!(
+        taken.tcp().unwrap().sport,
+        port,
+        "the idle translation's port is reused"
+    );
+    assert!(
+        h.dataplane
+            .flow(&key(a, vip, IPPROTO_TCP))
+            .unwrap()
+            .is_none(),
+        "a's flow forgotten"
+    );
+}

@@ -653,3 +653,22 @@ pub async fn ask(events: &mpsc::Sender<Event>, request: Request) -> Result<Respo
 
 /// A shared handle that only the daemon's pieces use.
 pub type Events = Arc<mpsc::Sender<Event>>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_data_plane_clock_counts_whole_seconds_from_one() {
+        let started = Instant::now();
+        let at = |ms| clock_at(started, started + Duration::from_millis(ms));
+        assert_eq!(at(0), 1, "0 would mean no clock to the program");
+        assert_eq!(at(999), 1);
+        assert_eq!(at(1000), 2);
+        assert_eq!(at(301_500), 302);
+        // Never before the start, never past the largest value.
+        assert_eq!(clock_at(started + Duration::from_secs(5), started), 1);
+        let far = started + Duration::from_secs(u64::from(u32::MAX) + 10);
+        assert_eq!(clock_at(started, far), u32::MAX);
+    }
+}
