@@ -1175,7 +1175,7 @@ fn a_full_reverse_nat_table_gives_new_flows_the_translations_seen_longest_ago() 
     let mut h = XdpHarness::with_config_in_lab_sized(CONFIG, 1024).unwrap();
     let vip = sock(VIP, 6443);
     let client = |batch: u8, i: u16| sock(Ipv4Addr::new(203, 0, 113, batch), 20000 + i);
-    let mut open = |h: &mut XdpHarness, batch: u8, count: u16| -> Vec<(SocketAddrV4, Frame)> {
+    let open = |h: &mut XdpHarness, batch: u8, count: u16| -> Vec<(SocketAddrV4, Frame)> {
         (0..count)
             .map(|i| {
                 let c = client(batch, i);
@@ -1264,6 +1264,7 @@ fn a_translation_unseen_for_five_minutes_is_taken_over_and_its_flow_forgotten() 
         port,
         "the idle translation's port is reused"
     );
+    assert_eq!(taken.ip().unwrap().dst, backend, "same backend, same port");
     assert!(
         h.dataplane
             .flow(&key(a, vip, IPPROTO_TCP))
