@@ -8,10 +8,14 @@
 
 pub mod hash;
 pub mod reason;
+pub mod table;
 
 /// Names of the maps and the program in the BPF object, so userspace never spells them twice.
 pub mod names {
     pub const PROGRAM: &str = "k3s_xdp";
+    /// The new-flow half of `PROGRAM`, which it tail-calls through `NEW_FLOW`.
+    pub const NEW_FLOW_PROGRAM: &str = "k3s_xdp_new_flow";
+    pub const NEW_FLOW: &str = "NEW_FLOW";
     pub const PASS_PROGRAM: &str = "k3s_xdp_pass";
     pub const FLOOR_PROGRAM: &str = "k3s_xdp_floor";
     pub const BENCH_PROGRAM: &str = "k3s_xdp_bench";
@@ -75,7 +79,7 @@ pub fn maglev_slot(word: u64, entry: u32) -> u32 {
 
 /// Map flags of every Maglev table: `BPF_F_INNER_MAP | BPF_F_MMAPABLE`.
 pub const MAGLEV_INNER_FLAGS: u32 = (1 << 12) | (1 << 10);
-/// Default capacity of the flow table (LRU); the reverse NAT table holds as many.
+/// Default capacity of the flow table; the reverse NAT table holds as many (see `table`).
 pub const DEFAULT_FLOW_TABLE_SIZE: u32 = 262_144;
 
 pub const IPPROTO_ICMP: u8 = 1;
@@ -227,9 +231,10 @@ pub struct NatReverse {
     pub client_port: u16,
     /// The service port on the VIP, restored as the reply's source port.
     pub vip_port: u16,
-    pub backend: u32,
-    /// Service slot, for the counters.
-    pub service: u32,
+    /// Backend slot (below `MAX_BACKENDS`).
+    pub backend: u16,
+    /// Service slot (below `MAX_SERVICES`), for the counters.
+    pub service: u16,
     /// `NAT_*` bits: how far the TCP connection has closed. A closed translation's SNAT port may
     /// be taken by a new flow.
     pub closing: u32,
@@ -249,9 +254,15 @@ impl NatReverse {
     /// Whether the connection is over (FIN both ways, or a RST): its SNAT port may be reused.
     #[inline(always)]
     pub fn closed(&self) -> bool {
-        self.closing & NAT_RESET != 0
-            || self.closing & (NAT_CLIENT_FIN | NAT_BACKEND_FIN) == NAT_CLIENT_FIN | NAT_BACKEND_FIN
+        closed(self.closing)
     }
+}
+
+/// Whether a translation with these `closing` bits has closed (see [`NatReverse::closed`]).
+#[inline(always)]
+pub fn closed(closing: u32) -> bool {
+    (closing & NAT_RESET != 0)
+        | (closing & (NAT_CLIENT_FIN | NAT_BACKEND_FIN) == NAT_CLIENT_FIN | NAT_BACKEND_FIN)
 }
 
 /// Per-CPU packet counters of a service or a backend.
@@ -279,6 +290,12 @@ pub struct Globals {
     /// All zero: not checked.
     pub mac: [u8; 6],
     pub _pad: [u8; 2],
+    /// Seconds on the controller's clock (from 1 at start; 0 = no clock): when flows were last
+    /// seen, for the replacement in the flow tables (see `table`).
+    pub clock: u32,
+    /// Buckets of the flow tables minus one (`table::buckets(flow_table_size) - 1`), written by
+    /// the loader.
+    pub flow_mask: u32,
 }
 
 /// Bytes of a benchmark packet (`BENCH`).
@@ -327,6 +344,9 @@ mod pod {
     unsafe impl aya::Pod for Traffic {}
     unsafe impl aya::Pod for Globals {}
     unsafe impl aya::Pod for BenchPacket {}
+    unsafe impl aya::Pod for table::FlowSlot {}
+    unsafe impl aya::Pod for table::NatSlot {}
+    unsafe impl aya::Pod for table::FlowBucket {}
 }
 
 #[cfg(test)]
@@ -343,9 +363,9 @@ mod tests {
         assert_eq!(size_of::<FlowKey>(), 16);
         assert_eq!(size_of::<NextHop>(), 24);
         assert_eq!(size_of::<Flow>(), 8);
-        assert_eq!(size_of::<NatReverse>(), 44);
+        assert_eq!(size_of::<NatReverse>(), 40);
         assert_eq!(size_of::<Traffic>(), 32);
-        assert_eq!(size_of::<Globals>(), 16);
+        assert_eq!(size_of::<Globals>(), 24);
         assert_eq!(size_of::<VipSlot>(), 8 + size_of::<VipInfo>());
         assert_eq!(size_of::<VipTable>(), 24);
     }

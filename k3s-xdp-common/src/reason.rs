@@ -46,9 +46,12 @@ pub const PASS_MALFORMED: u32 = 19;
 /// Addressed to a VIP but sent to another node's MAC address (unknown unicast flooded by a
 /// switch, for instance to the backup): left to the kernel, which drops it.
 pub const PASS_OTHER_HOST: u32 = 20;
+/// The new-flow half of the program could not be reached (its tail-call slot is empty): a
+/// k3s-xdp bug, never expected.
+pub const DROP_INTERNAL: u32 = 21;
 
 /// Number of reasons; the length of the `REASONS` map.
-pub const COUNT: u32 = 21;
+pub const COUNT: u32 = 22;
 
 /// Label of each reason, indexed by its constant.
 pub const NAMES: [&str; COUNT as usize] = [
@@ -73,4 +76,5 @@ pub const NAMES: [&str; COUNT as usize] = [
     "pass_stacked_vlan",
     "pass_malformed",
     "pass_other_host",
+    "drop_internal",
 ];

@@ -1,25 +1,23 @@
 //! Choosing: the service a packet is for, the backend of a new flow (Maglev), and the SNAT port
 //! the backend will see in nat mode.
 
-use crate::maps::{BACKENDS, FLOWS, MAGLEV, NAT_REVERSE};
+use crate::{
+    maps::{BACKENDS, MAGLEV, SNAT_SEARCH},
+    table::{self, Place, TakenOver},
+};
 use aya_ebpf::helpers::bpf_loop;
 use core::ffi::c_void;
 use k3s_xdp_common::{
-    hash::{flow_hash, probe as probe_hash, reduce, snat_hash},
-    maglev_slot, maglev_word, reason, Backend, FlowKey, NatReverse, NextHop, VipInfo, VipPort,
-    BACKEND_UP, MAX_PORTS_PER_VIP,
+    hash::{probe as probe_hash, reduce, snat_hash},
+    maglev_slot, maglev_word, reason,
+    table::NatSlot,
+    Backend, FlowKey, NatReverse, VipInfo, VipPort, BACKEND_UP, MAX_PORTS_PER_VIP,
 };
 
-/// `BPF_NOEXIST`: insert only if absent, so two CPUs cannot claim the same SNAT port.
-const BPF_NOEXIST: u64 = 1;
-/// `BPF_EXIST`: replace an existing entry as a whole.
-const BPF_EXIST: u64 = 2;
 /// SNAT ports tried per new flow before giving up. Random probing from the flow's hash: with
 /// the backend's port space a fraction `a` full of live connections, a new flow fails with
 /// probability about a^16 (4e-7 at 40%, 3e-4 at 60%).
 const SNAT_TRIES: u32 = 16;
-const SNAT_DEFAULT_MIN: u32 = 1024;
-const SNAT_DEFAULT_MAX: u32 = 65535;
 
 /// The service of `vip` on `port` (network order) and `protocol`.
 #[inline(always)]
@@ -36,16 +34,16 @@ pub fn service(vip: &VipInfo, port: u16, protocol: u8) -> Option<VipPort> {
     None
 }
 
-/// The backend for a new flow: the Maglev entry its hash selects, if that backend is up.
-/// `None` when the service has no table (no healthy backend), an empty one, or the entry is
-/// stale.
+/// The backend for a new flow: the Maglev entry its hash (`flow_hash`) selects, if that
+/// backend is up. `None` when the service has no table (no healthy backend), an empty one, or
+/// the entry is stale.
 #[inline(always)]
-pub fn backend(service: &VipPort, key: &FlowKey) -> Option<(u32, Backend)> {
+pub fn backend(service: &VipPort, hash: u32) -> Option<(u32, Backend)> {
     // One outer lookup: the size and the entry come from the same table even if the
     // controller swaps in another one meanwhile.
     let table = MAGLEV.get(service.service)?;
     let size = *table.get(0)? as u32;
-    let entry = reduce(flow_hash(key), size);
+    let entry = reduce(hash, size);
     let word = *table.get(maglev_word(entry))?;
     let id = maglev_slot(word, entry);
     let backend = *BACKENDS.get(id)?;
@@ -56,118 +54,114 @@ pub fn backend(service: &VipPort, key: &FlowKey) -> Option<(u32, Backend)> {
     }
 }
 
-/// Claims the SNAT port (network order) through which `backend` will see the flow `key`, and
-/// records the reverse translation. The ports tried are hashes of the flow, so lb-1 and lb-2
-/// choose the same one and a backend connection survives a failover; a port held by a
-/// live connection of another client is skipped, and so is any port a service listens on at
-/// this VIP. A port whose connection has closed (FIN both ways, or a RST) is taken over: the
-/// previous owner's flow entry is removed with it, so its stray packets cannot reach the new
-/// connection.
+/// Claims the SNAT port (network order) through which `backend` (slot `id`) will see the flow
+/// in `probe`, and records the reverse translation. The ports tried are hashes of the flow, so
+/// lb-1 and lb-2 choose the same one and a backend connection survives a failover; a port held
+/// by a live connection of another client is skipped, and so is any port a service listens on
+/// at this VIP. A port whose connection has closed (FIN both ways, or a RST) or gone idle is
+/// taken over: the previous owner's flow entry is removed with it, so its stray packets cannot
+/// reach the new connection. When every port tried is live, the one seen longest ago is taken
+/// over (as an LRU table would evict it).
 #[inline(always)]
-pub fn snat_port(
-    key: &FlowKey,
-    vip: &VipInfo,
-    id: u32,
-    backend: &Backend,
-    service: u32,
-    client_hop: &NextHop,
-    (port_min, port_max): (u16, u16),
-) -> Result<u16, u32> {
-    let (mut min, mut max) = (SNAT_DEFAULT_MIN, SNAT_DEFAULT_MAX);
-    if port_min != 0 && port_min <= port_max {
-        min = u32::from(port_min);
-        max = u32::from(port_max);
-    }
-    let entry = NatReverse {
-        client_addr: key.src,
-        client_port: key.sport,
-        vip_port: key.dport,
-        backend: id,
-        service,
-        closing: 0,
-        next_hop: *client_hop,
-    };
-    let hash = snat_hash(key);
-    let span = max - min + 1;
-    let count = vip.count.min(MAX_PORTS_PER_VIP as u32);
-    // The first try inline: it succeeds unless the port is taken, so most new flows skip the
-    // loop's setup.
-    let port = ((min + reduce(hash, span)) as u16).to_be();
-    if !is_service_port(&vip.ports, count, port)
-        && claim(key, &reverse_key(key, backend, port), &entry)
-    {
-        return Ok(port);
-    }
-    let mut probe = Probe {
-        key: *key,
-        entry,
-        backend_addr: backend.addr,
-        backend_port: backend.port,
-        found: 0,
-        hash,
-        span,
-        min,
-        service_ports: [0; MAX_PORTS_PER_VIP],
-        service_count: count,
-    };
-    for i in 0..MAX_PORTS_PER_VIP {
-        probe.service_ports[i] = vip.ports[i].port;
-    }
-    // bpf_loop: the kernel verifies the callback once, whatever the number of tries. Try 0
-    // was the inline one above.
+pub fn snat_port(probe: *mut Probe, id: u32, backend: &Backend) -> Result<u16, u32> {
+    // SAFETY: this CPU's new-flow state (see `new_flow.rs`), valid for this run; XDP runs with
+    // preemption disabled, so nothing else on this CPU uses it meanwhile.
     unsafe {
+        (*probe).entry.backend = id as u16;
+        (*probe).entry.service = (*probe).service.service as u16;
+        (*probe).backend_addr = backend.addr;
+        (*probe).backend_port = backend.port;
+        (*probe).hash = snat_hash(&(*probe).key);
+        (*probe).found = 0;
+        (*probe).taken.set = 0;
+        (*probe).taken.refused_live = 0;
+        (*probe).force = NO_TRY;
+        (*probe).oldest = NO_TRY;
+        (*probe).oldest_age = 0;
+        // bpf_loop: the kernel verifies the callback once, whatever the number of tries.
         bpf_loop(
-            SNAT_TRIES - 1,
+            SNAT_TRIES,
             snat_try as *mut c_void,
-            &mut probe as *mut Probe as *mut c_void,
+            core::ptr::null_mut(),
             0,
         );
-    }
-    if probe.found & FOUND != 0 {
-        Ok(probe.found as u16)
-    } else {
-        Err(reason::DROP_SNAT_EXHAUSTED)
-    }
-}
-
-/// Whether `port` (network order) is one of the first `count` service ports of a VIP.
-#[inline(always)]
-fn is_service_port(ports: &[VipPort; MAX_PORTS_PER_VIP], count: u32, port: u16) -> bool {
-    for (i, p) in ports.iter().enumerate() {
-        if i as u32 >= count {
-            break;
+        // Every port tried is held by a live connection: the table is full (or flooded with
+        // connections that never close). Like an LRU table, take over the one seen longest
+        // ago rather than refuse every new flow until translations age out.
+        if (*probe).found & FOUND == 0 && (*probe).oldest != NO_TRY {
+            (*probe).force = (*probe).oldest;
+            bpf_loop(
+                SNAT_TRIES,
+                snat_try as *mut c_void,
+                core::ptr::null_mut(),
+                0,
+            );
         }
-        if p.port == port {
-            return true;
+        let found = (*probe).found;
+        if found & FOUND == 0 {
+            return Err(reason::DROP_SNAT_EXHAUSTED);
         }
+        if (*probe).taken.set != 0 {
+            clear_taken_over();
+        }
+        Ok(found as u16)
     }
-    false
 }
 
 /// Marks `Probe::found` as set (the low 16 bits hold the port, network order).
 const FOUND: u32 = 1 << 16;
 
-/// The state of an SNAT port search, on the stack, shared with `snat_try`.
+/// A new flow's question and answer between the program's two halves, and the state of its
+/// SNAT port search (shared with `snat_try`); one per CPU, in `SNAT_SEARCH` (see
+/// `new_flow.rs`).
 #[repr(C)]
-struct Probe {
-    key: FlowKey,
-    entry: NatReverse,
+pub struct Probe {
+    // The question, written by the first half.
+    pub key: FlowKey,
+    pub flow_hash: u32,
+    pub service: VipPort,
+    /// The reverse translation to record: the client side, and the mirror hop toward it.
+    pub entry: NatReverse,
+    /// SNAT ports: the first one, and how many.
+    pub min: u32,
+    pub span: u32,
+    pub service_ports: [u16; MAX_PORTS_PER_VIP],
+    pub service_count: u32,
+    pub clock: u32,
+    pub mask: u32,
+    // The answer, written by the second half.
+    /// 1 from the second half's answer until the first half reads it.
+    pub pending: u32,
+    /// `new_flow::CHOSEN` or a drop reason.
+    pub outcome: u32,
+    pub id: u32,
+    pub backend: Backend,
+    pub snat_port: u16,
+    // The SNAT search's own.
     backend_addr: u32,
     backend_port: u16,
     found: u32,
+    /// The flow's SNAT hash, which the tries probe from.
     hash: u32,
-    span: u32,
-    min: u32,
-    service_ports: [u16; MAX_PORTS_PER_VIP],
-    service_count: u32,
+    taken: TakenOver,
+    /// The try that may take over a live translation (`NO_TRY` on the first pass).
+    force: u32,
+    /// The first pass's try whose live translation was seen longest ago, and its age.
+    oldest: u32,
+    oldest_age: u32,
 }
 
-/// One try of the SNAT port search: the `index + 1`-th probe of the flow's hash.
-extern "C" fn snat_try(index: u64, ctx: *mut c_void) -> i64 {
-    let probe = ctx as *mut Probe;
-    // SAFETY: `ctx` is the `Probe` on `snat_port`'s stack, alive during bpf_loop.
+/// No try: `Probe::force` and `Probe::oldest` unset.
+const NO_TRY: u32 = u32::MAX;
+
+/// One try of the SNAT port search: the `index`-th probe of the flow's hash.
+extern "C" fn snat_try(index: u64, _ctx: *mut c_void) -> i64 {
+    let Some(probe) = SNAT_SEARCH.get_ptr_mut(0) else {
+        return 1;
+    };
+    // SAFETY: this CPU's search state, written by `snat_port` before bpf_loop.
     unsafe {
-        let offset = reduce(probe_hash((*probe).hash, index as u32 + 1), (*probe).span);
+        let offset = reduce(probe_hash((*probe).hash, index as u32), (*probe).span);
         let port = (((*probe).min + offset) as u16).to_be();
         for i in 0..MAX_PORTS_PER_VIP {
             if i as u32 >= (*probe).service_count {
@@ -177,6 +171,10 @@ extern "C" fn snat_try(index: u64, ctx: *mut c_void) -> i64 {
                 return 0;
             }
         }
+        let force = (*probe).force;
+        if (force != NO_TRY) & (force != index as u32) {
+            return 0;
+        }
         let reverse = FlowKey {
             src: (*probe).backend_addr,
             dst: (*probe).key.dst,
@@ -185,60 +183,46 @@ extern "C" fn snat_try(index: u64, ctx: *mut c_void) -> i64 {
             protocol: (*probe).key.protocol,
             _pad: [0; 3],
         };
-        if claim(&(*probe).key, &reverse, &(*probe).entry) {
+        if table::claim_nat(
+            &(*probe).key,
+            &reverse,
+            &(*probe).entry,
+            ((*probe).clock, (*probe).mask),
+            core::ptr::addr_of_mut!((*probe).taken),
+            force != NO_TRY,
+        ) {
             (*probe).found = FOUND | u32::from(port);
             return 1;
+        }
+        if (*probe).taken.refused_live != 0 {
+            (*probe).taken.refused_live = 0;
+            let age = (*probe).clock.wrapping_sub((*probe).taken.refused_seen);
+            // "Seen in the future" (the clock restarted) counts as seen now.
+            let age = if age > u32::MAX / 2 { 0 } else { age };
+            if ((*probe).oldest == NO_TRY) | (age > (*probe).oldest_age) {
+                (*probe).oldest = index as u32;
+                (*probe).oldest_age = age;
+            }
         }
     }
     0
 }
 
-/// Tries to take the translation `reverse` for `key`: free, already this client tuple's, or
-/// left by a closed connection. A BPF subprogram of its own (not inlined) so that the probing
-/// loop's verifier states stay alike whatever happened inside, and merge.
+/// Clears the flow entry of the translation the SNAT search took over. A BPF subprogram of
+/// its own, after the search: its frame is not stacked on the search's.
 #[inline(never)]
-fn claim(key: &FlowKey, reverse: &FlowKey, entry: &NatReverse) -> bool {
-    if NAT_REVERSE.insert(reverse, entry, BPF_NOEXIST).is_ok() {
-        return true;
-    }
-    // Taken: by this very client tuple earlier (its forward entry was evicted, or it
-    // reconnects from the same port), which we reuse; by a closed connection, which we take
-    // over; or by another live connection, which we step over.
-    let Some(existing) = (unsafe { NAT_REVERSE.get(reverse) }) else {
-        return false;
+fn clear_taken_over() {
+    let Some(probe) = SNAT_SEARCH.get_ptr(0) else {
+        return;
     };
-    let existing = *existing;
-    let ours = existing.client_addr == key.src
-        && existing.client_port == key.sport
-        && existing.vip_port == key.dport;
-    if ours && existing.closing == 0 {
-        return true;
-    }
-    if !ours && !existing.closed() {
-        return false;
-    }
-    if !ours {
-        let previous = FlowKey {
-            src: existing.client_addr,
-            dst: key.dst,
-            sport: existing.client_port,
-            dport: existing.vip_port,
-            protocol: key.protocol,
-            _pad: [0; 3],
-        };
-        let _ = FLOWS.remove(previous);
-    }
-    if NAT_REVERSE.insert(reverse, entry, BPF_EXIST).is_err() {
-        return false;
-    }
-    // Another CPU may have taken the same port at the same moment: keep it only if the entry
-    // is ours after the write.
-    match unsafe { NAT_REVERSE.get(reverse) } {
-        Some(now) => {
-            now.client_addr == key.src && now.client_port == key.sport && now.vip_port == key.dport
-        }
-        None => false,
-    }
+    // SAFETY: this CPU's search state, written by the search just done.
+    let taken = unsafe { &(*probe).taken };
+    table::clear_flow_through(
+        &taken.key,
+        Place::of(&taken.key, unsafe { (*probe).mask }),
+        taken.backend,
+        taken.snat_port,
+    );
 }
 
 /// The reverse-NAT key of a flow of `key` through `backend` with `snat_port`.
@@ -256,9 +240,10 @@ pub fn reverse_key(key: &FlowKey, backend: &Backend, snat_port: u16) -> FlowKey 
 
 /// Records in the reverse entry that a side of the TCP connection sent a FIN or a RST.
 #[inline(always)]
-pub fn note_closing(entry: *mut NatReverse, bits: u32) {
-    // SAFETY: a map value valid for this run. A plain OR (the BPF target has no atomic OR in
-    // Rust): two FINs on two CPUs at the same instant may lose one bit, which only delays the
-    // reuse of that SNAT port until the LRU evicts the entry; it can never mistranslate.
-    unsafe { (*entry).closing |= bits };
+pub fn note_closing(slot: *mut NatSlot, bits: u32) {
+    // SAFETY: a map value valid for this run; `closing` is outside the seal. A plain OR (the
+    // BPF target has no atomic OR in Rust): two FINs on two CPUs at the same instant may lose
+    // one bit, which only delays the reuse of that SNAT port until the translation goes idle;
+    // it can never mistranslate.
+    unsafe { (*slot).nat.closing |= bits };
 }

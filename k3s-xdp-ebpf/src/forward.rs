@@ -6,19 +6,23 @@ use crate::{
     choose, counters,
     headers::{TCP_FIN, TCP_RST, TCP_SYN},
     hop,
-    maps::{BACKENDS, FLOWS, NAT_REVERSE},
+    maps::{BACKENDS, NEW_FLOW},
+    new_flow,
     parse::{frame_len, Ip, Valid, L4},
     reset,
     rewrite::{self, Tuple},
+    table::{self, Place},
     verdict::Verdict,
 };
 use aya_ebpf::{bindings::xdp_action, helpers::bpf_redirect, programs::XdpContext};
 use k3s_xdp_common::{
-    reason, Backend, Flow, FlowKey, Globals, NextHop, VipInfo, VipPort, BACKEND_DOWN, BACKEND_FREE,
+    reason, Backend, FlowKey, Globals, NextHop, VipInfo, VipPort, BACKEND_DOWN, BACKEND_FREE,
     IPPROTO_TCP, NAT_BACKEND_FIN, NAT_CLIENT_FIN, NAT_RESET, SERVICE_DSR, SERVICE_RESET_ON_DOWN,
 };
 
-/// A client's packet to `service` on `vip`.
+/// A client's packet to `service` on `vip`: an established flow goes to its backend. A packet
+/// that starts a flow is handed to `k3s_xdp_new_flow` (a tail call, see `new_flow.rs`), which
+/// chooses and records its backend and tail-calls this program again with the answer.
 #[inline(always)]
 pub fn to_backend(
     ctx: &XdpContext,
@@ -40,100 +44,106 @@ pub fn to_backend(
         _pad: [0; 3],
     };
     let dsr = service.flags & SERVICE_DSR != 0;
-    let tcp_flags = if protocol == IPPROTO_TCP {
-        l4.tcp_flags(ctx)
-    } else {
-        0
+    let Some(state) = new_flow::state() else {
+        return Verdict::drop(reason::DROP_INTERNAL);
     };
 
+    let mut new = false;
     let mut pinned: Option<(u32, Backend, u16)> = None;
-    if let Some(flow) = unsafe { FLOWS.get(key) } {
-        let flow: Flow = *flow;
-        if let Some(backend) = BACKENDS.get(flow.backend) {
-            let backend = *backend;
-            // A freed slot, or one reused by another service: the flow chooses again.
-            if backend.state != BACKEND_FREE && backend.service == service.service {
-                if backend.state == BACKEND_DOWN
-                    && service.flags & SERVICE_RESET_ON_DOWN != 0
-                    && protocol == IPPROTO_TCP
-                {
-                    let _ = FLOWS.remove(key);
-                    return reset::send(ctx, ip, valid, &l4, service.service, flow.backend);
-                }
-                pinned = Some((flow.backend, backend, flow.snat_port));
-                // nat: FIN and RST mark the translation closing; a SYN (a new connection on
-                // the same tuple) checks the translation is still this flow's.
-                if !dsr && tcp_flags & (TCP_SYN | TCP_FIN | TCP_RST) != 0 {
-                    let reverse = choose::reverse_key(&key, &backend, flow.snat_port);
-                    match NAT_REVERSE.get_ptr_mut(reverse) {
-                        Some(entry) => {
-                            let e = unsafe { *entry };
-                            let ours = e.client_addr == src && e.client_port == key.sport;
-                            if tcp_flags & TCP_SYN != 0 && (!ours || e.closing != 0) {
-                                // Taken over, or closed: choose again, as a new flow.
-                                pinned = None;
-                            } else if ours && tcp_flags & TCP_RST != 0 {
-                                choose::note_closing(entry, NAT_RESET);
-                            } else if ours && tcp_flags & TCP_FIN != 0 {
-                                choose::note_closing(entry, NAT_CLIENT_FIN);
+    // Refused with a RST: the backend slot whose counters take it.
+    let mut refuse: Option<u32> = None;
+    match new_flow::answer(state, &key) {
+        Some(Ok(chosen)) => {
+            pinned = Some(chosen);
+            new = true;
+        }
+        Some(Err(reason::DROP_NO_BACKEND)) => {
+            // No healthy backend: refuse at once rather than let the client time out.
+            if protocol != IPPROTO_TCP || l4.tcp_flags(ctx) & TCP_RST != 0 {
+                return Verdict::drop(reason::DROP_NO_BACKEND);
+            }
+            refuse = Some(0);
+        }
+        Some(Err(why)) => return Verdict::drop(why),
+        None => {
+            let tcp_flags = if protocol == IPPROTO_TCP {
+                l4.tcp_flags(ctx)
+            } else {
+                0
+            };
+            let (clock, mask) = (globals.clock, globals.flow_mask);
+            let at = Place::of(&key, mask);
+            if let Some(flow) = table::find_flow(&key, at, clock) {
+                if let Some(backend) = BACKENDS.get(flow.backend) {
+                    let backend = *backend;
+                    // A freed slot, or one reused by another service: the flow chooses again.
+                    if backend.state != BACKEND_FREE && backend.service == service.service {
+                        if backend.state == BACKEND_DOWN
+                            && service.flags & SERVICE_RESET_ON_DOWN != 0
+                            && protocol == IPPROTO_TCP
+                        {
+                            table::clear_flow(&key, at);
+                            refuse = Some(flow.backend);
+                        }
+                        pinned = Some((flow.backend, backend, flow.snat_port));
+                        // nat: FIN and RST mark the translation closing; a SYN (a new
+                        // connection on the same tuple) checks the translation is still this
+                        // flow's.
+                        if !dsr && tcp_flags & (TCP_SYN | TCP_FIN | TCP_RST) != 0 {
+                            let reverse = choose::reverse_key(&key, &backend, flow.snat_port);
+                            match table::find_nat(&reverse, Place::of(&reverse, mask)) {
+                                Some((entry, copy)) => {
+                                    let e = copy.nat;
+                                    let ours = e.client_addr == src && e.client_port == key.sport;
+                                    if tcp_flags & TCP_SYN != 0 && (!ours || e.closing != 0) {
+                                        // Taken over, or closed: choose again, as a new flow.
+                                        pinned = None;
+                                    } else if ours && tcp_flags & TCP_RST != 0 {
+                                        choose::note_closing(entry, NAT_RESET);
+                                    } else if ours && tcp_flags & TCP_FIN != 0 {
+                                        choose::note_closing(entry, NAT_CLIENT_FIN);
+                                    }
+                                }
+                                None if tcp_flags & TCP_SYN != 0 => pinned = None,
+                                None => {}
                             }
                         }
-                        None if tcp_flags & TCP_SYN != 0 => pinned = None,
-                        None => {}
                     }
                 }
+            }
+            if refuse.is_none() && pinned.is_none() {
+                new_flow::ask(state, ctx, ip, &key, at.hash, vip, service, globals);
+                // SAFETY: a tail call into the new-flow program, which the controller puts in
+                // its slot before attaching; on success it does not return. The packet is
+                // as it came.
+                unsafe { NEW_FLOW.tail_call(ctx, new_flow::NEW_FLOW_SLOT) };
+                return Verdict::drop(reason::DROP_INTERNAL);
             }
         }
     }
-
-    let new_flow = pinned.is_none();
-    let (id, backend, snat_port) = match pinned {
-        Some(p) => p,
-        None => match choose::backend(service, &key) {
-            Some((id, backend)) => {
-                let snat_port = if dsr {
-                    0
-                } else {
-                    let client_hop = mirror_hop(
-                        ip,
-                        src,
-                        ctx.ingress_ifindex() as u32,
-                        globals.fib_generation,
-                    );
-                    let ports = (globals.snat_port_min, globals.snat_port_max);
-                    match choose::snat_port(
-                        &key,
-                        vip,
-                        id,
-                        &backend,
-                        service.service,
-                        &client_hop,
-                        ports,
-                    ) {
-                        Ok(port) => port,
-                        Err(why) => return Verdict::drop(why),
-                    }
-                };
-                let flow = Flow {
-                    backend: id,
-                    snat_port,
-                    _pad: 0,
-                };
-                if FLOWS.insert(key, flow, 0).is_err() {
-                    return Verdict::drop(reason::DROP_MAP_UPDATE);
-                }
-                (id, backend, snat_port)
-            }
-            None => {
-                // No healthy backend: refuse at once rather than let the client time out.
-                if protocol == IPPROTO_TCP && l4.tcp_flags(ctx) & TCP_RST == 0 {
-                    return reset::send(ctx, ip, valid, &l4, service.service, 0);
-                }
-                return Verdict::drop(reason::DROP_NO_BACKEND);
-            }
-        },
+    if let Some(backend) = refuse {
+        return reset::send(ctx, ip, valid, &l4, service.service, backend);
+    }
+    let Some(chosen) = pinned else {
+        return Verdict::drop(reason::DROP_INTERNAL);
     };
+    send(ctx, ip, &l4, service, chosen, dsr, globals, new)
+}
 
+/// Rewrites and sends a client's packet to the backend `id` (with `snat_port` in nat mode).
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn send(
+    ctx: &XdpContext,
+    ip: &Ip,
+    l4: &L4,
+    service: &VipPort,
+    (id, backend, snat_port): (u32, Backend, u16),
+    dsr: bool,
+    globals: &Globals,
+    new_flow: bool,
+) -> Verdict {
+    let dst = unsafe { (*ip.hdr).dst };
     let hop = match hop::to_backend(ctx, id, &backend, dst, dsr, globals.fib_generation) {
         Ok(hop) => hop,
         Err(why) => return Verdict::drop(why),
@@ -142,7 +152,7 @@ pub fn to_backend(
         rewrite::tuple(
             ctx,
             ip.hdr,
-            &l4,
+            l4,
             &Tuple {
                 src: dst,
                 dst: backend.addr,
@@ -159,7 +169,8 @@ pub fn to_backend(
 /// A packet to a VIP on a port without a service: a backend's reply in nat mode, if it matches
 /// a translation; otherwise the host's business.
 #[inline(always)]
-pub fn reply(ctx: &XdpContext, ip: &Ip, l4: L4, protocol: u8, generation: u32) -> Verdict {
+pub fn reply(ctx: &XdpContext, ip: &Ip, l4: L4, protocol: u8, globals: &Globals) -> Verdict {
+    let generation = globals.fib_generation;
     let (src, vip) = unsafe { ((*ip.hdr).src, (*ip.hdr).dst) };
     let key = FlowKey {
         src,
@@ -169,10 +180,11 @@ pub fn reply(ctx: &XdpContext, ip: &Ip, l4: L4, protocol: u8, generation: u32) -
         protocol,
         _pad: [0; 3],
     };
-    let Some(entry) = NAT_REVERSE.get_ptr_mut(key) else {
+    let Some((entry, copy)) = table::find_nat(&key, Place::of(&key, globals.flow_mask)) else {
         return Verdict::pass(reason::PASS_VIP_OTHER);
     };
-    let nat = unsafe { *entry };
+    table::touch_nat(entry, copy.seen, globals.clock);
+    let nat = copy.nat;
     if protocol == IPPROTO_TCP {
         let flags = l4.tcp_flags(ctx);
         if flags & TCP_RST != 0 {
@@ -193,7 +205,7 @@ pub fn reply(ctx: &XdpContext, ip: &Ip, l4: L4, protocol: u8, generation: u32) -
                 ..nat.next_hop
             },
         };
-        unsafe { (*entry).next_hop = hop };
+        unsafe { (*entry).nat.next_hop = hop };
         hop
     };
     rewrite::tuple(
@@ -208,23 +220,13 @@ pub fn reply(ctx: &XdpContext, ip: &Ip, l4: L4, protocol: u8, generation: u32) -
         },
     );
     rewrite::l2(ip, &hop);
-    counters::traffic(nat.service, nat.backend, frame_len(ctx), false);
+    counters::traffic(
+        u32::from(nat.service),
+        u32::from(nat.backend),
+        frame_len(ctx),
+        false,
+    );
     transmit(ctx, ip, &hop, reason::TX_REPLY)
-}
-
-/// The hop back to the sender of this frame: its source MAC, out the interface it came in on.
-/// Stored stale (generation never current) so the first reply resolves it with the FIB.
-#[inline(always)]
-fn mirror_hop(ip: &Ip, client: u32, ifindex: u32, generation: u32) -> NextHop {
-    unsafe {
-        NextHop {
-            dst: client,
-            generation: generation.wrapping_sub(1),
-            ifindex,
-            smac: (*ip.eth).dst_addr,
-            dmac: (*ip.eth).src_addr,
-        }
-    }
 }
 
 /// Sends the rewritten frame: XDP_TX when it leaves where it came in (or stays in the VLAN it

@@ -6,12 +6,11 @@
 
 use crate::maps::BACKEND_HOPS;
 use aya_ebpf::{
-    bindings::{bpf_fib_lookup, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS},
+    bindings::{bpf_fib_lookup, xdp_md, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS},
     helpers::bpf_fib_lookup as fib_lookup,
     programs::XdpContext,
-    EbpfContext,
 };
-use core::mem::size_of;
+use core::{ffi::c_void, mem::size_of};
 use k3s_xdp_common::{reason, Backend, NextHop};
 
 const AF_INET: u8 = 2;
@@ -33,36 +32,56 @@ pub fn resolve(
     on_link: bool,
     generation: u32,
 ) -> Result<NextHop, u32> {
+    let mut hop = NextHop {
+        dst,
+        generation,
+        ..NextHop::default()
+    };
+    let addrs = (u64::from(src) << 32) | u64::from(dst);
+    match lookup(ctx.ctx, addrs, on_link as u64, &mut hop) {
+        0 => Ok(hop),
+        why => Err(why),
+    }
+}
+
+/// `resolve`'s FIB lookup, a BPF subprogram of its own: its 64-byte parameter block then lives
+/// in its own stack frame, taken only while it runs, instead of in the caller's frame for the
+/// whole program (the new-flow program's SNAT search needs that room). Fills `hop`'s
+/// interface and MAC addresses; returns 0 or the drop reason.
+#[inline(never)]
+fn lookup(ctx: *mut xdp_md, addrs: u64, on_link: u64, hop: *mut NextHop) -> u32 {
+    let (src, dst) = ((addrs >> 32) as u32, addrs as u32);
     let mut params: bpf_fib_lookup = unsafe { core::mem::zeroed() };
     params.family = AF_INET;
-    params.ifindex = ctx.ingress_ifindex() as u32;
+    // SAFETY: the program's context, valid for this run.
+    params.ifindex = unsafe { (*ctx).ingress_ifindex };
     params.__bindgen_anon_3.ipv4_src = src;
     params.__bindgen_anon_4.ipv4_dst = dst;
     let rc = unsafe {
         fib_lookup(
-            ctx.as_ptr(),
+            ctx as *mut c_void,
             &mut params,
             size_of::<bpf_fib_lookup>() as i32,
             0,
         )
     };
     if rc == BPF_FIB_LKUP_RET_NO_NEIGH as i64 {
-        return Err(reason::DROP_NO_NEIGHBOUR);
+        return reason::DROP_NO_NEIGHBOUR;
     }
     if rc != BPF_FIB_LKUP_RET_SUCCESS as i64 {
-        return Err(reason::DROP_NO_ROUTE);
+        return reason::DROP_NO_ROUTE;
     }
     // On success the kernel leaves the gateway (or `dst` itself when on-link) in ipv4_dst.
-    if on_link && unsafe { params.__bindgen_anon_4.ipv4_dst } != dst {
-        return Err(reason::DROP_NO_ROUTE);
+    if on_link != 0 && unsafe { params.__bindgen_anon_4.ipv4_dst } != dst {
+        return reason::DROP_NO_ROUTE;
     }
-    Ok(NextHop {
-        dst,
-        generation,
-        ifindex: params.ifindex,
-        smac: params.smac,
-        dmac: params.dmac,
-    })
+    // SAFETY: the caller's `NextHop`, on its stack.
+    unsafe {
+        (*hop).ifindex = params.ifindex;
+        (*hop).smac = params.smac;
+        (*hop).dmac = params.dmac;
+    }
+    0
 }
 
 /// The next hop toward backend slot `id`, from the cache (if resolved under `generation`) or

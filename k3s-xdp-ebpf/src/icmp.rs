@@ -11,18 +11,26 @@ use crate::{
         ICMP_FRAG_NEEDED,
     },
     hop,
-    maps::{BACKENDS, FLOWS},
+    maps::BACKENDS,
     parse::{self, frame_len, ptr_at, Ip, Valid},
+    table::{self, Place},
     verdict::Verdict,
 };
 use aya_ebpf::programs::XdpContext;
 use core::mem::size_of;
 use k3s_xdp_common::{
-    reason, FlowKey, VipInfo, BACKEND_FREE, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, SERVICE_DSR,
+    reason, FlowKey, Globals, VipInfo, BACKEND_FREE, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP,
+    SERVICE_DSR,
 };
 
 #[inline(always)]
-pub fn handle(ctx: &XdpContext, ip: &Ip, valid: &Valid, vip: &VipInfo, generation: u32) -> Verdict {
+pub fn handle(
+    ctx: &XdpContext,
+    ip: &Ip,
+    valid: &Valid,
+    vip: &VipInfo,
+    globals: &Globals,
+) -> Verdict {
     let icmp = match parse::icmp(ctx, valid) {
         Ok(icmp) => icmp,
         Err(why) => return Verdict::drop(why),
@@ -32,7 +40,7 @@ pub fn handle(ctx: &XdpContext, ip: &Ip, valid: &Valid, vip: &VipInfo, generatio
         return echo_reply(ip, icmp);
     }
     if icmp_type == ICMP_DEST_UNREACH && code == ICMP_FRAG_NEEDED {
-        return frag_needed(ctx, ip, valid, icmp, vip, generation);
+        return frag_needed(ctx, ip, valid, icmp, vip, globals);
     }
     Verdict::pass(reason::PASS_VIP_OTHER)
 }
@@ -72,8 +80,9 @@ fn frag_needed(
     valid: &Valid,
     icmp: *mut IcmpHdr,
     vip: &VipInfo,
-    generation: u32,
+    globals: &Globals,
 ) -> Verdict {
+    let generation = globals.fib_generation;
     let inner_l3 = valid.l4 + size_of::<IcmpHdr>();
     let Some(inner) = ptr_at::<Ipv4Hdr>(ctx, inner_l3) else {
         return Verdict::drop(reason::DROP_TRUNCATED);
@@ -105,10 +114,10 @@ fn frag_needed(
         protocol,
         _pad: [0; 3],
     };
-    let Some(flow) = (unsafe { FLOWS.get(key) }) else {
+    let Some(flow) = table::find_flow(&key, Place::of(&key, globals.flow_mask), globals.clock)
+    else {
         return Verdict::pass(reason::PASS_VIP_OTHER);
     };
-    let flow = *flow;
     let Some(backend) = BACKENDS.get(flow.backend) else {
         return Verdict::pass(reason::PASS_VIP_OTHER);
     };

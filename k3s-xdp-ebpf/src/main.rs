@@ -19,9 +19,11 @@ mod headers;
 mod hop;
 mod icmp;
 mod maps;
+mod new_flow;
 mod parse;
 mod reset;
 mod rewrite;
+mod table;
 mod verdict;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
@@ -31,6 +33,20 @@ use verdict::Verdict;
 #[xdp]
 pub fn k3s_xdp(ctx: XdpContext) -> u32 {
     run(&ctx)
+}
+
+/// The second half of a new flow's path (see `new_flow.rs`): tail-called by `k3s_xdp`, it
+/// chooses and records the flow's backend, then tail-calls `k3s_xdp` again. Never attached.
+#[xdp]
+pub fn k3s_xdp_new_flow(ctx: XdpContext) -> u32 {
+    if let Some(state) = new_flow::state() {
+        new_flow::decide(state);
+        // SAFETY: a tail call into the first half, which the controller puts in its slot
+        // before attaching; on success it does not return.
+        unsafe { maps::NEW_FLOW.tail_call(&ctx, new_flow::FIRST_HALF_SLOT) };
+    }
+    counters::count(reason::DROP_INTERNAL);
+    xdp_action::XDP_DROP
 }
 
 #[inline(always)]
@@ -67,10 +83,10 @@ fn process(ctx: &XdpContext) -> Verdict {
             };
             match choose::service(vip, l4.dport, protocol) {
                 Some(service) => forward::to_backend(ctx, &ip, &valid, l4, vip, &service, &globals),
-                None => forward::reply(ctx, &ip, l4, protocol, globals.fib_generation),
+                None => forward::reply(ctx, &ip, l4, protocol, &globals),
             }
         }
-        IPPROTO_ICMP => icmp::handle(ctx, &ip, &valid, vip, globals.fib_generation),
+        IPPROTO_ICMP => icmp::handle(ctx, &ip, &valid, vip, &globals),
         _ => Verdict::pass(reason::PASS_VIP_OTHER),
     }
 }

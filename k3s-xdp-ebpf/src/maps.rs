@@ -1,13 +1,14 @@
 //! The maps the controller writes and the program reads. Layouts live in `k3s-xdp-common`.
 
 use aya_ebpf::{
-    btf_maps::{Array, ArrayOfMaps, LruHashMap, PerCpuArray},
+    btf_maps::{Array, ArrayOfMaps, PerCpuArray, ProgramArray},
     macros::btf_map,
 };
 use k3s_xdp_common::{
-    maglev_words, reason, Backend, BenchPacket, Flow, FlowKey, Globals, NatReverse, NextHop,
-    Traffic, VipInfo, VipSlot, VipTable, DEFAULT_FLOW_TABLE_SIZE, DEFAULT_TABLE_SIZE, MAX_BACKENDS,
-    MAX_SERVICES, VIP_SLOTS,
+    maglev_words, reason,
+    table::{buckets, slots, FlowBucket, NatSlot},
+    Backend, BenchPacket, Globals, NextHop, Traffic, VipInfo, VipSlot, VipTable,
+    DEFAULT_FLOW_TABLE_SIZE, DEFAULT_TABLE_SIZE, MAX_BACKENDS, MAX_SERVICES, VIP_SLOTS,
 };
 
 /// Flags of the inner Maglev tables, which the controller must create with the same flags:
@@ -48,22 +49,30 @@ pub static MAGLEV: ArrayOfMaps<
     { MAX_SERVICES as usize },
 > = ArrayOfMaps::new();
 
-/// `BPF_F_NO_COMMON_LRU`: LRU lists per CPU (inserts need no global lock).
-const NO_COMMON_LRU: usize = 1 << 1;
+/// `BPF_F_MMAPABLE`: the kernel places the entries from a page boundary, so each 64-byte
+/// `NatSlot` is one cache line (and userspace could read the tables through a mapping).
+const MMAPABLE: usize = 1 << 10;
 
-/// Client → VIP tuple → backend and cached next hop.
+/// Client → VIP tuple → backend and SNAT port: a set-associative table, an array of buckets
+/// (see `k3s_xdp_common::table`); the loader sizes it from `flow_table_size`.
 #[btf_map]
-pub static FLOWS: LruHashMap<FlowKey, Flow, { DEFAULT_FLOW_TABLE_SIZE as usize }, NO_COMMON_LRU> =
-    LruHashMap::new();
+pub static FLOWS: Array<FlowBucket, { buckets(DEFAULT_FLOW_TABLE_SIZE) as usize }, MMAPABLE> =
+    Array::new();
 
-/// Backend → VIP:snat_port tuple → the client it stands for (nat mode).
+/// Backend → VIP:snat_port tuple → the client it stands for (nat mode): direct-mapped slots,
+/// as many as `FLOWS` has.
 #[btf_map]
-pub static NAT_REVERSE: LruHashMap<
-    FlowKey,
-    NatReverse,
-    { DEFAULT_FLOW_TABLE_SIZE as usize },
-    NO_COMMON_LRU,
-> = LruHashMap::new();
+pub static NAT_REVERSE: Array<NatSlot, { slots(DEFAULT_FLOW_TABLE_SIZE) as usize }, MMAPABLE> =
+    Array::new();
+
+/// The two halves of a new flow's path (see `new_flow.rs`): slot 0 `k3s_xdp_new_flow`, slot 1
+/// `k3s_xdp`. The controller fills them before attaching.
+#[btf_map]
+pub static NEW_FLOW: ProgramArray<2> = ProgramArray::new();
+
+/// A new flow's question and answer between the halves, and its SNAT port search (one per CPU), see `choose::snat_port`.
+#[btf_map]
+pub static SNAT_SEARCH: PerCpuArray<crate::choose::Probe, 1> = PerCpuArray::new();
 
 /// Packet fates, per CPU, indexed by `k3s_xdp_common::reason`.
 #[btf_map]

@@ -109,6 +109,7 @@ impl XdpHarness {
                 snat_port_max: 65535,
                 mac: [0; 6],
                 _pad: [0; 2],
+                ..Default::default()
             },
         )?;
         Ok(h)
@@ -298,20 +299,14 @@ impl Runner<'_> {
     }
 }
 
-/// Overwrites a reverse NAT entry (to stage collisions in tests).
+/// Writes a reverse NAT entry (to stage collisions in tests), last seen at `clock`.
 pub fn insert_nat_reverse(
     h: &mut XdpHarness,
     key: &k3s_xdp_common::FlowKey,
     value: &k3s_xdp_common::NatReverse,
+    clock: u32,
 ) -> Result<()> {
-    let map = h
-        .dataplane
-        .bpf_mut()
-        .map_mut(names::NAT_REVERSE)
-        .ok_or_else(|| anyhow!("no map {}", names::NAT_REVERSE))?;
-    let mut rev: aya::maps::HashMap<_, k3s_xdp_common::FlowKey, k3s_xdp_common::NatReverse> =
-        aya::maps::HashMap::try_from(map)?;
-    Ok(rev.insert(key, value, 0)?)
+    h.dataplane.store_nat_reverse(key, value, clock)
 }
 
 /// Writes a flow table entry (to stage states in tests).
@@ -320,26 +315,12 @@ pub fn insert_flow(
     key: &k3s_xdp_common::FlowKey,
     value: &k3s_xdp_common::Flow,
 ) -> Result<()> {
-    let map = h
-        .dataplane
-        .bpf_mut()
-        .map_mut(names::FLOWS)
-        .ok_or_else(|| anyhow!("no map {}", names::FLOWS))?;
-    let mut flows: aya::maps::HashMap<_, k3s_xdp_common::FlowKey, k3s_xdp_common::Flow> =
-        aya::maps::HashMap::try_from(map)?;
-    Ok(flows.insert(key, value, 0)?)
+    h.dataplane.store_flow(key, value, 0)
 }
 
-/// Removes a flow table entry (as LRU eviction would).
+/// Removes a flow table entry (as an eviction would).
 pub fn remove_flow(h: &mut XdpHarness, key: &k3s_xdp_common::FlowKey) -> Result<()> {
-    let map = h
-        .dataplane
-        .bpf_mut()
-        .map_mut(names::FLOWS)
-        .ok_or_else(|| anyhow!("no map {}", names::FLOWS))?;
-    let mut flows: aya::maps::HashMap<_, k3s_xdp_common::FlowKey, k3s_xdp_common::Flow> =
-        aya::maps::HashMap::try_from(map)?;
-    Ok(flows.remove(key)?)
+    h.dataplane.remove_flow(key)
 }
 
 /// MAC of the LB interface in the FIB lab.

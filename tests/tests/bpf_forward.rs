@@ -775,7 +775,7 @@ fn snat_port_collisions_step_to_the_next_port() {
         .unwrap()
         .expect("translation recorded");
     other.client_port = 1u16.to_be();
-    k3s_xdp_tests::bpf::insert_nat_reverse(&mut h, &rev_key, &other).unwrap();
+    k3s_xdp_tests::bpf::insert_nat_reverse(&mut h, &rev_key, &other, 0).unwrap();
     k3s_xdp_tests::bpf::remove_flow(&mut h, &key(agent(1, 40100), vip, IPPROTO_TCP)).unwrap();
     let again = transmitted(&mut h, &packet::tcp_syn(agent(1, 40100), vip));
     assert_eq!(
@@ -950,6 +950,7 @@ fn vip_packets_for_another_mac_are_not_forwarded() {
             snat_port_max: 65535,
             mac: LAB_LB_MAC,
             _pad: [0; 2],
+            ..Default::default()
         },
     )
     .unwrap();
@@ -1145,5 +1146,130 @@ fn packets_in_flight_see_the_old_or_the_new_publication_never_a_mix() {
     assert!(
         old > 0 && new > 0,
         "packets ran under both publications ({old} old, {new} new)"
+    );
+}
+
+/// Sets the data plane's clock (seconds; the controller ticks it), keeping the lab's settings.
+fn set_clock(h: &mut XdpHarness, clock: u32) {
+    k3s_xdp::dataplane::write_globals(
+        &mut h.dataplane,
+        &k3s_xdp_common::Globals {
+            fib_generation: 1,
+            snat_port_min: 1024,
+            snat_port_max: 65535,
+            clock,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+}
+
+#[test]
+fn a_full_reverse_nat_table_gives_new_flows_the_translations_seen_longest_ago() {
+    if !have_root() {
+        eprintln!("skipped: BPF_PROG_TEST_RUN needs root (run `cargo xtask test`)");
+        return;
+    }
+    // 1024 translations at most, none closing and none idle (300 s): without taking over
+    // live translations, new flows would be refused once the table fills.
+    let mut h = XdpHarness::with_config_in_lab_sized(CONFIG, 1024).unwrap();
+    let vip = sock(VIP, 6443);
+    let client = |batch: u8, i: u16| sock(Ipv4Addr::new(203, 0, 113, batch), 20000 + i);
+    let open = |h: &mut XdpHarness, batch: u8, count: u16| -> Vec<(SocketAddrV4, Frame)> {
+        (0..count)
+            .map(|i| {
+                let c = client(batch, i);
+                (c, transmitted(h, &packet::tcp_syn(c, vip)))
+            })
+            .collect()
+    };
+    set_clock(&mut h, 10);
+    let old = open(&mut h, 1, 700);
+    set_clock(&mut h, 200);
+    let recent = open(&mut h, 2, 300);
+    set_clock(&mut h, 250);
+    let newest = open(&mut h, 3, 100);
+    assert_eq!(
+        h.reason(reason::DROP_SNAT_EXHAUSTED).unwrap(),
+        0,
+        "{:?}",
+        nonzero(&h)
+    );
+    assert_eq!(h.reason(reason::TX_FORWARD).unwrap(), 1100);
+
+    // Does the backend's reply to a flow's translation still reach that flow's client?
+    let answers = |h: &mut XdpHarness, (c, fwd): &(SocketAddrV4, Frame)| -> bool {
+        let (backend, port) = (fwd.ip().unwrap().dst, fwd.tcp().unwrap().sport);
+        let mut reply = packet::tcp(sock(backend, 6443), sock(VIP, port), TCP_SYN | TCP_ACK);
+        reply.eth_src = lab_mac(backend);
+        reply.eth_dst = LAB_LB_MAC;
+        let out = run(h, &reply);
+        let to = out
+            .frame()
+            .ok()
+            .and_then(|f| Some((f.ip()?.dst, f.tcp()?.dport)));
+        out.action == XDP_TX && to == Some((*c.ip(), c.port()))
+    };
+    let kept = |h: &mut XdpHarness, flows: &[(SocketAddrV4, Frame)]| {
+        flows.iter().filter(|f| answers(h, f)).count()
+    };
+    let (kept_newest, kept_recent, kept_old) = (
+        kept(&mut h, &newest),
+        kept(&mut h, &recent),
+        kept(&mut h, &old),
+    );
+    assert_eq!(kept_newest, 100, "every new flow got a translation");
+    // Each full search takes over the oldest of the 16 translations it tried: with the old
+    // batch still most of the table, one of them (a 2^-16 chance that none is old).
+    assert_eq!(
+        kept_recent, 300,
+        "translations seen at 200 s are kept over older ones"
+    );
+    assert!(
+        kept_old <= 700 - 100 + 1024 - 1000,
+        "the new flows took old translations: {kept_old} of 700 old ones left"
+    );
+    assert!(
+        kept_old >= 400,
+        "only as many as needed: {kept_old} of 700 old ones left"
+    );
+}
+
+#[test]
+fn a_translation_unseen_for_five_minutes_is_taken_over_and_its_flow_forgotten() {
+    let Some(mut h) = harness() else { return };
+    let vip = sock(VIP, 6443);
+    let a = agent(1, 40300);
+    let b = colliding_client(&h, a, vip);
+    set_clock(&mut h, 10);
+    let fwd = transmitted(&mut h, &packet::tcp_syn(a, vip));
+    let (backend, port) = (fwd.ip().unwrap().dst, fwd.tcp().unwrap().sport);
+    assert_eq!(port, first_snat_port(a, vip));
+
+    // 299 s later a's translation is still live: b goes to another port.
+    set_clock(&mut h, 10 + 299);
+    let live = transmitted(&mut h, &packet::tcp_syn(b, vip));
+    assert_ne!(
+        live.tcp().unwrap().sport,
+        port,
+        "a live translation is not taken"
+    );
+    k3s_xdp_tests::bpf::remove_flow(&mut h, &key(b, vip, IPPROTO_TCP)).unwrap();
+
+    // 300 s without a packet either way: a's client is gone, b takes the port.
+    set_clock(&mut h, 10 + 300);
+    let taken = transmitted(&mut h, &packet::tcp_syn(b, vip));
+    assert_eq!(
+        taken.tcp().unwrap().sport,
+        port,
+        "the idle translation's port is reused"
+    );
+    assert_eq!(taken.ip().unwrap().dst, backend, "same backend, same port");
+    assert!(
+        h.dataplane
+            .flow(&key(a, vip, IPPROTO_TCP))
+            .unwrap()
+            .is_none(),
+        "a's flow forgotten"
     );
 }

@@ -78,6 +78,8 @@ pub struct Controller {
     model: Model,
     probes: BTreeMap<String, Check>,
     started: Instant,
+    /// The data plane's clock as last written (`clock_at`).
+    clock: u32,
     reloads: u64,
     failed_reloads: u64,
     fib_generation: u32,
@@ -147,14 +149,30 @@ pub fn probes(config: &Config) -> Result<BTreeMap<String, Check>> {
 }
 
 /// The data plane's globals for `config`.
-fn globals(config: &Config, fib_generation: u32, mac: [u8; 6]) -> k3s_xdp_common::Globals {
+fn globals(
+    config: &Config,
+    fib_generation: u32,
+    mac: [u8; 6],
+    clock: u32,
+) -> k3s_xdp_common::Globals {
     k3s_xdp_common::Globals {
         fib_generation,
         snat_port_min: config.snat_port_min,
         snat_port_max: config.snat_port_max,
         mac,
         _pad: [0; 2],
+        clock,
+        // Filled in by `write_globals`, which knows the tables' size.
+        flow_mask: 0,
     }
+}
+
+/// The data plane's coarse clock at `now`: whole seconds since the controller started, from 1
+/// (0 means "no clock" to the program).
+fn clock_at(started: Instant, now: Instant) -> u32 {
+    u32::try_from(now.saturating_duration_since(started).as_secs())
+        .unwrap_or(u32::MAX - 1)
+        .saturating_add(1)
 }
 
 impl Controller {
@@ -171,7 +189,7 @@ impl Controller {
         let now = Instant::now();
         let model = Model::new(&config, now);
         let fib_generation = 1;
-        dataplane::write_globals(&mut dp, &globals(&config, fib_generation, mac))?;
+        dataplane::write_globals(&mut dp, &globals(&config, fib_generation, mac, 1))?;
         let attached = dp.attachment().is_some();
         let (health, health_rx) = watch::channel(Health {
             healthy_backends: model.healthy_backends(),
@@ -188,6 +206,7 @@ impl Controller {
             model,
             probes,
             started: now,
+            clock: 1,
             reloads: 0,
             failed_reloads: 0,
             fib_generation,
@@ -227,10 +246,11 @@ impl Controller {
     pub async fn run(&mut self, mut rx: mpsc::Receiver<Event>) -> &'static str {
         loop {
             let now = Instant::now();
+            let tick = self.started + Duration::from_secs(u64::from(self.clock));
             let wake = self
                 .model
                 .next_deadline(now)
-                .unwrap_or(now + Duration::from_secs(3600));
+                .map_or(tick, |deadline| deadline.min(tick));
             tokio::select! {
                 event = rx.recv() => {
                     let Some(event) = event else { return "all event senders gone" };
@@ -241,6 +261,7 @@ impl Controller {
                 _ = tokio::time::sleep_until(wake.into()) => {}
             }
             let now = Instant::now();
+            self.tick_clock(now);
             self.start_due_checks(now);
             // Slowstart steps and check results change weights: publish what changed.
             if let Err(e) = self.publish(now) {
@@ -309,8 +330,7 @@ impl Controller {
             Event::Vrrp(v) => self.vrrp = Some(*v),
             Event::FibChanged => {
                 self.fib_generation = self.fib_generation.wrapping_add(1).max(1);
-                let globals = globals(&self.config, self.fib_generation, self.mac);
-                if let Err(e) = dataplane::write_globals(&mut self.dp, &globals) {
+                if let Err(e) = self.write_globals() {
                     error!("updating the FIB generation: {e:#}");
                 }
             }
@@ -425,7 +445,7 @@ impl Controller {
             }
             self.config = new;
             if snat_changed {
-                let _ = self.handle_fib_like_globals();
+                let _ = self.write_globals();
             }
             let mut summary = if changes.is_empty() {
                 "configuration reloaded: no change".to_string()
@@ -463,11 +483,23 @@ impl Controller {
         result
     }
 
-    fn handle_fib_like_globals(&mut self) -> Result<()> {
+    fn write_globals(&mut self) -> Result<()> {
         dataplane::write_globals(
             &mut self.dp,
-            &globals(&self.config, self.fib_generation, self.mac),
+            &globals(&self.config, self.fib_generation, self.mac, self.clock),
         )
+    }
+
+    /// Advances the data plane's clock when a second has passed (flows record when they were
+    /// last seen by it; see `k3s_xdp_common::table`).
+    fn tick_clock(&mut self, now: Instant) {
+        let clock = clock_at(self.started, now);
+        if clock != self.clock {
+            self.clock = clock;
+            if let Err(e) = self.write_globals() {
+                error!("advancing the data plane's clock: {e:#}");
+            }
+        }
     }
 
     /// Makes the data plane match the model; logs services that lost or regained backends.
@@ -621,3 +653,22 @@ pub async fn ask(events: &mpsc::Sender<Event>, request: Request) -> Result<Respo
 
 /// A shared handle that only the daemon's pieces use.
 pub type Events = Arc<mpsc::Sender<Event>>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_data_plane_clock_counts_whole_seconds_from_one() {
+        let started = Instant::now();
+        let at = |ms| clock_at(started, started + Duration::from_millis(ms));
+        assert_eq!(at(0), 1, "0 would mean no clock to the program");
+        assert_eq!(at(999), 1);
+        assert_eq!(at(1000), 2);
+        assert_eq!(at(301_500), 302);
+        // Never before the start, never past the largest value.
+        assert_eq!(clock_at(started + Duration::from_secs(5), started), 1);
+        let far = started + Duration::from_secs(u64::from(u32::MAX) + 10);
+        assert_eq!(clock_at(started, far), u32::MAX);
+    }
+}

@@ -17,11 +17,16 @@ pub use publish::{
 
 use anyhow::{anyhow, Context, Result};
 use aya::{
-    maps::{HashMap, MapData, PerCpuArray},
+    maps::{Array, MapData, PerCpuArray, ProgramArray},
     programs::{xdp::XdpLink, Xdp, XdpMode},
     Ebpf, EbpfLoader,
 };
-use k3s_xdp_common::{names, reason, Flow, FlowKey, NatReverse, Traffic};
+use k3s_xdp_common::{
+    hash::flow_hash,
+    names, reason,
+    table::{self, bucket_index, nat_index, FlowBucket, FlowSlot, NatSlot},
+    Flow, FlowKey, Globals, NatReverse, Traffic,
+};
 use std::fmt;
 
 /// How the program ended up attached.
@@ -58,6 +63,8 @@ pub enum AttachPolicy {
 pub struct Dataplane {
     bpf: Ebpf,
     attached: Option<Attached>,
+    /// Buckets of the flow tables minus one (see `k3s_xdp_common::table`).
+    flow_mask: u32,
 }
 
 struct Attached {
@@ -77,22 +84,55 @@ pub struct LoadOptions {
 impl Dataplane {
     /// Loads the embedded object: creates the maps and verifies the programs.
     pub fn load(options: LoadOptions) -> Result<Self> {
+        let buckets = table::buckets(options.flow_table_size);
         let mut bpf = EbpfLoader::new()
-            .map_max_entries(names::FLOWS, options.flow_table_size)
-            .map_max_entries(names::NAT_REVERSE, options.flow_table_size)
+            .map_max_entries(names::FLOWS, buckets)
+            .map_max_entries(names::NAT_REVERSE, table::slots(options.flow_table_size))
             .load(BPF_OBJECT)
             .context("cannot load the XDP object into the kernel (needs root, or CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN)")?;
-        for name in [names::PROGRAM, names::PASS_PROGRAM, names::FLOOR_PROGRAM] {
+        for name in [
+            names::PROGRAM,
+            names::NEW_FLOW_PROGRAM,
+            names::PASS_PROGRAM,
+            names::FLOOR_PROGRAM,
+        ] {
             let program: &mut Xdp = bpf
                 .program_mut(name)
                 .ok_or_else(|| anyhow!("the XDP object has no program `{name}`"))?
                 .try_into()?;
             program.load().map_err(|e| verifier_error(name, e))?;
         }
-        Ok(Self {
+        // A new flow's two halves tail-call each other (slot 0: the second half, slot 1: the
+        // main program): in place before any packet.
+        let mut halves = Vec::new();
+        for name in [names::NEW_FLOW_PROGRAM, names::PROGRAM] {
+            let program: &Xdp = bpf
+                .program(name)
+                .ok_or_else(|| anyhow!("the XDP object has no program `{name}`"))?
+                .try_into()?;
+            halves.push(program.fd()?.try_clone()?);
+        }
+        let mut jump: ProgramArray<_> = ProgramArray::try_from(
+            bpf.map_mut(names::NEW_FLOW)
+                .ok_or_else(|| anyhow!("the XDP object has no map `{}`", names::NEW_FLOW))?,
+        )?;
+        for (slot, fd) in halves.iter().enumerate() {
+            jump.set(slot as u32, fd, 0)
+                .context("cannot install the new-flow programs in their tail-call slots")?;
+        }
+        let mut dp = Self {
             bpf,
             attached: None,
-        })
+            flow_mask: table::buckets(options.flow_table_size) - 1,
+        };
+        // The program finds flow slots with the mask: it is in place before any packet.
+        publish::write_globals(&mut dp, &Globals::default())?;
+        Ok(dp)
+    }
+
+    /// Buckets of the flow tables minus one, which every write of `Globals` carries.
+    pub fn flow_mask(&self) -> u32 {
+        self.flow_mask
     }
 
     /// Attaches the main program to `iface`, per `policy`; returns the mode that worked.
@@ -195,6 +235,12 @@ impl Dataplane {
             .ok_or_else(|| anyhow!("the XDP object has no map {name}"))
     }
 
+    fn map_mut(&mut self, name: &str) -> Result<&mut aya::maps::Map> {
+        self.bpf
+            .map_mut(name)
+            .ok_or_else(|| anyhow!("the XDP object has no map {name}"))
+    }
+
     /// Traffic of service slot `slot`, summed over CPUs.
     pub fn service_traffic(&self, slot: u32) -> Result<Traffic> {
         self.traffic(names::SERVICE_STATS, slot)
@@ -219,29 +265,73 @@ impl Dataplane {
 
     /// The flow table entry of a client → VIP tuple.
     pub fn flow(&self, key: &FlowKey) -> Result<Option<Flow>> {
-        let flows: HashMap<&MapData, FlowKey, Flow> = HashMap::try_from(self.map(names::FLOWS)?)?;
-        lookup(&flows, key)
+        let hash = flow_hash(key);
+        let bucket: FlowBucket = self.bucket(names::FLOWS, hash)?;
+        Ok(bucket
+            .slots
+            .iter()
+            .find(|s| s.holds(key, hash))
+            .map(|s| s.flow))
     }
 
     /// The reverse NAT entry of a backend → VIP:snat_port tuple.
     pub fn nat_reverse(&self, key: &FlowKey) -> Result<Option<NatReverse>> {
-        let rev: HashMap<&MapData, FlowKey, NatReverse> =
-            HashMap::try_from(self.map(names::NAT_REVERSE)?)?;
-        lookup(&rev, key)
+        Ok(self.nat_slot(key)?.map(|s| s.nat))
     }
 
-    /// Entries in the flow table now (walks the table: for status, not for hot paths).
-    pub fn flow_count(&self) -> Result<usize> {
-        let flows: HashMap<&MapData, FlowKey, Flow> = HashMap::try_from(self.map(names::FLOWS)?)?;
-        Ok(flows.keys().filter(|k| k.is_ok()).count())
+    /// The reverse NAT slot of a backend → VIP:snat_port tuple (with when it was last seen).
+    pub fn nat_slot(&self, key: &FlowKey) -> Result<Option<NatSlot>> {
+        let hash = flow_hash(key);
+        let map: Array<&MapData, NatSlot> = Array::try_from(self.map(names::NAT_REVERSE)?)?;
+        let slot = map.get(&nat_index(hash, self.flow_mask), 0)?;
+        Ok(slot.holds(key, hash).then_some(slot))
     }
-}
 
-fn lookup<V: aya::Pod>(map: &HashMap<&MapData, FlowKey, V>, key: &FlowKey) -> Result<Option<V>> {
-    match map.get(key, 0) {
-        Ok(v) => Ok(Some(v)),
-        Err(aya::maps::MapError::KeyNotFound) => Ok(None),
-        Err(e) => Err(e.into()),
+    /// Writes a flow entry, last seen at `clock`, where the program would look for it
+    /// (tests use it to stage states): in the slot holding the key, else the first free one,
+    /// else the first.
+    pub fn store_flow(&mut self, key: &FlowKey, flow: &Flow, clock: u32) -> Result<()> {
+        let hash = flow_hash(key);
+        let mut bucket: FlowBucket = self.bucket(names::FLOWS, hash)?;
+        let way = bucket
+            .slots
+            .iter()
+            .position(|s| s.holds(key, hash))
+            .or_else(|| bucket.slots.iter().position(|s| s.seal == 0))
+            .unwrap_or(0);
+        bucket.slots[way] = FlowSlot::new(*key, hash, *flow, clock);
+        self.set_bucket(names::FLOWS, hash, bucket)
+    }
+
+    /// Writes a reverse NAT entry, last seen at `clock`, into its slot (tests stage
+    /// collisions).
+    pub fn store_nat_reverse(&mut self, key: &FlowKey, nat: &NatReverse, clock: u32) -> Result<()> {
+        let hash = flow_hash(key);
+        let index = nat_index(hash, self.flow_mask);
+        let mut map: Array<&mut MapData, NatSlot> =
+            Array::try_from(self.map_mut(names::NAT_REVERSE)?)?;
+        Ok(map.set(index, NatSlot::new(*key, hash, *nat, clock), 0)?)
+    }
+
+    /// Clears the flow entry of `key`, if any (as an eviction would).
+    pub fn remove_flow(&mut self, key: &FlowKey) -> Result<()> {
+        let hash = flow_hash(key);
+        let mut bucket: FlowBucket = self.bucket(names::FLOWS, hash)?;
+        for slot in bucket.slots.iter_mut().filter(|s| s.holds(key, hash)) {
+            *slot = FlowSlot::default();
+        }
+        self.set_bucket(names::FLOWS, hash, bucket)
+    }
+
+    fn bucket<B: aya::Pod>(&self, name: &str, hash: u32) -> Result<B> {
+        let map: Array<&MapData, B> = Array::try_from(self.map(name)?)?;
+        Ok(map.get(&bucket_index(hash, self.flow_mask), 0)?)
+    }
+
+    fn set_bucket<B: aya::Pod>(&mut self, name: &str, hash: u32, bucket: B) -> Result<()> {
+        let index = bucket_index(hash, self.flow_mask);
+        let mut map: Array<&mut MapData, B> = Array::try_from(self.map_mut(name)?)?;
+        Ok(map.set(index, bucket, 0)?)
     }
 }
 

@@ -453,9 +453,7 @@ pub fn vip_entries(
 }
 
 fn map_mut<'a>(dp: &'a mut Dataplane, name: &str) -> Result<&'a mut Map> {
-    dp.bpf_mut()
-        .map_mut(name)
-        .ok_or_else(|| anyhow!("the XDP object has no map {name}"))
+    dp.map_mut(name)
 }
 
 fn write_backend(dp: &mut Dataplane, slot: u32, entry: &Backend) -> Result<()> {
@@ -526,8 +524,12 @@ pub fn remove_table(dp: &mut Dataplane, slot: u32) -> Result<()> {
         .with_context(|| format!("removing the Maglev table of service slot {slot}"))
 }
 
-/// Writes the program-wide settings.
+/// Writes the program-wide settings (with the flow tables' mask, which only the loader knows).
 pub fn write_globals(dp: &mut Dataplane, globals: &Globals) -> Result<()> {
+    let globals = Globals {
+        flow_mask: dp.flow_mask(),
+        ..*globals
+    };
     let mut map: Array<&mut MapData, Globals> = Array::try_from(map_mut(dp, names::GLOBALS)?)?;
     Ok(map.set(0, globals, 0)?)
 }

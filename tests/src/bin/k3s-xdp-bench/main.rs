@@ -436,7 +436,7 @@ fn micro(summary: &mut Vec<Ratio>) -> Result<String> {
     let _ = writeln!(out, "## XDP program, ns per packet (BPF_PROG_TEST_RUN)\n");
     let _ = writeln!(
         out,
-        "{ROUNDS} interleaved rounds; in each, every case runs {REPEAT} times in one BPF_PROG_TEST_RUN (kernel's average per run). A bench entry point restores the packet before each run (so the program never sees its own output), the floor does the same restore before its MAC swap, so the difference is the cost of k3s-xdp's processing. Median of the rounds (min-max). Counters confirm every run took the measured path; the new-flow case created {new_flows} flows (a 1M-entry LRU flow table; 10 backends, so each backend's SNAT port space stays under a quarter full of these never-closed flows).\n"
+        "{ROUNDS} interleaved rounds; in each, every case runs {REPEAT} times in one BPF_PROG_TEST_RUN (kernel's average per run). A bench entry point restores the packet before each run (so the program never sees its own output), the floor does the same restore before its MAC swap, so the difference is the cost of k3s-xdp's processing. Median of the rounds (min-max). Counters confirm every run took the measured path; the new-flow case created {new_flows} flows (1M-entry flow and reverse-NAT tables; 10 backends, so each backend's SNAT port space stays under a quarter full of these never-closed flows).\n"
     );
     let _ = writeln!(
         out,
@@ -476,7 +476,7 @@ fn micro(summary: &mut Vec<Ratio>) -> Result<String> {
     }
     let _ = writeln!(
         out,
-        "\nFor scale, the issue quotes Katran at about 210-245 ns for a SYN on this machine kind, where a MAC-swap floor costs about 36 ns (6-7x the floor). That figure repeats one SYN, whose flow entry then stays hot: compare it with \"SYN repeated\". \"SYN of a new flow\" gives every run a tuple never seen, so each one inserts into 1M-entry LRU tables (flow and, in nat mode, reverse NAT): the cost of a real new connection. Nearly all of it is those kernel inserts, not the tables being cold: with 4096-entry tables, which stay in cache, a new nat flow measured +629 ns.\n"
+        "\nFor scale, the issue quotes Katran at about 210-245 ns for a SYN on this machine kind, where a MAC-swap floor costs about 36 ns (6-7x the floor). That figure repeats one SYN, whose flow entry then stays hot: compare it with \"SYN repeated\". \"SYN of a new flow\" gives every run a tuple never seen, so each one takes a slot in 1M-entry tables (flow table 32 MiB and, in nat mode, reverse NAT 64 MiB) whose cache lines are cold, with TLB misses on this VM's nested paging: the cost of a real new connection, most of it memory. Its path is also the longest: the program tail-calls its new-flow half (Maglev, SNAT port search, table writes), which tail-calls it back to forward the packet.\n"
     );
     Ok(out)
 }

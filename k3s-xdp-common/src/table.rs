@@ -1,0 +1,456 @@
+//! The flow table (`FLOWS`) and the reverse NAT table (`NAT_REVERSE`): set-associative hash
+//! tables laid out in BPF arrays, with least-recently-used replacement within a bucket.
+//!
+//! Why not the kernel's LRU hash map: every insert into it is a chain of kernel calls (pop a
+//! free node from a per-CPU list, lock the bucket, walk it, link), and a new nat flow makes two
+//! inserts. Measured with `cargo xtask bench micro`, that was +630 ns per new flow even with
+//! tables small enough to stay in the cache. An array lookup is inlined by the verifier (a bounds
+//! check and an address computation), so the program finds and fills slots itself: an
+//! established flow costs a lookup in the cache lines of one bucket, a new one writes a slot.
+//!
+//! The flow table: `buckets(size)` buckets (map entries) of `WAYS` slots; a key lives in one
+//! of the slots of the bucket `hash & mask` (`mask = buckets - 1`). A new key takes, in this
+//! order, the slot already holding it, a free slot, or the slot least recently seen (`seen`,
+//! from the controller's coarse clock in `Globals::clock`): least-recently-used replacement
+//! within a bucket, as the kernel's LRU hash does (approximately) within its lists.
+//!
+//! The reverse NAT table: as many slots, direct-mapped (`nat_index`). A slot held by a live
+//! translation makes the SNAT port search step to its next port, whose slot is elsewhere, so
+//! the port search gives it the associativity. A translation whose connection closed, or that
+//! saw no packet for `IDLE_SECS`, may be replaced. When every port the search tries is live
+//! (the table is full, or flooded with connections that never close), the one seen longest ago
+//! is replaced, as an LRU table would evict it, rather than refusing new flows until
+//! translations age out.
+//!
+//! Concurrency without locks (the BPF target has no compare-and-swap in Rust): each slot
+//! carries a `seal`, a function of its key's hash and of the value's fields that choose where
+//! a packet goes. A reader accepts a slot only if the key matches and the seal matches what it
+//! read, so a slot read while another CPU rewrites it (a torn read, in any order of the stores)
+//! is a miss, never a wrong forward; a miss makes the flow choose again, which gives the same
+//! backend while the Maglev table is unchanged. Two CPUs writing the same slot at the same
+//! instant can lose one of the two entries (as if evicted at once); the SNAT claim reads its
+//! slot back after writing to narrow that window further. `seen` and the mutable fields of a
+//! translation (`closing`, `next_hop`) are outside the seal: they are hints that a stale value
+//! cannot turn into a wrong destination (a next hop is used only for the address it names).
+
+use crate::{hash::flow_hash, Flow, FlowKey, NatReverse};
+
+/// Slots per bucket.
+pub const WAYS: u32 = 4;
+
+/// Seconds after which a translation nobody used may be taken over by a new flow even though
+/// its connection did not close (a client that vanished). Any packet of the connection, in
+/// either direction, keeps it live; TCP keepalives (15 s in Go, kubectl's language) do too.
+pub const IDLE_SECS: u32 = 300;
+
+/// Largest number of buckets: slot indexes stay within `u32`.
+const MAX_BUCKETS: u32 = 1 << 28;
+
+/// Buckets of a table asked to hold `size` entries: the power of two that gives at least
+/// `size` slots.
+pub const fn buckets(size: u32) -> u32 {
+    let wanted = size.div_ceil(WAYS);
+    if wanted <= 1 {
+        1
+    } else if wanted >= MAX_BUCKETS {
+        MAX_BUCKETS
+    } else {
+        wanted.next_power_of_two()
+    }
+}
+
+/// Slots (map entries) of a table asked to hold `size` entries.
+pub const fn slots(size: u32) -> u32 {
+    buckets(size) * WAYS
+}
+
+/// The bucket (map index) that `hash` selects.
+#[inline(always)]
+pub fn bucket_index(hash: u32, mask: u32) -> u32 {
+    hash & mask
+}
+
+/// The reverse NAT table's slot (map index) for `hash`: the reverse table is direct-mapped,
+/// with as many slots as the flow table (`buckets * WAYS`).
+#[inline(always)]
+pub fn nat_index(hash: u32, mask: u32) -> u32 {
+    hash & (mask * WAYS + (WAYS - 1))
+}
+
+/// Whether two keys are the same tuple, with one branch (the verifier explores every branch
+/// of every way of a bucket; fewer branches keep the program within its limits).
+#[inline(always)]
+pub fn same_key(a: &FlowKey, b: &FlowKey) -> bool {
+    ((a.src ^ b.src)
+        | (a.dst ^ b.dst)
+        | ((u32::from(a.sport) << 16 | u32::from(a.dport))
+            ^ (u32::from(b.sport) << 16 | u32::from(b.dport)))
+        | u32::from(a.protocol ^ b.protocol))
+        == 0
+}
+
+/// Mixes the fields that decide a packet's destination with the key's hash. Never 0, so an
+/// all-zero (never written) or cleared slot never passes. A flow slot seals
+/// `(backend, snat_port, 0)`; a translation `(client_addr, client_port << 16 | vip_port,
+/// backend << 16 | service)` (see the `seal_of` functions).
+#[inline(always)]
+pub fn seal(hash: u32, a: u32, b: u32, c: u32) -> u32 {
+    (hash
+        ^ a.wrapping_mul(0x9e37_79b1)
+        ^ b.wrapping_mul(0x85eb_ca77).rotate_left(11)
+        ^ c.wrapping_mul(0xc2b2_ae3d).rotate_left(22))
+        | 1
+}
+
+/// A bucket of `FLOWS` (one map entry): `WAYS` slots, two cache lines.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowBucket {
+    pub slots: [FlowSlot; WAYS as usize],
+}
+
+/// A slot of `FLOWS`: a client → VIP flow and where it goes. 32 bytes, two slots per cache line.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowSlot {
+    pub key: FlowKey,
+    pub flow: Flow,
+    /// See the module documentation; 0 = free.
+    pub seal: u32,
+    /// `Globals::clock` when a packet of the flow last went through.
+    pub seen: u32,
+}
+
+impl FlowSlot {
+    /// A slot holding `flow` for the key whose flow hash is `hash`.
+    #[inline(always)]
+    pub fn new(key: FlowKey, hash: u32, flow: Flow, seen: u32) -> Self {
+        FlowSlot {
+            key,
+            flow,
+            seal: Self::seal_of(hash, &flow),
+            seen,
+        }
+    }
+
+    #[inline(always)]
+    fn seal_of(hash: u32, flow: &Flow) -> u32 {
+        seal(hash, flow.backend, u32::from(flow.snat_port), 0)
+    }
+
+    /// Whether this slot holds `key` (whose flow hash is `hash`), whole.
+    #[inline(always)]
+    pub fn holds(&self, key: &FlowKey, hash: u32) -> bool {
+        same_key(&self.key, key) & (self.seal == Self::seal_of(hash, &self.flow))
+    }
+
+    /// Whether the slot holds a whole entry (for readers that do not know the key).
+    pub fn is_valid(&self) -> bool {
+        self.holds(&self.key, flow_hash(&self.key))
+    }
+}
+
+/// A slot of `NAT_REVERSE`: a backend → VIP:snat_port tuple and the client it stands for.
+/// 64 bytes: one cache line (the maps are page-aligned, `BPF_F_MMAPABLE`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NatSlot {
+    pub key: FlowKey,
+    pub nat: NatReverse,
+    /// See the module documentation; 0 = free.
+    pub seal: u32,
+    /// `Globals::clock` when a packet of the connection last went through, either way.
+    pub seen: u32,
+}
+
+impl NatSlot {
+    /// A slot holding `nat` for the reverse key whose flow hash is `hash`.
+    #[inline(always)]
+    pub fn new(key: FlowKey, hash: u32, nat: NatReverse, seen: u32) -> Self {
+        NatSlot {
+            key,
+            nat,
+            seal: Self::seal_of(hash, &nat),
+            seen,
+        }
+    }
+
+    /// The seal of a slot holding `nat` for the key whose flow hash is `hash`.
+    #[inline(always)]
+    pub fn seal_for(hash: u32, nat: &NatReverse) -> u32 {
+        Self::seal_of(hash, nat)
+    }
+
+    #[inline(always)]
+    fn seal_of(hash: u32, nat: &NatReverse) -> u32 {
+        seal(
+            hash,
+            nat.client_addr,
+            (u32::from(nat.client_port) << 16) | u32::from(nat.vip_port),
+            (u32::from(nat.backend) << 16) | u32::from(nat.service),
+        )
+    }
+
+    /// Whether this slot holds `key` (whose flow hash is `hash`), whole.
+    #[inline(always)]
+    pub fn holds(&self, key: &FlowKey, hash: u32) -> bool {
+        same_key(&self.key, key) & (self.seal == Self::seal_of(hash, &self.nat))
+    }
+
+    /// Whether the slot holds a whole entry (for readers that do not know the key).
+    pub fn is_valid(&self) -> bool {
+        self.holds(&self.key, flow_hash(&self.key))
+    }
+
+    /// Whether a new flow may take this slot although it holds a translation: its connection
+    /// closed, or nothing went through it for [`IDLE_SECS`].
+    #[inline(always)]
+    pub fn reusable(&self, clock: u32) -> bool {
+        self.nat.closed() | idle(self.seen, clock)
+    }
+}
+
+/// Whether an entry last seen at `seen` is idle at `clock` (the clock may wrap).
+#[inline(always)]
+// `&` on purpose, not `Range::contains` (`&&`): one branch less for the verifier to walk.
+#[allow(clippy::manual_range_contains)]
+pub fn idle(seen: u32, clock: u32) -> bool {
+    let age = clock.wrapping_sub(seen);
+    (age >= IDLE_SECS) & (age < u32::MAX / 2)
+}
+
+/// How much a slot is worth keeping, for replacement: the lowest rank goes first. Free (or
+/// torn) slots first, then the one seen longest ago.
+#[inline(always)]
+pub fn keep_rank(valid: bool, seen: u32, clock: u32) -> u32 {
+    if !valid {
+        0
+    } else {
+        // Age 0 (seen now) ranks highest; an entry "seen in the future" (clock restarted)
+        // counts as seen now.
+        let age = clock.wrapping_sub(seen);
+        if age > u32::MAX / 2 {
+            u32::MAX
+        } else {
+            u32::MAX - age
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use core::mem::size_of;
+
+    fn key(sport: u16) -> FlowKey {
+        FlowKey {
+            src: u32::from_be_bytes([192, 0, 2, 101]).to_be(),
+            dst: u32::from_be_bytes([192, 0, 2, 100]).to_be(),
+            sport: sport.to_be(),
+            dport: 6443u16.to_be(),
+            protocol: 6,
+            _pad: [0; 3],
+        }
+    }
+
+    fn nat() -> NatReverse {
+        NatReverse {
+            client_addr: 0x6502_00c0,
+            client_port: 40000u16.to_be(),
+            vip_port: 6443u16.to_be(),
+            backend: 3,
+            service: 1,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn slots_fit_cache_lines() {
+        assert_eq!(size_of::<FlowSlot>(), 32);
+        assert_eq!(size_of::<NatSlot>(), 64);
+        assert_eq!(size_of::<FlowBucket>(), 128);
+    }
+
+    #[test]
+    fn tables_round_up_to_whole_power_of_two_buckets() {
+        assert_eq!(buckets(0), 1);
+        assert_eq!(buckets(1), 1);
+        assert_eq!(buckets(4), 1);
+        assert_eq!(buckets(5), 2);
+        assert_eq!(buckets(16), 4);
+        assert_eq!(buckets(100), 32);
+        assert_eq!(slots(100), 128);
+        assert_eq!(slots(262_144), 262_144);
+        assert_eq!(buckets(u32::MAX), MAX_BUCKETS);
+        assert!(slots(u32::MAX) >= MAX_BUCKETS);
+        for size in [1u32, 3, 17, 1000, 262_143, 1 << 20] {
+            assert!(slots(size) >= size);
+            assert!(buckets(size).is_power_of_two());
+        }
+    }
+
+    #[test]
+    fn bucket_indexes_stay_in_the_table() {
+        let mask = buckets(100) - 1;
+        for hash in [0u32, 1, 0xffff_ffff, 0x8000_0000, 0x1234_5678] {
+            assert!(bucket_index(hash, mask) < buckets(100));
+        }
+    }
+
+    #[test]
+    fn keys_differing_in_any_field_are_different() {
+        let k = key(40000);
+        assert!(same_key(&k, &k));
+        for other in [
+            FlowKey {
+                src: k.src ^ 1,
+                ..k
+            },
+            FlowKey {
+                dst: k.dst ^ 0x100,
+                ..k
+            },
+            FlowKey {
+                sport: k.sport ^ 1,
+                ..k
+            },
+            FlowKey {
+                dport: k.dport ^ 0x8000,
+                ..k
+            },
+            FlowKey { protocol: 17, ..k },
+        ] {
+            assert!(!same_key(&k, &other), "{other:?}");
+        }
+    }
+
+    #[test]
+    fn a_written_slot_holds_its_key_and_no_other() {
+        let k = key(40000);
+        let h = flow_hash(&k);
+        let flow = Flow {
+            backend: 7,
+            snat_port: 5000u16.to_be(),
+            _pad: 0,
+        };
+        let slot = FlowSlot::new(k, h, flow, 3);
+        assert!(slot.holds(&k, h));
+        assert!(slot.is_valid());
+        assert!(!slot.holds(&key(40001), flow_hash(&key(40001))));
+        assert!(!FlowSlot::default().is_valid(), "a zeroed slot is free");
+        assert!(!FlowSlot::default().holds(&FlowKey::default(), 0));
+        let mut cleared = slot;
+        cleared.seal = 0;
+        assert!(!cleared.holds(&k, h));
+        // `seen` is outside the seal.
+        let mut refreshed = slot;
+        refreshed.seen = 99;
+        assert!(refreshed.holds(&k, h));
+    }
+
+    /// The point of the seal: a slot read while another CPU rewrites it, whatever mix of
+    /// the old and the new fields the reader sees, is either one of the two entries whole or
+    /// rejected. Checked over every mix of the old and new words of a flow slot.
+    #[test]
+    fn a_torn_flow_slot_is_never_taken_for_a_whole_one() {
+        let (k1, k2) = (key(40000), key(40001));
+        let old = FlowSlot::new(
+            k1,
+            flow_hash(&k1),
+            Flow {
+                backend: 1,
+                snat_port: 1111,
+                _pad: 0,
+            },
+            1,
+        );
+        let new = FlowSlot::new(
+            k2,
+            flow_hash(&k2),
+            Flow {
+                backend: 2,
+                snat_port: 2222,
+                _pad: 0,
+            },
+            2,
+        );
+        let words = |s: &FlowSlot| -> [u32; 8] { unsafe { core::mem::transmute(*s) } };
+        let (a, b) = (words(&old), words(&new));
+        for mix in 0u32..256 {
+            let mut w = [0u32; 8];
+            for i in 0..8 {
+                w[i] = if mix & (1 << i) != 0 { b[i] } else { a[i] };
+            }
+            let torn: FlowSlot = unsafe { core::mem::transmute(w) };
+            for (k, whole) in [(k1, old), (k2, new)] {
+                if torn.holds(&k, flow_hash(&k)) {
+                    assert_eq!(
+                        torn.flow, whole.flow,
+                        "mix {mix:#b} passed with a foreign value"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_torn_nat_slot_is_never_taken_for_a_whole_one() {
+        let (k1, k2) = (key(1111), key(2222));
+        let old = NatSlot::new(k1, flow_hash(&k1), nat(), 1);
+        let other = NatReverse {
+            client_addr: 0x6602_00c0,
+            client_port: 40001u16.to_be(),
+            backend: 4,
+            service: 2,
+            ..nat()
+        };
+        let new = NatSlot::new(k2, flow_hash(&k2), other, 2);
+        let words = |s: &NatSlot| -> [u32; 16] { unsafe { core::mem::transmute(*s) } };
+        let (a, b) = (words(&old), words(&new));
+        for mix in 0u32..(1 << 16) {
+            let mut w = [0u32; 16];
+            for i in 0..16 {
+                w[i] = if mix & (1 << i) != 0 { b[i] } else { a[i] };
+            }
+            let torn: NatSlot = unsafe { core::mem::transmute(w) };
+            for (k, whole) in [(k1, old), (k2, new)] {
+                if torn.holds(&k, flow_hash(&k)) {
+                    assert_eq!(torn.nat.client_addr, whole.nat.client_addr, "mix {mix:#x}");
+                    assert_eq!(torn.nat.client_port, whole.nat.client_port, "mix {mix:#x}");
+                    assert_eq!(torn.nat.vip_port, whole.nat.vip_port, "mix {mix:#x}");
+                    assert_eq!(torn.nat.backend, whole.nat.backend, "mix {mix:#x}");
+                    assert_eq!(torn.nat.service, whole.nat.service, "mix {mix:#x}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn translations_become_reusable_when_closed_or_idle() {
+        let k = key(1111);
+        let slot = NatSlot::new(k, flow_hash(&k), nat(), 100);
+        assert!(!slot.reusable(100));
+        assert!(!slot.reusable(100 + IDLE_SECS - 1));
+        assert!(slot.reusable(100 + IDLE_SECS));
+        // A clock behind the entry (restarted) does not make it idle.
+        assert!(!slot.reusable(50));
+        let mut closed = slot;
+        closed.nat.closing = crate::NAT_RESET;
+        assert!(closed.reusable(100));
+        // Across the clock's wrap.
+        let wrapped = NatSlot::new(k, flow_hash(&k), nat(), u32::MAX - 10);
+        assert!(!wrapped.reusable(5));
+        assert!(wrapped.reusable(IDLE_SECS));
+    }
+
+    #[test]
+    fn replacement_takes_free_slots_first_then_the_least_recently_seen() {
+        let clock = 1000;
+        assert_eq!(keep_rank(false, 999, clock), 0);
+        assert!(keep_rank(true, 10, clock) < keep_rank(true, 500, clock));
+        assert!(keep_rank(true, 500, clock) < keep_rank(true, 1000, clock));
+        assert!(keep_rank(false, 1000, clock) < keep_rank(true, 0, clock));
+        // Seen "after" the clock (the controller restarted its clock): kept like a fresh one.
+        assert_eq!(keep_rank(true, 2000, clock), u32::MAX);
+    }
+}

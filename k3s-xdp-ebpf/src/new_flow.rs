@@ -1,0 +1,156 @@
+//! A new flow, in two programs. `k3s_xdp` (the first half) handles every packet; when a packet
+//! starts a flow, it writes the question (the flow, its service, the SNAT settings, the hop
+//! back to the client) into this CPU's `SNAT_SEARCH` entry and tail-calls `k3s_xdp_new_flow`
+//! (the second half). That one chooses the backend with Maglev, claims the SNAT port (nat
+//! mode), records the flow, writes the answer next to the question, and tail-calls `k3s_xdp`
+//! again, which reads the answer and forwards the packet as it forwards any other.
+//!
+//! Why two programs: the choice needs the SNAT search's bpf_loop, whose callback's stack is
+//! stacked on its caller's; the second half does nothing else, so its own frame is small and
+//! the 512 bytes suffice. Each half also gets its own verifier budget. The cost is two tail
+//! calls and a second parse, paid by a flow's first packet only.
+//!
+//! The per-CPU entry is safe to share between the halves: XDP runs to completion on its CPU
+//! with preemption disabled, and a tail call stays in the same run. The first half reads an
+//! answer once (it clears `pending`) and only for the flow it asked about.
+
+use crate::{
+    choose::{self, Probe},
+    maps::SNAT_SEARCH,
+    parse::Ip,
+    table::{self, Place},
+};
+use aya_ebpf::programs::XdpContext;
+use k3s_xdp_common::{
+    reason, table::same_key, Backend, Flow, FlowKey, Globals, NextHop, VipInfo, VipPort,
+    MAX_PORTS_PER_VIP, SERVICE_DSR,
+};
+
+/// `NEW_FLOW` slots: the second half, and the first half it returns to.
+pub const NEW_FLOW_SLOT: u32 = 0;
+pub const FIRST_HALF_SLOT: u32 = 1;
+
+/// `Probe::outcome` of a flow whose backend was chosen and recorded.
+pub const CHOSEN: u32 = u32::MAX;
+
+const SNAT_DEFAULT_MIN: u32 = 1024;
+const SNAT_DEFAULT_MAX: u32 = 65535;
+
+/// This CPU's new-flow state.
+#[inline(always)]
+pub fn state() -> Option<*mut Probe> {
+    SNAT_SEARCH.get_ptr_mut(0)
+}
+
+/// The second half's answer for `key` when this run comes back from it: the backend slot, the
+/// backend and the SNAT port, or the reason to drop (`DROP_NO_BACKEND`: refuse). Read once.
+#[inline(always)]
+pub fn answer(state: *mut Probe, key: &FlowKey) -> Option<Result<(u32, Backend, u16), u32>> {
+    // SAFETY: this CPU's entry, valid for this run (see the module's comment).
+    unsafe {
+        if (*state).pending == 0 {
+            return None;
+        }
+        (*state).pending = 0;
+        if !same_key(&(*state).key, key) {
+            return None;
+        }
+        match (*state).outcome {
+            CHOSEN => Some(Ok(((*state).id, (*state).backend, (*state).snat_port))),
+            why => Some(Err(why)),
+        }
+    }
+}
+
+/// The first half's question about the flow `key` (flow hash `hash`) of `service` on `vip`.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+pub fn ask(
+    state: *mut Probe,
+    ctx: &XdpContext,
+    ip: &Ip,
+    key: &FlowKey,
+    hash: u32,
+    vip: &VipInfo,
+    service: &VipPort,
+    globals: &Globals,
+) {
+    let (mut min, mut max) = (SNAT_DEFAULT_MIN, SNAT_DEFAULT_MAX);
+    if globals.snat_port_min != 0 && globals.snat_port_min <= globals.snat_port_max {
+        min = u32::from(globals.snat_port_min);
+        max = u32::from(globals.snat_port_max);
+    }
+    // SAFETY: this CPU's entry, valid for this run; the frame's Ethernet header was checked
+    // by the parser.
+    unsafe {
+        (*state).pending = 0;
+        (*state).key = *key;
+        (*state).flow_hash = hash;
+        (*state).service = *service;
+        (*state).entry.client_addr = key.src;
+        (*state).entry.client_port = key.sport;
+        (*state).entry.vip_port = key.dport;
+        (*state).entry.closing = 0;
+        // The hop back to the client: the mirror of its frame, out the interface it came in
+        // on, stored stale (generation never current) so the first reply resolves it with
+        // the FIB.
+        (*state).entry.next_hop = NextHop {
+            dst: key.src,
+            generation: globals.fib_generation.wrapping_sub(1),
+            ifindex: ctx.ingress_ifindex() as u32,
+            smac: (*ip.eth).dst_addr,
+            dmac: (*ip.eth).src_addr,
+        };
+        (*state).min = min;
+        (*state).span = max - min + 1;
+        for i in 0..MAX_PORTS_PER_VIP {
+            (*state).service_ports[i] = vip.ports[i].port;
+        }
+        (*state).service_count = vip.count.min(MAX_PORTS_PER_VIP as u32);
+        (*state).clock = globals.clock;
+        (*state).mask = globals.flow_mask;
+    }
+}
+
+/// The second half: chooses the backend of the flow in `state`, claims its SNAT port (nat
+/// mode), records the flow, and leaves the answer.
+#[inline(always)]
+pub fn decide(state: *mut Probe) {
+    // SAFETY: this CPU's entry, valid for this run.
+    unsafe {
+        let outcome = match choose::backend(&(*state).service, (*state).flow_hash) {
+            None => reason::DROP_NO_BACKEND,
+            Some((id, backend)) => {
+                let port = if (*state).service.flags & SERVICE_DSR != 0 {
+                    Ok(0)
+                } else {
+                    choose::snat_port(state, id, &backend)
+                };
+                match port {
+                    Err(why) => why,
+                    Ok(port) => {
+                        let flow = Flow {
+                            backend: id,
+                            snat_port: port,
+                            _pad: 0,
+                        };
+                        let at = Place {
+                            hash: (*state).flow_hash,
+                            mask: (*state).mask,
+                        };
+                        if table::store_flow(&(*state).key, at, flow, (*state).clock) {
+                            (*state).id = id;
+                            (*state).backend = backend;
+                            (*state).snat_port = port;
+                            CHOSEN
+                        } else {
+                            reason::DROP_MAP_UPDATE
+                        }
+                    }
+                }
+            }
+        };
+        (*state).outcome = outcome;
+        (*state).pending = 1;
+    }
+}

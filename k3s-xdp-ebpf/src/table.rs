@@ -1,0 +1,292 @@
+//! Finding, filling and clearing slots of the flow table and the reverse NAT table. The layout,
+//! the replacement rule and why a torn slot is never taken for a whole one are in
+//! `k3s_xdp_common::table`. Every read copies the slot first and checks the copy, so what
+//! the program acts on is what it checked. The code keeps branches few (one per way where it
+//! can): the verifier walks every path through every way.
+
+use crate::maps::{FLOWS, NAT_REVERSE};
+use k3s_xdp_common::{
+    hash::flow_hash,
+    table::{
+        bucket_index, idle, keep_rank, nat_index, same_key, FlowBucket, FlowSlot, NatSlot, WAYS,
+    },
+    Flow, FlowKey, NatReverse,
+};
+
+/// Where a key lives: its flow hash and the tables' bucket mask.
+#[derive(Clone, Copy)]
+pub struct Place {
+    pub hash: u32,
+    pub mask: u32,
+}
+
+impl Place {
+    #[inline(always)]
+    pub fn of(key: &FlowKey, mask: u32) -> Self {
+        Place {
+            hash: flow_hash(key),
+            mask,
+        }
+    }
+
+    #[inline(always)]
+    fn index(&self) -> u32 {
+        bucket_index(self.hash, self.mask)
+    }
+}
+
+/// A slot of a bucket: the bucket and the way.
+#[inline(always)]
+fn flow_slot(bucket: *mut FlowBucket, way: u32) -> *mut FlowSlot {
+    // SAFETY: `way < WAYS` (callers pass loop indexes or checked values); in bounds of the
+    // bucket, a map value valid for this run.
+    unsafe {
+        (*bucket)
+            .slots
+            .as_mut_ptr()
+            .add((way & (WAYS - 1)) as usize)
+    }
+}
+
+/// Reads a flow slot's fields once each (a copy in registers, not on the stack).
+#[inline(always)]
+fn load_flow(slot: *const FlowSlot) -> FlowSlot {
+    // SAFETY: a map value valid for this run; each field read once, so the checks and the use
+    // see the same values.
+    unsafe { core::ptr::read_volatile(slot) }
+}
+
+/// The flow entry of `key`, checked; records that a packet of it went through at `clock`
+/// (written only when the second changed, so established packets keep the cache line shared
+/// between CPUs). Returns no pointer into the bucket: which way held the key must not outlive
+/// the loop, or the verifier would walk the rest of the program once per way.
+#[inline(always)]
+pub fn find_flow(key: &FlowKey, at: Place, clock: u32) -> Option<Flow> {
+    let bucket = FLOWS.get_ptr_mut(at.index())?;
+    let mut found = None;
+    for way in 0..WAYS {
+        let slot = flow_slot(bucket, way);
+        let copy = load_flow(slot);
+        if copy.holds(key, at.hash) {
+            if copy.seen != clock {
+                // SAFETY: a map value valid for this run; `seen` is outside the seal.
+                unsafe { (*slot).seen = clock };
+            }
+            found = Some(copy.flow);
+        }
+    }
+    found
+}
+
+/// Reads one field of a map value, once.
+macro_rules! field {
+    ($e:expr) => {
+        // SAFETY: a field of a map value valid for this run.
+        unsafe { core::ptr::read_volatile(core::ptr::addr_of!($e)) }
+    };
+}
+
+/// Clears the flow entry of `key` (its seal, so no reader takes it any more) if it still goes
+/// through `backend` with `snat_port`. Reads fields one by one (registers, not stack copies):
+/// it runs inside the SNAT claim, on a small stack.
+#[inline(always)]
+pub fn clear_flow_through(key: &FlowKey, at: Place, backend: u32, snat_port: u16) {
+    let Some(bucket) = FLOWS.get_ptr_mut(at.index()) else {
+        return;
+    };
+    let seal = k3s_xdp_common::table::seal(at.hash, backend, u32::from(snat_port), 0);
+    for way in 0..WAYS {
+        let slot = flow_slot(bucket, way);
+        let same = (field!((*slot).seal) == seal) & same_key(&field!((*slot).key), key);
+        if same {
+            // SAFETY: a map value valid for this run.
+            unsafe { (*slot).seal = 0 };
+        }
+    }
+}
+
+/// Clears the flow entry of `key`, whatever it holds.
+#[inline(always)]
+pub fn clear_flow(key: &FlowKey, at: Place) {
+    let Some(bucket) = FLOWS.get_ptr_mut(at.index()) else {
+        return;
+    };
+    for way in 0..WAYS {
+        let slot = flow_slot(bucket, way);
+        if load_flow(slot).holds(key, at.hash) {
+            // SAFETY: a map value valid for this run.
+            unsafe { (*slot).seal = 0 };
+        }
+    }
+}
+
+/// Stores `flow` for `key`: in the slot that holds it, a free one, or the least recently seen
+/// of its bucket. False only if the table cannot be reached (no bucket at the mask's index).
+#[inline(always)]
+pub fn store_flow(key: &FlowKey, at: Place, flow: Flow, clock: u32) -> bool {
+    let Some(bucket) = FLOWS.get_ptr_mut(at.index()) else {
+        return false;
+    };
+    let mut victim = 0;
+    let mut lowest = u32::MAX;
+    for way in 0..WAYS {
+        let copy = load_flow(flow_slot(bucket, way));
+        // The slot holding the key ranks below everything; a free one below any taken one.
+        let rank = if copy.holds(key, at.hash) {
+            0
+        } else {
+            keep_rank(copy.seal != 0, copy.seen, clock).max(1)
+        };
+        if rank < lowest {
+            victim = way;
+            lowest = rank;
+        }
+    }
+    let entry = FlowSlot::new(*key, at.hash, flow, clock);
+    // Written from a loop over constant ways so the chosen way is dead afterwards (see
+    // `find_flow`).
+    for way in 0..WAYS {
+        if way == victim {
+            // SAFETY: a map value valid for this run.
+            unsafe { *flow_slot(bucket, way) = entry };
+        }
+    }
+    true
+}
+
+/// The reverse NAT slot of `key`, whose flow hash is `hash`. The reverse table is
+/// direct-mapped: one slot per key, at `hash & nat_mask(mask)`; where two translations want
+/// the same slot, the second one's SNAT port search moves on to its next port, which is a slot
+/// elsewhere (the port search is the associativity).
+#[inline(always)]
+fn nat_slot(hash: u32, mask: u32) -> Option<*mut NatSlot> {
+    NAT_REVERSE.get_ptr_mut(nat_index(hash, mask))
+}
+
+/// The reverse NAT entry of `key`: the slot and the copy of it that was checked.
+#[inline(always)]
+pub fn find_nat(key: &FlowKey, at: Place) -> Option<(*mut NatSlot, NatSlot)> {
+    let slot = nat_slot(at.hash, at.mask)?;
+    // SAFETY: a map value valid for this run; copied, then checked.
+    let copy = unsafe { core::ptr::read_volatile(slot) };
+    if copy.holds(key, at.hash) {
+        Some((slot, copy))
+    } else {
+        None
+    }
+}
+
+/// Records that a packet of the translation in `slot` went through at `clock` (as
+/// [`find_flow`] does for flows).
+#[inline(always)]
+pub fn touch_nat(slot: *mut NatSlot, seen: u32, clock: u32) {
+    if seen != clock {
+        // SAFETY: a map value valid for this run; `seen` is outside the seal.
+        unsafe { (*slot).seen = clock };
+    }
+}
+
+/// A translation taken over by [`claim_nat`]: the flow entry of `key` through `backend` with
+/// `snat_port` is to be cleared ([`clear_flow_through`]) once the claim is done.
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+pub struct TakenOver {
+    pub key: FlowKey,
+    pub backend: u32,
+    pub snat_port: u16,
+    /// 1 when a whole translation of another client was taken over.
+    pub set: u16,
+    /// Set by a claim refused because the slot holds a live translation of another client,
+    /// with when that translation was last seen.
+    pub refused_live: u32,
+    pub refused_seen: u32,
+}
+
+/// Takes the reverse slot of `reverse` for the client flow `key` (`entry` says who it is):
+/// free, already this client tuple's, or held by a translation that closed or went idle. A
+/// slot holding another live translation refuses (unless `force`), saying when it was last
+/// seen in `taken`: the caller tries another SNAT port. A
+/// translation taken over is described in `taken`, so that the caller clears its client's
+/// flow entry and the old client's stray packets cannot reach the new connection (done by the
+/// caller, after the SNAT search: the search runs in a bpf_loop callback, on little stack).
+#[inline(always)]
+pub fn claim_nat(
+    key: &FlowKey,
+    reverse: &FlowKey,
+    entry: &NatReverse,
+    (clock, mask): (u32, u32),
+    taken: *mut TakenOver,
+    force: bool,
+) -> bool {
+    let hash = flow_hash(reverse);
+    let Some(slot) = nat_slot(hash, mask) else {
+        return false;
+    };
+    // Fields read once each into locals, not copied whole: the claim runs on a small stack.
+    let old_key = field!((*slot).key);
+    let client_addr = field!((*slot).nat.client_addr);
+    let client_port = field!((*slot).nat.client_port);
+    let vip_port = field!((*slot).nat.vip_port);
+    let ids =
+        (u32::from(field!((*slot).nat.backend)) << 16) | u32::from(field!((*slot).nat.service));
+    let closing = field!((*slot).nat.closing);
+    let old_seal = field!((*slot).seal);
+    let seen = field!((*slot).seen);
+    let ports = (u32::from(client_port) << 16) | u32::from(vip_port);
+    let holds = same_key(&old_key, reverse)
+        & (old_seal == k3s_xdp_common::table::seal(hash, client_addr, ports, ids));
+    let ours =
+        holds & (client_addr == key.src) & (client_port == key.sport) & (vip_port == key.dport);
+    if ours & (closing == 0) {
+        // This client tuple's already (its flow entry was replaced, or it reconnects from the
+        // same port): reuse it.
+        touch_nat(slot, seen, clock);
+        return true;
+    }
+    let reusable = k3s_xdp_common::closed(closing) | idle(seen, clock) | force;
+    if (old_seal != 0) & !reusable & !ours {
+        // SAFETY: the caller's record (per-CPU scratch), valid for this run.
+        unsafe {
+            (*taken).refused_live = 1;
+            (*taken).refused_seen = seen;
+        }
+        return false;
+    }
+    if (old_seal != 0) & !ours {
+        // A whole translation of another client, taken over: its flow entry goes with it.
+        let old_hash = flow_hash(&old_key);
+        if old_seal == k3s_xdp_common::table::seal(old_hash, client_addr, ports, ids) {
+            // SAFETY: the caller's record (per-CPU scratch), valid for this run. Left set
+            // even if the claim then loses a race: the old translation is overwritten
+            // either way.
+            unsafe {
+                (*taken).key = FlowKey {
+                    src: client_addr,
+                    dst: old_key.dst,
+                    sport: client_port,
+                    dport: vip_port,
+                    protocol: old_key.protocol,
+                    _pad: [0; 3],
+                };
+                (*taken).backend = ids >> 16;
+                (*taken).snat_port = old_key.dport;
+                (*taken).set = 1;
+            }
+        }
+    }
+    let seal = NatSlot::seal_for(hash, entry);
+    // SAFETY: a map value valid for this run.
+    unsafe {
+        (*slot).seal = 0;
+        (*slot).key = *reverse;
+        (*slot).nat = *entry;
+        (*slot).seen = clock;
+        (*slot).seal = seal;
+    }
+    // Another CPU may have written the same slot at the same instant: keep the port only if
+    // the slot reads back whole and ours.
+    same_key(&field!((*slot).key), reverse)
+        & (field!((*slot).nat.client_addr) == key.src)
+        & (field!((*slot).nat.client_port) == key.sport)
+        & (field!((*slot).seal) == seal)
+}
