@@ -30,6 +30,7 @@ pub mod names {
     pub const FLOWS: &str = "FLOWS";
     pub const NAT_REVERSE: &str = "NAT_REVERSE";
     pub const REASONS: &str = "REASONS";
+    pub const TABLE_EVENTS: &str = "TABLE_EVENTS";
     pub const SERVICE_STATS: &str = "SERVICE_STATS";
     pub const BACKEND_STATS: &str = "BACKEND_STATS";
     pub const GLOBALS: &str = "GLOBALS";

@@ -78,3 +78,18 @@ pub const NAMES: [&str; COUNT as usize] = [
     "pass_other_host",
     "drop_internal",
 ];
+
+/// Signs that the flow tables are too small (or flooded), counted per CPU in `TABLE_EVENTS`,
+/// indexed by these constants. Not packet fates: the packet went on.
+pub mod table {
+    /// A new flow's entry replaced another flow's that had seen a packet in the last
+    /// `table::IDLE_SECS` (its bucket was full): that flow's next packet chooses again.
+    pub const FLOW_EVICTED: u32 = 0;
+    /// Every SNAT port a new flow tried was held by a live translation: it took over the one
+    /// seen longest ago, whose connection breaks.
+    pub const TRANSLATION_TAKEN_OVER: u32 = 1;
+    /// Number of events; the length of the `TABLE_EVENTS` map.
+    pub const COUNT: u32 = 2;
+    /// Label of each event, indexed by its constant.
+    pub const NAMES: [&str; COUNT as usize] = ["flow_evicted", "translation_taken_over"];
+}

@@ -2,6 +2,7 @@
 //! the backend will see in nat mode.
 
 use crate::{
+    counters,
     maps::{BACKENDS, MAGLEV, SNAT_SEARCH},
     table::{self, Place, TakenOver},
 };
@@ -96,6 +97,9 @@ pub fn snat_port(probe: *mut Probe, id: u32, backend: &Backend) -> Result<u16, u
                 core::ptr::null_mut(),
                 0,
             );
+            if (*probe).found & FOUND != 0 {
+                counters::table_event(reason::table::TRANSLATION_TAKEN_OVER);
+            }
         }
         let found = (*probe).found;
         if found & FOUND == 0 {

@@ -1,7 +1,7 @@
 //! Per-CPU counters: packet fates by reason, traffic per service and backend. Per-CPU slots
 //! need no atomics; the controller sums the CPUs.
 
-use crate::maps::{BACKEND_STATS, REASONS, SERVICE_STATS};
+use crate::maps::{BACKEND_STATS, REASONS, SERVICE_STATS, TABLE_EVENTS};
 use aya_ebpf::btf_maps::PerCpuArray;
 use k3s_xdp_common::Traffic;
 
@@ -10,6 +10,15 @@ use k3s_xdp_common::Traffic;
 pub fn count(reason: u32) {
     if let Some(slot) = REASONS.get_ptr_mut(reason) {
         // SAFETY: per-CPU slot, only this CPU writes it while this program runs.
+        unsafe { *slot += 1 };
+    }
+}
+
+/// Counts one `k3s_xdp_common::reason::table` event.
+#[inline(always)]
+pub fn table_event(event: u32) {
+    if let Some(slot) = TABLE_EVENTS.get_ptr_mut(event) {
+        // SAFETY: per-CPU slot, as above.
         unsafe { *slot += 1 };
     }
 }

@@ -78,6 +78,10 @@ pub static SNAT_SEARCH: PerCpuArray<crate::choose::Probe, 1> = PerCpuArray::new(
 #[btf_map]
 pub static REASONS: PerCpuArray<u64, { reason::COUNT as usize }> = PerCpuArray::new();
 
+/// Signs of full flow tables, per CPU, indexed by `k3s_xdp_common::reason::table`.
+#[btf_map]
+pub static TABLE_EVENTS: PerCpuArray<u64, { reason::table::COUNT as usize }> = PerCpuArray::new();
+
 /// Per service slot traffic, per CPU.
 #[btf_map]
 pub static SERVICE_STATS: PerCpuArray<Traffic, { MAX_SERVICES as usize }> = PerCpuArray::new();

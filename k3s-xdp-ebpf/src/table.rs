@@ -7,8 +7,10 @@
 use crate::maps::{FLOWS, NAT_REVERSE};
 use k3s_xdp_common::{
     hash::flow_hash,
+    reason,
     table::{
-        bucket_index, idle, keep_rank, nat_index, same_key, FlowBucket, FlowSlot, NatSlot, WAYS,
+        bucket_index, idle, keep_rank, nat_index, same_key, FlowBucket, FlowSlot, NatSlot,
+        IDLE_SECS, WAYS,
     },
     Flow, FlowKey, NatReverse,
 };
@@ -141,6 +143,10 @@ pub fn store_flow(key: &FlowKey, at: Place, flow: Flow, clock: u32) -> bool {
             victim = way;
             lowest = rank;
         }
+    }
+    // The victim held another flow that was not idle: the table is too small for its flows.
+    if lowest > u32::MAX - IDLE_SECS {
+        crate::counters::table_event(reason::table::FLOW_EVICTED);
     }
     let entry = FlowSlot::new(*key, at.hash, flow, clock);
     // Written from a loop over constant ways so the chosen way is dead afterwards (see

@@ -1233,6 +1233,11 @@ fn a_full_reverse_nat_table_gives_new_flows_the_translations_seen_longest_ago() 
         kept_old >= 400,
         "only as many as needed: {kept_old} of 700 old ones left"
     );
+    // Both tables said they were full.
+    let events: std::collections::BTreeMap<_, _> =
+        h.dataplane.table_events().unwrap().into_iter().collect();
+    assert!(events["translation_taken_over"] >= 100 - 24, "{events:?}");
+    assert!(events["flow_evicted"] > 0, "{events:?}");
 }
 
 #[test]
@@ -1265,6 +1270,11 @@ fn a_translation_unseen_for_five_minutes_is_taken_over_and_its_flow_forgotten() 
         "the idle translation's port is reused"
     );
     assert_eq!(taken.ip().unwrap().dst, backend, "same backend, same port");
+    assert_eq!(
+        h.dataplane.table_events().unwrap(),
+        [("flow_evicted", 0), ("translation_taken_over", 0)],
+        "an idle translation is free to take: no sign of a full table"
+    );
     assert!(
         h.dataplane
             .flow(&key(a, vip, IPPROTO_TCP))

@@ -548,11 +548,13 @@ impl Controller {
             Some((i, m)) => (i.to_string(), m.to_string()),
             None => (self.interface.clone(), "detached".to_string()),
         };
-        let packets = self
-            .dp
-            .reasons()
-            .map(|r| r.into_iter().map(|(k, v)| (k.to_string(), v)).collect())
-            .unwrap_or_default();
+        let labelled = |counts: Result<Vec<(&'static str, u64)>>| -> BTreeMap<String, u64> {
+            counts
+                .map(|r| r.into_iter().map(|(k, v)| (k.to_string(), v)).collect())
+                .unwrap_or_default()
+        };
+        let packets = labelled(self.dp.reasons());
+        let flow_table = labelled(self.dp.table_events());
         let services = self
             .model
             .services
@@ -637,6 +639,7 @@ impl Controller {
             vrrp: self.vrrp.clone(),
             link_up: self.health.borrow().link_up,
             packets,
+            flow_table,
         }
     }
 }

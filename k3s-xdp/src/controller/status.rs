@@ -40,6 +40,9 @@ pub struct Status {
     pub link_up: bool,
     /// XDP packet counts by reason (pass_*, tx_*, drop_*).
     pub packets: BTreeMap<String, u64>,
+    /// Signs of full flow tables (`flow_evicted`, `translation_taken_over`).
+    #[serde(default)]
+    pub flow_table: BTreeMap<String, u64>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
@@ -296,6 +299,14 @@ pub fn render_table(s: &Status) -> String {
             interesting.join(", ")
         }
     );
+    let count = |event: &str| s.flow_table.get(event).copied().unwrap_or(0);
+    let (evicted, taken) = (count("flow_evicted"), count("translation_taken_over"));
+    if evicted + taken > 0 {
+        let _ = writeln!(
+            out,
+            "Flow tables full: {evicted} live flows evicted, {taken} live translations taken over (raise flow_table_size)"
+        );
+    }
     out
 }
 
@@ -370,6 +381,15 @@ pub fn render_metrics(s: &Status) -> String {
         s.packets
             .iter()
             .map(|(k, v)| (format!("reason=\"{}\"", escape(k)), *v as f64))
+            .collect(),
+    );
+    family(
+        "k3sxdp_flow_table_full_total",
+        "counter",
+        "New flows that found the flow tables full: a live flow's entry evicted (flow_evicted), a live connection's SNAT translation taken over (translation_taken_over). Raise flow_table_size.",
+        s.flow_table
+            .iter()
+            .map(|(k, v)| (format!("event=\"{}\"", escape(k)), *v as f64))
             .collect(),
     );
     let per_service = |f: fn(&ServiceStatus) -> f64| -> Vec<(String, f64)> {
@@ -630,5 +650,31 @@ mod tests {
         assert!(render_table(&down).contains("on eth1 (LINK DOWN)"));
         assert!(render_metrics(&down).contains("\nk3sxdp_link_up 0\n"));
         assert!(render_metrics(&sample()).contains("\nk3sxdp_link_up 1\n"));
+    }
+
+    #[test]
+    fn full_flow_tables_are_said_in_the_table_and_the_metrics() {
+        assert!(!render_table(&sample()).contains("Flow tables full"));
+        let full = Status {
+            flow_table: [
+                ("flow_evicted".to_string(), 12u64),
+                ("translation_taken_over".to_string(), 3u64),
+            ]
+            .into_iter()
+            .collect(),
+            ..sample()
+        };
+        assert!(render_table(&full).contains(
+            "Flow tables full: 12 live flows evicted, 3 live translations taken over (raise flow_table_size)"
+        ));
+        let metrics = render_metrics(&full);
+        assert!(metrics.contains("\nk3sxdp_flow_table_full_total{event=\"flow_evicted\"} 12\n"));
+        assert!(metrics
+            .contains("\nk3sxdp_flow_table_full_total{event=\"translation_taken_over\"} 3\n"));
+        // A status from an older daemon, without the field, still reads.
+        let mut json = serde_json::to_value(sample()).unwrap();
+        json.as_object_mut().unwrap().remove("flow_table");
+        let old: Status = serde_json::from_value(json).unwrap();
+        assert!(old.flow_table.is_empty());
     }
 }

@@ -217,10 +217,19 @@ impl Dataplane {
 
     /// Packet counts by reason (`k3s_xdp_common::reason`), summed over CPUs, in reason order.
     pub fn reasons(&self) -> Result<Vec<(&'static str, u64)>> {
-        let counters: PerCpuArray<&MapData, u64> =
-            PerCpuArray::try_from(self.map(names::REASONS)?)?;
-        let mut out = Vec::with_capacity(reason::COUNT as usize);
-        for (index, name) in reason::NAMES.iter().enumerate() {
+        self.per_cpu_sums(names::REASONS, &reason::NAMES)
+    }
+
+    /// Counts of the signs of full flow tables (`k3s_xdp_common::reason::table`), summed over
+    /// CPUs, in event order.
+    pub fn table_events(&self) -> Result<Vec<(&'static str, u64)>> {
+        self.per_cpu_sums(names::TABLE_EVENTS, &reason::table::NAMES)
+    }
+
+    fn per_cpu_sums(&self, map: &str, labels: &[&'static str]) -> Result<Vec<(&'static str, u64)>> {
+        let counters: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(self.map(map)?)?;
+        let mut out = Vec::with_capacity(labels.len());
+        for (index, name) in labels.iter().enumerate() {
             let per_cpu = counters.get(&(index as u32), 0)?;
             out.push((*name, per_cpu.iter().sum()));
         }
