@@ -101,18 +101,23 @@ impl XdpHarness {
     pub fn with_config_in_lab_sized(config_toml: &str, flows: u32) -> Result<Self> {
         let mut h = Self::with_config_sized(config_toml, flows)?;
         h.lab = Some(FibLab::new()?);
+        h.set_clock(0)?;
+        Ok(h)
+    }
+
+    /// Writes the lab's settings (FIB generation 1, the default SNAT ports, any MAC) with the
+    /// data plane's clock at `clock` seconds (the controller ticks it; 0: no clock).
+    pub fn set_clock(&mut self, clock: u32) -> Result<()> {
         k3s_xdp::dataplane::write_globals(
-            &mut h.dataplane,
+            &mut self.dataplane,
             &k3s_xdp_common::Globals {
                 fib_generation: 1,
                 snat_port_min: 1024,
                 snat_port_max: 65535,
-                mac: [0; 6],
-                _pad: [0; 2],
+                clock,
                 ..Default::default()
             },
-        )?;
-        Ok(h)
+        )
     }
 
     /// Loads the object and publishes the services of `config_toml` (all backends up).

@@ -1149,21 +1149,6 @@ fn packets_in_flight_see_the_old_or_the_new_publication_never_a_mix() {
     );
 }
 
-/// Sets the data plane's clock (seconds; the controller ticks it), keeping the lab's settings.
-fn set_clock(h: &mut XdpHarness, clock: u32) {
-    k3s_xdp::dataplane::write_globals(
-        &mut h.dataplane,
-        &k3s_xdp_common::Globals {
-            fib_generation: 1,
-            snat_port_min: 1024,
-            snat_port_max: 65535,
-            clock,
-            ..Default::default()
-        },
-    )
-    .unwrap();
-}
-
 #[test]
 fn a_full_reverse_nat_table_gives_new_flows_the_translations_seen_longest_ago() {
     if !have_root() {
@@ -1183,11 +1168,11 @@ fn a_full_reverse_nat_table_gives_new_flows_the_translations_seen_longest_ago() 
             })
             .collect()
     };
-    set_clock(&mut h, 10);
+    h.set_clock(10).unwrap();
     let old = open(&mut h, 1, 700);
-    set_clock(&mut h, 200);
+    h.set_clock(200).unwrap();
     let recent = open(&mut h, 2, 300);
-    set_clock(&mut h, 250);
+    h.set_clock(250).unwrap();
     let newest = open(&mut h, 3, 100);
     assert_eq!(
         h.reason(reason::DROP_SNAT_EXHAUSTED).unwrap(),
@@ -1246,13 +1231,13 @@ fn a_translation_unseen_for_five_minutes_is_taken_over_and_its_flow_forgotten() 
     let vip = sock(VIP, 6443);
     let a = agent(1, 40300);
     let b = colliding_client(&h, a, vip);
-    set_clock(&mut h, 10);
+    h.set_clock(10).unwrap();
     let fwd = transmitted(&mut h, &packet::tcp_syn(a, vip));
     let (backend, port) = (fwd.ip().unwrap().dst, fwd.tcp().unwrap().sport);
     assert_eq!(port, first_snat_port(a, vip));
 
     // 299 s later a's translation is still live: b goes to another port.
-    set_clock(&mut h, 10 + 299);
+    h.set_clock(10 + 299).unwrap();
     let live = transmitted(&mut h, &packet::tcp_syn(b, vip));
     assert_ne!(
         live.tcp().unwrap().sport,
@@ -1262,7 +1247,7 @@ fn a_translation_unseen_for_five_minutes_is_taken_over_and_its_flow_forgotten() 
     k3s_xdp_tests::bpf::remove_flow(&mut h, &key(b, vip, IPPROTO_TCP)).unwrap();
 
     // 300 s without a packet either way: a's client is gone, b takes the port.
-    set_clock(&mut h, 10 + 300);
+    h.set_clock(10 + 300).unwrap();
     let taken = transmitted(&mut h, &packet::tcp_syn(b, vip));
     assert_eq!(
         taken.tcp().unwrap().sport,
