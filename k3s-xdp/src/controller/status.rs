@@ -159,8 +159,9 @@ pub fn render_table(s: &Status) -> String {
         Some(v) => {
             let _ = writeln!(
                 out,
-                "VRRP: {} (virtual_router_id {}, v{}, priority {}{}), master {}, VIPs {}",
+                "VRRP: {}{} (virtual_router_id {}, v{}, priority {}{}), master {}, VIPs {}",
                 v.state,
+                fault_cause(s, v),
                 v.virtual_router_id,
                 v.version,
                 v.priority,
@@ -308,6 +309,22 @@ pub fn render_table(s: &Status) -> String {
         );
     }
     out
+}
+
+/// Why a node is in FAULT, from what the status already says: its link, then its tracking
+/// (a weight of 0 makes failed tracking a fault).
+fn fault_cause(s: &Status, v: &VrrpStatus) -> &'static str {
+    if v.state != "FAULT" {
+        ""
+    } else if !s.link_up {
+        ": link down"
+    } else if !v.track_ok && s.xdp_mode == "detached" {
+        ": tracking fails, XDP program detached"
+    } else if !v.track_ok {
+        ": tracking fails, too few healthy backends"
+    } else {
+        ""
+    }
 }
 
 fn escape(v: &str) -> String {
@@ -650,6 +667,34 @@ mod tests {
         assert!(render_table(&down).contains("on eth1 (LINK DOWN)"));
         assert!(render_metrics(&down).contains("\nk3sxdp_link_up 0\n"));
         assert!(render_metrics(&sample()).contains("\nk3sxdp_link_up 1\n"));
+    }
+
+    #[test]
+    fn a_fault_says_why() {
+        let vrrp = |state: &str, track_ok: bool| VrrpStatus {
+            state: state.into(),
+            virtual_router_id: 51,
+            version: 3,
+            priority: 100,
+            effective_priority: 100,
+            track_ok,
+            ..Default::default()
+        };
+        let with = |link_up: bool, xdp_mode: &str, v: VrrpStatus| {
+            render_table(&Status {
+                link_up,
+                xdp_mode: xdp_mode.into(),
+                vrrp: Some(v),
+                ..sample()
+            })
+        };
+        assert!(with(false, "driver", vrrp("FAULT", true)).contains("VRRP: FAULT: link down ("));
+        assert!(with(true, "detached", vrrp("FAULT", false))
+            .contains("VRRP: FAULT: tracking fails, XDP program detached ("));
+        assert!(with(true, "driver", vrrp("FAULT", false))
+            .contains("VRRP: FAULT: tracking fails, too few healthy backends ("));
+        // Only a FAULT gets a cause; a backup whose tracking fails just advertises less.
+        assert!(with(true, "driver", vrrp("BACKUP", false)).contains("VRRP: BACKUP ("));
     }
 
     #[test]
