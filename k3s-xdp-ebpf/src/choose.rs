@@ -134,8 +134,6 @@ pub struct Probe {
     pub clock: u32,
     pub mask: u32,
     // The answer, written by the second half.
-    /// 1 from the second half's answer until the first half reads it.
-    pub pending: u32,
     /// `new_flow::CHOSEN` or a drop reason.
     pub outcome: u32,
     pub id: u32,

@@ -3,12 +3,13 @@
 //! client.
 
 use crate::{
-    choose, counters,
+    choose::{self, Probe},
+    counters,
     headers::{TCP_FIN, TCP_RST, TCP_SYN},
     hop,
-    maps::{BACKENDS, NEW_FLOW},
+    maps::{self, BACKENDS, NEW_FLOW},
     new_flow,
-    parse::{frame_len, Ip, Valid, L4},
+    parse::{self, frame_len, Ip, Valid, L4},
     reset,
     rewrite::{self, Tuple},
     table::{self, Place},
@@ -16,13 +17,14 @@ use crate::{
 };
 use aya_ebpf::{bindings::xdp_action, helpers::bpf_redirect, programs::XdpContext};
 use k3s_xdp_common::{
-    reason, Backend, FlowKey, Globals, NextHop, VipInfo, VipPort, BACKEND_DOWN, BACKEND_FREE,
-    IPPROTO_TCP, NAT_BACKEND_FIN, NAT_CLIENT_FIN, NAT_RESET, SERVICE_DSR, SERVICE_RESET_ON_DOWN,
+    reason, table::same_key, Backend, FlowKey, Globals, NextHop, VipInfo, VipPort, BACKEND_DOWN,
+    BACKEND_FREE, IPPROTO_TCP, NAT_BACKEND_FIN, NAT_CLIENT_FIN, NAT_RESET, SERVICE_DSR,
+    SERVICE_RESET_ON_DOWN,
 };
 
 /// A client's packet to `service` on `vip`: an established flow goes to its backend. A packet
 /// that starts a flow is handed to `k3s_xdp_new_flow` (a tail call, see `new_flow.rs`), which
-/// chooses and records its backend and tail-calls this program again with the answer.
+/// chooses and records its backend and forwards it ([`decided`]).
 #[inline(always)]
 pub fn to_backend(
     ctx: &XdpContext,
@@ -44,90 +46,113 @@ pub fn to_backend(
         _pad: [0; 3],
     };
     let dsr = service.flags & SERVICE_DSR != 0;
-    let Some(state) = new_flow::state() else {
-        return Verdict::drop(reason::DROP_INTERNAL);
+    let tcp_flags = if protocol == IPPROTO_TCP {
+        l4.tcp_flags(ctx)
+    } else {
+        0
     };
-
-    let mut new = false;
+    let (clock, mask) = (globals.clock, globals.flow_mask);
+    let at = Place::of(&key, mask);
     let mut pinned: Option<(u32, Backend, u16)> = None;
     // Refused with a RST: the backend slot whose counters take it.
     let mut refuse: Option<u32> = None;
-    match new_flow::answer(state, &key) {
-        Some(Ok(chosen)) => {
-            pinned = Some(chosen);
-            new = true;
-        }
-        Some(Err(reason::DROP_NO_BACKEND)) => {
-            // No healthy backend: refuse at once rather than let the client time out.
-            if protocol != IPPROTO_TCP || l4.tcp_flags(ctx) & TCP_RST != 0 {
-                return Verdict::drop(reason::DROP_NO_BACKEND);
-            }
-            refuse = Some(0);
-        }
-        Some(Err(why)) => return Verdict::drop(why),
-        None => {
-            let tcp_flags = if protocol == IPPROTO_TCP {
-                l4.tcp_flags(ctx)
-            } else {
-                0
-            };
-            let (clock, mask) = (globals.clock, globals.flow_mask);
-            let at = Place::of(&key, mask);
-            if let Some(flow) = table::find_flow(&key, at, clock) {
-                if let Some(backend) = BACKENDS.get(flow.backend) {
-                    let backend = *backend;
-                    // A freed slot, or one reused by another service: the flow chooses again.
-                    if backend.state != BACKEND_FREE && backend.service == service.service {
-                        if backend.state == BACKEND_DOWN
-                            && service.flags & SERVICE_RESET_ON_DOWN != 0
-                            && protocol == IPPROTO_TCP
-                        {
-                            table::clear_flow(&key, at);
-                            refuse = Some(flow.backend);
-                        }
-                        pinned = Some((flow.backend, backend, flow.snat_port));
-                        // nat: FIN and RST mark the translation closing; a SYN (a new
-                        // connection on the same tuple) checks the translation is still this
-                        // flow's.
-                        if !dsr && tcp_flags & (TCP_SYN | TCP_FIN | TCP_RST) != 0 {
-                            let reverse = choose::reverse_key(&key, &backend, flow.snat_port);
-                            match table::find_nat(&reverse, Place::of(&reverse, mask)) {
-                                Some((entry, copy)) => {
-                                    let e = copy.nat;
-                                    let ours = e.client_addr == src && e.client_port == key.sport;
-                                    if tcp_flags & TCP_SYN != 0 && (!ours || e.closing != 0) {
-                                        // Taken over, or closed: choose again, as a new flow.
-                                        pinned = None;
-                                    } else if ours && tcp_flags & TCP_RST != 0 {
-                                        choose::note_closing(entry, NAT_RESET);
-                                    } else if ours && tcp_flags & TCP_FIN != 0 {
-                                        choose::note_closing(entry, NAT_CLIENT_FIN);
-                                    }
-                                }
-                                None if tcp_flags & TCP_SYN != 0 => pinned = None,
-                                None => {}
+    if let Some(flow) = table::find_flow(&key, at, clock) {
+        if let Some(backend) = BACKENDS.get(flow.backend) {
+            let backend = *backend;
+            // A freed slot, or one reused by another service: the flow chooses again.
+            if backend.state != BACKEND_FREE && backend.service == service.service {
+                if backend.state == BACKEND_DOWN
+                    && service.flags & SERVICE_RESET_ON_DOWN != 0
+                    && protocol == IPPROTO_TCP
+                {
+                    table::clear_flow(&key, at);
+                    refuse = Some(flow.backend);
+                }
+                pinned = Some((flow.backend, backend, flow.snat_port));
+                // nat: FIN and RST mark the translation closing; a SYN (a new connection on
+                // the same tuple) checks the translation is still this flow's.
+                if !dsr && tcp_flags & (TCP_SYN | TCP_FIN | TCP_RST) != 0 {
+                    let reverse = choose::reverse_key(&key, &backend, flow.snat_port);
+                    match table::find_nat(&reverse, Place::of(&reverse, mask)) {
+                        Some((entry, copy)) => {
+                            let e = copy.nat;
+                            let ours = e.client_addr == src && e.client_port == key.sport;
+                            if tcp_flags & TCP_SYN != 0 && (!ours || e.closing != 0) {
+                                // Taken over, or closed: choose again, as a new flow.
+                                pinned = None;
+                            } else if ours && tcp_flags & TCP_RST != 0 {
+                                choose::note_closing(entry, NAT_RESET);
+                            } else if ours && tcp_flags & TCP_FIN != 0 {
+                                choose::note_closing(entry, NAT_CLIENT_FIN);
                             }
                         }
+                        None if tcp_flags & TCP_SYN != 0 => pinned = None,
+                        None => {}
                     }
                 }
-            }
-            if refuse.is_none() && pinned.is_none() {
-                new_flow::ask(state, ctx, ip, &key, at.hash, vip, service, globals);
-                // SAFETY: a tail call into the new-flow program, which the controller puts in
-                // its slot before attaching; on success it does not return. The packet is
-                // as it came.
-                unsafe { NEW_FLOW.tail_call(ctx, new_flow::NEW_FLOW_SLOT) };
-                return Verdict::drop(reason::DROP_INTERNAL);
             }
         }
     }
     if let Some(backend) = refuse {
         return reset::send(ctx, ip, valid, &l4, service.service, backend);
     }
-    let Some(chosen) = pinned else {
+    match pinned {
+        Some(chosen) => send(ctx, ip, &l4, service, chosen, dsr, globals, false),
+        None => {
+            let Some(state) = new_flow::state() else {
+                return Verdict::drop(reason::DROP_INTERNAL);
+            };
+            new_flow::ask(state, ctx, ip, &key, at.hash, vip, service, globals);
+            // SAFETY: a tail call into the new-flow program, which the controller puts in its
+            // slot before attaching; on success it does not return. The packet is as it came.
+            unsafe { NEW_FLOW.tail_call(ctx, new_flow::NEW_FLOW_SLOT) };
+            Verdict::drop(reason::DROP_INTERNAL)
+        }
+    }
+}
+
+/// The new-flow program's verdict on the packet whose flow `new_flow::decide` just handled:
+/// sent to the backend chosen, refused with a RST when no backend is healthy, or dropped.
+/// The packet is parsed again (pointers into it cannot cross the tail call); it is the one
+/// the question was about, unchanged, so it parses as it did.
+#[inline(always)]
+pub fn decided(ctx: &XdpContext, state: *const Probe) -> Verdict {
+    let Ok(ip) = parse::ipv4(ctx) else {
         return Verdict::drop(reason::DROP_INTERNAL);
     };
-    send(ctx, ip, &l4, service, chosen, dsr, globals, new)
+    let Ok(valid) = parse::validate(ctx, &ip) else {
+        return Verdict::drop(reason::DROP_INTERNAL);
+    };
+    // SAFETY: this CPU's new-flow state, written by both halves during this run.
+    let (key, service, outcome) = unsafe { ((*state).key, (*state).service, (*state).outcome) };
+    let Ok(l4) = parse::transport(ctx, &valid, key.protocol) else {
+        return Verdict::drop(reason::DROP_INTERNAL);
+    };
+    let (src, dst, protocol) = unsafe { ((*ip.hdr).src, (*ip.hdr).dst, (*ip.hdr).protocol) };
+    let asked = FlowKey {
+        src,
+        dst,
+        sport: l4.sport,
+        dport: l4.dport,
+        protocol,
+        _pad: [0; 3],
+    };
+    if !same_key(&asked, &key) {
+        return Verdict::drop(reason::DROP_INTERNAL);
+    }
+    match outcome {
+        new_flow::CHOSEN => {
+            // SAFETY: as above.
+            let chosen = unsafe { ((*state).id, (*state).backend, (*state).snat_port) };
+            let dsr = service.flags & SERVICE_DSR != 0;
+            send(ctx, &ip, &l4, &service, chosen, dsr, &maps::globals(), true)
+        }
+        // No healthy backend: refuse at once rather than let the client time out.
+        reason::DROP_NO_BACKEND if key.protocol == IPPROTO_TCP => {
+            reset::send(ctx, &ip, &valid, &l4, service.service, 0)
+        }
+        why => Verdict::drop(why),
+    }
 }
 
 /// Rewrites and sends a client's packet to the backend `id` (with `snat_port` in nat mode).

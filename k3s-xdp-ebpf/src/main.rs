@@ -36,17 +36,18 @@ pub fn k3s_xdp(ctx: XdpContext) -> u32 {
 }
 
 /// The second half of a new flow's path (see `new_flow.rs`): tail-called by `k3s_xdp`, it
-/// chooses and records the flow's backend, then tail-calls `k3s_xdp` again. Never attached.
+/// chooses and records the flow's backend, then forwards the packet. Never attached.
 #[xdp]
 pub fn k3s_xdp_new_flow(ctx: XdpContext) -> u32 {
-    if let Some(state) = new_flow::state() {
-        new_flow::decide(state);
-        // SAFETY: a tail call into the first half, which the controller puts in its slot
-        // before attaching; on success it does not return.
-        unsafe { maps::NEW_FLOW.tail_call(&ctx, new_flow::FIRST_HALF_SLOT) };
-    }
-    counters::count(reason::DROP_INTERNAL);
-    xdp_action::XDP_DROP
+    let verdict = match new_flow::state() {
+        Some(state) => {
+            new_flow::decide(state);
+            forward::decided(&ctx, state)
+        }
+        None => Verdict::drop(reason::DROP_INTERNAL),
+    };
+    counters::count(verdict.reason);
+    verdict.action
 }
 
 #[inline(always)]

@@ -65,10 +65,10 @@ pub static FLOWS: Array<FlowBucket, { buckets(DEFAULT_FLOW_TABLE_SIZE) as usize 
 pub static NAT_REVERSE: Array<NatSlot, { slots(DEFAULT_FLOW_TABLE_SIZE) as usize }, MMAPABLE> =
     Array::new();
 
-/// The two halves of a new flow's path (see `new_flow.rs`): slot 0 `k3s_xdp_new_flow`, slot 1
-/// `k3s_xdp`. The controller fills them before attaching.
+/// The second half of a new flow's path (see `new_flow.rs`): slot 0 `k3s_xdp_new_flow`. The
+/// controller fills it before attaching.
 #[btf_map]
-pub static NEW_FLOW: ProgramArray<2> = ProgramArray::new();
+pub static NEW_FLOW: ProgramArray<1> = ProgramArray::new();
 
 /// A new flow's question and answer between the halves, and its SNAT port search (one per CPU), see `choose::snat_port`.
 #[btf_map]

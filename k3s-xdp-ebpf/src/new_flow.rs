@@ -2,17 +2,17 @@
 //! starts a flow, it writes the question (the flow, its service, the SNAT settings, the hop
 //! back to the client) into this CPU's `SNAT_SEARCH` entry and tail-calls `k3s_xdp_new_flow`
 //! (the second half). That one chooses the backend with Maglev, claims the SNAT port (nat
-//! mode), records the flow, writes the answer next to the question, and tail-calls `k3s_xdp`
-//! again, which reads the answer and forwards the packet as it forwards any other.
+//! mode), records the flow, writes the answer next to the question, parses the packet again
+//! and forwards it (`forward::decided`).
 //!
 //! Why two programs: the choice needs the SNAT search's bpf_loop, whose callback's stack is
-//! stacked on its caller's; the second half does nothing else, so its own frame is small and
-//! the 512 bytes suffice. Each half also gets its own verifier budget. The cost is two tail
-//! calls and a second parse, paid by a flow's first packet only.
+//! stacked on its caller's; in a program of its own, that stack starts from a small frame and
+//! the 512 bytes suffice. Each half also gets its own verifier budget. The cost is one tail
+//! call and a second parse, paid by a flow's first packet only.
 //!
 //! The per-CPU entry is safe to share between the halves: XDP runs to completion on its CPU
-//! with preemption disabled, and a tail call stays in the same run. The first half reads an
-//! answer once (it clears `pending`) and only for the flow it asked about.
+//! with preemption disabled, and a tail call stays in the same run. The second half acts on
+//! the question only for the packet it was asked about (`forward::decided` checks its tuple).
 
 use crate::{
     choose::{self, Probe},
@@ -22,13 +22,11 @@ use crate::{
 };
 use aya_ebpf::programs::XdpContext;
 use k3s_xdp_common::{
-    reason, table::same_key, Backend, Flow, FlowKey, Globals, NextHop, VipInfo, VipPort,
-    MAX_PORTS_PER_VIP, SERVICE_DSR,
+    reason, Flow, FlowKey, Globals, NextHop, VipInfo, VipPort, MAX_PORTS_PER_VIP, SERVICE_DSR,
 };
 
-/// `NEW_FLOW` slots: the second half, and the first half it returns to.
+/// The `NEW_FLOW` slot of the second half.
 pub const NEW_FLOW_SLOT: u32 = 0;
-pub const FIRST_HALF_SLOT: u32 = 1;
 
 /// `Probe::outcome` of a flow whose backend was chosen and recorded.
 pub const CHOSEN: u32 = u32::MAX;
@@ -40,26 +38,6 @@ const SNAT_DEFAULT_MAX: u32 = 65535;
 #[inline(always)]
 pub fn state() -> Option<*mut Probe> {
     SNAT_SEARCH.get_ptr_mut(0)
-}
-
-/// The second half's answer for `key` when this run comes back from it: the backend slot, the
-/// backend and the SNAT port, or the reason to drop (`DROP_NO_BACKEND`: refuse). Read once.
-#[inline(always)]
-pub fn answer(state: *mut Probe, key: &FlowKey) -> Option<Result<(u32, Backend, u16), u32>> {
-    // SAFETY: this CPU's entry, valid for this run (see the module's comment).
-    unsafe {
-        if (*state).pending == 0 {
-            return None;
-        }
-        (*state).pending = 0;
-        if !same_key(&(*state).key, key) {
-            return None;
-        }
-        match (*state).outcome {
-            CHOSEN => Some(Ok(((*state).id, (*state).backend, (*state).snat_port))),
-            why => Some(Err(why)),
-        }
-    }
 }
 
 /// The first half's question about the flow `key` (flow hash `hash`) of `service` on `vip`.
@@ -83,7 +61,6 @@ pub fn ask(
     // SAFETY: this CPU's entry, valid for this run; the frame's Ethernet header was checked
     // by the parser.
     unsafe {
-        (*state).pending = 0;
         (*state).key = *key;
         (*state).flow_hash = hash;
         (*state).service = *service;
@@ -151,6 +128,5 @@ pub fn decide(state: *mut Probe) {
             }
         };
         (*state).outcome = outcome;
-        (*state).pending = 1;
     }
 }

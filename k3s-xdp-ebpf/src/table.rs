@@ -133,8 +133,9 @@ pub fn store_flow(key: &FlowKey, at: Place, flow: Flow, clock: u32) -> bool {
     let mut lowest = u32::MAX;
     for way in 0..WAYS {
         let copy = load_flow(flow_slot(bucket, way));
-        // The slot holding the key ranks below everything; a free one below any taken one.
-        let rank = if copy.holds(key, at.hash) {
+        // The slot with the key ranks below everything (whole or torn, it is this key's to
+        // rewrite: no seal to check); a free one below any taken one.
+        let rank = if same_key(&copy.key, key) {
             0
         } else {
             keep_rank(copy.seal != 0, copy.seen, clock).max(1)

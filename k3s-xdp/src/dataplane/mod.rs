@@ -102,24 +102,26 @@ impl Dataplane {
                 .try_into()?;
             program.load().map_err(|e| verifier_error(name, e))?;
         }
-        // A new flow's two halves tail-call each other (slot 0: the second half, slot 1: the
-        // main program): in place before any packet.
-        let mut halves = Vec::new();
-        for name in [names::NEW_FLOW_PROGRAM, names::PROGRAM] {
+        // A new flow's second half (see the XDP program's `new_flow.rs`) is in its tail-call
+        // slot before any packet.
+        let second_half = {
             let program: &Xdp = bpf
-                .program(name)
-                .ok_or_else(|| anyhow!("the XDP object has no program `{name}`"))?
+                .program(names::NEW_FLOW_PROGRAM)
+                .ok_or_else(|| {
+                    anyhow!(
+                        "the XDP object has no program `{}`",
+                        names::NEW_FLOW_PROGRAM
+                    )
+                })?
                 .try_into()?;
-            halves.push(program.fd()?.try_clone()?);
-        }
+            program.fd()?.try_clone()?
+        };
         let mut jump: ProgramArray<_> = ProgramArray::try_from(
             bpf.map_mut(names::NEW_FLOW)
                 .ok_or_else(|| anyhow!("the XDP object has no map `{}`", names::NEW_FLOW))?,
         )?;
-        for (slot, fd) in halves.iter().enumerate() {
-            jump.set(slot as u32, fd, 0)
-                .context("cannot install the new-flow programs in their tail-call slots")?;
-        }
+        jump.set(0, &second_half, 0)
+            .context("cannot install the new-flow program in its tail-call slot")?;
         let mut dp = Self {
             bpf,
             attached: None,
