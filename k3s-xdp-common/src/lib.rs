@@ -302,16 +302,28 @@ pub struct Globals {
 /// Bytes of a benchmark packet (`BENCH`).
 pub const BENCH_MAX_LEN: usize = 128;
 
+/// `BenchPacket::mode`: the same packet every run.
+pub const BENCH_SAME: u32 = 0;
+/// `BenchPacket::mode`: add the run counter to the source port (a new tuple every run).
+pub const BENCH_NEW_SOURCE_PORT: u32 = 1;
+/// `BenchPacket::mode`: the same packet, its flow and translation forgotten before each run
+/// (every run takes a new flow's path, with the tables' lines in the cache: Katran's method):
+/// the entry point clears the seals of the flow bucket `forget_bucket` and of the reverse-NAT
+/// slot `forget_nat`, which the benchmark computed from the flow's first run.
+pub const BENCH_FORGET_FLOW: u32 = 2;
+
 /// The packet the benchmark entry points restore before each run (BPF_PROG_TEST_RUN with
 /// `repeat` would otherwise hand the program its own output), optionally with a fresh TCP/UDP
-/// source port each time (a new flow per run).
+/// source port each time (a new flow per run) or with its flow forgotten.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BenchPacket {
     pub len: u32,
-    /// Non-zero: add the run counter to the source port (untagged IPv4 without options).
-    pub vary_sport: u32,
+    /// `BENCH_*`; the packet is then an untagged IPv4 one without options.
+    pub mode: u32,
     pub counter: u32,
+    pub forget_bucket: u32,
+    pub forget_nat: u32,
     pub _pad: u32,
     pub bytes: [u8; BENCH_MAX_LEN],
 }
@@ -320,8 +332,10 @@ impl Default for BenchPacket {
     fn default() -> Self {
         BenchPacket {
             len: 0,
-            vary_sport: 0,
+            mode: BENCH_SAME,
             counter: 0,
+            forget_bucket: 0,
+            forget_nat: 0,
             _pad: 0,
             bytes: [0; BENCH_MAX_LEN],
         }

@@ -1,12 +1,20 @@
 //! Benchmark entry points, never attached and never loaded by the daemon: they restore the
 //! packet from `BENCH` before each run, so that BPF_PROG_TEST_RUN with a large `repeat` measures
 //! the same path every time (otherwise the program would see its own output: TOOLCHAIN.md),
-//! optionally with a new source port per run (a new flow each time). The floor does the same
-//! restore before its MAC swap, so the restore's cost cancels out of the comparison.
+//! optionally with a new source port per run (a new flow each time) or with the packet's flow
+//! forgotten (its new-flow path with the tables in the cache). The floor does the same restore
+//! before its MAC swap, so the restore's cost cancels out of the comparison (forgetting a flow
+//! is not cancelled: it counts against k3s-xdp).
 
-use crate::{csum, maps::BENCH, parse::ptr_at};
+use crate::{
+    csum,
+    maps::{BENCH, FLOWS, NAT_REVERSE},
+    parse::ptr_at,
+};
 use aya_ebpf::programs::XdpContext;
-use k3s_xdp_common::BENCH_MAX_LEN;
+use k3s_xdp_common::{
+    table::WAYS, BenchPacket, BENCH_FORGET_FLOW, BENCH_MAX_LEN, BENCH_NEW_SOURCE_PORT,
+};
 
 /// Offset of the L4 source port in an untagged IPv4 packet without options.
 const SPORT: usize = 14 + 20;
@@ -38,7 +46,11 @@ pub fn restore(ctx: &XdpContext) -> bool {
         )*};
     }
     copy_chunk!(0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15);
-    if unsafe { (*bench).vary_sport } != 0 {
+    let mode = unsafe { (*bench).mode };
+    if mode == BENCH_FORGET_FLOW {
+        return forget(bench);
+    }
+    if mode == BENCH_NEW_SOURCE_PORT {
         let (Some(sport), Some(check)) = (ptr_at::<u16>(ctx, SPORT), ptr_at::<u16>(ctx, TCP_CHECK))
         else {
             return false;
@@ -50,6 +62,27 @@ pub fn restore(ctx: &XdpContext) -> bool {
             *sport = new;
             *check = csum::replace2(*check, old, new);
         }
+    }
+    true
+}
+
+/// Forgets the packet's flow and its translation, as if they had never been: clears the seals
+/// of the flow bucket and the reverse-NAT slot the benchmark names (the bucket's other flows,
+/// if any, go too).
+#[inline(always)]
+fn forget(bench: *const BenchPacket) -> bool {
+    // SAFETY: the benchmark's entry, valid for this run.
+    let (bucket, nat) = unsafe { ((*bench).forget_bucket, (*bench).forget_nat) };
+    let (Some(bucket), Some(slot)) = (FLOWS.get_ptr_mut(bucket), NAT_REVERSE.get_ptr_mut(nat))
+    else {
+        return false;
+    };
+    // SAFETY: map values valid for this run.
+    unsafe {
+        for way in 0..WAYS as usize {
+            (*bucket).slots[way].seal = 0;
+        }
+        (*slot).seal = 0;
     }
     true
 }
