@@ -4,6 +4,7 @@
 use crate::{
     counters,
     maps::{BACKENDS, MAGLEV, SNAT_SEARCH},
+    parse::Offsets,
     table::{self, Place, TakenOver},
 };
 use aya_ebpf::helpers::bpf_loop;
@@ -122,6 +123,8 @@ const FOUND: u32 = 1 << 16;
 pub struct Probe {
     // The question, written by the first half.
     pub key: FlowKey,
+    /// Where the packet's headers are.
+    pub headers: Offsets,
     pub flow_hash: u32,
     pub service: VipPort,
     /// The reverse translation to record: the client side, and the mirror hop toward it.

@@ -102,7 +102,7 @@ pub fn to_backend(
             let Some(state) = new_flow::state() else {
                 return Verdict::drop(reason::DROP_INTERNAL);
             };
-            new_flow::ask(state, ctx, ip, &key, at.hash, vip, service, globals);
+            new_flow::ask(state, ctx, ip, &l4, &key, at.hash, vip, service, globals);
             // SAFETY: a tail call into the new-flow program, which the controller puts in its
             // slot before attaching; on success it does not return. The packet is as it came.
             unsafe { NEW_FLOW.tail_call(ctx, new_flow::NEW_FLOW_SLOT) };
@@ -113,23 +113,57 @@ pub fn to_backend(
 
 /// The new-flow program's verdict on the packet whose flow `new_flow::decide` just handled:
 /// sent to the backend chosen, refused with a RST when no backend is healthy, or dropped.
-/// The packet is parsed again (pointers into it cannot cross the tail call); it is the one
-/// the question was about, unchanged, so it parses as it did.
+/// Pointers into the packet cannot cross the tail call: the packet sent on is found again at
+/// the offsets the first half parsed it with (it is the same packet, unchanged), the one
+/// refused is parsed again; either is checked to be the packet the question was about.
 #[inline(always)]
 pub fn decided(ctx: &XdpContext, state: *const Probe) -> Verdict {
-    let Ok(ip) = parse::ipv4(ctx) else {
-        return Verdict::drop(reason::DROP_INTERNAL);
-    };
-    let Ok(valid) = parse::validate(ctx, &ip) else {
-        return Verdict::drop(reason::DROP_INTERNAL);
-    };
     // SAFETY: this CPU's new-flow state, written by both halves during this run.
     let (key, service, outcome) = unsafe { ((*state).key, (*state).service, (*state).outcome) };
-    let Ok(l4) = parse::transport(ctx, &valid, key.protocol) else {
-        return Verdict::drop(reason::DROP_INTERNAL);
-    };
+    match outcome {
+        new_flow::CHOSEN => {
+            // SAFETY: as above.
+            let (at, chosen) = unsafe {
+                (
+                    (*state).headers,
+                    ((*state).id, (*state).backend, (*state).snat_port),
+                )
+            };
+            let Some((ip, l4)) = parse::again(ctx, at, key.protocol) else {
+                return Verdict::drop(reason::DROP_INTERNAL);
+            };
+            if !is_about(&ip, &l4, &key) {
+                return Verdict::drop(reason::DROP_INTERNAL);
+            }
+            let dsr = service.flags & SERVICE_DSR != 0;
+            send(ctx, &ip, &l4, &service, chosen, dsr, &maps::globals(), true)
+        }
+        // No healthy backend: refuse at once rather than let the client time out.
+        reason::DROP_NO_BACKEND if key.protocol == IPPROTO_TCP => {
+            let Ok(ip) = parse::ipv4(ctx) else {
+                return Verdict::drop(reason::DROP_INTERNAL);
+            };
+            let Ok(valid) = parse::validate(ctx, &ip) else {
+                return Verdict::drop(reason::DROP_INTERNAL);
+            };
+            let Ok(l4) = parse::transport(ctx, &valid, key.protocol) else {
+                return Verdict::drop(reason::DROP_INTERNAL);
+            };
+            if !is_about(&ip, &l4, &key) {
+                return Verdict::drop(reason::DROP_INTERNAL);
+            }
+            reset::send(ctx, &ip, &valid, &l4, service.service, 0)
+        }
+        why => Verdict::drop(why),
+    }
+}
+
+/// Whether the packet with these headers is of the flow `key`.
+#[inline(always)]
+fn is_about(ip: &Ip, l4: &L4, key: &FlowKey) -> bool {
+    // SAFETY: the IP header, checked in bounds by the parser.
     let (src, dst, protocol) = unsafe { ((*ip.hdr).src, (*ip.hdr).dst, (*ip.hdr).protocol) };
-    let asked = FlowKey {
+    let packet = FlowKey {
         src,
         dst,
         sport: l4.sport,
@@ -137,22 +171,7 @@ pub fn decided(ctx: &XdpContext, state: *const Probe) -> Verdict {
         protocol,
         _pad: [0; 3],
     };
-    if !same_key(&asked, &key) {
-        return Verdict::drop(reason::DROP_INTERNAL);
-    }
-    match outcome {
-        new_flow::CHOSEN => {
-            // SAFETY: as above.
-            let chosen = unsafe { ((*state).id, (*state).backend, (*state).snat_port) };
-            let dsr = service.flags & SERVICE_DSR != 0;
-            send(ctx, &ip, &l4, &service, chosen, dsr, &maps::globals(), true)
-        }
-        // No healthy backend: refuse at once rather than let the client time out.
-        reason::DROP_NO_BACKEND if key.protocol == IPPROTO_TCP => {
-            reset::send(ctx, &ip, &valid, &l4, service.service, 0)
-        }
-        why => Verdict::drop(why),
-    }
+    same_key(&packet, key)
 }
 
 /// Rewrites and sends a client's packet to the backend `id` (with `snat_port` in nat mode).

@@ -2,13 +2,14 @@
 //! starts a flow, it writes the question (the flow, its service, the SNAT settings, the hop
 //! back to the client) into this CPU's `SNAT_SEARCH` entry and tail-calls `k3s_xdp_new_flow`
 //! (the second half). That one chooses the backend with Maglev, claims the SNAT port (nat
-//! mode), records the flow, writes the answer next to the question, parses the packet again
-//! and forwards it (`forward::decided`).
+//! mode), records the flow, writes the answer next to the question, finds the packet's headers
+//! again at the offsets the first half left in the question, and forwards it
+//! (`forward::decided`).
 //!
 //! Why two programs: the choice needs the SNAT search's bpf_loop, whose callback's stack is
 //! stacked on its caller's; in a program of its own, that stack starts from a small frame and
 //! the 512 bytes suffice. Each half also gets its own verifier budget. The cost is one tail
-//! call and a second parse, paid by a flow's first packet only.
+//! call, paid by a flow's first packet only.
 //!
 //! The per-CPU entry is safe to share between the halves: XDP runs to completion on its CPU
 //! with preemption disabled, and a tail call stays in the same run. The second half acts on
@@ -17,7 +18,7 @@
 use crate::{
     choose::{self, Probe},
     maps::SNAT_SEARCH,
-    parse::Ip,
+    parse::{Ip, Offsets, L4},
     table::{self, Place},
 };
 use aya_ebpf::programs::XdpContext;
@@ -47,6 +48,7 @@ pub fn ask(
     state: *mut Probe,
     ctx: &XdpContext,
     ip: &Ip,
+    l4: &L4,
     key: &FlowKey,
     hash: u32,
     vip: &VipInfo,
@@ -62,6 +64,7 @@ pub fn ask(
     // by the parser.
     unsafe {
         (*state).key = *key;
+        (*state).headers = Offsets::of(ip, l4);
         (*state).flow_hash = hash;
         (*state).service = *service;
         (*state).entry.client_addr = key.src;

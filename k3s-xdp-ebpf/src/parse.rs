@@ -198,6 +198,58 @@ pub fn transport(ctx: &XdpContext, valid: &Valid, protocol: u8) -> Result<L4, u3
 }
 
 /// Locates the ICMP header of a valid packet.
+/// Where a packet's headers start, once parsed and checked: what `again` needs to find them.
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+pub struct Offsets {
+    pub l3: u16,
+    pub l4: u16,
+    pub tagged: u16,
+    pub _pad: u16,
+}
+
+impl Offsets {
+    #[inline(always)]
+    pub fn of(ip: &Ip, l4: &L4) -> Self {
+        Offsets {
+            l3: ip.l3 as u16,
+            l4: l4.offset as u16,
+            tagged: u16::from(ip.tagged),
+            _pad: 0,
+        }
+    }
+}
+
+/// The headers of a packet this run already parsed and checked ([`ipv4`], [`validate`],
+/// [`transport`]), found again at their offsets: for the new-flow program, which handles the
+/// packet the first half checked, unchanged. Each header is bounds-checked again (the masks
+/// keep the offsets within what a parsed packet can have: 14 or 18, and at most 18 + 60), not
+/// validated again: the caller checks it is the packet it expects.
+#[inline(always)]
+pub fn again(ctx: &XdpContext, at: Offsets, protocol: u8) -> Option<(Ip, L4)> {
+    let eth: *mut EthHdr = ptr_at(ctx, 0)?;
+    let l3 = usize::from(at.l3 & 0x1f);
+    let hdr: *mut Ipv4Hdr = ptr_at(ctx, l3)?;
+    let offset = usize::from(at.l4 & 0x7f);
+    let ports: *const [u16; 2] = ptr_at(ctx, offset)?;
+    // SAFETY: checked in bounds above.
+    let [sport, dport] = unsafe { *ports };
+    Some((
+        Ip {
+            eth,
+            hdr,
+            l3,
+            tagged: at.tagged != 0,
+        },
+        L4 {
+            offset,
+            protocol,
+            sport,
+            dport,
+        },
+    ))
+}
+
 #[inline(always)]
 pub fn icmp(ctx: &XdpContext, valid: &Valid) -> Result<*mut IcmpHdr, u32> {
     let icmp: *mut IcmpHdr = ptr_at(ctx, valid.l4).ok_or(reason::DROP_TRUNCATED)?;

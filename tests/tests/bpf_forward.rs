@@ -528,6 +528,45 @@ fn a_vlan_tagged_packet_is_forwarded_within_its_vlan() {
     assert_eq!(out.ip().unwrap().src, VIP);
 }
 
+/// A new flow's packet is forwarded by the new-flow program, which finds its headers again at
+/// the offsets the first half parsed: a tag and IP options move them.
+#[test]
+fn a_new_flow_with_a_vlan_tag_and_ip_options_is_forwarded_whole() {
+    let Some(mut h) = harness() else { return };
+    let client = agent(2, 48600);
+    let vip = sock(VIP, 6443);
+    let k = key(client, vip, IPPROTO_TCP);
+    let backend = expected_backend(&h, "k3s-api", &k, &API_BACKENDS);
+    // Router alert and two NOPs and an end of list: 8 option bytes, IHL 7.
+    let options = vec![0x94, 0x04, 0x00, 0x00, 0x01, 0x01, 0x00, 0x00];
+    let mut syn = with_payload(packet::tcp_syn(client, vip), TCP_SYN, b"hello");
+    syn.vlan = Some(200);
+    syn.ip_mut().unwrap().options = options.clone();
+    let out = transmitted(&mut h, &syn);
+    let (ip, tcp) = (out.ip().unwrap(), out.tcp().unwrap());
+    assert_eq!(out.vlan, Some(200));
+    assert_eq!((ip.src, ip.dst), (VIP, *backend.ip()));
+    assert_eq!(ip.options, options, "IP options untouched");
+    assert_eq!(tcp.dport, backend.port());
+    let flow = h.dataplane.flow(&k).unwrap().expect("flow recorded");
+    assert_eq!(tcp.sport, u16::from_be(flow.snat_port));
+    assert_eq!(tcp.payload, b"hello".to_vec());
+
+    // dsr: only the destination MAC changes.
+    let dsr_vip = sock(DSR_VIP, 6443);
+    let mut syn = packet::tcp_syn(client, dsr_vip);
+    syn.vlan = Some(200);
+    syn.ip_mut().unwrap().options = options.clone();
+    let out = transmitted(&mut h, &syn);
+    assert_eq!(out.ip().unwrap().dst, DSR_VIP);
+    assert_eq!(out.ip().unwrap().options, options);
+    assert_eq!(out.tcp().unwrap().sport, client.port());
+    let slot = h.publisher.service_slot("k3s-api").unwrap();
+    assert_eq!(h.dataplane.service_traffic(slot).unwrap().new_flows, 1);
+    assert_eq!(h.reason(reason::TX_FORWARD).unwrap(), 2);
+    assert_eq!(h.reason(reason::DROP_INTERNAL).unwrap(), 0);
+}
+
 #[test]
 fn icmp_echo_to_a_vip_is_answered() {
     let Some(mut h) = harness() else { return };
