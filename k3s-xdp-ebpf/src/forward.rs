@@ -36,15 +36,7 @@ pub fn to_backend(
     globals: &Globals,
 ) -> Verdict {
     let protocol = l4.protocol;
-    let (src, dst) = unsafe { ((*ip.hdr).src, (*ip.hdr).dst) };
-    let key = FlowKey {
-        src,
-        dst,
-        sport: l4.sport,
-        dport: l4.dport,
-        protocol,
-        _pad: [0; 3],
-    };
+    let key = parse::flow_key(ip, &l4);
     let dsr = service.flags & SERVICE_DSR != 0;
     let tcp_flags = if protocol == IPPROTO_TCP {
         l4.tcp_flags(ctx)
@@ -76,7 +68,7 @@ pub fn to_backend(
                     match table::find_nat(&reverse, Place::of(&reverse, mask)) {
                         Some((entry, copy)) => {
                             let e = copy.nat;
-                            let ours = e.client_addr == src && e.client_port == key.sport;
+                            let ours = e.client_addr == key.src && e.client_port == key.sport;
                             if tcp_flags & TCP_SYN != 0 && (!ours || e.closing != 0) {
                                 // Taken over, or closed: choose again, as a new flow.
                                 pinned = None;
@@ -161,17 +153,7 @@ pub fn decided(ctx: &XdpContext, state: *const Probe) -> Verdict {
 /// Whether the packet with these headers is of the flow `key`.
 #[inline(always)]
 fn is_about(ip: &Ip, l4: &L4, key: &FlowKey) -> bool {
-    // SAFETY: the IP header, checked in bounds by the parser.
-    let (src, dst, protocol) = unsafe { ((*ip.hdr).src, (*ip.hdr).dst, (*ip.hdr).protocol) };
-    let packet = FlowKey {
-        src,
-        dst,
-        sport: l4.sport,
-        dport: l4.dport,
-        protocol,
-        _pad: [0; 3],
-    };
-    same_key(&packet, key)
+    same_key(&parse::flow_key(ip, l4), key)
 }
 
 /// Rewrites and sends a client's packet to the backend `id` (with `snat_port` in nat mode).
@@ -215,15 +197,8 @@ fn send(
 #[inline(always)]
 pub fn reply(ctx: &XdpContext, ip: &Ip, l4: L4, protocol: u8, globals: &Globals) -> Verdict {
     let generation = globals.fib_generation;
-    let (src, vip) = unsafe { ((*ip.hdr).src, (*ip.hdr).dst) };
-    let key = FlowKey {
-        src,
-        dst: vip,
-        sport: l4.sport,
-        dport: l4.dport,
-        protocol,
-        _pad: [0; 3],
-    };
+    let key = parse::flow_key(ip, &l4);
+    let vip = key.dst;
     let Some((entry, copy)) = table::find_nat(&key, Place::of(&key, globals.flow_mask)) else {
         return Verdict::pass(reason::PASS_VIP_OTHER);
     };

@@ -5,7 +5,7 @@
 use crate::headers::{IcmpHdr, Ipv4Hdr, TcpHdr, UdpHdr, IP_MF_OR_OFFSET};
 use aya_ebpf::programs::XdpContext;
 use core::mem::size_of;
-use k3s_xdp_common::{reason, IPPROTO_TCP};
+use k3s_xdp_common::{reason, FlowKey, IPPROTO_TCP};
 use network_types::{eth::EthHdr, vlan::VlanHdr};
 
 const ETH_P_IP: u16 = 0x0800u16.to_be();
@@ -198,6 +198,22 @@ pub fn transport(ctx: &XdpContext, valid: &Valid, protocol: u8) -> Result<L4, u3
 }
 
 /// Locates the ICMP header of a valid packet.
+/// The flow key of a parsed packet: its addresses and protocol from the IP header, its ports
+/// from the transport header.
+#[inline(always)]
+pub fn flow_key(ip: &Ip, l4: &L4) -> FlowKey {
+    // SAFETY: the IP header, checked in bounds by the parser.
+    let (src, dst, protocol) = unsafe { ((*ip.hdr).src, (*ip.hdr).dst, (*ip.hdr).protocol) };
+    FlowKey {
+        src,
+        dst,
+        sport: l4.sport,
+        dport: l4.dport,
+        protocol,
+        _pad: [0; 3],
+    }
+}
+
 /// Where a packet's headers start, once parsed and checked: what `again` needs to find them.
 #[repr(C)]
 #[derive(Clone, Copy, Default)]
