@@ -28,7 +28,9 @@ pub const DROP_FRAGMENT: u32 = 10;
 pub const DROP_BAD_L4_HEADER: u32 = 11;
 /// No healthy backend for a new non-TCP flow (TCP gets a RST instead).
 pub const DROP_NO_BACKEND: u32 = 12;
-/// The next hop toward a backend or client has no resolved neighbour yet.
+/// dsr mode: the next hop toward the backend has no resolved neighbour. (In nat mode such a
+/// packet is translated and handed to the kernel instead: `PASS_NO_NEIGHBOUR`. A dsr frame
+/// still carries the VIP as its destination, which the kernel would deliver to itself.)
 pub const DROP_NO_NEIGHBOUR: u32 = 13;
 /// `bpf_fib_lookup` found no route, or an unusable one.
 pub const DROP_NO_ROUTE: u32 = 14;
@@ -49,9 +51,13 @@ pub const PASS_OTHER_HOST: u32 = 20;
 /// The new-flow half of the program could not be reached (its tail-call slot is empty): a
 /// k3s-xdp bug, never expected.
 pub const DROP_INTERNAL: u32 = 21;
+/// Translated (or answered) here, but the next hop toward the backend or client has no
+/// resolved neighbour: handed to the kernel, which resolves it (ARP) and forwards the packet.
+/// Never sent to a MAC address learnt from a frame, which may be another router's.
+pub const PASS_NO_NEIGHBOUR: u32 = 22;
 
 /// Number of reasons; the length of the `REASONS` map.
-pub const COUNT: u32 = 22;
+pub const COUNT: u32 = 23;
 
 /// Label of each reason, indexed by its constant.
 pub const NAMES: [&str; COUNT as usize] = [
@@ -77,6 +83,7 @@ pub const NAMES: [&str; COUNT as usize] = [
     "pass_malformed",
     "pass_other_host",
     "drop_internal",
+    "pass_no_neighbour",
 ];
 
 /// Signs that the flow tables are too small (or flooded), counted per CPU in `TABLE_EVENTS`,

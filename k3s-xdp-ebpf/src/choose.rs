@@ -127,7 +127,8 @@ pub struct Probe {
     pub headers: Offsets,
     pub flow_hash: u32,
     pub service: VipPort,
-    /// The reverse translation to record: the client side, and the mirror hop toward it.
+    /// The reverse translation to record: the client side (its hop is resolved by the first
+    /// reply).
     pub entry: NatReverse,
     /// SNAT ports: the first one, and how many.
     pub min: u32,

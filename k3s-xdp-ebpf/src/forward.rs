@@ -94,7 +94,7 @@ pub fn to_backend(
             let Some(state) = new_flow::state() else {
                 return Verdict::drop(reason::DROP_INTERNAL);
             };
-            new_flow::ask(state, ctx, ip, &l4, &key, at.hash, vip, service, globals);
+            new_flow::ask(state, ip, &l4, &key, at.hash, vip, service, globals);
             // SAFETY: a tail call into the new-flow program, which the controller puts in its
             // slot before attaching; on success it does not return. The packet is as it came.
             unsafe { NEW_FLOW.tail_call(ctx, new_flow::NEW_FLOW_SLOT) };
@@ -157,6 +157,8 @@ fn is_about(ip: &Ip, l4: &L4, key: &FlowKey) -> bool {
 }
 
 /// Rewrites and sends a client's packet to the backend `id` (with `snat_port` in nat mode).
+/// In nat mode, a backend whose neighbour is not resolved yet gets the translated packet
+/// through the kernel, which resolves it (see [`toward`]).
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn send(
@@ -171,8 +173,9 @@ fn send(
 ) -> Verdict {
     let dst = unsafe { (*ip.hdr).dst };
     let hop = match hop::to_backend(ctx, id, &backend, dst, dsr, globals.fib_generation) {
-        Ok(hop) => hop,
-        Err(why) => return Verdict::drop(why),
+        // A dsr frame keeps the VIP as its destination: the kernel would deliver it to itself.
+        Err(why) if dsr || why != reason::DROP_NO_NEIGHBOUR => return Verdict::drop(why),
+        hop => hop,
     };
     if !dsr {
         rewrite::tuple(
@@ -187,13 +190,13 @@ fn send(
             },
         );
     }
-    rewrite::l2(ip, &hop);
     counters::traffic(service.service, id, frame_len(ctx), new_flow);
-    transmit(ctx, ip, &hop, reason::TX_FORWARD)
+    toward(ctx, ip, hop, reason::TX_FORWARD)
 }
 
-/// A packet to a VIP on a port without a service: a backend's reply in nat mode, if it matches
-/// a translation; otherwise the host's business.
+/// A backend's packet to VIP:snat_port in nat mode, if it matches a translation: translated
+/// back to the client. Otherwise a packet to a VIP on a port without a service: the host's
+/// business.
 #[inline(always)]
 pub fn reply(ctx: &XdpContext, ip: &Ip, l4: L4, protocol: u8, globals: &Globals) -> Verdict {
     let generation = globals.fib_generation;
@@ -212,20 +215,20 @@ pub fn reply(ctx: &XdpContext, ip: &Ip, l4: L4, protocol: u8, globals: &Globals)
             choose::note_closing(entry, NAT_BACKEND_FIN);
         }
     }
+    // The hop toward the client comes from the FIB only, resolved on the first reply and after
+    // route or neighbour changes; never from the client's frame, which another router (an old
+    // VRRP master still forwarding) may have sent on. Only a resolved hop is kept.
     let hop = if hop::is_fresh(&nat.next_hop, nat.client_addr, generation) {
-        nat.next_hop
+        Ok(nat.next_hop)
     } else {
-        // Resolve once per flow (and after route/neighbour changes); where the FIB has no
-        // answer, keep the mirror of the client's own frame.
-        let hop = match hop::resolve(ctx, vip, nat.client_addr, false, generation) {
-            Ok(hop) => hop,
-            Err(_) => NextHop {
-                generation,
-                ..nat.next_hop
-            },
-        };
-        unsafe { (*entry).nat.next_hop = hop };
-        hop
+        match hop::resolve(ctx, vip, nat.client_addr, false, generation) {
+            Ok(hop) => {
+                unsafe { (*entry).nat.next_hop = hop };
+                Ok(hop)
+            }
+            Err(why) if why != reason::DROP_NO_NEIGHBOUR => return Verdict::drop(why),
+            unresolved => unresolved,
+        }
     };
     rewrite::tuple(
         ctx,
@@ -238,14 +241,36 @@ pub fn reply(ctx: &XdpContext, ip: &Ip, l4: L4, protocol: u8, globals: &Globals)
             dport: nat.client_port,
         },
     );
-    rewrite::l2(ip, &hop);
     counters::traffic(
         u32::from(nat.service),
         u32::from(nat.backend),
         frame_len(ctx),
         false,
     );
-    transmit(ctx, ip, &hop, reason::TX_REPLY)
+    toward(ctx, ip, hop, reason::TX_REPLY)
+}
+
+/// Sends a packet already addressed to its final IP destination toward `hop`, the next hop
+/// resolved for it (see [`depart`]).
+#[inline(always)]
+pub fn toward(ctx: &XdpContext, ip: &Ip, hop: Result<NextHop, u32>, why: u32) -> Verdict {
+    if let Ok(hop) = &hop {
+        rewrite::l2(ip, hop);
+    }
+    depart(ctx, ip, hop, why)
+}
+
+/// The verdict on a packet whose Ethernet header already names `hop`: sent on; or, without a
+/// resolved neighbour, handed to the kernel, which resolves the address (ARP) and forwards the
+/// packet (the interface forwards, and accepts the VIP as a source: the daemon sets both), so
+/// the next packet finds the neighbour in the FIB; or dropped (no route).
+#[inline(always)]
+pub fn depart(ctx: &XdpContext, ip: &Ip, hop: Result<NextHop, u32>, why: u32) -> Verdict {
+    match hop {
+        Ok(hop) => transmit(ctx, ip, &hop, why),
+        Err(reason::DROP_NO_NEIGHBOUR) => Verdict::pass(reason::PASS_NO_NEIGHBOUR),
+        Err(why) => Verdict::drop(why),
+    }
 }
 
 /// Sends the rewritten frame: XDP_TX when it leaves where it came in (or stays in the VLAN it

@@ -37,7 +37,7 @@ pub fn handle(
     };
     let (icmp_type, code) = unsafe { ((*icmp).icmp_type, (*icmp).code) };
     if icmp_type == ICMP_ECHO_REQUEST && code == 0 {
-        return echo_reply(ip, icmp);
+        return echo_reply(ctx, ip, icmp);
     }
     if icmp_type == ICMP_DEST_UNREACH && code == ICMP_FRAG_NEEDED {
         return frag_needed(ctx, ip, valid, icmp, vip, globals);
@@ -45,11 +45,11 @@ pub fn handle(
     Verdict::pass(reason::PASS_VIP_OTHER)
 }
 
-/// Turns the echo request into its reply, in place.
+/// Turns the echo request into its reply, in place, sent toward the sender's next hop from the
+/// FIB.
 #[inline(always)]
-fn echo_reply(ip: &Ip, icmp: *mut IcmpHdr) -> Verdict {
-    crate::rewrite::back_to_sender(ip);
-    unsafe {
+fn echo_reply(ctx: &XdpContext, ip: &Ip, icmp: *mut IcmpHdr) -> Verdict {
+    let hop = unsafe {
         let hdr = ip.hdr;
         // Swapping the addresses leaves the IPv4 checksum as it is; the TTL does not.
         let (src, dst) = ((*hdr).src, (*hdr).dst);
@@ -68,8 +68,9 @@ fn echo_reply(ip: &Ip, icmp: *mut IcmpHdr) -> Verdict {
             u16::from_ne_bytes([ICMP_ECHO_REPLY, code]),
         );
         (*icmp).icmp_type = ICMP_ECHO_REPLY;
-    }
-    Verdict::tx(reason::TX_ICMP_ECHO)
+        hop::resolve(ctx, dst, src, false, 0)
+    };
+    forward::toward(ctx, ip, hop, reason::TX_ICMP_ECHO)
 }
 
 /// "Fragmentation needed" quoting a packet we sent to a client (VIP:port → client:port).
@@ -127,8 +128,9 @@ fn frag_needed(
     }
     let dsr = service.flags & SERVICE_DSR != 0;
     let hop = match hop::to_backend(ctx, flow.backend, &backend, outer_dst, dsr, generation) {
-        Ok(hop) => hop,
-        Err(why) => return Verdict::drop(why),
+        // As for the flow's packets (`forward::send`): only a nat packet can go to the kernel.
+        Err(why) if dsr || why != reason::DROP_NO_NEIGHBOUR => return Verdict::drop(why),
+        hop => hop,
     };
     if !dsr {
         // The backend sent backend:port → VIP:snat_port; quote it as it sent it, and deliver
@@ -156,7 +158,6 @@ fn frag_needed(
                 .apply((*icmp).check);
         }
     }
-    crate::rewrite::l2(ip, &hop);
     counters::traffic(service.service, flow.backend, frame_len(ctx), false);
-    forward::transmit(ctx, ip, &hop, reason::TX_ICMP_TO_BACKEND)
+    forward::toward(ctx, ip, hop, reason::TX_ICMP_TO_BACKEND)
 }

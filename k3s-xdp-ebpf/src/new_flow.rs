@@ -1,6 +1,5 @@
 //! A new flow, in two programs. `k3s_xdp` (the first half) handles every packet; when a packet
-//! starts a flow, it writes the question (the flow, its service, the SNAT settings, the hop
-//! back to the client) into this CPU's `SNAT_SEARCH` entry and tail-calls `k3s_xdp_new_flow`
+//! starts a flow, it writes the question (the flow, its service, the SNAT settings) into this CPU's `SNAT_SEARCH` entry and tail-calls `k3s_xdp_new_flow`
 //! (the second half). That one chooses the backend with Maglev, claims the SNAT port (nat
 //! mode), records the flow, writes the answer next to the question, finds the packet's headers
 //! again at the offsets the first half left in the question, and forwards it
@@ -21,7 +20,6 @@ use crate::{
     parse::{Ip, Offsets, L4},
     table::{self, Place},
 };
-use aya_ebpf::programs::XdpContext;
 use k3s_xdp_common::{
     reason, Flow, FlowKey, Globals, NextHop, VipInfo, VipPort, MAX_PORTS_PER_VIP, SERVICE_DSR,
 };
@@ -46,7 +44,6 @@ pub fn state() -> Option<*mut Probe> {
 #[inline(always)]
 pub fn ask(
     state: *mut Probe,
-    ctx: &XdpContext,
     ip: &Ip,
     l4: &L4,
     key: &FlowKey,
@@ -60,8 +57,7 @@ pub fn ask(
         min = u32::from(globals.snat_port_min);
         max = u32::from(globals.snat_port_max);
     }
-    // SAFETY: this CPU's entry, valid for this run; the frame's Ethernet header was checked
-    // by the parser.
+    // SAFETY: this CPU's entry, valid for this run.
     unsafe {
         (*state).key = *key;
         (*state).headers = Offsets::of(ip, l4);
@@ -71,16 +67,9 @@ pub fn ask(
         (*state).entry.client_port = key.sport;
         (*state).entry.vip_port = key.dport;
         (*state).entry.closing = 0;
-        // The hop back to the client: the mirror of its frame, out the interface it came in
-        // on, stored stale (generation never current) so the first reply resolves it with
-        // the FIB.
-        (*state).entry.next_hop = NextHop {
-            dst: key.src,
-            generation: globals.fib_generation.wrapping_sub(1),
-            ifindex: ctx.ingress_ifindex() as u32,
-            smac: (*ip.eth).dst_addr,
-            dmac: (*ip.eth).src_addr,
-        };
+        // The hop back to the client: none yet, the first reply resolves it with the FIB.
+        // Never the mirror of the client's frame: another router may have sent it on.
+        (*state).entry.next_hop = NextHop::default();
         (*state).min = min;
         (*state).span = max - min + 1;
         for i in 0..MAX_PORTS_PER_VIP {

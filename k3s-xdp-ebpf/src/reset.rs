@@ -5,15 +5,19 @@
 use crate::{
     counters,
     csum::{self, add32, fold},
+    forward,
     headers::{TcpHdr, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
+    hop,
     parse::{Ip, Valid, L4},
+    rewrite,
     verdict::Verdict,
 };
 use aya_ebpf::{helpers::bpf_xdp_adjust_tail, programs::XdpContext};
 use core::mem::size_of;
 use k3s_xdp_common::{reason, IPPROTO_TCP};
 
-/// Turns the TCP packet into a RST back to its sender and returns XDP_TX.
+/// Turns the TCP packet into a RST back to its sender, sent toward the sender's next hop from
+/// the FIB (not the frame's source MAC, which may be another router's).
 #[inline(always)]
 pub fn send(
     ctx: &XdpContext,
@@ -26,7 +30,7 @@ pub fn send(
     let Some(tcp) = l4.tcp(ctx) else {
         return Verdict::drop(reason::DROP_NO_BACKEND);
     };
-    unsafe {
+    let hop = unsafe {
         let flags = (*tcp).flags;
         // Never answer a RST with a RST.
         if flags & TCP_RST != 0 {
@@ -50,13 +54,16 @@ pub fn send(
             )
         };
 
-        // Ethernet: back where it came from.
-        crate::rewrite::back_to_sender(ip);
-
         // IPv4: swapped addresses (checksum-neutral), a new length and TTL.
         let hdr = ip.hdr;
         let src = (*hdr).dst;
         let dst = (*hdr).src;
+        // Ethernet: toward the sender's next hop (written before the tail moves, which ends
+        // every packet pointer).
+        let hop = hop::resolve(ctx, src, dst, false, 0);
+        if let Ok(hop) = &hop {
+            rewrite::l2(ip, hop);
+        }
         (*hdr).src = src;
         (*hdr).dst = dst;
         let tot_len = ((valid.ihl + size_of::<TcpHdr>()) as u16).to_be();
@@ -97,7 +104,8 @@ pub fn send(
         if delta != 0 && bpf_xdp_adjust_tail(ctx.ctx, delta) != 0 {
             return Verdict::drop(reason::DROP_NO_BACKEND);
         }
-    }
+        hop
+    };
     counters::reset(service, backend);
-    Verdict::tx(reason::TX_RESET)
+    forward::depart(ctx, ip, hop, reason::TX_RESET)
 }

@@ -26,12 +26,6 @@ pub fn l2(ip: &Ip, hop: &NextHop) {
     }
 }
 
-/// Sends the frame back where it came from: swaps the Ethernet addresses.
-#[inline(always)]
-pub fn back_to_sender(ip: &Ip) {
-    unsafe { core::mem::swap(&mut (*ip.eth).src_addr, &mut (*ip.eth).dst_addr) };
-}
-
 /// Replaces the 4-tuple, updating the IPv4 checksum and the TCP/UDP checksum (whose
 /// pseudo-header covers the addresses) from one shared address delta.
 #[inline(always)]

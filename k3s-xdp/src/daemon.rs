@@ -63,13 +63,15 @@ pub async fn run(options: Options) -> Result<()> {
 
     // From here on the host changes; the guard undoes the changes if this process dies.
     let guard = Guard::spawn(&iface)?;
-    let forwarding_path = system::ipv4_forwarding_path(&iface);
-    let forwarding_before = system::set_ipv4_forwarding(&iface, true).with_context(|| {
-        format!("enabling IPv4 forwarding on {iface} (bpf_fib_lookup needs it)")
-    })?;
-    if !forwarding_before {
-        guard.restore(&forwarding_path, "0");
-        info!("enabled IPv4 forwarding on {iface}: bpf_fib_lookup resolves next hops only for forwarding interfaces; restored on exit");
+    let mut enabled = Vec::new();
+    for (key, why) in INTERFACE_SETTINGS {
+        let was_on = system::set_ipv4_conf(&iface, key, true)
+            .with_context(|| format!("enabling {key} on {iface} ({why})"))?;
+        if !was_on {
+            guard.restore(&system::ipv4_conf_path(&iface, key), "0");
+            info!("enabled {key} on {iface}: {why}; restored on exit");
+            enabled.push(key);
+        }
     }
     let mode = controller.attach(&iface, attach_policy(&config))?;
     info!(
@@ -86,6 +88,30 @@ pub async fn run(options: Options) -> Result<()> {
     tasks.push(tokio::spawn(control.serve(events_tx.clone())));
     tasks.push(tokio::spawn(metrics.serve(events_tx.clone())));
     tasks.push(tokio::spawn(signals(events_tx.clone())));
+    // The backends' next hops, resolved and kept so (see `system::neighbours`).
+    let (resolved_tx, mut resolved_rx) = tokio::sync::watch::channel(None);
+    controller.keep_next_hops(system::neighbours::Keeper::spawn(
+        ifindex,
+        controller.backend_addresses(),
+        move |resolved| {
+            resolved_tx.send_replace(Some(resolved));
+        },
+    ));
+    let resolved_events = events_tx.clone();
+    tasks.push(tokio::spawn(async move {
+        while resolved_rx.changed().await.is_ok() {
+            let Some(resolved) = resolved_rx.borrow_and_update().clone() else {
+                continue;
+            };
+            if resolved_events
+                .send(Event::NextHops(resolved))
+                .await
+                .is_err()
+            {
+                break;
+            }
+        }
+    }));
     let fib_events = events_tx.clone();
     tasks.push(tokio::spawn(async move {
         let r = system::watch_routes_and_neighbours(Duration::from_millis(500), || {
@@ -168,10 +194,13 @@ pub async fn run(options: Options) -> Result<()> {
     if let Some((iface, mode)) = controller.dataplane_mut().detach() {
         info!("XDP program detached from {iface} ({mode} mode)");
     }
-    if !forwarding_before {
-        match system::set_ipv4_forwarding(&iface, false) {
-            Ok(_) => guard.forget(&forwarding_path),
-            Err(e) => warn!("restoring IPv4 forwarding on {iface}: {e:#}"),
+    if let Some(keeper) = controller.take_next_hop_keeper() {
+        keeper.stop().await;
+    }
+    for key in enabled {
+        match system::set_ipv4_conf(&iface, key, false) {
+            Ok(_) => guard.forget(&system::ipv4_conf_path(&iface, key)),
+            Err(e) => warn!("restoring {key} on {iface}: {e:#}"),
         }
     }
     for t in tasks {
@@ -184,6 +213,19 @@ pub async fn run(options: Options) -> Result<()> {
     guard.disarm();
     Ok(())
 }
+
+/// The IPv4 settings of the interface that the daemon turns on while it runs, and why.
+const INTERFACE_SETTINGS: [(&str, &str); 2] = [
+    (
+        "forwarding",
+        "bpf_fib_lookup resolves next hops only for forwarding interfaces",
+    ),
+    (
+        "accept_local",
+        "a packet translated to a backend or client whose MAC address is not known yet goes to \
+         the kernel with the VIP as its source, and the kernel forwards it",
+    ),
+];
 
 fn attach_policy(config: &Config) -> AttachPolicy {
     match config.xdp_mode {

@@ -420,6 +420,23 @@ impl FibLab {
         Ok(self)
     }
 
+    /// Gives `addr` (on eth1) a neighbour entry with `mac`, as ARP would.
+    pub fn add_neighbour(&self, addr: Ipv4Addr, mac: [u8; 6]) -> Result<()> {
+        ip(&[
+            "-n",
+            &self.name,
+            "neigh",
+            "replace",
+            &addr.to_string(),
+            "lladdr",
+            &mac_string(mac),
+            "nud",
+            "reachable",
+            "dev",
+            "eth1",
+        ])
+    }
+
     /// Moves the calling thread into the lab until the guard drops.
     pub fn enter(&self) -> Result<NetnsGuard> {
         let original = File::open("/proc/thread-self/ns/net").context("opening own netns")?;

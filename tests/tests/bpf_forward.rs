@@ -389,10 +389,7 @@ fn a_flow_pinned_to_a_down_backend_gets_a_rst_then_reconnects_elsewhere() {
         b"more",
     );
     let out = run(&mut h, &data);
-    assert_eq!(
-        out.action, XDP_TX,
-        "the RST goes back where the packet came from"
-    );
+    assert_eq!(out.action, XDP_TX, "the RST goes back to the client");
     verify_checksums(&out.data).unwrap();
     assert_eq!(
         out.data.len(),
@@ -401,9 +398,12 @@ fn a_flow_pinned_to_a_down_backend_gets_a_rst_then_reconnects_elsewhere() {
     );
     let rst = out.frame().unwrap();
     let (ip, tcp) = (rst.ip().unwrap(), rst.tcp().unwrap());
+    // The frame came from another MAC (packet::CLIENT_MAC, the lab's router): the RST goes
+    // to the client's own MAC, from the FIB.
+    assert_ne!(packet::CLIENT_MAC, lab_mac(*client.ip()));
     assert_eq!(
         (rst.eth_dst, rst.eth_src),
-        (packet::CLIENT_MAC, packet::LB_MAC)
+        (lab_mac(*client.ip()), packet::LB_MAC)
     );
     assert_eq!((ip.src, ip.dst), (VIP, *client.ip()));
     assert_eq!((tcp.sport, tcp.dport), (6443, client.port()));
@@ -580,7 +580,8 @@ fn icmp_echo_to_a_vip_is_answered() {
     assert_eq!(icmp.payload, b"abcdefgh");
     assert_eq!(
         (out.eth_dst, out.eth_src),
-        (packet::CLIENT_MAC, packet::LB_MAC)
+        (lab_mac(*agent(1, 0).ip()), packet::LB_MAC),
+        "to the client's own MAC from the FIB, not to the frame's source (the lab's router)"
     );
     assert_eq!(ip.ttl, 64);
     assert_eq!(h.reason(reason::TX_ICMP_ECHO).unwrap(), 1);
@@ -757,17 +758,159 @@ fn fragments_and_malformed_packets_to_a_vip_are_dropped_by_reason() {
     }
 }
 
+/// A nat packet toward a backend whose MAC address the FIB does not know yet (a backend just
+/// added, an entry aged out) is translated and handed to the kernel, which resolves the address
+/// and forwards it, instead of being dropped; once the neighbour is known, packets go out
+/// from XDP again.
 #[test]
-fn a_backend_without_a_resolved_neighbour_is_counted_not_forwarded_blind() {
+fn a_nat_packet_to_a_backend_without_a_neighbour_goes_to_the_kernel_translated() {
     if !have_root() {
         return;
     }
     // 192.0.2.60 is on the lab's link but has no neighbour entry.
     let config = CONFIG.replace("192.0.2.55:53", "192.0.2.60:53");
     let mut h = XdpHarness::with_config_in_lab(&config).unwrap();
-    let out = run(&mut h, &packet::udp(agent(1, 5353), sock(VIP, 53), b"q"));
+    let client = agent(1, 5353);
+    let out = run(&mut h, &packet::udp(client, sock(VIP, 53), b"q"));
+    assert_eq!(
+        out.action,
+        XDP_PASS,
+        "to the kernel (reasons {:?})",
+        nonzero(&h)
+    );
+    verify_checksums(&out.data).expect("translated with valid checksums");
+    let frame = out.frame().unwrap();
+    let (ip, udp) = (frame.ip().unwrap(), frame.udp().unwrap());
+    assert_eq!((ip.dst, udp.dport), (Ipv4Addr::new(192, 0, 2, 60), 53));
+    assert_eq!(ip.src, VIP, "SNAT to the VIP, as when XDP sends it");
+    let snat_port = udp.sport;
+    assert_eq!(udp.payload, b"q");
+    assert_eq!(h.reason(reason::PASS_NO_NEIGHBOUR).unwrap(), 1);
+    assert_eq!(h.reason(reason::DROP_NO_NEIGHBOUR).unwrap(), 0);
+    let slot = h
+        .publisher
+        .backend_slot("dns", "192.0.2.60:53".parse().unwrap())
+        .unwrap();
+    assert_eq!(h.dataplane.backend_traffic(slot).unwrap().new_flows, 1);
+
+    // ARP answered: the flow's next packet leaves from XDP, to the backend's MAC.
+    let mac = lab_mac(Ipv4Addr::new(192, 0, 2, 60));
+    h.lab
+        .as_ref()
+        .unwrap()
+        .add_neighbour(Ipv4Addr::new(192, 0, 2, 60), mac)
+        .unwrap();
+    let out = transmitted(&mut h, &packet::udp(client, sock(VIP, 53), b"q2"));
+    assert_eq!(out.eth_dst, mac);
+    assert_eq!(out.udp().unwrap().sport, snat_port, "the same translation");
+}
+
+/// A dsr frame keeps the VIP as its destination, which the kernel would deliver to itself: it
+/// is dropped and counted when the backend's neighbour is unknown.
+#[test]
+fn a_dsr_packet_to_a_backend_without_a_neighbour_is_dropped_and_counted() {
+    if !have_root() {
+        return;
+    }
+    let config = CONFIG
+        .replace("192.0.2.53:6443", "192.0.2.60:6443")
+        .replace("192.0.2.54:6443", "192.0.2.61:6443");
+    let mut h = XdpHarness::with_config_in_lab(&config).unwrap();
+    let out = run(
+        &mut h,
+        &packet::tcp_syn(agent(1, 45000), sock(DSR_VIP, 6443)),
+    );
     assert_eq!(out.action, XDP_DROP);
     assert_eq!(h.reason(reason::DROP_NO_NEIGHBOUR).unwrap(), 1);
+    assert_eq!(h.reason(reason::PASS_NO_NEIGHBOUR).unwrap(), 0);
+}
+
+/// After a failover, the old master may forward a client's frames to the new one: the new
+/// master sees the old master's MAC as the frame's source, and has no neighbour entry for the
+/// client. Replies, RSTs and echo replies never go to that MAC: they go to the kernel, which
+/// resolves the client; once the FIB knows the client, they go to the client's own MAC.
+#[test]
+fn replies_to_a_client_without_a_neighbour_go_to_the_kernel_not_to_the_forwarding_router() {
+    let Some(mut h) = harness() else { return };
+    // 192.0.2.110: on the lab's link, no neighbour entry; frames come from the "old master".
+    let old_master = lab_mac(Ipv4Addr::new(192, 0, 2, 98));
+    let client = sock(Ipv4Addr::new(192, 0, 2, 110), 46000);
+    let vip = sock(VIP, 6443);
+    let mut syn = packet::tcp_syn(client, vip);
+    syn.eth_src = old_master;
+    let fwd = transmitted(&mut h, &syn);
+    let (backend_ip, snat_port) = (fwd.ip().unwrap().dst, fwd.tcp().unwrap().sport);
+    let mut reply = packet::tcp(
+        sock(backend_ip, 6443),
+        sock(VIP, snat_port),
+        TCP_SYN | TCP_ACK,
+    );
+    reply.eth_src = lab_mac(backend_ip);
+    let out = run(&mut h, &reply);
+    assert_eq!(
+        out.action,
+        XDP_PASS,
+        "to the kernel, which resolves the client (reasons {:?})",
+        nonzero(&h)
+    );
+    verify_checksums(&out.data).unwrap();
+    let back = out.frame().unwrap();
+    assert_eq!(
+        (back.ip().unwrap().src, back.tcp().unwrap().sport),
+        (VIP, 6443)
+    );
+    assert_eq!(
+        (back.ip().unwrap().dst, back.tcp().unwrap().dport),
+        (*client.ip(), client.port()),
+        "translated back to the client"
+    );
+    assert_ne!(back.eth_dst, old_master);
+    assert_eq!(h.reason(reason::PASS_NO_NEIGHBOUR).unwrap(), 1);
+
+    // An echo request and a refused segment from the same client: the same.
+    let mut ping = packet::icmp_echo(*client.ip(), VIP, 1, 1, b"x");
+    ping.eth_src = old_master;
+    assert_eq!(run(&mut h, &ping).action, XDP_PASS);
+    let no_backend = CONFIG.replace("port = 8443", "port = 7777");
+    let mut h2 = XdpHarness::with_config_in_lab(&no_backend).unwrap();
+    let mut specs: Vec<ServiceSpec> = k3s_xdp::config::parse(&no_backend, "t.toml".as_ref())
+        .unwrap()
+        .services
+        .iter()
+        .map(ServiceSpec::from_config)
+        .collect();
+    for b in &mut specs
+        .iter_mut()
+        .find(|s| s.name == "kept")
+        .unwrap()
+        .backends
+    {
+        b.state = BackendState::Down;
+    }
+    h2.apply(&specs).unwrap();
+    let mut syn = packet::tcp_syn(sock(*client.ip(), 46002), sock(VIP, 7777));
+    syn.eth_src = old_master;
+    let out = run(&mut h2, &syn);
+    assert_eq!(out.action, XDP_PASS, "the RST to the kernel");
+    let rst = out.frame().unwrap();
+    assert_eq!(rst.tcp().unwrap().flags, TCP_RST | TCP_ACK);
+    assert_eq!(rst.ip().unwrap().dst, *client.ip());
+    assert_eq!(h.reason(reason::PASS_NO_NEIGHBOUR).unwrap(), 2);
+    assert_eq!(h2.reason(reason::PASS_NO_NEIGHBOUR).unwrap(), 1);
+
+    // The client answered ARP: the next reply goes to its own MAC from XDP.
+    let mac = [0x02, 0, 0, 0, 0, 110];
+    h.lab
+        .as_ref()
+        .unwrap()
+        .add_neighbour(*client.ip(), mac)
+        .unwrap();
+    let mut ack = packet::tcp(sock(backend_ip, 6443), sock(VIP, snat_port), TCP_ACK);
+    ack.eth_src = lab_mac(backend_ip);
+    let back = transmitted(&mut h, &ack);
+    assert_eq!(back.eth_dst, mac, "the client's own MAC, from the FIB");
+    let ping = transmitted(&mut h, &packet::icmp_echo(*client.ip(), VIP, 1, 2, b"x"));
+    assert_eq!(ping.eth_dst, mac);
 }
 
 /// lb-1 and lb-2 load the same config (here with backends listed in another order, so their
@@ -1306,4 +1449,88 @@ fn a_translation_unseen_for_five_minutes_is_taken_over_and_its_flow_forgotten() 
             .is_none(),
         "a's flow forgotten"
     );
+}
+
+/// Make before break: while a backend is drained, disabled or taken down and brought back
+/// again and again, SYNs of new flows run through the program from another thread. Every one
+/// is forwarded to a backend: none lands on the backend leaving while its entry already
+/// refuses new flows (which would answer it with a RST, or drop it), since the table stops
+/// naming a backend before its entry stops taking new flows, and names it again only after.
+#[test]
+fn a_backend_leaving_or_returning_never_refuses_a_new_flow_in_flight() {
+    let Some(mut h) = harness() else { return };
+    let up = specs(CONFIG);
+    let with_server_2 = |state: BackendState| {
+        let mut s = up.clone();
+        s[0].backends[1].state = state;
+        s[0].backends[1].weight = 0;
+        s
+    };
+    let changes = [
+        with_server_2(BackendState::Drain),
+        with_server_2(BackendState::Down),
+    ];
+    let server_2 = Ipv4Addr::new(192, 0, 2, 51);
+    const ROUNDS: usize = 20;
+    const MAX_PACKETS: u32 = 2_000_000;
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let (runner, dp, publisher) = h.split().unwrap();
+    let ((forwarded, to_server_2, refused), rounds) = std::thread::scope(|s| {
+        let packets = s.spawn(|| {
+            let _inside = runner.enter().unwrap();
+            let started = std::time::Instant::now();
+            let (mut forwarded, mut to_server_2) = (0u32, 0u32);
+            let mut refused: Vec<String> = Vec::new();
+            for i in 0..MAX_PACKETS {
+                if stop.load(std::sync::atomic::Ordering::Relaxed)
+                    || started.elapsed() > std::time::Duration::from_secs(60)
+                {
+                    break;
+                }
+                let client = sock(
+                    Ipv4Addr::new(203, 0, 113, 1 + (i / 60_000) as u8),
+                    1024 + (i % 60_000) as u16,
+                );
+                let out = runner
+                    .run(&packet::tcp_syn(client, sock(VIP, 6443)).to_bytes())
+                    .unwrap();
+                let frame = out.frame().ok();
+                let dst = frame.as_ref().and_then(|f| f.ip().map(|ip| ip.dst));
+                let rst = frame
+                    .as_ref()
+                    .and_then(|f| f.tcp().map(|t| t.flags & TCP_RST != 0))
+                    .unwrap_or(false);
+                match dst {
+                    Some(d) if out.action == XDP_TX && !rst && d.octets()[..3] == [192, 0, 2] => {
+                        forwarded += 1;
+                        to_server_2 += u32::from(d == server_2);
+                    }
+                    _ => refused.push(format!(
+                        "{client}: {} to {dst:?}{}",
+                        action_name(out.action),
+                        if rst { " (RST)" } else { "" }
+                    )),
+                }
+            }
+            (forwarded, to_server_2, refused)
+        });
+        let mut rounds = 0;
+        while !packets.is_finished() && rounds < ROUNDS {
+            publisher.apply(dp, &changes[rounds % 2]).unwrap();
+            publisher.apply(dp, &up).unwrap();
+            rounds += 1;
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        (packets.join().unwrap(), rounds)
+    });
+    eprintln!("{rounds} rounds; {forwarded} SYNs forwarded, {to_server_2} of them to server-2");
+    assert!(
+        refused.is_empty(),
+        "{} of {} new flows refused or dropped although healthy backends could take them, e.g. {:?}",
+        refused.len(),
+        forwarded as usize + refused.len(),
+        &refused[..refused.len().min(5)]
+    );
+    assert_eq!(rounds, ROUNDS, "the packets ran out before the changes did");
+    assert!(to_server_2 > 0, "server-2 took flows between its changes");
 }

@@ -16,6 +16,7 @@ use crate::{
         check::{Probe, TlsFiles},
         state::Outcome,
     },
+    system::neighbours::{Keeper, Resolved},
 };
 use anyhow::{anyhow, Context, Result};
 use model::{Admin, Model};
@@ -55,6 +56,8 @@ pub enum Event {
     Link {
         up: bool,
     },
+    /// Which backends' next hops are resolved now (`system::neighbours`).
+    NextHops(Resolved),
     Shutdown(&'static str),
 }
 
@@ -90,6 +93,8 @@ pub struct Controller {
     vrrp_settings: Option<watch::Sender<config::Vrrp>>,
     /// Services currently without any backend for new flows (logged once per outage).
     empty: Vec<String>,
+    /// Keeps the backends' next hops resolved; told the backends after each reload.
+    next_hops: Option<Keeper>,
 }
 
 /// How a service's backends are checked.
@@ -215,6 +220,7 @@ impl Controller {
             health,
             vrrp_settings: None,
             empty: Vec::new(),
+            next_hops: None,
         };
         c.publish(now)?;
         Ok((c, health_rx))
@@ -225,6 +231,21 @@ impl Controller {
         let (tx, rx) = watch::channel(self.config.vrrp.clone()?);
         self.vrrp_settings = Some(tx);
         Some(rx)
+    }
+
+    /// The addresses of every configured backend.
+    pub fn backend_addresses(&self) -> std::collections::BTreeSet<std::net::Ipv4Addr> {
+        self.model.addresses()
+    }
+
+    /// Hands over the keeper of the backends' next hops, told of every reload from now on.
+    pub fn keep_next_hops(&mut self, keeper: Keeper) {
+        self.next_hops = Some(keeper);
+    }
+
+    /// The keeper, to stop it at shutdown.
+    pub fn take_next_hop_keeper(&mut self) -> Option<Keeper> {
+        self.next_hops.take()
     }
 
     pub fn dataplane_mut(&mut self) -> &mut Dataplane {
@@ -346,6 +367,23 @@ impl Controller {
                     warn!(interface = %self.interface, "link of {} is down (no carrier, or set down)", self.interface);
                 }
             }
+            Event::NextHops(resolved) => {
+                for b in self.model.services.iter().flat_map(|s| &s.backends) {
+                    let was = self.model.next_hop_resolved(b);
+                    let now = resolved
+                        .as_ref()
+                        .is_none_or(|r| r.contains(b.config.address.ip()));
+                    if was != now {
+                        let what = if now {
+                            "next hop resolved: takes new flows"
+                        } else {
+                            "next hop not resolved (ARP): no new flows until it is"
+                        };
+                        info!("{} ({}) {what}", b.config.name, b.config.address);
+                    }
+                }
+                self.model.resolved = resolved;
+            }
             Event::Shutdown(reason) => return Some(reason),
         }
         None
@@ -432,6 +470,9 @@ impl Controller {
             self.publisher.apply(&mut self.dp, &specs)?;
             self.model = candidate;
             self.probes = probes;
+            if let Some(keeper) = &self.next_hops {
+                keeper.want(self.model.addresses());
+            }
             let snat_changed = (new.snat_port_min, new.snat_port_max)
                 != (self.config.snat_port_min, self.config.snat_port_max);
             let mut new = new;
@@ -568,7 +609,8 @@ impl Controller {
                     .backends
                     .iter()
                     .map(|b| {
-                        let spec = model::backend_spec(b, now);
+                        let resolved = self.model.next_hop_resolved(b);
+                        let spec = model::backend_spec(b, resolved, now);
                         let t = self
                             .publisher
                             .backend_slot(&s.config.name, b.config.address)
@@ -603,6 +645,7 @@ impl Controller {
                                 .as_ref()
                                 .map(|(at, _)| now.saturating_duration_since(*at).as_secs()),
                             last_change: b.last_transition.as_ref().map(|(_, why)| why.clone()),
+                            next_hop_resolved: resolved,
                             packets: t.packets,
                             bytes: t.bytes,
                             new_flows: t.new_flows,

@@ -6,7 +6,9 @@
 //! - Down when disabled or failing its checks (out of the table; flows reset or kept per
 //!   service);
 //! - Drain when drained (out of the table; flows continue);
-//! - Up otherwise, at its configured weight ramped by slowstart.
+//! - Up otherwise, at its configured weight ramped by slowstart; but out of the table (weight
+//!   0) until its next hop is resolved (`system::neighbours`), so its first packets are not
+//!   left to wait for ARP.
 //!
 //! A reload keeps the state of every backend that remains (same service name and address): its
 //! health, its admin state and so its flows; new backends start UP, as at startup.
@@ -15,10 +17,12 @@ use crate::{
     config::{self, Config},
     dataplane::{BackendSpec, BackendState, ServiceSpec},
     health::state::{Health, Outcome, Params, Transition},
+    system::neighbours::Resolved,
 };
 use anyhow::{anyhow, bail, Result};
 use std::{
-    net::SocketAddrV4,
+    collections::BTreeSet,
+    net::{Ipv4Addr, SocketAddrV4},
     time::{Duration, Instant},
 };
 
@@ -56,6 +60,9 @@ pub struct ServiceModel {
 #[derive(Clone, Debug)]
 pub struct Model {
     pub services: Vec<ServiceModel>,
+    /// The backends whose next hop is resolved (`None`: not known, every backend counts as
+    /// resolved).
+    pub resolved: Resolved,
 }
 
 /// Health parameters of a service's checks.
@@ -99,7 +106,10 @@ impl Model {
                     .collect(),
             })
             .collect();
-        Model { services }
+        Model {
+            services,
+            resolved: None,
+        }
     }
 
     /// Adopts a new config, keeping the state of the backends that remain. Returns a summary of
@@ -186,9 +196,29 @@ impl Model {
         self.services
             .iter()
             .map(|s| ServiceSpec {
-                backends: s.backends.iter().map(|b| backend_spec(b, now)).collect(),
+                backends: s
+                    .backends
+                    .iter()
+                    .map(|b| backend_spec(b, self.next_hop_resolved(b), now))
+                    .collect(),
                 ..ServiceSpec::from_config(&s.config)
             })
+            .collect()
+    }
+
+    /// Whether `b`'s next hop is resolved (or not known to be unresolved).
+    pub fn next_hop_resolved(&self, b: &BackendModel) -> bool {
+        self.resolved
+            .as_ref()
+            .is_none_or(|r| r.contains(b.config.address.ip()))
+    }
+
+    /// The addresses of every configured backend, whose next hops are kept resolved.
+    pub fn addresses(&self) -> BTreeSet<Ipv4Addr> {
+        self.services
+            .iter()
+            .flat_map(|s| &s.backends)
+            .map(|b| *b.config.address.ip())
             .collect()
     }
 
@@ -312,8 +342,8 @@ fn new_backend(
     }
 }
 
-/// The data plane's view of one backend.
-pub fn backend_spec(b: &BackendModel, now: Instant) -> BackendSpec {
+/// The data plane's view of one backend (`resolved`: its next hop is).
+pub fn backend_spec(b: &BackendModel, resolved: bool, now: Instant) -> BackendSpec {
     let state = match (b.admin, b.health.is_up()) {
         (Admin::Disable, _) | (_, false) => BackendState::Down,
         (Admin::Drain, true) => BackendState::Drain,
@@ -323,7 +353,7 @@ pub fn backend_spec(b: &BackendModel, now: Instant) -> BackendSpec {
         name: b.config.name.clone(),
         address: b.config.address,
         state,
-        weight: if state == BackendState::Up {
+        weight: if state == BackendState::Up && resolved {
             b.health.effective_weight(b.config.weight, now)
         } else {
             0
@@ -417,6 +447,29 @@ slowstart = "10s"
             Admin::Disable
         );
         assert_eq!(state_of(&m, up, "server-1").0, BackendState::Up);
+    }
+
+    #[test]
+    fn a_backend_takes_new_flows_only_once_its_next_hop_is_resolved() {
+        let t0 = Instant::now();
+        let mut m = Model::new(&config(CONFIG), t0);
+        assert_eq!(
+            state_of(&m, t0, "server-2"),
+            (BackendState::Up, 50),
+            "not known: taken as resolved"
+        );
+        m.resolved = Some([Ipv4Addr::new(192, 0, 2, 50)].into());
+        assert_eq!(state_of(&m, t0, "server-1"), (BackendState::Up, 100));
+        assert_eq!(
+            state_of(&m, t0, "server-2"),
+            (BackendState::Up, 0),
+            "up (its flows continue), but out of the table"
+        );
+        assert_eq!(m.healthy_backends(), 2, "tracking counts health, not ARP");
+        assert_eq!(
+            m.addresses(),
+            [Ipv4Addr::new(192, 0, 2, 50), Ipv4Addr::new(192, 0, 2, 51)].into()
+        );
     }
 
     #[test]

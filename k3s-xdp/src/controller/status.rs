@@ -85,6 +85,10 @@ pub struct BackendStatus {
     pub transitions: u64,
     pub last_change_seconds_ago: Option<u64>,
     pub last_change: Option<String>,
+    /// Its next hop (the backend, or its gateway) has a known MAC address; until then it takes
+    /// no new flows.
+    #[serde(default = "resolved_default")]
+    pub next_hop_resolved: bool,
     pub packets: u64,
     pub bytes: u64,
     pub new_flows: u64,
@@ -114,6 +118,10 @@ pub struct VrrpStatus {
 }
 
 fn link_up_default() -> bool {
+    true
+}
+
+fn resolved_default() -> bool {
     true
 }
 
@@ -258,6 +266,7 @@ pub fn render_table(s: &Status) -> String {
                 .map(|d| format!("{:.0}ms", d * 1000.0))
                 .unwrap_or_else(|| "-".into());
             let change = match (&b.last_change, b.last_change_seconds_ago) {
+                _ if !b.next_hop_resolved => "waiting for its next hop's MAC address (ARP)".into(),
                 (Some(why), Some(s)) => format!("{why} ({})", ago(s)),
                 _ => match &b.last_check {
                     Some(c) if c != "passed" => format!("last check: {c}"),
@@ -485,6 +494,12 @@ pub fn render_metrics(s: &Status) -> String {
         per_backend(|b| f64::from(b.effective_weight)),
     );
     family(
+        "k3sxdp_backend_next_hop_resolved",
+        "gauge",
+        "1 if the MAC address of the backend's next hop is known; until then it takes no new flows.",
+        per_backend(|b| f64::from(u8::from(b.next_hop_resolved))),
+    );
+    family(
         "k3sxdp_backend_checks_total",
         "counter",
         "Health checks run against the backend.",
@@ -612,6 +627,7 @@ mod tests {
                     state: "up".into(),
                     weight: 100,
                     effective_weight: 100,
+                    next_hop_resolved: true,
                     packets: 7,
                     ..Default::default()
                 }],

@@ -3,15 +3,19 @@
 //! [`Publisher`] keeps slots stable across updates (a service keeps its slot while its name
 //! stays; a backend keeps its slot while its service and address stay), so flows pinned to a
 //! backend slot survive reloads, and writes only what changed, in an order that never lets a
-//! packet see a reference to something not yet written:
-//! 1. backend entries (new and changed);
+//! packet see a reference to something not yet written, nor a table that names a backend
+//! whose entry no longer takes new flows (make before break):
+//! 1. backend entries (new and changed), except those that stop taking new flows;
 //! 2. Maglev tables, each built in a fresh inner map and swapped in with one update of `MAGLEV`
-//!    (see [`publish_table`]): a packet reads the old table or the new one, never a mix;
-//! 3. the VIPs, so a new service appears only once its table exists: the whole VIP set is
+//!    (see [`publish_table`]): a packet reads the old table or the new one, never a mix; the
+//!    swap returns once no program run still reads the old table;
+//! 3. the entries of backends that stop taking new flows (drained, disabled, down): no table
+//!    names them any more, so a new flow never lands on one while a healthy one could take it;
+//! 4. the VIPs, so a new service appears only once its table exists: the whole VIP set is
 //!    written into the half of `VIPS` that no program reads, one write of
 //!    `VIP_TABLE` makes it live, and the publisher waits until no program run still reads the
 //!    retired half (see [`Publisher::publish_vips`]);
-//! 4. then removals: tables, then backend slots (marked free); no VIP refers to them any more.
+//! 5. then removals: tables, then backend slots (marked free); no VIP refers to them any more.
 //!
 //! What to publish is computed by pure functions ([`backend_entry`], [`table`],
 //! [`vip_entries`]) unit-tested without BPF.
@@ -199,16 +203,23 @@ impl Publisher {
             }
         }
 
-        // 1. Backend entries.
+        // 1. Backend entries, but those that stop taking new flows wait for step 3.
+        let mut stopping = Vec::new();
         for s in services {
             let service_slot = self.service_slots[&s.name];
             for b in &s.backends {
                 let slot = self.backend_slots[&(s.name.clone(), b.address)];
                 let entry = backend_entry(b, service_slot);
-                if self.written_backends.get(&slot) != Some(&entry) {
-                    write_backend(dp, slot, &entry)?;
-                    self.written_backends.insert(slot, entry);
+                let written = self.written_backends.get(&slot);
+                if written == Some(&entry) {
+                    continue;
                 }
+                if stops_taking_new_flows(written, &entry) {
+                    stopping.push((slot, entry));
+                    continue;
+                }
+                write_backend(dp, slot, &entry)?;
+                self.written_backends.insert(slot, entry);
             }
         }
 
@@ -237,7 +248,14 @@ impl Publisher {
                 .push((s.name.clone(), owners.len(), started.elapsed()));
         }
 
-        // 3. VIPs.
+        // 3. Out of every table now (each swap waited for the programs reading the old one):
+        // their entries may refuse new flows.
+        for (slot, entry) in stopping {
+            write_backend(dp, slot, &entry)?;
+            self.written_backends.insert(slot, entry);
+        }
+
+        // 4. VIPs.
         let vips = vip_entries(services, &self.service_slots)?;
         if vips != self.vips {
             self.publish_vips(dp, &vips)
@@ -245,7 +263,7 @@ impl Publisher {
             self.vips = vips;
         }
 
-        // 4. Removals: tables, then backend slots.
+        // 5. Removals: tables, then backend slots.
         let gone: Vec<(String, u32)> = self
             .service_slots
             .iter()
@@ -391,6 +409,12 @@ pub fn backend_entry(b: &BackendSpec, service: u32) -> Backend {
         },
         service,
     }
+}
+
+/// Whether a backend entry, written as `before`, refuses new flows once `after` replaces it:
+/// such an entry is written only after the tables stop naming the backend.
+pub fn stops_taking_new_flows(before: Option<&Backend>, after: &Backend) -> bool {
+    before.is_some_and(|b| b.state == BACKEND_UP) && after.state != BACKEND_UP
 }
 
 /// The Maglev table of a service: its up backends with a positive weight, each identified by
@@ -660,6 +684,25 @@ mod tests {
             assert_eq!(k3s_xdp_common::maglev_slot(word, i as u32), e);
         }
         assert!(pack_table(&[70_000]).is_err());
+    }
+
+    #[test]
+    fn only_entries_that_leave_the_up_state_wait_for_the_tables() {
+        let entry = |state| Backend {
+            state,
+            ..Default::default()
+        };
+        let (up, drain, down) = (entry(BACKEND_UP), entry(BACKEND_DRAIN), entry(BACKEND_DOWN));
+        assert!(stops_taking_new_flows(Some(&up), &drain));
+        assert!(stops_taking_new_flows(Some(&up), &down));
+        assert!(!stops_taking_new_flows(None, &up), "a new backend");
+        assert!(!stops_taking_new_flows(None, &down), "new, not in a table");
+        assert!(
+            !stops_taking_new_flows(Some(&drain), &up),
+            "comes back first"
+        );
+        assert!(!stops_taking_new_flows(Some(&down), &drain));
+        assert!(!stops_taking_new_flows(Some(&up), &up));
     }
 
     #[test]

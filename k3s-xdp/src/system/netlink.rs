@@ -27,7 +27,7 @@ impl InterfaceAddress {
 
 /// A route netlink socket. Needs a tokio runtime; the connection task lives as long as it.
 pub struct Netlink {
-    handle: rtnetlink::Handle,
+    pub(super) handle: rtnetlink::Handle,
     task: tokio::task::JoinHandle<()>,
 }
 
