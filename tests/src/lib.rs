@@ -7,6 +7,8 @@
 //! - [`bpf`]: loading the real XDP program and running packets through it.
 //! - [`daemon`]: `k3s-xdp run` as a process in a node, driven over its control socket.
 //! - [`keepalived`]: a real keepalived as a VRRP peer in a node.
+//! - [`traffic`]: UDP echo servers, and bounded streams of connections and requests whose every
+//!   outcome is recorded.
 
 pub mod backend;
 pub mod bpf;
@@ -15,6 +17,7 @@ pub mod keepalived;
 pub mod netns;
 pub mod packet;
 pub mod topology;
+pub mod traffic;
 
 /// Polls `f` every 10 ms until it holds; panics (naming `what`) after `limit`. Returns how long
 /// it took, for the tests that bound a takeover time.
