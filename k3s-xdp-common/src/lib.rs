@@ -239,8 +239,8 @@ pub struct NatReverse {
     /// `NAT_*` bits: how far the TCP connection has closed. A closed translation's SNAT port may
     /// be taken by a new flow.
     pub closing: u32,
-    /// Toward the client: first the mirror of the client's frame (its source MAC, the
-    /// interface it came in on), marked stale so the first reply resolves it with the FIB.
+    /// Toward the client, from the FIB: unresolved (`ifindex` 0) until the first reply
+    /// resolves it.
     pub next_hop: NextHop,
 }
 
@@ -250,6 +250,10 @@ pub const NAT_CLIENT_FIN: u32 = 1 << 0;
 pub const NAT_BACKEND_FIN: u32 = 1 << 1;
 /// `NatReverse::closing`: either side sent a RST.
 pub const NAT_RESET: u32 = 1 << 2;
+/// `NatReverse::closing`: the backend's FIN came before the client's. The backend closed
+/// first, so it keeps the connection's 4-tuple (VIP:snat_port to backend:port) in TIME_WAIT
+/// and would refuse another client's SYN on it (PAWS): see [`waits`].
+pub const NAT_BACKEND_FIRST: u32 = 1 << 3;
 
 impl NatReverse {
     /// Whether the connection is over (FIN both ways, or a RST): its SNAT port may be reused.
@@ -264,6 +268,31 @@ impl NatReverse {
 pub fn closed(closing: u32) -> bool {
     (closing & NAT_RESET != 0)
         | (closing & (NAT_CLIENT_FIN | NAT_BACKEND_FIN) == NAT_CLIENT_FIN | NAT_BACKEND_FIN)
+}
+
+/// The bits a backend's FIN adds to a translation's `closing` bits: the backend closed first
+/// unless the client's FIN came before.
+#[inline(always)]
+pub fn backend_fin(closing: u32) -> u32 {
+    if closing & NAT_CLIENT_FIN == 0 {
+        NAT_BACKEND_FIN | NAT_BACKEND_FIRST
+    } else {
+        NAT_BACKEND_FIN
+    }
+}
+
+/// Whether a closed translation's SNAT port must still wait before another client tuple may
+/// have it: the backend closed first (it holds TIME_WAIT) without a RST after (a RST ends
+/// TIME_WAIT), and fewer than `timewait` seconds passed since its last packet (`seen`, on the
+/// controller's clock `clock`; "seen in the future" counts as seen now).
+#[inline(always)]
+pub fn waits(closing: u32, seen: u32, clock: u32, timewait: u32) -> bool {
+    let age = clock.wrapping_sub(seen);
+    let age = if age > u32::MAX / 2 { 0 } else { age };
+    closed(closing)
+        & (closing & NAT_BACKEND_FIRST != 0)
+        & (closing & NAT_RESET == 0)
+        & (age < timewait)
 }
 
 /// Per-CPU packet counters of a service or a backend.
@@ -297,6 +326,9 @@ pub struct Globals {
     /// Buckets of the flow tables minus one (`table::buckets(flow_table_size) - 1`), written by
     /// the loader.
     pub flow_mask: u32,
+    /// `snat_timewait` in seconds: how long a translation whose backend closed first keeps
+    /// its SNAT port from other client tuples (see [`waits`]).
+    pub snat_timewait: u32,
 }
 
 /// Bytes of a benchmark packet (`BENCH`).
@@ -380,9 +412,42 @@ mod tests {
         assert_eq!(size_of::<Flow>(), 8);
         assert_eq!(size_of::<NatReverse>(), 40);
         assert_eq!(size_of::<Traffic>(), 32);
-        assert_eq!(size_of::<Globals>(), 24);
+        assert_eq!(size_of::<Globals>(), 28);
         assert_eq!(size_of::<VipSlot>(), 8 + size_of::<VipInfo>());
         assert_eq!(size_of::<VipTable>(), 24);
+    }
+
+    #[test]
+    fn a_port_waits_only_after_the_backend_closed_first_and_no_reset() {
+        let backend_first = NAT_BACKEND_FIN | NAT_BACKEND_FIRST | NAT_CLIENT_FIN;
+        assert_eq!(backend_fin(0), NAT_BACKEND_FIN | NAT_BACKEND_FIRST);
+        assert_eq!(
+            backend_fin(NAT_CLIENT_FIN),
+            NAT_BACKEND_FIN,
+            "the client closed first"
+        );
+        assert_eq!(backend_fin(0) | NAT_CLIENT_FIN, backend_first);
+        // 65 s of TIME_WAIT, last packet at clock 100.
+        assert!(waits(backend_first, 100, 100, 65));
+        assert!(waits(backend_first, 100, 164, 65));
+        assert!(!waits(backend_first, 100, 165, 65), "the wait is over");
+        assert!(
+            !waits(NAT_BACKEND_FIN | NAT_CLIENT_FIN, 100, 100, 65),
+            "client first: the client holds TIME_WAIT"
+        );
+        assert!(
+            !waits(backend_first | NAT_RESET, 100, 100, 65),
+            "a RST ends it"
+        );
+        assert!(
+            !waits(NAT_BACKEND_FIN | NAT_BACKEND_FIRST, 100, 100, 65),
+            "not closed yet: live, not waiting"
+        );
+        assert!(
+            waits(backend_first, 200, 100, 65),
+            "seen in the future: now"
+        );
+        assert!(!waits(backend_first, 100, 100, 0), "no wait configured");
     }
 
     #[test]

@@ -95,8 +95,17 @@ pub mod table {
     /// Every SNAT port a new flow tried was held by a live translation: it took over the one
     /// seen longest ago, whose connection breaks.
     pub const TRANSLATION_TAKEN_OVER: u32 = 1;
+    /// Every SNAT port a new flow tried was live or still waiting for its backend's TIME_WAIT
+    /// (`snat_timewait`), and at least one was waiting: it took the one that waited longest,
+    /// which the backend may still refuse once (PAWS): the port range is too small for the
+    /// rate of connections that backends close first.
+    pub const TRANSLATION_REUSED_WAITING: u32 = 2;
     /// Number of events; the length of the `TABLE_EVENTS` map.
-    pub const COUNT: u32 = 2;
+    pub const COUNT: u32 = 3;
     /// Label of each event, indexed by its constant.
-    pub const NAMES: [&str; COUNT as usize] = ["flow_evicted", "translation_taken_over"];
+    pub const NAMES: [&str; COUNT as usize] = [
+        "flow_evicted",
+        "translation_taken_over",
+        "translation_reused_waiting",
+    ];
 }

@@ -60,10 +60,13 @@ pub fn backend(service: &VipPort, hash: u32) -> Option<(u32, Backend)> {
 /// in `probe`, and records the reverse translation. The ports tried are hashes of the flow, so
 /// lb-1 and lb-2 choose the same one and a backend connection survives a failover; a port held
 /// by a live connection of another client is skipped, and so is any port a service listens on
-/// at this VIP. A port whose connection has closed (FIN both ways, or a RST) or gone idle is
-/// taken over: the previous owner's flow entry is removed with it, so its stray packets cannot
-/// reach the new connection. When every port tried is live, the one seen longest ago is taken
-/// over (as an LRU table would evict it).
+/// at this VIP, and one whose backend closed first less than `snat_timewait` ago (it holds the
+/// 4-tuple in TIME_WAIT and would refuse another client's SYN). A port whose connection has
+/// closed (FIN both ways, or a RST) or gone idle is taken over: the previous owner's flow entry
+/// is removed with it, so its stray packets cannot reach the new connection. When every port
+/// tried is live or waiting, the waiting one closed longest ago is taken (the least likely to
+/// be refused), or, if none waits, the live one seen longest ago (as an LRU table would evict
+/// it); each is counted.
 #[inline(always)]
 pub fn snat_port(probe: *mut Probe, id: u32, backend: &Backend) -> Result<u16, u32> {
     // SAFETY: this CPU's new-flow state (see `new_flow.rs`), valid for this run; XDP runs with
@@ -80,6 +83,8 @@ pub fn snat_port(probe: *mut Probe, id: u32, backend: &Backend) -> Result<u16, u
         (*probe).force = NO_TRY;
         (*probe).oldest = NO_TRY;
         (*probe).oldest_age = 0;
+        (*probe).oldest_waiting = NO_TRY;
+        (*probe).oldest_waiting_age = 0;
         // bpf_loop: the kernel verifies the callback once, whatever the number of tries.
         bpf_loop(
             SNAT_TRIES,
@@ -87,19 +92,31 @@ pub fn snat_port(probe: *mut Probe, id: u32, backend: &Backend) -> Result<u16, u
             core::ptr::null_mut(),
             0,
         );
-        // Every port tried is held by a live connection: the table is full (or flooded with
-        // connections that never close). Like an LRU table, take over the one seen longest
-        // ago rather than refuse every new flow until translations age out.
-        if (*probe).found & FOUND == 0 && (*probe).oldest != NO_TRY {
-            (*probe).force = (*probe).oldest;
-            bpf_loop(
-                SNAT_TRIES,
-                snat_try as *mut c_void,
-                core::ptr::null_mut(),
-                0,
-            );
-            if (*probe).found & FOUND != 0 {
-                counters::table_event(reason::table::TRANSLATION_TAKEN_OVER);
+        // Every port tried is held by a live connection or waits for its backend's
+        // TIME_WAIT: too many connections for the port range (or a flood of connections that
+        // never close). Rather than refuse every new flow until translations age out, take
+        // the waiting one closed longest ago, else (like an LRU table) the live one seen
+        // longest ago.
+        if (*probe).found & FOUND == 0 {
+            let (force, event) = if (*probe).oldest_waiting != NO_TRY {
+                (
+                    (*probe).oldest_waiting,
+                    reason::table::TRANSLATION_REUSED_WAITING,
+                )
+            } else {
+                ((*probe).oldest, reason::table::TRANSLATION_TAKEN_OVER)
+            };
+            if force != NO_TRY {
+                (*probe).force = force;
+                bpf_loop(
+                    SNAT_TRIES,
+                    snat_try as *mut c_void,
+                    core::ptr::null_mut(),
+                    0,
+                );
+                if (*probe).found & FOUND != 0 {
+                    counters::table_event(event);
+                }
             }
         }
         let found = (*probe).found;
@@ -137,6 +154,8 @@ pub struct Probe {
     pub service_count: u32,
     pub clock: u32,
     pub mask: u32,
+    /// `snat_timewait`, seconds.
+    pub timewait: u32,
     // The answer, written by the second half.
     /// `new_flow::CHOSEN` or a drop reason.
     pub outcome: u32,
@@ -155,6 +174,9 @@ pub struct Probe {
     /// The first pass's try whose live translation was seen longest ago, and its age.
     oldest: u32,
     oldest_age: u32,
+    /// The same among translations waiting for their backend's TIME_WAIT.
+    oldest_waiting: u32,
+    oldest_waiting_age: u32,
 }
 
 /// No try: `Probe::force` and `Probe::oldest` unset.
@@ -193,7 +215,7 @@ extern "C" fn snat_try(index: u64, _ctx: *mut c_void) -> i64 {
             &(*probe).key,
             &reverse,
             &(*probe).entry,
-            ((*probe).clock, (*probe).mask),
+            ((*probe).clock, (*probe).mask, (*probe).timewait),
             core::ptr::addr_of_mut!((*probe).taken),
             force != NO_TRY,
         ) {
@@ -205,7 +227,12 @@ extern "C" fn snat_try(index: u64, _ctx: *mut c_void) -> i64 {
             let age = (*probe).clock.wrapping_sub((*probe).taken.refused_seen);
             // "Seen in the future" (the clock restarted) counts as seen now.
             let age = if age > u32::MAX / 2 { 0 } else { age };
-            if ((*probe).oldest == NO_TRY) | (age > (*probe).oldest_age) {
+            if (*probe).taken.refused_waiting != 0 {
+                if ((*probe).oldest_waiting == NO_TRY) | (age > (*probe).oldest_waiting_age) {
+                    (*probe).oldest_waiting = index as u32;
+                    (*probe).oldest_waiting_age = age;
+                }
+            } else if ((*probe).oldest == NO_TRY) | (age > (*probe).oldest_age) {
                 (*probe).oldest = index as u32;
                 (*probe).oldest_age = age;
             }

@@ -17,8 +17,8 @@ use crate::{
 };
 use aya_ebpf::{bindings::xdp_action, helpers::bpf_redirect, programs::XdpContext};
 use k3s_xdp_common::{
-    reason, table::same_key, Backend, FlowKey, Globals, NextHop, VipInfo, VipPort, BACKEND_DOWN,
-    BACKEND_FREE, IPPROTO_TCP, NAT_BACKEND_FIN, NAT_CLIENT_FIN, NAT_RESET, SERVICE_DSR,
+    backend_fin, reason, table::same_key, Backend, FlowKey, Globals, NextHop, VipInfo, VipPort,
+    BACKEND_DOWN, BACKEND_FREE, IPPROTO_TCP, NAT_CLIENT_FIN, NAT_RESET, SERVICE_DSR,
     SERVICE_RESET_ON_DOWN,
 };
 
@@ -212,7 +212,7 @@ pub fn reply(ctx: &XdpContext, ip: &Ip, l4: L4, protocol: u8, globals: &Globals)
         if flags & TCP_RST != 0 {
             choose::note_closing(entry, NAT_RESET);
         } else if flags & TCP_FIN != 0 {
-            choose::note_closing(entry, NAT_BACKEND_FIN);
+            choose::note_closing(entry, backend_fin(nat.closing));
         }
     }
     // The hop toward the client comes from the FIB only, resolved on the first reply and after

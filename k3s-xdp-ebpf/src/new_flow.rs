@@ -78,6 +78,7 @@ pub fn ask(
         (*state).service_count = vip.count.min(MAX_PORTS_PER_VIP as u32);
         (*state).clock = globals.clock;
         (*state).mask = globals.flow_mask;
+        (*state).timewait = globals.snat_timewait;
     }
 }
 

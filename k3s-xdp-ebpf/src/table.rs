@@ -204,15 +204,18 @@ pub struct TakenOver {
     /// 1 when a whole translation of another client was taken over.
     pub set: u16,
     /// Set by a claim refused because the slot holds a live translation of another client,
-    /// with when that translation was last seen.
+    /// or one whose backend may still hold TIME_WAIT (`refused_waiting`), with when that
+    /// translation was last seen.
     pub refused_live: u32,
+    pub refused_waiting: u32,
     pub refused_seen: u32,
 }
 
 /// Takes the reverse slot of `reverse` for the client flow `key` (`entry` says who it is):
-/// free, already this client tuple's, or held by a translation that closed or went idle. A
-/// slot holding another live translation refuses (unless `force`), saying when it was last
-/// seen in `taken`: the caller tries another SNAT port. A
+/// free, already this client tuple's, or held by a translation that closed (and whose backend
+/// no longer holds TIME_WAIT, see `k3s_xdp_common::waits`) or went idle. A slot holding
+/// another live or waiting translation refuses (unless `force`), saying which and when it was
+/// last seen in `taken`: the caller tries another SNAT port. A
 /// translation taken over is described in `taken`, so that the caller clears its client's
 /// flow entry and the old client's stray packets cannot reach the new connection (done by the
 /// caller, after the SNAT search: the search runs in a bpf_loop callback, on little stack).
@@ -221,7 +224,7 @@ pub fn claim_nat(
     key: &FlowKey,
     reverse: &FlowKey,
     entry: &NatReverse,
-    (clock, mask): (u32, u32),
+    (clock, mask, timewait): (u32, u32, u32),
     taken: *mut TakenOver,
     force: bool,
 ) -> bool {
@@ -250,11 +253,13 @@ pub fn claim_nat(
         touch_nat(slot, seen, clock);
         return true;
     }
-    let reusable = k3s_xdp_common::closed(closing) | idle(seen, clock) | force;
+    let waiting = k3s_xdp_common::waits(closing, seen, clock, timewait);
+    let reusable = (k3s_xdp_common::closed(closing) & !waiting) | idle(seen, clock) | force;
     if (old_seal != 0) & !reusable & !ours {
         // SAFETY: the caller's record (per-CPU scratch), valid for this run.
         unsafe {
             (*taken).refused_live = 1;
+            (*taken).refused_waiting = u32::from(waiting);
             (*taken).refused_seen = seen;
         }
         return false;

@@ -219,6 +219,9 @@ fn check(path: &Path) -> ExitCode {
                     None => "no VRRP: single load balancer".to_string(),
                 }
             );
+            if let Some(capacity) = config.snat_capacity() {
+                println!("{capacity}");
+            }
             ExitCode::SUCCESS
         }
         Err(errors) => {

@@ -101,13 +101,14 @@ impl XdpHarness {
     pub fn with_config_in_lab_sized(config_toml: &str, flows: u32) -> Result<Self> {
         let mut h = Self::with_config_sized(config_toml, flows)?;
         h.lab = Some(FibLab::new()?);
-        h.set_clock(0)?;
+        h.write_lab_globals(0)?;
         Ok(h)
     }
 
-    /// Writes the lab's settings (FIB generation 1, the default SNAT ports, any MAC) with the
-    /// data plane's clock at `clock` seconds (the controller ticks it; 0: no clock).
-    pub fn set_clock(&mut self, clock: u32) -> Result<()> {
+    /// Writes the lab's settings: FIB generation 1, the default SNAT ports, no TIME_WAIT wait,
+    /// any MAC, the data plane's clock at `clock` seconds (the controller ticks it; 0: no
+    /// clock).
+    fn write_lab_globals(&mut self, clock: u32) -> Result<()> {
         k3s_xdp::dataplane::write_globals(
             &mut self.dataplane,
             &k3s_xdp_common::Globals {
@@ -118,6 +119,21 @@ impl XdpHarness {
                 ..Default::default()
             },
         )
+    }
+
+    /// Changes the program-wide settings as `change` says, keeping the others.
+    pub fn update_globals(
+        &mut self,
+        change: impl FnOnce(&mut k3s_xdp_common::Globals),
+    ) -> Result<()> {
+        let mut globals = k3s_xdp::dataplane::read_globals(&self.dataplane)?;
+        change(&mut globals);
+        k3s_xdp::dataplane::write_globals(&mut self.dataplane, &globals)
+    }
+
+    /// Sets the data plane's clock to `clock` seconds.
+    pub fn set_clock(&mut self, clock: u32) -> Result<()> {
+        self.update_globals(|g| g.clock = clock)
     }
 
     /// Loads the object and publishes the services of `config_toml` (all backends up).

@@ -989,8 +989,19 @@ fn first_snat_port(client: SocketAddrV4, vip: SocketAddrV4) -> u16 {
 
 /// Another client whose new flow would go to the same backend and try the same SNAT port.
 fn colliding_client(h: &XdpHarness, with: SocketAddrV4, vip: SocketAddrV4) -> SocketAddrV4 {
+    colliding_clients(h, with, vip, 1)[0]
+}
+
+/// `n` other clients whose new flows would go to the same backend and try the same SNAT port.
+fn colliding_clients(
+    h: &XdpHarness,
+    with: SocketAddrV4,
+    vip: SocketAddrV4,
+    n: usize,
+) -> Vec<SocketAddrV4> {
     let backend = expected_backend(h, "k3s-api", &key(with, vip, IPPROTO_TCP), &API_BACKENDS);
     let port = first_snat_port(with, vip);
+    let mut found = Vec::new();
     for last in 101..110u8 {
         for p in 1024..=65535u16 {
             let c = sock(Ipv4Addr::new(192, 0, 2, last), p);
@@ -999,11 +1010,165 @@ fn colliding_client(h: &XdpHarness, with: SocketAddrV4, vip: SocketAddrV4) -> So
                 && expected_backend(h, "k3s-api", &key(c, vip, IPPROTO_TCP), &API_BACKENDS)
                     == backend
             {
-                return c;
+                found.push(c);
+                if found.len() == n {
+                    return found;
+                }
             }
         }
     }
-    panic!("no colliding client found");
+    panic!("only {} colliding clients found", found.len());
+}
+
+/// Opens a connection from `client`: its backend and SNAT port.
+fn open(h: &mut XdpHarness, client: SocketAddrV4, vip: SocketAddrV4) -> (Ipv4Addr, u16) {
+    let fwd = transmitted(h, &packet::tcp_syn(client, vip));
+    (fwd.ip().unwrap().dst, fwd.tcp().unwrap().sport)
+}
+
+/// A packet from `backend` on the translation with SNAT port `port`.
+fn from_backend(backend: Ipv4Addr, port: u16, flags: u8) -> Frame {
+    let mut frame = packet::tcp(sock(backend, 6443), sock(VIP, port), flags);
+    frame.eth_src = lab_mac(backend);
+    frame
+}
+
+/// The connection of `client` closes, the backend first (as servers answering
+/// `Connection: close` do): the backend's FIN, the client's FIN, the backend's last ACK.
+fn close_backend_first(
+    h: &mut XdpHarness,
+    client: SocketAddrV4,
+    vip: SocketAddrV4,
+    (backend, port): (Ipv4Addr, u16),
+) {
+    transmitted(h, &from_backend(backend, port, TCP_ACK | TCP_FIN));
+    transmitted(
+        h,
+        &with_payload(
+            packet::tcp(client, vip, TCP_ACK | TCP_FIN),
+            TCP_ACK | TCP_FIN,
+            b"",
+        ),
+    );
+    transmitted(h, &from_backend(backend, port, TCP_ACK));
+}
+
+/// A backend that closes first holds the 4-tuple (VIP:snat_port to backend:port) in TIME_WAIT
+/// and would refuse another client's SYN on it (PAWS): the port is not given to another client
+/// tuple until `snat_timewait` has passed on the controller's clock, while the same client
+/// tuple may reconnect on it; a RST, or a client that closed first, frees it at once.
+#[test]
+fn a_port_whose_backend_closed_first_waits_for_its_time_wait() {
+    let Some(mut h) = harness() else { return };
+    h.update_globals(|g| {
+        g.snat_timewait = 65;
+        g.clock = 100;
+    })
+    .unwrap();
+    let vip = sock(VIP, 6443);
+    let a = agent(1, 40500);
+    let others = colliding_clients(&h, a, vip, 4);
+    let (b, c, d, e) = (others[0], others[1], others[2], others[3]);
+    let (backend, port) = open(&mut h, a, vip);
+    assert_eq!(port, first_snat_port(a, vip));
+    close_backend_first(&mut h, a, vip, (backend, port));
+
+    // 64 s later another client tuple still gets another port.
+    h.set_clock(164).unwrap();
+    let (_, port_b) = open(&mut h, b, vip);
+    assert_ne!(
+        port_b, port,
+        "the backend may still hold TIME_WAIT on {port}"
+    );
+    // The same client tuple reconnecting (same port, new SYN) takes it back.
+    let (_, again) = open(&mut h, a, vip);
+    assert_eq!(again, port, "the same tuple may reuse its translation");
+    close_backend_first(&mut h, a, vip, (backend, port));
+    // The wait counts from the backend's last packet; once over, the port is free.
+    h.set_clock(164 + 65).unwrap();
+    let (_, port_c) = open(&mut h, c, vip);
+    assert_eq!(port_c, port, "TIME_WAIT has passed on the backend");
+
+    // A RST after the backend's FIN ends TIME_WAIT at once.
+    transmitted(&mut h, &from_backend(backend, port, TCP_ACK | TCP_FIN));
+    transmitted(
+        &mut h,
+        &with_payload(
+            packet::tcp(c, vip, TCP_ACK | TCP_FIN),
+            TCP_ACK | TCP_FIN,
+            b"",
+        ),
+    );
+    transmitted(&mut h, &from_backend(backend, port, TCP_RST));
+    let (_, port_d) = open(&mut h, d, vip);
+    assert_eq!(port_d, port, "a RST ended TIME_WAIT");
+
+    // A client that closes first keeps the TIME_WAIT itself: the port is free at once.
+    transmitted(
+        &mut h,
+        &with_payload(
+            packet::tcp(d, vip, TCP_ACK | TCP_FIN),
+            TCP_ACK | TCP_FIN,
+            b"",
+        ),
+    );
+    transmitted(&mut h, &from_backend(backend, port, TCP_ACK | TCP_FIN));
+    let (_, port_e) = open(&mut h, e, vip);
+    assert_eq!(port_e, port, "the client closed first");
+    let events = h.dataplane.table_events().unwrap();
+    assert!(
+        events.iter().all(|(_, n)| *n == 0),
+        "no translation taken by force: {events:?}"
+    );
+}
+
+/// With a port range smaller than the connections that backends close first, every port a new
+/// flow tries may be waiting: the flow is not refused; it takes the port that has waited
+/// longest (the least likely to be refused by the backend), and that is counted.
+#[test]
+fn when_every_port_waits_the_longest_waiting_one_is_reused_and_counted() {
+    let Some(mut h) = harness() else { return };
+    h.update_globals(|g| {
+        g.snat_timewait = 65;
+        g.clock = 100;
+        (g.snat_port_min, g.snat_port_max) = (20000, 20001);
+    })
+    .unwrap();
+    let vip = sock(VIP, 6443);
+    // Two clients of one backend take the two ports; both close backend first, the second
+    // one a second later.
+    let a = agent(1, 40600);
+    let backend_a = expected_backend(&h, "k3s-api", &key(a, vip, IPPROTO_TCP), &API_BACKENDS);
+    let same_backend: Vec<SocketAddrV4> = (40601..41600)
+        .map(|p| agent(2, p))
+        .filter(|c| {
+            expected_backend(&h, "k3s-api", &key(*c, vip, IPPROTO_TCP), &API_BACKENDS) == backend_a
+        })
+        .take(2)
+        .collect();
+    let (b, c) = (same_backend[0], same_backend[1]);
+    let first = open(&mut h, a, vip);
+    let second = open(&mut h, b, vip);
+    assert_ne!(first.1, second.1, "two ports, two clients");
+    close_backend_first(&mut h, a, vip, first);
+    h.set_clock(101).unwrap();
+    close_backend_first(&mut h, b, vip, second);
+    h.set_clock(120).unwrap();
+
+    let out = run(&mut h, &packet::tcp_syn(c, vip));
+    assert_eq!(
+        out.action,
+        XDP_TX,
+        "forwarded, not refused ({:?})",
+        nonzero(&h)
+    );
+    let got = out.frame().unwrap().tcp().unwrap().sport;
+    assert_eq!(got, first.1, "the port that has waited longest");
+    let events: std::collections::BTreeMap<_, _> =
+        h.dataplane.table_events().unwrap().into_iter().collect();
+    assert_eq!(events["translation_reused_waiting"], 1);
+    assert_eq!(events["translation_taken_over"], 0);
+    assert_eq!(h.reason(reason::DROP_SNAT_EXHAUSTED).unwrap(), 0);
 }
 
 #[test]
@@ -1439,7 +1604,11 @@ fn a_translation_unseen_for_five_minutes_is_taken_over_and_its_flow_forgotten() 
     assert_eq!(taken.ip().unwrap().dst, backend, "same backend, same port");
     assert_eq!(
         h.dataplane.table_events().unwrap(),
-        [("flow_evicted", 0), ("translation_taken_over", 0)],
+        [
+            ("flow_evicted", 0),
+            ("translation_taken_over", 0),
+            ("translation_reused_waiting", 0)
+        ],
         "an idle translation is free to take: no sign of a full table"
     );
     assert!(

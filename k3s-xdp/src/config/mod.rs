@@ -53,6 +53,12 @@ pub mod defaults {
     pub const FLOW_TABLE_SIZE_MAX: u32 = 16_777_216;
     pub const SNAT_PORT_MIN: u16 = 1024;
     pub const SNAT_PORT_MAX: u16 = 65535;
+    /// Linux keeps TIME_WAIT for 60 s (`TCP_TIMEWAIT_LEN`, not tunable); 5 s of margin for
+    /// clocks and the last packets' travel.
+    pub const SNAT_TIMEWAIT: Duration = Duration::from_secs(65);
+    /// Longer than any TIME_WAIT (Windows keeps 240 s at most), short of the 300 s after which
+    /// an idle translation is taken over anyway.
+    pub const SNAT_TIMEWAIT_MAX: Duration = Duration::from_secs(300);
 
     pub const PROTOCOL: Protocol = Protocol::Tcp;
     pub const MODE: Mode = Mode::Nat;
@@ -138,6 +144,9 @@ pub struct Config {
     /// SNAT source ports, inclusive (`snat_port_range = [min, max]`).
     pub snat_port_min: u16,
     pub snat_port_max: u16,
+    /// How long a translation whose backend closed first keeps its SNAT port from other
+    /// client tuples: the backend's TIME_WAIT, with a margin.
+    pub snat_timewait: Duration,
     /// `[[service]]`, in file order; at least one.
     pub services: Vec<Service>,
     /// `[vrrp]`; without it this node is the only load balancer and holds the VIPs itself.
@@ -161,6 +170,7 @@ impl PartialEq for Config {
             flow_table_size,
             snat_port_min,
             snat_port_max,
+            snat_timewait,
             services,
             vrrp,
             warnings: _,
@@ -172,12 +182,36 @@ impl PartialEq for Config {
             && *flow_table_size == other.flow_table_size
             && *snat_port_min == other.snat_port_min
             && *snat_port_max == other.snat_port_max
+            && *snat_timewait == other.snat_timewait
             && *services == other.services
             && *vrrp == other.vrrp
     }
 }
 
 impl Config {
+    /// For `check`: what nat mode's SNAT ports allow. A backend that closes a connection first
+    /// keeps its 4-tuple in TIME_WAIT, so its SNAT port waits `snat_timewait` before another
+    /// client may have it: per backend (and source address), at most the port range divided by
+    /// the wait of such connections a second, sustained. `None` without nat services.
+    pub fn snat_capacity(&self) -> Option<String> {
+        if !self.services.iter().any(|s| s.mode == Mode::Nat) {
+            return None;
+        }
+        let ports = u64::from(self.snat_port_max - self.snat_port_min) + 1;
+        let wait = self.snat_timewait.as_secs();
+        let rate = match wait {
+            0 => "no wait (snat_timewait = \"0s\")".to_string(),
+            w => format!(
+                "about {}/s per backend sustained (snat_timewait {w}s)",
+                ports / w
+            ),
+        };
+        Some(format!(
+            "nat: {ports} SNAT ports per backend (snat_port_range [{}, {}]); connections that backends close first: {rate}; beyond that a new connection may reuse a port the backend still holds in TIME_WAIT (counted: translation_reused_waiting)",
+            self.snat_port_min, self.snat_port_max
+        ))
+    }
+
     /// Renders the config as TOML that [`parse`] reads back as an equal `Config`. Values equal
     /// to their default are left out, except the few an operator looks for first.
     pub fn to_toml(&self) -> String {

@@ -185,6 +185,7 @@ const ROOT_KEYS: &[&str] = &[
     "xdp_mode",
     "flow_table_size",
     "snat_port_range",
+    "snat_timewait",
     "service",
     "vrrp",
 ];
@@ -831,6 +832,24 @@ fn read_config(cx: &mut Cx, root: &toml_edit::Table) -> Config {
     let (snat_port_min, snat_port_max) = t
         .get(cx, "snat_port_range", snat_port_range)
         .unwrap_or((defaults::SNAT_PORT_MIN, defaults::SNAT_PORT_MAX));
+    let snat_timewait = t
+        .get(cx, "snat_timewait", |cx, p, i| {
+            let d = delay(cx, p, i)?;
+            if d > defaults::SNAT_TIMEWAIT_MAX || d.subsec_nanos() != 0 {
+                cx.error_at(
+                    p,
+                    i.span(),
+                    format!(
+                        "expected whole seconds from \"0s\" to \"{}s\" (the backends' TIME_WAIT plus a margin: Linux keeps 60 s), found {:?}",
+                        defaults::SNAT_TIMEWAIT_MAX.as_secs(),
+                        i.as_str().unwrap_or_default()
+                    ),
+                );
+                return None;
+            }
+            Some(d)
+        })
+        .unwrap_or(defaults::SNAT_TIMEWAIT);
 
     let services = t
         .require(
@@ -867,6 +886,7 @@ fn read_config(cx: &mut Cx, root: &toml_edit::Table) -> Config {
         flow_table_size,
         snat_port_min,
         snat_port_max,
+        snat_timewait,
         services,
         vrrp,
         warnings: Vec::new(),

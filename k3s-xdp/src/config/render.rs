@@ -37,6 +37,9 @@ pub(super) fn to_toml(config: &Config) -> String {
             .collect();
         root.insert("snat_port_range", value(range));
     }
+    if config.snat_timewait != defaults::SNAT_TIMEWAIT {
+        root.insert("snat_timewait", duration_value(config.snat_timewait));
+    }
 
     let mut services = ArrayOfTables::new();
     for service in &config.services {

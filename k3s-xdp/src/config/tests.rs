@@ -1263,6 +1263,42 @@ backends = [{ name = "server-1", address = "192.0.2.50:6443" }]
 "#);
     assert_eq!((c.snat_port_min, c.snat_port_max), (32768, 60999));
     assert_eq!(c.xdp_mode, XdpMode::Generic);
+    assert_eq!(
+        c.snat_timewait,
+        Duration::from_secs(65),
+        "60 s and a margin"
+    );
+}
+
+#[test]
+fn snat_timewait_takes_whole_seconds_up_to_five_minutes() {
+    let service = "[[service]]\nname = \"api\"\nvip = \"192.0.2.100\"\nport = 6443\nbackends = [{ name = \"server-1\", address = \"192.0.2.50:6443\" }]\n";
+    let c = ok(&format!("snat_timewait = \"2m\"\n{service}"));
+    assert_eq!(c.snat_timewait, Duration::from_secs(120));
+    let c = ok(&format!("snat_timewait = \"0s\"\n{service}"));
+    assert_eq!(c.snat_timewait, Duration::ZERO, "0 turns the wait off");
+    assert_eq!(ok(&c.to_toml()), c, "rendered and read back");
+    let c = ok(&format!(
+        "snat_port_range = [20000, 20099]\nsnat_timewait = \"50s\"\n{service}"
+    ));
+    let capacity = c.snat_capacity().unwrap();
+    assert!(
+        capacity.contains("100 SNAT ports per backend"),
+        "{capacity}"
+    );
+    assert!(capacity.contains("about 2/s per backend"), "{capacity}");
+    let dsr = ok(&service.replace("port = 6443", "port = 6443\nmode = \"dsr\""));
+    assert_eq!(dsr.snat_capacity(), None, "dsr uses no SNAT ports");
+    for bad in ["\"301s\"", "\"1500ms\"", "60"] {
+        let errors = errors_in(&format!("snat_timewait = {bad}\n{service}"));
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.key == "snat_timewait" && e.line == 1),
+            "{bad}: {}",
+            ConfigErrors(errors.clone())
+        );
+    }
 }
 
 #[test]

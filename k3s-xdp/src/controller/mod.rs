@@ -169,6 +169,7 @@ fn globals(
         clock,
         // Filled in by `write_globals`, which knows the tables' size.
         flow_mask: 0,
+        snat_timewait: u32::try_from(config.snat_timewait.as_secs()).unwrap_or(u32::MAX),
     }
 }
 
@@ -473,8 +474,12 @@ impl Controller {
             if let Some(keeper) = &self.next_hops {
                 keeper.want(self.model.addresses());
             }
-            let snat_changed = (new.snat_port_min, new.snat_port_max)
-                != (self.config.snat_port_min, self.config.snat_port_max);
+            let snat_changed = (new.snat_port_min, new.snat_port_max, new.snat_timewait)
+                != (
+                    self.config.snat_port_min,
+                    self.config.snat_port_max,
+                    self.config.snat_timewait,
+                );
             let mut new = new;
             // The running instance keeps its identity until a restart; the config says so.
             new.vrrp.clone_from(&self.config.vrrp);
@@ -596,6 +601,8 @@ impl Controller {
         };
         let packets = labelled(self.dp.reasons());
         let flow_table = labelled(self.dp.table_events());
+        let timewait = u32::try_from(self.config.snat_timewait.as_secs()).unwrap_or(u32::MAX);
+        let snat = self.dp.snat_ports(self.clock, timewait).unwrap_or_default();
         let services = self
             .model
             .services
@@ -611,10 +618,14 @@ impl Controller {
                     .map(|b| {
                         let resolved = self.model.next_hop_resolved(b);
                         let spec = model::backend_spec(b, resolved, now);
-                        let t = self
+                        let slot = self
                             .publisher
-                            .backend_slot(&s.config.name, b.config.address)
+                            .backend_slot(&s.config.name, b.config.address);
+                        let t = slot
                             .and_then(|slot| self.dp.backend_traffic(slot).ok())
+                            .unwrap_or_default();
+                        let ports = slot
+                            .and_then(|slot| snat.get(&slot).copied())
                             .unwrap_or_default();
                         BackendStatus {
                             name: b.config.name.clone(),
@@ -646,6 +657,8 @@ impl Controller {
                                 .map(|(at, _)| now.saturating_duration_since(*at).as_secs()),
                             last_change: b.last_transition.as_ref().map(|(_, why)| why.clone()),
                             next_hop_resolved: resolved,
+                            snat_ports_in_use: ports.in_use,
+                            snat_ports_waiting: ports.waiting,
                             packets: t.packets,
                             bytes: t.bytes,
                             new_flows: t.new_flows,

@@ -89,6 +89,13 @@ pub struct BackendStatus {
     /// no new flows.
     #[serde(default = "resolved_default")]
     pub next_hop_resolved: bool,
+    /// nat mode: SNAT ports held by live connections to it.
+    #[serde(default)]
+    pub snat_ports_in_use: u64,
+    /// nat mode: SNAT ports whose connection it closed first, kept from other clients while
+    /// it may hold TIME_WAIT (`snat_timewait`).
+    #[serde(default)]
+    pub snat_ports_waiting: u64,
     pub packets: u64,
     pub bytes: u64,
     pub new_flows: u64,
@@ -292,6 +299,20 @@ pub fn render_table(s: &Status) -> String {
                 check,
                 change
             );
+        }
+        let snat: Vec<String> = svc
+            .backends
+            .iter()
+            .filter(|b| b.snat_ports_in_use + b.snat_ports_waiting > 0)
+            .map(|b| {
+                format!(
+                    "{} {} in use, {} waiting",
+                    b.name, b.snat_ports_in_use, b.snat_ports_waiting
+                )
+            })
+            .collect();
+        if svc.mode == "nat" && !snat.is_empty() {
+            let _ = writeln!(out, "  SNAT ports: {}", snat.join("; "));
         }
     }
     let interesting: Vec<String> = s
@@ -498,6 +519,30 @@ pub fn render_metrics(s: &Status) -> String {
         "gauge",
         "1 if the MAC address of the backend's next hop is known; until then it takes no new flows.",
         per_backend(|b| f64::from(u8::from(b.next_hop_resolved))),
+    );
+    let mut snat = Vec::new();
+    for svc in &s.services {
+        for b in &svc.backends {
+            for (state, n) in [
+                ("in_use", b.snat_ports_in_use),
+                ("waiting", b.snat_ports_waiting),
+            ] {
+                snat.push((
+                    format!(
+                        "service=\"{}\",backend=\"{}\",state=\"{state}\"",
+                        escape(&svc.name),
+                        escape(&b.name)
+                    ),
+                    n as f64,
+                ));
+            }
+        }
+    }
+    family(
+        "k3sxdp_backend_snat_ports",
+        "gauge",
+        "nat mode: SNAT ports of the backend held by live connections (in_use), or closed by the backend first and kept from other clients during its TIME_WAIT (waiting).",
+        snat,
     );
     family(
         "k3sxdp_backend_checks_total",

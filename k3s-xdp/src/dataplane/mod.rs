@@ -27,7 +27,16 @@ use k3s_xdp_common::{
     table::{self, bucket_index, nat_index, FlowBucket, FlowSlot, NatSlot},
     Flow, FlowKey, Globals, NatReverse, Traffic,
 };
-use std::fmt;
+use std::{collections::BTreeMap, fmt};
+
+/// A backend's SNAT ports (see [`Dataplane::snat_ports`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SnatPorts {
+    /// Held by a live translation.
+    pub in_use: u64,
+    /// Closed by the backend first, less than `snat_timewait` ago: not given to another client.
+    pub waiting: u64,
+}
 
 /// How the program ended up attached.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
@@ -226,6 +235,31 @@ impl Dataplane {
     /// CPUs, in event order.
     pub fn table_events(&self) -> Result<Vec<(&'static str, u64)>> {
         self.per_cpu_sums(names::TABLE_EVENTS, &reason::table::NAMES)
+    }
+
+    /// SNAT ports per backend slot: held by a live translation, and closed but waiting for
+    /// the backend's TIME_WAIT (`snat_timewait` of `timewait` seconds), at `clock` (the
+    /// controller's). One pass over the reverse-NAT table's memory.
+    pub fn snat_ports(&self, clock: u32, timewait: u32) -> Result<BTreeMap<u32, SnatPorts>> {
+        use std::os::fd::{AsFd, AsRawFd};
+        let aya::maps::Map::Array(map) = self.map(names::NAT_REVERSE)? else {
+            anyhow::bail!("{} is not an array", names::NAT_REVERSE);
+        };
+        let count = (self.flow_mask as usize + 1) * table::WAYS as usize;
+        let mut out: BTreeMap<u32, SnatPorts> = BTreeMap::new();
+        sys::scan_mmapable_array(map.fd().as_fd().as_raw_fd(), count, |slot: NatSlot| {
+            if !slot.is_valid() || table::idle(slot.seen, clock) {
+                return;
+            }
+            let ports = out.entry(u32::from(slot.nat.backend)).or_default();
+            if k3s_xdp_common::waits(slot.nat.closing, slot.seen, clock, timewait) {
+                ports.waiting += 1;
+            } else if !slot.nat.closed() {
+                ports.in_use += 1;
+            }
+        })?;
+        out.retain(|_, p| *p != SnatPorts::default());
+        Ok(out)
     }
 
     fn per_cpu_sums(&self, map: &str, labels: &[&'static str]) -> Result<Vec<(&'static str, u64)>> {

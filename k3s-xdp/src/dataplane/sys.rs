@@ -1,5 +1,5 @@
-//! The two map operations aya 0.14 does not offer: deleting an entry of an array of maps (the
-//! slot becomes empty), and filling a `BPF_F_MMAPABLE` array through a shared mapping.
+//! The map operations aya 0.14 does not offer: deleting an entry of an array of maps (the slot
+//! becomes empty), and filling or reading a `BPF_F_MMAPABLE` array through a shared mapping.
 
 use anyhow::{bail, Result};
 use std::{io, os::fd::RawFd};
@@ -71,5 +71,39 @@ pub fn write_mmapable_array(fd: RawFd, values: &[u64]) -> Result<()> {
         std::ptr::copy_nonoverlapping(values.as_ptr(), ptr.cast::<u64>(), values.len());
         libc::munmap(ptr, len);
     }
+    Ok(())
+}
+
+/// Calls `f` with a copy of each of the first `count` entries of the `BPF_F_MMAPABLE` array map
+/// `fd` (entries of `T`, a multiple of 8 bytes, laid out back to back), read through a
+/// read-only shared mapping: one pass over the memory, no system call per entry. The program
+/// may write an entry while it is read; `T`'s own checks (a seal) tell a torn copy.
+pub fn scan_mmapable_array<T: Copy>(fd: RawFd, count: usize, mut f: impl FnMut(T)) -> Result<()> {
+    let bytes = count * std::mem::size_of::<T>();
+    // SAFETY: page size query has no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize;
+    let len = bytes.div_ceil(page).max(1) * page;
+    // SAFETY: mapping a map fd the kernel created mmapable, read-only; checked below.
+    let ptr = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ,
+            libc::MAP_SHARED,
+            fd,
+            0,
+        )
+    };
+    if ptr == libc::MAP_FAILED {
+        bail!("mmap of a flow table: {}", io::Error::last_os_error());
+    }
+    let entries = ptr.cast::<T>();
+    for i in 0..count {
+        // SAFETY: within the mapping (count entries of T from a page-aligned start); volatile,
+        // as the program writes the memory concurrently.
+        f(unsafe { std::ptr::read_volatile(entries.add(i)) });
+    }
+    // SAFETY: the mapping made above.
+    unsafe { libc::munmap(ptr, len) };
     Ok(())
 }
