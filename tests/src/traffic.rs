@@ -77,6 +77,67 @@ impl Drop for UdpEcho {
     }
 }
 
+/// A TCP server on `0.0.0.0:port` in a namespace that closes first, as an HTTP server
+/// answering `Connection: close` does: it reads the request line, answers its name and a
+/// newline, and closes, so it is the server that keeps the connection in TIME_WAIT. Stops on
+/// drop.
+pub struct ClosesFirst {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl ClosesFirst {
+    pub fn start(ns: &NetNs, name: &str, port: u16) -> Result<Self> {
+        let listener = ns
+            .enter(|| std::net::TcpListener::bind(("0.0.0.0", port)))?
+            .with_context(|| format!("binding TCP port {port} in {}", ns.name()))?;
+        listener.set_nonblocking(true)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let (flag, answer) = (stop.clone(), format!("{name}\n"));
+        let thread = std::thread::spawn(move || {
+            while !flag.load(Ordering::Relaxed) {
+                let Ok((mut conn, _)) = listener.accept() else {
+                    std::thread::sleep(UDP_POLL / 4);
+                    continue;
+                };
+                let _ = conn.set_nonblocking(false);
+                let _ = conn.set_read_timeout(Some(Duration::from_secs(2)));
+                let mut line = [0u8; 64];
+                let _ = std::io::Read::read(&mut conn, &mut line);
+                let _ = std::io::Write::write_all(&mut conn, answer.as_bytes());
+                // Dropped: the server's FIN goes first.
+            }
+        });
+        Ok(ClosesFirst {
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for ClosesFirst {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// One request to a [`ClosesFirst`] server at `to` from `ns`: the server that answered, once
+/// it has closed (the client reads to the end, then closes too).
+pub fn request_closed_by_server(ns: &NetNs, to: SocketAddrV4, timeout: Duration) -> Result<String> {
+    let mut stream = connect(ns, to, timeout)?;
+    std::io::Write::write_all(&mut stream, b"GET /readyz\n")?;
+    let mut answer = Vec::new();
+    std::io::Read::read_to_end(&mut stream, &mut answer).context("reading the answer")?;
+    let name = String::from_utf8_lossy(&answer).trim().to_string();
+    if name.is_empty() {
+        bail!("the server closed without answering");
+    }
+    Ok(name)
+}
+
 /// One UDP request from `socket` (created in the client's namespace) to `to`: the server that
 /// answered, or an error when no answer came within `timeout` (no retry: a loss is a loss).
 pub fn udp_request(

@@ -338,6 +338,13 @@ pub fn render_table(s: &Status) -> String {
             "Flow tables full: {evicted} live flows evicted, {taken} live translations taken over (raise flow_table_size)"
         );
     }
+    let reused = count("translation_reused_waiting");
+    if reused > 0 {
+        let _ = writeln!(
+            out,
+            "SNAT ports short: {reused} new connections took a port its backend may still hold in TIME_WAIT (widen snat_port_range; see `k3s-xdp check`)"
+        );
+    }
     out
 }
 
@@ -433,7 +440,7 @@ pub fn render_metrics(s: &Status) -> String {
     family(
         "k3sxdp_flow_table_full_total",
         "counter",
-        "New flows that found the flow tables full: a live flow's entry evicted (flow_evicted), a live connection's SNAT translation taken over (translation_taken_over). Raise flow_table_size.",
+        "New flows that found the flow tables full: a live flow's entry evicted (flow_evicted), a live connection's SNAT translation taken over (translation_taken_over), a SNAT port taken while its backend may still hold it in TIME_WAIT (translation_reused_waiting: widen snat_port_range).",
         s.flow_table
             .iter()
             .map(|(k, v)| (format!("event=\"{}\"", escape(k)), *v as f64))

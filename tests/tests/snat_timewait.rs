@@ -1,0 +1,180 @@
+//! nat mode against servers that close first (as HTTP servers answering `Connection: close`
+//! do, and so keep each connection in TIME_WAIT): with real TCP stacks on both sides, a SNAT
+//! port is never handed to another client while its backend may still hold the old 4-tuple,
+//! so no SYN meets a TIME_WAIT (PAWS) and none is sent twice; a port range too small for the
+//! rate is counted and reported, and connections still go through.
+
+use k3s_xdp::controller::status::Status;
+use k3s_xdp_tests::{
+    bpf::have_root,
+    daemon::Daemon,
+    topology::{seed_backends_toml, Topology, AGENTS, SERVERS, VIP},
+    traffic::{self, request_closed_by_server, ClosesFirst},
+};
+use std::{
+    net::SocketAddrV4,
+    sync::Mutex,
+    time::{Duration, Instant},
+};
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn config(ports: (u16, u16)) -> String {
+    format!(
+        r#"interface = "eth1"
+snat_port_range = [{}, {}]
+
+[[service]]
+name = "k3s-api"
+vip = "{VIP}"
+port = 6443
+backends = [
+{}
+]
+[service.health]
+check = "tcp"
+inter = "1s"
+rise = 1
+fall = 3
+"#,
+        ports.0,
+        ports.1,
+        seed_backends_toml(6443)
+    )
+}
+
+/// The sum of `counter` (nstat) over `nodes`.
+fn counter(topo: &Topology, nodes: &[&str], counter: &str) -> u64 {
+    nodes
+        .iter()
+        .map(|n| traffic::nstat(topo.node(n), counter).unwrap())
+        .sum()
+}
+
+/// `per_agent` requests from each agent through the VIP, one every `pace`: the failures.
+fn churn(topo: &Topology, per_agent: u32, pace: Duration) -> (u32, Vec<String>) {
+    let vip = SocketAddrV4::new(VIP, 6443);
+    let results: Vec<Vec<String>> = std::thread::scope(|s| {
+        let handles: Vec<_> = AGENTS
+            .iter()
+            .map(|agent| {
+                let ns = topo.node(agent).handle();
+                s.spawn(move || {
+                    let mut failed = Vec::new();
+                    for i in 0..per_agent {
+                        let next = Instant::now() + pace;
+                        if let Err(e) = request_closed_by_server(&ns, vip, Duration::from_secs(3)) {
+                            failed.push(format!("{agent} #{i}: {e:#}"));
+                        }
+                        std::thread::sleep(next.saturating_duration_since(Instant::now()));
+                    }
+                    failed
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    (per_agent * AGENTS.len() as u32, results.concat())
+}
+
+fn table_event(s: &Status, event: &str) -> u64 {
+    s.flow_table.get(event).copied().unwrap_or(0)
+}
+
+/// 150 short connections, each closed by its server first, through 100 SNAT ports per
+/// backend within about two seconds: ports come round again while the servers hold their
+/// previous connections in TIME_WAIT. None is given to another client meanwhile, so the
+/// servers reject no SYN (`TcpExtPAWSTimewait`) and the clients retransmit none
+/// (`TcpExtTCPSynRetrans`).
+#[test]
+fn servers_that_close_first_never_meet_a_reused_port_in_time_wait() {
+    if !have_root() {
+        return;
+    }
+    let _s = serial();
+    let topo = Topology::builder().without("lb-2").build().unwrap();
+    let _servers: Vec<ClosesFirst> = SERVERS
+        .iter()
+        .map(|s| ClosesFirst::start(topo.node(s), s, 6443).unwrap())
+        .collect();
+    let daemon = Daemon::start(&topo, "lb-1", &config((20000, 20099))).unwrap();
+    daemon.wait_healthy(Duration::from_secs(10)).unwrap();
+    let (retransmits, paws) = (
+        counter(&topo, &AGENTS, "TcpExtTCPSynRetrans"),
+        counter(&topo, &SERVERS, "TcpExtPAWSTimewait"),
+    );
+
+    let (made, failed) = churn(&topo, 50, Duration::from_millis(10));
+    let status = daemon.status().unwrap();
+    let retransmits = counter(&topo, &AGENTS, "TcpExtTCPSynRetrans") - retransmits;
+    let paws = counter(&topo, &SERVERS, "TcpExtPAWSTimewait") - paws;
+    let waiting: u64 = status.services[0]
+        .backends
+        .iter()
+        .map(|b| b.snat_ports_waiting)
+        .sum();
+    eprintln!(
+        "{made} connections, {} failed; {retransmits} SYNs retransmitted, {paws} rejected by PAWS; {waiting} ports waiting; flow table events {:?}",
+        failed.len(),
+        status.flow_table
+    );
+    assert!(failed.is_empty(), "{failed:?}");
+    assert_eq!(paws, 0, "a server refused a SYN on a 4-tuple in TIME_WAIT");
+    assert_eq!(retransmits, 0, "a client sent a SYN again");
+    assert!(
+        waiting > 100,
+        "status shows the ports waiting for the servers' TIME_WAIT ({waiting})"
+    );
+    assert_eq!(table_event(&status, "translation_reused_waiting"), 0);
+}
+
+/// Ten SNAT ports per backend for 90 connections that servers close first: every port waits,
+/// so new connections reuse the ports that waited longest. That is counted (status and
+/// metrics), and connections still go through: a Linux client answers the server's
+/// refusal with a RST and sends its SYN again at once.
+#[test]
+fn a_port_range_too_small_for_the_rate_is_counted_and_connections_go_through() {
+    if !have_root() {
+        return;
+    }
+    let _s = serial();
+    let topo = Topology::builder().without("lb-2").build().unwrap();
+    let _servers: Vec<ClosesFirst> = SERVERS
+        .iter()
+        .map(|s| ClosesFirst::start(topo.node(s), s, 6443).unwrap())
+        .collect();
+    let daemon = Daemon::start(&topo, "lb-1", &config((20000, 20009))).unwrap();
+    daemon.wait_healthy(Duration::from_secs(10)).unwrap();
+
+    let started = Instant::now();
+    let (made, failed) = churn(&topo, 30, Duration::from_millis(20));
+    let took = started.elapsed();
+    let status = daemon.status().unwrap();
+    let reused = table_event(&status, "translation_reused_waiting");
+    eprintln!(
+        "{made} connections in {took:?}, {} failed; {reused} ports reused while waiting",
+        failed.len()
+    );
+    assert!(failed.is_empty(), "{failed:?}");
+    assert!(reused > 0, "the reuse of waiting ports is counted");
+    assert_eq!(
+        status
+            .packets
+            .get("drop_snat_exhausted")
+            .copied()
+            .unwrap_or(0),
+        0,
+        "no connection refused for want of a port"
+    );
+    let table = k3s_xdp::controller::status::render_table(&status);
+    assert!(table.contains("SNAT ports short"), "{table}");
+    let metrics = k3s_xdp_tests::daemon::get_metrics(&topo, "lb-1", "127.0.0.1:9742").unwrap();
+    assert!(
+        metrics.contains("k3sxdp_flow_table_full_total{event=\"translation_reused_waiting\"}"),
+        "{metrics}"
+    );
+}
