@@ -1,9 +1,9 @@
 //! A new flow, in two programs. `k3s_xdp` (the first half) handles every packet; when a packet
-//! starts a flow, it writes the question (the flow, its service, the SNAT settings) into this CPU's `SNAT_SEARCH` entry and tail-calls `k3s_xdp_new_flow`
-//! (the second half). That one chooses the backend with Maglev, claims the SNAT port (nat
-//! mode), records the flow, writes the answer next to the question, finds the packet's headers
-//! again at the offsets the first half left in the question, and forwards it
-//! (`forward::decided`).
+//! starts a flow, it writes the question (the flow, its service, the SNAT settings) into this
+//! CPU's `SNAT_SEARCH` entry and tail-calls `k3s_xdp_new_flow` (the second half). That one
+//! chooses the backend with Maglev, claims the SNAT port (nat mode), records the flow, writes
+//! the answer next to the question, finds the packet's headers again at the offsets the first
+//! half left in the question, and forwards it (`forward::decided`).
 //!
 //! Why two programs: the choice needs the SNAT search's bpf_loop, whose callback's stack is
 //! stacked on its caller's; in a program of its own, that stack starts from a small frame and

@@ -355,7 +355,8 @@ fn v2_wrong_auth_pass_is_rejected() {
     let lb2 = Daemon::start(&l.topo, "lb-2", &k3s_xdp_config(100, false, other)).unwrap();
     let s = lb2
         .wait_for(
-            Duration::from_secs(10),
+            // keepalived's first adverts can take a few seconds on a loaded machine.
+            Duration::from_secs(20),
             "keepalived's adverts rejected",
             |s| {
                 s.vrrp

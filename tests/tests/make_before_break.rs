@@ -168,6 +168,34 @@ fn assert_nothing_lost(
     }
 }
 
+const THREE: [(&str, u32); 3] = [("server-1", 100), ("server-2", 100), ("server-3", 100)];
+
+/// lb-1 alone in front of server-1..3 (and server-4, not in the config yet), all checked up.
+struct Lab {
+    // Dropped in this order: the daemon, the servers, then the namespaces.
+    daemon: Daemon,
+    _servers: (Vec<Backend>, Vec<UdpEcho>),
+    topo: Topology,
+}
+
+impl Lab {
+    fn start() -> Lab {
+        let topo = Topology::builder()
+            .without("lb-2")
+            .node("server-4", SERVER4)
+            .build()
+            .unwrap();
+        let servers = servers(&topo, &["server-1", "server-2", "server-3", "server-4"]);
+        let daemon = Daemon::start(&topo, "lb-1", &config(&THREE, "")).unwrap();
+        daemon.wait_healthy(Duration::from_secs(10)).unwrap();
+        Lab {
+            daemon,
+            _servers: servers,
+            topo,
+        }
+    }
+}
+
 /// A reload adds server-4 (no neighbour entry for it on lb-1 yet): it takes new flows only
 /// once its MAC address is known, and no SYN or UDP request is lost meanwhile.
 #[test]
@@ -176,15 +204,8 @@ fn a_backend_added_by_reload_takes_new_flows_without_losing_any() {
         return;
     }
     let _s = serial();
-    let topo = Topology::builder()
-        .without("lb-2")
-        .node("server-4", SERVER4)
-        .build()
-        .unwrap();
-    let _servers = servers(&topo, &["server-1", "server-2", "server-3", "server-4"]);
-    let three = [("server-1", 100), ("server-2", 100), ("server-3", 100)];
-    let daemon = Daemon::start(&topo, "lb-1", &config(&three, "")).unwrap();
-    daemon.wait_healthy(Duration::from_secs(10)).unwrap();
+    let lab = Lab::start();
+    let (topo, daemon) = (&lab.topo, &lab.daemon);
     let lb = topo.node("lb-1");
     let neighbours =
         String::from_utf8_lossy(&lb.ip(["neigh", "show", "192.0.2.53"]).unwrap().stdout)
@@ -195,8 +216,8 @@ fn a_backend_added_by_reload_takes_new_flows_without_losing_any() {
     );
 
     let before = daemon.status().unwrap();
-    let retransmits = syn_retransmits(&topo);
-    let traffic = stream(&topo, Duration::from_secs(20));
+    let retransmits = syn_retransmits(topo);
+    let traffic = stream(topo, Duration::from_secs(20));
     std::thread::sleep(Duration::from_millis(800));
     let four = [
         ("server-1", 100),
@@ -219,7 +240,7 @@ fn a_backend_added_by_reload_takes_new_flows_without_losing_any() {
     std::thread::sleep(Duration::from_millis(800));
     let attempts = traffic.finish();
     let after = daemon.status().unwrap();
-    assert_nothing_lost(&topo, &attempts, retransmits, &before, &after);
+    assert_nothing_lost(topo, &attempts, retransmits, &before, &after);
     let server4 = status.services[0]
         .backends
         .iter()
@@ -250,15 +271,8 @@ fn drain_disable_reweight_add_and_remove_under_traffic_lose_nothing() {
         return;
     }
     let _s = serial();
-    let topo = Topology::builder()
-        .without("lb-2")
-        .node("server-4", SERVER4)
-        .build()
-        .unwrap();
-    let _servers = servers(&topo, &["server-1", "server-2", "server-3", "server-4"]);
-    let three = [("server-1", 100), ("server-2", 100), ("server-3", 100)];
-    let daemon = Daemon::start(&topo, "lb-1", &config(&three, "")).unwrap();
-    daemon.wait_healthy(Duration::from_secs(10)).unwrap();
+    let lab = Lab::start();
+    let (topo, daemon) = (&lab.topo, &lab.daemon);
 
     // The schedule: a fixed seed, printed, so a failing run can be repeated.
     let seed: u64 = 13;
@@ -282,20 +296,20 @@ fn drain_disable_reweight_add_and_remove_under_traffic_lose_nothing() {
     eprintln!("schedule (seed {seed:#x}): {steps:?}, then add server-4, drain it, remove it");
 
     let before = daemon.status().unwrap();
-    let retransmits = syn_retransmits(&topo);
-    let traffic = stream(&topo, Duration::from_secs(30));
+    let retransmits = syn_retransmits(topo);
+    let traffic = stream(topo, Duration::from_secs(30));
     std::thread::sleep(Duration::from_millis(500));
     let pause = Duration::from_millis(700);
     for step in steps.chunks(3) {
         let (first, second, target) = (step[0], step[1], step[2]);
         for action in [first, second] {
             match action {
-                "drain" => admin(&daemon, Admin::Drain, &format!("k3s-api/{target}")),
-                "disable" => admin(&daemon, Admin::Disable, &format!("k3s-api/{target}")),
-                "enable" => admin(&daemon, Admin::Enable, &format!("k3s-api/{target}")),
+                "drain" => admin(daemon, Admin::Drain, &format!("k3s-api/{target}")),
+                "disable" => admin(daemon, Admin::Disable, &format!("k3s-api/{target}")),
+                "enable" => admin(daemon, Admin::Enable, &format!("k3s-api/{target}")),
                 "reweight" | "restore" => {
                     let weight = if action == "reweight" { 30 } else { 100 };
-                    let servers: Vec<(&str, u32)> = three
+                    let servers: Vec<(&str, u32)> = THREE
                         .iter()
                         .map(|(s, w)| (*s, if *s == target { weight } else { *w }))
                         .collect();
@@ -316,15 +330,15 @@ fn drain_disable_reweight_add_and_remove_under_traffic_lose_nothing() {
     daemon.write_config(&config(&four, "")).unwrap();
     daemon.reload().unwrap();
     std::thread::sleep(Duration::from_millis(1500));
-    admin(&daemon, Admin::Drain, "k3s-api/server-4");
-    admin(&daemon, Admin::Drain, "dns/server-4");
+    admin(daemon, Admin::Drain, "k3s-api/server-4");
+    admin(daemon, Admin::Drain, "dns/server-4");
     std::thread::sleep(pause);
-    daemon.write_config(&config(&three, "")).unwrap();
+    daemon.write_config(&config(&THREE, "")).unwrap();
     daemon.reload().unwrap();
     std::thread::sleep(pause);
     let attempts = traffic.finish();
     let after = daemon.status().unwrap();
-    assert_nothing_lost(&topo, &attempts, retransmits, &before, &after);
+    assert_nothing_lost(topo, &attempts, retransmits, &before, &after);
     assert!(
         attempts
             .iter()

@@ -47,6 +47,31 @@ fall = 3
     )
 }
 
+/// lb-1 alone, with SNAT ports `ports`, in front of server-1..3 that close first.
+struct Lab {
+    // Dropped in this order: the daemon, the servers, then the namespaces.
+    daemon: Daemon,
+    _servers: Vec<ClosesFirst>,
+    topo: Topology,
+}
+
+impl Lab {
+    fn start(ports: (u16, u16)) -> Lab {
+        let topo = Topology::builder().without("lb-2").build().unwrap();
+        let servers = SERVERS
+            .iter()
+            .map(|s| ClosesFirst::start(topo.node(s), s, 6443).unwrap())
+            .collect();
+        let daemon = Daemon::start(&topo, "lb-1", &config(ports)).unwrap();
+        daemon.wait_healthy(Duration::from_secs(10)).unwrap();
+        Lab {
+            daemon,
+            _servers: servers,
+            topo,
+        }
+    }
+}
+
 /// The sum of `counter` (nstat) over `nodes`.
 fn counter(topo: &Topology, nodes: &[&str], counter: &str) -> u64 {
     nodes
@@ -96,22 +121,17 @@ fn servers_that_close_first_never_meet_a_reused_port_in_time_wait() {
         return;
     }
     let _s = serial();
-    let topo = Topology::builder().without("lb-2").build().unwrap();
-    let _servers: Vec<ClosesFirst> = SERVERS
-        .iter()
-        .map(|s| ClosesFirst::start(topo.node(s), s, 6443).unwrap())
-        .collect();
-    let daemon = Daemon::start(&topo, "lb-1", &config((20000, 20099))).unwrap();
-    daemon.wait_healthy(Duration::from_secs(10)).unwrap();
+    let lab = Lab::start((20000, 20099));
+    let (topo, daemon) = (&lab.topo, &lab.daemon);
     let (retransmits, paws) = (
-        counter(&topo, &AGENTS, "TcpExtTCPSynRetrans"),
-        counter(&topo, &SERVERS, "TcpExtPAWSTimewait"),
+        counter(topo, &AGENTS, "TcpExtTCPSynRetrans"),
+        counter(topo, &SERVERS, "TcpExtPAWSTimewait"),
     );
 
-    let (made, failed) = churn(&topo, 50, Duration::from_millis(10));
+    let (made, failed) = churn(topo, 50, Duration::from_millis(10));
     let status = daemon.status().unwrap();
-    let retransmits = counter(&topo, &AGENTS, "TcpExtTCPSynRetrans") - retransmits;
-    let paws = counter(&topo, &SERVERS, "TcpExtPAWSTimewait") - paws;
+    let retransmits = counter(topo, &AGENTS, "TcpExtTCPSynRetrans") - retransmits;
+    let paws = counter(topo, &SERVERS, "TcpExtPAWSTimewait") - paws;
     let waiting: u64 = status.services[0]
         .backends
         .iter()
@@ -151,16 +171,11 @@ fn a_port_range_too_small_for_the_rate_is_counted_and_connections_go_through() {
         return;
     }
     let _s = serial();
-    let topo = Topology::builder().without("lb-2").build().unwrap();
-    let _servers: Vec<ClosesFirst> = SERVERS
-        .iter()
-        .map(|s| ClosesFirst::start(topo.node(s), s, 6443).unwrap())
-        .collect();
-    let daemon = Daemon::start(&topo, "lb-1", &config((20000, 20009))).unwrap();
-    daemon.wait_healthy(Duration::from_secs(10)).unwrap();
+    let lab = Lab::start((20000, 20009));
+    let (topo, daemon) = (&lab.topo, &lab.daemon);
 
     let started = Instant::now();
-    let (made, failed) = churn(&topo, 30, Duration::from_millis(20));
+    let (made, failed) = churn(topo, 30, Duration::from_millis(20));
     let took = started.elapsed();
     let status = daemon.status().unwrap();
     let reused = table_event(&status, "translation_reused_waiting");
@@ -181,7 +196,7 @@ fn a_port_range_too_small_for_the_rate_is_counted_and_connections_go_through() {
     );
     let table = k3s_xdp::controller::status::render_table(&status);
     assert!(table.contains("SNAT ports short"), "{table}");
-    let metrics = k3s_xdp_tests::daemon::get_metrics(&topo, "lb-1", "127.0.0.1:9742").unwrap();
+    let metrics = k3s_xdp_tests::daemon::get_metrics(topo, "lb-1", "127.0.0.1:9742").unwrap();
     assert!(
         metrics.contains("k3sxdp_flow_table_full_total{event=\"translation_reused_waiting\"}"),
         "{metrics}"

@@ -12,9 +12,11 @@
 //! - nginx with the seeds' `stream {}` config, in lb-1's namespace.
 //!
 //! For HAProxy and nginx the bench puts the VIP on lb-1's eth1 itself (k3s-xdp does it
-//! without `[vrrp]`). Each target runs three phases: new connections as fast as possible
-//! (connect, 16-byte request, 64-byte reply, close), long downloads, and paced connections
-//! for latency. CPU is read from `/proc/stat` (the whole machine), from the load balancer's
+//! without `[vrrp]`). Each target runs four phases: new connections as fast as possible
+//! (connect, 16-byte request, 64-byte reply, close), the same with the server closing first
+//! (as HTTP servers answering `Connection: close` do, which leaves TIME_WAIT on the servers),
+//! long downloads, and paced connections for latency. The clients' retransmitted SYNs
+//! (`nstat`'s `TcpExtTCPSynRetrans`) are counted in every phase. CPU is read from `/proc/stat` (the whole machine), from the load balancer's
 //! own processes and from the XDP program's BPF statistics; after the repetitions, direct,
 //! k3s-xdp nat and HAProxy run once more under `perf record` for a profile.
 //! [`crate::e2e_report`] turns it into the report and the plots. `K3S_XDP_BENCH_REPS=1`
@@ -108,6 +110,8 @@ fn addr(node: &str) -> std::net::Ipv4Addr {
 #[derive(Debug, Default)]
 pub struct Run {
     pub conn: Phase,
+    /// New connections that the server closes first.
+    pub closes: Phase,
     pub download: Phase,
     pub latency: Phase,
 }
@@ -131,6 +135,8 @@ pub struct Phase {
     pub xdp_packets: Option<u64>,
     /// With a profile: the share of each of [`profile::CATEGORIES`] in the busy samples.
     pub profile: Option<(Vec<f64>, u64)>,
+    /// SYNs the clients sent again (a SYN lost, or refused by a server's TIME_WAIT).
+    pub syn_retransmits: u64,
 }
 
 /// The targets profiled with perf after the measured repetitions.
@@ -270,11 +276,13 @@ fn prepare_lab(topo: &mut Topology) -> Result<usize> {
 fn progress(what: &str, target: Target, r: &Run) {
     let c = &r.conn;
     eprintln!(
-        "e2e {what} {:<20} {:>6.0} conn/s ({:.1} CPUs, {:.0} CPU-ms per 1k), {:>5.2} Gbit/s, connect p50 {} µs",
+        "e2e {what} {:<20} {:>6.0} conn/s ({:.1} CPUs, {:.0} CPU-ms per 1k), server closes first {:>6.0} conn/s ({} SYNs retransmitted), {:>5.2} Gbit/s, connect p50 {} µs",
         target.label(),
         c.outcome.connections as f64 / c.seconds,
         (c.machine_cpu + c.other_cpu) / c.seconds,
         c.machine_cpu * 1e6 / c.outcome.connections.max(1) as f64,
+        r.closes.outcome.connections as f64 / r.closes.seconds,
+        r.closes.syn_retransmits,
         r.download.outcome.bytes as f64 * 8.0 / r.download.seconds / 1e9,
         quantile(&mut r.latency.outcome.connect_us.clone(), 0.5),
     );
@@ -360,6 +368,18 @@ fn run_target(
     // Neighbour entries, flow tables, proxy buffers: not measured.
     load_phase(topo, &lb, idle, conns(at(WARMUP)))?;
     let conn = profiled(CONN_PHASE, &conns)?;
+    let closes = load_phase(
+        topo,
+        &lb,
+        idle,
+        Spec {
+            target: target.addr(),
+            work: Work::ServerCloses { reply: REPLY },
+            tasks: CONN_TASKS,
+            deadline: at(CONN_PHASE),
+            max_per_task: 1_000_000,
+        },
+    )?;
     let download = profiled(DOWNLOAD_PHASE, &|deadline| Spec {
         target: target.addr(),
         work: Work::Download,
@@ -382,7 +402,11 @@ fn run_target(
             max_per_task: 100_000,
         },
     )?;
-    for (name, p) in [("connection", &conn), ("download", &download)] {
+    for (name, p) in [
+        ("connection", &conn),
+        ("server-closes-first", &closes),
+        ("download", &download),
+    ] {
         let o = &p.outcome;
         if o.connections == 0 || o.errors * 100 > o.connections {
             bail!(
@@ -397,6 +421,7 @@ fn run_target(
     drop(lb);
     Ok(Run {
         conn,
+        closes,
         download,
         latency,
     })
@@ -408,6 +433,7 @@ fn load_phase(topo: &Topology, lb: &Lb, idle: f64, spec: Spec) -> Result<Phase> 
     let other0 = other_cpu(&lb.pids);
     let lb0 = lb.process_cpu();
     let xdp0 = lb.xdp_stats();
+    let syn0 = syn_retransmits(topo)?;
     let t0 = Instant::now();
     let outcomes: Vec<Result<Outcome>> = std::thread::scope(|s| {
         let handles: Vec<_> = AGENTS
@@ -429,6 +455,7 @@ fn load_phase(topo: &Topology, lb: &Lb, idle: f64, spec: Spec) -> Result<Phase> 
     let cpu = machine_busy()? - cpu0;
     let other = other_cpu(&lb.pids) - other0;
     let xdp1 = lb.xdp_stats();
+    let syn_retransmits = syn_retransmits(topo)?.saturating_sub(syn0);
     let mut outcome = Outcome::default();
     for o in outcomes {
         outcome.merge(o?);
@@ -442,7 +469,16 @@ fn load_phase(topo: &Topology, lb: &Lb, idle: f64, spec: Spec) -> Result<Phase> 
         xdp_cpu: xdp0.zip(xdp1).map(|(a, b)| b.0 - a.0),
         xdp_packets: xdp0.zip(xdp1).map(|(a, b)| b.1 - a.1),
         profile: None,
+        syn_retransmits,
     })
+}
+
+/// The agents' retransmitted SYNs so far (`nstat`, absolute, history untouched).
+fn syn_retransmits(topo: &Topology) -> Result<u64> {
+    AGENTS
+        .iter()
+        .map(|a| k3s_xdp_tests::traffic::nstat(topo.node(a), "TcpExtTCPSynRetrans"))
+        .sum()
 }
 
 /// One request through `target` from every agent, retried for up to 20 s.

@@ -83,6 +83,11 @@ pub struct Report {
     reps: usize,
     /// New connections per second.
     rate: Figure,
+    /// New connections per second when the server closes first.
+    rate_closes: Figure,
+    /// Clients' retransmitted SYNs per 1,000 connections, in each connection workload.
+    retrans_conn: Figure,
+    retrans_closes: Figure,
     /// Download throughput, Gbit/s.
     gbps: Figure,
     connect_p50: Figure,
@@ -118,7 +123,7 @@ pub struct Report {
 fn phases(runs: &[Vec<Run>]) -> impl Iterator<Item = &Phase> {
     runs.iter()
         .flatten()
-        .flat_map(|r| [&r.conn, &r.download, &r.latency])
+        .flat_map(|r| [&r.conn, &r.closes, &r.download, &r.latency])
 }
 
 fn kconn(p: &Phase) -> f64 {
@@ -170,6 +175,9 @@ impl Report {
             idle: Spread::of(&idle),
             reps: runs.first().map(Vec::len).unwrap_or(0),
             rate: per(&|r| r.conn.outcome.connections as f64 / r.conn.seconds),
+            rate_closes: per(&|r| r.closes.outcome.connections as f64 / r.closes.seconds),
+            retrans_conn: per(&|r| r.conn.syn_retransmits as f64 / kconn(&r.conn)),
+            retrans_closes: per(&|r| r.closes.syn_retransmits as f64 / kconn(&r.closes)),
             gbps: per(&|r| r.download.outcome.bytes as f64 * 8.0 / r.download.seconds / 1e9),
             connect_p50: per(&|r| q(&r.latency.outcome.connect_us, 0.5)),
             connect_p99: per(&|r| q(&r.latency.outcome.connect_us, 0.99)),
@@ -196,7 +204,11 @@ impl Report {
                 .iter()
                 .map(|rs| {
                     rs.iter()
-                        .map(|r| r.conn.outcome.errors + r.download.outcome.errors)
+                        .map(|r| {
+                            r.conn.outcome.errors
+                                + r.closes.outcome.errors
+                                + r.download.outcome.errors
+                        })
                         .sum()
                 })
                 .collect(),
@@ -316,6 +328,7 @@ impl Report {
         );
         self.main_table(&mut o);
         self.ratio_table(&mut o);
+        self.closes_table(&mut o);
         let missed = self.targets(&mut o, summary);
         if !missed.is_empty() {
             let _ = writeln!(o, "\n### Why a target is missed\n");
@@ -397,6 +410,32 @@ impl Report {
         }
     }
 
+    /// The two connection workloads side by side: the client closes first (the main table's),
+    /// and the server closes first, with the clients' retransmitted SYNs.
+    fn closes_table(&self, o: &mut String) {
+        let _ = writeln!(
+            o,
+            "\n### Servers that close first\n\nThe same connections (16-byte request, {REPLY}-byte reply), the server closing first as an HTTP server answering `Connection: close` does, so the servers hold each connection in TIME_WAIT; a SNAT port handed to another client while its server still holds it would be refused once (PAWS) and cost that client a retransmitted SYN.\n"
+        );
+        let _ = writeln!(
+            o,
+            "| target | client closes: new conn/s | SYN retransmits / 1k conn | server closes: new conn/s | SYN retransmits / 1k conn | server closes: conn/s vs HAProxy |"
+        );
+        let _ = writeln!(o, "|---|---:|---:|---:|---:|---:|");
+        for t in TARGETS {
+            let _ = writeln!(
+                o,
+                "| {} | {} | {} | {} | {} | {} |",
+                self.label(t),
+                Self::s(&self.rate, t).fmt(0),
+                Self::s(&self.retrans_conn, t).fmt(2),
+                Self::s(&self.rate_closes, t).fmt(0),
+                Self::s(&self.retrans_closes, t).fmt(2),
+                Self::ratio(&self.rate_closes, t, Target::Haproxy).fmt(2),
+            );
+        }
+    }
+
     /// The issue's targets, met or missed; adds them to `summary`; returns the notes that
     /// explain the missed ones.
     fn targets(&self, o: &mut String, summary: &mut Vec<crate::Ratio>) -> Vec<String> {
@@ -455,6 +494,46 @@ impl Report {
                 });
             }
         }
+        // Issue 16: servers that close first.
+        let nat = Target::XdpNat;
+        let r = Self::ratio(&self.rate_closes, nat, Target::Haproxy).median;
+        let retrans = Self::m(&self.retrans_closes, nat);
+        let rate_met = r >= 1.5;
+        let retrans_met = Self::s(&self.retrans_closes, nat).max == 0.0;
+        let _ = writeln!(
+            o,
+            "| server closes first: new conn/s vs HAProxy | {r:.2}x ({}) | {:.2}x | ≥ 1.5x (nat) |",
+            if rate_met { "met" } else { "missed" },
+            Self::ratio(&self.rate_closes, Target::XdpDsr, Target::Haproxy).median
+        );
+        let _ = writeln!(
+            o,
+            "| server closes first: SYN retransmits / 1k conn | {retrans:.2} ({}) | {:.2} | 0 (nat) |",
+            if retrans_met { "met" } else { "missed" },
+            Self::m(&self.retrans_closes, Target::XdpDsr)
+        );
+        summary.push(crate::Ratio {
+            what: "e2e: k3s-xdp nat new conn/s vs HAProxy, server closes first".into(),
+            value: format!("{:.0}", Self::m(&self.rate_closes, nat)),
+            baseline: format!(
+                "{} {:.0}",
+                self.label(Target::Haproxy),
+                Self::m(&self.rate_closes, Target::Haproxy)
+            ),
+            ratio: r,
+            target: format!("≥ 1.5x: {}", if rate_met { "met" } else { "missed" }),
+        });
+        summary.push(crate::Ratio {
+            what: "e2e: k3s-xdp nat SYN retransmits per 1k conn, server closes first".into(),
+            value: format!("{retrans:.2}"),
+            baseline: format!(
+                "{} {:.2}",
+                self.label(Target::Haproxy),
+                Self::m(&self.retrans_closes, Target::Haproxy)
+            ),
+            ratio: f64::NAN,
+            target: format!("0: {}", if retrans_met { "met" } else { "missed" }),
+        });
         // Informational: what each load balancer itself runs.
         let own = |t| Self::ratio(&self.own_per_kconn, t, Target::Haproxy).median;
         let _ = writeln!(

@@ -3,10 +3,12 @@
 //! the network path under test rather than to thread creation (the test library's backends
 //! spawn a thread per connection).
 //!
-//! Protocol: the client sends one 16-byte request, `KXB1`, 4 bytes of padding and a
-//! little-endian `u64` length; the server answers with that many bytes (at most
-//! [`MAX_REPLY`]), then waits for the client to close. A connection that closes before
-//! sending a request (a health check) is fine.
+//! Protocol: the client sends one 16-byte request, `KXB1`, a flag byte, 3 bytes of padding and
+//! a little-endian `u64` length; the server answers with that many bytes (at most
+//! [`MAX_REPLY`]), then waits for the client to close, or, with the flag [`CLOSES_FIRST`],
+//! closes first itself (as an HTTP server answering `Connection: close` does: the server then
+//! holds the connection in TIME_WAIT). A connection that closes before sending a request (a
+//! health check) is fine.
 //!
 //! Every loop is bounded in count and in time: the clients stop at a deadline or after a
 //! number of connections, whichever comes first; a server connection sends at most
@@ -38,9 +40,13 @@ const IO_TIMEOUT: Duration = Duration::from_secs(2);
 /// A client task gives up after this many errors in one phase.
 const MAX_ERRORS_PER_TASK: u64 = 200;
 
-fn request(len: u64) -> [u8; REQUEST_LEN] {
+/// Request flag: the server closes the connection first, once it has answered.
+const CLOSES_FIRST: u8 = 1;
+
+fn request(len: u64, flags: u8) -> [u8; REQUEST_LEN] {
     let mut r = [0u8; REQUEST_LEN];
     r[..4].copy_from_slice(MAGIC);
+    r[4] = flags;
     r[8..].copy_from_slice(&len.to_le_bytes());
     r
 }
@@ -148,6 +154,9 @@ async fn serve(mut stream: TcpStream) -> std::io::Result<()> {
         stream.write_all(&DATA[..n]).await?;
         left -= n as u64;
     }
+    if req[4] & CLOSES_FIRST != 0 {
+        return Ok(()); // dropped: the server's FIN goes first
+    }
     // Wait for the client to close (it closes first, as kubectl does).
     let mut buf = [0u8; 64];
     while stream.read(&mut buf).await? > 0 {}
@@ -159,6 +168,9 @@ async fn serve(mut stream: TcpStream) -> std::io::Result<()> {
 pub enum Work {
     /// Connect, send the request, read a `reply`-byte answer, close; as fast as possible.
     Connections { reply: usize },
+    /// As `Connections`, but the server closes first (`Connection: close`): the client reads
+    /// the answer and the server's FIN, then closes.
+    ServerCloses { reply: usize },
     /// As `Connections`, one at a time per task, starting one every `every`: light load
     /// for latency.
     Paced { reply: usize, every: Duration },
@@ -234,10 +246,11 @@ async fn client_task(spec: Spec) -> Outcome {
     while Instant::now() < spec.deadline && started < spec.max_per_task {
         started += 1;
         let result = match spec.work {
-            Work::Connections { reply } => one_request(spec.target, reply, &mut out).await,
+            Work::Connections { reply } => one_request(spec.target, reply, false, &mut out).await,
+            Work::ServerCloses { reply } => one_request(spec.target, reply, true, &mut out).await,
             Work::Paced { reply, every } => {
                 let next = tokio::time::Instant::now() + every;
-                let r = one_request(spec.target, reply, &mut out).await;
+                let r = one_request(spec.target, reply, false, &mut out).await;
                 tokio::time::sleep_until(next.min(deadline)).await;
                 r
             }
@@ -266,15 +279,24 @@ async fn connect(target: SocketAddrV4) -> Result<TcpStream> {
     Ok(stream)
 }
 
-async fn one_request(target: SocketAddrV4, reply: usize, out: &mut Outcome) -> Result<()> {
+async fn one_request(
+    target: SocketAddrV4,
+    reply: usize,
+    server_closes: bool,
+    out: &mut Outcome,
+) -> Result<()> {
     let t0 = Instant::now();
     let mut stream = connect(target).await?;
     let connected = t0.elapsed();
     let mut buf = [0u8; 4096];
     let reply = reply.min(buf.len());
+    let flags = if server_closes { CLOSES_FIRST } else { 0 };
     timeout(IO_TIMEOUT, async {
-        stream.write_all(&request(reply as u64)).await?;
+        stream.write_all(&request(reply as u64, flags)).await?;
         stream.read_exact(&mut buf[..reply]).await?;
+        if server_closes && stream.read(&mut buf).await? != 0 {
+            return Err(std::io::Error::other("data after the reply"));
+        }
         Ok::<_, std::io::Error>(())
     })
     .await
@@ -295,7 +317,7 @@ async fn download(
     out: &mut Outcome,
 ) -> Result<()> {
     let mut stream = connect(target).await?;
-    stream.write_all(&request(MAX_REPLY)).await?;
+    stream.write_all(&request(MAX_REPLY, 0)).await?;
     let mut buf = vec![0u8; 256 * 1024];
     loop {
         match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
