@@ -497,7 +497,7 @@ impl Report {
         // Issue 16: servers that close first.
         let nat = Target::XdpNat;
         let r = Self::ratio(&self.rate_closes, nat, Target::Haproxy).median;
-        let retrans = Self::m(&self.retrans_closes, nat);
+        let retrans = Self::s(&self.retrans_closes, nat).max;
         let rate_met = r >= 1.5;
         let retrans_met = Self::s(&self.retrans_closes, nat).max == 0.0;
         let _ = writeln!(
@@ -508,9 +508,10 @@ impl Report {
         );
         let _ = writeln!(
             o,
-            "| server closes first: SYN retransmits / 1k conn | {retrans:.2} ({}) | {:.2} | 0 (nat) |",
+            "| server closes first: SYN retransmits / 1k conn, every repetition | {} ({}) | {} | 0 (nat) |",
+            Self::s(&self.retrans_closes, nat).fmt(2),
             if retrans_met { "met" } else { "missed" },
-            Self::m(&self.retrans_closes, Target::XdpDsr)
+            Self::s(&self.retrans_closes, Target::XdpDsr).fmt(2)
         );
         summary.push(crate::Ratio {
             what: "e2e: k3s-xdp nat new conn/s vs HAProxy, server closes first".into(),
