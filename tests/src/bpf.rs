@@ -11,7 +11,7 @@
 //! agents, a router for a client prefix), and the harness runs each packet inside it, arriving
 //! on the LB interface, so outputs are exact and deterministic.
 
-use crate::packet::Frame;
+use crate::{netns::NetNs, packet::Frame, topology::mac_string};
 use anyhow::{anyhow, bail, Context, Result};
 use aya::{TestRun, TestRunOptions};
 use k3s_xdp::dataplane::{Dataplane, LoadOptions, Publisher, ServiceSpec};
@@ -21,7 +21,6 @@ use std::{
     fs::File,
     net::Ipv4Addr,
     os::fd::{AsFd, AsRawFd, OwnedFd},
-    process::Command,
     sync::atomic::{AtomicU32, Ordering},
 };
 
@@ -363,7 +362,7 @@ static LAB_COUNTER: AtomicU32 = AtomicU32::new(0);
 /// forwarding on, as `bpf_fib_lookup` requires), static neighbours for 192.0.2.50-59 and
 /// 192.0.2.101-109, and a route to 203.0.113.0/24 via 192.0.2.1. Deleted on drop.
 pub struct FibLab {
-    pub name: String,
+    pub ns: NetNs,
     pub ifindex: u32,
 }
 
@@ -374,23 +373,24 @@ impl FibLab {
             std::process::id(),
             LAB_COUNTER.fetch_add(1, Ordering::Relaxed)
         );
-        ip(&["netns", "add", &name])?;
-        let lab = FibLab { name, ifindex: 0 };
+        let lab = FibLab {
+            ns: NetNs::create(&name)?,
+            ifindex: 0,
+        };
         lab.configure()
     }
 
     fn configure(mut self) -> Result<Self> {
-        let n = self.name.clone();
+        let ns = &self.ns;
         let lb_mac = mac_string(LAB_LB_MAC);
-        ip(&[
-            "-n", &n, "link", "add", "name", "eth1", "address", &lb_mac, "type", "veth", "peer",
-            "name", "wire",
+        ns.ip([
+            "link", "add", "name", "eth1", "address", &lb_mac, "type", "veth", "peer", "name",
+            "wire",
         ])?;
-        ip(&["-n", &n, "link", "set", "eth1", "up"])?;
-        ip(&["-n", &n, "link", "set", "wire", "up"])?;
-        ip(&["-n", &n, "link", "set", "lo", "up"])?;
-        ip(&["-n", &n, "addr", "add", "192.0.2.98/24", "dev", "eth1"])?;
-        sysctl(&n, "net.ipv4.conf.eth1.forwarding=1")?;
+        ns.ip(["link", "set", "eth1", "up"])?;
+        ns.ip(["link", "set", "wire", "up"])?;
+        ns.ip(["addr", "add", "192.0.2.98/24", "dev", "eth1"])?;
+        ns.run("sysctl", ["-q", "-w", "net.ipv4.conf.eth1.forwarding=1"])?;
         let hosts = (50..60).chain(101..110).chain([1]);
         for last in hosts {
             let addr = Ipv4Addr::new(192, 0, 2, last);
@@ -399,23 +399,9 @@ impl FibLab {
             } else {
                 lab_mac(addr)
             };
-            ip(&[
-                "-n",
-                &n,
-                "neigh",
-                "replace",
-                &addr.to_string(),
-                "lladdr",
-                &mac_string(mac),
-                "nud",
-                "permanent",
-                "dev",
-                "eth1",
-            ])?;
+            self.neighbour(addr, mac, "permanent")?;
         }
-        ip(&[
-            "-n",
-            &n,
+        ns.ip([
             "route",
             "add",
             ROUTED_CLIENTS,
@@ -424,57 +410,51 @@ impl FibLab {
             "dev",
             "eth1",
         ])?;
-        let out = Command::new("ip")
-            .args(["-n", &n, "-o", "link", "show", "eth1"])
-            .output()?;
+        let out = ns.ip(["-o", "link", "show", "eth1"])?;
         let text = String::from_utf8_lossy(&out.stdout);
         self.ifindex = text
             .split(':')
             .next()
             .and_then(|i| i.trim().parse().ok())
-            .ok_or_else(|| anyhow!("cannot read the ifindex of eth1 in {n}: {text}"))?;
+            .ok_or_else(|| anyhow!("cannot read the ifindex of eth1 in {}: {text}", ns.name()))?;
         Ok(self)
     }
 
     /// Gives `addr` (on eth1) a neighbour entry with `mac`, as ARP would.
     pub fn add_neighbour(&self, addr: Ipv4Addr, mac: [u8; 6]) -> Result<()> {
-        ip(&[
-            "-n",
-            &self.name,
+        self.neighbour(addr, mac, "reachable")
+    }
+
+    fn neighbour(&self, addr: Ipv4Addr, mac: [u8; 6], nud: &str) -> Result<()> {
+        self.ns.ip([
             "neigh",
             "replace",
             &addr.to_string(),
             "lladdr",
             &mac_string(mac),
             "nud",
-            "reachable",
+            nud,
             "dev",
             "eth1",
-        ])
+        ])?;
+        Ok(())
     }
 
-    /// Moves the calling thread into the lab until the guard drops.
+    /// Moves the calling thread into the lab until the guard drops (BPF_PROG_TEST_RUN's
+    /// `bpf_fib_lookup` reads the namespace of the calling thread).
     pub fn enter(&self) -> Result<NetnsGuard> {
         let original = File::open("/proc/thread-self/ns/net").context("opening own netns")?;
-        let lab = File::open(format!("/run/netns/{}", self.name))
-            .with_context(|| format!("opening netns {}", self.name))?;
+        let path = self.ns.path();
+        let lab = File::open(&path).with_context(|| format!("opening {}", path.display()))?;
         // SAFETY: setns on a netns fd affects only this thread.
         if unsafe { libc::setns(lab.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
             bail!(
                 "setns into {}: {}",
-                self.name,
+                self.ns.name(),
                 std::io::Error::last_os_error()
             );
         }
         Ok(NetnsGuard { original })
-    }
-}
-
-impl Drop for FibLab {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
     }
 }
 
@@ -488,40 +468,4 @@ impl Drop for NetnsGuard {
         // SAFETY: as above; restoring the thread's own namespace.
         unsafe { libc::setns(self.original.as_raw_fd(), libc::CLONE_NEWNET) };
     }
-}
-
-fn mac_string(mac: [u8; 6]) -> String {
-    mac.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
-}
-
-fn ip(args: &[&str]) -> Result<()> {
-    let out = Command::new("ip")
-        .args(args)
-        .output()
-        .context("running ip")?;
-    if !out.status.success() {
-        bail!(
-            "ip {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(())
-}
-
-fn sysctl(netns: &str, setting: &str) -> Result<()> {
-    let out = Command::new("ip")
-        .args(["netns", "exec", netns, "sysctl", "-q", "-w", setting])
-        .output()
-        .context("running sysctl")?;
-    if !out.status.success() {
-        bail!(
-            "sysctl {setting} in {netns}: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(())
 }

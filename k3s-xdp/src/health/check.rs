@@ -250,9 +250,17 @@ pub fn describe(e: &io::Error) -> String {
 }
 
 /// Accepts any server certificate (no `ca_file`) but still checks the handshake signatures, so
-/// the check proves the server holds the key of the certificate it presents.
+/// the check proves the server holds the key of the certificate it presents. (The integration
+/// tests' TLS clients use it too.)
 #[derive(Debug)]
-struct AcceptAnyCertificate(Arc<CryptoProvider>);
+pub struct AcceptAnyCertificate(Arc<CryptoProvider>);
+
+impl AcceptAnyCertificate {
+    /// Checks signatures with `provider`'s algorithms.
+    pub fn new(provider: Arc<CryptoProvider>) -> Self {
+        AcceptAnyCertificate(provider)
+    }
+}
 
 impl ServerCertVerifier for AcceptAnyCertificate {
     fn verify_server_cert(
