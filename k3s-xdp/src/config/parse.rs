@@ -1204,12 +1204,6 @@ fn read_vrrp(cx: &mut Cx, path: &str, table: &dyn TableLike, span: Option<Range<
         })
         .unwrap_or_default();
     let preempt = t.get(cx, "preempt", boolean).unwrap_or(defaults::PREEMPT);
-    if !preempt && state == InitialState::Master {
-        cx.warn(
-            "vrrp.state",
-            "state = \"master\" is ignored with preempt = false: a node that comes back must not take the VIP from a running master, so it starts as backup",
-        );
-    }
     let preempt_delay = t
         .get(cx, "preempt_delay", |cx, p, i| {
             let d = delay(cx, p, i)?;

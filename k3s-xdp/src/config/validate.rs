@@ -5,8 +5,8 @@
 //! the keys [`Cx::is_bad`] marks, so each mistake is reported once, by the check closest to it.
 
 use super::{
-    defaults, duration, parse::join, parse::next_prime, parse::Cx, CheckKind, Config, Mode,
-    Protocol, Service, Vrrp,
+    defaults, duration, parse::join, parse::next_prime, parse::Cx, CheckKind, Config, InitialState,
+    Mode, Protocol, Service, Vrrp,
 };
 use k3s_xdp_common::{MAX_BACKENDS, MAX_PORTS_PER_VIP, MAX_SERVICES, MAX_VIPS};
 use std::{
@@ -345,6 +345,13 @@ fn health(s: &Service, path: &str, cx: &mut Cx) {
 }
 
 fn vrrp_rules(config: &Config, v: &Vrrp, cx: &mut Cx) {
+    if !v.preempt && v.state == InitialState::Master && !cx.is_bad("vrrp.state") {
+        cx.warn(
+            "vrrp.state",
+            "state = \"master\" is ignored with preempt = false: a node that comes back must not take the VIP from a running master, so it starts as backup",
+        );
+    }
+
     // Every VIP must move with the VRRP instance.
     if !cx.any_bad_under("vrrp.virtual_ipaddress") {
         let mut seen: HashMap<Ipv4Addr, usize> = HashMap::new();
