@@ -35,6 +35,7 @@ pub fn handle(
         Ok(icmp) => icmp,
         Err(why) => return Verdict::drop(why),
     };
+    // SAFETY: `parse::icmp` checked the ICMP header in bounds.
     let (icmp_type, code) = unsafe { ((*icmp).icmp_type, (*icmp).code) };
     if icmp_type == ICMP_ECHO_REQUEST && code == 0 {
         return echo_reply(ctx, ip, icmp);
@@ -49,6 +50,7 @@ pub fn handle(
 /// FIB.
 #[inline(always)]
 fn echo_reply(ctx: &XdpContext, ip: &Ip, icmp: *mut IcmpHdr) -> Verdict {
+    // SAFETY: the IPv4 and ICMP headers, checked in bounds by the parser.
     let hop = unsafe {
         let hdr = ip.hdr;
         // Swapping the addresses leaves the IPv4 checksum as it is; the TTL does not.
@@ -88,8 +90,10 @@ fn frag_needed(
     let Some(inner) = ptr_at::<Ipv4Hdr>(ctx, inner_l3) else {
         return Verdict::drop(reason::DROP_TRUNCATED);
     };
+    // SAFETY: `ptr_at` checked the quoted IPv4 header in bounds.
     let (vihl, protocol, inner_src, inner_dst) =
         unsafe { ((*inner).vihl, (*inner).protocol, (*inner).src, (*inner).dst) };
+    // SAFETY: the outer IPv4 header, checked in bounds by the parser.
     let outer_dst = unsafe { (*ip.hdr).dst };
     if vihl >> 4 != 4
         || (protocol != IPPROTO_TCP && protocol != IPPROTO_UDP)
@@ -102,6 +106,7 @@ fn frag_needed(
     let Some(ports) = ptr_at::<UdpHdr>(ctx, inner_l4) else {
         return Verdict::drop(reason::DROP_TRUNCATED);
     };
+    // SAFETY: `ptr_at` checked the quoted ports in bounds.
     let (inner_sport, inner_dport) = unsafe { ((*ports).sport, (*ports).dport) };
     let Some(service) = choose::service(vip, inner_sport, protocol) else {
         return Verdict::pass(reason::PASS_VIP_OTHER);
@@ -135,6 +140,7 @@ fn frag_needed(
     if !dsr {
         // The backend sent backend:port → VIP:snat_port; quote it as it sent it, and deliver
         // the error to the backend itself.
+        // SAFETY: the outer and quoted headers and the ports, each checked in bounds above.
         unsafe {
             let hdr = ip.hdr;
             (*hdr).check = csum::replace4((*hdr).check, outer_dst, backend.addr);

@@ -63,6 +63,7 @@ fn process(ctx: &XdpContext) -> Verdict {
         Ok(ip) => ip,
         Err(why) => return Verdict::pass(why),
     };
+    // SAFETY: `parse::ipv4` checked the IPv4 header in bounds.
     let dst = unsafe { (*ip.hdr).dst };
     let Some(vip) = maps::vip(dst) else {
         return Verdict::pass(reason::PASS_NOT_VIP);
@@ -75,6 +76,7 @@ fn process(ctx: &XdpContext) -> Verdict {
         Ok(valid) => valid,
         Err(why) => return Verdict::drop(why),
     };
+    // SAFETY: as above.
     let protocol = unsafe { (*ip.hdr).protocol };
     match protocol {
         IPPROTO_TCP | IPPROTO_UDP => {
@@ -95,6 +97,7 @@ fn process(ctx: &XdpContext) -> Verdict {
 /// Whether the frame was sent to this interface's MAC address (when the controller set it).
 #[inline(always)]
 fn for_this_host(ip: &parse::Ip, g: &k3s_xdp_common::Globals) -> bool {
+    // SAFETY: `parse::ipv4` checked the Ethernet header in bounds.
     let dst = unsafe { (*ip.eth).dst_addr };
     g.mac == [0; 6] || dst == g.mac
 }
@@ -115,6 +118,7 @@ pub fn k3s_xdp_floor(ctx: XdpContext) -> u32 {
 fn floor(ctx: &XdpContext) -> u32 {
     match parse::ptr_at::<network_types::eth::EthHdr>(ctx, 0) {
         Some(eth) => {
+            // SAFETY: `ptr_at` checked the Ethernet header in bounds.
             unsafe { core::mem::swap(&mut (*eth).src_addr, &mut (*eth).dst_addr) };
             xdp_action::XDP_TX
         }

@@ -45,11 +45,13 @@ pub struct Ip {
 pub fn ipv4(ctx: &XdpContext) -> Result<Ip, u32> {
     // Too short to tell where it goes: not ours to judge.
     let eth: *mut EthHdr = ptr_at(ctx, 0).ok_or(reason::PASS_MALFORMED)?;
+    // SAFETY: `ptr_at` checked the Ethernet header in bounds.
     let mut ether_type = unsafe { (*eth).ether_type };
     let mut l3 = EthHdr::LEN;
     let mut tagged = false;
     if ether_type == ETH_P_8021Q || ether_type == ETH_P_8021AD {
         let vlan: *const VlanHdr = ptr_at(ctx, l3).ok_or(reason::PASS_MALFORMED)?;
+        // SAFETY: `ptr_at` checked the VLAN header in bounds.
         ether_type = unsafe { (*vlan).ether_type };
         l3 += VlanHdr::LEN;
         tagged = true;
@@ -83,6 +85,7 @@ pub struct Valid {
 /// fragment (a fragment has no ports to balance on). Errors are drop reasons.
 #[inline(always)]
 pub fn validate(ctx: &XdpContext, ip: &Ip) -> Result<Valid, u32> {
+    // SAFETY: `ipv4` checked the 20-byte IPv4 header in bounds.
     let (vihl, tot_len, frag) = unsafe { ((*ip.hdr).vihl, (*ip.hdr).tot_len, (*ip.hdr).frag) };
     let ihl = ((vihl & 0x0f) as usize) * 4;
     if vihl >> 4 != 4 || ihl < size_of::<Ipv4Hdr>() {
@@ -113,6 +116,7 @@ fn header_sum(ctx: &XdpContext, ip: &Ip, ihl: usize) -> u16 {
     let words = ip.hdr as *const u32;
     let mut sum: u64 = 0;
     for i in 0..5 {
+        // SAFETY: the first five words are the fixed header `ipv4` checked in bounds.
         sum += u64::from(unsafe { *words.add(i) });
     }
     // Options: up to 40 bytes, in 4-byte words.
@@ -122,6 +126,7 @@ fn header_sum(ctx: &XdpContext, ip: &Ip, ihl: usize) -> u16 {
             break;
         }
         match ptr_at::<u32>(ctx, ip.l3 + offset) {
+            // SAFETY: `ptr_at` checked this option word in bounds.
             Some(word) => sum += u64::from(unsafe { *word }),
             None => return 0,
         }
@@ -166,6 +171,7 @@ impl L4 {
     #[inline(always)]
     pub fn tcp_flags(&self, ctx: &XdpContext) -> u8 {
         match self.tcp(ctx) {
+            // SAFETY: `tcp` returns a header checked in bounds.
             Some(t) => unsafe { (*t).flags },
             None => 0,
         }
@@ -177,16 +183,19 @@ impl L4 {
 pub fn transport(ctx: &XdpContext, valid: &Valid, protocol: u8) -> Result<L4, u32> {
     let (sport, dport) = if protocol == IPPROTO_TCP {
         let tcp: *mut TcpHdr = ptr_at(ctx, valid.l4).ok_or(reason::DROP_TRUNCATED)?;
+        // SAFETY: `ptr_at` checked the 20-byte TCP header in bounds.
         let doff = ((unsafe { (*tcp).doff } >> 4) as usize) * 4;
         if doff < size_of::<TcpHdr>() || valid.l4 + doff > valid.end {
             return Err(reason::DROP_BAD_L4_HEADER);
         }
+        // SAFETY: as above.
         unsafe { ((*tcp).sport, (*tcp).dport) }
     } else {
         let udp: *mut UdpHdr = ptr_at(ctx, valid.l4).ok_or(reason::DROP_TRUNCATED)?;
         if valid.l4 + size_of::<UdpHdr>() > valid.end {
             return Err(reason::DROP_BAD_L4_HEADER);
         }
+        // SAFETY: `ptr_at` checked the UDP header in bounds.
         unsafe { ((*udp).sport, (*udp).dport) }
     };
     Ok(L4 {

@@ -30,6 +30,8 @@ pub fn send(
     let Some(tcp) = l4.tcp(ctx) else {
         return Verdict::drop(reason::DROP_NO_BACKEND);
     };
+    // SAFETY: `tcp` and `ip`'s headers were checked in bounds by the parser, and `valid` says
+    // where the packet ends; every write stays within them, and the tail moves last.
     let hop = unsafe {
         let flags = (*tcp).flags;
         // Never answer a RST with a RST.

@@ -20,6 +20,7 @@ pub struct Tuple {
 /// Sends the frame to `hop`: its MACs.
 #[inline(always)]
 pub fn l2(ip: &Ip, hop: &NextHop) {
+    // SAFETY: the Ethernet header, checked in bounds by the parser.
     unsafe {
         (*ip.eth).dst_addr = hop.dmac;
         (*ip.eth).src_addr = hop.smac;
@@ -30,6 +31,8 @@ pub fn l2(ip: &Ip, hop: &NextHop) {
 /// pseudo-header covers the addresses) from one shared address delta.
 #[inline(always)]
 pub fn tuple(ctx: &XdpContext, hdr: *mut Ipv4Hdr, l4: &L4, to: &Tuple) {
+    // SAFETY: the IPv4 header checked in bounds by the parser; the TCP or UDP header as
+    // `L4::tcp`/`L4::udp` return it, checked in bounds.
     unsafe {
         let addresses = Delta::new()
             .word32((*hdr).src, to.src)
