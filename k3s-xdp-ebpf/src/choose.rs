@@ -252,6 +252,7 @@ fn clear_taken_over() {
     let taken = unsafe { &(*probe).taken };
     table::clear_flow_through(
         &taken.key,
+        // SAFETY: as above.
         Place::of(&taken.key, unsafe { (*probe).mask }),
         taken.backend,
         taken.snat_port,

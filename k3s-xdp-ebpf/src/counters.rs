@@ -48,10 +48,12 @@ pub fn traffic(service: u32, backend: u32, bytes: u64, new_flow: bool) {
 #[inline(always)]
 pub fn reset(service: u32, backend: u32) {
     if let Some(t) = SERVICE_STATS.get_ptr_mut(service) {
+        // SAFETY: this CPU's counters, a map value valid for this run.
         unsafe { (*t).resets += 1 };
     }
     if backend != 0 {
         if let Some(t) = BACKEND_STATS.get_ptr_mut(backend) {
+            // SAFETY: as above.
             unsafe { (*t).resets += 1 };
         }
     }

@@ -171,6 +171,7 @@ fn send(
     globals: &Globals,
     new_flow: bool,
 ) -> Verdict {
+    // SAFETY: the IPv4 header, checked in bounds by the parser.
     let dst = unsafe { (*ip.hdr).dst };
     let hop = match hop::to_backend(ctx, id, &backend, dst, dsr, globals.fib_generation) {
         // A dsr frame keeps the VIP as its destination: the kernel would deliver it to itself.
@@ -223,6 +224,7 @@ pub fn reply(ctx: &XdpContext, ip: &Ip, l4: L4, protocol: u8, globals: &Globals)
     } else {
         match hop::resolve(ctx, vip, nat.client_addr, false, generation) {
             Ok(hop) => {
+                // SAFETY: a map value valid for this run; `next_hop` is outside the seal.
                 unsafe { (*entry).nat.next_hop = hop };
                 Ok(hop)
             }
@@ -280,6 +282,7 @@ pub fn transmit(ctx: &XdpContext, ip: &Ip, hop: &NextHop, why: u32) -> Verdict {
     if ip.tagged || hop.ifindex as usize == ctx.ingress_ifindex() {
         return Verdict::tx(why);
     }
+    // SAFETY: a helper call with plain values.
     let action = unsafe { bpf_redirect(hop.ifindex, 0) } as u32;
     Verdict {
         action: if action == xdp_action::XDP_REDIRECT {

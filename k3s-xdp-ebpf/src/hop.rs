@@ -51,12 +51,14 @@ pub fn resolve(
 #[inline(never)]
 fn lookup(ctx: *mut xdp_md, addrs: u64, on_link: u64, hop: *mut NextHop) -> u32 {
     let (src, dst) = ((addrs >> 32) as u32, addrs as u32);
+    // SAFETY: `bpf_fib_lookup` is plain data, valid all zero.
     let mut params: bpf_fib_lookup = unsafe { core::mem::zeroed() };
     params.family = AF_INET;
     // SAFETY: the program's context, valid for this run.
     params.ifindex = unsafe { (*ctx).ingress_ifindex };
     params.__bindgen_anon_3.ipv4_src = src;
     params.__bindgen_anon_4.ipv4_dst = dst;
+    // SAFETY: the context of this run and a parameter block on this frame, of its true size.
     let rc = unsafe {
         fib_lookup(
             ctx as *mut c_void,
@@ -72,6 +74,7 @@ fn lookup(ctx: *mut xdp_md, addrs: u64, on_link: u64, hop: *mut NextHop) -> u32 
         return reason::DROP_NO_ROUTE;
     }
     // On success the kernel leaves the gateway (or `dst` itself when on-link) in ipv4_dst.
+    // SAFETY: reading a union field the kernel wrote (an IPv4 lookup fills `ipv4_dst`).
     if on_link != 0 && unsafe { params.__bindgen_anon_4.ipv4_dst } != dst {
         return reason::DROP_NO_ROUTE;
     }
@@ -103,6 +106,7 @@ pub fn to_backend(
         return Ok(cached);
     }
     let hop = resolve(ctx, src, backend.addr, on_link, generation)?;
+    // SAFETY: as above; a whole hop resolved for this slot's address.
     unsafe { *slot = hop };
     Ok(hop)
 }

@@ -17,7 +17,6 @@ use crate::{
     config::{self, Config},
     dataplane::{BackendSpec, BackendState, ServiceSpec},
     health::state::{Health, Outcome, Params, Transition},
-    system::neighbours::Resolved,
 };
 use anyhow::{anyhow, bail, Result};
 use std::{
@@ -60,9 +59,9 @@ pub struct ServiceModel {
 #[derive(Clone, Debug)]
 pub struct Model {
     pub services: Vec<ServiceModel>,
-    /// The backends whose next hop is resolved (`None`: not known, every backend counts as
-    /// resolved).
-    pub resolved: Resolved,
+    /// The backends whose next hop is resolved, as the neighbour keeper last reported
+    /// (`system::neighbours`); `None`: not known, every backend counts as resolved.
+    pub resolved: Option<BTreeSet<Ipv4Addr>>,
 }
 
 /// Health parameters of a service's checks.
