@@ -169,6 +169,13 @@ fn assert_nothing_lost(
 }
 
 const THREE: [(&str, u32); 3] = [("server-1", 100), ("server-2", 100), ("server-3", 100)];
+/// THREE and server-4, as a reload adds it.
+const FOUR: [(&str, u32); 4] = [
+    ("server-1", 100),
+    ("server-2", 100),
+    ("server-3", 100),
+    ("server-4", 100),
+];
 
 /// lb-1 alone in front of server-1..3 (and server-4, not in the config yet), all checked up.
 struct Lab {
@@ -219,13 +226,7 @@ fn a_backend_added_by_reload_takes_new_flows_without_losing_any() {
     let retransmits = syn_retransmits(topo);
     let traffic = stream(topo, Duration::from_secs(20));
     std::thread::sleep(Duration::from_millis(800));
-    let four = [
-        ("server-1", 100),
-        ("server-2", 100),
-        ("server-3", 100),
-        ("server-4", 100),
-    ];
-    daemon.write_config(&config(&four, "")).unwrap();
+    daemon.write_config(&config(&FOUR, "")).unwrap();
     let answer = daemon.reload().unwrap();
     assert!(answer.contains("server-4"), "{answer}");
     let status = daemon
@@ -321,13 +322,7 @@ fn drain_disable_reweight_add_and_remove_under_traffic_lose_nothing() {
             std::thread::sleep(pause);
         }
     }
-    let four = [
-        ("server-1", 100),
-        ("server-2", 100),
-        ("server-3", 100),
-        ("server-4", 100),
-    ];
-    daemon.write_config(&config(&four, "")).unwrap();
+    daemon.write_config(&config(&FOUR, "")).unwrap();
     daemon.reload().unwrap();
     std::thread::sleep(Duration::from_millis(1500));
     admin(daemon, Admin::Drain, "k3s-api/server-4");

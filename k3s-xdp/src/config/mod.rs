@@ -189,6 +189,11 @@ impl PartialEq for Config {
 }
 
 impl Config {
+    /// `snat_timewait` in whole seconds, as the data plane counts it.
+    pub fn snat_timewait_secs(&self) -> u32 {
+        u32::try_from(self.snat_timewait.as_secs()).unwrap_or(u32::MAX)
+    }
+
     /// For `check`: what nat mode's SNAT ports allow. A backend that closes a connection first
     /// keeps its 4-tuple in TIME_WAIT, so its SNAT port waits `snat_timewait` before another
     /// client may have it: per backend (and source address), at most the port range divided by
@@ -198,7 +203,7 @@ impl Config {
             return None;
         }
         let ports = u64::from(self.snat_port_max - self.snat_port_min) + 1;
-        let wait = self.snat_timewait.as_secs();
+        let wait = u64::from(self.snat_timewait_secs());
         let rate = match wait {
             0 => "no wait (snat_timewait = \"0s\")".to_string(),
             w => format!(

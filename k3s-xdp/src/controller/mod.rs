@@ -169,7 +169,7 @@ fn globals(
         clock,
         // Filled in by `write_globals`, which knows the tables' size.
         flow_mask: 0,
-        snat_timewait: u32::try_from(config.snat_timewait.as_secs()).unwrap_or(u32::MAX),
+        snat_timewait: config.snat_timewait_secs(),
     }
 }
 
@@ -369,21 +369,14 @@ impl Controller {
                 }
             }
             Event::NextHops(resolved) => {
-                for b in self.model.services.iter().flat_map(|s| &s.backends) {
-                    let was = self.model.next_hop_resolved(b);
-                    let now = resolved
-                        .as_ref()
-                        .is_none_or(|r| r.contains(b.config.address.ip()));
-                    if was != now {
-                        let what = if now {
-                            "next hop resolved: takes new flows"
-                        } else {
-                            "next hop not resolved (ARP): no new flows until it is"
-                        };
-                        info!("{} ({}) {what}", b.config.name, b.config.address);
-                    }
+                for (name, address, now) in self.model.set_resolved(resolved) {
+                    let what = if now {
+                        "next hop resolved: takes new flows"
+                    } else {
+                        "next hop not resolved (ARP): no new flows until it is"
+                    };
+                    info!("{name} ({address}) {what}");
                 }
-                self.model.resolved = resolved;
             }
             Event::Shutdown(reason) => return Some(reason),
         }
@@ -601,8 +594,10 @@ impl Controller {
         };
         let packets = labelled(self.dp.reasons());
         let flow_table = labelled(self.dp.table_events());
-        let timewait = u32::try_from(self.config.snat_timewait.as_secs()).unwrap_or(u32::MAX);
-        let snat = self.dp.snat_ports(self.clock, timewait).unwrap_or_default();
+        let snat = self
+            .dp
+            .snat_ports(self.clock, self.config.snat_timewait_secs())
+            .unwrap_or_default();
         let services = self
             .model
             .services

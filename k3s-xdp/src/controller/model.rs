@@ -212,13 +212,28 @@ impl Model {
             .is_none_or(|r| r.contains(b.config.address.ip()))
     }
 
+    /// Adopts the neighbour keeper's report; returns the backends whose next hop changed
+    /// (name, address, resolved now), for the log.
+    pub fn set_resolved(
+        &mut self,
+        resolved: Option<BTreeSet<Ipv4Addr>>,
+    ) -> Vec<(String, SocketAddrV4, bool)> {
+        let before: Vec<bool> = self.backends().map(|b| self.next_hop_resolved(b)).collect();
+        self.resolved = resolved;
+        self.backends()
+            .zip(before)
+            .filter(|(b, was)| self.next_hop_resolved(b) != *was)
+            .map(|(b, was)| (b.config.name.clone(), b.config.address, !was))
+            .collect()
+    }
+
+    fn backends(&self) -> impl Iterator<Item = &BackendModel> {
+        self.services.iter().flat_map(|s| &s.backends)
+    }
+
     /// The addresses of every configured backend, whose next hops are kept resolved.
     pub fn addresses(&self) -> BTreeSet<Ipv4Addr> {
-        self.services
-            .iter()
-            .flat_map(|s| &s.backends)
-            .map(|b| *b.config.address.ip())
-            .collect()
+        self.backends().map(|b| *b.config.address.ip()).collect()
     }
 
     /// Backends that can take new flows, over all services.
@@ -465,6 +480,18 @@ slowstart = "10s"
             "up (its flows continue), but out of the table"
         );
         assert_eq!(m.healthy_backends(), 2, "tracking counts health, not ARP");
+        let changed = m.set_resolved(Some(
+            [Ipv4Addr::new(192, 0, 2, 50), Ipv4Addr::new(192, 0, 2, 51)].into(),
+        ));
+        assert_eq!(
+            changed,
+            [("server-2".to_string(), addr("192.0.2.51:6443"), true)]
+        );
+        assert_eq!(state_of(&m, t0, "server-2"), (BackendState::Up, 50));
+        assert!(
+            m.set_resolved(None).is_empty(),
+            "unknown counts as resolved"
+        );
         assert_eq!(
             m.addresses(),
             [Ipv4Addr::new(192, 0, 2, 50), Ipv4Addr::new(192, 0, 2, 51)].into()

@@ -52,9 +52,7 @@ pub struct NextHop {
 /// A neighbour entry's state, as far as forwarding cares.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Entry {
-    /// No entry.
-    Absent,
-    /// Being resolved, or resolution failed (INCOMPLETE, FAILED, NONE).
+    /// No entry, being resolved, or resolution failed (INCOMPLETE, FAILED, NONE).
     Unresolved,
     /// A usable MAC address (REACHABLE, STALE, DELAY, PROBE): `bpf_fib_lookup` answers.
     Resolved,
@@ -126,14 +124,14 @@ impl Netlink {
         let mut answers = handle
             .request(request)
             .map_err(|e| anyhow!("asking for the neighbour {}: {e}", hop.via))?;
-        let mut entry = Entry::Absent;
+        let mut entry = Entry::Unresolved;
         while let Some(answer) = answers.next().await {
             match answer.payload {
                 NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewNeighbour(n)) => {
                     entry = Entry::of(n.header.state);
                 }
                 NetlinkPayload::Error(e) if e.raw_code() == -libc::ENOENT => {
-                    return Ok(Entry::Absent)
+                    return Ok(Entry::Unresolved)
                 }
                 NetlinkPayload::Error(e) if e.code.is_some() => {
                     bail!("asking for the neighbour {}: {e}", hop.via)
