@@ -34,6 +34,7 @@ pub mod names {
     pub const SERVICE_STATS: &str = "SERVICE_STATS";
     pub const BACKEND_STATS: &str = "BACKEND_STATS";
     pub const GLOBALS: &str = "GLOBALS";
+    pub const SNAT_SOURCES: &str = "SNAT_SOURCES";
 }
 
 /// Services (VIP:port:protocol) the data plane can hold.
@@ -92,6 +93,13 @@ pub const SERVICE_DSR: u16 = 1 << 0;
 /// `VipPort::flags`: answer packets of flows pinned to a down backend with a TCP RST.
 pub const SERVICE_RESET_ON_DOWN: u16 = 1 << 1;
 
+/// Addresses in a service's SNAT pool (`snat_source`), each with the whole port range.
+pub const MAX_SNAT_SOURCES: usize = 16;
+
+/// `VipInfo::flags`: the address is no VIP but a SNAT source (`snat_source`) that serves no
+/// port: only backends' replies to translations come to it; the rest is the host's.
+pub const VIP_SNAT_ONLY: u32 = 1 << 0;
+
 /// One service on a VIP: the port and protocol it answers, and how.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -114,7 +122,8 @@ pub struct VipPort {
 pub struct VipInfo {
     /// Valid entries in `ports`.
     pub count: u32,
-    pub _pad: u32,
+    /// `VIP_*` flags.
+    pub flags: u32,
     pub ports: [VipPort; MAX_PORTS_PER_VIP],
 }
 
@@ -138,7 +147,8 @@ impl VipHash {
 }
 
 /// Value of `VIPS` (index: `half * VIP_SLOTS + VipHash::slot`): a VIP and its services, or an
-/// empty slot (`info.count == 0`; every VIP has at least one service).
+/// empty slot (`info.count == 0` and no flags; every VIP has at least one service, every
+/// SNAT-only address the flag `VIP_SNAT_ONLY`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct VipSlot {
@@ -221,7 +231,22 @@ pub struct Flow {
     pub backend: u32,
     /// nat mode: the source port the backend sees (network byte order); 0 in dsr mode.
     pub snat_port: u16,
-    pub _pad: u16,
+    /// nat mode: the source address the backend sees: 0 the VIP, `i + 1` the address
+    /// `SNAT_SOURCES[service].addrs[i]` (the service's SNAT pool).
+    pub snat_source: u16,
+}
+
+/// Value of `SNAT_SOURCES` (key: service slot): the VIP of the service and its SNAT pool
+/// (`snat_source`). Read by new flows, and by established ones whose `Flow::snat_source` is
+/// not 0; an empty pool (`count` 0) means the VIP.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SnatSources {
+    /// The service's VIP (network byte order): a reply to a pool address leaves from it.
+    pub vip: u32,
+    pub count: u32,
+    /// Network byte order; valid below `count`.
+    pub addrs: [u32; MAX_SNAT_SOURCES],
 }
 
 /// Value of `NAT_REVERSE` (key: backend → VIP:snat_port tuple, as the backend's reply carries it).
@@ -390,6 +415,7 @@ mod pod {
     unsafe impl aya::Pod for NatReverse {}
     unsafe impl aya::Pod for Traffic {}
     unsafe impl aya::Pod for Globals {}
+    unsafe impl aya::Pod for SnatSources {}
     unsafe impl aya::Pod for BenchPacket {}
     unsafe impl aya::Pod for table::FlowSlot {}
     unsafe impl aya::Pod for table::NatSlot {}
@@ -413,6 +439,7 @@ mod tests {
         assert_eq!(size_of::<NatReverse>(), 40);
         assert_eq!(size_of::<Traffic>(), 32);
         assert_eq!(size_of::<Globals>(), 28);
+        assert_eq!(size_of::<SnatSources>(), 8 + 4 * MAX_SNAT_SOURCES);
         assert_eq!(size_of::<VipSlot>(), 8 + size_of::<VipInfo>());
         assert_eq!(size_of::<VipTable>(), 24);
     }

@@ -55,9 +55,12 @@ pub const DROP_INTERNAL: u32 = 21;
 /// resolved neighbour: handed to the kernel, which resolves it (ARP) and forwards the packet.
 /// Never sent to a MAC address learnt from a frame, which may be another router's.
 pub const PASS_NO_NEIGHBOUR: u32 = 22;
+/// Addressed to an address of a SNAT pool (`snat_source`) but no backend's reply to a
+/// translation (or not parsable as one): the host's own traffic, left to the kernel.
+pub const PASS_SNAT_ADDRESS: u32 = 23;
 
 /// Number of reasons; the length of the `REASONS` map.
-pub const COUNT: u32 = 23;
+pub const COUNT: u32 = 24;
 
 /// Label of each reason, indexed by its constant.
 pub const NAMES: [&str; COUNT as usize] = [
@@ -84,6 +87,7 @@ pub const NAMES: [&str; COUNT as usize] = [
     "pass_other_host",
     "drop_internal",
     "pass_no_neighbour",
+    "pass_snat_address",
 ];
 
 /// Signs that the flow tables are too small (or flooded), counted per CPU in `TABLE_EVENTS`,

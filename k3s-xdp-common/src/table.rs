@@ -91,7 +91,7 @@ pub fn same_key(a: &FlowKey, b: &FlowKey) -> bool {
 
 /// Mixes the fields that decide a packet's destination with the key's hash. Never 0, so an
 /// all-zero (never written) or cleared slot never passes. A flow slot seals
-/// `(backend, snat_port, 0)`; a translation `(client_addr, client_port << 16 | vip_port,
+/// `(backend, snat_source << 16 | snat_port, 0)`; a translation `(client_addr, client_port << 16 | vip_port,
 /// backend << 16 | service)` (see the `seal_of` functions).
 #[inline(always)]
 pub fn seal(hash: u32, a: u32, b: u32, c: u32) -> u32 {
@@ -100,6 +100,12 @@ pub fn seal(hash: u32, a: u32, b: u32, c: u32) -> u32 {
         ^ b.wrapping_mul(0x85eb_ca77).rotate_left(11)
         ^ c.wrapping_mul(0xc2b2_ae3d).rotate_left(22))
         | 1
+}
+
+/// The word a flow's seal takes its SNAT port and source from.
+#[inline(always)]
+pub fn snat_word(snat_port: u16, snat_source: u16) -> u32 {
+    (u32::from(snat_source) << 16) | u32::from(snat_port)
 }
 
 /// A bucket of `FLOWS` (one map entry): `WAYS` slots, two cache lines.
@@ -135,7 +141,12 @@ impl FlowSlot {
 
     #[inline(always)]
     fn seal_of(hash: u32, flow: &Flow) -> u32 {
-        seal(hash, flow.backend, u32::from(flow.snat_port), 0)
+        seal(
+            hash,
+            flow.backend,
+            snat_word(flow.snat_port, flow.snat_source),
+            0,
+        )
     }
 
     /// Whether this slot holds `key` (whose flow hash is `hash`), whole.
@@ -331,7 +342,7 @@ mod tests {
         let flow = Flow {
             backend: 7,
             snat_port: 5000u16.to_be(),
-            _pad: 0,
+            snat_source: 0,
         };
         let slot = FlowSlot::new(k, h, flow, 3);
         assert!(slot.holds(&k, h));
@@ -360,7 +371,7 @@ mod tests {
             Flow {
                 backend: 1,
                 snat_port: 1111,
-                _pad: 0,
+                snat_source: 0,
             },
             1,
         );
@@ -370,7 +381,7 @@ mod tests {
             Flow {
                 backend: 2,
                 snat_port: 2222,
-                _pad: 0,
+                snat_source: 0,
             },
             2,
         );

@@ -3,7 +3,7 @@
 
 use crate::{
     counters,
-    maps::{BACKENDS, MAGLEV, SNAT_SEARCH},
+    maps::{BACKENDS, MAGLEV, SNAT_SEARCH, SNAT_SOURCES},
     parse::Offsets,
     table::{self, Place, TakenOver},
 };
@@ -14,6 +14,7 @@ use k3s_xdp_common::{
     maglev_slot, maglev_word, reason,
     table::NatSlot,
     Backend, FlowKey, NatReverse, VipInfo, VipPort, BACKEND_UP, MAX_PORTS_PER_VIP,
+    MAX_SNAT_SOURCES,
 };
 
 /// SNAT ports tried per new flow before giving up. Random probing from the flow's hash: with
@@ -56,8 +57,11 @@ pub fn backend(service: &VipPort, hash: u32) -> Option<(u32, Backend)> {
     }
 }
 
-/// Claims the SNAT port (network order) through which `backend` (slot `id`) will see the flow
-/// in `probe`, and records the reverse translation. The ports tried are hashes of the flow, so
+/// Claims the SNAT address and port through which `backend` (slot `id`) will see the flow in
+/// `probe`, and records the reverse translation; returns the port (network order), the
+/// source (`Flow::snat_source`) and its address. Without a pool the address is the VIP; with one
+/// (`SNAT_SOURCES`), each of its addresses offers the whole port range and a try is a hash of
+/// the flow over (address, port). The tries are hashes of the flow, so
 /// lb-1 and lb-2 choose the same one and a backend connection survives a failover; a port held
 /// by a live connection of another client is skipped, and so is any port a service listens on
 /// at this VIP, and one whose backend closed first less than `snat_timewait` ago (it holds the
@@ -68,10 +72,18 @@ pub fn backend(service: &VipPort, hash: u32) -> Option<(u32, Backend)> {
 /// be refused), or, if none waits, the live one seen longest ago (as an LRU table would evict
 /// it); each is counted.
 #[inline(always)]
-pub fn snat_port(probe: *mut Probe, id: u32, backend: &Backend) -> Result<u16, u32> {
+pub fn snat_port(probe: *mut Probe, id: u32, backend: &Backend) -> Result<(u16, u16, u32), u32> {
     // SAFETY: this CPU's new-flow state (see `new_flow.rs`), valid for this run; XDP runs with
     // preemption disabled, so nothing else on this CPU uses it meanwhile.
     unsafe {
+        (*probe).pool_count = 0;
+        if let Some(sources) = SNAT_SOURCES.get((*probe).service.service) {
+            if sources.count != 0 && sources.count <= MAX_SNAT_SOURCES as u32 {
+                (*probe).pool = sources.addrs;
+                (*probe).pool_count = sources.count;
+            }
+        }
+        (*probe).tries_span = (*probe).span * (*probe).pool_count.max(1);
         (*probe).entry.backend = id as u16;
         (*probe).entry.service = (*probe).service.service as u16;
         (*probe).backend_addr = backend.addr;
@@ -126,7 +138,11 @@ pub fn snat_port(probe: *mut Probe, id: u32, backend: &Backend) -> Result<u16, u
         if (*probe).taken.set != 0 {
             clear_taken_over();
         }
-        Ok(found as u16)
+        Ok((
+            found as u16,
+            (*probe).found_source as u16,
+            (*probe).found_addr,
+        ))
     }
 }
 
@@ -150,6 +166,11 @@ pub struct Probe {
     /// SNAT ports: the first one, and how many.
     pub min: u32,
     pub span: u32,
+    /// The service's SNAT pool (`pool_count` 0: the VIP), read by the second half.
+    pool: [u32; MAX_SNAT_SOURCES],
+    pool_count: u32,
+    /// (address, port) pairs the tries draw from: `span` times the pool's size.
+    tries_span: u32,
     pub service_ports: [u16; MAX_PORTS_PER_VIP],
     pub service_count: u32,
     pub clock: u32,
@@ -162,10 +183,15 @@ pub struct Probe {
     pub id: u32,
     pub backend: Backend,
     pub snat_port: u16,
+    /// The source address the backend sees (nat mode).
+    pub snat_addr: u32,
     // The SNAT search's own.
     backend_addr: u32,
     backend_port: u16,
     found: u32,
+    /// The `Flow::snat_source` of the port found, and its address.
+    found_source: u32,
+    found_addr: u32,
     /// The flow's SNAT hash, which the tries probe from.
     hash: u32,
     taken: TakenOver,
@@ -189,7 +215,17 @@ extern "C" fn snat_try(index: u64, _ctx: *mut c_void) -> i64 {
     };
     // SAFETY: this CPU's search state, written by `snat_port` before bpf_loop.
     unsafe {
-        let offset = reduce(probe_hash((*probe).hash, index as u32), (*probe).span);
+        let span = (*probe).span;
+        let mut offset = reduce(probe_hash((*probe).hash, index as u32), (*probe).tries_span);
+        let mut addr = (*probe).key.dst;
+        let mut source = 0;
+        if (*probe).pool_count != 0 {
+            // Never a division by 0 (`span` is at least 1): no panic path for the verifier.
+            let i = offset.checked_div(span).unwrap_or(0);
+            offset -= i * span;
+            addr = (*probe).pool[i as usize & (MAX_SNAT_SOURCES - 1)];
+            source = i + 1;
+        }
         let port = (((*probe).min + offset) as u16).to_be();
         for i in 0..MAX_PORTS_PER_VIP {
             if i as u32 >= (*probe).service_count {
@@ -205,7 +241,7 @@ extern "C" fn snat_try(index: u64, _ctx: *mut c_void) -> i64 {
         }
         let reverse = FlowKey {
             src: (*probe).backend_addr,
-            dst: (*probe).key.dst,
+            dst: addr,
             sport: (*probe).backend_port,
             dport: port,
             protocol: (*probe).key.protocol,
@@ -220,6 +256,8 @@ extern "C" fn snat_try(index: u64, _ctx: *mut c_void) -> i64 {
             force != NO_TRY,
         ) {
             (*probe).found = FOUND | u32::from(port);
+            (*probe).found_source = source;
+            (*probe).found_addr = addr;
             return 1;
         }
         if (*probe).taken.refused_live != 0 {
@@ -242,29 +280,45 @@ extern "C" fn snat_try(index: u64, _ctx: *mut c_void) -> i64 {
 }
 
 /// Clears the flow entry of the translation the SNAT search took over. A BPF subprogram of
-/// its own, after the search: its frame is not stacked on the search's.
+/// its own, after the search: its frame is not stacked on the search's. The old translation's
+/// key names the address its backend answered to: with a pool, that is a pool address, and
+/// the client's flow was to the service's VIP through that address's `snat_source`.
 #[inline(never)]
 fn clear_taken_over() {
     let Some(probe) = SNAT_SEARCH.get_ptr(0) else {
         return;
     };
     // SAFETY: this CPU's search state, written by the search just done.
-    let taken = unsafe { &(*probe).taken };
+    let (taken, mask) = unsafe { (&(*probe).taken, (*probe).mask) };
+    let mut key = taken.key;
+    let mut source = 0;
+    if let Some(sources) = SNAT_SOURCES.get(taken.service) {
+        if sources.count != 0 {
+            // A fixed number of steps, no early exit: the verifier sees constant offsets.
+            for i in 0..MAX_SNAT_SOURCES {
+                let hit = ((i as u32) < sources.count) & (sources.addrs[i] == key.dst);
+                if hit & (source == 0) {
+                    source = i as u16 + 1;
+                }
+            }
+            key.dst = sources.vip;
+        }
+    }
     table::clear_flow_through(
-        &taken.key,
-        // SAFETY: as above.
-        Place::of(&taken.key, unsafe { (*probe).mask }),
+        &key,
+        Place::of(&key, mask),
         taken.backend,
         taken.snat_port,
+        source,
     );
 }
 
-/// The reverse-NAT key of a flow of `key` through `backend` with `snat_port`.
+/// The reverse-NAT key of a flow of `key` through `backend` with `snat_port` on `snat_addr`.
 #[inline(always)]
-pub fn reverse_key(key: &FlowKey, backend: &Backend, snat_port: u16) -> FlowKey {
+pub fn reverse_key(key: &FlowKey, backend: &Backend, snat_addr: u32, snat_port: u16) -> FlowKey {
     FlowKey {
         src: backend.addr,
-        dst: key.dst,
+        dst: snat_addr,
         sport: backend.port,
         dport: snat_port,
         protocol: key.protocol,

@@ -7,7 +7,7 @@ use crate::{
     counters,
     headers::{TCP_FIN, TCP_RST, TCP_SYN},
     hop,
-    maps::{self, BACKENDS, NEW_FLOW},
+    maps::{self, BACKENDS, NEW_FLOW, SNAT_SOURCES},
     new_flow,
     parse::{self, frame_len, Ip, Valid, L4},
     reset,
@@ -45,14 +45,19 @@ pub fn to_backend(
     };
     let (clock, mask) = (globals.clock, globals.flow_mask);
     let at = Place::of(&key, mask);
-    let mut pinned: Option<(u32, Backend, u16)> = None;
+    let mut pinned: Option<Chosen> = None;
     // Refused with a RST: the backend slot whose counters take it.
     let mut refuse: Option<u32> = None;
     if let Some(flow) = table::find_flow(&key, at, clock) {
         if let Some(backend) = BACKENDS.get(flow.backend) {
             let backend = *backend;
-            // A freed slot, or one reused by another service: the flow chooses again.
-            if backend.state != BACKEND_FREE && backend.service == service.service {
+            // A freed slot, or one reused by another service: the flow chooses again. So does
+            // one whose SNAT source the service no longer has (never while it runs).
+            let snat_addr = maps::snat_address(service.service, flow.snat_source, key.dst);
+            if let (true, Some(snat_addr)) = (
+                backend.state != BACKEND_FREE && backend.service == service.service,
+                snat_addr,
+            ) {
                 if backend.state == BACKEND_DOWN
                     && service.flags & SERVICE_RESET_ON_DOWN != 0
                     && protocol == IPPROTO_TCP
@@ -60,11 +65,16 @@ pub fn to_backend(
                     table::clear_flow(&key, at);
                     refuse = Some(flow.backend);
                 }
-                pinned = Some((flow.backend, backend, flow.snat_port));
+                pinned = Some(Chosen {
+                    id: flow.backend,
+                    backend,
+                    snat_port: flow.snat_port,
+                    snat_addr,
+                });
                 // nat: FIN and RST mark the translation closing; a SYN (a new connection on
                 // the same tuple) checks the translation is still this flow's.
                 if !dsr && tcp_flags & (TCP_SYN | TCP_FIN | TCP_RST) != 0 {
-                    let reverse = choose::reverse_key(&key, &backend, flow.snat_port);
+                    let reverse = choose::reverse_key(&key, &backend, snat_addr, flow.snat_port);
                     match table::find_nat(&reverse, Place::of(&reverse, mask)) {
                         Some((entry, copy)) => {
                             let e = copy.nat;
@@ -118,7 +128,12 @@ pub fn decided(ctx: &XdpContext, state: *const Probe) -> Verdict {
             let (at, chosen) = unsafe {
                 (
                     (*state).headers,
-                    ((*state).id, (*state).backend, (*state).snat_port),
+                    Chosen {
+                        id: (*state).id,
+                        backend: (*state).backend,
+                        snat_port: (*state).snat_port,
+                        snat_addr: (*state).snat_addr,
+                    },
                 )
             };
             let Some((ip, l4)) = parse::again(ctx, at, key.protocol) else {
@@ -156,9 +171,17 @@ fn is_about(ip: &Ip, l4: &L4, key: &FlowKey) -> bool {
     same_key(&parse::flow_key(ip, l4), key)
 }
 
-/// Rewrites and sends a client's packet to the backend `id` (with `snat_port` in nat mode).
-/// In nat mode, a backend whose neighbour is not resolved yet gets the translated packet
-/// through the kernel, which resolves it (see [`toward`]).
+/// Where a flow goes: its backend (slot `id`), and in nat mode the source the backend sees.
+struct Chosen {
+    id: u32,
+    backend: Backend,
+    snat_port: u16,
+    snat_addr: u32,
+}
+
+/// Rewrites and sends a client's packet to the backend `id` (from `snat_addr:snat_port` in
+/// nat mode). In nat mode, a backend whose neighbour is not resolved yet gets the translated
+/// packet through the kernel, which resolves it (see [`toward`]).
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn send(
@@ -166,11 +189,17 @@ fn send(
     ip: &Ip,
     l4: &L4,
     service: &VipPort,
-    (id, backend, snat_port): (u32, Backend, u16),
+    chosen: Chosen,
     dsr: bool,
     globals: &Globals,
     new_flow: bool,
 ) -> Verdict {
+    let Chosen {
+        id,
+        backend,
+        snat_port,
+        snat_addr,
+    } = chosen;
     // SAFETY: the IPv4 header, checked in bounds by the parser.
     let dst = unsafe { (*ip.hdr).dst };
     let hop = match hop::to_backend(ctx, id, &backend, dst, dsr, globals.fib_generation) {
@@ -184,7 +213,7 @@ fn send(
             ip.hdr,
             l4,
             &Tuple {
-                src: dst,
+                src: snat_addr,
                 dst: backend.addr,
                 sport: snat_port,
                 dport: backend.port,
@@ -195,19 +224,39 @@ fn send(
     toward(ctx, ip, hop, reason::TX_FORWARD)
 }
 
-/// A backend's packet to VIP:snat_port in nat mode, if it matches a translation: translated
-/// back to the client. Otherwise a packet to a VIP on a port without a service: the host's
+/// A backend's packet to VIP:snat_port (or to an address of a SNAT pool, `pool`) in nat mode,
+/// if it matches a translation: translated back to the client, from the service's VIP.
+/// Otherwise a packet to a VIP on a port without a service, or to a pool address: the host's
 /// business.
 #[inline(always)]
-pub fn reply(ctx: &XdpContext, ip: &Ip, l4: L4, protocol: u8, globals: &Globals) -> Verdict {
+pub fn reply(
+    ctx: &XdpContext,
+    ip: &Ip,
+    l4: L4,
+    protocol: u8,
+    globals: &Globals,
+    pool: bool,
+) -> Verdict {
     let generation = globals.fib_generation;
     let key = parse::flow_key(ip, &l4);
-    let vip = key.dst;
+    let other = if pool {
+        reason::PASS_SNAT_ADDRESS
+    } else {
+        reason::PASS_VIP_OTHER
+    };
     let Some((entry, copy)) = table::find_nat(&key, Place::of(&key, globals.flow_mask)) else {
-        return Verdict::pass(reason::PASS_VIP_OTHER);
+        return Verdict::pass(other);
+    };
+    let nat = copy.nat;
+    let vip = if pool {
+        match SNAT_SOURCES.get(u32::from(nat.service)) {
+            Some(sources) => sources.vip,
+            None => return Verdict::pass(other),
+        }
+    } else {
+        key.dst
     };
     table::touch_nat(entry, copy.seen, globals.clock);
-    let nat = copy.nat;
     if protocol == IPPROTO_TCP {
         let flags = l4.tcp_flags(ctx);
         if flags & TCP_RST != 0 {

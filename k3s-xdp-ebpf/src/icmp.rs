@@ -11,7 +11,7 @@ use crate::{
         ICMP_FRAG_NEEDED,
     },
     hop,
-    maps::BACKENDS,
+    maps::{self, BACKENDS},
     parse::{self, frame_len, ptr_at, Ip, Valid},
     table::{self, Place},
     verdict::Verdict,
@@ -132,13 +132,16 @@ fn frag_needed(
         return Verdict::pass(reason::PASS_VIP_OTHER);
     }
     let dsr = service.flags & SERVICE_DSR != 0;
+    let Some(snat_addr) = maps::snat_address(service.service, flow.snat_source, inner_src) else {
+        return Verdict::pass(reason::PASS_VIP_OTHER);
+    };
     let hop = match hop::to_backend(ctx, flow.backend, &backend, outer_dst, dsr, generation) {
         // As for the flow's packets (`forward::send`): only a nat packet can go to the kernel.
         Err(why) if dsr || why != reason::DROP_NO_NEIGHBOUR => return Verdict::drop(why),
         hop => hop,
     };
     if !dsr {
-        // The backend sent backend:port → VIP:snat_port; quote it as it sent it, and deliver
+        // The backend sent backend:port → snat_addr:snat_port; quote it as it sent it, and deliver
         // the error to the backend itself.
         // SAFETY: the outer and quoted headers and the ports, each checked in bounds above.
         unsafe {
@@ -148,11 +151,11 @@ fn frag_needed(
 
             let addresses = Delta::new()
                 .word32(inner_src, backend.addr)
-                .word32(inner_dst, inner_src);
+                .word32(inner_dst, snat_addr);
             let old_inner_check = (*inner).check;
             let new_inner_check = addresses.apply(old_inner_check);
             (*inner).src = backend.addr;
-            (*inner).dst = inner_src;
+            (*inner).dst = snat_addr;
             (*inner).check = new_inner_check;
             (*ports).sport = backend.port;
             (*ports).dport = flow.snat_port;

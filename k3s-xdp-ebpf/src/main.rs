@@ -27,7 +27,7 @@ mod table;
 mod verdict;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
-use k3s_xdp_common::{reason, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP};
+use k3s_xdp_common::{reason, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, VIP_SNAT_ONLY};
 use verdict::Verdict;
 
 #[xdp]
@@ -72,6 +72,9 @@ fn process(ctx: &XdpContext) -> Verdict {
     if !for_this_host(&ip, &globals) {
         return Verdict::pass(reason::PASS_OTHER_HOST);
     }
+    if vip.flags & VIP_SNAT_ONLY != 0 {
+        return snat_address(ctx, &ip, &globals);
+    }
     let valid = match parse::validate(ctx, &ip) {
         Ok(valid) => valid,
         Err(why) => return Verdict::drop(why),
@@ -86,11 +89,30 @@ fn process(ctx: &XdpContext) -> Verdict {
             };
             match choose::service(vip, l4.dport, protocol) {
                 Some(service) => forward::to_backend(ctx, &ip, &valid, l4, vip, &service, &globals),
-                None => forward::reply(ctx, &ip, l4, protocol, &globals),
+                None => forward::reply(ctx, &ip, l4, protocol, &globals, false),
             }
         }
         IPPROTO_ICMP => icmp::handle(ctx, &ip, &valid, vip, &globals),
         _ => Verdict::pass(reason::PASS_VIP_OTHER),
+    }
+}
+
+/// A packet to an address of a SNAT pool that is no VIP: a backend's reply to a translation
+/// goes back to its client; everything else is the host's (this may be the node's own
+/// address), passed untouched, malformed or fragmented packets included.
+#[inline(always)]
+fn snat_address(ctx: &XdpContext, ip: &parse::Ip, globals: &k3s_xdp_common::Globals) -> Verdict {
+    let Ok(valid) = parse::validate(ctx, ip) else {
+        return Verdict::pass(reason::PASS_SNAT_ADDRESS);
+    };
+    // SAFETY: `parse::ipv4` checked the IPv4 header in bounds.
+    let protocol = unsafe { (*ip.hdr).protocol };
+    if protocol != IPPROTO_TCP && protocol != IPPROTO_UDP {
+        return Verdict::pass(reason::PASS_SNAT_ADDRESS);
+    }
+    match parse::transport(ctx, &valid, protocol) {
+        Ok(l4) => forward::reply(ctx, ip, l4, protocol, globals, true),
+        Err(_) => Verdict::pass(reason::PASS_SNAT_ADDRESS),
     }
 }
 

@@ -7,8 +7,9 @@ use aya_ebpf::{
 use k3s_xdp_common::{
     maglev_words, reason,
     table::{buckets, slots, FlowBucket, NatSlot},
-    Backend, BenchPacket, Globals, NextHop, Traffic, VipInfo, VipSlot, VipTable,
-    DEFAULT_FLOW_TABLE_SIZE, DEFAULT_TABLE_SIZE, MAX_BACKENDS, MAX_SERVICES, VIP_SLOTS,
+    Backend, BenchPacket, Globals, NextHop, SnatSources, Traffic, VipInfo, VipSlot, VipTable,
+    DEFAULT_FLOW_TABLE_SIZE, DEFAULT_TABLE_SIZE, MAX_BACKENDS, MAX_SERVICES, MAX_SNAT_SOURCES,
+    VIP_SLOTS,
 };
 
 /// Flags of the inner Maglev tables, which the controller must create with the same flags:
@@ -90,6 +91,10 @@ pub static SERVICE_STATS: PerCpuArray<Traffic, { MAX_SERVICES as usize }> = PerC
 #[btf_map]
 pub static BACKEND_STATS: PerCpuArray<Traffic, { MAX_BACKENDS as usize }> = PerCpuArray::new();
 
+/// Service slot → its VIP and SNAT pool (`snat_source`, nat mode).
+#[btf_map]
+pub static SNAT_SOURCES: Array<SnatSources, { MAX_SERVICES as usize }> = Array::new();
+
 /// Program-wide settings, one entry.
 #[btf_map]
 pub static GLOBALS: Array<Globals, 1> = Array::new();
@@ -104,16 +109,34 @@ pub fn globals() -> Globals {
     GLOBALS.get(0).copied().unwrap_or_default()
 }
 
-/// The services of `dst` (network byte order) if it is a VIP: the live half's perfect hash
-/// gives its one possible slot.
+/// The services of `dst` (network byte order) if it is a VIP or a SNAT-only address
+/// (`VIP_SNAT_ONLY`): the live half's perfect hash gives its one possible slot.
 #[inline(always)]
 pub fn vip(dst: u32) -> Option<&'static VipInfo> {
     let table = VIP_TABLE.get(0)?;
     let half = table.half & 1;
     let hash = table.hash[half as usize];
     let slot = VIPS.get(half * VIP_SLOTS + (hash.slot(dst) & (VIP_SLOTS - 1)))?;
-    if slot.info.count == 0 || slot.addr != dst {
+    if (slot.info.count | slot.info.flags) == 0 || slot.addr != dst {
         return None;
     }
     Some(&slot.info)
+}
+
+/// The source address the backend sees for a flow of service slot `service` to `vip` whose
+/// `Flow::snat_source` is `source`: the VIP (0, no lookup), or an address of the service's pool.
+#[inline(always)]
+pub fn snat_address(service: u32, source: u16, vip: u32) -> Option<u32> {
+    if source == 0 {
+        return Some(vip);
+    }
+    let sources = SNAT_SOURCES.get(service)?;
+    let i = u32::from(source) - 1;
+    if i >= sources.count {
+        return None;
+    }
+    sources
+        .addrs
+        .get(i as usize & (MAX_SNAT_SOURCES - 1))
+        .copied()
 }

@@ -92,17 +92,17 @@ pub fn decide(state: *mut Probe) {
             None => reason::DROP_NO_BACKEND,
             Some((id, backend)) => {
                 let port = if (*state).service.flags & SERVICE_DSR != 0 {
-                    Ok(0)
+                    Ok((0, 0, (*state).key.dst))
                 } else {
                     choose::snat_port(state, id, &backend)
                 };
                 match port {
                     Err(why) => why,
-                    Ok(port) => {
+                    Ok((port, source, addr)) => {
                         let flow = Flow {
                             backend: id,
                             snat_port: port,
-                            _pad: 0,
+                            snat_source: source,
                         };
                         let at = Place {
                             hash: (*state).flow_hash,
@@ -112,6 +112,7 @@ pub fn decide(state: *mut Probe) {
                             (*state).id = id;
                             (*state).backend = backend;
                             (*state).snat_port = port;
+                            (*state).snat_addr = addr;
                             CHOSEN
                         } else {
                             reason::DROP_MAP_UPDATE

@@ -89,14 +89,25 @@ macro_rules! field {
 }
 
 /// Clears the flow entry of `key` (its seal, so no reader takes it any more) if it still goes
-/// through `backend` with `snat_port`. Reads fields one by one (registers, not stack copies):
-/// it runs inside the SNAT claim, on a small stack.
+/// through `backend` with `snat_port` of `snat_source`. Reads fields one by one (registers,
+/// not stack copies): it runs after the SNAT claim, on a small stack.
 #[inline(always)]
-pub fn clear_flow_through(key: &FlowKey, at: Place, backend: u32, snat_port: u16) {
+pub fn clear_flow_through(
+    key: &FlowKey,
+    at: Place,
+    backend: u32,
+    snat_port: u16,
+    snat_source: u16,
+) {
     let Some(bucket) = FLOWS.get_ptr_mut(at.index()) else {
         return;
     };
-    let seal = k3s_xdp_common::table::seal(at.hash, backend, u32::from(snat_port), 0);
+    let seal = k3s_xdp_common::table::seal(
+        at.hash,
+        backend,
+        k3s_xdp_common::table::snat_word(snat_port, snat_source),
+        0,
+    );
     for way in 0..WAYS {
         let slot = flow_slot(bucket, way);
         let same = (field!((*slot).seal) == seal) & same_key(&field!((*slot).key), key);
@@ -194,12 +205,14 @@ pub fn touch_nat(slot: *mut NatSlot, seen: u32, clock: u32) {
 }
 
 /// A translation taken over by [`claim_nat`]: the flow entry of `key` through `backend` with
-/// `snat_port` is to be cleared ([`clear_flow_through`]) once the claim is done.
+/// `snat_port` is to be cleared ([`clear_flow_through`]) once the claim is done. `key.dst` is
+/// the address the backend answered to (the VIP, or an address of `service`'s SNAT pool).
 #[repr(C)]
 #[derive(Clone, Copy, Default)]
 pub struct TakenOver {
     pub key: FlowKey,
     pub backend: u32,
+    pub service: u32,
     pub snat_port: u16,
     /// 1 when a whole translation of another client was taken over.
     pub set: u16,
@@ -281,6 +294,7 @@ pub fn claim_nat(
                     _pad: [0; 3],
                 };
                 (*taken).backend = ids >> 16;
+                (*taken).service = ids & 0xffff;
                 (*taken).snat_port = old_key.dport;
                 (*taken).set = 1;
             }

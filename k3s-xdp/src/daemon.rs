@@ -52,11 +52,30 @@ pub async fn run(options: Options) -> Result<()> {
     })?;
     let (events_tx, events_rx) = mpsc::channel(4096);
     let mac = netlink.mac(ifindex).await?;
+    let node = if config.services.iter().any(|s| s.snat_uses_node()) {
+        let present = netlink.addresses(ifindex).await?;
+        let node = node_address(&present, &config).ok_or_else(|| {
+            anyhow!(
+                "snat_source = \"node\" needs this node's own IPv4 address on {iface}, and \
+                 {iface} has none (besides VIPs and SNAT addresses)"
+            )
+        })?;
+        let range = std::fs::read_to_string(EPHEMERAL_PORTS)
+            .with_context(|| format!("reading {EPHEMERAL_PORTS}"))?;
+        if let Some(problem) = node_port_clash(&range, &config) {
+            bail!("{problem}");
+        }
+        info!("snat_source \"node\" is {node} (on {iface})");
+        Some(node)
+    } else {
+        None
+    };
     let (mut controller, health) = Controller::new(
         options.config.clone(),
         config.clone(),
         iface.clone(),
         mac,
+        node,
         dp,
         events_tx.clone(),
     )?;
@@ -182,7 +201,7 @@ pub async fn run(options: Options) -> Result<()> {
     for addr in owned {
         match netlink.del_address(ifindex, addr).await {
             Ok(()) => {
-                info!("removed VIP {addr} from {iface}");
+                info!("removed {addr} from {iface}");
                 guard.release(addr);
             }
             Err(e) => {
@@ -235,8 +254,54 @@ fn attach_policy(config: &Config) -> AttachPolicy {
     }
 }
 
-/// Adds every service VIP to `iface` as a /32 unless the interface has it already; returns the
-/// ones it added, which it alone removes on exit.
+/// The host's own ephemeral ports, which its connections (health checks among them) take
+/// from the node's address.
+const EPHEMERAL_PORTS: &str = "/proc/sys/net/ipv4/ip_local_port_range";
+
+/// This node's own address on the interface (`snat_source = "node"`): the first one with a
+/// subnet that is neither a VIP nor a SNAT address.
+fn node_address(present: &[InterfaceAddress], config: &Config) -> Option<Ipv4Addr> {
+    let taken: Vec<Ipv4Addr> = config
+        .services
+        .iter()
+        .flat_map(|s| std::iter::once(s.vip).chain(s.snat_held_addresses()))
+        .collect();
+    present
+        .iter()
+        .find(|a| a.prefix_len < 32 && !taken.contains(&a.addr))
+        .or_else(|| present.iter().find(|a| !taken.contains(&a.addr)))
+        .map(|a| a.addr)
+}
+
+/// Why `snat_port_range` cannot share the node's address with the host's own connections:
+/// their ephemeral ports (`range`, the text of `ip_local_port_range`) would meet the same
+/// backend from the same address and port as a translation.
+fn node_port_clash(range: &str, config: &Config) -> Option<String> {
+    let mut words = range.split_whitespace().map(str::parse::<u16>);
+    let (Some(Ok(low)), Some(Ok(high))) = (words.next(), words.next()) else {
+        return Some(format!(
+            "cannot read the host's ephemeral ports from {range:?}"
+        ));
+    };
+    let (min, max) = (config.snat_port_min, config.snat_port_max);
+    if max < low || min > high {
+        return None;
+    }
+    let hint = if low > 1024 {
+        format!("snat_port_range = [1024, {}]", low - 1)
+    } else {
+        "a snat_port_range outside it".to_string()
+    };
+    Some(format!(
+        "snat_source = \"node\": snat_port_range [{min}, {max}] overlaps the host's own \
+         ephemeral ports [{low}, {high}] (net.ipv4.ip_local_port_range), so a translation and \
+         one of the host's connections could meet a backend on the same address and port; set \
+         {hint}, or narrow ip_local_port_range"
+    ))
+}
+
+/// Adds every service VIP, and every SNAT address that is no VIP, to `iface` as a /32 unless
+/// the interface has it already; returns the ones it added, which it alone removes on exit.
 async fn claim_vips(
     netlink: &Netlink,
     ifindex: u32,
@@ -246,17 +311,21 @@ async fn claim_vips(
 ) -> Result<Vec<Ipv4Addr>> {
     let present = netlink.addresses(ifindex).await?;
     let mut added = Vec::new();
-    let mut vips: Vec<Ipv4Addr> = config.services.iter().map(|s| s.vip).collect();
+    let mut vips: Vec<Ipv4Addr> = config
+        .services
+        .iter()
+        .flat_map(|s| std::iter::once(s.vip).chain(s.snat_held_addresses()))
+        .collect();
     vips.sort();
     vips.dedup();
     for vip in vips {
         if present.iter().any(|a| a.addr == vip) {
-            info!("VIP {vip} is already on {iface}; leaving it as it is");
+            info!("{vip} is already on {iface}; leaving it as it is");
             continue;
         }
         if !present.iter().any(|a| a.prefix_len < 32 && a.covers(vip)) {
             warn!(
-                "VIP {vip} is in no subnet of {iface}: hosts on that link will not ask for it \
+                "{vip} is in no subnet of {iface}: hosts on that link will not ask for it \
                  (ARP); only traffic routed to it through this node reaches it"
             );
         }
@@ -270,7 +339,7 @@ async fn claim_vips(
             )
             .await?;
         guard.hold(vip);
-        info!("added VIP {vip}/32 to {iface} (no [vrrp]: this node is the only load balancer)");
+        info!("added {vip}/32 to {iface} (no [vrrp]: this node is the only load balancer)");
         added.push(vip);
     }
     Ok(added)
@@ -299,5 +368,63 @@ async fn signals(events: mpsc::Sender<Event>) {
         if events.send(event).await.is_err() || stop {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(snat: &str) -> Config {
+        let text = format!(
+            r#"
+interface = "eth0"
+snat_port_range = [1024, 32767]
+[[service]]
+name = "api"
+vip = "192.0.2.100"
+port = 6443
+snat_source = {snat}
+backends = [{{ name = "s1", address = "192.0.2.50:6443" }}]
+"#
+        );
+        config::parse(&text, std::path::Path::new("test.toml")).unwrap()
+    }
+
+    fn addr(a: &str, prefix_len: u8) -> InterfaceAddress {
+        InterfaceAddress {
+            addr: a.parse().unwrap(),
+            prefix_len,
+        }
+    }
+
+    #[test]
+    fn the_node_address_is_the_first_own_address_with_a_subnet() {
+        let c = config(r#"["node", "192.0.2.7"]"#);
+        let present = [
+            addr("192.0.2.100", 32),
+            addr("192.0.2.7", 24),
+            addr("192.0.2.9", 32),
+            addr("192.0.2.10", 24),
+        ];
+        assert_eq!(
+            node_address(&present, &c),
+            Some("192.0.2.10".parse().unwrap())
+        );
+        assert_eq!(
+            node_address(&present[..3], &c),
+            Some("192.0.2.9".parse().unwrap()),
+            "a /32 when nothing else"
+        );
+        assert_eq!(node_address(&present[..2], &c), None, "VIP and pool only");
+    }
+
+    #[test]
+    fn snat_ports_may_not_overlap_the_hosts_ephemeral_ports() {
+        let c = config(r#""node""#);
+        assert_eq!(node_port_clash("32768\t60999\n", &c), None);
+        let clash = node_port_clash("32000 60999", &c).unwrap();
+        assert!(clash.contains("[1024, 31999]"), "{clash}");
+        assert!(node_port_clash("garbage", &c).is_some());
     }
 }

@@ -100,21 +100,21 @@ impl XdpHarness {
     pub fn with_config_in_lab_sized(config_toml: &str, flows: u32) -> Result<Self> {
         let mut h = Self::with_config_sized(config_toml, flows)?;
         h.lab = Some(FibLab::new()?);
-        h.write_lab_globals(0)?;
+        let config = k3s_xdp::config::parse(config_toml, "test.toml".as_ref())
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        h.write_lab_globals((config.snat_port_min, config.snat_port_max))?;
         Ok(h)
     }
 
-    /// Writes the lab's settings: FIB generation 1, the default SNAT ports, no TIME_WAIT wait,
-    /// any MAC, the data plane's clock at `clock` seconds (the controller ticks it; 0: no
-    /// clock).
-    fn write_lab_globals(&mut self, clock: u32) -> Result<()> {
+    /// Writes the lab's settings: FIB generation 1, the config's SNAT ports, no TIME_WAIT
+    /// wait, any MAC, no clock (the tests set it, as the controller ticks it).
+    fn write_lab_globals(&mut self, (snat_port_min, snat_port_max): (u16, u16)) -> Result<()> {
         k3s_xdp::dataplane::write_globals(
             &mut self.dataplane,
             &k3s_xdp_common::Globals {
                 fib_generation: 1,
-                snat_port_min: 1024,
-                snat_port_max: 65535,
-                clock,
+                snat_port_min,
+                snat_port_max,
                 ..Default::default()
             },
         )

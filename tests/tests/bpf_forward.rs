@@ -1,7 +1,7 @@
 //! BPF_PROG_TEST_RUN tests of the forwarding paths: nat and dsr forwarding to the backend the
 //! Maglev table selects, the NAT round trip, flow affinity across backend changes, RSTs for
 //! flows of down backends and for services without backends, ICMP echo and "fragmentation
-//! needed", several services and a VLAN tag. Every output is parsed and its checksums are
+//! needed", several services, a VLAN tag, and SNAT pools. Every output is parsed and its checksums are
 //! recomputed from scratch (not with the program's incremental arithmetic).
 
 use k3s_xdp::dataplane::{BackendState, ServiceSpec};
@@ -1272,7 +1272,7 @@ fn a_reconnect_on_a_taken_translation_chooses_again() {
     let flow = k3s_xdp_common::Flow {
         backend: h.publisher.backend_slot("k3s-api", backend).unwrap(),
         snat_port: port.to_be(),
-        _pad: 0,
+        snat_source: 0,
     };
     k3s_xdp_tests::bpf::insert_flow(&mut h, &key(a, vip, IPPROTO_TCP), &flow).unwrap();
     let again = transmitted(&mut h, &packet::tcp_syn(a, vip));
@@ -1702,4 +1702,233 @@ fn a_backend_leaving_or_returning_never_refuses_a_new_flow_in_flight() {
     );
     assert_eq!(rounds, ROUNDS, "the packets ran out before the changes did");
     assert!(to_server_2 > 0, "server-2 took flows between its changes");
+}
+
+/// A nat service whose backends see a pool of three addresses (`snat_source`), one backend so
+/// that every flow meets the same backend, and a one-port range so that each address's ports
+/// run out at once.
+const POOL_CONFIG: &str = r#"
+interface = "eth1"
+snat_port_range = [20000, 20000]
+
+[[service]]
+name = "pooled"
+vip = "192.0.2.100"
+port = 6443
+snat_source = ["192.0.2.7", "192.0.2.8", "vip"]
+backends = [{ name = "server-1", address = "192.0.2.50:6443" }]
+"#;
+
+const POOL: [Ipv4Addr; 3] = [
+    Ipv4Addr::new(192, 0, 2, 7),
+    Ipv4Addr::new(192, 0, 2, 8),
+    VIP,
+];
+
+fn pool_harness(config: &str) -> Option<XdpHarness> {
+    if !have_root() {
+        eprintln!("skipped: BPF_PROG_TEST_RUN needs root (run `cargo xtask test`)");
+        return None;
+    }
+    Some(XdpHarness::with_config_in_lab(config).expect("XDP object loaded, config published"))
+}
+
+/// A backend's packet to `addr:port` (an address of the pool).
+fn from_backend_to(backend: SocketAddrV4, addr: Ipv4Addr, port: u16, flags: u8) -> Frame {
+    let mut frame = packet::tcp(backend, sock(addr, port), flags);
+    frame.eth_src = lab_mac(*backend.ip());
+    frame
+}
+
+/// Each address of a pool has the whole port range: with one port per address, three flows to
+/// one backend take the three addresses (the default, the VIP alone, would have taken one
+/// over); established packets keep their address and port, and the backend's replies to any
+/// of them go back to their client from the VIP.
+#[test]
+fn a_snat_pool_gives_each_address_the_whole_port_range() {
+    let Some(mut h) = pool_harness(POOL_CONFIG) else {
+        return;
+    };
+    let vip = sock(VIP, 6443);
+    let backend = sock(Ipv4Addr::new(192, 0, 2, 50), 6443);
+    let clients = [agent(1, 41000), agent(2, 41001), agent(3, 41002)];
+    let mut sources = Vec::new();
+    for c in clients {
+        let fwd = transmitted(&mut h, &packet::tcp_syn(c, vip));
+        let ip = fwd.ip().unwrap();
+        assert_eq!(ip.dst, *backend.ip());
+        assert_eq!(fwd.tcp().unwrap().sport, 20000);
+        assert!(POOL.contains(&ip.src), "{} is in the pool", ip.src);
+        sources.push(ip.src);
+    }
+    let mut distinct = sources.clone();
+    distinct.sort();
+    distinct.dedup();
+    assert_eq!(distinct.len(), 3, "one address each: {sources:?}");
+    let events = h.dataplane.table_events().unwrap();
+    assert!(
+        events.iter().all(|(_, n)| *n == 0),
+        "no translation taken by force: {events:?}"
+    );
+    for (c, src) in clients.iter().zip(&sources) {
+        let ack = transmitted(
+            &mut h,
+            &with_payload(packet::tcp(*c, vip, TCP_ACK), TCP_ACK, b"x"),
+        );
+        assert_eq!(
+            (ack.ip().unwrap().src, ack.tcp().unwrap().sport),
+            (*src, 20000),
+            "an established packet keeps its source"
+        );
+        let back = transmitted(
+            &mut h,
+            &from_backend_to(backend, *src, 20000, TCP_ACK | TCP_PSH),
+        );
+        let ip = back.ip().unwrap();
+        assert_eq!(
+            (ip.src, ip.dst),
+            (VIP, *c.ip()),
+            "from the VIP to the client"
+        );
+        assert_eq!(
+            (back.tcp().unwrap().sport, back.tcp().unwrap().dport),
+            (6443, c.port())
+        );
+    }
+    assert_eq!(h.reason(reason::TX_REPLY).unwrap(), 3);
+}
+
+/// The pool choice is a hash of the flow over (address, port): the same flow gets the same
+/// address and port on every node, and many flows spread over the addresses.
+#[test]
+fn a_pool_spreads_flows_over_its_addresses_the_same_way_on_every_node() {
+    let config = POOL_CONFIG.replace("[20000, 20000]", "[20000, 29999]");
+    let Some(mut lb1) = pool_harness(&config) else {
+        return;
+    };
+    let mut lb2 = XdpHarness::with_config_in_lab(&config).unwrap();
+    let vip = sock(VIP, 6443);
+    let mut per_address = [0u32; 3];
+    for i in 0..300u16 {
+        let syn = packet::tcp_syn(agent(1 + (i % 3) as u8, 42000 + i), vip);
+        let a = transmitted(&mut lb1, &syn);
+        let b = transmitted(&mut lb2, &syn);
+        let (src, port) = (a.ip().unwrap().src, a.tcp().unwrap().sport);
+        assert_eq!((src, port), (b.ip().unwrap().src, b.tcp().unwrap().sport));
+        per_address[POOL.iter().position(|p| *p == src).expect("in the pool")] += 1;
+    }
+    // 100 expected each; a fair hash stays well within these bounds.
+    assert!(
+        per_address.iter().all(|n| (60..=140).contains(n)),
+        "{per_address:?}"
+    );
+}
+
+/// A pool address that is no VIP is the host's for everything but the backends' replies to
+/// translations: unknown ports, ICMP, fragments and malformed packets pass untouched (they
+/// would be dropped if it were a VIP), each counted as `pass_snat_address`.
+#[test]
+fn traffic_to_a_pool_address_that_is_no_reply_passes_untouched() {
+    let Some(mut h) = pool_harness(POOL_CONFIG) else {
+        return;
+    };
+    let pool = POOL[0];
+    let backend = sock(Ipv4Addr::new(192, 0, 2, 50), 6443);
+    let mut frames = vec![
+        from_backend_to(backend, pool, 20000, TCP_ACK),
+        packet::tcp_syn(agent(1, 40000), sock(pool, 22)),
+        packet::udp(agent(1, 40000), sock(pool, 53), b"query"),
+        Frame::ipv4(Ipv4::new(
+            *agent(1, 0).ip(),
+            pool,
+            L4::Icmp(Icmp {
+                icmp_type: 8,
+                code: 0,
+                rest: [0, 1, 0, 1],
+                payload: b"ping".to_vec(),
+                checksum: None,
+            }),
+        )),
+    ];
+    let mut fragment = packet::udp(agent(1, 40000), sock(pool, 53), b"first fragment");
+    if let Some(ip) = fragment.ip_mut() {
+        ip.more_fragments = true;
+    }
+    frames.push(fragment);
+    let mut truncated = packet::tcp_syn(agent(1, 40001), sock(pool, 22)).to_bytes();
+    truncated.truncate(14 + 20 + 8);
+    for frame in &frames {
+        let bytes = frame.to_bytes();
+        let out = h.run(&bytes).unwrap();
+        assert_eq!(out.action, XDP_PASS, "{frame:?}");
+        assert_eq!(out.data, bytes, "passed untouched");
+    }
+    let out = h.run(&truncated).unwrap();
+    assert_eq!((out.action, &out.data), (XDP_PASS, &truncated));
+    assert_eq!(
+        h.reason(reason::PASS_SNAT_ADDRESS).unwrap(),
+        frames.len() as u64 + 1
+    );
+    assert_eq!(nonzero(&h).len(), 1, "{:?}", nonzero(&h));
+}
+
+/// When every (address, port) of the pool is live, a new flow takes over the one seen longest
+/// ago, and that translation's client flow is forgotten with it: found through the pool
+/// address the backend answered to.
+#[test]
+fn a_pool_translation_taken_over_forgets_its_clients_flow() {
+    let Some(mut h) = pool_harness(POOL_CONFIG) else {
+        return;
+    };
+    let vip = sock(VIP, 6443);
+    h.set_clock(10).unwrap();
+    let first = agent(1, 43000);
+    let fwd = transmitted(&mut h, &packet::tcp_syn(first, vip));
+    let first_source = fwd.ip().unwrap().src;
+    h.set_clock(20).unwrap();
+    for c in [agent(2, 43001), agent(3, 43002)] {
+        transmitted(&mut h, &packet::tcp_syn(c, vip));
+    }
+    h.set_clock(30).unwrap();
+    let late = agent(4, 43003);
+    let taken = transmitted(&mut h, &packet::tcp_syn(late, vip));
+    assert_eq!(
+        taken.ip().unwrap().src,
+        first_source,
+        "the translation seen longest ago"
+    );
+    assert!(
+        h.dataplane
+            .flow(&key(first, vip, IPPROTO_TCP))
+            .unwrap()
+            .is_none(),
+        "its client's flow forgotten"
+    );
+    let events = h.dataplane.table_events().unwrap();
+    assert!(
+        events
+            .iter()
+            .any(|(name, n)| *name == "translation_taken_over" && *n == 1),
+        "{events:?}"
+    );
+}
+
+/// "Fragmentation needed" about a pooled flow reaches its backend quoting the packet as the
+/// backend sent it: to the pool address and port it sees.
+#[test]
+fn fragmentation_needed_about_a_pooled_flow_quotes_its_pool_address() {
+    let Some(mut h) = pool_harness(POOL_CONFIG) else {
+        return;
+    };
+    let vip = sock(VIP, 6443);
+    let client = agent(2, 49001);
+    let fwd = transmitted(&mut h, &packet::tcp_syn(client, vip));
+    let (backend_ip, source) = (fwd.ip().unwrap().dst, fwd.ip().unwrap().src);
+    let out = transmitted(&mut h, &frag_needed(client, vip));
+    assert_eq!(out.ip().unwrap().dst, backend_ip);
+    let quoted = &out.icmp().unwrap().payload;
+    assert_eq!(&quoted[12..16], &backend_ip.octets());
+    assert_eq!(&quoted[16..20], &source.octets(), "the pool address");
+    assert_eq!(u16::from_be_bytes([quoted[22], quoted[23]]), 20000);
+    assert_eq!(packet::ones_complement_sum(&quoted[..20], 0), 0xffff);
 }

@@ -198,23 +198,47 @@ impl Config {
     /// keeps its 4-tuple in TIME_WAIT, so its SNAT port waits `snat_timewait` before another
     /// client may have it: per backend (and source address), at most the port range divided by
     /// the wait of such connections a second, sustained. `None` without nat services.
+    /// One line per group of nat services with the same number of SNAT addresses (a pool of
+    /// n addresses gives each backend n times the port range).
     pub fn snat_capacity(&self) -> Option<String> {
-        if !self.services.iter().any(|s| s.mode == Mode::Nat) {
+        let mut by_pool: std::collections::BTreeMap<usize, Vec<&str>> = Default::default();
+        for s in self.services.iter().filter(|s| s.mode == Mode::Nat) {
+            by_pool
+                .entry(s.snat_source.len())
+                .or_default()
+                .push(s.name.as_str());
+        }
+        if by_pool.is_empty() {
             return None;
         }
-        let ports = u64::from(self.snat_port_max - self.snat_port_min) + 1;
+        let range = u64::from(self.snat_port_max - self.snat_port_min) + 1;
         let wait = u64::from(self.snat_timewait_secs());
-        let rate = match wait {
-            0 => "no wait (snat_timewait = \"0s\")".to_string(),
-            w => format!(
-                "about {}/s per backend sustained (snat_timewait {w}s)",
-                ports / w
-            ),
-        };
-        Some(format!(
-            "nat: {ports} SNAT ports per backend (snat_port_range [{}, {}]); connections that backends close first: {rate}; beyond that a new connection may reuse a port the backend still holds in TIME_WAIT (counted: translation_reused_waiting)",
-            self.snat_port_min, self.snat_port_max
-        ))
+        let lines: Vec<String> = by_pool
+            .iter()
+            .map(|(&addresses, names)| {
+                let ports = range * addresses as u64;
+                let rate = match wait {
+                    0 => "no wait (snat_timewait = \"0s\")".to_string(),
+                    w => format!(
+                        "about {}/s per backend sustained (snat_timewait {w}s)",
+                        ports / w
+                    ),
+                };
+                let source = if addresses == 1 {
+                    format!("snat_port_range [{}, {}]", self.snat_port_min, self.snat_port_max)
+                } else {
+                    format!(
+                        "{addresses} SNAT addresses × snat_port_range [{}, {}]",
+                        self.snat_port_min, self.snat_port_max
+                    )
+                };
+                format!(
+                    "nat ({}): {ports} SNAT ports per backend ({source}); connections that backends close first: {rate}; beyond that a new connection may reuse a port the backend still holds in TIME_WAIT (counted: translation_reused_waiting)",
+                    names.join(", ")
+                )
+            })
+            .collect();
+        Some(lines.join("\n"))
     }
 
     /// Renders the config as TOML that [`parse`] reads back as an equal `Config`. Values equal
@@ -246,10 +270,75 @@ pub struct Service {
     pub protocol: Protocol,
     pub mode: Mode,
     pub on_backend_down: OnBackendDown,
+    /// nat mode: the source addresses backends see (`snat_source`); several make a pool, each
+    /// address with the whole `snat_port_range`. Default: the VIP.
+    pub snat_source: Vec<SnatSource>,
     /// Maglev table size `M`: a prime, more than 100 × the number of backends.
     pub table_size: u32,
     pub backends: Vec<BackendConfig>,
     pub health: Health,
+}
+
+/// A source address of nat mode (`snat_source`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum SnatSource {
+    /// The service's VIP (the default): replies reach whichever node holds it.
+    Vip,
+    /// This node's own address on `interface`: replies come back to this node, whichever
+    /// node the client's packets reach (ECMP); a node that fails loses its nat flows.
+    Node,
+    /// An address the load balancers hold as they hold the VIPs (in `vrrp.virtual_ipaddress`,
+    /// or added by k3s-xdp without `[vrrp]`).
+    Address(Ipv4Addr),
+}
+
+impl fmt::Display for SnatSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SnatSource::Vip => f.write_str("vip"),
+            SnatSource::Node => f.write_str("node"),
+            SnatSource::Address(a) => write!(f, "{a}"),
+        }
+    }
+}
+
+impl Serialize for SnatSource {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl Service {
+    /// The addresses of the SNAT pool, `node` being this node's address (left out when
+    /// unknown: the daemon refuses to start without it): empty when the backends see the VIP
+    /// alone (the data plane's default, which needs no pool).
+    pub fn snat_addresses(&self, node: Option<Ipv4Addr>) -> Vec<Ipv4Addr> {
+        if self.snat_source.iter().all(|s| *s == SnatSource::Vip) {
+            return Vec::new();
+        }
+        self.snat_source
+            .iter()
+            .filter_map(|s| match s {
+                SnatSource::Vip => Some(self.vip),
+                SnatSource::Node => node,
+                SnatSource::Address(a) => Some(*a),
+            })
+            .collect()
+    }
+
+    /// Whether the pool names this node's address.
+    pub fn snat_uses_node(&self) -> bool {
+        self.snat_source.contains(&SnatSource::Node)
+    }
+
+    /// The addresses of the pool that the load balancers must hold besides the VIPs (neither
+    /// the VIP nor `node`).
+    pub fn snat_held_addresses(&self) -> impl Iterator<Item = Ipv4Addr> + '_ {
+        self.snat_source.iter().filter_map(|s| match s {
+            SnatSource::Address(a) => Some(*a),
+            _ => None,
+        })
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]

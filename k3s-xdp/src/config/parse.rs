@@ -11,7 +11,7 @@
 use super::{
     defaults, duration, duration::DurationError, error::line_column, validate, BackendConfig,
     CheckKind, Config, ConfigError, ConfigErrors, Health, InitialState, Mode, OnBackendDown,
-    Protocol, Service, Track, VirtualAddress, Vrrp, XdpMode,
+    Protocol, Service, SnatSource, Track, VirtualAddress, Vrrp, XdpMode,
 };
 use std::{
     collections::{HashMap, HashSet},
@@ -196,6 +196,7 @@ const SERVICE_KEYS: &[&str] = &[
     "protocol",
     "mode",
     "on_backend_down",
+    "snat_source",
     "table_size",
     "backends",
     "health",
@@ -933,6 +934,7 @@ fn placeholder_service() -> Service {
         protocol: defaults::PROTOCOL,
         mode: defaults::MODE,
         on_backend_down: defaults::ON_BACKEND_DOWN,
+        snat_source: vec![SnatSource::Vip],
         table_size: defaults::TABLE_SIZE,
         backends: Vec::new(),
         health: Health::default(),
@@ -970,6 +972,9 @@ fn read_service(
             keyword(cx, p, i, OnBackendDown::ALL, false)
         })
         .unwrap_or(defaults::ON_BACKEND_DOWN);
+    let snat_source = t
+        .get(cx, "snat_source", snat_source)
+        .unwrap_or_else(|| vec![SnatSource::Vip]);
     let table_size = t
         .get(cx, "table_size", table_size)
         .unwrap_or(defaults::TABLE_SIZE);
@@ -1015,9 +1020,55 @@ fn read_service(
         protocol,
         mode,
         on_backend_down,
+        snat_source,
         table_size,
         backends,
         health,
+    }
+}
+
+/// `"vip"`, `"node"`, `"IP"`, or a list of them (a pool).
+fn snat_source(cx: &mut Cx, path: &str, item: &Item) -> Option<Vec<SnatSource>> {
+    const EXPECTED: &str =
+        "\"vip\", \"node\", an IPv4 address like \"192.0.2.10\", or a list of them";
+    if item.as_array().is_some() {
+        let elems = array(cx, path, item, EXPECTED)?;
+        if elems.is_empty() {
+            cx.error_at(
+                path,
+                item.span(),
+                format!("expected {EXPECTED}, found an empty list"),
+            );
+            return None;
+        }
+        let sources: Vec<Option<SnatSource>> = elems
+            .iter()
+            .map(|e| one_snat_source(cx, &e.path, &e.item()))
+            .collect();
+        return sources.into_iter().collect();
+    }
+    if item.as_str().is_none() {
+        wrong_type(cx, path, item, EXPECTED);
+        return None;
+    }
+    Some(vec![one_snat_source(cx, path, item)?])
+}
+
+fn one_snat_source(cx: &mut Cx, path: &str, item: &Item) -> Option<SnatSource> {
+    match string(cx, path, item)? {
+        "vip" => Some(SnatSource::Vip),
+        "node" => Some(SnatSource::Node),
+        text if text.parse::<std::net::IpAddr>().is_err() => {
+            cx.error_at(
+                path,
+                item.span(),
+                format!(
+                    "expected \"vip\", \"node\" or an IPv4 address like \"192.0.2.10\", found {text:?}"
+                ),
+            );
+            None
+        }
+        _ => host_ipv4(cx, path, item, "SNAT sources").map(SnatSource::Address),
     }
 }
 

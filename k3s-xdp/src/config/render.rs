@@ -6,7 +6,7 @@
 //! Keys whose value is the default are left out to keep it short, except the ones an operator
 //! looks for first (the health check kind and timings, the VRRP identity and priority).
 
-use super::{defaults, duration, BackendConfig, Config, Health, Service, Track, Vrrp};
+use super::{defaults, duration, BackendConfig, Config, Health, Service, SnatSource, Track, Vrrp};
 use std::{path::Path, time::Duration};
 use toml_edit::{value, Array, ArrayOfTables, DocumentMut, InlineTable, Item, Table, Value};
 
@@ -74,6 +74,16 @@ fn service_table(s: &Service) -> Table {
     }
     if s.on_backend_down != defaults::ON_BACKEND_DOWN {
         t.insert("on_backend_down", value(s.on_backend_down.as_str()));
+    }
+    match s.snat_source.as_slice() {
+        [SnatSource::Vip] => {}
+        [one] => {
+            t.insert("snat_source", value(one.to_string()));
+        }
+        pool => {
+            let list: Array = pool.iter().map(|a| Value::from(a.to_string())).collect();
+            t.insert("snat_source", value(list));
+        }
     }
     if s.table_size != defaults::TABLE_SIZE {
         t.insert("table_size", value(i64::from(s.table_size)));

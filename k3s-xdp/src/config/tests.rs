@@ -1570,3 +1570,131 @@ version = 2
     assert_eq!(running.virtual_ipaddress, old.virtual_ipaddress);
     assert_eq!(running.version, 3);
 }
+
+#[test]
+fn snat_source_is_the_vip_by_default_or_a_pool_of_addresses() {
+    let service = |snat: &str| {
+        format!(
+            r#"
+snat_port_range = [20000, 20099]
+snat_timewait = "50s"
+[[service]]
+name = "api"
+vip = "192.0.2.100"
+port = 6443
+{snat}
+backends = [{{ name = "server-1", address = "192.0.2.50:6443" }}]
+"#
+        )
+    };
+    let c = ok(&service(""));
+    assert_eq!(c.services[0].snat_source, [SnatSource::Vip]);
+    assert!(
+        c.services[0].snat_addresses(None).is_empty(),
+        "the VIP: no pool"
+    );
+    let c = ok(&service(r#"snat_source = ["vip", "192.0.2.7", "node"]"#));
+    let node: Ipv4Addr = "192.0.2.9".parse().unwrap();
+    assert_eq!(
+        c.services[0].snat_addresses(Some(node)),
+        ["192.0.2.100", "192.0.2.7", "192.0.2.9"]
+            .map(|a| a.parse::<Ipv4Addr>().unwrap())
+            .to_vec()
+    );
+    assert_eq!(
+        c.services[0].snat_held_addresses().collect::<Vec<_>>(),
+        ["192.0.2.7".parse::<Ipv4Addr>().unwrap()]
+    );
+    assert!(c.services[0].snat_uses_node());
+    assert_eq!(ok(&c.to_toml()), c, "rendered and read back");
+    let capacity = c.snat_capacity().unwrap();
+    assert!(
+        capacity.contains("300 SNAT ports per backend (3 SNAT addresses"),
+        "{capacity}"
+    );
+    assert!(capacity.contains("about 6/s per backend"), "{capacity}");
+    let c = ok(&service(r#"snat_source = "198.51.100.7""#));
+    assert_eq!(
+        c.services[0].snat_source,
+        [SnatSource::Address("198.51.100.7".parse().unwrap())]
+    );
+    assert_eq!(
+        ok(&c.to_toml()),
+        c,
+        "a single address rendered and read back"
+    );
+
+    one_error(
+        &service(r#"snat_source = "everywhere""#),
+        "service[0].snat_source",
+        7,
+        "expected \"vip\", \"node\" or an IPv4 address",
+    );
+    one_error(
+        &service(r#"snat_source = []"#),
+        "service[0].snat_source",
+        7,
+        "empty list",
+    );
+    one_error(
+        &service(r#"snat_source = 7"#),
+        "service[0].snat_source",
+        7,
+        "\"vip\", \"node\"",
+    );
+    one_error(
+        &service(r#"snat_source = ["192.0.2.7", "192.0.2.7"]"#),
+        "service[0].snat_source[1]",
+        7,
+        "already listed (line 7)",
+    );
+    one_error(
+        &service("mode = \"dsr\"\nsnat_source = \"node\""),
+        "service[0].snat_source",
+        8,
+        "nat",
+    );
+    let many: Vec<String> = (1..=17).map(|i| format!("\"192.0.2.{i}\"")).collect();
+    one_error(
+        &service(&format!("snat_source = [{}]", many.join(", "))),
+        "service[0].snat_source",
+        7,
+        "at most 16",
+    );
+}
+
+#[test]
+fn a_snat_address_is_no_other_services_vip_and_moves_with_vrrp() {
+    let errors = errors_in(
+        r#"
+[[service]]
+name = "api"
+vip = "192.0.2.100"
+port = 6443
+snat_source = ["192.0.2.101", "192.0.2.7"]
+backends = [{ name = "server-1", address = "192.0.2.50:6443" }]
+[[service]]
+name = "other"
+vip = "192.0.2.101"
+port = 80
+backends = [{ name = "server-1", address = "192.0.2.50:80" }]
+[vrrp]
+virtual_router_id = 51
+priority = 100
+virtual_ipaddress = ["192.0.2.100/24", "192.0.2.101/24"]
+"#,
+    );
+    has_error(
+        &errors,
+        "service[0].snat_source[0]",
+        5,
+        "the VIP of service \"other\"",
+    );
+    has_error(
+        &errors,
+        "service[0].snat_source[1]",
+        5,
+        "not in vrrp.virtual_ipaddress",
+    );
+    assert_eq!(errors.len(), 2, "{}", ConfigErrors(errors.clone()));
+}

@@ -6,9 +6,9 @@
 
 use super::{
     defaults, duration, parse::join, parse::next_prime, parse::Cx, CheckKind, Config, InitialState,
-    Mode, Protocol, Service, Vrrp,
+    Mode, Protocol, Service, SnatSource, Vrrp,
 };
-use k3s_xdp_common::{MAX_BACKENDS, MAX_PORTS_PER_VIP, MAX_SERVICES, MAX_VIPS};
+use k3s_xdp_common::{MAX_BACKENDS, MAX_PORTS_PER_VIP, MAX_SERVICES, MAX_SNAT_SOURCES, MAX_VIPS};
 use std::{
     collections::{HashMap, HashSet},
     net::Ipv4Addr,
@@ -25,6 +25,7 @@ pub(super) fn validate(config: &Config, cx: &mut Cx) {
     service_identities(config, cx);
     data_plane_limits(config, cx);
     nat_to_dsr_hosts(config, cx);
+    snat_sources(config, cx);
     for (i, service) in config.services.iter().enumerate() {
         let path = format!("service[{i}]");
         if cx.is_bad(&path) {
@@ -177,6 +178,95 @@ fn data_plane_limits(config: &Config, cx: &mut Cx) {
                 ),
             );
         }
+    }
+}
+
+/// SNAT pools: nat services only, each source once, no other service's VIP, within the data
+/// plane's limits; with `[vrrp]`, every address of a pool moves with the VIPs.
+fn snat_sources(config: &Config, cx: &mut Cx) {
+    let vips: HashMap<Ipv4Addr, &str> = config
+        .services
+        .iter()
+        .map(|s| (s.vip, s.name.as_str()))
+        .collect();
+    let mut held: HashSet<Ipv4Addr> = HashSet::new();
+    for (i, s) in config.services.iter().enumerate() {
+        let path = format!("service[{i}].snat_source");
+        if cx.is_bad(&path) || s.snat_source == [SnatSource::Vip] {
+            continue;
+        }
+        if s.mode == Mode::Dsr && !cx.is_bad(&format!("service[{i}].mode")) {
+            cx.error(
+                &path,
+                "applies to mode = \"nat\" only: in dsr mode the backends answer the clients \
+                 from the VIP themselves",
+            );
+            continue;
+        }
+        if s.snat_source.len() > MAX_SNAT_SOURCES {
+            cx.error(
+                &path,
+                format!(
+                    "{} SNAT sources: the data plane holds at most {MAX_SNAT_SOURCES} per service",
+                    s.snat_source.len()
+                ),
+            );
+        }
+        let list = s.snat_source.len() > 1;
+        let mut seen: HashMap<SnatSource, usize> = HashMap::new();
+        for (j, source) in s.snat_source.iter().enumerate() {
+            let at = if list {
+                format!("{path}[{j}]")
+            } else {
+                path.clone()
+            };
+            if let Some(&first) = seen.get(source) {
+                let line = cx.line_of(&format!("{path}[{first}]"));
+                cx.error(&at, format!("{source} is already listed (line {line})"));
+                continue;
+            }
+            seen.insert(*source, j);
+            let SnatSource::Address(addr) = *source else {
+                continue;
+            };
+            if addr == s.vip {
+                continue;
+            }
+            if let Some(other) = vips.get(&addr) {
+                cx.error(
+                    &at,
+                    format!(
+                        "{addr} is the VIP of service {other:?}; a SNAT source is this \
+                         service's VIP (\"vip\"), this node (\"node\") or an address of its own"
+                    ),
+                );
+                continue;
+            }
+            held.insert(addr);
+            if let Some(v) = &config.vrrp {
+                if !v.virtual_ipaddress.iter().any(|a| a.addr == addr) {
+                    cx.error(
+                        &at,
+                        format!(
+                            "{addr} is not in vrrp.virtual_ipaddress, so VRRP would not move it \
+                             with the VIPs and the backends' replies would reach the old master; \
+                             add \"{addr}/32\" (or with the prefix of its subnet)"
+                        ),
+                    );
+                }
+            }
+        }
+    }
+    let addresses = vips.len() + held.len();
+    if !held.is_empty() && addresses > MAX_VIPS as usize {
+        cx.error(
+            "service",
+            format!(
+                "{} VIPs and {} SNAT addresses: the data plane holds at most {MAX_VIPS} addresses",
+                vips.len(),
+                held.len()
+            ),
+        );
     }
 }
 

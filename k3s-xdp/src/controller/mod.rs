@@ -188,12 +188,14 @@ impl Controller {
         config: Config,
         interface: String,
         mac: [u8; 6],
+        node: Option<std::net::Ipv4Addr>,
         mut dp: Dataplane,
         events: mpsc::Sender<Event>,
     ) -> Result<(Self, watch::Receiver<Health>)> {
         let probes = probes(&config)?;
         let now = Instant::now();
-        let model = Model::new(&config, now);
+        let mut model = Model::new(&config, now);
+        model.node = node;
         let fib_generation = 1;
         dataplane::write_globals(&mut dp, &globals(&config, fib_generation, mac, 1))?;
         let attached = dp.attachment().is_some();
@@ -457,6 +459,25 @@ impl Controller {
             for key in &ignored {
                 warn!("reload: `{key}` changed; it takes effect at the next restart");
             }
+            // A SNAT pool is claimed at start (its addresses held, `node` resolved) and flows
+            // record their address's place in it: a changed pool waits for a restart.
+            let mut new = new;
+            let mut pools_kept = Vec::new();
+            for s in &mut new.services {
+                let running = self
+                    .config
+                    .services
+                    .iter()
+                    .find(|r| r.name == s.name)
+                    .map_or_else(|| vec![config::SnatSource::Vip], |r| r.snat_source.clone());
+                if s.snat_source != running {
+                    pools_kept.push(format!("snat_source of service {}", s.name));
+                    s.snat_source = running;
+                }
+            }
+            for key in &pools_kept {
+                warn!("reload: `{key}` changed; it takes effect at the next restart");
+            }
             let mut candidate = self.model.clone();
             let mut changes = candidate.reload(&new, now);
             changes.extend(vrrp_changes);
@@ -473,7 +494,6 @@ impl Controller {
                     self.config.snat_port_max,
                     self.config.snat_timewait,
                 );
-            let mut new = new;
             // The running instance keeps its identity until a restart; the config says so.
             new.vrrp.clone_from(&self.config.vrrp);
             if let Some(v) = retuned {
@@ -491,6 +511,11 @@ impl Controller {
             } else {
                 format!("configuration reloaded: {}", changes.join("; "))
             };
+            let ignored: Vec<String> = ignored
+                .iter()
+                .map(|k| k.to_string())
+                .chain(pools_kept)
+                .collect();
             if !ignored.is_empty() {
                 summary.push_str(&format!(
                     "; changed but applied only at the next restart: {}",

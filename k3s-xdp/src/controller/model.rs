@@ -62,6 +62,8 @@ pub struct Model {
     /// The backends whose next hop is resolved, as the neighbour keeper last reported
     /// (`system::neighbours`); `None`: not known, every backend counts as resolved.
     pub resolved: Option<BTreeSet<Ipv4Addr>>,
+    /// This node's own address, for `snat_source = "node"` (known when a service uses it).
+    pub node: Option<Ipv4Addr>,
 }
 
 /// Health parameters of a service's checks.
@@ -108,6 +110,7 @@ impl Model {
         Model {
             services,
             resolved: None,
+            node: None,
         }
     }
 
@@ -200,7 +203,7 @@ impl Model {
                     .iter()
                     .map(|b| backend_spec(b, self.next_hop_resolved(b), now))
                     .collect(),
-                ..ServiceSpec::from_config(&s.config)
+                ..ServiceSpec::with_node(&s.config, self.node)
             })
             .collect()
     }

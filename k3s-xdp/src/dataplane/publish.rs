@@ -28,10 +28,10 @@ use crate::{
 use anyhow::{anyhow, bail, Context, Result};
 use aya::maps::{Array, ArrayOfMaps, IterableMap, Map, MapData, PerCpuArray, PerCpuValues};
 use k3s_xdp_common::{
-    maglev_word, maglev_words, names, Backend, Globals, NextHop, Traffic, VipInfo, VipPort,
-    VipSlot, VipTable, BACKEND_DOWN, BACKEND_DRAIN, BACKEND_FREE, BACKEND_UP, IPPROTO_TCP,
+    maglev_word, maglev_words, names, Backend, Globals, NextHop, SnatSources, Traffic, VipInfo,
+    VipPort, VipSlot, VipTable, BACKEND_DOWN, BACKEND_DRAIN, BACKEND_FREE, BACKEND_UP, IPPROTO_TCP,
     IPPROTO_UDP, MAGLEV_INNER_FLAGS, MAGLEV_SLOTS_PER_WORD, MAX_BACKENDS, MAX_PORTS_PER_VIP,
-    MAX_SERVICES, SERVICE_DSR, SERVICE_RESET_ON_DOWN,
+    MAX_SERVICES, MAX_SNAT_SOURCES, SERVICE_DSR, SERVICE_RESET_ON_DOWN, VIP_SNAT_ONLY,
 };
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -73,10 +73,13 @@ pub struct ServiceSpec {
     pub on_backend_down: OnBackendDown,
     pub table_size: u32,
     pub backends: Vec<BackendSpec>,
+    /// nat mode: the SNAT pool's addresses (`snat_source`, `node` resolved); empty: the VIP.
+    pub snat_sources: Vec<Ipv4Addr>,
 }
 
 impl ServiceSpec {
-    /// The service of the config with every backend up at its configured weight.
+    /// The service of the config with every backend up at its configured weight, its SNAT
+    /// pool without `node` (see [`ServiceSpec::with_node`]).
     pub fn from_config(service: &config::Service) -> Self {
         ServiceSpec {
             name: service.name.clone(),
@@ -86,6 +89,7 @@ impl ServiceSpec {
             mode: service.mode,
             on_backend_down: service.on_backend_down,
             table_size: service.table_size,
+            snat_sources: service.snat_addresses(None),
             backends: service
                 .backends
                 .iter()
@@ -96,6 +100,14 @@ impl ServiceSpec {
                     weight: b.weight,
                 })
                 .collect(),
+        }
+    }
+
+    /// The same, `node` being this node's address (`snat_source = "node"`).
+    pub fn with_node(service: &config::Service, node: Option<Ipv4Addr>) -> Self {
+        ServiceSpec {
+            snat_sources: service.snat_addresses(node),
+            ..Self::from_config(service)
         }
     }
 }
@@ -134,6 +146,8 @@ pub struct Publisher {
     written_backends: BTreeMap<u32, Backend>,
     tables: BTreeMap<u32, Vec<u32>>,
     vips: BTreeMap<u32, VipInfo>,
+    /// As last written to `SNAT_SOURCES`, by service slot.
+    snat_sources: BTreeMap<u32, SnatSources>,
     /// As last written to `VIP_TABLE`: the live half and each half's hash.
     vip_table: VipTable,
     /// The `VIPS` slots written in each half, cleared when the half is next filled.
@@ -255,7 +269,17 @@ impl Publisher {
             self.written_backends.insert(slot, entry);
         }
 
-        // 4. VIPs.
+        // 4. SNAT pools (read by flows of their service only, which appear with the VIPs), then
+        // the VIPs and the pools' own addresses.
+        for s in services {
+            let slot = self.service_slots[&s.name];
+            let entry = snat_sources_entry(s);
+            if self.snat_sources.get(&slot) != Some(&entry) {
+                write_snat_sources(dp, slot, &entry)
+                    .with_context(|| format!("writing the SNAT pool of service {}", s.name))?;
+                self.snat_sources.insert(slot, entry);
+            }
+        }
         let vips = vip_entries(services, &self.service_slots)?;
         if vips != self.vips {
             self.publish_vips(dp, &vips)
@@ -439,7 +463,27 @@ pub fn table(service: &ServiceSpec, slot_of: impl Fn(&BackendSpec) -> u32) -> Ve
     maglev::build(&candidates, service.table_size)
 }
 
-/// The `VIPS` entries (keys in network order) for `services` in their slots.
+/// The `SNAT_SOURCES` entry of a service: its VIP and SNAT pool.
+pub fn snat_sources_entry(s: &ServiceSpec) -> SnatSources {
+    let mut entry = SnatSources {
+        vip: u32::from(s.vip).to_be(),
+        ..Default::default()
+    };
+    for (i, a) in s.snat_sources.iter().take(MAX_SNAT_SOURCES).enumerate() {
+        entry.addrs[i] = u32::from(*a).to_be();
+        entry.count = i as u32 + 1;
+    }
+    entry
+}
+
+fn write_snat_sources(dp: &mut Dataplane, slot: u32, entry: &SnatSources) -> Result<()> {
+    let mut map: Array<&mut MapData, SnatSources> =
+        Array::try_from(map_mut(dp, names::SNAT_SOURCES)?)?;
+    Ok(map.set(slot, entry, 0)?)
+}
+
+/// The `VIPS` entries (keys in network order) for `services` in their slots, and the
+/// addresses of their SNAT pools that are no VIP (`VIP_SNAT_ONLY`, no port).
 pub fn vip_entries(
     services: &[ServiceSpec],
     slots: &BTreeMap<String, u32>,
@@ -472,6 +516,14 @@ pub fn vip_entries(
             ..Default::default()
         };
         info.count += 1;
+    }
+    for s in services {
+        for a in &s.snat_sources {
+            out.entry(u32::from(*a).to_be()).or_insert(VipInfo {
+                flags: VIP_SNAT_ONLY,
+                ..Default::default()
+            });
+        }
     }
     Ok(out)
 }
@@ -586,6 +638,7 @@ mod tests {
             mode: Mode::Nat,
             on_backend_down: OnBackendDown::Reset,
             table_size: 251,
+            snat_sources: Vec::new(),
             backends: backends
                 .iter()
                 .map(|(addr, state, weight)| BackendSpec {

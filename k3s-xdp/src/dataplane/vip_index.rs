@@ -103,7 +103,7 @@ mod tests {
         let slot = half
             .slots
             .get(&(half_index * VIP_SLOTS + half.hash.slot(dst)))?;
-        if slot.info.count == 0 || slot.addr != dst {
+        if (slot.info.count | slot.info.flags) == 0 || slot.addr != dst {
             return None;
         }
         Some(slot.info)
