@@ -84,6 +84,7 @@ impl Drop for UdpEcho {
 pub struct ClosesFirst {
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
+    peers: Arc<std::sync::Mutex<std::collections::BTreeSet<std::net::IpAddr>>>,
 }
 
 impl ClosesFirst {
@@ -93,13 +94,17 @@ impl ClosesFirst {
             .with_context(|| format!("binding TCP port {port} in {}", ns.name()))?;
         listener.set_nonblocking(true)?;
         let stop = Arc::new(AtomicBool::new(false));
-        let (flag, answer) = (stop.clone(), format!("{name}\n"));
+        let peers = Arc::new(std::sync::Mutex::new(std::collections::BTreeSet::new()));
+        let (flag, answer, seen) = (stop.clone(), format!("{name}\n"), peers.clone());
         let thread = std::thread::spawn(move || {
             while !flag.load(Ordering::Relaxed) {
-                let Ok((mut conn, _)) = listener.accept() else {
+                let Ok((mut conn, peer)) = listener.accept() else {
                     std::thread::sleep(UDP_POLL / 4);
                     continue;
                 };
+                seen.lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(peer.ip());
                 let _ = conn.set_nonblocking(false);
                 let _ = conn.set_read_timeout(Some(Duration::from_secs(2)));
                 let mut line = [0u8; 64];
@@ -111,7 +116,13 @@ impl ClosesFirst {
         Ok(ClosesFirst {
             stop,
             thread: Some(thread),
+            peers,
         })
+    }
+
+    /// The addresses its clients came from (in nat mode, the SNAT sources).
+    pub fn peers(&self) -> std::collections::BTreeSet<std::net::IpAddr> {
+        self.peers.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 }
 

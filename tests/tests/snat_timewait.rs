@@ -2,13 +2,14 @@
 //! do, and so keep each connection in TIME_WAIT): with real TCP stacks on both sides, a SNAT
 //! port is never handed to another client while its backend may still hold the old 4-tuple,
 //! so no SYN meets a TIME_WAIT (PAWS) and none is sent twice; a port range too small for the
-//! rate is counted and reported, and connections still go through.
+//! rate is counted and reported, and connections still go through; a SNAT pool (`snat_source`)
+//! multiplies the ports, and `"node"` shows the servers the node's own address.
 
 use k3s_xdp::controller::status::Status;
 use k3s_xdp_tests::{
     bpf::have_root,
     daemon::Daemon,
-    topology::{seed_backends_toml, Topology, AGENTS, SERVERS, VIP},
+    topology::{seed_backends_toml, Topology, AGENTS, LB1, SERVERS, VIP},
     traffic::{self, request_closed_by_server, ClosesFirst},
 };
 use std::{
@@ -23,7 +24,7 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-fn config(ports: (u16, u16)) -> String {
+fn config(ports: (u16, u16), snat_source: &str) -> String {
     format!(
         r#"interface = "eth1"
 snat_port_range = [{}, {}]
@@ -32,6 +33,7 @@ snat_port_range = [{}, {}]
 name = "k3s-api"
 vip = "{VIP}"
 port = 6443
+snat_source = {snat_source}
 backends = [
 {}
 ]
@@ -51,22 +53,26 @@ fall = 3
 struct Lab {
     // Dropped in this order: the daemon, the servers, then the namespaces.
     daemon: Daemon,
-    _servers: Vec<ClosesFirst>,
+    servers: Vec<ClosesFirst>,
     topo: Topology,
 }
 
 impl Lab {
     fn start(ports: (u16, u16)) -> Lab {
+        Self::with_source(ports, "\"vip\"")
+    }
+
+    fn with_source(ports: (u16, u16), snat_source: &str) -> Lab {
         let topo = Topology::builder().without("lb-2").build().unwrap();
         let servers = SERVERS
             .iter()
             .map(|s| ClosesFirst::start(topo.node(s), s, 6443).unwrap())
             .collect();
-        let daemon = Daemon::start(&topo, "lb-1", &config(ports)).unwrap();
+        let daemon = Daemon::start(&topo, "lb-1", &config(ports, snat_source)).unwrap();
         daemon.wait_healthy(Duration::from_secs(10)).unwrap();
         Lab {
             daemon,
-            _servers: servers,
+            servers,
             topo,
         }
     }
@@ -200,5 +206,121 @@ fn a_port_range_too_small_for_the_rate_is_counted_and_connections_go_through() {
     assert!(
         metrics.contains("k3sxdp_flow_table_full_total{event=\"translation_reused_waiting\"}"),
         "{metrics}"
+    );
+}
+
+/// The same ten ports per backend with a pool of three addresses: three times the ports, so
+/// 60 connections that servers close first fit without reusing a port in TIME_WAIT (the VIP
+/// alone reuses them, test above); the servers see the pool's addresses, all of them, and
+/// nothing else. The daemon holds the addresses that are no VIP while it runs, and removes
+/// them when it stops.
+#[test]
+fn a_snat_pool_multiplies_the_ports_and_the_servers_see_its_addresses() {
+    if !have_root() {
+        return;
+    }
+    let _s = serial();
+    let pool = ["192.0.2.110", "192.0.2.111"];
+    let lab = Lab::with_source(
+        (20000, 20009),
+        &format!("[\"vip\", \"{}\", \"{}\"]", pool[0], pool[1]),
+    );
+    let (topo, daemon) = (&lab.topo, &lab.daemon);
+    let held = topo
+        .node("lb-1")
+        .ip(["-4", "-o", "addr", "show", "dev", "eth1"])
+        .unwrap();
+    let held = String::from_utf8_lossy(&held.stdout).to_string();
+    for a in pool {
+        assert!(held.contains(&format!("{a}/32")), "{a} added: {held}");
+    }
+    let (retransmits, paws) = (
+        counter(topo, &AGENTS, "TcpExtTCPSynRetrans"),
+        counter(topo, &SERVERS, "TcpExtPAWSTimewait"),
+    );
+    let (made, failed) = churn(topo, 20, Duration::from_millis(20));
+    let status = daemon.status().unwrap();
+    let retransmits = counter(topo, &AGENTS, "TcpExtTCPSynRetrans") - retransmits;
+    let paws = counter(topo, &SERVERS, "TcpExtPAWSTimewait") - paws;
+    let waiting: u64 = status.services[0]
+        .backends
+        .iter()
+        .map(|b| b.snat_ports_waiting)
+        .sum();
+    eprintln!(
+        "{made} connections, {} failed; {retransmits} SYNs retransmitted, {paws} rejected by PAWS; {waiting} ports waiting; flow table events {:?}",
+        failed.len(),
+        status.flow_table
+    );
+    assert!(failed.is_empty(), "{failed:?}");
+    assert_eq!(retransmits, 0, "a SYN met a TIME_WAIT and was sent again");
+    assert!(
+        paws <= 1,
+        "{paws} segments met a 4-tuple in TIME_WAIT (PAWS)"
+    );
+    assert_eq!(table_event(&status, "translation_reused_waiting"), 0);
+    assert!(
+        waiting > 30,
+        "more ports waiting than one address has for three backends ({waiting})"
+    );
+    let mut expected: Vec<String> = vec![VIP.to_string()];
+    expected.extend(pool.iter().map(|a| a.to_string()));
+    assert_eq!(status.services[0].snat_addresses, expected);
+    // lb-1's own health checks come from its address; the rest are translations.
+    let seen: std::collections::BTreeSet<String> = lab
+        .servers
+        .iter()
+        .flat_map(|s| s.peers())
+        .filter(|a| *a != LB1)
+        .map(|a| a.to_string())
+        .collect();
+    let mut wanted = expected.clone();
+    wanted.sort();
+    assert_eq!(
+        seen.into_iter().collect::<Vec<_>>(),
+        wanted,
+        "the servers saw the pool's addresses, and only those"
+    );
+
+    let Lab {
+        daemon,
+        servers,
+        topo,
+    } = lab;
+    drop(daemon);
+    let after = topo
+        .node("lb-1")
+        .ip(["-4", "-o", "addr", "show", "dev", "eth1"])
+        .unwrap();
+    let after = String::from_utf8_lossy(&after.stdout).to_string();
+    for a in pool {
+        assert!(!after.contains(&format!("{a}/")), "{a} removed: {after}");
+    }
+    drop(servers);
+}
+
+/// `snat_source = "node"`: the servers see lb-1's own address (its health checks, and every
+/// translated connection: had one kept the VIP, a server would have seen the VIP).
+#[test]
+fn with_snat_source_node_the_servers_see_the_nodes_address() {
+    if !have_root() {
+        return;
+    }
+    let _s = serial();
+    let lab = Lab::with_source((20000, 20999), "\"node\"");
+    let (topo, daemon) = (&lab.topo, &lab.daemon);
+    let (made, failed) = churn(topo, 10, Duration::from_millis(20));
+    assert!(failed.is_empty(), "{made} connections: {failed:?}");
+    let status = daemon.status().unwrap();
+    assert_eq!(status.services[0].snat_addresses, [LB1.to_string()]);
+    let seen: Vec<String> = lab
+        .servers
+        .iter()
+        .flat_map(|s| s.peers())
+        .map(|a| a.to_string())
+        .collect();
+    assert!(
+        !seen.is_empty() && seen.iter().all(|a| *a == LB1.to_string()),
+        "{seen:?}"
     );
 }

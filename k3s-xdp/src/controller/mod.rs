@@ -693,6 +693,12 @@ impl Controller {
                     protocol: format!("{:?}", s.config.protocol).to_lowercase(),
                     mode: format!("{:?}", s.config.mode).to_lowercase(),
                     on_backend_down: format!("{:?}", s.config.on_backend_down).to_lowercase(),
+                    snat_addresses: s
+                        .config
+                        .snat_addresses(self.model.node)
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect(),
                     check: format!("{:?}", s.config.health.check).to_lowercase(),
                     healthy_backends: backends.iter().filter(|b| b.state == "up").count(),
                     packets: traffic.packets,

@@ -53,6 +53,9 @@ pub struct ServiceStatus {
     pub protocol: String,
     pub mode: String,
     pub on_backend_down: String,
+    /// nat mode: the SNAT pool's addresses (`snat_source`, `node` resolved); empty: the VIP.
+    #[serde(default)]
+    pub snat_addresses: Vec<String>,
     pub check: String,
     pub healthy_backends: usize,
     pub packets: u64,
@@ -311,6 +314,13 @@ pub fn render_table(s: &Status) -> String {
                 )
             })
             .collect();
+        if svc.mode == "nat" && !svc.snat_addresses.is_empty() {
+            let _ = writeln!(
+                out,
+                "  SNAT pool: {} (each with the whole port range)",
+                svc.snat_addresses.join(", ")
+            );
+        }
         if svc.mode == "nat" && !snat.is_empty() {
             let _ = writeln!(out, "  SNAT ports: {}", snat.join("; "));
         }
