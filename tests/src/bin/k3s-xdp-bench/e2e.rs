@@ -137,6 +137,12 @@ pub struct Phase {
     pub profile: Option<(Vec<f64>, u64)>,
     /// SYNs the clients sent again (a SYN lost, or refused by a server's TIME_WAIT).
     pub syn_retransmits: u64,
+    /// Segments the servers refused because they met a 4-tuple in TIME_WAIT (PAWS), which
+    /// explain that many retransmitted SYNs.
+    pub paws: u64,
+    /// k3s-xdp runs: packets the XDP program dropped (every `drop_*` reason), each a lost SYN
+    /// or segment.
+    pub xdp_drops: u64,
 }
 
 /// The targets profiled with perf after the measured repetitions.
@@ -163,13 +169,18 @@ pub fn run_with_summary(machine: &str, summary: &mut Vec<crate::Ratio>) -> Resul
     let mut runs: Vec<Vec<Run>> = TARGETS.iter().map(|_| Vec::new()).collect();
     let mut idle_rates = Vec::new();
     let mut idle = 0.0;
+    let mut last_nat = None;
     for rep in 0..reps {
         idle = idle_rate()?;
         idle_rates.push(idle);
         for k in 0..TARGETS.len() {
             let target = TARGETS[(k + rep) % TARGETS.len()];
+            settle_before(target, last_nat);
             let r = run_target(&topo, &dir.path, target, idle, stats.is_some(), false)
                 .with_context(|| format!("e2e, {}, repetition {}", target.label(), rep + 1))?;
+            if target == Target::XdpNat {
+                last_nat = Some(Instant::now());
+            }
             progress(&format!("{}/{reps}", rep + 1), target, &r);
             runs[target.index()].push(r);
         }
@@ -179,8 +190,12 @@ pub fn run_with_summary(machine: &str, summary: &mut Vec<crate::Ratio>) -> Resul
     let profiling = profile::available();
     if profiling {
         for target in PROFILED {
+            settle_before(target, last_nat);
             let r = run_target(&topo, &dir.path, target, idle, stats.is_some(), true)
                 .with_context(|| format!("e2e, {}, profile", target.label()))?;
+            if target == Target::XdpNat {
+                last_nat = Some(Instant::now());
+            }
             progress("profile", target, &r);
             profiles[target.index()] = Some(r);
         }
@@ -194,6 +209,30 @@ pub fn run_with_summary(machine: &str, summary: &mut Vec<crate::Ratio>) -> Resul
     let plots = report.plots(&results)?;
     let text = report.markdown(machine, &plots, started.elapsed(), summary);
     Ok(text)
+}
+
+/// Each k3s-xdp nat run starts a new daemon, which does not know the SNAT ports its
+/// predecessor's connections left in the servers' TIME_WAIT (60 s): a nat run starts at least
+/// this long after the previous one ended, as an operator restarting a daemon under such load
+/// would have to wait (see the README's "Servers that close first").
+const NAT_RESTART_GAP: Duration = Duration::from_secs(66);
+
+/// Before a k3s-xdp nat run, waits until `NAT_RESTART_GAP` has passed since the last one
+/// ended (`last_nat`).
+fn settle_before(target: Target, last_nat: Option<Instant>) {
+    if target != Target::XdpNat {
+        return;
+    }
+    if let Some(ended) = last_nat {
+        let wait = NAT_RESTART_GAP.saturating_sub(ended.elapsed());
+        if !wait.is_zero() {
+            eprintln!(
+                "e2e: waiting {:.0} s for the servers' TIME_WAIT of the last nat run",
+                wait.as_secs_f64()
+            );
+            std::thread::sleep(wait);
+        }
+    }
 }
 
 /// Receive queues per veth: one per CPU, at most this many.
@@ -276,13 +315,18 @@ fn prepare_lab(topo: &mut Topology) -> Result<usize> {
 fn progress(what: &str, target: Target, r: &Run) {
     let c = &r.conn;
     eprintln!(
-        "e2e {what} {:<20} {:>6.0} conn/s ({:.1} CPUs, {:.0} CPU-ms per 1k), server closes first {:>6.0} conn/s ({} SYNs retransmitted), {:>5.2} Gbit/s, connect p50 {} µs",
+        "e2e {what} {:<20} {:>6.0} conn/s ({:.1} CPUs, {:.0} CPU-ms per 1k, {} SYNs retransmitted, {} PAWS, {} XDP drops), server closes first {:>6.0} conn/s ({} SYNs retransmitted, {} PAWS, {} XDP drops), {:>5.2} Gbit/s, connect p50 {} µs",
         target.label(),
         c.outcome.connections as f64 / c.seconds,
         (c.machine_cpu + c.other_cpu) / c.seconds,
         c.machine_cpu * 1e6 / c.outcome.connections.max(1) as f64,
+        c.syn_retransmits,
+        c.paws,
+        c.xdp_drops,
         r.closes.outcome.connections as f64 / r.closes.seconds,
         r.closes.syn_retransmits,
+        r.closes.paws,
+        r.closes.xdp_drops,
         r.download.outcome.bytes as f64 * 8.0 / r.download.seconds / 1e9,
         quantile(&mut r.latency.outcome.connect_us.clone(), 0.5),
     );
@@ -434,6 +478,8 @@ fn load_phase(topo: &Topology, lb: &Lb, idle: f64, spec: Spec) -> Result<Phase> 
     let lb0 = lb.process_cpu();
     let xdp0 = lb.xdp_stats();
     let syn0 = syn_retransmits(topo)?;
+    let paws0 = paws(topo)?;
+    let drops0 = lb.xdp_drops();
     let t0 = Instant::now();
     let outcomes: Vec<Result<Outcome>> = std::thread::scope(|s| {
         let handles: Vec<_> = AGENTS
@@ -456,6 +502,8 @@ fn load_phase(topo: &Topology, lb: &Lb, idle: f64, spec: Spec) -> Result<Phase> 
     let other = other_cpu(&lb.pids) - other0;
     let xdp1 = lb.xdp_stats();
     let syn_retransmits = syn_retransmits(topo)?.saturating_sub(syn0);
+    let paws = paws(topo)?.saturating_sub(paws0);
+    let xdp_drops = lb.xdp_drops().saturating_sub(drops0);
     let mut outcome = Outcome::default();
     for o in outcomes {
         outcome.merge(o?);
@@ -470,7 +518,17 @@ fn load_phase(topo: &Topology, lb: &Lb, idle: f64, spec: Spec) -> Result<Phase> 
         xdp_packets: xdp0.zip(xdp1).map(|(a, b)| b.1 - a.1),
         profile: None,
         syn_retransmits,
+        paws,
+        xdp_drops,
     })
+}
+
+/// The servers' refusals of segments that met a TIME_WAIT (PAWS) so far.
+fn paws(topo: &Topology) -> Result<u64> {
+    SERVERS
+        .iter()
+        .map(|s| k3s_xdp_tests::traffic::nstat(topo.node(s), "TcpExtPAWSTimewait"))
+        .sum()
 }
 
 /// The agents' retransmitted SYNs so far (`nstat`, absolute, history untouched).
@@ -634,6 +692,20 @@ impl<'a> Lb<'a> {
             .find(|p| p.id() == id)
             .map(|p| (p.run_time().as_secs_f64(), p.run_count()))
     }
+
+    /// Packets the XDP program has dropped so far, by any reason (0 without k3s-xdp).
+    fn xdp_drops(&self) -> u64 {
+        let Some(daemon) = &self.daemon else {
+            return 0;
+        };
+        daemon.status().map_or(0, |s| {
+            s.packets
+                .iter()
+                .filter(|(reason, _)| reason.starts_with("drop_"))
+                .map(|(_, n)| n)
+                .sum()
+        })
+    }
 }
 
 impl Drop for Lb<'_> {
@@ -666,13 +738,23 @@ impl Drop for Lb<'_> {
     }
 }
 
+/// The SNAT pool of the nat runs: the VIP and three more addresses, four times the ports of
+/// the VIP alone, for the rate of connections that servers close first (each waits
+/// `snat_timewait` before another client may have its port; see the README's "SNAT pools").
+pub const SNAT_POOL: &str = r#"["vip", "192.0.2.110", "192.0.2.111", "192.0.2.112"]"#;
+
 fn k3s_xdp_config(mode: &str) -> String {
     let backends: Vec<String> = SERVERS
         .iter()
         .map(|s| format!("  {{ name = \"{s}\", address = \"{}:{PORT}\" }},", addr(s)))
         .collect();
+    let pool = if mode == "nat" {
+        format!("snat_source = {SNAT_POOL}\n")
+    } else {
+        String::new()
+    };
     format!(
-        "interface = \"eth1\"\n\n[[service]]\nname = \"k3s-api\"\nvip = \"{VIP}\"\nport = {PORT}\nmode = \"{mode}\"\nbackends = [\n{}\n]\n[service.health]\ncheck = \"tcp\"\ninter = \"2s\"\n",
+        "interface = \"eth1\"\n\n[[service]]\nname = \"k3s-api\"\nvip = \"{VIP}\"\nport = {PORT}\nmode = \"{mode}\"\n{pool}backends = [\n{}\n]\n[service.health]\ncheck = \"tcp\"\ninter = \"2s\"\n",
         backends.join("\n")
     )
 }
