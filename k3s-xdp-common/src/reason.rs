@@ -38,29 +38,27 @@ pub const DROP_NO_ROUTE: u32 = 14;
 pub const DROP_SNAT_EXHAUSTED: u32 = 15;
 /// A flow or NAT table update failed.
 pub const DROP_MAP_UPDATE: u32 = 16;
-/// ICMP to a VIP that is neither an echo request nor about a known flow.
-pub const DROP_ICMP_OTHER: u32 = 17;
 /// More than one VLAN tag (only one 802.1Q tag is supported).
-pub const PASS_STACKED_VLAN: u32 = 18;
+pub const PASS_STACKED_VLAN: u32 = 17;
 /// Too short or malformed to tell whether it is addressed to a VIP: left to the kernel, which
 /// drops what is really broken.
-pub const PASS_MALFORMED: u32 = 19;
+pub const PASS_MALFORMED: u32 = 18;
 /// Addressed to a VIP but sent to another node's MAC address (unknown unicast flooded by a
 /// switch, for instance to the backup): left to the kernel, which drops it.
-pub const PASS_OTHER_HOST: u32 = 20;
+pub const PASS_OTHER_HOST: u32 = 19;
 /// The new-flow half of the program could not be reached (its tail-call slot is empty): a
 /// k3s-xdp bug, never expected.
-pub const DROP_INTERNAL: u32 = 21;
+pub const DROP_INTERNAL: u32 = 20;
 /// Translated (or answered) here, but the next hop toward the backend or client has no
 /// resolved neighbour: handed to the kernel, which resolves it (ARP) and forwards the packet.
 /// Never sent to a MAC address learnt from a frame, which may be another router's.
-pub const PASS_NO_NEIGHBOUR: u32 = 22;
+pub const PASS_NO_NEIGHBOUR: u32 = 21;
 /// Addressed to an address of a SNAT pool (`snat_source`) but no backend's reply to a
 /// translation (or not parsable as one): the host's own traffic, left to the kernel.
-pub const PASS_SNAT_ADDRESS: u32 = 23;
+pub const PASS_SNAT_ADDRESS: u32 = 22;
 
 /// Number of reasons; the length of the `REASONS` map.
-pub const COUNT: u32 = 24;
+pub const COUNT: u32 = 23;
 
 /// Label of each reason, indexed by its constant.
 pub const NAMES: [&str; COUNT as usize] = [
@@ -81,7 +79,6 @@ pub const NAMES: [&str; COUNT as usize] = [
     "drop_no_route",
     "drop_snat_exhausted",
     "drop_map_update",
-    "drop_icmp_other",
     "pass_stacked_vlan",
     "pass_malformed",
     "pass_other_host",

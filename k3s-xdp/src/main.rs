@@ -13,8 +13,6 @@ use std::{
     process::ExitCode,
 };
 
-const DEFAULT_SOCKET: &str = "/run/k3s-xdp/control.sock";
-
 #[derive(Parser)]
 #[command(
     name = "k3s-xdp",
@@ -91,7 +89,7 @@ enum Command {
 #[derive(clap::Args)]
 struct SocketArgs {
     /// The daemon's control socket.
-    #[arg(long, default_value = DEFAULT_SOCKET)]
+    #[arg(long, default_value = k3s_xdp::config::defaults::CONTROL_SOCKET)]
     socket: PathBuf,
     /// Take the control socket from this configuration file (its `control_socket`).
     #[arg(long, short, conflicts_with = "socket")]

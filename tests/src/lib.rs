@@ -1,7 +1,7 @@
 //! Test library of k3s-xdp: what integration tests, BPF tests, the lab and the benchmarks share.
 //!
 //! - [`netns`]: network namespaces, running code and commands inside them.
-//! - [`topology`]: the seed topology of DESIGN.md in network namespaces, removed on drop.
+//! - [`topology`]: the seed topology (lb-1, lb-2, servers, agents) in network namespaces, removed on drop.
 //! - [`backend`]: TCP and TLS backends that say which server they are, with counters.
 //! - [`packet`]: packet builders and parsers for BPF_PROG_TEST_RUN tests.
 //! - [`bpf`]: loading the real XDP program and running packets through it.

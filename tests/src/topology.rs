@@ -1,4 +1,5 @@
-//! The seed topology of DESIGN.md in network namespaces, removed on drop.
+//! The seed topology (lb-1, lb-2, three servers, three agents on one link) in network
+//! namespaces, removed on drop.
 //!
 //! One "switch" namespace holds a bridge `br0`; every node (lb-1, lb-2, server-1..3,
 //! agent-1..3) is a namespace with an interface `eth1` (the seeds' name) whose veth peer is a
@@ -7,7 +8,7 @@
 //! namespace, and namespace names carry a prefix unique to the process and the instance
 //! (`kx<pid>x<n>-lb-1`), so topologies built by parallel tests never meet.
 //!
-//! XDP_TX on a veth only delivers when the peer has an XDP program (TOOLCHAIN.md), so by default
+//! XDP_TX on a veth only delivers when the peer has an XDP program, so by default
 //! the project's trivial XDP_PASS program is attached to the switch-side ports of lb-1, lb-2 and
 //! the servers. Dropping the [`Topology`] stops the processes it spawned, detaches the programs
 //! and deletes the namespaces (which deletes the veths), also while a test unwinds from a panic.

@@ -25,6 +25,7 @@ interface = "eth1"
 name = "k3s-api"
 vip = "192.0.2.100"
 port = 6443
+snat_source = ["vip", "192.0.2.7"]
 backends = [
   { name = "server-1", address = "192.0.2.50:6443" },
   { name = "server-2", address = "192.0.2.51:6443" },
@@ -44,6 +45,9 @@ backends = [{ name = "server-4", address = "192.0.2.53:6443" }]
 "#;
 
 const VIPS: [Ipv4Addr; 2] = [Ipv4Addr::new(192, 0, 2, 100), Ipv4Addr::new(192, 0, 2, 200)];
+/// The address of k3s-api's SNAT pool that is no VIP: only replies to translations are the
+/// program's; everything else to it is the host's and passes.
+const POOL: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 7);
 
 /// xorshift64*: small, fast, reproducible.
 struct Rng(u64);
@@ -82,6 +86,12 @@ fn seeds(rng: &mut Rng) -> Vec<Vec<u8>> {
             TCP_SYN | TCP_ACK,
         ),
         packet::tcp_syn(client, sock([192, 0, 2, 98], 22)),
+        packet::tcp(
+            sock([192, 0, 2, 50], 6443),
+            sock(POOL.octets(), 40000),
+            TCP_SYN | TCP_ACK,
+        ),
+        packet::tcp_syn(client, sock(POOL.octets(), 22)),
     ];
     let mut tagged = out[0].clone();
     tagged.vlan = Some(rng.below(4095) as u16);
@@ -178,9 +188,22 @@ fn mutate(rng: &mut Rng, base: &[u8]) -> Vec<u8> {
     p
 }
 
-/// Whether `bytes` is a well-formed, unfragmented IPv4 packet to a VIP, judged independently
-/// of the program.
+/// Whether `bytes` is a well-formed, unfragmented IPv4 packet to a VIP (or to the SNAT pool's
+/// address, where only such a packet can be a translation's reply), judged independently of
+/// the program.
 fn valid_vip_packet(bytes: &[u8]) -> bool {
+    valid_packet_to(bytes, &[VIPS[0], VIPS[1], POOL])
+}
+
+/// Whether `bytes` is an IPv4 packet to the SNAT pool's address, valid or not.
+fn to_pool(bytes: &[u8]) -> bool {
+    Frame::parse(bytes)
+        .ok()
+        .and_then(|f| f.ip().map(|ip| ip.dst == POOL))
+        .unwrap_or(false)
+}
+
+fn valid_packet_to(bytes: &[u8], to: &[Ipv4Addr]) -> bool {
     let Ok(frame) = Frame::parse(bytes) else {
         return false;
     };
@@ -188,7 +211,7 @@ fn valid_vip_packet(bytes: &[u8]) -> bool {
     if !ip_checksum_ok(bytes) {
         return false;
     }
-    if ip.more_fragments || ip.fragment_offset != 0 || !VIPS.contains(&ip.dst) {
+    if ip.more_fragments || ip.fragment_offset != 0 || !to.contains(&ip.dst) {
         return false;
     }
     match &ip.l4 {
@@ -219,6 +242,12 @@ fn a_hundred_thousand_hostile_packets() {
         }
         let out = h.run(input).expect("BPF_PROG_TEST_RUN");
         *runs += 1;
+        if to_pool(input) && !valid_vip_packet(input) {
+            assert_eq!(
+                out.action, XDP_PASS,
+                "a malformed packet to the SNAT pool's address is the host's: {input:02x?}"
+            );
+        }
         match out.action {
             XDP_PASS => assert_eq!(out.data, input, "passed frames are untouched: {input:02x?}"),
             XDP_DROP => {}

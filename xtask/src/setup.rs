@@ -2,7 +2,7 @@
 //! all there (one `dpkg-query` and one `bpf-linker --version`, well under a second).
 //!
 //! On Debian 12 the BPF compiler is Debian's `rustc-web` with its prebuilt BPF `core`, and the
-//! linker is `bpf-linker` 0.13 built against Debian's LLVM 22 (see TOOLCHAIN.md). On other
+//! linker is `bpf-linker` 0.13 built against Debian's LLVM 22 (the LLVM that Debian's rustc-web uses). On other
 //! distributions install a rustup nightly with `rust-src` and `bpf-linker` yourself; the build
 //! finds them (README, "Building on other distributions").
 

@@ -24,7 +24,6 @@ use status::{BackendStatus, Request, Response, ServiceStatus, Status, VrrpStatus
 use std::{
     collections::BTreeMap,
     path::PathBuf,
-    sync::Arc,
     time::{Duration, Instant},
 };
 use tokio::sync::{mpsc, oneshot, watch};
@@ -504,7 +503,11 @@ impl Controller {
             }
             self.config = new;
             if snat_changed {
-                let _ = self.write_globals();
+                // The config is adopted already; the data plane keeps the old SNAT settings
+                // until the next write succeeds (every clock tick writes them).
+                if let Err(e) = self.write_globals() {
+                    warn!("reload: writing the new SNAT settings to the data plane: {e:#}");
+                }
             }
             let mut summary = if changes.is_empty() {
                 "configuration reloaded: no change".to_string()
@@ -735,9 +738,6 @@ pub async fn ask(events: &mpsc::Sender<Event>, request: Request) -> Result<Respo
         .map_err(|_| anyhow!("the controller has stopped"))?;
     answer.await.context("the controller dropped the request")
 }
-
-/// A shared handle that only the daemon's pieces use.
-pub type Events = Arc<mpsc::Sender<Event>>;
 
 #[cfg(test)]
 mod tests {

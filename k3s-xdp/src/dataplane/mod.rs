@@ -93,6 +93,7 @@ pub struct LoadOptions {
 impl Dataplane {
     /// Loads the embedded object: creates the maps and verifies the programs.
     pub fn load(options: LoadOptions) -> Result<Self> {
+        object::check()?;
         let buckets = table::buckets(options.flow_table_size);
         let mut bpf = EbpfLoader::new()
             .map_max_entries(names::FLOWS, buckets)

@@ -119,21 +119,6 @@ pub struct Applied {
     pub tables: Vec<(String, usize, Duration)>,
     /// Services left without any backend to take new flows (their table was removed).
     pub emptied: Vec<String>,
-    pub services_added: Vec<String>,
-    pub services_removed: Vec<String>,
-    pub backends_added: usize,
-    pub backends_removed: usize,
-}
-
-impl Applied {
-    pub fn is_empty(&self) -> bool {
-        self.tables.is_empty()
-            && self.emptied.is_empty()
-            && self.services_added.is_empty()
-            && self.services_removed.is_empty()
-            && self.backends_added == 0
-            && self.backends_removed == 0
-    }
 }
 
 type BackendKey = (String, SocketAddrV4);
@@ -200,7 +185,6 @@ impl Publisher {
                     .ok_or_else(|| anyhow!("no free service slot (at most {MAX_SERVICES})"))?;
                 self.service_slots.insert(s.name.clone(), slot);
                 reset_stats(dp, names::SERVICE_STATS, slot)?;
-                applied.services_added.push(s.name.clone());
             }
         }
         let wanted_backends: BTreeSet<BackendKey> = services
@@ -213,7 +197,6 @@ impl Publisher {
                 self.backend_slots.insert(key.clone(), slot);
                 reset_stats(dp, names::BACKEND_STATS, slot)?;
                 clear_hop(dp, slot)?;
-                applied.backends_added += 1;
             }
         }
 
@@ -299,7 +282,7 @@ impl Publisher {
                 remove_table(dp, slot)?;
             }
             self.service_slots.remove(&name);
-            applied.services_removed.push(name);
+            self.snat_sources.remove(&slot);
         }
         let gone: Vec<(BackendKey, u32)> = self
             .backend_slots
@@ -315,7 +298,6 @@ impl Publisher {
             write_backend(dp, slot, &free)?;
             self.written_backends.remove(&slot);
             self.backend_slots.remove(&key);
-            applied.backends_removed += 1;
         }
         Ok(applied)
     }

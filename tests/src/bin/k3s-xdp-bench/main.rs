@@ -3,7 +3,7 @@
 //! run, because this machine's timings are noisy.
 //!
 //! - `micro`: ns/packet of the real XDP program with BPF_PROG_TEST_RUN (one packet per call,
-//!   so that the program never sees its own output, see TOOLCHAIN.md) for a SYN of a new flow,
+//!   so that the program never sees its own output) for a SYN of a new flow,
 //!   a packet of an established flow, a backend's reply (reverse NAT) and a non-VIP packet,
 //!   against the floor: a MAC-swap + XDP_TX program. Counters check that every call took the
 //!   path it measures.
