@@ -78,6 +78,56 @@ impl Lab {
     }
 }
 
+/// What a churn through the VIP did: SYNs the agents sent again, segments the servers refused
+/// for meeting a TIME_WAIT (PAWS), ports waiting at the end, and the status then.
+struct Churned {
+    retransmits: u64,
+    paws: u64,
+    waiting: u64,
+    status: Status,
+}
+
+impl Lab {
+    /// [`churn`] with the counters around it; every connection must succeed.
+    fn churn(&self, per_agent: u32, pace: Duration) -> Churned {
+        let topo = &self.topo;
+        let (retransmits, paws) = (
+            counter(topo, &AGENTS, "TcpExtTCPSynRetrans"),
+            counter(topo, &SERVERS, "TcpExtPAWSTimewait"),
+        );
+        let (made, failed) = churn(topo, per_agent, pace);
+        let status = self.daemon.status().unwrap();
+        let retransmits = counter(topo, &AGENTS, "TcpExtTCPSynRetrans") - retransmits;
+        let paws = counter(topo, &SERVERS, "TcpExtPAWSTimewait") - paws;
+        let waiting: u64 = status.services[0]
+            .backends
+            .iter()
+            .map(|b| b.snat_ports_waiting)
+            .sum();
+        eprintln!(
+            "{made} connections, {} failed; {retransmits} SYNs retransmitted, {paws} rejected by PAWS; {waiting} ports waiting; flow table events {:?}",
+            failed.len(),
+            status.flow_table
+        );
+        assert!(failed.is_empty(), "{failed:?}");
+        Churned {
+            retransmits,
+            paws,
+            waiting,
+            status,
+        }
+    }
+}
+
+/// lb-1's IPv4 addresses on eth1, as `ip -o addr` prints them.
+fn addresses(topo: &Topology) -> String {
+    let out = topo
+        .node("lb-1")
+        .ip(["-4", "-o", "addr", "show", "dev", "eth1"])
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
 /// The sum of `counter` (nstat) over `nodes`.
 fn counter(topo: &Topology, nodes: &[&str], counter: &str) -> u64 {
     nodes
@@ -128,27 +178,12 @@ fn servers_that_close_first_never_meet_a_reused_port_in_time_wait() {
     }
     let _s = serial();
     let lab = Lab::start((20000, 20099));
-    let (topo, daemon) = (&lab.topo, &lab.daemon);
-    let (retransmits, paws) = (
-        counter(topo, &AGENTS, "TcpExtTCPSynRetrans"),
-        counter(topo, &SERVERS, "TcpExtPAWSTimewait"),
-    );
-
-    let (made, failed) = churn(topo, 50, Duration::from_millis(10));
-    let status = daemon.status().unwrap();
-    let retransmits = counter(topo, &AGENTS, "TcpExtTCPSynRetrans") - retransmits;
-    let paws = counter(topo, &SERVERS, "TcpExtPAWSTimewait") - paws;
-    let waiting: u64 = status.services[0]
-        .backends
-        .iter()
-        .map(|b| b.snat_ports_waiting)
-        .sum();
-    eprintln!(
-        "{made} connections, {} failed; {retransmits} SYNs retransmitted, {paws} rejected by PAWS; {waiting} ports waiting; flow table events {:?}",
-        failed.len(),
-        status.flow_table
-    );
-    assert!(failed.is_empty(), "{failed:?}");
+    let Churned {
+        retransmits,
+        paws,
+        waiting,
+        status,
+    } = lab.churn(50, Duration::from_millis(10));
     // A SYN refused by PAWS makes its client send it again (the previous binary: 19 of each
     // in this test). A PAWS rejection of some other late segment refuses no connection; one
     // was seen once in ten runs, with no SYN retransmitted.
@@ -225,34 +260,17 @@ fn a_snat_pool_multiplies_the_ports_and_the_servers_see_its_addresses() {
         (20000, 20009),
         &format!("[\"vip\", \"{}\", \"{}\"]", pool[0], pool[1]),
     );
-    let (topo, daemon) = (&lab.topo, &lab.daemon);
-    let held = topo
-        .node("lb-1")
-        .ip(["-4", "-o", "addr", "show", "dev", "eth1"])
-        .unwrap();
-    let held = String::from_utf8_lossy(&held.stdout).to_string();
+    let topo = &lab.topo;
+    let held = addresses(topo);
     for a in pool {
         assert!(held.contains(&format!("{a}/32")), "{a} added: {held}");
     }
-    let (retransmits, paws) = (
-        counter(topo, &AGENTS, "TcpExtTCPSynRetrans"),
-        counter(topo, &SERVERS, "TcpExtPAWSTimewait"),
-    );
-    let (made, failed) = churn(topo, 20, Duration::from_millis(20));
-    let status = daemon.status().unwrap();
-    let retransmits = counter(topo, &AGENTS, "TcpExtTCPSynRetrans") - retransmits;
-    let paws = counter(topo, &SERVERS, "TcpExtPAWSTimewait") - paws;
-    let waiting: u64 = status.services[0]
-        .backends
-        .iter()
-        .map(|b| b.snat_ports_waiting)
-        .sum();
-    eprintln!(
-        "{made} connections, {} failed; {retransmits} SYNs retransmitted, {paws} rejected by PAWS; {waiting} ports waiting; flow table events {:?}",
-        failed.len(),
-        status.flow_table
-    );
-    assert!(failed.is_empty(), "{failed:?}");
+    let Churned {
+        retransmits,
+        paws,
+        waiting,
+        status,
+    } = lab.churn(20, Duration::from_millis(20));
     assert_eq!(retransmits, 0, "a SYN met a TIME_WAIT and was sent again");
     assert!(
         paws <= 1,
@@ -288,11 +306,7 @@ fn a_snat_pool_multiplies_the_ports_and_the_servers_see_its_addresses() {
         topo,
     } = lab;
     drop(daemon);
-    let after = topo
-        .node("lb-1")
-        .ip(["-4", "-o", "addr", "show", "dev", "eth1"])
-        .unwrap();
-    let after = String::from_utf8_lossy(&after.stdout).to_string();
+    let after = addresses(&topo);
     for a in pool {
         assert!(!after.contains(&format!("{a}/")), "{a} removed: {after}");
     }
