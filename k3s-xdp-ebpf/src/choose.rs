@@ -4,8 +4,8 @@
 use crate::{
     counters,
     maps::{BACKENDS, MAGLEV, SNAT_SEARCH, SNAT_SOURCES},
-    parse::Offsets,
-    table::{self, Place, TakenOver},
+    state::Probe,
+    table::{self, Place},
 };
 use aya_ebpf::helpers::bpf_loop;
 use core::ffi::c_void;
@@ -13,8 +13,7 @@ use k3s_xdp_common::{
     hash::{probe as probe_hash, reduce, snat_hash},
     maglev_slot, maglev_word, reason,
     table::NatSlot,
-    Backend, FlowKey, NatReverse, VipInfo, VipPort, BACKEND_UP, MAX_PORTS_PER_VIP,
-    MAX_SNAT_SOURCES,
+    Backend, FlowKey, VipInfo, VipPort, BACKEND_UP, MAX_PORTS_PER_VIP, MAX_SNAT_SOURCES,
 };
 
 /// SNAT ports tried per new flow before giving up. Random probing from the flow's hash: with
@@ -148,62 +147,6 @@ pub fn snat_port(probe: *mut Probe, id: u32, backend: &Backend) -> Result<(u16, 
 
 /// Marks `Probe::found` as set (the low 16 bits hold the port, network order).
 const FOUND: u32 = 1 << 16;
-
-/// A new flow's question and answer between the program's two halves, and the state of its
-/// SNAT port search (shared with `snat_try`); one per CPU, in `SNAT_SEARCH` (see
-/// `new_flow.rs`).
-#[repr(C)]
-pub struct Probe {
-    // The question, written by the first half.
-    pub key: FlowKey,
-    /// Where the packet's headers are.
-    pub headers: Offsets,
-    pub flow_hash: u32,
-    pub service: VipPort,
-    /// The reverse translation to record: the client side (its hop is resolved by the first
-    /// reply).
-    pub entry: NatReverse,
-    /// SNAT ports: the first one, and how many.
-    pub min: u32,
-    pub span: u32,
-    /// The service's SNAT pool (`pool_count` 0: the VIP), read by the second half.
-    pool: [u32; MAX_SNAT_SOURCES],
-    pool_count: u32,
-    /// (address, port) pairs the tries draw from: `span` times the pool's size.
-    tries_span: u32,
-    pub service_ports: [u16; MAX_PORTS_PER_VIP],
-    pub service_count: u32,
-    pub clock: u32,
-    pub mask: u32,
-    /// `snat_timewait`, seconds.
-    pub timewait: u32,
-    // The answer, written by the second half.
-    /// `new_flow::CHOSEN` or a drop reason.
-    pub outcome: u32,
-    pub id: u32,
-    pub backend: Backend,
-    pub snat_port: u16,
-    /// The source address the backend sees (nat mode).
-    pub snat_addr: u32,
-    // The SNAT search's own.
-    backend_addr: u32,
-    backend_port: u16,
-    found: u32,
-    /// The `Flow::snat_source` of the port found, and its address.
-    found_source: u32,
-    found_addr: u32,
-    /// The flow's SNAT hash, which the tries probe from.
-    hash: u32,
-    taken: TakenOver,
-    /// The try that may take over a live translation (`NO_TRY` on the first pass).
-    force: u32,
-    /// The first pass's try whose live translation was seen longest ago, and its age.
-    oldest: u32,
-    oldest_age: u32,
-    /// The same among translations waiting for their backend's TIME_WAIT.
-    oldest_waiting: u32,
-    oldest_waiting_age: u32,
-}
 
 /// No try: `Probe::force` and `Probe::oldest` unset.
 const NO_TRY: u32 = u32::MAX;

@@ -3,8 +3,7 @@
 //! client.
 
 use crate::{
-    choose::{self, Probe},
-    counters,
+    choose, counters,
     headers::{TCP_FIN, TCP_RST, TCP_SYN},
     hop,
     maps::{self, BACKENDS, NEW_FLOW, SNAT_SOURCES},
@@ -12,6 +11,7 @@ use crate::{
     parse::{self, frame_len, Ip, Valid, L4},
     reset,
     rewrite::{self, Tuple},
+    state::Probe,
     table::{self, Place},
     verdict::Verdict,
 };
@@ -43,64 +43,11 @@ pub fn to_backend(
     } else {
         0
     };
-    let (clock, mask) = (globals.clock, globals.flow_mask);
-    let at = Place::of(&key, mask);
-    let mut pinned: Option<Chosen> = None;
-    // Refused with a RST: the backend slot whose counters take it.
-    let mut refuse: Option<u32> = None;
-    if let Some(flow) = table::find_flow(&key, at, clock) {
-        if let Some(backend) = BACKENDS.get(flow.backend) {
-            let backend = *backend;
-            // A freed slot, or one reused by another service: the flow chooses again. So does
-            // one whose SNAT source the service no longer has (never while it runs).
-            let snat_addr = maps::snat_address(service.service, flow.snat_source, key.dst);
-            if let (true, Some(snat_addr)) = (
-                backend.state != BACKEND_FREE && backend.service == service.service,
-                snat_addr,
-            ) {
-                if backend.state == BACKEND_DOWN
-                    && service.flags & SERVICE_RESET_ON_DOWN != 0
-                    && protocol == IPPROTO_TCP
-                {
-                    table::clear_flow(&key, at);
-                    refuse = Some(flow.backend);
-                }
-                pinned = Some(Chosen {
-                    id: flow.backend,
-                    backend,
-                    snat_port: flow.snat_port,
-                    snat_addr,
-                });
-                // nat: FIN and RST mark the translation closing; a SYN (a new connection on
-                // the same tuple) checks the translation is still this flow's.
-                if !dsr && tcp_flags & (TCP_SYN | TCP_FIN | TCP_RST) != 0 {
-                    let reverse = choose::reverse_key(&key, &backend, snat_addr, flow.snat_port);
-                    match table::find_nat(&reverse, Place::of(&reverse, mask)) {
-                        Some((entry, copy)) => {
-                            let e = copy.nat;
-                            let ours = e.client_addr == key.src && e.client_port == key.sport;
-                            if tcp_flags & TCP_SYN != 0 && (!ours || e.closing != 0) {
-                                // Taken over, or closed: choose again, as a new flow.
-                                pinned = None;
-                            } else if ours && tcp_flags & TCP_RST != 0 {
-                                choose::note_closing(entry, NAT_RESET);
-                            } else if ours && tcp_flags & TCP_FIN != 0 {
-                                choose::note_closing(entry, NAT_CLIENT_FIN);
-                            }
-                        }
-                        None if tcp_flags & TCP_SYN != 0 => pinned = None,
-                        None => {}
-                    }
-                }
-            }
-        }
-    }
-    if let Some(backend) = refuse {
-        return reset::send(ctx, ip, valid, &l4, service.service, backend);
-    }
-    match pinned {
-        Some(chosen) => send(ctx, ip, &l4, service, chosen, dsr, globals, false),
-        None => {
+    let at = Place::of(&key, globals.flow_mask);
+    match lookup(&key, at, service, protocol, tcp_flags, globals) {
+        Decision::Established(chosen) => send(ctx, ip, &l4, service, chosen, dsr, globals, false),
+        Decision::Refuse(backend) => reset::send(ctx, ip, valid, &l4, service.service, backend),
+        Decision::Choose => {
             let Some(state) = new_flow::state() else {
                 return Verdict::drop(reason::DROP_INTERNAL);
             };
@@ -111,6 +58,81 @@ pub fn to_backend(
             Verdict::drop(reason::DROP_INTERNAL)
         }
     }
+}
+
+/// What the flow table says about a client's packet, the steps Katran and Cilium name too:
+/// look up the established flow, refuse one pinned to a dead backend, or choose anew.
+enum Decision {
+    /// An established flow: on to its backend.
+    Established(Chosen),
+    /// Pinned to a backend that is down, in a service that resets such flows: a RST, counted
+    /// on that backend slot.
+    Refuse(u32),
+    /// No usable flow: the new-flow program chooses a backend.
+    Choose,
+}
+
+/// The flow table's answer for `key` (at `at`) of `service`. A flow chooses again when its
+/// backend slot was freed or reused by another service, when its SNAT source is gone (never
+/// while the daemon runs), and, in nat mode, when a SYN comes on a translation that was taken
+/// over or has closed. In nat mode a FIN or RST from the client marks its translation closing.
+#[inline(always)]
+fn lookup(
+    key: &FlowKey,
+    at: Place,
+    service: &VipPort,
+    protocol: u8,
+    tcp_flags: u8,
+    globals: &Globals,
+) -> Decision {
+    let Some(flow) = table::find_flow(key, at, globals.clock) else {
+        return Decision::Choose;
+    };
+    let Some(backend) = BACKENDS.get(flow.backend) else {
+        return Decision::Choose;
+    };
+    let backend = *backend;
+    if backend.state == BACKEND_FREE || backend.service != service.service {
+        return Decision::Choose;
+    }
+    let Some(snat_addr) = maps::snat_address(service.service, flow.snat_source, key.dst) else {
+        return Decision::Choose;
+    };
+    let mut choose_again = false;
+    if service.flags & SERVICE_DSR == 0 && tcp_flags & (TCP_SYN | TCP_FIN | TCP_RST) != 0 {
+        let reverse = choose::reverse_key(key, &backend, snat_addr, flow.snat_port);
+        match table::find_nat(&reverse, Place::of(&reverse, globals.flow_mask)) {
+            Some((entry, copy)) => {
+                let e = copy.nat;
+                let ours = e.client_addr == key.src && e.client_port == key.sport;
+                if tcp_flags & TCP_SYN != 0 && (!ours || e.closing != 0) {
+                    // Taken over, or closed: a new connection on this tuple.
+                    choose_again = true;
+                } else if ours && tcp_flags & TCP_RST != 0 {
+                    choose::note_closing(entry, NAT_RESET);
+                } else if ours && tcp_flags & TCP_FIN != 0 {
+                    choose::note_closing(entry, NAT_CLIENT_FIN);
+                }
+            }
+            None => choose_again = tcp_flags & TCP_SYN != 0,
+        }
+    }
+    if backend.state == BACKEND_DOWN
+        && service.flags & SERVICE_RESET_ON_DOWN != 0
+        && protocol == IPPROTO_TCP
+    {
+        table::clear_flow(key, at);
+        return Decision::Refuse(flow.backend);
+    }
+    if choose_again {
+        return Decision::Choose;
+    }
+    Decision::Established(Chosen {
+        id: flow.backend,
+        backend,
+        snat_port: flow.snat_port,
+        snat_addr,
+    })
 }
 
 /// The new-flow program's verdict on the packet whose flow `new_flow::decide` just handled:

@@ -23,6 +23,7 @@ mod new_flow;
 mod parse;
 mod reset;
 mod rewrite;
+mod state;
 mod table;
 mod verdict;
 

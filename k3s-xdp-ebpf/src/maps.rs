@@ -73,7 +73,7 @@ pub static NEW_FLOW: ProgramArray<1> = ProgramArray::new();
 
 /// A new flow's question and answer between the halves, and its SNAT port search (one per CPU), see `choose::snat_port`.
 #[btf_map]
-pub static SNAT_SEARCH: PerCpuArray<crate::choose::Probe, 1> = PerCpuArray::new();
+pub static SNAT_SEARCH: PerCpuArray<crate::state::Probe, 1> = PerCpuArray::new();
 
 /// Packet fates, per CPU, indexed by `k3s_xdp_common::reason`.
 #[btf_map]

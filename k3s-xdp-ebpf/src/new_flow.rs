@@ -15,9 +15,10 @@
 //! the question only for the packet it was asked about (`forward::decided` checks its tuple).
 
 use crate::{
-    choose::{self, Probe},
+    choose,
     maps::SNAT_SEARCH,
     parse::{Ip, Offsets, L4},
+    state::Probe,
     table::{self, Place},
 };
 use k3s_xdp_common::{

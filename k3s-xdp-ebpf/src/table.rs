@@ -4,7 +4,10 @@
 //! the program acts on is what it checked. The code keeps branches few (one per way where it
 //! can): the verifier walks every path through every way.
 
-use crate::maps::{FLOWS, NAT_REVERSE};
+use crate::{
+    maps::{FLOWS, NAT_REVERSE},
+    state::TakenOver,
+};
 use k3s_xdp_common::{
     hash::flow_hash,
     reason,
@@ -202,26 +205,6 @@ pub fn touch_nat(slot: *mut NatSlot, seen: u32, clock: u32) {
         // SAFETY: a map value valid for this run; `seen` is outside the seal.
         unsafe { (*slot).seen = clock };
     }
-}
-
-/// A translation taken over by [`claim_nat`]: the flow entry of `key` through `backend` with
-/// `snat_port` is to be cleared ([`clear_flow_through`]) once the claim is done. `key.dst` is
-/// the address the backend answered to (the VIP, or an address of `service`'s SNAT pool).
-#[repr(C)]
-#[derive(Clone, Copy, Default)]
-pub struct TakenOver {
-    pub key: FlowKey,
-    pub backend: u32,
-    pub service: u32,
-    pub snat_port: u16,
-    /// 1 when a whole translation of another client was taken over.
-    pub set: u16,
-    /// Set by a claim refused because the slot holds a live translation of another client,
-    /// or one whose backend may still hold TIME_WAIT (`refused_waiting`), with when that
-    /// translation was last seen.
-    pub refused_live: u32,
-    pub refused_waiting: u32,
-    pub refused_seen: u32,
 }
 
 /// Takes the reverse slot of `reverse` for the client flow `key` (`entry` says who it is):

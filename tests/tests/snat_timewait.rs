@@ -138,6 +138,16 @@ fn counter(topo: &Topology, nodes: &[&str], counter: &str) -> u64 {
 
 /// `per_agent` requests from each agent through the VIP, one every `pace`: the failures.
 fn churn(topo: &Topology, per_agent: u32, pace: Duration) -> (u32, Vec<String>) {
+    churn_within(topo, per_agent, pace, Duration::from_secs(3))
+}
+
+/// [`churn`], each request given `timeout`.
+fn churn_within(
+    topo: &Topology,
+    per_agent: u32,
+    pace: Duration,
+    timeout: Duration,
+) -> (u32, Vec<String>) {
     let vip = SocketAddrV4::new(VIP, 6443);
     let results: Vec<Vec<String>> = std::thread::scope(|s| {
         let handles: Vec<_> = AGENTS
@@ -148,7 +158,7 @@ fn churn(topo: &Topology, per_agent: u32, pace: Duration) -> (u32, Vec<String>) 
                     let mut failed = Vec::new();
                     for i in 0..per_agent {
                         let next = Instant::now() + pace;
-                        if let Err(e) = request_closed_by_server(&ns, vip, Duration::from_secs(3)) {
+                        if let Err(e) = request_closed_by_server(&ns, vip, timeout) {
                             failed.push(format!("{agent} #{i}: {e:#}"));
                         }
                         std::thread::sleep(next.saturating_duration_since(Instant::now()));
@@ -205,7 +215,9 @@ fn servers_that_close_first_never_meet_a_reused_port_in_time_wait() {
 /// Ten SNAT ports per backend for 90 connections that servers close first: every port waits,
 /// so new connections reuse the ports that waited longest. That is counted (status and
 /// metrics), and connections still go through: a Linux client answers the server's
-/// refusal with a RST and sends its SYN again at once.
+/// refusal with a RST (which ends that TIME_WAIT) and sends its SYN again, usually at once,
+/// at worst at its SYN retransmit timer (1 s, then 2 s; CI once saw a connection need more
+/// than 3 s), so each connection gets 10 s here.
 #[test]
 fn a_port_range_too_small_for_the_rate_is_counted_and_connections_go_through() {
     if !have_root() {
@@ -216,7 +228,7 @@ fn a_port_range_too_small_for_the_rate_is_counted_and_connections_go_through() {
     let (topo, daemon) = (&lab.topo, &lab.daemon);
 
     let started = Instant::now();
-    let (made, failed) = churn(topo, 30, Duration::from_millis(20));
+    let (made, failed) = churn_within(topo, 30, Duration::from_millis(20), Duration::from_secs(10));
     let took = started.elapsed();
     let status = daemon.status().unwrap();
     let reused = table_event(&status, "translation_reused_waiting");

@@ -5,8 +5,10 @@
 //! where decisions are made and a single writer of the maps.
 
 pub mod control;
+pub mod exposition;
 pub mod metrics;
 pub mod model;
+pub mod report;
 pub mod status;
 
 use crate::{

@@ -1,0 +1,244 @@
+//! `k3s-xdp status`: the status snapshot as a table for the operator, with what needs
+//! attention (faults, short SNAT ports, full flow tables) spelled out.
+
+use super::status::{Status, VrrpStatus};
+use std::fmt::Write as _;
+
+fn human_bytes(b: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = b as f64;
+    let mut i = 0;
+    while v >= 1024.0 && i < UNITS.len() - 1 {
+        v /= 1024.0;
+        i += 1;
+    }
+    if i == 0 {
+        format!("{b} B")
+    } else {
+        format!("{v:.1} {}", UNITS[i])
+    }
+}
+
+fn ago(seconds: u64) -> String {
+    match seconds {
+        s if s < 60 => format!("{s}s ago"),
+        s if s < 3600 => format!("{}m{}s ago", s / 60, s % 60),
+        s => format!("{}h{}m ago", s / 3600, (s % 3600) / 60),
+    }
+}
+
+/// The readable table of `k3s-xdp status`.
+pub fn render_table(s: &Status) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "k3s-xdp {} on {}{} ({} mode), up {}, config {} (reloads: {} ok, {} failed)",
+        s.version,
+        s.interface,
+        if s.link_up { "" } else { " (LINK DOWN)" },
+        s.xdp_mode,
+        ago(s.uptime_seconds).trim_end_matches(" ago"),
+        s.config,
+        s.reloads,
+        s.failed_reloads
+    );
+    match &s.vrrp {
+        Some(v) => {
+            let _ = writeln!(
+                out,
+                "VRRP: {}{} (virtual_router_id {}, v{}, priority {}{}), master {}, VIPs {}",
+                v.state,
+                fault_cause(s, v),
+                v.virtual_router_id,
+                v.version,
+                v.priority,
+                if v.effective_priority != v.priority {
+                    format!(", now {} (tracking fails)", v.effective_priority)
+                } else {
+                    String::new()
+                },
+                v.master.as_deref().unwrap_or("unknown"),
+                v.virtual_ipaddress.join(", ")
+            );
+            let rejected: u64 = v.adverts_rejected.values().sum();
+            let _ = writeln!(
+                out,
+                "      adverts sent {}, received {}, rejected {}{}{}; {} transitions{}",
+                v.adverts_sent,
+                v.adverts_received,
+                rejected,
+                if rejected > 0 {
+                    format!(
+                        " ({})",
+                        v.adverts_rejected
+                            .iter()
+                            .filter(|(_, n)| **n > 0)
+                            .map(|(k, n)| format!("{k} {n}"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )
+                } else {
+                    String::new()
+                },
+                if v.adverts_other_routers > 0 {
+                    format!(
+                        ", {} from other virtual routers ignored",
+                        v.adverts_other_routers
+                    )
+                } else {
+                    String::new()
+                },
+                v.transitions,
+                v.last_transition
+                    .as_ref()
+                    .map(|t| format!(", last: {t}"))
+                    .unwrap_or_default()
+            );
+        }
+        None => {
+            let _ = writeln!(out, "VRRP: not configured (this node holds the VIPs alone)");
+        }
+    }
+    for svc in &s.services {
+        let _ = writeln!(
+            out,
+            "\nservice {} {}:{}/{} {} (on_backend_down {}, check {}): {}/{} backends healthy",
+            svc.name,
+            svc.vip,
+            svc.port,
+            svc.protocol,
+            svc.mode,
+            svc.on_backend_down,
+            svc.check,
+            svc.healthy_backends,
+            svc.backends.len()
+        );
+        let _ = writeln!(
+            out,
+            "  {} packets, {}, {} new flows, {} resets",
+            svc.packets,
+            human_bytes(svc.bytes),
+            svc.new_flows,
+            svc.resets
+        );
+        let _ = writeln!(
+            out,
+            "  {:<14} {:<21} {:<9} {:<8} {:>6} {:>9} {:>10} {:>11} {:>7}  LAST CHANGE",
+            "BACKEND",
+            "ADDRESS",
+            "HEALTH",
+            "ADMIN",
+            "WEIGHT",
+            "NEW FLOWS",
+            "PACKETS",
+            "BYTES",
+            "CHECK"
+        );
+        for b in &svc.backends {
+            let weight = if b.effective_weight != b.weight && b.state == "up" {
+                format!("{}/{}", b.effective_weight, b.weight)
+            } else {
+                b.weight.to_string()
+            };
+            let check = b
+                .last_check_duration_seconds
+                .map(|d| format!("{:.0}ms", d * 1000.0))
+                .unwrap_or_else(|| "-".into());
+            let change = match (&b.last_change, b.last_change_seconds_ago) {
+                _ if !b.next_hop_resolved => "waiting for its next hop's MAC address (ARP)".into(),
+                (Some(why), Some(s)) => format!("{why} ({})", ago(s)),
+                _ => match &b.last_check {
+                    Some(c) if c != "passed" => format!("last check: {c}"),
+                    _ => "-".into(),
+                },
+            };
+            let _ = writeln!(
+                out,
+                "  {:<14} {:<21} {:<9} {:<8} {:>6} {:>9} {:>10} {:>11} {:>7}  {}",
+                b.name,
+                b.address,
+                format!(
+                    "{} {}/{}",
+                    b.health.to_uppercase(),
+                    b.health_counter,
+                    b.health_max
+                ),
+                b.admin,
+                weight,
+                b.new_flows,
+                b.packets,
+                human_bytes(b.bytes),
+                check,
+                change
+            );
+        }
+        let snat: Vec<String> = svc
+            .backends
+            .iter()
+            .filter(|b| b.snat_ports_in_use + b.snat_ports_waiting > 0)
+            .map(|b| {
+                format!(
+                    "{} {} in use, {} waiting",
+                    b.name, b.snat_ports_in_use, b.snat_ports_waiting
+                )
+            })
+            .collect();
+        if svc.mode == "nat" && !svc.snat_addresses.is_empty() {
+            let _ = writeln!(
+                out,
+                "  SNAT pool: {} (each with the whole port range)",
+                svc.snat_addresses.join(", ")
+            );
+        }
+        if svc.mode == "nat" && !snat.is_empty() {
+            let _ = writeln!(out, "  SNAT ports: {}", snat.join("; "));
+        }
+    }
+    let interesting: Vec<String> = s
+        .packets
+        .iter()
+        .filter(|(_, n)| **n > 0)
+        .map(|(k, n)| format!("{k} {n}"))
+        .collect();
+    let _ = writeln!(
+        out,
+        "\nXDP packets: {}",
+        if interesting.is_empty() {
+            "none yet".to_string()
+        } else {
+            interesting.join(", ")
+        }
+    );
+    let count = |event: &str| s.flow_table.get(event).copied().unwrap_or(0);
+    let (evicted, taken) = (count("flow_evicted"), count("translation_taken_over"));
+    if evicted + taken > 0 {
+        let _ = writeln!(
+            out,
+            "Flow tables full: {evicted} live flows evicted, {taken} live translations taken over (raise flow_table_size)"
+        );
+    }
+    let reused = count("translation_reused_waiting");
+    if reused > 0 {
+        let _ = writeln!(
+            out,
+            "SNAT ports short: {reused} new connections took a port its backend may still hold in TIME_WAIT (widen snat_port_range; see `k3s-xdp check`)"
+        );
+    }
+    out
+}
+
+/// Why a node is in FAULT, from what the status already says: its link, then its tracking
+/// (a weight of 0 makes failed tracking a fault).
+fn fault_cause(s: &Status, v: &VrrpStatus) -> &'static str {
+    if v.state != "FAULT" {
+        ""
+    } else if !s.link_up {
+        ": link down"
+    } else if !v.track_ok && s.xdp_mode == "detached" {
+        ": tracking fails, XDP program detached"
+    } else if !v.track_ok {
+        ": tracking fails, too few healthy backends"
+    } else {
+        ""
+    }
+}
