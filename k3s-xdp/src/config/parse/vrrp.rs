@@ -1,0 +1,248 @@
+//! `[vrrp]` and its `track`.
+
+use super::*;
+
+pub(super) fn read_vrrp(
+    cx: &mut Cx,
+    path: &str,
+    table: &dyn TableLike,
+    span: Option<Range<usize>>,
+) -> Vrrp {
+    let t = Fields::open(cx, path, table, span, "[vrrp]", VRRP_KEYS);
+    let virtual_router_id = t.require(cx, "virtual_router_id", "1..=255, like 51", |cx, p, i| {
+        int(cx, p, i, 1u8, u8::MAX)
+    });
+    let priority = t
+        .get(cx, "priority", |cx, p, i| {
+            integer(
+                cx,
+                p,
+                i,
+                1,
+                254,
+                "255 is reserved for the address owner, 0 for a master that leaves",
+            )
+            .and_then(|v| u8::try_from(v).ok())
+        })
+        .unwrap_or(defaults::PRIORITY);
+    let state = t
+        .get(cx, "state", |cx, p, i| {
+            keyword(cx, p, i, InitialState::ALL, true)
+        })
+        .unwrap_or(defaults::STATE);
+    let advert_int = t
+        .get(cx, "advert_int", positive_duration)
+        .unwrap_or(defaults::ADVERT_INT);
+    let virtual_ipaddress = t
+        .require(
+            cx,
+            "virtual_ipaddress",
+            "a list like [\"192.0.2.100/24\"]",
+            virtual_addresses,
+        )
+        .unwrap_or_default();
+    let unicast_src_ip = t.get(cx, "unicast_src_ip", peer);
+    let unicast_peers = t
+        .get(cx, "unicast_peers", |cx, p, item| {
+            let elems = array(cx, p, item, "an array of addresses like [\"192.0.2.99\"]")?;
+            let peers: Vec<Option<Ipv4Addr>> =
+                elems.iter().map(|e| peer(cx, &e.path, &e.item())).collect();
+            peers.into_iter().collect()
+        })
+        .unwrap_or_default();
+    let preempt = t.get(cx, "preempt", boolean).unwrap_or(defaults::PREEMPT);
+    let preempt_delay = t
+        .get(cx, "preempt_delay", |cx, p, i| {
+            let d = delay(cx, p, i)?;
+            if d > defaults::PREEMPT_DELAY_MAX {
+                cx.error_at(
+                    p,
+                    i.span(),
+                    format!(
+                        "must be at most {} (keepalived's limit), found {:?}",
+                        duration::format(defaults::PREEMPT_DELAY_MAX),
+                        duration::format(d)
+                    ),
+                );
+                return None;
+            }
+            Some(d)
+        })
+        .unwrap_or(defaults::PREEMPT_DELAY);
+    let version = t
+        .get(cx, "version", |cx, p, i| {
+            integer(
+                cx,
+                p,
+                i,
+                2,
+                3,
+                "3: RFC 9568; 2: for keepalived peers, with auth_pass",
+            )
+            .and_then(|v| u8::try_from(v).ok())
+        })
+        .unwrap_or(defaults::VRRP_VERSION);
+    let auth_pass = t.get(cx, "auth_pass", |cx, p, i| {
+        let text = string(cx, p, i)?;
+        if text.is_empty() || text.len() > defaults::AUTH_PASS_MAX_BYTES {
+            cx.error_at(
+                p,
+                i.span(),
+                format!(
+                    "must be 1 to {} bytes (keepalived would silently cut a longer one), found {} bytes",
+                    defaults::AUTH_PASS_MAX_BYTES,
+                    text.len()
+                ),
+            );
+            return None;
+        }
+        Some(text.to_string())
+    });
+    let track = t
+        .get(cx, "track", |cx, p, item| match item.as_table_like() {
+            Some(table) => Some(read_track(cx, p, table, item.span())),
+            None => {
+                wrong_type(
+                    cx,
+                    p,
+                    item,
+                    "a table like { dataplane = true, min_healthy_backends = 1 }",
+                );
+                None
+            }
+        })
+        .unwrap_or_default();
+    let garp_master_repeat = t
+        .get(cx, "garp_master_repeat", |cx, p, i| {
+            int(cx, p, i, 1, defaults::GARP_MASTER_REPEAT_MAX)
+        })
+        .unwrap_or(defaults::GARP_MASTER_REPEAT);
+    let garp_interval = t
+        .get(cx, "garp_interval", delay)
+        .unwrap_or(defaults::GARP_INTERVAL);
+    let garp_master_refresh = t
+        .get(cx, "garp_master_refresh", delay)
+        .unwrap_or(defaults::GARP_MASTER_REFRESH);
+    Vrrp {
+        virtual_router_id: virtual_router_id.unwrap_or(1),
+        priority,
+        state,
+        advert_int,
+        virtual_ipaddress,
+        unicast_src_ip,
+        unicast_peers,
+        preempt,
+        preempt_delay,
+        version,
+        auth_pass,
+        track,
+        garp_master_repeat,
+        garp_interval,
+        garp_master_refresh,
+    }
+}
+
+pub(super) fn virtual_addresses(
+    cx: &mut Cx,
+    path: &str,
+    item: &Item,
+) -> Option<Vec<VirtualAddress>> {
+    let elems = array(
+        cx,
+        path,
+        item,
+        "an array of addresses like [\"192.0.2.100/24\"]",
+    )?;
+    if elems.is_empty() {
+        cx.error_at(
+            path,
+            item.span(),
+            "expected at least one address, like [\"192.0.2.100/24\"]",
+        );
+        return None;
+    }
+    let addrs: Vec<Option<VirtualAddress>> = elems
+        .iter()
+        .map(|e| virtual_address(cx, &e.path, &e.item()))
+        .collect();
+    addrs.into_iter().collect()
+}
+
+/// `"ip/prefix"` or `"ip"` (a /32).
+pub(super) fn virtual_address(cx: &mut Cx, path: &str, item: &Item) -> Option<VirtualAddress> {
+    let text = string(cx, path, item)?;
+    let (ip, prefix) = match text.split_once('/') {
+        Some((ip, prefix)) => (ip, Some(prefix)),
+        None => (text, None),
+    };
+    let prefix_len = match prefix.map(str::parse::<u8>) {
+        None => Some(defaults::VIRTUAL_ADDRESS_PREFIX),
+        Some(Ok(p)) if p <= 32 => Some(p),
+        Some(_) => None,
+    };
+    match (ip.parse::<Ipv4Addr>(), prefix_len) {
+        (Ok(addr), Some(prefix_len)) if not_unicast(addr).is_none() => {
+            Some(VirtualAddress { addr, prefix_len })
+        }
+        (Ok(addr), Some(_)) => {
+            let what = not_unicast(addr).unwrap_or("not a host address");
+            cx.error_at(
+                path,
+                item.span(),
+                format!("expected the address of a host, found {what} ({addr})"),
+            );
+            None
+        }
+        (Err(_), _) if ip.parse::<Ipv6Addr>().is_ok() => {
+            cx.error_at(
+                path,
+                item.span(),
+                format!("IPv6 virtual addresses are not supported yet, found {text:?}"),
+            );
+            None
+        }
+        _ => {
+            cx.error_at(
+                path,
+                item.span(),
+                format!(
+                    "expected \"IP/PREFIX\" like \"192.0.2.100/24\" (prefix 0..=32, default 32), \
+                     found {text:?}"
+                ),
+            );
+            None
+        }
+    }
+}
+
+pub(super) fn read_track(
+    cx: &mut Cx,
+    path: &str,
+    table: &dyn TableLike,
+    span: Option<Range<usize>>,
+) -> Track {
+    let t = Fields::open(cx, path, table, span, "vrrp.track", TRACK_KEYS);
+    Track {
+        dataplane: t
+            .get(cx, "dataplane", boolean)
+            .unwrap_or(defaults::TRACK_DATAPLANE),
+        min_healthy_backends: t
+            .get(cx, "min_healthy_backends", |cx, p, i| {
+                int(cx, p, i, 0, k3s_xdp_common::MAX_BACKENDS)
+            })
+            .unwrap_or(defaults::TRACK_MIN_HEALTHY_BACKENDS),
+        weight: t
+            .get(cx, "weight", |cx, p, i| {
+                integer(
+                    cx,
+                    p,
+                    i,
+                    -i64::from(defaults::TRACK_WEIGHT_MAX),
+                    i64::from(defaults::TRACK_WEIGHT_MAX),
+                    "0: FAULT while the track fails; otherwise added to the priority",
+                )
+                .and_then(|v| i32::try_from(v).ok())
+            })
+            .unwrap_or(defaults::TRACK_WEIGHT),
+    }
+}
