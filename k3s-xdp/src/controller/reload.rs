@@ -1,0 +1,141 @@
+//! Reloading the configuration (SIGHUP, `k3s-xdp reload`): the file is validated again and
+//! only what changed is applied; keys that cannot change while running (the interface, the
+//! tables' size, the sockets, the VRRP identity, a SNAT pool) wait for a restart, and the
+//! answer says which.
+
+use super::*;
+
+impl Controller {
+    /// Validates the file again; if valid, applies only what changed.
+    pub(super) fn reload(&mut self, now: Instant) -> Result<String> {
+        let result = (|| -> Result<String> {
+            let new = config::load(&self.config_path).map_err(|e| anyhow!("{e}"))?;
+            for w in &new.warnings {
+                warn!("{w}");
+            }
+            let probes = probes(&new)?;
+            let mut ignored = Vec::new();
+            if new.interface != self.config.interface {
+                ignored.push("interface");
+            }
+            if new.flow_table_size != self.config.flow_table_size {
+                ignored.push("flow_table_size");
+            }
+            if new.metrics_listen != self.config.metrics_listen {
+                ignored.push("metrics_listen");
+            }
+            if new.control_socket != self.config.control_socket {
+                ignored.push("control_socket");
+            }
+            if new.xdp_mode != self.config.xdp_mode {
+                ignored.push("xdp_mode");
+            }
+            let mut vrrp_changes = Vec::new();
+            let mut retuned = None;
+            match (&self.config.vrrp, &new.vrrp) {
+                (Some(running), Some(next)) => {
+                    let r = running.reload_to(next);
+                    ignored.extend(r.at_restart);
+                    if !r.live.is_empty() {
+                        vrrp_changes.push(format!("vrrp: {}", r.live.join(", ")));
+                        retuned = Some(running.retuned(next));
+                    }
+                }
+                (running, next) if running != next => ignored.push("vrrp"),
+                _ => {}
+            }
+            for key in &ignored {
+                warn!("reload: `{key}` changed; it takes effect at the next restart");
+            }
+            // A SNAT pool is claimed at start (its addresses held, `node` resolved) and flows
+            // record their address's place in it: a changed pool waits for a restart.
+            let mut new = new;
+            let mut pools_kept = Vec::new();
+            for s in &mut new.services {
+                let running = self
+                    .config
+                    .services
+                    .iter()
+                    .find(|r| r.name == s.name)
+                    .map_or_else(|| vec![config::SnatSource::Vip], |r| r.snat_source.clone());
+                if s.snat_source != running {
+                    pools_kept.push(format!("snat_source of service {}", s.name));
+                    s.snat_source = running;
+                }
+            }
+            for key in &pools_kept {
+                warn!("reload: `{key}` changed; it takes effect at the next restart");
+            }
+            let mut candidate = self.model.clone();
+            let mut changes = candidate.reload(&new, now);
+            changes.extend(vrrp_changes);
+            let specs = candidate.specs(now);
+            self.publisher.apply(&mut self.dp, &specs)?;
+            self.model = candidate;
+            self.probes = probes;
+            if let Some(keeper) = &self.next_hops {
+                keeper.want(self.model.addresses());
+            }
+            let snat_changed = (new.snat_port_min, new.snat_port_max, new.snat_timewait)
+                != (
+                    self.config.snat_port_min,
+                    self.config.snat_port_max,
+                    self.config.snat_timewait,
+                );
+            // The running instance keeps its identity until a restart; the config says so.
+            new.vrrp.clone_from(&self.config.vrrp);
+            if let Some(v) = retuned {
+                if let Some(tx) = &self.vrrp_settings {
+                    tx.send_replace(v.clone());
+                }
+                new.vrrp = Some(v);
+            }
+            self.config = new;
+            if snat_changed {
+                // The config is adopted already; the data plane keeps the old SNAT settings
+                // until the next write succeeds (every clock tick writes them).
+                if let Err(e) = self.write_globals() {
+                    warn!("reload: writing the new SNAT settings to the data plane: {e:#}");
+                }
+            }
+            let mut summary = if changes.is_empty() {
+                "configuration reloaded: no change".to_string()
+            } else {
+                format!("configuration reloaded: {}", changes.join("; "))
+            };
+            let ignored: Vec<String> = ignored
+                .iter()
+                .map(|k| k.to_string())
+                .chain(pools_kept)
+                .collect();
+            if !ignored.is_empty() {
+                summary.push_str(&format!(
+                    "; changed but applied only at the next restart: {}",
+                    ignored.join(", ")
+                ));
+            }
+            Ok(summary)
+        })();
+        match &result {
+            Ok(summary) => {
+                self.reloads += 1;
+                info!("{summary}");
+            }
+            Err(e) => {
+                self.failed_reloads += 1;
+                // One record per problem: a config file with three mistakes logs three lines,
+                // each naming its file, line and key.
+                let text = format!("{e:#}");
+                error!(
+                    "reload of {} refused, the running configuration stays ({} problem(s)):",
+                    self.config_path.display(),
+                    text.lines().count()
+                );
+                for line in text.lines() {
+                    error!("reload refused: {line}");
+                }
+            }
+        }
+        result
+    }
+}
