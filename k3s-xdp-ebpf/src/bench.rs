@@ -1,9 +1,9 @@
 //! Benchmark entry points, never attached and never loaded by the daemon: they restore the
 //! packet from `BENCH` before each run, so that BPF_PROG_TEST_RUN with a large `repeat` measures
-//! the same path every time (BPF_PROG_TEST_RUN with `repeat` hands a program its own output from the second run on),
-//! optionally with a new source port per run (a new flow each time) or with the packet's flow
-//! forgotten (its new-flow path with the tables in the cache). The floor does the same restore
-//! before its MAC swap, so the restore's cost cancels out of the comparison (forgetting a flow
+//! the same path every time (BPF_PROG_TEST_RUN with `repeat` hands a program its own output
+//! from the second run on), optionally with a new source port per run (a new flow each time)
+//! or with the packet's flow forgotten (its new-flow path with the tables in the cache). The
+//! floor does the same restore before its MAC swap, so the restore's cost cancels out of the comparison (forgetting a flow
 //! is not cancelled: it counts against k3s-xdp).
 
 use crate::{

@@ -141,8 +141,8 @@ fn frag_needed(
         hop => hop,
     };
     if !dsr {
-        // The backend sent backend:port → snat_addr:snat_port; quote it as it sent it, and deliver
-        // the error to the backend itself.
+        // The backend sent backend:port → snat_addr:snat_port; quote it as it sent it, and
+        // deliver the error to the backend itself.
         // SAFETY: the outer and quoted headers and the ports, each checked in bounds above.
         unsafe {
             let hdr = ip.hdr;

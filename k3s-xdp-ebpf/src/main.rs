@@ -5,8 +5,8 @@
 //! one reason (`k3s_xdp_common::reason`).
 //!
 //! `k3s_xdp_pass` is a trivial XDP_PASS, attached to veth peers so that XDP_TX frames are
-//! delivered (a veth delivers an XDP_TX frame only to a peer that runs an XDP program); `k3s_xdp_floor` (MAC swap + XDP_TX) is the floor the
-//! benchmarks compare with.
+//! delivered (a veth delivers an XDP_TX frame only to a peer that runs an XDP program);
+//! `k3s_xdp_floor` (MAC swap + XDP_TX) is the floor the benchmarks compare with.
 #![no_std]
 #![no_main]
 

@@ -261,11 +261,7 @@ const EPHEMERAL_PORTS: &str = "/proc/sys/net/ipv4/ip_local_port_range";
 /// This node's own address on the interface (`snat_source = "node"`): the first one with a
 /// subnet that is neither a VIP nor a SNAT address.
 fn node_address(present: &[InterfaceAddress], config: &Config) -> Option<Ipv4Addr> {
-    let taken: Vec<Ipv4Addr> = config
-        .services
-        .iter()
-        .flat_map(|s| std::iter::once(s.vip).chain(s.snat_held_addresses()))
-        .collect();
+    let taken = config.held_addresses();
     present
         .iter()
         .find(|a| a.prefix_len < 32 && !taken.contains(&a.addr))
@@ -311,14 +307,7 @@ async fn claim_vips(
 ) -> Result<Vec<Ipv4Addr>> {
     let present = netlink.addresses(ifindex).await?;
     let mut added = Vec::new();
-    let mut vips: Vec<Ipv4Addr> = config
-        .services
-        .iter()
-        .flat_map(|s| std::iter::once(s.vip).chain(s.snat_held_addresses()))
-        .collect();
-    vips.sort();
-    vips.dedup();
-    for vip in vips {
+    for vip in config.held_addresses() {
         if present.iter().any(|a| a.addr == vip) {
             info!("{vip} is already on {iface}; leaving it as it is");
             continue;

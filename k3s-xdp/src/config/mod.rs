@@ -191,6 +191,15 @@ impl PartialEq for Config {
 }
 
 impl Config {
+    /// The addresses the load balancers hold for the services: every VIP and every SNAT pool
+    /// address that is no VIP, each once.
+    pub fn held_addresses(&self) -> std::collections::BTreeSet<Ipv4Addr> {
+        self.services
+            .iter()
+            .flat_map(|s| std::iter::once(s.vip).chain(s.snat_held_addresses()))
+            .collect()
+    }
+
     /// `snat_timewait` in whole seconds, as the data plane counts it.
     pub fn snat_timewait_secs(&self) -> u32 {
         u32::try_from(self.snat_timewait.as_secs()).unwrap_or(u32::MAX)
@@ -337,7 +346,7 @@ impl Service {
     /// the VIP nor `node`).
     pub fn snat_held_addresses(&self) -> impl Iterator<Item = Ipv4Addr> + '_ {
         self.snat_source.iter().filter_map(|s| match s {
-            SnatSource::Address(a) => Some(*a),
+            SnatSource::Address(a) if *a != self.vip => Some(*a),
             _ => None,
         })
     }
