@@ -388,17 +388,29 @@ fn stale_namespaces_of_dead_processes_are_removed() {
     let mut child = std::process::Command::new("true").spawn().unwrap();
     let pid = child.id();
     child.wait().unwrap();
-    let kept = NetNs::create(&format!("kx{pid}x1-sw")).unwrap();
-    let sleeper = kept.spawn("sleep", ["60"]).unwrap();
-    // Wait (bounded) until `ip netns exec` has moved it in.
-    let inside = (0..200).any(|_| {
-        let out = netns::run_command("ip", ["netns", "pids", kept.name()], TIMEOUT).unwrap();
-        !out.stdout.is_empty() || {
-            std::thread::sleep(Duration::from_millis(10));
-            false
+    // Until its process is in, the namespace is stale, and another test building a topology
+    // meanwhile may clean it up: then set it up again (a bounded number of times).
+    let mut setup = None;
+    for _ in 0..5 {
+        let kept = NetNs::create(&format!("kx{pid}x1-sw")).unwrap();
+        let sleeper = kept.spawn("sleep", ["60"]).unwrap();
+        // Wait (bounded) until `ip netns exec` has moved it in.
+        let inside = (0..200).find_map(|_| {
+            match netns::run_command("ip", ["netns", "pids", kept.name()], TIMEOUT) {
+                Err(_) => Some(false),
+                Ok(out) if !out.stdout.is_empty() => Some(true),
+                Ok(_) => {
+                    std::thread::sleep(Duration::from_millis(10));
+                    None
+                }
+            }
+        });
+        if inside == Some(true) {
+            setup = Some((kept, sleeper));
+            break;
         }
-    });
-    assert!(inside);
+    }
+    let (kept, sleeper) = setup.expect("a namespace with a process inside");
     if !pid_alive(pid) {
         let _ = Topology::cleanup_stale().unwrap();
         assert!(netns::list().unwrap().contains(&kept.name().to_string()));
