@@ -256,10 +256,12 @@ fn a_port_range_too_small_for_the_rate_is_counted_and_connections_go_through() {
     );
 }
 
-/// The same ten ports per backend with a pool of three addresses: three times the ports, so
-/// 60 connections that servers close first fit without reusing a port in TIME_WAIT (the VIP
-/// alone reuses them, test above); the servers see the pool's addresses, all of them, and
-/// nothing else. The daemon holds the addresses that are no VIP while it runs, and removes
+/// Thirty ports per backend with a pool of three addresses: three times the ports, so 120
+/// connections that servers close first (more than one address has for three backends) fit
+/// without reusing a port in TIME_WAIT; the servers see the pool's addresses, all of them, and
+/// nothing else. The search makes 16 hashed tries, so a backend's ports must not be nearly all
+/// waiting: Maglev gives one backend up to about 48 of the 120, under 55% of its 90 (at 85%,
+/// as in a former version of this test, 16 tries all miss about once in 14 runs). The daemon holds the addresses that are no VIP while it runs, and removes
 /// them when it stops.
 #[test]
 fn a_snat_pool_multiplies_the_ports_and_the_servers_see_its_addresses() {
@@ -269,7 +271,7 @@ fn a_snat_pool_multiplies_the_ports_and_the_servers_see_its_addresses() {
     let _s = serial();
     let pool = ["192.0.2.110", "192.0.2.111"];
     let lab = Lab::with_source(
-        (20000, 20009),
+        (20000, 20029),
         &format!("[\"vip\", \"{}\", \"{}\"]", pool[0], pool[1]),
     );
     let topo = &lab.topo;
@@ -282,7 +284,7 @@ fn a_snat_pool_multiplies_the_ports_and_the_servers_see_its_addresses() {
         paws,
         waiting,
         status,
-    } = lab.churn(20, Duration::from_millis(20));
+    } = lab.churn(40, Duration::from_millis(20));
     assert_eq!(retransmits, 0, "a SYN met a TIME_WAIT and was sent again");
     assert!(
         paws <= 1,
@@ -290,7 +292,7 @@ fn a_snat_pool_multiplies_the_ports_and_the_servers_see_its_addresses() {
     );
     assert_eq!(table_event(&status, "translation_reused_waiting"), 0);
     assert!(
-        waiting > 30,
+        waiting > 90,
         "more ports waiting than one address has for three backends ({waiting})"
     );
     let mut expected: Vec<String> = vec![VIP.to_string()];
