@@ -1,298 +1,357 @@
-//! The status snapshot in the Prometheus text exposition format (0.0.4), served at `/metrics`.
-//! Metric names and labels are a contract with dashboards: change them only with a note.
+//! The status snapshot as Prometheus metrics, served at `/metrics`: typed families encoded by the
+//! `prometheus-client` crate, in the Prometheus text format (0.0.4) or in OpenMetrics text when
+//! the scraper asks for it. Metric names and labels are a contract with dashboards: change them
+//! only with a note.
 
 use super::status::{BackendStatus, ServiceStatus, Status};
-use std::fmt::Write as _;
+use prometheus_client::{
+    collector::Collector,
+    encoding::{self, DescriptorEncoder, EncodeCounterValue, EncodeGaugeValue, EncodeMetric},
+    metrics::{counter::ConstCounter, gauge::ConstGauge, MetricType},
+    registry::Registry,
+};
 
-fn escape(v: &str) -> String {
-    v.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
+/// The text formats `/metrics` speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    /// Prometheus text, version 0.0.4: what scrapers and `curl` get unless they ask otherwise.
+    Prometheus,
+    /// OpenMetrics 1.0 text: for a scraper whose `Accept` header names it.
+    OpenMetrics,
+}
+
+impl Format {
+    /// The format a request's `Accept` header asks for.
+    pub fn from_accept(accept: Option<&str>) -> Self {
+        match accept {
+            Some(a) if a.contains("application/openmetrics-text") => Format::OpenMetrics,
+            _ => Format::Prometheus,
+        }
+    }
+
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Format::Prometheus => encoding::prometheus_text::CONTENT_TYPE,
+            Format::OpenMetrics => "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        }
+    }
 }
 
 /// The Prometheus text exposition (format 0.0.4) of a status snapshot.
 pub fn render_metrics(s: &Status) -> String {
+    render(s, Format::Prometheus)
+}
+
+/// A status snapshot in `format`.
+pub fn render(s: &Status, format: Format) -> String {
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(Snapshot(s.clone())));
     let mut out = String::new();
-    let mut family = |name: &str, kind: &str, help: &str, samples: Vec<(String, f64)>| {
-        let _ = writeln!(out, "# HELP {name} {help}");
-        let _ = writeln!(out, "# TYPE {name} {kind}");
-        for (labels, value) in samples {
-            if labels.is_empty() {
-                let _ = writeln!(out, "{name} {value}");
-            } else {
-                let _ = writeln!(out, "{name}{{{labels}}} {value}");
-            }
-        }
+    // Writing to a String cannot fail, nor can the collector below.
+    let _ = match format {
+        Format::Prometheus => encoding::prometheus_text::encode(&mut out, &registry),
+        Format::OpenMetrics => encoding::text::encode(&mut out, &registry),
     };
-    let svc = |s: &ServiceStatus| format!("service=\"{}\"", escape(&s.name));
-    let be = |s: &ServiceStatus, b: &BackendStatus| {
-        format!(
-            "service=\"{}\",backend=\"{}\",address=\"{}\"",
-            escape(&s.name),
-            escape(&b.name),
-            escape(&b.address)
-        )
-    };
-    family(
-        "k3sxdp_info",
-        "gauge",
-        "Version, interface and XDP attach mode of this k3s-xdp.",
-        vec![(
-            format!(
-                "version=\"{}\",interface=\"{}\",xdp_mode=\"{}\"",
-                escape(&s.version),
-                escape(&s.interface),
-                escape(&s.xdp_mode)
-            ),
-            1.0,
-        )],
-    );
-    family(
-        "k3sxdp_uptime_seconds",
-        "gauge",
-        "Seconds since k3s-xdp started.",
-        vec![(String::new(), s.uptime_seconds as f64)],
-    );
-    family(
-        "k3sxdp_link_up",
-        "gauge",
-        "1 while the interface is up with a carrier, 0 while its link is down.",
-        vec![(String::new(), if s.link_up { 1.0 } else { 0.0 })],
-    );
-    family(
-        "k3sxdp_config_reloads_total",
-        "counter",
-        "Configuration reloads (SIGHUP or `k3s-xdp reload`), by result.",
-        vec![
-            ("result=\"ok\"".into(), s.reloads as f64),
-            ("result=\"failed\"".into(), s.failed_reloads as f64),
-        ],
-    );
-    family(
-        "k3sxdp_xdp_packets_total",
-        "counter",
-        "Packets seen by the XDP program, by what it did and why.",
-        s.packets
-            .iter()
-            .map(|(k, v)| (format!("reason=\"{}\"", escape(k)), *v as f64))
-            .collect(),
-    );
-    family(
-        "k3sxdp_flow_table_full_total",
-        "counter",
-        "New flows that found the flow tables full: a live flow's entry evicted (flow_evicted), a live connection's SNAT translation taken over (translation_taken_over), a SNAT port taken while its backend may still hold it in TIME_WAIT (translation_reused_waiting: widen snat_port_range).",
-        s.flow_table
-            .iter()
-            .map(|(k, v)| (format!("event=\"{}\"", escape(k)), *v as f64))
-            .collect(),
-    );
-    let per_service = |f: fn(&ServiceStatus) -> f64| -> Vec<(String, f64)> {
-        s.services.iter().map(|x| (svc(x), f(x))).collect()
-    };
-    family(
-        "k3sxdp_service_packets_total",
-        "counter",
-        "Packets forwarded for the service (both directions in nat mode).",
-        per_service(|x| x.packets as f64),
-    );
-    family(
-        "k3sxdp_service_bytes_total",
-        "counter",
-        "Bytes forwarded for the service.",
-        per_service(|x| x.bytes as f64),
-    );
-    family(
-        "k3sxdp_service_flows_total",
-        "counter",
-        "New flows of the service.",
-        per_service(|x| x.new_flows as f64),
-    );
-    family(
-        "k3sxdp_service_resets_total",
-        "counter",
-        "TCP RSTs sent for the service (backend down, or none healthy).",
-        per_service(|x| x.resets as f64),
-    );
-    family(
-        "k3sxdp_service_healthy_backends",
-        "gauge",
-        "Backends of the service that take new flows.",
-        per_service(|x| x.healthy_backends as f64),
-    );
-    let per_backend = |f: fn(&BackendStatus) -> f64| -> Vec<(String, f64)> {
-        s.services
-            .iter()
-            .flat_map(|x| x.backends.iter().map(move |b| (be(x, b), f(b))))
-            .collect()
-    };
-    family(
-        "k3sxdp_backend_packets_total",
-        "counter",
-        "Packets forwarded through the backend.",
-        per_backend(|b| b.packets as f64),
-    );
-    family(
-        "k3sxdp_backend_bytes_total",
-        "counter",
-        "Bytes forwarded through the backend.",
-        per_backend(|b| b.bytes as f64),
-    );
-    family(
-        "k3sxdp_backend_flows_total",
-        "counter",
-        "New flows sent to the backend.",
-        per_backend(|b| b.new_flows as f64),
-    );
-    family(
-        "k3sxdp_backend_resets_total",
-        "counter",
-        "RSTs sent for flows pinned to the backend.",
-        per_backend(|b| b.resets as f64),
-    );
-    family(
-        "k3sxdp_backend_up",
-        "gauge",
-        "1 if the backend passes its health checks.",
-        per_backend(|b| f64::from(u8::from(b.health == "up"))),
-    );
-    family(
-        "k3sxdp_backend_weight",
-        "gauge",
-        "Weight of the backend in the Maglev table now (0 unless up; ramped by slowstart).",
-        per_backend(|b| f64::from(b.effective_weight)),
-    );
-    family(
-        "k3sxdp_backend_next_hop_resolved",
-        "gauge",
-        "1 if the MAC address of the backend's next hop is known; until then it takes no new flows.",
-        per_backend(|b| f64::from(u8::from(b.next_hop_resolved))),
-    );
-    let mut snat = Vec::new();
-    for svc in &s.services {
-        for b in &svc.backends {
-            for (state, n) in [
-                ("in_use", b.snat_ports_in_use),
-                ("waiting", b.snat_ports_waiting),
-            ] {
-                snat.push((
-                    format!(
-                        "service=\"{}\",backend=\"{}\",state=\"{state}\"",
-                        escape(&svc.name),
-                        escape(&b.name)
-                    ),
-                    n as f64,
-                ));
-            }
-        }
+    out
+}
+
+/// One scrape's metrics: the families of one status snapshot.
+#[derive(Debug)]
+struct Snapshot(Status);
+
+type Labels = Vec<(&'static str, String)>;
+
+/// Writes families to the encoder. Names are the exposed ones: a counter's name ends in
+/// `_total`, which the encoder adds back.
+struct Families<'a>(DescriptorEncoder<'a>);
+
+impl Families<'_> {
+    fn counter<V: EncodeCounterValue>(
+        &mut self,
+        name: &str,
+        help: &str,
+        samples: impl IntoIterator<Item = (Labels, V)>,
+    ) -> std::fmt::Result {
+        let base = name.strip_suffix("_total").unwrap_or(name);
+        let samples = samples.into_iter().map(|(l, v)| (l, ConstCounter::new(v)));
+        self.family(base, help, MetricType::Counter, samples)
     }
-    family(
-        "k3sxdp_backend_snat_ports",
-        "gauge",
-        "nat mode: SNAT ports of the backend held by live connections (in_use), or closed by the backend first and kept from other clients during its TIME_WAIT (waiting).",
-        snat,
-    );
-    family(
-        "k3sxdp_backend_checks_total",
-        "counter",
-        "Health checks run against the backend.",
-        per_backend(|b| b.checks as f64),
-    );
-    family(
-        "k3sxdp_backend_check_duration_seconds",
-        "gauge",
-        "Duration of the last health check.",
-        per_backend(|b| b.last_check_duration_seconds.unwrap_or(0.0)),
-    );
-    family(
-        "k3sxdp_backend_transitions_total",
-        "counter",
-        "Health state changes (UP/DOWN) of the backend.",
-        per_backend(|b| b.transitions as f64),
-    );
-    family(
-        "k3sxdp_backend_admin_state",
-        "gauge",
-        "Administrative state of the backend (k3s-xdp backend enable|drain|disable): 1 for the current one.",
-        s.services
-            .iter()
-            .flat_map(|x| {
+
+    fn gauge<V: EncodeGaugeValue>(
+        &mut self,
+        name: &str,
+        help: &str,
+        samples: impl IntoIterator<Item = (Labels, V)>,
+    ) -> std::fmt::Result {
+        let samples = samples.into_iter().map(|(l, v)| (l, ConstGauge::new(v)));
+        self.family(name, help, MetricType::Gauge, samples)
+    }
+
+    /// A family's HELP, TYPE and samples; a sample without labels is the family's only one.
+    fn family(
+        &mut self,
+        name: &str,
+        help: &str,
+        kind: MetricType,
+        samples: impl IntoIterator<Item = (Labels, impl EncodeMetric)>,
+    ) -> std::fmt::Result {
+        let mut family = self.0.encode_descriptor(name, help, None, kind)?;
+        for (labels, metric) in samples {
+            if labels.is_empty() {
+                return metric.encode(family);
+            }
+            metric.encode(family.encode_family(&labels)?)?;
+        }
+        Ok(())
+    }
+}
+
+fn one<V>(v: V) -> [(Labels, V); 1] {
+    [(Vec::new(), v)]
+}
+
+fn flag(b: bool) -> i64 {
+    i64::from(b)
+}
+
+impl Collector for Snapshot {
+    fn encode(&self, encoder: DescriptorEncoder) -> std::fmt::Result {
+        let s = &self.0;
+        let mut f = Families(encoder);
+        let svc = |x: &ServiceStatus| -> Labels { vec![("service", x.name.clone())] };
+        let be = |x: &ServiceStatus, b: &BackendStatus| -> Labels {
+            vec![
+                ("service", x.name.clone()),
+                ("backend", b.name.clone()),
+                ("address", b.address.clone()),
+            ]
+        };
+        let per_service = |v: fn(&ServiceStatus) -> u64| -> Vec<(Labels, u64)> {
+            s.services.iter().map(|x| (svc(x), v(x))).collect()
+        };
+        let per_backend = |v: fn(&BackendStatus) -> i64| -> Vec<(Labels, i64)> {
+            s.services
+                .iter()
+                .flat_map(|x| x.backends.iter().map(move |b| (be(x, b), v(b))))
+                .collect()
+        };
+        let per_backend_total = |v: fn(&BackendStatus) -> u64| -> Vec<(Labels, u64)> {
+            s.services
+                .iter()
+                .flat_map(|x| x.backends.iter().map(move |b| (be(x, b), v(b))))
+                .collect()
+        };
+        let by = |label: &'static str, counts: &std::collections::BTreeMap<String, u64>| {
+            counts
+                .iter()
+                .map(|(k, v)| (vec![(label, k.clone())], *v))
+                .collect::<Vec<_>>()
+        };
+
+        f.gauge(
+            "k3sxdp_info",
+            "Version, interface and XDP attach mode of this k3s-xdp.",
+            [(
+                vec![
+                    ("version", s.version.clone()),
+                    ("interface", s.interface.clone()),
+                    ("xdp_mode", s.xdp_mode.clone()),
+                ],
+                1i64,
+            )],
+        )?;
+        f.gauge(
+            "k3sxdp_uptime_seconds",
+            "Seconds since k3s-xdp started.",
+            one(s.uptime_seconds),
+        )?;
+        f.gauge(
+            "k3sxdp_link_up",
+            "1 while the interface is up with a carrier, 0 while its link is down.",
+            one(flag(s.link_up)),
+        )?;
+        f.counter(
+            "k3sxdp_config_reloads_total",
+            "Configuration reloads (SIGHUP or `k3s-xdp reload`), by result.",
+            [
+                (vec![("result", "ok".to_string())], s.reloads),
+                (vec![("result", "failed".to_string())], s.failed_reloads),
+            ],
+        )?;
+        f.counter(
+            "k3sxdp_xdp_packets_total",
+            "Packets seen by the XDP program, by what it did and why.",
+            by("reason", &s.packets),
+        )?;
+        f.counter(
+            "k3sxdp_flow_table_full_total",
+            "New flows that found the flow tables full: a live flow's entry evicted (flow_evicted), a live connection's SNAT translation taken over (translation_taken_over), a SNAT port taken while its backend may still hold it in TIME_WAIT (translation_reused_waiting: widen snat_port_range).",
+            by("event", &s.flow_table),
+        )?;
+        f.counter(
+            "k3sxdp_service_packets_total",
+            "Packets forwarded for the service (both directions in nat mode).",
+            per_service(|x| x.packets),
+        )?;
+        f.counter(
+            "k3sxdp_service_bytes_total",
+            "Bytes forwarded for the service.",
+            per_service(|x| x.bytes),
+        )?;
+        f.counter(
+            "k3sxdp_service_flows_total",
+            "New flows of the service.",
+            per_service(|x| x.new_flows),
+        )?;
+        f.counter(
+            "k3sxdp_service_resets_total",
+            "TCP RSTs sent for the service (backend down, or none healthy).",
+            per_service(|x| x.resets),
+        )?;
+        f.gauge(
+            "k3sxdp_service_healthy_backends",
+            "Backends of the service that take new flows.",
+            per_service(|x| x.healthy_backends as u64),
+        )?;
+        f.counter(
+            "k3sxdp_backend_packets_total",
+            "Packets forwarded through the backend.",
+            per_backend_total(|b| b.packets),
+        )?;
+        f.counter(
+            "k3sxdp_backend_bytes_total",
+            "Bytes forwarded through the backend.",
+            per_backend_total(|b| b.bytes),
+        )?;
+        f.counter(
+            "k3sxdp_backend_flows_total",
+            "New flows sent to the backend.",
+            per_backend_total(|b| b.new_flows),
+        )?;
+        f.counter(
+            "k3sxdp_backend_resets_total",
+            "RSTs sent for flows pinned to the backend.",
+            per_backend_total(|b| b.resets),
+        )?;
+        f.gauge(
+            "k3sxdp_backend_up",
+            "1 if the backend passes its health checks.",
+            per_backend(|b| flag(b.health == "up")),
+        )?;
+        f.gauge(
+            "k3sxdp_backend_weight",
+            "Weight of the backend in the Maglev table now (0 unless up; ramped by slowstart).",
+            per_backend(|b| i64::from(b.effective_weight)),
+        )?;
+        f.gauge(
+            "k3sxdp_backend_next_hop_resolved",
+            "1 if the MAC address of the backend's next hop is known; until then it takes no new flows.",
+            per_backend(|b| flag(b.next_hop_resolved)),
+        )?;
+        f.gauge(
+            "k3sxdp_backend_snat_ports",
+            "nat mode: SNAT ports of the backend held by live connections (in_use), or closed by the backend first and kept from other clients during its TIME_WAIT (waiting).",
+            s.services.iter().flat_map(|x| {
                 x.backends.iter().flat_map(move |b| {
-                    ["enable", "drain", "disable"].into_iter().map(move |a| {
-                        (format!("{},admin=\"{a}\"", be(x, b)), f64::from(u8::from(b.admin == a)))
+                    [
+                        ("in_use", b.snat_ports_in_use),
+                        ("waiting", b.snat_ports_waiting),
+                    ]
+                    .map(|(state, n)| {
+                        (
+                            vec![
+                                ("service", x.name.clone()),
+                                ("backend", b.name.clone()),
+                                ("state", state.to_string()),
+                            ],
+                            n,
+                        )
                     })
                 })
-            })
-            .collect(),
-    );
-    if let Some(v) = &s.vrrp {
-        family(
+            }),
+        )?;
+        f.counter(
+            "k3sxdp_backend_checks_total",
+            "Health checks run against the backend.",
+            per_backend_total(|b| b.checks),
+        )?;
+        f.gauge(
+            "k3sxdp_backend_check_duration_seconds",
+            "Duration of the last health check.",
+            s.services.iter().flat_map(|x| {
+                x.backends
+                    .iter()
+                    .map(move |b| (be(x, b), b.last_check_duration_seconds.unwrap_or(0.0)))
+            }),
+        )?;
+        f.counter(
+            "k3sxdp_backend_transitions_total",
+            "Health state changes (UP/DOWN) of the backend.",
+            per_backend_total(|b| b.transitions),
+        )?;
+        f.gauge(
+            "k3sxdp_backend_admin_state",
+            "Administrative state of the backend (k3s-xdp backend enable|drain|disable): 1 for the current one.",
+            s.services.iter().flat_map(|x| {
+                x.backends.iter().flat_map(move |b| {
+                    ["enable", "drain", "disable"].map(|a| {
+                        let mut labels = be(x, b);
+                        labels.push(("admin", a.to_string()));
+                        (labels, flag(b.admin == a))
+                    })
+                })
+            }),
+        )?;
+        let Some(v) = &s.vrrp else {
+            return Ok(());
+        };
+        f.gauge(
             "k3sxdp_vrrp_state",
-            "gauge",
             "VRRP state of this node: 1 for the current one.",
             ["MASTER", "BACKUP", "FAULT", "INIT"]
-                .iter()
-                .map(|st| {
-                    (
-                        format!("state=\"{}\"", st.to_lowercase()),
-                        f64::from(u8::from(v.state == *st)),
-                    )
-                })
-                .collect(),
-        );
-        family(
+                .map(|st| (vec![("state", st.to_lowercase())], flag(v.state == st))),
+        )?;
+        f.gauge(
             "k3sxdp_vrrp_master_info",
-            "gauge",
             "The current master's primary address (this node's when master), 1 while known.",
             v.master
                 .iter()
-                .map(|m| (format!("address=\"{}\"", escape(m)), 1.0))
-                .collect(),
-        );
-        family(
+                .map(|m| (vec![("address", m.clone())], 1i64)),
+        )?;
+        f.gauge(
             "k3sxdp_vrrp_priority",
-            "gauge",
             "VRRP priority advertised now.",
-            vec![(String::new(), f64::from(v.effective_priority))],
-        );
-        family(
+            one(i64::from(v.effective_priority)),
+        )?;
+        f.counter(
             "k3sxdp_vrrp_adverts_sent_total",
-            "counter",
             "VRRP advertisements sent.",
-            vec![(String::new(), v.adverts_sent as f64)],
-        );
-        family(
+            one(v.adverts_sent),
+        )?;
+        f.counter(
             "k3sxdp_vrrp_adverts_received_total",
-            "counter",
             "Valid VRRP advertisements received for our virtual router.",
-            vec![(String::new(), v.adverts_received as f64)],
-        );
-        family(
+            one(v.adverts_received),
+        )?;
+        f.counter(
             "k3sxdp_vrrp_adverts_other_routers_total",
-            "counter",
             "VRRP advertisements of other virtual routers on the link (another virtual_router_id), ignored.",
-            vec![(String::new(), v.adverts_other_routers as f64)],
-        );
-        family(
+            one(v.adverts_other_routers),
+        )?;
+        f.counter(
             "k3sxdp_vrrp_adverts_rejected_total",
-            "counter",
             "VRRP packets rejected, by reason.",
-            v.adverts_rejected
-                .iter()
-                .map(|(k, n)| (format!("reason=\"{}\"", escape(k)), *n as f64))
-                .collect(),
-        );
-        family(
+            by("reason", &v.adverts_rejected),
+        )?;
+        f.counter(
             "k3sxdp_vrrp_transitions_total",
-            "counter",
             "VRRP state changes.",
-            vec![(String::new(), v.transitions as f64)],
-        );
-        family(
+            one(v.transitions),
+        )?;
+        f.gauge(
             "k3sxdp_vrrp_track_ok",
-            "gauge",
             "1 while tracking (data plane, healthy backends) succeeds.",
-            vec![(String::new(), f64::from(u8::from(v.track_ok)))],
-        );
+            one(flag(v.track_ok)),
+        )
     }
-    out
 }

@@ -1,16 +1,34 @@
 //! The Prometheus endpoint: `GET /metrics` on `metrics_listen` (127.0.0.1:9742 by default),
-//! text exposition format 0.0.4, rendered from the controller's status snapshot. A deliberately
-//! small HTTP/1.1 server: one request per connection, bounded request size and time.
+//! served by `hyper` from the controller's status snapshot ([`exposition`](super::exposition)
+//! renders it). One request per connection (the answer says `Connection: close`), request
+//! headers bounded in size and in time, so a slow or hostile client holds nothing for long.
 
-use super::Event;
+use super::{
+    exposition::{self, Format},
+    Event,
+};
 use anyhow::{Context, Result};
-use std::{net::SocketAddr, time::Duration};
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{
+    body::Incoming, header, server::conn::http1, service::service_fn, Method, Request, Response,
+    StatusCode,
+};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use std::{convert::Infallible, net::SocketAddr, time::Duration};
 use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpListener, TcpStream},
     sync::{mpsc, oneshot},
 };
 use tracing::{debug, warn};
+
+/// How long a client may take to send its request headers, and how long a whole connection
+/// may last.
+const REQUEST_TIME: Duration = Duration::from_secs(5);
+const CONNECTION_TIME: Duration = Duration::from_secs(30);
+
+/// The largest request head read.
+const MAX_HEAD: usize = 16 * 1024;
 
 pub struct MetricsServer {
     listener: TcpListener,
@@ -32,12 +50,7 @@ impl MetricsServer {
         loop {
             match self.listener.accept().await {
                 Ok((stream, _)) => {
-                    let events = events.clone();
-                    tokio::spawn(async move {
-                        if let Err(e) = serve_one(stream, events).await {
-                            debug!("metrics connection: {e:#}");
-                        }
-                    });
+                    tokio::spawn(serve_connection(stream, events.clone()));
                 }
                 Err(e) => {
                     warn!("metrics: accept failed: {e}");
@@ -48,61 +61,75 @@ impl MetricsServer {
     }
 }
 
-async fn serve_one(mut stream: TcpStream, events: mpsc::Sender<Event>) -> Result<()> {
-    let mut buf = vec![0u8; 4096];
-    let mut len = 0;
-    let request_line = tokio::time::timeout(Duration::from_secs(5), async {
-        loop {
-            let n = stream.read(&mut buf[len..]).await?;
-            if n == 0 {
-                anyhow::bail!("closed before the request");
-            }
-            len += n;
-            if buf[..len].windows(4).any(|w| w == b"\r\n\r\n") || buf[..len].ends_with(b"\n\n") {
-                break;
-            }
-            if len == buf.len() {
-                anyhow::bail!("request headers too large");
-            }
+async fn serve_connection(stream: TcpStream, events: mpsc::Sender<Event>) {
+    let connection = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(REQUEST_TIME)
+        .max_buf_size(MAX_HEAD)
+        .keep_alive(false)
+        .serve_connection(
+            TokioIo::new(stream),
+            service_fn(move |request| answer(request, events.clone())),
+        );
+    match tokio::time::timeout(CONNECTION_TIME, connection).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => debug!("metrics connection: {e}"),
+        Err(_) => debug!("metrics connection: open longer than {CONNECTION_TIME:?}, closed"),
+    }
+}
+
+async fn answer(
+    request: Request<Incoming>,
+    events: mpsc::Sender<Event>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let reply = |status: StatusCode, content_type: &str, body: String| {
+        let mut response = Response::new(Full::new(Bytes::from(body)));
+        *response.status_mut() = status;
+        if let Ok(v) = header::HeaderValue::from_str(content_type) {
+            response.headers_mut().insert(header::CONTENT_TYPE, v);
         }
-        Ok(String::from_utf8_lossy(&buf[..len])
-            .lines()
-            .next()
-            .unwrap_or_default()
-            .to_string())
-    })
-    .await
-    .context("slow request")??;
-    let mut parts = request_line.split_whitespace();
-    let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-    let (status, content_type, body) = match (method, path.split('?').next().unwrap_or("")) {
-        ("GET", "/metrics") => {
-            let (reply, answer) = oneshot::channel();
-            events
-                .send(Event::Metrics { reply })
-                .await
-                .map_err(|_| anyhow::anyhow!("controller stopped"))?;
-            let body = answer.await.context("controller dropped the scrape")?;
-            ("200 OK", "text/plain; version=0.0.4; charset=utf-8", body)
-        }
-        ("GET", "/") => (
-            "200 OK",
-            "text/plain; charset=utf-8",
-            "k3s-xdp: metrics at /metrics\n".to_string(),
-        ),
-        ("GET", _) => ("404 Not Found", "text/plain", "not found\n".to_string()),
-        _ => (
-            "405 Method Not Allowed",
-            "text/plain",
-            "only GET\n".to_string(),
-        ),
+        response
     };
-    let head = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
-    stream.write_all(head.as_bytes()).await?;
-    stream.write_all(body.as_bytes()).await?;
-    stream.shutdown().await?;
-    Ok(())
+    let text = "text/plain; charset=utf-8";
+    if request.method() != Method::GET && request.method() != Method::HEAD {
+        let mut response = reply(StatusCode::METHOD_NOT_ALLOWED, text, "only GET\n".into());
+        response
+            .headers_mut()
+            .insert(header::ALLOW, header::HeaderValue::from_static("GET, HEAD"));
+        return Ok(response);
+    }
+    Ok(match request.uri().path() {
+        "/metrics" => {
+            let format = Format::from_accept(
+                request
+                    .headers()
+                    .get(header::ACCEPT)
+                    .and_then(|v| v.to_str().ok()),
+            );
+            match snapshot(&events).await {
+                Ok(status) => reply(
+                    StatusCode::OK,
+                    format.content_type(),
+                    exposition::render(&status, format),
+                ),
+                Err(e) => reply(StatusCode::SERVICE_UNAVAILABLE, text, format!("{e:#}\n")),
+            }
+        }
+        "/" => reply(
+            StatusCode::OK,
+            text,
+            "k3s-xdp: metrics at /metrics\n".into(),
+        ),
+        _ => reply(StatusCode::NOT_FOUND, text, "not found\n".into()),
+    })
+}
+
+/// The controller's status snapshot, asked through its event queue.
+async fn snapshot(events: &mpsc::Sender<Event>) -> Result<super::status::Status> {
+    let (reply, answer) = oneshot::channel();
+    events
+        .send(Event::Metrics { reply })
+        .await
+        .map_err(|_| anyhow::anyhow!("controller stopped"))?;
+    Ok(*answer.await.context("controller dropped the scrape")?)
 }

@@ -49,7 +49,7 @@ pub enum Event {
     Reload,
     /// Prometheus scrape.
     Metrics {
-        reply: oneshot::Sender<String>,
+        reply: oneshot::Sender<Box<Status>>,
     },
     /// VRRP's view, for status and metrics.
     Vrrp(Box<VrrpStatus>),
@@ -352,7 +352,7 @@ impl Controller {
                 let _ = self.reload(now);
             }
             Event::Metrics { reply } => {
-                let _ = reply.send(status::render_metrics(&self.status(now)));
+                let _ = reply.send(Box::new(self.status(now)));
             }
             Event::Vrrp(v) => self.vrrp = Some(*v),
             Event::FibChanged => {

@@ -15,7 +15,7 @@
 
 use crate::{
     config::{self, Config},
-    dataplane::{BackendSpec, BackendState, ServiceSpec},
+    dataplane::plan::{BackendSpec, BackendState, ServiceSpec},
     health::state::{Health, Outcome, Params, Transition},
 };
 use anyhow::{anyhow, bail, Result};

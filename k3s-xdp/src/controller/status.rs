@@ -201,6 +201,31 @@ mod tests {
         }
     }
 
+    /// Prometheus 2.x and later ask for OpenMetrics first; they get it, with the same samples.
+    #[test]
+    fn openmetrics_when_the_scraper_asks() {
+        use super::super::exposition::{render, Format};
+        let accept =
+            "application/openmetrics-text;version=1.0.0;q=0.5,text/plain;version=0.0.4;q=0.4";
+        assert_eq!(Format::from_accept(Some(accept)), Format::OpenMetrics);
+        assert_eq!(Format::from_accept(Some("*/*")), Format::Prometheus);
+        assert_eq!(Format::from_accept(None), Format::Prometheus);
+        let text = render(&sample(), Format::OpenMetrics);
+        assert!(
+            text.contains("# TYPE k3sxdp_xdp_packets counter\n"),
+            "{text}"
+        );
+        assert!(text.contains("\nk3sxdp_xdp_packets_total{reason=\"tx_forward\"} 7\n"));
+        assert!(text.contains("\nk3sxdp_link_up 1\n"));
+        assert!(text.ends_with("\n# EOF\n"));
+        let plain = render_metrics(&sample());
+        assert!(
+            plain.contains("# TYPE k3sxdp_xdp_packets_total counter\n"),
+            "{plain}"
+        );
+        assert!(!plain.contains("# EOF"));
+    }
+
     #[test]
     fn the_table_names_every_backend() {
         let table = render_table(&sample());

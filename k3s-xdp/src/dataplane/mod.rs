@@ -4,39 +4,26 @@
 //! falling back to generic mode where the driver has no XDP), detaches it on drop, and exposes the
 //! maps to the modules that fill them from the config and read the counters.
 
+mod flows;
 mod object;
+pub mod plan;
 mod publish;
 mod sys;
 mod vip_index;
 
+pub use flows::SnatPorts;
 pub use object::BPF_OBJECT;
-pub use publish::{
-    backend_entry, publish_table, read_globals, remove_table, table, vip_entries, write_globals,
-    Applied, BackendSpec, BackendState, Publisher, ServiceSpec,
-};
+pub use plan::{backend_entry, table, vip_entries, BackendSpec, BackendState, ServiceSpec};
+pub use publish::{publish_table, read_globals, remove_table, write_globals, Applied, Publisher};
 
 use anyhow::{anyhow, Context, Result};
 use aya::{
-    maps::{Array, MapData, PerCpuArray, ProgramArray},
+    maps::{MapData, PerCpuArray, ProgramArray},
     programs::{xdp::XdpLink, Xdp, XdpMode},
     Ebpf, EbpfLoader,
 };
-use k3s_xdp_common::{
-    hash::flow_hash,
-    names, reason,
-    table::{self, bucket_index, nat_index, FlowBucket, FlowSlot, NatSlot},
-    Flow, FlowKey, Globals, NatReverse, Traffic,
-};
-use std::{collections::BTreeMap, fmt};
-
-/// A backend's SNAT ports (see [`Dataplane::snat_ports`]).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct SnatPorts {
-    /// Held by a live translation.
-    pub in_use: u64,
-    /// Closed by the backend first, less than `snat_timewait` ago: not given to another client.
-    pub waiting: u64,
-}
+use k3s_xdp_common::{names, reason, table, Globals, Traffic};
+use std::fmt;
 
 /// How the program ended up attached.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
@@ -238,31 +225,6 @@ impl Dataplane {
         self.per_cpu_sums(names::TABLE_EVENTS, &reason::table::NAMES)
     }
 
-    /// SNAT ports per backend slot: held by a live translation, and closed but waiting for
-    /// the backend's TIME_WAIT (`snat_timewait` of `timewait` seconds), at `clock` (the
-    /// controller's). One pass over the reverse-NAT table's memory.
-    pub fn snat_ports(&self, clock: u32, timewait: u32) -> Result<BTreeMap<u32, SnatPorts>> {
-        use std::os::fd::{AsFd, AsRawFd};
-        let aya::maps::Map::Array(map) = self.map(names::NAT_REVERSE)? else {
-            anyhow::bail!("{} is not an array", names::NAT_REVERSE);
-        };
-        let count = (self.flow_mask as usize + 1) * table::WAYS as usize;
-        let mut out: BTreeMap<u32, SnatPorts> = BTreeMap::new();
-        sys::scan_mmapable_array(map.fd().as_fd().as_raw_fd(), count, |slot: NatSlot| {
-            if !slot.is_valid() || table::idle(slot.seen, clock) {
-                return;
-            }
-            let ports = out.entry(u32::from(slot.nat.backend)).or_default();
-            if k3s_xdp_common::waits(slot.nat.closing, slot.seen, clock, timewait) {
-                ports.waiting += 1;
-            } else if !slot.nat.closed() {
-                ports.in_use += 1;
-            }
-        })?;
-        out.retain(|_, p| *p != SnatPorts::default());
-        Ok(out)
-    }
-
     fn per_cpu_sums(&self, map: &str, labels: &[&'static str]) -> Result<Vec<(&'static str, u64)>> {
         let counters: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(self.map(map)?)?;
         let mut out = Vec::with_capacity(labels.len());
@@ -307,77 +269,6 @@ impl Dataplane {
             sum.resets += t.resets;
         }
         Ok(sum)
-    }
-
-    /// The flow table entry of a client → VIP tuple.
-    pub fn flow(&self, key: &FlowKey) -> Result<Option<Flow>> {
-        let hash = flow_hash(key);
-        let bucket: FlowBucket = self.bucket(names::FLOWS, hash)?;
-        Ok(bucket
-            .slots
-            .iter()
-            .find(|s| s.holds(key, hash))
-            .map(|s| s.flow))
-    }
-
-    /// The reverse NAT entry of a backend → VIP:snat_port tuple.
-    pub fn nat_reverse(&self, key: &FlowKey) -> Result<Option<NatReverse>> {
-        Ok(self.nat_slot(key)?.map(|s| s.nat))
-    }
-
-    /// The reverse NAT slot of a backend → VIP:snat_port tuple (with when it was last seen).
-    pub fn nat_slot(&self, key: &FlowKey) -> Result<Option<NatSlot>> {
-        let hash = flow_hash(key);
-        let map: Array<&MapData, NatSlot> = Array::try_from(self.map(names::NAT_REVERSE)?)?;
-        let slot = map.get(&nat_index(hash, self.flow_mask), 0)?;
-        Ok(slot.holds(key, hash).then_some(slot))
-    }
-
-    /// Writes a flow entry, last seen at `clock`, where the program would look for it
-    /// (tests use it to stage states): in the slot holding the key, else the first free one,
-    /// else the first.
-    pub fn store_flow(&mut self, key: &FlowKey, flow: &Flow, clock: u32) -> Result<()> {
-        let hash = flow_hash(key);
-        let mut bucket: FlowBucket = self.bucket(names::FLOWS, hash)?;
-        let way = bucket
-            .slots
-            .iter()
-            .position(|s| s.holds(key, hash))
-            .or_else(|| bucket.slots.iter().position(|s| s.seal == 0))
-            .unwrap_or(0);
-        bucket.slots[way] = FlowSlot::new(*key, hash, *flow, clock);
-        self.set_bucket(names::FLOWS, hash, bucket)
-    }
-
-    /// Writes a reverse NAT entry, last seen at `clock`, into its slot (tests stage
-    /// collisions).
-    pub fn store_nat_reverse(&mut self, key: &FlowKey, nat: &NatReverse, clock: u32) -> Result<()> {
-        let hash = flow_hash(key);
-        let index = nat_index(hash, self.flow_mask);
-        let mut map: Array<&mut MapData, NatSlot> =
-            Array::try_from(self.map_mut(names::NAT_REVERSE)?)?;
-        Ok(map.set(index, NatSlot::new(*key, hash, *nat, clock), 0)?)
-    }
-
-    /// Clears the flow entry of `key`, if any (as an eviction would).
-    pub fn remove_flow(&mut self, key: &FlowKey) -> Result<()> {
-        let hash = flow_hash(key);
-        let mut bucket: FlowBucket = self.bucket(names::FLOWS, hash)?;
-        for slot in bucket.slots.iter_mut().filter(|s| s.holds(key, hash)) {
-            *slot = FlowSlot::default();
-        }
-        self.set_bucket(names::FLOWS, hash, bucket)
-    }
-
-    fn bucket<B: aya::Pod>(&self, name: &str, hash: u32) -> Result<B> {
-        let map: Array<&MapData, B> = Array::try_from(self.map(name)?)?;
-        Ok(map.get(&bucket_index(hash, self.flow_mask), 0)?)
-    }
-
-    fn set_bucket<B: aya::Pod>(&mut self, name: &str, hash: u32, bucket: B) -> Result<()> {
-        let index = bucket_index(hash, self.flow_mask);
-        let mut map: Array<&mut MapData, B> = Array::try_from(self.map_mut(name)?)?;
-        Ok(map.set(index, bucket, 0)?)
     }
 }
 

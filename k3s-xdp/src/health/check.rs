@@ -10,6 +10,10 @@
 
 use super::state::Outcome;
 use anyhow::{anyhow, bail, Context, Result};
+use bytes::Bytes;
+use http_body_util::Empty;
+use hyper::{client::conn::http1, header, Request};
+use hyper_util::rt::TokioIo;
 use rustls::{
     client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier},
     crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider},
@@ -23,11 +27,7 @@ use std::{
     sync::Arc,
     time::{Duration, Instant},
 };
-use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
-    net::TcpStream,
-    time::timeout,
-};
+use tokio::{io::AsyncWriteExt, net::TcpStream, time::timeout};
 use tokio_rustls::TlsConnector;
 
 /// What to check and how, built once per service (certificates are read at build time).
@@ -143,19 +143,8 @@ impl Probe {
                 expect,
                 bearer_token,
             } => {
-                let mut tls = handshake(tls, addr, stream).await?;
-                let mut request = format!(
-                    "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: k3s-xdp-health-check\r\nAccept: */*\r\nConnection: close\r\n"
-                );
-                if let Some(token) = bearer_token {
-                    request.push_str(&format!("Authorization: Bearer {token}\r\n"));
-                }
-                request.push_str("\r\n");
-                tls.write_all(request.as_bytes())
-                    .await
-                    .map_err(|e| format!("sending the request: {}", describe(&e)))?;
-                let status = read_status(&mut tls).await?;
-                let _ = tls.shutdown().await;
+                let tls = handshake(tls, addr, stream).await?;
+                let status = get(tls, addr, path, bearer_token.as_deref()).await?;
                 if expect.contains(&status) {
                     Ok(())
                 } else {
@@ -164,6 +153,64 @@ impl Probe {
             }
         }
     }
+}
+
+/// `GET path` over an established TLS connection (HTTP/1.1, `hyper`): the response's status
+/// code. The body is not read; the connection closes when the check ends.
+async fn get(
+    tls: tokio_rustls::client::TlsStream<TcpStream>,
+    addr: SocketAddrV4,
+    path: &str,
+    bearer_token: Option<&str>,
+) -> Result<u16, String> {
+    let mut request = Request::get(path)
+        .header(header::HOST, addr.to_string())
+        .header(header::USER_AGENT, "k3s-xdp-health-check")
+        .header(header::ACCEPT, "*/*")
+        .header(header::CONNECTION, "close");
+    if let Some(token) = bearer_token {
+        request = request.header(header::AUTHORIZATION, format!("Bearer {token}"));
+    }
+    let request = request
+        .body(Empty::<Bytes>::new())
+        .map_err(|e| format!("path {path:?}: {e}"))?;
+    let (mut sender, connection) = http1::handshake(TokioIo::new(tls))
+        .await
+        .map_err(|e| http_error(&e))?;
+    let response = sender.send_request(request);
+    tokio::pin!(connection, response);
+    // The connection does the I/O while the request waits for its response; it ending first
+    // means the server closed (or broke) it before answering.
+    let answer = tokio::select! {
+        biased;
+        answer = &mut response => answer,
+        ended = &mut connection => match ended {
+            Err(e) => return Err(http_error(&e)),
+            // Closed cleanly: the request side says why.
+            Ok(()) => response.await,
+        },
+    };
+    answer
+        .map(|r| r.status().as_u16())
+        .map_err(|e| http_error(&e))
+}
+
+/// An HTTP client error in the operator's words.
+fn http_error(e: &hyper::Error) -> String {
+    if e.is_incomplete_message() {
+        return "connection closed without a response".into();
+    }
+    if e.is_parse() {
+        return format!("not an HTTP/1 response ({e})");
+    }
+    let mut source = std::error::Error::source(e);
+    while let Some(inner) = source {
+        if let Some(io) = inner.downcast_ref::<io::Error>() {
+            return describe(io);
+        }
+        source = inner.source();
+    }
+    e.to_string()
 }
 
 async fn handshake(
@@ -176,46 +223,6 @@ async fn handshake(
         .connect(name, stream)
         .await
         .map_err(|e| format!("TLS handshake failed: {}", describe(&e)))
-}
-
-/// Reads the status code of an HTTP/1.x response.
-async fn read_status<S: AsyncReadExt + Unpin>(stream: &mut S) -> Result<u16, String> {
-    let mut buf = Vec::with_capacity(256);
-    let mut chunk = [0u8; 256];
-    while !buf.contains(&b'\n') {
-        if buf.len() > 4096 {
-            return Err("no HTTP status line in the first 4 KiB".into());
-        }
-        let n = stream
-            .read(&mut chunk)
-            .await
-            .map_err(|e| format!("reading the response: {}", describe(&e)))?;
-        if n == 0 {
-            return Err(if buf.is_empty() {
-                "connection closed without a response".into()
-            } else {
-                "connection closed in the status line".into()
-            });
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    }
-    parse_status_line(&buf)
-}
-
-/// The status code of `HTTP/1.x NNN ...`.
-pub fn parse_status_line(bytes: &[u8]) -> Result<u16, String> {
-    let line = bytes.split(|&b| b == b'\n').next().unwrap_or_default();
-    let line = String::from_utf8_lossy(line);
-    let mut parts = line.split_whitespace();
-    let version = parts.next().unwrap_or_default();
-    if !version.starts_with("HTTP/1.") {
-        return Err(format!("not an HTTP/1 response: {:?}", line.trim()));
-    }
-    parts
-        .next()
-        .and_then(|code| code.parse::<u16>().ok())
-        .filter(|code| (100..=599).contains(code))
-        .ok_or_else(|| format!("bad HTTP status line: {:?}", line.trim()))
 }
 
 fn list(codes: &[u16]) -> String {
@@ -317,19 +324,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn status_lines() {
-        assert_eq!(parse_status_line(b"HTTP/1.1 200 OK\r\n"), Ok(200));
-        assert_eq!(
-            parse_status_line(b"HTTP/1.0 401 Unauthorized\r\nX: y"),
-            Ok(401)
-        );
-        assert!(parse_status_line(b"SSH-2.0-OpenSSH\r\n").is_err());
-        assert!(parse_status_line(b"HTTP/1.1 abc\r\n").is_err());
-        assert!(parse_status_line(b"HTTP/1.1 999 Nope\r\n").is_err());
-        assert!(parse_status_line(b"").is_err());
-    }
-
-    #[test]
     fn errors_read_like_an_operator_would_say_them() {
         assert_eq!(
             describe(&io::Error::from_raw_os_error(libc::ECONNREFUSED)),
@@ -355,6 +349,90 @@ mod tests {
         drop(listener);
         let (outcome, _) = Probe::Tcp.run(addr, Duration::from_secs(1)).await;
         assert_eq!(outcome, Outcome::Failed("connection refused".into()));
+    }
+
+    /// A TLS server on loopback that reads each request head (a GET with the bearer token),
+    /// answers `answer` and closes.
+    async fn tls_server(answer: &'static [u8]) -> (SocketAddrV4, tokio::task::JoinHandle<()>) {
+        use tokio::io::AsyncReadExt;
+        let key = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into()]).unwrap();
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![key.cert.der().clone()],
+            PrivateKeyDer::Pkcs8(key.key_pair.serialize_der().into()),
+        )
+        .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = match listener.local_addr().unwrap() {
+            std::net::SocketAddr::V4(a) => a,
+            _ => unreachable!(),
+        };
+        let task = tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    continue;
+                };
+                let mut head = Vec::new();
+                let mut buf = [0u8; 512];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match tls.read(&mut buf).await {
+                        Ok(n) if n > 0 => head.extend_from_slice(&buf[..n]),
+                        _ => break,
+                    }
+                }
+                assert!(head.starts_with(b"GET /readyz HTTP/1.1\r\n"));
+                let head = String::from_utf8_lossy(&head).to_lowercase();
+                assert!(
+                    head.contains("\r\nauthorization: bearer t0ken\r\n"),
+                    "{head}"
+                );
+                let _ = tls.write_all(answer).await;
+                let _ = tls.shutdown().await;
+            }
+        });
+        (addr, task)
+    }
+
+    /// https checks against real TLS servers on loopback: the status code decides, and what is
+    /// not an HTTP answer is said so.
+    #[tokio::test]
+    async fn https_checks_read_the_status_code() {
+        let tls = Probe::tls_config(&TlsFiles::default()).unwrap();
+        let probe = Probe::Https {
+            tls,
+            path: "/readyz".into(),
+            expect: vec![200, 204],
+            bearer_token: Some("t0ken".into()),
+        };
+        let limit = Duration::from_secs(5);
+        for (answer, outcome) in [
+            (&b"HTTP/1.1 204 No Content\r\n\r\n"[..], Outcome::Passed),
+            (
+                b"HTTP/1.0 401 Unauthorized\r\nContent-Length: 0\r\n\r\n",
+                Outcome::Failed("HTTP 401 (expected 200 or 204)".into()),
+            ),
+            (
+                b"",
+                Outcome::Failed("connection closed without a response".into()),
+            ),
+        ] {
+            let (addr, server) = tls_server(answer).await;
+            assert_eq!(probe.run(addr, limit).await.0, outcome);
+            server.abort();
+        }
+        let (addr, server) = tls_server(b"SSH-2.0-OpenSSH_9.2\r\n").await;
+        let (outcome, _) = probe.run(addr, limit).await;
+        assert!(
+            matches!(&outcome, Outcome::Failed(why) if why.starts_with("not an HTTP/1 response")),
+            "{outcome:?}"
+        );
+        server.abort();
     }
 
     /// A listener that accepts TCP but never speaks TLS: the tls check times out.

@@ -1,0 +1,123 @@
+//! The flow tables seen from userspace: the SNAT ports each backend holds (for status and
+//! metrics), and single entries of the flow and reverse-NAT tables read and written where the
+//! XDP program looks for them (the BPF tests stage states with them; flow sync will install a
+//! peer's flows with them). Layout and hashing are `k3s_xdp_common::table`'s, shared with the
+//! program.
+
+use super::{sys, Dataplane};
+use anyhow::Result;
+use aya::maps::{Array, MapData};
+use k3s_xdp_common::{
+    hash::flow_hash,
+    names,
+    table::{self, bucket_index, nat_index, FlowBucket, FlowSlot, NatSlot},
+    Flow, FlowKey, NatReverse,
+};
+use std::collections::BTreeMap;
+
+/// A backend's SNAT ports (see [`Dataplane::snat_ports`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SnatPorts {
+    /// Held by a live translation.
+    pub in_use: u64,
+    /// Closed by the backend first, less than `snat_timewait` ago: not given to another client.
+    pub waiting: u64,
+}
+
+impl Dataplane {
+    /// SNAT ports per backend slot: held by a live translation, and closed but waiting for
+    /// the backend's TIME_WAIT (`snat_timewait` of `timewait` seconds), at `clock` (the
+    /// controller's). One pass over the reverse-NAT table's memory.
+    pub fn snat_ports(&self, clock: u32, timewait: u32) -> Result<BTreeMap<u32, SnatPorts>> {
+        use std::os::fd::{AsFd, AsRawFd};
+        let aya::maps::Map::Array(map) = self.map(names::NAT_REVERSE)? else {
+            anyhow::bail!("{} is not an array", names::NAT_REVERSE);
+        };
+        let count = (self.flow_mask as usize + 1) * table::WAYS as usize;
+        let mut out: BTreeMap<u32, SnatPorts> = BTreeMap::new();
+        sys::scan_mmapable_array(map.fd().as_fd().as_raw_fd(), count, |slot: NatSlot| {
+            if !slot.is_valid() || table::idle(slot.seen, clock) {
+                return;
+            }
+            let ports = out.entry(u32::from(slot.nat.backend)).or_default();
+            if k3s_xdp_common::waits(slot.nat.closing, slot.seen, clock, timewait) {
+                ports.waiting += 1;
+            } else if !slot.nat.closed() {
+                ports.in_use += 1;
+            }
+        })?;
+        out.retain(|_, p| *p != SnatPorts::default());
+        Ok(out)
+    }
+
+    /// The flow table entry of a client → VIP tuple.
+    pub fn flow(&self, key: &FlowKey) -> Result<Option<Flow>> {
+        let hash = flow_hash(key);
+        let bucket: FlowBucket = self.bucket(names::FLOWS, hash)?;
+        Ok(bucket
+            .slots
+            .iter()
+            .find(|s| s.holds(key, hash))
+            .map(|s| s.flow))
+    }
+
+    /// The reverse NAT entry of a backend → VIP:snat_port tuple.
+    pub fn nat_reverse(&self, key: &FlowKey) -> Result<Option<NatReverse>> {
+        Ok(self.nat_slot(key)?.map(|s| s.nat))
+    }
+
+    /// The reverse NAT slot of a backend → VIP:snat_port tuple (with when it was last seen).
+    pub fn nat_slot(&self, key: &FlowKey) -> Result<Option<NatSlot>> {
+        let hash = flow_hash(key);
+        let map: Array<&MapData, NatSlot> = Array::try_from(self.map(names::NAT_REVERSE)?)?;
+        let slot = map.get(&nat_index(hash, self.flow_mask), 0)?;
+        Ok(slot.holds(key, hash).then_some(slot))
+    }
+
+    /// Writes a flow entry, last seen at `clock`, where the program would look for it
+    /// (tests use it to stage states): in the slot holding the key, else the first free one,
+    /// else the first.
+    pub fn store_flow(&mut self, key: &FlowKey, flow: &Flow, clock: u32) -> Result<()> {
+        let hash = flow_hash(key);
+        let mut bucket: FlowBucket = self.bucket(names::FLOWS, hash)?;
+        let way = bucket
+            .slots
+            .iter()
+            .position(|s| s.holds(key, hash))
+            .or_else(|| bucket.slots.iter().position(|s| s.seal == 0))
+            .unwrap_or(0);
+        bucket.slots[way] = FlowSlot::new(*key, hash, *flow, clock);
+        self.set_bucket(names::FLOWS, hash, bucket)
+    }
+
+    /// Writes a reverse NAT entry, last seen at `clock`, into its slot (tests stage
+    /// collisions).
+    pub fn store_nat_reverse(&mut self, key: &FlowKey, nat: &NatReverse, clock: u32) -> Result<()> {
+        let hash = flow_hash(key);
+        let index = nat_index(hash, self.flow_mask);
+        let mut map: Array<&mut MapData, NatSlot> =
+            Array::try_from(self.map_mut(names::NAT_REVERSE)?)?;
+        Ok(map.set(index, NatSlot::new(*key, hash, *nat, clock), 0)?)
+    }
+
+    /// Clears the flow entry of `key`, if any (as an eviction would).
+    pub fn remove_flow(&mut self, key: &FlowKey) -> Result<()> {
+        let hash = flow_hash(key);
+        let mut bucket: FlowBucket = self.bucket(names::FLOWS, hash)?;
+        for slot in bucket.slots.iter_mut().filter(|s| s.holds(key, hash)) {
+            *slot = FlowSlot::default();
+        }
+        self.set_bucket(names::FLOWS, hash, bucket)
+    }
+
+    fn bucket<B: aya::Pod>(&self, name: &str, hash: u32) -> Result<B> {
+        let map: Array<&MapData, B> = Array::try_from(self.map(name)?)?;
+        Ok(map.get(&bucket_index(hash, self.flow_mask), 0)?)
+    }
+
+    fn set_bucket<B: aya::Pod>(&mut self, name: &str, hash: u32, bucket: B) -> Result<()> {
+        let index = bucket_index(hash, self.flow_mask);
+        let mut map: Array<&mut MapData, B> = Array::try_from(self.map_mut(name)?)?;
+        Ok(map.set(index, bucket, 0)?)
+    }
+}
