@@ -10,7 +10,8 @@
 //!   on its own: type, range, format, unknown keys;
 //! - `validate.rs` checks the rules that span keys (duplicates, VIPs covered by VRRP, limits of
 //!   the data plane, keys that only apply to some health check kinds);
-//! - `render.rs` writes a [`Config`] back to TOML ([`Config::to_toml`]), for `k3s-xdp import`;
+//! - `render.rs` writes a [`Config`] back to TOML ([`Config::to_toml`]): `k3s-xdp import` builds
+//!   a `Config` and prints it so;
 //! - the [`defaults`] below are the one place where default values live.
 //!
 //! The module is pure: apart from [`load`] reading the file, it does no I/O. Files named in the
@@ -191,6 +192,24 @@ impl PartialEq for Config {
 }
 
 impl Config {
+    /// A config of `services` with every other key at its default (for `k3s-xdp import`,
+    /// which then prints it with [`Config::to_document`]).
+    pub fn with_services(services: Vec<Service>) -> Self {
+        Config {
+            interface: None,
+            metrics_listen: defaults::METRICS_LISTEN,
+            control_socket: PathBuf::from(defaults::CONTROL_SOCKET),
+            xdp_mode: defaults::XDP_MODE,
+            flow_table_size: defaults::FLOW_TABLE_SIZE,
+            snat_port_min: defaults::SNAT_PORT_MIN,
+            snat_port_max: defaults::SNAT_PORT_MAX,
+            snat_timewait: defaults::SNAT_TIMEWAIT,
+            services,
+            vrrp: None,
+            warnings: Vec::new(),
+        }
+    }
+
     /// The addresses the load balancers hold for the services: every VIP and every SNAT pool
     /// address that is no VIP, each once.
     pub fn held_addresses(&self) -> std::collections::BTreeSet<Ipv4Addr> {
@@ -255,7 +274,12 @@ impl Config {
     /// Renders the config as TOML that [`parse`] reads back as an equal `Config`. Values equal
     /// to their default are left out, except the few an operator looks for first.
     pub fn to_toml(&self) -> String {
-        render::to_toml(self)
+        render::to_document(self).to_string()
+    }
+
+    /// [`Config::to_toml`] as a document, for a caller that adds comments before printing it.
+    pub fn to_document(&self) -> toml_edit::DocumentMut {
+        render::to_document(self)
     }
 }
 
@@ -320,6 +344,22 @@ impl Serialize for SnatSource {
 }
 
 impl Service {
+    /// A service without backends yet, every other key at its default.
+    pub fn new(name: &str, vip: Ipv4Addr, port: u16) -> Self {
+        Service {
+            name: name.to_string(),
+            vip,
+            port,
+            protocol: defaults::PROTOCOL,
+            mode: defaults::MODE,
+            on_backend_down: defaults::ON_BACKEND_DOWN,
+            snat_source: vec![SnatSource::Vip],
+            table_size: defaults::TABLE_SIZE,
+            backends: Vec::new(),
+            health: Health::default(),
+        }
+    }
+
     /// The addresses of the SNAT pool, `node` being this node's address (left out when
     /// unknown: the daemon refuses to start without it): empty when the backends see the VIP
     /// alone (the data plane's default, which needs no pool).

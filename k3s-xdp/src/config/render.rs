@@ -1,5 +1,6 @@
-//! [`Config::to_toml`](super::Config::to_toml): a config written back as TOML, in the layout of
-//! the examples (backends as one inline table per line, `[service.health]`, `[vrrp]`).
+//! [`Config::to_toml`](super::Config::to_toml) and [`Config::to_document`](super::Config::to_document):
+//! a config written back as TOML, in the layout of the examples (backends as one inline table
+//! per line, `[service.health]`, `[vrrp]`).
 //!
 //! `k3s-xdp import` builds a [`Config`] from haproxy.cfg and keepalived.conf and prints it
 //! with this. The output is faithful: [`parse`](super::parse) reads it back as an equal config.
@@ -10,7 +11,7 @@ use super::{defaults, duration, BackendConfig, Config, Health, Service, SnatSour
 use std::{path::Path, time::Duration};
 use toml_edit::{value, Array, ArrayOfTables, DocumentMut, InlineTable, Item, Table, Value};
 
-pub(super) fn to_toml(config: &Config) -> String {
+pub(super) fn to_document(config: &Config) -> DocumentMut {
     let mut doc = DocumentMut::new();
     let root = doc.as_table_mut();
     if let Some(interface) = &config.interface {
@@ -50,7 +51,7 @@ pub(super) fn to_toml(config: &Config) -> String {
     if let Some(vrrp) = &config.vrrp {
         root.insert("vrrp", Item::Table(vrrp_table(vrrp)));
     }
-    doc.to_string()
+    doc
 }
 
 fn path_value(path: &Path) -> Item {

@@ -47,6 +47,27 @@ pub struct VrrpReload {
 }
 
 impl Vrrp {
+    /// An instance moving `virtual_ipaddress`, every other key at its default.
+    pub fn new(virtual_router_id: u8, virtual_ipaddress: Vec<VirtualAddress>) -> Self {
+        Vrrp {
+            virtual_router_id,
+            priority: defaults::PRIORITY,
+            state: defaults::STATE,
+            advert_int: defaults::ADVERT_INT,
+            virtual_ipaddress,
+            unicast_src_ip: None,
+            unicast_peers: Vec::new(),
+            preempt: defaults::PREEMPT,
+            preempt_delay: defaults::PREEMPT_DELAY,
+            version: defaults::VRRP_VERSION,
+            auth_pass: None,
+            track: Track::default(),
+            garp_master_repeat: defaults::GARP_MASTER_REPEAT,
+            garp_interval: defaults::GARP_INTERVAL,
+            garp_master_refresh: defaults::GARP_MASTER_REFRESH,
+        }
+    }
+
     /// What changes from `self` (running) to `new` (reloaded). The priority, timers, preemption,
     /// tracking and gratuitous ARP settings apply live; the router's identity (id, version,
     /// password, addresses, peers) and the initial state wait for a restart.

@@ -20,13 +20,18 @@
 mod haproxy;
 mod keepalived;
 
+use crate::config::{
+    defaults, BackendConfig, CheckKind, Config, Health, InitialState, Service, Track,
+    VirtualAddress, Vrrp,
+};
 use anyhow::{bail, Result};
 use std::{
     collections::BTreeSet,
-    fmt::{self, Write as _},
-    net::Ipv4Addr,
+    fmt,
+    net::{Ipv4Addr, SocketAddrV4},
     time::Duration,
 };
+use toml_edit::{DocumentMut, Item};
 
 /// A position in an input file.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -79,7 +84,19 @@ pub struct Imported {
     pub warnings: Warnings,
 }
 
-/// Converts haproxy.cfg (and keepalived.conf) to k3s-xdp TOML.
+/// What the output says in comments next to the keys: guesses and hints for the operator.
+#[derive(Default)]
+struct Hints {
+    /// Services (by index) checked with `tcp` in front of k3s API servers.
+    suggest_tls: Vec<usize>,
+    /// keepalived's instance gave no priority, or no state (templates such as the k3s docs').
+    priority_unknown: bool,
+    state_unknown: bool,
+}
+
+/// Converts haproxy.cfg (and keepalived.conf) to k3s-xdp TOML: builds the [`Config`] they
+/// describe and prints it with the config module's renderer, with comments for what the
+/// operator should look at.
 pub fn import(
     haproxy: Input<'_>,
     keepalived: Option<Input<'_>>,
@@ -105,30 +122,11 @@ pub fn import(
         None => None,
     };
 
-    let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "# k3s-xdp configuration imported from {}{}.",
-        haproxy.name,
-        match &k {
-            Some(k) => format!(" and {}", k.file),
-            None => String::new(),
-        }
-    );
-    let _ = writeln!(out, "# Check it with `k3s-xdp check --config FILE`.");
-    if let Some(iface) = instance.and_then(|i| i.interface.as_ref()) {
-        let _ = writeln!(out, "\ninterface = {}", quote(iface));
-    } else {
-        let _ = writeln!(
-            out,
-            "\n# interface = \"eth1\"   # or pass --iface to `k3s-xdp run`"
-        );
-    }
-
+    let mut hints = Hints::default();
     let fallback_vip =
         vip.or_else(|| instance.and_then(|i| i.virtual_ipaddress.first().map(|v| v.0)));
     let mut names = BTreeSet::new();
-    let mut services = 0;
+    let mut services = Vec::new();
     for f in &h.frontends {
         let at = Where::new(haproxy.name, f.line);
         let Some(backend_name) = &f.backend else {
@@ -167,12 +165,7 @@ pub fn import(
             name = format!("{backend_name}-{}", f.port);
             names.insert(name.clone());
         }
-        services += 1;
-        let _ = writeln!(out, "\n[[service]]");
-        let _ = writeln!(out, "name = {}", quote(&name));
-        let _ = writeln!(out, "vip = {}", quote(&service_vip.to_string()));
-        let _ = writeln!(out, "port = {}", f.port);
-        let _ = writeln!(out, "backends = [");
+        let mut service = Service::new(&name, service_vip, f.port);
         let mut seen = BTreeSet::new();
         for s in &b.servers {
             let port = s.port.unwrap_or(f.port);
@@ -186,44 +179,105 @@ pub fn import(
                 );
                 continue;
             }
+            let max = defaults::BACKEND_WEIGHT_MAX;
             let weight = match s.params.weight {
-                Some(w) if w > 256 => {
+                Some(w) if w > max => {
                     warnings.push(
                         Where::new(haproxy.name, s.line),
-                        format!("server {}: weight {w} above 256, using 256", s.name),
+                        format!("server {}: weight {w} above {max}, using {max}", s.name),
                     );
-                    ", weight = 256".to_string()
+                    max
                 }
-                Some(w) => format!(", weight = {w}"),
-                None => String::new(),
+                Some(w) => w,
+                None => defaults::BACKEND_WEIGHT,
             };
-            let _ = writeln!(
-                out,
-                "  {{ name = {}, address = {}{weight} }},",
-                quote(&s.name),
-                quote(&format!("{}:{port}", s.addr))
-            );
+            service.backends.push(BackendConfig {
+                name: s.name.clone(),
+                address: SocketAddrV4::new(s.addr, port),
+                weight,
+            });
         }
-        let _ = writeln!(out, "]");
-        write_health(&mut out, b, haproxy.name, &mut warnings);
+        service.health = health(b, haproxy.name, &mut warnings);
+        if service.health.check == CheckKind::Tcp
+            && service.backends.iter().any(|b| b.address.port() == 6443)
+        {
+            hints.suggest_tls.push(services.len());
+        }
+        services.push(service);
     }
-    if services == 0 {
+    if services.is_empty() {
         bail!(
             "{}: no frontend with a default_backend and servers: nothing to import",
             haproxy.name
         );
     }
-
+    let mut config = Config::with_services(services);
+    config.interface = instance.and_then(|i| i.interface.clone());
     if let Some(i) = instance {
-        write_vrrp(&mut out, i, k.as_ref(), &mut warnings)?;
+        config.vrrp = Some(vrrp(i, k.as_ref(), &mut warnings, &mut hints)?);
     }
+
+    let mut out = format!(
+        "# k3s-xdp configuration imported from {}{}.\n# Check it with `k3s-xdp check --config FILE`.\n\n",
+        haproxy.name,
+        match &k {
+            Some(k) => format!(" and {}", k.file),
+            None => String::new(),
+        }
+    );
+    if config.interface.is_none() {
+        out.push_str("# interface = \"eth1\"   # or pass --iface to `k3s-xdp run`\n\n");
+    }
+    out.push_str(&annotate(config.to_document(), &hints).to_string());
     Ok(Imported {
         toml: out,
         warnings,
     })
 }
 
-fn write_health(out: &mut String, b: &haproxy::Backend, file: &str, warnings: &mut Warnings) {
+/// The rendered config with the hints as comments after their keys.
+fn annotate(mut doc: DocumentMut, hints: &Hints) -> DocumentMut {
+    fn comment(item: Option<&mut Item>, text: &str) {
+        if let Some(value) = item.and_then(Item::as_value_mut) {
+            value.decor_mut().set_suffix(format!("   # {text}"));
+        }
+    }
+    if let Some(services) = doc
+        .get_mut("service")
+        .and_then(Item::as_array_of_tables_mut)
+    {
+        for &i in &hints.suggest_tls {
+            let check = services
+                .get_mut(i)
+                .and_then(|s| s.get_mut("health"))
+                .and_then(Item::as_table_mut)
+                .and_then(|h| h.get_mut("check"));
+            comment(
+                check,
+                "k3s: check = \"tls\" also proves the API server completes a TLS handshake",
+            );
+        }
+    }
+    if let Some(vrrp) = doc.get_mut("vrrp").and_then(Item::as_table_mut) {
+        if hints.priority_unknown {
+            comment(vrrp.get_mut("priority"), "e.g. 200 on lb-1, 100 on lb-2");
+        }
+        if hints.state_unknown {
+            comment(
+                vrrp.get_mut("state"),
+                "\"master\" on lb-1, \"backup\" on lb-2",
+            );
+        }
+        comment(
+            vrrp.get_mut("version"),
+            "keepalived's default; 3 once both nodes run k3s-xdp",
+        );
+    }
+    doc
+}
+
+/// `[service.health]` from the backend's check settings (its first checked server's).
+fn health(b: &haproxy::Backend, file: &str, warnings: &mut Warnings) -> Health {
     let checked: Vec<&haproxy::Server> = b.servers.iter().filter(|s| s.params.check).collect();
     if checked.is_empty() {
         warnings.push(
@@ -249,62 +303,43 @@ fn write_health(out: &mut String, b: &haproxy::Backend, file: &str, warnings: &m
     }
     let p = &first.params;
     let check = match (p.check_ssl, &b.httpchk) {
-        (true, Some(_)) => "https",
-        (true, None) => "tls",
+        (true, Some(_)) => CheckKind::Https,
+        (true, None) => CheckKind::Tls,
         (false, Some(_)) => {
             warnings.push(
                 Where::new(file, b.line),
                 format!("backend {}: `option httpchk` over plain HTTP is not supported; using a tcp check (add `check-ssl` for https)", b.name),
             );
-            "tcp"
+            CheckKind::Tcp
         }
-        (false, None) => "tcp",
+        (false, None) => CheckKind::Tcp,
     };
-    let _ = writeln!(out, "\n[service.health]");
-    let _ = writeln!(out, "check = \"{check}\"");
-    if check == "tcp" && b.servers.iter().any(|s| s.port.unwrap_or(0) == 6443) {
-        let _ = writeln!(
-            out,
-            "# k3s: check = \"tls\" also proves the API server completes a TLS handshake"
-        );
+    let mut health = Health {
+        check,
+        port: p.port,
+        ..Health::default()
+    };
+    if let (CheckKind::Https, Some(path)) = (check, &b.httpchk) {
+        health.path = path.clone();
     }
-    if check == "https" {
-        if let Some(path) = &b.httpchk {
-            let _ = writeln!(out, "path = {}", quote(path));
-        }
-    }
-    if let Some(port) = p.port {
-        let _ = writeln!(out, "port = {port}");
-    }
-    for (key, value) in [
-        ("inter", p.inter),
-        ("downinter", p.downinter),
-        ("fastinter", p.fastinter),
-    ] {
-        if let Some(v) = value {
-            let _ = writeln!(out, "{key} = \"{}\"", fmt_duration(v));
-        }
-    }
-    if let Some(v) = p.rise {
-        let _ = writeln!(out, "rise = {v}");
-    }
-    if let Some(v) = p.fall {
-        let _ = writeln!(out, "fall = {v}");
-    }
-    if let Some(v) = b.check_timeout {
-        let _ = writeln!(out, "timeout = \"{}\"", fmt_duration(v));
-    }
-    if let Some(v) = p.slowstart {
-        let _ = writeln!(out, "slowstart = \"{}\"", fmt_duration(v));
-    }
+    health.inter = p.inter.unwrap_or(health.inter);
+    // HAProxy's defaults, and k3s-xdp's: both follow `inter`.
+    health.downinter = p.downinter.unwrap_or(health.inter);
+    health.fastinter = p.fastinter.unwrap_or(health.inter);
+    health.rise = p.rise.unwrap_or(health.rise);
+    health.fall = p.fall.unwrap_or(health.fall);
+    health.timeout = b.check_timeout.unwrap_or(health.timeout);
+    health.slowstart = p.slowstart.unwrap_or(health.slowstart);
+    health
 }
 
-fn write_vrrp(
-    out: &mut String,
+/// `[vrrp]` from keepalived's `vrrp_instance`.
+fn vrrp(
     i: &keepalived::Instance,
     k: Option<&keepalived::Keepalived>,
     warnings: &mut Warnings,
-) -> Result<()> {
+    hints: &mut Hints,
+) -> Result<Vrrp> {
     let file = k.map_or("keepalived.conf", |k| k.file.as_str());
     let Some(vrid) = i.virtual_router_id else {
         bail!(
@@ -320,77 +355,53 @@ fn write_vrrp(
             i.name
         );
     }
-    let version = k.and_then(|k| k.version).unwrap_or(2);
-    let _ = writeln!(out, "\n[vrrp]");
-    let _ = writeln!(out, "virtual_router_id = {vrid}");
-    if let Some(p) = i.priority {
-        let _ = writeln!(out, "priority = {p}");
-    } else {
-        let _ = writeln!(out, "# priority = 100   # e.g. 200 on lb-1, 100 on lb-2");
+    let addresses = i
+        .virtual_ipaddress
+        .iter()
+        .map(|&(addr, prefix_len)| VirtualAddress { addr, prefix_len })
+        .collect();
+    let mut v = Vrrp::new(vrid, addresses);
+    // keepalived speaks VRRPv2 unless told otherwise: keep it, to interoperate meanwhile.
+    v.version = k.and_then(|k| k.version).unwrap_or(2);
+    match i.priority {
+        Some(p) => v.priority = p,
+        None => hints.priority_unknown = true,
     }
     match i.master {
-        Some(true) => {
-            let _ = writeln!(out, "state = \"master\"");
-        }
-        Some(false) => {
-            let _ = writeln!(out, "state = \"backup\"");
-        }
-        None => {
-            let _ = writeln!(out, "# state = \"master\"   # on lb-1; \"backup\" on lb-2");
-        }
+        Some(true) => v.state = InitialState::Master,
+        Some(false) => v.state = InitialState::Backup,
+        None => hints.state_unknown = true,
     }
-    if let Some(v) = i.advert_int {
-        let v = if version == 2 && v.subsec_nanos() != 0 {
-            let rounded = Duration::from_secs(v.as_secs().max(1));
+    if let Some(advert_int) = i.advert_int {
+        v.advert_int = if v.version == 2 && advert_int.subsec_nanos() != 0 {
+            let rounded = Duration::from_secs(advert_int.as_secs().max(1));
             warnings.push(
                 Where::new(file, i.lines.advert_int),
-                format!("advert_int {v:?}: VRRPv2 counts whole seconds, using {rounded:?}"),
+                format!(
+                    "advert_int {advert_int:?}: VRRPv2 counts whole seconds, using {rounded:?}"
+                ),
             );
             rounded
         } else {
-            v
+            advert_int
         };
-        let _ = writeln!(out, "advert_int = \"{}\"", fmt_duration(v));
     }
-    let addresses: Vec<String> = i
-        .virtual_ipaddress
-        .iter()
-        .map(|(a, p)| quote(&format!("{a}/{p}")))
-        .collect();
-    let _ = writeln!(out, "virtual_ipaddress = [{}]", addresses.join(", "));
-    if let Some(src) = i.unicast_src_ip {
-        let _ = writeln!(out, "unicast_src_ip = {}", quote(&src.to_string()));
-    }
-    if !i.unicast_peers.is_empty() {
-        let peers: Vec<String> = i
-            .unicast_peers
-            .iter()
-            .map(|p| quote(&p.to_string()))
-            .collect();
-        let _ = writeln!(out, "unicast_peers = [{}]", peers.join(", "));
-    }
-    if !i.preempt {
-        let _ = writeln!(out, "preempt = false");
-    }
-    if let Some(d) = i.preempt_delay {
-        let _ = writeln!(out, "preempt_delay = \"{}\"", fmt_duration(d));
-    }
-    let _ = writeln!(
-        out,
-        "version = {version}   # keepalived's default; 3 once both nodes run k3s-xdp"
-    );
+    v.unicast_src_ip = i.unicast_src_ip;
+    v.unicast_peers = i.unicast_peers.clone();
+    v.preempt = i.preempt;
+    v.preempt_delay = i.preempt_delay.unwrap_or(v.preempt_delay);
     if let Some(pass) = &i.auth_pass {
-        if version == 2 {
-            let pass = if pass.len() > 8 {
+        if v.version == 2 {
+            let max = defaults::AUTH_PASS_MAX_BYTES;
+            v.auth_pass = Some(if pass.len() > max {
                 warnings.push(
                     Where::new(file, i.lines.authentication),
-                    "auth_pass longer than 8 characters: keepalived uses the first 8, so does this import".into(),
+                    format!("auth_pass longer than {max} characters: keepalived uses the first {max}, so does this import"),
                 );
-                pass.chars().take(8).collect()
+                pass.chars().take(max).collect()
             } else {
                 pass.clone()
-            };
-            let _ = writeln!(out, "auth_pass = {}", quote(&pass));
+            });
         } else {
             warnings.push(
                 Where::new(file, i.lines.authentication),
@@ -399,39 +410,20 @@ fn write_vrrp(
         }
     }
     if let Some(w) = i.track_weight {
-        let weight = if w > 0 { -w } else { w };
-        let _ = writeln!(
-            out,
-            "track = {{ dataplane = true, min_healthy_backends = 1, weight = {weight} }}"
-        );
+        // keepalived adds a positive weight while the script succeeds; k3s-xdp subtracts
+        // while tracking fails.
+        v.track = Track {
+            dataplane: true,
+            min_healthy_backends: 1,
+            weight: if w > 0 { -w } else { w },
+        };
     }
-    if let Some(n) = i.garp_master_repeat {
-        let _ = writeln!(out, "garp_master_repeat = {n}");
+    v.garp_master_repeat = i.garp_master_repeat.unwrap_or(v.garp_master_repeat);
+    if let Some(g) = k.and_then(|k| k.garp_interval).filter(|g| !g.is_zero()) {
+        v.garp_interval = g;
     }
-    if let Some(v) = k.and_then(|k| k.garp_interval).filter(|v| !v.is_zero()) {
-        let _ = writeln!(out, "garp_interval = \"{}\"", fmt_duration(v));
-    }
-    if let Some(v) = i.garp_master_refresh {
-        let _ = writeln!(out, "garp_master_refresh = \"{}\"", fmt_duration(v));
-    }
-    Ok(())
-}
-
-/// A TOML string literal.
-fn quote(s: &str) -> String {
-    toml_edit::Value::from(s).to_string().trim().to_string()
-}
-
-/// "10s", "500ms", "1m".
-fn fmt_duration(d: Duration) -> String {
-    let ms = d.as_millis();
-    if ms.is_multiple_of(60_000) && ms > 0 {
-        format!("{}m", ms / 60_000)
-    } else if ms.is_multiple_of(1000) {
-        format!("{}s", ms / 1000)
-    } else {
-        format!("{ms}ms")
-    }
+    v.garp_master_refresh = i.garp_master_refresh.unwrap_or(v.garp_master_refresh);
+    Ok(v)
 }
 
 #[cfg(test)]
@@ -618,12 +610,5 @@ mod tests {
         )
         .unwrap();
         assert!(check(&ok.toml).vrrp.is_none());
-    }
-
-    #[test]
-    fn durations_render_in_the_largest_unit() {
-        assert_eq!(fmt_duration(Duration::from_secs(60)), "1m");
-        assert_eq!(fmt_duration(Duration::from_secs(10)), "10s");
-        assert_eq!(fmt_duration(Duration::from_millis(1500)), "1500ms");
     }
 }
