@@ -50,6 +50,9 @@ fn main() {
         .expect("k3s-xdp lives in the workspace root")
         .to_path_buf();
     let object = out_dir.join("k3s-xdp.bpf.o");
+    // Feature `bench`: a second object with the benchmark entry points, for `k3s-xdp-bench`.
+    let bench = env::var_os("CARGO_FEATURE_BENCH").is_some();
+    let bench_object = out_dir.join("k3s-xdp-bench.bpf.o");
 
     println!("cargo:rerun-if-env-changed={OBJECT_ENV}");
     println!("cargo:rerun-if-env-changed={TOOLCHAIN_ENV}");
@@ -63,17 +66,19 @@ fn main() {
     if let Some(prebuilt) = env::var_os(OBJECT_ENV) {
         let prebuilt = PathBuf::from(prebuilt);
         println!("cargo:rerun-if-changed={}", prebuilt.display());
-        if let Err(e) = fs::copy(&prebuilt, &object) {
-            fail(&format!(
-                "{OBJECT_ENV}={} cannot be read: {e}",
-                prebuilt.display()
-            ));
+        for to in [&object, &bench_object] {
+            if let Err(e) = fs::copy(&prebuilt, to) {
+                fail(&format!(
+                    "{OBJECT_ENV}={} cannot be read: {e}",
+                    prebuilt.display()
+                ));
+            }
         }
         return;
     }
 
     if env::var_os(STUB_ENV).is_some_and(|v| v == "1") {
-        stand_in(&object, &format!("{STUB_ENV}=1"));
+        stand_in(&[&object, &bench_object], &format!("{STUB_ENV}=1"));
         return;
     }
     let found = find_toolchain().and_then(|toolchain| {
@@ -85,18 +90,26 @@ fn main() {
     });
     match found {
         Ok((toolchain, linker_dir)) => {
-            build_ebpf(&toolchain, &linker_dir, &workspace, &out_dir, &object)
+            let build = |features: &[&str], to: &Path| {
+                build_ebpf(&toolchain, &linker_dir, &workspace, &out_dir, features, to)
+            };
+            build(&[], &object);
+            if bench {
+                build(&["bench"], &bench_object);
+            }
         }
         // A release build is for running: it needs the real program.
         Err(why) if env::var("PROFILE").as_deref() == Ok("release") => fail(&why),
-        Err(why) => stand_in(&object, &why),
+        Err(why) => stand_in(&[&object, &bench_object], &why),
     }
 }
 
-/// Writes the empty stand-in object: the crate compiles and checks, the binary cannot run.
-fn stand_in(object: &Path, why: &str) {
-    if let Err(e) = fs::write(object, b"") {
-        fail(&format!("cannot write {}: {e}", object.display()));
+/// Writes empty stand-in objects: the crate compiles and checks, the binary cannot run.
+fn stand_in(objects: &[&Path], why: &str) {
+    for object in objects {
+        if let Err(e) = fs::write(object, b"") {
+            fail(&format!("cannot write {}: {e}", object.display()));
+        }
     }
     println!(
         "cargo:warning=k3s-xdp is built without its XDP program ({why}): it checks and lints, \
@@ -109,6 +122,7 @@ fn build_ebpf(
     linker_dir: &Path,
     workspace: &Path,
     out_dir: &Path,
+    features: &[&str],
     object: &Path,
 ) {
     let target_dir = out_dir.join("ebpf-target");
@@ -151,6 +165,9 @@ fn build_ebpf(
         ])
         .arg("--target-dir")
         .arg(&target_dir);
+    if !features.is_empty() {
+        cmd.args(["--features", &features.join(",")]);
+    }
     if toolchain.build_std {
         cmd.args(["-Z", "build-std=core"]);
     }

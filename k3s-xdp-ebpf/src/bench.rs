@@ -1,10 +1,10 @@
-//! Benchmark entry points, never attached and never loaded by the daemon: they restore the
-//! packet from `BENCH` before each run, so that BPF_PROG_TEST_RUN with a large `repeat` measures
-//! the same path every time (BPF_PROG_TEST_RUN with `repeat` hands a program its own output
-//! from the second run on), optionally with a new source port per run (a new flow each time)
-//! or with the packet's flow forgotten (its new-flow path with the tables in the cache). The
-//! floor does the same restore before its MAC swap, so the restore's cost cancels out of the comparison (forgetting a flow
-//! is not cancelled: it counts against k3s-xdp).
+//! Benchmark entry points (cargo feature `bench`, absent from the object the daemon runs): they
+//! restore the packet from `BENCH` before each run, so that BPF_PROG_TEST_RUN with a large
+//! `repeat` measures the same path every time (BPF_PROG_TEST_RUN with `repeat` hands a program
+//! its own output from the second run on), optionally with a new source port per run (a new
+//! flow each time) or with the packet's flow forgotten (its new-flow path with the tables in the
+//! cache). The floor does the same restore before its MAC swap, so the restore's cost cancels
+//! out of the comparison (forgetting a flow is not cancelled: it counts against k3s-xdp).
 
 use crate::{
     csum,
@@ -27,6 +27,8 @@ pub fn restore(ctx: &XdpContext) -> bool {
     let Some(bench) = BENCH.get_ptr_mut(0) else {
         return false;
     };
+    // SAFETY: the benchmark's entry (one per program, written before the run), valid for
+    // this run.
     let len = unsafe { (*bench).len } as usize;
     // Benchmark frames are padded to whole 8-byte words (Ethernet padding after the IP
     // packet, which the program ignores), so only whole words are copied.
@@ -39,6 +41,8 @@ pub fn restore(ctx: &XdpContext) -> bool {
         ($($i:literal)*) => {$(
             if len >= $i * 8 + 8 {
                 let Some(dst) = ptr_at::<[u8; 8]>(ctx, $i * 8) else { return false };
+                // SAFETY: `ptr_at` checked the 8 bytes in the frame; the source is word $i
+                // of the entry's `BENCH_MAX_LEN` bytes (len <= BENCH_MAX_LEN).
                 unsafe {
                     *dst = *core::ptr::addr_of!((*bench).bytes).cast::<[u8; 8]>().add($i);
                 }
@@ -46,6 +50,7 @@ pub fn restore(ctx: &XdpContext) -> bool {
         )*};
     }
     copy_chunk!(0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15);
+    // SAFETY: as above.
     let mode = unsafe { (*bench).mode };
     if mode == BENCH_FORGET_FLOW {
         return forget(bench);
@@ -55,6 +60,7 @@ pub fn restore(ctx: &XdpContext) -> bool {
         else {
             return false;
         };
+        // SAFETY: `ptr_at` checked both fields in the frame; the entry as above.
         unsafe {
             (*bench).counter = (*bench).counter.wrapping_add(1);
             let old = *sport;

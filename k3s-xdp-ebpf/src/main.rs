@@ -10,6 +10,7 @@
 #![no_std]
 #![no_main]
 
+#[cfg(feature = "bench")]
 mod bench;
 mod choose;
 mod counters;
@@ -157,6 +158,7 @@ fn panic(_info: &core::panic::PanicInfo) -> ! {
 }
 
 /// Benchmarks only: restores the packet from `BENCH`, then runs the real path.
+#[cfg(feature = "bench")]
 #[xdp]
 pub fn k3s_xdp_bench(ctx: XdpContext) -> u32 {
     if !bench::restore(&ctx) {
@@ -166,6 +168,7 @@ pub fn k3s_xdp_bench(ctx: XdpContext) -> u32 {
 }
 
 /// Benchmarks only: the same restore, then the floor's MAC swap.
+#[cfg(feature = "bench")]
 #[xdp]
 pub fn k3s_xdp_bench_floor(ctx: XdpContext) -> u32 {
     if !bench::restore(&ctx) {

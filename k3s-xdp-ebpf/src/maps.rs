@@ -7,7 +7,7 @@ use aya_ebpf::{
 use k3s_xdp_common::{
     maglev_words, reason,
     table::{buckets, slots, FlowBucket, NatSlot},
-    Backend, BenchPacket, Globals, NextHop, SnatSources, Traffic, VipInfo, VipSlot, VipTable,
+    Backend, Globals, NextHop, SnatSources, Traffic, VipInfo, VipSlot, VipTable,
     DEFAULT_FLOW_TABLE_SIZE, DEFAULT_TABLE_SIZE, MAX_BACKENDS, MAX_SERVICES, MAX_SNAT_SOURCES,
     VIP_SLOTS,
 };
@@ -100,8 +100,9 @@ pub static SNAT_SOURCES: Array<SnatSources, { MAX_SERVICES as usize }> = Array::
 pub static GLOBALS: Array<Globals, 1> = Array::new();
 
 /// The packet the benchmark entry points restore before each run (see `bench.rs`).
+#[cfg(feature = "bench")]
 #[btf_map]
-pub static BENCH: Array<BenchPacket, 1> = Array::new();
+pub static BENCH: Array<k3s_xdp_common::BenchPacket, 1> = Array::new();
 
 /// The program-wide settings, read once per VIP packet (zero until the controller writes them).
 #[inline(always)]

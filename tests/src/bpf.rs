@@ -14,7 +14,7 @@
 use crate::{netns::NetNs, packet::Frame, topology::mac_string};
 use anyhow::{anyhow, bail, Context, Result};
 use aya::{TestRun, TestRunOptions};
-use k3s_xdp::dataplane::{Dataplane, LoadOptions, Publisher, ServiceSpec};
+use k3s_xdp::dataplane::{Dataplane, LoadOptions, Publisher, ServiceSpec, BPF_OBJECT};
 use k3s_xdp_common::{names, reason};
 use std::{
     collections::BTreeMap,
@@ -79,9 +79,18 @@ impl XdpHarness {
 
     /// Loads the object with flow tables of `flows` entries.
     pub fn sized(flows: u32) -> Result<Self> {
-        let dataplane = Dataplane::load(LoadOptions {
-            flow_table_size: flows,
-        })
+        Self::load(BPF_OBJECT, flows)
+    }
+
+    /// Loads `object` (the daemon's, or the benchmarks' `BENCH_OBJECT`) with flow tables of
+    /// `flows` entries.
+    pub fn load(object: &[u8], flows: u32) -> Result<Self> {
+        let dataplane = Dataplane::load_object(
+            object,
+            LoadOptions {
+                flow_table_size: flows,
+            },
+        )
         .context("loading the XDP object for BPF_PROG_TEST_RUN")?;
         Ok(Self {
             dataplane,
@@ -98,7 +107,12 @@ impl XdpHarness {
 
     /// Like [`XdpHarness::with_config_in_lab`], with flow tables of `flows` entries.
     pub fn with_config_in_lab_sized(config_toml: &str, flows: u32) -> Result<Self> {
-        let mut h = Self::with_config_sized(config_toml, flows)?;
+        Self::with_config_in_lab_from(BPF_OBJECT, config_toml, flows)
+    }
+
+    /// Like [`XdpHarness::with_config_in_lab_sized`], loading `object`.
+    pub fn with_config_in_lab_from(object: &[u8], config_toml: &str, flows: u32) -> Result<Self> {
+        let mut h = Self::with_config_from(object, config_toml, flows)?;
         h.lab = Some(FibLab::new()?);
         let config = k3s_xdp::config::parse(config_toml, "test.toml".as_ref())
             .map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -137,11 +151,11 @@ impl XdpHarness {
 
     /// Loads the object and publishes the services of `config_toml` (all backends up).
     pub fn with_config(config_toml: &str) -> Result<Self> {
-        Self::with_config_sized(config_toml, 4096)
+        Self::with_config_from(BPF_OBJECT, config_toml, 4096)
     }
 
-    fn with_config_sized(config_toml: &str, flows: u32) -> Result<Self> {
-        let mut h = Self::sized(flows)?;
+    fn with_config_from(object: &[u8], config_toml: &str, flows: u32) -> Result<Self> {
+        let mut h = Self::load(object, flows)?;
         let config = k3s_xdp::config::parse(config_toml, "test.toml".as_ref())
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         let specs: Vec<ServiceSpec> = config

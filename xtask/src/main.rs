@@ -90,6 +90,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Lab { keep, down } => {
             build()?;
+            build_bench()?;
             util::require_root("cargo xtask lab")?;
             let mut cmd = util::workspace_command("target/release/k3s-xdp-lab");
             if keep {
@@ -104,6 +105,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Bench { what } => {
             setup::ensure(setup::Scope { bench: true })?;
             build()?;
+            build_bench()?;
             util::require_root("cargo xtask bench")?;
             let mut cmd = util::workspace_command("target/release/k3s-xdp-bench");
             cmd.arg(what);
@@ -123,9 +125,21 @@ fn build() -> Result<()> {
     util::cargo(&["build", "--release", "--locked", "--bins"])
 }
 
+/// The benchmarks and the lab (`bench/`): not a default member, because they need k3s-xdp's
+/// `bench` feature, which builds the XDP program a second time with its benchmark entry points.
+fn build_bench() -> Result<()> {
+    util::cargo(&[
+        "build",
+        "--release",
+        "--locked",
+        "--package",
+        "k3s-xdp-bench",
+    ])
+}
+
 fn test(args: Vec<String>) -> Result<()> {
     util::require_root("cargo xtask test")?;
-    // The integration tests run the real binaries (k3s-xdp, the lab's helpers).
+    // The integration tests run the real binary (k3s-xdp) in namespaces.
     build()?;
     std::env::set_var(
         "K3S_XDP_BIN",

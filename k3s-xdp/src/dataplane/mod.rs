@@ -12,11 +12,13 @@ mod sys;
 mod vip_index;
 
 pub use flows::SnatPorts;
+#[cfg(feature = "bench")]
+pub use object::BENCH_OBJECT;
 pub use object::BPF_OBJECT;
 pub use plan::{backend_entry, table, vip_entries, BackendSpec, BackendState, ServiceSpec};
 pub use publish::{publish_table, read_globals, remove_table, write_globals, Applied, Publisher};
 
-use anyhow::{anyhow, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use aya::{
     maps::{MapData, PerCpuArray, ProgramArray},
     programs::{xdp::XdpLink, Xdp, XdpMode},
@@ -81,11 +83,19 @@ impl Dataplane {
     /// Loads the embedded object: creates the maps and verifies the programs.
     pub fn load(options: LoadOptions) -> Result<Self> {
         object::check()?;
+        Self::load_object(BPF_OBJECT, options)
+    }
+
+    /// Loads `object`, a build of the XDP program (the benchmarks load [`BENCH_OBJECT`]).
+    pub fn load_object(object: &[u8], options: LoadOptions) -> Result<Self> {
+        if object.is_empty() {
+            bail!("the XDP object is an empty stand-in: build with the BPF toolchain (`cargo xtask setup`)");
+        }
         let buckets = table::buckets(options.flow_table_size);
         let mut bpf = EbpfLoader::new()
             .map_max_entries(names::FLOWS, buckets)
             .map_max_entries(names::NAT_REVERSE, table::slots(options.flow_table_size))
-            .load(BPF_OBJECT)
+            .load(object)
             .context("cannot load the XDP object into the kernel (needs root, or CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN)")?;
         for name in [
             names::PROGRAM,

@@ -5,6 +5,13 @@
 pub static BPF_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/k3s-xdp.bpf.o"));
 
+/// The same program with the benchmark entry points (`k3s_xdp_bench`, `k3s_xdp_bench_floor`)
+/// and their `BENCH` map: cargo feature `bench`, for `k3s-xdp-bench` only. The daemon always
+/// runs [`BPF_OBJECT`].
+#[cfg(feature = "bench")]
+pub static BENCH_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/k3s-xdp-bench.bpf.o"));
+
 /// Whether the embedded object is the real program: a debug build without the BPF toolchain
 /// (`cargo check`, an editor) embeds an empty stand-in, with which nothing can be loaded.
 pub fn check() -> anyhow::Result<()> {

@@ -1,142 +1,26 @@
-//! `cargo xtask bench [micro | controller | failover | e2e | all]`: benchmarks, never assertions. Figures are
-//! reported as medians over interleaved rounds and as ratios to a baseline measured in the same
-//! run, because this machine's timings are noisy.
-//!
-//! - `micro`: ns/packet of the real XDP program with BPF_PROG_TEST_RUN (one packet per call,
-//!   so that the program never sees its own output) for a SYN of a new flow,
-//!   a packet of an established flow, a backend's reply (reverse NAT) and a non-VIP packet,
-//!   against the floor: a MAC-swap + XDP_TX program. Counters check that every call took the
-//!   path it measures.
-//! - `controller`: time to build and publish a 65537-entry Maglev table for 3, 100 and 1000
-//!   backends; time from a backend's death to its removal from the data plane, with the default
-//!   timers and with `inter = "200ms"`.
-//! - `failover`: master lost → first connection through the VIP, k3s-xdp pair vs keepalived +
-//!   HAProxy pair, and k3s-xdp at 100 ms adverts (`failover.rs`).
-//! - `e2e`: the same client load direct, through k3s-xdp nat/dsr, HAProxy and nginx: new
-//!   connections/s, throughput, latency, CPU on the load-balancer node, plots (`e2e.rs`).
-//! - `all` (the default): everything, and a summary table of ratios first.
-
-mod e2e;
-mod e2e_report;
-mod failover;
-mod load;
-mod plot;
-mod profile;
+//! `bench micro`: ns/packet of the real XDP program with BPF_PROG_TEST_RUN, through the
+//! benchmark entry points of `BENCH_OBJECT` (k3s-xdp's `bench` feature), against the floor
+//! (a MAC swap and XDP_TX); and the memory latency that bounds a flow-table miss.
 
 use anyhow::{bail, Context, Result};
 use aya::{TestRun, TestRunOptions};
-use k3s_xdp::{dataplane::publish_table, maglev};
+use k3s_xdp::dataplane::BENCH_OBJECT;
 use k3s_xdp_common::{
     hash::flow_hash, names, reason, table, BenchPacket, FlowKey, BENCH_FORGET_FLOW,
     BENCH_NEW_SOURCE_PORT, BENCH_SAME,
 };
 use k3s_xdp_tests::{
-    backend::{Backend, Kind},
-    bpf::{have_root, XdpHarness},
-    daemon::Daemon,
+    bpf::XdpHarness,
     packet::{self, TCP_ACK, TCP_SYN},
-    topology::{Topology, SERVERS, VIP},
+    topology::VIP,
 };
 use std::{
     fmt::Write as _,
     net::{Ipv4Addr, SocketAddrV4},
-    path::PathBuf,
-    time::{Duration, Instant},
+    time::Instant,
 };
 
-fn main() {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let what = args.first().map(String::as_str).unwrap_or("all");
-    let result = (|| -> Result<()> {
-        if !have_root() {
-            bail!("benchmarks load XDP programs and create namespaces: run as root (cargo xtask bench)");
-        }
-        let mut report = String::new();
-        let mut summary = Vec::new();
-        if matches!(what, "micro" | "all") {
-            report.push_str(&micro(&mut summary)?);
-        }
-        if matches!(what, "controller" | "all") {
-            report.push_str(&controller(&mut summary)?);
-        }
-        if matches!(what, "failover" | "all") {
-            report.push_str(&failover::run(&mut summary)?);
-        }
-        if matches!(what, "e2e" | "all") {
-            report.push_str(&e2e::run_with_summary(&machine(), &mut summary)?);
-        }
-        if report.is_empty() {
-            bail!("unknown benchmark {what:?}: micro, controller, failover, e2e or all");
-        }
-        if what == "all" {
-            report = format!("{}\n{report}", render_summary(&summary));
-        }
-        save(what, &report)?;
-        Ok(())
-    })();
-    if let Err(e) = result {
-        eprintln!("error: {e:#}");
-        std::process::exit(1);
-    }
-}
-
-/// One line of the summary that `cargo xtask bench` prints: a figure as a ratio to the
-/// baseline measured in the same run.
-pub struct Ratio {
-    pub what: String,
-    pub value: String,
-    pub baseline: String,
-    pub ratio: f64,
-    /// The issue's target and whether it is met, or "-".
-    pub target: String,
-}
-
-fn render_summary(rows: &[Ratio]) -> String {
-    let mut out = String::from(
-        "## Summary: ratios to baselines measured in the same run\n\n| figure | value | baseline | ratio | target |\n|---|---:|---|---:|---|\n",
-    );
-    for r in rows {
-        let _ = writeln!(
-            out,
-            "| {} | {} | {} | {:.2}x | {} |",
-            r.what, r.value, r.baseline, r.ratio, r.target
-        );
-    }
-    out
-}
-
-fn results_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../bench-results")
-}
-
-fn machine() -> String {
-    let cores = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(0);
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    let model = std::fs::read_to_string("/proc/cpuinfo")
-        .unwrap_or_default()
-        .lines()
-        .find(|l| l.starts_with("model name"))
-        .and_then(|l| l.split(':').nth(1))
-        .unwrap_or("unknown")
-        .trim()
-        .to_string();
-    format!("{cores} cores ({model}), kernel {}", kernel.trim())
-}
-
-fn save(what: &str, report: &str) -> Result<()> {
-    let dir = results_dir();
-    std::fs::create_dir_all(&dir)?;
-    let text = format!(
-        "# k3s-xdp benchmarks: {what}\n\nMachine: {}. Command: `cargo xtask bench {what}`.\n\n{report}",
-        machine()
-    );
-    let path = dir.join(format!("{what}.md"));
-    std::fs::write(&path, &text)?;
-    println!("{text}\n(written to {})", path.display());
-    Ok(())
-}
+use super::Ratio;
 
 const CONFIG: &str = r#"
 interface = "eth1"
@@ -167,12 +51,6 @@ backends = [
   { name = "server-3", address = "192.0.2.52:7443" },
 ]
 "#;
-
-/// Median of a slice (sorted in place).
-fn median(v: &mut [u64]) -> u64 {
-    v.sort_unstable();
-    v[v.len() / 2]
-}
 
 /// Runs `program` on `frame` `repeat` times in one BPF_PROG_TEST_RUN; its action and the
 /// kernel's average ns per run.
@@ -288,11 +166,11 @@ struct Case {
     target: Option<f64>,
 }
 
-fn micro(summary: &mut Vec<Ratio>) -> Result<String> {
+pub fn micro(summary: &mut Vec<Ratio>) -> Result<String> {
     const ROUNDS: usize = 15;
     const REPEAT: u32 = 10_000;
     const TABLE_SIZE: u32 = 1 << 20;
-    let mut h = XdpHarness::with_config_in_lab_sized(CONFIG, TABLE_SIZE)?;
+    let mut h = XdpHarness::with_config_in_lab_from(BENCH_OBJECT, CONFIG, TABLE_SIZE)?;
     for name in [names::BENCH_PROGRAM, names::BENCH_FLOOR_PROGRAM] {
         h.dataplane.load_program(name)?;
     }
@@ -617,149 +495,4 @@ fn memory_latency(bytes: usize) -> f64 {
     let ns = started.elapsed().as_nanos() as f64 / STEPS as f64;
     std::hint::black_box(at);
     ns
-}
-
-fn controller(summary: &mut Vec<Ratio>) -> Result<String> {
-    let mut out = String::new();
-    let _ = writeln!(out, "## Control plane\n");
-    let _ = writeln!(
-        out,
-        "### Building and publishing a Maglev table of 65537 entries\n"
-    );
-    let _ = writeln!(out, "Median of 20 (min-max). Build: `maglev::build`. Publish: a fresh BPF_F_MMAPABLE inner map, one copy through the mapping, one swap in `MAGLEV`; most of it is the kernel waiting for an RCU grace period before the swap returns (`synchronize_rcu` for map-in-map updates), the guarantee that no packet still reads the old table.\n");
-    let _ = writeln!(out, "| backends | build | publish | total |");
-    let _ = writeln!(out, "|---:|---:|---:|---:|");
-    let mut h = XdpHarness::new()?;
-    for n in [3usize, 100, 1000] {
-        let identities: Vec<String> = (0..n)
-            .map(|i| format!("198.51.{}.{}:6443", i / 250, i % 250 + 1))
-            .collect();
-        let candidates: Vec<maglev::Candidate<'_>> = identities
-            .iter()
-            .enumerate()
-            .map(|(i, id)| maglev::Candidate {
-                identity: id,
-                weight: 100,
-                value: i as u32 + 1,
-            })
-            .collect();
-        let mut builds = Vec::new();
-        let mut publishes = Vec::new();
-        for _ in 0..20 {
-            let t = Instant::now();
-            let table = maglev::build(&candidates, 65537);
-            builds.push(t.elapsed().as_micros() as u64);
-            let t = Instant::now();
-            publish_table(&mut h.dataplane, 0, &table)?;
-            publishes.push(t.elapsed().as_micros() as u64);
-        }
-        let fmt = |v: &mut Vec<u64>| {
-            let m = median(v);
-            format!(
-                "{:.2} ms ({:.2}-{:.2})",
-                m as f64 / 1000.0,
-                v[0] as f64 / 1000.0,
-                v[v.len() - 1] as f64 / 1000.0
-            )
-        };
-        let total: Vec<u64> = builds.iter().zip(&publishes).map(|(a, b)| a + b).collect();
-        let build_ms = median(&mut builds.clone()) as f64 / 1000.0;
-        summary.push(Ratio {
-            what: format!("Maglev build, 65537 entries, {n} backends"),
-            value: format!("{build_ms:.2} ms"),
-            baseline: "Maglev paper 1.8 ms".into(),
-            ratio: build_ms / 1.8,
-            target: "-".into(),
-        });
-        let _ = writeln!(
-            out,
-            "| {n} | {} | {} | {} |",
-            fmt(&mut builds),
-            fmt(&mut publishes),
-            fmt(&mut total.clone())
-        );
-    }
-    let _ = writeln!(
-        out,
-        "\nThe Maglev paper reports 1.8 ms to build a table of this size.\n"
-    );
-
-    let _ = writeln!(
-        out,
-        "### From a backend's death to its removal from the data plane\n"
-    );
-    let _ = writeln!(out, "server-2's backend stops (listener and connections closed, as a crash); time until `k3s-xdp status` shows it DOWN, which happens in the same controller step that removes it from the Maglev table. tcp checks; median of 3 (min-max).\n");
-    let _ = writeln!(out, "| timers | detection |");
-    let _ = writeln!(out, "|---|---:|");
-    let mut detections = Vec::new();
-    for (label, health) in [
-        ("defaults (inter 2s, fall 3)", "check = \"tcp\"\n"),
-        (
-            "inter = \"200ms\" (fall 3)",
-            "check = \"tcp\"\ninter = \"200ms\"\n",
-        ),
-    ] {
-        let mut times = Vec::new();
-        for _ in 0..3 {
-            times.push(detection(health)?);
-        }
-        times.sort();
-        detections.push(times[1].as_secs_f64());
-        let _ = writeln!(
-            out,
-            "| {label} | {:.2} s ({:.2}-{:.2}) |",
-            times[1].as_secs_f64(),
-            times[0].as_secs_f64(),
-            times[2].as_secs_f64()
-        );
-    }
-    let _ = writeln!(out);
-    summary.push(Ratio {
-        what: "dead backend removed, inter = 200ms".into(),
-        value: format!("{:.2} s", detections[1]),
-        baseline: format!("default timers {:.2} s", detections[0]),
-        ratio: detections[1] / detections[0],
-        target: "-".into(),
-    });
-    Ok(out)
-}
-
-/// Starts the lab with `health` settings, kills server-2's backend, returns the time until the
-/// daemon reports it down.
-fn detection(health: &str) -> Result<Duration> {
-    let topo = Topology::builder()
-        .without("lb-2")
-        .without("agent-2")
-        .without("agent-3")
-        .build()?;
-    let mut backends = Vec::new();
-    for s in SERVERS {
-        backends.push(Backend::start(topo.node(s), s, 6443, Kind::Tcp, &[])?);
-    }
-    let config = format!(
-        "interface = \"eth1\"\n[[service]]\nname = \"k3s-api\"\nvip = \"{VIP}\"\nport = 6443\nbackends = [\n{}\n]\n[service.health]\n{health}",
-        SERVERS
-            .iter()
-            .map(|s| format!("  {{ name = \"{s}\", address = \"{}:6443\" }},", topo.addr(s)))
-            .collect::<Vec<_>>()
-            .join("\n")
-    );
-    let daemon = Daemon::start(&topo, "lb-1", &config)?;
-    daemon.wait_healthy(Duration::from_secs(20))?;
-    // Fully up first (health counter at rise + fall - 1), so it takes `fall` failures.
-    daemon.wait_for(Duration::from_secs(60), "every backend fully up", |s| {
-        s.services[0]
-            .backends
-            .iter()
-            .all(|b| b.health_counter == b.health_max)
-    })?;
-    let started = Instant::now();
-    backends[1].stop();
-    daemon.wait_for(Duration::from_secs(60), "server-2 down", |s| {
-        s.services[0]
-            .backends
-            .iter()
-            .any(|b| b.name == "server-2" && b.health == "down")
-    })?;
-    Ok(started.elapsed())
 }
