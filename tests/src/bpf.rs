@@ -11,6 +11,7 @@
 //! agents, a router for a client prefix), and the harness runs each packet inside it, arriving
 //! on the LB interface, so outputs are exact and deterministic.
 
+pub use crate::netns::NetnsGuard;
 use crate::{netns::NetNs, packet::Frame, topology::mac_string};
 use anyhow::{anyhow, bail, Context, Result};
 use aya::{TestRun, TestRunOptions};
@@ -18,7 +19,6 @@ use k3s_xdp::dataplane::{Dataplane, LoadOptions, Publisher, ServiceSpec, BPF_OBJ
 use k3s_xdp_common::{names, reason};
 use std::{
     collections::BTreeMap,
-    fs::File,
     net::Ipv4Addr,
     os::fd::{AsFd, AsRawFd, OwnedFd},
     sync::atomic::{AtomicU32, Ordering},
@@ -457,29 +457,6 @@ impl FibLab {
     /// Moves the calling thread into the lab until the guard drops (BPF_PROG_TEST_RUN's
     /// `bpf_fib_lookup` reads the namespace of the calling thread).
     pub fn enter(&self) -> Result<NetnsGuard> {
-        let original = File::open("/proc/thread-self/ns/net").context("opening own netns")?;
-        let path = self.ns.path();
-        let lab = File::open(&path).with_context(|| format!("opening {}", path.display()))?;
-        // SAFETY: setns on a netns fd affects only this thread.
-        if unsafe { libc::setns(lab.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-            bail!(
-                "setns into {}: {}",
-                self.ns.name(),
-                std::io::Error::last_os_error()
-            );
-        }
-        Ok(NetnsGuard { original })
-    }
-}
-
-/// Returns the thread to its namespace on drop.
-pub struct NetnsGuard {
-    original: File,
-}
-
-impl Drop for NetnsGuard {
-    fn drop(&mut self) {
-        // SAFETY: as above; restoring the thread's own namespace.
-        unsafe { libc::setns(self.original.as_raw_fd(), libc::CLONE_NEWNET) };
+        self.ns.join_this_thread()
     }
 }

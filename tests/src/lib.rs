@@ -5,6 +5,7 @@
 //! - [`backend`]: TCP and TLS backends that say which server they are, with counters.
 //! - [`packet`]: packet builders and parsers for BPF_PROG_TEST_RUN tests.
 //! - [`bpf`]: loading the real XDP program and running packets through it.
+//! - [`config`]: the seed topology's k3s-xdp config, with what a test adds.
 //! - [`daemon`]: `k3s-xdp run` as a process in a node, driven over its control socket.
 //! - [`keepalived`]: a real keepalived as a VRRP peer in a node.
 //! - [`traffic`]: UDP echo servers, and bounded streams of connections and requests whose every
@@ -12,6 +13,7 @@
 
 pub mod backend;
 pub mod bpf;
+pub mod config;
 pub mod daemon;
 pub mod keepalived;
 pub mod netns;

@@ -246,10 +246,41 @@ impl NetNs {
         }
     }
 
+    /// Moves the calling thread into this namespace until the guard drops (for code that must
+    /// run on the caller's thread, such as BPF_PROG_TEST_RUN, whose `bpf_fib_lookup` reads the
+    /// namespace of the calling thread).
+    pub fn join_this_thread(&self) -> Result<NetnsGuard> {
+        let original = File::open("/proc/thread-self/ns/net").context("opening own netns")?;
+        let path = self.path();
+        let ns = File::open(&path).with_context(|| format!("opening {}", path.display()))?;
+        // SAFETY: setns on a namespace fd changes only the calling thread; the guard moves it
+        // back.
+        if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            bail!(
+                "setns into {}: {}",
+                self.name,
+                std::io::Error::last_os_error()
+            );
+        }
+        Ok(NetnsGuard { original })
+    }
+
     fn delete(&self) -> Result<()> {
         run_command("ip", ["netns", "del", &self.name], RUN_TIMEOUT)
             .with_context(|| format!("deleting network namespace {}", self.name))?;
         Ok(())
+    }
+}
+
+/// Returns the thread to its namespace on drop ([`NetNs::join_this_thread`]).
+pub struct NetnsGuard {
+    original: File,
+}
+
+impl Drop for NetnsGuard {
+    fn drop(&mut self) {
+        // SAFETY: as in `join_this_thread`; back to the thread's own namespace.
+        unsafe { libc::setns(self.original.as_raw_fd(), libc::CLONE_NEWNET) };
     }
 }
 

@@ -9,8 +9,9 @@
 use k3s_xdp_tests::{
     backend::{roundtrip, Backend, Kind},
     bpf::have_root,
+    config::SeedConfig,
     daemon::Daemon,
-    topology::{seed_backends_toml, Topology, SERVERS, VIP},
+    topology::{Topology, SERVERS, VIP},
 };
 use std::{net::SocketAddrV4, sync::Mutex, time::Duration};
 
@@ -44,27 +45,10 @@ fn setpriv(caps: &[String]) -> Vec<String> {
 }
 
 fn config() -> String {
-    let backends = seed_backends_toml(6443);
-    format!(
-        r#"interface = "eth1"
-[[service]]
-name = "k3s-api"
-vip = "{VIP}"
-port = 6443
-backends = [
-{}
-]
-[service.health]
-check = "tcp"
-inter = "300ms"
-[vrrp]
-virtual_router_id = 51
-priority = 200
-state = "master"
-virtual_ipaddress = ["{VIP}/24"]
-"#,
-        backends
-    )
+    SeedConfig::new()
+        .health("inter = \"300ms\"")
+        .vrrp_master()
+        .render()
 }
 
 fn has_vip(topo: &Topology) -> bool {

@@ -7,6 +7,7 @@ use k3s_xdp::controller::status::Status;
 use k3s_xdp_tests::{
     backend::{connect, echo_roundtrip, roundtrip, test_ca_pem, Backend, Kind},
     bpf::have_root,
+    config::SeedConfig,
     daemon::{self, Daemon},
     topology::{seed_addr, Topology, SERVERS, VIP},
 };
@@ -44,10 +45,10 @@ fn backends_toml(port: u16, servers: &[(&str, u32)]) -> String {
 }
 
 fn service(health: &str, servers: &[(&str, u32)]) -> String {
-    format!(
-        "interface = \"eth1\"\n\n[[service]]\nname = \"k3s-api\"\nvip = \"{VIP}\"\nport = 6443\nbackends = [\n{}\n]\n[service.health]\n{health}\n",
-        backends_toml(6443, servers)
-    )
+    SeedConfig::new()
+        .backends(backends_toml(6443, servers))
+        .health_only(health)
+        .render()
 }
 
 fn backend<'a>(s: &'a Status, name: &str) -> &'a k3s_xdp::controller::status::BackendStatus {

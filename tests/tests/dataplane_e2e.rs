@@ -4,6 +4,7 @@
 use k3s_xdp_tests::{
     backend::{connect, echo_roundtrip, roundtrip, Backend, Kind},
     bpf::have_root,
+    config::SeedConfig,
     daemon::Daemon,
     topology::{Topology, LB1, SERVERS, VIP},
 };
@@ -20,34 +21,12 @@ const T: Duration = Duration::from_secs(3);
 static SERIAL: Mutex<()> = Mutex::new(());
 
 fn config(mode: &str, servers: &[usize]) -> String {
-    let backends: Vec<String> = servers
-        .iter()
-        .map(|i| {
-            let addr = k3s_xdp_tests::topology::seed_addr(SERVERS[*i]).unwrap();
-            format!(
-                "  {{ name = \"{}\", address = \"{addr}:6443\" }},",
-                SERVERS[*i]
-            )
-        })
-        .collect();
-    format!(
-        r#"interface = "eth1"
-metrics_listen = "127.0.0.1:9742"
-
-[[service]]
-name = "k3s-api"
-vip = "{VIP}"
-port = 6443
-mode = "{mode}"
-backends = [
-{}
-]
-[service.health]
-check = "tcp"
-inter = "1s"
-"#,
-        backends.join("\n")
-    )
+    SeedConfig::new()
+        .top("metrics_listen = \"127.0.0.1:9742\"")
+        .service(format!("mode = \"{mode}\""))
+        .servers(servers)
+        .health("inter = \"1s\"")
+        .render()
 }
 
 struct Lab {

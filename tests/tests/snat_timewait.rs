@@ -8,8 +8,9 @@
 use k3s_xdp::controller::status::Status;
 use k3s_xdp_tests::{
     bpf::have_root,
+    config::SeedConfig,
     daemon::Daemon,
-    topology::{seed_backends_toml, Topology, AGENTS, LB1, SERVERS, VIP},
+    topology::{Topology, AGENTS, LB1, SERVERS, VIP},
     traffic::{self, request_closed_by_server, ClosesFirst},
 };
 use std::{
@@ -25,28 +26,11 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
 }
 
 fn config(ports: (u16, u16), snat_source: &str) -> String {
-    format!(
-        r#"interface = "eth1"
-snat_port_range = [{}, {}]
-
-[[service]]
-name = "k3s-api"
-vip = "{VIP}"
-port = 6443
-snat_source = {snat_source}
-backends = [
-{}
-]
-[service.health]
-check = "tcp"
-inter = "1s"
-rise = 1
-fall = 3
-"#,
-        ports.0,
-        ports.1,
-        seed_backends_toml(6443)
-    )
+    SeedConfig::new()
+        .top(format!("snat_port_range = [{}, {}]", ports.0, ports.1))
+        .service(format!("snat_source = {snat_source}"))
+        .health("inter = \"1s\"\nrise = 1\nfall = 3")
+        .render()
 }
 
 /// lb-1 alone, with SNAT ports `ports`, in front of server-1..3 that close first.
