@@ -1,9 +1,11 @@
 //! `k3s-xdp run`: the long-running daemon. It validates the config, binds its sockets (control,
 //! metrics), loads and attaches the data plane, runs the controller (health checks, admin,
-//! reload, status) and VRRP, and on SIGINT/SIGTERM gives the VIPs up (VRRP priority 0 first),
-//! detaches and restores what it changed on the host.
+//! reload, status), VRRP and the BGP announcer, and on SIGINT/SIGTERM gives the VIPs up (BGP
+//! routes withdrawn and `drain_time` waited, VRRP priority 0), detaches and restores what it
+//! changed on the host.
 
 use crate::{
+    bgp::runtime::Announcer,
     config::{self, Config},
     controller::{control::ControlSocket, metrics::MetricsServer, Controller, Event},
     dataplane::{AttachPolicy, Dataplane, LoadOptions},
@@ -188,9 +190,30 @@ pub async fn run(options: Options) -> Result<()> {
         }
     }
 
+    // [bgp]: the VIPs this node can serve are announced through a kernel routing table.
+    let announcer = match controller.bgp_requests() {
+        Some(requests) => Some(Announcer::start(
+            ifindex,
+            requests,
+            events_tx.clone(),
+            guard.clone(),
+        )?),
+        None => None,
+    };
+
     let reason = controller.run(events_rx).await;
     info!("{reason}: shutting down");
 
+    // Routes first, so the router moves the traffic to the other nodes while this one still
+    // forwards what reaches it.
+    if let Some(announcer) = announcer {
+        announcer.shutdown().await;
+        let drain = controller.bgp_drain_time();
+        if !drain.is_zero() {
+            info!("BGP routes withdrawn; forwarding for {drain:?} more (bgp.drain_time) while the router moves the traffic");
+            tokio::time::sleep(drain).await;
+        }
+    }
     let mut failed = false;
     if let Some(instance) = vrrp_task {
         if let Err(e) = instance.shutdown().await {

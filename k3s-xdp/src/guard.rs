@@ -9,12 +9,15 @@
 //! ```text
 //! hold 192.0.2.100        the daemon added this address; remove it if I die
 //! release 192.0.2.100     the daemon removed it itself
+//! route 200 192.0.2.100   the daemon announces this VIP ([bgp]: its route in table 200)
+//! unroute 200 192.0.2.100 the daemon withdrew it itself
 //! restore /proc/sys/net/ipv4/conf/eth1/forwarding 0
 //! disarm                  clean shutdown: nothing to undo
 //! ```
 //!
-//! When the pipe closes without `disarm`, the daemon is dead: the guard removes the addresses it
-//! holds, restores the sysctls and exits. It ignores SIGTERM, SIGINT and SIGHUP, so that a
+//! When the pipe closes without `disarm`, the daemon is dead: the guard withdraws its routes
+//! (first: the router stops sending while the rest is undone), removes the addresses it holds,
+//! restores the sysctls and exits. It ignores SIGTERM, SIGINT and SIGHUP, so that a
 //! service manager stopping the whole group does not kill it before it has cleaned up; it does
 //! a few netlink calls and exits within milliseconds. The ledger is a pure core, unit-tested
 //! below; the process around it is the edge.
@@ -36,6 +39,8 @@ use tracing::{error, info, warn};
 pub struct Ledger {
     /// Addresses on the interface that the daemon holds.
     pub held: Vec<Ipv4Addr>,
+    /// `[bgp]` routes the daemon keeps: (table, VIP).
+    pub routes: Vec<(u32, Ipv4Addr)>,
     /// sysctl files and the value to write back.
     pub restore: BTreeMap<PathBuf, String>,
     /// Set by a clean shutdown.
@@ -57,6 +62,16 @@ impl Ledger {
                 let a: Ipv4Addr = a.parse().with_context(|| format!("bad address {a:?}"))?;
                 self.held.retain(|h| *h != a);
             }
+            (Some(verb @ ("route" | "unroute")), Some(table), Some(a), None) => {
+                let table: u32 = table
+                    .parse()
+                    .with_context(|| format!("bad table {table:?}"))?;
+                let a: Ipv4Addr = a.parse().with_context(|| format!("bad address {a:?}"))?;
+                self.routes.retain(|r| *r != (table, a));
+                if verb == "route" {
+                    self.routes.push((table, a));
+                }
+            }
             (Some("restore"), Some(path), Some(value), None) => {
                 if !path.starts_with("/proc/sys/") {
                     bail!("restore only writes under /proc/sys, not {path:?}");
@@ -77,7 +92,8 @@ impl Ledger {
 
     /// Whether the guard has anything to do when the pipe closes.
     pub fn pending(&self) -> bool {
-        !self.disarmed && (!self.held.is_empty() || !self.restore.is_empty())
+        !self.disarmed
+            && (!self.held.is_empty() || !self.routes.is_empty() || !self.restore.is_empty())
     }
 }
 
@@ -136,6 +152,16 @@ impl Guard {
         self.send(&format!("release {addr}"));
     }
 
+    /// The daemon added its route for `vip` to `table`.
+    pub fn route(&self, table: u32, vip: Ipv4Addr) {
+        self.send(&format!("route {table} {vip}"));
+    }
+
+    /// The daemon removed its route for `vip` from `table`.
+    pub fn unroute(&self, table: u32, vip: Ipv4Addr) {
+        self.send(&format!("unroute {table} {vip}"));
+    }
+
     /// `path` was changed by the daemon and held `value` before.
     pub fn restore(&self, path: &str, value: &str) {
         self.send(&format!("restore {path} {value}"));
@@ -182,12 +208,16 @@ pub fn serve(iface: &str) -> Result<()> {
     if !ledger.pending() {
         return Ok(());
     }
-    let removed: Vec<Result<()>> = rt.block_on(async {
-        let mut out = Vec::new();
-        for addr in &ledger.held {
-            out.push(netlink.del_address(ifindex, *addr).await);
+    let (withdrawn, removed) = rt.block_on(async {
+        let mut withdrawn: Vec<Result<()>> = Vec::new();
+        for (table, vip) in &ledger.routes {
+            withdrawn.push(netlink.del_host_route(*table, *vip).await);
         }
-        out
+        let mut removed: Vec<Result<()>> = Vec::new();
+        for addr in &ledger.held {
+            removed.push(netlink.del_address(ifindex, *addr).await);
+        }
+        (withdrawn, removed)
     });
     let restored: Vec<std::io::Result<()>> = ledger
         .restore
@@ -197,6 +227,15 @@ pub fn serve(iface: &str) -> Result<()> {
     // Logged after the work: the VIPs come first.
     warn!("k3s-xdp exited without cleaning up (killed or crashed): the guard undoes its changes on {iface}");
     let mut failed = false;
+    for ((table, vip), r) in ledger.routes.iter().zip(&withdrawn) {
+        match r {
+            Ok(()) => info!("guard: withdrew {vip} (its route in table {table})"),
+            Err(e) => {
+                error!("guard: {e:#}");
+                failed = true;
+            }
+        }
+    }
     for (addr, r) in ledger.held.iter().zip(&removed) {
         match r {
             Ok(()) => info!("guard: removed {addr} from {iface}"),
@@ -259,6 +298,22 @@ mod tests {
     }
 
     #[test]
+    fn routes_are_kept_per_table_until_withdrawn() {
+        let vip = Ipv4Addr::new(192, 0, 2, 100);
+        let l = ledger(&[
+            "route 200 192.0.2.100",
+            "route 200 192.0.2.100",
+            "route 7 192.0.2.100",
+            "route 200 192.0.2.110",
+            "unroute 200 192.0.2.110",
+        ]);
+        assert_eq!(l.routes, vec![(200, vip), (7, vip)]);
+        assert!(l.pending());
+        let l = ledger(&["route 200 192.0.2.100", "unroute 200 192.0.2.100"]);
+        assert!(!l.pending());
+    }
+
+    #[test]
     fn disarm_leaves_nothing_to_do() {
         let l = ledger(&["hold 192.0.2.100", "disarm"]);
         assert!(!l.pending());
@@ -273,6 +328,10 @@ mod tests {
             "hold 192.0.2.1 extra",
             "restore /etc/passwd x",
             "restore /proc/sys/x",
+            "route 200",
+            "route x 192.0.2.1",
+            "route 200 192.0.2",
+            "unroute 200 192.0.2.1 extra",
             "explode",
             "",
         ] {

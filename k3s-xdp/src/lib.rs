@@ -2,11 +2,13 @@
 //!
 //! The binary (`main.rs`) is a thin CLI over these modules. Pure cores, unit-tested without
 //! sockets or clocks: [`config`] (parsing and validation), [`maglev`], [`health::state`],
-//! [`vrrp::machine`] and [`vrrp::packet`], [`import`], [`controller::model`]. I/O at the edges:
-//! [`dataplane`] (the XDP program and its maps), [`system`] (netlink, raw sockets),
-//! [`health::check`] (probes), [`vrrp::runtime`], [`controller`] (the daemon's event loop,
-//! control socket, metrics) and [`daemon`] (`k3s-xdp run`).
+//! [`vrrp::machine`] and [`vrrp::packet`], [`bgp::announce`], [`import`], [`controller::model`].
+//! I/O at the edges: [`dataplane`] (the XDP program and its maps), [`system`] (netlink, raw
+//! sockets), [`health::check`] (probes), [`vrrp::runtime`], [`bgp::runtime`] (the routes the
+//! routing daemon exports), [`controller`] (the daemon's event loop, control socket, metrics)
+//! and [`daemon`] (`k3s-xdp run`).
 
+pub mod bgp;
 pub mod config;
 pub mod controller;
 pub mod daemon;

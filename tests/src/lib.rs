@@ -8,10 +8,12 @@
 //! - [`config`]: the seed topology's k3s-xdp config, with what a test adds.
 //! - [`daemon`]: `k3s-xdp run` as a process in a node, driven over its control socket.
 //! - [`keepalived`]: a real keepalived as a VRRP peer in a node.
+//! - [`bird`]: a real BIRD 2, on the load balancers and on a router, for `[bgp]`.
 //! - [`traffic`]: UDP echo servers, and bounded streams of connections and requests whose every
 //!   outcome is recorded.
 
 pub mod backend;
+pub mod bird;
 pub mod bpf;
 pub mod config;
 pub mod daemon;

@@ -37,6 +37,7 @@ const TEST_PACKAGES: &[&str] = &[
     "tcpdump",
     "openssl",
     "keepalived",
+    "bird2",
 ];
 
 /// Benchmarks: the load balancers the seeds install today, load generators, the font of the

@@ -8,6 +8,7 @@
 //! How it fits together:
 //! - `parse.rs` walks the document with `toml_edit` (which keeps byte spans) and checks each key
 //!   on its own: type, range, format, unknown keys;
+//! - `vrrp.rs` and `bgp.rs` hold the types of those sections;
 //! - `validate.rs` checks the rules that span keys (duplicates, VIPs covered by VRRP, limits of
 //!   the data plane, keys that only apply to some health check kinds);
 //! - `render.rs` writes a [`Config`] back to TOML ([`Config::to_toml`]): `k3s-xdp import` builds
@@ -17,6 +18,7 @@
 //! The module is pure: apart from [`load`] reading the file, it does no I/O. Files named in the
 //! config (`ca_file`, ...) are opened, and so checked, by the runtime.
 
+mod bgp;
 mod duration;
 mod error;
 mod parse;
@@ -27,6 +29,7 @@ mod vrrp;
 #[cfg(test)]
 mod tests;
 
+pub use bgp::{reserved_table, Bgp, BgpTrack};
 pub use duration::format as format_duration;
 pub use error::{ConfigError, ConfigErrors};
 pub use vrrp::{InitialState, Track, VirtualAddress, Vrrp, VrrpReload};
@@ -111,6 +114,12 @@ pub mod defaults {
     /// keepalived's meaning: 0 puts the instance in FAULT while the track fails.
     pub const TRACK_WEIGHT: i32 = 0;
     pub const TRACK_WEIGHT_MAX: i32 = 254;
+
+    /// Long enough for a router to take a withdrawn route out of its ECMP set.
+    pub const BGP_DRAIN_TIME: Duration = Duration::from_secs(2);
+    pub const BGP_DRAIN_TIME_MAX: Duration = Duration::from_secs(300);
+    /// Debian's bird2 package.
+    pub const BIRD_SOCKET: &str = "/run/bird/bird.ctl";
 }
 
 /// Reads `path` and parses it; a file that cannot be read is one error naming it.
@@ -154,6 +163,8 @@ pub struct Config {
     pub services: Vec<Service>,
     /// `[vrrp]`; without it this node is the only load balancer and holds the VIPs itself.
     pub vrrp: Option<Vrrp>,
+    /// `[bgp]`: the VIPs are announced through a kernel routing table (active-active).
+    pub bgp: Option<Bgp>,
     /// Non-fatal notes about the file (e.g. no `interface`), for `check` to print and `run` to
     /// log. Not configuration: ignored by `==` and not serialized.
     #[serde(skip)]
@@ -176,6 +187,7 @@ impl PartialEq for Config {
             snat_timewait,
             services,
             vrrp,
+            bgp,
             warnings: _,
         } = self;
         *interface == other.interface
@@ -188,6 +200,7 @@ impl PartialEq for Config {
             && *snat_timewait == other.snat_timewait
             && *services == other.services
             && *vrrp == other.vrrp
+            && *bgp == other.bgp
     }
 }
 
@@ -206,6 +219,7 @@ impl Config {
             snat_timewait: defaults::SNAT_TIMEWAIT,
             services,
             vrrp: None,
+            bgp: None,
             warnings: Vec::new(),
         }
     }

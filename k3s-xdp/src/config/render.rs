@@ -7,7 +7,10 @@
 //! Keys whose value is the default are left out to keep it short, except the ones an operator
 //! looks for first (the health check kind and timings, the VRRP identity and priority).
 
-use super::{defaults, duration, BackendConfig, Config, Health, Service, SnatSource, Track, Vrrp};
+use super::{
+    defaults, duration, BackendConfig, Bgp, BgpTrack, Config, Health, Service, SnatSource, Track,
+    Vrrp,
+};
 use std::{path::Path, time::Duration};
 use toml_edit::{value, Array, ArrayOfTables, DocumentMut, InlineTable, Item, Table, Value};
 
@@ -51,7 +54,35 @@ pub(super) fn to_document(config: &Config) -> DocumentMut {
     if let Some(vrrp) = &config.vrrp {
         root.insert("vrrp", Item::Table(vrrp_table(vrrp)));
     }
+    if let Some(bgp) = &config.bgp {
+        root.insert("bgp", Item::Table(bgp_table(bgp)));
+    }
     doc
+}
+
+fn bgp_table(b: &Bgp) -> Table {
+    let mut t = Table::new();
+    t.insert("table", value(i64::from(b.table)));
+    if let Some(vips) = &b.vips {
+        let list: Array = vips.iter().map(|a| a.to_string()).collect();
+        t.insert("vips", value(list));
+    }
+    if b.track != BgpTrack::default() {
+        let mut track = InlineTable::new();
+        track.insert("dataplane", b.track.dataplane.into());
+        track.insert(
+            "min_healthy_backends",
+            i64::from(b.track.min_healthy_backends).into(),
+        );
+        t.insert("track", value(track));
+    }
+    if b.drain_time != defaults::BGP_DRAIN_TIME {
+        t.insert("drain_time", duration_value(b.drain_time));
+    }
+    if b.bird_socket != Path::new(defaults::BIRD_SOCKET) {
+        t.insert("bird_socket", path_value(&b.bird_socket));
+    }
+    t
 }
 
 fn path_value(path: &Path) -> Item {

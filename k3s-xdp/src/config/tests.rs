@@ -1698,3 +1698,104 @@ virtual_ipaddress = ["192.0.2.100/24", "192.0.2.101/24"]
     );
     assert_eq!(errors.len(), 2, "{}", ConfigErrors(errors.clone()));
 }
+
+/// `[bgp]` with only `table`: every service VIP announced, the defaults for the rest; it
+/// renders back to an equal config.
+#[test]
+fn bgp_table_alone_announces_every_service_vip() {
+    let c = ok(&format!("{MINIMAL}[bgp]\ntable = 200\n"));
+    let bgp = c.bgp.clone().expect("[bgp]");
+    assert_eq!(bgp.table, 200);
+    assert_eq!(bgp.vips, None);
+    assert_eq!(bgp.track, BgpTrack::default());
+    assert_eq!(bgp.drain_time, defaults::BGP_DRAIN_TIME);
+    assert_eq!(bgp.bird_socket, Path::new(defaults::BIRD_SOCKET));
+    assert_eq!(
+        bgp.announced(&c.services),
+        vec!["192.0.2.100".parse::<Ipv4Addr>().unwrap()]
+    );
+    assert_eq!(ok(&c.to_toml()), c, "rendered and read back");
+    let full = ok(&format!(
+        "{MINIMAL}[bgp]\ntable = 7\nvips = [\"192.0.2.100\"]\ntrack = {{ dataplane = false, min_healthy_backends = 2 }}\ndrain_time = \"500ms\"\nbird_socket = \"/tmp/bird.ctl\"\n"
+    ));
+    assert_eq!(ok(&full.to_toml()), full, "{}", full.to_toml());
+}
+
+#[test]
+fn bgp_table_may_not_be_one_the_kernel_uses() {
+    for (table, words) in [
+        (254, "the main table (254)"),
+        (255, "the local table (255)"),
+        (253, "the default table (253)"),
+        (0, "unspecified"),
+    ] {
+        one_error(
+            &format!("{MINIMAL}[bgp]\ntable = {table}\n"),
+            "bgp.table",
+            12,
+            words,
+        );
+    }
+    one_error(
+        &format!("{MINIMAL}[bgp]\ntrack = {{}}\n"),
+        "bgp.table",
+        11,
+        "missing `table`",
+    );
+    one_error(
+        &format!("{MINIMAL}[bgp]\ntable = 200\ntrack = {{ weight = -50 }}\n"),
+        "bgp.track.weight",
+        13,
+        "weight",
+    );
+}
+
+/// A VIP is either moved by VRRP or announced by BGP: both is an error at its line.
+#[test]
+fn a_vip_both_in_vrrp_and_announced_by_bgp_is_an_error() {
+    let vrrp = "[vrrp]\nvirtual_router_id = 51\nvirtual_ipaddress = [\"192.0.2.100/24\"]\n";
+    let e = one_error(
+        &format!("{MINIMAL}{vrrp}[bgp]\ntable = 200\n"),
+        "vrrp.virtual_ipaddress[0]",
+        13,
+        "both moved by VRRP",
+    );
+    assert!(e.message.contains("bgp.vips"), "{e}");
+    one_error(
+        &format!("{MINIMAL}{vrrp}[bgp]\ntable = 200\nvips = [\"192.0.2.100\"]\n"),
+        "bgp.vips[0]",
+        16,
+        "both moved by VRRP",
+    );
+    // Two VIPs: one moved by VRRP, the other announced.
+    let two = format!(
+        "{MINIMAL}[[service]]\nname = \"web\"\nvip = \"192.0.2.110\"\nport = 443\nbackends = [{{ name = \"w\", address = \"192.0.2.60:443\" }}]\n{vrrp}[bgp]\ntable = 200\nvips = [\"192.0.2.110\"]\n"
+    );
+    let c = ok(&two);
+    assert_eq!(
+        c.bgp.unwrap().announced(&c.services),
+        vec!["192.0.2.110".parse::<Ipv4Addr>().unwrap()]
+    );
+}
+
+#[test]
+fn bgp_vips_are_service_vips_each_once() {
+    one_error(
+        &format!("{MINIMAL}[bgp]\ntable = 200\nvips = [\"192.0.2.100\", \"192.0.2.7\"]\n"),
+        "bgp.vips[1]",
+        13,
+        "VIP of no [[service]]",
+    );
+    one_error(
+        &format!("{MINIMAL}[bgp]\ntable = 200\nvips = [\"192.0.2.100\", \"192.0.2.100\"]\n"),
+        "bgp.vips[1]",
+        13,
+        "already listed (line 13)",
+    );
+    one_error(
+        &format!("{MINIMAL}[bgp]\ntable = 200\ntrack = {{ min_healthy_backends = 3 }}\n"),
+        "bgp.track.min_healthy_backends",
+        13,
+        "would never announce",
+    );
+}

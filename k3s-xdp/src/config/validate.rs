@@ -5,8 +5,8 @@
 //! the keys [`Cx::is_bad`] marks, so each mistake is reported once, by the check closest to it.
 
 use super::{
-    defaults, duration, parse::join, parse::next_prime, parse::Cx, CheckKind, Config, InitialState,
-    Mode, Protocol, Service, SnatSource, Vrrp,
+    defaults, duration, parse::join, parse::next_prime, parse::Cx, Bgp, CheckKind, Config,
+    InitialState, Mode, Protocol, Service, SnatSource, Vrrp,
 };
 use k3s_xdp_common::{MAX_BACKENDS, MAX_PORTS_PER_VIP, MAX_SERVICES, MAX_SNAT_SOURCES, MAX_VIPS};
 use std::{
@@ -36,6 +36,82 @@ pub(super) fn validate(config: &Config, cx: &mut Cx) {
     }
     if let Some(vrrp) = &config.vrrp {
         vrrp_rules(config, vrrp, cx);
+    }
+    if let Some(bgp) = &config.bgp {
+        bgp_rules(config, bgp, cx);
+    }
+}
+
+/// The VIPs `[bgp]` announces, when the section and its `vips` read well.
+fn announced(config: &Config, cx: &Cx) -> HashSet<Ipv4Addr> {
+    match &config.bgp {
+        Some(bgp) if !cx.is_bad("bgp.vips") => {
+            bgp.announced(&config.services).into_iter().collect()
+        }
+        _ => HashSet::new(),
+    }
+}
+
+/// `[bgp]`: listed VIPs are service VIPs, each once; a VIP is announced by BGP or moved by
+/// VRRP, never both; a track that can never pass is refused.
+fn bgp_rules(config: &Config, bgp: &Bgp, cx: &mut Cx) {
+    let vips: HashSet<Ipv4Addr> = config.services.iter().map(|s| s.vip).collect();
+    if let (Some(listed), false) = (&bgp.vips, cx.any_bad_under("bgp.vips")) {
+        let mut seen: HashMap<Ipv4Addr, usize> = HashMap::new();
+        for (j, &vip) in listed.iter().enumerate() {
+            let path = format!("bgp.vips[{j}]");
+            if let Some(&first) = seen.get(&vip) {
+                let line = cx.line_of(&format!("bgp.vips[{first}]"));
+                cx.error(&path, format!("{vip} is already listed (line {line})"));
+            } else if !vips.contains(&vip) && !cx.any_bad_under("service") {
+                cx.error(
+                    &path,
+                    format!("{vip} is the VIP of no [[service]]: only service VIPs are announced"),
+                );
+            } else {
+                seen.insert(vip, j);
+            }
+        }
+    }
+    if let Some(v) = &config.vrrp {
+        let announced = bgp.announced(&config.services);
+        for (j, a) in v.virtual_ipaddress.iter().enumerate() {
+            if !announced.contains(&a.addr) || cx.any_bad_under("bgp.vips") {
+                continue;
+            }
+            let why = format!(
+                "{} is both moved by VRRP (only the master holds it) and announced by [bgp]                  (every node that can serve it announces it): choose one",
+                a.addr
+            );
+            match bgp.vips.as_ref().and_then(|l| l.iter().position(|x| *x == a.addr)) {
+                Some(k) => cx.error(&format!("bgp.vips[{k}]"), why),
+                None => cx.error(
+                    &format!("vrrp.virtual_ipaddress[{j}]"),
+                    format!(
+                        "{why}; [bgp] announces every service VIP unless `bgp.vips` lists the                          ones it announces"
+                    ),
+                ),
+            }
+        }
+    }
+    let min = bgp.track.min_healthy_backends;
+    if cx.is_bad("bgp.track.min_healthy_backends") || cx.any_bad_under("service") {
+        return;
+    }
+    for vip in bgp.announced(&config.services) {
+        for s in config.services.iter().filter(|s| s.vip == vip) {
+            if (s.backends.len() as u64) < u64::from(min) {
+                cx.error(
+                    "bgp.track.min_healthy_backends",
+                    format!(
+                        "service {:?} has {} backend(s), so a track of {min} healthy backends in                          each service of {vip} would never announce it",
+                        s.name,
+                        s.backends.len()
+                    ),
+                );
+                return;
+            }
+        }
     }
 }
 
@@ -456,9 +532,10 @@ fn vrrp_rules(config: &Config, v: &Vrrp, cx: &mut Cx) {
                 seen.insert(a.addr, j);
             }
         }
+        let announced = announced(config, cx);
         for (i, s) in config.services.iter().enumerate() {
             let vip_path = format!("service[{i}].vip");
-            if cx.is_bad(&vip_path) || seen.contains_key(&s.vip) {
+            if cx.is_bad(&vip_path) || seen.contains_key(&s.vip) || announced.contains(&s.vip) {
                 continue;
             }
             cx.error(

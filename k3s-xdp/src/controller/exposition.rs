@@ -302,6 +302,27 @@ impl Collector for Snapshot {
                 })
             }),
         )?;
+        if let Some(b) = &s.bgp {
+            f.gauge(
+                "k3sxdp_bgp_announced",
+                "1 while this node announces the VIP (its route is in bgp.table for the routing daemon to export), 0 while withdrawn.",
+                b.vips
+                    .iter()
+                    .map(|v| (vec![("vip", v.vip.clone())], flag(v.announced))),
+            )?;
+            f.gauge(
+                "k3sxdp_bgp_routing_daemon_readable",
+                "1 while the routing daemon's control socket (bgp.bird_socket) answers.",
+                one(flag(b.routing_daemon_error.is_none())),
+            )?;
+            f.gauge(
+                "k3sxdp_bgp_session_established",
+                "1 while the routing daemon's BGP session is established.",
+                b.sessions
+                    .iter()
+                    .map(|x| (vec![("session", x.name.clone())], flag(x.established()))),
+            )?;
+        }
         let Some(v) = &s.vrrp else {
             return Ok(());
         };

@@ -53,6 +53,8 @@ pub enum Event {
     },
     /// VRRP's view, for status and metrics.
     Vrrp(Box<VrrpStatus>),
+    /// The BGP announcer's view ([`crate::bgp::runtime`]).
+    Bgp(Box<crate::bgp::runtime::Report>),
     /// Routes or neighbours changed: cached next hops must be resolved again.
     FibChanged,
     /// The interface's link went down or came up (netlink).
@@ -94,6 +96,10 @@ pub struct Controller {
     health: watch::Sender<Health>,
     /// The running VRRP instance's settings: a reload retunes it through this.
     vrrp_settings: Option<watch::Sender<config::Vrrp>>,
+    /// What the BGP announcer should keep in its table (`[bgp]`).
+    bgp_wanted: Option<watch::Sender<crate::bgp::runtime::Request>>,
+    /// What the BGP announcer last reported.
+    bgp_report: Option<crate::bgp::runtime::Report>,
     /// Services currently without any backend for new flows (logged once per outage).
     empty: Vec<String>,
     /// Keeps the backends' next hops resolved; told the backends after each reload.
@@ -225,6 +231,8 @@ impl Controller {
             events,
             health,
             vrrp_settings: None,
+            bgp_wanted: None,
+            bgp_report: None,
             empty: Vec::new(),
             next_hops: None,
         };
@@ -237,6 +245,39 @@ impl Controller {
         let (tx, rx) = watch::channel(self.config.vrrp.clone()?);
         self.vrrp_settings = Some(tx);
         Some(rx)
+    }
+
+    /// What the BGP announcer should keep announced, followed across changes and reloads;
+    /// `None` without `[bgp]`.
+    pub fn bgp_requests(&mut self) -> Option<watch::Receiver<crate::bgp::runtime::Request>> {
+        let request = self.bgp_request()?;
+        let (tx, rx) = watch::channel(request);
+        self.bgp_wanted = Some(tx);
+        Some(rx)
+    }
+
+    /// `bgp.drain_time` of the running configuration.
+    pub fn bgp_drain_time(&self) -> Duration {
+        self.config
+            .bgp
+            .as_ref()
+            .map(|b| b.drain_time)
+            .unwrap_or_default()
+    }
+
+    /// The announcements `[bgp]` asks for now.
+    fn bgp_request(&self) -> Option<crate::bgp::runtime::Request> {
+        let bgp = self.config.bgp.as_ref()?;
+        let healthy = self.model.healthy_by_service().into_iter().collect();
+        Some(crate::bgp::runtime::Request {
+            wanted: crate::bgp::announce::wanted(
+                bgp,
+                &self.config.services,
+                &healthy,
+                self.dp.attachment().is_some(),
+            ),
+            bird_socket: bgp.bird_socket.clone(),
+        })
     }
 
     /// The addresses of every configured backend.
@@ -355,6 +396,7 @@ impl Controller {
                 let _ = reply.send(Box::new(self.status(now)));
             }
             Event::Vrrp(v) => self.vrrp = Some(*v),
+            Event::Bgp(r) => self.bgp_report = Some(*r),
             Event::FibChanged => {
                 self.fib_generation = self.fib_generation.wrapping_add(1).max(1);
                 if let Err(e) = self.write_globals() {
@@ -477,6 +519,13 @@ impl Controller {
             *h = health;
             changed
         });
+        if let (Some(tx), Some(request)) = (&self.bgp_wanted, self.bgp_request()) {
+            tx.send_if_modified(|r| {
+                let changed = *r != request;
+                *r = request;
+                changed
+            });
+        }
         Ok(())
     }
 }

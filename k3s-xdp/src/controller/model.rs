@@ -241,11 +241,22 @@ impl Model {
 
     /// Backends that can take new flows, over all services.
     pub fn healthy_backends(&self) -> usize {
+        self.healthy_by_service().values().sum()
+    }
+
+    /// Healthy, enabled backends of each service, by service name.
+    pub fn healthy_by_service(&self) -> std::collections::BTreeMap<String, usize> {
         self.services
             .iter()
-            .flat_map(|s| &s.backends)
-            .filter(|b| b.health.is_up() && b.admin == Admin::Enable)
-            .count()
+            .map(|s| {
+                let healthy = s
+                    .backends
+                    .iter()
+                    .filter(|b| b.health.is_up() && b.admin == Admin::Enable)
+                    .count();
+                (s.config.name.clone(), healthy)
+            })
+            .collect()
     }
 
     pub fn backend_mut(

@@ -44,6 +44,16 @@ impl Controller {
                 (running, next) if running != next => ignored.push("vrrp"),
                 _ => {}
             }
+            // [bgp] retunes live (a new table: withdrawn from the old, announced in the new);
+            // the announcer itself starts with the daemon.
+            let mut bgp_changes = Vec::new();
+            match (&self.config.bgp, &new.bgp) {
+                (Some(running), Some(next)) if running != next => {
+                    bgp_changes.push(format!("bgp: {}", describe_bgp(running, next)));
+                }
+                (running, next) if running.is_some() != next.is_some() => ignored.push("bgp"),
+                _ => {}
+            }
             for key in &ignored {
                 warn!("reload: `{key}` changed; it takes effect at the next restart");
             }
@@ -69,6 +79,7 @@ impl Controller {
             let mut candidate = self.model.clone();
             let mut changes = candidate.reload(&new, now);
             changes.extend(vrrp_changes);
+            changes.extend(bgp_changes);
             let specs = candidate.specs(now);
             self.publisher.apply(&mut self.dp, &specs)?;
             self.model = candidate;
@@ -84,6 +95,9 @@ impl Controller {
                 );
             // The running instance keeps its identity until a restart; the config says so.
             new.vrrp.clone_from(&self.config.vrrp);
+            if new.bgp.is_some() != self.config.bgp.is_some() {
+                new.bgp.clone_from(&self.config.bgp);
+            }
             if let Some(v) = retuned {
                 if let Some(tx) = &self.vrrp_settings {
                     tx.send_replace(v.clone());
@@ -138,4 +152,31 @@ impl Controller {
         }
         result
     }
+}
+
+/// What changed in `[bgp]`, for the reload's summary.
+fn describe_bgp(old: &config::Bgp, new: &config::Bgp) -> String {
+    let mut out = Vec::new();
+    if old.table != new.table {
+        out.push(format!("table {} -> {}", old.table, new.table));
+    }
+    if old.vips != new.vips {
+        out.push("vips".to_string());
+    }
+    if old.track != new.track {
+        out.push(format!(
+            "track {{ dataplane = {}, min_healthy_backends = {} }}",
+            new.track.dataplane, new.track.min_healthy_backends
+        ));
+    }
+    if old.drain_time != new.drain_time {
+        out.push(format!(
+            "drain_time {}",
+            config::format_duration(new.drain_time)
+        ));
+    }
+    if old.bird_socket != new.bird_socket {
+        out.push(format!("bird_socket {}", new.bird_socket.display()));
+    }
+    out.join(", ")
 }

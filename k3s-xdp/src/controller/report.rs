@@ -1,7 +1,7 @@
 //! `k3s-xdp status`: the status snapshot as a table for the operator, with what needs
 //! attention (faults, short SNAT ports, full flow tables) spelled out.
 
-use super::status::{Status, VrrpStatus};
+use super::status::{BgpStatus, Status, VrrpStatus};
 use std::fmt::Write as _;
 
 fn human_bytes(b: u64) -> String {
@@ -24,6 +24,38 @@ fn ago(seconds: u64) -> String {
         s if s < 60 => format!("{s}s ago"),
         s if s < 3600 => format!("{}m{}s ago", s / 60, s % 60),
         s => format!("{}h{}m ago", s / 3600, (s % 3600) / 60),
+    }
+}
+
+/// `[bgp]`: each VIP's announcement, and the routing daemon's sessions.
+fn bgp_lines(out: &mut String, b: &BgpStatus) {
+    let daemon = match (&b.routing_daemon_error, b.sessions.as_slice()) {
+        (Some(e), _) => format!("routing daemon unknown ({e}): nothing may export these routes"),
+        (None, []) => "the routing daemon has no BGP session: nothing exports these routes".into(),
+        (None, sessions) => format!(
+            "BGP sessions: {}",
+            sessions
+                .iter()
+                .map(|x| {
+                    let state = if x.established() {
+                        "Established".to_string()
+                    } else {
+                        format!("{} {}", x.state, x.info).trim().to_string()
+                    };
+                    format!("{} {state} (since {})", x.name, x.since)
+                })
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    };
+    let _ = writeln!(out, "BGP: routes in table {}; {daemon}", b.table);
+    for v in &b.vips {
+        let since = ago(v.since_seconds_ago);
+        let _ = match (&v.reason, v.announced) {
+            (_, true) => writeln!(out, "      {} announced (since {since})", v.vip),
+            (Some(why), false) => writeln!(out, "      {} WITHDRAWN (since {since}): {why}", v.vip),
+            (None, false) => writeln!(out, "      {} WITHDRAWN (since {since})", v.vip),
+        };
     }
 }
 
@@ -95,9 +127,15 @@ pub fn render_table(s: &Status) -> String {
                     .unwrap_or_default()
             );
         }
+        None if s.bgp.is_some() => {
+            let _ = writeln!(out, "VRRP: not configured");
+        }
         None => {
             let _ = writeln!(out, "VRRP: not configured (this node holds the VIPs alone)");
         }
+    }
+    if let Some(b) = &s.bgp {
+        bgp_lines(&mut out, b);
     }
     for svc in &s.services {
         let _ = writeln!(

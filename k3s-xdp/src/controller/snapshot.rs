@@ -1,4 +1,4 @@
-//! The status snapshot: the model, the data plane's counters and the VRRP state at one instant,
+//! The status snapshot: the model, the data plane's counters, the VRRP and BGP state at one instant,
 //! which `k3s-xdp status`, `--json` and `/metrics` all render.
 
 use super::*;
@@ -117,6 +117,7 @@ impl Controller {
             failed_reloads: self.failed_reloads,
             services,
             vrrp: self.vrrp.clone(),
+            bgp: self.bgp_report.as_ref().map(|r| r.status(now)),
             link_up: self.health.borrow().link_up,
             packets,
             flow_table,

@@ -37,6 +37,9 @@ pub struct Status {
     pub failed_reloads: u64,
     pub services: Vec<ServiceStatus>,
     pub vrrp: Option<VrrpStatus>,
+    /// `[bgp]`, when configured.
+    #[serde(default)]
+    pub bgp: Option<BgpStatus>,
     /// The interface is up with a carrier (netlink's view; a dead link is a VRRP fault).
     #[serde(default = "link_up_default")]
     pub link_up: bool,
@@ -105,6 +108,29 @@ pub struct BackendStatus {
     pub bytes: u64,
     pub new_flows: u64,
     pub resets: u64,
+}
+
+/// `[bgp]`: what this node announces, and the routing daemon's sessions.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct BgpStatus {
+    /// The kernel routing table that holds the routes.
+    pub table: u32,
+    pub vips: Vec<BgpVipStatus>,
+    /// The routing daemon's BGP sessions (BIRD's `show protocols`).
+    pub sessions: Vec<crate::bgp::bird::Session>,
+    /// Why the sessions are unknown (no routing daemon, socket refused, ...).
+    pub routing_daemon_error: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct BgpVipStatus {
+    pub vip: String,
+    /// Its route is in the table, for the routing daemon to export.
+    pub announced: bool,
+    /// Seconds since it was last announced or withdrawn.
+    pub since_seconds_ago: u64,
+    /// Why it is withdrawn.
+    pub reason: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
@@ -224,6 +250,73 @@ mod tests {
             "{plain}"
         );
         assert!(!plain.contains("# EOF"));
+    }
+
+    #[test]
+    fn bgp_announcements_are_in_the_table_and_the_metrics() {
+        use crate::bgp::bird::Session;
+        let with = |sessions: Vec<Session>, error: Option<&str>| Status {
+            bgp: Some(BgpStatus {
+                table: 200,
+                vips: vec![
+                    BgpVipStatus {
+                        vip: "192.0.2.100".into(),
+                        announced: true,
+                        since_seconds_ago: 65,
+                        reason: None,
+                    },
+                    BgpVipStatus {
+                        vip: "192.0.2.110".into(),
+                        announced: false,
+                        since_seconds_ago: 3,
+                        reason: Some("service web has 0 healthy backend(s)".into()),
+                    },
+                ],
+                sessions,
+                routing_daemon_error: error.map(str::to_string),
+            }),
+            ..sample()
+        };
+        let up = Session {
+            name: "upstream".into(),
+            state: "up".into(),
+            since: "08:00:03.456".into(),
+            info: "Established".into(),
+        };
+        let s = with(vec![up.clone()], None);
+        let table = render_table(&s);
+        assert!(
+            table.contains(
+                "BGP: routes in table 200; BGP sessions: upstream Established (since 08:00:03.456)"
+            ),
+            "{table}"
+        );
+        assert!(
+            table.contains("192.0.2.100 announced (since 1m5s ago)"),
+            "{table}"
+        );
+        assert!(
+            table.contains(
+                "192.0.2.110 WITHDRAWN (since 3s ago): service web has 0 healthy backend(s)"
+            ),
+            "{table}"
+        );
+        let metrics = render_metrics(&s);
+        assert!(
+            metrics.contains("\nk3sxdp_bgp_announced{vip=\"192.0.2.100\"} 1\n"),
+            "{metrics}"
+        );
+        assert!(metrics.contains("\nk3sxdp_bgp_announced{vip=\"192.0.2.110\"} 0\n"));
+        assert!(metrics.contains("\nk3sxdp_bgp_session_established{session=\"upstream\"} 1\n"));
+        assert!(metrics.contains("\nk3sxdp_bgp_routing_daemon_readable 1\n"));
+        let absent = with(
+            Vec::new(),
+            Some("cannot connect to BIRD's control socket /run/bird/bird.ctl"),
+        );
+        assert!(render_table(&absent).contains("routing daemon unknown (cannot connect"));
+        assert!(render_metrics(&absent).contains("\nk3sxdp_bgp_routing_daemon_readable 0\n"));
+        assert!(render_table(&with(Vec::new(), None)).contains("no BGP session: nothing exports"));
+        assert!(!render_metrics(&sample()).contains("k3sxdp_bgp_"));
     }
 
     #[test]

@@ -1,12 +1,14 @@
-//! The system edge: interfaces, addresses and route/neighbour changes through rtnetlink, and
-//! per-interface sysctls. Nothing here decides anything; callers (the daemon, VRRP) say what to
+//! The system edge: interfaces, addresses, `[bgp]`'s routes and route/neighbour changes through
+//! rtnetlink, and per-interface sysctls. Nothing here decides anything; callers (the daemon, VRRP) say what to
 //! add or remove.
 
 pub mod neighbours;
 mod netlink;
 pub mod raw;
+mod routes;
 
 pub use netlink::{watch_link, watch_routes_and_neighbours, InterfaceAddress, Netlink};
+pub use routes::{TableRoute, ROUTE_PROTOCOL};
 
 /// The sysctl file of the IPv4 setting `key` of `iface` (`forwarding`, `accept_local`).
 pub fn ipv4_conf_path(iface: &str, key: &str) -> String {

@@ -13,6 +13,7 @@ pub(super) const ROOT_KEYS: &[&str] = &[
     "snat_timewait",
     "service",
     "vrrp",
+    "bgp",
 ];
 pub(super) const SERVICE_KEYS: &[&str] = &[
     "name",
@@ -62,6 +63,8 @@ pub(super) const VRRP_KEYS: &[&str] = &[
     "garp_master_refresh",
 ];
 pub(super) const TRACK_KEYS: &[&str] = &["dataplane", "min_healthy_backends", "weight"];
+pub(super) const BGP_KEYS: &[&str] = &["table", "vips", "track", "drain_time", "bird_socket"];
+pub(super) const BGP_TRACK_KEYS: &[&str] = &["dataplane", "min_healthy_backends"];
 
 /// Every table, as messages name it, with its keys: an unknown key that belongs to another
 /// table is pointed there.
@@ -72,6 +75,8 @@ pub(super) const TABLES: &[(&str, &[&str])] = &[
     ("[service.health]", HEALTH_KEYS),
     ("[vrrp]", VRRP_KEYS),
     ("vrrp.track", TRACK_KEYS),
+    ("[bgp]", BGP_KEYS),
+    ("bgp.track", BGP_TRACK_KEYS),
 ];
 
 /// Words from haproxy.cfg and keepalived.conf that have no key of the same name.

@@ -9,13 +9,15 @@
 //! by its default, or by a placeholder, and the config is only returned when nothing was wrong.
 //!
 //! Here: the walk's context and the top level. [`keys`]: each table's keys and the help an
-//! unknown key gets; [`values`]: the scalar readers; [`service`] and [`vrrp`]: those tables.
+//! unknown key gets; [`values`]: the scalar readers; [`service`], [`vrrp`] and [`bgp`]: those
+//! tables.
 //! Rules that span keys are in `validate.rs`.
 
 use super::{
-    defaults, duration, duration::DurationError, error::line_column, validate, BackendConfig,
-    CheckKind, Config, ConfigError, ConfigErrors, Health, InitialState, Mode, OnBackendDown,
-    Protocol, Service, SnatSource, Track, VirtualAddress, Vrrp, XdpMode,
+    self as config, defaults, duration, duration::DurationError, error::line_column, validate,
+    BackendConfig, Bgp, BgpTrack, CheckKind, Config, ConfigError, ConfigErrors, Health,
+    InitialState, Mode, OnBackendDown, Protocol, Service, SnatSource, Track, VirtualAddress, Vrrp,
+    XdpMode,
 };
 use std::{
     collections::{HashMap, HashSet},
@@ -27,11 +29,13 @@ use std::{
 };
 use toml_edit::{ImDocument, Item, TableLike, Value};
 
+mod bgp;
 mod keys;
 mod service;
 mod values;
 mod vrrp;
 
+use bgp::*;
 use keys::*;
 pub(super) use service::next_prime;
 use service::*;
@@ -266,6 +270,13 @@ fn read_config(cx: &mut Cx, root: &toml_edit::Table) -> Config {
             None
         }
     });
+    let bgp = t.get(cx, "bgp", |cx, p, item| match item.as_table_like() {
+        Some(table) => Some(read_bgp(cx, p, table, item.span())),
+        None => {
+            wrong_type(cx, p, item, "a [bgp] table");
+            None
+        }
+    });
 
     Config {
         interface,
@@ -278,6 +289,7 @@ fn read_config(cx: &mut Cx, root: &toml_edit::Table) -> Config {
         snat_timewait,
         services,
         vrrp,
+        bgp,
         warnings: Vec::new(),
     }
 }

@@ -1,0 +1,510 @@
+//! `[bgp]` end to end with real BIRD 2: three load balancers (lb-1..3), each running k3s-xdp
+//! and BIRD with the shipped `packaging/bird/bird.conf`, announce the VIP to a router node
+//! running BIRD, which installs one ECMP route (`fib_multipath_hash_policy = 1`); the agents
+//! reach the VIP through the router. Announcements follow what each node can serve: backends
+//! drained, SIGTERM (routes withdrawn first, then `drain_time`, then detach), kill -9 (the
+//! guard withdraws), restart; each withdrawal is timed as the router's kernel table sees it.
+//! Without any routing daemon, k3s-xdp still serves and says that nothing exports its routes;
+//! routes of other programs in its table are left alone, and its own leftovers removed.
+
+use k3s_xdp::controller::{
+    model::Admin,
+    status::{Request, Response, Status},
+};
+use k3s_xdp_tests::{
+    backend::{connect, echo_roundtrip, Backends, Kind},
+    bird::{self, Bird},
+    bpf::have_root,
+    config::SeedConfig,
+    daemon::{get_metrics, Daemon},
+    topology::{Topology, AGENTS, LB1, LB2, SERVERS, VIP},
+    traffic::{self, Stream, StreamSpec},
+};
+use std::{
+    io::{Read, Write},
+    net::{Ipv4Addr, SocketAddrV4, TcpStream},
+    sync::Mutex,
+    time::{Duration, Instant},
+};
+
+const TABLE: u32 = 200;
+const ROUTER: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
+const LB3: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 97);
+const T: Duration = Duration::from_secs(3);
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The load balancers of the lab, with their addresses.
+const LBS: [(&str, Ipv4Addr); 3] = [("lb-1", LB1), ("lb-2", LB2), ("lb-3", LB3)];
+
+struct Lab {
+    // Dropped in this order: daemons (routes withdrawn), BIRDs, backends, then the topology.
+    daemons: Vec<Daemon>,
+    birds: Vec<Bird>,
+    router: Bird,
+    _backends: Backends,
+    topo: Topology,
+}
+
+fn daemon_config(mode: &str, extra_service: &str, bgp: &str) -> String {
+    let mut c = SeedConfig::new()
+        .top("snat_port_range = [20000, 29999]")
+        .service(format!("mode = \"{mode}\""))
+        .health("inter = \"300ms\"\nrise = 1\nfall = 2\ntimeout = \"300ms\"");
+    if !extra_service.is_empty() {
+        c = c.service(extra_service);
+    }
+    format!(
+        "{}\n[bgp]\ntable = {TABLE}\ndrain_time = \"1s\"\n{bgp}",
+        c.render()
+    )
+}
+
+/// The router, the agents' route to the VIP through it, backends, and for each of `lbs` BIRD
+/// and k3s-xdp; returns once the router has an ECMP route over all of them.
+fn lab(lbs: usize, mode: &str, extra_service: &str) -> Lab {
+    let topo = Topology::builder()
+        .node("lb-3", LB3)
+        .node("router", ROUTER)
+        .pass_programs(&["lb-1", "lb-2", "lb-3", "server-1", "server-2", "server-3"])
+        .build()
+        .expect("topology");
+    let router = topo.node("router");
+    for (key, value) in [
+        ("net.ipv4.ip_forward", "1"),
+        ("net.ipv4.fib_multipath_hash_policy", "1"),
+        ("net.ipv4.conf.all.send_redirects", "0"),
+        ("net.ipv4.conf.eth1.send_redirects", "0"),
+    ] {
+        router
+            .run("sysctl", ["-q", "-w", &format!("{key}={value}")])
+            .unwrap();
+    }
+    for agent in AGENTS {
+        let ns = topo.node(agent);
+        ns.ip([
+            "route",
+            "add",
+            &format!("{VIP}/32"),
+            "via",
+            &ROUTER.to_string(),
+        ])
+        .unwrap();
+        ns.run(
+            "sysctl",
+            ["-q", "-w", "net.ipv4.conf.all.accept_redirects=0"],
+        )
+        .unwrap();
+    }
+    if mode == "dsr" {
+        for s in SERVERS {
+            topo.prepare_dsr_backend(s, VIP).unwrap();
+        }
+    }
+    let backends = Backends::seed(&topo, Kind::Tcp).unwrap();
+    let addrs: Vec<Ipv4Addr> = LBS[..lbs].iter().map(|(_, a)| *a).collect();
+    let router = Bird::start(&topo, "router", &bird::router_config(&addrs)).unwrap();
+    let mut birds = Vec::new();
+    let mut daemons = Vec::new();
+    for (node, _) in &LBS[..lbs] {
+        let b = Bird::start(
+            &topo,
+            node,
+            &bird::load_balancer_config(TABLE, ROUTER).unwrap(),
+        )
+        .unwrap();
+        let config = daemon_config(
+            mode,
+            extra_service,
+            &format!("bird_socket = {:?}\n", b.socket().display().to_string()),
+        );
+        birds.push(b);
+        daemons.push(Daemon::start(&topo, node, &config).unwrap());
+    }
+    for d in &daemons {
+        d.wait_healthy(Duration::from_secs(10)).unwrap();
+    }
+    router.wait_established(Duration::from_secs(20)).unwrap();
+    let mut want = addrs.clone();
+    want.sort();
+    wait_hops(&topo, &want, Duration::from_secs(20));
+    Lab {
+        daemons,
+        birds,
+        router,
+        _backends: backends,
+        topo,
+    }
+}
+
+/// Waits until the router's route to the VIP goes through exactly `want`; how long it took.
+fn wait_hops(topo: &Topology, want: &[Ipv4Addr], limit: Duration) -> Duration {
+    let started = Instant::now();
+    loop {
+        let hops = bird::next_hops(topo, "router", VIP).unwrap();
+        if hops == want {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < limit,
+            "the router's next hops for {VIP} are {hops:?}, not {want:?}, after {limit:?}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn new_flows(s: &Status) -> u64 {
+    s.services.iter().map(|x| x.new_flows).sum()
+}
+
+fn announced(s: &Status) -> Option<bool> {
+    let b = s.bgp.as_ref()?;
+    b.vips
+        .iter()
+        .find(|v| v.vip == VIP.to_string())
+        .map(|v| v.announced)
+}
+
+fn admin(daemon: &Daemon, action: Admin) {
+    for s in SERVERS {
+        let answer = daemon
+            .request(&Request::Backend {
+                action,
+                target: format!("k3s-api/{s}"),
+            })
+            .unwrap();
+        assert!(matches!(answer, Response::Ok { .. }), "{answer:?}");
+    }
+}
+
+/// A long-lived connection through the VIP: the server it reached, and the stream.
+fn long_lived(topo: &Topology, agent: &str, i: usize) -> (String, TcpStream) {
+    let mut s = connect(topo.node(agent), SocketAddrV4::new(VIP, 6443), T).unwrap();
+    let (server, echoed) = echo_roundtrip(&mut s, format!("{agent}-{i}").as_bytes()).unwrap();
+    assert!(echoed);
+    (server, s)
+}
+
+fn still_echoes(s: &mut TcpStream, payload: &str) -> Result<(), String> {
+    s.write_all(payload.as_bytes()).map_err(|e| e.to_string())?;
+    let mut back = vec![0u8; payload.len()];
+    s.read_exact(&mut back).map_err(|e| e.to_string())?;
+    if back == payload.as_bytes() {
+        Ok(())
+    } else {
+        Err(format!("echoed {:?}", String::from_utf8_lossy(&back)))
+    }
+}
+
+fn stream(topo: &Topology, limit: Duration) -> Stream {
+    Stream::start(
+        topo,
+        StreamSpec {
+            agents: AGENTS.iter().map(|a| a.to_string()).collect(),
+            tcp: Some(SocketAddrV4::new(VIP, 6443)),
+            udp: None,
+            interval: Duration::from_millis(20),
+            limit,
+            timeout: T,
+        },
+    )
+    .unwrap()
+}
+
+/// dsr behind ECMP over three nodes: flows spread over all of them; a node whose backends are
+/// all drained withdraws and announces again when they are back; SIGTERM withdraws before the
+/// program detaches, and a stream of new connections meanwhile sees no failure; kill -9 is
+/// withdrawn by the guard; a restarted node announces again. Long-lived connections opened
+/// at the start, spread over the three nodes, survive two of them leaving: the router moves
+/// them to the last node, whose Maglev table sends each to the same server.
+#[test]
+fn ecmp_over_three_nodes_follows_what_each_can_serve() {
+    if !have_root() {
+        return;
+    }
+    let _s = serial();
+    let mut lab = lab(3, "dsr", "");
+    let topo = &lab.topo;
+
+    // Spread: new connections from the agents reach every node.
+    let before: Vec<u64> = lab
+        .daemons
+        .iter()
+        .map(|d| new_flows(&d.status().unwrap()))
+        .collect();
+    let mut lived = Vec::new();
+    for i in 0..8 {
+        for agent in AGENTS {
+            lived.push(long_lived(topo, agent, i));
+        }
+    }
+    let after: Vec<u64> = lab
+        .daemons
+        .iter()
+        .map(|d| new_flows(&d.status().unwrap()))
+        .collect();
+    let per_node: Vec<u64> = after.iter().zip(&before).map(|(a, b)| a - b).collect();
+    eprintln!("24 connections through the router: new flows per node {per_node:?}");
+    assert!(
+        per_node.iter().all(|n| *n > 0),
+        "ECMP spreads flows over every node: {per_node:?}"
+    );
+
+    // Status and metrics say what is announced, and the routing daemon's session.
+    let s = lab.daemons[0].status().unwrap();
+    let b = s.bgp.clone().expect("bgp status");
+    assert_eq!(b.table, TABLE);
+    assert_eq!(announced(&s), Some(true));
+    assert!(b.routing_daemon_error.is_none(), "{b:?}");
+    assert!(
+        b.sessions
+            .iter()
+            .any(|x| x.name == "upstream" && x.established()),
+        "{b:?}"
+    );
+    let table = k3s_xdp::controller::status::render_table(&s);
+    assert!(table.contains(&format!("{VIP} announced")), "{table}");
+    assert!(table.contains("upstream Established"), "{table}");
+    let metrics = get_metrics(topo, "lb-1", "127.0.0.1:9742").unwrap();
+    assert!(
+        metrics.contains(&format!("k3sxdp_bgp_announced{{vip=\"{VIP}\"}} 1")),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("k3sxdp_bgp_session_established{session=\"upstream\"} 1"),
+        "{metrics}"
+    );
+
+    // lb-1 with every backend drained cannot serve: withdrawn, then announced again.
+    admin(&lab.daemons[0], Admin::Drain);
+    let took = wait_hops(topo, &[LB3, LB2], Duration::from_secs(5));
+    eprintln!("lb-1 drained: withdrawn from the router in {took:?}");
+    let s = lab.daemons[0].status().unwrap();
+    assert_eq!(announced(&s), Some(false));
+    let why = &s.bgp.as_ref().unwrap().vips[0].reason;
+    assert!(
+        why.as_deref()
+            .is_some_and(|w| w.contains("0 healthy backend")),
+        "{why:?}"
+    );
+    admin(&lab.daemons[0], Admin::Enable);
+    let took = wait_hops(topo, &[LB3, LB1, LB2], Duration::from_secs(5));
+    eprintln!("lb-1 enabled again: announced to the router in {took:?}");
+
+    // SIGTERM of lb-3 under a stream of new connections: withdrawn first, none fails.
+    let running = stream(topo, Duration::from_secs(5));
+    std::thread::sleep(Duration::from_millis(500));
+    let signalled = Instant::now();
+    lab.daemons[2].signal(libc::SIGTERM).unwrap();
+    let took = wait_hops(topo, &[LB1, LB2], Duration::from_secs(5));
+    eprintln!("lb-3 SIGTERM: withdrawn from the router in {took:?}");
+    lab.daemons[2].stop();
+    let stopped = signalled.elapsed();
+    let attempts = running.finish();
+    let failed = traffic::failures(&attempts);
+    eprintln!(
+        "{} new connections during lb-3's SIGTERM (it exited after {stopped:?}), {} failed",
+        attempts.len(),
+        failed.len()
+    );
+    assert!(failed.is_empty(), "{failed:#?}");
+    assert!(
+        stopped >= Duration::from_secs(1),
+        "the program detaches after drain_time ({stopped:?})"
+    );
+
+    // kill -9 of lb-2's daemon: the guard withdraws.
+    let killed = Instant::now();
+    lab.daemons[1].crash();
+    let took = wait_hops(topo, &[LB1], Duration::from_secs(5));
+    eprintln!(
+        "lb-2 kill -9: withdrawn from the router {took:?} after the process was reaped ({:?} after the kill)",
+        killed.elapsed()
+    );
+
+    // Every long-lived connection now goes through lb-1, to the same server as before.
+    let lost: Vec<String> = lived
+        .iter_mut()
+        .enumerate()
+        .filter_map(|(i, (server, s))| {
+            still_echoes(s, &format!("still {i}"))
+                .err()
+                .map(|e| format!("#{i} to {server}: {e}"))
+        })
+        .collect();
+    assert!(lost.is_empty(), "dsr connections lost: {lost:#?}");
+
+    // lb-2 restarted: announced again.
+    lab.daemons[1].restart(topo).unwrap();
+    let took = wait_hops(topo, &[LB1, LB2], Duration::from_secs(10));
+    eprintln!("lb-2 restarted: announced to the router in {took:?}");
+    let _ = &lab.router;
+    let _ = &lab.birds;
+}
+
+/// nat with `snat_source = "node"` behind ECMP: each node's backends answer to that node, so
+/// new connections never fail while two nodes serve, nor after one of them dies and the
+/// router has withdrawn it.
+#[test]
+fn nat_with_snat_source_node_works_behind_ecmp() {
+    if !have_root() {
+        return;
+    }
+    let _s = serial();
+    let mut lab = lab(2, "nat", "snat_source = \"node\"");
+    let topo = &lab.topo;
+    let steady = stream(topo, Duration::from_secs(3)).finish();
+    let failed = traffic::failures(&steady);
+    eprintln!(
+        "{} new connections over two nat nodes, {} failed",
+        steady.len(),
+        failed.len()
+    );
+    assert!(failed.is_empty(), "{failed:#?}");
+    let flows: Vec<u64> = lab
+        .daemons
+        .iter()
+        .map(|d| new_flows(&d.status().unwrap()))
+        .collect();
+    assert!(
+        flows.iter().all(|n| *n > 0),
+        "both nodes took flows: {flows:?}"
+    );
+
+    lab.daemons[1].crash();
+    let took = wait_hops(topo, &[LB1], Duration::from_secs(5));
+    eprintln!("lb-2 kill -9: withdrawn in {took:?}");
+    let after = stream(topo, Duration::from_secs(2)).finish();
+    let failed = traffic::failures(&after);
+    eprintln!(
+        "{} new connections after lb-2's death, {} failed",
+        after.len(),
+        failed.len()
+    );
+    assert!(failed.is_empty(), "{failed:#?}");
+}
+
+/// No routing daemon at all: k3s-xdp serves, keeps its route, and says in status and the log
+/// that nothing exports it. Its own leftover route (a previous run's) is removed at start;
+/// another program's routes in the table, one of them for the VIP in the table a reload
+/// moves to, are left alone.
+#[test]
+fn without_a_routing_daemon_it_serves_and_leaves_other_routes_alone() {
+    if !have_root() {
+        return;
+    }
+    let _s = serial();
+    let topo = Topology::seed().unwrap();
+    let _backends = Backends::seed(&topo, Kind::Tcp).unwrap();
+    let lb = topo.node("lb-1");
+    let t = TABLE.to_string();
+    lb.ip([
+        "route",
+        "add",
+        "192.0.2.77/32",
+        "dev",
+        "eth1",
+        "table",
+        &t,
+        "proto",
+        "201",
+    ])
+    .unwrap();
+    lb.ip([
+        "route",
+        "add",
+        "198.51.100.0/24",
+        "dev",
+        "eth1",
+        "table",
+        &t,
+        "proto",
+        "static",
+    ])
+    .unwrap();
+    lb.ip([
+        "route",
+        "add",
+        &format!("{VIP}/32"),
+        "dev",
+        "eth1",
+        "table",
+        "201",
+        "proto",
+        "static",
+    ])
+    .unwrap();
+    let missing = "/nonexistent/bird.ctl";
+    let config = daemon_config("nat", "", &format!("bird_socket = {missing:?}\n"));
+    let mut daemon = Daemon::start(&topo, "lb-1", &config).unwrap();
+    daemon.wait_healthy(Duration::from_secs(10)).unwrap();
+    let routes = |table: &str| {
+        let out = lb.ip(["route", "show", "table", table]).unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    k3s_xdp_tests::wait_until(Duration::from_secs(5), "the VIP's route", || {
+        routes(&t).contains(&format!("{VIP} dev eth1 proto 201"))
+    });
+    let r = routes(&t);
+    assert!(
+        !r.contains("192.0.2.77"),
+        "the leftover route is removed:\n{r}"
+    );
+    assert!(
+        r.contains("198.51.100.0/24"),
+        "another program's route stays:\n{r}"
+    );
+    let s = daemon
+        .wait_for(Duration::from_secs(5), "the announcer's report", |s| {
+            s.bgp
+                .as_ref()
+                .is_some_and(|b| b.routing_daemon_error.is_some())
+        })
+        .unwrap();
+    assert_eq!(announced(&s), Some(true));
+    let table = k3s_xdp::controller::status::render_table(&s);
+    assert!(table.contains("routing daemon unknown"), "{table}");
+    assert!(table.contains("nothing may export these routes"), "{table}");
+    daemon
+        .wait_log("nothing exports the routes", Duration::from_secs(5))
+        .unwrap();
+    // It serves: the agents reach the VIP on the link (this node holds it).
+    let answered = k3s_xdp_tests::backend::roundtrip(
+        topo.node("agent-1"),
+        SocketAddrV4::new(VIP, 6443),
+        b"hello",
+        T,
+    )
+    .unwrap();
+    assert!(SERVERS.contains(&answered.as_str()), "{answered}");
+
+    // A reload to table 201, where another program routes the VIP: withdrawn from 200, and
+    // 201's route left alone.
+    daemon
+        .write_config(&config.replace(&format!("table = {TABLE}"), "table = 201"))
+        .unwrap();
+    let answer = daemon.reload().unwrap();
+    assert!(answer.contains("bgp: table 200 -> 201"), "{answer}");
+    let s = daemon
+        .wait_for(Duration::from_secs(5), "the new table", |s| {
+            s.bgp.as_ref().is_some_and(|b| b.table == 201)
+        })
+        .unwrap();
+    let vip = &s.bgp.as_ref().unwrap().vips[0];
+    assert!(!vip.announced);
+    assert!(
+        vip.reason
+            .as_deref()
+            .is_some_and(|r| r.contains("not k3s-xdp's: left alone")),
+        "{vip:?}"
+    );
+    assert!(!routes(&t).contains(&VIP.to_string()), "{}", routes(&t));
+    assert!(routes("201").contains(&format!("{VIP} dev eth1 proto static")));
+    daemon.stop();
+    assert!(routes("201").contains(&format!("{VIP} dev eth1 proto static")));
+    assert!(routes(&t).contains("198.51.100.0/24"));
+}
