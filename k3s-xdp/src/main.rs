@@ -209,14 +209,28 @@ fn check(path: &Path) -> ExitCode {
                     .iter()
                     .map(|s| s.backends.len())
                     .sum::<usize>(),
-                match &config.vrrp {
-                    Some(v) => format!(
+                match (&config.vrrp, &config.bgp) {
+                    (Some(v), _) => format!(
                         "VRRP virtual_router_id {} priority {}",
                         v.virtual_router_id, v.priority
                     ),
-                    None => "no VRRP: single load balancer".to_string(),
+                    (None, Some(_)) => "no VRRP".to_string(),
+                    (None, None) => "no VRRP: single load balancer".to_string(),
                 }
             );
+            if let Some(b) = &config.bgp {
+                let vips: Vec<String> = b
+                    .announced(&config.services)
+                    .iter()
+                    .map(|v| v.to_string())
+                    .collect();
+                println!(
+                    "BGP: announces {} through kernel table {} (routes of protocol {}) while this node can serve them; the routing daemon must export that table",
+                    vips.join(", "),
+                    b.table,
+                    k3s_xdp::system::ROUTE_PROTOCOL
+                );
+            }
             if let Some(capacity) = config.snat_capacity() {
                 println!("{capacity}");
             }

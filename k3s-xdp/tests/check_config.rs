@@ -21,7 +21,13 @@ fn example(name: &str) -> Config {
     config::load(&example_path(name)).unwrap_or_else(|e| panic!("{name}:\n{e}"))
 }
 
-const EXAMPLES: [&str; 4] = ["lb-1.toml", "lb-2.toml", "single.toml", "seed-004.toml"];
+const EXAMPLES: [&str; 5] = [
+    "lb-1.toml",
+    "lb-2.toml",
+    "single.toml",
+    "seed-004.toml",
+    "bgp-node.toml",
+];
 
 #[test]
 fn examples_load_without_warnings() {
@@ -80,6 +86,20 @@ fn single_is_the_nginx_variant_without_vrrp() {
     assert_eq!(c.services.len(), 1);
     assert_eq!(c.services[0].vip, Ipv4Addr::new(10, 10, 10, 98));
     assert_eq!(c.services[0].backends.len(), 3);
+}
+
+#[test]
+fn bgp_node_announces_its_vip_through_table_200() {
+    let c = example("bgp-node.toml");
+    assert!(c.vrrp.is_none());
+    let b = c.bgp.clone().expect("[bgp]");
+    assert_eq!(b.table, 200);
+    assert_eq!(
+        b.announced(&c.services),
+        vec![Ipv4Addr::new(10, 10, 10, 100)]
+    );
+    assert_eq!(b.drain_time, Duration::from_secs(2));
+    assert!(c.services[0].snat_uses_node());
 }
 
 #[test]

@@ -934,6 +934,34 @@ fn the_same_flow_gets_the_same_backend_and_snat_port_on_lb1_and_lb2() {
     }
 }
 
+/// Behind ECMP (`[bgp]`) a router may move a flow to another node mid-connection: that node
+/// has never seen the flow's SYN, yet sends its packets to the backend the first node chose,
+/// since both hold the same Maglev table (dsr: nothing else is needed for the connection to
+/// go on).
+#[test]
+fn a_node_that_never_saw_the_syn_sends_the_flow_to_the_same_backend() {
+    let Some(mut lb1) = harness() else { return };
+    let mut lb2 = XdpHarness::with_config_in_lab(CONFIG).unwrap();
+    let vip = sock(DSR_VIP, 6443);
+    let mut seen = std::collections::BTreeSet::new();
+    for i in 0..60u16 {
+        let client = agent(1 + (i % 3) as u8, 31000 + i);
+        let first = transmitted(&mut lb1, &packet::tcp_syn(client, vip));
+        let moved = transmitted(
+            &mut lb2,
+            &with_payload(packet::tcp(client, vip, TCP_ACK), TCP_ACK, b"GET /readyz"),
+        );
+        assert_eq!(first.eth_dst, moved.eth_dst, "flow {client}");
+        assert_eq!(
+            &moved.to_bytes()[12..],
+            &with_payload(packet::tcp(client, vip, TCP_ACK), TCP_ACK, b"GET /readyz").to_bytes()
+                [12..]
+        );
+        seen.insert(first.eth_dst);
+    }
+    assert_eq!(seen.len(), 2, "both dsr backends were chosen");
+}
+
 /// A new flow whose preferred SNAT port is held by another client's translation takes the next.
 #[test]
 fn snat_port_collisions_step_to_the_next_port() {

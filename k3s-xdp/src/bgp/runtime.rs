@@ -261,8 +261,9 @@ impl Task {
                             continue;
                         }
                     }
-                    self.guard.route(table, vip);
-                    self.ours.insert(vip);
+                    if self.ours.insert(vip) {
+                        self.guard.route(table, vip);
+                    }
                     self.set(vip, true, None);
                 }
                 Verdict::Withdraw(why) => {

@@ -9,7 +9,7 @@
 //! - `parse.rs` walks the document with `toml_edit` (which keeps byte spans) and checks each key
 //!   on its own: type, range, format, unknown keys;
 //! - `vrrp.rs` and `bgp.rs` hold the types of those sections;
-//! - `validate.rs` checks the rules that span keys (duplicates, VIPs covered by VRRP, limits of
+//! - `validate/` checks the rules that span keys (duplicates, VIPs covered by VRRP, limits of
 //!   the data plane, keys that only apply to some health check kinds);
 //! - `render.rs` writes a [`Config`] back to TOML ([`Config::to_toml`]): `k3s-xdp import` builds
 //!   a `Config` and prints it so;

@@ -3,7 +3,7 @@
 //! `k3s-xdp check` shows all the errors of a file.
 //!
 //! `toml_edit`'s `ImDocument` keeps the byte span of every key and value; [`Cx`] turns spans
-//! into line:column, remembers where each dotted key sits (so `validate.rs` can point at the
+//! into line:column, remembers where each dotted key sits (so `validate/` can point at the
 //! keys its cross-field rules involve) and which keys were wrong (so those rules do not pile
 //! follow-on errors on a value that was already reported). A wrong or missing value is replaced
 //! by its default, or by a placeholder, and the config is only returned when nothing was wrong.
@@ -11,7 +11,7 @@
 //! Here: the walk's context and the top level. [`keys`]: each table's keys and the help an
 //! unknown key gets; [`values`]: the scalar readers; [`service`], [`vrrp`] and [`bgp`]: those
 //! tables.
-//! Rules that span keys are in `validate.rs`.
+//! Rules that span keys are in `validate/`.
 
 use super::{
     self as config, defaults, duration, duration::DurationError, error::line_column, validate,

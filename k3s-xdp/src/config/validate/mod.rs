@@ -1,19 +1,25 @@
-//! Rules that involve more than one key: duplicates, VIPs that VRRP must hold, the limits of
-//! the data plane's maps, keys that only apply to some health check kinds, VRRP version rules.
+//! Rules that involve more than one key: duplicates, the limits of the data plane's maps, keys
+//! that only apply to some health check kinds, SNAT pools; `[vrrp]`'s in `vrrp.rs` (VIPs it
+//! must hold, version rules) and `[bgp]`'s in `bgp.rs`.
 //!
 //! Runs after `parse.rs` on the config it built, even when some keys were wrong: a rule skips
 //! the keys [`Cx::is_bad`] marks, so each mistake is reported once, by the check closest to it.
 
 use super::{
-    defaults, duration, parse::join, parse::next_prime, parse::Cx, Bgp, CheckKind, Config,
-    InitialState, Mode, Protocol, Service, SnatSource, Vrrp,
+    defaults, duration, parse::join, parse::next_prime, parse::Cx, CheckKind, Config, Mode,
+    Protocol, Service, SnatSource,
 };
+
+mod bgp;
+mod vrrp;
+
+use bgp::{announced, bgp_rules};
 use k3s_xdp_common::{MAX_BACKENDS, MAX_PORTS_PER_VIP, MAX_SERVICES, MAX_SNAT_SOURCES, MAX_VIPS};
 use std::{
     collections::{HashMap, HashSet},
     net::Ipv4Addr,
-    time::Duration,
 };
+use vrrp::vrrp_rules;
 
 pub(super) fn validate(config: &Config, cx: &mut Cx) {
     if config.interface.is_none() && !cx.is_bad("interface") {
@@ -39,79 +45,6 @@ pub(super) fn validate(config: &Config, cx: &mut Cx) {
     }
     if let Some(bgp) = &config.bgp {
         bgp_rules(config, bgp, cx);
-    }
-}
-
-/// The VIPs `[bgp]` announces, when the section and its `vips` read well.
-fn announced(config: &Config, cx: &Cx) -> HashSet<Ipv4Addr> {
-    match &config.bgp {
-        Some(bgp) if !cx.is_bad("bgp.vips") => {
-            bgp.announced(&config.services).into_iter().collect()
-        }
-        _ => HashSet::new(),
-    }
-}
-
-/// `[bgp]`: listed VIPs are service VIPs, each once; a VIP is announced by BGP or moved by
-/// VRRP, never both; a track that can never pass is refused.
-fn bgp_rules(config: &Config, bgp: &Bgp, cx: &mut Cx) {
-    let vips: HashSet<Ipv4Addr> = config.services.iter().map(|s| s.vip).collect();
-    if let (Some(listed), false) = (&bgp.vips, cx.any_bad_under("bgp.vips")) {
-        let mut seen: HashMap<Ipv4Addr, usize> = HashMap::new();
-        for (j, &vip) in listed.iter().enumerate() {
-            let path = format!("bgp.vips[{j}]");
-            if let Some(&first) = seen.get(&vip) {
-                let line = cx.line_of(&format!("bgp.vips[{first}]"));
-                cx.error(&path, format!("{vip} is already listed (line {line})"));
-            } else if !vips.contains(&vip) && !cx.any_bad_under("service") {
-                cx.error(
-                    &path,
-                    format!("{vip} is the VIP of no [[service]]: only service VIPs are announced"),
-                );
-            } else {
-                seen.insert(vip, j);
-            }
-        }
-    }
-    if let Some(v) = &config.vrrp {
-        let announced = bgp.announced(&config.services);
-        for (j, a) in v.virtual_ipaddress.iter().enumerate() {
-            if !announced.contains(&a.addr) || cx.any_bad_under("bgp.vips") {
-                continue;
-            }
-            let why = format!(
-                "{} is both moved by VRRP (only the master holds it) and announced by [bgp]                  (every node that can serve it announces it): choose one",
-                a.addr
-            );
-            match bgp.vips.as_ref().and_then(|l| l.iter().position(|x| *x == a.addr)) {
-                Some(k) => cx.error(&format!("bgp.vips[{k}]"), why),
-                None => cx.error(
-                    &format!("vrrp.virtual_ipaddress[{j}]"),
-                    format!(
-                        "{why}; [bgp] announces every service VIP unless `bgp.vips` lists the                          ones it announces"
-                    ),
-                ),
-            }
-        }
-    }
-    let min = bgp.track.min_healthy_backends;
-    if cx.is_bad("bgp.track.min_healthy_backends") || cx.any_bad_under("service") {
-        return;
-    }
-    for vip in bgp.announced(&config.services) {
-        for s in config.services.iter().filter(|s| s.vip == vip) {
-            if (s.backends.len() as u64) < u64::from(min) {
-                cx.error(
-                    "bgp.track.min_healthy_backends",
-                    format!(
-                        "service {:?} has {} backend(s), so a track of {min} healthy backends in                          each service of {vip} would never announce it",
-                        s.name,
-                        s.backends.len()
-                    ),
-                );
-                return;
-            }
-        }
     }
 }
 
@@ -508,134 +441,4 @@ fn health(s: &Service, path: &str, cx: &mut Cx) {
             ),
         );
     }
-}
-
-fn vrrp_rules(config: &Config, v: &Vrrp, cx: &mut Cx) {
-    if !v.preempt && v.state == InitialState::Master && !cx.is_bad("vrrp.state") {
-        cx.warn(
-            "vrrp.state",
-            "state = \"master\" is ignored with preempt = false: a node that comes back must not take the VIP from a running master, so it starts as backup",
-        );
-    }
-
-    // Every VIP must move with the VRRP instance.
-    if !cx.any_bad_under("vrrp.virtual_ipaddress") {
-        let mut seen: HashMap<Ipv4Addr, usize> = HashMap::new();
-        for (j, a) in v.virtual_ipaddress.iter().enumerate() {
-            if let Some(&first) = seen.get(&a.addr) {
-                let line = cx.line_of(&format!("vrrp.virtual_ipaddress[{first}]"));
-                cx.error(
-                    &format!("vrrp.virtual_ipaddress[{j}]"),
-                    format!("{} is already listed (line {line})", a.addr),
-                );
-            } else {
-                seen.insert(a.addr, j);
-            }
-        }
-        let announced = announced(config, cx);
-        for (i, s) in config.services.iter().enumerate() {
-            let vip_path = format!("service[{i}].vip");
-            if cx.is_bad(&vip_path) || seen.contains_key(&s.vip) || announced.contains(&s.vip) {
-                continue;
-            }
-            cx.error(
-                &vip_path,
-                format!(
-                    "VIP {} of service {:?} is not in vrrp.virtual_ipaddress, so VRRP would not \
-                     hold it; add \"{}/32\" (or with the prefix of its subnet)",
-                    s.vip, s.name, s.vip
-                ),
-            );
-        }
-    }
-
-    // Peers: other nodes, each once.
-    let virtual_addrs: HashSet<Ipv4Addr> = v.virtual_ipaddress.iter().map(|a| a.addr).collect();
-    if let Some(src) = v.unicast_src_ip {
-        if virtual_addrs.contains(&src) {
-            cx.error(
-                "vrrp.unicast_src_ip",
-                format!("{src} is a virtual address; unicast_src_ip is this node's own address"),
-            );
-        }
-    }
-    let mut peers: HashMap<Ipv4Addr, usize> = HashMap::new();
-    for (j, &p) in v.unicast_peers.iter().enumerate() {
-        let path = format!("vrrp.unicast_peers[{j}]");
-        if Some(p) == v.unicast_src_ip {
-            cx.error(
-                &path,
-                format!("{p} is unicast_src_ip, this node itself; list the other nodes only"),
-            );
-        } else if virtual_addrs.contains(&p) {
-            cx.error(
-                &path,
-                format!("{p} is a virtual address; list the other nodes' own addresses"),
-            );
-        } else if let Some(&first) = peers.get(&p) {
-            let line = cx.line_of(&format!("vrrp.unicast_peers[{first}]"));
-            cx.error(&path, format!("{p} is already listed (line {line})"));
-        } else {
-            peers.insert(p, j);
-        }
-    }
-
-    // What each VRRP version can carry.
-    if !cx.is_bad("vrrp.version") {
-        if v.version == 3 && v.auth_pass.is_some() {
-            cx.error(
-                "vrrp.auth_pass",
-                "auth_pass is only sent by VRRP version 2 (keepalived's auth_type PASS); set \
-                 version = 2, or remove auth_pass",
-            );
-        }
-        if !cx.is_bad("vrrp.advert_int") {
-            if let Some(problem) = advert_int_problem(v.advert_int, v.version) {
-                cx.error("vrrp.advert_int", problem);
-            }
-        }
-    }
-
-    if !v.preempt && !v.preempt_delay.is_zero() && !cx.is_bad("vrrp.preempt") {
-        cx.warn(
-            "vrrp.preempt_delay",
-            "preempt_delay has no effect with preempt = false",
-        );
-    }
-
-    // A track that can never pass keeps this node out of MASTER for good.
-    let min = v.track.min_healthy_backends;
-    let total: usize = config.services.iter().map(|s| s.backends.len()).sum();
-    if (total as u64) < u64::from(min)
-        && !cx.is_bad("vrrp.track.min_healthy_backends")
-        && !cx.any_bad_under("service")
-    {
-        cx.error(
-            "vrrp.track.min_healthy_backends",
-            format!(
-                "only {total} backend(s) are configured in all, so a track of {min} healthy \
-                 backends would always fail"
-            ),
-        );
-    }
-}
-
-/// Why `advert_int` cannot be sent by VRRP `version`, if it cannot: version 3 carries
-/// centiseconds in 12 bits, version 2 whole seconds in 8.
-fn advert_int_problem(advert_int: Duration, version: u8) -> Option<String> {
-    let ms = advert_int.as_millis();
-    let shown = duration::format(advert_int);
-    if version == 2 {
-        if !ms.is_multiple_of(1000) || !(1..=255).contains(&(ms / 1000)) {
-            return Some(format!(
-                "VRRP version 2 sends whole seconds from 1s to 255s, found {shown:?} \
-                 (version 3 allows centiseconds)"
-            ));
-        }
-    } else if !ms.is_multiple_of(10) || !(1..=4095).contains(&(ms / 10)) {
-        return Some(format!(
-            "VRRP version 3 sends whole centiseconds from 10ms to 40s950ms, found {shown:?}"
-        ));
-    }
-    None
 }
