@@ -200,6 +200,13 @@ fn still_echoes(s: &mut TcpStream, payload: &str) -> Result<(), String> {
     }
 }
 
+/// New connections from every agent for `limit`: every attempt.
+fn connections_for(topo: &Topology, limit: Duration) -> Vec<traffic::Attempt> {
+    let running = stream(topo, limit);
+    std::thread::sleep(limit);
+    running.finish()
+}
+
 fn stream(topo: &Topology, limit: Duration) -> Stream {
     Stream::start(
         topo,
@@ -254,8 +261,15 @@ fn ecmp_over_three_nodes_follows_what_each_can_serve() {
         "ECMP spreads flows over every node: {per_node:?}"
     );
 
-    // Status and metrics say what is announced, and the routing daemon's session.
-    let s = lab.daemons[0].status().unwrap();
+    // Status and metrics say what is announced, and the routing daemon's session (read every
+    // few seconds).
+    let s = lab.daemons[0]
+        .wait_for(Duration::from_secs(10), "the session in status", |s| {
+            s.bgp
+                .as_ref()
+                .is_some_and(|b| b.sessions.iter().any(|x| x.established()))
+        })
+        .unwrap();
     let b = s.bgp.clone().expect("bgp status");
     assert_eq!(b.table, TABLE);
     assert_eq!(announced(&s), Some(true));
@@ -357,7 +371,7 @@ fn nat_with_snat_source_node_works_behind_ecmp() {
     let _s = serial();
     let mut lab = lab(2, "nat", "snat_source = \"node\"");
     let topo = &lab.topo;
-    let steady = stream(topo, Duration::from_secs(3)).finish();
+    let steady = connections_for(topo, Duration::from_secs(3));
     let failed = traffic::failures(&steady);
     eprintln!(
         "{} new connections over two nat nodes, {} failed",
@@ -378,7 +392,7 @@ fn nat_with_snat_source_node_works_behind_ecmp() {
     lab.daemons[1].crash();
     let took = wait_hops(topo, &[LB1], Duration::from_secs(5));
     eprintln!("lb-2 kill -9: withdrawn in {took:?}");
-    let after = stream(topo, Duration::from_secs(2)).finish();
+    let after = connections_for(topo, Duration::from_secs(2));
     let failed = traffic::failures(&after);
     eprintln!(
         "{} new connections after lb-2's death, {} failed",
