@@ -46,7 +46,7 @@ struct Lab {
     daemons: Vec<Daemon>,
     birds: Vec<Bird>,
     router: Bird,
-    _backends: Backends,
+    backends: Backends,
     topo: Topology,
 }
 
@@ -136,7 +136,7 @@ fn lab(lbs: usize, mode: &str, extra_service: &str) -> Lab {
         daemons,
         birds,
         router,
-        _backends: backends,
+        backends,
         topo,
     }
 }
@@ -356,6 +356,24 @@ fn ecmp_over_three_nodes_follows_what_each_can_serve() {
     lab.daemons[1].restart(topo).unwrap();
     let took = wait_hops(topo, &[LB1, LB2], Duration::from_secs(10));
     eprintln!("lb-2 restarted: announced to the router in {took:?}");
+
+    // Every server down: nothing to serve, both nodes withdraw; back up: both announce.
+    for s in SERVERS {
+        lab.backends.stop(s).unwrap();
+    }
+    let took = wait_hops(topo, &[], Duration::from_secs(10));
+    eprintln!("every server down: withdrawn by both nodes in {took:?}");
+    for s in SERVERS {
+        lab.backends.restart(s).unwrap();
+    }
+    wait_hops(topo, &[LB1, LB2], Duration::from_secs(10));
+
+    // lb-2's host dies (its link goes down, BIRD and k3s-xdp with it): BFD (100 ms x 3) routes
+    // around it long before BGP's hold time (9 s) would.
+    topo.set_link("lb-2", false).unwrap();
+    let took = wait_hops(topo, &[LB1], Duration::from_secs(5));
+    eprintln!("lb-2's link down: the router routed around it in {took:?} (BFD)");
+    topo.set_link("lb-2", true).unwrap();
     let _ = &lab.router;
     let _ = &lab.birds;
 }
