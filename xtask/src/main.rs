@@ -4,7 +4,8 @@
 //!   everything is there.
 //! - `build`: build the workspace (release), with the XDP program embedded.
 //! - `run -- ARGS`: build, then `k3s-xdp run ARGS` as root.
-//! - `lab [--keep | --down]`: the seed topology in network namespaces, with traffic through the VIP.
+//! - `lab [--keep | --down] [--bgp]`: the seed topology in network namespaces, with traffic
+//!   through the VIP (`--bgp`: three active nodes behind a router, BGP/ECMP through BIRD).
 //! - `test`: unit tests, BPF tests and integration tests (root).
 //! - `lint`: `cargo fmt --check` and `cargo clippy -- -D warnings`.
 //! - `bench [micro | controller | failover | e2e | all]`: benchmarks, results in `bench-results/`.
@@ -49,6 +50,10 @@ enum Command {
         /// Remove a topology left up by `--keep`.
         #[arg(long)]
         down: bool,
+        /// Active-active: a router with ECMP and three load balancers, each with BIRD and
+        /// k3s-xdp's `[bgp]`.
+        #[arg(long, conflicts_with = "down")]
+        bgp: bool,
     },
     /// Run the unit tests, the BPF tests and the integration tests (needs root).
     Test {
@@ -88,7 +93,7 @@ fn run(cli: Cli) -> Result<()> {
             cmd.arg("run").args(args);
             util::exec(cmd)
         }
-        Command::Lab { keep, down } => {
+        Command::Lab { keep, down, bgp } => {
             build()?;
             build_bench()?;
             util::require_root("cargo xtask lab")?;
@@ -98,6 +103,9 @@ fn run(cli: Cli) -> Result<()> {
             }
             if down {
                 cmd.arg("--down");
+            }
+            if bgp {
+                cmd.arg("--bgp");
             }
             util::exec(cmd)
         }

@@ -4,6 +4,13 @@
 //! VIP, and a report of what each backend and the XDP program saw. Everything is removed at
 //! the end, unless `--keep` leaves it up for exploring (`--down` removes it later).
 //!
+//! `--bgp`: active-active instead. A router node (192.0.2.1) runs BIRD with ECMP; lb-1, lb-2
+//! and lb-3 (192.0.2.97) each run BIRD (the shipped `packaging/bird/bird.conf`) and k3s-xdp with
+//! `[bgp]`; the agents reach the VIP through the router. The lab shows the router's multipath
+//! route, flows spread over the three nodes, fixed client tuples reaching the same server
+//! whichever node carries them, then kills one node's k3s-xdp and shows its route withdrawn and
+//! the traffic going on.
+//!
 //! Everything that must outlive this process with `--keep` runs as a detached process whose PID
 //! is recorded in `/run/k3s-xdp-lab/state.json`: the backends (`k3s-xdp-lab backend`), the
 //! holder of the XDP_PASS programs that XDP_TX needs on the bridge ports
@@ -16,14 +23,14 @@ use k3s_xdp::controller::{
     status::{render_table, Request, Response, Status},
 };
 use k3s_xdp_tests::{
-    backend::{roundtrip, Backend, Kind},
-    daemon,
+    backend::{echo_roundtrip, roundtrip, Backend, Kind},
+    bird, daemon,
     netns::NetNs,
     topology::{Topology, AGENTS, SERVERS, VIP},
 };
 use std::{
     collections::BTreeMap,
-    net::SocketAddrV4,
+    net::{Ipv4Addr, SocketAddrV4},
     os::unix::process::CommandExt,
     path::{Path, PathBuf},
     process::{Command, Stdio},
@@ -45,6 +52,7 @@ fn main() {
     let result = match args.first().map(String::as_str) {
         Some("backend") => serve_backend(&args[1..]),
         Some("hold-pass") => hold_pass(&args[1..]),
+        Some("bird") => serve_bird(&args[1..]),
         _ => lab(&args),
     };
     if let Err(e) = result {
@@ -75,11 +83,12 @@ fn lab(args: &[String]) -> Result<()> {
         return down(true);
     }
     if let Some(unknown) = args.iter().find(|a| {
-        !["--keep", "--connections", "--mode", "nat", "dsr"].contains(&a.as_str())
+        !["--keep", "--connections", "--mode", "nat", "dsr", "--bgp"].contains(&a.as_str())
             && a.parse::<usize>().is_err()
     }) {
-        bail!("unknown argument {unknown}; usage: cargo xtask lab [--keep | --down] [--mode nat|dsr] [--connections N]");
+        bail!("unknown argument {unknown}; usage: cargo xtask lab [--keep | --down] [--bgp] [--mode nat|dsr] [--connections N]");
     }
+    let bgp = args.iter().any(|a| a == "--bgp");
     if Path::new(STATE_DIR).join("state.json").exists() || !namespaces()?.is_empty() {
         println!("removing the lab left up by an earlier `--keep`");
         down(false)?;
@@ -87,7 +96,11 @@ fn lab(args: &[String]) -> Result<()> {
     std::fs::create_dir_all(STATE_DIR)?;
     let started = Instant::now();
     // With --keep the pair is left as it is (lb-1 master) for exploring.
-    let result = run_lab(mode, connections, !keep);
+    let result = if bgp {
+        run_bgp_lab(mode, connections, !keep)
+    } else {
+        run_lab(mode, connections, !keep)
+    };
     if keep && result.is_ok() {
         println!(
             "\nThe lab is up (namespaces {PREFIX}-*). For example:\n  \
@@ -224,6 +237,327 @@ fn run_lab(mode: &str, connections: usize, failover: bool) -> Result<()> {
     let status2 = status(&socket2)?;
     println!("\n`k3s-xdp status` on lb-2:\n{}", render_table(&status2));
     Ok(())
+}
+
+/// The BGP lab's load balancers.
+const BGP_LBS: [(&str, Ipv4Addr); 3] = [
+    ("lb-1", Ipv4Addr::new(192, 0, 2, 98)),
+    ("lb-2", Ipv4Addr::new(192, 0, 2, 99)),
+    ("lb-3", Ipv4Addr::new(192, 0, 2, 97)),
+];
+const ROUTER: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
+const BGP_TABLE: u32 = 200;
+
+fn run_bgp_lab(mode: &str, connections: usize, kill: bool) -> Result<()> {
+    println!("building the BGP topology in network namespaces {PREFIX}-*: router, lb-1..3, servers, agents");
+    let topo = Topology::builder()
+        .prefix(PREFIX)
+        .node("lb-3", BGP_LBS[2].1)
+        .node("router", ROUTER)
+        .pass_programs(&[])
+        .build()?;
+    let mut state = State::default();
+    let me = std::env::current_exe()?.display().to_string();
+    let holder = spawn_detached(
+        topo.switch(),
+        &me,
+        &["hold-pass", "lb-1", "lb-2", "lb-3"],
+        &log_path("pass-programs"),
+    )?;
+    state.pids.push(holder);
+    let router = topo.node("router");
+    for (key, value) in [
+        ("net.ipv4.ip_forward", "1"),
+        ("net.ipv4.fib_multipath_hash_policy", "1"),
+        ("net.ipv4.conf.all.send_redirects", "0"),
+        ("net.ipv4.conf.eth1.send_redirects", "0"),
+    ] {
+        router.run("sysctl", ["-q", "-w", &format!("{key}={value}")])?;
+    }
+    for agent in AGENTS {
+        let ns = topo.node(agent);
+        ns.ip([
+            "route",
+            "add",
+            &format!("{VIP}/32"),
+            "via",
+            &ROUTER.to_string(),
+        ])?;
+        ns.run(
+            "sysctl",
+            ["-q", "-w", "net.ipv4.conf.all.accept_redirects=0"],
+        )?;
+    }
+    for server in SERVERS {
+        if mode == "dsr" {
+            topo.prepare_dsr_backend(server, VIP)?;
+        }
+        let pid = spawn_detached(
+            topo.node(server),
+            &me,
+            &[
+                "backend",
+                topo.node(server).name(),
+                server,
+                &PORT.to_string(),
+            ],
+            &log_path(server),
+        )?;
+        state.pids.push(pid);
+    }
+    let addrs: Vec<Ipv4Addr> = BGP_LBS.iter().map(|(_, a)| *a).collect();
+    let mut birds = vec![("router".to_string(), bird::router_config(&addrs))];
+    for (lb, _) in BGP_LBS {
+        birds.push((
+            lb.to_string(),
+            bird::load_balancer_config(BGP_TABLE, ROUTER)?,
+        ));
+    }
+    for (node, config) in &birds {
+        let path = Path::new(STATE_DIR).join(format!("bird-{node}.conf"));
+        std::fs::write(&path, config)?;
+        let socket = bird_socket(node);
+        let pid = spawn_detached(
+            topo.node(node),
+            &me,
+            &[
+                "bird",
+                &path.display().to_string(),
+                &socket.display().to_string(),
+            ],
+            &log_path(&format!("bird-{node}")),
+        )?;
+        state.pids.push(pid);
+    }
+    let bin = daemon::binary()?;
+    let mut pids = BTreeMap::new();
+    for (lb, _) in BGP_LBS {
+        let config = Path::new(STATE_DIR).join(format!("{lb}.toml"));
+        std::fs::write(&config, bgp_lab_config(mode, lb))?;
+        println!(
+            "starting BIRD and k3s-xdp on {lb} (config {})",
+            config.display()
+        );
+        let pid = spawn_detached(
+            topo.node(lb),
+            &bin.display().to_string(),
+            &["run", "--config", &config.display().to_string()],
+            &log_path(lb),
+        )?;
+        state.pids.push(pid);
+        pids.insert(lb, pid);
+    }
+    state.namespaces = topo.keep()?;
+    save(&state)?;
+    for (lb, _) in BGP_LBS {
+        wait_healthy(
+            &Path::new(STATE_DIR).join(format!("{lb}.sock")),
+            Duration::from_secs(20),
+        )?;
+    }
+    let mut all = addrs.clone();
+    all.sort();
+    let took = wait_route(&all, Duration::from_secs(30))?;
+    println!("BGP: the router has an ECMP route over the three nodes ({took:.1?} after the daemons were healthy):");
+    print!("{}", router_route()?);
+
+    let flows_before: Vec<u64> = BGP_LBS.iter().map(|(lb, _)| node_flows(lb)).collect();
+    let total = connections * AGENTS.len();
+    let (per_backend, failures) = burst(SocketAddrV4::new(VIP, PORT), connections)?;
+    let per_node: Vec<u64> = BGP_LBS
+        .iter()
+        .zip(&flows_before)
+        .map(|((lb, _), before)| node_flows(lb) - before)
+        .collect();
+    println!(
+        "\n{total} connections to {VIP}:{PORT} ({mode} mode) through the router: {} failed",
+        failures.len()
+    );
+    for ((lb, _), n) in BGP_LBS.iter().zip(&per_node) {
+        println!("  via {lb:<6} {n:>5} connections");
+    }
+    for (backend, n) in &per_backend {
+        println!("  to {backend:<10} {n:>4} connections");
+    }
+    let tuples = fixed_tuples()?;
+    println!(
+        "\n{} fixed client tuples (agent, source port) each reach one server: {}",
+        tuples.len(),
+        summary(&tuples)
+    );
+    println!(
+        "
+`k3s-xdp status` on lb-1:\n{}",
+        render_table(&status(&Path::new(STATE_DIR).join("lb-1.sock"))?)
+    );
+    if !kill {
+        return Ok(());
+    }
+    let victim = pids["lb-3"];
+    println!("\nkill -9 of k3s-xdp on lb-3 (PID {victim}): its guard withdraws the route");
+    let killed = Instant::now();
+    // SAFETY: kill has no memory-safety preconditions; the PID is the daemon this lab started.
+    unsafe { libc::kill(victim as libc::pid_t, libc::SIGKILL) };
+    let two: Vec<Ipv4Addr> = all.iter().copied().filter(|a| *a != BGP_LBS[2].1).collect();
+    wait_route(&two, Duration::from_secs(10))?;
+    println!(
+        "the router's route lost lb-3 {:.0?} after the kill:",
+        killed.elapsed()
+    );
+    print!("{}", router_route()?);
+    let (_, failures) = burst(SocketAddrV4::new(VIP, PORT), connections / 2 + 1)?;
+    println!(
+        "{} connections through lb-1 and lb-2 afterwards: {} failed",
+        (connections / 2 + 1) * AGENTS.len(),
+        failures.len()
+    );
+    let again = fixed_tuples()?;
+    let same = tuples
+        .iter()
+        .filter(|(t, server)| again.iter().any(|(u, s)| u == t && s == server))
+        .count();
+    println!(
+        "the same {} client tuples again, now without lb-3: {same} reach the same server as before",
+        tuples.len()
+    );
+    Ok(())
+}
+
+fn bird_socket(node: &str) -> PathBuf {
+    Path::new(STATE_DIR).join(format!("bird-{node}.ctl"))
+}
+
+/// k3s-xdp's new flows on `lb` (0 if it does not answer).
+fn node_flows(lb: &str) -> u64 {
+    status(&Path::new(STATE_DIR).join(format!("{lb}.sock")))
+        .map(|s| s.services.iter().map(|x| x.new_flows).sum())
+        .unwrap_or(0)
+}
+
+/// The router's route to the VIP, as `ip route` prints it.
+fn router_route() -> Result<String> {
+    let ns = NetNs::existing(&format!("{PREFIX}-router"))?;
+    let out = ns.ip(["route", "show", &format!("{VIP}/32")])?;
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Waits until the router's route to the VIP goes through exactly `hops` (sorted).
+fn wait_route(hops: &[Ipv4Addr], limit: Duration) -> Result<Duration> {
+    let started = Instant::now();
+    loop {
+        let text = router_route()?;
+        let mut now: Vec<Ipv4Addr> = text
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .windows(2)
+            .filter(|w| w[0] == "via")
+            .filter_map(|w| w[1].parse().ok())
+            .collect();
+        now.sort();
+        if now == hops {
+            return Ok(started.elapsed());
+        }
+        if started.elapsed() > limit {
+            bail!(
+                "the router's route to {VIP} goes through {now:?}, not {hops:?}, after {limit:?}"
+            );
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Ten fixed source ports from each agent: which server each tuple reached. The client closes
+/// with a RST (linger 0), so the tuple can be used again at once.
+fn fixed_tuples() -> Result<Vec<((String, u16), String)>> {
+    let mut out = Vec::new();
+    for agent in AGENTS {
+        let ns = NetNs::existing(&format!("{PREFIX}-{agent}"))?;
+        for port in 41001..=41010u16 {
+            let server = ns.enter(|| -> Result<String> {
+                let socket = socket2::Socket::new(
+                    socket2::Domain::IPV4,
+                    socket2::Type::STREAM,
+                    Some(socket2::Protocol::TCP),
+                )?;
+                socket.set_reuse_address(true)?;
+                socket.bind(&SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port).into())?;
+                socket.connect_timeout(
+                    &SocketAddrV4::new(VIP, PORT).into(),
+                    Duration::from_secs(2),
+                )?;
+                socket.set_read_timeout(Some(Duration::from_secs(2)))?;
+                socket.set_linger(Some(Duration::ZERO))?;
+                let mut stream: std::net::TcpStream = socket.into();
+                let (server, echoed) = echo_roundtrip(&mut stream, b"tuple")?;
+                if !echoed {
+                    bail!("{server} echoed something else");
+                }
+                Ok(server)
+            })??;
+            out.push(((agent.to_string(), port), server));
+        }
+    }
+    Ok(out)
+}
+
+fn summary(tuples: &[((String, u16), String)]) -> String {
+    let mut per: BTreeMap<&str, usize> = BTreeMap::new();
+    for (_, server) in tuples {
+        *per.entry(server.as_str()).or_default() += 1;
+    }
+    per.iter()
+        .map(|(s, n)| format!("{s} {n}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn bgp_lab_config(mode: &str, lb: &str) -> String {
+    let snat = if mode == "nat" {
+        "snat_source = \"node\"\n"
+    } else {
+        ""
+    };
+    format!(
+        r#"# The BGP lab's {lb}: one of three active nodes behind the router.
+interface = "eth1"
+control_socket = "{STATE_DIR}/{lb}.sock"
+metrics_listen = "127.0.0.1:9742"
+snat_port_range = [1024, 32767]
+
+[[service]]
+name = "k3s-api"
+vip = "{VIP}"
+port = {PORT}
+mode = "{mode}"
+{snat}backends = [
+{}
+]
+[service.health]
+check = "tcp"
+inter = "1s"
+rise = 2
+fall = 2
+
+[bgp]
+table = {BGP_TABLE}
+drain_time = "1s"
+bird_socket = "{}"
+"#,
+        k3s_xdp_tests::topology::seed_backends_toml(PORT),
+        bird_socket(lb).display()
+    )
+}
+
+/// `k3s-xdp-lab bird CONFIG SOCKET`: BIRD in the foreground in this namespace until killed.
+fn serve_bird(args: &[String]) -> Result<()> {
+    let (Some(config), Some(socket)) = (args.first(), args.get(1)) else {
+        bail!("usage: k3s-xdp-lab bird CONFIG SOCKET");
+    };
+    let bin = bird::binary()?;
+    let error = Command::new(bin)
+        .args(["-f", "-c", config, "-s", socket])
+        .exec();
+    Err(error).context("starting BIRD")
 }
 
 /// Waits until the daemon behind `socket` is in VRRP `state`.
