@@ -836,7 +836,7 @@ fn clock_ticks() -> f64 {
 
 /// CPU-seconds all CPUs have been busy since boot: user, nice, system, irq, softirq (idle,
 /// iowait and steal left out; guest time is inside user).
-fn machine_busy() -> Result<f64> {
+pub(crate) fn machine_busy() -> Result<f64> {
     let stat = std::fs::read_to_string("/proc/stat").context("reading /proc/stat")?;
     let line = stat
         .lines()
@@ -880,7 +880,7 @@ fn process_cpu(pid: u32) -> f64 {
 /// someone else, is counted when its parent reaps it). Ticks that land in softirq go to the
 /// task they interrupt (no IRQ time accounting on this kernel), so another process's network
 /// work counts here too.
-fn other_cpu(ours: &[u32]) -> f64 {
+pub(crate) fn other_cpu(ours: &[u32]) -> f64 {
     let me = std::process::id();
     let Ok(dir) = std::fs::read_dir("/proc") else {
         return 0.0;
@@ -910,7 +910,7 @@ fn other_cpu(ours: &[u32]) -> f64 {
 
 /// The kernel's busy CPU-seconds per second (the machine's, minus processes') while nothing
 /// of this benchmark runs.
-fn idle_rate() -> Result<f64> {
+pub(crate) fn idle_rate() -> Result<f64> {
     let c0 = machine_busy()?;
     let o0 = other_cpu(&[]);
     let t0 = Instant::now();

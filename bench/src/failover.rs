@@ -28,13 +28,13 @@ use std::{
 };
 
 #[derive(Clone, Copy, PartialEq)]
-enum Setup {
+pub(crate) enum Setup {
     K3sXdp { fast: bool },
     KeepalivedHaproxy { fast: bool },
 }
 
 impl Setup {
-    fn label(self) -> String {
+    pub(crate) fn label(self) -> String {
         match self {
             Setup::K3sXdp { fast } => format!("k3s-xdp pair, advert_int {}", interval(fast)),
             Setup::KeepalivedHaproxy { fast: false } => {
@@ -158,7 +158,7 @@ pub fn run(summary: &mut Vec<crate::Ratio>) -> Result<String> {
 /// comes a set delay after an advert of the master, seen from agent-1 (a different delay in
 /// each round, the same for every setup), so that setups are compared at the same points of
 /// the advert cycle, not wherever the cut happened to fall.
-fn once(setup: Setup, round: usize) -> Result<Duration> {
+pub(crate) fn once(setup: Setup, round: usize) -> Result<Duration> {
     let topo = Topology::seed()?;
     let _servers: Vec<Backend> = SERVERS
         .iter()

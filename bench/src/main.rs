@@ -1,6 +1,6 @@
-//! `cargo xtask bench [micro | controller | failover | e2e | all]`: benchmarks, never assertions. Figures are
-//! reported as medians over interleaved rounds and as ratios to a baseline measured in the same
-//! run, because this machine's timings are noisy.
+//! `cargo xtask bench [micro | controller | failover | e2e | scaleout | all]`: benchmarks, never
+//! assertions. Figures are reported as medians over interleaved rounds and as ratios to a
+//! baseline measured in the same run, because this machine's timings are noisy.
 //!
 //! - `micro`: ns/packet of the real XDP program with BPF_PROG_TEST_RUN (one packet per call,
 //!   so that the program never sees its own output) for a SYN of a new flow,
@@ -14,6 +14,8 @@
 //!   HAProxy pair, and k3s-xdp at 100 ms adverts (`failover.rs`).
 //! - `e2e`: the same client load direct, through k3s-xdp nat/dsr, HAProxy and nginx: new
 //!   connections/s, throughput, latency, CPU on the load-balancer node, plots (`e2e.rs`).
+//! - `scaleout`: BGP/ECMP over three nodes: a node's death (BFD) vs the VRRP pair, and the
+//!   cost per connection through one, two and three nodes (`scaleout.rs`).
 //! - `all` (the default): everything, and a summary table of ratios first.
 
 mod controller;
@@ -24,6 +26,7 @@ mod load;
 mod micro;
 mod plot;
 mod profile;
+mod scaleout;
 
 use anyhow::{bail, Result};
 use k3s_xdp_tests::bpf::have_root;
@@ -50,8 +53,11 @@ fn main() {
         if matches!(what, "e2e" | "all") {
             report.push_str(&e2e::run_with_summary(&machine(), &mut summary)?);
         }
+        if matches!(what, "scaleout" | "all") {
+            report.push_str(&scaleout::run(&mut summary)?);
+        }
         if report.is_empty() {
-            bail!("unknown benchmark {what:?}: micro, controller, failover, e2e or all");
+            bail!("unknown benchmark {what:?}: micro, controller, failover, e2e, scaleout or all");
         }
         if what == "all" {
             report = format!("{}\n{report}", render_summary(&summary));

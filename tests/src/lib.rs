@@ -9,6 +9,7 @@
 //! - [`daemon`]: `k3s-xdp run` as a process in a node, driven over its control socket.
 //! - [`keepalived`]: a real keepalived as a VRRP peer in a node.
 //! - [`bird`]: a real BIRD 2, on the load balancers and on a router, for `[bgp]`.
+//! - [`ecmp`]: the BGP/ECMP lab: a router, three load balancers with BIRD and k3s-xdp.
 //! - [`traffic`]: UDP echo servers, and bounded streams of connections and requests whose every
 //!   outcome is recorded.
 
@@ -17,6 +18,7 @@ pub mod bird;
 pub mod bpf;
 pub mod config;
 pub mod daemon;
+pub mod ecmp;
 pub mod keepalived;
 pub mod netns;
 pub mod packet;

@@ -13,10 +13,10 @@ use k3s_xdp::controller::{
 };
 use k3s_xdp_tests::{
     backend::{connect, echo_roundtrip, Backends, Kind},
-    bird::{self, Bird},
     bpf::have_root,
     config::SeedConfig,
     daemon::{get_metrics, Daemon},
+    ecmp::{self, Ecmp, LB3, TABLE},
     topology::{Topology, AGENTS, LB1, LB2, SERVERS, VIP},
     traffic::{self, Stream, StreamSpec},
 };
@@ -27,9 +27,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-const TABLE: u32 = 200;
-const ROUTER: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
-const LB3: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 97);
 const T: Duration = Duration::from_secs(3);
 
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -38,14 +35,9 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// The load balancers of the lab, with their addresses.
-const LBS: [(&str, Ipv4Addr); 3] = [("lb-1", LB1), ("lb-2", LB2), ("lb-3", LB3)];
-
 struct Lab {
-    // Dropped in this order: daemons (routes withdrawn), BIRDs, backends, then the topology.
-    daemons: Vec<Daemon>,
-    birds: Vec<Bird>,
-    router: Bird,
+    // Dropped in this order: k3s-xdp and BIRD, the backends, then the topology.
+    ecmp: Ecmp,
     backends: Backends,
     topo: Topology,
 }
@@ -64,78 +56,26 @@ fn daemon_config(mode: &str, extra_service: &str, bgp: &str) -> String {
     )
 }
 
-/// The router, the agents' route to the VIP through it, backends, and for each of `lbs` BIRD
-/// and k3s-xdp; returns once the router has an ECMP route over all of them.
+/// The ECMP lab with `lbs` load balancers in `mode`; returns once the router routes the VIP
+/// over all of them.
 fn lab(lbs: usize, mode: &str, extra_service: &str) -> Lab {
-    let topo = Topology::builder()
-        .node("lb-3", LB3)
-        .node("router", ROUTER)
-        .pass_programs(&["lb-1", "lb-2", "lb-3", "server-1", "server-2", "server-3"])
-        .build()
-        .expect("topology");
-    let router = topo.node("router");
-    for (key, value) in [
-        ("net.ipv4.ip_forward", "1"),
-        ("net.ipv4.fib_multipath_hash_policy", "1"),
-        ("net.ipv4.conf.all.send_redirects", "0"),
-        ("net.ipv4.conf.eth1.send_redirects", "0"),
-    ] {
-        router
-            .run("sysctl", ["-q", "-w", &format!("{key}={value}")])
-            .unwrap();
-    }
-    for agent in AGENTS {
-        let ns = topo.node(agent);
-        ns.ip([
-            "route",
-            "add",
-            &format!("{VIP}/32"),
-            "via",
-            &ROUTER.to_string(),
-        ])
-        .unwrap();
-        ns.run(
-            "sysctl",
-            ["-q", "-w", "net.ipv4.conf.all.accept_redirects=0"],
-        )
-        .unwrap();
-    }
+    let topo = ecmp::topology().expect("topology");
     if mode == "dsr" {
         for s in SERVERS {
             topo.prepare_dsr_backend(s, VIP).unwrap();
         }
     }
     let backends = Backends::seed(&topo, Kind::Tcp).unwrap();
-    let addrs: Vec<Ipv4Addr> = LBS[..lbs].iter().map(|(_, a)| *a).collect();
-    let router = Bird::start(&topo, "router", &bird::router_config(&addrs)).unwrap();
-    let mut birds = Vec::new();
-    let mut daemons = Vec::new();
-    for (node, _) in &LBS[..lbs] {
-        let b = Bird::start(
-            &topo,
-            node,
-            &bird::load_balancer_config(TABLE, ROUTER).unwrap(),
-        )
-        .unwrap();
-        let config = daemon_config(
+    let ecmp = Ecmp::start(&topo, lbs, |_, socket| {
+        daemon_config(
             mode,
             extra_service,
-            &format!("bird_socket = {:?}\n", b.socket().display().to_string()),
-        );
-        birds.push(b);
-        daemons.push(Daemon::start(&topo, node, &config).unwrap());
-    }
-    for d in &daemons {
-        d.wait_healthy(Duration::from_secs(10)).unwrap();
-    }
-    router.wait_established(Duration::from_secs(20)).unwrap();
-    let mut want = addrs.clone();
-    want.sort();
-    wait_hops(&topo, &want, Duration::from_secs(20));
+            &format!("bird_socket = {:?}\n", socket.display().to_string()),
+        )
+    })
+    .unwrap();
     Lab {
-        daemons,
-        birds,
-        router,
+        ecmp,
         backends,
         topo,
     }
@@ -143,18 +83,7 @@ fn lab(lbs: usize, mode: &str, extra_service: &str) -> Lab {
 
 /// Waits until the router's route to the VIP goes through exactly `want`; how long it took.
 fn wait_hops(topo: &Topology, want: &[Ipv4Addr], limit: Duration) -> Duration {
-    let started = Instant::now();
-    loop {
-        let hops = bird::next_hops(topo, "router", VIP).unwrap();
-        if hops == want {
-            return started.elapsed();
-        }
-        assert!(
-            started.elapsed() < limit,
-            "the router's next hops for {VIP} are {hops:?}, not {want:?}, after {limit:?}"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    ecmp::wait_hops(topo, want, limit).unwrap()
 }
 
 fn new_flows(s: &Status) -> u64 {
@@ -239,6 +168,7 @@ fn ecmp_over_three_nodes_follows_what_each_can_serve() {
 
     // Spread: new connections from the agents reach every node.
     let before: Vec<u64> = lab
+        .ecmp
         .daemons
         .iter()
         .map(|d| new_flows(&d.status().unwrap()))
@@ -250,6 +180,7 @@ fn ecmp_over_three_nodes_follows_what_each_can_serve() {
         }
     }
     let after: Vec<u64> = lab
+        .ecmp
         .daemons
         .iter()
         .map(|d| new_flows(&d.status().unwrap()))
@@ -263,7 +194,7 @@ fn ecmp_over_three_nodes_follows_what_each_can_serve() {
 
     // Status and metrics say what is announced, and the routing daemon's session (read every
     // few seconds).
-    let s = lab.daemons[0]
+    let s = lab.ecmp.daemons[0]
         .wait_for(Duration::from_secs(10), "the session in status", |s| {
             s.bgp
                 .as_ref()
@@ -294,10 +225,10 @@ fn ecmp_over_three_nodes_follows_what_each_can_serve() {
     );
 
     // lb-1 with every backend drained cannot serve: withdrawn, then announced again.
-    admin(&lab.daemons[0], Admin::Drain);
+    admin(&lab.ecmp.daemons[0], Admin::Drain);
     let took = wait_hops(topo, &[LB3, LB2], Duration::from_secs(5));
     eprintln!("lb-1 drained: withdrawn from the router in {took:?}");
-    let s = lab.daemons[0].status().unwrap();
+    let s = lab.ecmp.daemons[0].status().unwrap();
     assert_eq!(announced(&s), Some(false));
     let why = &s.bgp.as_ref().unwrap().vips[0].reason;
     assert!(
@@ -305,7 +236,7 @@ fn ecmp_over_three_nodes_follows_what_each_can_serve() {
             .is_some_and(|w| w.contains("0 healthy backend")),
         "{why:?}"
     );
-    admin(&lab.daemons[0], Admin::Enable);
+    admin(&lab.ecmp.daemons[0], Admin::Enable);
     let took = wait_hops(topo, &[LB3, LB1, LB2], Duration::from_secs(5));
     eprintln!("lb-1 enabled again: announced to the router in {took:?}");
 
@@ -313,10 +244,10 @@ fn ecmp_over_three_nodes_follows_what_each_can_serve() {
     let running = stream(topo, Duration::from_secs(5));
     std::thread::sleep(Duration::from_millis(500));
     let signalled = Instant::now();
-    lab.daemons[2].signal(libc::SIGTERM).unwrap();
+    lab.ecmp.daemons[2].signal(libc::SIGTERM).unwrap();
     let took = wait_hops(topo, &[LB1, LB2], Duration::from_secs(5));
     eprintln!("lb-3 SIGTERM: withdrawn from the router in {took:?}");
-    lab.daemons[2].stop();
+    lab.ecmp.daemons[2].stop();
     let stopped = signalled.elapsed();
     let attempts = running.finish();
     let failed = traffic::failures(&attempts);
@@ -333,7 +264,7 @@ fn ecmp_over_three_nodes_follows_what_each_can_serve() {
 
     // kill -9 of lb-2's daemon: the guard withdraws.
     let killed = Instant::now();
-    lab.daemons[1].crash();
+    lab.ecmp.daemons[1].crash();
     let took = wait_hops(topo, &[LB1], Duration::from_secs(5));
     eprintln!(
         "lb-2 kill -9: withdrawn from the router {took:?} after the process was reaped ({:?} after the kill)",
@@ -353,7 +284,7 @@ fn ecmp_over_three_nodes_follows_what_each_can_serve() {
     assert!(lost.is_empty(), "dsr connections lost: {lost:#?}");
 
     // lb-2 restarted: announced again.
-    lab.daemons[1].restart(topo).unwrap();
+    lab.ecmp.daemons[1].restart(topo).unwrap();
     let took = wait_hops(topo, &[LB1, LB2], Duration::from_secs(10));
     eprintln!("lb-2 restarted: announced to the router in {took:?}");
 
@@ -374,8 +305,6 @@ fn ecmp_over_three_nodes_follows_what_each_can_serve() {
     let took = wait_hops(topo, &[LB1], Duration::from_secs(5));
     eprintln!("lb-2's link down: the router routed around it in {took:?} (BFD)");
     topo.set_link("lb-2", true).unwrap();
-    let _ = &lab.router;
-    let _ = &lab.birds;
 }
 
 /// nat with `snat_source = "node"` behind ECMP: each node's backends answer to that node, so
@@ -398,6 +327,7 @@ fn nat_with_snat_source_node_works_behind_ecmp() {
     );
     assert!(failed.is_empty(), "{failed:#?}");
     let flows: Vec<u64> = lab
+        .ecmp
         .daemons
         .iter()
         .map(|d| new_flows(&d.status().unwrap()))
@@ -407,7 +337,7 @@ fn nat_with_snat_source_node_works_behind_ecmp() {
         "both nodes took flows: {flows:?}"
     );
 
-    lab.daemons[1].crash();
+    lab.ecmp.daemons[1].crash();
     let took = wait_hops(topo, &[LB1], Duration::from_secs(5));
     eprintln!("lb-2 kill -9: withdrawn in {took:?}");
     let after = connections_for(topo, Duration::from_secs(2));
