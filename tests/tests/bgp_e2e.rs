@@ -13,6 +13,7 @@ use k3s_xdp::controller::{
 };
 use k3s_xdp_tests::{
     backend::{connect, echo_roundtrip, Backends, Kind},
+    bird::Bird,
     bpf::have_root,
     config::SeedConfig,
     daemon::{get_metrics, Daemon},
@@ -443,6 +444,34 @@ fn without_a_routing_daemon_it_serves_and_leaves_other_routes_alone() {
     )
     .unwrap();
     assert!(SERVERS.contains(&answered.as_str()), "{answered}");
+
+    // A routing daemon that runs but has no BGP session configured: status and log say that
+    // nothing exports the routes (the socket is changed by a reload).
+    let idle_bird = Bird::start(&topo, "lb-1", "log stderr all;\nprotocol device {}\n").unwrap();
+    let socket = idle_bird.socket().display().to_string();
+    let with_bird = config.replace(&format!("{missing:?}"), &format!("{socket:?}"));
+    daemon.write_config(&with_bird).unwrap();
+    let answer = daemon.reload().unwrap();
+    assert!(answer.contains("bird_socket"), "{answer}");
+    let s = daemon
+        .wait_for(Duration::from_secs(10), "BIRD read", |s| {
+            s.bgp
+                .as_ref()
+                .is_some_and(|b| b.routing_daemon_error.is_none())
+        })
+        .unwrap();
+    let table = k3s_xdp::controller::status::render_table(&s);
+    assert!(
+        table.contains("the routing daemon has no BGP session: nothing exports these routes"),
+        "{table}"
+    );
+    daemon
+        .wait_log(
+            "the routing daemon has no BGP session",
+            Duration::from_secs(5),
+        )
+        .unwrap();
+    let config = with_bird;
 
     // A reload to table 201, where another program routes the VIP: withdrawn from 200, and
     // 201's route left alone.
