@@ -240,7 +240,7 @@ const MAX_QUEUES: usize = 8;
 
 /// Makes the lab's software network behave more like hosts on a switch (for every target
 /// alike); returns the number of queues per veth.
-fn prepare_lab(topo: &mut Topology) -> Result<usize> {
+pub(crate) fn prepare_lab(topo: &mut Topology) -> Result<usize> {
     for node in AGENTS.iter().chain(["lb-1"].iter()) {
         // Tens of thousands of short connections a second from one address to one VIP:port
         // reuse ports in TIME_WAIT; what any busy client or proxy host sets.
