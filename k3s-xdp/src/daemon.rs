@@ -168,6 +168,32 @@ pub async fn run(options: Options) -> Result<()> {
         }
     }));
 
+    // The program stays on the interface unless someone takes it off (`bpftool link detach`,
+    // a driver reset): checked every second, so tracking (VRRP, BGP) fails if it goes.
+    match controller.dataplane_mut().program_id() {
+        Ok(id) => {
+            let xdp_events = events_tx.clone();
+            tasks.push(tokio::spawn(async move {
+                let Ok(netlink) = Netlink::connect() else { return };
+                let mut present = true;
+                let mut every = tokio::time::interval(Duration::from_secs(1));
+                loop {
+                    every.tick().await;
+                    let Ok(ids) = netlink.xdp_programs(ifindex).await else {
+                        continue;
+                    };
+                    if ids.contains(&id) != present {
+                        present = !present;
+                        if xdp_events.send(Event::XdpPresent(present)).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            }));
+        }
+        Err(e) => warn!("cannot read the XDP program's id ({e:#}): a program detached by someone else goes unnoticed"),
+    }
+
     // Without VRRP this node is the only load balancer: it holds the VIPs itself.
     let mut owned = Vec::new();
     let mut vrrp_task = None;

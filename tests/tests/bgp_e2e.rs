@@ -130,6 +130,35 @@ fn still_echoes(s: &mut TcpStream, payload: &str) -> Result<(), String> {
     }
 }
 
+/// Detaches the XDP program on `node`'s `eth1` behind k3s-xdp's back (`bpftool link detach`).
+fn detach_xdp(topo: &Topology, node: &str) {
+    let out = topo.node(node).ip(["link", "show", "eth1"]).unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let prog: u64 = text
+        .split("prog/xdp id ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|id| id.parse().ok())
+        .unwrap_or_else(|| panic!("no XDP program on {node}'s eth1:\n{text}"));
+    let out = std::process::Command::new("bpftool")
+        .args(["-j", "link", "show"])
+        .output()
+        .unwrap();
+    let links: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let link = links
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["prog_id"].as_u64() == Some(prog))
+        .and_then(|l| l["id"].as_u64())
+        .unwrap_or_else(|| panic!("no bpf_link of program {prog}: {links}"));
+    let status = std::process::Command::new("bpftool")
+        .args(["link", "detach", "id", &link.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success(), "bpftool link detach id {link}");
+}
+
 /// New connections from every agent for `limit`: every attempt.
 fn connections_for(topo: &Topology, limit: Duration) -> Vec<traffic::Attempt> {
     let running = stream(topo, limit);
@@ -337,6 +366,21 @@ fn nat_with_snat_source_node_works_behind_ecmp() {
         flows.iter().all(|n| *n > 0),
         "both nodes took flows: {flows:?}"
     );
+
+    // Someone takes lb-2's XDP program off the interface: it notices (within a second), its
+    // tracking fails and it withdraws; a restart attaches the program and announces again.
+    detach_xdp(topo, "lb-2");
+    let took = wait_hops(topo, &[LB1], Duration::from_secs(5));
+    eprintln!("lb-2's XDP program detached by someone else: withdrawn in {took:?}");
+    let s = lab.ecmp.daemons[1].status().unwrap();
+    assert_eq!(s.xdp_mode, "detached");
+    let why = &s.bgp.as_ref().unwrap().vips[0].reason;
+    assert_eq!(why.as_deref(), Some("XDP program detached"), "{s:?}");
+    lab.ecmp.daemons[1]
+        .wait_log("no longer attached", Duration::from_secs(5))
+        .unwrap();
+    lab.ecmp.daemons[1].restart(topo).unwrap();
+    wait_hops(topo, &[LB1, LB2], Duration::from_secs(10));
 
     lab.ecmp.daemons[1].crash();
     let took = wait_hops(topo, &[LB1], Duration::from_secs(5));

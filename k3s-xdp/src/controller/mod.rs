@@ -63,6 +63,9 @@ pub enum Event {
     },
     /// Which backends' next hops are resolved now (`system::neighbours`).
     NextHops(Resolved),
+    /// Whether the kernel still has the XDP program on the interface (someone may detach it:
+    /// `bpftool link detach`, a driver reset).
+    XdpPresent(bool),
     Shutdown(&'static str),
 }
 
@@ -100,6 +103,8 @@ pub struct Controller {
     bgp_wanted: Option<watch::Sender<crate::bgp::runtime::Request>>,
     /// What the BGP announcer last reported.
     bgp_report: Option<crate::bgp::runtime::Report>,
+    /// False once the kernel no longer shows the program on the interface.
+    xdp_present: bool,
     /// Services currently without any backend for new flows (logged once per outage).
     empty: Vec<String>,
     /// Keeps the backends' next hops resolved; told the backends after each reload.
@@ -233,6 +238,7 @@ impl Controller {
             vrrp_settings: None,
             bgp_wanted: None,
             bgp_report: None,
+            xdp_present: true,
             empty: Vec::new(),
             next_hops: None,
         };
@@ -274,7 +280,7 @@ impl Controller {
                 bgp,
                 &self.config.services,
                 &healthy,
-                self.dp.attachment().is_some(),
+                self.attached(),
             ),
             bird_socket: bgp.bird_socket.clone(),
         })
@@ -293,6 +299,11 @@ impl Controller {
     /// The keeper, to stop it at shutdown.
     pub fn take_next_hop_keeper(&mut self) -> Option<Keeper> {
         self.next_hops.take()
+    }
+
+    /// Whether the program is attached and the kernel still shows it on the interface.
+    fn attached(&self) -> bool {
+        self.dp.attachment().is_some() && self.xdp_present
     }
 
     pub fn dataplane_mut(&mut self) -> &mut Dataplane {
@@ -425,6 +436,15 @@ impl Controller {
                     info!("{name} ({address}) {what}");
                 }
             }
+            Event::XdpPresent(present) if present != self.xdp_present => {
+                self.xdp_present = present;
+                if present {
+                    info!(interface = %self.interface, "the XDP program is on {} again", self.interface);
+                } else {
+                    error!(interface = %self.interface, "the XDP program is no longer attached to {} (detached by someone else?): tracking fails (VRRP, BGP); restart k3s-xdp to attach it again", self.interface);
+                }
+            }
+            Event::XdpPresent(_) => {}
             Event::Shutdown(reason) => return Some(reason),
         }
         None
@@ -511,7 +531,7 @@ impl Controller {
         }
         let health = Health {
             healthy_backends: self.model.healthy_backends(),
-            dataplane_attached: self.dp.attachment().is_some(),
+            dataplane_attached: self.attached(),
             link_up: self.health.borrow().link_up,
         };
         self.health.send_if_modified(|h| {

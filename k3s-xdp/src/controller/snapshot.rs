@@ -7,6 +7,7 @@ impl Controller {
     /// The status snapshot, with counters read from the maps now.
     pub fn status(&self, now: Instant) -> Status {
         let (interface, mode) = match self.dp.attachment() {
+            Some((i, _)) if !self.xdp_present => (i.to_string(), "detached".to_string()),
             Some((i, m)) => (i.to_string(), m.to_string()),
             None => (self.interface.clone(), "detached".to_string()),
         };

@@ -194,6 +194,16 @@ impl Dataplane {
         self.attached.take().map(|a| (a.iface, a.mode))
     }
 
+    /// The kernel's id of the main program (what `ip link` shows as `prog/xdp id N`).
+    pub fn program_id(&self) -> Result<u32> {
+        let program: &Xdp = self
+            .bpf
+            .program(names::PROGRAM)
+            .ok_or_else(|| anyhow!("the XDP object has no program `{}`", names::PROGRAM))?
+            .try_into()?;
+        Ok(program.info()?.id())
+    }
+
     /// The interface and mode the program is attached with.
     pub fn attachment(&self) -> Option<(&str, AttachMode)> {
         self.attached.as_ref().map(|a| (a.iface.as_str(), a.mode))

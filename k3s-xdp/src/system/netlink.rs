@@ -62,6 +62,33 @@ impl Netlink {
         }
     }
 
+    /// The ids of the XDP programs attached to interface `ifindex` (in any mode).
+    pub async fn xdp_programs(&self, ifindex: u32) -> Result<Vec<u32>> {
+        use netlink_packet_route::link::LinkXdp;
+        let mut links = self.handle.link().get().match_index(ifindex).execute();
+        let link = links
+            .try_next()
+            .await?
+            .ok_or_else(|| anyhow!("no interface with index {ifindex}"))?;
+        let mut ids = Vec::new();
+        for attr in link.attributes {
+            if let LinkAttribute::Xdp(xdp) = attr {
+                for x in xdp {
+                    if let LinkXdp::ProgId(id)
+                    | LinkXdp::DrvProgId(id)
+                    | LinkXdp::SkbProgId(id)
+                    | LinkXdp::HwProgId(id) = x
+                    {
+                        if id != 0 && !ids.contains(&id) {
+                            ids.push(id);
+                        }
+                    }
+                }
+            }
+        }
+        Ok(ids)
+    }
+
     /// The MAC address of interface `ifindex`.
     pub async fn mac(&self, ifindex: u32) -> Result<[u8; 6]> {
         let mut links = self.handle.link().get().match_index(ifindex).execute();
