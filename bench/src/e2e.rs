@@ -481,22 +481,8 @@ fn load_phase(topo: &Topology, lb: &Lb, idle: f64, spec: Spec) -> Result<Phase> 
     let paws0 = paws(topo)?;
     let drops0 = lb.xdp_drops();
     let t0 = Instant::now();
-    let outcomes: Vec<Result<Outcome>> = std::thread::scope(|s| {
-        let handles: Vec<_> = AGENTS
-            .iter()
-            .map(|agent| {
-                let ns = topo.node(agent);
-                s.spawn(move || load::run_agent(ns, spec))
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| {
-                h.join()
-                    .unwrap_or_else(|_| bail!("a client thread panicked"))
-            })
-            .collect()
-    });
+    let agents: Vec<&NetNs> = AGENTS.iter().map(|a| topo.node(a)).collect();
+    let outcome = load::run_agents(&agents, spec);
     let seconds = t0.elapsed().as_secs_f64();
     let cpu = machine_busy()? - cpu0;
     let other = other_cpu(&lb.pids) - other0;
@@ -504,10 +490,7 @@ fn load_phase(topo: &Topology, lb: &Lb, idle: f64, spec: Spec) -> Result<Phase> 
     let syn_retransmits = syn_retransmits(topo)?.saturating_sub(syn0);
     let paws = paws(topo)?.saturating_sub(paws0);
     let xdp_drops = lb.xdp_drops().saturating_sub(drops0);
-    let mut outcome = Outcome::default();
-    for o in outcomes {
-        outcome.merge(o?);
-    }
+    let outcome = outcome?;
     Ok(Phase {
         outcome,
         seconds,

@@ -219,6 +219,28 @@ impl Outcome {
     }
 }
 
+/// Runs `spec` from every namespace of `agents` at once, a thread each; what they saw, merged.
+pub fn run_agents(agents: &[&NetNs], spec: Spec) -> Result<Outcome> {
+    let outcomes: Vec<Result<Outcome>> = std::thread::scope(|s| {
+        let handles: Vec<_> = agents
+            .iter()
+            .map(|ns| s.spawn(move || run_agent(ns, spec)))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| bail!("a client thread panicked"))
+            })
+            .collect()
+    });
+    let mut all = Outcome::default();
+    for o in outcomes {
+        all.merge(o?);
+    }
+    Ok(all)
+}
+
 /// Runs `spec` from inside `ns` (a runtime on a thread that joined it) until the deadline.
 pub fn run_agent(ns: &NetNs, spec: Spec) -> Result<Outcome> {
     ns.enter(move || -> Result<Outcome> {

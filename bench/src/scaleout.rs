@@ -14,7 +14,7 @@
 
 use crate::{
     e2e, failover,
-    load::{self, Outcome, Servers, Spec, Work},
+    load::{self, Servers, Spec, Work},
     median, Ratio,
 };
 use anyhow::{bail, Context, Result};
@@ -406,29 +406,11 @@ fn phase(topo: &Topology, lb_pids: &[u32], idle: f64) -> Result<Measured> {
     let cpu0 = e2e::machine_busy()?;
     let other0 = e2e::other_cpu(lb_pids);
     let t0 = Instant::now();
-    let outcomes: Vec<Result<Outcome>> = std::thread::scope(|s| {
-        let handles: Vec<_> = AGENTS
-            .iter()
-            .map(|a| {
-                let ns = topo.node(a);
-                s.spawn(move || load::run_agent(ns, spec))
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| {
-                h.join()
-                    .unwrap_or_else(|_| bail!("a client thread panicked"))
-            })
-            .collect()
-    });
+    let agents: Vec<&NetNs> = AGENTS.iter().map(|a| topo.node(a)).collect();
+    let all = load::run_agents(&agents, spec)?;
     let seconds = t0.elapsed().as_secs_f64();
     let cpu = (e2e::machine_busy()? - cpu0 - (e2e::other_cpu(lb_pids) - other0) - idle * seconds)
         .max(0.0);
-    let mut all = Outcome::default();
-    for o in outcomes {
-        all.merge(o?);
-    }
     Ok(Measured {
         rate: all.connections as f64 / seconds,
         cpu_ms_per_1k: cpu * 1e6 / all.connections.max(1) as f64,

@@ -186,13 +186,17 @@ impl Drop for Bird {
     }
 }
 
-/// The next hops of `vip`'s route in `node`'s main table (`ip route show`), in order: one
-/// for a plain route, several for ECMP, none without a route.
+/// The next hops of `vip`'s route in `node`'s main table (`ip route show`), sorted: one for a
+/// plain route, several for ECMP, none without a route.
 pub fn next_hops(topo: &Topology, node: &str, vip: Ipv4Addr) -> Result<Vec<Ipv4Addr>> {
     let out = topo
         .node(node)
         .ip(["route", "show", &format!("{vip}/32")])?;
-    let text = String::from_utf8_lossy(&out.stdout);
+    Ok(parse_next_hops(&String::from_utf8_lossy(&out.stdout)))
+}
+
+/// The `via` addresses of `ip route show` output, sorted.
+pub fn parse_next_hops(text: &str) -> Vec<Ipv4Addr> {
     let mut hops: Vec<Ipv4Addr> = text
         .split_whitespace()
         .collect::<Vec<_>>()
@@ -201,5 +205,25 @@ pub fn next_hops(topo: &Topology, node: &str, vip: Ipv4Addr) -> Result<Vec<Ipv4A
         .filter_map(|w| w[1].parse().ok())
         .collect();
     hops.sort();
-    Ok(hops)
+    hops
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn next_hops_of_plain_and_multipath_routes() {
+        let ecmp = "192.0.2.100 proto bird metric 32 \n\tnexthop via 192.0.2.99 dev eth1 weight 1 \n\tnexthop via 192.0.2.97 dev eth1 weight 1 \n";
+        assert_eq!(
+            super::parse_next_hops(ecmp),
+            [
+                "192.0.2.97".parse::<std::net::Ipv4Addr>().unwrap(),
+                "192.0.2.99".parse().unwrap()
+            ]
+        );
+        assert_eq!(
+            super::parse_next_hops("192.0.2.100 via 192.0.2.98 dev eth1 proto bird metric 32"),
+            ["192.0.2.98".parse::<std::net::Ipv4Addr>().unwrap()]
+        );
+        assert!(super::parse_next_hops("").is_empty());
+    }
 }

@@ -32,6 +32,13 @@ pub fn topology() -> Result<Topology> {
         .node("router", ROUTER)
         .pass_programs(&["lb-1", "lb-2", "lb-3", "server-1", "server-2", "server-3"])
         .build()?;
+    route_through_router(&topo)?;
+    Ok(topo)
+}
+
+/// The router's forwarding settings (ECMP hashing on ports, no redirects) and the agents'
+/// route to the VIP through it, on a topology with a `router` node.
+pub fn route_through_router(topo: &Topology) -> Result<()> {
     for (key, value) in [
         ("net.ipv4.ip_forward", "1"),
         ("net.ipv4.fib_multipath_hash_policy", "1"),
@@ -55,7 +62,7 @@ pub fn topology() -> Result<Topology> {
             ["-q", "-w", "net.ipv4.conf.all.accept_redirects=0"],
         )?;
     }
-    Ok(topo)
+    Ok(())
 }
 
 /// The addresses of the first `n` load balancers, sorted as the router lists next hops.

@@ -24,7 +24,7 @@ use k3s_xdp::controller::{
 };
 use k3s_xdp_tests::{
     backend::{echo_roundtrip, roundtrip, Backend, Kind},
-    bird, daemon,
+    bird, daemon, ecmp,
     netns::NetNs,
     topology::{Topology, AGENTS, SERVERS, VIP},
 };
@@ -135,24 +135,7 @@ fn run_lab(mode: &str, connections: usize, failover: bool) -> Result<()> {
         &log_path("pass-programs"),
     )?;
     state.pids.push(holder);
-    for server in SERVERS {
-        if mode == "dsr" {
-            // dsr backends hold the VIP on lo and do not answer ARP for it (README.md).
-            topo.prepare_dsr_backend(server, VIP)?;
-        }
-        let pid = spawn_detached(
-            topo.node(server),
-            &me,
-            &[
-                "backend",
-                topo.node(server).name(),
-                server,
-                &PORT.to_string(),
-            ],
-            &log_path(server),
-        )?;
-        state.pids.push(pid);
-    }
+    spawn_backends(&topo, mode, &me, &mut state)?;
     let bin = daemon::binary()?;
     let mut lb1_pid = 0;
     for lb in ["lb-1", "lb-2"] {
@@ -265,46 +248,8 @@ fn run_bgp_lab(mode: &str, connections: usize, kill: bool) -> Result<()> {
         &log_path("pass-programs"),
     )?;
     state.pids.push(holder);
-    let router = topo.node("router");
-    for (key, value) in [
-        ("net.ipv4.ip_forward", "1"),
-        ("net.ipv4.fib_multipath_hash_policy", "1"),
-        ("net.ipv4.conf.all.send_redirects", "0"),
-        ("net.ipv4.conf.eth1.send_redirects", "0"),
-    ] {
-        router.run("sysctl", ["-q", "-w", &format!("{key}={value}")])?;
-    }
-    for agent in AGENTS {
-        let ns = topo.node(agent);
-        ns.ip([
-            "route",
-            "add",
-            &format!("{VIP}/32"),
-            "via",
-            &ROUTER.to_string(),
-        ])?;
-        ns.run(
-            "sysctl",
-            ["-q", "-w", "net.ipv4.conf.all.accept_redirects=0"],
-        )?;
-    }
-    for server in SERVERS {
-        if mode == "dsr" {
-            topo.prepare_dsr_backend(server, VIP)?;
-        }
-        let pid = spawn_detached(
-            topo.node(server),
-            &me,
-            &[
-                "backend",
-                topo.node(server).name(),
-                server,
-                &PORT.to_string(),
-            ],
-            &log_path(server),
-        )?;
-        state.pids.push(pid);
-    }
+    ecmp::route_through_router(&topo)?;
+    spawn_backends(&topo, mode, &me, &mut state)?;
     let addrs: Vec<Ipv4Addr> = BGP_LBS.iter().map(|(_, a)| *a).collect();
     let mut birds = vec![("router".to_string(), bird::router_config(&addrs))];
     for (lb, _) in BGP_LBS {
@@ -423,6 +368,29 @@ fn run_bgp_lab(mode: &str, connections: usize, kill: bool) -> Result<()> {
     Ok(())
 }
 
+/// An echo backend on each server, detached (`k3s-xdp-lab backend`); in dsr mode the servers
+/// hold the VIP on lo and do not answer ARP for it (README.md).
+fn spawn_backends(topo: &Topology, mode: &str, me: &str, state: &mut State) -> Result<()> {
+    for server in SERVERS {
+        if mode == "dsr" {
+            topo.prepare_dsr_backend(server, VIP)?;
+        }
+        let pid = spawn_detached(
+            topo.node(server),
+            me,
+            &[
+                "backend",
+                topo.node(server).name(),
+                server,
+                &PORT.to_string(),
+            ],
+            &log_path(server),
+        )?;
+        state.pids.push(pid);
+    }
+    Ok(())
+}
+
 fn bird_socket(node: &str) -> PathBuf {
     Path::new(STATE_DIR).join(format!("bird-{node}.ctl"))
 }
@@ -445,15 +413,7 @@ fn router_route() -> Result<String> {
 fn wait_route(hops: &[Ipv4Addr], limit: Duration) -> Result<Duration> {
     let started = Instant::now();
     loop {
-        let text = router_route()?;
-        let mut now: Vec<Ipv4Addr> = text
-            .split_whitespace()
-            .collect::<Vec<_>>()
-            .windows(2)
-            .filter(|w| w[0] == "via")
-            .filter_map(|w| w[1].parse().ok())
-            .collect();
-        now.sort();
+        let now = bird::parse_next_hops(&router_route()?);
         if now == hops {
             return Ok(started.elapsed());
         }

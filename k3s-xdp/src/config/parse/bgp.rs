@@ -36,35 +36,19 @@ pub(super) fn read_bgp(
         vips.into_iter().collect()
     });
     let track = t
-        .get(cx, "track", |cx, p, item| match item.as_table_like() {
-            Some(table) => Some(read_bgp_track(cx, p, table, item.span())),
-            None => {
-                wrong_type(
-                    cx,
-                    p,
-                    item,
-                    "a table like { dataplane = true, min_healthy_backends = 1 }",
-                );
-                None
-            }
+        .get(cx, "track", |cx, p, item| {
+            sub_table(
+                cx,
+                p,
+                item,
+                "a table like { dataplane = true, min_healthy_backends = 1 }",
+                read_bgp_track,
+            )
         })
         .unwrap_or_default();
     let drain_time = t
         .get(cx, "drain_time", |cx, p, i| {
-            let d = delay(cx, p, i)?;
-            if d > defaults::BGP_DRAIN_TIME_MAX {
-                cx.error_at(
-                    p,
-                    i.span(),
-                    format!(
-                        "must be at most {}, found {:?}",
-                        duration::format(defaults::BGP_DRAIN_TIME_MAX),
-                        duration::format(d)
-                    ),
-                );
-                return None;
-            }
-            Some(d)
+            delay_at_most(cx, p, i, defaults::BGP_DRAIN_TIME_MAX, "")
         })
         .unwrap_or(defaults::BGP_DRAIN_TIME);
     let bird_socket = t

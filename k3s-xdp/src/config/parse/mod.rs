@@ -263,19 +263,11 @@ fn read_config(cx: &mut Cx, root: &toml_edit::Table) -> Config {
         })
         .collect();
 
-    let vrrp = t.get(cx, "vrrp", |cx, p, item| match item.as_table_like() {
-        Some(table) => Some(read_vrrp(cx, p, table, item.span())),
-        None => {
-            wrong_type(cx, p, item, "a [vrrp] table");
-            None
-        }
+    let vrrp = t.get(cx, "vrrp", |cx, p, item| {
+        sub_table(cx, p, item, "a [vrrp] table", read_vrrp)
     });
-    let bgp = t.get(cx, "bgp", |cx, p, item| match item.as_table_like() {
-        Some(table) => Some(read_bgp(cx, p, table, item.span())),
-        None => {
-            wrong_type(cx, p, item, "a [bgp] table");
-            None
-        }
+    let bgp = t.get(cx, "bgp", |cx, p, item| {
+        sub_table(cx, p, item, "a [bgp] table", read_bgp)
     });
 
     Config {

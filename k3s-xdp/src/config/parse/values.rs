@@ -149,6 +149,30 @@ pub(super) fn delay(cx: &mut Cx, path: &str, item: &Item) -> Option<Duration> {
     duration(cx, path, item, Least::Zero)
 }
 
+/// A delay of at most `max`; `why` says whose limit it is (may be empty).
+pub(super) fn delay_at_most(
+    cx: &mut Cx,
+    path: &str,
+    item: &Item,
+    max: Duration,
+    why: &str,
+) -> Option<Duration> {
+    let d = delay(cx, path, item)?;
+    if d > max {
+        cx.error_at(
+            path,
+            item.span(),
+            format!(
+                "must be at most {}{why}, found {:?}",
+                duration::format(max),
+                duration::format(d)
+            ),
+        );
+        return None;
+    }
+    Some(d)
+}
+
 /// One of `all`, by the word the file uses (`case`-insensitively or not).
 pub(super) fn keyword<T: Copy + Display>(
     cx: &mut Cx,
@@ -417,6 +441,23 @@ pub(super) fn table_list<'t>(
         ),
         other => {
             wrong_type(cx, path, other, expected);
+            None
+        }
+    }
+}
+
+/// A table, read by `read`; anything else is an error saying it should be `expected`.
+pub(super) fn sub_table<T>(
+    cx: &mut Cx,
+    path: &str,
+    item: &Item,
+    expected: &str,
+    read: impl FnOnce(&mut Cx, &str, &dyn TableLike, Option<Range<usize>>) -> T,
+) -> Option<T> {
+    match item.as_table_like() {
+        Some(table) => Some(read(cx, path, table, item.span())),
+        None => {
+            wrong_type(cx, path, item, expected);
             None
         }
     }

@@ -53,20 +53,13 @@ pub(super) fn read_vrrp(
     let preempt = t.get(cx, "preempt", boolean).unwrap_or(defaults::PREEMPT);
     let preempt_delay = t
         .get(cx, "preempt_delay", |cx, p, i| {
-            let d = delay(cx, p, i)?;
-            if d > defaults::PREEMPT_DELAY_MAX {
-                cx.error_at(
-                    p,
-                    i.span(),
-                    format!(
-                        "must be at most {} (keepalived's limit), found {:?}",
-                        duration::format(defaults::PREEMPT_DELAY_MAX),
-                        duration::format(d)
-                    ),
-                );
-                return None;
-            }
-            Some(d)
+            delay_at_most(
+                cx,
+                p,
+                i,
+                defaults::PREEMPT_DELAY_MAX,
+                " (keepalived's limit)",
+            )
         })
         .unwrap_or(defaults::PREEMPT_DELAY);
     let version = t
@@ -99,17 +92,14 @@ pub(super) fn read_vrrp(
         Some(text.to_string())
     });
     let track = t
-        .get(cx, "track", |cx, p, item| match item.as_table_like() {
-            Some(table) => Some(read_track(cx, p, table, item.span())),
-            None => {
-                wrong_type(
-                    cx,
-                    p,
-                    item,
-                    "a table like { dataplane = true, min_healthy_backends = 1 }",
-                );
-                None
-            }
+        .get(cx, "track", |cx, p, item| {
+            sub_table(
+                cx,
+                p,
+                item,
+                "a table like { dataplane = true, min_healthy_backends = 1 }",
+                read_track,
+            )
         })
         .unwrap_or_default();
     let garp_master_repeat = t
