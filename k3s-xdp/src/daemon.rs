@@ -194,11 +194,29 @@ pub async fn run(options: Options) -> Result<()> {
         Err(e) => warn!("cannot read the XDP program's id ({e:#}): a program detached by someone else goes unnoticed"),
     }
 
-    // Without VRRP this node is the only load balancer: it holds the VIPs itself.
-    let mut owned = Vec::new();
+    // Without VRRP this node is the only load balancer: it holds the VIPs itself, and follows
+    // reloads that add or remove them.
+    let owned = std::sync::Arc::new(tokio::sync::Mutex::new(Vec::new()));
     let mut vrrp_task = None;
     match &config.vrrp {
-        None => owned = claim_vips(&netlink, ifindex, &iface, &config, &guard).await?,
+        None => {
+            let claimed =
+                claim_vips(&netlink, ifindex, &iface, &config.held_addresses(), &guard).await?;
+            *owned.lock().await = claimed;
+            if let Some(mut wanted) = controller.held_addresses() {
+                let (owned, guard, iface) = (owned.clone(), guard.clone(), iface.clone());
+                tasks.push(tokio::spawn(async move {
+                    let Ok(netlink) = Netlink::connect() else {
+                        return;
+                    };
+                    while wanted.changed().await.is_ok() {
+                        let want = wanted.borrow_and_update().clone();
+                        let mut owned = owned.lock().await;
+                        follow(&netlink, ifindex, &iface, &want, &mut owned, &guard).await;
+                    }
+                }));
+            }
+        }
         Some(_) => {
             let settings = controller
                 .vrrp_settings()
@@ -247,6 +265,7 @@ pub async fn run(options: Options) -> Result<()> {
             failed = true;
         }
     }
+    let owned: Vec<Ipv4Addr> = std::mem::take(&mut *owned.lock().await);
     for addr in owned {
         match netlink.del_address(ifindex, addr).await {
             Ok(()) => {
@@ -345,18 +364,55 @@ fn node_port_clash(range: &str, config: &Config) -> Option<String> {
     ))
 }
 
-/// Adds every service VIP, and every SNAT address that is no VIP, to `iface` as a /32 unless
-/// the interface has it already; returns the ones it added, which it alone removes on exit.
+/// After a reload: adds the addresses of `wanted` that the interface lacks, and removes those
+/// this daemon added that are no longer wanted. Errors are logged; the next reload tries again.
+async fn follow(
+    netlink: &Netlink,
+    ifindex: u32,
+    iface: &str,
+    wanted: &std::collections::BTreeSet<Ipv4Addr>,
+    owned: &mut Vec<Ipv4Addr>,
+    guard: &Guard,
+) {
+    let gone: Vec<Ipv4Addr> = owned
+        .iter()
+        .copied()
+        .filter(|a| !wanted.contains(a))
+        .collect();
+    for addr in gone {
+        match netlink.del_address(ifindex, addr).await {
+            Ok(()) => {
+                info!("removed {addr} from {iface} (no service holds it any more)");
+                guard.release(addr);
+                owned.retain(|a| *a != addr);
+            }
+            Err(e) => error!("{e:#}"),
+        }
+    }
+    let new: std::collections::BTreeSet<Ipv4Addr> = wanted
+        .iter()
+        .copied()
+        .filter(|a| !owned.contains(a))
+        .collect();
+    match claim_vips(netlink, ifindex, iface, &new, guard).await {
+        Ok(added) => owned.extend(added),
+        Err(e) => error!("adding the new VIPs to {iface}: {e:#}"),
+    }
+}
+
+/// Adds each of `addresses` (the service VIPs, and the SNAT addresses that are no VIP) to
+/// `iface` as a /32 unless the interface has it already; returns the ones it added, which it
+/// alone removes on exit.
 async fn claim_vips(
     netlink: &Netlink,
     ifindex: u32,
     iface: &str,
-    config: &Config,
+    addresses: &std::collections::BTreeSet<Ipv4Addr>,
     guard: &Guard,
 ) -> Result<Vec<Ipv4Addr>> {
     let present = netlink.addresses(ifindex).await?;
     let mut added = Vec::new();
-    for vip in config.held_addresses() {
+    for &vip in addresses {
         if present.iter().any(|a| a.addr == vip) {
             info!("{vip} is already on {iface}; leaving it as it is");
             continue;

@@ -445,6 +445,64 @@ fn reload_applies_differences_and_refuses_broken_configs() {
     daemon.stop();
 }
 
+/// Without `[vrrp]` the node holds its VIPs itself: a reload that adds a service on a new VIP
+/// adds that address to the interface (agents reach it at once), and a reload that removes
+/// the service removes the address; the first VIP stays throughout.
+#[test]
+fn a_reload_adds_and_removes_the_vips_it_holds() {
+    if !have_root() {
+        return;
+    }
+    let _serial = serial();
+    let topo = Topology::seed().unwrap();
+    let _servers = echo_servers(&topo);
+    let health = "check = \"tcp\"\ninter = \"500ms\"";
+    let all = [("server-1", 100), ("server-2", 100), ("server-3", 100)];
+    let one = service(health, &all);
+    let mut daemon = Daemon::start(&topo, "lb-1", &one).unwrap();
+    daemon.wait_healthy(Duration::from_secs(10)).unwrap();
+    let web: std::net::Ipv4Addr = "192.0.2.110".parse().unwrap();
+    assert!(!topo.has_address("lb-1", web));
+    let two = format!(
+        "{one}\n[[service]]\nname = \"web\"\nvip = \"{web}\"\nport = 6443\nbackends = [\n{}\n]\n[service.health]\n{health}\n",
+        backends_toml(6443, &all)
+    );
+    daemon.write_config(&two).unwrap();
+    let answer = daemon.reload().unwrap();
+    assert!(answer.contains("web"), "{answer}");
+    k3s_xdp_tests::wait_until(Duration::from_secs(5), "the new VIP on eth1", || {
+        topo.has_address("lb-1", web)
+    });
+    daemon
+        .wait_log(&format!("added {web}/32 to eth1"), Duration::from_secs(5))
+        .unwrap();
+    daemon.wait_healthy(Duration::from_secs(10)).unwrap();
+    let answered = roundtrip(
+        topo.node("agent-1"),
+        SocketAddrV4::new(web, 6443),
+        b"web",
+        T,
+    )
+    .unwrap();
+    assert!(SERVERS.contains(&answered.as_str()), "{answered}");
+
+    daemon.write_config(&one).unwrap();
+    daemon.reload().unwrap();
+    k3s_xdp_tests::wait_until(Duration::from_secs(5), "the VIP gone from eth1", || {
+        !topo.has_address("lb-1", web)
+    });
+    assert!(topo.has_address("lb-1", VIP), "the first VIP stays");
+    assert!(roundtrip(
+        topo.node("agent-2"),
+        SocketAddrV4::new(VIP, 6443),
+        b"api",
+        T
+    )
+    .is_ok());
+    daemon.stop();
+    assert!(!topo.has_address("lb-1", VIP), "removed on exit");
+}
+
 /// Sends `msg` on an open echo connection and checks it comes back.
 fn echo(stream: &mut std::net::TcpStream, msg: &str) {
     stream.write_all(msg.as_bytes()).unwrap();

@@ -105,6 +105,9 @@ pub struct Controller {
     bgp_report: Option<crate::bgp::runtime::Report>,
     /// False once the kernel no longer shows the program on the interface.
     xdp_present: bool,
+    /// Without `[vrrp]`: the addresses this node holds (VIPs, SNAT pool addresses), followed
+    /// across reloads by the daemon's address keeper.
+    held: Option<watch::Sender<std::collections::BTreeSet<std::net::Ipv4Addr>>>,
     /// Services currently without any backend for new flows (logged once per outage).
     empty: Vec<String>,
     /// Keeps the backends' next hops resolved; told the backends after each reload.
@@ -239,6 +242,7 @@ impl Controller {
             bgp_wanted: None,
             bgp_report: None,
             xdp_present: true,
+            held: None,
             empty: Vec::new(),
             next_hops: None,
         };
@@ -259,6 +263,19 @@ impl Controller {
         let request = self.bgp_request()?;
         let (tx, rx) = watch::channel(request);
         self.bgp_wanted = Some(tx);
+        Some(rx)
+    }
+
+    /// Without `[vrrp]`, the addresses this node must hold, followed across reloads; `None`
+    /// with `[vrrp]` (VRRP holds them).
+    pub fn held_addresses(
+        &mut self,
+    ) -> Option<watch::Receiver<std::collections::BTreeSet<std::net::Ipv4Addr>>> {
+        if self.config.vrrp.is_some() {
+            return None;
+        }
+        let (tx, rx) = watch::channel(self.config.held_addresses());
+        self.held = Some(tx);
         Some(rx)
     }
 

@@ -105,6 +105,16 @@ impl Controller {
                 new.vrrp = Some(v);
             }
             self.config = new;
+            // Without [vrrp] this node holds the VIPs itself: the keeper adds a new service's
+            // VIP and removes one no service has any more.
+            if let Some(held) = &self.held {
+                let wanted = self.config.held_addresses();
+                held.send_if_modified(|h| {
+                    let changed = *h != wanted;
+                    *h = wanted;
+                    changed
+                });
+            }
             if snat_changed {
                 // The config is adopted already; the data plane keeps the old SNAT settings
                 // until the next write succeeds (every clock tick writes them).
