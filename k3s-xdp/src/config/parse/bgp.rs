@@ -70,14 +70,5 @@ fn read_bgp_track(
     span: Option<Range<usize>>,
 ) -> BgpTrack {
     let t = Fields::open(cx, path, table, span, "bgp.track", BGP_TRACK_KEYS);
-    BgpTrack {
-        dataplane: t
-            .get(cx, "dataplane", boolean)
-            .unwrap_or(defaults::TRACK_DATAPLANE),
-        min_healthy_backends: t
-            .get(cx, "min_healthy_backends", |cx, p, i| {
-                int(cx, p, i, 0, k3s_xdp_common::MAX_BACKENDS)
-            })
-            .unwrap_or(defaults::TRACK_MIN_HEALTHY_BACKENDS),
-    }
+    serving(cx, &t)
 }

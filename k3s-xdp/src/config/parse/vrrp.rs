@@ -212,15 +212,10 @@ pub(super) fn read_track(
     span: Option<Range<usize>>,
 ) -> Track {
     let t = Fields::open(cx, path, table, span, "vrrp.track", TRACK_KEYS);
+    let serving = serving(cx, &t);
     Track {
-        dataplane: t
-            .get(cx, "dataplane", boolean)
-            .unwrap_or(defaults::TRACK_DATAPLANE),
-        min_healthy_backends: t
-            .get(cx, "min_healthy_backends", |cx, p, i| {
-                int(cx, p, i, 0, k3s_xdp_common::MAX_BACKENDS)
-            })
-            .unwrap_or(defaults::TRACK_MIN_HEALTHY_BACKENDS),
+        dataplane: serving.dataplane,
+        min_healthy_backends: serving.min_healthy_backends,
         weight: t
             .get(cx, "weight", |cx, p, i| {
                 integer(
@@ -234,5 +229,19 @@ pub(super) fn read_track(
                 .and_then(|v| i32::try_from(v).ok())
             })
             .unwrap_or(defaults::TRACK_WEIGHT),
+    }
+}
+
+/// The keys every track has (`[vrrp]`'s and `[bgp]`'s): what makes this node able to serve.
+pub(super) fn serving(cx: &mut Cx, t: &Fields) -> BgpTrack {
+    BgpTrack {
+        dataplane: t
+            .get(cx, "dataplane", boolean)
+            .unwrap_or(defaults::TRACK_DATAPLANE),
+        min_healthy_backends: t
+            .get(cx, "min_healthy_backends", |cx, p, i| {
+                int(cx, p, i, 0, k3s_xdp_common::MAX_BACKENDS)
+            })
+            .unwrap_or(defaults::TRACK_MIN_HEALTHY_BACKENDS),
     }
 }
