@@ -3,13 +3,13 @@
 //! them. It is a fixed function of the packet's 5-tuple (no per-boot seed), so lb-1 and lb-2
 //! pick the same backend for the same flow given the same table.
 
-use crate::FlowKey;
+use crate::{Address, FlowKey};
 
 const SEED_FLOW: u32 = 0x6b33_7864; // "k3xd"
 const SEED_SNAT: u32 = 0x736e_6174; // "snat"
 
 #[inline(always)]
-fn mix(h: u32, k: u32) -> u32 {
+pub(crate) fn mix(h: u32, k: u32) -> u32 {
     // One round of MurmurHash3's body.
     let k = k
         .wrapping_mul(0xcc9e_2d51)
@@ -31,22 +31,25 @@ fn finish(mut h: u32) -> u32 {
     h ^ (h >> 16)
 }
 
-/// Hash of a client → VIP 5-tuple (fields as stored in [`FlowKey`], network byte order).
+/// Hash of a client → VIP 5-tuple (fields as stored in [`FlowKey`], network byte order),
+/// IPv4 or IPv6: every word of both addresses goes in.
 #[inline(always)]
-pub fn flow_hash(key: &FlowKey) -> u32 {
-    let ports = (u32::from(key.sport) << 16) | u32::from(key.dport);
-    finish(mix(
-        mix(mix(SEED_FLOW ^ u32::from(key.protocol), key.src), key.dst),
-        ports,
-    ))
+pub fn flow_hash<A: Address>(key: &FlowKey<A>) -> u32 {
+    tuple_hash(SEED_FLOW, key)
 }
 
 /// Hash choosing the first SNAT port tried for a client → VIP flow (nat mode).
 #[inline(always)]
-pub fn snat_hash(key: &FlowKey) -> u32 {
+pub fn snat_hash<A: Address>(key: &FlowKey<A>) -> u32 {
+    tuple_hash(SEED_SNAT, key)
+}
+
+#[inline(always)]
+fn tuple_hash<A: Address>(seed: u32, key: &FlowKey<A>) -> u32 {
     let ports = (u32::from(key.sport) << 16) | u32::from(key.dport);
     finish(mix(
-        mix(mix(SEED_SNAT ^ u32::from(key.protocol), key.src), key.dst),
+        key.dst
+            .absorb(key.src.absorb(seed ^ u32::from(key.protocol))),
         ports,
     ))
 }
@@ -94,6 +97,38 @@ mod tests {
             0x58b4_ac9a,
             "flow_hash changed: lb-1 and lb-2 of different versions would disagree"
         );
+    }
+
+    /// The same for IPv6 tuples: the value every node computes for the same flow.
+    #[test]
+    fn ipv6_flow_hash_is_stable_and_takes_every_word() {
+        let addr = |last: u8| {
+            crate::address::v6_words([
+                0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, last,
+            ])
+        };
+        let k = FlowKey {
+            src: addr(0x65),
+            dst: addr(0x64),
+            sport: 40000u16.to_be(),
+            dport: 6443u16.to_be(),
+            protocol: 6,
+            _pad: [0; 3],
+        };
+        assert_eq!(
+            flow_hash(&k),
+            0x1997_88b5,
+            "flow_hash changed for IPv6: nodes of different versions would disagree"
+        );
+        assert_ne!(flow_hash(&k), snat_hash(&k));
+        for word in 0..4 {
+            let mut other = k;
+            other.src[word] ^= 1;
+            assert_ne!(flow_hash(&k), flow_hash(&other), "source word {word}");
+            let mut other = k;
+            other.dst[word] ^= 1 << 20;
+            assert_ne!(flow_hash(&k), flow_hash(&other), "destination word {word}");
+        }
     }
 
     #[test]

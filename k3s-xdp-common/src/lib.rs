@@ -6,9 +6,12 @@
 //! With the `user` feature, the types implement `aya::Pod` for the controller.
 #![no_std]
 
+pub mod address;
 pub mod hash;
 pub mod reason;
 pub mod table;
+
+pub use address::{Address, V6};
 
 /// Names of the maps and the program in the BPF object, so userspace never spells them twice.
 pub mod names {
@@ -35,6 +38,17 @@ pub mod names {
     pub const BACKEND_STATS: &str = "BACKEND_STATS";
     pub const GLOBALS: &str = "GLOBALS";
     pub const SNAT_SOURCES: &str = "SNAT_SOURCES";
+    /// The IPv6 twins of the maps above: the same layouts over 16-byte addresses, so that the
+    /// IPv4 tables keep their size (and their place in the cache).
+    pub const NEW_FLOW6_PROGRAM: &str = "k3s_xdp_new_flow6";
+    /// The IPv6 path, tail-called by `PROGRAM` through `NEW_FLOW` (slot `IPV6_SLOT`).
+    pub const PROGRAM6: &str = "k3s_xdp6";
+    pub const VIPS6: &str = "VIPS6";
+    pub const BACKENDS6: &str = "BACKENDS6";
+    pub const BACKEND_HOPS6: &str = "BACKEND_HOPS6";
+    pub const FLOWS6: &str = "FLOWS6";
+    pub const NAT_REVERSE6: &str = "NAT_REVERSE6";
+    pub const SNAT_SOURCES6: &str = "SNAT_SOURCES6";
 }
 
 /// Services (VIP:port:protocol) the data plane can hold.
@@ -87,6 +101,11 @@ pub const DEFAULT_FLOW_TABLE_SIZE: u32 = 262_144;
 pub const IPPROTO_ICMP: u8 = 1;
 pub const IPPROTO_TCP: u8 = 6;
 pub const IPPROTO_UDP: u8 = 17;
+pub const IPPROTO_ICMPV6: u8 = 58;
+
+/// Extension headers (hop-by-hop, destination options, routing) an IPv6 packet to a VIP may
+/// carry before its TCP, UDP or ICMPv6 header; a longer chain is dropped (`DROP_BAD_EXTENSION`).
+pub const MAX_EXTENSION_HEADERS: u32 = 4;
 
 /// `VipPort::flags`: forward by rewriting the destination MAC only (backend holds the VIP).
 pub const SERVICE_DSR: u16 = 1 << 0;
@@ -146,14 +165,15 @@ impl VipHash {
     }
 }
 
-/// Value of `VIPS` (index: `half * VIP_SLOTS + VipHash::slot`): a VIP and its services, or an
-/// empty slot (`info.count == 0` and no flags; every VIP has at least one service, every
-/// SNAT-only address the flag `VIP_SNAT_ONLY`).
+/// Value of `VIPS` (index: `half * VIP_SLOTS + VipHash::slot`) and of `VIPS6` (over
+/// `VipHash::slot(addr.vip_fold())`): a VIP and its services, or an empty slot
+/// (`info.count == 0` and no flags; every VIP has at least one service, every SNAT-only
+/// address the flag `VIP_SNAT_ONLY`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct VipSlot {
+pub struct VipSlot<A = u32> {
     /// The VIP in this slot (network byte order); a packet's destination must equal it.
-    pub addr: u32,
+    pub addr: A,
     pub _pad: u32,
     pub info: VipInfo,
 }
@@ -169,6 +189,8 @@ pub struct VipTable {
     pub half: u32,
     pub _pad: u32,
     pub hash: [VipHash; 2],
+    /// The same for `VIPS6`, flipped with the same `half`.
+    pub hash6: [VipHash; 2],
 }
 
 /// `Backend::state`: in the Maglev table, gets new flows.
@@ -180,12 +202,14 @@ pub const BACKEND_DOWN: u32 = 3;
 /// `Backend::state` 0: the slot is free (backend removed); flows pinned to it choose again.
 pub const BACKEND_FREE: u32 = 0;
 
-/// Value of `BACKENDS` (key: backend slot).
+/// Value of `BACKENDS` (key: backend slot), and of `BACKENDS6` for an IPv6 backend: the
+/// slots are numbered across both, and a slot is used in the map of its backend's family only
+/// (free, state 0, in the other).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Backend {
-    /// IPv4 address, network byte order.
-    pub addr: u32,
+pub struct Backend<A = u32> {
+    /// Network byte order.
+    pub addr: A,
     /// Port, network byte order.
     pub port: u16,
     pub _pad: u16,
@@ -195,12 +219,13 @@ pub struct Backend {
     pub service: u32,
 }
 
-/// Key of `FLOWS` and `NAT_REVERSE`: an IPv4 5-tuple as seen on the wire.
+/// Key of `FLOWS` and `NAT_REVERSE` (an IPv4 5-tuple as seen on the wire), and of `FLOWS6`
+/// and `NAT_REVERSE6` (`FlowKey<V6>`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub struct FlowKey {
-    pub src: u32,
-    pub dst: u32,
+pub struct FlowKey<A = u32> {
+    pub src: A,
+    pub dst: A,
     pub sport: u16,
     pub dport: u16,
     pub protocol: u8,
@@ -211,10 +236,10 @@ pub struct FlowKey {
 /// per backend in `BACKEND_HOPS`, per client in `NAT_REVERSE`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct NextHop {
+pub struct NextHop<A = u32> {
     /// The address it was resolved for (network byte order); a backend slot reused for another
     /// address does not inherit it.
-    pub dst: u32,
+    pub dst: A,
     /// `Globals::fib_generation` when resolved; the controller bumps the generation when routes
     /// or neighbours change, and the program then resolves again.
     pub generation: u32,
@@ -240,20 +265,30 @@ pub struct Flow {
 /// (`snat_source`). Read by new flows, and by established ones whose `Flow::snat_source` is
 /// not 0; an empty pool (`count` 0) means the VIP.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct SnatSources {
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SnatSources<A = u32> {
     /// The service's VIP (network byte order): a reply to a pool address leaves from it.
-    pub vip: u32,
+    pub vip: A,
     pub count: u32,
     /// Network byte order; valid below `count`.
-    pub addrs: [u32; MAX_SNAT_SOURCES],
+    pub addrs: [A; MAX_SNAT_SOURCES],
+}
+
+impl<A: Address> Default for SnatSources<A> {
+    fn default() -> Self {
+        SnatSources {
+            vip: A::default(),
+            count: 0,
+            addrs: [A::default(); MAX_SNAT_SOURCES],
+        }
+    }
 }
 
 /// Value of `NAT_REVERSE` (key: backend → VIP:snat_port tuple, as the backend's reply carries it).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct NatReverse {
-    pub client_addr: u32,
+pub struct NatReverse<A = u32> {
+    pub client_addr: A,
     pub client_port: u16,
     /// The service port on the VIP, restored as the reply's source port.
     pub vip_port: u16,
@@ -266,7 +301,7 @@ pub struct NatReverse {
     pub closing: u32,
     /// Toward the client, from the FIB: unresolved (`ifindex` 0) until the first reply
     /// resolves it.
-    pub next_hop: NextHop,
+    pub next_hop: NextHop<A>,
 }
 
 /// `NatReverse::closing`: the client sent a FIN.
@@ -280,7 +315,7 @@ pub const NAT_RESET: u32 = 1 << 2;
 /// and would refuse another client's SYN on it (PAWS): see [`waits`].
 pub const NAT_BACKEND_FIRST: u32 = 1 << 3;
 
-impl NatReverse {
+impl<A> NatReverse<A> {
     /// Whether the connection is over (FIN both ways, or a RST): its SNAT port may be reused.
     #[inline(always)]
     pub fn closed(&self) -> bool {
@@ -406,20 +441,20 @@ mod pod {
     unsafe impl aya::Pod for VipPort {}
     unsafe impl aya::Pod for VipInfo {}
     unsafe impl aya::Pod for VipHash {}
-    unsafe impl aya::Pod for VipSlot {}
+    unsafe impl<A: Address> aya::Pod for VipSlot<A> {}
     unsafe impl aya::Pod for VipTable {}
-    unsafe impl aya::Pod for Backend {}
-    unsafe impl aya::Pod for FlowKey {}
-    unsafe impl aya::Pod for NextHop {}
+    unsafe impl<A: Address> aya::Pod for Backend<A> {}
+    unsafe impl<A: Address> aya::Pod for FlowKey<A> {}
+    unsafe impl<A: Address> aya::Pod for NextHop<A> {}
     unsafe impl aya::Pod for Flow {}
-    unsafe impl aya::Pod for NatReverse {}
+    unsafe impl<A: Address> aya::Pod for NatReverse<A> {}
     unsafe impl aya::Pod for Traffic {}
     unsafe impl aya::Pod for Globals {}
-    unsafe impl aya::Pod for SnatSources {}
+    unsafe impl<A: Address> aya::Pod for SnatSources<A> {}
     unsafe impl aya::Pod for BenchPacket {}
-    unsafe impl aya::Pod for table::FlowSlot {}
-    unsafe impl aya::Pod for table::NatSlot {}
-    unsafe impl aya::Pod for table::FlowBucket {}
+    unsafe impl<A: Address> aya::Pod for table::FlowSlot<A> {}
+    unsafe impl<A: Address> aya::Pod for table::NatSlot<A> {}
+    unsafe impl<A: Address> aya::Pod for table::FlowBucket<A> {}
 }
 
 #[cfg(test)]
@@ -441,7 +476,14 @@ mod tests {
         assert_eq!(size_of::<Globals>(), 28);
         assert_eq!(size_of::<SnatSources>(), 8 + 4 * MAX_SNAT_SOURCES);
         assert_eq!(size_of::<VipSlot>(), 8 + size_of::<VipInfo>());
-        assert_eq!(size_of::<VipTable>(), 24);
+        assert_eq!(size_of::<VipTable>(), 40);
+        // The IPv6 twins.
+        assert_eq!(size_of::<FlowKey<V6>>(), 40);
+        assert_eq!(size_of::<Backend<V6>>(), 28);
+        assert_eq!(size_of::<NextHop<V6>>(), 36);
+        assert_eq!(size_of::<NatReverse<V6>>(), 64);
+        assert_eq!(size_of::<SnatSources<V6>>(), 20 + 16 * MAX_SNAT_SOURCES);
+        assert_eq!(size_of::<VipSlot<V6>>(), 20 + size_of::<VipInfo>());
     }
 
     #[test]

@@ -2,9 +2,10 @@
 //! by these constants in the `REASONS` array. `NAMES` gives the label used by `k3s-xdp status`
 //! and the `reason` label of `k3sxdp_xdp_packets_total`.
 
-/// Not IPv4 (ARP, IPv6, LLDP, ...): the host's business.
-pub const PASS_NOT_IPV4: u32 = 0;
-/// IPv4 but not addressed to a VIP: the host's own traffic (ssh, VRRP, health checks).
+/// Not IP (ARP, LLDP, ...): the host's business.
+pub const PASS_NOT_IP: u32 = 0;
+/// IPv4 or IPv6 but not addressed to a VIP: the host's own traffic (ssh, VRRP, health checks,
+/// neighbour discovery).
 pub const PASS_NOT_VIP: u32 = 1;
 /// Addressed to a VIP but to no configured port/protocol, and not a NAT reply.
 pub const PASS_VIP_OTHER: u32 = 2;
@@ -20,7 +21,8 @@ pub const TX_ICMP_TO_BACKEND: u32 = 6;
 pub const TX_RESET: u32 = 7;
 /// Addressed to a VIP, but too short for the headers it announces.
 pub const DROP_TRUNCATED: u32 = 8;
-/// IPv4 header with a bad version, IHL or total length.
+/// IPv4 header with a bad version, IHL or total length; IPv6 header with a bad version or
+/// payload length.
 pub const DROP_BAD_IP_HEADER: u32 = 9;
 /// IP fragment addressed to a VIP (ports unknown, cannot be balanced).
 pub const DROP_FRAGMENT: u32 = 10;
@@ -57,12 +59,17 @@ pub const PASS_NO_NEIGHBOUR: u32 = 21;
 /// translation (or not parsable as one): the host's own traffic, left to the kernel.
 pub const PASS_SNAT_ADDRESS: u32 = 22;
 
+/// IPv6 to a VIP whose extension headers the program cannot walk: an unknown or truncated
+/// one, a routing header with segments left (the VIP is not its final destination), or more
+/// than the walk's bound (`crate::MAX_EXTENSION_HEADERS`). A fragment counts as `DROP_FRAGMENT`.
+pub const DROP_BAD_EXTENSION: u32 = 23;
+
 /// Number of reasons; the length of the `REASONS` map.
-pub const COUNT: u32 = 23;
+pub const COUNT: u32 = 24;
 
 /// Label of each reason, indexed by its constant.
 pub const NAMES: [&str; COUNT as usize] = [
-    "pass_not_ipv4",
+    "pass_not_ip",
     "pass_not_vip",
     "pass_vip_other",
     "tx_forward",
@@ -85,6 +92,7 @@ pub const NAMES: [&str; COUNT as usize] = [
     "drop_internal",
     "pass_no_neighbour",
     "pass_snat_address",
+    "drop_bad_extension",
 ];
 
 /// Signs that the flow tables are too small (or flooded), counted per CPU in `TABLE_EVENTS`,

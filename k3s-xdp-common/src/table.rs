@@ -33,7 +33,7 @@
 //! translation (`closing`, `next_hop`) are outside the seal: they are hints that a stale value
 //! cannot turn into a wrong destination (a next hop is used only for the address it names).
 
-use crate::{hash::flow_hash, Flow, FlowKey, NatReverse};
+use crate::{hash::flow_hash, Address, Flow, FlowKey, NatReverse};
 
 /// Slots per bucket.
 pub const WAYS: u32 = 4;
@@ -80,9 +80,9 @@ pub fn nat_index(hash: u32, mask: u32) -> u32 {
 /// Whether two keys are the same tuple, with one branch (the verifier explores every branch
 /// of every way of a bucket; fewer branches keep the program within its limits).
 #[inline(always)]
-pub fn same_key(a: &FlowKey, b: &FlowKey) -> bool {
-    ((a.src ^ b.src)
-        | (a.dst ^ b.dst)
+pub fn same_key<A: Address>(a: &FlowKey<A>, b: &FlowKey<A>) -> bool {
+    (a.src.diff(&b.src)
+        | a.dst.diff(&b.dst)
         | ((u32::from(a.sport) << 16 | u32::from(a.dport))
             ^ (u32::from(b.sport) << 16 | u32::from(b.dport)))
         | u32::from(a.protocol ^ b.protocol))
@@ -108,18 +108,19 @@ pub fn snat_word(snat_port: u16, snat_source: u16) -> u32 {
     (u32::from(snat_source) << 16) | u32::from(snat_port)
 }
 
-/// A bucket of `FLOWS` (one map entry): `WAYS` slots, two cache lines.
+/// A bucket of `FLOWS` (one map entry): `WAYS` slots, two cache lines (`FLOWS6`: 224 bytes).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct FlowBucket {
-    pub slots: [FlowSlot; WAYS as usize],
+pub struct FlowBucket<A = u32> {
+    pub slots: [FlowSlot<A>; WAYS as usize],
 }
 
-/// A slot of `FLOWS`: a client → VIP flow and where it goes. 32 bytes, two slots per cache line.
+/// A slot of `FLOWS`: a client → VIP flow and where it goes. 32 bytes, two slots per cache
+/// line (56 bytes in `FLOWS6`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct FlowSlot {
-    pub key: FlowKey,
+pub struct FlowSlot<A = u32> {
+    pub key: FlowKey<A>,
     pub flow: Flow,
     /// See the module documentation; 0 = free.
     pub seal: u32,
@@ -127,16 +128,22 @@ pub struct FlowSlot {
     pub seen: u32,
 }
 
-impl FlowSlot {
+impl<A: Address> FlowSlot<A> {
     /// A slot holding `flow` for the key whose flow hash is `hash`.
     #[inline(always)]
-    pub fn new(key: FlowKey, hash: u32, flow: Flow, seen: u32) -> Self {
+    pub fn new(key: FlowKey<A>, hash: u32, flow: Flow, seen: u32) -> Self {
         FlowSlot {
             key,
             flow,
             seal: Self::seal_of(hash, &flow),
             seen,
         }
+    }
+
+    /// The seal of a slot holding `flow` for the key whose flow hash is `hash`.
+    #[inline(always)]
+    pub fn seal_for(hash: u32, flow: &Flow) -> u32 {
+        Self::seal_of(hash, flow)
     }
 
     #[inline(always)]
@@ -151,7 +158,7 @@ impl FlowSlot {
 
     /// Whether this slot holds `key` (whose flow hash is `hash`), whole.
     #[inline(always)]
-    pub fn holds(&self, key: &FlowKey, hash: u32) -> bool {
+    pub fn holds(&self, key: &FlowKey<A>, hash: u32) -> bool {
         same_key(&self.key, key) & (self.seal == Self::seal_of(hash, &self.flow))
     }
 
@@ -162,22 +169,23 @@ impl FlowSlot {
 }
 
 /// A slot of `NAT_REVERSE`: a backend → VIP:snat_port tuple and the client it stands for.
-/// 64 bytes: one cache line (the maps are page-aligned, `BPF_F_MMAPABLE`).
+/// 64 bytes: one cache line (the maps are page-aligned, `BPF_F_MMAPABLE`); 112 bytes in
+/// `NAT_REVERSE6`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct NatSlot {
-    pub key: FlowKey,
-    pub nat: NatReverse,
+pub struct NatSlot<A = u32> {
+    pub key: FlowKey<A>,
+    pub nat: NatReverse<A>,
     /// See the module documentation; 0 = free.
     pub seal: u32,
     /// `Globals::clock` when a packet of the connection last went through, either way.
     pub seen: u32,
 }
 
-impl NatSlot {
+impl<A: Address> NatSlot<A> {
     /// A slot holding `nat` for the reverse key whose flow hash is `hash`.
     #[inline(always)]
-    pub fn new(key: FlowKey, hash: u32, nat: NatReverse, seen: u32) -> Self {
+    pub fn new(key: FlowKey<A>, hash: u32, nat: NatReverse<A>, seen: u32) -> Self {
         NatSlot {
             key,
             nat,
@@ -188,15 +196,15 @@ impl NatSlot {
 
     /// The seal of a slot holding `nat` for the key whose flow hash is `hash`.
     #[inline(always)]
-    pub fn seal_for(hash: u32, nat: &NatReverse) -> u32 {
+    pub fn seal_for(hash: u32, nat: &NatReverse<A>) -> u32 {
         Self::seal_of(hash, nat)
     }
 
     #[inline(always)]
-    fn seal_of(hash: u32, nat: &NatReverse) -> u32 {
+    fn seal_of(hash: u32, nat: &NatReverse<A>) -> u32 {
         seal(
             hash,
-            nat.client_addr,
+            nat.client_addr.seal_word(),
             (u32::from(nat.client_port) << 16) | u32::from(nat.vip_port),
             (u32::from(nat.backend) << 16) | u32::from(nat.service),
         )
@@ -204,7 +212,7 @@ impl NatSlot {
 
     /// Whether this slot holds `key` (whose flow hash is `hash`), whole.
     #[inline(always)]
-    pub fn holds(&self, key: &FlowKey, hash: u32) -> bool {
+    pub fn holds(&self, key: &FlowKey<A>, hash: u32) -> bool {
         same_key(&self.key, key) & (self.seal == Self::seal_of(hash, &self.nat))
     }
 
@@ -280,6 +288,9 @@ mod tests {
         assert_eq!(size_of::<FlowSlot>(), 32);
         assert_eq!(size_of::<NatSlot>(), 64);
         assert_eq!(size_of::<FlowBucket>(), 128);
+        assert_eq!(size_of::<FlowSlot<crate::V6>>(), 56);
+        assert_eq!(size_of::<NatSlot<crate::V6>>(), 112);
+        assert_eq!(size_of::<FlowBucket<crate::V6>>(), 224);
     }
 
     #[test]
@@ -348,8 +359,11 @@ mod tests {
         assert!(slot.holds(&k, h));
         assert!(slot.is_valid());
         assert!(!slot.holds(&key(40001), flow_hash(&key(40001))));
-        assert!(!FlowSlot::default().is_valid(), "a zeroed slot is free");
-        assert!(!FlowSlot::default().holds(&FlowKey::default(), 0));
+        assert!(
+            !FlowSlot::<u32>::default().is_valid(),
+            "a zeroed slot is free"
+        );
+        assert!(!FlowSlot::<u32>::default().holds(&FlowKey::default(), 0));
         let mut cleared = slot;
         cleared.seal = 0;
         assert!(!cleared.holds(&k, h));

@@ -3,7 +3,8 @@
 
 use crate::{
     counters,
-    maps::{BACKENDS, MAGLEV, SNAT_SEARCH, SNAT_SOURCES},
+    family::Family,
+    maps::MAGLEV,
     state::Probe,
     table::{self, Place},
 };
@@ -40,7 +41,7 @@ pub fn service(vip: &VipInfo, port: u16, protocol: u8) -> Option<VipPort> {
 /// backend is up. `None` when the service has no table (no healthy backend), an empty one, or
 /// the entry is stale.
 #[inline(always)]
-pub fn backend(service: &VipPort, hash: u32) -> Option<(u32, Backend)> {
+pub fn backend<F: Family>(service: &VipPort, hash: u32) -> Option<(u32, Backend<F>)> {
     // One outer lookup: the size and the entry come from the same table even if the
     // controller swaps in another one meanwhile.
     let table = MAGLEV.get(service.service)?;
@@ -48,7 +49,7 @@ pub fn backend(service: &VipPort, hash: u32) -> Option<(u32, Backend)> {
     let entry = reduce(hash, size);
     let word = *table.get(maglev_word(entry))?;
     let id = maglev_slot(word, entry);
-    let backend = *BACKENDS.get(id)?;
+    let backend = F::backend(id)?;
     if backend.state == BACKEND_UP && backend.service == service.service {
         Some((id, backend))
     } else {
@@ -71,12 +72,16 @@ pub fn backend(service: &VipPort, hash: u32) -> Option<(u32, Backend)> {
 /// be refused), or, if none waits, the live one seen longest ago (as an LRU table would evict
 /// it); each is counted.
 #[inline(always)]
-pub fn snat_port(probe: *mut Probe, id: u32, backend: &Backend) -> Result<(u16, u16, u32), u32> {
+pub fn snat_port<F: Family>(
+    probe: *mut Probe<F>,
+    id: u32,
+    backend: &Backend<F>,
+) -> Result<(u16, u16, F), u32> {
     // SAFETY: this CPU's new-flow state (see `new_flow.rs`), valid for this run; XDP runs with
     // preemption disabled, so nothing else on this CPU uses it meanwhile.
     unsafe {
         (*probe).pool_count = 0;
-        if let Some(sources) = SNAT_SOURCES.get((*probe).service.service) {
+        if let Some(sources) = F::snat_sources((*probe).service.service) {
             if sources.count != 0 && sources.count <= MAX_SNAT_SOURCES as u32 {
                 (*probe).pool = sources.addrs;
                 (*probe).pool_count = sources.count;
@@ -99,7 +104,7 @@ pub fn snat_port(probe: *mut Probe, id: u32, backend: &Backend) -> Result<(u16, 
         // bpf_loop: the kernel verifies the callback once, whatever the number of tries.
         bpf_loop(
             SNAT_TRIES,
-            snat_try as *mut c_void,
+            snat_try::<F> as *mut c_void,
             core::ptr::null_mut(),
             0,
         );
@@ -121,7 +126,7 @@ pub fn snat_port(probe: *mut Probe, id: u32, backend: &Backend) -> Result<(u16, 
                 (*probe).force = force;
                 bpf_loop(
                     SNAT_TRIES,
-                    snat_try as *mut c_void,
+                    snat_try::<F> as *mut c_void,
                     core::ptr::null_mut(),
                     0,
                 );
@@ -135,7 +140,7 @@ pub fn snat_port(probe: *mut Probe, id: u32, backend: &Backend) -> Result<(u16, 
             return Err(reason::DROP_SNAT_EXHAUSTED);
         }
         if (*probe).taken.set != 0 {
-            clear_taken_over();
+            clear_taken_over::<F>();
         }
         Ok((
             found as u16,
@@ -152,8 +157,8 @@ const FOUND: u32 = 1 << 16;
 const NO_TRY: u32 = u32::MAX;
 
 /// One try of the SNAT port search: the `index`-th probe of the flow's hash.
-extern "C" fn snat_try(index: u64, _ctx: *mut c_void) -> i64 {
-    let Some(probe) = SNAT_SEARCH.get_ptr_mut(0) else {
+extern "C" fn snat_try<F: Family>(index: u64, _ctx: *mut c_void) -> i64 {
+    let Some(probe) = F::probe() else {
         return 1;
     };
     // SAFETY: this CPU's search state, written by `snat_port` before bpf_loop.
@@ -227,19 +232,19 @@ extern "C" fn snat_try(index: u64, _ctx: *mut c_void) -> i64 {
 /// key names the address its backend answered to: with a pool, that is a pool address, and
 /// the client's flow was to the service's VIP through that address's `snat_source`.
 #[inline(never)]
-fn clear_taken_over() {
-    let Some(probe) = SNAT_SEARCH.get_ptr(0) else {
+fn clear_taken_over<F: Family>() {
+    let Some(probe) = F::probe() else {
         return;
     };
     // SAFETY: this CPU's search state, written by the search just done.
     let (taken, mask) = unsafe { (&(*probe).taken, (*probe).mask) };
     let mut key = taken.key;
     let mut source = 0;
-    if let Some(sources) = SNAT_SOURCES.get(taken.service) {
+    if let Some(sources) = F::snat_sources(taken.service) {
         if sources.count != 0 {
             // A fixed number of steps, no early exit: the verifier sees constant offsets.
             for i in 0..MAX_SNAT_SOURCES {
-                let hit = ((i as u32) < sources.count) & (sources.addrs[i] == key.dst);
+                let hit = ((i as u32) < sources.count) & (sources.addrs[i].diff(&key.dst) == 0);
                 if hit & (source == 0) {
                     source = i as u16 + 1;
                 }
@@ -258,7 +263,12 @@ fn clear_taken_over() {
 
 /// The reverse-NAT key of a flow of `key` through `backend` with `snat_port` on `snat_addr`.
 #[inline(always)]
-pub fn reverse_key(key: &FlowKey, backend: &Backend, snat_addr: u32, snat_port: u16) -> FlowKey {
+pub fn reverse_key<F: Family>(
+    key: &FlowKey<F>,
+    backend: &Backend<F>,
+    snat_addr: F,
+    snat_port: u16,
+) -> FlowKey<F> {
     FlowKey {
         src: backend.addr,
         dst: snat_addr,
@@ -271,7 +281,7 @@ pub fn reverse_key(key: &FlowKey, backend: &Backend, snat_addr: u32, snat_port: 
 
 /// Records in the reverse entry that a side of the TCP connection sent a FIN or a RST.
 #[inline(always)]
-pub fn note_closing(slot: *mut NatSlot, bits: u32) {
+pub fn note_closing<F: Family>(slot: *mut NatSlot<F>, bits: u32) {
     // SAFETY: a map value valid for this run; `closing` is outside the seal. A plain OR (the
     // BPF target has no atomic OR in Rust): two FINs on two CPUs at the same instant may lose
     // one bit, which only delays the reuse of that SNAT port until the translation goes idle;

@@ -4,9 +4,10 @@
 
 use crate::{
     choose, counters,
+    family::Family,
     headers::{TCP_FIN, TCP_RST, TCP_SYN},
     hop,
-    maps::{self, BACKENDS, NEW_FLOW, SNAT_SOURCES},
+    maps::{self, NEW_FLOW},
     new_flow,
     parse::{self, frame_len, Ip, Valid, L4},
     reset,
@@ -26,9 +27,9 @@ use k3s_xdp_common::{
 /// that starts a flow is handed to `k3s_xdp_new_flow` (a tail call, see `new_flow.rs`), which
 /// chooses and records its backend and forwards it ([`decided`]).
 #[inline(always)]
-pub fn to_backend(
+pub fn to_backend<F: Family>(
     ctx: &XdpContext,
-    ip: &Ip,
+    ip: &Ip<F>,
     valid: &Valid,
     l4: L4,
     vip: &VipInfo,
@@ -44,17 +45,19 @@ pub fn to_backend(
         0
     };
     let at = Place::of(&key, globals.flow_mask);
-    match lookup(&key, at, service, protocol, tcp_flags, globals) {
-        Decision::Established(chosen) => send(ctx, ip, &l4, service, chosen, dsr, globals, false),
-        Decision::Refuse(backend) => reset::send(ctx, ip, valid, &l4, service.service, backend),
+    match F::lookup(&key, at, service, protocol, tcp_flags, globals) {
+        Decision::Established(chosen) => {
+            F::send(ctx, ip, &l4, service, &chosen, dsr, globals, false)
+        }
+        Decision::Refuse(backend) => F::refuse(ctx, ip, valid, &l4, service.service, backend),
         Decision::Choose => {
-            let Some(state) = new_flow::state() else {
+            let Some(state) = new_flow::state::<F>() else {
                 return Verdict::drop(reason::DROP_INTERNAL);
             };
             new_flow::ask(state, ip, &l4, &key, at.hash, vip, service, globals);
             // SAFETY: a tail call into the new-flow program, which the controller puts in its
             // slot before attaching; on success it does not return. The packet is as it came.
-            unsafe { NEW_FLOW.tail_call(ctx, new_flow::NEW_FLOW_SLOT) };
+            unsafe { NEW_FLOW.tail_call(ctx, F::NEW_FLOW_SLOT) };
             Verdict::drop(reason::DROP_INTERNAL)
         }
     }
@@ -62,9 +65,9 @@ pub fn to_backend(
 
 /// What the flow table says about a client's packet, the steps Katran and Cilium name too:
 /// look up the established flow, refuse one pinned to a dead backend, or choose anew.
-enum Decision {
+pub enum Decision<F> {
     /// An established flow: on to its backend.
-    Established(Chosen),
+    Established(Chosen<F>),
     /// Pinned to a backend that is down, in a service that resets such flows: a RST, counted
     /// on that backend slot.
     Refuse(u32),
@@ -77,21 +80,20 @@ enum Decision {
 /// while the daemon runs), and, in nat mode, when a SYN comes on a translation that was taken
 /// over or has closed. In nat mode a FIN or RST from the client marks its translation closing.
 #[inline(always)]
-fn lookup(
-    key: &FlowKey,
+pub fn lookup<F: Family>(
+    key: &FlowKey<F>,
     at: Place,
     service: &VipPort,
     protocol: u8,
     tcp_flags: u8,
     globals: &Globals,
-) -> Decision {
+) -> Decision<F> {
     let Some(flow) = table::find_flow(key, at, globals.clock) else {
         return Decision::Choose;
     };
-    let Some(backend) = BACKENDS.get(flow.backend) else {
+    let Some(backend) = F::backend(flow.backend) else {
         return Decision::Choose;
     };
-    let backend = *backend;
     if backend.state == BACKEND_FREE || backend.service != service.service {
         return Decision::Choose;
     }
@@ -100,22 +102,14 @@ fn lookup(
     };
     let mut choose_again = false;
     if service.flags & SERVICE_DSR == 0 && tcp_flags & (TCP_SYN | TCP_FIN | TCP_RST) != 0 {
-        let reverse = choose::reverse_key(key, &backend, snat_addr, flow.snat_port);
-        match table::find_nat(&reverse, Place::of(&reverse, globals.flow_mask)) {
-            Some((entry, copy)) => {
-                let e = copy.nat;
-                let ours = e.client_addr == key.src && e.client_port == key.sport;
-                if tcp_flags & TCP_SYN != 0 && (!ours || e.closing != 0) {
-                    // Taken over, or closed: a new connection on this tuple.
-                    choose_again = true;
-                } else if ours && tcp_flags & TCP_RST != 0 {
-                    choose::note_closing(entry, NAT_RESET);
-                } else if ours && tcp_flags & TCP_FIN != 0 {
-                    choose::note_closing(entry, NAT_CLIENT_FIN);
-                }
-            }
-            None => choose_again = tcp_flags & TCP_SYN != 0,
-        }
+        choose_again = F::translation_event(
+            key,
+            &backend,
+            snat_addr,
+            flow.snat_port,
+            tcp_flags,
+            globals.flow_mask,
+        );
     }
     if backend.state == BACKEND_DOWN
         && service.flags & SERVICE_RESET_ON_DOWN != 0
@@ -135,13 +129,44 @@ fn lookup(
     })
 }
 
+/// In nat mode, what a client's SYN, FIN or RST means for its flow's translation (of
+/// `backend`, from `snat_addr:snat_port`): a FIN or RST marks it closing; a SYN on a
+/// translation taken over by another client, or closed, or gone, makes the flow choose again
+/// (the answer).
+#[inline(always)]
+pub fn translation_event<F: Family>(
+    key: &FlowKey<F>,
+    backend: &Backend<F>,
+    snat_addr: F,
+    snat_port: u16,
+    tcp_flags: u8,
+    mask: u32,
+) -> bool {
+    let reverse = choose::reverse_key(key, backend, snat_addr, snat_port);
+    match table::find_nat(&reverse, Place::of(&reverse, mask)) {
+        Some((entry, e)) => {
+            let ours = e.client_addr.diff(&key.src) == 0 && e.client_port == key.sport;
+            if tcp_flags & TCP_SYN != 0 && (!ours || e.closing != 0) {
+                // Taken over, or closed: a new connection on this tuple.
+                return true;
+            } else if ours && tcp_flags & TCP_RST != 0 {
+                choose::note_closing(entry, NAT_RESET);
+            } else if ours && tcp_flags & TCP_FIN != 0 {
+                choose::note_closing(entry, NAT_CLIENT_FIN);
+            }
+            false
+        }
+        None => tcp_flags & TCP_SYN != 0,
+    }
+}
+
 /// The new-flow program's verdict on the packet whose flow `new_flow::decide` just handled:
 /// sent to the backend chosen, refused with a RST when no backend is healthy, or dropped.
 /// Pointers into the packet cannot cross the tail call: the packet sent on is found again at
 /// the offsets the first half parsed it with (it is the same packet, unchanged), the one
 /// refused is parsed again; either is checked to be the packet the question was about.
 #[inline(always)]
-pub fn decided(ctx: &XdpContext, state: *const Probe) -> Verdict {
+pub fn decided<F: Family>(ctx: &XdpContext, state: *const Probe<F>) -> Verdict {
     // SAFETY: this CPU's new-flow state, written by both halves during this run.
     let (key, service, outcome) = unsafe { ((*state).key, (*state).service, (*state).outcome) };
     match outcome {
@@ -158,21 +183,27 @@ pub fn decided(ctx: &XdpContext, state: *const Probe) -> Verdict {
                     },
                 )
             };
-            let Some((ip, l4)) = parse::again(ctx, at, key.protocol) else {
+            let Some((ip, l4)) = parse::again::<F>(ctx, at, key.protocol) else {
                 return Verdict::drop(reason::DROP_INTERNAL);
             };
             if !is_about(&ip, &l4, &key) {
                 return Verdict::drop(reason::DROP_INTERNAL);
             }
             let dsr = service.flags & SERVICE_DSR != 0;
-            send(ctx, &ip, &l4, &service, chosen, dsr, &maps::globals(), true)
+            F::send(
+                ctx,
+                &ip,
+                &l4,
+                &service,
+                &chosen,
+                dsr,
+                &maps::globals(),
+                true,
+            )
         }
         // No healthy backend: refuse at once rather than let the client time out.
         reason::DROP_NO_BACKEND if key.protocol == IPPROTO_TCP => {
-            let Ok(ip) = parse::ipv4(ctx) else {
-                return Verdict::drop(reason::DROP_INTERNAL);
-            };
-            let Ok(valid) = parse::validate(ctx, &ip) else {
+            let Ok((ip, valid)) = F::parse(ctx) else {
                 return Verdict::drop(reason::DROP_INTERNAL);
             };
             let Ok(l4) = parse::transport(ctx, &valid, key.protocol) else {
@@ -181,7 +212,7 @@ pub fn decided(ctx: &XdpContext, state: *const Probe) -> Verdict {
             if !is_about(&ip, &l4, &key) {
                 return Verdict::drop(reason::DROP_INTERNAL);
             }
-            reset::send(ctx, &ip, &valid, &l4, service.service, 0)
+            F::refuse(ctx, &ip, &valid, &l4, service.service, 0)
         }
         why => Verdict::drop(why),
     }
@@ -189,16 +220,17 @@ pub fn decided(ctx: &XdpContext, state: *const Probe) -> Verdict {
 
 /// Whether the packet with these headers is of the flow `key`.
 #[inline(always)]
-fn is_about(ip: &Ip, l4: &L4, key: &FlowKey) -> bool {
+fn is_about<F: Family>(ip: &Ip<F>, l4: &L4, key: &FlowKey<F>) -> bool {
     same_key(&parse::flow_key(ip, l4), key)
 }
 
 /// Where a flow goes: its backend (slot `id`), and in nat mode the source the backend sees.
-struct Chosen {
-    id: u32,
-    backend: Backend,
-    snat_port: u16,
-    snat_addr: u32,
+#[derive(Clone, Copy)]
+pub struct Chosen<F> {
+    pub id: u32,
+    pub backend: Backend<F>,
+    pub snat_port: u16,
+    pub snat_addr: F,
 }
 
 /// Rewrites and sends a client's packet to the backend `id` (from `snat_addr:snat_port` in
@@ -206,12 +238,12 @@ struct Chosen {
 /// packet through the kernel, which resolves it (see [`toward`]).
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-fn send(
+pub fn send<F: Family>(
     ctx: &XdpContext,
-    ip: &Ip,
+    ip: &Ip<F>,
     l4: &L4,
     service: &VipPort,
-    chosen: Chosen,
+    chosen: &Chosen<F>,
     dsr: bool,
     globals: &Globals,
     new_flow: bool,
@@ -221,9 +253,8 @@ fn send(
         backend,
         snat_port,
         snat_addr,
-    } = chosen;
-    // SAFETY: the IPv4 header, checked in bounds by the parser.
-    let dst = unsafe { (*ip.hdr).dst };
+    } = *chosen;
+    let dst = F::dst(ip.hdr);
     let hop = match hop::to_backend(ctx, id, &backend, dst, dsr, globals.fib_generation) {
         // A dsr frame keeps the VIP as its destination: the kernel would deliver it to itself.
         Err(why) if dsr || why != reason::DROP_NO_NEIGHBOUR => return Verdict::drop(why),
@@ -232,7 +263,7 @@ fn send(
     if !dsr {
         rewrite::tuple(
             ctx,
-            ip.hdr,
+            ip,
             l4,
             &Tuple {
                 src: snat_addr,
@@ -251,9 +282,9 @@ fn send(
 /// Otherwise a packet to a VIP on a port without a service, or to a pool address: the host's
 /// business.
 #[inline(always)]
-pub fn reply(
+pub fn reply<F: Family>(
     ctx: &XdpContext,
-    ip: &Ip,
+    ip: &Ip<F>,
     l4: L4,
     protocol: u8,
     globals: &Globals,
@@ -266,19 +297,18 @@ pub fn reply(
     } else {
         reason::PASS_VIP_OTHER
     };
-    let Some((entry, copy)) = table::find_nat(&key, Place::of(&key, globals.flow_mask)) else {
+    let Some((entry, nat)) = table::find_nat(&key, Place::of(&key, globals.flow_mask)) else {
         return Verdict::pass(other);
     };
-    let nat = copy.nat;
     let vip = if pool {
-        match SNAT_SOURCES.get(u32::from(nat.service)) {
+        match F::snat_sources(u32::from(nat.service)) {
             Some(sources) => sources.vip,
             None => return Verdict::pass(other),
         }
     } else {
         key.dst
     };
-    table::touch_nat(entry, copy.seen, globals.clock);
+    table::touch_nat(entry, nat.seen, globals.clock);
     if protocol == IPPROTO_TCP {
         let flags = l4.tcp_flags(ctx);
         if flags & TCP_RST != 0 {
@@ -290,8 +320,11 @@ pub fn reply(
     // The hop toward the client comes from the FIB only, resolved on the first reply and after
     // route or neighbour changes; never from the client's frame, which another router (an old
     // VRRP master still forwarding) may have sent on. Only a resolved hop is kept.
-    let hop = if hop::is_fresh(&nat.next_hop, nat.client_addr, generation) {
-        Ok(nat.next_hop)
+    // SAFETY: a map value valid for this run; `next_hop` is outside the seal, used only for
+    // the address it names.
+    let cached = unsafe { core::ptr::read_volatile(core::ptr::addr_of!((*entry).nat.next_hop)) };
+    let hop = if hop::is_fresh(&cached, nat.client_addr, generation) {
+        Ok(cached)
     } else {
         match hop::resolve(ctx, vip, nat.client_addr, false, generation) {
             Ok(hop) => {
@@ -305,7 +338,7 @@ pub fn reply(
     };
     rewrite::tuple(
         ctx,
-        ip.hdr,
+        ip,
         &l4,
         &Tuple {
             src: vip,
@@ -326,7 +359,12 @@ pub fn reply(
 /// Sends a packet already addressed to its final IP destination toward `hop`, the next hop
 /// resolved for it (see [`depart`]).
 #[inline(always)]
-pub fn toward(ctx: &XdpContext, ip: &Ip, hop: Result<NextHop, u32>, why: u32) -> Verdict {
+pub fn toward<F: Family>(
+    ctx: &XdpContext,
+    ip: &Ip<F>,
+    hop: Result<NextHop<F>, u32>,
+    why: u32,
+) -> Verdict {
     if let Ok(hop) = &hop {
         rewrite::l2(ip, hop);
     }
@@ -338,7 +376,12 @@ pub fn toward(ctx: &XdpContext, ip: &Ip, hop: Result<NextHop, u32>, why: u32) ->
 /// packet (the interface forwards, and accepts the VIP as a source: the daemon sets both), so
 /// the next packet finds the neighbour in the FIB; or dropped (no route).
 #[inline(always)]
-pub fn depart(ctx: &XdpContext, ip: &Ip, hop: Result<NextHop, u32>, why: u32) -> Verdict {
+pub fn depart<F: Family>(
+    ctx: &XdpContext,
+    ip: &Ip<F>,
+    hop: Result<NextHop<F>, u32>,
+    why: u32,
+) -> Verdict {
     match hop {
         Ok(hop) => transmit(ctx, ip, &hop, why),
         Err(reason::DROP_NO_NEIGHBOUR) => Verdict::pass(reason::PASS_NO_NEIGHBOUR),
@@ -349,7 +392,7 @@ pub fn depart(ctx: &XdpContext, ip: &Ip, hop: Result<NextHop, u32>, why: u32) ->
 /// Sends the rewritten frame: XDP_TX when it leaves where it came in (or stays in the VLAN it
 /// came from), a redirect otherwise.
 #[inline(always)]
-pub fn transmit(ctx: &XdpContext, ip: &Ip, hop: &NextHop, why: u32) -> Verdict {
+pub fn transmit<F: Family>(ctx: &XdpContext, ip: &Ip<F>, hop: &NextHop<F>, why: u32) -> Verdict {
     if ip.tagged || hop.ifindex as usize == ctx.ingress_ifindex() {
         return Verdict::tx(why);
     }

@@ -59,3 +59,35 @@ pub const ICMP_ECHO_REPLY: u8 = 0;
 pub const ICMP_DEST_UNREACH: u8 = 3;
 pub const ICMP_FRAG_NEEDED: u8 = 4;
 pub const ICMP_ECHO_REQUEST: u8 = 8;
+
+/// The fixed IPv6 header; addresses as four naturally aligned words (see `k3s_xdp_common::V6`).
+#[repr(C)]
+pub struct Ipv6Hdr {
+    /// Version (4 bits), traffic class and flow label.
+    pub vtcfl: u32,
+    pub payload_len: u16,
+    pub next_header: u8,
+    pub hop_limit: u8,
+    pub src: [u32; 4],
+    pub dst: [u32; 4],
+}
+
+/// The first two bytes every skippable IPv6 extension header starts with (RFC 8200, 4.2), and
+/// the routing header's next two.
+#[repr(C)]
+pub struct Ipv6Ext {
+    pub next_header: u8,
+    /// Length in 8-byte units, not counting the first 8 bytes.
+    pub len: u8,
+    pub routing_type: u8,
+    pub segments_left: u8,
+}
+
+pub const IPPROTO_HOPOPTS: u8 = 0;
+pub const IPPROTO_ROUTING: u8 = 43;
+pub const IPPROTO_FRAGMENT: u8 = 44;
+pub const IPPROTO_DSTOPTS: u8 = 60;
+
+pub const ICMPV6_PACKET_TOO_BIG: u8 = 2;
+pub const ICMPV6_ECHO_REQUEST: u8 = 128;
+pub const ICMPV6_ECHO_REPLY: u8 = 129;

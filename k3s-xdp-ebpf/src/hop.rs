@@ -4,7 +4,7 @@
 //! is used while its `generation` matches `GLOBALS.fib_generation`, which the controller bumps
 //! when routes or neighbours change.
 
-use crate::maps::BACKEND_HOPS;
+use crate::family::Family;
 use aya_ebpf::{
     bindings::{bpf_fib_lookup, xdp_md, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS},
     helpers::bpf_fib_lookup as fib_lookup,
@@ -13,32 +13,29 @@ use aya_ebpf::{
 use core::{ffi::c_void, mem::size_of};
 use k3s_xdp_common::{reason, Backend, NextHop};
 
-const AF_INET: u8 = 2;
-
 /// Whether `hop` was resolved for `dst` under the current generation.
 #[inline(always)]
-pub fn is_fresh(hop: &NextHop, dst: u32, generation: u32) -> bool {
-    hop.ifindex != 0 && hop.dst == dst && hop.generation == generation
+pub fn is_fresh<F: Family>(hop: &NextHop<F>, dst: F, generation: u32) -> bool {
+    hop.ifindex != 0 && hop.dst.diff(&dst) == 0 && hop.generation == generation
 }
 
 /// Resolves the next hop toward `dst` (network order) for a packet from `src`. With
 /// `on_link`, a route through a gateway is refused: dsr needs the backend on the same link,
 /// or the router would send the VIP-addressed frame straight back.
 #[inline(always)]
-pub fn resolve(
+pub fn resolve<F: Family>(
     ctx: &XdpContext,
-    src: u32,
-    dst: u32,
+    src: F,
+    dst: F,
     on_link: bool,
     generation: u32,
-) -> Result<NextHop, u32> {
+) -> Result<NextHop<F>, u32> {
     let mut hop = NextHop {
         dst,
         generation,
         ..NextHop::default()
     };
-    let addrs = (u64::from(src) << 32) | u64::from(dst);
-    match lookup(ctx.ctx, addrs, on_link as u64, &mut hop) {
+    match lookup(ctx.ctx, &src, on_link as u64, &mut hop) {
         0 => Ok(hop),
         why => Err(why),
     }
@@ -46,18 +43,17 @@ pub fn resolve(
 
 /// `resolve`'s FIB lookup, a BPF subprogram of its own: its 64-byte parameter block then lives
 /// in its own stack frame, taken only while it runs, instead of in the caller's frame for the
-/// whole program (the new-flow program's SNAT search needs that room). Fills `hop`'s
-/// interface and MAC addresses; returns 0 or the drop reason.
+/// whole program (the new-flow program's SNAT search needs that room). Looks up the way from
+/// `src` to `hop.dst`; fills `hop`'s interface and MAC addresses; returns 0 or the drop reason.
 #[inline(never)]
-fn lookup(ctx: *mut xdp_md, addrs: u64, on_link: u64, hop: *mut NextHop) -> u32 {
-    let (src, dst) = ((addrs >> 32) as u32, addrs as u32);
+fn lookup<F: Family>(ctx: *mut xdp_md, src: *const F, on_link: u64, hop: *mut NextHop<F>) -> u32 {
+    // SAFETY: the caller's address and hop, on its stack.
+    let (src, dst) = unsafe { (*src, (*hop).dst) };
     // SAFETY: `bpf_fib_lookup` is plain data, valid all zero.
     let mut params: bpf_fib_lookup = unsafe { core::mem::zeroed() };
-    params.family = AF_INET;
+    F::fib_params(&mut params, src, dst);
     // SAFETY: the program's context, valid for this run.
     params.ifindex = unsafe { (*ctx).ingress_ifindex };
-    params.__bindgen_anon_3.ipv4_src = src;
-    params.__bindgen_anon_4.ipv4_dst = dst;
     // SAFETY: the context of this run and a parameter block on this frame, of its true size.
     let rc = unsafe {
         fib_lookup(
@@ -73,9 +69,9 @@ fn lookup(ctx: *mut xdp_md, addrs: u64, on_link: u64, hop: *mut NextHop) -> u32 
     if rc != BPF_FIB_LKUP_RET_SUCCESS as i64 {
         return reason::DROP_NO_ROUTE;
     }
-    // On success the kernel leaves the gateway (or `dst` itself when on-link) in ipv4_dst.
-    // SAFETY: reading a union field the kernel wrote (an IPv4 lookup fills `ipv4_dst`).
-    if on_link != 0 && unsafe { params.__bindgen_anon_4.ipv4_dst } != dst {
+    // On success the kernel leaves the gateway (or `dst` itself when on-link) in the
+    // destination.
+    if on_link != 0 && F::fib_gateway(&params).diff(&dst) != 0 {
         return reason::DROP_NO_ROUTE;
     }
     // SAFETY: the caller's `NextHop`, on its stack.
@@ -90,15 +86,15 @@ fn lookup(ctx: *mut xdp_md, addrs: u64, on_link: u64, hop: *mut NextHop) -> u32 
 /// The next hop toward backend slot `id`, from the cache (if resolved under `generation`) or
 /// resolved and cached.
 #[inline(always)]
-pub fn to_backend(
+pub fn to_backend<F: Family>(
     ctx: &XdpContext,
     id: u32,
-    backend: &Backend,
-    src: u32,
+    backend: &Backend<F>,
+    src: F,
     on_link: bool,
     generation: u32,
-) -> Result<NextHop, u32> {
-    let slot = BACKEND_HOPS.get_ptr_mut(id).ok_or(reason::DROP_NO_ROUTE)?;
+) -> Result<NextHop<F>, u32> {
+    let slot = F::backend_hop(id).ok_or(reason::DROP_NO_ROUTE)?;
     // SAFETY: array slots are preallocated; a concurrent writer can only store another hop
     // resolved for the same slot, and every field is re-validated below.
     let cached = unsafe { *slot };

@@ -5,13 +5,13 @@
 use crate::{
     choose, counters,
     csum::{self, Delta},
+    family::Family,
     forward,
     headers::{
         IcmpHdr, Ipv4Hdr, UdpHdr, ICMP_DEST_UNREACH, ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST,
         ICMP_FRAG_NEEDED,
     },
-    hop,
-    maps::{self, BACKENDS},
+    hop, maps,
     parse::{self, frame_len, ptr_at, Ip, Valid},
     table::{self, Place},
     verdict::Verdict,
@@ -19,14 +19,14 @@ use crate::{
 use aya_ebpf::programs::XdpContext;
 use core::mem::size_of;
 use k3s_xdp_common::{
-    reason, FlowKey, Globals, VipInfo, BACKEND_FREE, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP,
-    SERVICE_DSR,
+    reason, Backend, Flow, FlowKey, Globals, NextHop, VipInfo, VipPort, BACKEND_FREE, IPPROTO_ICMP,
+    IPPROTO_TCP, IPPROTO_UDP, SERVICE_DSR,
 };
 
 #[inline(always)]
 pub fn handle(
     ctx: &XdpContext,
-    ip: &Ip,
+    ip: &Ip<u32>,
     valid: &Valid,
     vip: &VipInfo,
     globals: &Globals,
@@ -49,7 +49,7 @@ pub fn handle(
 /// Turns the echo request into its reply, in place, sent toward the sender's next hop from the
 /// FIB.
 #[inline(always)]
-fn echo_reply(ctx: &XdpContext, ip: &Ip, icmp: *mut IcmpHdr) -> Verdict {
+fn echo_reply(ctx: &XdpContext, ip: &Ip<u32>, icmp: *mut IcmpHdr) -> Verdict {
     // SAFETY: the IPv4 and ICMP headers, checked in bounds by the parser.
     let hop = unsafe {
         let hdr = ip.hdr;
@@ -75,17 +75,82 @@ fn echo_reply(ctx: &XdpContext, ip: &Ip, icmp: *mut IcmpHdr) -> Verdict {
     forward::toward(ctx, ip, hop, reason::TX_ICMP_ECHO)
 }
 
+/// What an ICMP error about a VIP flow (quoting a packet we sent to the client) is about: the
+/// flow's service, its entry and backend, the address the backend sees, and the next hop
+/// toward the backend.
+pub struct Quoted<F> {
+    pub service: VipPort,
+    pub flow: Flow,
+    pub backend: Backend<F>,
+    pub snat_addr: F,
+    pub dsr: bool,
+    pub hop: Result<NextHop<F>, u32>,
+}
+
+/// Finds the flow an ICMP error quotes: the quoted packet went `src:sport` (the VIP) →
+/// `dst:dport` (the client). Not a VIP flow this node holds: the kernel's business.
+#[inline(always)]
+pub fn about_flow<F: Family>(
+    ctx: &XdpContext,
+    vip: &VipInfo,
+    globals: &Globals,
+    (src, dst): (F, F),
+    (sport, dport): (u16, u16),
+    protocol: u8,
+) -> Result<Quoted<F>, Verdict> {
+    let other = Verdict::pass(reason::PASS_VIP_OTHER);
+    let Some(service) = choose::service(vip, sport, protocol) else {
+        return Err(other);
+    };
+    // The client → VIP flow the quoted packet answered.
+    let key = FlowKey {
+        src: dst,
+        dst: src,
+        sport: dport,
+        dport: sport,
+        protocol,
+        _pad: [0; 3],
+    };
+    let Some(flow) = table::find_flow(&key, Place::of(&key, globals.flow_mask), globals.clock)
+    else {
+        return Err(other);
+    };
+    let Some(backend) = F::backend(flow.backend) else {
+        return Err(other);
+    };
+    if backend.state == BACKEND_FREE || backend.service != service.service {
+        return Err(other);
+    }
+    let dsr = service.flags & SERVICE_DSR != 0;
+    let Some(snat_addr) = maps::snat_address(service.service, flow.snat_source, src) else {
+        return Err(other);
+    };
+    let generation = globals.fib_generation;
+    let hop = match hop::to_backend(ctx, flow.backend, &backend, src, dsr, generation) {
+        // As for the flow's packets (`forward::send`): only a nat packet can go to the kernel.
+        Err(why) if dsr || why != reason::DROP_NO_NEIGHBOUR => return Err(Verdict::drop(why)),
+        hop => hop,
+    };
+    Ok(Quoted {
+        service,
+        flow,
+        backend,
+        snat_addr,
+        dsr,
+        hop,
+    })
+}
+
 /// "Fragmentation needed" quoting a packet we sent to a client (VIP:port → client:port).
 #[inline(always)]
 fn frag_needed(
     ctx: &XdpContext,
-    ip: &Ip,
+    ip: &Ip<u32>,
     valid: &Valid,
     icmp: *mut IcmpHdr,
     vip: &VipInfo,
     globals: &Globals,
 ) -> Verdict {
-    let generation = globals.fib_generation;
     let inner_l3 = valid.l4 + size_of::<IcmpHdr>();
     let Some(inner) = ptr_at::<Ipv4Hdr>(ctx, inner_l3) else {
         return Verdict::drop(reason::DROP_TRUNCATED);
@@ -108,38 +173,25 @@ fn frag_needed(
     };
     // SAFETY: `ptr_at` checked the quoted ports in bounds.
     let (inner_sport, inner_dport) = unsafe { ((*ports).sport, (*ports).dport) };
-    let Some(service) = choose::service(vip, inner_sport, protocol) else {
-        return Verdict::pass(reason::PASS_VIP_OTHER);
-    };
-    // The client → VIP flow the quoted packet answered.
-    let key = FlowKey {
-        src: inner_dst,
-        dst: inner_src,
-        sport: inner_dport,
-        dport: inner_sport,
+    let quoted = match about_flow(
+        ctx,
+        vip,
+        globals,
+        (inner_src, inner_dst),
+        (inner_sport, inner_dport),
         protocol,
-        _pad: [0; 3],
+    ) {
+        Ok(quoted) => quoted,
+        Err(verdict) => return verdict,
     };
-    let Some(flow) = table::find_flow(&key, Place::of(&key, globals.flow_mask), globals.clock)
-    else {
-        return Verdict::pass(reason::PASS_VIP_OTHER);
-    };
-    let Some(backend) = BACKENDS.get(flow.backend) else {
-        return Verdict::pass(reason::PASS_VIP_OTHER);
-    };
-    let backend = *backend;
-    if backend.state == BACKEND_FREE || backend.service != service.service {
-        return Verdict::pass(reason::PASS_VIP_OTHER);
-    }
-    let dsr = service.flags & SERVICE_DSR != 0;
-    let Some(snat_addr) = maps::snat_address(service.service, flow.snat_source, inner_src) else {
-        return Verdict::pass(reason::PASS_VIP_OTHER);
-    };
-    let hop = match hop::to_backend(ctx, flow.backend, &backend, outer_dst, dsr, generation) {
-        // As for the flow's packets (`forward::send`): only a nat packet can go to the kernel.
-        Err(why) if dsr || why != reason::DROP_NO_NEIGHBOUR => return Verdict::drop(why),
-        hop => hop,
-    };
+    let Quoted {
+        service,
+        flow,
+        backend,
+        snat_addr,
+        dsr,
+        hop,
+    } = quoted;
     if !dsr {
         // The backend sent backend:port → snat_addr:snat_port; quote it as it sent it, and
         // deliver the error to the backend itself.

@@ -15,10 +15,15 @@ mod bench;
 mod choose;
 mod counters;
 mod csum;
+mod family;
 mod forward;
 mod headers;
 mod hop;
 mod icmp;
+#[cfg(feature = "ipv6")]
+mod icmp6;
+#[cfg(feature = "ipv6")]
+mod ipv6;
 mod maps;
 mod new_flow;
 mod parse;
@@ -29,7 +34,11 @@ mod table;
 mod verdict;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
-use k3s_xdp_common::{reason, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, VIP_SNAT_ONLY};
+use family::Family;
+use k3s_xdp_common::{
+    reason, Globals, VipInfo, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, VIP_SNAT_ONLY,
+};
+use parse::{Frame, Ip, Valid, ETH_P_IP};
 use verdict::Verdict;
 
 #[xdp]
@@ -41,10 +50,15 @@ pub fn k3s_xdp(ctx: XdpContext) -> u32 {
 /// chooses and records the flow's backend, then forwards the packet. Never attached.
 #[xdp]
 pub fn k3s_xdp_new_flow(ctx: XdpContext) -> u32 {
-    let verdict = match new_flow::state() {
+    new_flow_of::<u32>(&ctx)
+}
+
+#[inline(always)]
+pub(crate) fn new_flow_of<F: Family>(ctx: &XdpContext) -> u32 {
+    let verdict = match new_flow::state::<F>() {
         Some(state) => {
             new_flow::decide(state);
-            forward::decided(&ctx, state)
+            forward::decided(ctx, state)
         }
         None => Verdict::drop(reason::DROP_INTERNAL),
     };
@@ -61,13 +75,30 @@ fn run(ctx: &XdpContext) -> u32 {
 
 #[inline(always)]
 fn process(ctx: &XdpContext) -> Verdict {
-    let ip = match parse::ipv4(ctx) {
+    let frame = match parse::frame(ctx) {
+        Ok(frame) => frame,
+        Err(why) => return Verdict::pass(why),
+    };
+    if frame.ether_type == ETH_P_IP {
+        return process4(ctx, &frame);
+    }
+    #[cfg(feature = "ipv6")]
+    if frame.ether_type == parse::ETH_P_IPV6 {
+        // SAFETY: a tail call into `k3s_xdp6`, which the controller puts in its slot before
+        // attaching; on success it does not return (it counts the packet). A program of its
+        // own: the IPv4 path keeps its code, its stack frame and its verifier budget.
+        unsafe { maps::NEW_FLOW.tail_call(ctx, ipv6::SLOT) };
+    }
+    Verdict::pass(reason::PASS_NOT_IP)
+}
+
+#[inline(always)]
+fn process4(ctx: &XdpContext, frame: &Frame) -> Verdict {
+    let ip = match parse::ip::<u32>(ctx, frame) {
         Ok(ip) => ip,
         Err(why) => return Verdict::pass(why),
     };
-    // SAFETY: `parse::ipv4` checked the IPv4 header in bounds.
-    let dst = unsafe { (*ip.hdr).dst };
-    let Some(vip) = maps::vip(dst) else {
+    let Some(vip) = maps::vip(u32::dst(ip.hdr)) else {
         return Verdict::pass(reason::PASS_NOT_VIP);
     };
     let globals = maps::globals();
@@ -75,27 +106,36 @@ fn process(ctx: &XdpContext) -> Verdict {
         return Verdict::pass(reason::PASS_OTHER_HOST);
     }
     if vip.flags & VIP_SNAT_ONLY != 0 {
-        return snat_address(ctx, &ip, &globals);
+        return snat_address(ctx, &ip, parse::validate(ctx, &ip), &globals);
     }
     let valid = match parse::validate(ctx, &ip) {
         Ok(valid) => valid,
         Err(why) => return Verdict::drop(why),
     };
-    // SAFETY: as above.
-    let protocol = unsafe { (*ip.hdr).protocol };
-    match protocol {
-        IPPROTO_TCP | IPPROTO_UDP => {
-            let l4 = match parse::transport(ctx, &valid, protocol) {
-                Ok(l4) => l4,
-                Err(why) => return Verdict::drop(why),
-            };
-            match choose::service(vip, l4.dport, protocol) {
-                Some(service) => forward::to_backend(ctx, &ip, &valid, l4, vip, &service, &globals),
-                None => forward::reply(ctx, &ip, l4, protocol, &globals, false),
-            }
-        }
+    match valid.protocol {
+        IPPROTO_TCP | IPPROTO_UDP => serve(ctx, &ip, &valid, vip, &globals),
         IPPROTO_ICMP => icmp::handle(ctx, &ip, &valid, vip, &globals),
         _ => Verdict::pass(reason::PASS_VIP_OTHER),
+    }
+}
+
+/// A TCP or UDP packet to a VIP: to a service's backend, or (nat) a backend's reply.
+#[inline(always)]
+pub(crate) fn serve<F: Family>(
+    ctx: &XdpContext,
+    ip: &Ip<F>,
+    valid: &Valid,
+    vip: &VipInfo,
+    globals: &Globals,
+) -> Verdict {
+    let protocol = valid.protocol;
+    let l4 = match parse::transport(ctx, valid, protocol) {
+        Ok(l4) => l4,
+        Err(why) => return Verdict::drop(why),
+    };
+    match choose::service(vip, l4.dport, protocol) {
+        Some(service) => forward::to_backend(ctx, ip, valid, l4, vip, &service, globals),
+        None => forward::reply(ctx, ip, l4, protocol, globals, false),
     }
 }
 
@@ -103,12 +143,16 @@ fn process(ctx: &XdpContext) -> Verdict {
 /// goes back to its client; everything else is the host's (this may be the node's own
 /// address), passed untouched, malformed or fragmented packets included.
 #[inline(always)]
-fn snat_address(ctx: &XdpContext, ip: &parse::Ip, globals: &k3s_xdp_common::Globals) -> Verdict {
-    let Ok(valid) = parse::validate(ctx, ip) else {
+fn snat_address<F: Family>(
+    ctx: &XdpContext,
+    ip: &Ip<F>,
+    valid: Result<Valid, u32>,
+    globals: &Globals,
+) -> Verdict {
+    let Ok(valid) = valid else {
         return Verdict::pass(reason::PASS_SNAT_ADDRESS);
     };
-    // SAFETY: `parse::ipv4` checked the IPv4 header in bounds.
-    let protocol = unsafe { (*ip.hdr).protocol };
+    let protocol = valid.protocol;
     if protocol != IPPROTO_TCP && protocol != IPPROTO_UDP {
         return Verdict::pass(reason::PASS_SNAT_ADDRESS);
     }
@@ -120,8 +164,8 @@ fn snat_address(ctx: &XdpContext, ip: &parse::Ip, globals: &k3s_xdp_common::Glob
 
 /// Whether the frame was sent to this interface's MAC address (when the controller set it).
 #[inline(always)]
-fn for_this_host(ip: &parse::Ip, g: &k3s_xdp_common::Globals) -> bool {
-    // SAFETY: `parse::ipv4` checked the Ethernet header in bounds.
+pub(crate) fn for_this_host<F: Family>(ip: &Ip<F>, g: &Globals) -> bool {
+    // SAFETY: the parser checked the Ethernet header in bounds.
     let dst = unsafe { (*ip.eth).dst_addr };
     g.mac == [0; 6] || dst == g.mac
 }

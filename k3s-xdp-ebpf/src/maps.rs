@@ -7,8 +7,8 @@ use aya_ebpf::{
 use k3s_xdp_common::{
     maglev_words, reason,
     table::{buckets, slots, FlowBucket, NatSlot},
-    Backend, Globals, NextHop, SnatSources, Traffic, VipInfo, VipSlot, VipTable,
-    DEFAULT_FLOW_TABLE_SIZE, DEFAULT_TABLE_SIZE, MAX_BACKENDS, MAX_SERVICES, MAX_SNAT_SOURCES,
+    Address, Backend, Globals, NextHop, SnatSources, Traffic, VipInfo, VipSlot, VipTable,
+    DEFAULT_FLOW_TABLE_SIZE, DEFAULT_TABLE_SIZE, MAX_BACKENDS, MAX_SERVICES, MAX_SNAT_SOURCES, V6,
     VIP_SLOTS,
 };
 
@@ -66,10 +66,11 @@ pub static FLOWS: Array<FlowBucket, { buckets(DEFAULT_FLOW_TABLE_SIZE) as usize 
 pub static NAT_REVERSE: Array<NatSlot, { slots(DEFAULT_FLOW_TABLE_SIZE) as usize }, MMAPABLE> =
     Array::new();
 
-/// The second half of a new flow's path (see `new_flow.rs`): slot 0 `k3s_xdp_new_flow`. The
-/// controller fills it before attaching.
+/// The programs `k3s_xdp` tail-calls: slot 0 the second half of an IPv4 new flow's path
+/// (`k3s_xdp_new_flow`, see `new_flow.rs`), 1 its IPv6 twin (`k3s_xdp_new_flow6`), 2 the IPv6
+/// path (`k3s_xdp6`). The controller fills them before attaching.
 #[btf_map]
-pub static NEW_FLOW: ProgramArray<1> = ProgramArray::new();
+pub static NEW_FLOW: ProgramArray<3> = ProgramArray::new();
 
 /// A new flow's question and answer between the halves, and its SNAT port search (one per CPU), see `choose::snat_port`.
 #[btf_map]
@@ -94,6 +95,32 @@ pub static BACKEND_STATS: PerCpuArray<Traffic, { MAX_BACKENDS as usize }> = PerC
 /// Service slot → its VIP and SNAT pool (`snat_source`, nat mode).
 #[btf_map]
 pub static SNAT_SOURCES: Array<SnatSources, { MAX_SERVICES as usize }> = Array::new();
+
+/// The IPv6 twins of the maps above (see `family.rs`): VIPs, backends, their hops, the flow
+/// and reverse tables, SNAT pools, and the new-flow state. Backend slots are numbered across
+/// `BACKENDS` and `BACKENDS6`; the counters are shared.
+#[btf_map]
+pub static VIPS6: Array<VipSlot<V6>, { 2 * VIP_SLOTS as usize }> = Array::new();
+
+#[btf_map]
+pub static BACKENDS6: Array<Backend<V6>, { MAX_BACKENDS as usize }> = Array::new();
+
+#[btf_map]
+pub static BACKEND_HOPS6: Array<NextHop<V6>, { MAX_BACKENDS as usize }> = Array::new();
+
+#[btf_map]
+pub static FLOWS6: Array<FlowBucket<V6>, { buckets(DEFAULT_FLOW_TABLE_SIZE) as usize }, MMAPABLE> =
+    Array::new();
+
+#[btf_map]
+pub static NAT_REVERSE6: Array<NatSlot<V6>, { slots(DEFAULT_FLOW_TABLE_SIZE) as usize }, MMAPABLE> =
+    Array::new();
+
+#[btf_map]
+pub static SNAT_SOURCES6: Array<SnatSources<V6>, { MAX_SERVICES as usize }> = Array::new();
+
+#[btf_map]
+pub static SNAT_SEARCH6: PerCpuArray<crate::state::Probe<V6>, 1> = PerCpuArray::new();
 
 /// Program-wide settings, one entry.
 #[btf_map]
@@ -124,14 +151,27 @@ pub fn vip(dst: u32) -> Option<&'static VipInfo> {
     Some(&slot.info)
 }
 
+/// The same for an IPv6 destination, in `VIPS6` (hashed over `vip_fold`).
+#[inline(always)]
+pub fn vip6(dst: &V6) -> Option<&'static VipInfo> {
+    let table = VIP_TABLE.get(0)?;
+    let half = table.half & 1;
+    let hash = table.hash6[half as usize];
+    let slot = VIPS6.get(half * VIP_SLOTS + (hash.slot(dst.vip_fold()) & (VIP_SLOTS - 1)))?;
+    if (slot.info.count | slot.info.flags) == 0 || slot.addr.diff(dst) != 0 {
+        return None;
+    }
+    Some(&slot.info)
+}
+
 /// The source address the backend sees for a flow of service slot `service` to `vip` whose
 /// `Flow::snat_source` is `source`: the VIP (0, no lookup), or an address of the service's pool.
 #[inline(always)]
-pub fn snat_address(service: u32, source: u16, vip: u32) -> Option<u32> {
+pub fn snat_address<F: crate::family::Family>(service: u32, source: u16, vip: F) -> Option<F> {
     if source == 0 {
         return Some(vip);
     }
-    let sources = SNAT_SOURCES.get(service)?;
+    let sources = F::snat_sources(service)?;
     let i = u32::from(source) - 1;
     if i >= sources.count {
         return None;

@@ -16,7 +16,7 @@
 
 use crate::{
     choose,
-    maps::SNAT_SEARCH,
+    family::Family,
     parse::{Ip, Offsets, L4},
     state::Probe,
     table::{self, Place},
@@ -25,29 +25,26 @@ use k3s_xdp_common::{
     reason, Flow, FlowKey, Globals, NextHop, VipInfo, VipPort, MAX_PORTS_PER_VIP, SERVICE_DSR,
 };
 
-/// The `NEW_FLOW` slot of the second half.
-pub const NEW_FLOW_SLOT: u32 = 0;
-
 /// `Probe::outcome` of a flow whose backend was chosen and recorded.
 pub const CHOSEN: u32 = u32::MAX;
 
 const SNAT_DEFAULT_MIN: u32 = 1024;
 const SNAT_DEFAULT_MAX: u32 = 65535;
 
-/// This CPU's new-flow state.
+/// This CPU's new-flow state for family `F` (its slot in `NEW_FLOW` is `F::NEW_FLOW_SLOT`).
 #[inline(always)]
-pub fn state() -> Option<*mut Probe> {
-    SNAT_SEARCH.get_ptr_mut(0)
+pub fn state<F: Family>() -> Option<*mut Probe<F>> {
+    F::probe()
 }
 
 /// The first half's question about the flow `key` (flow hash `hash`) of `service` on `vip`.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-pub fn ask(
-    state: *mut Probe,
-    ip: &Ip,
+pub fn ask<F: Family>(
+    state: *mut Probe<F>,
+    ip: &Ip<F>,
     l4: &L4,
-    key: &FlowKey,
+    key: &FlowKey<F>,
     hash: u32,
     vip: &VipInfo,
     service: &VipPort,
@@ -70,7 +67,7 @@ pub fn ask(
         (*state).entry.closing = 0;
         // The hop back to the client: none yet, the first reply resolves it with the FIB.
         // Never the mirror of the client's frame: another router may have sent it on.
-        (*state).entry.next_hop = NextHop::default();
+        (*state).entry.next_hop = NextHop::<F>::default();
         (*state).min = min;
         (*state).span = max - min + 1;
         for i in 0..MAX_PORTS_PER_VIP {
@@ -86,10 +83,10 @@ pub fn ask(
 /// The second half: chooses the backend of the flow in `state`, claims its SNAT port (nat
 /// mode), records the flow, and leaves the answer.
 #[inline(always)]
-pub fn decide(state: *mut Probe) {
+pub fn decide<F: Family>(state: *mut Probe<F>) {
     // SAFETY: this CPU's entry, valid for this run.
     unsafe {
-        let outcome = match choose::backend(&(*state).service, (*state).flow_hash) {
+        let outcome = match choose::backend::<F>(&(*state).service, (*state).flow_hash) {
             None => reason::DROP_NO_BACKEND,
             Some((id, backend)) => {
                 let port = if (*state).service.flags & SERVICE_DSR != 0 {

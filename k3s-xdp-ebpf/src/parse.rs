@@ -1,14 +1,24 @@
-//! Header parsing: Ethernet, one optional 802.1Q tag, IPv4, then TCP/UDP/ICMP. Every read is
-//! bounds-checked right where it happens, as the verifier demands. Locating the IPv4 header is
-//! all that non-VIP traffic pays for; the stricter checks run only for packets to a VIP.
+//! Header parsing: Ethernet, one optional 802.1Q tag, IPv4 or IPv6 (its extension headers
+//! skipped), then TCP/UDP/ICMP. Every read is bounds-checked right where it happens, as the
+//! verifier demands. Locating the IP header is all that non-VIP traffic pays for; the stricter
+//! checks (and the IPv6 extension-header walk) run only for packets to a VIP.
 
-use crate::headers::{IcmpHdr, Ipv4Hdr, TcpHdr, UdpHdr, IP_MF_OR_OFFSET};
+use crate::{
+    family::Family,
+    headers::{
+        IcmpHdr, Ipv4Hdr, Ipv6Ext, Ipv6Hdr, TcpHdr, UdpHdr, IPPROTO_DSTOPTS, IPPROTO_FRAGMENT,
+        IPPROTO_HOPOPTS, IPPROTO_ROUTING, IP_MF_OR_OFFSET,
+    },
+};
 use aya_ebpf::programs::XdpContext;
 use core::mem::size_of;
-use k3s_xdp_common::{reason, FlowKey, IPPROTO_TCP};
+use k3s_xdp_common::{
+    reason, FlowKey, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, MAX_EXTENSION_HEADERS, V6,
+};
 use network_types::{eth::EthHdr, vlan::VlanHdr};
 
-const ETH_P_IP: u16 = 0x0800u16.to_be();
+pub const ETH_P_IP: u16 = 0x0800u16.to_be();
+pub const ETH_P_IPV6: u16 = 0x86ddu16.to_be();
 const ETH_P_8021Q: u16 = 0x8100u16.to_be();
 const ETH_P_8021AD: u16 = 0x88a8u16.to_be();
 
@@ -29,20 +39,28 @@ pub fn frame_len(ctx: &XdpContext) -> u64 {
     (ctx.data_end() - ctx.data()) as u64
 }
 
-/// A located IPv4 header.
-pub struct Ip {
+/// A located IP header (`Ip<u32>` IPv4, `Ip<V6>` IPv6).
+pub struct Ip<F: Family> {
     pub eth: *mut EthHdr,
-    pub hdr: *mut Ipv4Hdr,
-    /// Offset of the IPv4 header (14, or 18 behind a VLAN tag).
+    pub hdr: *mut F::Hdr,
+    /// Offset of the IP header (14, or 18 behind a VLAN tag).
     pub l3: usize,
     /// Whether the frame carries an 802.1Q tag (replies keep it; forwarding stays in the VLAN).
     pub tagged: bool,
 }
 
-/// Finds the IPv4 header behind Ethernet and at most one VLAN tag. Anything else is the host's
-/// business: the error is the reason to count as the frame is passed.
+/// Where the network header starts, and its EtherType.
+pub struct Frame {
+    pub eth: *mut EthHdr,
+    pub ether_type: u16,
+    pub l3: usize,
+    pub tagged: bool,
+}
+
+/// Reads Ethernet and at most one VLAN tag. What cannot be read is the host's business: the
+/// error is the reason to count as the frame is passed.
 #[inline(always)]
-pub fn ipv4(ctx: &XdpContext) -> Result<Ip, u32> {
+pub fn frame(ctx: &XdpContext) -> Result<Frame, u32> {
     // Too short to tell where it goes: not ours to judge.
     let eth: *mut EthHdr = ptr_at(ctx, 0).ok_or(reason::PASS_MALFORMED)?;
     // SAFETY: `ptr_at` checked the Ethernet header in bounds.
@@ -59,34 +77,71 @@ pub fn ipv4(ctx: &XdpContext) -> Result<Ip, u32> {
             return Err(reason::PASS_STACKED_VLAN);
         }
     }
-    if ether_type != ETH_P_IP {
-        return Err(reason::PASS_NOT_IPV4);
-    }
-    let hdr: *mut Ipv4Hdr = ptr_at(ctx, l3).ok_or(reason::PASS_MALFORMED)?;
-    Ok(Ip {
+    Ok(Frame {
         eth,
-        hdr,
+        ether_type,
         l3,
         tagged,
     })
 }
 
-/// An IPv4 packet to a VIP that passed the header checks.
+/// The IP header of `frame` (whose EtherType the caller checked), if the frame holds it.
+#[inline(always)]
+pub fn ip<F: Family>(ctx: &XdpContext, frame: &Frame) -> Result<Ip<F>, u32> {
+    let hdr: *mut F::Hdr = ptr_at(ctx, frame.l3).ok_or(reason::PASS_MALFORMED)?;
+    Ok(Ip {
+        eth: frame.eth,
+        hdr,
+        l3: frame.l3,
+        tagged: frame.tagged,
+    })
+}
+
+/// Finds the IPv4 header behind Ethernet and at most one VLAN tag.
+#[inline(always)]
+pub fn ipv4(ctx: &XdpContext) -> Result<Ip<u32>, u32> {
+    let frame = frame(ctx)?;
+    if frame.ether_type != ETH_P_IP {
+        return Err(reason::PASS_NOT_IP);
+    }
+    ip(ctx, &frame)
+}
+
+/// Finds the IPv6 header behind Ethernet and at most one VLAN tag.
+#[inline(always)]
+pub fn ipv6(ctx: &XdpContext) -> Result<Ip<V6>, u32> {
+    let frame = frame(ctx)?;
+    if frame.ether_type != ETH_P_IPV6 {
+        return Err(reason::PASS_NOT_IP);
+    }
+    ip(ctx, &frame)
+}
+
+/// An IP packet to a VIP that passed the header checks.
 pub struct Valid {
     /// Offset of the L4 header.
     pub l4: usize,
     /// Offset just past the IP payload (frames may carry Ethernet padding after it).
     pub end: usize,
-    /// Header length in bytes.
+    /// Header length in bytes (IPv6: with its extension headers).
     pub ihl: usize,
+    /// The transport protocol (IPv6: the last next-header).
+    pub protocol: u8,
 }
 
 /// Checks what the forwarding paths rely on: version 4, a sane IHL and total length, and not a
 /// fragment (a fragment has no ports to balance on). Errors are drop reasons.
 #[inline(always)]
-pub fn validate(ctx: &XdpContext, ip: &Ip) -> Result<Valid, u32> {
+pub fn validate(ctx: &XdpContext, ip: &Ip<u32>) -> Result<Valid, u32> {
     // SAFETY: `ipv4` checked the 20-byte IPv4 header in bounds.
-    let (vihl, tot_len, frag) = unsafe { ((*ip.hdr).vihl, (*ip.hdr).tot_len, (*ip.hdr).frag) };
+    let (vihl, tot_len, frag, protocol) = unsafe {
+        (
+            (*ip.hdr).vihl,
+            (*ip.hdr).tot_len,
+            (*ip.hdr).frag,
+            (*ip.hdr).protocol,
+        )
+    };
     let ihl = ((vihl & 0x0f) as usize) * 4;
     if vihl >> 4 != 4 || ihl < size_of::<Ipv4Hdr>() {
         return Err(reason::DROP_BAD_IP_HEADER);
@@ -106,13 +161,69 @@ pub fn validate(ctx: &XdpContext, ip: &Ip) -> Result<Valid, u32> {
         l4: ip.l3 + ihl,
         end: ip.l3 + tot_len,
         ihl,
+        protocol,
     })
+}
+
+/// Checks an IPv6 packet to a VIP: version 6, a payload length within the frame (a jumbogram's
+/// 0 is refused), and an extension-header chain of at most `MAX_EXTENSION_HEADERS` hop-by-hop,
+/// destination-options or routing headers (a routing header with segments left: the VIP is not
+/// the final destination) ending in TCP, UDP or ICMPv6. A fragment is `DROP_FRAGMENT`; any
+/// other chain `DROP_BAD_EXTENSION`.
+#[inline(always)]
+pub fn validate6(ctx: &XdpContext, ip: &Ip<V6>) -> Result<Valid, u32> {
+    // SAFETY: `ipv6` checked the 40-byte IPv6 header in bounds.
+    let (vtcfl, payload_len, mut next) = unsafe {
+        (
+            (*ip.hdr).vtcfl,
+            (*ip.hdr).payload_len,
+            (*ip.hdr).next_header,
+        )
+    };
+    let payload_len = u16::from_be(payload_len) as usize;
+    let available = ctx.data_end() - ctx.data() - ip.l3;
+    if u32::from_be(vtcfl) >> 28 != 6
+        || payload_len == 0
+        || size_of::<Ipv6Hdr>() + payload_len > available
+    {
+        return Err(reason::DROP_BAD_IP_HEADER);
+    }
+    let end = ip.l3 + size_of::<Ipv6Hdr>() + payload_len;
+    let mut l4 = ip.l3 + size_of::<Ipv6Hdr>();
+    for _ in 0..MAX_EXTENSION_HEADERS {
+        if next != IPPROTO_HOPOPTS && next != IPPROTO_ROUTING && next != IPPROTO_DSTOPTS {
+            break;
+        }
+        // At most 18 + 40 + 4 × 2048 bytes: the mask only tells the verifier so.
+        let ext: *const Ipv6Ext = ptr_at(ctx, l4 & 0x3fff).ok_or(reason::DROP_BAD_EXTENSION)?;
+        // SAFETY: `ptr_at` checked the extension header's first four bytes in bounds.
+        let (following, len, segments_left) =
+            unsafe { ((*ext).next_header, (*ext).len, (*ext).segments_left) };
+        if next == IPPROTO_ROUTING && segments_left != 0 {
+            return Err(reason::DROP_BAD_EXTENSION);
+        }
+        l4 = (l4 & 0x3fff) + (usize::from(len) + 1) * 8;
+        if l4 > end {
+            return Err(reason::DROP_BAD_EXTENSION);
+        }
+        next = following;
+    }
+    match next {
+        IPPROTO_TCP | IPPROTO_UDP | IPPROTO_ICMPV6 => Ok(Valid {
+            l4: l4 & 0x3fff,
+            end,
+            ihl: (l4 & 0x3fff) - ip.l3,
+            protocol: next,
+        }),
+        IPPROTO_FRAGMENT => Err(reason::DROP_FRAGMENT),
+        _ => Err(reason::DROP_BAD_EXTENSION),
+    }
 }
 
 /// The one's-complement sum of the IPv4 header (options included); 0xffff when its checksum is
 /// right. Summing 32-bit words and folding equals summing 16-bit words.
 #[inline(always)]
-fn header_sum(ctx: &XdpContext, ip: &Ip, ihl: usize) -> u16 {
+fn header_sum(ctx: &XdpContext, ip: &Ip<u32>, ihl: usize) -> u16 {
     let words = ip.hdr as *const u32;
     let mut sum: u64 = 0;
     for i in 0..5 {
@@ -206,19 +317,16 @@ pub fn transport(ctx: &XdpContext, valid: &Valid, protocol: u8) -> Result<L4, u3
     })
 }
 
-/// Locates the ICMP header of a valid packet.
-/// The flow key of a parsed packet: its addresses and protocol from the IP header, its ports
+/// The flow key of a parsed packet: its addresses from the IP header, its ports and protocol
 /// from the transport header.
 #[inline(always)]
-pub fn flow_key(ip: &Ip, l4: &L4) -> FlowKey {
-    // SAFETY: the IP header, checked in bounds by the parser.
-    let (src, dst, protocol) = unsafe { ((*ip.hdr).src, (*ip.hdr).dst, (*ip.hdr).protocol) };
+pub fn flow_key<F: Family>(ip: &Ip<F>, l4: &L4) -> FlowKey<F> {
     FlowKey {
-        src,
-        dst,
+        src: F::src(ip.hdr),
+        dst: F::dst(ip.hdr),
         sport: l4.sport,
         dport: l4.dport,
-        protocol,
+        protocol: l4.protocol,
         _pad: [0; 3],
     }
 }
@@ -235,7 +343,7 @@ pub struct Offsets {
 
 impl Offsets {
     #[inline(always)]
-    pub fn of(ip: &Ip, l4: &L4) -> Self {
+    pub fn of<F: Family>(ip: &Ip<F>, l4: &L4) -> Self {
         Offsets {
             l3: ip.l3 as u16,
             l4: l4.offset as u16,
@@ -251,11 +359,11 @@ impl Offsets {
 /// keep the offsets within what a parsed packet can have: 14 or 18, and at most 18 + 60), not
 /// validated again: the caller checks it is the packet it expects.
 #[inline(always)]
-pub fn again(ctx: &XdpContext, at: Offsets, protocol: u8) -> Option<(Ip, L4)> {
+pub fn again<F: Family>(ctx: &XdpContext, at: Offsets, protocol: u8) -> Option<(Ip<F>, L4)> {
     let eth: *mut EthHdr = ptr_at(ctx, 0)?;
     let l3 = usize::from(at.l3 & 0x1f);
-    let hdr: *mut Ipv4Hdr = ptr_at(ctx, l3)?;
-    let offset = usize::from(at.l4 & 0x7f);
+    let hdr: *mut F::Hdr = ptr_at(ctx, l3)?;
+    let offset = usize::from(at.l4 & F::L4_MASK);
     let ports: *const [u16; 2] = ptr_at(ctx, offset)?;
     // SAFETY: checked in bounds above.
     let [sport, dport] = unsafe { *ports };
@@ -275,6 +383,7 @@ pub fn again(ctx: &XdpContext, at: Offsets, protocol: u8) -> Option<(Ip, L4)> {
     ))
 }
 
+/// Locates the ICMP (or ICMPv6: the same first eight bytes) header of a valid packet.
 #[inline(always)]
 pub fn icmp(ctx: &XdpContext, valid: &Valid) -> Result<*mut IcmpHdr, u32> {
     let icmp: *mut IcmpHdr = ptr_at(ctx, valid.l4).ok_or(reason::DROP_TRUNCATED)?;

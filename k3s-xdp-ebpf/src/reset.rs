@@ -4,24 +4,24 @@
 
 use crate::{
     counters,
-    csum::{self, add32, fold},
+    csum::fold,
+    family::{Family, TCP_LEN},
     forward,
     headers::{TcpHdr, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
     hop,
-    parse::{Ip, Valid, L4},
+    parse::{ptr_at, Ip, Valid, L4},
     rewrite,
     verdict::Verdict,
 };
 use aya_ebpf::{helpers::bpf_xdp_adjust_tail, programs::XdpContext};
-use core::mem::size_of;
 use k3s_xdp_common::{reason, IPPROTO_TCP};
 
 /// Turns the TCP packet into a RST back to its sender, sent toward the sender's next hop from
 /// the FIB (not the frame's source MAC, which may be another router's).
 #[inline(always)]
-pub fn send(
+pub fn send<F: Family>(
     ctx: &XdpContext,
-    ip: &Ip,
+    ip: &Ip<F>,
     valid: &Valid,
     l4: &L4,
     service: u32,
@@ -55,53 +55,42 @@ pub fn send(
                 TCP_RST | TCP_ACK,
             )
         };
+        let sport = (*tcp).dport;
+        let dport = (*tcp).sport;
 
-        // IPv4: swapped addresses (checksum-neutral), a new length and TTL.
-        let hdr = ip.hdr;
-        let src = (*hdr).dst;
-        let dst = (*hdr).src;
+        let src = F::dst(ip.hdr);
+        let dst = F::src(ip.hdr);
         // Ethernet: toward the sender's next hop (written before the tail moves, which ends
         // every packet pointer).
         let hop = hop::resolve(ctx, src, dst, false, 0);
         if let Ok(hop) = &hop {
             rewrite::l2(ip, hop);
         }
-        (*hdr).src = src;
-        (*hdr).dst = dst;
-        let tot_len = ((valid.ihl + size_of::<TcpHdr>()) as u16).to_be();
-        let mut check = csum::replace2((*hdr).check, (*hdr).tot_len, tot_len);
-        let ttl_word = u16::from_ne_bytes([64, IPPROTO_TCP]);
-        check = csum::replace2(
-            check,
-            u16::from_ne_bytes([(*hdr).ttl, IPPROTO_TCP]),
-            ttl_word,
-        );
-        (*hdr).tot_len = tot_len;
-        (*hdr).ttl = 64;
-        (*hdr).check = check;
+        let at = F::turn_around(ip.hdr, ip.l3, valid);
 
-        // TCP: a bare 20-byte header, checksummed from scratch.
-        let sport = (*tcp).dport;
-        let dport = (*tcp).sport;
-        (*tcp).sport = sport;
-        (*tcp).dport = dport;
-        (*tcp).seq = seq;
-        (*tcp).ack_seq = ack;
-        (*tcp).doff = 5 << 4;
-        (*tcp).flags = rst_flags;
-        (*tcp).window = 0;
-        (*tcp).urg_ptr = 0;
+        // TCP: a bare 20-byte header right after the IP header, checksummed from scratch.
+        let Some(out) = ptr_at::<TcpHdr>(ctx, at & 0x3fff) else {
+            return Verdict::drop(reason::DROP_NO_BACKEND);
+        };
+        (*out).sport = sport;
+        (*out).dport = dport;
+        (*out).seq = seq;
+        (*out).ack_seq = ack;
+        (*out).doff = 5 << 4;
+        (*out).flags = rst_flags;
+        (*out).window = 0;
+        (*out).urg_ptr = 0;
         let doff_flags = u16::from_ne_bytes([5 << 4, rst_flags]);
-        let mut sum = add32(add32(0, src), dst);
+        let mut sum = dst.sum(src.sum(0));
         sum += u32::from(u16::from(IPPROTO_TCP).to_be());
-        sum += u32::from((size_of::<TcpHdr>() as u16).to_be());
+        sum += u32::from((TCP_LEN as u16).to_be());
         sum += u32::from(sport) + u32::from(dport);
-        sum = add32(add32(sum, seq), ack);
+        sum = crate::csum::add32(crate::csum::add32(sum, seq), ack);
         sum += u32::from(doff_flags);
-        (*tcp).check = !fold(sum);
+        (*out).check = !fold(sum);
 
         // Cut the options and payload off (and any Ethernet padding).
-        let keep = valid.l4 + size_of::<TcpHdr>();
+        let keep = (at & 0x3fff) + TCP_LEN;
         let delta = keep as i32 - (ctx.data_end() - ctx.data()) as i32;
         if delta != 0 && bpf_xdp_adjust_tail(ctx.ctx, delta) != 0 {
             return Verdict::drop(reason::DROP_NO_BACKEND);

@@ -1,25 +1,25 @@
 //! Header rewrites with incremental checksum updates: Ethernet addresses toward a next hop, and
-//! the IPv4 4-tuple (nat mode's DNAT + SNAT to the backend, and the reverse for its replies).
+//! the 4-tuple of either family (nat mode's DNAT + SNAT to the backend, and the reverse for its
+//! replies).
 
 use crate::{
-    csum::Delta,
-    headers::Ipv4Hdr,
+    family::Family,
     parse::{Ip, L4},
 };
 use aya_ebpf::programs::XdpContext;
 use k3s_xdp_common::NextHop;
 
 /// Addresses and ports as they should leave, network order.
-pub struct Tuple {
-    pub src: u32,
-    pub dst: u32,
+pub struct Tuple<F> {
+    pub src: F,
+    pub dst: F,
     pub sport: u16,
     pub dport: u16,
 }
 
 /// Sends the frame to `hop`: its MACs.
 #[inline(always)]
-pub fn l2(ip: &Ip, hop: &NextHop) {
+pub fn l2<F: Family>(ip: &Ip<F>, hop: &NextHop<F>) {
     // SAFETY: the Ethernet header, checked in bounds by the parser.
     unsafe {
         (*ip.eth).dst_addr = hop.dmac;
@@ -27,22 +27,16 @@ pub fn l2(ip: &Ip, hop: &NextHop) {
     }
 }
 
-/// Replaces the 4-tuple, updating the IPv4 checksum and the TCP/UDP checksum (whose
-/// pseudo-header covers the addresses) from one shared address delta.
+/// Replaces the 4-tuple, updating the IPv4 header checksum (IPv6 has none) and the TCP/UDP
+/// checksum (whose pseudo-header covers the addresses) from one shared address delta.
 #[inline(always)]
-pub fn tuple(ctx: &XdpContext, hdr: *mut Ipv4Hdr, l4: &L4, to: &Tuple) {
-    // SAFETY: the IPv4 header checked in bounds by the parser; the TCP or UDP header as
-    // `L4::tcp`/`L4::udp` return it, checked in bounds.
+pub fn tuple<F: Family>(ctx: &XdpContext, ip: &Ip<F>, l4: &L4, to: &Tuple<F>) {
+    let addresses = F::set_addresses(ip.hdr, to.src, to.dst);
+    let ports = addresses
+        .word16(l4.sport, to.sport)
+        .word16(l4.dport, to.dport);
+    // SAFETY: the TCP or UDP header as `L4::tcp`/`L4::udp` return it, checked in bounds.
     unsafe {
-        let addresses = Delta::new()
-            .word32((*hdr).src, to.src)
-            .word32((*hdr).dst, to.dst);
-        let ports = addresses
-            .word16(l4.sport, to.sport)
-            .word16(l4.dport, to.dport);
-        (*hdr).src = to.src;
-        (*hdr).dst = to.dst;
-        (*hdr).check = addresses.apply((*hdr).check);
         if let Some(t) = l4.tcp(ctx) {
             (*t).sport = to.sport;
             (*t).dport = to.dport;

@@ -6,25 +6,27 @@
 use crate::parse::Offsets;
 use k3s_xdp_common::{Backend, FlowKey, NatReverse, VipPort, MAX_PORTS_PER_VIP, MAX_SNAT_SOURCES};
 
+// One `Probe` per family: `SNAT_SEARCH` (IPv4) and `SNAT_SEARCH6` (`A` = `V6`).
+
 /// A new flow's question and answer between the program's two halves, and the state of its
 /// SNAT port search (shared with `snat_try`); one per CPU, in `SNAT_SEARCH` (see
 /// `new_flow.rs`).
 #[repr(C)]
-pub struct Probe {
+pub struct Probe<A = u32> {
     // The question, written by the first half.
-    pub key: FlowKey,
+    pub key: FlowKey<A>,
     /// Where the packet's headers are.
     pub headers: Offsets,
     pub flow_hash: u32,
     pub service: VipPort,
     /// The reverse translation to record: the client side (its hop is resolved by the first
     /// reply).
-    pub entry: NatReverse,
+    pub entry: NatReverse<A>,
     /// SNAT ports: the first one, and how many.
     pub min: u32,
     pub span: u32,
     /// The service's SNAT pool (`pool_count` 0: the VIP), read by the second half.
-    pub(crate) pool: [u32; MAX_SNAT_SOURCES],
+    pub(crate) pool: [A; MAX_SNAT_SOURCES],
     pub(crate) pool_count: u32,
     /// (address, port) pairs the tries draw from: `span` times the pool's size.
     pub(crate) tries_span: u32,
@@ -38,20 +40,20 @@ pub struct Probe {
     /// `new_flow::CHOSEN` or a drop reason.
     pub outcome: u32,
     pub id: u32,
-    pub backend: Backend,
+    pub backend: Backend<A>,
     pub snat_port: u16,
     /// The source address the backend sees (nat mode).
-    pub snat_addr: u32,
+    pub snat_addr: A,
     // The SNAT search's own.
-    pub(crate) backend_addr: u32,
+    pub(crate) backend_addr: A,
     pub(crate) backend_port: u16,
     pub(crate) found: u32,
     /// The `Flow::snat_source` of the port found, and its address.
     pub(crate) found_source: u32,
-    pub(crate) found_addr: u32,
+    pub(crate) found_addr: A,
     /// The flow's SNAT hash, which the tries probe from.
     pub(crate) hash: u32,
-    pub(crate) taken: TakenOver,
+    pub(crate) taken: TakenOver<A>,
     /// The try that may take over a live translation (`NO_TRY` on the first pass).
     pub(crate) force: u32,
     /// The first pass's try whose live translation was seen longest ago, and its age.
@@ -67,8 +69,8 @@ pub struct Probe {
 /// the address the backend answered to (the VIP, or an address of `service`'s SNAT pool).
 #[repr(C)]
 #[derive(Clone, Copy, Default)]
-pub struct TakenOver {
-    pub key: FlowKey,
+pub struct TakenOver<A = u32> {
+    pub key: FlowKey<A>,
     pub backend: u32,
     pub service: u32,
     pub snat_port: u16,

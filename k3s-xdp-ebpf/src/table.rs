@@ -4,10 +4,8 @@
 //! the program acts on is what it checked. The code keeps branches few (one per way where it
 //! can): the verifier walks every path through every way.
 
-use crate::{
-    maps::{FLOWS, NAT_REVERSE},
-    state::TakenOver,
-};
+use crate::{family::Family, state::TakenOver};
+use core::ptr::addr_of;
 use k3s_xdp_common::{
     hash::flow_hash,
     reason,
@@ -18,6 +16,14 @@ use k3s_xdp_common::{
     Flow, FlowKey, NatReverse,
 };
 
+/// Reads one field of a map value, once.
+macro_rules! field {
+    ($e:expr) => {
+        // SAFETY: a field of a map value valid for this run.
+        unsafe { core::ptr::read_volatile(core::ptr::addr_of!($e)) }
+    };
+}
+
 /// Where a key lives: its flow hash and the tables' bucket mask.
 #[derive(Clone, Copy)]
 pub struct Place {
@@ -27,7 +33,7 @@ pub struct Place {
 
 impl Place {
     #[inline(always)]
-    pub fn of(key: &FlowKey, mask: u32) -> Self {
+    pub fn of<F: Family>(key: &FlowKey<F>, mask: u32) -> Self {
         Place {
             hash: flow_hash(key),
             mask,
@@ -42,7 +48,7 @@ impl Place {
 
 /// A slot of a bucket: the bucket and the way.
 #[inline(always)]
-fn flow_slot(bucket: *mut FlowBucket, way: u32) -> *mut FlowSlot {
+fn flow_slot<F: Family>(bucket: *mut FlowBucket<F>, way: u32) -> *mut FlowSlot<F> {
     // SAFETY: `way < WAYS` (callers pass loop indexes or checked values); in bounds of the
     // bucket, a map value valid for this run.
     unsafe {
@@ -53,12 +59,33 @@ fn flow_slot(bucket: *mut FlowBucket, way: u32) -> *mut FlowSlot {
     }
 }
 
-/// Reads a flow slot's fields once each (a copy in registers, not on the stack).
+/// Whether the slot's key is `key`, each field of it read once, in place (an IPv6 slot is too
+/// big to copy onto the stack once per way).
 #[inline(always)]
-fn load_flow(slot: *const FlowSlot) -> FlowSlot {
-    // SAFETY: a map value valid for this run; each field read once, so the checks and the use
-    // see the same values.
-    unsafe { core::ptr::read_volatile(slot) }
+fn key_at<F: Family>(slot: *const FlowKey<F>, key: &FlowKey<F>) -> bool {
+    let ports = (u32::from(field!((*slot).sport)) << 16) | u32::from(field!((*slot).dport));
+    // SAFETY: fields of a map value valid for this run.
+    let (src, dst) = unsafe { (addr_of!((*slot).src), addr_of!((*slot).dst)) };
+    (F::diff_at(src, &key.src)
+        | F::diff_at(dst, &key.dst)
+        | (ports ^ ((u32::from(key.sport) << 16) | u32::from(key.dport)))
+        | u32::from(field!((*slot).protocol) ^ key.protocol))
+        == 0
+}
+
+/// The flow in `slot` if it holds `key` (whose flow hash is `hash`) whole: every field read
+/// once, so what is checked is what is used.
+#[inline(always)]
+fn flow_at<F: Family>(slot: *const FlowSlot<F>, key: &FlowKey<F>, hash: u32) -> Option<Flow> {
+    let flow = field!((*slot).flow);
+    let seal = field!((*slot).seal);
+    // SAFETY: a map value valid for this run.
+    let same = key_at(unsafe { core::ptr::addr_of!((*slot).key) }, key);
+    if same & (seal == FlowSlot::<F>::seal_for(hash, &flow)) {
+        Some(flow)
+    } else {
+        None
+    }
 }
 
 /// The flow entry of `key`, checked; records that a packet of it went through at `clock`
@@ -66,43 +93,34 @@ fn load_flow(slot: *const FlowSlot) -> FlowSlot {
 /// between CPUs). Returns no pointer into the bucket: which way held the key must not outlive
 /// the loop, or the verifier would walk the rest of the program once per way.
 #[inline(always)]
-pub fn find_flow(key: &FlowKey, at: Place, clock: u32) -> Option<Flow> {
-    let bucket = FLOWS.get_ptr_mut(at.index())?;
+pub fn find_flow<F: Family>(key: &FlowKey<F>, at: Place, clock: u32) -> Option<Flow> {
+    let bucket = F::flow_bucket(at.index())?;
     let mut found = None;
     for way in 0..WAYS {
         let slot = flow_slot(bucket, way);
-        let copy = load_flow(slot);
-        if copy.holds(key, at.hash) {
-            if copy.seen != clock {
+        if let Some(flow) = flow_at(slot, key, at.hash) {
+            if field!((*slot).seen) != clock {
                 // SAFETY: a map value valid for this run; `seen` is outside the seal.
                 unsafe { (*slot).seen = clock };
             }
-            found = Some(copy.flow);
+            found = Some(flow);
         }
     }
     found
-}
-
-/// Reads one field of a map value, once.
-macro_rules! field {
-    ($e:expr) => {
-        // SAFETY: a field of a map value valid for this run.
-        unsafe { core::ptr::read_volatile(core::ptr::addr_of!($e)) }
-    };
 }
 
 /// Clears the flow entry of `key` (its seal, so no reader takes it any more) if it still goes
 /// through `backend` with `snat_port` of `snat_source`. Reads fields one by one (registers,
 /// not stack copies): it runs after the SNAT claim, on a small stack.
 #[inline(always)]
-pub fn clear_flow_through(
-    key: &FlowKey,
+pub fn clear_flow_through<F: Family>(
+    key: &FlowKey<F>,
     at: Place,
     backend: u32,
     snat_port: u16,
     snat_source: u16,
 ) {
-    let Some(bucket) = FLOWS.get_ptr_mut(at.index()) else {
+    let Some(bucket) = F::flow_bucket(at.index()) else {
         return;
     };
     let seal = k3s_xdp_common::table::seal(
@@ -123,13 +141,13 @@ pub fn clear_flow_through(
 
 /// Clears the flow entry of `key`, whatever it holds.
 #[inline(always)]
-pub fn clear_flow(key: &FlowKey, at: Place) {
-    let Some(bucket) = FLOWS.get_ptr_mut(at.index()) else {
+pub fn clear_flow<F: Family>(key: &FlowKey<F>, at: Place) {
+    let Some(bucket) = F::flow_bucket(at.index()) else {
         return;
     };
     for way in 0..WAYS {
         let slot = flow_slot(bucket, way);
-        if load_flow(slot).holds(key, at.hash) {
+        if flow_at(slot, key, at.hash).is_some() {
             // SAFETY: a map value valid for this run.
             unsafe { (*slot).seal = 0 };
         }
@@ -139,20 +157,21 @@ pub fn clear_flow(key: &FlowKey, at: Place) {
 /// Stores `flow` for `key`: in the slot that holds it, a free one, or the least recently seen
 /// of its bucket. False only if the table cannot be reached (no bucket at the mask's index).
 #[inline(always)]
-pub fn store_flow(key: &FlowKey, at: Place, flow: Flow, clock: u32) -> bool {
-    let Some(bucket) = FLOWS.get_ptr_mut(at.index()) else {
+pub fn store_flow<F: Family>(key: &FlowKey<F>, at: Place, flow: Flow, clock: u32) -> bool {
+    let Some(bucket) = F::flow_bucket(at.index()) else {
         return false;
     };
     let mut victim = 0;
     let mut lowest = u32::MAX;
     for way in 0..WAYS {
-        let copy = load_flow(flow_slot(bucket, way));
+        let slot = flow_slot(bucket, way);
         // The slot with the key ranks below everything (whole or torn, it is this key's to
         // rewrite: no seal to check); a free one below any taken one.
-        let rank = if same_key(&copy.key, key) {
+        // SAFETY: a map value valid for this run.
+        let rank = if key_at(unsafe { core::ptr::addr_of!((*slot).key) }, key) {
             0
         } else {
-            keep_rank(copy.seal != 0, copy.seen, clock).max(1)
+            keep_rank(field!((*slot).seal) != 0, field!((*slot).seen), clock).max(1)
         };
         if rank < lowest {
             victim = way;
@@ -163,13 +182,20 @@ pub fn store_flow(key: &FlowKey, at: Place, flow: Flow, clock: u32) -> bool {
     if lowest > u32::MAX - IDLE_SECS {
         crate::counters::table_event(reason::table::FLOW_EVICTED);
     }
-    let entry = FlowSlot::new(*key, at.hash, flow, clock);
-    // Written from a loop over constant ways so the chosen way is dead afterwards (see
-    // `find_flow`).
+    let seal = FlowSlot::<F>::seal_for(at.hash, &flow);
+    // Written in place (the seal last, though a reader checks it whatever the order), from a
+    // loop over constant ways so the chosen way is dead afterwards (see `find_flow`).
     for way in 0..WAYS {
         if way == victim {
+            let slot = flow_slot(bucket, way);
             // SAFETY: a map value valid for this run.
-            unsafe { *flow_slot(bucket, way) = entry };
+            unsafe {
+                (*slot).seal = 0;
+                (*slot).key = *key;
+                (*slot).flow = flow;
+                (*slot).seen = clock;
+                (*slot).seal = seal;
+            }
         }
     }
     true
@@ -180,18 +206,47 @@ pub fn store_flow(key: &FlowKey, at: Place, flow: Flow, clock: u32) -> bool {
 /// the same slot, the second one's SNAT port search moves on to its next port, which is a slot
 /// elsewhere (the port search is the associativity).
 #[inline(always)]
-fn nat_slot(hash: u32, mask: u32) -> Option<*mut NatSlot> {
-    NAT_REVERSE.get_ptr_mut(nat_index(hash, mask))
+fn nat_slot<F: Family>(hash: u32, mask: u32) -> Option<*mut NatSlot<F>> {
+    F::nat_slot(nat_index(hash, mask))
 }
 
-/// The reverse NAT entry of `key`: the slot and the copy of it that was checked.
+/// What a reader of a translation uses, each field read once from its slot and checked
+/// against the seal: the whole slot is not copied (an IPv6 one is 112 bytes). The next hop
+/// is outside the seal: read it from the slot when needed.
+#[derive(Clone, Copy)]
+pub struct NatView<F> {
+    pub client_addr: F,
+    pub client_port: u16,
+    pub vip_port: u16,
+    pub backend: u16,
+    pub service: u16,
+    pub closing: u32,
+    pub seen: u32,
+}
+
+/// The reverse NAT entry of `key`: the slot and what was checked of it.
 #[inline(always)]
-pub fn find_nat(key: &FlowKey, at: Place) -> Option<(*mut NatSlot, NatSlot)> {
-    let slot = nat_slot(at.hash, at.mask)?;
-    // SAFETY: a map value valid for this run; copied, then checked.
-    let copy = unsafe { core::ptr::read_volatile(slot) };
-    if copy.holds(key, at.hash) {
-        Some((slot, copy))
+pub fn find_nat<F: Family>(key: &FlowKey<F>, at: Place) -> Option<(*mut NatSlot<F>, NatView<F>)> {
+    let slot = nat_slot::<F>(at.hash, at.mask)?;
+    let view = NatView {
+        // SAFETY: a field of a map value valid for this run.
+        client_addr: F::load(unsafe { addr_of!((*slot).nat.client_addr) }),
+        client_port: field!((*slot).nat.client_port),
+        vip_port: field!((*slot).nat.vip_port),
+        backend: field!((*slot).nat.backend),
+        service: field!((*slot).nat.service),
+        closing: field!((*slot).nat.closing),
+        seen: field!((*slot).seen),
+    };
+    let seal = field!((*slot).seal);
+    let ports = (u32::from(view.client_port) << 16) | u32::from(view.vip_port);
+    let ids = (u32::from(view.backend) << 16) | u32::from(view.service);
+    // SAFETY: a map value valid for this run.
+    let same = key_at(unsafe { core::ptr::addr_of!((*slot).key) }, key);
+    let whole =
+        seal == k3s_xdp_common::table::seal(at.hash, view.client_addr.seal_word(), ports, ids);
+    if same & whole {
+        Some((slot, view))
     } else {
         None
     }
@@ -200,7 +255,7 @@ pub fn find_nat(key: &FlowKey, at: Place) -> Option<(*mut NatSlot, NatSlot)> {
 /// Records that a packet of the translation in `slot` went through at `clock` (as
 /// [`find_flow`] does for flows).
 #[inline(always)]
-pub fn touch_nat(slot: *mut NatSlot, seen: u32, clock: u32) {
+pub fn touch_nat<F: Family>(slot: *mut NatSlot<F>, seen: u32, clock: u32) {
     if seen != clock {
         // SAFETY: a map value valid for this run; `seen` is outside the seal.
         unsafe { (*slot).seen = clock };
@@ -216,21 +271,22 @@ pub fn touch_nat(slot: *mut NatSlot, seen: u32, clock: u32) {
 /// flow entry and the old client's stray packets cannot reach the new connection (done by the
 /// caller, after the SNAT search: the search runs in a bpf_loop callback, on little stack).
 #[inline(always)]
-pub fn claim_nat(
-    key: &FlowKey,
-    reverse: &FlowKey,
-    entry: &NatReverse,
+pub fn claim_nat<F: Family>(
+    key: &FlowKey<F>,
+    reverse: &FlowKey<F>,
+    entry: &NatReverse<F>,
     (clock, mask, timewait): (u32, u32, u32),
-    taken: *mut TakenOver,
+    taken: *mut TakenOver<F>,
     force: bool,
 ) -> bool {
     let hash = flow_hash(reverse);
-    let Some(slot) = nat_slot(hash, mask) else {
+    let Some(slot) = nat_slot::<F>(hash, mask) else {
         return false;
     };
     // Fields read once each into locals, not copied whole: the claim runs on a small stack.
     let old_key = field!((*slot).key);
-    let client_addr = field!((*slot).nat.client_addr);
+    // SAFETY: a field of a map value valid for this run.
+    let client_addr = F::load(unsafe { addr_of!((*slot).nat.client_addr) });
     let client_port = field!((*slot).nat.client_port);
     let vip_port = field!((*slot).nat.vip_port);
     let ids =
@@ -240,9 +296,11 @@ pub fn claim_nat(
     let seen = field!((*slot).seen);
     let ports = (u32::from(client_port) << 16) | u32::from(vip_port);
     let holds = same_key(&old_key, reverse)
-        & (old_seal == k3s_xdp_common::table::seal(hash, client_addr, ports, ids));
-    let ours =
-        holds & (client_addr == key.src) & (client_port == key.sport) & (vip_port == key.dport);
+        & (old_seal == k3s_xdp_common::table::seal(hash, client_addr.seal_word(), ports, ids));
+    let ours = holds
+        & (client_addr.diff(&key.src) == 0)
+        & (client_port == key.sport)
+        & (vip_port == key.dport);
     if ours & (closing == 0) {
         // This client tuple's already (its flow entry was replaced, or it reconnects from the
         // same port): reuse it.
@@ -263,7 +321,7 @@ pub fn claim_nat(
     if (old_seal != 0) & !ours {
         // A whole translation of another client, taken over: its flow entry goes with it.
         let old_hash = flow_hash(&old_key);
-        if old_seal == k3s_xdp_common::table::seal(old_hash, client_addr, ports, ids) {
+        if old_seal == k3s_xdp_common::table::seal(old_hash, client_addr.seal_word(), ports, ids) {
             // SAFETY: the caller's record (per-CPU scratch), valid for this run. Left set
             // even if the claim then loses a race: the old translation is overwritten
             // either way.
@@ -295,7 +353,8 @@ pub fn claim_nat(
     // Another CPU may have written the same slot at the same instant: keep the port only if
     // the slot reads back whole and ours.
     same_key(&field!((*slot).key), reverse)
-        & (field!((*slot).nat.client_addr) == key.src)
+        // SAFETY: as above.
+        & (F::diff_at(unsafe { addr_of!((*slot).nat.client_addr) }, &key.src) == 0)
         & (field!((*slot).nat.client_port) == key.sport)
         & (field!((*slot).seal) == seal)
 }

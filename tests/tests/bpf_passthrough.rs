@@ -66,7 +66,7 @@ fn arp_and_ipv6_are_the_hosts_business() {
             ],
         },
     };
-    assert_passed_untouched(&mut h, &arp.to_bytes(), reason::PASS_NOT_IPV4);
+    assert_passed_untouched(&mut h, &arp.to_bytes(), reason::PASS_NOT_IP);
     let ipv6 = Frame {
         eth_dst: LB_MAC,
         eth_src: packet::CLIENT_MAC,
@@ -76,7 +76,7 @@ fn arp_and_ipv6_are_the_hosts_business() {
             payload: vec![0x60; 40],
         },
     };
-    assert_passed_untouched(&mut h, &ipv6.to_bytes(), reason::PASS_NOT_IPV4);
+    assert_passed_untouched(&mut h, &ipv6.to_bytes(), reason::PASS_NOT_IP);
 }
 
 #[test]

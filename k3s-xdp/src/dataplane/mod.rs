@@ -92,9 +92,13 @@ impl Dataplane {
             bail!("the XDP object is an empty stand-in: build with the BPF toolchain (`cargo xtask setup`)");
         }
         let buckets = table::buckets(options.flow_table_size);
+        // The IPv6 flow tables hold one bucket while the IPv6 path is not in the program (issue
+        // 19): at the default size they would take 42 MiB for nothing.
         let mut bpf = EbpfLoader::new()
             .map_max_entries(names::FLOWS, buckets)
             .map_max_entries(names::NAT_REVERSE, table::slots(options.flow_table_size))
+            .map_max_entries(names::FLOWS6, 1)
+            .map_max_entries(names::NAT_REVERSE6, table::WAYS)
             .load(object)
             .context("cannot load the XDP object into the kernel (needs root, or CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN)")?;
         for name in [

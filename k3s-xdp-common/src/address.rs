@@ -1,0 +1,145 @@
+//! The two address families the maps hold: an IPv4 address is one `u32`, an IPv6 address
+//! ([`V6`]) four, each word as it sits in the packet (network byte order loaded natively). The
+//! flow and reverse-NAT tables, the backend and SNAT maps are generic over [`Address`], so the
+//! IPv4 ones keep their layouts (and the IPv4 path its cache footprint) while their IPv6 twins
+//! reuse every line of the code that fills and reads them.
+
+use crate::hash::mix;
+
+/// An IPv6 address in a map or a packet: its four 32-bit words, network byte order.
+pub type V6 = [u32; 4];
+
+/// What the tables do with an address of either family: compare without a branch, hash, and
+/// fold into one word for the VIP lookup.
+pub trait Address: Copy + Default + Eq + core::fmt::Debug + 'static {
+    /// Bytes of the address.
+    const LEN: usize;
+
+    /// 0 when `self == other`, anything else otherwise; one branch-free expression (the
+    /// verifier walks every branch of every way of a bucket).
+    fn diff(&self, other: &Self) -> u32;
+
+    /// `h` with the address mixed in: the flow hash and the seals take every word.
+    fn absorb(&self, h: u32) -> u32;
+
+    /// One word for the seals (the address itself for IPv4, a hash of its words for IPv6).
+    fn seal_word(&self) -> u32;
+
+    /// The word the VIP table's perfect hash (`VipHash::slot`) takes: cheap, because every
+    /// packet of the family pays it; userspace checks that the VIPs fold apart.
+    fn vip_fold(&self) -> u32;
+}
+
+impl Address for u32 {
+    const LEN: usize = 4;
+
+    #[inline(always)]
+    fn diff(&self, other: &Self) -> u32 {
+        self ^ other
+    }
+
+    #[inline(always)]
+    fn absorb(&self, h: u32) -> u32 {
+        mix(h, *self)
+    }
+
+    #[inline(always)]
+    fn seal_word(&self) -> u32 {
+        *self
+    }
+
+    #[inline(always)]
+    fn vip_fold(&self) -> u32 {
+        *self
+    }
+}
+
+impl Address for V6 {
+    const LEN: usize = 16;
+
+    #[inline(always)]
+    fn diff(&self, other: &Self) -> u32 {
+        (self[0] ^ other[0]) | (self[1] ^ other[1]) | (self[2] ^ other[2]) | (self[3] ^ other[3])
+    }
+
+    #[inline(always)]
+    fn absorb(&self, h: u32) -> u32 {
+        mix(mix(mix(mix(h, self[0]), self[1]), self[2]), self[3])
+    }
+
+    #[inline(always)]
+    fn seal_word(&self) -> u32 {
+        self.absorb(0x7365_616c) // "seal"
+    }
+
+    /// VIPs usually differ in their last word (the interface identifier), often in its low
+    /// bits: rotations keep each word's low bits apart from the others'.
+    #[inline(always)]
+    fn vip_fold(&self) -> u32 {
+        self[3] ^ self[2].rotate_left(8) ^ self[1].rotate_left(16) ^ self[0].rotate_left(24)
+    }
+}
+
+/// The [`V6`] words of a 16-byte address as it sits in the packet.
+pub fn v6_words(bytes: [u8; 16]) -> V6 {
+    let w = |i: usize| u32::from_ne_bytes([bytes[i], bytes[i + 1], bytes[i + 2], bytes[i + 3]]);
+    [w(0), w(4), w(8), w(12)]
+}
+
+/// The bytes of a [`V6`] address, as in the packet.
+pub fn v6_bytes(words: V6) -> [u8; 16] {
+    let mut out = [0u8; 16];
+    for (i, w) in words.iter().enumerate() {
+        out[4 * i..4 * i + 4].copy_from_slice(&w.to_ne_bytes());
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v6(last: u16) -> V6 {
+        let mut b = [0u8; 16];
+        b[0] = 0x20;
+        b[1] = 0x01;
+        b[2] = 0x0d;
+        b[3] = 0xb8;
+        b[14..].copy_from_slice(&last.to_be_bytes());
+        v6_words(b)
+    }
+
+    #[test]
+    fn addresses_differ_in_any_word() {
+        let a = v6(0x100);
+        assert_eq!(a.diff(&a), 0);
+        for i in 0..4 {
+            let mut b = a;
+            b[i] ^= 1 << 31;
+            assert_ne!(a.diff(&b), 0, "word {i}");
+            assert_ne!(a.absorb(1), b.absorb(1), "word {i}");
+            assert_ne!(a.seal_word(), b.seal_word(), "word {i}");
+        }
+        assert_eq!(7u32.diff(&7), 0);
+        assert_ne!(7u32.diff(&6), 0);
+    }
+
+    #[test]
+    fn words_and_bytes_round_trip() {
+        let bytes = [
+            0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x01, 0x00,
+        ];
+        assert_eq!(v6_bytes(v6_words(bytes)), bytes);
+        assert_eq!(v6_words(bytes), v6(0x100));
+    }
+
+    #[test]
+    fn nearby_vips_fold_apart() {
+        let mut folds: [u32; 256] = [0; 256];
+        for (i, f) in folds.iter_mut().enumerate() {
+            *f = v6(0x100 + i as u16).vip_fold();
+        }
+        folds.sort_unstable();
+        assert!(folds.windows(2).all(|w| w[0] != w[1]));
+    }
+}

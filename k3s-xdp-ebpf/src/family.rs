@@ -1,0 +1,553 @@
+//! IPv4 and IPv6: what differs between the families, so that the forwarding code (flows, SNAT,
+//! replies, RSTs) is written once and compiled twice. `u32` is IPv4, `V6` IPv6; each names
+//! its header, its maps and its FIB lookup. The IPv4 code is the code it was before IPv6
+//! existed: every method below inlines to the IPv4 operation alone.
+
+use crate::{
+    csum::{self, Delta},
+    forward::{self, Chosen, Decision},
+    headers::{Ipv4Hdr, Ipv6Hdr, TcpHdr},
+    maps::{
+        BACKENDS, BACKENDS6, BACKEND_HOPS, BACKEND_HOPS6, FLOWS, FLOWS6, NAT_REVERSE, NAT_REVERSE6,
+        SNAT_SEARCH, SNAT_SEARCH6, SNAT_SOURCES, SNAT_SOURCES6,
+    },
+    parse::{self, Ip, Valid, L4},
+    reset,
+    state::Probe,
+    table::Place,
+    verdict::Verdict,
+};
+use aya_ebpf::{
+    bindings::{bpf_fib_lookup, xdp_md},
+    programs::XdpContext,
+};
+use core::mem::size_of;
+use k3s_xdp_common::{
+    table::{FlowBucket, NatSlot},
+    Address, Backend, FlowKey, Globals, NextHop, SnatSources, VipPort, IPPROTO_TCP, V6,
+};
+
+/// Hop limit (TTL) of the packets the program answers with (RSTs, echo replies).
+pub const HOP_LIMIT: u8 = 64;
+
+const AF_INET: u8 = 2;
+const AF_INET6: u8 = 10;
+
+pub trait Family: Address {
+    /// The IP header.
+    type Hdr;
+    /// The new-flow program's slot in `NEW_FLOW`.
+    const NEW_FLOW_SLOT: u32;
+    /// Bounds the L4 offset a new flow's second half finds its packet's headers at again:
+    /// IPv6 extension headers can put it far from the IP header.
+    const L4_MASK: u16;
+
+    /// Reads an address from a map value once, word by word (a volatile read of a whole IPv6
+    /// address would go through the stack).
+    fn load(at: *const Self) -> Self;
+
+    /// `Address::diff` against an address read once from a map value.
+    fn diff_at(at: *const Self, other: &Self) -> u32;
+
+    /// The header's source and destination.
+    fn src(hdr: *const Self::Hdr) -> Self;
+    fn dst(hdr: *const Self::Hdr) -> Self;
+
+    /// Writes the addresses into the header (and, for IPv4, its checksum); returns the
+    /// difference the TCP/UDP checksum's pseudo-header sees.
+    fn set_addresses(hdr: *mut Self::Hdr, src: Self, dst: Self) -> Delta;
+
+    /// `delta` with the change of an address from `old` to `new` added.
+    fn delta(delta: Delta, old: Self, new: Self) -> Delta;
+
+    /// The one's-complement sum of the address's 16-bit words, added to `sum`.
+    fn sum(self, sum: u32) -> u32;
+
+    fn flow_bucket(index: u32) -> Option<*mut FlowBucket<Self>>;
+    fn nat_slot(index: u32) -> Option<*mut NatSlot<Self>>;
+    fn backend(id: u32) -> Option<Backend<Self>>;
+    fn backend_hop(id: u32) -> Option<*mut NextHop<Self>>;
+    fn snat_sources(service: u32) -> Option<&'static SnatSources<Self>>;
+    /// This CPU's new-flow state (see `new_flow.rs`).
+    fn probe() -> Option<*mut Probe<Self>>;
+
+    /// Locates and checks the IP header of a packet to a VIP (`parse::validate` or
+    /// `validate6`).
+    fn parse(ctx: &XdpContext) -> Result<(Ip<Self>, Valid), u32>;
+
+    /// Turns the header of a TCP packet around for a bare RST of `TCP_LEN` bytes back to its
+    /// sender: addresses swapped, lengths, hop limit (IPv6: extension headers dropped, the RST
+    /// follows the fixed header). Returns where the RST's TCP header goes.
+    fn turn_around(hdr: *mut Self::Hdr, l3: usize, valid: &Valid) -> usize;
+
+    // The flow path's bigger steps: inline by default (IPv4); IPv6 runs them as subprograms
+    // of their own, because its addresses do not fit one 512-byte stack frame with the rest
+    // of the path (a subprogram's frame is taken only while it runs).
+
+    /// `forward::translation_event`.
+    #[inline(always)]
+    fn translation_event(
+        key: &FlowKey<Self>,
+        backend: &Backend<Self>,
+        snat_addr: Self,
+        snat_port: u16,
+        tcp_flags: u8,
+        mask: u32,
+    ) -> bool {
+        forward::translation_event(key, backend, snat_addr, snat_port, tcp_flags, mask)
+    }
+
+    /// `forward::lookup`.
+    #[inline(always)]
+    fn lookup(
+        key: &FlowKey<Self>,
+        at: Place,
+        service: &VipPort,
+        protocol: u8,
+        tcp_flags: u8,
+        globals: &Globals,
+    ) -> Decision<Self> {
+        forward::lookup(key, at, service, protocol, tcp_flags, globals)
+    }
+
+    /// `forward::send`.
+    #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
+    fn send(
+        ctx: &XdpContext,
+        ip: &Ip<Self>,
+        l4: &L4,
+        service: &VipPort,
+        chosen: &Chosen<Self>,
+        dsr: bool,
+        globals: &Globals,
+        new_flow: bool,
+    ) -> Verdict {
+        forward::send(ctx, ip, l4, service, chosen, dsr, globals, new_flow)
+    }
+
+    /// `reset::send`.
+    #[inline(always)]
+    fn refuse(
+        ctx: &XdpContext,
+        ip: &Ip<Self>,
+        valid: &Valid,
+        l4: &L4,
+        service: u32,
+        backend: u32,
+    ) -> Verdict {
+        reset::send(ctx, ip, valid, l4, service, backend)
+    }
+
+    /// Fills a FIB lookup's family and addresses.
+    fn fib_params(params: &mut bpf_fib_lookup, src: Self, dst: Self);
+    /// The address a successful lookup leaves as the next hop (the gateway, or `dst` on-link).
+    fn fib_gateway(params: &bpf_fib_lookup) -> Self;
+}
+
+/// A bare TCP header's length.
+pub const TCP_LEN: usize = size_of::<TcpHdr>();
+
+impl Family for u32 {
+    type Hdr = Ipv4Hdr;
+    const NEW_FLOW_SLOT: u32 = 0;
+    const L4_MASK: u16 = 0x7f;
+
+    #[inline(always)]
+    fn parse(ctx: &XdpContext) -> Result<(Ip<u32>, Valid), u32> {
+        let ip = parse::ipv4(ctx)?;
+        let valid = parse::validate(ctx, &ip)?;
+        Ok((ip, valid))
+    }
+
+    #[inline(always)]
+    fn turn_around(hdr: *mut Ipv4Hdr, _l3: usize, valid: &Valid) -> usize {
+        // SAFETY: a header the parser checked in bounds. Swapping the addresses leaves the
+        // checksum as it is; the length and TTL do not.
+        unsafe {
+            let (src, dst) = ((*hdr).dst, (*hdr).src);
+            (*hdr).src = src;
+            (*hdr).dst = dst;
+            let tot_len = ((valid.ihl + TCP_LEN) as u16).to_be();
+            let mut check = csum::replace2((*hdr).check, (*hdr).tot_len, tot_len);
+            check = csum::replace2(
+                check,
+                u16::from_ne_bytes([(*hdr).ttl, IPPROTO_TCP]),
+                u16::from_ne_bytes([HOP_LIMIT, IPPROTO_TCP]),
+            );
+            (*hdr).tot_len = tot_len;
+            (*hdr).ttl = HOP_LIMIT;
+            (*hdr).check = check;
+        }
+        valid.l4
+    }
+
+    #[inline(always)]
+    fn load(at: *const u32) -> u32 {
+        // SAFETY: callers pass a field of a map value valid for this run.
+        unsafe { core::ptr::read_volatile(at) }
+    }
+
+    #[inline(always)]
+    fn diff_at(at: *const u32, other: &u32) -> u32 {
+        Self::load(at) ^ other
+    }
+
+    #[inline(always)]
+    fn src(hdr: *const Ipv4Hdr) -> u32 {
+        // SAFETY: callers pass a header the parser checked in bounds.
+        unsafe { (*hdr).src }
+    }
+
+    #[inline(always)]
+    fn dst(hdr: *const Ipv4Hdr) -> u32 {
+        // SAFETY: as above.
+        unsafe { (*hdr).dst }
+    }
+
+    #[inline(always)]
+    fn set_addresses(hdr: *mut Ipv4Hdr, src: u32, dst: u32) -> Delta {
+        // SAFETY: as above.
+        unsafe {
+            let delta = Delta::new().word32((*hdr).src, src).word32((*hdr).dst, dst);
+            (*hdr).src = src;
+            (*hdr).dst = dst;
+            (*hdr).check = delta.apply((*hdr).check);
+            delta
+        }
+    }
+
+    #[inline(always)]
+    fn delta(delta: Delta, old: u32, new: u32) -> Delta {
+        delta.word32(old, new)
+    }
+
+    #[inline(always)]
+    fn sum(self, sum: u32) -> u32 {
+        crate::csum::add32(sum, self)
+    }
+
+    #[inline(always)]
+    fn flow_bucket(index: u32) -> Option<*mut FlowBucket<u32>> {
+        FLOWS.get_ptr_mut(index)
+    }
+
+    #[inline(always)]
+    fn nat_slot(index: u32) -> Option<*mut NatSlot<u32>> {
+        NAT_REVERSE.get_ptr_mut(index)
+    }
+
+    #[inline(always)]
+    fn backend(id: u32) -> Option<Backend<u32>> {
+        BACKENDS.get(id).copied()
+    }
+
+    #[inline(always)]
+    fn backend_hop(id: u32) -> Option<*mut NextHop<u32>> {
+        BACKEND_HOPS.get_ptr_mut(id)
+    }
+
+    #[inline(always)]
+    fn snat_sources(service: u32) -> Option<&'static SnatSources<u32>> {
+        SNAT_SOURCES.get(service)
+    }
+
+    #[inline(always)]
+    fn probe() -> Option<*mut Probe<u32>> {
+        SNAT_SEARCH.get_ptr_mut(0)
+    }
+
+    #[inline(always)]
+    fn fib_params(params: &mut bpf_fib_lookup, src: u32, dst: u32) {
+        params.family = AF_INET;
+        params.__bindgen_anon_3.ipv4_src = src;
+        params.__bindgen_anon_4.ipv4_dst = dst;
+    }
+
+    #[inline(always)]
+    fn fib_gateway(params: &bpf_fib_lookup) -> u32 {
+        // SAFETY: reading a union field the kernel wrote (an IPv4 lookup fills `ipv4_dst`).
+        unsafe { params.__bindgen_anon_4.ipv4_dst }
+    }
+}
+
+impl Family for V6 {
+    type Hdr = Ipv6Hdr;
+    const NEW_FLOW_SLOT: u32 = 1;
+    const L4_MASK: u16 = 0x3fff;
+
+    #[inline(always)]
+    fn translation_event(
+        key: &FlowKey<V6>,
+        backend: &Backend<V6>,
+        snat_addr: V6,
+        snat_port: u16,
+        tcp_flags: u8,
+        mask: u32,
+    ) -> bool {
+        let packed = (u64::from(snat_port) << 8) | u64::from(tcp_flags);
+        translation_event6(key, backend, &snat_addr, packed, u64::from(mask)) != 0
+    }
+
+    #[inline(always)]
+    fn lookup(
+        key: &FlowKey<V6>,
+        at: Place,
+        service: &VipPort,
+        protocol: u8,
+        tcp_flags: u8,
+        globals: &Globals,
+    ) -> Decision<V6> {
+        let mut out = Decision::Choose;
+        let packed = (u64::from(at.hash) << 32) | (u64::from(protocol) << 8) | u64::from(tcp_flags);
+        lookup6(key, service, globals, packed, &mut out);
+        out
+    }
+
+    #[inline(always)]
+    fn send(
+        ctx: &XdpContext,
+        ip: &Ip<V6>,
+        l4: &L4,
+        service: &VipPort,
+        chosen: &Chosen<V6>,
+        dsr: bool,
+        globals: &Globals,
+        new_flow: bool,
+    ) -> Verdict {
+        let route = Route {
+            service,
+            globals,
+            flags: u32::from(dsr) | (u32::from(new_flow) << 1),
+        };
+        unpack(send6(ctx.ctx, ip, l4, chosen, &route))
+    }
+
+    #[inline(always)]
+    fn refuse(
+        ctx: &XdpContext,
+        ip: &Ip<V6>,
+        valid: &Valid,
+        l4: &L4,
+        service: u32,
+        backend: u32,
+    ) -> Verdict {
+        let ids = (u64::from(service) << 32) | u64::from(backend);
+        unpack(refuse6(ctx.ctx, ip, valid, l4, ids))
+    }
+
+    #[inline(always)]
+    fn parse(ctx: &XdpContext) -> Result<(Ip<V6>, Valid), u32> {
+        let ip = parse::ipv6(ctx)?;
+        let valid = parse::validate6(ctx, &ip)?;
+        Ok((ip, valid))
+    }
+
+    #[inline(always)]
+    fn turn_around(hdr: *mut Ipv6Hdr, l3: usize, _valid: &Valid) -> usize {
+        // SAFETY: a header the parser checked in bounds.
+        unsafe {
+            let (src, dst) = ((*hdr).dst, (*hdr).src);
+            (*hdr).src = src;
+            (*hdr).dst = dst;
+            (*hdr).payload_len = (TCP_LEN as u16).to_be();
+            (*hdr).next_header = IPPROTO_TCP;
+            (*hdr).hop_limit = HOP_LIMIT;
+        }
+        l3 + size_of::<Ipv6Hdr>()
+    }
+
+    #[inline(always)]
+    fn load(at: *const V6) -> V6 {
+        let w = at as *const u32;
+        // SAFETY: callers pass a field of a map value valid for this run: four words.
+        unsafe {
+            [
+                core::ptr::read_volatile(w),
+                core::ptr::read_volatile(w.add(1)),
+                core::ptr::read_volatile(w.add(2)),
+                core::ptr::read_volatile(w.add(3)),
+            ]
+        }
+    }
+
+    #[inline(always)]
+    fn diff_at(at: *const V6, other: &V6) -> u32 {
+        let w = at as *const u32;
+        // SAFETY: as above.
+        unsafe {
+            (core::ptr::read_volatile(w) ^ other[0])
+                | (core::ptr::read_volatile(w.add(1)) ^ other[1])
+                | (core::ptr::read_volatile(w.add(2)) ^ other[2])
+                | (core::ptr::read_volatile(w.add(3)) ^ other[3])
+        }
+    }
+
+    #[inline(always)]
+    fn src(hdr: *const Ipv6Hdr) -> V6 {
+        // SAFETY: callers pass a header the parser checked in bounds.
+        unsafe { (*hdr).src }
+    }
+
+    #[inline(always)]
+    fn dst(hdr: *const Ipv6Hdr) -> V6 {
+        // SAFETY: as above.
+        unsafe { (*hdr).dst }
+    }
+
+    #[inline(always)]
+    fn set_addresses(hdr: *mut Ipv6Hdr, src: V6, dst: V6) -> Delta {
+        // SAFETY: as above. IPv6 has no header checksum.
+        unsafe {
+            let delta = Self::delta(Self::delta(Delta::new(), (*hdr).src, src), (*hdr).dst, dst);
+            (*hdr).src = src;
+            (*hdr).dst = dst;
+            delta
+        }
+    }
+
+    #[inline(always)]
+    fn delta(delta: Delta, old: V6, new: V6) -> Delta {
+        delta
+            .word32(old[0], new[0])
+            .word32(old[1], new[1])
+            .word32(old[2], new[2])
+            .word32(old[3], new[3])
+    }
+
+    #[inline(always)]
+    fn sum(self, sum: u32) -> u32 {
+        use crate::csum::add32;
+        add32(add32(add32(add32(sum, self[0]), self[1]), self[2]), self[3])
+    }
+
+    #[inline(always)]
+    fn flow_bucket(index: u32) -> Option<*mut FlowBucket<V6>> {
+        FLOWS6.get_ptr_mut(index)
+    }
+
+    #[inline(always)]
+    fn nat_slot(index: u32) -> Option<*mut NatSlot<V6>> {
+        NAT_REVERSE6.get_ptr_mut(index)
+    }
+
+    #[inline(always)]
+    fn backend(id: u32) -> Option<Backend<V6>> {
+        BACKENDS6.get(id).copied()
+    }
+
+    #[inline(always)]
+    fn backend_hop(id: u32) -> Option<*mut NextHop<V6>> {
+        BACKEND_HOPS6.get_ptr_mut(id)
+    }
+
+    #[inline(always)]
+    fn snat_sources(service: u32) -> Option<&'static SnatSources<V6>> {
+        SNAT_SOURCES6.get(service)
+    }
+
+    #[inline(always)]
+    fn probe() -> Option<*mut Probe<V6>> {
+        SNAT_SEARCH6.get_ptr_mut(0)
+    }
+
+    #[inline(always)]
+    fn fib_params(params: &mut bpf_fib_lookup, src: V6, dst: V6) {
+        params.family = AF_INET6;
+        params.__bindgen_anon_3.ipv6_src = src;
+        params.__bindgen_anon_4.ipv6_dst = dst;
+    }
+
+    #[inline(always)]
+    fn fib_gateway(params: &bpf_fib_lookup) -> V6 {
+        // SAFETY: reading a union field the kernel wrote (an IPv6 lookup fills `ipv6_dst`).
+        unsafe { params.__bindgen_anon_4.ipv6_dst }
+    }
+}
+
+#[inline(never)]
+fn translation_event6(
+    key: &FlowKey<V6>,
+    backend: &Backend<V6>,
+    snat_addr: &V6,
+    packed: u64,
+    mask: u64,
+) -> u64 {
+    let (snat_port, tcp_flags) = ((packed >> 8) as u16, packed as u8);
+    u64::from(forward::translation_event(
+        key,
+        backend,
+        *snat_addr,
+        snat_port,
+        tcp_flags,
+        mask as u32,
+    ))
+}
+
+#[inline(never)]
+fn lookup6(
+    key: &FlowKey<V6>,
+    service: &VipPort,
+    globals: &Globals,
+    packed: u64,
+    out: *mut Decision<V6>,
+) {
+    let at = Place {
+        hash: (packed >> 32) as u32,
+        mask: globals.flow_mask,
+    };
+    let decision = forward::lookup(key, at, service, (packed >> 8) as u8, packed as u8, globals);
+    // SAFETY: the caller's `Decision`, on its stack.
+    unsafe { *out = decision };
+}
+
+/// What `send6` needs besides the packet and the flow's backend.
+struct Route<'a> {
+    service: &'a VipPort,
+    globals: &'a Globals,
+    /// 1: dsr; 2: the flow's first packet.
+    flags: u32,
+}
+
+#[inline(never)]
+fn send6(ctx: *mut xdp_md, ip: &Ip<V6>, l4: &L4, chosen: &Chosen<V6>, route: &Route) -> u64 {
+    let ctx = XdpContext::new(ctx);
+    let (dsr, new_flow) = (route.flags & 1 != 0, route.flags & 2 != 0);
+    pack(forward::send(
+        &ctx,
+        ip,
+        l4,
+        route.service,
+        chosen,
+        dsr,
+        route.globals,
+        new_flow,
+    ))
+}
+
+#[inline(never)]
+fn refuse6(ctx: *mut xdp_md, ip: &Ip<V6>, valid: &Valid, l4: &L4, ids: u64) -> u64 {
+    let ctx = XdpContext::new(ctx);
+    pack(reset::send(
+        &ctx,
+        ip,
+        valid,
+        l4,
+        (ids >> 32) as u32,
+        ids as u32,
+    ))
+}
+
+/// A verdict in one register (a BPF function returns one): `reason << 32 | action`.
+#[inline(always)]
+pub fn pack(v: Verdict) -> u64 {
+    (u64::from(v.reason) << 32) | u64::from(v.action)
+}
+
+#[inline(always)]
+pub fn unpack(packed: u64) -> Verdict {
+    Verdict {
+        action: packed as u32,
+        reason: (packed >> 32) as u32,
+    }
+}
