@@ -123,10 +123,10 @@ mod tests {
         assert_ne!(flow_hash(&k), snat_hash(&k));
         for word in 0..4 {
             let mut other = k;
-            other.src[word] ^= 1;
+            other.src[word / 2] ^= 1 << (32 * (word % 2));
             assert_ne!(flow_hash(&k), flow_hash(&other), "source word {word}");
             let mut other = k;
-            other.dst[word] ^= 1 << 20;
+            other.dst[word / 2] ^= 1 << (20 + 32 * (word % 2));
             assert_ne!(flow_hash(&k), flow_hash(&other), "destination word {word}");
         }
     }

@@ -171,11 +171,12 @@ impl VipHash {
 /// address the flag `VIP_SNAT_ONLY`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct VipSlot<A = u32> {
+pub struct VipSlot<A: Address = u32> {
     /// The VIP in this slot (network byte order); a packet's destination must equal it.
     pub addr: A,
     pub _pad: u32,
     pub info: VipInfo,
+    pub _tail: A::Tail,
 }
 
 /// Single-entry `VIP_TABLE`: which half of `VIPS` is live, and each half's hash.
@@ -207,7 +208,7 @@ pub const BACKEND_FREE: u32 = 0;
 /// (free, state 0, in the other).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Backend<A = u32> {
+pub struct Backend<A: Address = u32> {
     /// Network byte order.
     pub addr: A,
     /// Port, network byte order.
@@ -217,6 +218,7 @@ pub struct Backend<A = u32> {
     pub state: u32,
     /// Service slot this backend belongs to.
     pub service: u32,
+    pub _tail: A::Tail,
 }
 
 /// Key of `FLOWS` and `NAT_REVERSE` (an IPv4 5-tuple as seen on the wire), and of `FLOWS6`
@@ -236,7 +238,7 @@ pub struct FlowKey<A = u32> {
 /// per backend in `BACKEND_HOPS`, per client in `NAT_REVERSE`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct NextHop<A = u32> {
+pub struct NextHop<A: Address = u32> {
     /// The address it was resolved for (network byte order); a backend slot reused for another
     /// address does not inherit it.
     pub dst: A,
@@ -247,6 +249,7 @@ pub struct NextHop<A = u32> {
     pub ifindex: u32,
     pub smac: [u8; 6],
     pub dmac: [u8; 6],
+    pub _tail: A::Tail,
 }
 
 /// Value of `FLOWS` (key: client → VIP tuple).
@@ -266,10 +269,11 @@ pub struct Flow {
 /// not 0; an empty pool (`count` 0) means the VIP.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct SnatSources<A = u32> {
+pub struct SnatSources<A: Address = u32> {
     /// The service's VIP (network byte order): a reply to a pool address leaves from it.
     pub vip: A,
     pub count: u32,
+    pub _tail: A::Tail,
     /// Network byte order; valid below `count`.
     pub addrs: [A; MAX_SNAT_SOURCES],
 }
@@ -279,6 +283,7 @@ impl<A: Address> Default for SnatSources<A> {
         SnatSources {
             vip: A::default(),
             count: 0,
+            _tail: A::Tail::default(),
             addrs: [A::default(); MAX_SNAT_SOURCES],
         }
     }
@@ -287,7 +292,7 @@ impl<A: Address> Default for SnatSources<A> {
 /// Value of `NAT_REVERSE` (key: backend → VIP:snat_port tuple, as the backend's reply carries it).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct NatReverse<A = u32> {
+pub struct NatReverse<A: Address = u32> {
     pub client_addr: A,
     pub client_port: u16,
     /// The service port on the VIP, restored as the reply's source port.
@@ -299,6 +304,7 @@ pub struct NatReverse<A = u32> {
     /// `NAT_*` bits: how far the TCP connection has closed. A closed translation's SNAT port may
     /// be taken by a new flow.
     pub closing: u32,
+    pub _tail: A::Tail,
     /// Toward the client, from the FIB: unresolved (`ifindex` 0) until the first reply
     /// resolves it.
     pub next_hop: NextHop<A>,
@@ -315,7 +321,7 @@ pub const NAT_RESET: u32 = 1 << 2;
 /// and would refuse another client's SYN on it (PAWS): see [`waits`].
 pub const NAT_BACKEND_FIRST: u32 = 1 << 3;
 
-impl<A> NatReverse<A> {
+impl<A: Address> NatReverse<A> {
     /// Whether the connection is over (FIN both ways, or a RST): its SNAT port may be reused.
     #[inline(always)]
     pub fn closed(&self) -> bool {
@@ -478,12 +484,16 @@ mod tests {
         assert_eq!(size_of::<VipSlot>(), 8 + size_of::<VipInfo>());
         assert_eq!(size_of::<VipTable>(), 40);
         // The IPv6 twins.
-        assert_eq!(size_of::<FlowKey<V6>>(), 40);
-        assert_eq!(size_of::<Backend<V6>>(), 28);
-        assert_eq!(size_of::<NextHop<V6>>(), 36);
-        assert_eq!(size_of::<NatReverse<V6>>(), 64);
-        assert_eq!(size_of::<SnatSources<V6>>(), 20 + 16 * MAX_SNAT_SOURCES);
-        assert_eq!(size_of::<VipSlot<V6>>(), 20 + size_of::<VipInfo>());
+        // The IPv6 twins: every byte a field (the `_tail`s), none implicit padding.
+        assert_eq!(size_of::<FlowKey<V6>>(), 16 + 16 + 8);
+        assert_eq!(size_of::<Backend<V6>>(), 16 + 12 + 4);
+        assert_eq!(size_of::<NextHop<V6>>(), 16 + 20 + 4);
+        assert_eq!(size_of::<NatReverse<V6>>(), 16 + 12 + 4 + 40);
+        assert_eq!(
+            size_of::<SnatSources<V6>>(),
+            16 + 4 + 4 + 16 * MAX_SNAT_SOURCES
+        );
+        assert_eq!(size_of::<VipSlot<V6>>(), 16 + 4 + size_of::<VipInfo>() + 4);
     }
 
     #[test]

@@ -111,7 +111,7 @@ pub fn snat_word(snat_port: u16, snat_source: u16) -> u32 {
 /// A bucket of `FLOWS` (one map entry): `WAYS` slots, two cache lines (`FLOWS6`: 224 bytes).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct FlowBucket<A = u32> {
+pub struct FlowBucket<A: Address = u32> {
     pub slots: [FlowSlot<A>; WAYS as usize],
 }
 
@@ -119,7 +119,7 @@ pub struct FlowBucket<A = u32> {
 /// line (56 bytes in `FLOWS6`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct FlowSlot<A = u32> {
+pub struct FlowSlot<A: Address = u32> {
     pub key: FlowKey<A>,
     pub flow: Flow,
     /// See the module documentation; 0 = free.
@@ -169,11 +169,11 @@ impl<A: Address> FlowSlot<A> {
 }
 
 /// A slot of `NAT_REVERSE`: a backend → VIP:snat_port tuple and the client it stands for.
-/// 64 bytes: one cache line (the maps are page-aligned, `BPF_F_MMAPABLE`); 112 bytes in
+/// 64 bytes: one cache line (the maps are page-aligned, `BPF_F_MMAPABLE`); 120 bytes in
 /// `NAT_REVERSE6`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct NatSlot<A = u32> {
+pub struct NatSlot<A: Address = u32> {
     pub key: FlowKey<A>,
     pub nat: NatReverse<A>,
     /// See the module documentation; 0 = free.
@@ -289,7 +289,7 @@ mod tests {
         assert_eq!(size_of::<NatSlot>(), 64);
         assert_eq!(size_of::<FlowBucket>(), 128);
         assert_eq!(size_of::<FlowSlot<crate::V6>>(), 56);
-        assert_eq!(size_of::<NatSlot<crate::V6>>(), 112);
+        assert_eq!(size_of::<NatSlot<crate::V6>>(), 120);
         assert_eq!(size_of::<FlowBucket<crate::V6>>(), 224);
     }
 

@@ -359,28 +359,27 @@ impl Family for V6 {
 
     #[inline(always)]
     fn load(at: *const V6) -> V6 {
-        let w = at as *const u32;
-        // SAFETY: callers pass a field of a map value valid for this run: four words.
+        let w = at as *const u64;
+        // SAFETY: callers pass a field of a map value valid for this run: two words.
         unsafe {
             [
                 core::ptr::read_volatile(w),
                 core::ptr::read_volatile(w.add(1)),
-                core::ptr::read_volatile(w.add(2)),
-                core::ptr::read_volatile(w.add(3)),
             ]
         }
     }
 
+    /// `other` is read again at each call too: held in registers across the unrolled ways
+    /// of a bucket, its words would be spilled to the stack, eight bytes a word.
     #[inline(always)]
     fn diff_at(at: *const V6, other: &V6) -> u32 {
-        let w = at as *const u32;
-        // SAFETY: as above.
-        unsafe {
-            (core::ptr::read_volatile(w) ^ other[0])
-                | (core::ptr::read_volatile(w.add(1)) ^ other[1])
-                | (core::ptr::read_volatile(w.add(2)) ^ other[2])
-                | (core::ptr::read_volatile(w.add(3)) ^ other[3])
-        }
+        let (w, o) = (at as *const u64, other.as_ptr());
+        // SAFETY: as above; `other` is a reference, valid to read.
+        let d = unsafe {
+            use core::ptr::read_volatile as rv;
+            (rv(w) ^ rv(o)) | (rv(w.add(1)) ^ rv(o.add(1)))
+        };
+        (d | (d >> 32)) as u32
     }
 
     #[inline(always)]
@@ -409,16 +408,20 @@ impl Family for V6 {
     #[inline(always)]
     fn delta(delta: Delta, old: V6, new: V6) -> Delta {
         delta
-            .word32(old[0], new[0])
-            .word32(old[1], new[1])
-            .word32(old[2], new[2])
-            .word32(old[3], new[3])
+            .word32(old[0] as u32, new[0] as u32)
+            .word32((old[0] >> 32) as u32, (new[0] >> 32) as u32)
+            .word32(old[1] as u32, new[1] as u32)
+            .word32((old[1] >> 32) as u32, (new[1] >> 32) as u32)
     }
 
     #[inline(always)]
     fn sum(self, sum: u32) -> u32 {
         use crate::csum::add32;
-        add32(add32(add32(add32(sum, self[0]), self[1]), self[2]), self[3])
+        let [a, b] = self;
+        add32(
+            add32(add32(add32(sum, a as u32), (a >> 32) as u32), b as u32),
+            (b >> 32) as u32,
+        )
     }
 
     #[inline(always)]
@@ -454,15 +457,25 @@ impl Family for V6 {
     #[inline(always)]
     fn fib_params(params: &mut bpf_fib_lookup, src: V6, dst: V6) {
         params.family = AF_INET6;
-        params.__bindgen_anon_3.ipv6_src = src;
-        params.__bindgen_anon_4.ipv6_dst = dst;
+        params.__bindgen_anon_3.ipv6_src = words(src);
+        params.__bindgen_anon_4.ipv6_dst = words(dst);
     }
 
     #[inline(always)]
     fn fib_gateway(params: &bpf_fib_lookup) -> V6 {
         // SAFETY: reading a union field the kernel wrote (an IPv6 lookup fills `ipv6_dst`).
-        unsafe { params.__bindgen_anon_4.ipv6_dst }
+        let w = unsafe { params.__bindgen_anon_4.ipv6_dst };
+        [
+            u64::from(w[0]) | (u64::from(w[1]) << 32),
+            u64::from(w[2]) | (u64::from(w[3]) << 32),
+        ]
     }
+}
+
+/// The four 32-bit words of an IPv6 address, as the FIB lookup takes them.
+#[inline(always)]
+fn words([a, b]: V6) -> [u32; 4] {
+    [a as u32, (a >> 32) as u32, b as u32, (b >> 32) as u32]
 }
 
 #[inline(never)]

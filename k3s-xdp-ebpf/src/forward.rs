@@ -65,7 +65,7 @@ pub fn to_backend<F: Family>(
 
 /// What the flow table says about a client's packet, the steps Katran and Cilium name too:
 /// look up the established flow, refuse one pinned to a dead backend, or choose anew.
-pub enum Decision<F> {
+pub enum Decision<F: Family> {
     /// An established flow: on to its backend.
     Established(Chosen<F>),
     /// Pinned to a backend that is down, in a service that resets such flows: a RST, counted
@@ -226,7 +226,7 @@ fn is_about<F: Family>(ip: &Ip<F>, l4: &L4, key: &FlowKey<F>) -> bool {
 
 /// Where a flow goes: its backend (slot `id`), and in nat mode the source the backend sees.
 #[derive(Clone, Copy)]
-pub struct Chosen<F> {
+pub struct Chosen<F: Family> {
     pub id: u32,
     pub backend: Backend<F>,
     pub snat_port: u16,

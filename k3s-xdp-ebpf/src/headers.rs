@@ -68,8 +68,8 @@ pub struct Ipv6Hdr {
     pub payload_len: u16,
     pub next_header: u8,
     pub hop_limit: u8,
-    pub src: [u32; 4],
-    pub dst: [u32; 4],
+    pub src: [u64; 2],
+    pub dst: [u64; 2],
 }
 
 /// The first two bytes every skippable IPv6 extension header starts with (RFC 8200, 4.2), and

@@ -78,7 +78,7 @@ fn echo_reply(ctx: &XdpContext, ip: &Ip<u32>, icmp: *mut IcmpHdr) -> Verdict {
 /// What an ICMP error about a VIP flow (quoting a packet we sent to the client) is about: the
 /// flow's service, its entry and backend, the address the backend sees, and the next hop
 /// toward the backend.
-pub struct Quoted<F> {
+pub struct Quoted<F: Family> {
     pub service: VipPort,
     pub flow: Flow,
     pub backend: Backend<F>,

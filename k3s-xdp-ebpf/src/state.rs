@@ -12,7 +12,7 @@ use k3s_xdp_common::{Backend, FlowKey, NatReverse, VipPort, MAX_PORTS_PER_VIP, M
 /// SNAT port search (shared with `snat_try`); one per CPU, in `SNAT_SEARCH` (see
 /// `new_flow.rs`).
 #[repr(C)]
-pub struct Probe<A = u32> {
+pub struct Probe<A: k3s_xdp_common::Address = u32> {
     // The question, written by the first half.
     pub key: FlowKey<A>,
     /// Where the packet's headers are.

@@ -123,6 +123,7 @@ pub fn backend_entry(b: &BackendSpec, service: u32) -> Backend {
             BackendState::Down => BACKEND_DOWN,
         },
         service,
+        _tail: (),
     }
 }
 

@@ -82,6 +82,7 @@ pub fn layout(vips: &BTreeMap<u32, VipInfo>, half: u32) -> Result<Half> {
                     addr,
                     _pad: 0,
                     info: *info,
+                    _tail: (),
                 },
             )
         })
