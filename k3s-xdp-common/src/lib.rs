@@ -41,8 +41,21 @@ pub mod names {
     /// The IPv6 twins of the maps above: the same layouts over 16-byte addresses, so that the
     /// IPv4 tables keep their size (and their place in the cache).
     pub const NEW_FLOW6_PROGRAM: &str = "k3s_xdp_new_flow6";
-    /// The IPv6 path, tail-called by `PROGRAM` through `NEW_FLOW` (slot `IPV6_SLOT`).
+    /// The IPv6 path, tail-called by `PROGRAM` through `NEW_FLOW`, and its later steps, each
+    /// in the `NEW_FLOW` slot of its place in [`TAIL_CALLS`].
     pub const PROGRAM6: &str = "k3s_xdp6";
+    pub const DECIDED6_PROGRAM: &str = "k3s_xdp_decided6";
+    pub const REPLY6_PROGRAM: &str = "k3s_xdp_reply6";
+    pub const ICMP6_PROGRAM: &str = "k3s_xdp_icmp6";
+    /// The programs of `NEW_FLOW`, by slot.
+    pub const TAIL_CALLS: [&str; 6] = [
+        NEW_FLOW_PROGRAM,
+        NEW_FLOW6_PROGRAM,
+        PROGRAM6,
+        DECIDED6_PROGRAM,
+        REPLY6_PROGRAM,
+        ICMP6_PROGRAM,
+    ];
     pub const VIPS6: &str = "VIPS6";
     pub const BACKENDS6: &str = "BACKENDS6";
     pub const BACKEND_HOPS6: &str = "BACKEND_HOPS6";

@@ -5,26 +5,24 @@
 
 use crate::{
     csum::{self, Delta},
-    forward::{self, Chosen, Decision},
+    forward::{self, Chosen},
     headers::{Ipv4Hdr, Ipv6Hdr, TcpHdr},
     maps::{
         BACKENDS, BACKENDS6, BACKEND_HOPS, BACKEND_HOPS6, FLOWS, FLOWS6, NAT_REVERSE, NAT_REVERSE6,
-        SNAT_SEARCH, SNAT_SEARCH6, SNAT_SOURCES, SNAT_SOURCES6,
+        NEW_FLOW, SNAT_SEARCH, SNAT_SEARCH6, SNAT_SOURCES, SNAT_SOURCES6,
     },
     parse::{self, Ip, Valid, L4},
     reset,
     state::Probe,
-    table::Place,
+    table::{self, Place},
     verdict::Verdict,
 };
-use aya_ebpf::{
-    bindings::{bpf_fib_lookup, xdp_md},
-    programs::XdpContext,
-};
+use aya_ebpf::{bindings::bpf_fib_lookup, programs::XdpContext};
 use core::mem::size_of;
 use k3s_xdp_common::{
+    reason,
     table::{FlowBucket, NatSlot},
-    Address, Backend, FlowKey, Globals, NextHop, SnatSources, VipPort, IPPROTO_TCP, V6,
+    Address, Backend, Flow, FlowKey, Globals, NextHop, SnatSources, VipPort, IPPROTO_TCP, V6,
 };
 
 /// Hop limit (TTL) of the packets the program answers with (RSTs, echo replies).
@@ -97,46 +95,47 @@ pub trait Family: Address {
         forward::translation_event(key, backend, snat_addr, snat_port, tcp_flags, mask)
     }
 
-    /// `forward::lookup`.
+    /// An established flow's packet, on to its backend (`forward::send`). IPv6 hands it
+    /// over to `k3s_xdp_decided6`, a program of its own (see `ipv6.rs`).
     #[inline(always)]
-    fn lookup(
-        key: &FlowKey<Self>,
-        at: Place,
-        service: &VipPort,
-        protocol: u8,
-        tcp_flags: u8,
-        globals: &Globals,
-    ) -> Decision<Self> {
-        forward::lookup(key, at, service, protocol, tcp_flags, globals)
-    }
-
-    /// `forward::send`.
-    #[allow(clippy::too_many_arguments)]
-    #[inline(always)]
-    fn send(
+    fn established(
         ctx: &XdpContext,
         ip: &Ip<Self>,
         l4: &L4,
+        _key: &FlowKey<Self>,
         service: &VipPort,
         chosen: &Chosen<Self>,
-        dsr: bool,
         globals: &Globals,
-        new_flow: bool,
     ) -> Verdict {
-        forward::send(ctx, ip, l4, service, chosen, dsr, globals, new_flow)
+        let dsr = service.flags & k3s_xdp_common::SERVICE_DSR != 0;
+        forward::send(ctx, ip, l4, service, chosen, dsr, globals, false)
     }
 
-    /// `reset::send`.
+    /// A flow pinned to a backend that is down: a RST (`reset::send`). IPv6: as above.
     #[inline(always)]
-    fn refuse(
+    fn refused(
         ctx: &XdpContext,
         ip: &Ip<Self>,
         valid: &Valid,
         l4: &L4,
-        service: u32,
+        _key: &FlowKey<Self>,
+        service: &VipPort,
         backend: u32,
     ) -> Verdict {
-        reset::send(ctx, ip, valid, l4, service, backend)
+        reset::send(ctx, ip, valid, l4, service.service, backend)
+    }
+
+    /// `table::store_flow`; IPv6: a subprogram, so that its frame is not part of the
+    /// new-flow program's, on which the SNAT search's callback frame stacks.
+    #[inline(always)]
+    fn store_flow(key: &FlowKey<Self>, at: Place, flow: Flow, clock: u32) -> bool {
+        table::store_flow(key, at, flow, clock)
+    }
+
+    /// A new flow's second half, once it decided: `forward::decided`. IPv6: as above.
+    #[inline(always)]
+    fn decided(ctx: &XdpContext, state: *mut Probe<Self>) -> Verdict {
+        forward::decided(ctx, state)
     }
 
     /// Fills a FIB lookup's family and addresses.
@@ -277,63 +276,65 @@ impl Family for V6 {
     const L4_MASK: u16 = 0x3fff;
 
     #[inline(always)]
-    fn translation_event(
-        key: &FlowKey<V6>,
-        backend: &Backend<V6>,
-        snat_addr: V6,
-        snat_port: u16,
-        tcp_flags: u8,
-        mask: u32,
-    ) -> bool {
-        let packed = (u64::from(snat_port) << 8) | u64::from(tcp_flags);
-        translation_event6(key, backend, &snat_addr, packed, u64::from(mask)) != 0
-    }
-
-    #[inline(always)]
-    fn lookup(
-        key: &FlowKey<V6>,
-        at: Place,
-        service: &VipPort,
-        protocol: u8,
-        tcp_flags: u8,
-        globals: &Globals,
-    ) -> Decision<V6> {
-        let mut out = Decision::Choose;
-        let packed = (u64::from(at.hash) << 32) | (u64::from(protocol) << 8) | u64::from(tcp_flags);
-        lookup6(key, service, globals, packed, &mut out);
-        out
-    }
-
-    #[inline(always)]
-    fn send(
+    fn established(
         ctx: &XdpContext,
         ip: &Ip<V6>,
         l4: &L4,
+        key: &FlowKey<V6>,
         service: &VipPort,
         chosen: &Chosen<V6>,
-        dsr: bool,
-        globals: &Globals,
-        new_flow: bool,
+        _globals: &Globals,
     ) -> Verdict {
-        let route = Route {
-            service,
-            globals,
-            flags: u32::from(dsr) | (u32::from(new_flow) << 1),
+        let Some(state) = V6::probe() else {
+            return Verdict::drop(reason::DROP_INTERNAL);
         };
-        unpack(send6(ctx.ctx, ip, l4, chosen, &route))
+        // SAFETY: this CPU's state, valid for this run.
+        unsafe {
+            (*state).outcome = crate::new_flow::CHOSEN;
+            (*state).id = chosen.id;
+            (*state).backend = chosen.backend;
+            (*state).snat_port = chosen.snat_port;
+            (*state).snat_addr = chosen.snat_addr;
+            (*state).first = 0;
+        }
+        hand_over(ctx, state, ip, l4, key, service)
     }
 
     #[inline(always)]
-    fn refuse(
+    fn refused(
         ctx: &XdpContext,
         ip: &Ip<V6>,
-        valid: &Valid,
+        _valid: &Valid,
         l4: &L4,
-        service: u32,
+        key: &FlowKey<V6>,
+        service: &VipPort,
         backend: u32,
     ) -> Verdict {
-        let ids = (u64::from(service) << 32) | u64::from(backend);
-        unpack(refuse6(ctx.ctx, ip, valid, l4, ids))
+        let Some(state) = V6::probe() else {
+            return Verdict::drop(reason::DROP_INTERNAL);
+        };
+        // SAFETY: as above.
+        unsafe {
+            (*state).outcome = reason::DROP_NO_BACKEND;
+            (*state).id = backend;
+        }
+        hand_over(ctx, state, ip, l4, key, service)
+    }
+
+    #[inline(always)]
+    fn store_flow(key: &FlowKey<V6>, at: Place, flow: Flow, clock: u32) -> bool {
+        let flow = (u64::from(flow.backend) << 32)
+            | (u64::from(flow.snat_source) << 16)
+            | u64::from(flow.snat_port);
+        let place = (u64::from(at.hash) << 32) | u64::from(at.mask);
+        store_flow6(key, place, flow, u64::from(clock)) != 0
+    }
+
+    #[inline(always)]
+    fn decided(ctx: &XdpContext, _state: *mut Probe<V6>) -> Verdict {
+        // SAFETY: a tail call into `k3s_xdp_decided6`, put in its slot before attaching.
+        unsafe { NEW_FLOW.tail_call(ctx, DECIDED6_SLOT) };
+        Verdict::drop(reason::DROP_INTERNAL)
     }
 
     #[inline(always)]
@@ -479,88 +480,40 @@ fn words([a, b]: V6) -> [u32; 4] {
 }
 
 #[inline(never)]
-fn translation_event6(
-    key: &FlowKey<V6>,
-    backend: &Backend<V6>,
-    snat_addr: &V6,
-    packed: u64,
-    mask: u64,
-) -> u64 {
-    let (snat_port, tcp_flags) = ((packed >> 8) as u16, packed as u8);
-    u64::from(forward::translation_event(
-        key,
-        backend,
-        *snat_addr,
-        snat_port,
-        tcp_flags,
-        mask as u32,
-    ))
+fn store_flow6(key: &FlowKey<V6>, place: u64, flow: u64, clock: u64) -> u64 {
+    let at = Place {
+        hash: (place >> 32) as u32,
+        mask: place as u32,
+    };
+    let flow = Flow {
+        backend: (flow >> 32) as u32,
+        snat_source: (flow >> 16) as u16,
+        snat_port: flow as u16,
+    };
+    u64::from(table::store_flow(key, at, flow, clock as u32))
 }
 
-#[inline(never)]
-fn lookup6(
+/// The `NEW_FLOW` slot of `k3s_xdp_decided6`.
+pub const DECIDED6_SLOT: u32 = 3;
+
+/// Hands an IPv6 packet whose flow is decided (its answer in `state`) over to
+/// `k3s_xdp_decided6`: the question's fields, then the tail call.
+#[inline(always)]
+fn hand_over(
+    ctx: &XdpContext,
+    state: *mut Probe<V6>,
+    ip: &Ip<V6>,
+    l4: &L4,
     key: &FlowKey<V6>,
     service: &VipPort,
-    globals: &Globals,
-    packed: u64,
-    out: *mut Decision<V6>,
-) {
-    let at = Place {
-        hash: (packed >> 32) as u32,
-        mask: globals.flow_mask,
-    };
-    let decision = forward::lookup(key, at, service, (packed >> 8) as u8, packed as u8, globals);
-    // SAFETY: the caller's `Decision`, on its stack.
-    unsafe { *out = decision };
-}
-
-/// What `send6` needs besides the packet and the flow's backend.
-struct Route<'a> {
-    service: &'a VipPort,
-    globals: &'a Globals,
-    /// 1: dsr; 2: the flow's first packet.
-    flags: u32,
-}
-
-#[inline(never)]
-fn send6(ctx: *mut xdp_md, ip: &Ip<V6>, l4: &L4, chosen: &Chosen<V6>, route: &Route) -> u64 {
-    let ctx = XdpContext::new(ctx);
-    let (dsr, new_flow) = (route.flags & 1 != 0, route.flags & 2 != 0);
-    pack(forward::send(
-        &ctx,
-        ip,
-        l4,
-        route.service,
-        chosen,
-        dsr,
-        route.globals,
-        new_flow,
-    ))
-}
-
-#[inline(never)]
-fn refuse6(ctx: *mut xdp_md, ip: &Ip<V6>, valid: &Valid, l4: &L4, ids: u64) -> u64 {
-    let ctx = XdpContext::new(ctx);
-    pack(reset::send(
-        &ctx,
-        ip,
-        valid,
-        l4,
-        (ids >> 32) as u32,
-        ids as u32,
-    ))
-}
-
-/// A verdict in one register (a BPF function returns one): `reason << 32 | action`.
-#[inline(always)]
-pub fn pack(v: Verdict) -> u64 {
-    (u64::from(v.reason) << 32) | u64::from(v.action)
-}
-
-#[inline(always)]
-pub fn unpack(packed: u64) -> Verdict {
-    Verdict {
-        action: packed as u32,
-        reason: (packed >> 32) as u32,
+) -> Verdict {
+    // SAFETY: this CPU's state, valid for this run; then a tail call into a program the
+    // controller puts in its slot before attaching.
+    unsafe {
+        (*state).key = *key;
+        (*state).headers = crate::parse::Offsets::of(ip, l4);
+        (*state).service = *service;
+        NEW_FLOW.tail_call(ctx, DECIDED6_SLOT);
     }
+    Verdict::drop(reason::DROP_INTERNAL)
 }

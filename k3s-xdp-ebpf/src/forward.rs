@@ -38,18 +38,18 @@ pub fn to_backend<F: Family>(
 ) -> Verdict {
     let protocol = l4.protocol;
     let key = parse::flow_key(ip, &l4);
-    let dsr = service.flags & SERVICE_DSR != 0;
+
     let tcp_flags = if protocol == IPPROTO_TCP {
         l4.tcp_flags(ctx)
     } else {
         0
     };
     let at = Place::of(&key, globals.flow_mask);
-    match F::lookup(&key, at, service, protocol, tcp_flags, globals) {
+    match lookup(&key, at, service, protocol, tcp_flags, globals) {
         Decision::Established(chosen) => {
-            F::send(ctx, ip, &l4, service, &chosen, dsr, globals, false)
+            F::established(ctx, ip, &l4, &key, service, &chosen, globals)
         }
-        Decision::Refuse(backend) => F::refuse(ctx, ip, valid, &l4, service.service, backend),
+        Decision::Refuse(backend) => F::refused(ctx, ip, valid, &l4, &key, service, backend),
         Decision::Choose => {
             let Some(state) = new_flow::state::<F>() else {
                 return Verdict::drop(reason::DROP_INTERNAL);
@@ -162,6 +162,8 @@ pub fn translation_event<F: Family>(
 
 /// The new-flow program's verdict on the packet whose flow `new_flow::decide` just handled:
 /// sent to the backend chosen, refused with a RST when no backend is healthy, or dropped.
+/// (IPv6 also hands its established and refused flows over to this, in a program of its
+/// own: see `Family::established`.)
 /// Pointers into the packet cannot cross the tail call: the packet sent on is found again at
 /// the offsets the first half parsed it with (it is the same packet, unchanged), the one
 /// refused is parsed again; either is checked to be the packet the question was about.
@@ -190,7 +192,9 @@ pub fn decided<F: Family>(ctx: &XdpContext, state: *const Probe<F>) -> Verdict {
                 return Verdict::drop(reason::DROP_INTERNAL);
             }
             let dsr = service.flags & SERVICE_DSR != 0;
-            F::send(
+            // SAFETY: as above.
+            let first = unsafe { (*state).first } != 0;
+            send(
                 ctx,
                 &ip,
                 &l4,
@@ -198,7 +202,7 @@ pub fn decided<F: Family>(ctx: &XdpContext, state: *const Probe<F>) -> Verdict {
                 &chosen,
                 dsr,
                 &maps::globals(),
-                true,
+                first,
             )
         }
         // No healthy backend: refuse at once rather than let the client time out.
@@ -212,7 +216,9 @@ pub fn decided<F: Family>(ctx: &XdpContext, state: *const Probe<F>) -> Verdict {
             if !is_about(&ip, &l4, &key) {
                 return Verdict::drop(reason::DROP_INTERNAL);
             }
-            F::refuse(ctx, &ip, &valid, &l4, service.service, 0)
+            // SAFETY: as above: the backend refused (0: none was healthy).
+            let id = unsafe { (*state).id };
+            reset::send(ctx, &ip, &valid, &l4, service.service, id)
         }
         why => Verdict::drop(why),
     }
@@ -256,9 +262,11 @@ pub fn send<F: Family>(
     } = *chosen;
     let dst = F::dst(ip.hdr);
     let hop = match hop::to_backend(ctx, id, &backend, dst, dsr, globals.fib_generation) {
-        // A dsr frame keeps the VIP as its destination: the kernel would deliver it to itself.
-        Err(why) if dsr || why != reason::DROP_NO_NEIGHBOUR => return Verdict::drop(why),
-        hop => hop,
+        Ok(hop) => hop,
+        // Unresolved (`ifindex` 0): the kernel resolves it (see `onward`). A dsr frame keeps
+        // the VIP as its destination: the kernel would deliver it to itself.
+        Err(reason::DROP_NO_NEIGHBOUR) if !dsr => NextHop::default(),
+        Err(why) => return Verdict::drop(why),
     };
     if !dsr {
         rewrite::tuple(
@@ -274,7 +282,7 @@ pub fn send<F: Family>(
         );
     }
     counters::traffic(service.service, id, frame_len(ctx), new_flow);
-    toward(ctx, ip, hop, reason::TX_FORWARD)
+    onward(ctx, ip, &hop, reason::TX_FORWARD)
 }
 
 /// A backend's packet to VIP:snat_port (or to an address of a SNAT pool, `pool`) in nat mode,
@@ -324,16 +332,17 @@ pub fn reply<F: Family>(
     // the address it names.
     let cached = unsafe { core::ptr::read_volatile(core::ptr::addr_of!((*entry).nat.next_hop)) };
     let hop = if hop::is_fresh(&cached, nat.client_addr, generation) {
-        Ok(cached)
+        cached
     } else {
         match hop::resolve(ctx, vip, nat.client_addr, false, generation) {
             Ok(hop) => {
                 // SAFETY: a map value valid for this run; `next_hop` is outside the seal.
                 unsafe { (*entry).nat.next_hop = hop };
-                Ok(hop)
+                hop
             }
-            Err(why) if why != reason::DROP_NO_NEIGHBOUR => return Verdict::drop(why),
-            unresolved => unresolved,
+            // Unresolved (`ifindex` 0): the kernel resolves it (see `onward`).
+            Err(reason::DROP_NO_NEIGHBOUR) => NextHop::default(),
+            Err(why) => return Verdict::drop(why),
         }
     };
     rewrite::tuple(
@@ -353,7 +362,20 @@ pub fn reply<F: Family>(
         frame_len(ctx),
         false,
     );
-    toward(ctx, ip, hop, reason::TX_REPLY)
+    onward(ctx, ip, &hop, reason::TX_REPLY)
+}
+
+/// Sends a translated packet toward `hop`, or, when its neighbour is not resolved (`ifindex`
+/// 0), hands it to the kernel (see [`depart`]). A hop, not a `Result`: a value kept across
+/// the rewrites must be defined whole (the verifier refuses to copy an `Err`'s undefined
+/// payload).
+#[inline(always)]
+pub fn onward<F: Family>(ctx: &XdpContext, ip: &Ip<F>, hop: &NextHop<F>, why: u32) -> Verdict {
+    if hop.ifindex == 0 {
+        return Verdict::pass(reason::PASS_NO_NEIGHBOUR);
+    }
+    rewrite::l2(ip, hop);
+    transmit(ctx, ip, hop, why)
 }
 
 /// Sends a packet already addressed to its final IP destination toward `hop`, the next hop

@@ -4,7 +4,7 @@
 //! is used while its `generation` matches `GLOBALS.fib_generation`, which the controller bumps
 //! when routes or neighbours change.
 
-use crate::family::Family;
+use crate::{family::Family, maps::FIB_PARAMS};
 use aya_ebpf::{
     bindings::{bpf_fib_lookup, xdp_md, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS},
     helpers::bpf_fib_lookup as fib_lookup,
@@ -41,24 +41,31 @@ pub fn resolve<F: Family>(
     }
 }
 
-/// `resolve`'s FIB lookup, a BPF subprogram of its own: its 64-byte parameter block then lives
-/// in its own stack frame, taken only while it runs, instead of in the caller's frame for the
-/// whole program (the new-flow program's SNAT search needs that room). Looks up the way from
+/// `resolve`'s FIB lookup, a BPF subprogram of its own, with its 64-byte parameter block in a
+/// per-CPU map rather than on a stack: every frame on the way to it counts toward the
+/// verifier's 512 bytes (the new-flow program's SNAT search and the IPv6 path need that room). Looks up the way from
 /// `src` to `hop.dst`; fills `hop`'s interface and MAC addresses; returns 0 or the drop reason.
 #[inline(never)]
 fn lookup<F: Family>(ctx: *mut xdp_md, src: *const F, on_link: u64, hop: *mut NextHop<F>) -> u32 {
     // SAFETY: the caller's address and hop, on its stack.
     let (src, dst) = unsafe { (*src, (*hop).dst) };
-    // SAFETY: `bpf_fib_lookup` is plain data, valid all zero.
-    let mut params: bpf_fib_lookup = unsafe { core::mem::zeroed() };
-    F::fib_params(&mut params, src, dst);
+    let Some(params) = FIB_PARAMS.get_ptr_mut(0) else {
+        return reason::DROP_NO_ROUTE;
+    };
+    // SAFETY: this CPU's parameter block (XDP runs to completion on its CPU), plain data,
+    // valid all zero.
+    let params = unsafe {
+        core::ptr::write_bytes(params, 0, 1);
+        &mut *params
+    };
+    F::fib_params(params, src, dst);
     // SAFETY: the program's context, valid for this run.
     params.ifindex = unsafe { (*ctx).ingress_ifindex };
-    // SAFETY: the context of this run and a parameter block on this frame, of its true size.
+    // SAFETY: the context of this run and a parameter block of its true size.
     let rc = unsafe {
         fib_lookup(
             ctx as *mut c_void,
-            &mut params,
+            params,
             size_of::<bpf_fib_lookup>() as i32,
             0,
         )
@@ -71,7 +78,7 @@ fn lookup<F: Family>(ctx: *mut xdp_md, src: *const F, on_link: u64, hop: *mut Ne
     }
     // On success the kernel leaves the gateway (or `dst` itself when on-link) in the
     // destination.
-    if on_link != 0 && F::fib_gateway(&params).diff(&dst) != 0 {
+    if on_link != 0 && F::fib_gateway(params).diff(&dst) != 0 {
         return reason::DROP_NO_ROUTE;
     }
     // SAFETY: the caller's `NextHop`, on its stack.

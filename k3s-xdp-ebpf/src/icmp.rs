@@ -84,7 +84,8 @@ pub struct Quoted<F: Family> {
     pub backend: Backend<F>,
     pub snat_addr: F,
     pub dsr: bool,
-    pub hop: Result<NextHop<F>, u32>,
+    /// `ifindex` 0: unresolved (nat: the kernel resolves it, see `forward::onward`).
+    pub hop: NextHop<F>,
 }
 
 /// Finds the flow an ICMP error quotes: the quoted packet went `src:sport` (the VIP) →
@@ -127,9 +128,10 @@ pub fn about_flow<F: Family>(
     };
     let generation = globals.fib_generation;
     let hop = match hop::to_backend(ctx, flow.backend, &backend, src, dsr, generation) {
+        Ok(hop) => hop,
         // As for the flow's packets (`forward::send`): only a nat packet can go to the kernel.
-        Err(why) if dsr || why != reason::DROP_NO_NEIGHBOUR => return Err(Verdict::drop(why)),
-        hop => hop,
+        Err(reason::DROP_NO_NEIGHBOUR) if !dsr => NextHop::default(),
+        Err(why) => return Err(Verdict::drop(why)),
     };
     Ok(Quoted {
         service,
@@ -220,5 +222,5 @@ fn frag_needed(
         }
     }
     counters::traffic(service.service, flow.backend, frame_len(ctx), false);
-    forward::toward(ctx, ip, hop, reason::TX_ICMP_TO_BACKEND)
+    forward::onward(ctx, ip, &hop, reason::TX_ICMP_TO_BACKEND)
 }

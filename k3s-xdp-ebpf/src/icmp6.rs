@@ -143,5 +143,5 @@ fn too_big(
         }
     }
     counters::traffic(service.service, flow.backend, frame_len(ctx), false);
-    forward::toward(ctx, ip, hop, reason::TX_ICMP_TO_BACKEND)
+    forward::onward(ctx, ip, &hop, reason::TX_ICMP_TO_BACKEND)
 }

@@ -1,37 +1,75 @@
-//! The IPv6 path: `k3s_xdp6`, tail-called by `k3s_xdp` for IPv6 frames, runs the same steps
-//! as the IPv4 path over the IPv6 maps (see `family.rs`), and `k3s_xdp_new_flow6` is its
-//! new-flow half. Behind the `ipv6` feature while its stack frames do not fit the verifier's
-//! 512 bytes (issue 19: measured per function with `-bpf-stack-size`, the IPv6 instances of
-//! the flow lookup, the SNAT search and the ICMPv6 path each take 300-420 bytes).
+//! The IPv6 path. `k3s_xdp` tail-calls `k3s_xdp6` for IPv6 frames; it runs the IPv4 path's
+//! steps over the IPv6 maps (see `family.rs`), in programs of their own chained by tail
+//! calls, because an IPv6 packet's state does not fit one 512-byte stack frame with the
+//! rest of the path (16-byte addresses spill; measured per function with `-bpf-stack-size`):
+//! - `k3s_xdp6`: parse, VIP, checks, the flow lookup; an established or refused flow goes on
+//!   to `k3s_xdp_decided6`, a new one to `k3s_xdp_new_flow6` (which goes on to
+//!   `k3s_xdp_decided6` too), a backend's reply to `k3s_xdp_reply6`, ICMPv6 to
+//!   `k3s_xdp_icmp6`;
+//! - the state between them is this CPU's `SNAT_SEARCH6` entry (`state::Probe`), as between
+//!   the halves of the IPv4 new-flow path.
 
 use crate::{
     choose, counters,
-    family::{pack, unpack, Family},
-    forward, icmp6, maps, new_flow_of,
-    parse::{self, Ip, Valid, L4},
+    family::{Family, DECIDED6_SLOT},
+    forward, icmp6,
+    maps::{self, NEW_FLOW},
+    new_flow_of,
+    parse::{self, Offsets},
     verdict::Verdict,
 };
-use aya_ebpf::{bindings::xdp_md, macros::xdp, programs::XdpContext};
-use k3s_xdp_common::{
-    reason, Globals, VipInfo, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, V6, VIP_SNAT_ONLY,
-};
+use aya_ebpf::{macros::xdp, programs::XdpContext};
+use k3s_xdp_common::{reason, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, V6, VIP_SNAT_ONLY};
 
 /// The `NEW_FLOW` slot of `k3s_xdp6` (slots 0 and 1: the new-flow halves of each family).
 pub const SLOT: u32 = 2;
+const REPLY6_SLOT: u32 = 4;
+const ICMP6_SLOT: u32 = 5;
 
-/// The same for IPv6 flows (`NEW_FLOW` slot 1).
+#[xdp]
+pub fn k3s_xdp6(ctx: XdpContext) -> u32 {
+    finish(serve6(&ctx))
+}
+
 #[xdp]
 pub fn k3s_xdp_new_flow6(ctx: XdpContext) -> u32 {
     new_flow_of::<V6>(&ctx)
 }
 
-/// The IPv6 path (tail-called by `k3s_xdp` for IPv6 frames): the same steps over the IPv6
-/// maps. Never attached.
+/// An IPv6 flow whose backend is known (`Probe::outcome`): sent there, or refused.
 #[xdp]
-pub fn k3s_xdp6(ctx: XdpContext) -> u32 {
-    let verdict = serve6(&ctx);
+pub fn k3s_xdp_decided6(ctx: XdpContext) -> u32 {
+    let verdict = match V6::probe() {
+        Some(state) => forward::decided(&ctx, state),
+        None => Verdict::drop(reason::DROP_INTERNAL),
+    };
+    finish(verdict)
+}
+
+/// A backend's reply to an IPv6 translation, at the offsets `k3s_xdp6` parsed it with.
+#[xdp]
+pub fn k3s_xdp_reply6(ctx: XdpContext) -> u32 {
+    finish(reply6(&ctx))
+}
+
+/// ICMPv6 to a VIP, parsed again (echo requests and Packet Too Big: rare).
+#[xdp]
+pub fn k3s_xdp_icmp6(ctx: XdpContext) -> u32 {
+    finish(icmp6(&ctx))
+}
+
+#[inline(always)]
+fn finish(verdict: Verdict) -> u32 {
     counters::count(verdict.reason);
     verdict.action
+}
+
+/// Tail-calls the program in `slot`; only a missing program returns.
+#[inline(always)]
+fn go_on(ctx: &XdpContext, slot: u32) -> Verdict {
+    // SAFETY: a tail call into a program the controller puts in its slot before attaching.
+    unsafe { NEW_FLOW.tail_call(ctx, slot) };
+    Verdict::drop(reason::DROP_INTERNAL)
 }
 
 #[inline(always)]
@@ -47,56 +85,79 @@ fn serve6(ctx: &XdpContext) -> Verdict {
     if !crate::for_this_host(&ip, &globals) {
         return Verdict::pass(reason::PASS_OTHER_HOST);
     }
-    if vip.flags & VIP_SNAT_ONLY != 0 {
-        // As `snat_address`, with the reply in its subprogram.
-        let Ok(valid) = parse::validate6(ctx, &ip) else {
-            return Verdict::pass(reason::PASS_SNAT_ADDRESS);
-        };
-        if valid.protocol != IPPROTO_TCP && valid.protocol != IPPROTO_UDP {
-            return Verdict::pass(reason::PASS_SNAT_ADDRESS);
-        }
-        return match parse::transport(ctx, &valid, valid.protocol) {
-            Ok(l4) => unpack(reply6(ctx.ctx, &ip, &l4, &globals, 1)),
-            Err(_) => Verdict::pass(reason::PASS_SNAT_ADDRESS),
-        };
-    }
+    let pool = vip.flags & VIP_SNAT_ONLY != 0;
     let valid = match parse::validate6(ctx, &ip) {
         Ok(valid) => valid,
+        // An address of a SNAT pool may be the host's own: what is not a reply is its.
+        Err(_) if pool => return Verdict::pass(reason::PASS_SNAT_ADDRESS),
         Err(why) => return Verdict::drop(why),
     };
-    match valid.protocol {
-        IPPROTO_TCP | IPPROTO_UDP => {
-            let l4 = match parse::transport(ctx, &valid, valid.protocol) {
-                Ok(l4) => l4,
-                Err(why) => return Verdict::drop(why),
-            };
-            match choose::service(vip, l4.dport, valid.protocol) {
-                Some(service) => forward::to_backend(ctx, &ip, &valid, l4, vip, &service, &globals),
-                None => unpack(reply6(ctx.ctx, &ip, &l4, &globals, 0)),
-            }
+    let protocol = valid.protocol;
+    if protocol == IPPROTO_ICMPV6 {
+        if pool {
+            return Verdict::pass(reason::PASS_SNAT_ADDRESS);
         }
-        IPPROTO_ICMPV6 => unpack(icmp6(ctx.ctx, &ip, &valid, vip, &globals)),
-        _ => Verdict::pass(reason::PASS_VIP_OTHER),
+        return go_on(ctx, ICMP6_SLOT);
+    }
+    if protocol != IPPROTO_TCP && protocol != IPPROTO_UDP {
+        return Verdict::pass(reason::PASS_VIP_OTHER);
+    }
+    let l4 = match parse::transport(ctx, &valid, protocol) {
+        Ok(l4) => l4,
+        Err(_) if pool => return Verdict::pass(reason::PASS_SNAT_ADDRESS),
+        Err(why) => return Verdict::drop(why),
+    };
+    let service = if pool {
+        None
+    } else {
+        choose::service(vip, l4.dport, protocol)
+    };
+    match service {
+        Some(service) => forward::to_backend(ctx, &ip, &valid, l4, vip, &service, &globals),
+        None => {
+            let Some(state) = V6::probe() else {
+                return Verdict::drop(reason::DROP_INTERNAL);
+            };
+            // SAFETY: this CPU's state, valid for this run.
+            unsafe {
+                (*state).headers = Offsets::of(&ip, &l4);
+                (*state).key.protocol = protocol;
+                (*state).reply_pool = u32::from(pool);
+            }
+            go_on(ctx, REPLY6_SLOT)
+        }
     }
 }
 
-// The IPv6 reply and ICMPv6 paths are subprograms of their own (see `Family::send`).
-
-#[inline(never)]
-fn reply6(ctx: *mut xdp_md, ip: &Ip<V6>, l4: &L4, globals: &Globals, pool: u64) -> u64 {
-    let ctx = XdpContext::new(ctx);
-    pack(forward::reply(
-        &ctx,
-        ip,
-        *l4,
-        l4.protocol,
-        globals,
-        pool != 0,
-    ))
+#[inline(always)]
+fn reply6(ctx: &XdpContext) -> Verdict {
+    let Some(state) = V6::probe() else {
+        return Verdict::drop(reason::DROP_INTERNAL);
+    };
+    // SAFETY: this CPU's state, written by `k3s_xdp6` in this run.
+    let (at, protocol, pool) = unsafe {
+        (
+            (*state).headers,
+            (*state).key.protocol,
+            (*state).reply_pool != 0,
+        )
+    };
+    let Some((ip, l4)) = parse::again::<V6>(ctx, at, protocol) else {
+        return Verdict::drop(reason::DROP_INTERNAL);
+    };
+    forward::reply(ctx, &ip, l4, protocol, &maps::globals(), pool)
 }
 
-#[inline(never)]
-fn icmp6(ctx: *mut xdp_md, ip: &Ip<V6>, valid: &Valid, vip: &VipInfo, globals: &Globals) -> u64 {
-    let ctx = XdpContext::new(ctx);
-    pack(icmp6::handle(&ctx, ip, valid, vip, globals))
+#[inline(always)]
+fn icmp6(ctx: &XdpContext) -> Verdict {
+    let Ok((ip, valid)) = V6::parse(ctx) else {
+        return Verdict::drop(reason::DROP_INTERNAL);
+    };
+    let Some(vip) = maps::vip6(&V6::dst(ip.hdr)) else {
+        return Verdict::drop(reason::DROP_INTERNAL);
+    };
+    icmp6::handle(ctx, &ip, &valid, vip, &maps::globals())
 }
+
+// `DECIDED6_SLOT` is 3.
+const _: () = assert!(DECIDED6_SLOT == 3);

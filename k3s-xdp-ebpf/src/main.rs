@@ -20,9 +20,7 @@ mod forward;
 mod headers;
 mod hop;
 mod icmp;
-#[cfg(feature = "ipv6")]
 mod icmp6;
-#[cfg(feature = "ipv6")]
 mod ipv6;
 mod maps;
 mod new_flow;
@@ -58,7 +56,7 @@ pub(crate) fn new_flow_of<F: Family>(ctx: &XdpContext) -> u32 {
     let verdict = match new_flow::state::<F>() {
         Some(state) => {
             new_flow::decide(state);
-            forward::decided(ctx, state)
+            F::decided(ctx, state)
         }
         None => Verdict::drop(reason::DROP_INTERNAL),
     };
@@ -82,7 +80,6 @@ fn process(ctx: &XdpContext) -> Verdict {
     if frame.ether_type == ETH_P_IP {
         return process4(ctx, &frame);
     }
-    #[cfg(feature = "ipv6")]
     if frame.ether_type == parse::ETH_P_IPV6 {
         // SAFETY: a tail call into `k3s_xdp6`, which the controller puts in its slot before
         // attaching; on success it does not return (it counts the packet). A program of its

@@ -68,9 +68,10 @@ pub static NAT_REVERSE: Array<NatSlot, { slots(DEFAULT_FLOW_TABLE_SIZE) as usize
 
 /// The programs `k3s_xdp` tail-calls: slot 0 the second half of an IPv4 new flow's path
 /// (`k3s_xdp_new_flow`, see `new_flow.rs`), 1 its IPv6 twin (`k3s_xdp_new_flow6`), 2 the IPv6
-/// path (`k3s_xdp6`). The controller fills them before attaching.
+/// path (`k3s_xdp6`) and 3-5 its later steps (see `ipv6.rs`). The controller fills them
+/// before attaching.
 #[btf_map]
-pub static NEW_FLOW: ProgramArray<3> = ProgramArray::new();
+pub static NEW_FLOW: ProgramArray<6> = ProgramArray::new();
 
 /// A new flow's question and answer between the halves, and its SNAT port search (one per CPU), see `choose::snat_port`.
 #[btf_map]
@@ -121,6 +122,10 @@ pub static SNAT_SOURCES6: Array<SnatSources<V6>, { MAX_SERVICES as usize }> = Ar
 
 #[btf_map]
 pub static SNAT_SEARCH6: PerCpuArray<crate::state::Probe<V6>, 1> = PerCpuArray::new();
+
+/// The parameter block of `bpf_fib_lookup`, one per CPU (see `hop.rs`): off the stack.
+#[btf_map]
+pub static FIB_PARAMS: PerCpuArray<aya_ebpf::bindings::bpf_fib_lookup, 1> = PerCpuArray::new();
 
 /// Program-wide settings, one entry.
 #[btf_map]

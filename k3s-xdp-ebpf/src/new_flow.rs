@@ -86,6 +86,8 @@ pub fn ask<F: Family>(
 pub fn decide<F: Family>(state: *mut Probe<F>) {
     // SAFETY: this CPU's entry, valid for this run.
     unsafe {
+        (*state).id = 0;
+        (*state).first = 1;
         let outcome = match choose::backend::<F>(&(*state).service, (*state).flow_hash) {
             None => reason::DROP_NO_BACKEND,
             Some((id, backend)) => {
@@ -106,7 +108,7 @@ pub fn decide<F: Family>(state: *mut Probe<F>) {
                             hash: (*state).flow_hash,
                             mask: (*state).mask,
                         };
-                        if table::store_flow(&(*state).key, at, flow, (*state).clock) {
+                        if F::store_flow(&(*state).key, at, flow, (*state).clock) {
                             (*state).id = id;
                             (*state).backend = backend;
                             (*state).snat_port = port;

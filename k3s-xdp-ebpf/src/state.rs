@@ -39,7 +39,12 @@ pub struct Probe<A: k3s_xdp_common::Address = u32> {
     // The answer, written by the second half.
     /// `new_flow::CHOSEN` or a drop reason.
     pub outcome: u32,
+    /// The backend chosen, or the one that refused (0: none).
     pub id: u32,
+    /// 1 when the packet starts its flow (counted as a new flow).
+    pub first: u32,
+    /// IPv6 replies (`ipv6.rs`): 1 when the reply came to an address of a SNAT pool.
+    pub reply_pool: u32,
     pub backend: Backend<A>,
     pub snat_port: u16,
     /// The source address the backend sees (nat mode).

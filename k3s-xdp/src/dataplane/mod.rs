@@ -92,8 +92,8 @@ impl Dataplane {
             bail!("the XDP object is an empty stand-in: build with the BPF toolchain (`cargo xtask setup`)");
         }
         let buckets = table::buckets(options.flow_table_size);
-        // The IPv6 flow tables hold one bucket while the IPv6 path is not in the program (issue
-        // 19): at the default size they would take 42 MiB for nothing.
+        // The IPv6 flow tables hold one bucket until the controller publishes IPv6 services
+        // (issue 19): at the default size they would take 44 MiB for nothing.
         let mut bpf = EbpfLoader::new()
             .map_max_entries(names::FLOWS, buckets)
             .map_max_entries(names::NAT_REVERSE, table::slots(options.flow_table_size))
@@ -101,38 +101,34 @@ impl Dataplane {
             .map_max_entries(names::NAT_REVERSE6, table::WAYS)
             .load(object)
             .context("cannot load the XDP object into the kernel (needs root, or CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN)")?;
-        for name in [
-            names::PROGRAM,
-            names::NEW_FLOW_PROGRAM,
-            names::PASS_PROGRAM,
-            names::FLOOR_PROGRAM,
-        ] {
+        for name in [names::PROGRAM, names::PASS_PROGRAM, names::FLOOR_PROGRAM]
+            .into_iter()
+            .chain(names::TAIL_CALLS)
+        {
             let program: &mut Xdp = bpf
                 .program_mut(name)
                 .ok_or_else(|| anyhow!("the XDP object has no program `{name}`"))?
                 .try_into()?;
             program.load().map_err(|e| verifier_error(name, e))?;
         }
-        // A new flow's second half (see the XDP program's `new_flow.rs`) is in its tail-call
-        // slot before any packet.
-        let second_half = {
+        // The programs `k3s_xdp` tail-calls (a new flow's second half, the IPv6 path) are in
+        // their slots before any packet.
+        let mut fds = Vec::new();
+        for name in names::TAIL_CALLS {
             let program: &Xdp = bpf
-                .program(names::NEW_FLOW_PROGRAM)
-                .ok_or_else(|| {
-                    anyhow!(
-                        "the XDP object has no program `{}`",
-                        names::NEW_FLOW_PROGRAM
-                    )
-                })?
+                .program(name)
+                .ok_or_else(|| anyhow!("the XDP object has no program `{name}`"))?
                 .try_into()?;
-            program.fd()?.try_clone()?
-        };
+            fds.push((name, program.fd()?.try_clone()?));
+        }
         let mut jump: ProgramArray<_> = ProgramArray::try_from(
             bpf.map_mut(names::NEW_FLOW)
                 .ok_or_else(|| anyhow!("the XDP object has no map `{}`", names::NEW_FLOW))?,
         )?;
-        jump.set(0, &second_half, 0)
-            .context("cannot install the new-flow program in its tail-call slot")?;
+        for (slot, (name, fd)) in fds.iter().enumerate() {
+            jump.set(slot as u32, fd, 0)
+                .with_context(|| format!("cannot install `{name}` in its tail-call slot"))?;
+        }
         let mut dp = Self {
             bpf,
             attached: None,
