@@ -19,7 +19,7 @@ use crate::{
     family::Family,
     parse::{Ip, Offsets, L4},
     state::Probe,
-    table::{self, Place},
+    table::Place,
 };
 use k3s_xdp_common::{
     reason, Flow, FlowKey, Globals, NextHop, VipInfo, VipPort, MAX_PORTS_PER_VIP, SERVICE_DSR,

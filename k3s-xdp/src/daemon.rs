@@ -51,6 +51,10 @@ pub async fn run(options: Options) -> Result<()> {
 
     let dp = Dataplane::load(LoadOptions {
         flow_table_size: config.flow_table_size,
+        ipv6: config
+            .services
+            .iter()
+            .any(|s| std::net::IpAddr::from(s.vip).is_ipv6()),
     })?;
     let (events_tx, events_rx) = mpsc::channel(4096);
     let mac = netlink.mac(ifindex).await?;

@@ -89,6 +89,7 @@ impl XdpHarness {
             object,
             LoadOptions {
                 flow_table_size: flows,
+                ipv6: true,
             },
         )
         .context("loading the XDP object for BPF_PROG_TEST_RUN")?;
@@ -164,6 +165,16 @@ impl XdpHarness {
             .map(ServiceSpec::from_config)
             .collect();
         h.apply(&specs)?;
+        Ok(h)
+    }
+
+    /// `services` (built by hand: IPv6 ones, say) published with packets arriving on the LB
+    /// interface of a [`FibLab`], the SNAT ports at their defaults.
+    pub fn with_specs_in_lab(services: &[ServiceSpec]) -> Result<Self> {
+        let mut h = Self::load(BPF_OBJECT, 4096)?;
+        h.apply(services)?;
+        h.lab = Some(FibLab::new()?);
+        h.write_lab_globals((1024, 65535))?;
         Ok(h)
     }
 
@@ -363,6 +374,8 @@ pub const LAB_LB_MAC: [u8; 6] = crate::packet::LB_MAC;
 pub const LAB_ROUTER_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
 /// A client prefix behind the router 192.0.2.1.
 pub const ROUTED_CLIENTS: &str = "203.0.113.0/24";
+/// The IPv6 twin: behind the router 2001:db8::1.
+pub const ROUTED_CLIENTS6: &str = "2001:db8:ffff::/48";
 
 /// The lab's MAC for a host of 192.0.2.0/24: `02:00:00:00:00:<last octet>`. Servers .50-.59
 /// and agents .101-.109 have static neighbour entries; other addresses have none.
@@ -370,11 +383,19 @@ pub fn lab_mac(addr: Ipv4Addr) -> [u8; 6] {
     [0x02, 0, 0, 0, 0, addr.octets()[3]]
 }
 
+/// The lab's MAC for a host of 2001:db8::/64: `02:00:00:00:<last two bytes>`.
+pub fn lab_mac6(addr: std::net::Ipv6Addr) -> [u8; 6] {
+    let o = addr.octets();
+    [0x02, 0, 0, 0, o[14], o[15]]
+}
+
 static LAB_COUNTER: AtomicU32 = AtomicU32::new(0);
 
 /// A network namespace holding the LB interface `eth1` (192.0.2.98/24, `LAB_LB_MAC`, IPv4
 /// forwarding on, as `bpf_fib_lookup` requires), static neighbours for 192.0.2.50-59 and
-/// 192.0.2.101-109, and a route to 203.0.113.0/24 via 192.0.2.1. Deleted on drop.
+/// 192.0.2.101-109, and a route to 203.0.113.0/24 via 192.0.2.1; and the same in IPv6
+/// (2001:db8::98/64 without duplicate address detection, neighbours 2001:db8::50-59 and
+/// ::101-109, 2001:db8:ffff::/48 via 2001:db8::1). Deleted on drop.
 pub struct FibLab {
     pub ns: NetNs,
     pub ifindex: u32,
@@ -405,6 +426,16 @@ impl FibLab {
         ns.ip(["link", "set", "wire", "up"])?;
         ns.ip(["addr", "add", "192.0.2.98/24", "dev", "eth1"])?;
         ns.run("sysctl", ["-q", "-w", "net.ipv4.conf.eth1.forwarding=1"])?;
+        ns.run("sysctl", ["-q", "-w", "net.ipv6.conf.all.forwarding=1"])?;
+        ns.ip([
+            "-6",
+            "addr",
+            "add",
+            "2001:db8::98/64",
+            "dev",
+            "eth1",
+            "nodad",
+        ])?;
         let hosts = (50..60).chain(101..110).chain([1]);
         for last in hosts {
             let addr = Ipv4Addr::new(192, 0, 2, last);
@@ -421,6 +452,36 @@ impl FibLab {
             ROUTED_CLIENTS,
             "via",
             "192.0.2.1",
+            "dev",
+            "eth1",
+        ])?;
+        for last in (0x50..0x60u16).chain(0x101..0x110).chain([1]) {
+            let addr = std::net::Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, last);
+            let mac = if last == 1 {
+                LAB_ROUTER_MAC
+            } else {
+                lab_mac6(addr)
+            };
+            ns.ip([
+                "-6",
+                "neigh",
+                "replace",
+                &addr.to_string(),
+                "lladdr",
+                &mac_string(mac),
+                "nud",
+                "permanent",
+                "dev",
+                "eth1",
+            ])?;
+        }
+        ns.ip([
+            "-6",
+            "route",
+            "add",
+            ROUTED_CLIENTS6,
+            "via",
+            "2001:db8::1",
             "dev",
             "eth1",
         ])?;

@@ -22,6 +22,7 @@ pub mod ecmp;
 pub mod keepalived;
 pub mod netns;
 pub mod packet;
+pub mod packet6;
 pub mod topology;
 pub mod traffic;
 

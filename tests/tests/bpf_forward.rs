@@ -119,7 +119,7 @@ fn expected_backend(
     candidates
         .iter()
         .map(|a| a.parse::<SocketAddrV4>().unwrap())
-        .find(|a| h.publisher.backend_slot(service, *a) == Some(backend_slot))
+        .find(|a| h.publisher.backend_slot(service, (*a).into()) == Some(backend_slot))
         .expect("the table entry is one of the service's backends")
 }
 
@@ -199,7 +199,7 @@ fn nat_syn_goes_to_the_maglev_backend_with_snat_to_the_vip() {
     let slot = h.publisher.service_slot("k3s-api").unwrap();
     let t = h.dataplane.service_traffic(slot).unwrap();
     assert_eq!((t.packets, t.new_flows), (1, 1));
-    let bslot = h.publisher.backend_slot("k3s-api", backend).unwrap();
+    let bslot = h.publisher.backend_slot("k3s-api", backend.into()).unwrap();
     assert_eq!(h.dataplane.backend_traffic(bslot).unwrap().new_flows, 1);
     assert_eq!(h.reason(reason::TX_FORWARD).unwrap(), 1);
 }
@@ -318,7 +318,7 @@ fn flows_keep_their_backend_when_backends_are_added_removed_and_reweighted() {
     for s in &config.services {
         let mut spec = ServiceSpec::from_config(s);
         if spec.name == "k3s-api" {
-            spec.backends.retain(|b| *b.address.ip() != removed);
+            spec.backends.retain(|b| b.address.ip() != removed);
             spec.backends[0].weight = 30;
             spec.backends.push(k3s_xdp::dataplane::BackendSpec {
                 name: "server-4".into(),
@@ -361,7 +361,7 @@ fn set_states(h: &mut XdpHarness, name: &str, addrs: &[Ipv4Addr], state: Backend
             let mut spec = ServiceSpec::from_config(s);
             if spec.name == name {
                 for b in &mut spec.backends {
-                    if addrs.contains(b.address.ip()) {
+                    if addrs.iter().any(|a| b.address.ip() == *a) {
                         b.state = state;
                     }
                 }
@@ -1298,7 +1298,7 @@ fn a_reconnect_on_a_taken_translation_chooses_again() {
     // a's flow entry was removed with the take-over; stage the worst case: it is still there.
     let backend = expected_backend(&h, "k3s-api", &key(a, vip, IPPROTO_TCP), &API_BACKENDS);
     let flow = k3s_xdp_common::Flow {
-        backend: h.publisher.backend_slot("k3s-api", backend).unwrap(),
+        backend: h.publisher.backend_slot("k3s-api", backend.into()).unwrap(),
         snat_port: port.to_be(),
         snat_source: 0,
     };
@@ -1410,7 +1410,10 @@ fn maglev_addresses(spec: &ServiceSpec) -> Vec<Ipv4Addr> {
         1 + spec.backends.iter().position(|x| x == b).unwrap() as u32
     })
     .into_iter()
-    .map(|slot| *spec.backends[slot as usize - 1].address.ip())
+    .map(|slot| match spec.backends[slot as usize - 1].address.ip() {
+        std::net::IpAddr::V4(a) => a,
+        std::net::IpAddr::V6(a) => panic!("an IPv4 service with IPv6 backend {a}"),
+    })
     .collect()
 }
 

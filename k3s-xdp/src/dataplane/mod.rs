@@ -77,6 +77,11 @@ struct Attached {
 #[derive(Clone, Copy, Debug)]
 pub struct LoadOptions {
     pub flow_table_size: u32,
+    /// Whether the IPv6 flow tables (`FLOWS6`, `NAT_REVERSE6`) get `flow_table_size` entries
+    /// too (the program indexes both families' tables with one mask): when the config has
+    /// IPv6 services. Otherwise they hold one bucket: at the default size they would take
+    /// 44 MiB for nothing.
+    pub ipv6: bool,
 }
 
 impl Dataplane {
@@ -92,13 +97,16 @@ impl Dataplane {
             bail!("the XDP object is an empty stand-in: build with the BPF toolchain (`cargo xtask setup`)");
         }
         let buckets = table::buckets(options.flow_table_size);
-        // The IPv6 flow tables hold one bucket until the controller publishes IPv6 services
-        // (issue 19): at the default size they would take 44 MiB for nothing.
+        let size6 = if options.ipv6 {
+            options.flow_table_size
+        } else {
+            0
+        };
         let mut bpf = EbpfLoader::new()
             .map_max_entries(names::FLOWS, buckets)
             .map_max_entries(names::NAT_REVERSE, table::slots(options.flow_table_size))
-            .map_max_entries(names::FLOWS6, 1)
-            .map_max_entries(names::NAT_REVERSE6, table::WAYS)
+            .map_max_entries(names::FLOWS6, table::buckets(size6))
+            .map_max_entries(names::NAT_REVERSE6, table::slots(size6))
             .load(object)
             .context("cannot load the XDP object into the kernel (needs root, or CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN)")?;
         for name in [names::PROGRAM, names::PASS_PROGRAM, names::FLOOR_PROGRAM]

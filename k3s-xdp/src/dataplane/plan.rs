@@ -1,6 +1,8 @@
 //! The plan of what the data plane should hold, computed without touching it: the specs of
 //! services and backends as the controller wants them, and the map entries they become
-//! (`BACKENDS` entries, Maglev tables, `VIPS` and `SNAT_SOURCES` entries, packed table words).
+//! (`BACKENDS` entries, Maglev tables, `VIPS` and `SNAT_SOURCES` entries, packed table words),
+//! each in the map of its family (`BACKENDS6`, `VIPS6`, `SNAT_SOURCES6` for IPv6; backend and
+//! service slots are numbered across both families).
 //! [`publish`](super::publish) writes them; everything here is pure and unit-tested without BPF.
 
 use crate::{
@@ -9,14 +11,25 @@ use crate::{
 };
 use anyhow::{anyhow, bail, Result};
 use k3s_xdp_common::{
-    maglev_word, maglev_words, Backend, SnatSources, VipInfo, VipPort, BACKEND_DOWN, BACKEND_DRAIN,
-    BACKEND_UP, IPPROTO_TCP, IPPROTO_UDP, MAGLEV_SLOTS_PER_WORD, MAX_BACKENDS, MAX_PORTS_PER_VIP,
-    MAX_SERVICES, MAX_SNAT_SOURCES, SERVICE_DSR, SERVICE_RESET_ON_DOWN, VIP_SNAT_ONLY,
+    address::v6_words, maglev_word, maglev_words, Address, Backend, SnatSources, VipInfo, VipPort,
+    BACKEND_DOWN, BACKEND_DRAIN, BACKEND_UP, IPPROTO_TCP, IPPROTO_UDP, MAGLEV_SLOTS_PER_WORD,
+    MAX_BACKENDS, MAX_PORTS_PER_VIP, MAX_SERVICES, MAX_SNAT_SOURCES, SERVICE_DSR,
+    SERVICE_RESET_ON_DOWN, V6, VIP_SNAT_ONLY,
 };
 use std::{
     collections::BTreeMap,
-    net::{Ipv4Addr, SocketAddrV4},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
 };
+
+/// An IPv4 address as the maps hold it (network byte order).
+pub fn v4(a: Ipv4Addr) -> u32 {
+    u32::from(a).to_be()
+}
+
+/// An IPv6 address as the maps hold it.
+pub fn v6(a: Ipv6Addr) -> V6 {
+    v6_words(a.octets())
+}
 
 /// Whether a backend takes new flows, keeps its flows, or has its flows reset/kept per service.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
@@ -34,7 +47,7 @@ pub enum BackendState {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BackendSpec {
     pub name: String,
-    pub address: SocketAddrV4,
+    pub address: SocketAddr,
     pub state: BackendState,
     /// Weight in the Maglev table now (configured weight, ramped by slowstart); 0 = no entries.
     pub weight: u32,
@@ -44,7 +57,7 @@ pub struct BackendSpec {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ServiceSpec {
     pub name: String,
-    pub vip: Ipv4Addr,
+    pub vip: IpAddr,
     pub port: u16,
     pub protocol: Protocol,
     pub mode: Mode,
@@ -52,7 +65,7 @@ pub struct ServiceSpec {
     pub table_size: u32,
     pub backends: Vec<BackendSpec>,
     /// nat mode: the SNAT pool's addresses (`snat_source`, `node` resolved); empty: the VIP.
-    pub snat_sources: Vec<Ipv4Addr>,
+    pub snat_sources: Vec<IpAddr>,
 }
 
 impl ServiceSpec {
@@ -61,19 +74,19 @@ impl ServiceSpec {
     pub fn from_config(service: &config::Service) -> Self {
         ServiceSpec {
             name: service.name.clone(),
-            vip: service.vip,
+            vip: service.vip.into(),
             port: service.port,
             protocol: service.protocol,
             mode: service.mode,
             on_backend_down: service.on_backend_down,
             table_size: service.table_size,
-            snat_sources: service.snat_addresses(None),
+            snat_sources: addresses(service.snat_addresses(None)),
             backends: service
                 .backends
                 .iter()
                 .map(|b| BackendSpec {
                     name: b.name.clone(),
-                    address: b.address,
+                    address: b.address.into(),
                     state: BackendState::Up,
                     weight: b.weight,
                 })
@@ -84,10 +97,14 @@ impl ServiceSpec {
     /// The same, `node` being this node's address (`snat_source = "node"`).
     pub fn with_node(service: &config::Service, node: Option<Ipv4Addr>) -> Self {
         ServiceSpec {
-            snat_sources: service.snat_addresses(node),
+            snat_sources: addresses(service.snat_addresses(node)),
             ..Self::from_config(service)
         }
     }
+}
+
+fn addresses<A: Into<IpAddr>>(list: Vec<A>) -> Vec<IpAddr> {
+    list.into_iter().map(Into::into).collect()
 }
 
 /// Refuses more services or backends than the maps hold, and a table size that is not prime.
@@ -111,26 +128,58 @@ pub fn check_limits(services: &[ServiceSpec]) -> Result<()> {
     Ok(())
 }
 
-/// The `BACKENDS` entry of a backend of service slot `service`.
-pub fn backend_entry(b: &BackendSpec, service: u32) -> Backend {
-    Backend {
-        addr: u32::from(*b.address.ip()).to_be(),
-        port: b.address.port().to_be(),
-        _pad: 0,
-        state: match b.state {
-            BackendState::Up => BACKEND_UP,
-            BackendState::Drain => BACKEND_DRAIN,
-            BackendState::Down => BACKEND_DOWN,
-        },
-        service,
-        _tail: (),
+/// A backend's entry, for the map of its family.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BackendEntry {
+    V4(Backend),
+    V6(Backend<V6>),
+}
+
+impl BackendEntry {
+    /// `BACKEND_*`.
+    pub fn state(&self) -> u32 {
+        match self {
+            BackendEntry::V4(b) => b.state,
+            BackendEntry::V6(b) => b.state,
+        }
+    }
+
+    /// A free slot in the map of this entry's family.
+    pub fn freed(&self) -> Self {
+        match self {
+            BackendEntry::V4(_) => BackendEntry::V4(Backend::default()),
+            BackendEntry::V6(_) => BackendEntry::V6(Backend::default()),
+        }
+    }
+}
+
+/// The `BACKENDS` (or `BACKENDS6`) entry of a backend of service slot `service`.
+pub fn backend_entry(b: &BackendSpec, service: u32) -> BackendEntry {
+    let state = match b.state {
+        BackendState::Up => BACKEND_UP,
+        BackendState::Drain => BACKEND_DRAIN,
+        BackendState::Down => BACKEND_DOWN,
+    };
+    fn entry<A: Address>(addr: A, port: u16, state: u32, service: u32) -> Backend<A> {
+        Backend {
+            addr,
+            port: port.to_be(),
+            _pad: 0,
+            state,
+            service,
+            _tail: Default::default(),
+        }
+    }
+    match b.address {
+        SocketAddr::V4(a) => BackendEntry::V4(entry(v4(*a.ip()), a.port(), state, service)),
+        SocketAddr::V6(a) => BackendEntry::V6(entry(v6(*a.ip()), a.port(), state, service)),
     }
 }
 
 /// Whether a backend entry, written as `before`, refuses new flows once `after` replaces it:
 /// such an entry is written only after the tables stop naming the backend.
-pub fn stops_taking_new_flows(before: Option<&Backend>, after: &Backend) -> bool {
-    before.is_some_and(|b| b.state == BACKEND_UP) && after.state != BACKEND_UP
+pub fn stops_taking_new_flows(before: Option<&BackendEntry>, after: &BackendEntry) -> bool {
+    before.is_some_and(|b| b.state() == BACKEND_UP) && after.state() != BACKEND_UP
 }
 
 /// The Maglev table of a service: its up backends with a positive weight, each identified by
@@ -155,31 +204,80 @@ pub fn table(service: &ServiceSpec, slot_of: impl Fn(&BackendSpec) -> u32) -> Ve
     maglev::build(&candidates, service.table_size)
 }
 
-/// The `SNAT_SOURCES` entry of a service: its VIP and SNAT pool.
-pub fn snat_sources_entry(s: &ServiceSpec) -> SnatSources {
-    let mut entry = SnatSources {
-        vip: u32::from(s.vip).to_be(),
-        ..Default::default()
-    };
-    for (i, a) in s.snat_sources.iter().take(MAX_SNAT_SOURCES).enumerate() {
-        entry.addrs[i] = u32::from(*a).to_be();
-        entry.count = i as u32 + 1;
-    }
-    entry
+/// A service's `SNAT_SOURCES` (or `SNAT_SOURCES6`) entry. One per service, kept by the
+/// publisher: the size of the IPv6 variant does not matter.
+#[allow(clippy::large_enum_variant)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SnatEntry {
+    V4(SnatSources),
+    V6(SnatSources<V6>),
 }
 
-/// The `VIPS` entries (keys in network order) for `services` in their slots, and the
-/// addresses of their SNAT pools that are no VIP (`VIP_SNAT_ONLY`, no port).
-pub fn vip_entries(
-    services: &[ServiceSpec],
-    slots: &BTreeMap<String, u32>,
-) -> Result<BTreeMap<u32, VipInfo>> {
-    let mut out: BTreeMap<u32, VipInfo> = BTreeMap::new();
+/// The `SNAT_SOURCES` entry of a service: its VIP and SNAT pool, in its VIP's family (the
+/// config keeps a pool in its VIP's family; another address is left out).
+pub fn snat_sources_entry(s: &ServiceSpec) -> SnatEntry {
+    fn entry<A: Address>(vip: A, pool: impl Iterator<Item = A>) -> SnatSources<A> {
+        let mut entry = SnatSources {
+            vip,
+            ..Default::default()
+        };
+        for (i, a) in pool.take(MAX_SNAT_SOURCES).enumerate() {
+            entry.addrs[i] = a;
+            entry.count = i as u32 + 1;
+        }
+        entry
+    }
+    match s.vip {
+        IpAddr::V4(vip) => SnatEntry::V4(entry(
+            v4(vip),
+            s.snat_sources.iter().filter_map(|a| match a {
+                IpAddr::V4(a) => Some(v4(*a)),
+                IpAddr::V6(_) => None,
+            }),
+        )),
+        IpAddr::V6(vip) => SnatEntry::V6(entry(
+            v6(vip),
+            s.snat_sources.iter().filter_map(|a| match a {
+                IpAddr::V6(a) => Some(v6(*a)),
+                IpAddr::V4(_) => None,
+            }),
+        )),
+    }
+}
+
+/// The `VIPS` and `VIPS6` entries: VIP (as the maps hold it) → its services.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct VipEntries {
+    pub v4: BTreeMap<u32, VipInfo>,
+    pub v6: BTreeMap<V6, VipInfo>,
+}
+
+impl VipEntries {
+    fn entry(&mut self, a: IpAddr) -> &mut VipInfo {
+        match a {
+            IpAddr::V4(a) => self.v4.entry(v4(a)).or_default(),
+            IpAddr::V6(a) => self.v6.entry(v6(a)).or_default(),
+        }
+    }
+
+    /// The entry of `a`, if it has one.
+    pub fn get(&self, a: IpAddr) -> Option<&VipInfo> {
+        match a {
+            IpAddr::V4(a) => self.v4.get(&v4(a)),
+            IpAddr::V6(a) => self.v6.get(&v6(a)),
+        }
+    }
+}
+
+/// The `VIPS` and `VIPS6` entries for `services` in their slots, and the addresses of their
+/// SNAT pools that are no VIP (`VIP_SNAT_ONLY`, no port).
+pub fn vip_entries(services: &[ServiceSpec], slots: &BTreeMap<String, u32>) -> Result<VipEntries> {
+    let mut out = VipEntries::default();
     for s in services {
         let slot = *slots
             .get(&s.name)
             .ok_or_else(|| anyhow!("service {} has no slot", s.name))?;
-        let info = out.entry(u32::from(s.vip).to_be()).or_default();
+        let info = out.entry(s.vip);
         let index = info.count as usize;
         if index >= MAX_PORTS_PER_VIP {
             bail!("VIP {} has more than {MAX_PORTS_PER_VIP} services", s.vip);
@@ -204,11 +302,11 @@ pub fn vip_entries(
         info.count += 1;
     }
     for s in services {
-        for a in &s.snat_sources {
-            out.entry(u32::from(*a).to_be()).or_insert(VipInfo {
-                flags: VIP_SNAT_ONLY,
-                ..Default::default()
-            });
+        for &a in &s.snat_sources {
+            let info = out.entry(a);
+            if info.count == 0 {
+                info.flags = VIP_SNAT_ONLY;
+            }
         }
     }
     Ok(out)
@@ -233,6 +331,14 @@ pub fn pack_table(entries: &[u32]) -> Result<Vec<u64>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A backend's slot in these tests: its address's last byte.
+    fn last_octet(b: &BackendSpec) -> u32 {
+        match b.address.ip() {
+            IpAddr::V4(a) => u32::from(a.octets()[3]),
+            IpAddr::V6(a) => u32::from(a.octets()[15]),
+        }
+    }
 
     fn spec(
         name: &str,
@@ -275,7 +381,7 @@ mod tests {
                 ("192.0.2.53:6443", Up, 0),
             ],
         );
-        let t = table(&s, |b| u32::from(b.address.ip().octets()[3]));
+        let t = table(&s, last_octet);
         assert_eq!(t.len(), 251);
         assert!(t.iter().all(|&v| v == 50));
         let all_down = spec(
@@ -299,7 +405,7 @@ mod tests {
         let mut b = a.clone();
         b.backends.reverse();
         b.backends[0].name = "renamed".into();
-        let slot = |s: &BackendSpec| u32::from(s.address.ip().octets()[3]);
+        let slot = last_octet;
         assert_eq!(table(&a, slot), table(&b, slot));
     }
 
@@ -326,14 +432,15 @@ mod tests {
             .map(|(n, s)| (n.to_string(), s))
             .collect();
         let entries = vip_entries(&services, &slots).unwrap();
-        let vip = entries[&u32::from(Ipv4Addr::new(192, 0, 2, 100)).to_be()];
+        let vip = *entries.get(Ipv4Addr::new(192, 0, 2, 100).into()).unwrap();
         assert_eq!(vip.count, 2);
         assert_eq!(vip.ports[0].port, 6443u16.to_be());
         assert_eq!(vip.ports[0].service, 3);
         assert_eq!(vip.ports[0].flags, SERVICE_RESET_ON_DOWN);
         assert_eq!(vip.ports[1].port, 30080u16.to_be());
         assert_eq!(vip.ports[1].service, 4);
-        assert_eq!(entries.len(), 2);
+        assert_eq!(entries.v4.len(), 2);
+        assert!(entries.v6.is_empty());
     }
 
     #[test]
@@ -351,9 +458,11 @@ mod tests {
 
     #[test]
     fn only_entries_that_leave_the_up_state_wait_for_the_tables() {
-        let entry = |state| Backend {
-            state,
-            ..Default::default()
+        let entry = |state| {
+            BackendEntry::V4(Backend {
+                state,
+                ..Default::default()
+            })
         };
         let (up, drain, down) = (entry(BACKEND_UP), entry(BACKEND_DRAIN), entry(BACKEND_DOWN));
         assert!(stops_taking_new_flows(Some(&up), &drain));
@@ -376,10 +485,60 @@ mod tests {
             state: BackendState::Drain,
             weight: 100,
         };
-        let e = backend_entry(&b, 7);
+        let BackendEntry::V4(e) = backend_entry(&b, 7) else {
+            panic!("an IPv4 backend's entry is for BACKENDS");
+        };
         assert_eq!(e.addr.to_ne_bytes(), [192, 0, 2, 50]);
         assert_eq!(e.port.to_ne_bytes(), [0x19, 0x2b]);
         assert_eq!(e.state, BACKEND_DRAIN);
         assert_eq!(e.service, 7);
+        let b6 = BackendSpec {
+            address: "[2001:db8::50]:6443".parse().unwrap(),
+            ..b
+        };
+        let BackendEntry::V6(e) = backend_entry(&b6, 7) else {
+            panic!("an IPv6 backend's entry is for BACKENDS6");
+        };
+        assert_eq!(
+            k3s_xdp_common::address::v6_bytes(e.addr),
+            "2001:db8::50".parse::<Ipv6Addr>().unwrap().octets()
+        );
+        assert_eq!(e.port.to_ne_bytes(), [0x19, 0x2b]);
+    }
+
+    #[test]
+    fn ipv6_services_have_their_own_vip_and_snat_entries() {
+        use BackendState::*;
+        let mut services = vec![
+            spec("api", "192.0.2.100", 6443, &[("192.0.2.50:6443", Up, 100)]),
+            spec(
+                "api6",
+                "2001:db8::100",
+                6443,
+                &[("[2001:db8::50]:6443", Up, 100)],
+            ),
+        ];
+        services[1].snat_sources = vec!["2001:db8::200".parse().unwrap()];
+        let slots: BTreeMap<String, u32> = [("api", 0), ("api6", 1)]
+            .into_iter()
+            .map(|(n, s)| (n.to_string(), s))
+            .collect();
+        let entries = vip_entries(&services, &slots).unwrap();
+        assert_eq!(entries.v4.len(), 1);
+        assert_eq!(
+            entries.v6.len(),
+            2,
+            "the VIP and the SNAT-only pool address"
+        );
+        let vip6 = entries.get("2001:db8::100".parse().unwrap()).unwrap();
+        assert_eq!((vip6.count, vip6.ports[0].service), (1, 1));
+        let pool = entries.get("2001:db8::200".parse().unwrap()).unwrap();
+        assert_eq!((pool.count, pool.flags), (0, VIP_SNAT_ONLY));
+        let SnatEntry::V6(snat) = snat_sources_entry(&services[1]) else {
+            panic!("an IPv6 service's pool is for SNAT_SOURCES6");
+        };
+        assert_eq!(snat.count, 1);
+        assert_eq!(snat.vip, v6("2001:db8::100".parse().unwrap()));
+        assert_eq!(snat.addrs[0], v6("2001:db8::200".parse().unwrap()));
     }
 }

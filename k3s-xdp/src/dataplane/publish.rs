@@ -22,19 +22,19 @@
 use super::{
     plan::{
         backend_entry, check_limits, pack_table, snat_sources_entry, stops_taking_new_flows, table,
-        vip_entries, ServiceSpec,
+        vip_entries, BackendEntry, ServiceSpec, SnatEntry, VipEntries,
     },
     sys, vip_index, Dataplane,
 };
 use anyhow::{anyhow, bail, Context, Result};
 use aya::maps::{Array, ArrayOfMaps, IterableMap, Map, MapData, PerCpuArray, PerCpuValues};
 use k3s_xdp_common::{
-    names, Backend, Globals, NextHop, SnatSources, Traffic, VipInfo, VipSlot, VipTable,
-    BACKEND_FREE, MAGLEV_INNER_FLAGS, MAX_BACKENDS, MAX_SERVICES,
+    names, Address, Backend, Globals, NextHop, SnatSources, Traffic, VipSlot, VipTable,
+    MAGLEV_INNER_FLAGS, MAX_BACKENDS, MAX_SERVICES, V6,
 };
 use std::{
     collections::{BTreeMap, BTreeSet},
-    net::SocketAddrV4,
+    net::SocketAddr,
     os::fd::{AsFd, AsRawFd},
     time::{Duration, Instant},
 };
@@ -48,22 +48,23 @@ pub struct Applied {
     pub emptied: Vec<String>,
 }
 
-type BackendKey = (String, SocketAddrV4);
+type BackendKey = (String, SocketAddr);
 
 /// Slots and what was last written, so each apply writes only differences.
 #[derive(Default)]
 pub struct Publisher {
     service_slots: BTreeMap<String, u32>,
     backend_slots: BTreeMap<BackendKey, u32>,
-    written_backends: BTreeMap<u32, Backend>,
+    written_backends: BTreeMap<u32, BackendEntry>,
     tables: BTreeMap<u32, Vec<u32>>,
-    vips: BTreeMap<u32, VipInfo>,
-    /// As last written to `SNAT_SOURCES`, by service slot.
-    snat_sources: BTreeMap<u32, SnatSources>,
+    vips: VipEntries,
+    /// As last written to `SNAT_SOURCES` (or `SNAT_SOURCES6`), by service slot.
+    snat_sources: BTreeMap<u32, SnatEntry>,
     /// As last written to `VIP_TABLE`: the live half and each half's hash.
     vip_table: VipTable,
-    /// The `VIPS` slots written in each half, cleared when the half is next filled.
+    /// The `VIPS` and `VIPS6` slots written in each half, cleared when the half is next filled.
     vip_slots: [Vec<u32>; 2],
+    vip_slots6: [Vec<u32>; 2],
     /// The inner map `GRACE` is updated with to wait for running programs.
     grace: Option<Array<MapData, u32>>,
     /// A flip of `VIP_TABLE` not yet followed by a completed wait for running programs.
@@ -87,7 +88,7 @@ impl Publisher {
     }
 
     /// The slot of a backend of `service` at `address`, once published.
-    pub fn backend_slot(&self, service: &str, address: SocketAddrV4) -> Option<u32> {
+    pub fn backend_slot(&self, service: &str, address: SocketAddr) -> Option<u32> {
         self.backend_slots
             .get(&(service.to_string(), address))
             .copied()
@@ -218,9 +219,10 @@ impl Publisher {
             .map(|(k, s)| (k.clone(), *s))
             .collect();
         for (key, slot) in gone {
-            let free = Backend {
-                state: BACKEND_FREE,
-                ..Default::default()
+            // Freed in the map of the family it held.
+            let free = match self.written_backends.get(&slot) {
+                Some(entry) => entry.freed(),
+                None => BackendEntry::V4(Backend::default()),
             };
             write_backend(dp, slot, &free)?;
             self.written_backends.remove(&slot);
@@ -236,34 +238,26 @@ impl Publisher {
     /// concurrent reader sees the old table or the new one), then waits until every program
     /// run that may have read the old half has finished, so that the next publish may
     /// overwrite it. A packet therefore sees the whole old VIP set or the whole new one.
-    fn publish_vips(&mut self, dp: &mut Dataplane, vips: &BTreeMap<u32, VipInfo>) -> Result<()> {
+    fn publish_vips(&mut self, dp: &mut Dataplane, vips: &VipEntries) -> Result<()> {
         if self.grace_owed {
             // The last flip's wait failed: the idle half may still be read.
             self.wait_for_programs(dp)?;
             self.grace_owed = false;
         }
         let next = 1 - (self.vip_table.half & 1);
-        let half = vip_index::layout(vips, next)?;
-        // The half is idle, so the order of these writes does not matter.
-        {
-            let written = &mut self.vip_slots[next as usize];
-            let mut index: Array<&mut MapData, VipSlot> =
-                Array::try_from(map_mut(dp, names::VIPS)?)?;
-            for &i in written.iter() {
-                if !half.slots.contains_key(&i) {
-                    index.set(i, VipSlot::default(), 0)?;
-                }
-            }
-            // Tracked before they are written: a write failing halfway leaves nothing that the
-            // next fill of this half would not clear.
-            written.extend(half.slots.keys().copied());
-            for (&i, slot) in &half.slots {
-                index.set(i, slot, 0)?;
-            }
-            *written = half.slots.keys().copied().collect();
-        }
+        let half = vip_index::layout(&vips.v4, next)?;
+        let half6 = vip_index::layout(&vips.v6, next)?;
+        // The halves are idle, so the order of these writes does not matter.
+        fill_half(dp, names::VIPS, &mut self.vip_slots[next as usize], &half)?;
+        fill_half(
+            dp,
+            names::VIPS6,
+            &mut self.vip_slots6[next as usize],
+            &half6,
+        )?;
         let mut table = self.vip_table;
         table.hash[next as usize] = half.hash;
+        table.hash6[next as usize] = half6.hash;
         table.half = next;
         let mut map: Array<&mut MapData, VipTable> =
             Array::try_from(map_mut(dp, names::VIP_TABLE)?)?;
@@ -309,27 +303,69 @@ impl Publisher {
     }
 }
 
-fn write_snat_sources(dp: &mut Dataplane, slot: u32, entry: &SnatSources) -> Result<()> {
-    let mut map: Array<&mut MapData, SnatSources> =
-        Array::try_from(map_mut(dp, names::SNAT_SOURCES)?)?;
-    Ok(map.set(slot, entry, 0)?)
+/// Writes the idle half of `VIPS` or `VIPS6` (`map`): clears what `written` names that `half`
+/// does not, then writes `half`'s slots.
+fn fill_half<A: Address + Ord>(
+    dp: &mut Dataplane,
+    map: &str,
+    written: &mut Vec<u32>,
+    half: &vip_index::Half<A>,
+) -> Result<()> {
+    let mut index: Array<&mut MapData, VipSlot<A>> = Array::try_from(map_mut(dp, map)?)?;
+    for &i in written.iter() {
+        if !half.slots.contains_key(&i) {
+            index.set(i, VipSlot::default(), 0)?;
+        }
+    }
+    // Tracked before they are written: a write failing halfway leaves nothing that the next
+    // fill of this half would not clear.
+    written.extend(half.slots.keys().copied());
+    for (&i, slot) in &half.slots {
+        index.set(i, slot, 0)?;
+    }
+    *written = half.slots.keys().copied().collect();
+    Ok(())
+}
+
+fn write_snat_sources(dp: &mut Dataplane, slot: u32, entry: &SnatEntry) -> Result<()> {
+    match entry {
+        SnatEntry::V4(e) => {
+            let mut map: Array<&mut MapData, SnatSources> =
+                Array::try_from(map_mut(dp, names::SNAT_SOURCES)?)?;
+            Ok(map.set(slot, e, 0)?)
+        }
+        SnatEntry::V6(e) => {
+            let mut map: Array<&mut MapData, SnatSources<V6>> =
+                Array::try_from(map_mut(dp, names::SNAT_SOURCES6)?)?;
+            Ok(map.set(slot, e, 0)?)
+        }
+    }
 }
 
 fn map_mut<'a>(dp: &'a mut Dataplane, name: &str) -> Result<&'a mut Map> {
     dp.map_mut(name)
 }
 
-fn write_backend(dp: &mut Dataplane, slot: u32, entry: &Backend) -> Result<()> {
-    let mut backends: Array<&mut MapData, Backend> =
-        Array::try_from(map_mut(dp, names::BACKENDS)?)?;
-    backends
-        .set(slot, entry, 0)
-        .with_context(|| format!("writing backend slot {slot}"))
+fn write_backend(dp: &mut Dataplane, slot: u32, entry: &BackendEntry) -> Result<()> {
+    fn write<A: Address>(dp: &mut Dataplane, map: &str, slot: u32, e: &Backend<A>) -> Result<()> {
+        let mut backends: Array<&mut MapData, Backend<A>> = Array::try_from(map_mut(dp, map)?)?;
+        backends
+            .set(slot, e, 0)
+            .with_context(|| format!("writing backend slot {slot}"))
+    }
+    match entry {
+        BackendEntry::V4(e) => write(dp, names::BACKENDS, slot, e),
+        BackendEntry::V6(e) => write(dp, names::BACKENDS6, slot, e),
+    }
 }
 
+/// Forgets the next hops cached for a slot, in both families' maps.
 fn clear_hop(dp: &mut Dataplane, slot: u32) -> Result<()> {
     let mut hops: Array<&mut MapData, NextHop> =
         Array::try_from(map_mut(dp, names::BACKEND_HOPS)?)?;
+    hops.set(slot, NextHop::default(), 0)?;
+    let mut hops: Array<&mut MapData, NextHop<V6>> =
+        Array::try_from(map_mut(dp, names::BACKEND_HOPS6)?)?;
     Ok(hops.set(slot, NextHop::default(), 0)?)
 }
 

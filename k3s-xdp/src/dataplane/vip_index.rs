@@ -1,18 +1,19 @@
 //! How the VIPs are laid out for the XDP program: a perfect hash over the configured VIPs, so
 //! that every packet learns whether its destination is a VIP with one multiplication and one
-//! array read (`k3s_xdp_common::VipHash`), and the slots of one half of `VIPS`. Pure: the
-//! publisher writes what [`layout`] returns.
+//! array read (`k3s_xdp_common::VipHash`), and the slots of one half of `VIPS` (IPv4) or
+//! `VIPS6` (IPv6, hashed over `Address::vip_fold`). Pure: the publisher writes what
+//! [`layout`] returns.
 
 use anyhow::{bail, Result};
-use k3s_xdp_common::{VipHash, VipInfo, VipSlot, MAX_VIPS, VIP_SLOTS};
+use k3s_xdp_common::{Address, VipHash, VipInfo, VipSlot, MAX_VIPS, VIP_SLOTS};
 use std::collections::BTreeMap;
 
 /// Multipliers tried per table size before a larger one is tried.
 const TRIES_PER_SIZE: u32 = 4096;
 
-/// A multiply-shift hash that puts each of `addrs` (distinct, network byte order) in its own
-/// slot of `VIP_SLOTS`, using as few slots as it can. Deterministic: the same VIPs always get
-/// the same hash.
+/// A multiply-shift hash that puts each of `addrs` (distinct words: IPv4 addresses in network
+/// byte order, or IPv6 addresses' folds) in its own slot of `VIP_SLOTS`, using as few slots
+/// as it can. Deterministic: the same VIPs always get the same hash.
 pub fn perfect_hash(addrs: &[u32]) -> Option<VipHash> {
     let max_bits = VIP_SLOTS.trailing_zeros();
     let min_bits = addrs.len().next_power_of_two().trailing_zeros();
@@ -53,36 +54,36 @@ fn collision_free(addrs: &[u32], hash: &VipHash) -> bool {
     true
 }
 
-/// One half of `VIPS`, ready to write.
+/// One half of `VIPS` (or `VIPS6`), ready to write.
 #[derive(Debug, PartialEq, Eq)]
-pub struct Half {
+pub struct Half<A: Address = u32> {
     pub hash: VipHash,
     /// `VIPS` index → slot.
-    pub slots: BTreeMap<u32, VipSlot>,
+    pub slots: BTreeMap<u32, VipSlot<A>>,
 }
 
 /// The entries of half `half` (0 or 1) for `vips` (VIP in network byte order → its services).
-pub fn layout(vips: &BTreeMap<u32, VipInfo>, half: u32) -> Result<Half> {
+pub fn layout<A: Address + Ord>(vips: &BTreeMap<A, VipInfo>, half: u32) -> Result<Half<A>> {
     if vips.len() > MAX_VIPS as usize {
         bail!("{} VIPs, at most {MAX_VIPS}", vips.len());
     }
-    let addrs: Vec<u32> = vips.keys().copied().collect();
-    let Some(hash) = perfect_hash(&addrs) else {
+    let folds: Vec<u32> = vips.keys().map(Address::vip_fold).collect();
+    let Some(hash) = perfect_hash(&folds) else {
         bail!(
             "found no collision-free hash for the {} VIPs in {VIP_SLOTS} slots",
-            addrs.len()
+            folds.len()
         );
     };
     let slots = vips
         .iter()
         .map(|(&addr, info)| {
             (
-                half * VIP_SLOTS + hash.slot(addr),
+                half * VIP_SLOTS + hash.slot(addr.vip_fold()),
                 VipSlot {
                     addr,
                     _pad: 0,
                     info: *info,
-                    _tail: (),
+                    _tail: Default::default(),
                 },
             )
         })
@@ -167,9 +168,35 @@ mod tests {
         assert_eq!(perfect_hash(&[]).unwrap().shift, 32);
     }
 
+    /// IPv6 VIPs next to each other (the usual case), as `maps::vip6` finds them.
+    #[test]
+    fn ipv6_vips_are_found_and_nothing_else() {
+        use k3s_xdp_common::address::v6_words;
+        use std::net::Ipv6Addr;
+        let v6 = |last: u16| v6_words(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, last).octets());
+        let vips: BTreeMap<_, _> = (0..MAX_VIPS as u16)
+            .map(|i| (v6(0x100 + i), info(u32::from(i) + 1)))
+            .collect();
+        for half_index in [0, 1] {
+            let half = layout(&vips, half_index).unwrap();
+            let find = |dst: &k3s_xdp_common::V6| {
+                let slot = half
+                    .slots
+                    .get(&(half_index * VIP_SLOTS + half.hash.slot(dst.vip_fold())))?;
+                (slot.addr == *dst).then_some(slot.info)
+            };
+            for (addr, want) in &vips {
+                assert_eq!(find(addr), Some(*want));
+            }
+            for other in 0..=255u16 {
+                assert_eq!(find(&v6(0x1000 + other)), None);
+            }
+        }
+    }
+
     #[test]
     fn no_vips_lay_out_nothing() {
-        let half = layout(&BTreeMap::new(), 1).unwrap();
+        let half = layout::<u32>(&BTreeMap::new(), 1).unwrap();
         assert!(half.slots.is_empty());
     }
 

@@ -1,0 +1,433 @@
+//! BPF_PROG_TEST_RUN tests of the IPv6 path (issue 19): nat (NAT66) and dsr forwarding, the
+//! reply back to the client, the same backend and SNAT port on every node, RSTs, ICMPv6 echo
+//! and Packet Too Big, extension headers walked or refused by reason, and everything not to a
+//! VIP:port left untouched. Outputs are parsed and their checksums recomputed from scratch.
+
+use k3s_xdp::{
+    config::{Mode, OnBackendDown, Protocol},
+    dataplane::{BackendSpec, BackendState, ServiceSpec},
+};
+use k3s_xdp_common::reason;
+use k3s_xdp_tests::{
+    bpf::{
+        action_name, have_root, lab_mac6, Outcome, XdpHarness, LAB_LB_MAC, XDP_DROP, XDP_PASS,
+        XDP_TX,
+    },
+    packet::{Frame, Icmp, L4, TCP_ACK, TCP_RST, TCP_SYN},
+    packet6::{
+        icmp6, tcp6, tcp6_syn, udp6, verify_checksums6, Ipv6, NEXT_DEST_OPTS, NEXT_FRAGMENT,
+        NEXT_HOP_BY_HOP, NEXT_ROUTING,
+    },
+};
+use std::net::{Ipv6Addr, SocketAddrV6};
+
+fn ip6(last: u16) -> Ipv6Addr {
+    Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, last)
+}
+
+fn sock(addr: Ipv6Addr, port: u16) -> SocketAddrV6 {
+    SocketAddrV6::new(addr, port, 0, 0)
+}
+
+/// VIP 2001:db8::100: TCP 6443 (nat) to ::50-52, TCP 80 (dsr) to ::50-52, UDP 53 (nat) to
+/// ::50, and TCP 7443 (nat, reset) whose only backend is down.
+fn services() -> Vec<ServiceSpec> {
+    let backends = |port: u16, state: BackendState| -> Vec<BackendSpec> {
+        (0x50..0x53)
+            .map(|last| BackendSpec {
+                name: format!("server-{last:x}"),
+                address: sock(ip6(last), port).into(),
+                state,
+                weight: 100,
+            })
+            .collect()
+    };
+    let service = |name: &str, port: u16, protocol, mode, backends| ServiceSpec {
+        name: name.into(),
+        vip: ip6(0x100).into(),
+        port,
+        protocol,
+        mode,
+        on_backend_down: OnBackendDown::Reset,
+        table_size: 251,
+        backends,
+        snat_sources: Vec::new(),
+    };
+    vec![
+        service(
+            "api6",
+            6443,
+            Protocol::Tcp,
+            Mode::Nat,
+            backends(6443, BackendState::Up),
+        ),
+        service(
+            "web6",
+            80,
+            Protocol::Tcp,
+            Mode::Dsr,
+            backends(80, BackendState::Up),
+        ),
+        service(
+            "dns6",
+            53,
+            Protocol::Udp,
+            Mode::Nat,
+            backends(53, BackendState::Up)[..1].to_vec(),
+        ),
+        service(
+            "down6",
+            7443,
+            Protocol::Tcp,
+            Mode::Nat,
+            backends(7443, BackendState::Down)[..1].to_vec(),
+        ),
+    ]
+}
+
+fn harness() -> Option<XdpHarness> {
+    if !have_root() {
+        eprintln!("skipped: BPF_PROG_TEST_RUN needs root (run `cargo xtask test`)");
+        return None;
+    }
+    Some(XdpHarness::with_specs_in_lab(&services()).expect("XDP object loaded, services published"))
+}
+
+fn run(h: &mut XdpHarness, frame: &Frame) -> Outcome {
+    h.run_frame(frame).expect("BPF_PROG_TEST_RUN")
+}
+
+fn nonzero(h: &XdpHarness) -> Vec<(&'static str, u64)> {
+    h.reasons()
+        .unwrap()
+        .into_iter()
+        .filter(|(_, v)| *v > 0)
+        .collect()
+}
+
+/// Runs `ip` (from the client side) and expects XDP_TX with valid checksums.
+fn transmitted(h: &mut XdpHarness, frame: &Frame) -> (Frame, Ipv6) {
+    let out = run(h, frame);
+    assert_eq!(
+        out.action,
+        XDP_TX,
+        "expected XDP_TX, got {} (reasons {:?})",
+        action_name(out.action),
+        nonzero(h)
+    );
+    verify_checksums6(&out.data).expect("valid checksums on the output");
+    let frame = out.frame().unwrap();
+    let ip = Ipv6::of(&frame).unwrap();
+    (frame, ip)
+}
+
+fn tcp_ports(ip: &Ipv6) -> (u16, u16, u8) {
+    match &ip.l4 {
+        L4::Tcp(t) => (t.sport, t.dport, t.flags),
+        other => panic!("not TCP: {other:?}"),
+    }
+}
+
+/// Runs `frame` and expects it passed untouched, counted under `why`.
+fn passed_untouched(h: &mut XdpHarness, frame: &Frame, why: u32) {
+    let before = h.reason(why).unwrap();
+    let bytes = frame.to_bytes();
+    let out = h.run(&bytes).unwrap();
+    assert_eq!(out.action, XDP_PASS, "reasons {:?}", nonzero(h));
+    assert_eq!(out.data, bytes, "passed untouched");
+    assert_eq!(
+        h.reason(why).unwrap(),
+        before + 1,
+        "counted as {}",
+        reason::NAMES[why as usize]
+    );
+}
+
+/// Runs `frame` and expects it dropped, counted under `why`.
+fn dropped(h: &mut XdpHarness, frame: &Frame, why: u32) {
+    let before = h.reason(why).unwrap();
+    let out = run(h, frame);
+    assert_eq!(out.action, XDP_DROP, "reasons {:?}", nonzero(h));
+    assert_eq!(
+        h.reason(why).unwrap(),
+        before + 1,
+        "counted as {}",
+        reason::NAMES[why as usize]
+    );
+}
+
+#[test]
+fn nat66_round_trip_restores_the_clients_tuple() {
+    let Some(mut h) = harness() else { return };
+    let client = sock(ip6(0x102), 41000);
+    let vip = sock(ip6(0x100), 6443);
+    let (fwd, ip) = transmitted(&mut h, &tcp6_syn(client, vip).frame());
+    let (snat_port, dport, _) = tcp_ports(&ip);
+    assert_eq!(ip.src, ip6(0x100), "SNAT to the VIP");
+    assert!(
+        (0x50..0x53).any(|b| ip.dst == ip6(b)),
+        "to a backend: {}",
+        ip.dst
+    );
+    assert_eq!(dport, 6443);
+    assert!(snat_port >= 1024);
+    assert_eq!(
+        fwd.eth_dst,
+        lab_mac6(ip.dst),
+        "to the backend's MAC, from the FIB"
+    );
+    assert_eq!(fwd.eth_src, LAB_LB_MAC);
+    assert_eq!(h.reason(reason::TX_FORWARD).unwrap(), 1);
+
+    // The backend answers VIP:snat_port.
+    let backend = ip.dst;
+    let mut reply = tcp6(
+        sock(backend, 6443),
+        sock(ip6(0x100), snat_port),
+        TCP_SYN | TCP_ACK,
+    )
+    .frame();
+    reply.eth_src = lab_mac6(backend);
+    let (back, ip) = transmitted(&mut h, &reply);
+    let (sport, dport, flags) = tcp_ports(&ip);
+    assert_eq!(
+        (ip.src, sport),
+        (ip6(0x100), 6443),
+        "from VIP:6443 as the client expects"
+    );
+    assert_eq!((ip.dst, dport), (*client.ip(), client.port()));
+    assert_eq!(flags, TCP_SYN | TCP_ACK);
+    assert_eq!(back.eth_dst, lab_mac6(*client.ip()));
+    assert_eq!(h.reason(reason::TX_REPLY).unwrap(), 1);
+
+    // The client's next packet: the same backend and port, not a new flow.
+    let (_, ip) = transmitted(&mut h, &tcp6(client, vip, TCP_ACK).frame());
+    assert_eq!(ip.dst, backend);
+    assert_eq!(tcp_ports(&ip).0, snat_port);
+    let slot = h.publisher.service_slot("api6").unwrap();
+    let t = h.dataplane.service_traffic(slot).unwrap();
+    assert_eq!(
+        (t.packets, t.new_flows),
+        (3, 1),
+        "SYN, reply, ACK: one flow"
+    );
+}
+
+#[test]
+fn the_same_flow_gets_the_same_backend_and_snat_port_on_every_node() {
+    let Some(mut lb1) = harness() else { return };
+    let mut lb2 = harness().unwrap();
+    for port in 40000..40020 {
+        let syn = tcp6_syn(sock(ip6(0x103), port), sock(ip6(0x100), 6443)).frame();
+        let (_, a) = transmitted(&mut lb1, &syn);
+        let (_, b) = transmitted(&mut lb2, &syn);
+        assert_eq!(
+            (a.dst, tcp_ports(&a).0),
+            (b.dst, tcp_ports(&b).0),
+            "port {port}"
+        );
+    }
+}
+
+#[test]
+fn dsr_rewrites_only_the_destination_mac() {
+    let Some(mut h) = harness() else { return };
+    let syn = tcp6_syn(sock(ip6(0x102), 41001), sock(ip6(0x100), 80));
+    let (fwd, ip) = transmitted(&mut h, &syn.frame());
+    assert_eq!(
+        ip,
+        Ipv6::of(&syn.frame()).unwrap(),
+        "the IPv6 packet is as it came"
+    );
+    assert!(
+        (0x50..0x53).any(|b| fwd.eth_dst == lab_mac6(ip6(b))),
+        "to a backend's MAC"
+    );
+    assert_eq!(fwd.eth_src, LAB_LB_MAC);
+}
+
+#[test]
+fn udp_is_balanced_with_its_checksum_updated() {
+    let Some(mut h) = harness() else { return };
+    let (_, ip) = transmitted(
+        &mut h,
+        &udp6(sock(ip6(0x104), 5353), sock(ip6(0x100), 53), b"query").frame(),
+    );
+    assert_eq!((ip.src, ip.dst), (ip6(0x100), ip6(0x50)));
+    let L4::Udp(u) = &ip.l4 else {
+        panic!("not UDP")
+    };
+    assert_eq!((u.dport, u.payload.as_slice()), (53, &b"query"[..]));
+}
+
+#[test]
+fn extension_headers_are_walked_and_kept() {
+    let Some(mut h) = harness() else { return };
+    let mut syn = tcp6_syn(sock(ip6(0x105), 41002), sock(ip6(0x100), 6443));
+    syn.ext = vec![
+        (NEXT_HOP_BY_HOP, vec![1, 4, 0, 0, 0, 0]),
+        (
+            NEXT_DEST_OPTS,
+            vec![1, 12, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+        ),
+        (NEXT_ROUTING, vec![0, 0]),
+    ];
+    let (_, ip) = transmitted(&mut h, &syn.frame());
+    assert_eq!(ip.ext.len(), 3, "the extension headers stay");
+    assert_eq!(ip.src, ip6(0x100));
+    assert_eq!(tcp_ports(&ip).1, 6443);
+}
+
+#[test]
+fn fragments_and_chains_the_walk_cannot_finish_are_dropped_by_reason() {
+    let Some(mut h) = harness() else { return };
+    let vip = sock(ip6(0x100), 6443);
+    let client = sock(ip6(0x106), 41003);
+
+    let mut fragment = tcp6_syn(client, vip);
+    fragment.ext = vec![(NEXT_FRAGMENT, vec![0, 1, 0, 0, 0, 1])];
+    dropped(&mut h, &fragment.frame(), reason::DROP_FRAGMENT);
+
+    let mut long = tcp6_syn(client, vip);
+    long.ext = vec![(NEXT_DEST_OPTS, vec![]); 5];
+    dropped(&mut h, &long.frame(), reason::DROP_BAD_EXTENSION);
+
+    let mut routed = tcp6_syn(client, vip);
+    routed.ext = vec![(NEXT_ROUTING, vec![4, 1])]; // segments left: 1
+    dropped(&mut h, &routed.frame(), reason::DROP_BAD_EXTENSION);
+
+    let unknown = Ipv6::new(
+        *client.ip(),
+        *vip.ip(),
+        L4::Raw {
+            protocol: 253,
+            bytes: vec![0; 8],
+        },
+    );
+    dropped(&mut h, &unknown.frame(), reason::DROP_BAD_EXTENSION);
+
+    let mut truncated = tcp6_syn(client, vip);
+    truncated.payload_len = Some(400);
+    dropped(&mut h, &truncated.frame(), reason::DROP_BAD_IP_HEADER);
+
+    let mut chain_past_the_end = tcp6_syn(client, vip);
+    chain_past_the_end.ext = vec![(NEXT_DEST_OPTS, vec![0; 60])];
+    chain_past_the_end.payload_len = Some(40);
+    dropped(
+        &mut h,
+        &chain_past_the_end.frame(),
+        reason::DROP_BAD_EXTENSION,
+    );
+
+    let mut version4 = tcp6_syn(client, vip);
+    version4.version = Some(4);
+    dropped(&mut h, &version4.frame(), reason::DROP_BAD_IP_HEADER);
+}
+
+#[test]
+fn traffic_not_to_a_vip_port_passes_untouched() {
+    let Some(mut h) = harness() else { return };
+    let other = tcp6_syn(sock(ip6(0x102), 41004), sock(ip6(0x98), 22));
+    passed_untouched(&mut h, &other.frame(), reason::PASS_NOT_VIP);
+    // A malformed packet not to a VIP is the host's: no walk, no judgement.
+    let mut fragment = tcp6_syn(sock(ip6(0x102), 41004), sock(ip6(0x98), 22));
+    fragment.ext = vec![(NEXT_FRAGMENT, vec![0, 1, 0, 0, 0, 1])];
+    passed_untouched(&mut h, &fragment.frame(), reason::PASS_NOT_VIP);
+    // Neighbour solicitation to the VIP (unicast reachability probe): the kernel's.
+    let mut target = [0u8; 16];
+    target.copy_from_slice(&ip6(0x100).octets());
+    let ns = icmp6(ip6(0x102), ip6(0x100), 135, [0; 4], &target);
+    passed_untouched(&mut h, &ns.frame(), reason::PASS_VIP_OTHER);
+    // A VIP port without a service, not a reply either.
+    let closed = tcp6_syn(sock(ip6(0x102), 41005), sock(ip6(0x100), 9999));
+    passed_untouched(&mut h, &closed.frame(), reason::PASS_VIP_OTHER);
+}
+
+#[test]
+fn echo_requests_to_a_vip_are_answered() {
+    let Some(mut h) = harness() else { return };
+    let ping = icmp6(ip6(0x107), ip6(0x100), 128, [0, 9, 0, 1], b"ping6");
+    let (frame, ip) = transmitted(&mut h, &ping.frame());
+    assert_eq!((ip.src, ip.dst), (ip6(0x100), ip6(0x107)));
+    let L4::Icmp(Icmp {
+        icmp_type,
+        rest,
+        payload,
+        ..
+    }) = &ip.l4
+    else {
+        panic!("not ICMPv6")
+    };
+    assert_eq!(
+        (*icmp_type, *rest, payload.as_slice()),
+        (129, [0, 9, 0, 1], &b"ping6"[..])
+    );
+    assert_eq!(frame.eth_dst, lab_mac6(ip6(0x107)));
+    assert_eq!(h.reason(reason::TX_ICMP_ECHO).unwrap(), 1);
+}
+
+#[test]
+fn syns_without_a_healthy_backend_get_a_rst() {
+    let Some(mut h) = harness() else { return };
+    let client = sock(ip6(0x108), 41006);
+    let (_, ip) = transmitted(&mut h, &tcp6_syn(client, sock(ip6(0x100), 7443)).frame());
+    let (sport, dport, flags) = tcp_ports(&ip);
+    assert_eq!((ip.src, sport), (ip6(0x100), 7443));
+    assert_eq!((ip.dst, dport), (*client.ip(), client.port()));
+    assert_eq!(flags, TCP_RST | TCP_ACK);
+    assert!(ip.ext.is_empty());
+    assert_eq!(h.reason(reason::TX_RESET).unwrap(), 1);
+}
+
+#[test]
+fn a_flow_pinned_to_a_backend_that_went_down_gets_a_rst() {
+    let Some(mut h) = harness() else { return };
+    let client = sock(ip6(0x109), 41007);
+    let vip = sock(ip6(0x100), 6443);
+    let (_, ip) = transmitted(&mut h, &tcp6_syn(client, vip).frame());
+    let backend = ip.dst;
+    let mut specs = services();
+    for b in &mut specs[0].backends {
+        if b.address.ip() == backend {
+            b.state = BackendState::Down;
+        }
+    }
+    h.apply(&specs).unwrap();
+    // With extension headers: the RST follows the fixed header.
+    let mut data = tcp6(client, vip, TCP_ACK);
+    data.ext = vec![(NEXT_DEST_OPTS, vec![])];
+    let (_, ip) = transmitted(&mut h, &data.frame());
+    let (_, _, flags) = tcp_ports(&ip);
+    assert_eq!(flags, TCP_RST);
+    assert!(ip.ext.is_empty(), "a bare RST");
+    assert_eq!((ip.src, ip.dst), (ip6(0x100), *client.ip()));
+}
+
+#[test]
+fn packet_too_big_reaches_the_flows_backend_translated() {
+    let Some(mut h) = harness() else { return };
+    let client = sock(ip6(0x102), 41008);
+    let vip = sock(ip6(0x100), 6443);
+    let (_, fwd) = transmitted(&mut h, &tcp6_syn(client, vip).frame());
+    let (backend, snat_port) = (fwd.dst, tcp_ports(&fwd).0);
+    // A router on the way to the client quotes what we sent it: VIP:6443 → client.
+    let quoted = tcp6(vip, client, TCP_ACK).to_bytes();
+    let router = Ipv6Addr::new(0x2001, 0xdb8, 0xffff, 0, 0, 0, 0, 1);
+    let ptb = icmp6(router, ip6(0x100), 2, 1280u32.to_be_bytes(), &quoted);
+    let (frame, ip) = transmitted(&mut h, &ptb.frame());
+    assert_eq!((ip.src, ip.dst), (router, backend), "to the flow's backend");
+    assert_eq!(frame.eth_dst, lab_mac6(backend));
+    let L4::Icmp(icmp) = &ip.l4 else {
+        panic!("not ICMPv6")
+    };
+    assert_eq!((icmp.icmp_type, icmp.rest), (2, 1280u32.to_be_bytes()));
+    let inner = Ipv6::parse(&icmp.payload).unwrap();
+    assert_eq!(
+        (inner.src, inner.dst),
+        (backend, ip6(0x100)),
+        "quoted as the backend sent it"
+    );
+    let (sport, dport, _) = tcp_ports(&inner);
+    assert_eq!((sport, dport), (6443, snat_port));
+    assert_eq!(h.reason(reason::TX_ICMP_TO_BACKEND).unwrap(), 1);
+}
