@@ -4,19 +4,23 @@
 
 use anyhow::{bail, Context, Result};
 use aya::{TestRun, TestRunOptions};
-use k3s_xdp::dataplane::BENCH_OBJECT;
+use k3s_xdp::{
+    config::{Mode, OnBackendDown, Protocol},
+    dataplane::{BackendSpec, BackendState, ServiceSpec, BENCH_OBJECT},
+};
 use k3s_xdp_common::{
-    hash::flow_hash, names, reason, table, BenchPacket, FlowKey, BENCH_FORGET_FLOW,
-    BENCH_NEW_SOURCE_PORT, BENCH_SAME,
+    address::v6_words, hash::flow_hash, names, reason, table, Address, BenchPacket, FlowKey,
+    BENCH_FORGET_FLOW, BENCH_NEW_SOURCE_PORT, BENCH_SAME,
 };
 use k3s_xdp_tests::{
     bpf::XdpHarness,
     packet::{self, TCP_ACK, TCP_SYN},
+    packet6::{self, Ipv6},
     topology::VIP,
 };
 use std::{
     fmt::Write as _,
-    net::{Ipv4Addr, SocketAddrV4},
+    net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6},
     time::Instant,
 };
 
@@ -51,6 +55,37 @@ backends = [
   { name = "server-3", address = "192.0.2.52:7443" },
 ]
 "#;
+
+/// The IPv6 twin of k3s-api: VIP 2001:db8::100, TCP 6443 (nat) to 2001:db8::50-59.
+const VIP6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x100);
+
+fn services6() -> Vec<ServiceSpec> {
+    vec![ServiceSpec {
+        name: "k3s-api6".into(),
+        vip: VIP6.into(),
+        port: 6443,
+        protocol: Protocol::Tcp,
+        mode: Mode::Nat,
+        on_backend_down: OnBackendDown::Reset,
+        table_size: k3s_xdp_common::DEFAULT_TABLE_SIZE,
+        snat_sources: Vec::new(),
+        backends: (0x50..0x5a)
+            .map(|last| BackendSpec {
+                name: format!("server-{last:x}"),
+                address: SocketAddr::new(
+                    Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, last).into(),
+                    6443,
+                ),
+                state: BackendState::Up,
+                weight: 100,
+            })
+            .collect(),
+    }]
+}
+
+fn sock6(addr: Ipv6Addr, port: u16) -> SocketAddrV6 {
+    SocketAddrV6::new(addr, port, 0, 0)
+}
 
 /// Runs `program` on `frame` `repeat` times in one BPF_PROG_TEST_RUN; its action and the
 /// kernel's average ns per run.
@@ -125,29 +160,36 @@ struct Forget {
 
 impl Forget {
     /// The entries of the flow `client` → `vip` (TCP) that the data plane sent to `backend`
-    /// from `snat_port`, in tables of `size` entries.
-    fn of(
-        client: SocketAddrV4,
-        vip: SocketAddrV4,
-        backend: SocketAddrV4,
+    /// from `snat_port`, in tables of `size` entries (IPv4 or IPv6: `A` and `addr` say which).
+    fn of<S: Copy, A: Address>(
+        (client, vip, backend): (S, S, S),
         snat_port: u16,
         size: u32,
+        addr: impl Fn(S) -> (A, u16),
     ) -> Self {
-        let key = |src: SocketAddrV4, dst: SocketAddrV4| FlowKey {
-            src: u32::from_ne_bytes(src.ip().octets()),
-            dst: u32::from_ne_bytes(dst.ip().octets()),
-            sport: src.port().to_be(),
-            dport: dst.port().to_be(),
+        let key = |src: (A, u16), dst: (A, u16)| FlowKey {
+            src: src.0,
+            dst: dst.0,
+            sport: src.1.to_be(),
+            dport: dst.1.to_be(),
             protocol: 6,
             _pad: [0; 3],
         };
         let mask = table::buckets(size) - 1;
-        let reverse = key(backend, SocketAddrV4::new(*vip.ip(), snat_port));
+        let reverse = key(addr(backend), (addr(vip).0, snat_port));
         Forget {
-            bucket: table::bucket_index(flow_hash(&key(client, vip)), mask),
+            bucket: table::bucket_index(flow_hash(&key(addr(client), addr(vip))), mask),
             nat: table::nat_index(flow_hash(&reverse), mask),
         }
     }
+}
+
+fn v4_key(a: SocketAddrV4) -> (u32, u16) {
+    (u32::from_ne_bytes(a.ip().octets()), a.port())
+}
+
+fn v6_key(a: SocketAddrV6) -> (k3s_xdp_common::V6, u16) {
+    (v6_words(a.ip().octets()), a.port())
 }
 
 struct Case {
@@ -159,8 +201,8 @@ struct Case {
     mode: u32,
     forget: Forget,
     expect_action: u32,
-    /// A case of the dsr service (its new flows are counted there).
-    dsr: bool,
+    /// The service whose new flows the case makes (counted there).
+    service: &'static str,
     /// The reason counter every run must add to (None for the floor).
     reason: Option<u32>,
     target: Option<f64>,
@@ -208,15 +250,66 @@ pub fn micro(summary: &mut Vec<Ratio>) -> Result<String> {
         fwd.tcp().context("TCP")?,
     );
     let hot_forget = Forget::of(
-        hot_client,
-        vip,
-        SocketAddrV4::new(ip.dst, tcp.dport),
+        (hot_client, vip, SocketAddrV4::new(ip.dst, tcp.dport)),
         tcp.sport,
         TABLE_SIZE,
+        v4_key,
     );
     let non_vip = with_payload(packet::tcp(
         client,
         SocketAddrV4::new(Ipv4Addr::new(192, 0, 2, 98), 22),
+        TCP_ACK,
+    ));
+
+    // The same for IPv6.
+    let mut specs: Vec<ServiceSpec> = k3s_xdp::config::parse(CONFIG, "micro.toml".as_ref())
+        .map_err(|e| anyhow::anyhow!("{e}"))?
+        .services
+        .iter()
+        .map(ServiceSpec::from_config)
+        .collect();
+    specs.extend(services6());
+    h.apply(&specs)?;
+    let vip6 = sock6(VIP6, 6443);
+    let client6 = sock6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x101), 40000);
+    let with_payload6 = |mut ip: Ipv6| {
+        if let packet::L4::Tcp(t) = &mut ip.l4 {
+            t.payload = vec![0x17; 64];
+        }
+        ip.frame().to_bytes()
+    };
+    let fwd6 = Ipv6::of(
+        &h.run(&packet6::tcp6_syn(client6, vip6).frame().to_bytes())?
+            .frame()?,
+    )
+    .map_err(|e| anyhow::anyhow!("IPv6 SYN: {e}"))?;
+    let (backend6, snat6) = match &fwd6.l4 {
+        packet::L4::Tcp(t) => (fwd6.dst, t.sport),
+        other => bail!("IPv6 SYN not forwarded as TCP: {other:?}"),
+    };
+    let data6 = with_payload6(packet6::tcp6(client6, vip6, TCP_ACK));
+    let mut reply6_frame = packet6::tcp6(sock6(backend6, 6443), sock6(VIP6, snat6), TCP_ACK);
+    if let packet::L4::Tcp(t) = &mut reply6_frame.l4 {
+        t.payload = vec![0x17; 64];
+    }
+    let mut reply6_eth = reply6_frame.frame();
+    reply6_eth.eth_src = k3s_xdp_tests::bpf::lab_mac6(backend6);
+    let reply6 = reply6_eth.to_bytes();
+    let hot_client6 = sock6(Ipv6Addr::new(0x2001, 0xdb8, 0xffff, 0, 0, 0, 0, 7), 50000);
+    let hot_syn6 = packet6::tcp6_syn(hot_client6, vip6).frame().to_bytes();
+    let hot6 = Ipv6::of(&h.run(&hot_syn6)?.frame()?).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let packet::L4::Tcp(hot6_tcp) = &hot6.l4 else {
+        bail!("IPv6 hot SYN not forwarded");
+    };
+    let hot_forget6 = Forget::of(
+        (hot_client6, vip6, sock6(hot6.dst, hot6_tcp.dport)),
+        hot6_tcp.sport,
+        TABLE_SIZE,
+        v6_key,
+    );
+    let non_vip6 = with_payload6(packet6::tcp6(
+        client6,
+        sock6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x98), 22),
         TCP_ACK,
     ));
 
@@ -230,7 +323,7 @@ pub fn micro(summary: &mut Vec<Ratio>) -> Result<String> {
             }),
             mode: BENCH_SAME,
             forget: Forget::default(),
-            dsr: false,
+            service: "k3s-api",
             expect_action: 3,
             reason: None,
             target: None,
@@ -244,7 +337,7 @@ pub fn micro(summary: &mut Vec<Ratio>) -> Result<String> {
             }),
             mode: BENCH_SAME,
             forget: Forget::default(),
-            dsr: false,
+            service: "k3s-api",
             expect_action: 3,
             reason: Some(reason::TX_FORWARD),
             target: Some(60.0),
@@ -255,7 +348,7 @@ pub fn micro(summary: &mut Vec<Ratio>) -> Result<String> {
             frame: Box::new(move |_| reply.clone()),
             mode: BENCH_SAME,
             forget: Forget::default(),
-            dsr: false,
+            service: "k3s-api",
             expect_action: 3,
             reason: Some(reason::TX_REPLY),
             target: None,
@@ -271,7 +364,7 @@ pub fn micro(summary: &mut Vec<Ratio>) -> Result<String> {
             }),
             mode: BENCH_SAME,
             forget: Forget::default(),
-            dsr: false,
+            service: "k3s-api",
             expect_action: 3,
             reason: Some(reason::TX_FORWARD),
             target: None,
@@ -288,7 +381,7 @@ pub fn micro(summary: &mut Vec<Ratio>) -> Result<String> {
             }),
             mode: BENCH_FORGET_FLOW,
             forget: hot_forget,
-            dsr: false,
+            service: "k3s-api",
             expect_action: 3,
             reason: Some(reason::TX_FORWARD),
             target: Some(150.0),
@@ -303,7 +396,7 @@ pub fn micro(summary: &mut Vec<Ratio>) -> Result<String> {
             }),
             mode: BENCH_NEW_SOURCE_PORT,
             forget: Forget::default(),
-            dsr: false,
+            service: "k3s-api",
             expect_action: 3,
             reason: Some(reason::TX_FORWARD),
             target: Some(150.0),
@@ -317,7 +410,7 @@ pub fn micro(summary: &mut Vec<Ratio>) -> Result<String> {
             }),
             mode: BENCH_SAME,
             forget: Forget::default(),
-            dsr: true,
+            service: "k3s-api-dsr",
             expect_action: 3,
             reason: Some(reason::TX_FORWARD),
             target: None,
@@ -331,7 +424,7 @@ pub fn micro(summary: &mut Vec<Ratio>) -> Result<String> {
             }),
             mode: BENCH_NEW_SOURCE_PORT,
             forget: Forget::default(),
-            dsr: true,
+            service: "k3s-api-dsr",
             expect_action: 3,
             reason: Some(reason::TX_FORWARD),
             target: None,
@@ -342,20 +435,74 @@ pub fn micro(summary: &mut Vec<Ratio>) -> Result<String> {
             frame: Box::new(move |_| non_vip.clone()),
             mode: BENCH_SAME,
             forget: Forget::default(),
-            dsr: false,
+            service: "k3s-api",
+            expect_action: 2,
+            reason: Some(reason::PASS_NOT_VIP),
+            target: None,
+        },
+        Case {
+            name: "IPv6 established flow (nat)",
+            program: names::BENCH_PROGRAM,
+            frame: Box::new(move |_| data6.clone()),
+            mode: BENCH_SAME,
+            forget: Forget::default(),
+            service: "k3s-api6",
+            expect_action: 3,
+            reason: Some(reason::TX_FORWARD),
+            target: None,
+        },
+        Case {
+            name: "IPv6 backend reply (reverse nat)",
+            program: names::BENCH_PROGRAM,
+            frame: Box::new(move |_| reply6.clone()),
+            mode: BENCH_SAME,
+            forget: Forget::default(),
+            service: "k3s-api6",
+            expect_action: 3,
+            reason: Some(reason::TX_REPLY),
+            target: None,
+        },
+        Case {
+            name: "IPv6 new-flow path, tables in cache (nat)",
+            program: names::BENCH_PROGRAM,
+            frame: Box::new(move |_| hot_syn6.clone()),
+            mode: BENCH_FORGET_FLOW,
+            forget: hot_forget6,
+            service: "k3s-api6",
+            expect_action: 3,
+            reason: Some(reason::TX_FORWARD),
+            target: None,
+        },
+        Case {
+            name: "IPv6 SYN of a new flow (nat)",
+            program: names::BENCH_PROGRAM,
+            frame: Box::new(move |round| {
+                let src = sock6(
+                    Ipv6Addr::new(0x2001, 0xdb8, 0xffff, 0, 0, 0, 1, round as u16),
+                    1024,
+                );
+                packet6::tcp6(src, vip6, TCP_SYN).frame().to_bytes()
+            }),
+            mode: BENCH_NEW_SOURCE_PORT,
+            forget: Forget::default(),
+            service: "k3s-api6",
+            expect_action: 3,
+            reason: Some(reason::TX_FORWARD),
+            target: None,
+        },
+        Case {
+            name: "IPv6 non-VIP packet (pass)",
+            program: names::BENCH_PROGRAM,
+            frame: Box::new(move |_| non_vip6.clone()),
+            mode: BENCH_SAME,
+            forget: Forget::default(),
+            service: "k3s-api6",
             expect_action: 2,
             reason: Some(reason::PASS_NOT_VIP),
             target: None,
         },
     ];
-    let slot = h
-        .publisher
-        .service_slot("k3s-api")
-        .context("service published")?;
-    let dsr_slot = h
-        .publisher
-        .service_slot("k3s-api-dsr")
-        .context("dsr service")?;
+
     let mut samples: Vec<Vec<f64>> = vec![Vec::new(); cases.len()];
     let mut new_flows = 0;
     for round in 0..ROUNDS {
@@ -366,7 +513,10 @@ pub fn micro(summary: &mut Vec<Ratio>) -> Result<String> {
                 Some(r) => h.reason(r)?,
                 None => 0,
             };
-            let service = if case.dsr { dsr_slot } else { slot };
+            let service = h
+                .publisher
+                .service_slot(case.service)
+                .with_context(|| format!("service {} published", case.service))?;
             let flows_before = h.dataplane.service_traffic(service)?.new_flows;
             let (action, ns) = run_repeated(&mut h, case.program, &frame, REPEAT)?;
             if action != case.expect_action {
@@ -401,7 +551,7 @@ pub fn micro(summary: &mut Vec<Ratio>) -> Result<String> {
                     case.name
                 );
             }
-            if case.mode == BENCH_NEW_SOURCE_PORT && !case.dsr {
+            if case.mode == BENCH_NEW_SOURCE_PORT && case.service == "k3s-api" {
                 new_flows += made;
             }
             samples[ci].push(ns);
@@ -453,6 +603,33 @@ pub fn micro(summary: &mut Vec<Ratio>) -> Result<String> {
                 format!("{over:+.0}")
             },
             m / floor
+        );
+    }
+    // Each IPv6 case against its IPv4 twin, same rounds (issue 19's target: at most 15 ns more).
+    let _ = writeln!(
+        out,
+        "\n### IPv6 against its IPv4 twin\n\n| case | IPv4 ns | IPv6 ns | IPv6 - IPv4 | target |\n|---|---:|---:|---:|---|"
+    );
+    for (ci, case) in cases.iter().enumerate() {
+        let Some(twin) = case.name.strip_prefix("IPv6 ") else {
+            continue;
+        };
+        let Some(ti) = cases.iter().position(|c| c.name == twin) else {
+            continue;
+        };
+        let (v6, v4) = (med(&samples[ci]).0, med(&samples[ti]).0);
+        let diff = v6 - v4;
+        let target = format!("+15 ns: {}", if diff <= 15.0 { "met" } else { "missed" });
+        summary.push(Ratio {
+            what: format!("XDP: {} vs IPv4", case.name),
+            value: format!("{v6:.0} ns/packet"),
+            baseline: format!("IPv4 twin {v4:.0} ns"),
+            ratio: v6 / v4,
+            target: target.clone(),
+        });
+        let _ = writeln!(
+            out,
+            "| {twin} | {v4:.0} | {v6:.0} | {diff:+.0} | {target} |"
         );
     }
     let (cold, warm) = (memory_latency(96 << 20), memory_latency(1 << 20));

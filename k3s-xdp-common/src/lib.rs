@@ -411,7 +411,7 @@ pub struct Globals {
 }
 
 /// Bytes of a benchmark packet (`BENCH`).
-pub const BENCH_MAX_LEN: usize = 128;
+pub const BENCH_MAX_LEN: usize = 160;
 
 /// `BenchPacket::mode`: the same packet every run.
 pub const BENCH_SAME: u32 = 0;

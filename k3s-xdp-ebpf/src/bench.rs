@@ -8,7 +8,7 @@
 
 use crate::{
     csum,
-    maps::{BENCH, FLOWS, NAT_REVERSE},
+    maps::{BENCH, FLOWS, FLOWS6, NAT_REVERSE, NAT_REVERSE6},
     parse::ptr_at,
 };
 use aya_ebpf::programs::XdpContext;
@@ -20,6 +20,16 @@ use k3s_xdp_common::{
 const SPORT: usize = 14 + 20;
 /// Offset of the TCP checksum in the same.
 const TCP_CHECK: usize = 14 + 20 + 16;
+/// The same in an untagged IPv6 packet without extension headers.
+const SPORT6: usize = 14 + 40;
+const TCP_CHECK6: usize = 14 + 40 + 16;
+
+/// Whether the benchmark packet is IPv6 (its EtherType).
+#[inline(always)]
+fn is_ipv6(bench: *const BenchPacket) -> bool {
+    // SAFETY: the benchmark's entry, valid for this run.
+    unsafe { (*bench).bytes[12] == 0x86 && (*bench).bytes[13] == 0xdd }
+}
 
 /// Copies the benchmark packet over the frame; false if it does not fit.
 #[inline(always)]
@@ -49,14 +59,20 @@ pub fn restore(ctx: &XdpContext) -> bool {
             }
         )*};
     }
-    copy_chunk!(0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15);
+    copy_chunk!(0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19);
     // SAFETY: as above.
     let mode = unsafe { (*bench).mode };
     if mode == BENCH_FORGET_FLOW {
         return forget(bench);
     }
     if mode == BENCH_NEW_SOURCE_PORT {
-        let (Some(sport), Some(check)) = (ptr_at::<u16>(ctx, SPORT), ptr_at::<u16>(ctx, TCP_CHECK))
+        let (at_sport, at_check) = if is_ipv6(bench) {
+            (SPORT6, TCP_CHECK6)
+        } else {
+            (SPORT, TCP_CHECK)
+        };
+        let (Some(sport), Some(check)) =
+            (ptr_at::<u16>(ctx, at_sport), ptr_at::<u16>(ctx, at_check))
         else {
             return false;
         };
@@ -79,6 +95,21 @@ pub fn restore(ctx: &XdpContext) -> bool {
 fn forget(bench: *const BenchPacket) -> bool {
     // SAFETY: the benchmark's entry, valid for this run.
     let (bucket, nat) = unsafe { ((*bench).forget_bucket, (*bench).forget_nat) };
+    if is_ipv6(bench) {
+        let (Some(bucket), Some(slot)) =
+            (FLOWS6.get_ptr_mut(bucket), NAT_REVERSE6.get_ptr_mut(nat))
+        else {
+            return false;
+        };
+        // SAFETY: map values valid for this run.
+        unsafe {
+            for way in 0..WAYS as usize {
+                (*bucket).slots[way].seal = 0;
+            }
+            (*slot).seal = 0;
+        }
+        return true;
+    }
     let (Some(bucket), Some(slot)) = (FLOWS.get_ptr_mut(bucket), NAT_REVERSE.get_ptr_mut(nat))
     else {
         return false;
