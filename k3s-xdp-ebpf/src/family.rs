@@ -36,6 +36,10 @@ pub trait Family: Address {
     type Hdr;
     /// The new-flow program's slot in `NEW_FLOW`.
     const NEW_FLOW_SLOT: u32;
+    /// Whether table readers copy a whole slot and check the copy (IPv4: 32- and 64-byte slots
+    /// fit in registers) or read each field once in place (IPv6: a copy would go through the
+    /// stack, once per way of a bucket).
+    const COPY_SLOTS: bool;
     /// Bounds the L4 offset a new flow's second half finds its packet's headers at again:
     /// IPv6 extension headers can put it far from the IP header.
     const L4_MASK: u16;
@@ -150,6 +154,7 @@ pub const TCP_LEN: usize = size_of::<TcpHdr>();
 impl Family for u32 {
     type Hdr = Ipv4Hdr;
     const NEW_FLOW_SLOT: u32 = 0;
+    const COPY_SLOTS: bool = true;
     const L4_MASK: u16 = 0x7f;
 
     #[inline(always)]
@@ -273,6 +278,7 @@ impl Family for u32 {
 impl Family for V6 {
     type Hdr = Ipv6Hdr;
     const NEW_FLOW_SLOT: u32 = 1;
+    const COPY_SLOTS: bool = false;
     const L4_MASK: u16 = 0x3fff;
 
     #[inline(always)]

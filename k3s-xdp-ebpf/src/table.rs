@@ -98,7 +98,18 @@ pub fn find_flow<F: Family>(key: &FlowKey<F>, at: Place, clock: u32) -> Option<F
     let mut found = None;
     for way in 0..WAYS {
         let slot = flow_slot(bucket, way);
-        if let Some(flow) = flow_at(slot, key, at.hash) {
+        if F::COPY_SLOTS {
+            // IPv4: the whole slot in registers, checked, as the IPv4 path always read it.
+            // SAFETY: a map value valid for this run, read once.
+            let copy = unsafe { core::ptr::read_volatile(slot) };
+            if copy.holds(key, at.hash) {
+                if copy.seen != clock {
+                    // SAFETY: a map value valid for this run; `seen` is outside the seal.
+                    unsafe { (*slot).seen = clock };
+                }
+                found = Some(copy.flow);
+            }
+        } else if let Some(flow) = flow_at(slot, key, at.hash) {
             if field!((*slot).seen) != clock {
                 // SAFETY: a map value valid for this run; `seen` is outside the seal.
                 unsafe { (*slot).seen = clock };
@@ -228,6 +239,27 @@ pub struct NatView<F> {
 #[inline(always)]
 pub fn find_nat<F: Family>(key: &FlowKey<F>, at: Place) -> Option<(*mut NatSlot<F>, NatView<F>)> {
     let slot = nat_slot::<F>(at.hash, at.mask)?;
+    if F::COPY_SLOTS {
+        // IPv4: the whole slot copied and checked, as the IPv4 path always read it.
+        // SAFETY: a map value valid for this run, read once.
+        let copy = unsafe { core::ptr::read_volatile(slot) };
+        if !copy.holds(key, at.hash) {
+            return None;
+        }
+        let nat = copy.nat;
+        return Some((
+            slot,
+            NatView {
+                client_addr: nat.client_addr,
+                client_port: nat.client_port,
+                vip_port: nat.vip_port,
+                backend: nat.backend,
+                service: nat.service,
+                closing: nat.closing,
+                seen: copy.seen,
+            },
+        ));
+    }
     let view = NatView {
         // SAFETY: a field of a map value valid for this run.
         client_addr: F::load(unsafe { addr_of!((*slot).nat.client_addr) }),
