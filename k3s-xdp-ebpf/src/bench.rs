@@ -6,14 +6,10 @@
 //! cache). The floor does the same restore before its MAC swap, so the restore's cost cancels
 //! out of the comparison (forgetting a flow is not cancelled: it counts against k3s-xdp).
 
-use crate::{
-    csum,
-    maps::{BENCH, FLOWS, FLOWS6, NAT_REVERSE, NAT_REVERSE6},
-    parse::ptr_at,
-};
+use crate::{csum, family::Family, maps::BENCH, parse::ptr_at};
 use aya_ebpf::programs::XdpContext;
 use k3s_xdp_common::{
-    table::WAYS, BenchPacket, BENCH_FORGET_FLOW, BENCH_MAX_LEN, BENCH_NEW_SOURCE_PORT,
+    table::WAYS, BenchPacket, BENCH_FORGET_FLOW, BENCH_MAX_LEN, BENCH_NEW_SOURCE_PORT, V6,
 };
 
 /// Offset of the L4 source port in an untagged IPv4 packet without options.
@@ -96,22 +92,16 @@ fn forget(bench: *const BenchPacket) -> bool {
     // SAFETY: the benchmark's entry, valid for this run.
     let (bucket, nat) = unsafe { ((*bench).forget_bucket, (*bench).forget_nat) };
     if is_ipv6(bench) {
-        let (Some(bucket), Some(slot)) =
-            (FLOWS6.get_ptr_mut(bucket), NAT_REVERSE6.get_ptr_mut(nat))
-        else {
-            return false;
-        };
-        // SAFETY: map values valid for this run.
-        unsafe {
-            for way in 0..WAYS as usize {
-                (*bucket).slots[way].seal = 0;
-            }
-            (*slot).seal = 0;
-        }
-        return true;
+        clear::<V6>(bucket, nat)
+    } else {
+        clear::<u32>(bucket, nat)
     }
-    let (Some(bucket), Some(slot)) = (FLOWS.get_ptr_mut(bucket), NAT_REVERSE.get_ptr_mut(nat))
-    else {
+}
+
+/// Clears the seals of flow bucket `bucket` and reverse-NAT slot `nat` of family `F`.
+#[inline(always)]
+fn clear<F: Family>(bucket: u32, nat: u32) -> bool {
+    let (Some(bucket), Some(slot)) = (F::flow_bucket(bucket), F::nat_slot(nat)) else {
         return false;
     };
     // SAFETY: map values valid for this run.

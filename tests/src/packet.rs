@@ -387,9 +387,12 @@ fn ipv4_bytes(ip: &Ipv4) -> Vec<u8> {
     h
 }
 
-fn l4_bytes(ip: &Ipv4) -> Vec<u8> {
-    match &ip.l4 {
-        L4::Raw { bytes, .. } => bytes.clone(),
+/// The transport bytes of `l4` with its checksum field zero, where that field is, and the
+/// checksum to write there instead of the computed one (`Raw`: no checksum field). Shared by
+/// both families, which sum different pseudo-headers.
+pub fn unsummed(l4: &L4) -> (Vec<u8>, Option<(usize, Option<u16>)>) {
+    match l4 {
+        L4::Raw { bytes, .. } => (bytes.clone(), None),
         L4::Tcp(t) => {
             let mut options = t.options.clone();
             while !options.len().is_multiple_of(4) {
@@ -407,11 +410,7 @@ fn l4_bytes(ip: &Ipv4) -> Vec<u8> {
             s.extend_from_slice(&[0, 0, 0, 0]);
             s.extend_from_slice(&options);
             s.extend_from_slice(&t.payload);
-            let sum = t
-                .checksum
-                .unwrap_or_else(|| l4_checksum(ip.src, ip.dst, 6, &s));
-            s[16..18].copy_from_slice(&sum.to_be_bytes());
-            s
+            (s, Some((16, t.checksum)))
         }
         L4::Udp(u) => {
             let len = u.length.unwrap_or((8 + u.payload.len()) as u16);
@@ -421,15 +420,7 @@ fn l4_bytes(ip: &Ipv4) -> Vec<u8> {
             s.extend_from_slice(&len.to_be_bytes());
             s.extend_from_slice(&[0, 0]);
             s.extend_from_slice(&u.payload);
-            let sum = u.checksum.unwrap_or_else(|| {
-                // 0 means "no checksum" in UDP over IPv4; a computed 0 is sent as 0xffff.
-                match l4_checksum(ip.src, ip.dst, 17, &s) {
-                    0 => 0xffff,
-                    c => c,
-                }
-            });
-            s[6..8].copy_from_slice(&sum.to_be_bytes());
-            s
+            (s, Some((6, u.checksum)))
         }
         L4::Icmp(i) => {
             let mut s = Vec::with_capacity(8 + i.payload.len());
@@ -438,11 +429,27 @@ fn l4_bytes(ip: &Ipv4) -> Vec<u8> {
             s.extend_from_slice(&[0, 0]);
             s.extend_from_slice(&i.rest);
             s.extend_from_slice(&i.payload);
-            let sum = i.checksum.unwrap_or_else(|| checksum(&s));
-            s[2..4].copy_from_slice(&sum.to_be_bytes());
-            s
+            (s, Some((2, i.checksum)))
         }
     }
+}
+
+fn l4_bytes(ip: &Ipv4) -> Vec<u8> {
+    let (mut s, field) = unsummed(&ip.l4);
+    let Some((at, given)) = field else {
+        return s;
+    };
+    let sum = given.unwrap_or_else(|| match &ip.l4 {
+        L4::Tcp(_) => l4_checksum(ip.src, ip.dst, 6, &s),
+        // 0 means "no checksum" in UDP over IPv4; a computed 0 is sent as 0xffff.
+        L4::Udp(_) => match l4_checksum(ip.src, ip.dst, 17, &s) {
+            0 => 0xffff,
+            c => c,
+        },
+        _ => checksum(&s),
+    });
+    s[at..at + 2].copy_from_slice(&sum.to_be_bytes());
+    s
 }
 
 fn parse_ipv4(bytes: &[u8]) -> Result<Ipv4, String> {

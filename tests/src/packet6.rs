@@ -5,7 +5,8 @@
 //! checksum from scratch, independently of the XDP program's incremental updates.
 
 use crate::packet::{
-    ones_complement_sum, Frame, Icmp, Tcp, Udp, CLIENT_MAC, ETH_P_IPV6, L3, L4, LB_MAC, TCP_SYN,
+    ones_complement_sum, unsummed, Frame, Icmp, Tcp, Udp, CLIENT_MAC, ETH_P_IPV6, L3, L4, LB_MAC,
+    TCP_SYN,
 };
 use std::net::{Ipv6Addr, SocketAddrV6};
 
@@ -159,61 +160,15 @@ fn checksum6(ip: &Ipv6, next: u8, segment: &[u8]) -> u16 {
 }
 
 fn l4_bytes(ip: &Ipv6) -> Vec<u8> {
-    let (mut s, at) = match &ip.l4 {
-        L4::Raw { bytes, .. } => return bytes.clone(),
-        L4::Tcp(t) => {
-            let mut options = t.options.clone();
-            while !options.len().is_multiple_of(4) {
-                options.push(1);
-            }
-            let offset = t.data_offset.unwrap_or(((20 + options.len()) / 4) as u8);
-            let mut s = Vec::new();
-            s.extend_from_slice(&t.sport.to_be_bytes());
-            s.extend_from_slice(&t.dport.to_be_bytes());
-            s.extend_from_slice(&t.seq.to_be_bytes());
-            s.extend_from_slice(&t.ack.to_be_bytes());
-            s.push(offset << 4);
-            s.push(t.flags);
-            s.extend_from_slice(&t.window.to_be_bytes());
-            s.extend_from_slice(&[0, 0, 0, 0]);
-            s.extend_from_slice(&options);
-            s.extend_from_slice(&t.payload);
-            if let Some(c) = t.checksum {
-                s[16..18].copy_from_slice(&c.to_be_bytes());
-                return s;
-            }
-            (s, 16)
-        }
-        L4::Udp(u) => {
-            let len = u.length.unwrap_or((8 + u.payload.len()) as u16);
-            let mut s = Vec::new();
-            s.extend_from_slice(&u.sport.to_be_bytes());
-            s.extend_from_slice(&u.dport.to_be_bytes());
-            s.extend_from_slice(&len.to_be_bytes());
-            s.extend_from_slice(&[0, 0]);
-            s.extend_from_slice(&u.payload);
-            if let Some(c) = u.checksum {
-                s[6..8].copy_from_slice(&c.to_be_bytes());
-                return s;
-            }
-            (s, 6)
-        }
-        L4::Icmp(i) => {
-            let mut s = vec![i.icmp_type, i.code, 0, 0];
-            s.extend_from_slice(&i.rest);
-            s.extend_from_slice(&i.payload);
-            if let Some(c) = i.checksum {
-                s[2..4].copy_from_slice(&c.to_be_bytes());
-                return s;
-            }
-            (s, 2)
-        }
+    let (mut s, field) = unsummed(&ip.l4);
+    let Some((at, given)) = field else {
+        return s;
     };
-    let sum = match checksum6(ip, ip.protocol(), &s) {
+    let sum = given.unwrap_or_else(|| match checksum6(ip, ip.protocol(), &s) {
         // UDP over IPv6 must carry a checksum; a computed 0 is sent as 0xffff.
         0 => 0xffff,
         c => c,
-    };
+    });
     s[at..at + 2].copy_from_slice(&sum.to_be_bytes());
     s
 }
