@@ -728,7 +728,7 @@ fn send_raw(topo: &Topology, from: &str, to: Ipv4Addr, ttl: u8, payload: &[u8]) 
     p.extend_from_slice(&[0, 0, 0, 0, ttl, vrrp::IPPROTO_VRRP, 0, 0]);
     p.extend_from_slice(&src.octets());
     p.extend_from_slice(&to.octets());
-    let sum = vrrp::checksum(&p, None);
+    let sum = vrrp::internet_checksum(&p, 0);
     p[10..12].copy_from_slice(&sum.to_be_bytes());
     p.extend_from_slice(payload);
     topo.node(from)

@@ -88,7 +88,7 @@ impl VrrpSender {
         p.extend_from_slice(&[0, 0, 0, 0, 255, IPPROTO_VRRP, 0, 0]);
         p.extend_from_slice(&src.octets());
         p.extend_from_slice(&dst.octets());
-        let sum = crate::vrrp::packet::checksum(&p[..20], None);
+        let sum = crate::vrrp::packet::internet_checksum(&p[..20], 0);
         p[10..12].copy_from_slice(&sum.to_be_bytes());
         p.extend_from_slice(payload);
         let to = SockAddr::from(SocketAddrV4::new(dst, 0));

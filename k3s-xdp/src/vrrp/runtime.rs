@@ -503,7 +503,7 @@ fn receive(
         Ok((from, _)) if from == primary => Ok(None),
         Ok((from, advert)) => {
             if !config.unicast_peers.is_empty() && !config.unicast_peers.contains(&from) {
-                return Err(Reject::NotAPeer(from));
+                return Err(Reject::NotAPeer(from.into()));
             }
             Ok(Some((from, advert)))
         }
