@@ -1,6 +1,8 @@
-//! VRRP: the wire codec ([`packet`]) and the state machine ([`machine`]), both pure, and the
+//! VRRP: the wire codec ([`packet`]), the state machine ([`machine`]) and the takeover
+//! announcements ([`announce`]), all pure, and the
 //! task that runs them on the interface ([`runtime`]).
 
+pub mod announce;
 pub mod machine;
 pub mod packet;
 pub mod runtime;
