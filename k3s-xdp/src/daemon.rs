@@ -14,7 +14,11 @@ use crate::{
     vrrp,
 };
 use anyhow::{anyhow, bail, Context, Result};
-use std::{net::Ipv4Addr, path::PathBuf, time::Duration};
+use std::{
+    net::{IpAddr, Ipv4Addr},
+    path::PathBuf,
+    time::Duration,
+};
 use tokio::{
     signal::unix::{signal, SignalKind},
     sync::mpsc,
@@ -271,7 +275,7 @@ pub async fn run(options: Options) -> Result<()> {
     }
     let owned: Vec<Ipv4Addr> = std::mem::take(&mut *owned.lock().await);
     for addr in owned {
-        match netlink.del_address(ifindex, addr).await {
+        match netlink.del_address(ifindex, addr.into()).await {
             Ok(()) => {
                 info!("removed {addr} from {iface}");
                 guard.release(addr);
@@ -334,11 +338,15 @@ const EPHEMERAL_PORTS: &str = "/proc/sys/net/ipv4/ip_local_port_range";
 /// subnet that is neither a VIP nor a SNAT address.
 fn node_address(present: &[InterfaceAddress], config: &Config) -> Option<Ipv4Addr> {
     let taken = config.held_addresses();
-    present
+    let own: Vec<(Ipv4Addr, u8)> = present
         .iter()
-        .find(|a| a.prefix_len < 32 && !taken.contains(&a.addr))
-        .or_else(|| present.iter().find(|a| !taken.contains(&a.addr)))
-        .map(|a| a.addr)
+        .filter_map(|a| Some((a.of_family::<Ipv4Addr>()?, a.prefix_len)))
+        .filter(|(a, _)| !taken.contains(a))
+        .collect();
+    own.iter()
+        .find(|(_, prefix_len)| *prefix_len < 32)
+        .or(own.first())
+        .map(|(a, _)| *a)
 }
 
 /// Why `snat_port_range` cannot share the node's address with the host's own connections:
@@ -384,7 +392,7 @@ async fn follow(
         .filter(|a| !wanted.contains(a))
         .collect();
     for addr in gone {
-        match netlink.del_address(ifindex, addr).await {
+        match netlink.del_address(ifindex, addr.into()).await {
             Ok(()) => {
                 info!("removed {addr} from {iface} (no service holds it any more)");
                 guard.release(addr);
@@ -417,7 +425,7 @@ async fn claim_vips(
     let present = netlink.addresses(ifindex).await?;
     let mut added = Vec::new();
     for &vip in addresses {
-        if present.iter().any(|a| a.addr == vip) {
+        if present.iter().any(|a| a.addr == IpAddr::from(vip)) {
             info!("{vip} is already on {iface}; leaving it as it is");
             continue;
         }
@@ -431,7 +439,7 @@ async fn claim_vips(
             .add_address(
                 ifindex,
                 InterfaceAddress {
-                    addr: vip,
+                    addr: vip.into(),
                     prefix_len: 32,
                 },
             )

@@ -8,6 +8,7 @@
 //!
 //! ```text
 //! hold 192.0.2.100        the daemon added this address; remove it if I die
+//! hold 2001:db8::100      (either family)
 //! release 192.0.2.100     the daemon removed it itself
 //! route 200 192.0.2.100   the daemon announces this VIP ([bgp]: its route in table 200)
 //! unroute 200 192.0.2.100 the daemon withdrew it itself
@@ -27,7 +28,7 @@ use anyhow::{bail, Context, Result};
 use std::{
     collections::BTreeMap,
     io::{BufRead, Write},
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr},
     path::PathBuf,
     process::{Child, ChildStdin, Command, Stdio},
     sync::{Arc, Mutex},
@@ -38,7 +39,7 @@ use tracing::{error, info, warn};
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Ledger {
     /// Addresses on the interface that the daemon holds.
-    pub held: Vec<Ipv4Addr>,
+    pub held: Vec<IpAddr>,
     /// `[bgp]` routes the daemon keeps: (table, VIP).
     pub routes: Vec<(u32, Ipv4Addr)>,
     /// sysctl files and the value to write back.
@@ -53,13 +54,13 @@ impl Ledger {
         let mut words = line.split_whitespace();
         match (words.next(), words.next(), words.next(), words.next()) {
             (Some("hold"), Some(a), None, None) => {
-                let a: Ipv4Addr = a.parse().with_context(|| format!("bad address {a:?}"))?;
+                let a: IpAddr = a.parse().with_context(|| format!("bad address {a:?}"))?;
                 if !self.held.contains(&a) {
                     self.held.push(a);
                 }
             }
             (Some("release"), Some(a), None, None) => {
-                let a: Ipv4Addr = a.parse().with_context(|| format!("bad address {a:?}"))?;
+                let a: IpAddr = a.parse().with_context(|| format!("bad address {a:?}"))?;
                 self.held.retain(|h| *h != a);
             }
             (Some(verb @ ("route" | "unroute")), Some(table), Some(a), None) => {
@@ -143,13 +144,13 @@ impl Guard {
     }
 
     /// `addr` was added to the interface by the daemon.
-    pub fn hold(&self, addr: Ipv4Addr) {
-        self.send(&format!("hold {addr}"));
+    pub fn hold(&self, addr: impl Into<IpAddr>) {
+        self.send(&format!("hold {}", addr.into()));
     }
 
     /// `addr` was removed by the daemon.
-    pub fn release(&self, addr: Ipv4Addr) {
-        self.send(&format!("release {addr}"));
+    pub fn release(&self, addr: impl Into<IpAddr>) {
+        self.send(&format!("release {}", addr.into()));
     }
 
     /// The daemon added its route for `vip` to `table`.
@@ -280,8 +281,27 @@ mod tests {
             "hold 192.0.2.100",
             "release 192.0.2.200",
         ]);
-        assert_eq!(l.held, vec![Ipv4Addr::new(192, 0, 2, 100)]);
+        assert_eq!(l.held, vec![IpAddr::from(Ipv4Addr::new(192, 0, 2, 100))]);
         assert!(l.pending());
+    }
+
+    #[test]
+    fn holds_ipv6_addresses_too() {
+        let l = ledger(&[
+            "hold 2001:db8::100",
+            "hold 192.0.2.100",
+            "hold 2001:db8:0::100",
+            "hold 2001:db8::101",
+            "release 2001:db8::101",
+        ]);
+        let v6: IpAddr = "2001:db8::100".parse().unwrap();
+        assert_eq!(
+            l.held,
+            vec![v6, IpAddr::from(Ipv4Addr::new(192, 0, 2, 100))],
+            "one entry per address, however it is written"
+        );
+        let l = ledger(&["hold 2001:db8::100", "release 2001:db8::100"]);
+        assert!(!l.pending());
     }
 
     #[test]
@@ -326,6 +346,8 @@ mod tests {
             "hold",
             "hold 192.0.2",
             "hold 192.0.2.1 extra",
+            "hold 2001:db8::1::2",
+            "release 2001:db8::/64",
             "restore /etc/passwd x",
             "restore /proc/sys/x",
             "route 200",

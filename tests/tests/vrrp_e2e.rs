@@ -635,33 +635,39 @@ fn hostile_adverts_are_rejected_by_reason() {
     // The same in lb-2's metrics, parsed by a Prometheus text parser.
     let m = metrics(&p.topo, "lb-2");
     assert_eq!(
-        m.get("k3sxdp_vrrp_state{state=backup}"),
+        m.get("k3sxdp_vrrp_state{family=ipv4,state=backup}"),
         Some(&1.0),
         "{m:?}"
     );
-    assert_eq!(m.get("k3sxdp_vrrp_state{state=master}"), Some(&0.0));
     assert_eq!(
-        m.get("k3sxdp_vrrp_master_info{address=192.0.2.98}"),
+        m.get("k3sxdp_vrrp_state{family=ipv4,state=master}"),
+        Some(&0.0)
+    );
+    assert_eq!(
+        m.get("k3sxdp_vrrp_master_info{address=192.0.2.98,family=ipv4}"),
         Some(&1.0)
     );
     assert_eq!(
-        m.get("k3sxdp_vrrp_adverts_rejected_total{reason=ttl}"),
+        m.get("k3sxdp_vrrp_adverts_rejected_total{family=ipv4,reason=ttl}"),
         Some(&1.0)
     );
     assert_eq!(
-        m.get("k3sxdp_vrrp_adverts_rejected_total{reason=checksum}"),
+        m.get("k3sxdp_vrrp_adverts_rejected_total{family=ipv4,reason=checksum}"),
         Some(&1.0)
     );
     assert_eq!(
-        m.get("k3sxdp_vrrp_adverts_rejected_total{reason=address_count}"),
+        m.get("k3sxdp_vrrp_adverts_rejected_total{family=ipv4,reason=address_count}"),
         Some(&1.0)
     );
-    assert_eq!(m.get("k3sxdp_vrrp_adverts_other_routers_total"), Some(&1.0));
+    assert_eq!(
+        m.get("k3sxdp_vrrp_adverts_other_routers_total{family=ipv4}"),
+        Some(&1.0)
+    );
     assert!(m
-        .get("k3sxdp_vrrp_adverts_received_total")
+        .get("k3sxdp_vrrp_adverts_received_total{family=ipv4}")
         .is_some_and(|v| *v >= 1.0));
     assert!(m
-        .get("k3sxdp_vrrp_transitions_total")
+        .get("k3sxdp_vrrp_transitions_total{family=ipv4}")
         .is_some_and(|v| *v >= 1.0));
 }
 

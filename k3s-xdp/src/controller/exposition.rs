@@ -3,7 +3,7 @@
 //! the scraper asks for it. Metric names and labels are a contract with dashboards: change them
 //! only with a note.
 
-use super::status::{BackendStatus, ServiceStatus, Status};
+use super::status::{BackendStatus, ServiceStatus, Status, VrrpStatus};
 use prometheus_client::{
     collector::Collector,
     encoding::{self, DescriptorEncoder, EncodeCounterValue, EncodeGaugeValue, EncodeMetric},
@@ -323,56 +323,75 @@ impl Collector for Snapshot {
                     .map(|x| (vec![("session", x.name.clone())], flag(x.established()))),
             )?;
         }
-        let Some(v) = &s.vrrp else {
+        let Some(node) = &s.vrrp else {
             return Ok(());
+        };
+        // One series per virtual router, labelled with its family (ipv4, ipv6).
+        let routers: Vec<&VrrpStatus> = node.routers().collect();
+        let router = |v: &VrrpStatus| -> Labels { vec![("family", v.family.clone())] };
+        let with = |v: &VrrpStatus, key: &'static str, value: String| -> Labels {
+            let mut l = router(v);
+            l.push((key, value));
+            l
+        };
+        let each = |value: fn(&VrrpStatus) -> u64| -> Vec<(Labels, u64)> {
+            routers.iter().map(|v| (router(v), value(v))).collect()
         };
         f.gauge(
             "k3sxdp_vrrp_state",
-            "VRRP state of this node: 1 for the current one.",
-            ["MASTER", "BACKUP", "FAULT", "INIT"]
-                .map(|st| (vec![("state", st.to_lowercase())], flag(v.state == st))),
+            "VRRP state of this node's virtual router: 1 for the current one.",
+            routers.iter().flat_map(|v| {
+                ["MASTER", "BACKUP", "FAULT", "INIT"]
+                    .map(|st| (with(v, "state", st.to_lowercase()), flag(v.state == st)))
+            }),
         )?;
         f.gauge(
             "k3sxdp_vrrp_master_info",
             "The current master's primary address (this node's when master), 1 while known.",
-            v.master
-                .iter()
-                .map(|m| (vec![("address", m.clone())], 1i64)),
+            routers.iter().flat_map(|v| {
+                v.master
+                    .iter()
+                    .map(|m| (with(v, "address", m.clone()), 1i64))
+            }),
         )?;
         f.gauge(
             "k3sxdp_vrrp_priority",
             "VRRP priority advertised now.",
-            one(i64::from(v.effective_priority)),
+            each(|v| u64::from(v.effective_priority)),
         )?;
         f.counter(
             "k3sxdp_vrrp_adverts_sent_total",
             "VRRP advertisements sent.",
-            one(v.adverts_sent),
+            each(|v| v.adverts_sent),
         )?;
         f.counter(
             "k3sxdp_vrrp_adverts_received_total",
             "Valid VRRP advertisements received for our virtual router.",
-            one(v.adverts_received),
+            each(|v| v.adverts_received),
         )?;
         f.counter(
             "k3sxdp_vrrp_adverts_other_routers_total",
             "VRRP advertisements of other virtual routers on the link (another virtual_router_id), ignored.",
-            one(v.adverts_other_routers),
+            each(|v| v.adverts_other_routers),
         )?;
         f.counter(
             "k3sxdp_vrrp_adverts_rejected_total",
             "VRRP packets rejected, by reason.",
-            by("reason", &v.adverts_rejected),
+            routers.iter().flat_map(|v| {
+                v.adverts_rejected
+                    .iter()
+                    .map(|(reason, n)| (with(v, "reason", reason.clone()), *n))
+            }),
         )?;
         f.counter(
             "k3sxdp_vrrp_transitions_total",
             "VRRP state changes.",
-            one(v.transitions),
+            each(|v| v.transitions),
         )?;
         f.gauge(
             "k3sxdp_vrrp_track_ok",
             "1 while tracking (data plane, healthy backends) succeeds.",
-            one(flag(v.track_ok)),
+            each(|v| u64::from(v.track_ok)),
         )
     }
 }

@@ -75,57 +75,10 @@ pub fn render_table(s: &Status) -> String {
         s.failed_reloads
     );
     match &s.vrrp {
-        Some(v) => {
-            let _ = writeln!(
-                out,
-                "VRRP: {}{} (virtual_router_id {}, v{}, priority {}{}), master {}, VIPs {}",
-                v.state,
-                fault_cause(s, v),
-                v.virtual_router_id,
-                v.version,
-                v.priority,
-                if v.effective_priority != v.priority {
-                    format!(", now {} (tracking fails)", v.effective_priority)
-                } else {
-                    String::new()
-                },
-                v.master.as_deref().unwrap_or("unknown"),
-                v.virtual_ipaddress.join(", ")
-            );
-            let rejected: u64 = v.adverts_rejected.values().sum();
-            let _ = writeln!(
-                out,
-                "      adverts sent {}, received {}, rejected {}{}{}; {} transitions{}",
-                v.adverts_sent,
-                v.adverts_received,
-                rejected,
-                if rejected > 0 {
-                    format!(
-                        " ({})",
-                        v.adverts_rejected
-                            .iter()
-                            .filter(|(_, n)| **n > 0)
-                            .map(|(k, n)| format!("{k} {n}"))
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    )
-                } else {
-                    String::new()
-                },
-                if v.adverts_other_routers > 0 {
-                    format!(
-                        ", {} from other virtual routers ignored",
-                        v.adverts_other_routers
-                    )
-                } else {
-                    String::new()
-                },
-                v.transitions,
-                v.last_transition
-                    .as_ref()
-                    .map(|t| format!(", last: {t}"))
-                    .unwrap_or_default()
-            );
+        Some(node) => {
+            for v in node.routers() {
+                vrrp_lines(&mut out, s, v);
+            }
         }
         None if s.bgp.is_some() => {
             let _ = writeln!(out, "VRRP: not configured");
@@ -263,6 +216,61 @@ pub fn render_table(s: &Status) -> String {
         );
     }
     out
+}
+
+/// The two lines of one virtual router: "VRRP: ..." (IPv4), "VRRP IPv6: ...".
+fn vrrp_lines(out: &mut String, s: &Status, v: &VrrpStatus) {
+    let _ = writeln!(
+        out,
+        "VRRP{}: {}{} (virtual_router_id {}, v{}, priority {}{}), master {}, VIPs {}",
+        if v.family == "ipv6" { " IPv6" } else { "" },
+        v.state,
+        fault_cause(s, v),
+        v.virtual_router_id,
+        v.version,
+        v.priority,
+        if v.effective_priority != v.priority {
+            format!(", now {} (tracking fails)", v.effective_priority)
+        } else {
+            String::new()
+        },
+        v.master.as_deref().unwrap_or("unknown"),
+        v.virtual_ipaddress.join(", ")
+    );
+    let rejected: u64 = v.adverts_rejected.values().sum();
+    let _ = writeln!(
+        out,
+        "      adverts sent {}, received {}, rejected {}{}{}; {} transitions{}",
+        v.adverts_sent,
+        v.adverts_received,
+        rejected,
+        if rejected > 0 {
+            format!(
+                " ({})",
+                v.adverts_rejected
+                    .iter()
+                    .filter(|(_, n)| **n > 0)
+                    .map(|(k, n)| format!("{k} {n}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        } else {
+            String::new()
+        },
+        if v.adverts_other_routers > 0 {
+            format!(
+                ", {} from other virtual routers ignored",
+                v.adverts_other_routers
+            )
+        } else {
+            String::new()
+        },
+        v.transitions,
+        v.last_transition
+            .as_ref()
+            .map(|t| format!(", last: {t}"))
+            .unwrap_or_default()
+    );
 }
 
 /// Why a node is in FAULT, from what the status already says: its link, then its tracking

@@ -137,6 +137,9 @@ pub struct BgpVipStatus {
 pub struct VrrpStatus {
     /// "MASTER", "BACKUP", "FAULT" or "INIT".
     pub state: String,
+    /// The virtual router's address family, "ipv4" or "ipv6".
+    #[serde(default = "family_default")]
+    pub family: String,
     pub virtual_router_id: u8,
     pub version: u8,
     pub priority: u8,
@@ -153,6 +156,21 @@ pub struct VrrpStatus {
     pub transitions: u64,
     pub last_transition: Option<String>,
     pub track_ok: bool,
+    /// The IPv6 virtual router, when the node runs one next to the IPv4 one (described by the
+    /// fields above). A node with IPv6 addresses only describes its IPv6 router above.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv6: Option<Box<VrrpStatus>>,
+}
+
+impl VrrpStatus {
+    /// The node's virtual routers: the one described at the top, then the IPv6 one.
+    pub fn routers(&self) -> impl Iterator<Item = &VrrpStatus> {
+        std::iter::once(self).chain(self.ipv6.as_deref())
+    }
+}
+
+fn family_default() -> String {
+    "ipv4".into()
 }
 
 fn link_up_default() -> bool {
@@ -361,6 +379,70 @@ mod tests {
             .contains("VRRP: FAULT: tracking fails, too few healthy backends ("));
         // Only a FAULT gets a cause; a backup whose tracking fails just advertises less.
         assert!(with(true, "driver", vrrp("BACKUP", false)).contains("VRRP: BACKUP ("));
+    }
+
+    /// Dual stack: the IPv6 virtual router has its lines in the table and its series (label
+    /// family="ipv6") next to the IPv4 one's; JSON without it reads as before.
+    #[test]
+    fn both_virtual_routers_are_in_the_table_and_the_metrics() {
+        let router = |family: &str, state: &str, master: &str, vip: &str| VrrpStatus {
+            state: state.into(),
+            family: family.into(),
+            virtual_router_id: 51,
+            version: 3,
+            priority: 200,
+            effective_priority: 200,
+            master: Some(master.into()),
+            virtual_ipaddress: vec![vip.into()],
+            adverts_rejected: [("ttl".to_string(), 2)].into_iter().collect(),
+            track_ok: true,
+            ..Default::default()
+        };
+        let v6 = router("ipv6", "BACKUP", "fe80::99", "2001:db8::100/64");
+        let status = Status {
+            vrrp: Some(VrrpStatus {
+                ipv6: Some(Box::new(v6.clone())),
+                ..router("ipv4", "MASTER", "192.0.2.98", "192.0.2.100/24")
+            }),
+            ..sample()
+        };
+        let table = render_table(&status);
+        assert!(
+            table.contains("VRRP: MASTER (virtual_router_id 51, v3, priority 200), master 192.0.2.98, VIPs 192.0.2.100/24\n"),
+            "{table}"
+        );
+        assert!(
+            table.contains("VRRP IPv6: BACKUP (virtual_router_id 51, v3, priority 200), master fe80::99, VIPs 2001:db8::100/64\n"),
+            "{table}"
+        );
+        let text = render_metrics(&status);
+        for line in [
+            "k3sxdp_vrrp_state{family=\"ipv4\",state=\"master\"} 1",
+            "k3sxdp_vrrp_state{family=\"ipv6\",state=\"backup\"} 1",
+            "k3sxdp_vrrp_state{family=\"ipv6\",state=\"master\"} 0",
+            "k3sxdp_vrrp_master_info{family=\"ipv6\",address=\"fe80::99\"} 1",
+            "k3sxdp_vrrp_priority{family=\"ipv6\"} 200",
+            "k3sxdp_vrrp_adverts_rejected_total{family=\"ipv6\",reason=\"ttl\"} 2",
+            "k3sxdp_vrrp_adverts_rejected_total{family=\"ipv4\",reason=\"ttl\"} 2",
+            "k3sxdp_vrrp_track_ok{family=\"ipv4\"} 1",
+        ] {
+            assert!(text.contains(&format!("\n{line}\n")), "{line} in\n{text}");
+        }
+        let json = serde_json::to_string(&status).unwrap();
+        let back: Status = serde_json::from_str(&json).unwrap();
+        assert_eq!(back.vrrp.unwrap().ipv6.as_deref(), Some(&v6));
+
+        // An IPv6-only node describes its one router at the top.
+        let only = Status {
+            vrrp: Some(v6),
+            ..sample()
+        };
+        assert!(render_table(&only).contains("VRRP IPv6: BACKUP ("));
+        assert!(!render_table(&only).contains("VRRP: "));
+        // A status from before dual stack (no family, no ipv6) is an IPv4 router.
+        let old = r#"{"state":"MASTER","virtual_router_id":51,"version":3,"priority":200,"effective_priority":200,"master":null,"virtual_ipaddress":[],"adverts_sent":0,"adverts_received":0,"adverts_rejected":{},"transitions":0,"last_transition":null,"track_ok":true}"#;
+        let v: VrrpStatus = serde_json::from_str(old).unwrap();
+        assert_eq!((v.family.as_str(), v.ipv6.is_none()), ("ipv4", true));
     }
 
     #[test]

@@ -1,28 +1,67 @@
-//! rtnetlink requests: interface lookup, IPv4 addresses.
+//! rtnetlink requests: interface lookup, addresses of both families.
 
+use crate::vrrp::packet::Family;
 use anyhow::{anyhow, bail, Context, Result};
 use futures::TryStreamExt;
 use netlink_packet_route::{
-    address::{AddressAttribute, AddressMessage, CacheInfo},
+    address::{AddressAttribute, AddressFlags, AddressHeaderFlags, AddressMessage, CacheInfo},
     link::LinkAttribute,
     AddressFamily,
 };
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 
-/// An IPv4 address on an interface, with its prefix length.
+/// An address on an interface, with its prefix length.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct InterfaceAddress {
-    pub addr: Ipv4Addr,
+    pub addr: IpAddr,
     pub prefix_len: u8,
 }
 
 impl InterfaceAddress {
-    /// Whether `other` is in this address's subnet.
-    pub fn covers(&self, other: Ipv4Addr) -> bool {
-        let len = u32::from(self.prefix_len.min(32));
-        let mask = u32::MAX.checked_shl(32 - len).unwrap_or(0);
-        u32::from(self.addr) & mask == u32::from(other) & mask
+    /// Whether `other` is in this address's subnet (never for another family).
+    pub fn covers(&self, other: impl Into<IpAddr>) -> bool {
+        fn masked(bits: u128, width: u32, prefix_len: u8) -> u128 {
+            let len = u32::from(prefix_len).min(width);
+            let mask = u128::MAX.checked_shl(128 - len).unwrap_or(0);
+            (bits << (128 - width)) & mask
+        }
+        match (self.addr, other.into()) {
+            (IpAddr::V4(a), IpAddr::V4(b)) => {
+                masked(u32::from(a).into(), 32, self.prefix_len)
+                    == masked(u32::from(b).into(), 32, self.prefix_len)
+            }
+            (IpAddr::V6(a), IpAddr::V6(b)) => {
+                masked(a.into(), 128, self.prefix_len) == masked(b.into(), 128, self.prefix_len)
+            }
+            _ => false,
+        }
     }
+
+    /// The address if it is of family `A` (`Ipv4Addr`, `Ipv6Addr`).
+    pub fn of_family<A: Family>(&self) -> Option<A> {
+        A::of(self.addr)
+    }
+}
+
+/// The request that adds `address` to `ifindex`; an IPv6 address without duplicate address
+/// detection (`nodad`): a VIP moves between nodes on purpose, and a tentative address could
+/// not be used (nor announced) for a second or more.
+fn add_request(
+    handle: &rtnetlink::Handle,
+    ifindex: u32,
+    address: InterfaceAddress,
+) -> rtnetlink::AddressAddRequest {
+    let mut request = handle
+        .address()
+        .add(ifindex, address.addr, address.prefix_len);
+    if address.addr.is_ipv6() {
+        let message = request.message_mut();
+        message.header.flags |= AddressHeaderFlags::Nodad;
+        message
+            .attributes
+            .push(AddressAttribute::Flags(AddressFlags::Nodad));
+    }
+    request
 }
 
 /// A route netlink socket. Needs a tokio runtime; the connection task lives as long as it.
@@ -106,7 +145,7 @@ impl Netlink {
         bail!("interface {ifindex} has no Ethernet address")
     }
 
-    /// IPv4 addresses of interface `ifindex`.
+    /// The addresses (both families) of interface `ifindex`.
     pub async fn addresses(&self, ifindex: u32) -> Result<Vec<InterfaceAddress>> {
         let mut out = Vec::new();
         let mut stream = self
@@ -116,7 +155,7 @@ impl Netlink {
             .set_link_index_filter(ifindex)
             .execute();
         while let Some(msg) = stream.try_next().await? {
-            if let Some(addr) = ipv4_of(&msg) {
+            if let Some(addr) = address_of(&msg) {
                 out.push(InterfaceAddress {
                     addr,
                     prefix_len: msg.header.prefix_len,
@@ -126,11 +165,9 @@ impl Netlink {
         Ok(out)
     }
 
-    /// Adds `addr/prefix_len` to interface `ifindex`.
+    /// Adds `addr/prefix_len` to interface `ifindex` (IPv6: `nodad`).
     pub async fn add_address(&self, ifindex: u32, address: InterfaceAddress) -> Result<()> {
-        self.handle
-            .address()
-            .add(ifindex, IpAddr::V4(address.addr), address.prefix_len)
+        add_request(&self.handle, ifindex, address)
             .execute()
             .await
             .with_context(|| {
@@ -151,11 +188,7 @@ impl Netlink {
         lease: std::time::Duration,
     ) -> Result<()> {
         let secs = lease.as_secs().clamp(1, u64::from(u32::MAX - 1)) as u32;
-        let mut request = self
-            .handle
-            .address()
-            .add(ifindex, IpAddr::V4(address.addr), address.prefix_len)
-            .replace();
+        let mut request = add_request(&self.handle, ifindex, address).replace();
         let mut lifetime = CacheInfo::default();
         lifetime.ifa_preferred = secs;
         lifetime.ifa_valid = secs;
@@ -172,7 +205,7 @@ impl Netlink {
     }
 
     /// Removes `addr` (whatever its prefix) from interface `ifindex`; absent is not an error.
-    pub async fn del_address(&self, ifindex: u32, addr: Ipv4Addr) -> Result<()> {
+    pub async fn del_address(&self, ifindex: u32, addr: IpAddr) -> Result<()> {
         let mut stream = self
             .handle
             .address()
@@ -180,7 +213,7 @@ impl Netlink {
             .set_link_index_filter(ifindex)
             .execute();
         while let Some(msg) = stream.try_next().await? {
-            if ipv4_of(&msg) == Some(addr) {
+            if address_of(&msg) == Some(addr) {
                 self.handle
                     .address()
                     .del(msg)
@@ -193,14 +226,20 @@ impl Netlink {
     }
 }
 
-fn ipv4_of(msg: &AddressMessage) -> Option<Ipv4Addr> {
-    if msg.header.family != AddressFamily::Inet {
-        return None;
-    }
-    msg.attributes.iter().find_map(|attr| match attr {
-        AddressAttribute::Local(IpAddr::V4(a)) => Some(*a),
+/// The interface's own address in `msg`: IPv4's local address (IFA_LOCAL; IFA_ADDRESS is the
+/// peer's on a point-to-point link), IPv6's IFA_ADDRESS (it has no IFA_LOCAL).
+fn address_of(msg: &AddressMessage) -> Option<IpAddr> {
+    match msg.header.family {
+        AddressFamily::Inet => msg.attributes.iter().find_map(|attr| match attr {
+            AddressAttribute::Local(a @ IpAddr::V4(_)) => Some(*a),
+            _ => None,
+        }),
+        AddressFamily::Inet6 => msg.attributes.iter().find_map(|attr| match attr {
+            AddressAttribute::Address(a @ IpAddr::V6(_)) => Some(*a),
+            _ => None,
+        }),
         _ => None,
-    })
+    }
 }
 
 /// Calls `on_change` (at most once per `quiet`) whenever IPv4 routes or neighbours change, so
@@ -301,7 +340,7 @@ mod tests {
             addr: s.parse().unwrap(),
             prefix_len,
         };
-        let ip = |s: &str| s.parse::<Ipv4Addr>().unwrap();
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
         assert!(a("192.0.2.98", 24).covers(ip("192.0.2.100")));
         assert!(!a("192.0.2.98", 24).covers(ip("198.51.100.100")));
         assert!(a("192.0.2.98", 25).covers(ip("192.0.2.1")));
@@ -309,5 +348,19 @@ mod tests {
         assert!(a("192.0.2.100", 32).covers(ip("192.0.2.100")));
         assert!(!a("192.0.2.98", 32).covers(ip("192.0.2.100")));
         assert!(a("192.0.2.98", 0).covers(ip("203.0.113.7")));
+        assert!(
+            a("192.0.2.98", 99).covers(ip("192.0.2.98")),
+            "a prefix past 32 is 32"
+        );
+        assert!(a("2001:db8::98", 64).covers(ip("2001:db8::100")));
+        assert!(!a("2001:db8::98", 64).covers(ip("2001:db8:0:1::100")));
+        assert!(a("2001:db8::98", 127).covers(ip("2001:db8::99")));
+        assert!(!a("2001:db8::98", 128).covers(ip("2001:db8::99")));
+        assert!(a("2001:db8::98", 0).covers(ip("fe80::1")));
+        assert!(
+            !a("192.0.2.98", 0).covers(ip("2001:db8::1")),
+            "another family"
+        );
+        assert!(!a("::", 0).covers(ip("192.0.2.1")), "another family");
     }
 }

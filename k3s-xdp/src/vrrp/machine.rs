@@ -18,7 +18,7 @@
 
 use std::{
     fmt,
-    net::Ipv4Addr,
+    net::IpAddr,
     time::{Duration, Instant},
 };
 
@@ -51,8 +51,10 @@ pub struct Params {
     pub preempt_delay: Duration,
     /// `state = "master"`: claim after Skew_Time instead of Master_Down_Interval at start.
     pub start_as_master: bool,
-    /// Our primary address on the interface (ties between equal priorities).
-    pub primary: Ipv4Addr,
+    /// Our primary address on the interface (ties between equal priorities): IPv4, or IPv6
+    /// (link-local) for the IPv6 virtual router. Compared with a master's address of the same
+    /// family, as an unsigned integer.
+    pub primary: IpAddr,
     /// Added to the priority while tracking fails; 0 means "go to Fault".
     pub track_weight: i32,
     /// 2 or 3 (the skew formula differs).
@@ -68,7 +70,7 @@ pub enum Event {
     Timer,
     /// A valid advert of our virtual router.
     Advert {
-        from: Ipv4Addr,
+        from: IpAddr,
         priority: u8,
         interval: Duration,
     },
@@ -114,7 +116,7 @@ enum Wait {
     /// The known master's next advertisement.
     MasterDown,
     /// Skew_Time after the master sent priority 0.
-    Leaving(Ipv4Addr),
+    Leaving(IpAddr),
 }
 
 #[derive(Clone, Debug)]
@@ -132,7 +134,7 @@ pub struct Machine {
     /// When a lower priority master was first heard while we wait to preempt it.
     lower_master_since: Option<Instant>,
     /// The current master as far as we know (ourselves when master).
-    master: Option<Ipv4Addr>,
+    master: Option<IpAddr>,
 }
 
 impl Machine {
@@ -157,7 +159,7 @@ impl Machine {
     }
 
     /// The current master's address, if known.
-    pub fn master(&self) -> Option<Ipv4Addr> {
+    pub fn master(&self) -> Option<IpAddr> {
         self.master
     }
 
@@ -290,7 +292,7 @@ impl Machine {
 
     fn become_backup(
         &mut self,
-        master: Option<Ipv4Addr>,
+        master: Option<IpAddr>,
         now: Instant,
         reason: String,
         out: &mut Output,
@@ -344,7 +346,7 @@ impl Machine {
 
     fn advert(
         &mut self,
-        from: Ipv4Addr,
+        from: IpAddr,
         priority: u8,
         interval: Duration,
         now: Instant,
@@ -388,8 +390,7 @@ impl Machine {
                     return;
                 }
                 let mine = self.priority();
-                let better = priority > mine
-                    || (priority == mine && u32::from(from) > u32::from(self.params.primary));
+                let better = priority > mine || (priority == mine && from > self.params.primary);
                 if better {
                     self.master_adver_interval = interval;
                     let reason = if priority > mine {
@@ -487,8 +488,10 @@ mod tests {
     use super::*;
 
     const S: Duration = Duration::from_secs(1);
-    const ME: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 98);
-    const PEER: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 99);
+    use std::net::{Ipv4Addr, Ipv6Addr};
+
+    const ME: IpAddr = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 98));
+    const PEER: IpAddr = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 99));
 
     fn params(priority: u8) -> Params {
         Params {
@@ -736,7 +739,7 @@ mod tests {
         let mut m = started(params(100), t0);
         run_until(&mut m, t0 + 4 * S);
         let lower = Event::Advert {
-            from: Ipv4Addr::new(192, 0, 2, 50),
+            from: Ipv4Addr::new(192, 0, 2, 50).into(),
             priority: 100,
             interval: S,
         };
@@ -747,6 +750,41 @@ mod tests {
         let out = m.handle(advert(100), t0 + 5 * S);
         assert_eq!(m.state(), State::Backup, "192.0.2.99 > 192.0.2.98");
         assert!(out.transition.unwrap().reason.contains("higher address"));
+    }
+
+    /// The IPv6 virtual router's primary address is its link-local one; ties compare the
+    /// 128-bit addresses as unsigned integers (RFC 9568 6.4.3).
+    #[test]
+    fn ipv6_ties_compare_the_whole_link_local_address() {
+        let t0 = Instant::now();
+        let me: IpAddr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 0xffff).into();
+        let mut m = started(
+            Params {
+                primary: me,
+                ..params(100)
+            },
+            t0,
+        );
+        run_until(&mut m, t0 + 4 * S);
+        assert_eq!(m.master(), Some(me));
+        let lower = Event::Advert {
+            from: Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 0xfffe).into(),
+            priority: 100,
+            interval: S,
+        };
+        assert!(m.handle(lower, t0 + 5 * S).transition.is_none());
+        let higher: IpAddr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 1, 0).into();
+        let out = m.handle(
+            Event::Advert {
+                from: higher,
+                priority: 100,
+                interval: S,
+            },
+            t0 + 5 * S,
+        );
+        assert_eq!(m.state(), State::Backup, "fe80::1:0 > fe80::ffff");
+        assert!(out.transition.unwrap().reason.contains("fe80::1:0"));
+        assert_eq!(m.master(), Some(higher));
     }
 
     #[test]

@@ -42,6 +42,8 @@ pub trait Family:
 {
     /// "IPv4" or "IPv6", for logs.
     const NAME: &'static str;
+    /// "ipv4" or "ipv6", for status and metric labels.
+    const LABEL: &'static str;
     /// Bytes of one address.
     const LEN: usize;
     /// Where adverts go without unicast peers.
@@ -58,6 +60,7 @@ pub trait Family:
 
 impl Family for Ipv4Addr {
     const NAME: &'static str = "IPv4";
+    const LABEL: &'static str = "ipv4";
     const LEN: usize = 4;
     const MULTICAST_GROUP: Self = Ipv4Addr::new(224, 0, 0, 18);
     const V3_ONLY: bool = false;
@@ -77,6 +80,7 @@ impl Family for Ipv4Addr {
 
 impl Family for Ipv6Addr {
     const NAME: &'static str = "IPv6";
+    const LABEL: &'static str = "ipv6";
     const LEN: usize = 16;
     const MULTICAST_GROUP: Self = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 0x12);
     const V3_ONLY: bool = true;
