@@ -351,6 +351,7 @@ fn seed_keepalived(priority: u8, master: bool, fast: bool) -> Instance {
         auth_pass: if fast { None } else { Some("1111".into()) },
         advert_int: if fast { 0.1 } else { 1.0 },
         vip: VIP,
+        vip6: None,
         unicast_src_ip: None,
         unicast_peers: Vec::new(),
         nopreempt: false,

@@ -3,14 +3,15 @@
 //!
 //! Its configuration is the seeds' `vrrp_instance`, with the lab's addresses: interface eth1,
 //! virtual_router_id 51, the VIP /24, `advert_int`, optionally unicast peers and (VRRPv2)
-//! `authentication { auth_type PASS }`. It runs in the foreground (`-n`), logs to the console
+//! `authentication { auth_type PASS }`; with an IPv6 VIP, a second instance `VI_6` for it (the
+//! same id, priority and timers; keepalived runs one instance per address family). It runs in the foreground (`-n`), logs to the console
 //! (`-l`, collected like every process of the test library), VRRP only (`-P`), with its pid
 //! files in a directory of its own, and is stopped by PID when the handle drops.
 
 use crate::{netns::Process, topology::Topology};
 use anyhow::{bail, Context, Result};
 use std::{
-    net::Ipv4Addr,
+    net::{Ipv4Addr, Ipv6Addr},
     path::PathBuf,
     time::{Duration, Instant},
 };
@@ -28,6 +29,8 @@ pub struct Instance {
     /// In seconds, as keepalived takes it (VRRPv3 allows fractions such as 0.1).
     pub advert_int: f64,
     pub vip: Ipv4Addr,
+    /// An IPv6 VIP (/64): a second instance, `VI_6`, moves it (multicast to ff02::12).
+    pub vip6: Option<Ipv6Addr>,
     pub unicast_src_ip: Option<Ipv4Addr>,
     pub unicast_peers: Vec<Ipv4Addr>,
     pub nopreempt: bool,
@@ -40,7 +43,21 @@ impl Instance {
             "global_defs {{\n  router_id {node}\n  vrrp_version {}\n  script_user root\n}}\n\n",
             self.version
         );
-        c.push_str("vrrp_instance VI_1 {\n");
+        c.push_str(&self.instance("VI_1", &format!("{}/24", self.vip), true));
+        if let Some(vip6) = self.vip6 {
+            c.push_str(&self.instance("VI_6", &format!("{vip6}/64"), false));
+        }
+        c
+    }
+
+    /// One `vrrp_instance` moving `vip`; `ipv4` adds the IPv4-only settings (VRRPv2
+    /// authentication, unicast peers).
+    fn instance(&self, name: &str, vip: &str, ipv4: bool) -> String {
+        let mut c = format!("vrrp_instance {name} {{\n");
+        if !ipv4 {
+            // VRRPv3 whatever the global vrrp_version: VRRPv2 has no IPv6.
+            c.push_str("  version 3\n");
+        }
         c.push_str(&format!(
             "  state {}\n",
             if self.master { "MASTER" } else { "BACKUP" }
@@ -51,15 +68,15 @@ impl Instance {
         if self.nopreempt {
             c.push_str("  nopreempt\n");
         }
-        if let Some(pass) = &self.auth_pass {
+        if let (Some(pass), true) = (&self.auth_pass, ipv4) {
             c.push_str(&format!(
                 "  authentication {{\n    auth_type PASS\n    auth_pass {pass}\n  }}\n"
             ));
         }
-        if let Some(src) = self.unicast_src_ip {
+        if let (Some(src), true) = (self.unicast_src_ip, ipv4) {
             c.push_str(&format!("  unicast_src_ip {src}\n"));
         }
-        if !self.unicast_peers.is_empty() {
+        if ipv4 && !self.unicast_peers.is_empty() {
             c.push_str("  unicast_peer {\n");
             for p in &self.unicast_peers {
                 c.push_str(&format!("    {p}\n"));
@@ -67,8 +84,7 @@ impl Instance {
             c.push_str("  }\n");
         }
         c.push_str(&format!(
-            "  virtual_ipaddress {{\n    {}/24 dev eth1\n  }}\n}}\n",
-            self.vip
+            "  virtual_ipaddress {{\n    {vip} dev eth1\n  }}\n}}\n"
         ));
         c
     }
@@ -151,6 +167,11 @@ impl Keepalived {
     /// killed. As with a real crash of keepalived, the VIP stays on the interface; `crash`
     /// removes it afterwards, as the operator (or a reboot) would.
     pub fn crash(&mut self, topo: &Topology, vip: Ipv4Addr) -> Result<()> {
+        self.crash_leaving(topo, &[format!("{vip}/24")])
+    }
+
+    /// [`Keepalived::crash`], then removes `addresses` ("ip/prefix") as the operator would.
+    pub fn crash_leaving(&mut self, topo: &Topology, addresses: &[String]) -> Result<()> {
         let Some(mut p) = self.process.take() else {
             return Ok(());
         };
@@ -168,9 +189,9 @@ impl Keepalived {
         let _ = p.signal(libc::SIGKILL);
         let _ = p.wait_timeout(Duration::from_secs(3));
         self.earlier_logs.push_str(&p.output());
-        let _ = topo
-            .node(&self.node)
-            .ip(["addr", "del", &format!("{vip}/24"), "dev", "eth1"]);
+        for a in addresses {
+            let _ = topo.node(&self.node).ip(["addr", "del", a, "dev", "eth1"]);
+        }
         Ok(())
     }
 
@@ -205,13 +226,22 @@ impl Keepalived {
     /// The state keepalived entered last ("MASTER", "BACKUP", "FAULT"), from its log lines
     /// like `(VI_1) Entering BACKUP STATE (init)`.
     pub fn state(&self) -> Option<String> {
+        self.state_of("")
+    }
+
+    /// The state instance `name` (`VI_1`, `VI_6`) entered last.
+    pub fn state_of(&self, name: &str) -> Option<String> {
         let log = self.log();
-        log.lines().rev().find_map(|l| {
-            l.split("Entering ")
-                .nth(1)
-                .and_then(|rest| rest.split_whitespace().next())
-                .map(str::to_string)
-        })
+        let tag = format!("({name}) Entering ");
+        log.lines()
+            .rev()
+            .filter(|l| name.is_empty() || l.contains(&tag))
+            .find_map(|l| {
+                l.split("Entering ")
+                    .nth(1)
+                    .and_then(|rest| rest.split_whitespace().next())
+                    .map(str::to_string)
+            })
     }
 }
 

@@ -24,7 +24,7 @@ use k3s_xdp_common::names;
 use std::{
     collections::HashMap,
     ffi::OsStr,
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     sync::atomic::{AtomicU32, Ordering},
 };
 
@@ -40,6 +40,10 @@ pub const AGENT2: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 102);
 pub const AGENT3: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 103);
 /// Prefix length of every address of the topology.
 pub const PREFIX_LEN: u8 = 24;
+/// The IPv6 VIP of dual-stack tests (added by k3s-xdp or keepalived).
+pub const VIP6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x100);
+/// Prefix length of the nodes' IPv6 addresses ([`Topology::add_ipv6`]).
+pub const PREFIX_LEN6: u8 = 64;
 /// The k3s API port the servers listen on.
 pub const API_PORT: u16 = 6443;
 /// The node's interface name, as in the seeds.
@@ -69,6 +73,13 @@ pub const DEFAULT_PASS_NODES: [&str; 5] = ["lb-1", "lb-2", "server-1", "server-2
 /// The seed address of `node`, if it is a seed node.
 pub fn seed_addr(node: &str) -> Option<Ipv4Addr> {
     SEED_NODES.iter().find(|(n, _)| *n == node).map(|(_, a)| *a)
+}
+
+/// The IPv6 address of the node whose IPv4 address is `addr`, for dual-stack tests: the last
+/// octet's decimal digits as the last group of 2001:db8::/64 (192.0.2.98 → 2001:db8::98).
+pub fn addr6(addr: Ipv4Addr) -> Ipv6Addr {
+    let last = u16::from_str_radix(&addr.octets()[3].to_string(), 16).unwrap_or(0);
+    Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, last)
 }
 
 /// The `backends = [...]` entries of a k3s-xdp config for server-1..3 on `port`, one per line.
@@ -247,6 +258,15 @@ impl Topology {
 
     fn add_node(&mut self, name: &str, addr: Ipv4Addr) -> Result<()> {
         let ns = NetNs::create(&format!("{}-{name}", self.prefix))?;
+        // Before `eth1` arrives, so that its link-local address (and any IPv6 address a test
+        // adds) is usable at once: no duplicate address detection on the lab's link.
+        for key in ["all", "default"] {
+            ns.run(
+                "sysctl",
+                ["-q", "-w", &format!("net.ipv6.conf.{key}.accept_dad=0")],
+            )
+            .with_context(|| format!("turning IPv6 DAD off in {name}"))?;
+        }
         let port = name.to_string();
         let mac = mac_string(mac_for(addr));
         // The veth is created in the switch namespace with its other end moved straight into
@@ -370,12 +390,44 @@ impl Topology {
         Ok(())
     }
 
-    /// Whether `node` holds `addr` on its `eth1` (a VIP, for instance).
-    pub fn has_address(&self, node: &str, addr: Ipv4Addr) -> bool {
+    /// Whether `node` holds `addr` (either family) on its `eth1` (a VIP, for instance).
+    pub fn has_address(&self, node: &str, addr: impl Into<IpAddr>) -> bool {
+        let addr = addr.into();
         self.node(node)
             .ip(["-o", "addr", "show", "dev", IFACE])
             .map(|out| String::from_utf8_lossy(&out.stdout).contains(&format!(" {addr}/")))
             .unwrap_or(false)
+    }
+
+    /// Adds `node`'s IPv6 address ([`addr6`] of its IPv4 one, /64, `nodad`) to its `eth1`;
+    /// returns it.
+    pub fn add_ipv6(&self, node: &str) -> Result<Ipv6Addr> {
+        let addr = addr6(self.addr(node));
+        self.node(node)
+            .ip([
+                "-6",
+                "addr",
+                "add",
+                &format!("{addr}/{PREFIX_LEN6}"),
+                "dev",
+                IFACE,
+                "nodad",
+            ])
+            .with_context(|| format!("adding {addr} to {node}"))?;
+        Ok(addr)
+    }
+
+    /// The link-local address of `node`'s `eth1` (where its IPv6 VRRP adverts come from).
+    pub fn link_local(&self, node: &str) -> Result<Ipv6Addr> {
+        let out = self
+            .node(node)
+            .ip(["-6", "-o", "addr", "show", "dev", IFACE, "scope", "link"])?;
+        String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .skip_while(|w| *w != "inet6")
+            .nth(1)
+            .and_then(|a| a.split('/').next()?.parse().ok())
+            .ok_or_else(|| anyhow!("{node} has no link-local address on {IFACE}"))
     }
 
     pub fn set_link(&self, node: &str, up: bool) -> Result<()> {

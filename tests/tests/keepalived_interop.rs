@@ -119,6 +119,7 @@ fn keepalived_instance(priority: u8, master: bool, proto: Proto) -> Instance {
         auth_pass: proto.auth_pass.map(str::to_string),
         advert_int: 1.0,
         vip: VIP,
+        vip6: None,
         unicast_src_ip: proto.unicast.then(|| me_and_peer(priority).0),
         unicast_peers: if proto.unicast {
             vec![me_and_peer(priority).1]

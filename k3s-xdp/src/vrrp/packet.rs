@@ -731,6 +731,24 @@ mod tests {
         );
     }
 
+    /// An advert of keepalived 2.2.7's IPv6 `vrrp_instance` (VRID 51, priority 100,
+    /// advert_int 1, VIP 2001:db8::100), captured by the interop test from the link-local
+    /// address of MAC 02:00:c0:00:02:63; our encoder writes the same bytes.
+    #[test]
+    fn keepalived_ipv6_advert_decodes_and_reencodes() {
+        let src: Ipv6Addr = "fe80::c0ff:fe00:263".parse().unwrap();
+        let captured = [
+            0x31, 0x33, 0x64, 0x01, 0x00, 0x64, 0x7c, 0x2c, 0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0,
+            0, 0, 0, 0, 0, 0x01, 0x00,
+        ];
+        let advert = decode_message(&rx6(&captured, 255, src), &expect6(&[VIP6])).unwrap();
+        assert_eq!(advert, advert6(100));
+        assert_eq!(
+            encode(&advert, &Version::V3, src, MULTICAST_GROUP_V6),
+            captured
+        );
+    }
+
     /// The pseudo-header's length is a 32-bit field over IPv6: its high half counts too.
     #[test]
     fn pseudo_header_lengths_above_16_bits() {
