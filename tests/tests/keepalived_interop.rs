@@ -6,7 +6,7 @@
 //! between k3s-xdp's IPv6 edge (`system::raw::Ipv6Sockets`, the codec) and keepalived.
 
 use k3s_xdp::{
-    controller::status::Status,
+    controller::status::{Status, VrrpStatus},
     system::raw::{Ipv6Sockets, RouterSockets},
     vrrp::packet::{self, Advert, Expect, Version, MULTICAST_GROUP_V6},
 };
@@ -45,24 +45,43 @@ struct Proto {
     auth_pass: Option<&'static str>,
     /// Unicast adverts between lb-1 and lb-2 (seed 004) instead of multicast.
     unicast: bool,
+    /// Dual stack: the IPv6 VIP too, moved by a second virtual router on each side (k3s-xdp's
+    /// IPv6 router, keepalived's `VI_6`).
+    ipv6: bool,
 }
 
 const V3: Proto = Proto {
     version: 3,
     auth_pass: None,
     unicast: false,
+    ipv6: false,
 };
 const V2_AUTH: Proto = Proto {
     version: 2,
     auth_pass: Some("1111"),
     unicast: false,
+    ipv6: false,
 };
 /// Seed 004: VRRPv2, auth_pass, unicast_src_ip and unicast_peer.
 const V2_AUTH_UNICAST: Proto = Proto {
     version: 2,
     auth_pass: Some("1111"),
     unicast: true,
+    ipv6: false,
 };
+/// VRRPv3 with an IPv4 and an IPv6 VIP.
+const V3_DUAL_STACK: Proto = Proto { ipv6: true, ..V3 };
+
+impl Proto {
+    /// The virtual routers on each side: one per family.
+    fn routers(self) -> usize {
+        if self.ipv6 {
+            2
+        } else {
+            1
+        }
+    }
+}
 
 /// This node's address and its peer's, for the priority's node (200: lb-1, 100: lb-2).
 fn me_and_peer(priority: u8) -> (std::net::Ipv4Addr, std::net::Ipv4Addr) {
@@ -107,10 +126,15 @@ virtual_router_id = 51
 priority = {priority}
 state = "{state}"
 advert_int = "1s"
-virtual_ipaddress = ["{VIP}/24"]
+virtual_ipaddress = ["{VIP}/24"{vip6}]
 version = {version}
 {auth}"#,
         backends = backends,
+        vip6 = if proto.ipv6 {
+            format!(", \"{VIP6}/64\"")
+        } else {
+            String::new()
+        },
         state = if master { "master" } else { "backup" },
         version = proto.version,
     )
@@ -124,7 +148,7 @@ fn keepalived_instance(priority: u8, master: bool, proto: Proto) -> Instance {
         auth_pass: proto.auth_pass.map(str::to_string),
         advert_int: 1.0,
         vip: VIP,
-        vip6: None,
+        vip6: proto.ipv6.then_some(VIP6),
         unicast_src_ip: proto.unicast.then(|| me_and_peer(priority).0),
         unicast_peers: if proto.unicast {
             vec![me_and_peer(priority).1]
@@ -140,8 +164,13 @@ struct Lab {
     _servers: Vec<Backend>,
 }
 
-fn lab() -> Lab {
+fn lab(proto: Proto) -> Lab {
     let topo = Topology::seed().unwrap();
+    if proto.ipv6 {
+        for node in ["lb-1", "lb-2", "agent-1"] {
+            topo.add_ipv6(node).unwrap();
+        }
+    }
     let servers = SERVERS
         .iter()
         .map(|s| Backend::start(topo.node(s), s, 6443, Kind::Tcp, &[topo.addr(s)]).unwrap())
@@ -152,21 +181,44 @@ fn lab() -> Lab {
     }
 }
 
-fn has_vip(topo: &Topology, node: &str) -> bool {
-    topo.has_address(node, VIP)
+/// Whether `node` holds every VIP of `proto`.
+fn has_vips(topo: &Topology, node: &str, proto: Proto) -> bool {
+    topo.has_address(node, VIP) && (!proto.ipv6 || topo.has_address(node, VIP6))
 }
 
-fn vrrp(s: &Status) -> &k3s_xdp::controller::status::VrrpStatus {
+/// Whether `node` holds none of the VIPs.
+fn has_no_vip(topo: &Topology, node: &str) -> bool {
+    !topo.has_address(node, VIP) && !topo.has_address(node, VIP6)
+}
+
+fn vrrp(s: &Status) -> &VrrpStatus {
     s.vrrp.as_ref().expect("vrrp status")
 }
 
-/// The VRRP state ("" until the VRRP task has reported).
-fn state(s: &Status) -> String {
-    s.vrrp.as_ref().map(|v| v.state.clone()).unwrap_or_default()
+/// The node's virtual routers, as far as they have reported.
+fn routers(s: &Status) -> Vec<&VrrpStatus> {
+    s.vrrp.iter().flat_map(VrrpStatus::routers).collect()
 }
 
+/// Whether every virtual router of `proto` has reported and is in state `want`.
+fn all_in(s: &Status, proto: Proto, want: &str) -> bool {
+    let r = routers(s);
+    r.len() == proto.routers() && r.iter().all(|v| v.state == want)
+}
+
+/// Adverts rejected by all the node's routers.
 fn rejected(s: &Status) -> u64 {
-    vrrp(s).adverts_rejected.values().sum()
+    routers(s)
+        .iter()
+        .flat_map(|v| v.adverts_rejected.values())
+        .sum()
+}
+
+/// Whether every keepalived instance of `proto` entered `want` last.
+fn keepalived_in(k: &Keepalived, proto: Proto, want: &str) -> bool {
+    ["VI_1", "VI_6"][..proto.routers()]
+        .iter()
+        .all(|i| k.state_of(i).as_deref() == Some(want))
 }
 
 fn through_vip(topo: &Topology, from: &str) -> bool {
@@ -181,87 +233,97 @@ fn through_vip(topo: &Topology, from: &str) -> bool {
 
 /// k3s-xdp on lb-1 (200, master), keepalived on lb-2 (100, backup).
 fn k3s_xdp_master_keepalived_backup(proto: Proto) {
-    let l = lab();
+    let l = lab(proto);
+    let n = proto.routers();
     let mut lb1 = Daemon::start(&l.topo, "lb-1", &k3s_xdp_config(200, true, proto)).unwrap();
     let k = Keepalived::start(&l.topo, "lb-2", &keepalived_instance(100, false, proto)).unwrap();
     lb1.wait_for(Duration::from_secs(10), "lb-1 MASTER", |s| {
-        state(s) == "MASTER"
+        all_in(s, proto, "MASTER")
     })
     .unwrap();
-    k.wait_log("Entering BACKUP STATE", 1, Duration::from_secs(10))
+    k.wait_log("Entering BACKUP STATE", n, Duration::from_secs(10))
         .unwrap();
     // keepalived accepts our adverts: well past its Master_Down_Interval (3.6 s), it is still
-    // backup and the VIP is on lb-1 only.
+    // backup and the VIPs are on lb-1 only.
     std::thread::sleep(Duration::from_secs(5));
-    assert_eq!(
-        k.state().as_deref(),
-        Some("BACKUP"),
+    assert!(
+        keepalived_in(&k, proto, "BACKUP"),
         "keepalived stays backup:\n{}",
         k.log()
     );
-    assert!(has_vip(&l.topo, "lb-1") && !has_vip(&l.topo, "lb-2"));
+    assert!(has_vips(&l.topo, "lb-1", proto) && has_no_vip(&l.topo, "lb-2"));
     assert!(through_vip(&l.topo, "agent-1"));
 
     // k3s-xdp dies: keepalived takes over after its Master_Down_Interval.
     lb1.crash();
-    let took = wait_until(Duration::from_secs(8), "keepalived takes the VIP", || {
-        has_vip(&l.topo, "lb-2")
+    let took = wait_until(Duration::from_secs(8), "keepalived takes the VIPs", || {
+        has_vips(&l.topo, "lb-2", proto)
     });
-    k.wait_log("Entering MASTER STATE", 1, Duration::from_secs(2))
+    k.wait_log("Entering MASTER STATE", n, Duration::from_secs(2))
         .unwrap();
     eprintln!("keepalived took over {took:?} after k3s-xdp was killed");
 
     // k3s-xdp comes back and preempts: keepalived hears priority 200 and steps down.
     lb1.restart(&l.topo).unwrap();
     lb1.wait_for(Duration::from_secs(10), "lb-1 MASTER again", |s| {
-        state(s) == "MASTER"
+        all_in(s, proto, "MASTER")
     })
     .unwrap();
-    k.wait_log("Entering BACKUP STATE", 2, Duration::from_secs(5))
+    k.wait_log("Entering BACKUP STATE", 2 * n, Duration::from_secs(5))
         .unwrap();
-    wait_until(Duration::from_secs(3), "the VIP on lb-1 only", || {
-        has_vip(&l.topo, "lb-1") && !has_vip(&l.topo, "lb-2")
+    wait_until(Duration::from_secs(3), "the VIPs on lb-1 only", || {
+        has_vips(&l.topo, "lb-1", proto) && has_no_vip(&l.topo, "lb-2")
     });
     // Whatever lb-1 heard from keepalived, it rejected none of it.
     let s = lb1.status().unwrap();
-    assert_eq!(rejected(&s), 0, "{:?}", vrrp(&s).adverts_rejected);
+    assert_eq!(rejected(&s), 0, "{:?}", routers(&s));
     assert!(through_vip(&l.topo, "agent-2"));
 }
 
 /// keepalived on lb-1 (200, master), k3s-xdp on lb-2 (100, backup).
 fn keepalived_master_k3s_xdp_backup(proto: Proto) {
-    let l = lab();
+    let l = lab(proto);
+    let n = proto.routers();
     let mut k = Keepalived::start(&l.topo, "lb-1", &keepalived_instance(200, true, proto)).unwrap();
-    k.wait_log("Entering MASTER STATE", 1, Duration::from_secs(10))
+    k.wait_log("Entering MASTER STATE", n, Duration::from_secs(10))
         .unwrap();
+    // Each of k3s-xdp's routers follows keepalived's instance of its family, whose adverts
+    // come from lb-1's IPv4 address and its link-local IPv6 address.
+    let masters = [
+        "192.0.2.98".to_string(),
+        l.topo.link_local("lb-1").unwrap().to_string(),
+    ];
     let lb2 = Daemon::start(&l.topo, "lb-2", &k3s_xdp_config(100, false, proto)).unwrap();
     lb2.wait_for(Duration::from_secs(10), "lb-2 follows keepalived", |s| {
-        let Some(v) = &s.vrrp else { return false };
-        v.state == "BACKUP" && v.master.as_deref() == Some("192.0.2.98") && v.adverts_received >= 2
+        let r = routers(s);
+        r.len() == n
+            && r.iter().zip(&masters).all(|(v, master)| {
+                v.state == "BACKUP" && v.master.as_ref() == Some(master) && v.adverts_received >= 2
+            })
     })
     .unwrap();
     std::thread::sleep(Duration::from_secs(4));
     let s = lb2.status().unwrap();
-    assert_eq!(
-        vrrp(&s).state,
-        "BACKUP",
-        "k3s-xdp accepts keepalived's adverts"
+    assert!(
+        all_in(&s, proto, "BACKUP"),
+        "k3s-xdp accepts keepalived's adverts: {:?}",
+        routers(&s)
     );
-    assert_eq!(rejected(&s), 0, "{:?}", vrrp(&s).adverts_rejected);
-    assert!(has_vip(&l.topo, "lb-1") && !has_vip(&l.topo, "lb-2"));
+    assert_eq!(rejected(&s), 0, "{:?}", routers(&s));
+    assert!(has_vips(&l.topo, "lb-1", proto) && has_no_vip(&l.topo, "lb-2"));
 
     // keepalived stops cleanly (priority 0): k3s-xdp takes over after Skew_Time.
     let started = Instant::now();
     k.stop();
-    wait_until(Duration::from_secs(3), "k3s-xdp takes the VIP", || {
-        has_vip(&l.topo, "lb-2")
+    wait_until(Duration::from_secs(3), "k3s-xdp takes the VIPs", || {
+        has_vips(&l.topo, "lb-2", proto)
     });
     let took = started.elapsed();
     assert!(
         took < Duration::from_millis(2000),
         "takeover after keepalived's priority 0 took {took:?}"
     );
-    assert!(!has_vip(&l.topo, "lb-1"), "keepalived removed its VIP");
+    assert!(has_no_vip(&l.topo, "lb-1"), "keepalived removed its VIPs");
     assert!(
         through_vip(&l.topo, "agent-1"),
         "k3s-xdp forwards for the VIP"
@@ -270,17 +332,21 @@ fn keepalived_master_k3s_xdp_backup(proto: Proto) {
     // keepalived comes back as master (priority 200): k3s-xdp steps down.
     k.restart(&l.topo).unwrap();
     lb2.wait_for(Duration::from_secs(10), "lb-2 BACKUP again", |s| {
-        state(s) == "BACKUP"
+        all_in(s, proto, "BACKUP")
     })
     .unwrap();
-    wait_until(Duration::from_secs(3), "the VIP on lb-1 only", || {
-        has_vip(&l.topo, "lb-1") && !has_vip(&l.topo, "lb-2")
+    wait_until(Duration::from_secs(3), "the VIPs on lb-1 only", || {
+        has_vips(&l.topo, "lb-1", proto) && has_no_vip(&l.topo, "lb-2")
     });
 
     // keepalived crashes (no priority 0): k3s-xdp takes over after Master_Down_Interval.
-    k.crash(&l.topo, VIP).unwrap();
-    let took = wait_until(Duration::from_secs(6), "k3s-xdp takes the VIP", || {
-        has_vip(&l.topo, "lb-2")
+    let mut left = vec![format!("{VIP}/24")];
+    if proto.ipv6 {
+        left.push(format!("{VIP6}/64"));
+    }
+    k.crash_leaving(&l.topo, &left).unwrap();
+    let took = wait_until(Duration::from_secs(6), "k3s-xdp takes the VIPs", || {
+        has_vips(&l.topo, "lb-2", proto)
     });
     assert!(
         took < Duration::from_millis(4200),
@@ -344,6 +410,26 @@ fn v2_unicast_keepalived_master_with_k3s_xdp_backup() {
     keepalived_master_k3s_xdp_backup(V2_AUTH_UNICAST);
 }
 
+/// Dual stack against keepalived's two instances (`VI_1`, `VI_6`): k3s-xdp's IPv4 and IPv6
+/// routers both master, keepalived's both backup; then the reverse.
+#[test]
+fn v3_dual_stack_k3s_xdp_master_with_keepalived_backup() {
+    if !able() {
+        return;
+    }
+    let _s = serial();
+    k3s_xdp_master_keepalived_backup(V3_DUAL_STACK);
+}
+
+#[test]
+fn v3_dual_stack_keepalived_master_with_k3s_xdp_backup() {
+    if !able() {
+        return;
+    }
+    let _s = serial();
+    keepalived_master_k3s_xdp_backup(V3_DUAL_STACK);
+}
+
 /// A keepalived with another auth_pass: its adverts are rejected and counted, never obeyed.
 #[test]
 fn v2_wrong_auth_pass_is_rejected() {
@@ -351,12 +437,11 @@ fn v2_wrong_auth_pass_is_rejected() {
         return;
     }
     let _s = serial();
-    let l = lab();
+    let l = lab(V2_AUTH);
     let _k = Keepalived::start(&l.topo, "lb-1", &keepalived_instance(200, true, V2_AUTH)).unwrap();
     let other = Proto {
-        version: 2,
         auth_pass: Some("2222"),
-        unicast: false,
+        ..V2_AUTH
     };
     let lb2 = Daemon::start(&l.topo, "lb-2", &k3s_xdp_config(100, false, other)).unwrap();
     let s = lb2
@@ -382,14 +467,6 @@ fn v2_wrong_auth_pass_is_rejected() {
 // IPv6: keepalived runs the seeds' instance `VI_1` (IPv4) and a second one, `VI_6`, for the IPv6
 // VIP 2001:db8::100 with the same virtual_router_id 51, as an operator configures dual stack
 // with keepalived.
-
-/// The seeds' VRRPv3 instance with a second one, `VI_6`, for [`VIP6`].
-fn dual_stack_keepalived(priority: u8, master: bool) -> Instance {
-    Instance {
-        vip6: Some(VIP6),
-        ..keepalived_instance(priority, master, V3)
-    }
-}
 
 /// lb-1, lb-2 and agent-1 (no servers, no XDP), with IPv6 addresses.
 fn ipv6_lab() -> Topology {
@@ -427,7 +504,12 @@ fn the_ipv6_wire_speaks_with_keepalived() {
     }
     let _s = serial();
     let topo = ipv6_lab();
-    let k = Keepalived::start(&topo, "lb-2", &dual_stack_keepalived(100, true)).unwrap();
+    let k = Keepalived::start(
+        &topo,
+        "lb-2",
+        &keepalived_instance(100, true, V3_DUAL_STACK),
+    )
+    .unwrap();
     k.wait_log("(VI_6) Entering MASTER STATE", 1, Duration::from_secs(10))
         .unwrap();
     k.wait_log("(VI_1) Entering MASTER STATE", 1, Duration::from_secs(5))
