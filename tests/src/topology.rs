@@ -430,6 +430,20 @@ impl Topology {
             .ok_or_else(|| anyhow!("{node} has no link-local address on {IFACE}"))
     }
 
+    /// The MAC address (`aa:bb:…`) `node`'s neighbour table has for `addr` on its `eth1`, if
+    /// any (ARP or neighbour discovery).
+    pub fn neighbour_mac(&self, node: &str, addr: impl Into<IpAddr>) -> Option<String> {
+        let out = self
+            .node(node)
+            .ip(["neigh", "show", &addr.into().to_string(), "dev", IFACE])
+            .ok()?;
+        String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .skip_while(|w| *w != "lladdr")
+            .nth(1)
+            .map(str::to_string)
+    }
+
     pub fn set_link(&self, node: &str, up: bool) -> Result<()> {
         let port = self.find_node(node)?.port.clone();
         self.switch

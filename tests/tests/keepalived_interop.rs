@@ -19,7 +19,7 @@ use k3s_xdp_tests::{
     wait_until,
 };
 use std::{
-    net::{Ipv6Addr, SocketAddrV4},
+    net::SocketAddrV4,
     sync::Mutex,
     time::{Duration, Instant},
 };
@@ -481,19 +481,6 @@ fn ipv6_lab() -> Topology {
     topo
 }
 
-/// The MAC address `agent`'s neighbour table has for `addr`, if any.
-fn neighbour_mac(topo: &Topology, agent: &str, addr: Ipv6Addr) -> Option<String> {
-    let out = topo
-        .node(agent)
-        .ip(["-6", "neigh", "show", &addr.to_string(), "dev", "eth1"])
-        .ok()?;
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
-    text.split_whitespace()
-        .skip_while(|w| *w != "lladdr")
-        .nth(1)
-        .map(str::to_string)
-}
-
 /// keepalived's IPv6 adverts decode through k3s-xdp's sockets and codec; k3s-xdp's adverts make
 /// keepalived's IPv6 instance step down (its IPv4 one, which hears nothing, stays master); an
 /// unsolicited neighbour advertisement moves an agent's entry for the VIP to lb-1's MAC.
@@ -526,7 +513,7 @@ fn the_ipv6_wire_speaks_with_keepalived() {
     let lb1_mac = mac_string(topo.mac("lb-1"));
     let lb2_mac = mac_string(topo.mac("lb-2"));
     assert_eq!(
-        neighbour_mac(&topo, "agent-1", VIP6).as_deref(),
+        topo.neighbour_mac("agent-1", VIP6).as_deref(),
         Some(lb2_mac.as_str())
     );
 
@@ -616,7 +603,7 @@ fn the_ipv6_wire_speaks_with_keepalived() {
     assert!(topo.has_address("lb-2", VIP));
     // The agent's entry moved to lb-1's MAC (Override set).
     assert_eq!(
-        neighbour_mac(&topo, "agent-1", VIP6).as_deref(),
+        topo.neighbour_mac("agent-1", VIP6).as_deref(),
         Some(lb1_mac.as_str()),
         "after the unsolicited neighbour advertisements"
     );

@@ -3,13 +3,13 @@
 //! handover, a link that goes down and up, unicast peers, 100 ms adverts, tracking, hostile
 //! adverts, and what happens to established connections.
 
-use k3s_xdp::controller::status::Status;
+use k3s_xdp::controller::status::{Status, VrrpStatus};
 use k3s_xdp::vrrp::packet::{self as vrrp, Advert, Version};
 use k3s_xdp_tests::{
     backend::{connect, echo_roundtrip, roundtrip, Backend, Kind},
     bpf::have_root,
     daemon::Daemon,
-    topology::{seed_backends_toml, Topology, LB1, LB2, SERVERS, VIP},
+    topology::{mac_string, seed_backends_toml, Topology, LB1, LB2, SERVERS, VIP, VIP6},
     wait_until,
 };
 use std::{
@@ -37,6 +37,9 @@ struct Opts {
     lb1_broken_checks: bool,
     /// The health checks' `inter`.
     inter: &'static str,
+    /// Dual stack: the IPv6 VIP too (a second virtual router on each node), IPv6 addresses on
+    /// the load balancers and agents.
+    dual_stack: bool,
 }
 
 impl Default for Opts {
@@ -48,6 +51,7 @@ impl Default for Opts {
             unicast: false,
             lb1_broken_checks: false,
             inter: "300ms",
+            dual_stack: false,
         }
     }
 }
@@ -97,7 +101,7 @@ virtual_router_id = 51
 priority = {priority}
 state = "{state}"
 advert_int = "{advert}"
-virtual_ipaddress = ["{VIP}/24"]
+virtual_ipaddress = ["{VIP}/24"{vip6}]
 preempt = {preempt}
 {unicast}{track}
 "#,
@@ -106,6 +110,11 @@ preempt = {preempt}
         advert = o.advert_int,
         preempt = o.preempt,
         inter = o.inter,
+        vip6 = if o.dual_stack {
+            format!(", \"{VIP6}/64\"")
+        } else {
+            String::new()
+        },
     )
 }
 
@@ -119,6 +128,11 @@ struct Pair {
 
 fn pair(o: Opts) -> Pair {
     let topo = Topology::seed().unwrap();
+    if o.dual_stack {
+        for node in ["lb-1", "lb-2", "agent-1", "agent-2", "agent-3"] {
+            topo.add_ipv6(node).unwrap();
+        }
+    }
     let mut servers = Vec::new();
     for s in SERVERS {
         if o.mode == "dsr" {
@@ -139,6 +153,15 @@ fn pair(o: Opts) -> Pair {
 
 fn vrrp_state(s: &Status) -> String {
     s.vrrp.as_ref().map(|v| v.state.clone()).unwrap_or_default()
+}
+
+/// The IPv6 virtual router of a dual-stack node.
+fn ipv6(s: &Status) -> Option<&VrrpStatus> {
+    s.vrrp.as_ref()?.ipv6.as_deref()
+}
+
+fn ipv6_state(s: &Status) -> String {
+    ipv6(s).map(|v| v.state.clone()).unwrap_or_default()
 }
 
 /// Whether `node` holds the VIP on eth1.
@@ -166,6 +189,25 @@ fn steady(p: &Pair) {
     wait_until(T, "the VIP on lb-1 only", || {
         has_vip(&p.topo, "lb-1") && !has_vip(&p.topo, "lb-2")
     });
+    if p.opts.dual_stack {
+        // The IPv6 routers likewise, lb-2's following lb-1's link-local address.
+        let lb1 = p.topo.link_local("lb-1").unwrap().to_string();
+        p.lb1
+            .wait_for(T, "lb-1's IPv6 router MASTER", |s| {
+                ipv6_state(s) == "MASTER"
+            })
+            .unwrap();
+        p.lb2
+            .wait_for(T, "lb-2's IPv6 router BACKUP following lb-1", |s| {
+                ipv6(s).is_some_and(|v| {
+                    v.state == "BACKUP" && v.master.as_ref() == Some(&lb1) && v.adverts_received > 0
+                })
+            })
+            .unwrap();
+        wait_until(T, "the IPv6 VIP on lb-1 only", || {
+            p.topo.has_address("lb-1", VIP6) && !p.topo.has_address("lb-2", VIP6)
+        });
+    }
     p.lb1.wait_healthy(Duration::from_secs(10)).unwrap();
     p.lb2.wait_healthy(Duration::from_secs(10)).unwrap();
 }
@@ -248,6 +290,147 @@ fn kill_9_of_the_master_then_it_returns_and_preempts() {
         .wait_for(T, "lb-2 back to BACKUP", |s| vrrp_state(s) == "BACKUP")
         .unwrap();
     assert!(through_vip(&p, "agent-2").is_ok());
+}
+
+/// Dual stack: each node runs an IPv4 and an IPv6 virtual router, and both fail over together.
+/// A dead link on lb-1 moves both VIPs to lb-2 and lb-2's unsolicited neighbour advertisements
+/// move an agent's entry for the IPv6 VIP; the link back, lb-1 preempts both; `kill -9` of
+/// lb-1: its guard removes the IPv6 VIP too and lb-2 takes both; SIGTERM hands the IPv6 VIP
+/// over within Skew_Time as well (priority 0 over IPv6).
+#[test]
+fn dual_stack_routers_fail_over_together() {
+    if !have_root() {
+        return;
+    }
+    let _s = serial();
+    let mut p = pair(Opts {
+        dual_stack: true,
+        ..Default::default()
+    });
+    steady(&p);
+    let mac = |node| mac_string(p.topo.mac(node));
+    let ping6 = |agent: &str| {
+        p.topo
+            .node(agent)
+            .run("ping", ["-6", "-c", "1", "-W", "2", &VIP6.to_string()])
+            .is_ok()
+    };
+    let both = |node: &str| p.topo.has_address(node, VIP) && p.topo.has_address(node, VIP6);
+    let neither = |node: &str| !p.topo.has_address(node, VIP) && !p.topo.has_address(node, VIP6);
+    assert!(ping6("agent-1"), "the IPv6 VIP answers from lb-1");
+    assert_eq!(p.topo.neighbour_mac("agent-1", VIP6), Some(mac("lb-1")));
+
+    // lb-1's link dies: both its routers go to FAULT, lb-2 takes both VIPs.
+    p.topo.set_link("lb-1", false).unwrap();
+    wait_until(Duration::from_secs(6), "lb-2 takes both VIPs", || {
+        both("lb-2")
+    });
+    let s = p.lb1.status().unwrap();
+    assert_eq!(
+        (vrrp_state(&s), ipv6_state(&s)),
+        ("FAULT".into(), "FAULT".into())
+    );
+    assert!(neither("lb-1"));
+    let s = p.lb2.status().unwrap();
+    assert_eq!(
+        (vrrp_state(&s), ipv6_state(&s)),
+        ("MASTER".into(), "MASTER".into())
+    );
+    // lb-2's unsolicited neighbour advertisements moved agent-1's entry (Override).
+    wait_until(T, "agent-1 learns the IPv6 VIP at lb-2", || {
+        p.topo.neighbour_mac("agent-1", VIP6) == Some(mac("lb-2"))
+    });
+    assert!(ping6("agent-1"), "the IPv6 VIP answers from lb-2");
+
+    // The link comes back: lb-1 listens, then preempts both.
+    p.topo.set_link("lb-1", true).unwrap();
+    wait_until(
+        Duration::from_secs(8),
+        "both VIPs back on lb-1 only",
+        || both("lb-1") && neither("lb-2"),
+    );
+    wait_until(T, "agent-1 learns the IPv6 VIP at lb-1 again", || {
+        p.topo.neighbour_mac("agent-1", VIP6) == Some(mac("lb-1"))
+    });
+
+    // kill -9: the guard removes both VIPs at once; lb-2 takes both.
+    p.lb1.crash();
+    wait_until(
+        Duration::from_secs(2),
+        "the guard removes lb-1's VIPs",
+        || neither("lb-1"),
+    );
+    let took = wait_until(Duration::from_secs(6), "lb-2 takes both VIPs", || {
+        both("lb-2")
+    });
+    assert!(
+        took < Duration::from_millis(4200),
+        "takeover after {took:?}"
+    );
+    assert!(ping6("agent-2"));
+
+    // lb-1 back, then SIGTERM: priority 0 from both routers, lb-2 takes both within Skew_Time.
+    p.lb1.restart(&p.topo).unwrap();
+    p.lb1
+        .wait_for(Duration::from_secs(10), "lb-1 preempts both", |s| {
+            vrrp_state(s) == "MASTER" && ipv6_state(s) == "MASTER"
+        })
+        .unwrap();
+    wait_until(T, "both VIPs on lb-1 only", || {
+        both("lb-1") && neither("lb-2")
+    });
+    let started = Instant::now();
+    p.lb1.stop().expect("lb-1 exits");
+    assert!(neither("lb-1"), "SIGTERM removes both VIPs");
+    wait_until(Duration::from_secs(3), "lb-2 holds both VIPs", || {
+        both("lb-2")
+    });
+    let took = started.elapsed();
+    assert!(took < Duration::from_millis(1500), "handover took {took:?}");
+
+    // No advert was rejected on either side; the IPv6 router has its own metric series.
+    let s = p.lb2.status().unwrap();
+    let v = s.vrrp.as_ref().unwrap();
+    for r in v.routers() {
+        assert_eq!(r.adverts_rejected.values().sum::<u64>(), 0, "{r:?}");
+    }
+    let m = metrics(&p.topo, "lb-2");
+    assert_eq!(
+        m.get("k3sxdp_vrrp_state{family=ipv6,state=master}"),
+        Some(&1.0),
+        "{m:?}"
+    );
+    assert!(m
+        .get("k3sxdp_vrrp_adverts_received_total{family=ipv6}")
+        .is_some_and(|v| *v >= 1.0));
+}
+
+/// Dual stack: failing tracking lowers the priority of both routers, so the peer takes both
+/// VIPs (they share the tracking input).
+#[test]
+fn dual_stack_tracking_moves_both_routers() {
+    if !have_root() {
+        return;
+    }
+    let _s = serial();
+    let p = pair(Opts {
+        dual_stack: true,
+        lb1_broken_checks: true,
+        ..Default::default()
+    });
+    wait_until(Duration::from_secs(15), "lb-2 holds both VIPs", || {
+        p.topo.has_address("lb-2", VIP) && p.topo.has_address("lb-2", VIP6)
+    });
+    let s = p.lb1.status().unwrap();
+    let v = s.vrrp.as_ref().unwrap();
+    for r in v.routers() {
+        assert_eq!(
+            (r.state.as_str(), r.effective_priority, r.track_ok),
+            ("BACKUP", 50, false),
+            "{r:?}"
+        );
+    }
+    assert!(!p.topo.has_address("lb-1", VIP) && !p.topo.has_address("lb-1", VIP6));
 }
 
 #[test]
