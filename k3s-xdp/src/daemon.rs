@@ -8,14 +8,14 @@ use crate::{
     bgp::runtime::Announcer,
     config::{self, Config},
     controller::{control::ControlSocket, metrics::MetricsServer, Controller, Event},
-    dataplane::{AttachPolicy, Dataplane, LoadOptions},
+    dataplane::{AttachPolicy, Dataplane, LoadOptions, NodeAddresses},
     guard::Guard,
     system::{self, InterfaceAddress, Netlink},
     vrrp,
 };
 use anyhow::{anyhow, bail, Context, Result};
 use std::{
-    net::{IpAddr, Ipv4Addr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     path::PathBuf,
     time::Duration,
 };
@@ -55,31 +55,48 @@ pub async fn run(options: Options) -> Result<()> {
 
     let dp = Dataplane::load(LoadOptions {
         flow_table_size: config.flow_table_size,
-        ipv6: config
-            .services
-            .iter()
-            .any(|s| std::net::IpAddr::from(s.vip).is_ipv6()),
+        ipv6: config.services.iter().any(|s| s.vip.is_ipv6()),
     })?;
     let (events_tx, events_rx) = mpsc::channel(4096);
     let mac = netlink.mac(ifindex).await?;
-    let node = if config.services.iter().any(|s| s.snat_uses_node()) {
+    let mut node = NodeAddresses::default();
+    let node_families: Vec<bool> = config
+        .services
+        .iter()
+        .filter(|s| s.snat_uses_node())
+        .map(|s| s.vip.is_ipv4())
+        .collect();
+    if !node_families.is_empty() {
         let present = netlink.addresses(ifindex).await?;
-        let node = node_address(&present, &config).ok_or_else(|| {
-            anyhow!(
-                "snat_source = \"node\" needs this node's own IPv4 address on {iface}, and \
-                 {iface} has none (besides VIPs and SNAT addresses)"
-            )
-        })?;
+        if node_families.contains(&true) {
+            node.v4 = node_address::<Ipv4Addr>(&present, &config);
+        }
+        if node_families.contains(&false) {
+            node.v6 = node_address::<Ipv6Addr>(&present, &config);
+        }
+        for (v4, found) in [(true, node.v4.is_some()), (false, node.v6.is_some())] {
+            if node_families.contains(&v4) && !found {
+                let family = if v4 { "IPv4" } else { "global IPv6" };
+                bail!(
+                    "snat_source = \"node\" needs this node's own {family} address on {iface}, \
+                     and {iface} has none (besides VIPs and SNAT addresses)"
+                );
+            }
+        }
         let range = std::fs::read_to_string(EPHEMERAL_PORTS)
             .with_context(|| format!("reading {EPHEMERAL_PORTS}"))?;
         if let Some(problem) = node_port_clash(&range, &config) {
             bail!("{problem}");
         }
-        info!("snat_source \"node\" is {node} (on {iface})");
-        Some(node)
-    } else {
-        None
-    };
+        for a in node
+            .v4
+            .map(IpAddr::V4)
+            .into_iter()
+            .chain(node.v6.map(IpAddr::V6))
+        {
+            info!("snat_source \"node\" is {a} (on {iface})");
+        }
+    }
     let (mut controller, health) = Controller::new(
         options.config.clone(),
         config.clone(),
@@ -273,9 +290,9 @@ pub async fn run(options: Options) -> Result<()> {
             failed = true;
         }
     }
-    let owned: Vec<Ipv4Addr> = std::mem::take(&mut *owned.lock().await);
+    let owned: Vec<IpAddr> = std::mem::take(&mut *owned.lock().await);
     for addr in owned {
-        match netlink.del_address(ifindex, addr.into()).await {
+        match netlink.del_address(ifindex, addr).await {
             Ok(()) => {
                 info!("removed {addr} from {iface}");
                 guard.release(addr);
@@ -334,17 +351,24 @@ fn attach_policy(config: &Config) -> AttachPolicy {
 /// from the node's address.
 const EPHEMERAL_PORTS: &str = "/proc/sys/net/ipv4/ip_local_port_range";
 
-/// This node's own address on the interface (`snat_source = "node"`): the first one with a
-/// subnet that is neither a VIP nor a SNAT address.
-fn node_address(present: &[InterfaceAddress], config: &Config) -> Option<Ipv4Addr> {
+/// This node's own address of family `A` on the interface (`snat_source = "node"`): the
+/// first one with a subnet that is neither a VIP nor a SNAT address (IPv6: nor link-local).
+fn node_address<A>(present: &[InterfaceAddress], config: &Config) -> Option<A>
+where
+    A: crate::vrrp::packet::Family + Copy + Into<IpAddr>,
+{
     let taken = config.held_addresses();
-    let own: Vec<(Ipv4Addr, u8)> = present
+    let own: Vec<(A, u8)> = present
         .iter()
-        .filter_map(|a| Some((a.of_family::<Ipv4Addr>()?, a.prefix_len)))
-        .filter(|(a, _)| !taken.contains(a))
+        .filter_map(|a| Some((a.of_family::<A>()?, a.prefix_len)))
+        .filter(|(a, _)| {
+            let ip: IpAddr = (*a).into();
+            !taken.contains(&ip) && !matches!(ip, IpAddr::V6(v6) if v6.is_unicast_link_local())
+        })
         .collect();
+    let host = |a: &A| if (*a).into().is_ipv4() { 32 } else { 128 };
     own.iter()
-        .find(|(_, prefix_len)| *prefix_len < 32)
+        .find(|(a, prefix_len)| *prefix_len < host(a))
         .or(own.first())
         .map(|(a, _)| *a)
 }
@@ -382,17 +406,17 @@ async fn follow(
     netlink: &Netlink,
     ifindex: u32,
     iface: &str,
-    wanted: &std::collections::BTreeSet<Ipv4Addr>,
-    owned: &mut Vec<Ipv4Addr>,
+    wanted: &std::collections::BTreeSet<IpAddr>,
+    owned: &mut Vec<IpAddr>,
     guard: &Guard,
 ) {
-    let gone: Vec<Ipv4Addr> = owned
+    let gone: Vec<IpAddr> = owned
         .iter()
         .copied()
         .filter(|a| !wanted.contains(a))
         .collect();
     for addr in gone {
-        match netlink.del_address(ifindex, addr.into()).await {
+        match netlink.del_address(ifindex, addr).await {
             Ok(()) => {
                 info!("removed {addr} from {iface} (no service holds it any more)");
                 guard.release(addr);
@@ -401,7 +425,7 @@ async fn follow(
             Err(e) => error!("{e:#}"),
         }
     }
-    let new: std::collections::BTreeSet<Ipv4Addr> = wanted
+    let new: std::collections::BTreeSet<IpAddr> = wanted
         .iter()
         .copied()
         .filter(|a| !owned.contains(a))
@@ -413,39 +437,45 @@ async fn follow(
 }
 
 /// Adds each of `addresses` (the service VIPs, and the SNAT addresses that are no VIP) to
-/// `iface` as a /32 unless the interface has it already; returns the ones it added, which it
-/// alone removes on exit.
+/// `iface` as a /32 (IPv6: a /128, `nodad`) unless the interface has it already; returns the
+/// ones it added, which it alone removes on exit.
 async fn claim_vips(
     netlink: &Netlink,
     ifindex: u32,
     iface: &str,
-    addresses: &std::collections::BTreeSet<Ipv4Addr>,
+    addresses: &std::collections::BTreeSet<IpAddr>,
     guard: &Guard,
-) -> Result<Vec<Ipv4Addr>> {
+) -> Result<Vec<IpAddr>> {
     let present = netlink.addresses(ifindex).await?;
     let mut added = Vec::new();
     for &vip in addresses {
-        if present.iter().any(|a| a.addr == IpAddr::from(vip)) {
+        let host = if vip.is_ipv4() { 32 } else { 128 };
+        if present.iter().any(|a| a.addr == vip) {
             info!("{vip} is already on {iface}; leaving it as it is");
             continue;
         }
-        if !present.iter().any(|a| a.prefix_len < 32 && a.covers(vip)) {
+        if !present.iter().any(|a| a.prefix_len < host && a.covers(vip)) {
+            let asking = if vip.is_ipv4() {
+                "ARP"
+            } else {
+                "neighbour discovery"
+            };
             warn!(
                 "{vip} is in no subnet of {iface}: hosts on that link will not ask for it \
-                 (ARP); only traffic routed to it through this node reaches it"
+                 ({asking}); only traffic routed to it through this node reaches it"
             );
         }
         netlink
             .add_address(
                 ifindex,
                 InterfaceAddress {
-                    addr: vip.into(),
-                    prefix_len: 32,
+                    addr: vip,
+                    prefix_len: host,
                 },
             )
             .await?;
         guard.hold(vip);
-        info!("added {vip}/32 to {iface} (no [vrrp]: this node is the only load balancer)");
+        info!("added {vip}/{host} to {iface} (no [vrrp]: this node is the only load balancer)");
         added.push(vip);
     }
     Ok(added)
@@ -514,15 +544,41 @@ backends = [{{ name = "s1", address = "192.0.2.50:6443" }}]
             addr("192.0.2.10", 24),
         ];
         assert_eq!(
-            node_address(&present, &c),
+            node_address::<Ipv4Addr>(&present, &c),
             Some("192.0.2.10".parse().unwrap())
         );
         assert_eq!(
-            node_address(&present[..3], &c),
+            node_address::<Ipv4Addr>(&present[..3], &c),
             Some("192.0.2.9".parse().unwrap()),
             "a /32 when nothing else"
         );
-        assert_eq!(node_address(&present[..2], &c), None, "VIP and pool only");
+        assert_eq!(
+            node_address::<Ipv4Addr>(&present[..2], &c),
+            None,
+            "VIP and pool only"
+        );
+        assert_eq!(node_address::<Ipv6Addr>(&present, &c), None);
+    }
+
+    #[test]
+    fn the_ipv6_node_address_is_global_and_not_held() {
+        let c = config(r#""node""#);
+        let present = [
+            addr("fe80::1", 64),
+            addr("2001:db8::7", 128),
+            addr("2001:db8::9", 64),
+            addr("192.0.2.10", 24),
+        ];
+        assert_eq!(
+            node_address::<Ipv6Addr>(&present, &c),
+            Some("2001:db8::9".parse().unwrap())
+        );
+        assert_eq!(
+            node_address::<Ipv6Addr>(&present[..2], &c),
+            Some("2001:db8::7".parse().unwrap()),
+            "a /128 when nothing else, never the link-local one"
+        );
+        assert_eq!(node_address::<Ipv6Addr>(&present[..1], &c), None);
     }
 
     #[test]

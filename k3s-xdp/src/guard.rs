@@ -28,7 +28,7 @@ use anyhow::{bail, Context, Result};
 use std::{
     collections::BTreeMap,
     io::{BufRead, Write},
-    net::{IpAddr, Ipv4Addr},
+    net::IpAddr,
     path::PathBuf,
     process::{Child, ChildStdin, Command, Stdio},
     sync::{Arc, Mutex},
@@ -41,7 +41,7 @@ pub struct Ledger {
     /// Addresses on the interface that the daemon holds.
     pub held: Vec<IpAddr>,
     /// `[bgp]` routes the daemon keeps: (table, VIP).
-    pub routes: Vec<(u32, Ipv4Addr)>,
+    pub routes: Vec<(u32, IpAddr)>,
     /// sysctl files and the value to write back.
     pub restore: BTreeMap<PathBuf, String>,
     /// Set by a clean shutdown.
@@ -67,7 +67,7 @@ impl Ledger {
                 let table: u32 = table
                     .parse()
                     .with_context(|| format!("bad table {table:?}"))?;
-                let a: Ipv4Addr = a.parse().with_context(|| format!("bad address {a:?}"))?;
+                let a: IpAddr = a.parse().with_context(|| format!("bad address {a:?}"))?;
                 self.routes.retain(|r| *r != (table, a));
                 if verb == "route" {
                     self.routes.push((table, a));
@@ -154,12 +154,12 @@ impl Guard {
     }
 
     /// The daemon added its route for `vip` to `table`.
-    pub fn route(&self, table: u32, vip: Ipv4Addr) {
+    pub fn route(&self, table: u32, vip: IpAddr) {
         self.send(&format!("route {table} {vip}"));
     }
 
     /// The daemon removed its route for `vip` from `table`.
-    pub fn unroute(&self, table: u32, vip: Ipv4Addr) {
+    pub fn unroute(&self, table: u32, vip: IpAddr) {
         self.send(&format!("unroute {table} {vip}"));
     }
 
@@ -281,7 +281,7 @@ mod tests {
             "hold 192.0.2.100",
             "release 192.0.2.200",
         ]);
-        assert_eq!(l.held, vec![IpAddr::from(Ipv4Addr::new(192, 0, 2, 100))]);
+        assert_eq!(l.held, vec![IpAddr::from([192, 0, 2, 100])]);
         assert!(l.pending());
     }
 
@@ -297,7 +297,7 @@ mod tests {
         let v6: IpAddr = "2001:db8::100".parse().unwrap();
         assert_eq!(
             l.held,
-            vec![v6, IpAddr::from(Ipv4Addr::new(192, 0, 2, 100))],
+            vec![v6, IpAddr::from([192, 0, 2, 100])],
             "one entry per address, however it is written"
         );
         let l = ledger(&["hold 2001:db8::100", "release 2001:db8::100"]);
@@ -319,15 +319,17 @@ mod tests {
 
     #[test]
     fn routes_are_kept_per_table_until_withdrawn() {
-        let vip = Ipv4Addr::new(192, 0, 2, 100);
+        let vip = IpAddr::from([192, 0, 2, 100]);
+        let vip6: IpAddr = "2001:db8::100".parse().unwrap();
         let l = ledger(&[
             "route 200 192.0.2.100",
             "route 200 192.0.2.100",
             "route 7 192.0.2.100",
             "route 200 192.0.2.110",
             "unroute 200 192.0.2.110",
+            "route 200 2001:db8::100",
         ]);
-        assert_eq!(l.routes, vec![(200, vip), (7, vip)]);
+        assert_eq!(l.routes, vec![(200, vip), (7, vip), (200, vip6)]);
         assert!(l.pending());
         let l = ledger(&["route 200 192.0.2.100", "unroute 200 192.0.2.100"]);
         assert!(!l.pending());

@@ -6,7 +6,7 @@ use k3s_xdp::config::{
     self, CheckKind, Config, ConfigErrors, InitialState, VirtualAddress, XdpMode,
 };
 use std::{
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr},
     path::{Path, PathBuf},
     time::Duration,
 };
@@ -44,7 +44,10 @@ fn lb1_and_lb2_are_the_seed_haproxy_and_keepalived_pair() {
     let lb2 = example("lb-2.toml");
     assert_eq!(lb1.interface.as_deref(), Some("eth1"));
     let s = &lb1.services[0];
-    assert_eq!((s.vip, s.port), (Ipv4Addr::new(10, 10, 10, 100), 6443));
+    assert_eq!(
+        (s.vip, s.port),
+        (IpAddr::from(Ipv4Addr::new(10, 10, 10, 100)), 6443)
+    );
     let addresses: Vec<String> = s.backends.iter().map(|b| b.address.to_string()).collect();
     assert_eq!(
         addresses,
@@ -66,7 +69,7 @@ fn lb1_and_lb2_are_the_seed_haproxy_and_keepalived_pair() {
     assert_eq!(
         v1.virtual_ipaddress,
         [VirtualAddress {
-            addr: Ipv4Addr::new(10, 10, 10, 100),
+            addr: Ipv4Addr::new(10, 10, 10, 100).into(),
             prefix_len: 24
         }]
     );
@@ -106,8 +109,8 @@ fn bgp_node_announces_its_vip_through_table_200() {
 fn seed_004_has_two_services_and_unicast_vrrp_version_2() {
     let c = example("seed-004.toml");
     assert_eq!(c.interface.as_deref(), Some("ens192"));
-    let ports: Vec<(Ipv4Addr, u16)> = c.services.iter().map(|s| (s.vip, s.port)).collect();
-    let vip = Ipv4Addr::new(10, 220, 62, 31);
+    let ports: Vec<(IpAddr, u16)> = c.services.iter().map(|s| (s.vip, s.port)).collect();
+    let vip = IpAddr::from(Ipv4Addr::new(10, 220, 62, 31));
     assert_eq!(ports, [(vip, 6443), (vip, 30080)]);
     // default-server inter 10s downinter 5s rise 2 fall 2 slowstart 60s weight 100
     let h = &c.services[0].health;
@@ -127,7 +130,10 @@ fn seed_004_has_two_services_and_unicast_vrrp_version_2() {
     );
     assert_eq!((v.version, v.auth_pass.as_deref()), (2, Some("1111")));
     assert_eq!(v.advert_int, Duration::from_secs(1));
-    assert_eq!(v.unicast_src_ip, Some(Ipv4Addr::new(10, 220, 62, 32)));
+    assert_eq!(
+        v.unicast_src_ip,
+        Some(IpAddr::from(Ipv4Addr::new(10, 220, 62, 32)))
+    );
     assert_eq!(v.unicast_peers, [Ipv4Addr::new(10, 220, 62, 33)]);
     assert_eq!(v.track.weight, -2);
     assert_eq!(v.garp_interval, Duration::ZERO);
@@ -193,7 +199,7 @@ fn every_error_of_a_file_is_one_line_naming_file_line_and_key() {
     let line_of = |needle: &str| text.lines().position(|l| l.contains(needle)).unwrap() + 1;
     assert!(lines[0].starts_with(&format!(
         "/etc/k3s-xdp/config.toml:{}:34: service[0].backends[1].address: expected \"IP:PORT\" \
-         like \"192.0.2.51:6443\", found \"10.10.10.51:abc\"",
+         like \"192.0.2.51:6443\" or \"[2001:db8::51]:6443\", found \"10.10.10.51:abc\"",
         line_of("10.10.10.51:abc")
     )));
     assert!(lines[1].starts_with(&format!(

@@ -139,7 +139,10 @@ mod tests {
         assert_eq!(c.interface.as_deref(), Some("eth1"));
         assert_eq!((c.snat_port_min, c.snat_port_max), (20000, 20099));
         let s = &c.services[0];
-        assert_eq!((s.name.as_str(), s.vip, s.port), ("k3s-api", VIP, 6443));
+        assert_eq!(
+            (s.name.as_str(), s.vip, s.port),
+            ("k3s-api", std::net::IpAddr::from(VIP), 6443)
+        );
         assert_eq!(s.mode, k3s_xdp::config::Mode::Dsr);
         let names: Vec<&str> = s.backends.iter().map(|b| b.name.as_str()).collect();
         assert_eq!(names, ["server-1", "server-3"]);

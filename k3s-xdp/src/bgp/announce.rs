@@ -5,14 +5,14 @@
 use crate::config::{Bgp, Service};
 use std::{
     collections::{BTreeMap, HashMap},
-    net::Ipv4Addr,
+    net::IpAddr,
 };
 
 /// What the controller wants announced: the kernel table and each announced VIP's verdict.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Wanted {
     pub table: u32,
-    pub vips: BTreeMap<Ipv4Addr, Verdict>,
+    pub vips: BTreeMap<IpAddr, Verdict>,
 }
 
 /// Whether a VIP is announced, and if not, why.
@@ -78,8 +78,8 @@ mod tests {
     use crate::config::{BgpTrack, Service};
 
     fn services() -> Vec<Service> {
-        let a: Ipv4Addr = "192.0.2.100".parse().unwrap();
-        let b: Ipv4Addr = "192.0.2.110".parse().unwrap();
+        let a: IpAddr = "192.0.2.100".parse().unwrap();
+        let b: IpAddr = "192.0.2.110".parse().unwrap();
         vec![
             Service::new("api", a, 6443),
             Service::new("api-udp", a, 8472),
@@ -101,8 +101,8 @@ mod tests {
             true,
         );
         assert_eq!(w.table, 200);
-        let a: Ipv4Addr = "192.0.2.100".parse().unwrap();
-        let b: Ipv4Addr = "192.0.2.110".parse().unwrap();
+        let a: IpAddr = "192.0.2.100".parse().unwrap();
+        let b: IpAddr = "192.0.2.110".parse().unwrap();
         assert_eq!(
             w.vips[&a],
             Verdict::Withdraw(
@@ -129,7 +129,7 @@ mod tests {
 
     #[test]
     fn only_the_listed_vips_are_announced() {
-        let b: Ipv4Addr = "192.0.2.110".parse().unwrap();
+        let b: IpAddr = "192.0.2.110".parse().unwrap();
         let bgp = Bgp {
             vips: Some(vec![b]),
             ..Bgp::new(7)

@@ -16,7 +16,7 @@ use crate::{
 use anyhow::Result;
 use std::{
     collections::{BTreeMap, BTreeSet},
-    net::Ipv4Addr,
+    net::IpAddr,
     path::PathBuf,
     time::{Duration, Instant},
 };
@@ -32,7 +32,7 @@ const BIRD_LIMIT: Duration = Duration::from_secs(2);
 #[derive(Clone, Debug)]
 pub struct Report {
     pub table: u32,
-    pub vips: BTreeMap<Ipv4Addr, VipState>,
+    pub vips: BTreeMap<IpAddr, VipState>,
     /// The routing daemon's BGP sessions, or why they are unknown.
     pub sessions: Result<Vec<Session>, String>,
 }
@@ -133,9 +133,9 @@ struct Task {
     guard: Guard,
     events: mpsc::Sender<Event>,
     /// The VIPs whose route k3s-xdp added to `table` and has not removed.
-    ours: BTreeSet<Ipv4Addr>,
+    ours: BTreeSet<IpAddr>,
     table: Option<u32>,
-    vips: BTreeMap<Ipv4Addr, VipState>,
+    vips: BTreeMap<IpAddr, VipState>,
     sessions: Result<Vec<Session>, String>,
     /// What was last logged about the routing daemon, so a lasting problem is logged once.
     daemon_note: Option<String>,
@@ -181,7 +181,7 @@ impl Task {
         }
     }
 
-    fn set(&mut self, vip: Ipv4Addr, announced: bool, reason: Option<String>) {
+    fn set(&mut self, vip: IpAddr, announced: bool, reason: Option<String>) {
         let now = Instant::now();
         let changed = self
             .vips
@@ -226,10 +226,9 @@ impl Task {
                 return;
             }
         };
-        let ours_present: BTreeSet<Ipv4Addr> =
+        let ours_present: BTreeSet<IpAddr> =
             present.iter().filter(|r| r.ours).map(|r| r.dst).collect();
-        let others: BTreeSet<Ipv4Addr> =
-            present.iter().filter(|r| !r.ours).map(|r| r.dst).collect();
+        let others: BTreeSet<IpAddr> = present.iter().filter(|r| !r.ours).map(|r| r.dst).collect();
         // Routes of k3s-xdp that nobody wants: a previous run's, or a VIP no longer announced.
         for &vip in ours_present.iter().filter(|v| !wanted.vips.contains_key(v)) {
             match self.netlink.del_host_route(table, vip).await {
@@ -284,7 +283,7 @@ impl Task {
     /// Removes every route of k3s-xdp from the table.
     async fn withdraw_all(&mut self, why: &str) {
         let Some(table) = self.table else { return };
-        let ours: Vec<Ipv4Addr> = self.ours.iter().copied().collect();
+        let ours: Vec<IpAddr> = self.ours.iter().copied().collect();
         for vip in ours {
             match self.netlink.del_host_route(table, vip).await {
                 Ok(()) => {
@@ -294,7 +293,7 @@ impl Task {
                 Err(e) => error!("BGP: {e:#}"),
             }
         }
-        let vips: Vec<Ipv4Addr> = self.vips.keys().copied().collect();
+        let vips: Vec<IpAddr> = self.vips.keys().copied().collect();
         for vip in vips {
             self.set(vip, false, Some(why.to_string()));
         }

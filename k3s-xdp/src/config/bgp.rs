@@ -12,7 +12,7 @@ pub struct Bgp {
     /// or default).
     pub table: u32,
     /// The VIPs announced; `None`: every service VIP.
-    pub vips: Option<Vec<Ipv4Addr>>,
+    pub vips: Option<Vec<IpAddr>>,
     pub track: BgpTrack,
     /// On SIGTERM, how long the data plane keeps forwarding after the routes are withdrawn,
     /// so the router has moved the traffic before the program detaches.
@@ -54,9 +54,9 @@ impl Bgp {
     }
 
     /// The VIPs announced, each once, in the order of the file: `vips`, or every service VIP.
-    pub fn announced(&self, services: &[Service]) -> Vec<Ipv4Addr> {
-        let mut out: Vec<Ipv4Addr> = Vec::new();
-        let all: Vec<Ipv4Addr> = match &self.vips {
+    pub fn announced(&self, services: &[Service]) -> Vec<IpAddr> {
+        let mut out: Vec<IpAddr> = Vec::new();
+        let all: Vec<IpAddr> = match &self.vips {
             Some(vips) => vips.clone(),
             None => services.iter().map(|s| s.vip).collect(),
         };

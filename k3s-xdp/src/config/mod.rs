@@ -37,7 +37,7 @@ pub use vrrp::{InitialState, Track, VirtualAddress, Vrrp, VrrpReload};
 use serde::Serialize;
 use std::{
     fmt,
-    net::{Ipv4Addr, SocketAddr, SocketAddrV4},
+    net::{IpAddr, SocketAddr},
     path::{Path, PathBuf},
     time::Duration,
 };
@@ -103,7 +103,9 @@ pub mod defaults {
     /// keepalived's upper bound for `preempt_delay`.
     pub const PREEMPT_DELAY_MAX: Duration = Duration::from_secs(1000);
     pub const AUTH_PASS_MAX_BYTES: usize = 8;
+    /// `virtual_ipaddress` without a prefix: a host route of its family.
     pub const VIRTUAL_ADDRESS_PREFIX: u8 = 32;
+    pub const VIRTUAL_ADDRESS_PREFIX6: u8 = 128;
     pub const GARP_MASTER_REPEAT: u32 = 5;
     pub const GARP_MASTER_REPEAT_MAX: u32 = 100;
     pub const GARP_INTERVAL: Duration = Duration::from_millis(10);
@@ -226,7 +228,7 @@ impl Config {
 
     /// The addresses the load balancers hold for the services: every VIP and every SNAT pool
     /// address that is no VIP, each once.
-    pub fn held_addresses(&self) -> std::collections::BTreeSet<Ipv4Addr> {
+    pub fn held_addresses(&self) -> std::collections::BTreeSet<IpAddr> {
         self.services
             .iter()
             .flat_map(|s| std::iter::once(s.vip).chain(s.snat_held_addresses()))
@@ -314,7 +316,8 @@ pub enum XdpMode {
 pub struct Service {
     /// `SERVICE` in `k3s-xdp backend disable SERVICE/BACKEND`; `[A-Za-z0-9_.-]+`, unique.
     pub name: String,
-    pub vip: Ipv4Addr,
+    /// IPv4 or IPv6; the backends are of the same family (no NAT64).
+    pub vip: IpAddr,
     pub port: u16,
     pub protocol: Protocol,
     pub mode: Mode,
@@ -338,7 +341,7 @@ pub enum SnatSource {
     Node,
     /// An address the load balancers hold as they hold the VIPs (in `vrrp.virtual_ipaddress`,
     /// or added by k3s-xdp without `[vrrp]`).
-    Address(Ipv4Addr),
+    Address(IpAddr),
 }
 
 impl fmt::Display for SnatSource {
@@ -359,7 +362,7 @@ impl Serialize for SnatSource {
 
 impl Service {
     /// A service without backends yet, every other key at its default.
-    pub fn new(name: &str, vip: Ipv4Addr, port: u16) -> Self {
+    pub fn new(name: &str, vip: IpAddr, port: u16) -> Self {
         Service {
             name: name.to_string(),
             vip,
@@ -374,10 +377,10 @@ impl Service {
         }
     }
 
-    /// The addresses of the SNAT pool, `node` being this node's address (left out when
-    /// unknown: the daemon refuses to start without it): empty when the backends see the VIP
-    /// alone (the data plane's default, which needs no pool).
-    pub fn snat_addresses(&self, node: Option<Ipv4Addr>) -> Vec<Ipv4Addr> {
+    /// The addresses of the SNAT pool, `node` being this node's address of the VIP's family
+    /// (left out when unknown: the daemon refuses to start without it): empty when the
+    /// backends see the VIP alone (the data plane's default, which needs no pool).
+    pub fn snat_addresses(&self, node: Option<IpAddr>) -> Vec<IpAddr> {
         if self.snat_source.iter().all(|s| *s == SnatSource::Vip) {
             return Vec::new();
         }
@@ -398,7 +401,7 @@ impl Service {
 
     /// The addresses of the pool that the load balancers must hold besides the VIPs (neither
     /// the VIP nor `node`).
-    pub fn snat_held_addresses(&self) -> impl Iterator<Item = Ipv4Addr> + '_ {
+    pub fn snat_held_addresses(&self) -> impl Iterator<Item = IpAddr> + '_ {
         self.snat_source.iter().filter_map(|s| match s {
             SnatSource::Address(a) if *a != self.vip => Some(*a),
             _ => None,
@@ -439,8 +442,8 @@ pub enum OnBackendDown {
 pub struct BackendConfig {
     /// `BACKEND` in `SERVICE/BACKEND`; `[A-Za-z0-9_.-]+`, unique within the service.
     pub name: String,
-    /// `"ip:port"`; a bare `"ip"` in the file means the service port.
-    pub address: SocketAddrV4,
+    /// `"ip:port"` (`"[ipv6]:port"`); a bare `"ip"` in the file means the service port.
+    pub address: SocketAddr,
     /// 0..=256 like HAProxy; relative to the other backends; 0 takes no new flows.
     pub weight: u32,
 }

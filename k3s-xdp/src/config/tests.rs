@@ -3,7 +3,7 @@
 //! `tests/check_config.rs`.
 
 use super::*;
-use std::time::Duration;
+use std::{net::Ipv4Addr, time::Duration};
 
 /// `text` without its first newline, so that line 1 is the line after `r#"`.
 fn doc(text: &str) -> &str {
@@ -78,7 +78,7 @@ fn a_minimal_file_gets_every_default() {
     assert!(c.vrrp.is_none());
     let s = &c.services[0];
     assert_eq!(s.name, "k3s-api");
-    assert_eq!(s.vip, Ipv4Addr::new(192, 0, 2, 100));
+    assert_eq!(s.vip, IpAddr::from(Ipv4Addr::new(192, 0, 2, 100)));
     assert_eq!(s.port, 6443);
     assert_eq!(
         (s.protocol, s.mode, s.on_backend_down),
@@ -131,7 +131,7 @@ virtual_ipaddress = ["192.0.2.100/24"]
     assert_eq!(
         v.virtual_ipaddress,
         [VirtualAddress {
-            addr: Ipv4Addr::new(192, 0, 2, 100),
+            addr: Ipv4Addr::new(192, 0, 2, 100).into(),
             prefix_len: 24
         }]
     );
@@ -484,12 +484,12 @@ backends = [
 "#,
         "service[0].backends[1].address",
         8,
-        "expected \"IP:PORT\" like \"192.0.2.51:6443\", found \"192.0.2.51:abc\"",
+        "expected \"IP:PORT\" like \"192.0.2.51:6443\" or \"[2001:db8::51]:6443\", found \"192.0.2.51:abc\"",
     );
     assert_eq!(
         e.to_string(),
         "t.toml:8:34: service[0].backends[1].address: expected \"IP:PORT\" like \
-         \"192.0.2.51:6443\", found \"192.0.2.51:abc\""
+         \"192.0.2.51:6443\" or \"[2001:db8::51]:6443\", found \"192.0.2.51:abc\""
     );
     let errors = errors_in(
         r#"
@@ -509,7 +509,7 @@ backends = [
         &errors,
         "service[0].backends[0].address",
         6,
-        "IPv6 backends are not supported yet",
+        "backend [2001:db8::1]:6443 is an IPv6 address and VIP 192.0.2.100 an IPv4 one",
     );
     has_error(
         &errors,
@@ -556,15 +556,16 @@ backends = [{ name = "server-1", address = "192.0.2.50:6443" }]
     );
     has_error(
         &errors,
-        "service[0].vip",
-        4,
-        "IPv6 VIPs are not supported yet",
+        "service[0].backends[0].address",
+        6,
+        "backend 192.0.2.50:6443 is an IPv4 address and VIP 2001:db8::100 an IPv6 one: a \
+         service's backends are of its VIP's family (there is no NAT64)",
     );
     has_error(
         &errors,
         "service[1].vip",
         9,
-        "expected an IPv4 address like \"192.0.2.100\", found \"192.0.2.300\"",
+        "expected an IP address like \"192.0.2.100\" or \"2001:db8::100\", found \"192.0.2.300\"",
     );
     has_error(&errors, "service[2].vip", 14, "a multicast address");
     // Bad VIPs take part in no further rule: no "duplicate VIP:port" noise.
@@ -585,12 +586,7 @@ backends = []
 priority = 100
 "#,
     );
-    has_error(
-        &errors,
-        "service[0].vip",
-        2,
-        "missing `vip`: an IPv4 address",
-    );
+    has_error(&errors, "service[0].vip", 2, "missing `vip`: an IP address");
     has_error(&errors, "service[0].port", 2, "missing `port`");
     has_error(
         &errors,
@@ -812,7 +808,12 @@ track = { weight = 255 }
         12,
         "must be between 1 and 254 (255 is reserved for the address owner",
     );
-    has_error(&errors, "vrrp.virtual_ipaddress[0]", 13, "prefix 0..=32");
+    has_error(
+        &errors,
+        "vrrp.virtual_ipaddress[0]",
+        13,
+        "a prefix length of 0..=32",
+    );
     has_error(
         &errors,
         "vrrp.track.weight",
@@ -1173,7 +1174,10 @@ fn unicast_peers_exclude_this_node_and_duplicates() {
     );
     assert_eq!(errors.len(), 2);
     let v = vrrp_ok("unicast_src_ip = \"192.0.2.98\"\nunicast_peers = [\"192.0.2.99\"]");
-    assert_eq!(v.unicast_peers, [Ipv4Addr::new(192, 0, 2, 99)]);
+    assert_eq!(
+        v.unicast_peers,
+        [IpAddr::from(Ipv4Addr::new(192, 0, 2, 99))]
+    );
 }
 
 #[test]
@@ -1594,16 +1598,16 @@ backends = [{{ name = "server-1", address = "192.0.2.50:6443" }}]
         "the VIP: no pool"
     );
     let c = ok(&service(r#"snat_source = ["vip", "192.0.2.7", "node"]"#));
-    let node: Ipv4Addr = "192.0.2.9".parse().unwrap();
+    let node: IpAddr = "192.0.2.9".parse().unwrap();
     assert_eq!(
         c.services[0].snat_addresses(Some(node)),
         ["192.0.2.100", "192.0.2.7", "192.0.2.9"]
-            .map(|a| a.parse::<Ipv4Addr>().unwrap())
+            .map(|a| a.parse::<IpAddr>().unwrap())
             .to_vec()
     );
     assert_eq!(
         c.services[0].snat_held_addresses().collect::<Vec<_>>(),
-        ["192.0.2.7".parse::<Ipv4Addr>().unwrap()]
+        ["192.0.2.7".parse::<IpAddr>().unwrap()]
     );
     assert!(c.services[0].snat_uses_node());
     assert_eq!(ok(&c.to_toml()), c, "rendered and read back");
@@ -1628,7 +1632,7 @@ backends = [{{ name = "server-1", address = "192.0.2.50:6443" }}]
         &service(r#"snat_source = "everywhere""#),
         "service[0].snat_source",
         7,
-        "expected \"vip\", \"node\" or an IPv4 address",
+        "expected \"vip\", \"node\" or an IP address",
     );
     one_error(
         &service(r#"snat_source = []"#),
@@ -1712,7 +1716,7 @@ fn bgp_table_alone_announces_every_service_vip() {
     assert_eq!(bgp.bird_socket, Path::new(defaults::BIRD_SOCKET));
     assert_eq!(
         bgp.announced(&c.services),
-        vec!["192.0.2.100".parse::<Ipv4Addr>().unwrap()]
+        vec!["192.0.2.100".parse::<IpAddr>().unwrap()]
     );
     assert_eq!(ok(&c.to_toml()), c, "rendered and read back");
     let full = ok(&format!(
@@ -1774,7 +1778,7 @@ fn a_vip_both_in_vrrp_and_announced_by_bgp_is_an_error() {
     let c = ok(&two);
     assert_eq!(
         c.bgp.unwrap().announced(&c.services),
-        vec!["192.0.2.110".parse::<Ipv4Addr>().unwrap()]
+        vec!["192.0.2.110".parse::<IpAddr>().unwrap()]
     );
 }
 

@@ -15,9 +15,10 @@ pub struct Vrrp {
     /// The addresses VRRP moves; every service VIP is one of them.
     pub virtual_ipaddress: Vec<VirtualAddress>,
     /// Source of the adverts; by default the interface's primary address.
-    pub unicast_src_ip: Option<Ipv4Addr>,
-    /// Empty: adverts go to multicast 224.0.0.18.
-    pub unicast_peers: Vec<Ipv4Addr>,
+    pub unicast_src_ip: Option<IpAddr>,
+    /// Empty: adverts go to multicast 224.0.0.18 (IPv6: ff02::12). Each family's virtual
+    /// router sends to the peers of its family.
+    pub unicast_peers: Vec<IpAddr>,
     pub preempt: bool,
     #[serde(serialize_with = "duration::serialize")]
     pub preempt_delay: Duration,
@@ -168,7 +169,7 @@ pub enum InitialState {
 /// `"ip/prefix"` in `virtual_ipaddress`: the address, and the prefix it is added with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct VirtualAddress {
-    pub addr: Ipv4Addr,
+    pub addr: IpAddr,
     pub prefix_len: u8,
 }
 

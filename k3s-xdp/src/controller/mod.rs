@@ -107,7 +107,7 @@ pub struct Controller {
     xdp_present: bool,
     /// Without `[vrrp]`: the addresses this node holds (VIPs, SNAT pool addresses), followed
     /// across reloads by the daemon's address keeper.
-    held: Option<watch::Sender<std::collections::BTreeSet<std::net::Ipv4Addr>>>,
+    held: Option<watch::Sender<std::collections::BTreeSet<std::net::IpAddr>>>,
     /// Services currently without any backend for new flows (logged once per outage).
     empty: Vec<String>,
     /// Keeps the backends' next hops resolved; told the backends after each reload.
@@ -126,8 +126,8 @@ pub struct Check {
 
 impl Check {
     /// Where to check `backend`.
-    pub fn target(&self, backend: std::net::SocketAddrV4) -> std::net::SocketAddrV4 {
-        std::net::SocketAddrV4::new(*backend.ip(), self.port.unwrap_or(backend.port()))
+    pub fn target(&self, backend: std::net::SocketAddr) -> std::net::SocketAddr {
+        std::net::SocketAddr::new(backend.ip(), self.port.unwrap_or(backend.port()))
     }
 }
 
@@ -205,7 +205,7 @@ impl Controller {
         config: Config,
         interface: String,
         mac: [u8; 6],
-        node: Option<std::net::Ipv4Addr>,
+        node: dataplane::NodeAddresses,
         mut dp: Dataplane,
         events: mpsc::Sender<Event>,
     ) -> Result<(Self, watch::Receiver<Health>)> {
@@ -270,7 +270,7 @@ impl Controller {
     /// with `[vrrp]` (VRRP holds them).
     pub fn held_addresses(
         &mut self,
-    ) -> Option<watch::Receiver<std::collections::BTreeSet<std::net::Ipv4Addr>>> {
+    ) -> Option<watch::Receiver<std::collections::BTreeSet<std::net::IpAddr>>> {
         if self.config.vrrp.is_some() {
             return None;
         }
@@ -304,7 +304,7 @@ impl Controller {
     }
 
     /// The addresses of every configured backend.
-    pub fn backend_addresses(&self) -> std::collections::BTreeSet<std::net::Ipv4Addr> {
+    pub fn backend_addresses(&self) -> std::collections::BTreeSet<std::net::IpAddr> {
         self.model.addresses()
     }
 

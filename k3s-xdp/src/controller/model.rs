@@ -15,13 +15,13 @@
 
 use crate::{
     config::{self, Config},
-    dataplane::plan::{BackendSpec, BackendState, ServiceSpec},
+    dataplane::plan::{BackendSpec, BackendState, NodeAddresses, ServiceSpec},
     health::state::{Health, Outcome, Params, Transition},
 };
 use anyhow::{anyhow, bail, Result};
 use std::{
     collections::BTreeSet,
-    net::{Ipv4Addr, SocketAddrV4},
+    net::{IpAddr, SocketAddr},
     time::{Duration, Instant},
 };
 
@@ -61,9 +61,9 @@ pub struct Model {
     pub services: Vec<ServiceModel>,
     /// The backends whose next hop is resolved, as the neighbour keeper last reported
     /// (`system::neighbours`); `None`: not known, every backend counts as resolved.
-    pub resolved: Option<BTreeSet<Ipv4Addr>>,
-    /// This node's own address, for `snat_source = "node"` (known when a service uses it).
-    pub node: Option<Ipv4Addr>,
+    pub resolved: Option<BTreeSet<IpAddr>>,
+    /// This node's own addresses, for `snat_source = "node"` (known when a service uses it).
+    pub node: NodeAddresses,
 }
 
 /// Health parameters of a service's checks.
@@ -110,7 +110,7 @@ impl Model {
         Model {
             services,
             resolved: None,
-            node: None,
+            node: NodeAddresses::default(),
         }
     }
 
@@ -212,15 +212,15 @@ impl Model {
     pub fn next_hop_resolved(&self, b: &BackendModel) -> bool {
         self.resolved
             .as_ref()
-            .is_none_or(|r| r.contains(b.config.address.ip()))
+            .is_none_or(|r| r.contains(&b.config.address.ip()))
     }
 
     /// Adopts the neighbour keeper's report; returns the backends whose next hop changed
     /// (name, address, resolved now), for the log.
     pub fn set_resolved(
         &mut self,
-        resolved: Option<BTreeSet<Ipv4Addr>>,
-    ) -> Vec<(String, SocketAddrV4, bool)> {
+        resolved: Option<BTreeSet<IpAddr>>,
+    ) -> Vec<(String, SocketAddr, bool)> {
         let before: Vec<bool> = self.backends().map(|b| self.next_hop_resolved(b)).collect();
         self.resolved = resolved;
         self.backends()
@@ -235,8 +235,8 @@ impl Model {
     }
 
     /// The addresses of every configured backend, whose next hops are kept resolved.
-    pub fn addresses(&self) -> BTreeSet<Ipv4Addr> {
-        self.backends().map(|b| *b.config.address.ip()).collect()
+    pub fn addresses(&self) -> BTreeSet<IpAddr> {
+        self.backends().map(|b| b.config.address.ip()).collect()
     }
 
     /// Backends that can take new flows, over all services.
@@ -259,11 +259,7 @@ impl Model {
             .collect()
     }
 
-    pub fn backend_mut(
-        &mut self,
-        service: &str,
-        address: SocketAddrV4,
-    ) -> Option<&mut BackendModel> {
+    pub fn backend_mut(&mut self, service: &str, address: SocketAddr) -> Option<&mut BackendModel> {
         self.services
             .iter_mut()
             .find(|s| s.config.name == service)?
@@ -276,7 +272,7 @@ impl Model {
     pub fn record(
         &mut self,
         service: &str,
-        address: SocketAddrV4,
+        address: SocketAddr,
         outcome: Outcome,
         took: Duration,
         now: Instant,
@@ -413,7 +409,7 @@ slowstart = "10s"
         crate::config::parse(text, "t.toml".as_ref()).unwrap()
     }
 
-    fn addr(s: &str) -> SocketAddrV4 {
+    fn addr(s: &str) -> SocketAddr {
         s.parse().unwrap()
     }
 
@@ -486,7 +482,7 @@ slowstart = "10s"
             (BackendState::Up, 50),
             "not known: taken as resolved"
         );
-        m.resolved = Some([Ipv4Addr::new(192, 0, 2, 50)].into());
+        m.resolved = Some([IpAddr::from([192, 0, 2, 50])].into());
         assert_eq!(state_of(&m, t0, "server-1"), (BackendState::Up, 100));
         assert_eq!(
             state_of(&m, t0, "server-2"),
@@ -495,7 +491,7 @@ slowstart = "10s"
         );
         assert_eq!(m.healthy_backends(), 2, "tracking counts health, not ARP");
         let changed = m.set_resolved(Some(
-            [Ipv4Addr::new(192, 0, 2, 50), Ipv4Addr::new(192, 0, 2, 51)].into(),
+            [IpAddr::from([192, 0, 2, 50]), IpAddr::from([192, 0, 2, 51])].into(),
         ));
         assert_eq!(
             changed,
@@ -508,7 +504,7 @@ slowstart = "10s"
         );
         assert_eq!(
             m.addresses(),
-            [Ipv4Addr::new(192, 0, 2, 50), Ipv4Addr::new(192, 0, 2, 51)].into()
+            [IpAddr::from([192, 0, 2, 50]), IpAddr::from([192, 0, 2, 51])].into()
         );
     }
 

@@ -94,7 +94,7 @@ impl Controller {
                     on_backend_down: format!("{:?}", s.config.on_backend_down).to_lowercase(),
                     snat_addresses: s
                         .config
-                        .snat_addresses(self.model.node)
+                        .snat_addresses(self.model.node.of_family(s.config.vip))
                         .iter()
                         .map(ToString::to_string)
                         .collect(),

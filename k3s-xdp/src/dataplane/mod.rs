@@ -15,7 +15,9 @@ pub use flows::SnatPorts;
 #[cfg(feature = "bench")]
 pub use object::BENCH_OBJECT;
 pub use object::BPF_OBJECT;
-pub use plan::{backend_entry, table, vip_entries, BackendSpec, BackendState, ServiceSpec};
+pub use plan::{
+    backend_entry, table, vip_entries, BackendSpec, BackendState, NodeAddresses, ServiceSpec,
+};
 pub use publish::{publish_table, read_globals, remove_table, write_globals, Applied, Publisher};
 
 use anyhow::{anyhow, bail, Context, Result};

@@ -94,11 +94,29 @@ impl ServiceSpec {
         }
     }
 
-    /// The same, `node` being this node's address (`snat_source = "node"`).
-    pub fn with_node(service: &config::Service, node: Option<Ipv4Addr>) -> Self {
+    /// The same, `node` being this node's addresses (`snat_source = "node"`).
+    pub fn with_node(service: &config::Service, node: NodeAddresses) -> Self {
         ServiceSpec {
-            snat_sources: addresses(service.snat_addresses(node)),
+            snat_sources: addresses(service.snat_addresses(node.of_family(service.vip))),
             ..Self::from_config(service)
+        }
+    }
+}
+
+/// This node's own addresses on `interface`, one of each family (`snat_source = "node"`);
+/// `None` where no service needs it or the interface has none.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct NodeAddresses {
+    pub v4: Option<Ipv4Addr>,
+    pub v6: Option<Ipv6Addr>,
+}
+
+impl NodeAddresses {
+    /// The node's address of `like`'s family.
+    pub fn of_family(&self, like: IpAddr) -> Option<IpAddr> {
+        match like {
+            IpAddr::V4(_) => self.v4.map(IpAddr::V4),
+            IpAddr::V6(_) => self.v6.map(IpAddr::V6),
         }
     }
 }

@@ -22,7 +22,7 @@ use rustls::{
 };
 use std::{
     io,
-    net::SocketAddrV4,
+    net::SocketAddr,
     path::Path,
     sync::Arc,
     time::{Duration, Instant},
@@ -117,7 +117,7 @@ impl Probe {
     }
 
     /// Runs one check against `addr` within `limit`; returns the outcome and how long it took.
-    pub async fn run(&self, addr: SocketAddrV4, limit: Duration) -> (Outcome, Duration) {
+    pub async fn run(&self, addr: SocketAddr, limit: Duration) -> (Outcome, Duration) {
         let started = Instant::now();
         let outcome = match timeout(limit, self.attempt(addr)).await {
             Ok(Ok(())) => Outcome::Passed,
@@ -127,7 +127,7 @@ impl Probe {
         (outcome, started.elapsed())
     }
 
-    async fn attempt(&self, addr: SocketAddrV4) -> Result<(), String> {
+    async fn attempt(&self, addr: SocketAddr) -> Result<(), String> {
         let stream = TcpStream::connect(addr).await.map_err(|e| describe(&e))?;
         let _ = stream.set_nodelay(true);
         match self {
@@ -159,7 +159,7 @@ impl Probe {
 /// code. The body is not read; the connection closes when the check ends.
 async fn get(
     tls: tokio_rustls::client::TlsStream<TcpStream>,
-    addr: SocketAddrV4,
+    addr: SocketAddr,
     path: &str,
     bearer_token: Option<&str>,
 ) -> Result<u16, String> {
@@ -215,10 +215,10 @@ fn http_error(e: &hyper::Error) -> String {
 
 async fn handshake(
     tls: &Arc<ClientConfig>,
-    addr: SocketAddrV4,
+    addr: SocketAddr,
     stream: TcpStream,
 ) -> Result<tokio_rustls::client::TlsStream<TcpStream>, String> {
-    let name = ServerName::IpAddress((*addr.ip()).into());
+    let name = ServerName::IpAddress(addr.ip().into());
     TlsConnector::from(tls.clone())
         .connect(name, stream)
         .await
@@ -339,23 +339,35 @@ mod tests {
     /// Real sockets on loopback: a refused port and a listener that accepts.
     #[tokio::test]
     async fn tcp_checks_on_loopback() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = match listener.local_addr().unwrap() {
-            std::net::SocketAddr::V4(a) => a,
-            _ => unreachable!(),
-        };
-        let (outcome, _) = Probe::Tcp.run(addr, Duration::from_secs(1)).await;
-        assert_eq!(outcome, Outcome::Passed);
-        drop(listener);
-        let (outcome, _) = Probe::Tcp.run(addr, Duration::from_secs(1)).await;
-        assert_eq!(outcome, Outcome::Failed("connection refused".into()));
+        for local in ["127.0.0.1:0", "[::1]:0"] {
+            let listener = tokio::net::TcpListener::bind(local).await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            let (outcome, _) = Probe::Tcp.run(addr, Duration::from_secs(1)).await;
+            assert_eq!(outcome, Outcome::Passed, "{addr}");
+            drop(listener);
+            let (outcome, _) = Probe::Tcp.run(addr, Duration::from_secs(1)).await;
+            assert_eq!(
+                outcome,
+                Outcome::Failed("connection refused".into()),
+                "{addr}"
+            );
+        }
     }
 
     /// A TLS server on loopback that reads each request head (a GET with the bearer token),
     /// answers `answer` and closes.
-    async fn tls_server(answer: &'static [u8]) -> (SocketAddrV4, tokio::task::JoinHandle<()>) {
+    async fn tls_server(answer: &'static [u8]) -> (SocketAddr, tokio::task::JoinHandle<()>) {
+        tls_server_on("127.0.0.1:0", answer).await
+    }
+
+    /// [`tls_server`] listening on `local`.
+    async fn tls_server_on(
+        local: &str,
+        answer: &'static [u8],
+    ) -> (SocketAddr, tokio::task::JoinHandle<()>) {
         use tokio::io::AsyncReadExt;
-        let key = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into()]).unwrap();
+        let key =
+            rcgen::generate_simple_self_signed(vec!["127.0.0.1".into(), "::1".into()]).unwrap();
         let config = rustls::ServerConfig::builder_with_provider(Arc::new(
             rustls::crypto::ring::default_provider(),
         ))
@@ -368,11 +380,8 @@ mod tests {
         )
         .unwrap();
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = match listener.local_addr().unwrap() {
-            std::net::SocketAddr::V4(a) => a,
-            _ => unreachable!(),
-        };
+        let listener = tokio::net::TcpListener::bind(local).await.unwrap();
+        let addr = listener.local_addr().unwrap();
         let task = tokio::spawn(async move {
             while let Ok((tcp, _)) = listener.accept().await {
                 let Ok(mut tls) = acceptor.accept(tcp).await else {
@@ -385,6 +394,10 @@ mod tests {
                         Ok(n) if n > 0 => head.extend_from_slice(&buf[..n]),
                         _ => break,
                     }
+                }
+                if head.is_empty() {
+                    // A tls check: the handshake, and no request.
+                    continue;
                 }
                 assert!(head.starts_with(b"GET /readyz HTTP/1.1\r\n"));
                 let head = String::from_utf8_lossy(&head).to_lowercase();
@@ -435,14 +448,31 @@ mod tests {
         server.abort();
     }
 
+    /// tls and https checks of an IPv6 backend (on `::1`): the handshake names the server by
+    /// its IPv6 address, the request's Host is `[addr]:port`.
+    #[tokio::test]
+    async fn tls_and_https_checks_over_ipv6() {
+        let tls = Probe::tls_config(&TlsFiles::default()).unwrap();
+        let limit = Duration::from_secs(5);
+        let (addr, server) = tls_server_on("[::1]:0", b"HTTP/1.1 200 OK\r\n\r\n").await;
+        assert!(addr.is_ipv6());
+        let tls_probe = Probe::Tls { tls: tls.clone() };
+        assert_eq!(tls_probe.run(addr, limit).await.0, Outcome::Passed);
+        let https = Probe::Https {
+            tls,
+            path: "/readyz".into(),
+            expect: vec![200],
+            bearer_token: Some("t0ken".into()),
+        };
+        assert_eq!(https.run(addr, limit).await.0, Outcome::Passed);
+        server.abort();
+    }
+
     /// A listener that accepts TCP but never speaks TLS: the tls check times out.
     #[tokio::test]
     async fn a_tls_check_against_a_silent_server_times_out() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = match listener.local_addr().unwrap() {
-            std::net::SocketAddr::V4(a) => a,
-            _ => unreachable!(),
-        };
+        let addr = listener.local_addr().unwrap();
         let hold = tokio::spawn(async move {
             let (s, _) = listener.accept().await.unwrap();
             tokio::time::sleep(Duration::from_secs(2)).await;

@@ -165,7 +165,7 @@ pub fn import(
             name = format!("{backend_name}-{}", f.port);
             names.insert(name.clone());
         }
-        let mut service = Service::new(&name, service_vip, f.port);
+        let mut service = Service::new(&name, service_vip.into(), f.port);
         let mut seen = BTreeSet::new();
         for s in &b.servers {
             let port = s.port.unwrap_or(f.port);
@@ -193,7 +193,7 @@ pub fn import(
             };
             service.backends.push(BackendConfig {
                 name: s.name.clone(),
-                address: SocketAddrV4::new(s.addr, port),
+                address: SocketAddrV4::new(s.addr, port).into(),
                 weight,
             });
         }
@@ -358,7 +358,10 @@ fn vrrp(
     let addresses = i
         .virtual_ipaddress
         .iter()
-        .map(|&(addr, prefix_len)| VirtualAddress { addr, prefix_len })
+        .map(|&(addr, prefix_len)| VirtualAddress {
+            addr: addr.into(),
+            prefix_len,
+        })
         .collect();
     let mut v = Vrrp::new(vrid, addresses);
     // keepalived speaks VRRPv2 unless told otherwise: keep it, to interoperate meanwhile.
@@ -386,8 +389,8 @@ fn vrrp(
             advert_int
         };
     }
-    v.unicast_src_ip = i.unicast_src_ip;
-    v.unicast_peers = i.unicast_peers.clone();
+    v.unicast_src_ip = i.unicast_src_ip.map(Into::into);
+    v.unicast_peers = i.unicast_peers.iter().map(|&p| p.into()).collect();
     v.preempt = i.preempt;
     v.preempt_delay = i.preempt_delay.unwrap_or(v.preempt_delay);
     if let Some(pass) = &i.auth_pass {

@@ -24,7 +24,7 @@ use netlink_packet_route::{
 use rtnetlink::packet_core::{NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_REQUEST};
 use std::{
     collections::{BTreeMap, BTreeSet},
-    net::{IpAddr, Ipv4Addr},
+    net::IpAddr,
     time::Duration,
 };
 use tokio::sync::watch;
@@ -46,7 +46,7 @@ const FIRST_REPORT_WAIT: Duration = Duration::from_secs(1);
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct NextHop {
     pub ifindex: u32,
-    pub via: Ipv4Addr,
+    pub via: IpAddr,
 }
 
 /// A neighbour entry's state, as far as forwarding cares.
@@ -80,13 +80,17 @@ impl Entry {
 impl Netlink {
     /// The next hop toward `dst` from the main routing decision (`ip route get`); `None` when
     /// `dst` is one of this host's own addresses (nothing to resolve).
-    pub async fn next_hop(&self, dst: Ipv4Addr) -> Result<Option<NextHop>> {
+    pub async fn next_hop(&self, dst: IpAddr) -> Result<Option<NextHop>> {
         let mut message = RouteMessage::default();
-        message.header.address_family = AddressFamily::Inet;
-        message.header.destination_prefix_length = 32;
+        let (family, prefix_len, address) = match dst {
+            IpAddr::V4(a) => (AddressFamily::Inet, 32, RouteAddress::Inet(a)),
+            IpAddr::V6(a) => (AddressFamily::Inet6, 128, RouteAddress::Inet6(a)),
+        };
+        message.header.address_family = family;
+        message.header.destination_prefix_length = prefix_len;
         message
             .attributes
-            .push(RouteAttribute::Destination(RouteAddress::Inet(dst)));
+            .push(RouteAttribute::Destination(address));
         let mut answers = self.handle.route().get(message).execute();
         let route = answers
             .next()
@@ -104,7 +108,8 @@ impl Netlink {
         for attr in &route.attributes {
             match attr {
                 RouteAttribute::Oif(i) => hop.ifindex = *i,
-                RouteAttribute::Gateway(RouteAddress::Inet(gw)) => hop.via = *gw,
+                RouteAttribute::Gateway(RouteAddress::Inet(gw)) => hop.via = IpAddr::V4(*gw),
+                RouteAttribute::Gateway(RouteAddress::Inet6(gw)) => hop.via = IpAddr::V6(*gw),
                 _ => {}
             }
         }
@@ -148,7 +153,7 @@ impl Netlink {
         let mut request = self
             .handle
             .neighbours()
-            .add(hop.ifindex, IpAddr::V4(hop.via))
+            .add(hop.ifindex, hop.via)
             .state(NeighbourState::None)
             .replace();
         let message = request.message_mut();
@@ -189,11 +194,24 @@ impl Netlink {
     /// did not stop cleanly.
     pub async fn managed_neighbours(&self, ifindex: u32) -> Result<Vec<NextHop>> {
         let mut out = Vec::new();
+        for family in [AddressFamily::Inet, AddressFamily::Inet6] {
+            self.managed_neighbours_of(ifindex, family, &mut out)
+                .await?;
+        }
+        Ok(out)
+    }
+
+    async fn managed_neighbours_of(
+        &self,
+        ifindex: u32,
+        family: AddressFamily,
+        out: &mut Vec<NextHop>,
+    ) -> Result<()> {
         let mut dump = self
             .handle
             .neighbours()
             .get()
-            .set_address_family(AddressFamily::Inet)
+            .set_address_family(family)
             .execute();
         while let Some(n) = dump.next().await {
             let n = n.map_err(|e| anyhow!("listing neighbours: {e}"))?;
@@ -205,36 +223,39 @@ impl Netlink {
                 .iter()
                 .any(|a| matches!(a, NeighbourAttribute::Protocol(RouteProtocol::Other(p)) if *p == PROTOCOL));
             let via = n.attributes.iter().find_map(|a| match a {
-                NeighbourAttribute::Destination(NeighbourAddress::Inet(v)) => Some(*v),
+                NeighbourAttribute::Destination(NeighbourAddress::Inet(v)) => Some(IpAddr::V4(*v)),
+                NeighbourAttribute::Destination(NeighbourAddress::Inet6(v)) => Some(IpAddr::V6(*v)),
                 _ => None,
             });
             if let (true, Some(via)) = (ours, via) {
                 out.push(NextHop { ifindex, via });
             }
         }
-        Ok(out)
+        Ok(())
     }
 }
 
 fn neighbour_message(hop: NextHop) -> NeighbourMessage {
     let mut message = NeighbourMessage::default();
-    message.header.family = AddressFamily::Inet;
+    let (family, address) = match hop.via {
+        IpAddr::V4(a) => (AddressFamily::Inet, NeighbourAddress::Inet(a)),
+        IpAddr::V6(a) => (AddressFamily::Inet6, NeighbourAddress::Inet6(a)),
+    };
+    message.header.family = family;
     message.header.ifindex = hop.ifindex;
     message
         .attributes
-        .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(
-            hop.via,
-        )));
+        .push(NeighbourAttribute::Destination(address));
     message
 }
 
 /// Which backends have a usable next hop; `None` while the keeper cannot tell (then every
 /// backend is taken as resolved, as before the keeper existed).
-pub type Resolved = Option<BTreeSet<Ipv4Addr>>;
+pub type Resolved = Option<BTreeSet<IpAddr>>;
 
 /// The keeper's handle: tell it the backends, stop it.
 pub struct Keeper {
-    wanted: watch::Sender<BTreeSet<Ipv4Addr>>,
+    wanted: watch::Sender<BTreeSet<IpAddr>>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -244,7 +265,7 @@ impl Keeper {
     /// changes. Managed entries left on `ifindex` by an earlier run are deleted first.
     pub fn spawn(
         ifindex: u32,
-        backends: BTreeSet<Ipv4Addr>,
+        backends: BTreeSet<IpAddr>,
         report: impl FnMut(Resolved) + Send + 'static,
     ) -> Self {
         let (wanted, wanted_rx) = watch::channel(backends);
@@ -258,7 +279,7 @@ impl Keeper {
     }
 
     /// The backends are now `backends`.
-    pub fn want(&self, backends: BTreeSet<Ipv4Addr>) {
+    pub fn want(&self, backends: BTreeSet<IpAddr>) {
         self.wanted.send_if_modified(|w| {
             let changed = *w != backends;
             *w = backends;
@@ -278,7 +299,7 @@ impl Keeper {
 
 async fn keep(
     ifindex: u32,
-    mut wanted: watch::Receiver<BTreeSet<Ipv4Addr>>,
+    mut wanted: watch::Receiver<BTreeSet<IpAddr>>,
     mut stop: tokio::sync::oneshot::Receiver<()>,
     mut report: impl FnMut(Resolved),
 ) {
@@ -325,7 +346,7 @@ async fn keep(
 #[derive(Default)]
 struct State {
     managed: BTreeSet<NextHop>,
-    warned: BTreeSet<Ipv4Addr>,
+    warned: BTreeSet<IpAddr>,
     /// Managed entries are refused (a kernel before 5.16): the health checks' connections
     /// resolve the next hops, and nothing keeps them.
     unmanaged: bool,
@@ -333,8 +354,8 @@ struct State {
 
 impl State {
     /// One pass: each backend's next hop found, asked to be kept resolved, and its state read.
-    async fn round(&mut self, netlink: &Netlink, backends: &BTreeSet<Ipv4Addr>) -> Resolved {
-        let mut hops: BTreeMap<Ipv4Addr, Option<NextHop>> = BTreeMap::new();
+    async fn round(&mut self, netlink: &Netlink, backends: &BTreeSet<IpAddr>) -> Resolved {
+        let mut hops: BTreeMap<IpAddr, Option<NextHop>> = BTreeMap::new();
         for &backend in backends {
             match netlink.next_hop(backend).await {
                 Ok(hop) => {
@@ -383,7 +404,7 @@ impl State {
             }
             usable.insert(hop, entry.usable());
         }
-        let resolved: BTreeSet<Ipv4Addr> = hops
+        let resolved: BTreeSet<IpAddr> = hops
             .iter()
             .filter(|(_, hop)| hop.is_none_or(|hop| usable.get(&hop).copied().unwrap_or(false)))
             .map(|(backend, _)| *backend)

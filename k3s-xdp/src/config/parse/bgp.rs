@@ -31,8 +31,7 @@ pub(super) fn read_bgp(
     );
     let vips = t.get(cx, "vips", |cx, p, item| {
         let elems = array(cx, p, item, "an array of VIPs like [\"192.0.2.100\"]")?;
-        let vips: Vec<Option<Ipv4Addr>> =
-            elems.iter().map(|e| vip(cx, &e.path, &e.item())).collect();
+        let vips: Vec<Option<IpAddr>> = elems.iter().map(|e| vip(cx, &e.path, &e.item())).collect();
         vips.into_iter().collect()
     });
     let track = t

@@ -22,7 +22,7 @@ use super::{
 use std::{
     collections::{HashMap, HashSet},
     fmt::Display,
-    net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6},
+    net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4},
     ops::Range,
     path::{Path, PathBuf},
     time::Duration,

@@ -6,7 +6,7 @@ use super::*;
 pub(super) fn placeholder_service() -> Service {
     Service {
         name: String::new(),
-        vip: Ipv4Addr::UNSPECIFIED,
+        vip: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
         port: 0,
         protocol: defaults::PROTOCOL,
         mode: defaults::MODE,
@@ -21,7 +21,7 @@ pub(super) fn placeholder_service() -> Service {
 pub(super) fn placeholder_backend() -> BackendConfig {
     BackendConfig {
         name: String::new(),
-        address: SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0),
+        address: SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0)),
         weight: defaults::BACKEND_WEIGHT,
     }
 }
@@ -34,7 +34,12 @@ pub(super) fn read_service(
 ) -> Service {
     let t = Fields::open(cx, path, table, span, "[[service]]", SERVICE_KEYS);
     let name = t.require(cx, "name", "a name like \"k3s-api\"", name);
-    let vip = t.require(cx, "vip", "an IPv4 address like \"192.0.2.100\"", vip);
+    let vip = t.require(
+        cx,
+        "vip",
+        "an IP address like \"192.0.2.100\" or \"2001:db8::100\"",
+        vip,
+    );
     let port = t.require(cx, "port", "a port like 6443", port);
     let protocol = t
         .get(cx, "protocol", |cx, p, i| {
@@ -92,7 +97,7 @@ pub(super) fn read_service(
         .unwrap_or_default();
     Service {
         name: name.unwrap_or_default(),
-        vip: vip.unwrap_or(Ipv4Addr::UNSPECIFIED),
+        vip: vip.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
         port: port.unwrap_or(0),
         protocol,
         mode,
@@ -107,7 +112,7 @@ pub(super) fn read_service(
 /// `"vip"`, `"node"`, `"IP"`, or a list of them (a pool).
 pub(super) fn snat_source(cx: &mut Cx, path: &str, item: &Item) -> Option<Vec<SnatSource>> {
     const EXPECTED: &str =
-        "\"vip\", \"node\", an IPv4 address like \"192.0.2.10\", or a list of them";
+        "\"vip\", \"node\", an IP address like \"192.0.2.10\", or a list of them";
     if item.as_array().is_some() {
         let elems = array(cx, path, item, EXPECTED)?;
         if elems.is_empty() {
@@ -140,12 +145,12 @@ pub(super) fn one_snat_source(cx: &mut Cx, path: &str, item: &Item) -> Option<Sn
                 path,
                 item.span(),
                 format!(
-                    "expected \"vip\", \"node\" or an IPv4 address like \"192.0.2.10\", found {text:?}"
+                    "expected \"vip\", \"node\" or an IP address like \"192.0.2.10\", found {text:?}"
                 ),
             );
             None
         }
-        _ => host_ipv4(cx, path, item, "SNAT sources").map(SnatSource::Address),
+        _ => host_ip(cx, path, item).map(SnatSource::Address),
     }
 }
 
@@ -187,7 +192,7 @@ pub(super) fn read_backend(
     let address = t.require(
         cx,
         "address",
-        "\"IP:PORT\" like \"192.0.2.50:6443\"",
+        "\"IP:PORT\" like \"192.0.2.50:6443\" or \"[2001:db8::50]:6443\"",
         |cx, p, i| backend_address(cx, p, i, service_port),
     );
     let weight = t
@@ -205,7 +210,7 @@ pub(super) fn read_backend(
         .unwrap_or(defaults::BACKEND_WEIGHT);
     BackendConfig {
         name: name.unwrap_or_default(),
-        address: address.unwrap_or(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0)),
+        address: address.unwrap_or(SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0))),
         weight,
     }
 }

@@ -216,25 +216,27 @@ pub(super) fn name(cx: &mut Cx, path: &str, item: &Item) -> Option<String> {
     Some(text)
 }
 
-/// Why an IPv4 address cannot be a VIP, backend or VRRP peer, if it cannot.
-pub(super) fn not_unicast(addr: Ipv4Addr) -> Option<&'static str> {
-    if addr.is_unspecified() {
-        Some("the unspecified address")
-    } else if addr.is_loopback() {
-        Some("a loopback address")
-    } else if addr.is_multicast() {
-        Some("a multicast address")
-    } else if addr.is_broadcast() {
-        Some("the broadcast address")
-    } else {
-        None
+/// Why an address cannot be a VIP, backend or VRRP peer, if it cannot.
+pub(super) fn not_unicast(addr: IpAddr) -> Option<&'static str> {
+    match addr {
+        _ if addr.is_unspecified() => Some("the unspecified address"),
+        _ if addr.is_loopback() => Some("a loopback address"),
+        _ if addr.is_multicast() => Some("a multicast address"),
+        IpAddr::V4(a) if a.is_broadcast() => Some("the broadcast address"),
+        IpAddr::V6(a) if a.to_ipv4_mapped().is_some() => {
+            Some("an IPv4-mapped IPv6 address (write the IPv4 address)")
+        }
+        IpAddr::V6(a) if a.is_unicast_link_local() => {
+            Some("a link-local address (it names no host beyond the link)")
+        }
+        _ => None,
     }
 }
 
-/// An IPv4 address of a host; `plural` names what it is in the IPv6 message ("VIPs").
-pub(super) fn host_ipv4(cx: &mut Cx, path: &str, item: &Item, plural: &str) -> Option<Ipv4Addr> {
+/// The address of a host, IPv4 or IPv6.
+pub(super) fn host_ip(cx: &mut Cx, path: &str, item: &Item) -> Option<IpAddr> {
     let text = string(cx, path, item)?;
-    match text.parse::<Ipv4Addr>() {
+    match text.parse::<IpAddr>() {
         Ok(addr) => match not_unicast(addr) {
             None => Some(addr),
             Some(what) => {
@@ -246,61 +248,55 @@ pub(super) fn host_ipv4(cx: &mut Cx, path: &str, item: &Item, plural: &str) -> O
                 None
             }
         },
-        Err(_) if text.parse::<Ipv6Addr>().is_ok() => {
-            cx.error_at(
-                path,
-                item.span(),
-                format!("IPv6 {plural} are not supported yet, found {text:?}"),
-            );
-            None
-        }
         Err(_) => {
             cx.error_at(
                 path,
                 item.span(),
-                format!("expected an IPv4 address like \"192.0.2.100\", found {text:?}"),
+                format!(
+                    "expected an IP address like \"192.0.2.100\" or \"2001:db8::100\", found {text:?}"
+                ),
             );
             None
         }
     }
 }
 
-pub(super) fn vip(cx: &mut Cx, path: &str, item: &Item) -> Option<Ipv4Addr> {
-    host_ipv4(cx, path, item, "VIPs")
+pub(super) fn vip(cx: &mut Cx, path: &str, item: &Item) -> Option<IpAddr> {
+    host_ip(cx, path, item)
 }
 
-pub(super) fn peer(cx: &mut Cx, path: &str, item: &Item) -> Option<Ipv4Addr> {
-    host_ipv4(cx, path, item, "VRRP peers")
+pub(super) fn peer(cx: &mut Cx, path: &str, item: &Item) -> Option<IpAddr> {
+    host_ip(cx, path, item)
 }
 
-/// `"IP:PORT"`, or `"IP"` for `service_port` (`None` when the service port was wrong).
+/// `"IP:PORT"` (`"[IPv6]:PORT"`), or `"IP"` for `service_port` (`None` when the service port
+/// was wrong).
 pub(super) fn backend_address(
     cx: &mut Cx,
     path: &str,
     item: &Item,
     service_port: Option<u16>,
-) -> Option<SocketAddrV4> {
+) -> Option<SocketAddr> {
     let text = string(cx, path, item)?;
-    let addr = if let Ok(addr) = text.parse::<SocketAddrV4>() {
+    let bare = text
+        .strip_prefix('[')
+        .and_then(|t| t.strip_suffix(']'))
+        .unwrap_or(text);
+    let addr = if let Ok(addr) = text.parse::<SocketAddr>() {
         addr
-    } else if let Ok(ip) = text.parse::<Ipv4Addr>() {
+    } else if let Ok(ip) = bare.parse::<IpAddr>() {
         let Some(port) = service_port else {
             cx.mark_bad(path);
             return None;
         };
-        SocketAddrV4::new(ip, port)
-    } else if text.parse::<SocketAddrV6>().is_ok() || text.parse::<Ipv6Addr>().is_ok() {
-        cx.error_at(
-            path,
-            item.span(),
-            format!("IPv6 backends are not supported yet, found {text:?}"),
-        );
-        return None;
+        SocketAddr::new(ip, port)
     } else {
         cx.error_at(
             path,
             item.span(),
-            format!("expected \"IP:PORT\" like \"192.0.2.51:6443\", found {text:?}"),
+            format!(
+                "expected \"IP:PORT\" like \"192.0.2.51:6443\" or \"[2001:db8::51]:6443\", found {text:?}"
+            ),
         );
         return None;
     };
@@ -312,7 +308,17 @@ pub(super) fn backend_address(
         );
         return None;
     }
-    if let Some(what) = not_unicast(*addr.ip()) {
+    if let SocketAddr::V6(a) = addr {
+        if a.scope_id() != 0 || a.flowinfo() != 0 {
+            cx.error_at(
+                path,
+                item.span(),
+                format!("expected a global IPv6 address without a zone, found {text:?}"),
+            );
+            return None;
+        }
+    }
+    if let Some(what) = not_unicast(addr.ip()) {
         cx.error_at(
             path,
             item.span(),

@@ -45,7 +45,7 @@ pub(super) fn read_vrrp(
     let unicast_peers = t
         .get(cx, "unicast_peers", |cx, p, item| {
             let elems = array(cx, p, item, "an array of addresses like [\"192.0.2.99\"]")?;
-            let peers: Vec<Option<Ipv4Addr>> =
+            let peers: Vec<Option<IpAddr>> =
                 elems.iter().map(|e| peer(cx, &e.path, &e.item())).collect();
             peers.into_iter().collect()
         })
@@ -158,51 +158,46 @@ pub(super) fn virtual_addresses(
     addrs.into_iter().collect()
 }
 
-/// `"ip/prefix"` or `"ip"` (a /32).
+/// `"ip/prefix"` or `"ip"` (a /32, an IPv6 one a /128).
 pub(super) fn virtual_address(cx: &mut Cx, path: &str, item: &Item) -> Option<VirtualAddress> {
     let text = string(cx, path, item)?;
     let (ip, prefix) = match text.split_once('/') {
         Some((ip, prefix)) => (ip, Some(prefix)),
         None => (text, None),
     };
-    let prefix_len = match prefix.map(str::parse::<u8>) {
-        None => Some(defaults::VIRTUAL_ADDRESS_PREFIX),
-        Some(Ok(p)) if p <= 32 => Some(p),
-        Some(_) => None,
+    let Ok(addr) = ip.parse::<IpAddr>() else {
+        cx.error_at(
+            path,
+            item.span(),
+            format!(
+                "expected \"IP/PREFIX\" like \"192.0.2.100/24\" or \"2001:db8::100/64\", found {text:?}"
+            ),
+        );
+        return None;
     };
-    match (ip.parse::<Ipv4Addr>(), prefix_len) {
-        (Ok(addr), Some(prefix_len)) if not_unicast(addr).is_none() => {
-            Some(VirtualAddress { addr, prefix_len })
-        }
-        (Ok(addr), Some(_)) => {
-            let what = not_unicast(addr).unwrap_or("not a host address");
+    let max = if addr.is_ipv4() { 32 } else { 128 };
+    let prefix_len = match prefix.map(str::parse::<u8>) {
+        None if addr.is_ipv4() => defaults::VIRTUAL_ADDRESS_PREFIX,
+        None => defaults::VIRTUAL_ADDRESS_PREFIX6,
+        Some(Ok(p)) if p <= max => p,
+        Some(_) => {
             cx.error_at(
                 path,
                 item.span(),
-                format!("expected the address of a host, found {what} ({addr})"),
+                format!("expected a prefix length of 0..={max} after the address, found {text:?}"),
             );
-            None
+            return None;
         }
-        (Err(_), _) if ip.parse::<Ipv6Addr>().is_ok() => {
-            cx.error_at(
-                path,
-                item.span(),
-                format!("IPv6 virtual addresses are not supported yet, found {text:?}"),
-            );
-            None
-        }
-        _ => {
-            cx.error_at(
-                path,
-                item.span(),
-                format!(
-                    "expected \"IP/PREFIX\" like \"192.0.2.100/24\" (prefix 0..=32, default 32), \
-                     found {text:?}"
-                ),
-            );
-            None
-        }
+    };
+    if let Some(what) = not_unicast(addr) {
+        cx.error_at(
+            path,
+            item.span(),
+            format!("expected the address of a host, found {what} ({addr})"),
+        );
+        return None;
     }
+    Some(VirtualAddress { addr, prefix_len })
 }
 
 pub(super) fn read_track(

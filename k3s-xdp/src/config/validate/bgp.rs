@@ -3,11 +3,11 @@
 use super::super::{parse::Cx, Bgp, Config};
 use std::{
     collections::{HashMap, HashSet},
-    net::Ipv4Addr,
+    net::IpAddr,
 };
 
 /// The VIPs `[bgp]` announces, when the section and its `vips` read well.
-pub(super) fn announced(config: &Config, cx: &Cx) -> HashSet<Ipv4Addr> {
+pub(super) fn announced(config: &Config, cx: &Cx) -> HashSet<IpAddr> {
     match &config.bgp {
         Some(bgp) if !cx.is_bad("bgp.vips") => {
             bgp.announced(&config.services).into_iter().collect()
@@ -19,9 +19,9 @@ pub(super) fn announced(config: &Config, cx: &Cx) -> HashSet<Ipv4Addr> {
 /// `[bgp]`: listed VIPs are service VIPs, each once; a VIP is announced by BGP or moved by
 /// VRRP, never both; a track that can never pass is refused.
 pub(super) fn bgp_rules(config: &Config, bgp: &Bgp, cx: &mut Cx) {
-    let vips: HashSet<Ipv4Addr> = config.services.iter().map(|s| s.vip).collect();
+    let vips: HashSet<IpAddr> = config.services.iter().map(|s| s.vip).collect();
     if let (Some(listed), false) = (&bgp.vips, cx.any_bad_under("bgp.vips")) {
-        let mut seen: HashMap<Ipv4Addr, usize> = HashMap::new();
+        let mut seen: HashMap<IpAddr, usize> = HashMap::new();
         for (j, &vip) in listed.iter().enumerate() {
             let path = format!("bgp.vips[{j}]");
             if let Some(&first) = seen.get(&vip) {

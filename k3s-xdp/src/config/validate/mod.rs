@@ -17,7 +17,7 @@ use bgp::{announced, bgp_rules};
 use k3s_xdp_common::{MAX_BACKENDS, MAX_PORTS_PER_VIP, MAX_SERVICES, MAX_SNAT_SOURCES, MAX_VIPS};
 use std::{
     collections::{HashMap, HashSet},
-    net::Ipv4Addr,
+    net::IpAddr,
 };
 use vrrp::vrrp_rules;
 
@@ -51,7 +51,7 @@ pub(super) fn validate(config: &Config, cx: &mut Cx) {
 /// Unique names, and one service per VIP:port:protocol.
 fn service_identities(config: &Config, cx: &mut Cx) {
     let mut names: HashMap<&str, usize> = HashMap::new();
-    let mut listeners: HashMap<(Ipv4Addr, u16, Protocol), usize> = HashMap::new();
+    let mut listeners: HashMap<(IpAddr, u16, Protocol), usize> = HashMap::new();
     for (i, s) in config.services.iter().enumerate() {
         let path = format!("service[{i}]");
         let name_path = join(&path, "name");
@@ -100,11 +100,11 @@ fn nat_to_dsr_hosts(config: &Config, cx: &mut Cx) {
         let path = format!("service[{i}]");
         !cx.is_bad(&path) && !cx.is_bad(&join(&path, "vip")) && !cx.is_bad(&join(&path, "mode"))
     };
-    let mut dsr_hosts: HashMap<(Ipv4Addr, Ipv4Addr), (usize, usize)> = HashMap::new();
+    let mut dsr_hosts: HashMap<(IpAddr, IpAddr), (usize, usize)> = HashMap::new();
     for (i, s) in config.services.iter().enumerate() {
         if s.mode == Mode::Dsr && usable(i, cx) {
             for (j, b) in s.backends.iter().enumerate() {
-                dsr_hosts.entry((s.vip, *b.address.ip())).or_insert((i, j));
+                dsr_hosts.entry((s.vip, b.address.ip())).or_insert((i, j));
             }
         }
     }
@@ -113,7 +113,7 @@ fn nat_to_dsr_hosts(config: &Config, cx: &mut Cx) {
             continue;
         }
         for (j, b) in s.backends.iter().enumerate() {
-            let Some(&(di, dj)) = dsr_hosts.get(&(s.vip, *b.address.ip())) else {
+            let Some(&(di, dj)) = dsr_hosts.get(&(s.vip, b.address.ip())) else {
                 continue;
             };
             let dsr = &config.services[di];
@@ -148,8 +148,8 @@ fn data_plane_limits(config: &Config, cx: &mut Cx) {
     // Slot 0 of the backend map means "no backend".
     let max_backends = MAX_BACKENDS as usize - 1;
     let mut backends = 0usize;
-    let mut per_vip: HashMap<Ipv4Addr, usize> = HashMap::new();
-    let mut vips: HashSet<Ipv4Addr> = HashSet::new();
+    let mut per_vip: HashMap<IpAddr, usize> = HashMap::new();
+    let mut vips: HashSet<IpAddr> = HashSet::new();
     for (i, s) in config.services.iter().enumerate() {
         let path = format!("service[{i}]");
         let before = backends;
@@ -193,12 +193,12 @@ fn data_plane_limits(config: &Config, cx: &mut Cx) {
 /// SNAT pools: nat services only, each source once, no other service's VIP, within the data
 /// plane's limits; with `[vrrp]`, every address of a pool moves with the VIPs.
 fn snat_sources(config: &Config, cx: &mut Cx) {
-    let vips: HashMap<Ipv4Addr, &str> = config
+    let vips: HashMap<IpAddr, &str> = config
         .services
         .iter()
         .map(|s| (s.vip, s.name.as_str()))
         .collect();
-    let mut held: HashSet<Ipv4Addr> = HashSet::new();
+    let mut held: HashSet<IpAddr> = HashSet::new();
     for (i, s) in config.services.iter().enumerate() {
         let path = format!("service[{i}].snat_source");
         if cx.is_bad(&path) || s.snat_source == [SnatSource::Vip] {
@@ -241,6 +241,18 @@ fn snat_sources(config: &Config, cx: &mut Cx) {
             if addr == s.vip {
                 continue;
             }
+            if addr.is_ipv4() != s.vip.is_ipv4() {
+                cx.error(
+                    &at,
+                    format!(
+                        "{addr} is not of the family of VIP {}: the backends of an {} VIP see a \
+                         source of that family (there is no NAT64)",
+                        s.vip,
+                        family(s.vip)
+                    ),
+                );
+                continue;
+            }
             if let Some(other) = vips.get(&addr) {
                 cx.error(
                     &at,
@@ -259,7 +271,8 @@ fn snat_sources(config: &Config, cx: &mut Cx) {
                         format!(
                             "{addr} is not in vrrp.virtual_ipaddress, so VRRP would not move it \
                              with the VIPs and the backends' replies would reach the old master; \
-                             add \"{addr}/32\" (or with the prefix of its subnet)"
+                             add \"{addr}/{}\" (or with the prefix of its subnet)",
+                            host_prefix(addr)
                         ),
                     );
                 }
@@ -303,6 +316,21 @@ fn backends(s: &Service, path: &str, cx: &mut Cx) {
         }
         let address_path = join(&backend, "address");
         if cx.is_bad(&address_path) {
+            continue;
+        }
+        if !cx.is_bad(&join(path, "vip")) && b.address.is_ipv4() != s.vip.is_ipv4() {
+            cx.error(
+                &address_path,
+                format!(
+                    "backend {} is an {} address and VIP {} an {} one: a service's backends are \
+                     of its VIP's family (there is no NAT64); make another service with a VIP of \
+                     the backend's family",
+                    b.address,
+                    family(b.address.ip()),
+                    s.vip,
+                    family(s.vip)
+                ),
+            );
             continue;
         }
         if let Some(&first) = addresses.get(&b.address) {
@@ -440,5 +468,21 @@ fn health(s: &Service, path: &str, cx: &mut Cx) {
                 duration::format(h.inter)
             ),
         );
+    }
+}
+
+/// "IPv4" or "IPv6", for messages.
+pub(super) fn family(addr: IpAddr) -> &'static str {
+    match addr {
+        IpAddr::V4(_) => "IPv4",
+        IpAddr::V6(_) => "IPv6",
+    }
+}
+
+/// The prefix of a host route of `addr`'s family (32 or 128), for the hints of messages.
+pub(super) fn host_prefix(addr: IpAddr) -> u8 {
+    match addr {
+        IpAddr::V4(_) => 32,
+        IpAddr::V6(_) => 128,
     }
 }

@@ -3,11 +3,11 @@
 
 use super::{
     super::{duration, parse::Cx, Config, InitialState, Vrrp},
-    announced,
+    announced, family, host_prefix,
 };
 use std::{
     collections::{HashMap, HashSet},
-    net::Ipv4Addr,
+    net::IpAddr,
     time::Duration,
 };
 
@@ -21,7 +21,7 @@ pub(super) fn vrrp_rules(config: &Config, v: &Vrrp, cx: &mut Cx) {
 
     // Every VIP must move with the VRRP instance.
     if !cx.any_bad_under("vrrp.virtual_ipaddress") {
-        let mut seen: HashMap<Ipv4Addr, usize> = HashMap::new();
+        let mut seen: HashMap<IpAddr, usize> = HashMap::new();
         for (j, a) in v.virtual_ipaddress.iter().enumerate() {
             if let Some(&first) = seen.get(&a.addr) {
                 let line = cx.line_of(&format!("vrrp.virtual_ipaddress[{first}]"));
@@ -43,15 +43,18 @@ pub(super) fn vrrp_rules(config: &Config, v: &Vrrp, cx: &mut Cx) {
                 &vip_path,
                 format!(
                     "VIP {} of service {:?} is not in vrrp.virtual_ipaddress, so VRRP would not \
-                     hold it; add \"{}/32\" (or with the prefix of its subnet)",
-                    s.vip, s.name, s.vip
+                     hold it; add \"{}/{}\" (or with the prefix of its subnet)",
+                    s.vip,
+                    s.name,
+                    s.vip,
+                    host_prefix(s.vip)
                 ),
             );
         }
     }
 
     // Peers: other nodes, each once.
-    let virtual_addrs: HashSet<Ipv4Addr> = v.virtual_ipaddress.iter().map(|a| a.addr).collect();
+    let virtual_addrs: HashSet<IpAddr> = v.virtual_ipaddress.iter().map(|a| a.addr).collect();
     if let Some(src) = v.unicast_src_ip {
         if virtual_addrs.contains(&src) {
             cx.error(
@@ -60,7 +63,7 @@ pub(super) fn vrrp_rules(config: &Config, v: &Vrrp, cx: &mut Cx) {
             );
         }
     }
-    let mut peers: HashMap<Ipv4Addr, usize> = HashMap::new();
+    let mut peers: HashMap<IpAddr, usize> = HashMap::new();
     for (j, &p) in v.unicast_peers.iter().enumerate() {
         let path = format!("vrrp.unicast_peers[{j}]");
         if Some(p) == v.unicast_src_ip {
@@ -81,8 +84,46 @@ pub(super) fn vrrp_rules(config: &Config, v: &Vrrp, cx: &mut Cx) {
         }
     }
 
+    // Each family's virtual router sends to the peers of its family.
+    let has = |v4: bool| v.virtual_ipaddress.iter().any(|a| a.addr.is_ipv4() == v4);
+    if !cx.any_bad_under("vrrp.virtual_ipaddress") {
+        for (j, &p) in v.unicast_peers.iter().enumerate() {
+            if !has(p.is_ipv4()) {
+                cx.error(
+                    &format!("vrrp.unicast_peers[{j}]"),
+                    format!(
+                        "{p} is an {} peer, and virtual_ipaddress has no {} address, so no \
+                         virtual router would send to it",
+                        family(p),
+                        family(p)
+                    ),
+                );
+            }
+        }
+        if let Some(src) = v.unicast_src_ip.filter(|src| !has(src.is_ipv4())) {
+            cx.error(
+                "vrrp.unicast_src_ip",
+                format!(
+                    "{src} is an {} address, and virtual_ipaddress has no {} address, so no \
+                     virtual router would send from it",
+                    family(src),
+                    family(src)
+                ),
+            );
+        }
+    }
+
     // What each VRRP version can carry.
     if !cx.is_bad("vrrp.version") {
+        if v.version == 2 && !cx.any_bad_under("vrrp.virtual_ipaddress") {
+            if let Some(j) = v.virtual_ipaddress.iter().position(|a| a.addr.is_ipv6()) {
+                cx.error(
+                    &format!("vrrp.virtual_ipaddress[{j}]"),
+                    "VRRP version 2 carries IPv4 addresses only (RFC 3768); IPv6 addresses \
+                     need version = 3 (RFC 9568), as keepalived's IPv6 instances",
+                );
+            }
+        }
         if v.version == 3 && v.auth_pass.is_some() {
             cx.error(
                 "vrrp.auth_pass",
