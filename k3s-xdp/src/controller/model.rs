@@ -375,7 +375,7 @@ pub fn backend_spec(b: &BackendModel, resolved: bool, now: Instant) -> BackendSp
     };
     BackendSpec {
         name: b.config.name.clone(),
-        address: b.config.address.into(),
+        address: b.config.address,
         state,
         weight: if state == BackendState::Up && resolved {
             b.health.effective_weight(b.config.weight, now)

@@ -39,7 +39,7 @@ impl Controller {
                         let spec = model::backend_spec(b, resolved, now);
                         let slot = self
                             .publisher
-                            .backend_slot(&s.config.name, b.config.address.into());
+                            .backend_slot(&s.config.name, b.config.address);
                         let t = slot
                             .and_then(|slot| self.dp.backend_traffic(slot).ok())
                             .unwrap_or_default();

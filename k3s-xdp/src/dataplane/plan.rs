@@ -74,7 +74,7 @@ impl ServiceSpec {
     pub fn from_config(service: &config::Service) -> Self {
         ServiceSpec {
             name: service.name.clone(),
-            vip: service.vip.into(),
+            vip: service.vip,
             port: service.port,
             protocol: service.protocol,
             mode: service.mode,
@@ -86,7 +86,7 @@ impl ServiceSpec {
                 .iter()
                 .map(|b| BackendSpec {
                     name: b.name.clone(),
-                    address: b.address.into(),
+                    address: b.address,
                     state: BackendState::Up,
                     weight: b.weight,
                 })

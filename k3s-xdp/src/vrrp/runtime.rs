@@ -76,11 +76,7 @@ impl Instance {
         let config = settings.borrow_and_update().clone();
         let netlink = Netlink::connect()?;
         let present = netlink.addresses(ifindex).await?;
-        let vips: Vec<IpAddr> = config
-            .virtual_ipaddress
-            .iter()
-            .map(|v| v.addr.into())
-            .collect();
+        let vips: Vec<IpAddr> = config.virtual_ipaddress.iter().map(|v| v.addr).collect();
         for stale in present.iter().filter(|a| vips.contains(&a.addr)) {
             warn!(
                 "removing VIP {} found on {iface} at start (left by a previous run)",
@@ -89,7 +85,7 @@ impl Instance {
             netlink.del_address(ifindex, stale.addr).await?;
         }
         let mac = netlink.mac(ifindex).await?;
-        let configured_src: Option<IpAddr> = config.unicast_src_ip.map(Into::into);
+        let configured_src: Option<IpAddr> = config.unicast_src_ip;
         let v4 = !family_vips::<Ipv4Addr>(&config).is_empty();
         let v6 = !family_vips::<Ipv6Addr>(&config).is_empty();
         let shared = Shared {
@@ -208,16 +204,13 @@ fn ipv6_source(present: &[InterfaceAddress], configured: Option<IpAddr>) -> Opti
 fn family_vips<A: Family>(c: &config::Vrrp) -> Vec<(A, u8)> {
     c.virtual_ipaddress
         .iter()
-        .filter_map(|v| Some((A::of(v.addr.into())?, v.prefix_len)))
+        .filter_map(|v| Some((A::of(v.addr)?, v.prefix_len)))
         .collect()
 }
 
 /// The unicast peers of family `A` (none: multicast).
 fn family_peers<A: Family>(c: &config::Vrrp) -> Vec<A> {
-    c.unicast_peers
-        .iter()
-        .filter_map(|p| A::of((*p).into()))
-        .collect()
+    c.unicast_peers.iter().filter_map(|p| A::of(*p)).collect()
 }
 
 /// How family `A`'s router writes and checks adverts: VRRPv3 over IPv6 whatever `version`
