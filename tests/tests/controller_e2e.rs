@@ -439,6 +439,26 @@ fn reload_applies_differences_and_refuses_broken_configs() {
     let s = daemon.status().unwrap();
     assert_eq!(s.failed_reloads, 1);
     assert_eq!(s.services[0].backends.len(), 3, "the running config stays");
+    // The first IPv6 service: valid, but the IPv6 flow tables were not sized at start.
+    let running = service(
+        health,
+        &[("server-1", 30), ("server-2", 100), ("server-3", 100)],
+    );
+    std::fs::write(
+        &daemon.config,
+        format!(
+            "{running}\n[[service]]\nname = \"api6\"\nvip = \"2001:db8::100\"\nport = 6443\nbackends = [{{ name = \"s1\", address = \"[2001:db8::50]:6443\" }}]\n"
+        ),
+    )
+    .unwrap();
+    let err = daemon.reload().unwrap_err().to_string();
+    assert!(
+        err.contains("restart k3s-xdp to add the first IPv6 service"),
+        "{err}"
+    );
+    let s = daemon.status().unwrap();
+    assert_eq!(s.failed_reloads, 2);
+    assert_eq!(s.services.len(), 1, "the running config stays");
     // Still forwarding on the old config: the long-lived connection and new ones.
     echo(&mut watch, "after the broken reload");
     assert!(roundtrip(topo.node("agent-2"), vip, b"new", T).is_ok());

@@ -3,7 +3,10 @@
 //! `tests/check_config.rs`.
 
 use super::*;
-use std::{net::Ipv4Addr, time::Duration};
+use std::{
+    net::{Ipv4Addr, SocketAddr},
+    time::Duration,
+};
 
 /// `text` without its first newline, so that line 1 is the line after `r#"`.
 fn doc(text: &str) -> &str {
@@ -1802,4 +1805,153 @@ fn bgp_vips_are_service_vips_each_once() {
         13,
         "would never announce",
     );
+}
+
+/// The dual-stack config of DESIGN.md: an IPv4 and an IPv6 service, one VRRP instance holding
+/// both VIPs (two virtual routers), IPv6 peers; rendered and read back equal.
+#[test]
+fn a_dual_stack_config_reads_and_renders_back() {
+    let c = ok(r#"
+interface = "eth1"
+metrics_listen = "[::1]:9742"
+[[service]]
+name = "api"
+vip = "192.0.2.100"
+port = 6443
+backends = [{ name = "s1", address = "192.0.2.50:6443" }]
+[[service]]
+name = "api6"
+vip = "2001:db8::100"
+port = 6443
+snat_source = ["2001:db8::7", "vip"]
+backends = [
+  { name = "s1", address = "[2001:db8::50]:6443" },
+  { name = "s2", address = "2001:db8::51" },
+]
+[vrrp]
+virtual_router_id = 51
+virtual_ipaddress = ["192.0.2.100/24", "2001:db8::100/64", "2001:db8::7"]
+unicast_src_ip = "2001:db8::98"
+unicast_peers = ["192.0.2.99", "2001:db8::99"]
+"#);
+    let v6 = &c.services[1];
+    assert_eq!(v6.vip, "2001:db8::100".parse::<IpAddr>().unwrap());
+    assert_eq!(
+        v6.backends.iter().map(|b| b.address).collect::<Vec<_>>(),
+        ["[2001:db8::50]:6443", "[2001:db8::51]:6443"].map(|a| a.parse::<SocketAddr>().unwrap())
+    );
+    let v = c.vrrp.as_ref().unwrap();
+    assert_eq!(
+        v.virtual_ipaddress[2].prefix_len, 128,
+        "an IPv6 address alone is a /128"
+    );
+    assert_eq!(
+        c.held_addresses().into_iter().collect::<Vec<_>>(),
+        ["192.0.2.100", "2001:db8::7", "2001:db8::100"].map(|a| a.parse::<IpAddr>().unwrap())
+    );
+    let rendered = c.to_toml();
+    assert!(rendered.contains("\"[2001:db8::50]:6443\""), "{rendered}");
+    assert_eq!(ok(&rendered), c, "rendered and read back");
+}
+
+#[test]
+fn ipv6_addresses_that_cannot_be_used() {
+    let errors = errors_in(
+        r#"
+interface = "eth1"
+[[service]]
+name = "api6"
+vip = "fe80::1"
+port = 6443
+backends = [{ name = "s1", address = "[2001:db8::50%eth1]:6443" }]
+[[service]]
+name = "mapped"
+vip = "::ffff:192.0.2.100"
+port = 6443
+backends = [{ name = "s1", address = "[ff02::1]:6443" }]
+[[service]]
+name = "pool"
+vip = "2001:db8::100"
+port = 6443
+snat_source = "192.0.2.7"
+backends = [{ name = "s1", address = "[2001:db8::50]:6443" }]
+"#,
+    );
+    has_error(&errors, "service[0].vip", 4, "a link-local address");
+    has_error(
+        &errors,
+        "service[0].backends[0].address",
+        6,
+        "without a zone",
+    );
+    has_error(&errors, "service[1].vip", 9, "an IPv4-mapped IPv6 address");
+    has_error(
+        &errors,
+        "service[1].backends[0].address",
+        11,
+        "a multicast address",
+    );
+    has_error(
+        &errors,
+        "service[2].snat_source",
+        16,
+        "192.0.2.7 is not of the family of VIP 2001:db8::100",
+    );
+    assert_eq!(errors.len(), 5, "{}", ConfigErrors(errors.clone()));
+}
+
+#[test]
+fn vrrp_ipv6_needs_version_3_and_peers_of_a_held_family() {
+    let errors = errors_in(
+        r#"
+interface = "eth1"
+[[service]]
+name = "api6"
+vip = "2001:db8::100"
+port = 6443
+backends = [{ name = "s1", address = "[2001:db8::50]:6443" }]
+[vrrp]
+virtual_router_id = 51
+version = 2
+virtual_ipaddress = ["2001:db8::100/64"]
+unicast_src_ip = "192.0.2.98"
+unicast_peers = ["2001:db8::99", "192.0.2.99"]
+"#,
+    );
+    has_error(
+        &errors,
+        "vrrp.virtual_ipaddress[0]",
+        10,
+        "VRRP version 2 carries IPv4 addresses only",
+    );
+    has_error(
+        &errors,
+        "vrrp.unicast_peers[1]",
+        12,
+        "192.0.2.99 is an IPv4 peer, and virtual_ipaddress has no IPv4 address",
+    );
+    has_error(
+        &errors,
+        "vrrp.unicast_src_ip",
+        11,
+        "192.0.2.98 is an IPv4 address, and virtual_ipaddress has no IPv4 address",
+    );
+    assert_eq!(errors.len(), 3, "{}", ConfigErrors(errors.clone()));
+    let missing = one_error(
+        r#"
+interface = "eth1"
+[[service]]
+name = "api6"
+vip = "2001:db8::100"
+port = 6443
+backends = [{ name = "s1", address = "[2001:db8::50]:6443" }]
+[vrrp]
+virtual_router_id = 51
+virtual_ipaddress = ["192.0.2.100/24"]
+"#,
+        "service[0].vip",
+        4,
+        "add \"2001:db8::100/128\"",
+    );
+    assert!(missing.message.contains("not in vrrp.virtual_ipaddress"));
 }

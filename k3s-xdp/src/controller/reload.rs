@@ -14,6 +14,17 @@ impl Controller {
                 warn!("{w}");
             }
             let probes = probes(&new)?;
+            if let Some(s) = new.services.iter().find(|s| s.vip.is_ipv6()) {
+                if !self.dp.has_ipv6_tables() {
+                    anyhow::bail!(
+                        "service {} has the IPv6 VIP {}, and this daemon started without IPv6 \
+                         services, so its IPv6 flow tables were not sized (they take memory only \
+                         when needed); restart k3s-xdp to add the first IPv6 service",
+                        s.name,
+                        s.vip
+                    );
+                }
+            }
             let mut ignored = Vec::new();
             if new.interface != self.config.interface {
                 ignored.push("interface");

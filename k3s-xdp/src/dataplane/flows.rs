@@ -11,7 +11,7 @@ use k3s_xdp_common::{
     hash::flow_hash,
     names,
     table::{self, bucket_index, nat_index, FlowBucket, FlowSlot, NatSlot},
-    Flow, FlowKey, NatReverse,
+    Address, Flow, FlowKey, NatReverse, V6,
 };
 use std::collections::BTreeMap;
 
@@ -28,14 +28,30 @@ impl Dataplane {
     /// SNAT ports per backend slot: held by a live translation, and closed but waiting for
     /// the backend's TIME_WAIT (`snat_timewait` of `timewait` seconds), at `clock` (the
     /// controller's). One pass over the reverse-NAT table's memory.
+    /// Backend slots are numbered across both families, so one map holds both tables' counts.
     pub fn snat_ports(&self, clock: u32, timewait: u32) -> Result<BTreeMap<u32, SnatPorts>> {
+        let mut out: BTreeMap<u32, SnatPorts> = BTreeMap::new();
+        self.count_snat_ports::<u32>(names::NAT_REVERSE, clock, timewait, &mut out)?;
+        if self.ipv6 {
+            self.count_snat_ports::<V6>(names::NAT_REVERSE6, clock, timewait, &mut out)?;
+        }
+        out.retain(|_, p| *p != SnatPorts::default());
+        Ok(out)
+    }
+
+    fn count_snat_ports<A: Address>(
+        &self,
+        name: &str,
+        clock: u32,
+        timewait: u32,
+        out: &mut BTreeMap<u32, SnatPorts>,
+    ) -> Result<()> {
         use std::os::fd::{AsFd, AsRawFd};
-        let aya::maps::Map::Array(map) = self.map(names::NAT_REVERSE)? else {
-            anyhow::bail!("{} is not an array", names::NAT_REVERSE);
+        let aya::maps::Map::Array(map) = self.map(name)? else {
+            anyhow::bail!("{name} is not an array");
         };
         let count = (self.flow_mask as usize + 1) * table::WAYS as usize;
-        let mut out: BTreeMap<u32, SnatPorts> = BTreeMap::new();
-        sys::scan_mmapable_array(map.fd().as_fd().as_raw_fd(), count, |slot: NatSlot| {
+        sys::scan_mmapable_array(map.fd().as_fd().as_raw_fd(), count, |slot: NatSlot<A>| {
             if !slot.is_valid() || table::idle(slot.seen, clock) {
                 return;
             }
@@ -45,9 +61,7 @@ impl Dataplane {
             } else if !slot.nat.closed() {
                 ports.in_use += 1;
             }
-        })?;
-        out.retain(|_, p| *p != SnatPorts::default());
-        Ok(out)
+        })
     }
 
     /// The flow table entry of a client → VIP tuple.

@@ -65,6 +65,8 @@ pub struct Dataplane {
     attached: Option<Attached>,
     /// Buckets of the flow tables minus one (see `k3s_xdp_common::table`).
     flow_mask: u32,
+    /// Whether the IPv6 flow tables were sized (`LoadOptions::ipv6`).
+    ipv6: bool,
 }
 
 struct Attached {
@@ -143,6 +145,7 @@ impl Dataplane {
             bpf,
             attached: None,
             flow_mask: table::buckets(options.flow_table_size) - 1,
+            ipv6: options.ipv6,
         };
         // The program finds flow slots with the mask: it is in place before any packet.
         publish::write_globals(&mut dp, &Globals::default())?;
@@ -152,6 +155,12 @@ impl Dataplane {
     /// Buckets of the flow tables minus one, which every write of `Globals` carries.
     pub fn flow_mask(&self) -> u32 {
         self.flow_mask
+    }
+
+    /// Whether the IPv6 flow tables have their configured size: loaded for a config with an
+    /// IPv6 VIP. Without them, an IPv6 service needs a restart.
+    pub fn has_ipv6_tables(&self) -> bool {
+        self.ipv6
     }
 
     /// Attaches the main program to `iface`, per `policy`; returns the mode that worked.

@@ -278,6 +278,14 @@ pub(super) fn backend_address(
     service_port: Option<u16>,
 ) -> Option<SocketAddr> {
     let text = string(cx, path, item)?;
+    if text.contains('%') {
+        cx.error_at(
+            path,
+            item.span(),
+            format!("expected a global address without a zone (%IFACE), found {text:?}"),
+        );
+        return None;
+    }
     let bare = text
         .strip_prefix('[')
         .and_then(|t| t.strip_suffix(']'))
@@ -307,16 +315,6 @@ pub(super) fn backend_address(
             format!("the port must be between 1 and 65535, found {text:?}"),
         );
         return None;
-    }
-    if let SocketAddr::V6(a) = addr {
-        if a.scope_id() != 0 || a.flowinfo() != 0 {
-            cx.error_at(
-                path,
-                item.span(),
-                format!("expected a global IPv6 address without a zone, found {text:?}"),
-            );
-            return None;
-        }
     }
     if let Some(what) = not_unicast(addr.ip()) {
         cx.error_at(
