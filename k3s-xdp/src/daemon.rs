@@ -109,15 +109,29 @@ pub async fn run(options: Options) -> Result<()> {
 
     // From here on the host changes; the guard undoes the changes if this process dies.
     let guard = Guard::spawn(&iface)?;
-    let mut enabled = Vec::new();
-    for (key, why) in INTERFACE_SETTINGS {
-        let was_on = system::set_ipv4_conf(&iface, key, true)
-            .with_context(|| format!("enabling {key} on {iface} ({why})"))?;
-        if !was_on {
-            guard.restore(&system::ipv4_conf_path(&iface, key), "0");
-            info!("enabled {key} on {iface}: {why}; restored on exit");
-            enabled.push(key);
-        }
+    let ipv6 = config.services.iter().any(|s| s.vip.is_ipv6());
+    let mut changed = Vec::new();
+    for setting in interface_settings(&iface, ipv6) {
+        let Some(before) = setting
+            .apply()
+            .with_context(|| format!("setting {} ({})", setting.path, setting.why))?
+        else {
+            continue;
+        };
+        guard.restore(&setting.path, &before);
+        info!(
+            "set {} to {} (was {before}): {}; restored on exit",
+            setting.path, setting.want, setting.why
+        );
+        changed.push((setting.path, before));
+    }
+    if ipv6 && !std::path::Path::new(&system::ipv6_conf_path(&iface, "force_forwarding")).exists() {
+        warn!(
+            "this kernel has no net.ipv6.conf.{iface}.force_forwarding (Linux 6.17+): an IPv6 \
+             packet translated toward a next hop whose MAC address is not known yet is dropped \
+             by the kernel unless net.ipv6.conf.all.forwarding = 1 (the daemon keeps the \
+             backends' next hops resolved, so this is rare)"
+        );
     }
     let mode = controller.attach(&iface, attach_policy(&config))?;
     info!(
@@ -309,10 +323,10 @@ pub async fn run(options: Options) -> Result<()> {
     if let Some(keeper) = controller.take_next_hop_keeper() {
         keeper.stop().await;
     }
-    for key in enabled {
-        match system::set_ipv4_conf(&iface, key, false) {
-            Ok(_) => guard.forget(&system::ipv4_conf_path(&iface, key)),
-            Err(e) => warn!("restoring {key} on {iface}: {e:#}"),
+    for (path, before) in changed {
+        match std::fs::write(&path, &before) {
+            Ok(()) => guard.forget(&path),
+            Err(e) => warn!("restoring {path} to {before}: {e}"),
         }
     }
     for t in tasks {
@@ -326,18 +340,77 @@ pub async fn run(options: Options) -> Result<()> {
     Ok(())
 }
 
-/// The IPv4 settings of the interface that the daemon turns on while it runs, and why.
-const INTERFACE_SETTINGS: [(&str, &str); 2] = [
-    (
-        "forwarding",
-        "bpf_fib_lookup resolves next hops only for forwarding interfaces",
-    ),
-    (
-        "accept_local",
-        "a packet translated to a backend or client whose MAC address is not known yet goes to \
-         the kernel with the VIP as its source, and the kernel forwards it",
-    ),
-];
+/// A setting of the interface (a sysctl file) that the daemon changes while it runs.
+struct InterfaceSetting {
+    path: String,
+    want: &'static str,
+    /// Changed only from this value (`None`: from any other).
+    only_from: Option<&'static str>,
+    why: &'static str,
+}
+
+impl InterfaceSetting {
+    /// Writes the wanted value; the value before, if it changed anything.
+    fn apply(&self) -> Result<Option<String>> {
+        let before = std::fs::read_to_string(&self.path)?.trim().to_string();
+        if before == self.want || self.only_from.is_some_and(|from| before != from) {
+            return Ok(None);
+        }
+        std::fs::write(&self.path, self.want)?;
+        Ok(Some(before))
+    }
+}
+
+/// What the daemon sets on the interface while it runs, and why; IPv6's only with an IPv6
+/// service.
+fn interface_settings(iface: &str, ipv6: bool) -> Vec<InterfaceSetting> {
+    let v4 = |key: &str| system::ipv4_conf_path(iface, key);
+    let v6 = |key: &str| system::ipv6_conf_path(iface, key);
+    let mut settings = vec![
+        InterfaceSetting {
+            path: v4("forwarding"),
+            want: "1",
+            only_from: None,
+            why: "bpf_fib_lookup resolves next hops only for forwarding interfaces",
+        },
+        InterfaceSetting {
+            path: v4("accept_local"),
+            want: "1",
+            only_from: None,
+            why: "a packet translated to a backend or client whose MAC address is not known yet \
+                  goes to the kernel with the VIP as its source, and the kernel forwards it",
+        },
+    ];
+    if ipv6 {
+        settings.extend([
+            // Before forwarding: an interface that forwards ignores router advertisements
+            // unless accept_ra is 2, and the host keeps its SLAAC addresses and default route.
+            InterfaceSetting {
+                path: v6("accept_ra"),
+                want: "2",
+                only_from: Some("1"),
+                why: "an IPv6 forwarding interface takes router advertisements only with \
+                      accept_ra = 2: the host keeps its addresses and default route",
+            },
+            InterfaceSetting {
+                path: v6("forwarding"),
+                want: "1",
+                only_from: None,
+                why: "bpf_fib_lookup resolves IPv6 next hops only for forwarding interfaces",
+            },
+        ]);
+        if std::path::Path::new(&v6("force_forwarding")).exists() {
+            settings.push(InterfaceSetting {
+                path: v6("force_forwarding"),
+                want: "1",
+                only_from: None,
+                why: "an IPv6 packet translated toward a next hop whose MAC address is not \
+                      known yet goes to the kernel, which forwards it from this interface only",
+            });
+        }
+    }
+    settings
+}
 
 fn attach_policy(config: &Config) -> AttachPolicy {
     match config.xdp_mode {

@@ -160,7 +160,7 @@ fn without_net_raw_it_refuses_to_start_and_says_why() {
         .node("lb-1")
         .run("sysctl", ["-n", "net.ipv4.conf.eth1.forwarding"])
         .unwrap();
-    let enabled_it = log.contains("enabled IPv4 forwarding");
+    let enabled_it = log.contains("net/ipv4/conf/eth1/forwarding to 1");
     if enabled_it {
         assert_eq!(
             String::from_utf8_lossy(&forwarding.stdout).trim(),

@@ -9,7 +9,7 @@ use k3s_xdp_tests::{
     bpf::have_root,
     config::SeedConfig,
     daemon::{self, Daemon},
-    topology::{seed_addr, Topology, SERVERS, VIP},
+    topology::{addr6, seed_addr, Topology, SERVERS, VIP, VIP6},
 };
 use std::{
     io::{ErrorKind, Read, Write},
@@ -697,5 +697,71 @@ fn metrics_parse_as_prometheus_text() {
         "k3sxdp_info",
     ] {
         assert!(scrape.docs.contains_key(family), "{family} has HELP");
+    }
+}
+
+/// An IPv6 service: the daemon makes eth1 an IPv6 forwarding interface while it runs
+/// (`bpf_fib_lookup` answers AF_INET6 only for those), keeping router advertisements
+/// (accept_ra 1 -> 2), and restores both on SIGTERM, and through its guard after kill -9.
+#[test]
+fn ipv6_interface_settings_are_set_while_running_and_restored() {
+    if !have_root() {
+        return;
+    }
+    let _serial = serial();
+    let topo = Topology::seed().unwrap();
+    for node in ["lb-1", "server-1"] {
+        topo.add_ipv6(node).unwrap();
+    }
+    let server6 = addr6(seed_addr("server-1").unwrap());
+    let config = format!(
+        "{}\n[[service]]\nname = \"api6\"\nvip = \"{VIP6}\"\nport = 6443\n\
+         backends = [{{ name = \"server-1\", address = \"[{server6}]:6443\" }}]\n\
+         [service.health]\ncheck = \"tcp\"\n",
+        service("check = \"tcp\"", &[("server-1", 100)])
+    );
+    let sysctl = |key: &str| {
+        let out = topo
+            .node("lb-1")
+            .run("sysctl", ["-n", &format!("net.ipv6.conf.eth1.{key}")])
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let before = (sysctl("forwarding"), sysctl("accept_ra"));
+    assert_eq!(before, ("0".into(), "1".into()), "a namespace's defaults");
+    for crash in [false, true] {
+        let mut daemon = Daemon::start(&topo, "lb-1", &config).unwrap();
+        daemon
+            .wait_log(
+                "net/ipv6/conf/eth1/forwarding to 1",
+                Duration::from_secs(10),
+            )
+            .unwrap();
+        assert_eq!(
+            (sysctl("forwarding"), sysctl("accept_ra")),
+            ("1".into(), "2".into())
+        );
+        assert!(
+            topo.has_address("lb-1", VIP6),
+            "the IPv6 VIP is held (/128, nodad)"
+        );
+        if crash {
+            daemon.crash();
+        } else {
+            daemon.stop();
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while (sysctl("forwarding"), sysctl("accept_ra")) != before && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert_eq!(
+            (sysctl("forwarding"), sysctl("accept_ra")),
+            before,
+            "restored (crash: {crash})"
+        );
+        assert!(
+            !topo.has_address("lb-1", VIP6),
+            "the IPv6 VIP removed (crash: {crash})"
+        );
     }
 }

@@ -15,12 +15,7 @@ pub fn ipv4_conf_path(iface: &str, key: &str) -> String {
     format!("/proc/sys/net/ipv4/conf/{iface}/{key}")
 }
 
-/// Sets the IPv4 setting `key` of `iface` on or off and returns whether it was on, so it can
-/// be restored.
-pub fn set_ipv4_conf(iface: &str, key: &str, on: bool) -> anyhow::Result<bool> {
-    use anyhow::Context;
-    let path = ipv4_conf_path(iface, key);
-    let before = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
-    std::fs::write(&path, if on { "1" } else { "0" }).with_context(|| format!("writing {path}"))?;
-    Ok(before.trim() == "1")
+/// The sysctl file of the IPv6 setting `key` of `iface` (`forwarding`, `accept_ra`).
+pub fn ipv6_conf_path(iface: &str, key: &str) -> String {
+    format!("/proc/sys/net/ipv6/conf/{iface}/{key}")
 }
