@@ -28,6 +28,15 @@ fn ago(seconds: u64) -> String {
 }
 
 /// `[bgp]`: each VIP's announcement, and the routing daemon's sessions.
+/// `VIP:PORT`, an IPv6 VIP in brackets (`[2001:db8::100]:6443`).
+fn listener(vip: &str, port: u16) -> String {
+    if vip.contains(':') {
+        format!("[{vip}]:{port}")
+    } else {
+        format!("{vip}:{port}")
+    }
+}
+
 fn bgp_lines(out: &mut String, b: &BgpStatus) {
     let daemon = match (&b.routing_daemon_error, b.sessions.as_slice()) {
         (Some(e), _) => format!("routing daemon unknown ({e}): nothing may export these routes"),
@@ -93,10 +102,9 @@ pub fn render_table(s: &Status) -> String {
     for svc in &s.services {
         let _ = writeln!(
             out,
-            "\nservice {} {}:{}/{} {} (on_backend_down {}, check {}): {}/{} backends healthy",
+            "\nservice {} {}/{} {} (on_backend_down {}, check {}): {}/{} backends healthy",
             svc.name,
-            svc.vip,
-            svc.port,
+            listener(&svc.vip, svc.port),
             svc.protocol,
             svc.mode,
             svc.on_backend_down,
@@ -136,7 +144,9 @@ pub fn render_table(s: &Status) -> String {
                 .map(|d| format!("{:.0}ms", d * 1000.0))
                 .unwrap_or_else(|| "-".into());
             let change = match (&b.last_change, b.last_change_seconds_ago) {
-                _ if !b.next_hop_resolved => "waiting for its next hop's MAC address (ARP)".into(),
+                _ if !b.next_hop_resolved => {
+                    "waiting for its next hop's MAC address (ARP, neighbour discovery)".into()
+                }
                 (Some(why), Some(s)) => format!("{why} ({})", ago(s)),
                 _ => match &b.last_check {
                     Some(c) if c != "passed" => format!("last check: {c}"),
@@ -286,5 +296,16 @@ fn fault_cause(s: &Status, v: &VrrpStatus) -> &'static str {
         ": tracking fails, too few healthy backends"
     } else {
         ""
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_ipv6_listener_is_bracketed() {
+        assert_eq!(listener("192.0.2.100", 6443), "192.0.2.100:6443");
+        assert_eq!(listener("2001:db8::100", 6443), "[2001:db8::100]:6443");
     }
 }
