@@ -13,6 +13,7 @@ pub mod config;
 pub mod controller;
 pub mod daemon;
 pub mod dataplane;
+pub mod flowsync;
 pub mod guard;
 pub mod health;
 pub mod import;
