@@ -85,7 +85,7 @@ pub struct Entry {
 
 impl Entry {
     /// Bytes this entry takes in a message.
-    pub fn len(&self) -> usize {
+    pub fn encoded_len(&self) -> usize {
         4 + 4 * (addr_len(self.client.ip()) + 2)
     }
 
@@ -182,18 +182,24 @@ impl Key {
     }
 }
 
-/// Encodes `message`, signed with `key`. Entries that do not fit one datagram are left to the
-/// caller: [`entries_that_fit`] says how many do.
+/// Encodes `message`, signed with `key`, leaving out entries that mix families. The caller
+/// keeps within one datagram: [`entries_that_fit`] says how many entries do.
 pub fn encode(message: &Message, key: &Key) -> Vec<u8> {
     let mut out = Vec::with_capacity(MAX_MESSAGE);
     out.extend_from_slice(&MAGIC);
     out.push(VERSION);
     out.push(message.kind as u8);
-    let count = u16::try_from(message.entries.len()).unwrap_or(u16::MAX);
-    out.extend_from_slice(&count.to_be_bytes());
+    // An entry mixing families cannot be laid out; none is made, but none is sent either.
+    let entries: Vec<&Entry> = message
+        .entries
+        .iter()
+        .filter(|e| e.one_family())
+        .take(usize::from(u16::MAX))
+        .collect();
+    out.extend_from_slice(&(entries.len() as u16).to_be_bytes());
     out.extend_from_slice(&message.epoch.to_be_bytes());
     out.extend_from_slice(&message.seq.to_be_bytes());
-    for e in message.entries.iter().take(usize::from(count)) {
+    for e in entries {
         out.push(e.op as u8);
         out.push(if e.client.is_ipv4() { 4 } else { 6 });
         out.push(e.protocol);
@@ -217,9 +223,9 @@ pub fn entries_that_fit(entries: &[Entry]) -> usize {
     entries
         .iter()
         .take_while(|e| {
-            let fits = e.len() <= room;
+            let fits = e.encoded_len() <= room;
             if fits {
-                room -= e.len();
+                room -= e.encoded_len();
             }
             fits
         })
@@ -501,6 +507,15 @@ mod tests {
         let bytes = encode(&message(many[..n].to_vec()), &key());
         assert!(bytes.len() <= MAX_MESSAGE);
         assert!(decode(&bytes, &key()).is_ok());
+        let mut odd = v4_entry();
+        odd.backend = sa("[2001:db8::50]:6443");
+        assert!(!odd.one_family());
+        let skipped = decode(&encode(&message(vec![odd, v4_entry()]), &key()), &key());
+        assert_eq!(
+            skipped.unwrap().entries,
+            [v4_entry()],
+            "a mixed entry is not sent"
+        );
         let mixed = [vec![v6_entry(); 17], vec![v4_entry(); 10]].concat();
         let n = entries_that_fit(&mixed);
         let bytes = encode(&message(mixed[..n].to_vec()), &key());
