@@ -234,6 +234,35 @@ fn check(path: &Path) -> ExitCode {
             if let Some(capacity) = config.snat_capacity() {
                 println!("{capacity}");
             }
+            if let Some(f) = &config.flow_sync {
+                match k3s_xdp::flowsync::read_key_file(&f.key_file) {
+                    Ok((_, warning)) => {
+                        if let Some(w) = warning {
+                            eprintln!("warning: {w}");
+                        }
+                    }
+                    Err(e) => {
+                        eprintln!("error: {e:#}");
+                        return ExitCode::FAILURE;
+                    }
+                }
+                let bind = std::net::UdpSocket::bind((std::net::Ipv6Addr::UNSPECIFIED, f.port));
+                if let Err(e) = bind {
+                    if e.kind() == std::io::ErrorKind::AddrInUse {
+                        eprintln!(
+                            "warning: flow_sync.port {} (UDP) is in use on this host (by a \
+                             running k3s-xdp, or another program)",
+                            f.port
+                        );
+                    }
+                }
+                let peers: Vec<String> = f.peers.iter().map(ToString::to_string).collect();
+                println!(
+                    "flow sync: with {} on UDP port {}",
+                    peers.join(", "),
+                    f.port
+                );
+            }
             ExitCode::SUCCESS
         }
         Err(errors) => {

@@ -122,6 +122,9 @@ pub mod defaults {
     pub const BGP_DRAIN_TIME_MAX: Duration = Duration::from_secs(300);
     /// Debian's bird2 package.
     pub const BIRD_SOCKET: &str = "/run/bird/bird.ctl";
+
+    /// `[flow_sync] port` (UDP).
+    pub const FLOW_SYNC_PORT: u16 = 3780;
 }
 
 /// Reads `path` and parses it; a file that cannot be read is one error naming it.
@@ -167,6 +170,8 @@ pub struct Config {
     pub vrrp: Option<Vrrp>,
     /// `[bgp]`: the VIPs are announced through a kernel routing table (active-active).
     pub bgp: Option<Bgp>,
+    /// `[flow_sync]`: nat flows shared with the other load balancers.
+    pub flow_sync: Option<FlowSync>,
     /// Non-fatal notes about the file (e.g. no `interface`), for `check` to print and `run` to
     /// log. Not configuration: ignored by `==` and not serialized.
     #[serde(skip)]
@@ -190,6 +195,7 @@ impl PartialEq for Config {
             services,
             vrrp,
             bgp,
+            flow_sync,
             warnings: _,
         } = self;
         *interface == other.interface
@@ -203,6 +209,7 @@ impl PartialEq for Config {
             && *services == other.services
             && *vrrp == other.vrrp
             && *bgp == other.bgp
+            && *flow_sync == other.flow_sync
     }
 }
 
@@ -222,6 +229,7 @@ impl Config {
             services,
             vrrp: None,
             bgp: None,
+            flow_sync: None,
             warnings: Vec::new(),
         }
     }
@@ -297,6 +305,18 @@ impl Config {
     pub fn to_document(&self) -> toml_edit::DocumentMut {
         render::to_document(self)
     }
+}
+
+/// `[flow_sync]`: every nat flow and its translation reach these peers, and theirs reach this
+/// node, so a connection survives a failover whichever side speaks next.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FlowSync {
+    /// The other load balancers of the same VIPs (their own addresses).
+    pub peers: Vec<IpAddr>,
+    /// UDP port, the same on every node.
+    pub port: u16,
+    /// The shared secret: the file's bytes (at least 32; a final newline ignored).
+    pub key_file: PathBuf,
 }
 
 /// How the XDP program is attached.

@@ -54,6 +54,14 @@ pub(super) fn to_document(config: &Config) -> DocumentMut {
     if let Some(vrrp) = &config.vrrp {
         root.insert("vrrp", Item::Table(vrrp_table(vrrp)));
     }
+    if let Some(f) = &config.flow_sync {
+        let mut t = Table::new();
+        let peers: Array = f.peers.iter().map(|a| a.to_string()).collect();
+        t.insert("peers", value(peers));
+        t.insert("port", value(i64::from(f.port)));
+        t.insert("key_file", path_value(&f.key_file));
+        root.insert("flow_sync", Item::Table(t));
+    }
     if let Some(bgp) = &config.bgp {
         root.insert("bgp", Item::Table(bgp_table(bgp)));
     }

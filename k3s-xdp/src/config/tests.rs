@@ -1955,3 +1955,53 @@ virtual_ipaddress = ["192.0.2.100/24"]
     );
     assert!(missing.message.contains("not in vrrp.virtual_ipaddress"));
 }
+
+#[test]
+fn flow_sync_reads_renders_back_and_checks_its_peers() {
+    let base = r#"
+interface = "eth1"
+[[service]]
+name = "api"
+vip = "192.0.2.100"
+port = 6443
+backends = [{ name = "s1", address = "192.0.2.50:6443" }]
+[vrrp]
+virtual_router_id = 51
+virtual_ipaddress = ["192.0.2.100/24"]
+unicast_src_ip = "192.0.2.98"
+"#;
+    let c = ok(&format!(
+        "{base}[flow_sync]\npeers = [\"192.0.2.99\", \"2001:db8::99\"]\nkey_file = \"/etc/k3s-xdp/flow-sync.key\"\n"
+    ));
+    let f = c.flow_sync.as_ref().unwrap();
+    assert_eq!(f.port, defaults::FLOW_SYNC_PORT);
+    assert_eq!(f.peers.len(), 2);
+    assert_eq!(ok(&c.to_toml()), c, "rendered and read back");
+
+    let errors = errors_in(&format!(
+        "{base}[flow_sync]\npeers = [\"192.0.2.99\", \"192.0.2.99\", \"192.0.2.100\", \"192.0.2.98\"]\nport = 0\nkey = \"x\"\n"
+    ));
+    has_error(
+        &errors,
+        "flow_sync.peers[1]",
+        12,
+        "already listed (line 12)",
+    );
+    has_error(
+        &errors,
+        "flow_sync.peers[2]",
+        12,
+        "a VIP or an address that moves",
+    );
+    has_error(&errors, "flow_sync.peers[3]", 12, "this node itself");
+    has_error(&errors, "flow_sync.port", 13, "between 1 and 65535");
+    has_error(&errors, "flow_sync.key", 14, "unknown key");
+    has_error(&errors, "flow_sync.key_file", 11, "missing `key_file`");
+    assert_eq!(errors.len(), 6, "{}", ConfigErrors(errors.clone()));
+    one_error(
+        &format!("{base}[flow_sync]\npeers = []\nkey_file = \"/k\"\n"),
+        "flow_sync.peers",
+        12,
+        "at least one peer",
+    );
+}

@@ -41,6 +41,9 @@ impl Controller {
             if new.xdp_mode != self.config.xdp_mode {
                 ignored.push("xdp_mode");
             }
+            if new.flow_sync != self.config.flow_sync {
+                ignored.push("flow_sync");
+            }
             let mut vrrp_changes = Vec::new();
             let mut retuned = None;
             match (&self.config.vrrp, &new.vrrp) {
@@ -106,6 +109,7 @@ impl Controller {
                 );
             // The running instance keeps its identity until a restart; the config says so.
             new.vrrp.clone_from(&self.config.vrrp);
+            new.flow_sync.clone_from(&self.config.flow_sync);
             if new.bgp.is_some() != self.config.bgp.is_some() {
                 new.bgp.clone_from(&self.config.bgp);
             }

@@ -14,6 +14,7 @@ pub(super) const ROOT_KEYS: &[&str] = &[
     "service",
     "vrrp",
     "bgp",
+    "flow_sync",
 ];
 pub(super) const SERVICE_KEYS: &[&str] = &[
     "name",
@@ -65,6 +66,7 @@ pub(super) const VRRP_KEYS: &[&str] = &[
 pub(super) const TRACK_KEYS: &[&str] = &["dataplane", "min_healthy_backends", "weight"];
 pub(super) const BGP_KEYS: &[&str] = &["table", "vips", "track", "drain_time", "bird_socket"];
 pub(super) const BGP_TRACK_KEYS: &[&str] = &["dataplane", "min_healthy_backends"];
+pub(super) const FLOW_SYNC_KEYS: &[&str] = &["peers", "port", "key_file"];
 
 /// Every table, as messages name it, with its keys: an unknown key that belongs to another
 /// table is pointed there.
@@ -77,6 +79,7 @@ pub(super) const TABLES: &[(&str, &[&str])] = &[
     ("vrrp.track", TRACK_KEYS),
     ("[bgp]", BGP_KEYS),
     ("bgp.track", BGP_TRACK_KEYS),
+    ("[flow_sync]", FLOW_SYNC_KEYS),
 ];
 
 /// Words from haproxy.cfg and keepalived.conf that have no key of the same name.

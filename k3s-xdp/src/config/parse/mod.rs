@@ -15,7 +15,7 @@
 
 use super::{
     self as config, defaults, duration, duration::DurationError, error::line_column, validate,
-    BackendConfig, Bgp, BgpTrack, CheckKind, Config, ConfigError, ConfigErrors, Health,
+    BackendConfig, Bgp, BgpTrack, CheckKind, Config, ConfigError, ConfigErrors, FlowSync, Health,
     InitialState, Mode, OnBackendDown, Protocol, Service, SnatSource, Track, VirtualAddress, Vrrp,
     XdpMode,
 };
@@ -269,6 +269,9 @@ fn read_config(cx: &mut Cx, root: &toml_edit::Table) -> Config {
     let bgp = t.get(cx, "bgp", |cx, p, item| {
         sub_table(cx, p, item, "a [bgp] table", read_bgp)
     });
+    let flow_sync = t.get(cx, "flow_sync", |cx, p, item| {
+        sub_table(cx, p, item, "a [flow_sync] table", read_flow_sync)
+    });
 
     Config {
         interface,
@@ -282,7 +285,53 @@ fn read_config(cx: &mut Cx, root: &toml_edit::Table) -> Config {
         services,
         vrrp,
         bgp,
+        flow_sync,
         warnings: Vec::new(),
+    }
+}
+
+/// `[flow_sync]`.
+fn read_flow_sync(
+    cx: &mut Cx,
+    path: &str,
+    table: &dyn TableLike,
+    span: Option<Range<usize>>,
+) -> FlowSync {
+    let t = Fields::open(cx, path, table, span, "[flow_sync]", FLOW_SYNC_KEYS);
+    let peers = t
+        .require(
+            cx,
+            "peers",
+            "the other load balancers' addresses, like [\"192.0.2.99\"]",
+            |cx, p, item| {
+                let elems = array(cx, p, item, "an array of addresses like [\"192.0.2.99\"]")?;
+                if elems.is_empty() {
+                    cx.error_at(
+                        p,
+                        item.span(),
+                        "expected at least one peer, like [\"192.0.2.99\"]",
+                    );
+                    return None;
+                }
+                let peers: Vec<Option<IpAddr>> =
+                    elems.iter().map(|e| peer(cx, &e.path, &e.item())).collect();
+                peers.into_iter().collect()
+            },
+        )
+        .unwrap_or_default();
+    let port = t.get(cx, "port", port).unwrap_or(defaults::FLOW_SYNC_PORT);
+    let key_file = t
+        .require(
+            cx,
+            "key_file",
+            "the shared key's file, like \"/etc/k3s-xdp/flow-sync.key\"",
+            file_path,
+        )
+        .unwrap_or_default();
+    FlowSync {
+        peers,
+        port,
+        key_file,
     }
 }
 

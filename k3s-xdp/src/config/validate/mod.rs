@@ -46,6 +46,59 @@ pub(super) fn validate(config: &Config, cx: &mut Cx) {
     if let Some(bgp) = &config.bgp {
         bgp_rules(config, bgp, cx);
     }
+    if config.flow_sync.is_some() {
+        flow_sync(config, cx);
+    }
+}
+
+/// `[flow_sync]`: peers are other nodes' own addresses, each once; it serves nat services.
+fn flow_sync(config: &Config, cx: &mut Cx) {
+    let Some(f) = &config.flow_sync else {
+        return;
+    };
+    if !cx.any_bad_under("flow_sync.peers") {
+        let moving: HashSet<IpAddr> = config
+            .held_addresses()
+            .into_iter()
+            .chain(
+                config
+                    .vrrp
+                    .iter()
+                    .flat_map(|v| v.virtual_ipaddress.iter().map(|a| a.addr)),
+            )
+            .collect();
+        let own = config.vrrp.as_ref().and_then(|v| v.unicast_src_ip);
+        let mut seen: HashMap<IpAddr, usize> = HashMap::new();
+        for (j, &p) in f.peers.iter().enumerate() {
+            let path = format!("flow_sync.peers[{j}]");
+            if let Some(&first) = seen.get(&p) {
+                let line = cx.line_of(&format!("flow_sync.peers[{first}]"));
+                cx.error(&path, format!("{p} is already listed (line {line})"));
+            } else if moving.contains(&p) {
+                cx.error(
+                    &path,
+                    format!(
+                        "{p} is a VIP or an address that moves with them; a peer is another \
+                         load balancer's own address"
+                    ),
+                );
+            } else if Some(p) == own {
+                cx.error(
+                    &path,
+                    format!("{p} is vrrp.unicast_src_ip, this node itself; list the other nodes"),
+                );
+            } else {
+                seen.insert(p, j);
+            }
+        }
+    }
+    if !config.services.iter().any(|s| s.mode == Mode::Nat) && !cx.any_bad_under("service") {
+        cx.warn(
+            "flow_sync",
+            "no service has mode = \"nat\": dsr flows need no sync (every node picks the same \
+             backend), so [flow_sync] has nothing to share",
+        );
+    }
 }
 
 /// Unique names, and one service per VIP:port:protocol.
