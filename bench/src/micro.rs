@@ -206,6 +206,9 @@ struct Case {
     /// The reason counter every run must add to (None for the floor).
     reason: Option<u32>,
     target: Option<f64>,
+    /// Flow sync on (`Globals::flow_sync`): every new flow is reported in `FLOW_EVENTS`,
+    /// which is drained after the case, and must hold one event per run.
+    flow_sync: bool,
 }
 
 pub fn micro(summary: &mut Vec<Ratio>) -> Result<String> {
@@ -327,6 +330,7 @@ pub fn micro(summary: &mut Vec<Ratio>) -> Result<String> {
             expect_action: 3,
             reason: None,
             target: None,
+            flow_sync: false,
         },
         Case {
             name: "established flow (nat)",
@@ -341,6 +345,7 @@ pub fn micro(summary: &mut Vec<Ratio>) -> Result<String> {
             expect_action: 3,
             reason: Some(reason::TX_FORWARD),
             target: Some(60.0),
+            flow_sync: false,
         },
         Case {
             name: "backend reply (reverse nat)",
@@ -352,6 +357,7 @@ pub fn micro(summary: &mut Vec<Ratio>) -> Result<String> {
             expect_action: 3,
             reason: Some(reason::TX_REPLY),
             target: None,
+            flow_sync: false,
         },
         // Katran's method: the same SYN every run. For k3s-xdp that is a retransmitted SYN of
         // a flow it knows (the translation is checked, nothing is inserted), not a new flow.
@@ -368,6 +374,7 @@ pub fn micro(summary: &mut Vec<Ratio>) -> Result<String> {
             expect_action: 3,
             reason: Some(reason::TX_FORWARD),
             target: None,
+            flow_sync: false,
         },
         // Katran's method for its SYN figure, where a SYN always takes the new-flow path: the
         // same SYN every run, its flow and translation forgotten before each (so every run
@@ -385,6 +392,23 @@ pub fn micro(summary: &mut Vec<Ratio>) -> Result<String> {
             expect_action: 3,
             reason: Some(reason::TX_FORWARD),
             target: Some(150.0),
+            flow_sync: false,
+        },
+        // The same, with flow sync on: each new flow also goes into the FLOW_EVENTS ring.
+        Case {
+            name: "new-flow path, tables in cache (nat), flow sync on",
+            program: names::BENCH_PROGRAM,
+            frame: Box::new({
+                let syn = hot_syn.clone();
+                move |_| syn.clone()
+            }),
+            mode: BENCH_FORGET_FLOW,
+            forget: hot_forget,
+            service: "k3s-api",
+            expect_action: 3,
+            reason: Some(reason::TX_FORWARD),
+            target: None,
+            flow_sync: true,
         },
         // A new flow per run: the source port advances each run, the source address each round.
         Case {
@@ -400,6 +424,7 @@ pub fn micro(summary: &mut Vec<Ratio>) -> Result<String> {
             expect_action: 3,
             reason: Some(reason::TX_FORWARD),
             target: Some(150.0),
+            flow_sync: false,
         },
         Case {
             name: "established flow (dsr)",
@@ -414,6 +439,7 @@ pub fn micro(summary: &mut Vec<Ratio>) -> Result<String> {
             expect_action: 3,
             reason: Some(reason::TX_FORWARD),
             target: None,
+            flow_sync: false,
         },
         Case {
             name: "SYN of a new flow (dsr)",
@@ -428,6 +454,7 @@ pub fn micro(summary: &mut Vec<Ratio>) -> Result<String> {
             expect_action: 3,
             reason: Some(reason::TX_FORWARD),
             target: None,
+            flow_sync: false,
         },
         Case {
             name: "non-VIP packet (pass)",
@@ -439,6 +466,7 @@ pub fn micro(summary: &mut Vec<Ratio>) -> Result<String> {
             expect_action: 2,
             reason: Some(reason::PASS_NOT_VIP),
             target: None,
+            flow_sync: false,
         },
         Case {
             name: "IPv6 established flow (nat)",
@@ -450,6 +478,7 @@ pub fn micro(summary: &mut Vec<Ratio>) -> Result<String> {
             expect_action: 3,
             reason: Some(reason::TX_FORWARD),
             target: None,
+            flow_sync: false,
         },
         Case {
             name: "IPv6 backend reply (reverse nat)",
@@ -461,6 +490,7 @@ pub fn micro(summary: &mut Vec<Ratio>) -> Result<String> {
             expect_action: 3,
             reason: Some(reason::TX_REPLY),
             target: None,
+            flow_sync: false,
         },
         Case {
             name: "IPv6 new-flow path, tables in cache (nat)",
@@ -472,6 +502,7 @@ pub fn micro(summary: &mut Vec<Ratio>) -> Result<String> {
             expect_action: 3,
             reason: Some(reason::TX_FORWARD),
             target: None,
+            flow_sync: false,
         },
         Case {
             name: "IPv6 SYN of a new flow (nat)",
@@ -489,6 +520,7 @@ pub fn micro(summary: &mut Vec<Ratio>) -> Result<String> {
             expect_action: 3,
             reason: Some(reason::TX_FORWARD),
             target: None,
+            flow_sync: false,
         },
         Case {
             name: "IPv6 non-VIP packet (pass)",
@@ -500,6 +532,7 @@ pub fn micro(summary: &mut Vec<Ratio>) -> Result<String> {
             expect_action: 2,
             reason: Some(reason::PASS_NOT_VIP),
             target: None,
+            flow_sync: false,
         },
     ];
 
@@ -518,7 +551,22 @@ pub fn micro(summary: &mut Vec<Ratio>) -> Result<String> {
                 .service_slot(case.service)
                 .with_context(|| format!("service {} published", case.service))?;
             let flows_before = h.dataplane.service_traffic(service)?.new_flows;
-            let (action, ns) = run_repeated(&mut h, case.program, &frame, REPEAT)?;
+            if case.flow_sync {
+                h.update_globals(|g| g.flow_sync = k3s_xdp_common::FLOW_SYNC_ON)?;
+            }
+            let measured = run_repeated(&mut h, case.program, &frame, REPEAT);
+            if case.flow_sync {
+                h.update_globals(|g| g.flow_sync = 0)?;
+                let reported = h.dataplane.drain_flow_events(2 * REPEAT as usize)?.len();
+                let lost = h.dataplane.flow_events_lost()?;
+                if reported != REPEAT as usize || lost != 0 {
+                    bail!(
+                        "{}: {reported} flow events reported and {lost} lost in {REPEAT} runs (round {round})",
+                        case.name
+                    );
+                }
+            }
+            let (action, ns) = measured?;
             if action != case.expect_action {
                 let reasons: Vec<_> = h.reasons()?.into_iter().filter(|(_, v)| *v > 0).collect();
                 bail!(
@@ -630,6 +678,33 @@ pub fn micro(summary: &mut Vec<Ratio>) -> Result<String> {
         let _ = writeln!(
             out,
             "| {twin} | {v4:.0} | {v6:.0} | {diff:+.0} | {target} |"
+        );
+    }
+    // Flow sync's cost on a new flow (issue 20's target: at most 30 ns more), same rounds.
+    let _ = writeln!(
+        out,
+        "\n### Flow sync on a new flow\n\n| case | off ns | on ns | on - off | target |\n|---|---:|---:|---:|---|"
+    );
+    for (ci, case) in cases.iter().enumerate() {
+        let Some(twin) = case.name.strip_suffix(", flow sync on") else {
+            continue;
+        };
+        let Some(ti) = cases.iter().position(|c| c.name == twin) else {
+            continue;
+        };
+        let (on, off) = (med(&samples[ci]).0, med(&samples[ti]).0);
+        let diff = on - off;
+        let target = format!("+30 ns: {}", if diff <= 30.0 { "met" } else { "missed" });
+        summary.push(Ratio {
+            what: format!("XDP: {}", case.name),
+            value: format!("{on:.0} ns/packet"),
+            baseline: format!("flow sync off {off:.0} ns"),
+            ratio: on / off,
+            target: target.clone(),
+        });
+        let _ = writeln!(
+            out,
+            "| {twin} | {off:.0} | {on:.0} | {diff:+.0} | {target} |"
         );
     }
     let (cold, warm) = (memory_latency(96 << 20), memory_latency(1 << 20));

@@ -38,6 +38,10 @@ pub mod names {
     pub const BACKEND_STATS: &str = "BACKEND_STATS";
     pub const GLOBALS: &str = "GLOBALS";
     pub const SNAT_SOURCES: &str = "SNAT_SOURCES";
+    /// Flow sync: the ring buffer of new flows (`FlowEvent`), and its per-CPU count of
+    /// events lost to a full ring.
+    pub const FLOW_EVENTS: &str = "FLOW_EVENTS";
+    pub const FLOW_EVENTS_LOST: &str = "FLOW_EVENTS_LOST";
     /// The IPv6 twins of the maps above: the same layouts over 16-byte addresses, so that the
     /// IPv4 tables keep their size (and their place in the cache).
     pub const NEW_FLOW6_PROGRAM: &str = "k3s_xdp_new_flow6";
@@ -408,7 +412,35 @@ pub struct Globals {
     /// `snat_timewait` in seconds: how long a translation whose backend closed first keeps
     /// its SNAT port from other client tuples (see [`waits`]).
     pub snat_timewait: u32,
+    /// [`FLOW_SYNC_ON`]: new flows are reported in `FLOW_EVENTS` for the peers.
+    pub flow_sync: u32,
 }
+
+/// `Globals::flow_sync`: report new flows.
+pub const FLOW_SYNC_ON: u32 = 1;
+
+/// `FlowEvent::op`: the program made this flow (its first packet).
+pub const FLOW_EVENT_NEW: u8 = 1;
+
+/// A record of the `FLOW_EVENTS` ring buffer: a flow the program made, with its backend slot
+/// and translation, for flow sync to send to the peers. Records of both families share the
+/// ring: `family` (4 or 6) and the record's length say which.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowEvent<A: Address = u32> {
+    /// Client → VIP, network byte order.
+    pub key: FlowKey<A>,
+    pub flow: Flow,
+    pub op: u8,
+    pub family: u8,
+    pub _pad: [u8; 6],
+}
+
+/// Bytes of the `FLOW_EVENTS` ring when flow sync is off (the kernel's least: one page);
+/// with it on, [`FLOW_EVENTS_BYTES`]: 4 MiB, 131,072 IPv4 events, more than a second of new
+/// flows at the rates the daemon drains.
+pub const FLOW_EVENTS_BYTES_OFF: u32 = 4096;
+pub const FLOW_EVENTS_BYTES: u32 = 4 << 20;
 
 /// Bytes of a benchmark packet (`BENCH`).
 pub const BENCH_MAX_LEN: usize = 160;
@@ -492,7 +524,9 @@ mod tests {
         assert_eq!(size_of::<Flow>(), 8);
         assert_eq!(size_of::<NatReverse>(), 40);
         assert_eq!(size_of::<Traffic>(), 32);
-        assert_eq!(size_of::<Globals>(), 28);
+        assert_eq!(size_of::<Globals>(), 32);
+        assert_eq!(size_of::<FlowEvent>(), 32);
+        assert_eq!(size_of::<FlowEvent<V6>>(), 56);
         assert_eq!(size_of::<SnatSources>(), 8 + 4 * MAX_SNAT_SOURCES);
         assert_eq!(size_of::<VipSlot>(), 8 + size_of::<VipInfo>());
         assert_eq!(size_of::<VipTable>(), 40);

@@ -28,6 +28,7 @@ mod parse;
 mod reset;
 mod rewrite;
 mod state;
+mod sync;
 mod table;
 mod verdict;
 

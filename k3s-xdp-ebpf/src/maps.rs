@@ -1,15 +1,15 @@
 //! The maps the controller writes and the program reads. Layouts live in `k3s-xdp-common`.
 
 use aya_ebpf::{
-    btf_maps::{Array, ArrayOfMaps, PerCpuArray, ProgramArray},
+    btf_maps::{Array, ArrayOfMaps, PerCpuArray, ProgramArray, RingBuf},
     macros::btf_map,
 };
 use k3s_xdp_common::{
     maglev_words, reason,
     table::{buckets, slots, FlowBucket, NatSlot},
     Address, Backend, Globals, NextHop, SnatSources, Traffic, VipInfo, VipSlot, VipTable,
-    DEFAULT_FLOW_TABLE_SIZE, DEFAULT_TABLE_SIZE, MAX_BACKENDS, MAX_SERVICES, MAX_SNAT_SOURCES, V6,
-    VIP_SLOTS,
+    DEFAULT_FLOW_TABLE_SIZE, DEFAULT_TABLE_SIZE, FLOW_EVENTS_BYTES, MAX_BACKENDS, MAX_SERVICES,
+    MAX_SNAT_SOURCES, V6, VIP_SLOTS,
 };
 
 /// Flags of the inner Maglev tables, which the controller must create with the same flags:
@@ -84,6 +84,15 @@ pub static REASONS: PerCpuArray<u64, { reason::COUNT as usize }> = PerCpuArray::
 /// Signs of full flow tables, per CPU, indexed by `k3s_xdp_common::reason::table`.
 #[btf_map]
 pub static TABLE_EVENTS: PerCpuArray<u64, { reason::table::COUNT as usize }> = PerCpuArray::new();
+
+/// Flow sync: new flows for the peers (`FlowEvent` of either family). Sized by the loader:
+/// one page without `[flow_sync]`.
+#[btf_map]
+pub static FLOW_EVENTS: RingBuf<u8, { FLOW_EVENTS_BYTES as usize }> = RingBuf::new();
+
+/// Flow sync: events lost to a full `FLOW_EVENTS`, per CPU (the next bulk sync repairs).
+#[btf_map]
+pub static FLOW_EVENTS_LOST: PerCpuArray<u64, 1> = PerCpuArray::new();
 
 /// Per service slot traffic, per CPU.
 #[btf_map]

@@ -19,10 +19,12 @@ use crate::{
     family::Family,
     parse::{Ip, Offsets, L4},
     state::Probe,
+    sync,
     table::Place,
 };
 use k3s_xdp_common::{
-    reason, Flow, FlowKey, Globals, NextHop, VipInfo, VipPort, MAX_PORTS_PER_VIP, SERVICE_DSR,
+    reason, Flow, FlowKey, Globals, NextHop, VipInfo, VipPort, FLOW_SYNC_ON, MAX_PORTS_PER_VIP,
+    SERVICE_DSR,
 };
 
 /// `Probe::outcome` of a flow whose backend was chosen and recorded.
@@ -77,6 +79,7 @@ pub fn ask<F: Family>(
         (*state).clock = globals.clock;
         (*state).mask = globals.flow_mask;
         (*state).timewait = globals.snat_timewait;
+        (*state).sync = globals.flow_sync;
     }
 }
 
@@ -109,6 +112,9 @@ pub fn decide<F: Family>(state: *mut Probe<F>) {
                             mask: (*state).mask,
                         };
                         if F::store_flow(&(*state).key, at, flow, (*state).clock) {
+                            if (*state).sync == FLOW_SYNC_ON {
+                                sync::report_new(&(*state).key, &flow);
+                            }
                             (*state).id = id;
                             (*state).backend = backend;
                             (*state).snat_port = port;

@@ -36,6 +36,8 @@ pub struct Probe<A: k3s_xdp_common::Address = u32> {
     pub mask: u32,
     /// `snat_timewait`, seconds.
     pub timewait: u32,
+    /// `Globals::flow_sync`: report the flow once recorded.
+    pub sync: u32,
     // The answer, written by the second half.
     /// `new_flow::CHOSEN` or a drop reason.
     pub outcome: u32,

@@ -56,6 +56,8 @@ pub async fn run(options: Options) -> Result<()> {
     let dp = Dataplane::load(LoadOptions {
         flow_table_size: config.flow_table_size,
         ipv6: config.services.iter().any(|s| s.vip.is_ipv6()),
+        // Nothing reads the new-flow events yet (issue 20): the ring stays one page.
+        flow_sync: false,
     })?;
     let (events_tx, events_rx) = mpsc::channel(4096);
     let mac = netlink.mac(ifindex).await?;

@@ -90,6 +90,7 @@ impl XdpHarness {
             LoadOptions {
                 flow_table_size: flows,
                 ipv6: true,
+                flow_sync: true,
             },
         )
         .context("loading the XDP object for BPF_PROG_TEST_RUN")?;

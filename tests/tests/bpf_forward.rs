@@ -4,7 +4,7 @@
 //! needed", several services, a VLAN tag, and SNAT pools. Every output is parsed and its checksums are
 //! recomputed from scratch (not with the program's incremental arithmetic).
 
-use k3s_xdp::dataplane::{BackendState, ServiceSpec};
+use k3s_xdp::dataplane::{BackendState, FlowEventOf, ServiceSpec};
 use k3s_xdp_common::{
     hash::{flow_hash, reduce},
     reason, FlowKey, IPPROTO_TCP,
@@ -1962,4 +1962,43 @@ fn fragmentation_needed_about_a_pooled_flow_quotes_its_pool_address() {
     assert_eq!(&quoted[16..20], &source.octets(), "the pool address");
     assert_eq!(u16::from_be_bytes([quoted[22], quoted[23]]), 20000);
     assert_eq!(packet::ones_complement_sum(&quoted[..20], 0), 0xffff);
+}
+
+/// Flow sync (issue 20): with `Globals::flow_sync` on, a new flow is reported once in the
+/// `FLOW_EVENTS` ring with the flow entry the program recorded (backend slot, SNAT port and
+/// source); its later packets and a retransmitted SYN report nothing; with it off, nothing is
+/// reported at all.
+#[test]
+fn new_flows_are_reported_for_flow_sync_once_each() {
+    let Some(mut h) = harness() else { return };
+    let vip = sock(VIP, 6443);
+    let off = agent(1, 42001);
+    transmitted(&mut h, &packet::tcp_syn(off, vip));
+    assert!(
+        h.dataplane.drain_flow_events(100).unwrap().is_empty(),
+        "off"
+    );
+
+    h.update_globals(|g| g.flow_sync = k3s_xdp_common::FLOW_SYNC_ON)
+        .unwrap();
+    let clients = [agent(1, 42002), agent(2, 42003), agent(3, 42004)];
+    for c in clients {
+        transmitted(&mut h, &packet::tcp_syn(c, vip));
+        transmitted(&mut h, &packet::tcp_syn(c, vip));
+        transmitted(&mut h, &packet::tcp(c, vip, TCP_ACK));
+    }
+    transmitted(&mut h, &packet::tcp(off, vip, TCP_ACK));
+    let events = h.dataplane.drain_flow_events(100).unwrap();
+    assert_eq!(events.len(), clients.len(), "{events:?}");
+    for (event, c) in events.iter().zip(clients) {
+        let k = key(c, vip, IPPROTO_TCP);
+        let FlowEventOf::V4(e) = event else {
+            panic!("an IPv4 event: {event:?}")
+        };
+        assert_eq!((e.op, e.family), (k3s_xdp_common::FLOW_EVENT_NEW, 4));
+        assert_eq!(e.key, k);
+        assert_eq!(Some(e.flow), h.dataplane.flow(&k).unwrap(), "as recorded");
+        assert_ne!(e.flow.snat_port, 0, "nat: the SNAT port");
+    }
+    assert_eq!(h.dataplane.flow_events_lost().unwrap(), 0);
 }

@@ -5,9 +5,9 @@
 
 use k3s_xdp::{
     config::{Mode, OnBackendDown, Protocol},
-    dataplane::{BackendSpec, BackendState, ServiceSpec},
+    dataplane::{BackendSpec, BackendState, FlowEventOf, ServiceSpec},
 };
-use k3s_xdp_common::reason;
+use k3s_xdp_common::{address::v6_bytes, reason};
 use k3s_xdp_tests::{
     bpf::{
         action_name, have_root, lab_mac6, Outcome, XdpHarness, LAB_LB_MAC, XDP_DROP, XDP_PASS,
@@ -430,4 +430,29 @@ fn packet_too_big_reaches_the_flows_backend_translated() {
     let (sport, dport, _) = tcp_ports(&inner);
     assert_eq!((sport, dport), (6443, snat_port));
     assert_eq!(h.reason(reason::TX_ICMP_TO_BACKEND).unwrap(), 1);
+}
+
+/// Flow sync (issue 20): an IPv6 flow is reported once, with its 16-byte addresses, as the
+/// program recorded it.
+#[test]
+fn new_ipv6_flows_are_reported_for_flow_sync() {
+    let Some(mut h) = harness() else { return };
+    h.update_globals(|g| g.flow_sync = k3s_xdp_common::FLOW_SYNC_ON)
+        .unwrap();
+    let client = sock(ip6(0x102), 42000);
+    let vip = sock(ip6(0x100), 6443);
+    transmitted(&mut h, &tcp6_syn(client, vip).frame());
+    transmitted(&mut h, &tcp6(client, vip, TCP_ACK).frame());
+    let events = h.dataplane.drain_flow_events(10).unwrap();
+    let [FlowEventOf::V6(e)] = events[..] else {
+        panic!("one IPv6 event: {events:?}")
+    };
+    assert_eq!((e.op, e.family), (k3s_xdp_common::FLOW_EVENT_NEW, 6));
+    assert_eq!(v6_bytes(e.key.src), client.ip().octets());
+    assert_eq!(v6_bytes(e.key.dst), vip.ip().octets());
+    assert_eq!(
+        (u16::from_be(e.key.sport), u16::from_be(e.key.dport)),
+        (42000, 6443)
+    );
+    assert_ne!(e.flow.snat_port, 0);
 }

@@ -765,6 +765,7 @@ fn hold_pass(ports: &[String]) -> Result<()> {
     let mut dp = k3s_xdp::dataplane::Dataplane::load(k3s_xdp::dataplane::LoadOptions {
         flow_table_size: 16,
         ipv6: false,
+        flow_sync: false,
     })?;
     let program = dp.program_mut(k3s_xdp_common::names::PASS_PROGRAM)?;
     for port in ports {

@@ -187,6 +187,8 @@ fn globals(
         // Filled in by `write_globals`, which knows the tables' size.
         flow_mask: 0,
         snat_timewait: config.snat_timewait_secs(),
+        // Flow sync's daemon side (reading FLOW_EVENTS) is not there yet: nothing reports.
+        flow_sync: 0,
     }
 }
 

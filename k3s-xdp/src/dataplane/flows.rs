@@ -11,9 +11,36 @@ use k3s_xdp_common::{
     hash::flow_hash,
     names,
     table::{self, bucket_index, nat_index, FlowBucket, FlowSlot, NatSlot},
-    Address, Flow, FlowKey, NatReverse, V6,
+    Address, Flow, FlowEvent, FlowKey, NatReverse, V6,
 };
 use std::collections::BTreeMap;
+
+/// A record of the `FLOW_EVENTS` ring, of either family.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FlowEventOf {
+    V4(FlowEvent),
+    V6(FlowEvent<V6>),
+}
+
+impl FlowEventOf {
+    /// The record in `bytes` (as the ring holds it), if it is one.
+    pub fn parse(bytes: &[u8]) -> Option<Self> {
+        fn read<T: Copy>(bytes: &[u8]) -> Option<T> {
+            (bytes.len() == std::mem::size_of::<T>())
+                // SAFETY: exactly the bytes of a `T`, a plain `repr(C)` record without
+                // invalid bit patterns; read unaligned.
+                .then(|| unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<T>()) })
+        }
+        let event = match read::<FlowEvent>(bytes) {
+            Some(e) if e.family == 4 => FlowEventOf::V4(e),
+            _ => match read::<FlowEvent<V6>>(bytes) {
+                Some(e) if e.family == 6 => FlowEventOf::V6(e),
+                _ => return None,
+            },
+        };
+        Some(event)
+    }
+}
 
 /// A backend's SNAT ports (see [`Dataplane::snat_ports`]).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -62,6 +89,20 @@ impl Dataplane {
                 ports.in_use += 1;
             }
         })
+    }
+
+    /// Takes up to `max` records from the `FLOW_EVENTS` ring (new flows, for flow sync), in
+    /// the order the program wrote them; a record that is not an event is skipped.
+    pub fn drain_flow_events(&mut self, max: usize) -> Result<Vec<FlowEventOf>> {
+        let mut ring = aya::maps::RingBuf::try_from(self.map_mut(names::FLOW_EVENTS)?)?;
+        let mut out = Vec::new();
+        while out.len() < max {
+            let Some(item) = ring.next() else { break };
+            if let Some(event) = FlowEventOf::parse(&item) {
+                out.push(event);
+            }
+        }
+        Ok(out)
     }
 
     /// The flow table entry of a client → VIP tuple.

@@ -11,7 +11,7 @@ mod publish;
 mod sys;
 mod vip_index;
 
-pub use flows::SnatPorts;
+pub use flows::{FlowEventOf, SnatPorts};
 #[cfg(feature = "bench")]
 pub use object::BENCH_OBJECT;
 pub use object::BPF_OBJECT;
@@ -86,6 +86,9 @@ pub struct LoadOptions {
     /// IPv6 services. Otherwise they hold one bucket: at the default size they would take
     /// 44 MiB for nothing.
     pub ipv6: bool,
+    /// Whether new flows are reported for flow sync: the `FLOW_EVENTS` ring gets its size
+    /// (`FLOW_EVENTS_BYTES`), else one page.
+    pub flow_sync: bool,
 }
 
 impl Dataplane {
@@ -111,6 +114,14 @@ impl Dataplane {
             .map_max_entries(names::NAT_REVERSE, table::slots(options.flow_table_size))
             .map_max_entries(names::FLOWS6, table::buckets(size6))
             .map_max_entries(names::NAT_REVERSE6, table::slots(size6))
+            .map_max_entries(
+                names::FLOW_EVENTS,
+                if options.flow_sync {
+                    k3s_xdp_common::FLOW_EVENTS_BYTES
+                } else {
+                    k3s_xdp_common::FLOW_EVENTS_BYTES_OFF
+                },
+            )
             .load(object)
             .context("cannot load the XDP object into the kernel (needs root, or CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN)")?;
         for name in [names::PROGRAM, names::PASS_PROGRAM, names::FLOOR_PROGRAM]
@@ -262,6 +273,11 @@ impl Dataplane {
     /// CPUs, in event order.
     pub fn table_events(&self) -> Result<Vec<(&'static str, u64)>> {
         self.per_cpu_sums(names::TABLE_EVENTS, &reason::table::NAMES)
+    }
+
+    /// Flow sync events lost to a full ring, summed over CPUs.
+    pub fn flow_events_lost(&self) -> Result<u64> {
+        Ok(self.per_cpu_sums(names::FLOW_EVENTS_LOST, &["lost"])?[0].1)
     }
 
     fn per_cpu_sums(&self, map: &str, labels: &[&'static str]) -> Result<Vec<(&'static str, u64)>> {
