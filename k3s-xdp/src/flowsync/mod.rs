@@ -1,8 +1,11 @@
 //! Flow sync (`[flow_sync]`, DESIGN.md "Flow sync"): nat flows known to every load balancer of
 //! the same VIPs, so a connection survives a failover whichever side speaks next.
 //!
-//! - `wire.rs` (pure): the messages, their authentication and the replay window.
+//! - `wire.rs` (pure): the messages, their authentication and the replay window;
+//! - `translate.rs` (pure): a reported flow (this node's slots) to a wire entry (addresses), and
+//!   a peer's entry to the flow and reverse-NAT entries this node would have made.
 
+pub mod translate;
 pub mod wire;
 
 use anyhow::{bail, Context, Result};
