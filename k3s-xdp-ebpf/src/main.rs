@@ -35,7 +35,7 @@ mod verdict;
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 use family::Family;
 use k3s_xdp_common::{
-    reason, Globals, VipInfo, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, VIP_SNAT_ONLY,
+    reason, Globals, VipInfo, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, V6, VIP_SNAT_ONLY,
 };
 use parse::{Frame, Ip, Valid, ETH_P_IP};
 use verdict::Verdict;
@@ -82,6 +82,15 @@ fn process(ctx: &XdpContext) -> Verdict {
         return process4(ctx, &frame);
     }
     if frame.ether_type == parse::ETH_P_IPV6 {
+        // Most IPv6 traffic is the host's own (neighbour discovery among it): it passes here,
+        // without the tail call.
+        let ip = match parse::ip::<V6>(ctx, &frame) {
+            Ok(ip) => ip,
+            Err(why) => return Verdict::pass(why),
+        };
+        if maps::vip6(&V6::dst(ip.hdr)).is_none() {
+            return Verdict::pass(reason::PASS_NOT_VIP);
+        }
         // SAFETY: a tail call into `k3s_xdp6`, which the controller puts in its slot before
         // attaching; on success it does not return (it counts the packet). A program of its
         // own: the IPv4 path keeps its code, its stack frame and its verifier budget.
