@@ -30,7 +30,7 @@ use rustls::{
 use std::{
     collections::HashMap,
     io::{self, Read, Write},
-    net::{Ipv4Addr, Shutdown, SocketAddr, SocketAddrV4, TcpListener, TcpStream},
+    net::{Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream},
     sync::{
         atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering},
         Arc, Mutex, OnceLock,
@@ -185,7 +185,8 @@ impl Backend {
         if self.running.is_some() {
             return Ok(());
         }
-        let addr = SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, self.port);
+        // `[::]`: IPv4 and IPv6 clients alike (a namespace's bindv6only is 0).
+        let addr = SocketAddr::new(Ipv6Addr::UNSPECIFIED.into(), self.port);
         // std sets SO_REUSEADDR on listeners, so a restart does not wait for TIME_WAIT.
         let listener = self
             .ns
@@ -579,9 +580,10 @@ fn server_config(name: &str, addrs: &[Ipv4Addr]) -> Result<Arc<ServerConfig>> {
 
 /// Opens a TCP connection to `to` from inside `from` (the socket lives in that namespace),
 /// within `timeout`; reads and writes then time out after `timeout` too.
-pub fn connect(from: &NetNs, to: SocketAddrV4, timeout: Duration) -> Result<TcpStream> {
+pub fn connect(from: &NetNs, to: impl Into<SocketAddr>, timeout: Duration) -> Result<TcpStream> {
+    let to = to.into();
     let stream = from
-        .enter(|| TcpStream::connect_timeout(&SocketAddr::V4(to), timeout))?
+        .enter(|| TcpStream::connect_timeout(&to, timeout))?
         .with_context(|| format!("connecting to {to} from network namespace {}", from.name()))?;
     stream.set_read_timeout(Some(timeout))?;
     stream.set_write_timeout(Some(timeout))?;
@@ -605,10 +607,11 @@ pub type TlsStream = StreamOwned<ClientConnection, TcpStream>;
 /// (signatures are still checked, the chain is not).
 pub fn tls_connect(
     from: &NetNs,
-    to: SocketAddrV4,
+    to: impl Into<SocketAddr>,
     server_name: &str,
     timeout: Duration,
 ) -> Result<TlsStream> {
+    let to = to.into();
     let tcp = connect(from, to, timeout)?;
     let name = ServerName::try_from(server_name.to_string())
         .with_context(|| format!("{server_name:?} is not a valid TLS server name"))?;
@@ -678,7 +681,7 @@ pub fn echo_roundtrip(stream: &mut (impl Read + Write), payload: &[u8]) -> Resul
 /// the name of the backend that answered.
 pub fn roundtrip(
     from: &NetNs,
-    to: SocketAddrV4,
+    to: impl Into<SocketAddr>,
     payload: &[u8],
     timeout: Duration,
 ) -> Result<String> {
