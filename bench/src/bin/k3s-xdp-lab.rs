@@ -26,11 +26,11 @@ use k3s_xdp_tests::{
     backend::{echo_roundtrip, roundtrip, Backend, Kind},
     bird, daemon, ecmp,
     netns::NetNs,
-    topology::{Topology, AGENTS, SERVERS, VIP},
+    topology::{addr6, Topology, AGENTS, SERVERS, VIP, VIP6},
 };
 use std::{
     collections::BTreeMap,
-    net::{Ipv4Addr, SocketAddrV4},
+    net::{Ipv4Addr, SocketAddr, SocketAddrV4},
     os::unix::process::CommandExt,
     path::{Path, PathBuf},
     process::{Command, Stdio},
@@ -135,6 +135,11 @@ fn run_lab(mode: &str, connections: usize, failover: bool) -> Result<()> {
         &log_path("pass-programs"),
     )?;
     state.pids.push(holder);
+    // Dual stack: every node's 2001:db8::/64 address beside its IPv4 one; an IPv6 service
+    // beside the IPv4 one, its VIP in the same VRRP instance (a second virtual router).
+    for node in ["lb-1", "lb-2"].iter().chain(&SERVERS).chain(&AGENTS) {
+        topo.add_ipv6(node)?;
+    }
     spawn_backends(&topo, mode, &me, &mut state)?;
     let bin = daemon::binary()?;
     let mut lb1_pid = 0;
@@ -173,22 +178,26 @@ fn run_lab(mode: &str, connections: usize, failover: bool) -> Result<()> {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    println!("VRRP: lb-1 MASTER (priority 200, holds {VIP}), lb-2 BACKUP (priority 100)");
+    println!(
+        "VRRP: lb-1 MASTER (priority 200, holds {VIP} and {VIP6}), lb-2 BACKUP (priority 100)"
+    );
 
     let total = connections * AGENTS.len();
-    let (per_backend, failures) = burst(SocketAddrV4::new(VIP, PORT), connections)?;
-    println!(
-        "\n{total} connections to {VIP}:{PORT} ({mode} mode) from agent-1..3, each exchanging data: {} failed",
-        failures.len()
-    );
-    for (backend, n) in &per_backend {
+    for to in [vip(), vip6()] {
+        let (per_backend, failures) = burst(to, connections)?;
         println!(
-            "  {backend:<10} {n:>5} connections ({:.0}%)",
-            *n as f64 * 100.0 / total as f64
+            "\n{total} connections to {to} ({mode} mode) from agent-1..3, each exchanging data: {} failed",
+            failures.len()
         );
-    }
-    for f in failures.iter().take(3) {
-        println!("  failed: {f}");
+        for (backend, n) in &per_backend {
+            println!(
+                "  {backend:<10} {n:>5} connections ({:.0}%)",
+                *n as f64 * 100.0 / total as f64
+            );
+        }
+        for f in failures.iter().take(3) {
+            println!("  failed: {f}");
+        }
     }
     let status1 = status(&socket)?;
     println!("\n`k3s-xdp status` on lb-1:\n{}", render_table(&status1));
@@ -205,17 +214,19 @@ fn run_lab(mode: &str, connections: usize, failover: bool) -> Result<()> {
     let took = killed.elapsed();
     println!("lb-2 MASTER after {took:.2?} (Master_Down_Interval 3.61 s at 1 s adverts)");
     let after = (connections / 2).max(1);
-    let (per_backend, failures) = burst(SocketAddrV4::new(VIP, PORT), after)?;
-    println!(
-        "{} connections through lb-2 after the failover: {} failed",
-        after * AGENTS.len(),
-        failures.len()
-    );
-    for (backend, n) in &per_backend {
-        println!("  {backend:<10} {n:>5} connections");
-    }
-    for f in failures.iter().take(3) {
-        println!("  failed: {f}");
+    for to in [vip(), vip6()] {
+        let (per_backend, failures) = burst(to, after)?;
+        println!(
+            "{} connections to {to} through lb-2 after the failover: {} failed",
+            after * AGENTS.len(),
+            failures.len()
+        );
+        for (backend, n) in &per_backend {
+            println!("  {backend:<10} {n:>5} connections");
+        }
+        for f in failures.iter().take(3) {
+            println!("  failed: {f}");
+        }
     }
     let status2 = status(&socket2)?;
     println!("\n`k3s-xdp status` on lb-2:\n{}", render_table(&status2));
@@ -308,7 +319,7 @@ fn run_bgp_lab(mode: &str, connections: usize, kill: bool) -> Result<()> {
 
     let flows_before: Vec<u64> = BGP_LBS.iter().map(|(lb, _)| node_flows(lb)).collect();
     let total = connections * AGENTS.len();
-    let (per_backend, failures) = burst(SocketAddrV4::new(VIP, PORT), connections)?;
+    let (per_backend, failures) = burst(vip(), connections)?;
     let per_node: Vec<u64> = BGP_LBS
         .iter()
         .zip(&flows_before)
@@ -350,7 +361,7 @@ fn run_bgp_lab(mode: &str, connections: usize, kill: bool) -> Result<()> {
         killed.elapsed()
     );
     print!("{}", router_route()?);
-    let (_, failures) = burst(SocketAddrV4::new(VIP, PORT), connections / 2 + 1)?;
+    let (_, failures) = burst(vip(), connections / 2 + 1)?;
     println!(
         "{} connections through lb-1 and lb-2 afterwards: {} failed",
         (connections / 2 + 1) * AGENTS.len(),
@@ -374,6 +385,8 @@ fn spawn_backends(topo: &Topology, mode: &str, me: &str, state: &mut State) -> R
     for server in SERVERS {
         if mode == "dsr" {
             topo.prepare_dsr_backend(server, VIP)?;
+            topo.node(server)
+                .ip(["-6", "addr", "add", &format!("{VIP6}/128"), "dev", "lo"])?;
         }
         let pid = spawn_detached(
             topo.node(server),
@@ -549,6 +562,13 @@ fn lab_config(mode: &str, lb: &str) -> String {
             format!("  {{ name = \"{s}\", address = \"{addr}:{PORT}\" }},")
         })
         .collect();
+    let backends6: Vec<String> = SERVERS
+        .iter()
+        .map(|s| {
+            let addr = addr6(k3s_xdp_tests::topology::seed_addr(s).expect("seed node"));
+            format!("  {{ name = \"{s}\", address = \"[{addr}]:{PORT}\" }},")
+        })
+        .collect();
     format!(
         r#"# The lab's {lb}: the seeds' haproxy.cfg and keepalived.conf, with documentation addresses.
 interface = "eth1"
@@ -569,14 +589,29 @@ inter = "1s"
 rise = 2
 fall = 2
 
+[[service]]
+name = "k3s-api-v6"
+vip = "{VIP6}"
+port = {PORT}
+mode = "{mode}"
+backends = [
+{}
+]
+[service.health]
+check = "tcp"
+inter = "1s"
+rise = 2
+fall = 2
+
 [vrrp]
 virtual_router_id = 51
 priority = {priority}
 state = "{state}"
 advert_int = "1s"
-virtual_ipaddress = ["{VIP}/24"]
+virtual_ipaddress = ["{VIP}/24", "{VIP6}/64"]
 "#,
-        backends.join("\n")
+        backends.join("\n"),
+        backends6.join("\n")
     )
 }
 
@@ -703,7 +738,16 @@ fn wait_healthy(socket: &Path, limit: Duration) -> Result<()> {
 
 /// `count` connections from each agent to `to`, in parallel per agent; bounded in number and
 /// time (2 s each). Returns connections per backend name, and failures.
-fn burst(to: SocketAddrV4, count: usize) -> Result<(BTreeMap<String, usize>, Vec<String>)> {
+/// The IPv4 and IPv6 services' VIP:port.
+fn vip() -> SocketAddr {
+    SocketAddr::new(VIP.into(), PORT)
+}
+
+fn vip6() -> SocketAddr {
+    SocketAddr::new(VIP6.into(), PORT)
+}
+
+fn burst(to: SocketAddr, count: usize) -> Result<(BTreeMap<String, usize>, Vec<String>)> {
     let agents: Vec<NetNs> = AGENTS
         .iter()
         .map(|a| NetNs::existing(&format!("{PREFIX}-{a}")))
