@@ -2002,3 +2002,97 @@ fn new_flows_are_reported_for_flow_sync_once_each() {
     }
     assert_eq!(h.dataplane.flow_events_lost().unwrap(), 0);
 }
+
+/// Flow sync end to end through the real program on two nodes (issue 20): node A makes a nat
+/// flow and reports it; the entry crosses the wire (signed, encoded, verified, decoded) to node
+/// B, which published the same services in other slots and installs it; the backend's reply
+/// reaching B goes back to the client from VIP:6443, and the client's next packet through B
+/// reaches the same backend from the same SNAT port, with no new flow made on B.
+#[test]
+fn a_synced_flow_is_translated_both_ways_by_the_peer() {
+    use k3s_xdp::flowsync::{
+        translate::Directory,
+        wire::{self, Key, Kind, Message},
+    };
+    let Some(mut a) = harness() else { return };
+    let config = k3s_xdp::config::parse(CONFIG, "t.toml".as_ref()).unwrap();
+    let specs: Vec<ServiceSpec> = config
+        .services
+        .iter()
+        .map(ServiceSpec::from_config)
+        .collect();
+    // Node B: a service published and removed first, so its slots differ from A's.
+    let mut early = specs.clone();
+    early.insert(0, ServiceSpec::from_config(&config.services[1]));
+    early[0].name = "early".into();
+    early[0].port = 1;
+    let mut b = XdpHarness::with_specs_in_lab(&early).unwrap();
+    b.apply(&specs).unwrap();
+    let directory = |h: &XdpHarness| {
+        Directory::new(
+            &specs,
+            |n| h.publisher.service_slot(n),
+            |n, addr| h.publisher.backend_slot(n, addr),
+        )
+    };
+    let (dir_a, dir_b) = (directory(&a), directory(&b));
+    let server = "192.0.2.50:6443".parse().unwrap();
+    assert_ne!(
+        a.publisher.backend_slot("k3s-api", server),
+        b.publisher.backend_slot("k3s-api", server),
+        "the nodes number their backends differently"
+    );
+
+    a.update_globals(|g| g.flow_sync = k3s_xdp_common::FLOW_SYNC_ON)
+        .unwrap();
+    let client = agent(2, 43000);
+    let vip = sock(VIP, 6443);
+    let fwd = transmitted(&mut a, &packet::tcp_syn(client, vip));
+    let (backend_ip, snat_port) = (fwd.ip().unwrap().dst, fwd.tcp().unwrap().sport);
+    let events = a.dataplane.drain_flow_events(10).unwrap();
+    let entry = dir_a.outgoing(&events[0]).expect("A names its flow");
+
+    let key = Key::from_file_bytes(&[b'k'; 32]).unwrap();
+    let datagram = wire::encode(
+        &Message {
+            kind: Kind::Update,
+            epoch: 1,
+            seq: 1,
+            entries: vec![entry],
+        },
+        &key,
+    );
+    let received = wire::decode(&datagram, &key).unwrap();
+    let install = dir_b.incoming(&received.entries[0]).expect("B places it");
+    b.set_clock(5).unwrap();
+    let done = b.dataplane.install(&[install], 5).unwrap();
+    assert_eq!((done.flows, done.conflicts), (1, 0));
+
+    // The backend's reply reaches B (A failed over): back to the client as the VIP.
+    let mut reply = packet::tcp(
+        sock(backend_ip, 6443),
+        sock(VIP, snat_port),
+        TCP_SYN | TCP_ACK,
+    );
+    reply.eth_src = lab_mac(backend_ip);
+    reply.eth_dst = LAB_LB_MAC;
+    let back = transmitted(&mut b, &reply);
+    let (ip, tcp) = (back.ip().unwrap(), back.tcp().unwrap());
+    assert_eq!((ip.src, tcp.sport), (VIP, 6443));
+    assert_eq!((ip.dst, tcp.dport), (*client.ip(), client.port()));
+    // The client speaks next, through B: the same backend, the same SNAT port.
+    let next = transmitted(&mut b, &packet::tcp(client, vip, TCP_ACK));
+    assert_eq!(next.ip().unwrap().dst, backend_ip);
+    assert_eq!(next.tcp().unwrap().sport, snat_port);
+    let slot = b.publisher.service_slot("k3s-api").unwrap();
+    assert_eq!(b.dataplane.service_traffic(slot).unwrap().new_flows, 0);
+
+    // A second install of the same flow refreshes it; another client's flow on B's same
+    // backend and SNAT port is refused while B's own translation lives.
+    assert_eq!(b.dataplane.install(&[install], 6).unwrap().flows, 1);
+    let mut other = received.entries[0];
+    other.client = "198.51.100.9:50000".parse().unwrap();
+    let clash = dir_b.incoming(&other).unwrap();
+    let done = b.dataplane.install(&[clash], 6).unwrap();
+    assert_eq!((done.flows, done.conflicts), (0, 1));
+}

@@ -10,7 +10,7 @@ use aya::maps::{Array, MapData};
 use k3s_xdp_common::{
     hash::flow_hash,
     names,
-    table::{self, bucket_index, nat_index, FlowBucket, FlowSlot, NatSlot},
+    table::{self, bucket_index, keep_rank, nat_index, FlowBucket, FlowSlot, NatSlot},
     Address, Flow, FlowEvent, FlowKey, NatReverse, V6,
 };
 use std::collections::BTreeMap;
@@ -40,6 +40,17 @@ impl FlowEventOf {
         };
         Some(event)
     }
+}
+
+/// What [`Dataplane::install`] did with a batch of a peer's flows.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Installed {
+    /// Flows written (new here, or refreshed).
+    pub flows: u64,
+    /// Translations refused because a live translation of another connection holds their
+    /// reverse-NAT slot (the same backend and SNAT address and port for another client, or a
+    /// colliding tuple): that connection wins.
+    pub conflicts: u64,
 }
 
 /// A backend's SNAT ports (see [`Dataplane::snat_ports`]).
@@ -103,6 +114,101 @@ impl Dataplane {
             }
         }
         Ok(out)
+    }
+
+    /// Writes a peer's flows (flow sync) where this node's program looks for them, last seen
+    /// at `clock`: each flow into one slot of its bucket (the one holding its key, else a
+    /// free one, else the least recently seen), each translation into its reverse-NAT slot
+    /// unless a live translation of another client holds it. Single slots are written through
+    /// a shared mapping, never whole buckets: the program may be writing the bucket's other
+    /// slots, and the seals keep a torn slot from ever forwarding (see `k3s_xdp_common::table`).
+    pub fn install(
+        &mut self,
+        entries: &[crate::flowsync::translate::InstallOf],
+        clock: u32,
+    ) -> Result<Installed> {
+        use crate::flowsync::translate::InstallOf;
+        let v4: Vec<_> = entries
+            .iter()
+            .filter_map(|e| match e {
+                InstallOf::V4(i) => Some(*i),
+                InstallOf::V6(_) => None,
+            })
+            .collect();
+        let v6: Vec<_> = entries
+            .iter()
+            .filter_map(|e| match e {
+                InstallOf::V6(i) => Some(*i),
+                InstallOf::V4(_) => None,
+            })
+            .collect();
+        let mut done = Installed::default();
+        if !v4.is_empty() {
+            self.install_family(names::FLOWS, names::NAT_REVERSE, &v4, clock, &mut done)?;
+        }
+        if !v6.is_empty() {
+            if !self.ipv6 {
+                anyhow::bail!("IPv6 flows, and the IPv6 flow tables were not sized at start");
+            }
+            self.install_family(names::FLOWS6, names::NAT_REVERSE6, &v6, clock, &mut done)?;
+        }
+        Ok(done)
+    }
+
+    fn install_family<A: Address>(
+        &mut self,
+        flows: &str,
+        nat: &str,
+        entries: &[crate::flowsync::translate::Install<A>],
+        clock: u32,
+        done: &mut Installed,
+    ) -> Result<()> {
+        use std::os::fd::{AsFd, AsRawFd};
+        let slots = (self.flow_mask as usize + 1) * table::WAYS as usize;
+        let fd = |name: &str| -> Result<i32> {
+            let aya::maps::Map::Array(map) = self.map(name)? else {
+                anyhow::bail!("{name} is not an array");
+            };
+            Ok(map.fd().as_fd().as_raw_fd())
+        };
+        let mut flow_slots = sys::MappedArray::<FlowSlot<A>>::map(fd(flows)?, slots)?;
+        let mut nat_slots = sys::MappedArray::<NatSlot<A>>::map(fd(nat)?, slots)?;
+        let ways = table::WAYS as usize;
+        for i in entries {
+            if let Some((rkey, reverse)) = &i.reverse {
+                let rhash = flow_hash(rkey);
+                let at = nat_index(rhash, self.flow_mask) as usize;
+                // Live, and not this very translation (same tuple, same client): another
+                // connection's, which this node keeps.
+                let taken = nat_slots.get(at).is_some_and(|s| {
+                    let same = s.holds(rkey, rhash)
+                        && s.nat.client_addr.diff(&reverse.client_addr) == 0
+                        && s.nat.client_port == reverse.client_port;
+                    s.is_valid() && !s.reusable(clock) && !same
+                });
+                if taken {
+                    done.conflicts += 1;
+                    continue;
+                }
+                nat_slots.set(at, NatSlot::new(*rkey, rhash, *reverse, clock));
+            }
+            let hash = flow_hash(&i.key);
+            let first = bucket_index(hash, self.flow_mask) as usize * ways;
+            let current: Vec<FlowSlot<A>> = (first..first + ways)
+                .filter_map(|j| flow_slots.get(j))
+                .collect();
+            let way = current
+                .iter()
+                .position(|s| s.holds(&i.key, hash))
+                .or_else(|| {
+                    (0..current.len())
+                        .min_by_key(|&w| keep_rank(current[w].is_valid(), current[w].seen, clock))
+                })
+                .unwrap_or(0);
+            flow_slots.set(first + way, FlowSlot::new(i.key, hash, i.flow, clock));
+            done.flows += 1;
+        }
+        Ok(())
     }
 
     /// The flow table entry of a client → VIP tuple.

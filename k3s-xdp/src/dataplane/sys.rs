@@ -107,3 +107,63 @@ pub fn scan_mmapable_array<T: Copy>(fd: RawFd, count: usize, mut f: impl FnMut(T
     unsafe { libc::munmap(ptr, len) };
     Ok(())
 }
+
+/// A read-write shared mapping of the first `count` entries of the `BPF_F_MMAPABLE` array map
+/// `fd` (entries of `T` back to back), unmapped on drop. The program reads and writes the same
+/// memory concurrently: access entries with volatile reads and writes only.
+pub struct MappedArray<T> {
+    ptr: *mut T,
+    len: usize,
+    count: usize,
+}
+
+impl<T: Copy> MappedArray<T> {
+    pub fn map(fd: RawFd, count: usize) -> Result<Self> {
+        let bytes = count * std::mem::size_of::<T>();
+        // SAFETY: page size query has no preconditions.
+        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize;
+        let len = bytes.div_ceil(page).max(1) * page;
+        // SAFETY: mapping a map fd the kernel created mmapable; checked below.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd,
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            bail!("mmap of a flow table: {}", io::Error::last_os_error());
+        }
+        Ok(MappedArray {
+            ptr: ptr.cast(),
+            len,
+            count,
+        })
+    }
+
+    /// A copy of entry `i` (`None` beyond the mapping).
+    pub fn get(&self, i: usize) -> Option<T> {
+        // SAFETY: within the mapping; volatile, as the program writes it concurrently.
+        (i < self.count).then(|| unsafe { std::ptr::read_volatile(self.ptr.add(i)) })
+    }
+
+    /// Writes entry `i`; false beyond the mapping.
+    pub fn set(&mut self, i: usize, value: T) -> bool {
+        if i >= self.count {
+            return false;
+        }
+        // SAFETY: within the mapping; volatile, as the program reads it concurrently.
+        unsafe { std::ptr::write_volatile(self.ptr.add(i), value) };
+        true
+    }
+}
+
+impl<T> Drop for MappedArray<T> {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in `map`.
+        unsafe { libc::munmap(self.ptr.cast(), self.len) };
+    }
+}
