@@ -60,6 +60,25 @@ pub fn load_balancer_config(table: u32, router: Ipv4Addr) -> Result<String> {
     ))
 }
 
+/// `packaging/bird/k3s-xdp-ipv6.conf` (IPv6 VIPs) with the router at `router6`, to append to
+/// [`load_balancer_config`].
+pub fn load_balancer_config_ipv6(router6: std::net::Ipv6Addr) -> Result<String> {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../packaging/bird/k3s-xdp-ipv6.conf"
+    );
+    let shipped = std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?;
+    Ok(shipped
+        .lines()
+        .map(
+            |line| match line.split_whitespace().take(2).collect::<Vec<_>>()[..] {
+                ["define", "ROUTER6"] => format!("define ROUTER6 = {router6};\n"),
+                _ => format!("{line}\n"),
+            },
+        )
+        .collect())
+}
+
 /// The router: a BGP session with each load balancer, their routes installed in the main
 /// table as one multipath (ECMP) route, BFD on every session.
 pub fn router_config(load_balancers: &[Ipv4Addr]) -> String {

@@ -18,7 +18,7 @@ use k3s_xdp_tests::{
     config::SeedConfig,
     daemon::{get_metrics, Daemon},
     ecmp::{self, Ecmp, LB3, TABLE},
-    topology::{Topology, AGENTS, LB1, LB2, SERVERS, VIP},
+    topology::{addr6, Topology, AGENTS, LB1, LB2, SERVERS, VIP, VIP6},
     traffic::{self, Stream, StreamSpec},
 };
 use std::{
@@ -542,4 +542,84 @@ fn without_a_routing_daemon_it_serves_and_leaves_other_routes_alone() {
     daemon.stop();
     assert!(routes("201").contains(&format!("{VIP} dev eth1 proto static")));
     assert!(routes(&t).contains("198.51.100.0/24"));
+}
+
+/// An IPv6 VIP under `[bgp]` (issue 19): k3s-xdp keeps a `/128` of protocol 201 in its table
+/// while it can serve the VIP; BIRD, with the shipped `bird.conf` and `k3s-xdp-ipv6.conf`,
+/// learns it into its IPv6 table for export; status lists the VIP as announced; SIGTERM
+/// withdraws it from the kernel and so from BIRD.
+#[test]
+fn an_ipv6_vip_is_kept_as_a_128_that_bird_learns() {
+    if !have_root() {
+        return;
+    }
+    let _s = serial();
+    let topo = Topology::seed().unwrap();
+    for node in ["lb-1", "server-1", "server-2"] {
+        topo.add_ipv6(node).unwrap();
+    }
+    let _backends = Backends::seed(&topo, Kind::Tcp).unwrap();
+    let lb = topo.node("lb-1");
+    let bird_conf = format!(
+        "{}{}",
+        k3s_xdp_tests::bird::load_balancer_config(TABLE, ecmp::ROUTER).unwrap(),
+        k3s_xdp_tests::bird::load_balancer_config_ipv6(addr6(ecmp::ROUTER)).unwrap()
+    );
+    let bird = Bird::start(&topo, "lb-1", &bird_conf).unwrap();
+    let backends6: Vec<String> = ["server-1", "server-2"]
+        .iter()
+        .map(|s| {
+            format!(
+                "{{ name = \"{s}\", address = \"[{}]:6443\" }}",
+                addr6(topo.addr(s))
+            )
+        })
+        .collect();
+    let v6_service = format!(
+        "\n[[service]]\nname = \"api6\"\nvip = \"{VIP6}\"\nport = 6443\nbackends = [{}]\n\
+         [service.health]\ncheck = \"tcp\"\ninter = \"300ms\"\n",
+        backends6.join(", ")
+    );
+    let config = format!(
+        "{}{v6_service}",
+        daemon_config(
+            "nat",
+            "",
+            &format!("bird_socket = {:?}\n", bird.socket().display().to_string())
+        )
+    );
+    let mut daemon = Daemon::start(&topo, "lb-1", &config).unwrap();
+    let kernel = || {
+        let out = lb
+            .ip(["-6", "route", "show", "table", &TABLE.to_string()])
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    k3s_xdp_tests::wait_until(Duration::from_secs(10), "the IPv6 VIP's /128", || {
+        kernel().contains(&format!("{VIP6} dev eth1 proto 201"))
+    });
+    k3s_xdp_tests::wait_until(Duration::from_secs(15), "BIRD learns it", || {
+        bird.birdc("show route table k3sxdp_vips6")
+            .is_ok_and(|r| r.contains(&format!("{VIP6}/128")))
+    });
+    let s = daemon
+        .wait_for(Duration::from_secs(5), "both VIPs announced", |s| {
+            s.bgp
+                .as_ref()
+                .is_some_and(|b| b.vips.len() == 2 && b.vips.iter().all(|v| v.announced))
+        })
+        .unwrap();
+    let table = k3s_xdp::controller::status::render_table(&s);
+    assert!(table.contains(&format!("{VIP6} announced")), "{table}");
+
+    daemon.stop();
+    assert!(
+        !kernel().contains(&VIP6.to_string()),
+        "withdrawn on SIGTERM:\n{}",
+        kernel()
+    );
+    k3s_xdp_tests::wait_until(Duration::from_secs(15), "BIRD forgets it", || {
+        bird.birdc("show route table k3sxdp_vips6")
+            .is_ok_and(|r| !r.contains(&VIP6.to_string()))
+    });
 }
