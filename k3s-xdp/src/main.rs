@@ -8,7 +8,7 @@ use k3s_xdp::controller::{
     status::{self, Request, Response},
 };
 use std::{
-    net::Ipv4Addr,
+    net::IpAddr,
     path::{Path, PathBuf},
     process::ExitCode,
 };
@@ -81,7 +81,7 @@ enum Command {
         keepalived: Option<PathBuf>,
         /// The VIP, when haproxy binds `*` and no keepalived.conf is given.
         #[arg(long)]
-        vip: Option<Ipv4Addr>,
+        vip: Option<IpAddr>,
     },
 }
 
@@ -279,7 +279,7 @@ fn check(path: &Path) -> ExitCode {
     }
 }
 
-fn import(haproxy: &Path, keepalived: Option<&Path>, vip: Option<Ipv4Addr>) -> Result<()> {
+fn import(haproxy: &Path, keepalived: Option<&Path>, vip: Option<IpAddr>) -> Result<()> {
     let h = std::fs::read_to_string(haproxy)
         .with_context(|| format!("reading {}", haproxy.display()))?;
     let k = keepalived

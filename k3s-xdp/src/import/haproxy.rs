@@ -3,7 +3,7 @@
 //! without an equivalent. Pure: text in, model and warnings out.
 
 use super::{Warnings, Where};
-use std::{collections::BTreeMap, net::Ipv4Addr, time::Duration};
+use std::{collections::BTreeMap, net::IpAddr, time::Duration};
 
 /// A frontend (or `listen` section): where it binds and which backend serves it.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -11,7 +11,7 @@ pub struct Frontend {
     pub name: String,
     pub line: usize,
     /// Address to bind; None for `*` or an empty host.
-    pub bind: Option<Ipv4Addr>,
+    pub bind: Option<IpAddr>,
     pub port: u16,
     pub backend: Option<String>,
     pub http: bool,
@@ -54,7 +54,7 @@ impl ServerParams {
 pub struct Server {
     pub name: String,
     pub line: usize,
-    pub addr: Ipv4Addr,
+    pub addr: IpAddr,
     pub port: Option<u16>,
     pub params: ServerParams,
 }
@@ -293,7 +293,7 @@ fn backend_line(
             let Some((addr, port)) = parse_server_address(address) else {
                 warnings.push(
                     at.clone(),
-                    format!("server {name}: `{address}` is not an IPv4 address[:port]; skipped"),
+                    format!("server {name}: `{address}` is not an IP address[:port]; skipped"),
                 );
                 return;
             };
@@ -444,23 +444,47 @@ fn split(line: &str) -> Vec<String> {
     words
 }
 
-/// `*:6443`, `:6443`, `10.10.10.100:6443`, `0.0.0.0:6443`, `ipv4@10.0.0.1:80`.
-fn parse_bind(s: &str) -> Option<(Option<Ipv4Addr>, u16)> {
-    let s = s.strip_prefix("ipv4@").unwrap_or(s);
-    let (host, port) = s.rsplit_once(':')?;
-    let port: u16 = port.parse().ok().filter(|p| *p != 0)?;
+/// HAProxy's `HOST:PORT` (the port after the last colon, so `2001:db8::50:6443` is an IPv6
+/// host and its port), `[IPv6]:PORT`, `[IPv6]`, or a host without a colon; an `ipv4@`/`ipv6@`
+/// prefix is dropped.
+fn split_host_port(s: &str) -> (&str, Option<&str>) {
+    let s = s
+        .strip_prefix("ipv4@")
+        .or_else(|| s.strip_prefix("ipv6@"))
+        .unwrap_or(s);
+    if let Some(rest) = s.strip_prefix('[') {
+        return match rest.split_once(']') {
+            Some((host, after)) => (host, after.strip_prefix(':')),
+            None => (s, None),
+        };
+    }
+    // As HAProxy reads it: the port is after the last colon, so an IPv6 host without a port
+    // needs brackets (HAProxy itself fails on `2001:db8::50` alone).
+    match s.rsplit_once(':') {
+        Some((host, port)) => (host, Some(port)),
+        None => (s, None),
+    }
+}
+
+/// `*:6443`, `:6443`, `192.0.2.100:6443`, `0.0.0.0:6443`, `:::6443`, `[::]:6443`,
+/// `[2001:db8::100]:6443`, `ipv6@:::6443`; `None` for the host: every address (a wildcard).
+fn parse_bind(s: &str) -> Option<(Option<IpAddr>, u16)> {
+    let (host, port) = split_host_port(s);
+    let port: u16 = port?.parse().ok().filter(|p| *p != 0)?;
     let host = match host {
-        "" | "*" | "0.0.0.0" => None,
+        "" | "*" | "0.0.0.0" | "::" => None,
         h => Some(h.parse().ok()?),
     };
     Some((host, port))
 }
 
-fn parse_server_address(s: &str) -> Option<(Ipv4Addr, Option<u16>)> {
-    match s.rsplit_once(':') {
-        Some((host, port)) => Some((host.parse().ok()?, Some(port.parse().ok()?))),
-        None => Some((s.parse().ok()?, None)),
-    }
+fn parse_server_address(s: &str) -> Option<(IpAddr, Option<u16>)> {
+    let (host, port) = split_host_port(s);
+    let port = match port {
+        Some(p) => Some(p.parse().ok()?),
+        None => None,
+    };
+    Some((host.parse().ok()?, port))
 }
 
 /// HAProxy time values: a bare number is milliseconds; units us, ms, s, m, h, d.
@@ -499,10 +523,41 @@ mod tests {
         assert_eq!(parse_bind(":6443"), Some((None, 6443)));
         assert_eq!(
             parse_bind("10.10.10.100:6443"),
-            Some((Some(Ipv4Addr::new(10, 10, 10, 100)), 6443))
+            Some((Some("10.10.10.100".parse().unwrap()), 6443))
         );
-        assert_eq!(parse_bind("[::]:6443"), None);
+        for wildcard in ["[::]:6443", ":::6443", "ipv6@:::6443", "ipv4@*:6443"] {
+            assert_eq!(parse_bind(wildcard), Some((None, 6443)), "{wildcard}");
+        }
+        let v6 = Some("2001:db8::100".parse().unwrap());
+        assert_eq!(parse_bind("[2001:db8::100]:6443"), Some((v6, 6443)));
+        assert_eq!(parse_bind("2001:db8::100:6443"), Some((v6, 6443)));
         assert_eq!(parse_bind("*:0"), None);
+        assert_eq!(parse_bind("[2001:db8::100]"), None, "no port");
+        assert_eq!(parse_bind("[2001:db8::100:6443"), None);
+    }
+
+    #[test]
+    fn server_addresses() {
+        let v6: IpAddr = "2001:db8::50".parse().unwrap();
+        assert_eq!(
+            parse_server_address("[2001:db8::50]:6443"),
+            Some((v6, Some(6443)))
+        );
+        assert_eq!(
+            parse_server_address("2001:db8::50:6443"),
+            Some((v6, Some(6443)))
+        );
+        assert_eq!(
+            parse_server_address("2001:db8::50"),
+            None,
+            "as HAProxy: host `2001:db8:`, port 50"
+        );
+        assert_eq!(parse_server_address("[2001:db8::50]"), Some((v6, None)));
+        assert_eq!(
+            parse_server_address("192.0.2.50:6443"),
+            Some(("192.0.2.50".parse().unwrap(), Some(6443)))
+        );
+        assert_eq!(parse_server_address("k3s-server-1:6443"), None, "a name");
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! settings) and the `vrrp_script` it tracks; other directives are reported. Pure.
 
 use super::{Warnings, Where};
-use std::{net::Ipv4Addr, time::Duration};
+use std::{net::IpAddr, time::Duration};
 
 /// keepalived's instance, in k3s-xdp's terms.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -18,10 +18,10 @@ pub struct Instance {
     pub virtual_router_id: Option<u8>,
     pub advert_int: Option<Duration>,
     pub auth_pass: Option<String>,
-    pub unicast_src_ip: Option<Ipv4Addr>,
-    pub unicast_peers: Vec<Ipv4Addr>,
+    pub unicast_src_ip: Option<IpAddr>,
+    pub unicast_peers: Vec<IpAddr>,
     /// Address and prefix length.
-    pub virtual_ipaddress: Vec<(Ipv4Addr, u8)>,
+    pub virtual_ipaddress: Vec<(IpAddr, u8)>,
     pub preempt: bool,
     pub preempt_delay: Option<Duration>,
     pub garp_master_repeat: Option<u32>,
@@ -313,7 +313,7 @@ fn instance_line(
         }
         "unicast_src_ip" => match value.and_then(|v| v.parse().ok()) {
             Some(a) => i.unicast_src_ip = Some(a),
-            None => bad(warnings, "not an IPv4 address"),
+            None => bad(warnings, "not an IP address"),
         },
         "unicast_peer" => {
             for p in block {
@@ -322,7 +322,7 @@ fn instance_line(
                     None => warnings.push(
                         Where::new(file, p.line),
                         format!(
-                            "unicast_peer `{}`: not an IPv4 address, skipped",
+                            "unicast_peer `{}`: not an IP address, skipped",
                             join(&p.words)
                         ),
                     ),
@@ -343,12 +343,23 @@ fn instance_line(
                 let Some(text) = v.words.first() else {
                     continue;
                 };
-                let (addr, prefix) = text.split_once('/').unwrap_or((text, "32"));
-                match (addr.parse::<Ipv4Addr>(), prefix.parse::<u8>()) {
-                    (Ok(a), Ok(p)) if p <= 32 => i.virtual_ipaddress.push((a, p)),
-                    _ => warnings.push(
+                let (addr, prefix) = match text.split_once('/') {
+                    Some((a, p)) => (a, Some(p)),
+                    None => (text.as_str(), None),
+                };
+                let parsed = addr.parse::<IpAddr>().ok().and_then(|a| {
+                    let host = if a.is_ipv4() { 32 } else { 128 };
+                    match prefix.map(str::parse::<u8>) {
+                        None => Some((a, host)),
+                        Some(Ok(p)) if p <= host => Some((a, p)),
+                        Some(_) => None,
+                    }
+                });
+                match parsed {
+                    Some(vip) => i.virtual_ipaddress.push(vip),
+                    None => warnings.push(
                         Where::new(file, v.line),
-                        format!("virtual_ipaddress `{text}`: not an IPv4 address/prefix, skipped"),
+                        format!("virtual_ipaddress `{text}`: not an IP address/prefix, skipped"),
                     ),
                 }
                 if v.words.len() > 1 {
@@ -419,12 +430,33 @@ mod tests {
         assert_eq!(
             i.virtual_ipaddress,
             vec![
-                (Ipv4Addr::new(192, 0, 2, 100), 24),
-                (Ipv4Addr::new(192, 0, 2, 101), 32)
+                ("192.0.2.100".parse().unwrap(), 24),
+                ("192.0.2.101".parse().unwrap(), 32)
             ]
         );
         assert_eq!(i.auth_pass.as_deref(), Some("secret"));
         assert!(w.is_empty(), "{w:?}");
+    }
+
+    /// keepalived's IPv6 forms: addresses with and without a prefix, IPv6 peers and source.
+    #[test]
+    fn ipv6_addresses_peers_and_source() {
+        let text = "vrrp_instance VI_6 {\n  unicast_src_ip 2001:db8::98\n  unicast_peer {\n    2001:db8::99\n  }\n  virtual_ipaddress {\n    2001:db8::100/64 dev eth1\n    2001:db8::101\n    2001:db8::102/129\n  }\n}\n";
+        let mut w = Warnings::default();
+        let k = parse(text, "k.conf", &mut w);
+        let i = &k.instances[0];
+        assert_eq!(
+            i.virtual_ipaddress,
+            vec![
+                ("2001:db8::100".parse().unwrap(), 64),
+                ("2001:db8::101".parse().unwrap(), 128)
+            ]
+        );
+        assert_eq!(i.unicast_src_ip, Some("2001:db8::98".parse().unwrap()));
+        assert_eq!(i.unicast_peers, ["2001:db8::99".parse::<IpAddr>().unwrap()]);
+        let w = format!("{w:?}");
+        assert!(w.contains("2001:db8::102/129"), "{w}");
+        assert!(w.contains("dev eth1"), "{w}");
     }
 
     #[test]

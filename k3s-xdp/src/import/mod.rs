@@ -25,10 +25,11 @@ use crate::config::{
     VirtualAddress, Vrrp,
 };
 use anyhow::{bail, Result};
+use keepalived::Instance;
 use std::{
     collections::BTreeSet,
     fmt,
-    net::{Ipv4Addr, SocketAddrV4},
+    net::{IpAddr, SocketAddr},
     time::Duration,
 };
 use toml_edit::{DocumentMut, Item};
@@ -94,37 +95,116 @@ struct Hints {
     state_unknown: bool,
 }
 
+/// keepalived's instances as one `[vrrp]`: the first, joined by instances that hold addresses
+/// of the other family only (keepalived's dual stack is two instances, `VI_1` with the IPv4
+/// VIP and `VI_6` with the IPv6 one), whose addresses and peers it takes: k3s-xdp runs one
+/// virtual router per family with one id, priority and timers. Other instances are left out,
+/// each with a warning.
+fn merge_instances(
+    instances: &[Instance],
+    file: &str,
+    warnings: &mut Warnings,
+) -> Option<Instance> {
+    let families = |i: &Instance| {
+        (
+            i.virtual_ipaddress.iter().any(|a| a.0.is_ipv4()),
+            i.virtual_ipaddress.iter().any(|a| a.0.is_ipv6()),
+        )
+    };
+    let mut merged = instances.first()?.clone();
+    for other in &instances[1..] {
+        let at = Where::new(file, other.lines.instance);
+        let ((m4, m6), (o4, o6)) = (families(&merged), families(other));
+        if (o4 && m4) || (o6 && m6) || !(o4 || o6) {
+            warnings.push(
+                at,
+                format!(
+                    "vrrp_instance {}: only one instance per address family is imported ({} \
+                     holds its family's addresses): skipped",
+                    other.name, merged.name
+                ),
+            );
+            continue;
+        }
+        let family = if o4 { "IPv4" } else { "IPv6" };
+        let differs: Vec<&str> = [
+            (
+                "virtual_router_id",
+                other.virtual_router_id != merged.virtual_router_id,
+            ),
+            ("priority", other.priority != merged.priority),
+            ("state", other.master != merged.master),
+            ("advert_int", other.advert_int != merged.advert_int),
+            ("preempt", other.preempt != merged.preempt),
+        ]
+        .into_iter()
+        .filter_map(|(key, differs)| differs.then_some(key))
+        .collect();
+        if !differs.is_empty() {
+            warnings.push(
+                at.clone(),
+                format!(
+                    "vrrp_instance {} becomes the {family} virtual router of {}, with {}'s {}: \
+                     k3s-xdp runs both families' routers with one id, priority and timers",
+                    other.name,
+                    merged.name,
+                    merged.name,
+                    differs.join(", ")
+                ),
+            );
+        }
+        merged
+            .virtual_ipaddress
+            .extend(other.virtual_ipaddress.iter().copied());
+        merged
+            .unicast_peers
+            .extend(other.unicast_peers.iter().copied());
+        match (merged.unicast_src_ip, other.unicast_src_ip) {
+            (None, Some(src)) => merged.unicast_src_ip = Some(src),
+            (Some(kept), Some(src)) => warnings.push(
+                at,
+                format!(
+                    "vrrp_instance {}: unicast_src_ip {src} left out (one is kept: {kept}); the \
+                     {family} router sends from the interface's own address of its family \
+                     (IPv6: its link-local address)",
+                    other.name
+                ),
+            ),
+            _ => {}
+        }
+    }
+    Some(merged)
+}
+
 /// Converts haproxy.cfg (and keepalived.conf) to k3s-xdp TOML: builds the [`Config`] they
 /// describe and prints it with the config module's renderer, with comments for what the
 /// operator should look at.
 pub fn import(
     haproxy: Input<'_>,
     keepalived: Option<Input<'_>>,
-    vip: Option<Ipv4Addr>,
+    vip: Option<IpAddr>,
 ) -> Result<Imported> {
     let mut warnings = Warnings::default();
     let h = haproxy::parse(haproxy.text, haproxy.name, &mut warnings);
     let k = keepalived.map(|k| keepalived::parse(k.text, k.name, &mut warnings));
-    let instance = match &k {
-        Some(k) => {
-            if k.instances.len() > 1 {
-                warnings.push(
-                    Where::new(&k.file, k.instances[1].lines.instance),
-                    format!(
-                        "{} vrrp_instance blocks: only the first ({}) is imported",
-                        k.instances.len(),
-                        k.instances[0].name
-                    ),
-                );
-            }
-            k.instances.first()
-        }
-        None => None,
-    };
+    let merged = k
+        .as_ref()
+        .and_then(|k| merge_instances(&k.instances, &k.file, &mut warnings));
+    let instance = merged.as_ref();
 
     let mut hints = Hints::default();
-    let fallback_vip =
-        vip.or_else(|| instance.and_then(|i| i.virtual_ipaddress.first().map(|v| v.0)));
+    // The VIP of a frontend bound to every address: --vip, else keepalived's first virtual
+    // address, of the servers' family.
+    let fallback_vip = |v4: bool| {
+        vip.filter(|a| a.is_ipv4() == v4).or_else(|| {
+            instance.and_then(|i| {
+                i.virtual_ipaddress
+                    .iter()
+                    .map(|v| v.0)
+                    .find(|a| a.is_ipv4() == v4)
+            })
+        })
+    };
     let mut names = BTreeSet::new();
     let mut services = Vec::new();
     for f in &h.frontends {
@@ -150,60 +230,107 @@ pub fn import(
             warnings.push(at, format!("frontend {} has no `bind`: skipped", f.name));
             continue;
         }
-        let Some(service_vip) = f.bind.or(fallback_vip) else {
-            bail!(
-                "{}:{}: frontend {} binds `*:{}`, every address: which one is the VIP? Pass --keepalived (its virtual_ipaddress) or --vip",
-                haproxy.name, f.line, f.name, f.port
-            );
-        };
         if b.servers.is_empty() {
             warnings.push(at, format!("backend {backend_name} has no server: skipped"));
             continue;
         }
-        let mut name = backend_name.clone();
-        if !names.insert(name.clone()) {
-            name = format!("{backend_name}-{}", f.port);
-            names.insert(name.clone());
-        }
-        let mut service = Service::new(&name, service_vip.into(), f.port);
-        let mut seen = BTreeSet::new();
-        for s in &b.servers {
-            let port = s.port.unwrap_or(f.port);
-            if !seen.insert((s.addr, port)) {
-                warnings.push(
-                    Where::new(haproxy.name, s.line),
-                    format!(
-                        "server {}: {}:{port} appears twice in backend {backend_name}: skipped",
-                        s.name, s.addr
+        // A service's backends are of its VIP's family: servers of both families make one
+        // service per family.
+        let families: Vec<bool> = [true, false]
+            .into_iter()
+            .filter(|&v4| b.servers.iter().any(|s| s.addr.is_ipv4() == v4))
+            .collect();
+        let mut made = 0;
+        for &v4 in &families {
+            let family = if v4 { "IPv4" } else { "IPv6" };
+            let service_vip = match f.bind {
+                Some(bound) if bound.is_ipv4() == v4 => bound,
+                Some(bound) => {
+                    warnings.push(
+                        at.clone(),
+                        format!(
+                            "frontend {}: the {family} servers of backend {backend_name} are behind \
+                             a bind on {bound}, of the other family (no NAT64): skipped",
+                            f.name
+                        ),
+                    );
+                    continue;
+                }
+                None => match fallback_vip(v4) {
+                    Some(vip) => vip,
+                    None if families.len() > 1 => {
+                        warnings.push(
+                            at.clone(),
+                            format!(
+                                "frontend {}: no {family} VIP for the {family} servers of backend \
+                                 {backend_name} (keepalived's virtual_ipaddress has none, nor \
+                                 --vip): skipped",
+                                f.name
+                            ),
+                        );
+                        continue;
+                    }
+                    None => bail!(
+                        "{}:{}: frontend {} binds `*:{}`, every address: which one is the VIP? \
+                         Pass --keepalived (its virtual_ipaddress) or --vip (an {family} \
+                         address, as its servers')",
+                        haproxy.name,
+                        f.line,
+                        f.name,
+                        f.port
                     ),
-                );
-                continue;
+                },
+            };
+            let mut name = backend_name.clone();
+            if made > 0 {
+                name = format!("{backend_name}-{}", if v4 { "v4" } else { "v6" });
             }
-            let max = defaults::BACKEND_WEIGHT_MAX;
-            let weight = match s.params.weight {
-                Some(w) if w > max => {
+            if !names.insert(name.clone()) {
+                name = format!("{name}-{}", f.port);
+                names.insert(name.clone());
+            }
+            let mut service = Service::new(&name, service_vip, f.port);
+            let mut seen = BTreeSet::new();
+            for s in b.servers.iter().filter(|s| s.addr.is_ipv4() == v4) {
+                let port = s.port.unwrap_or(f.port);
+                if !seen.insert((s.addr, port)) {
                     warnings.push(
                         Where::new(haproxy.name, s.line),
-                        format!("server {}: weight {w} above {max}, using {max}", s.name),
+                        format!(
+                            "server {}: {} appears twice in backend {backend_name}: skipped",
+                            s.name,
+                            SocketAddr::new(s.addr, port)
+                        ),
                     );
-                    max
+                    continue;
                 }
-                Some(w) => w,
-                None => defaults::BACKEND_WEIGHT,
-            };
-            service.backends.push(BackendConfig {
-                name: s.name.clone(),
-                address: SocketAddrV4::new(s.addr, port).into(),
-                weight,
-            });
+                let max = defaults::BACKEND_WEIGHT_MAX;
+                let weight = match s.params.weight {
+                    Some(w) if w > max => {
+                        warnings.push(
+                            Where::new(haproxy.name, s.line),
+                            format!("server {}: weight {w} above {max}, using {max}", s.name),
+                        );
+                        max
+                    }
+                    Some(w) => w,
+                    None => defaults::BACKEND_WEIGHT,
+                };
+                service.backends.push(BackendConfig {
+                    name: s.name.clone(),
+                    address: SocketAddr::new(s.addr, port),
+                    weight,
+                });
+            }
+            service.health = health(b, haproxy.name, &mut warnings);
+            if service.health.check == CheckKind::Tcp
+                && service.backends.iter().any(|b| b.address.port() == 6443)
+            {
+                hints.suggest_tls.push(services.len());
+            }
+            services.push(service);
+            made += 1;
         }
-        service.health = health(b, haproxy.name, &mut warnings);
-        if service.health.check == CheckKind::Tcp
-            && service.backends.iter().any(|b| b.address.port() == 6443)
-        {
-            hints.suggest_tls.push(services.len());
-        }
-        services.push(service);
     }
     if services.is_empty() {
         bail!(
@@ -366,6 +493,23 @@ fn vrrp(
     let mut v = Vrrp::new(vrid, addresses);
     // keepalived speaks VRRPv2 unless told otherwise: keep it, to interoperate meanwhile.
     v.version = k.and_then(|k| k.version).unwrap_or(2);
+    if v.version == 2 && i.virtual_ipaddress.iter().any(|a| a.0.is_ipv6()) {
+        v.version = 3;
+        let ipv4 = i.virtual_ipaddress.iter().any(|a| a.0.is_ipv4());
+        warnings.push(
+            Where::new(file, i.lines.instance),
+            format!(
+                "IPv6 virtual addresses need VRRP version 3 (keepalived's IPv6 instances speak it): \
+                 version = 3{}",
+                if ipv4 {
+                    "; the IPv4 router speaks it too, so keepalived peers of the IPv4 VIPs need \
+                     `vrrp_version 3` in global_defs"
+                } else {
+                    ""
+                }
+            ),
+        );
+    }
     match i.priority {
         Some(p) => v.priority = p,
         None => hints.priority_unknown = true,
@@ -389,8 +533,8 @@ fn vrrp(
             advert_int
         };
     }
-    v.unicast_src_ip = i.unicast_src_ip.map(Into::into);
-    v.unicast_peers = i.unicast_peers.iter().map(|&p| p.into()).collect();
+    v.unicast_src_ip = i.unicast_src_ip;
+    v.unicast_peers = i.unicast_peers.clone();
     v.preempt = i.preempt;
     v.preempt_delay = i.preempt_delay.unwrap_or(v.preempt_delay);
     if let Some(pass) = &i.auth_pass {
@@ -443,6 +587,99 @@ mod tests {
             .unwrap_or_else(|e| panic!("imported TOML rejected:\n{e}\n---\n{toml}"))
     }
 
+    /// keepalived's dual stack (an IPv4 and an IPv6 instance) and HAProxy's IPv6 binds and
+    /// servers become one `[vrrp]` with both families' addresses and peers, and one service
+    /// per family; the result passes `check`.
+    #[test]
+    fn a_dual_stack_pair_imports_and_checks() {
+        let h = "frontend k3s\n  bind *:6443\n  bind :::6443\n  default_backend k3s\n\
+                 backend k3s\n  server s1 192.0.2.50:6443 check\n  server s1-v6 [2001:db8::50]:6443 check\n\
+                 server s2-v6 2001:db8::51:6443 check\n\
+                 frontend v6only\n  bind [2001:db8::110]:8443\n  default_backend web\n\
+                 backend web\n  server w1 [2001:db8::60]:8443 check\n";
+        let k = "global_defs {\n  vrrp_version 3\n}\n\
+                 vrrp_instance VI_1 {\n  state MASTER\n  interface eth1\n  virtual_router_id 51\n  priority 200\n\
+                 unicast_src_ip 192.0.2.98\n  unicast_peer {\n    192.0.2.99\n  }\n\
+                 virtual_ipaddress {\n    192.0.2.100/24\n  }\n}\n\
+                 vrrp_instance VI_6 {\n  state MASTER\n  interface eth1\n  virtual_router_id 51\n  priority 200\n\
+                 unicast_peer {\n    2001:db8::99\n  }\n\
+                 virtual_ipaddress {\n    2001:db8::100/64\n    2001:db8::110/64\n  }\n}\n";
+        let imported = import(
+            Input {
+                name: "haproxy.cfg",
+                text: h,
+            },
+            Some(Input {
+                name: "keepalived.conf",
+                text: k,
+            }),
+            None,
+        )
+        .unwrap();
+        let c = check(&imported.toml);
+        let names: Vec<(&str, String)> = c
+            .services
+            .iter()
+            .map(|s| (s.name.as_str(), s.vip.to_string()))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                ("k3s", "192.0.2.100".to_string()),
+                ("k3s-v6", "2001:db8::100".to_string()),
+                ("web", "2001:db8::110".to_string())
+            ]
+        );
+        let v6: Vec<SocketAddr> = c.services[1].backends.iter().map(|b| b.address).collect();
+        assert_eq!(
+            v6,
+            ["[2001:db8::50]:6443", "[2001:db8::51]:6443"].map(|a| a.parse().unwrap())
+        );
+        let v = c.vrrp.unwrap();
+        assert_eq!(v.version, 3);
+        assert_eq!(v.virtual_ipaddress.len(), 3);
+        assert_eq!(
+            v.unicast_peers,
+            ["192.0.2.99", "2001:db8::99"].map(|a| a.parse::<IpAddr>().unwrap())
+        );
+        let w = imported.warnings.to_string();
+        assert!(w.contains("second `bind` (:::6443)"), "{w}");
+        assert!(!w.contains("VI_6"), "VI_6 joins without a warning: {w}");
+    }
+
+    /// An IPv6 instance with keepalived's default VRRP version 2: version 3, said.
+    #[test]
+    fn ipv6_addresses_make_vrrp_version_3() {
+        let h = "frontend k3s\n  bind *:6443\n  default_backend k3s\nbackend k3s\n  server s1 [2001:db8::50]:6443\n";
+        let k = "vrrp_instance VI_1 {\n  virtual_router_id 51\n  virtual_ipaddress {\n    192.0.2.100/24\n  }\n}\n\
+                 vrrp_instance VI_6 {\n  virtual_router_id 52\n  virtual_ipaddress {\n    2001:db8::100\n  }\n}\n";
+        let imported = import(
+            Input {
+                name: "haproxy.cfg",
+                text: h,
+            },
+            Some(Input {
+                name: "k.conf",
+                text: k,
+            }),
+            None,
+        )
+        .unwrap();
+        let c = check(&imported.toml);
+        assert_eq!(
+            c.services[0].vip,
+            "2001:db8::100".parse::<IpAddr>().unwrap()
+        );
+        assert_eq!(c.vrrp.as_ref().unwrap().version, 3);
+        let w = imported.warnings.to_string();
+        assert!(w.contains("need VRRP version 3"), "{w}");
+        assert!(w.contains("vrrp_version 3"), "{w}");
+        assert!(
+            w.contains("k.conf:7: vrrp_instance VI_6 becomes the IPv6 virtual router of VI_1, with VI_1's virtual_router_id"),
+            "{w}"
+        );
+    }
+
     /// Warnings about keepalived directives name the file as given and the directive's line.
     #[test]
     fn keepalived_warnings_name_the_file_and_line() {
@@ -464,7 +701,7 @@ mod tests {
         for expected in [
             "/etc/keepalived/lb-1.conf:7: auth_pass longer than 8",
             "/etc/keepalived/lb-1.conf:4: advert_int",
-            "/etc/keepalived/lb-1.conf:13: 2 vrrp_instance blocks",
+            "/etc/keepalived/lb-1.conf:13: vrrp_instance b: only one instance per address family",
         ] {
             assert!(text.contains(expected), "`{expected}` in:\n{text}");
         }
@@ -498,7 +735,7 @@ mod tests {
             assert_eq!(config.interface.as_deref(), Some("eth1"));
             let s = &config.services[0];
             assert_eq!(s.name, "k3s-backend");
-            assert_eq!(s.vip, Ipv4Addr::new(10, 10, 10, 100));
+            assert_eq!(s.vip, IpAddr::from([10, 10, 10, 100]));
             assert_eq!(s.port, 6443);
             assert_eq!(s.backends.len(), 3);
             assert_eq!(s.health.inter, Duration::from_secs(10));
@@ -553,7 +790,7 @@ mod tests {
             assert_eq!(config.services.len(), 2);
             let api = &config.services[0];
             assert_eq!((api.name.as_str(), api.port), ("kube-apiserver", 6443));
-            assert_eq!(api.vip, Ipv4Addr::new(10, 220, 62, 31));
+            assert_eq!(api.vip, IpAddr::from([10, 220, 62, 31]));
             assert_eq!(api.health.rise, 2);
             assert_eq!(api.health.fall, 2);
             assert_eq!(api.health.slowstart, Duration::from_secs(60));
@@ -569,7 +806,7 @@ mod tests {
             assert_eq!(v.version, 2);
             assert_eq!(v.auth_pass.as_deref(), Some("1111"));
             assert_eq!(v.unicast_src_ip, Some(src.parse().unwrap()));
-            assert_eq!(v.unicast_peers, vec![peer.parse::<Ipv4Addr>().unwrap()]);
+            assert_eq!(v.unicast_peers, vec![peer.parse::<IpAddr>().unwrap()]);
             assert_eq!(
                 v.track.weight, -2,
                 "keepalived's +2 while alive is -2 while failing"
@@ -609,7 +846,7 @@ mod tests {
                 text: &h,
             },
             None,
-            Some(Ipv4Addr::new(192, 0, 2, 100)),
+            Some(IpAddr::from([192, 0, 2, 100])),
         )
         .unwrap();
         assert!(check(&ok.toml).vrrp.is_none());
