@@ -486,7 +486,7 @@ fn vrrp(
         .virtual_ipaddress
         .iter()
         .map(|&(addr, prefix_len)| VirtualAddress {
-            addr: addr.into(),
+            addr: addr,
             prefix_len,
         })
         .collect();
