@@ -485,10 +485,7 @@ fn vrrp(
     let addresses = i
         .virtual_ipaddress
         .iter()
-        .map(|&(addr, prefix_len)| VirtualAddress {
-            addr: addr,
-            prefix_len,
-        })
+        .map(|&(addr, prefix_len)| VirtualAddress { addr, prefix_len })
         .collect();
     let mut v = Vrrp::new(vrid, addresses);
     // keepalived speaks VRRPv2 unless told otherwise: keep it, to interoperate meanwhile.
