@@ -211,6 +211,58 @@ struct Case {
     flow_sync: bool,
 }
 
+/// The cases' medians of one run, by name, for the tables that set a case against its twin.
+struct Twins<'a> {
+    names: Vec<&'a str>,
+    medians: Vec<f64>,
+}
+
+/// A table of cases against their twins: which case a case is the twin of, and the target.
+struct TwinTable {
+    title: &'static str,
+    /// Headers of the twin's, the case's and the difference's columns.
+    columns: (&'static str, &'static str, &'static str),
+    /// The twin's name, for the cases this table is about.
+    twin_of: fn(&str) -> Option<&str>,
+    what: fn(&str) -> String,
+    baseline: &'static str,
+    target_ns: f64,
+}
+
+impl Twins<'_> {
+    fn table(&self, out: &mut String, summary: &mut Vec<Ratio>, t: TwinTable) {
+        let (twin_col, case_col, diff_col) = t.columns;
+        let _ = writeln!(
+            out,
+            "\n### {}\n\n| case | {twin_col} | {case_col} | {diff_col} | target |\n|---|---:|---:|---:|---|",
+            t.title
+        );
+        for (ci, name) in self.names.iter().enumerate() {
+            let Some(twin) = (t.twin_of)(name) else {
+                continue;
+            };
+            let Some(ti) = self.names.iter().position(|n| *n == twin) else {
+                continue;
+            };
+            let (case, base) = (self.medians[ci], self.medians[ti]);
+            let diff = case - base;
+            let met = if diff <= t.target_ns { "met" } else { "missed" };
+            let target = format!("+{:.0} ns: {met}", t.target_ns);
+            summary.push(Ratio {
+                what: (t.what)(name),
+                value: format!("{case:.0} ns/packet"),
+                baseline: format!("{} {base:.0} ns", t.baseline),
+                ratio: case / base,
+                target: target.clone(),
+            });
+            let _ = writeln!(
+                out,
+                "| {twin} | {base:.0} | {case:.0} | {diff:+.0} | {target} |"
+            );
+        }
+    }
+}
+
 pub fn micro(summary: &mut Vec<Ratio>) -> Result<String> {
     const ROUNDS: usize = 15;
     const REPEAT: u32 = 10_000;
@@ -653,60 +705,37 @@ pub fn micro(summary: &mut Vec<Ratio>) -> Result<String> {
             m / floor
         );
     }
-    // Each IPv6 case against its IPv4 twin, same rounds (issue 19's target: at most 15 ns more).
-    let _ = writeln!(
-        out,
-        "\n### IPv6 against its IPv4 twin\n\n| case | IPv4 ns | IPv6 ns | IPv6 - IPv4 | target |\n|---|---:|---:|---:|---|"
+    let medians: Vec<f64> = samples.iter().map(|v| med(v).0).collect();
+    // Each IPv6 case against its IPv4 twin (issue 19's target: at most 15 ns more), and flow
+    // sync's cost on a new flow (issue 20's: at most 30 ns more); same rounds.
+    let twins = Twins {
+        names: cases.iter().map(|c| c.name).collect(),
+        medians,
+    };
+    twins.table(
+        &mut out,
+        summary,
+        TwinTable {
+            title: "IPv6 against its IPv4 twin",
+            columns: ("IPv4 ns", "IPv6 ns", "IPv6 - IPv4"),
+            twin_of: |name| name.strip_prefix("IPv6 "),
+            what: |name| format!("XDP: {name} vs IPv4"),
+            baseline: "IPv4 twin",
+            target_ns: 15.0,
+        },
     );
-    for (ci, case) in cases.iter().enumerate() {
-        let Some(twin) = case.name.strip_prefix("IPv6 ") else {
-            continue;
-        };
-        let Some(ti) = cases.iter().position(|c| c.name == twin) else {
-            continue;
-        };
-        let (v6, v4) = (med(&samples[ci]).0, med(&samples[ti]).0);
-        let diff = v6 - v4;
-        let target = format!("+15 ns: {}", if diff <= 15.0 { "met" } else { "missed" });
-        summary.push(Ratio {
-            what: format!("XDP: {} vs IPv4", case.name),
-            value: format!("{v6:.0} ns/packet"),
-            baseline: format!("IPv4 twin {v4:.0} ns"),
-            ratio: v6 / v4,
-            target: target.clone(),
-        });
-        let _ = writeln!(
-            out,
-            "| {twin} | {v4:.0} | {v6:.0} | {diff:+.0} | {target} |"
-        );
-    }
-    // Flow sync's cost on a new flow (issue 20's target: at most 30 ns more), same rounds.
-    let _ = writeln!(
-        out,
-        "\n### Flow sync on a new flow\n\n| case | off ns | on ns | on - off | target |\n|---|---:|---:|---:|---|"
+    twins.table(
+        &mut out,
+        summary,
+        TwinTable {
+            title: "Flow sync on a new flow",
+            columns: ("off ns", "on ns", "on - off"),
+            twin_of: |name| name.strip_suffix(", flow sync on"),
+            what: |name| format!("XDP: {name}"),
+            baseline: "flow sync off",
+            target_ns: 30.0,
+        },
     );
-    for (ci, case) in cases.iter().enumerate() {
-        let Some(twin) = case.name.strip_suffix(", flow sync on") else {
-            continue;
-        };
-        let Some(ti) = cases.iter().position(|c| c.name == twin) else {
-            continue;
-        };
-        let (on, off) = (med(&samples[ci]).0, med(&samples[ti]).0);
-        let diff = on - off;
-        let target = format!("+30 ns: {}", if diff <= 30.0 { "met" } else { "missed" });
-        summary.push(Ratio {
-            what: format!("XDP: {}", case.name),
-            value: format!("{on:.0} ns/packet"),
-            baseline: format!("flow sync off {off:.0} ns"),
-            ratio: on / off,
-            target: target.clone(),
-        });
-        let _ = writeln!(
-            out,
-            "| {twin} | {off:.0} | {on:.0} | {diff:+.0} | {target} |"
-        );
-    }
     let (cold, warm) = (memory_latency(96 << 20), memory_latency(1 << 20));
     let _ = writeln!(
         out,

@@ -555,54 +555,34 @@ fn lab_config(mode: &str, lb: &str) -> String {
     } else {
         (100, "backup")
     };
-    let backends: Vec<String> = SERVERS
-        .iter()
-        .map(|s| {
-            let addr = k3s_xdp_tests::topology::seed_addr(s).expect("seed node");
-            format!("  {{ name = \"{s}\", address = \"{addr}:{PORT}\" }},")
-        })
-        .collect();
-    let backends6: Vec<String> = SERVERS
-        .iter()
-        .map(|s| {
-            let addr = addr6(k3s_xdp_tests::topology::seed_addr(s).expect("seed node"));
-            format!("  {{ name = \"{s}\", address = \"[{addr}]:{PORT}\" }},")
-        })
-        .collect();
+    // The service on `vip` over the servers' addresses of its family.
+    let service = |name: &str, vip: SocketAddr| {
+        let backends: Vec<String> = SERVERS
+            .iter()
+            .map(|s| {
+                let v4 = k3s_xdp_tests::topology::seed_addr(s).expect("seed node");
+                let addr = match vip {
+                    SocketAddr::V4(_) => SocketAddr::new(v4.into(), PORT),
+                    SocketAddr::V6(_) => SocketAddr::new(addr6(v4).into(), PORT),
+                };
+                format!("  {{ name = \"{s}\", address = \"{addr}\" }},")
+            })
+            .collect();
+        format!(
+            "[[service]]\nname = \"{name}\"\nvip = \"{}\"\nport = {PORT}\nmode = \"{mode}\"\n\
+             backends = [\n{}\n]\n[service.health]\ncheck = \"tcp\"\ninter = \"1s\"\nrise = 2\nfall = 2\n",
+            vip.ip(),
+            backends.join("\n")
+        )
+    };
     format!(
         r#"# The lab's {lb}: the seeds' haproxy.cfg and keepalived.conf, with documentation addresses.
 interface = "eth1"
 control_socket = "{STATE_DIR}/{lb}.sock"
 metrics_listen = "127.0.0.1:9742"
 
-[[service]]
-name = "k3s-api"
-vip = "{VIP}"
-port = {PORT}
-mode = "{mode}"
-backends = [
 {}
-]
-[service.health]
-check = "tcp"
-inter = "1s"
-rise = 2
-fall = 2
-
-[[service]]
-name = "k3s-api-v6"
-vip = "{VIP6}"
-port = {PORT}
-mode = "{mode}"
-backends = [
 {}
-]
-[service.health]
-check = "tcp"
-inter = "1s"
-rise = 2
-fall = 2
-
 [vrrp]
 virtual_router_id = 51
 priority = {priority}
@@ -610,8 +590,8 @@ state = "{state}"
 advert_int = "1s"
 virtual_ipaddress = ["{VIP}/24", "{VIP6}/64"]
 "#,
-        backends.join("\n"),
-        backends6.join("\n")
+        service("k3s-api", vip()),
+        service("k3s-api-v6", vip6())
     )
 }
 

@@ -171,8 +171,8 @@ impl Dataplane {
             };
             Ok(map.fd().as_fd().as_raw_fd())
         };
-        let mut flow_slots = sys::MappedArray::<FlowSlot<A>>::map(fd(flows)?, slots)?;
-        let mut nat_slots = sys::MappedArray::<NatSlot<A>>::map(fd(nat)?, slots)?;
+        let mut flow_slots = sys::MappedArray::<FlowSlot<A>>::map(fd(flows)?, slots, true)?;
+        let mut nat_slots = sys::MappedArray::<NatSlot<A>>::map(fd(nat)?, slots, true)?;
         let ways = table::WAYS as usize;
         for i in entries {
             if let Some((rkey, reverse)) = &i.reverse {

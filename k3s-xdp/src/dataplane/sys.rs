@@ -1,7 +1,7 @@
 //! The map operations aya 0.14 does not offer: deleting an entry of an array of maps (the slot
 //! becomes empty), and filling or reading a `BPF_F_MMAPABLE` array through a shared mapping.
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use std::{io, os::fd::RawFd};
 
 const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
@@ -47,30 +47,10 @@ pub fn delete_elem(fd: RawFd, key: &u32) -> Result<()> {
 /// Copies `values` into the `BPF_F_MMAPABLE` array map `fd` (of exactly `values.len()` u64
 /// entries) through a shared mapping (the kernel lays 8-byte elements out back to back).
 pub fn write_mmapable_array(fd: RawFd, values: &[u64]) -> Result<()> {
-    let bytes = std::mem::size_of_val(values);
-    // SAFETY: page size query has no preconditions.
-    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize;
-    let len = bytes.div_ceil(page) * page;
-    // SAFETY: mapping a map fd the kernel created mmapable; checked for MAP_FAILED below.
-    let ptr = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            len,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_SHARED,
-            fd,
-            0,
-        )
-    };
-    if ptr == libc::MAP_FAILED {
-        bail!("mmap of a Maglev table: {}", io::Error::last_os_error());
-    }
-    // SAFETY: the mapping is at least `bytes` long, page aligned (so u64 aligned), and nobody
-    // else writes this fresh map.
-    unsafe {
-        std::ptr::copy_nonoverlapping(values.as_ptr(), ptr.cast::<u64>(), values.len());
-        libc::munmap(ptr, len);
-    }
+    let map = MappedArray::<u64>::map(fd, values.len(), true).context("mmap of a Maglev table")?;
+    // SAFETY: the mapping holds `values.len()` u64 entries, page aligned, and nobody else
+    // writes this fresh map.
+    unsafe { std::ptr::copy_nonoverlapping(values.as_ptr(), map.ptr, values.len()) };
     Ok(())
 }
 
@@ -79,38 +59,14 @@ pub fn write_mmapable_array(fd: RawFd, values: &[u64]) -> Result<()> {
 /// read-only shared mapping: one pass over the memory, no system call per entry. The program
 /// may write an entry while it is read; `T`'s own checks (a seal) tell a torn copy.
 pub fn scan_mmapable_array<T: Copy>(fd: RawFd, count: usize, mut f: impl FnMut(T)) -> Result<()> {
-    let bytes = count * std::mem::size_of::<T>();
-    // SAFETY: page size query has no preconditions.
-    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize;
-    let len = bytes.div_ceil(page).max(1) * page;
-    // SAFETY: mapping a map fd the kernel created mmapable, read-only; checked below.
-    let ptr = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            len,
-            libc::PROT_READ,
-            libc::MAP_SHARED,
-            fd,
-            0,
-        )
-    };
-    if ptr == libc::MAP_FAILED {
-        bail!("mmap of a flow table: {}", io::Error::last_os_error());
-    }
-    let entries = ptr.cast::<T>();
-    for i in 0..count {
-        // SAFETY: within the mapping (count entries of T from a page-aligned start); volatile,
-        // as the program writes the memory concurrently.
-        f(unsafe { std::ptr::read_volatile(entries.add(i)) });
-    }
-    // SAFETY: the mapping made above.
-    unsafe { libc::munmap(ptr, len) };
+    let map = MappedArray::<T>::map(fd, count, false).context("mmap of a flow table")?;
+    (0..count).filter_map(|i| map.get(i)).for_each(&mut f);
     Ok(())
 }
 
-/// A read-write shared mapping of the first `count` entries of the `BPF_F_MMAPABLE` array map
-/// `fd` (entries of `T` back to back), unmapped on drop. The program reads and writes the same
-/// memory concurrently: access entries with volatile reads and writes only.
+/// A shared mapping of the first `count` entries of the `BPF_F_MMAPABLE` array map `fd`
+/// (entries of `T` back to back), unmapped on drop. The program reads and writes the same
+/// memory concurrently: entries are accessed with volatile reads and writes only.
 pub struct MappedArray<T> {
     ptr: *mut T,
     len: usize,
@@ -118,7 +74,8 @@ pub struct MappedArray<T> {
 }
 
 impl<T: Copy> MappedArray<T> {
-    pub fn map(fd: RawFd, count: usize) -> Result<Self> {
+    /// Maps it read-only, or for writing too (`writable`).
+    pub fn map(fd: RawFd, count: usize, writable: bool) -> Result<Self> {
         let bytes = count * std::mem::size_of::<T>();
         // SAFETY: page size query has no preconditions.
         let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize;
@@ -128,14 +85,18 @@ impl<T: Copy> MappedArray<T> {
             libc::mmap(
                 std::ptr::null_mut(),
                 len,
-                libc::PROT_READ | libc::PROT_WRITE,
+                if writable {
+                    libc::PROT_READ | libc::PROT_WRITE
+                } else {
+                    libc::PROT_READ
+                },
                 libc::MAP_SHARED,
                 fd,
                 0,
             )
         };
         if ptr == libc::MAP_FAILED {
-            bail!("mmap of a flow table: {}", io::Error::last_os_error());
+            bail!("mmap: {}", io::Error::last_os_error());
         }
         Ok(MappedArray {
             ptr: ptr.cast(),
@@ -150,7 +111,7 @@ impl<T: Copy> MappedArray<T> {
         (i < self.count).then(|| unsafe { std::ptr::read_volatile(self.ptr.add(i)) })
     }
 
-    /// Writes entry `i`; false beyond the mapping.
+    /// Writes entry `i` (of a writable mapping); false beyond the mapping.
     pub fn set(&mut self, i: usize, value: T) -> bool {
         if i >= self.count {
             return false;
