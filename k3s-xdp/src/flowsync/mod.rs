@@ -2,9 +2,12 @@
 //! the same VIPs, so a connection survives a failover whichever side speaks next.
 //!
 //! - `wire.rs` (pure): the messages, their authentication and the replay window;
+//! - `session.rs` (pure): the sender's numbering and batching, the receiver's checks (peers,
+//!   key, replays) with refusals counted by reason;
 //! - `translate.rs` (pure): a reported flow (this node's slots) to a wire entry (addresses), and
 //!   a peer's entry to the flow and reverse-NAT entries this node would have made.
 
+pub mod session;
 pub mod translate;
 pub mod wire;
 
