@@ -412,7 +412,8 @@ pub struct Globals {
     /// `snat_timewait` in seconds: how long a translation whose backend closed first keeps
     /// its SNAT port from other client tuples (see [`waits`]).
     pub snat_timewait: u32,
-    /// [`FLOW_SYNC_ON`]: new flows are reported in `FLOW_EVENTS` for the peers.
+    /// [`FLOW_SYNC_ON`]: new flows and closed translations are reported in `FLOW_EVENTS` for
+    /// the peers.
     pub flow_sync: u32,
 }
 
@@ -421,6 +422,9 @@ pub const FLOW_SYNC_ON: u32 = 1;
 
 /// `FlowEvent::op`: the program made this flow (its first packet).
 pub const FLOW_EVENT_NEW: u8 = 1;
+/// `FlowEvent::op`: a nat translation closed (both FINs, or a RST): `key` is its reverse
+/// tuple (backend → SNAT address:port) and `flow.backend` its backend slot.
+pub const FLOW_EVENT_CLOSED: u8 = 2;
 
 /// A record of the `FLOW_EVENTS` ring buffer: a flow the program made, with its backend slot
 /// and translation, for flow sync to send to the peers. Records of both families share the

@@ -14,7 +14,8 @@ use k3s_xdp_common::{
     hash::{probe as probe_hash, reduce, snat_hash},
     maglev_slot, maglev_word, reason,
     table::NatSlot,
-    Backend, FlowKey, VipInfo, VipPort, BACKEND_UP, MAX_PORTS_PER_VIP, MAX_SNAT_SOURCES,
+    Backend, FlowKey, VipInfo, VipPort, BACKEND_UP, FLOW_SYNC_ON, MAX_PORTS_PER_VIP,
+    MAX_SNAT_SOURCES,
 };
 
 /// SNAT ports tried per new flow before giving up. Random probing from the flow's hash: with
@@ -279,12 +280,25 @@ pub fn reverse_key<F: Family>(
     }
 }
 
-/// Records in the reverse entry that a side of the TCP connection sent a FIN or a RST.
+/// Records in the reverse entry (of `reverse`, for backend slot `backend`, whose closing
+/// bits were `before`) that a side of the TCP connection sent a FIN or a RST; with flow sync
+/// on (`sync`), the translation's closing is reported when these bits close it.
 #[inline(always)]
-pub fn note_closing<F: Family>(slot: *mut NatSlot<F>, bits: u32) {
+pub fn note_closing<F: Family>(
+    slot: *mut NatSlot<F>,
+    reverse: &FlowKey<F>,
+    backend: u16,
+    before: u32,
+    bits: u32,
+    sync: u32,
+) {
     // SAFETY: a map value valid for this run; `closing` is outside the seal. A plain OR (the
     // BPF target has no atomic OR in Rust): two FINs on two CPUs at the same instant may lose
     // one bit, which only delays the reuse of that SNAT port until the translation goes idle;
     // it can never mistranslate.
     unsafe { (*slot).nat.closing |= bits };
+    let closes = !k3s_xdp_common::closed(before) & k3s_xdp_common::closed(before | bits);
+    if (sync == FLOW_SYNC_ON) & closes {
+        crate::sync::report_closed(reverse, u32::from(backend));
+    }
 }

@@ -94,9 +94,9 @@ pub trait Family: Address {
         snat_addr: Self,
         snat_port: u16,
         tcp_flags: u8,
-        mask: u32,
+        mask_sync: (u32, u32),
     ) -> bool {
-        forward::translation_event(key, backend, snat_addr, snat_port, tcp_flags, mask)
+        forward::translation_event(key, backend, snat_addr, snat_port, tcp_flags, mask_sync)
     }
 
     /// An established flow's packet, on to its backend (`forward::send`). IPv6 hands it

@@ -108,7 +108,7 @@ pub fn lookup<F: Family>(
             snat_addr,
             flow.snat_port,
             tcp_flags,
-            globals.flow_mask,
+            (globals.flow_mask, globals.flow_sync),
         );
     }
     if backend.state == BACKEND_DOWN
@@ -140,7 +140,7 @@ pub fn translation_event<F: Family>(
     snat_addr: F,
     snat_port: u16,
     tcp_flags: u8,
-    mask: u32,
+    (mask, sync): (u32, u32),
 ) -> bool {
     let reverse = choose::reverse_key(key, backend, snat_addr, snat_port);
     match table::find_nat(&reverse, Place::of(&reverse, mask)) {
@@ -150,9 +150,9 @@ pub fn translation_event<F: Family>(
                 // Taken over, or closed: a new connection on this tuple.
                 return true;
             } else if ours && tcp_flags & TCP_RST != 0 {
-                choose::note_closing(entry, NAT_RESET);
+                choose::note_closing(entry, &reverse, e.backend, e.closing, NAT_RESET, sync);
             } else if ours && tcp_flags & TCP_FIN != 0 {
-                choose::note_closing(entry, NAT_CLIENT_FIN);
+                choose::note_closing(entry, &reverse, e.backend, e.closing, NAT_CLIENT_FIN, sync);
             }
             false
         }
@@ -319,10 +319,12 @@ pub fn reply<F: Family>(
     table::touch_nat(entry, nat.seen, globals.clock);
     if protocol == IPPROTO_TCP {
         let flags = l4.tcp_flags(ctx);
+        let sync = globals.flow_sync;
         if flags & TCP_RST != 0 {
-            choose::note_closing(entry, NAT_RESET);
+            choose::note_closing(entry, &key, nat.backend, nat.closing, NAT_RESET, sync);
         } else if flags & TCP_FIN != 0 {
-            choose::note_closing(entry, backend_fin(nat.closing));
+            let bits = backend_fin(nat.closing);
+            choose::note_closing(entry, &key, nat.backend, nat.closing, bits, sync);
         }
     }
     // The hop toward the client comes from the FIB only, resolved on the first reply and after

@@ -1,10 +1,11 @@
 //! Flow sync's side of the data plane: a new flow, once recorded, is reported in the
 //! `FLOW_EVENTS` ring buffer (with its backend slot and translation) for the daemon to send
-//! to the peers. Established packets pay nothing; a new flow pays one ring buffer write, only
-//! with `[flow_sync]` on. A full ring loses the event (counted); the next bulk sync repairs.
+//! to the peers, and so is a nat translation when it closes (both FINs, or a RST). Established
+//! packets pay nothing; a new flow and a closing one pay one ring buffer write each, only with
+//! `[flow_sync]` on. A full ring loses the event (counted); the next bulk sync repairs.
 
 use crate::maps::{FLOW_EVENTS, FLOW_EVENTS_LOST};
-use k3s_xdp_common::{Address, Flow, FlowEvent, FlowKey, FLOW_EVENT_NEW};
+use k3s_xdp_common::{Address, Flow, FlowEvent, FlowKey, FLOW_EVENT_CLOSED, FLOW_EVENT_NEW};
 
 /// `BPF_RB_NO_WAKEUP`: the daemon polls the ring every few milliseconds, so no record wakes
 /// it (a wakeup is an irq_work the packet would pay for).
@@ -12,6 +13,23 @@ const NO_WAKEUP: u64 = 1;
 
 #[inline(always)]
 pub fn report_new<A: Address>(key: &FlowKey<A>, flow: &Flow) {
+    report(key, flow, FLOW_EVENT_NEW);
+}
+
+/// A nat translation closed: `reverse` is its backend → SNAT address:port tuple, `backend`
+/// its backend slot. Out of line: only FIN and RST packets come here.
+#[inline(never)]
+pub fn report_closed<A: Address>(reverse: &FlowKey<A>, backend: u32) {
+    let flow = Flow {
+        backend,
+        snat_port: 0,
+        snat_source: 0,
+    };
+    report(reverse, &flow, FLOW_EVENT_CLOSED);
+}
+
+#[inline(always)]
+fn report<A: Address>(key: &FlowKey<A>, flow: &Flow, op: u8) {
     // Written in place in the ring: no copy through the stack.
     let Some(mut entry) = FLOW_EVENTS.reserve_untyped::<FlowEvent<A>>(0) else {
         if let Some(lost) = FLOW_EVENTS_LOST.get_ptr_mut(0) {
@@ -23,7 +41,7 @@ pub fn report_new<A: Address>(key: &FlowKey<A>, flow: &Flow) {
     entry.write(FlowEvent::<A> {
         key: *key,
         flow: *flow,
-        op: FLOW_EVENT_NEW,
+        op,
         family: if A::LEN == 4 { 4 } else { 6 },
         _pad: [0; 6],
     });

@@ -56,8 +56,7 @@ pub async fn run(options: Options) -> Result<()> {
     let dp = Dataplane::load(LoadOptions {
         flow_table_size: config.flow_table_size,
         ipv6: config.services.iter().any(|s| s.vip.is_ipv6()),
-        // Nothing reads the new-flow events yet (issue 20): the ring stays one page.
-        flow_sync: false,
+        flow_sync: config.flow_sync.is_some(),
     })?;
     let (events_tx, events_rx) = mpsc::channel(4096);
     let mac = netlink.mac(ifindex).await?;
@@ -235,6 +234,10 @@ pub async fn run(options: Options) -> Result<()> {
         Err(e) => warn!("cannot read the XDP program's id ({e:#}): a program detached by someone else goes unnoticed"),
     }
 
+    // [flow_sync]: before VRRP, so that a node that starts asks its peers for their tables
+    // while VRRP waits for a master's advertisement.
+    let flow_sync = controller.start_flow_sync()?;
+
     // Without VRRP this node is the only load balancer: it holds the VIPs itself, and follows
     // reloads that add or remove them.
     let owned = std::sync::Arc::new(tokio::sync::Mutex::new(Vec::new()));
@@ -318,6 +321,9 @@ pub async fn run(options: Options) -> Result<()> {
                 failed = true;
             }
         }
+    }
+    if let Some(sync) = flow_sync {
+        sync.stop();
     }
     if let Some((iface, mode)) = controller.dataplane_mut().detach() {
         info!("XDP program detached from {iface} ({mode} mode)");

@@ -2096,3 +2096,94 @@ fn a_synced_flow_is_translated_both_ways_by_the_peer() {
     let done = b.dataplane.install(&[clash], 6).unwrap();
     assert_eq!((done.flows, done.conflicts), (0, 1));
 }
+
+/// Closing flows cross too (issue 20): node A reports a translation once, when it closes
+/// (the client's FIN, then the backend's), not before and not again; the entry it makes of
+/// it names the same connection on node B, which removes its copy of the flow and marks its
+/// translation closed (so its SNAT port follows the backend's TIME_WAIT there too).
+#[test]
+fn a_closed_translation_is_reported_once_and_closed_on_the_peer() {
+    use k3s_xdp::flowsync::translate::{Directory, InstallOf};
+    let Some(mut a) = harness() else { return };
+    let config = k3s_xdp::config::parse(CONFIG, "t.toml".as_ref()).unwrap();
+    let specs: Vec<ServiceSpec> = config
+        .services
+        .iter()
+        .map(ServiceSpec::from_config)
+        .collect();
+    let mut b = XdpHarness::with_specs_in_lab(&specs).unwrap();
+    let directory = |h: &XdpHarness| {
+        Directory::new(
+            &specs,
+            |n| h.publisher.service_slot(n),
+            |n, addr| h.publisher.backend_slot(n, addr),
+        )
+    };
+    let (dir_a, dir_b) = (directory(&a), directory(&b));
+    a.update_globals(|g| g.flow_sync = k3s_xdp_common::FLOW_SYNC_ON)
+        .unwrap();
+    let client = agent(3, 44000);
+    let vip = sock(VIP, 6443);
+    let fwd = transmitted(&mut a, &packet::tcp_syn(client, vip));
+    let (backend_ip, snat_port) = (fwd.ip().unwrap().dst, fwd.tcp().unwrap().sport);
+    let new = a.dataplane.drain_flow_events(10).unwrap();
+    assert_eq!(new.len(), 1);
+    let install = dir_b.incoming(&dir_a.outgoing(&new[0]).unwrap()).unwrap();
+    b.dataplane.install(&[install], 3).unwrap();
+    let k = key(client, vip, IPPROTO_TCP);
+    assert!(b.dataplane.flow(&k).unwrap().is_some(), "B has the copy");
+
+    // Data and the client's FIN: not closed yet.
+    transmitted(&mut a, &packet::tcp(client, vip, TCP_ACK));
+    transmitted(&mut a, &packet::tcp(client, vip, TCP_FIN | TCP_ACK));
+    assert!(a.dataplane.drain_flow_events(10).unwrap().is_empty());
+    // The backend's FIN closes it: reported once, with its reverse tuple.
+    let mut fin = packet::tcp(
+        sock(backend_ip, 6443),
+        sock(VIP, snat_port),
+        TCP_FIN | TCP_ACK,
+    );
+    fin.eth_src = lab_mac(backend_ip);
+    fin.eth_dst = LAB_LB_MAC;
+    transmitted(&mut a, &fin);
+    transmitted(&mut a, &fin);
+    let closed = a.dataplane.drain_flow_events(10).unwrap();
+    assert_eq!(closed.len(), 1, "{closed:?}");
+    let FlowEventOf::V4(e) = closed[0] else {
+        panic!("IPv4")
+    };
+    assert_eq!(e.op, k3s_xdp_common::FLOW_EVENT_CLOSED);
+    let reverse = key(sock(backend_ip, 6443), sock(VIP, snat_port), IPPROTO_TCP);
+    assert_eq!(e.key, reverse);
+    let tables = a.dataplane.flow_tables().unwrap();
+    let slot = tables
+        .translation(&e.key)
+        .expect("A still holds it, closed");
+    assert_eq!(u32::from(slot.nat.backend), e.flow.backend);
+    let entry = dir_a.closed(&e.key, &slot.nat).unwrap();
+    assert_eq!(entry.client, std::net::SocketAddr::V4(client));
+
+    // B: the flow goes, the translation is marked closed.
+    let Some(InstallOf::V4(on_b)) = dir_b.incoming(&entry) else {
+        panic!("B places it")
+    };
+    let mut b_tables = b.dataplane.flow_tables().unwrap();
+    assert_eq!(
+        b_tables.close(&[(InstallOf::V4(on_b), entry.flags)], 4),
+        1,
+        "found and closed"
+    );
+    assert_eq!(b.dataplane.flow(&k).unwrap(), None, "the flow is gone on B");
+    let nat = b_tables.translation(&reverse).unwrap().nat;
+    assert!(nat.closed(), "{:#x}", nat.closing);
+    assert_ne!(nat.closing & k3s_xdp_common::NAT_CLIENT_FIN, 0);
+
+    // A RST from the client closes a live translation at once: reported too.
+    let c2 = agent(3, 44001);
+    transmitted(&mut a, &packet::tcp_syn(c2, vip));
+    a.dataplane.drain_flow_events(10).unwrap();
+    transmitted(&mut a, &packet::tcp(c2, vip, TCP_RST));
+    let reset = a.dataplane.drain_flow_events(10).unwrap();
+    assert_eq!(reset.len(), 1);
+    assert!(matches!(reset[0], FlowEventOf::V4(e) if e.op == k3s_xdp_common::FLOW_EVENT_CLOSED));
+}

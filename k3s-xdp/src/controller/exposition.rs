@@ -323,6 +323,9 @@ impl Collector for Snapshot {
                     .map(|x| (vec![("session", x.name.clone())], flag(x.established()))),
             )?;
         }
+        if let Some(fs) = &s.flow_sync {
+            flow_sync_families(&mut f, fs)?;
+        }
         let Some(node) = &s.vrrp else {
             return Ok(());
         };
@@ -394,4 +397,86 @@ impl Collector for Snapshot {
             each(|v| u64::from(v.track_ok)),
         )
     }
+}
+
+/// `[flow_sync]`'s families: its state, per peer, and what it refused by reason.
+fn flow_sync_families(
+    f: &mut Families<'_>,
+    fs: &super::status::FlowSyncStatus,
+) -> std::fmt::Result {
+    let flag = |b: bool| u64::from(b);
+    let peer = |p: &super::status::FlowSyncPeerStatus| -> Labels { vec![("peer", p.peer.clone())] };
+    let per_peer = |value: fn(&super::status::FlowSyncPeerStatus) -> u64| -> Vec<(Labels, u64)> {
+        fs.peers.iter().map(|p| (peer(p), value(p))).collect()
+    };
+    f.gauge(
+        "k3sxdp_flow_sync_synced",
+        "1 once this node holds its peers' flow tables (or gave up waiting for absent peers); until then VRRP does not preempt a master.",
+        [(Vec::new(), flag(fs.synced))],
+    )?;
+    f.gauge(
+        "k3sxdp_flow_sync_peer_up",
+        "1 while the flow sync peer is heard (its hellos arrive).",
+        per_peer(|p| u64::from(p.up)),
+    )?;
+    f.gauge(
+        "k3sxdp_flow_sync_peer_table_taken",
+        "1 once the peer's whole table (bulk sync) arrived in this run.",
+        per_peer(|p| u64::from(p.bulk_done)),
+    )?;
+    f.gauge(
+        "k3sxdp_flow_sync_peer_queued_datagrams",
+        "Datagrams waiting to leave for the peer.",
+        per_peer(|p| p.queued),
+    )?;
+    f.gauge(
+        "k3sxdp_flow_sync_peer_lag_seconds",
+        "The longest a datagram for the peer waited before it left, over the last half second.",
+        fs.peers
+            .iter()
+            .map(|p| (peer(p), p.lag_ms as f64 / 1000.0))
+            .collect::<Vec<_>>(),
+    )?;
+    f.counter(
+        "k3sxdp_flow_sync_sent_entries_total",
+        "Flow entries sent to the peer (new, closed, refreshed, bulk).",
+        per_peer(|p| p.sent_entries),
+    )?;
+    f.counter(
+        "k3sxdp_flow_sync_lost_entries_total",
+        "Flow entries that never left for the peer: its queue was full (a slow or absent peer) or the kernel refused them. The next bulk sync repairs.",
+        per_peer(|p| p.lost_entries),
+    )?;
+    f.counter(
+        "k3sxdp_flow_sync_received_entries_total",
+        "Flow entries taken from the peer (authenticated, in order).",
+        per_peer(|p| p.received_entries),
+    )?;
+    f.counter(
+        "k3sxdp_flow_sync_bulks_sent_total",
+        "Whole tables sent to the peer (it asked: it started, or came back).",
+        per_peer(|p| p.bulks_sent),
+    )?;
+    f.counter(
+        "k3sxdp_flow_sync_flows_total",
+        "Flows by what flow sync did with them: reported by the XDP program, unnamed (its backend no longer published), installed from a peer, closed on a peer's word, conflicts (a live translation of another connection kept its slot), not_placed (a service, backend or SNAT address this node does not have), lost in the program (the ring was full).",
+        [
+            ("reported", fs.reported),
+            ("unnamed", fs.unnamed),
+            ("installed", fs.installed),
+            ("closed", fs.closed),
+            ("conflicts", fs.conflicts),
+            ("not_placed", fs.not_placed),
+            ("lost_in_ring", fs.events_lost),
+        ]
+        .map(|(what, n)| (vec![("event", what.to_string())], n)),
+    )?;
+    f.counter(
+        "k3sxdp_flow_sync_dropped_total",
+        "Flow sync datagrams refused, by reason: not_a_peer, oversized, malformed, unauthenticated, replayed, stale.",
+        fs.dropped
+            .iter()
+            .map(|(r, n)| (vec![("reason", r.clone())], *n))
+            .collect::<Vec<_>>(),
+    )
 }

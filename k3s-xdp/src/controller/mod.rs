@@ -16,6 +16,10 @@ pub mod status;
 use crate::{
     config::{self, CheckKind, Config},
     dataplane::{self, Dataplane, Publisher},
+    flowsync::{
+        runtime::{FlowSync, Settings},
+        translate::Directory,
+    },
     health::{
         check::{Probe, TlsFiles},
         state::Outcome,
@@ -28,6 +32,7 @@ use status::{BackendStatus, Request, Response, ServiceStatus, Status, VrrpStatus
 use std::{
     collections::BTreeMap,
     path::PathBuf,
+    sync::Arc,
     time::{Duration, Instant},
 };
 use tokio::sync::{mpsc, oneshot, watch};
@@ -55,6 +60,8 @@ pub enum Event {
     Vrrp(Box<VrrpStatus>),
     /// The BGP announcer's view ([`crate::bgp::runtime`]).
     Bgp(Box<crate::bgp::runtime::Report>),
+    /// Flow sync's view ([`crate::flowsync::runtime`]).
+    FlowSync(Box<status::FlowSyncStatus>),
     /// Routes or neighbours changed: cached next hops must be resolved again.
     FibChanged,
     /// The interface's link went down or came up (netlink).
@@ -76,6 +83,9 @@ pub struct Health {
     pub dataplane_attached: bool,
     /// The interface has a carrier and is up (from netlink; assumed until told otherwise).
     pub link_up: bool,
+    /// Flow sync holds the peers' tables (or gave up waiting): VRRP may preempt. Always true
+    /// without `[flow_sync]`.
+    pub flows_synced: bool,
 }
 
 pub struct Controller {
@@ -112,6 +122,9 @@ pub struct Controller {
     empty: Vec<String>,
     /// Keeps the backends' next hops resolved; told the backends after each reload.
     next_hops: Option<Keeper>,
+    /// Flow sync's names of the published services (`[flow_sync]`), and its last report.
+    directory: Option<watch::Sender<Arc<Directory>>>,
+    flow_sync: Option<status::FlowSyncStatus>,
 }
 
 /// How a service's backends are checked.
@@ -187,8 +200,11 @@ fn globals(
         // Filled in by `write_globals`, which knows the tables' size.
         flow_mask: 0,
         snat_timewait: config.snat_timewait_secs(),
-        // Flow sync's daemon side (reading FLOW_EVENTS) is not there yet: nothing reports.
-        flow_sync: 0,
+        flow_sync: if config.flow_sync.is_some() {
+            k3s_xdp_common::FLOW_SYNC_ON
+        } else {
+            0
+        },
     }
 }
 
@@ -222,6 +238,7 @@ impl Controller {
             healthy_backends: model.healthy_backends(),
             dataplane_attached: attached,
             link_up: true,
+            flows_synced: config.flow_sync.is_none(),
         });
         let mut c = Controller {
             config_path,
@@ -247,9 +264,46 @@ impl Controller {
             held: None,
             empty: Vec::new(),
             next_hops: None,
+            directory: None,
+            flow_sync: None,
         };
         c.publish(now)?;
         Ok((c, health_rx))
+    }
+
+    /// Starts flow sync (`[flow_sync]`): its thread reads the program's reports and writes
+    /// the peers' flows into the tables; the controller keeps it told of the published
+    /// services. `None` without `[flow_sync]`.
+    pub fn start_flow_sync(&mut self) -> Result<Option<FlowSync>> {
+        let Some(c) = self.config.flow_sync.clone() else {
+            return Ok(None);
+        };
+        let (key, warning) = crate::flowsync::read_key_file(&c.key_file)?;
+        if let Some(w) = warning {
+            warn!("{w}");
+        }
+        let specs = self.model.specs(Instant::now());
+        let directory = Directory::new(
+            &specs,
+            |n| self.publisher.service_slot(n),
+            |n, a| self.publisher.backend_slot(n, a),
+        );
+        let (tx, rx) = watch::channel(Arc::new(directory));
+        self.directory = Some(tx);
+        let started = self.started;
+        let sync = FlowSync::start(
+            Settings {
+                peers: c.peers.clone(),
+                port: c.port,
+                key,
+                clock: Box::new(move || clock_at(started, Instant::now())),
+            },
+            self.dp.take_flow_events()?,
+            self.dp.flow_tables()?,
+            rx,
+            self.events.clone(),
+        )?;
+        Ok(Some(sync))
     }
 
     /// The VRRP settings for the instance to run with, and then to follow across reloads.
@@ -427,6 +481,15 @@ impl Controller {
             }
             Event::Vrrp(v) => self.vrrp = Some(*v),
             Event::Bgp(r) => self.bgp_report = Some(*r),
+            Event::FlowSync(s) => {
+                let synced = s.synced;
+                self.flow_sync = Some(*s);
+                self.health.send_if_modified(|h| {
+                    let changed = h.flows_synced != synced;
+                    h.flows_synced = synced;
+                    changed
+                });
+            }
             Event::FibChanged => {
                 self.fib_generation = self.fib_generation.wrapping_add(1).max(1);
                 if let Err(e) = self.write_globals() {
@@ -552,12 +615,27 @@ impl Controller {
             healthy_backends: self.model.healthy_backends(),
             dataplane_attached: self.attached(),
             link_up: self.health.borrow().link_up,
+            flows_synced: self.health.borrow().flows_synced,
         };
         self.health.send_if_modified(|h| {
             let changed = *h != health;
             *h = health;
             changed
         });
+        if let Some(tx) = &self.directory {
+            let directory = Directory::new(
+                &specs,
+                |n| self.publisher.service_slot(n),
+                |n, a| self.publisher.backend_slot(n, a),
+            );
+            tx.send_if_modified(|d| {
+                let changed = **d != directory;
+                if changed {
+                    *d = Arc::new(directory);
+                }
+                changed
+            });
+        }
         if let (Some(tx), Some(request)) = (&self.bgp_wanted, self.bgp_request()) {
             tx.send_if_modified(|r| {
                 let changed = *r != request;

@@ -68,6 +68,51 @@ fn bgp_lines(out: &mut String, b: &BgpStatus) {
     }
 }
 
+/// `[flow_sync]`: whether this node holds its peers' tables, each peer, and what was refused.
+fn flow_sync_lines(out: &mut String, f: &super::status::FlowSyncStatus) {
+    let state = if f.synced {
+        match f.synced_after_ms {
+            Some(ms) => format!("peers' tables taken ({ms} ms after start)"),
+            None => "peers' tables taken".into(),
+        }
+    } else {
+        "WAITING for the peers' tables: VRRP does not preempt until they arrive".into()
+    };
+    let _ = writeln!(
+        out,
+        "Flow sync: UDP {}; {state}; {} flows reported here, {} installed from peers, {} closed, {} conflicts, {} not placed",
+        f.port, f.reported, f.installed, f.closed, f.conflicts, f.not_placed
+    );
+    for p in &f.peers {
+        let heard = match p.heard_ms_ago {
+            Some(ms) if p.up => format!("up (heard {ms} ms ago)"),
+            Some(ms) => format!("DOWN (last heard {})", ago(ms / 1000)),
+            None => "DOWN (never heard)".into(),
+        };
+        let _ = writeln!(
+            out,
+            "      peer {} {heard}; {}; sent {} flows ({} lost, {} queued, lag {} ms), received {}",
+            p.peer, p.bulk, p.sent_entries, p.lost_entries, p.queued, p.lag_ms, p.received_entries
+        );
+    }
+    let refused: Vec<String> = f
+        .dropped
+        .iter()
+        .filter(|(_, n)| **n > 0)
+        .map(|(r, n)| format!("{r} {n}"))
+        .collect();
+    if !refused.is_empty() {
+        let _ = writeln!(out, "      refused datagrams: {}", refused.join(", "));
+    }
+    if f.events_lost > 0 {
+        let _ = writeln!(
+            out,
+            "      {} flows not reported (the program's ring was full): the peers lack them until their next bulk sync",
+            f.events_lost
+        );
+    }
+}
+
 /// The readable table of `k3s-xdp status`.
 pub fn render_table(s: &Status) -> String {
     let mut out = String::new();
@@ -98,6 +143,9 @@ pub fn render_table(s: &Status) -> String {
     }
     if let Some(b) = &s.bgp {
         bgp_lines(&mut out, b);
+    }
+    if let Some(fs) = &s.flow_sync {
+        flow_sync_lines(&mut out, fs);
     }
     for svc in &s.services {
         let _ = writeln!(

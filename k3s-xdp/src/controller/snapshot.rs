@@ -119,6 +119,10 @@ impl Controller {
             services,
             vrrp: self.vrrp.clone(),
             bgp: self.bgp_report.as_ref().map(|r| r.status(now)),
+            flow_sync: self.flow_sync.clone().map(|mut f| {
+                f.events_lost = self.dp.flow_events_lost().unwrap_or(0);
+                f
+            }),
             link_up: self.health.borrow().link_up,
             packets,
             flow_table,

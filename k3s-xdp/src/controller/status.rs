@@ -40,6 +40,9 @@ pub struct Status {
     /// `[bgp]`, when configured.
     #[serde(default)]
     pub bgp: Option<BgpStatus>,
+    /// `[flow_sync]`, when configured.
+    #[serde(default)]
+    pub flow_sync: Option<FlowSyncStatus>,
     /// The interface is up with a carrier (netlink's view; a dead link is a VRRP fault).
     #[serde(default = "link_up_default")]
     pub link_up: bool,
@@ -108,6 +111,61 @@ pub struct BackendStatus {
     pub bytes: u64,
     pub new_flows: u64,
     pub resets: u64,
+}
+
+/// `[flow_sync]`: the peers, the bulk syncs, and what crossed.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct FlowSyncStatus {
+    /// UDP.
+    pub port: u16,
+    /// This node holds its peers' tables (or gave up waiting for absent peers): until then
+    /// VRRP does not preempt a master.
+    pub synced: bool,
+    /// How long that took after start.
+    pub synced_after_ms: Option<u64>,
+    pub peers: Vec<FlowSyncPeerStatus>,
+    /// Records the XDP program reported (new flows, closed translations), and those that
+    /// could not be named for the peers (a backend no longer published, a translation gone).
+    pub reported: u64,
+    pub unnamed: u64,
+    /// Reports the program could not write: the ring was full (repaired by a bulk sync).
+    pub events_lost: u64,
+    /// Entries taken from the peers; installed (flows written), closed (found and closed
+    /// here), conflicts (a live translation of another connection kept its slot), not placed
+    /// (a service, backend or SNAT address this node does not have).
+    pub received_entries: u64,
+    pub installed: u64,
+    pub closed: u64,
+    pub conflicts: u64,
+    pub not_placed: u64,
+    pub socket_errors: u64,
+    /// Datagrams refused, by reason (not_a_peer, oversized, malformed, unauthenticated,
+    /// replayed, stale).
+    pub dropped: BTreeMap<String, u64>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct FlowSyncPeerStatus {
+    pub peer: String,
+    /// Heard within the last few hellos.
+    pub up: bool,
+    pub heard_ms_ago: Option<u64>,
+    /// The bulk sync of its table to this node, in words.
+    pub bulk: String,
+    pub bulk_done: bool,
+    /// Datagrams waiting for it, and the longest one waited (the lag).
+    pub queued: u64,
+    pub lag_ms: u64,
+    pub sent_datagrams: u64,
+    pub sent_entries: u64,
+    /// Entries that never left: its queue was full, or the kernel refused them.
+    pub lost_entries: u64,
+    /// Whole tables sent to it (it asked).
+    pub bulks_sent: u64,
+    pub received_datagrams: u64,
+    pub received_entries: u64,
+    /// Times it restarted while this node ran.
+    pub restarts: u64,
 }
 
 /// `[bgp]`: what this node announces, and the routing daemon's sessions.

@@ -5,13 +5,14 @@
 //! program.
 
 use super::{sys, Dataplane};
+use crate::flowsync::translate::{Install, InstallOf};
 use anyhow::Result;
 use aya::maps::{Array, MapData};
 use k3s_xdp_common::{
     hash::flow_hash,
     names,
     table::{self, bucket_index, keep_rank, nat_index, FlowBucket, FlowSlot, NatSlot},
-    Address, Flow, FlowEvent, FlowKey, NatReverse, V6,
+    Address, Flow, FlowEvent, FlowKey, NatReverse, FLOW_EVENT_NEW, V6,
 };
 use std::collections::BTreeMap;
 
@@ -40,6 +41,223 @@ impl FlowEventOf {
         };
         Some(event)
     }
+}
+
+fn drain<T: std::borrow::BorrowMut<MapData>>(
+    ring: &mut aya::maps::RingBuf<T>,
+    max: usize,
+) -> Vec<FlowEventOf> {
+    let mut out = Vec::new();
+    while out.len() < max {
+        let Some(item) = ring.next() else { break };
+        if let Some(event) = FlowEventOf::parse(&item) {
+            out.push(event);
+        }
+    }
+    out
+}
+
+/// The reader of the `FLOW_EVENTS` ring, out of the data plane (see
+/// [`Dataplane::take_flow_events`]).
+pub struct FlowEvents(aya::maps::RingBuf<MapData>);
+
+impl FlowEvents {
+    /// Up to `max` records, in the order the program wrote them.
+    pub fn drain(&mut self, max: usize) -> Vec<FlowEventOf> {
+        drain(&mut self.0, max)
+    }
+}
+
+/// One family's flow and reverse-NAT tables, mapped.
+struct Tables<A: Address> {
+    flows: sys::MappedArray<FlowSlot<A>>,
+    nat: sys::MappedArray<NatSlot<A>>,
+}
+
+/// The flow and reverse-NAT tables mapped into this process ([`Dataplane::flow_tables`]):
+/// flow sync installs a peer's flows in them, removes closed ones, and lists the live ones
+/// for a peer's bulk sync. Single slots are written, never whole buckets: the program may be
+/// writing the bucket's other slots, and the seals keep a torn slot from ever forwarding (see
+/// `k3s_xdp_common::table`).
+pub struct FlowTables {
+    mask: u32,
+    v4: Tables<u32>,
+    v6: Option<Tables<V6>>,
+}
+
+impl FlowTables {
+    /// Writes a peer's flows where this node's program looks for them, last seen at `seen`:
+    /// each flow into one slot of its bucket (the one holding its key, else a free one, else
+    /// the least recently seen), each translation into its reverse-NAT slot unless a live
+    /// translation of another client holds it.
+    pub fn install(&mut self, entries: &[InstallOf], seen: u32) -> Result<Installed> {
+        let mut done = Installed::default();
+        for e in entries {
+            match e {
+                InstallOf::V4(i) => install_one(&mut self.v4, self.mask, i, seen, &mut done),
+                InstallOf::V6(i) => match &mut self.v6 {
+                    Some(t) => install_one(t, self.mask, i, seen, &mut done),
+                    None => anyhow::bail!(
+                        "IPv6 flows, and the IPv6 flow tables were not sized at start"
+                    ),
+                },
+            }
+        }
+        Ok(done)
+    }
+
+    /// Applies a peer's closed translations (`closing`: the bits the peer saw, FINs or a RST)
+    /// at `clock`: each translation, if this node holds it for the same client, gets the bits
+    /// (so its SNAT port waits out the backend's TIME_WAIT as it would here), and the flow
+    /// entry goes. Returns how many were found.
+    pub fn close(&mut self, entries: &[(InstallOf, u8)], clock: u32) -> u64 {
+        let mut found = 0;
+        for (e, closing) in entries {
+            let closing = u32::from(*closing);
+            found += u64::from(match e {
+                InstallOf::V4(i) => close_one(&mut self.v4, self.mask, i, closing, clock),
+                InstallOf::V6(i) => self
+                    .v6
+                    .as_mut()
+                    .is_some_and(|t| close_one(t, self.mask, i, closing, clock)),
+            });
+        }
+        found
+    }
+
+    /// The flows whose slots were seen at most `within` seconds before `clock` (of both
+    /// families, as the program reports new ones): for a peer's bulk sync (`within` below
+    /// `IDLE_SECS`: every live flow) and the periodic refresh.
+    pub fn live(&self, clock: u32, within: u32) -> Vec<FlowEventOf> {
+        let mut out = Vec::new();
+        live_of(&self.v4, clock, within, |e| out.push(FlowEventOf::V4(e)));
+        if let Some(t) = &self.v6 {
+            live_of(t, clock, within, |e| out.push(FlowEventOf::V6(e)));
+        }
+        out
+    }
+
+    /// The translation of the IPv4 reverse tuple `key`, if its slot holds it.
+    pub fn translation(&self, key: &FlowKey) -> Option<NatSlot> {
+        translation_of(&self.v4, self.mask, key)
+    }
+
+    /// The translation of the IPv6 reverse tuple `key`, if its slot holds it.
+    pub fn translation6(&self, key: &FlowKey<V6>) -> Option<NatSlot<V6>> {
+        translation_of(self.v6.as_ref()?, self.mask, key)
+    }
+}
+
+fn translation_of<A: Address>(t: &Tables<A>, mask: u32, key: &FlowKey<A>) -> Option<NatSlot<A>> {
+    let hash = flow_hash(key);
+    t.nat
+        .get(nat_index(hash, mask) as usize)
+        .filter(|s| s.holds(key, hash))
+}
+
+fn live_of<A: Address>(t: &Tables<A>, clock: u32, within: u32, mut f: impl FnMut(FlowEvent<A>)) {
+    let count = t.flows.entries();
+    for i in 0..count {
+        let Some(slot) = t.flows.get(i) else { break };
+        let age = clock.wrapping_sub(slot.seen);
+        let recent = age <= within || age > u32::MAX / 2;
+        if recent && slot.is_valid() {
+            f(FlowEvent {
+                key: slot.key,
+                flow: slot.flow,
+                op: FLOW_EVENT_NEW,
+                family: if A::LEN == 4 { 4 } else { 6 },
+                _pad: [0; 6],
+            });
+        }
+    }
+}
+
+fn install_one<A: Address>(
+    t: &mut Tables<A>,
+    mask: u32,
+    i: &Install<A>,
+    seen: u32,
+    done: &mut Installed,
+) {
+    if let Some((rkey, reverse)) = &i.reverse {
+        let rhash = flow_hash(rkey);
+        let at = nat_index(rhash, mask) as usize;
+        // Live, and not this very translation (same tuple, same client): another
+        // connection's, which this node keeps.
+        let taken = t.nat.get(at).is_some_and(|s| {
+            let same = s.holds(rkey, rhash)
+                && s.nat.client_addr.diff(&reverse.client_addr) == 0
+                && s.nat.client_port == reverse.client_port;
+            s.is_valid() && !s.reusable(seen) && !same
+        });
+        if taken {
+            done.conflicts += 1;
+            return;
+        }
+        // A translation this node has already keeps its closing bits and next hop.
+        let mut reverse = *reverse;
+        if let Some(s) = t.nat.get(at).filter(|s| s.holds(rkey, rhash)) {
+            reverse.closing |= s.nat.closing;
+            reverse.next_hop = s.nat.next_hop;
+        }
+        t.nat.set(at, NatSlot::new(*rkey, rhash, reverse, seen));
+    }
+    let hash = flow_hash(&i.key);
+    let ways = table::WAYS as usize;
+    let first = bucket_index(hash, mask) as usize * ways;
+    let current: Vec<FlowSlot<A>> = (first..first + ways)
+        .filter_map(|j| t.flows.get(j))
+        .collect();
+    let way = current
+        .iter()
+        .position(|s| s.holds(&i.key, hash))
+        .or_else(|| {
+            (0..current.len())
+                .min_by_key(|&w| keep_rank(current[w].is_valid(), current[w].seen, seen))
+        })
+        .unwrap_or(0);
+    t.flows
+        .set(first + way, FlowSlot::new(i.key, hash, i.flow, seen));
+    done.flows += 1;
+}
+
+fn close_one<A: Address>(
+    t: &mut Tables<A>,
+    mask: u32,
+    i: &Install<A>,
+    closing: u32,
+    clock: u32,
+) -> bool {
+    let mut found = false;
+    if let Some((rkey, reverse)) = &i.reverse {
+        let rhash = flow_hash(rkey);
+        let at = nat_index(rhash, mask) as usize;
+        if let Some(mut s) = t.nat.get(at).filter(|s| {
+            s.holds(rkey, rhash)
+                && s.nat.client_addr.diff(&reverse.client_addr) == 0
+                && s.nat.client_port == reverse.client_port
+        }) {
+            s.nat.closing |= closing;
+            s.seen = clock;
+            t.nat.set(at, s);
+            found = true;
+        }
+    }
+    let hash = flow_hash(&i.key);
+    let ways = table::WAYS as usize;
+    let first = bucket_index(hash, mask) as usize * ways;
+    for j in first..first + ways {
+        if let Some(s) = t
+            .flows
+            .get(j)
+            .filter(|s| s.holds(&i.key, hash) && s.flow == i.flow)
+        {
+            t.flows.set(j, FlowSlot { seal: 0, ..s });
+            found = true;
+        }
+    }
+    found
 }
 
 /// What [`Dataplane::install`] did with a batch of a peer's flows.
@@ -106,63 +324,23 @@ impl Dataplane {
     /// the order the program wrote them; a record that is not an event is skipped.
     pub fn drain_flow_events(&mut self, max: usize) -> Result<Vec<FlowEventOf>> {
         let mut ring = aya::maps::RingBuf::try_from(self.map_mut(names::FLOW_EVENTS)?)?;
-        let mut out = Vec::new();
-        while out.len() < max {
-            let Some(item) = ring.next() else { break };
-            if let Some(event) = FlowEventOf::parse(&item) {
-                out.push(event);
-            }
-        }
-        Ok(out)
+        Ok(drain(&mut ring, max))
     }
 
     /// Writes a peer's flows (flow sync) where this node's program looks for them, last seen
-    /// at `clock`: each flow into one slot of its bucket (the one holding its key, else a
-    /// free one, else the least recently seen), each translation into its reverse-NAT slot
-    /// unless a live translation of another client holds it. Single slots are written through
-    /// a shared mapping, never whole buckets: the program may be writing the bucket's other
-    /// slots, and the seals keep a torn slot from ever forwarding (see `k3s_xdp_common::table`).
+    /// at `seen` (see [`FlowTables::install`]).
     pub fn install(
         &mut self,
         entries: &[crate::flowsync::translate::InstallOf],
-        clock: u32,
+        seen: u32,
     ) -> Result<Installed> {
-        use crate::flowsync::translate::InstallOf;
-        let v4: Vec<_> = entries
-            .iter()
-            .filter_map(|e| match e {
-                InstallOf::V4(i) => Some(*i),
-                InstallOf::V6(_) => None,
-            })
-            .collect();
-        let v6: Vec<_> = entries
-            .iter()
-            .filter_map(|e| match e {
-                InstallOf::V6(i) => Some(*i),
-                InstallOf::V4(_) => None,
-            })
-            .collect();
-        let mut done = Installed::default();
-        if !v4.is_empty() {
-            self.install_family(names::FLOWS, names::NAT_REVERSE, &v4, clock, &mut done)?;
-        }
-        if !v6.is_empty() {
-            if !self.ipv6 {
-                anyhow::bail!("IPv6 flows, and the IPv6 flow tables were not sized at start");
-            }
-            self.install_family(names::FLOWS6, names::NAT_REVERSE6, &v6, clock, &mut done)?;
-        }
-        Ok(done)
+        self.flow_tables()?.install(entries, seen)
     }
 
-    fn install_family<A: Address>(
-        &mut self,
-        flows: &str,
-        nat: &str,
-        entries: &[crate::flowsync::translate::Install<A>],
-        clock: u32,
-        done: &mut Installed,
-    ) -> Result<()> {
+    /// The flow and reverse-NAT tables of both families, mapped into this process (flow
+    /// sync's view of them; it outlives neither the program nor the maps, which the kernel
+    /// keeps while mapped).
+    pub fn flow_tables(&self) -> Result<FlowTables> {
         use std::os::fd::{AsFd, AsRawFd};
         let slots = (self.flow_mask as usize + 1) * table::WAYS as usize;
         let fd = |name: &str| -> Result<i32> {
@@ -171,46 +349,32 @@ impl Dataplane {
             };
             Ok(map.fd().as_fd().as_raw_fd())
         };
-        let mut flow_slots = sys::MappedArray::<FlowSlot<A>>::map(fd(flows)?, slots, true)?;
-        let mut nat_slots = sys::MappedArray::<NatSlot<A>>::map(fd(nat)?, slots, true)?;
-        let ways = table::WAYS as usize;
-        for i in entries {
-            if let Some((rkey, reverse)) = &i.reverse {
-                let rhash = flow_hash(rkey);
-                let at = nat_index(rhash, self.flow_mask) as usize;
-                // Live, and not this very translation (same tuple, same client): another
-                // connection's, which this node keeps.
-                let taken = nat_slots.get(at).is_some_and(|s| {
-                    let same = s.holds(rkey, rhash)
-                        && s.nat.client_addr.diff(&reverse.client_addr) == 0
-                        && s.nat.client_port == reverse.client_port;
-                    s.is_valid() && !s.reusable(clock) && !same
-                });
-                if taken {
-                    done.conflicts += 1;
-                    continue;
-                }
-                nat_slots.set(at, NatSlot::new(*rkey, rhash, *reverse, clock));
-            }
-            let hash = flow_hash(&i.key);
-            let first = bucket_index(hash, self.flow_mask) as usize * ways;
-            let current: Vec<FlowSlot<A>> = (first..first + ways)
-                .filter_map(|j| flow_slots.get(j))
-                .collect();
-            let way = current
-                .iter()
-                .position(|s| s.holds(&i.key, hash))
-                .or_else(|| {
-                    (0..current.len())
-                        .min_by_key(|&w| keep_rank(current[w].is_valid(), current[w].seen, clock))
-                })
-                .unwrap_or(0);
-            flow_slots.set(first + way, FlowSlot::new(i.key, hash, i.flow, clock));
-            done.flows += 1;
+        fn family<A: Address>(flows: i32, nat: i32, slots: usize) -> Result<Tables<A>> {
+            Ok(Tables {
+                flows: sys::MappedArray::map(flows, slots, true)?,
+                nat: sys::MappedArray::map(nat, slots, true)?,
+            })
         }
-        Ok(())
+        Ok(FlowTables {
+            mask: self.flow_mask,
+            v4: family(fd(names::FLOWS)?, fd(names::NAT_REVERSE)?, slots)?,
+            v6: if self.ipv6 {
+                Some(family(fd(names::FLOWS6)?, fd(names::NAT_REVERSE6)?, slots)?)
+            } else {
+                None
+            },
+        })
     }
 
+    /// Takes the reader of the `FLOW_EVENTS` ring out of the data plane, for flow sync's own
+    /// thread ([`Dataplane::drain_flow_events`] then has nothing to read).
+    pub fn take_flow_events(&mut self) -> Result<FlowEvents> {
+        let map = self
+            .bpf
+            .take_map(names::FLOW_EVENTS)
+            .ok_or_else(|| anyhow::anyhow!("{} was taken already", names::FLOW_EVENTS))?;
+        Ok(FlowEvents(aya::maps::RingBuf::try_from(map)?))
+    }
     /// The flow table entry of a client → VIP tuple.
     pub fn flow(&self, key: &FlowKey) -> Result<Option<Flow>> {
         let hash = flow_hash(key);

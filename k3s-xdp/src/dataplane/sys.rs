@@ -73,6 +73,10 @@ pub struct MappedArray<T> {
     count: usize,
 }
 
+// SAFETY: the mapping belongs to this value alone (unmapped on its drop); moving it to another
+// thread moves that ownership. Entries are read and written with volatile accesses only.
+unsafe impl<T: Send> Send for MappedArray<T> {}
+
 impl<T: Copy> MappedArray<T> {
     /// Maps it read-only, or for writing too (`writable`).
     pub fn map(fd: RawFd, count: usize, writable: bool) -> Result<Self> {
@@ -103,6 +107,11 @@ impl<T: Copy> MappedArray<T> {
             len,
             count,
         })
+    }
+
+    /// Entries mapped.
+    pub fn entries(&self) -> usize {
+        self.count
     }
 
     /// A copy of entry `i` (`None` beyond the mapping).

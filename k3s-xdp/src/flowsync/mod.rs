@@ -7,6 +7,8 @@
 //! - `translate.rs` (pure): a reported flow (this node's slots) to a wire entry (addresses), and
 //!   a peer's entry to the flow and reverse-NAT entries this node would have made.
 
+pub mod peers;
+pub mod runtime;
 pub mod session;
 pub mod translate;
 pub mod wire;

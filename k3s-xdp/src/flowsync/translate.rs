@@ -63,6 +63,7 @@ pub enum InstallOf {
     V6(Install<V6>),
 }
 
+#[derive(Debug, PartialEq, Eq)]
 struct Service {
     slot: u32,
     nat: bool,
@@ -73,7 +74,7 @@ struct Service {
 }
 
 /// What the translation needs of the published services.
-#[derive(Default)]
+#[derive(Debug, Default, PartialEq, Eq)]
 pub struct Directory {
     /// (VIP:port, protocol) → service.
     services: BTreeMap<(SocketAddr, u8), Service>,
@@ -156,6 +157,31 @@ impl Directory {
             backend,
             snat,
         })
+    }
+
+    /// The wire entry of a translation the program reported closed: `reverse` is its backend
+    /// → SNAT address:port tuple and `nat` the translation as this node holds it; the entry's
+    /// flags carry the closing bits (which FINs, or a RST). `None` when its backend slot is not
+    /// (or no longer) published.
+    pub fn closed<A: MapAddress>(
+        &self,
+        reverse: &FlowKey<A>,
+        nat: &NatReverse<A>,
+    ) -> Option<Entry> {
+        let &((vip, protocol), backend) = self.slots.get(&u32::from(nat.backend))?;
+        let entry = Entry {
+            op: Op::Closed,
+            protocol: reverse.protocol,
+            flags: u8::try_from(nat.closing & 0xff).ok()?,
+            client: SocketAddr::new(nat.client_addr.to_ip(), u16::from_be(nat.client_port)),
+            vip,
+            backend: SocketAddr::new(reverse.src.to_ip(), u16::from_be(reverse.sport)),
+            snat: SocketAddr::new(reverse.dst.to_ip(), u16::from_be(reverse.dport)),
+        };
+        let same = backend == entry.backend
+            && protocol == reverse.protocol
+            && vip.port() == u16::from_be(nat.vip_port);
+        same.then_some(entry)
     }
 
     /// The entries a peer's flow becomes on this node; `None` for a service or backend this
@@ -474,5 +500,32 @@ mod tests {
             None,
             "a pool index beyond the pool"
         );
+    }
+
+    /// A translation closed on node a names the same connection on node b: b's install of
+    /// it is the one made when the flow was new (so b finds and closes it).
+    #[test]
+    fn a_closed_translation_names_the_same_connection_on_the_peer() {
+        let (a, b) = (node(0), node(10));
+        let event = v4_event("198.51.100.7:51000", "192.0.2.100:6443", 2, 40000, 0);
+        let new = b.incoming(&a.outgoing(&event).unwrap()).unwrap();
+        let Some(InstallOf::V4(on_a)) = a.incoming(&a.outgoing(&event).unwrap()) else {
+            panic!()
+        };
+        let (reverse, mut nat) = on_a.reverse.unwrap();
+        nat.closing = k3s_xdp_common::NAT_CLIENT_FIN | k3s_xdp_common::NAT_BACKEND_FIN;
+        let closed = a.closed(&reverse, &nat).unwrap();
+        assert_eq!(closed.op, Op::Closed);
+        assert_eq!(u32::from(closed.flags), nat.closing);
+        assert_eq!(closed.client, "198.51.100.7:51000".parse().unwrap());
+        assert_eq!(closed.vip, "192.0.2.100:6443".parse().unwrap());
+        assert_eq!(b.incoming(&closed), Some(new), "the same entries on b");
+        // A backend slot no longer published, or not this tuple's backend: nothing to say.
+        let mut gone = nat;
+        gone.backend = 99;
+        assert_eq!(a.closed(&reverse, &gone), None);
+        let mut other = nat;
+        other.backend = 1;
+        assert_eq!(a.closed(&reverse, &other), None);
     }
 }

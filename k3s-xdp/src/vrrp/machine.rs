@@ -83,6 +83,14 @@ pub enum Event {
     Link {
         up: bool,
     },
+    /// Whether flow sync holds the peers' flow tables (always with no `[flow_sync]`). Until
+    /// it does, this router neither preempts a live master nor claims at the end of its
+    /// startup wait (it waits one more advertisement interval each time): taking the VIPs
+    /// from a master whose flows it does not have would break them. A master that goes
+    /// silent is replaced all the same: its table is not coming.
+    Synced {
+        ok: bool,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -135,6 +143,8 @@ pub struct Machine {
     lower_master_since: Option<Instant>,
     /// The current master as far as we know (ourselves when master).
     master: Option<IpAddr>,
+    /// See [`Event::Synced`].
+    synced: bool,
 }
 
 impl Machine {
@@ -151,6 +161,7 @@ impl Machine {
             started: None,
             lower_master_since: None,
             master: None,
+            synced: true,
         }
     }
 
@@ -223,6 +234,7 @@ impl Machine {
             } => self.advert(from, priority, interval, now, &mut out),
             Event::Track { ok } => self.track(ok, now, &mut out),
             Event::Link { up } => self.link(up, now, &mut out),
+            Event::Synced { ok } => self.synced = ok,
         }
         out
     }
@@ -319,6 +331,11 @@ impl Machine {
             }
             State::Backup => {
                 if self.master_down_timer.is_some_and(|t| now >= t) {
+                    if !self.synced && matches!(self.waiting, Wait::Startup(_)) {
+                        // A master may be there, whose flows are on their way: wait.
+                        self.master_down_timer = Some(now + self.params.advert_int);
+                        return;
+                    }
                     let reason = match self.master {
                         Some(m) if self.lower_master_since.is_some() => {
                             format!("preempting {m}, which has a lower priority")
@@ -407,6 +424,9 @@ impl Machine {
     /// Whether `preempt_delay` has passed, since startup and since the lower master appeared.
     fn may_preempt(&mut self, now: Instant) -> bool {
         let since = *self.lower_master_since.get_or_insert(now);
+        if !self.synced {
+            return false;
+        }
         let delay = self.params.preempt_delay;
         let started = self.started.unwrap_or(now);
         now >= started + delay && now >= since + delay
@@ -672,6 +692,57 @@ mod tests {
             .unwrap()
             .reason
             .contains("preempting 192.0.2.99"));
+    }
+
+    /// Flow sync: a router without its peers' tables neither preempts nor claims at the end
+    /// of its startup wait; once it has them it does both; a master that goes silent is
+    /// replaced whatever the sync.
+    #[test]
+    fn without_the_peers_flows_a_router_waits_to_preempt_or_claim() {
+        let t0 = Instant::now();
+        let mut m = Machine::new(params(200));
+        m.handle(Event::Synced { ok: false }, t0);
+        m.handle(Event::Startup, t0);
+        let mdi = m.master_down_interval();
+        run_until(&mut m, t0 + 3 * mdi);
+        assert_eq!(
+            m.state(),
+            State::Backup,
+            "no claim at the end of the startup wait"
+        );
+        for i in 0..6 {
+            m.handle(advert(100), t0 + 3 * mdi + i * S);
+            run_until(&mut m, t0 + 3 * mdi + i * S + S / 2);
+        }
+        assert_eq!(
+            m.state(),
+            State::Backup,
+            "no preemption of the lower master"
+        );
+        m.handle(Event::Synced { ok: true }, t0 + 3 * mdi + 6 * S);
+        m.handle(advert(100), t0 + 3 * mdi + 6 * S);
+        run_until(&mut m, t0 + 4 * mdi + 7 * S);
+        assert_eq!(m.state(), State::Master, "preempts once synced");
+
+        // Not synced, and the master goes silent: taken over after Master_Down_Interval.
+        let mut m = Machine::new(params(100));
+        m.handle(Event::Synced { ok: false }, t0);
+        m.handle(Event::Startup, t0);
+        m.handle(advert(200), t0 + S);
+        let mdi = m.master_down_interval();
+        let out = run_until(&mut m, t0 + S + mdi + Duration::from_millis(1));
+        assert_eq!(m.state(), State::Master, "{out:?}");
+
+        // Not synced at startup, then synced with no master around: claims at the next
+        // interval.
+        let mut m = Machine::new(params(100));
+        m.handle(Event::Synced { ok: false }, t0);
+        m.handle(Event::Startup, t0);
+        run_until(&mut m, t0 + mdi + S / 2);
+        assert_eq!(m.state(), State::Backup);
+        m.handle(Event::Synced { ok: true }, t0 + mdi + S / 2);
+        run_until(&mut m, t0 + mdi + 2 * S);
+        assert_eq!(m.state(), State::Master);
     }
 
     #[test]

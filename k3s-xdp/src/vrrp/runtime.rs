@@ -345,6 +345,8 @@ async fn run<S: RouterSockets>(
     if !link_up {
         speaker.machine.handle(Event::Link { up: false }, now);
     }
+    let synced = health.borrow().flows_synced;
+    speaker.machine.handle(Event::Synced { ok: synced }, now);
     speaker.handle(Event::Startup).await;
 
     let mut buf = vec![0u8; 2048];
@@ -392,7 +394,11 @@ async fn run<S: RouterSockets>(
             changed = health.changed() => {
                 if changed.is_ok() {
                     // The machine ignores repeats of either.
-                    let up = health.borrow().link_up;
+                    let (up, synced) = {
+                        let h = health.borrow();
+                        (h.link_up, h.flows_synced)
+                    };
+                    speaker.handle(Event::Synced { ok: synced }).await;
                     speaker.handle(Event::Link { up }).await;
                     let ok = track_ok(&speaker.config, &health.borrow());
                     speaker.track_ok = ok;
