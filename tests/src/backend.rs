@@ -60,7 +60,16 @@ pub enum Kind {
     Https,
     /// Accepts TCP and never answers: a hung server (a TLS check times out on it).
     Silent,
+    /// Like a Kubernetes watch: greets with its name, then pushes a line
+    /// `push NAME N` every [`PUSH_EVERY`] unasked (the server speaks first), and answers each
+    /// line the client sends with `echo NAME LINE`. At most [`MAX_PUSHES`] pushes.
+    Push,
 }
+
+/// How often a [`Kind::Push`] backend pushes a line.
+pub const PUSH_EVERY: Duration = Duration::from_millis(500);
+/// Pushes per connection at most (bounded traffic: 10 minutes' worth).
+pub const MAX_PUSHES: u64 = 1200;
 
 /// What a backend has seen since it was created (across restarts).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -137,7 +146,7 @@ impl Backend {
         addrs: &[Ipv4Addr],
     ) -> Result<Self> {
         let tls = match kind {
-            Kind::Tcp | Kind::Silent => None,
+            Kind::Tcp | Kind::Silent | Kind::Push => None,
             Kind::Tls | Kind::Https => Some(server_config(name, addrs)?),
         };
         let mut backend = Backend {
@@ -331,6 +340,9 @@ impl Server {
         if self.kind == Kind::Silent {
             return self.silent(stream);
         }
+        if self.kind == Kind::Push {
+            return self.push(stream);
+        }
         match &self.tls {
             None => self.echo(stream),
             Some(config) => {
@@ -369,6 +381,71 @@ impl Server {
                 Err(e) => return Err(e),
             }
         }
+    }
+
+    /// [`Kind::Push`]: the greeting, then a pusher thread and this one answering lines; both
+    /// write whole lines under one lock.
+    fn push(&self, stream: TcpStream) -> io::Result<()> {
+        let writer = Arc::new(Mutex::new(stream.try_clone()?));
+        let line = |w: &Mutex<TcpStream>, text: String| -> io::Result<()> {
+            let mut w = w.lock().map_err(|_| io::Error::other("poisoned"))?;
+            self.counters
+                .bytes_out
+                .fetch_add(text.len() as u64, Ordering::Relaxed);
+            w.write_all(text.as_bytes())?;
+            w.flush()
+        };
+        line(&writer, format!("{}\n", self.name))?;
+        let done = Arc::new(AtomicBool::new(false));
+        let pusher = {
+            let (writer, done, stop) = (writer.clone(), done.clone(), self.stop.clone());
+            let (name, counters) = (self.name.clone(), self.counters.clone());
+            thread::spawn(move || {
+                for n in 1..=MAX_PUSHES {
+                    // Sleep in small steps, so a closed connection ends the thread soon.
+                    for _ in 0..10 {
+                        if done.load(Ordering::Relaxed) || stop.load(Ordering::Relaxed) {
+                            return;
+                        }
+                        thread::sleep(PUSH_EVERY / 10);
+                    }
+                    let text = format!("push {name} {n}\n");
+                    let Ok(mut w) = writer.lock() else { return };
+                    counters
+                        .bytes_out
+                        .fetch_add(text.len() as u64, Ordering::Relaxed);
+                    if w.write_all(text.as_bytes())
+                        .and_then(|()| w.flush())
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+            })
+        };
+        let mut reader = io::BufReader::new(stream);
+        let mut got = String::new();
+        let result = loop {
+            got.clear();
+            match io::BufRead::read_line(&mut reader, &mut got) {
+                Ok(0) => break Ok(()),
+                Ok(n) => {
+                    self.counters
+                        .bytes_in
+                        .fetch_add(n as u64, Ordering::Relaxed);
+                    if let Err(e) =
+                        line(&writer, format!("echo {} {}\n", self.name, got.trim_end()))
+                    {
+                        break Err(e);
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => break Err(e),
+            }
+        };
+        done.store(true, Ordering::Relaxed);
+        let _ = pusher.join();
+        result
     }
 
     /// One HTTP/1.1 request: `GET /readyz` gets the configured status, anything else 404.
@@ -675,6 +752,96 @@ pub fn echo_roundtrip(stream: &mut (impl Read + Write), payload: &[u8]) -> Resul
         .read_exact(&mut echoed)
         .with_context(|| format!("reading the echo of {} bytes from {server}", payload.len()))?;
     Ok((server, echoed == payload))
+}
+
+/// A client of a [`Kind::Push`] backend: it knows which server greeted it, counts the pushes,
+/// and checks that each line it sends is echoed by that same server.
+pub struct Watch {
+    reader: io::BufReader<TcpStream>,
+    writer: TcpStream,
+    /// The server that greeted.
+    pub server: String,
+    /// The last push number seen.
+    pub last_push: u64,
+}
+
+impl Watch {
+    /// Connects from `from` to `to` and reads the greeting.
+    pub fn open(from: &NetNs, to: impl Into<SocketAddr>, timeout: Duration) -> Result<Watch> {
+        let stream = connect(from, to, timeout)?;
+        let writer = stream.try_clone()?;
+        let mut w = Watch {
+            reader: io::BufReader::new(stream),
+            writer,
+            server: String::new(),
+            last_push: 0,
+        };
+        w.server = w.line()?;
+        Ok(w)
+    }
+
+    fn line(&mut self) -> Result<String> {
+        let mut line = String::new();
+        let n = io::BufRead::read_line(&mut self.reader, &mut line)
+            .context("reading a line of the watch")?;
+        if n == 0 {
+            bail!("the watch's connection closed");
+        }
+        Ok(line.trim_end().to_string())
+    }
+
+    fn take(&mut self, line: &str) -> Result<Option<String>> {
+        let words: Vec<&str> = line.splitn(3, ' ').collect();
+        match words.as_slice() {
+            ["push", server, n] if *server == self.server => {
+                let n: u64 = n.parse().context("a push number")?;
+                if n <= self.last_push {
+                    bail!("push {n} after push {}", self.last_push);
+                }
+                self.last_push = n;
+                Ok(None)
+            }
+            ["echo", server, rest] if *server == self.server => Ok(Some(rest.to_string())),
+            _ => bail!("{line:?} on a watch of {}", self.server),
+        }
+    }
+
+    /// Waits for the next push (within the stream's read timeout); returns its number.
+    pub fn next_push(&mut self) -> Result<u64> {
+        loop {
+            let line = self.line()?;
+            if self.take(&line)?.is_none() {
+                return Ok(self.last_push);
+            }
+        }
+    }
+
+    /// Sends `text` and waits for its echo from the same server (pushes read meanwhile).
+    pub fn echo(&mut self, text: &str) -> Result<()> {
+        self.writer
+            .write_all(format!("{text}\n").as_bytes())
+            .context("sending a line on the watch")?;
+        loop {
+            let line = self.line()?;
+            if let Some(echoed) = self.take(&line)? {
+                if echoed != text {
+                    bail!("{} echoed {echoed:?}, not {text:?}", self.server);
+                }
+                return Ok(());
+            }
+        }
+    }
+
+    /// Sets the read timeout of the stream.
+    pub fn set_timeout(&self, timeout: Duration) -> Result<()> {
+        self.writer.set_read_timeout(Some(timeout))?;
+        Ok(())
+    }
+
+    /// The client's port (its side of the tuple).
+    pub fn local_port(&self) -> u16 {
+        self.writer.local_addr().map(|a| a.port()).unwrap_or(0)
+    }
 }
 
 /// Connects from `from` to `to`, checks the greeting and the echo of `payload`, and closes:
