@@ -49,9 +49,22 @@ pub async fn run(options: Options) -> Result<()> {
     let netlink = Netlink::connect()?;
     let ifindex = netlink.ifindex(&iface).await?;
 
+    // [flow_sync]'s key and peers, before anything changes.
+    if let Some(f) = &config.flow_sync {
+        crate::flowsync::read_key_file(&f.key_file)?;
+        if let Some(e) =
+            crate::flowsync::own_peers_error(&crate::flowsync::peers_of_this_host(&f.peers))
+        {
+            bail!("{e}");
+        }
+    }
     // Sockets first: a port in use or a second instance fails before anything changes.
     let control = ControlSocket::bind(&config.control_socket)?;
     let metrics = MetricsServer::bind(config.metrics_listen).await?;
+    let sync_socket = match &config.flow_sync {
+        Some(f) => Some(crate::flowsync::runtime::bind(f.port)?),
+        None => None,
+    };
 
     let dp = Dataplane::load(LoadOptions {
         flow_table_size: config.flow_table_size,
@@ -236,7 +249,7 @@ pub async fn run(options: Options) -> Result<()> {
 
     // [flow_sync]: before VRRP, so that a node that starts asks its peers for their tables
     // while VRRP waits for a master's advertisement.
-    let flow_sync = controller.start_flow_sync()?;
+    let flow_sync = controller.start_flow_sync(sync_socket)?;
 
     // Without VRRP this node is the only load balancer: it holds the VIPs itself, and follows
     // reloads that add or remove them.

@@ -246,6 +246,12 @@ fn check(path: &Path) -> ExitCode {
                         return ExitCode::FAILURE;
                     }
                 }
+                if let Some(e) = k3s_xdp::flowsync::own_peers_error(
+                    &k3s_xdp::flowsync::peers_of_this_host(&f.peers),
+                ) {
+                    eprintln!("error: {e}");
+                    return ExitCode::FAILURE;
+                }
                 let bind = std::net::UdpSocket::bind((std::net::Ipv6Addr::UNSPECIFIED, f.port));
                 if let Err(e) = bind {
                     if e.kind() == std::io::ErrorKind::AddrInUse {

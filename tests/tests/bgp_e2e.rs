@@ -395,6 +395,86 @@ fn nat_with_snat_source_node_works_behind_ecmp() {
     assert!(failed.is_empty(), "{failed:#?}");
 }
 
+/// nat with the default `snat_source = "vip"` behind ECMP, with `[flow_sync]` between the
+/// nodes (issue 20): the router sends a client's packets to one node and the backend's
+/// replies (to the VIP, whichever node answered its ARP) may reach the other; each node
+/// knows the other's translations, so every connection works, new or long-lived.
+#[test]
+fn nat_with_snat_source_vip_works_behind_ecmp_with_flow_sync() {
+    if !have_root() {
+        return;
+    }
+    let _s = serial();
+    let topo = ecmp::topology().expect("topology");
+    let key_dir = std::env::temp_dir().join(format!("k3s-xdp-fskey-{}", topo.prefix()));
+    struct Remove(std::path::PathBuf);
+    impl Drop for Remove {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    let _remove = Remove(key_dir.clone());
+    std::fs::create_dir_all(&key_dir).unwrap();
+    let key = key_dir.join("flow-sync.key");
+    std::fs::write(&key, [b'k'; 48]).unwrap();
+    std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let backends = Backends::seed(&topo, Kind::Tcp).unwrap();
+    let ecmp = Ecmp::start(&topo, 2, |node, socket| {
+        let peer = if node == "lb-1" { LB2 } else { LB1 };
+        format!(
+            "{}\n[flow_sync]\npeers = [\"{peer}\"]\nkey_file = {:?}\n",
+            daemon_config(
+                "nat",
+                "",
+                &format!("bird_socket = {:?}\n", socket.display().to_string()),
+            ),
+            key.display().to_string()
+        )
+    })
+    .unwrap();
+    let lab = Lab {
+        ecmp,
+        backends,
+        topo,
+    };
+    let topo = &lab.topo;
+    for d in &lab.ecmp.daemons {
+        d.wait_for(Duration::from_secs(10), "flow sync up", |s| {
+            s.flow_sync
+                .as_ref()
+                .is_some_and(|f| f.synced && f.peers.iter().all(|p| p.up))
+        })
+        .unwrap();
+    }
+    let mut long: Vec<(String, TcpStream)> = (0..12)
+        .map(|i| long_lived(topo, AGENTS[i % 3], i))
+        .collect();
+    let steady = connections_for(topo, Duration::from_secs(3));
+    let failed = traffic::failures(&steady);
+    eprintln!(
+        "{} new connections over two nat nodes (snat_source vip, flow sync), {} failed",
+        steady.len(),
+        failed.len()
+    );
+    assert!(failed.is_empty(), "{failed:#?}");
+    for (i, (server, s)) in long.iter_mut().enumerate() {
+        still_echoes(s, &format!("still {i}")).unwrap_or_else(|e| panic!("{server}: {e}"));
+    }
+    let statuses: Vec<Status> = lab
+        .ecmp
+        .daemons
+        .iter()
+        .map(|d| d.status().unwrap())
+        .collect();
+    for s in &statuses {
+        let f = s.flow_sync.as_ref().unwrap();
+        assert!(
+            new_flows(s) > 0 && f.installed > 0,
+            "both nodes made and took flows: {f:?}"
+        );
+    }
+}
+
 /// No routing daemon at all: k3s-xdp serves, keeps its route, and says in status and the log
 /// that nothing exports it. Its own leftover route (a previous run's) is removed at start;
 /// another program's routes in the table, one of them for the VIP in the table a reload

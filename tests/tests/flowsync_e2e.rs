@@ -275,6 +275,13 @@ fn server_push_connections_survive_kill_9_of_the_master() {
     steady(&p);
     let mut watches = open_watches(&p, WATCHES, "w");
     wait_installed(&p.lb2, WATCHES as u64);
+    // Watches that end (the client closes, the server closes after it): closed on lb-2 too.
+    drop(open_watches(&p, 3, "short"));
+    p.lb2
+        .wait_for(T, "the 3 closed connections closed on lb-2", |s| {
+            sync(s).closed >= 3
+        })
+        .unwrap();
     quiet();
     p.lb1.crash();
     wait_until(Duration::from_secs(6), "lb-2 takes the VIP", || {

@@ -274,8 +274,11 @@ impl Controller {
     /// Starts flow sync (`[flow_sync]`): its thread reads the program's reports and writes
     /// the peers' flows into the tables; the controller keeps it told of the published
     /// services. `None` without `[flow_sync]`.
-    pub fn start_flow_sync(&mut self) -> Result<Option<FlowSync>> {
-        let Some(c) = self.config.flow_sync.clone() else {
+    pub fn start_flow_sync(
+        &mut self,
+        socket: Option<std::net::UdpSocket>,
+    ) -> Result<Option<FlowSync>> {
+        let (Some(c), Some(socket)) = (self.config.flow_sync.clone(), socket) else {
             return Ok(None);
         };
         let (key, warning) = crate::flowsync::read_key_file(&c.key_file)?;
@@ -292,6 +295,7 @@ impl Controller {
         self.directory = Some(tx);
         let started = self.started;
         let sync = FlowSync::start(
+            socket,
             Settings {
                 peers: c.peers.clone(),
                 port: c.port,

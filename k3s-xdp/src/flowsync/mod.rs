@@ -16,6 +16,28 @@ pub mod wire;
 use anyhow::{bail, Context, Result};
 use std::{os::unix::fs::MetadataExt, path::Path};
 
+/// The peers that are addresses of this host (a socket binds to them): a node listed as its
+/// own peer would sync with itself, and its real peers would never hear of its flows.
+pub fn peers_of_this_host(peers: &[std::net::IpAddr]) -> Vec<std::net::IpAddr> {
+    peers
+        .iter()
+        .copied()
+        .filter(|&p| std::net::UdpSocket::bind((p, 0)).is_ok())
+        .collect()
+}
+
+/// The error for [`peers_of_this_host`]'s answer, if any.
+pub fn own_peers_error(own: &[std::net::IpAddr]) -> Option<String> {
+    (!own.is_empty()).then(|| {
+        let list: Vec<String> = own.iter().map(ToString::to_string).collect();
+        format!(
+            "flow_sync.peers lists {}, an address of this host: list the other load \
+             balancers, not this one",
+            list.join(", ")
+        )
+    })
+}
+
 /// Reads the shared key from `path`; the second value is a warning when others than its
 /// owner may read it (it should be root's alone, mode 0600 or 0400).
 pub fn read_key_file(path: &Path) -> Result<(wire::Key, Option<String>)> {
@@ -56,6 +78,16 @@ pub fn key_file_warning(path: &Path, mode: u32, uid: u32) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_peer_that_is_this_host_is_found() {
+        let loopback: std::net::IpAddr = "127.0.0.1".parse().unwrap();
+        let elsewhere: std::net::IpAddr = "192.0.2.251".parse().unwrap();
+        assert_eq!(peers_of_this_host(&[elsewhere, loopback]), vec![loopback]);
+        assert_eq!(own_peers_error(&[]), None);
+        let e = own_peers_error(&[loopback]).unwrap();
+        assert!(e.contains("127.0.0.1, an address of this host"), "{e}");
+    }
 
     #[test]
     fn a_key_file_must_be_roots_alone() {

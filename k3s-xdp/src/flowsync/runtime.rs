@@ -71,17 +71,16 @@ pub struct FlowSync {
 }
 
 impl FlowSync {
-    /// Binds the UDP port (on every address, both families when the host has IPv6) and
-    /// starts the thread. `directory` follows the published services; reports go to the
-    /// controller as [`Event::FlowSync`].
+    /// Starts the thread on `socket` (from [`bind`]). `directory` follows the published
+    /// services; reports go to the controller as [`Event::FlowSync`].
     pub fn start(
+        socket: UdpSocket,
         settings: Settings,
         events: FlowEvents,
         tables: FlowTables,
         directory: watch::Receiver<Arc<Directory>>,
         report: mpsc::Sender<Event>,
     ) -> Result<Self> {
-        let socket = bind(settings.port)?;
         let stop = Arc::new(AtomicBool::new(false));
         let epoch = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -134,7 +133,8 @@ impl Drop for FlowSync {
     }
 }
 
-fn bind(port: u16) -> Result<UdpSocket> {
+/// The sync socket: UDP `port` on every address, both families when the host has IPv6.
+pub fn bind(port: u16) -> Result<UdpSocket> {
     use socket2::{Domain, Protocol, Socket, Type};
     let v6 = || -> io::Result<Socket> {
         let s = Socket::new(Domain::IPV6, Type::DGRAM, Some(Protocol::UDP))?;
