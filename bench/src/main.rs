@@ -1,4 +1,4 @@
-//! `cargo xtask bench [micro | controller | failover | e2e | scaleout | all]`: benchmarks, never
+//! `cargo xtask bench [micro | controller | failover | e2e | scaleout | sync | all]`: benchmarks, never
 //! assertions. Figures are reported as medians over interleaved rounds and as ratios to a
 //! baseline measured in the same run, because this machine's timings are noisy.
 //!
@@ -16,6 +16,8 @@
 //!   connections/s, throughput, latency, CPU on the load-balancer node, plots (`e2e.rs`).
 //! - `scaleout`: BGP/ECMP over three nodes: a node's death (BFD) vs the VRRP pair, and the
 //!   cost per connection through one, two and three nodes (`scaleout.rs`).
+//! - `sync`: flow sync between two nodes: new flows/s replicated, their lag, CPU per 1,000
+//!   flows (`sync.rs`).
 //! - `all` (the default): everything, and a summary table of ratios first.
 
 mod controller;
@@ -27,6 +29,7 @@ mod micro;
 mod plot;
 mod profile;
 mod scaleout;
+mod sync;
 
 use anyhow::{bail, Result};
 use k3s_xdp_tests::bpf::have_root;
@@ -56,8 +59,11 @@ fn main() {
         if matches!(what, "scaleout" | "all") {
             report.push_str(&scaleout::run(&mut summary)?);
         }
+        if matches!(what, "sync" | "all") {
+            report.push_str(&sync::run(&mut summary)?);
+        }
         if report.is_empty() {
-            bail!("unknown benchmark {what:?}: micro, controller, failover, e2e, scaleout or all");
+            bail!("unknown benchmark {what:?}: micro, controller, failover, e2e, scaleout, sync or all");
         }
         if what == "all" {
             report = format!("{}\n{report}", render_summary(&summary));

@@ -2095,6 +2095,35 @@ fn a_synced_flow_is_translated_both_ways_by_the_peer() {
     let clash = dir_b.incoming(&other).unwrap();
     let done = b.dataplane.install(&[clash], 6).unwrap();
     assert_eq!((done.flows, done.conflicts), (0, 1));
+
+    // A copy that nothing went through here since it came: when the peer gives its SNAT port
+    // to another client (it took the translation over), the new one replaces it here too.
+    let mut first = received.entries[0];
+    first.client = "198.51.100.20:50000".parse().unwrap();
+    first.snat = std::net::SocketAddr::new(first.snat.ip(), 61000);
+    let done = b
+        .dataplane
+        .install(&[dir_b.incoming(&first).unwrap()], 7)
+        .unwrap();
+    assert_eq!((done.flows, done.conflicts), (1, 0));
+    let mut second = first;
+    second.client = "198.51.100.21:50001".parse().unwrap();
+    let done = b
+        .dataplane
+        .install(&[dir_b.incoming(&second).unwrap()], 8)
+        .unwrap();
+    assert_eq!((done.flows, done.conflicts), (1, 0), "the copy is replaced");
+    let reverse = self::key(
+        sock(backend_ip, 6443),
+        sock(VIP, 61000),
+        k3s_xdp_common::IPPROTO_TCP,
+    );
+    let nat = b.dataplane.nat_reverse(&reverse).unwrap().unwrap();
+    assert_eq!(
+        nat.client_port,
+        50001u16.to_be(),
+        "the second client's translation"
+    );
 }
 
 /// Closing flows cross too (issue 20): node A reports a translation once, when it closes

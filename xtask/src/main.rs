@@ -8,7 +8,7 @@
 //!   through the VIP (`--bgp`: three active nodes behind a router, BGP/ECMP through BIRD).
 //! - `test`: unit tests, BPF tests and integration tests (root).
 //! - `lint`: `cargo fmt --check` and `cargo clippy -- -D warnings`.
-//! - `bench [micro | controller | failover | e2e | scaleout | all]`: benchmarks, results in
+//! - `bench [micro | controller | failover | e2e | scaleout | sync | all]`: benchmarks, results in
 //!   `bench-results/`.
 //!
 //! `lab`, `test` and `run` call `setup` themselves when something is missing, so a fresh machine
@@ -66,7 +66,8 @@ enum Command {
     Lint,
     /// Benchmarks (root): micro (XDP ns/packet), controller (table build, failure detection),
     /// failover (VRRP vs keepalived), e2e (vs HAProxy and nginx), scaleout (BGP/ECMP over three
-    /// nodes), or all of them with a summary table of ratios; results in bench-results/.
+    /// nodes), sync (flow sync's replication rate), or all of them with a summary table of
+    /// ratios; results in bench-results/.
     Bench {
         #[arg(default_value = "all")]
         what: String,

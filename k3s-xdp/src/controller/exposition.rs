@@ -453,6 +453,11 @@ fn flow_sync_families(
         per_peer(|p| p.received_entries),
     )?;
     f.counter(
+        "k3sxdp_flow_sync_lost_datagrams_total",
+        "Datagrams from the peer lost on the way (gaps in its numbering); each loss asks for its whole table again (at most every 5 s).",
+        per_peer(|p| p.lost_on_the_way),
+    )?;
+    f.counter(
         "k3sxdp_flow_sync_bulks_sent_total",
         "Whole tables sent to the peer (it asked: it started, or came back).",
         per_peer(|p| p.bulks_sent),

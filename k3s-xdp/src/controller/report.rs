@@ -89,9 +89,17 @@ fn flow_sync_lines(out: &mut String, f: &super::status::FlowSyncStatus) {
             Some(ms) => format!("DOWN (last heard {})", ago(ms / 1000)),
             None => "DOWN (never heard)".into(),
         };
+        let losses = if p.lost_on_the_way > 0 {
+            format!(
+                "; {} of its datagrams lost on the way ({} whole tables asked for again)",
+                p.lost_on_the_way, p.repairs
+            )
+        } else {
+            String::new()
+        };
         let _ = writeln!(
             out,
-            "      peer {} {heard}; {}; sent {} flows ({} lost, {} queued, lag {} ms), received {}",
+            "      peer {} {heard}; {}; sent {} flows ({} lost, {} queued, lag {} ms), received {}{losses}",
             p.peer, p.bulk, p.sent_entries, p.lost_entries, p.queued, p.lag_ms, p.received_entries
         );
     }

@@ -166,6 +166,12 @@ pub struct FlowSyncPeerStatus {
     pub received_entries: u64,
     /// Times it restarted while this node ran.
     pub restarts: u64,
+    /// Its datagrams to this node lost on the way (gaps in its numbering), and the whole
+    /// tables asked for again to repair them.
+    #[serde(default)]
+    pub lost_on_the_way: u64,
+    #[serde(default)]
+    pub repairs: u64,
 }
 
 /// `[bgp]`: what this node announces, and the routing daemon's sessions.

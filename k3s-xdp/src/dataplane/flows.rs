@@ -86,17 +86,21 @@ pub struct FlowTables {
 }
 
 impl FlowTables {
-    /// Writes a peer's flows where this node's program looks for them, last seen at `seen`:
-    /// each flow into one slot of its bucket (the one holding its key, else a free one, else
-    /// the least recently seen), each translation into its reverse-NAT slot unless a live
-    /// translation of another client holds it.
-    pub fn install(&mut self, entries: &[InstallOf], seen: u32) -> Result<Installed> {
+    /// Writes a peer's flows where this node's program looks for them, at `clock`, as last
+    /// seen at `seen` (a peer's copies are older than this node's own flows): each flow into
+    /// one slot of its bucket (the one holding its key, else a free one, else the least
+    /// recently seen), each translation into its reverse-NAT slot unless a translation of
+    /// another client that this node's program saw more recently than `seen` (its own live
+    /// connection) holds it. A copy the peer has since replaced (it took the SNAT port over)
+    /// is replaced here too.
+    pub fn install(&mut self, entries: &[InstallOf], clock: u32, seen: u32) -> Result<Installed> {
         let mut done = Installed::default();
+        let at = (clock, seen);
         for e in entries {
             match e {
-                InstallOf::V4(i) => install_one(&mut self.v4, self.mask, i, seen, &mut done),
+                InstallOf::V4(i) => install_one(&mut self.v4, self.mask, i, at, &mut done),
                 InstallOf::V6(i) => match &mut self.v6 {
-                    Some(t) => install_one(t, self.mask, i, seen, &mut done),
+                    Some(t) => install_one(t, self.mask, i, at, &mut done),
                     None => anyhow::bail!(
                         "IPv6 flows, and the IPv6 flow tables were not sized at start"
                     ),
@@ -137,6 +141,17 @@ impl FlowTables {
         out
     }
 
+    /// The flow of the IPv4 client tuple `key`, if its bucket holds it.
+    pub fn flow(&self, key: &FlowKey) -> Option<Flow> {
+        let hash = flow_hash(key);
+        let ways = table::WAYS as usize;
+        let first = bucket_index(hash, self.mask) as usize * ways;
+        (first..first + ways)
+            .filter_map(|j| self.v4.flows.get(j))
+            .find(|s| s.holds(key, hash))
+            .map(|s| s.flow)
+    }
+
     /// The translation of the IPv4 reverse tuple `key`, if its slot holds it.
     pub fn translation(&self, key: &FlowKey) -> Option<NatSlot> {
         translation_of(&self.v4, self.mask, key)
@@ -173,35 +188,49 @@ fn live_of<A: Address>(t: &Tables<A>, clock: u32, within: u32, mut f: impl FnMut
     }
 }
 
+/// Whether clock value `a` is after `b` (the clock may wrap).
+fn newer(a: u32, b: u32) -> bool {
+    let d = a.wrapping_sub(b);
+    d != 0 && d < u32::MAX / 2
+}
+
 fn install_one<A: Address>(
     t: &mut Tables<A>,
     mask: u32,
     i: &Install<A>,
-    seen: u32,
+    (clock, seen): (u32, u32),
     done: &mut Installed,
 ) {
     if let Some((rkey, reverse)) = &i.reverse {
         let rhash = flow_hash(rkey);
         let at = nat_index(rhash, mask) as usize;
-        // Live, and not this very translation (same tuple, same client): another
-        // connection's, which this node keeps.
-        let taken = t.nat.get(at).is_some_and(|s| {
-            let same = s.holds(rkey, rhash)
+        let current = t.nat.get(at).filter(|s| s.is_valid());
+        // This very translation (same tuple, same client) already here.
+        let same = current.filter(|s| {
+            s.holds(rkey, rhash)
                 && s.nat.client_addr.diff(&reverse.client_addr) == 0
-                && s.nat.client_port == reverse.client_port;
-            s.is_valid() && !s.reusable(seen) && !same
+                && s.nat.client_port == reverse.client_port
         });
+        // Another client's, live, and seen through this node's program since: this node's
+        // own connection, which it keeps.
+        let taken =
+            same.is_none() && current.is_some_and(|s| !s.reusable(clock) && newer(s.seen, seen));
         if taken {
             done.conflicts += 1;
             return;
         }
-        // A translation this node has already keeps its closing bits and next hop.
+        // A translation this node has already keeps its closing bits, next hop and the
+        // last time its packets went through here.
         let mut reverse = *reverse;
-        if let Some(s) = t.nat.get(at).filter(|s| s.holds(rkey, rhash)) {
+        let mut last = seen;
+        if let Some(s) = same {
             reverse.closing |= s.nat.closing;
             reverse.next_hop = s.nat.next_hop;
+            if newer(s.seen, seen) {
+                last = s.seen;
+            }
         }
-        t.nat.set(at, NatSlot::new(*rkey, rhash, reverse, seen));
+        t.nat.set(at, NatSlot::new(*rkey, rhash, reverse, last));
     }
     let hash = flow_hash(&i.key);
     let ways = table::WAYS as usize;
@@ -209,16 +238,19 @@ fn install_one<A: Address>(
     let current: Vec<FlowSlot<A>> = (first..first + ways)
         .filter_map(|j| t.flows.get(j))
         .collect();
-    let way = current
-        .iter()
-        .position(|s| s.holds(&i.key, hash))
+    let held = current.iter().position(|s| s.holds(&i.key, hash));
+    let way = held
         .or_else(|| {
             (0..current.len())
-                .min_by_key(|&w| keep_rank(current[w].is_valid(), current[w].seen, seen))
+                .min_by_key(|&w| keep_rank(current[w].is_valid(), current[w].seen, clock))
         })
         .unwrap_or(0);
+    let last = match held {
+        Some(w) if newer(current[w].seen, seen) => current[w].seen,
+        _ => seen,
+    };
     t.flows
-        .set(first + way, FlowSlot::new(i.key, hash, i.flow, seen));
+        .set(first + way, FlowSlot::new(i.key, hash, i.flow, last));
     done.flows += 1;
 }
 
@@ -332,9 +364,10 @@ impl Dataplane {
     pub fn install(
         &mut self,
         entries: &[crate::flowsync::translate::InstallOf],
-        seen: u32,
+        clock: u32,
     ) -> Result<Installed> {
-        self.flow_tables()?.install(entries, seen)
+        let seen = crate::flowsync::runtime::copy_seen(clock);
+        self.flow_tables()?.install(entries, clock, seen)
     }
 
     /// The flow and reverse-NAT tables of both families, mapped into this process (flow

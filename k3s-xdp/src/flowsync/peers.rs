@@ -22,6 +22,9 @@ pub const ASK_AGAIN: Duration = Duration::from_secs(1);
 pub const SILENT_PEER: Duration = Duration::from_secs(3);
 /// A peer that answers but whose table is not whole within this: this node serves anyway.
 pub const BULK_LIMIT: Duration = Duration::from_secs(30);
+/// Datagrams from a peer lost on the way are repaired by asking for its whole table, at
+/// most this often.
+pub const REPAIR_EVERY: Duration = Duration::from_secs(5);
 
 /// Where the bulk sync from a peer (its whole table to this node) stands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -69,6 +72,8 @@ struct Peer {
     heard: Option<Instant>,
     up: bool,
     bulk: Bulk,
+    repaired: Option<Instant>,
+    repairs: u64,
 }
 
 /// A peer as status shows it.
@@ -79,6 +84,8 @@ pub struct PeerView {
     /// Since its last message.
     pub heard: Option<Duration>,
     pub bulk: Bulk,
+    /// Whole tables asked for again because its datagrams were lost on the way.
+    pub repairs: u64,
 }
 
 pub struct Peers {
@@ -101,6 +108,8 @@ impl Peers {
                         Peer {
                             heard: None,
                             up: false,
+                            repaired: None,
+                            repairs: 0,
                             bulk: Bulk::Asked {
                                 since: now,
                                 // Due at once.
@@ -237,6 +246,24 @@ impl Peers {
         out
     }
 
+    /// Datagrams from `peer` were lost on the way: its whole table is asked for again,
+    /// unless a bulk is under way or the last repair was less than [`REPAIR_EVERY`] ago.
+    pub fn lost(&mut self, peer: IpAddr, now: Instant) -> Vec<Do> {
+        let Some(p) = self.peers.get_mut(&peer) else {
+            return Vec::new();
+        };
+        let recent = p
+            .repaired
+            .is_some_and(|t| now.saturating_duration_since(t) < REPAIR_EVERY);
+        if !p.bulk.finished() || recent {
+            return Vec::new();
+        }
+        p.repaired = Some(now);
+        p.repairs += 1;
+        p.bulk = Bulk::asked(now);
+        vec![Do::AskBulk(peer)]
+    }
+
     fn latch(&mut self, now: Instant) {
         if self.synced.is_none() && self.peers.values().all(|p| p.bulk.finished()) {
             self.synced = Some(now);
@@ -263,6 +290,7 @@ impl Peers {
                 up: p.up,
                 heard: p.heard.map(|t| now.saturating_duration_since(t)),
                 bulk: p.bulk,
+                repairs: p.repairs,
             })
             .collect()
     }
@@ -373,6 +401,22 @@ mod tests {
         assert!(p.tick(t0 + 1100 * MS).contains(&Do::AskBulk(a)));
         p.heard(a, Kind::BulkEnd, 1, false, t0 + 1200 * MS);
         assert!(p.synced());
+    }
+
+    #[test]
+    fn losses_are_repaired_by_a_bulk_at_most_every_few_seconds() {
+        let t0 = Instant::now();
+        let a = ip("192.0.2.98");
+        let mut p = Peers::new(&[a], t0);
+        p.tick(t0);
+        assert_eq!(p.lost(a, t0), vec![], "its table is on its way already");
+        p.heard(a, Kind::BulkEnd, 0, true, t0 + MS);
+        assert_eq!(p.lost(a, t0 + 2 * MS), vec![Do::AskBulk(a)]);
+        p.heard(a, Kind::BulkEnd, 0, false, t0 + 3 * MS);
+        assert_eq!(p.lost(a, t0 + 4 * MS), vec![], "not again so soon");
+        assert_eq!(p.lost(a, t0 + REPAIR_EVERY + 5 * MS), vec![Do::AskBulk(a)]);
+        assert_eq!(p.view(t0)[0].repairs, 2);
+        assert!(p.synced(), "a repair does not unsync");
     }
 
     #[test]

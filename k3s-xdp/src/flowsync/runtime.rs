@@ -41,8 +41,9 @@ use tracing::info;
 const POLL: Duration = Duration::from_millis(2);
 /// Datagrams waiting per peer at most (about 5.6 MB); beyond, updates are lost (counted).
 const QUEUE: usize = 4096;
-/// Datagrams sent per peer per round at most (the rest waits for the next round).
-const BURST: usize = 512;
+/// Datagrams sent per peer per round at most (the rest waits for the next round): more
+/// than a round's reports fill, so a queue drains as long as the socket takes them.
+const BURST: usize = QUEUE;
 /// Every this many seconds, the flows active here in that time are sent again, so the peers'
 /// copies do not go idle (copies are installed as seen [`COPY_AGE`] seconds ago).
 pub const REFRESH_SECS: u32 = 60;
@@ -86,13 +87,12 @@ impl FlowSync {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(1, |d| d.as_micros() as u64);
         let mut node = Node {
-            sender: Sender::new(settings.key.clone(), epoch),
-            receiver: Receiver::new(settings.key, &settings.peers),
+            receiver: Receiver::new(settings.key.clone(), &settings.peers),
             peers: Peers::new(&settings.peers, Instant::now()),
             out: settings
                 .peers
                 .iter()
-                .map(|&p| (p, Outbox::default()))
+                .map(|&p| (p, Outbox::new(Sender::new(settings.key.clone(), epoch))))
                 .collect(),
             v6_socket: socket.local_addr()?.is_ipv6(),
             port: settings.port,
@@ -162,9 +162,9 @@ pub fn bind(port: u16) -> Result<UdpSocket> {
     Ok(socket.into())
 }
 
-/// What waits to go to one peer.
-#[derive(Default)]
+/// What waits to go to one peer, numbered for it alone (so that it tells a loss by a gap).
 struct Outbox {
+    sender: Sender,
     queue: VecDeque<(Instant, Vec<u8>)>,
     /// A bulk sync being sent: the entries and how far.
     bulk: Option<(Vec<Entry>, usize)>,
@@ -175,6 +175,24 @@ struct Outbox {
     bulks_sent: u64,
     /// The longest a datagram waited before it left, since the last report.
     lag: Duration,
+    /// Its datagrams to this node lost on the way, as last seen.
+    lost_from: u64,
+}
+
+impl Outbox {
+    fn new(sender: Sender) -> Self {
+        Outbox {
+            sender,
+            queue: VecDeque::new(),
+            bulk: None,
+            sent_datagrams: 0,
+            sent_entries: 0,
+            lost: 0,
+            bulks_sent: 0,
+            lag: Duration::ZERO,
+            lost_from: 0,
+        }
+    }
 }
 
 #[derive(Default)]
@@ -193,7 +211,6 @@ struct Counters {
 }
 
 struct Node {
-    sender: Sender,
     receiver: Receiver,
     peers: Peers,
     out: BTreeMap<IpAddr, Outbox>,
@@ -283,6 +300,17 @@ impl Node {
                 self.take_entries(&message.entries);
             }
             self.act(&due, now);
+            let lost = self.receiver.peer(peer).map_or(0, |v| v.lost);
+            if let Some(out) = self.out.get_mut(&peer) {
+                if lost > out.lost_from {
+                    out.lost_from = lost;
+                    let repair = self.peers.lost(peer, now);
+                    if !repair.is_empty() {
+                        info!("flow sync: datagrams from {peer} were lost on the way ({lost} so far): asking for its table again");
+                    }
+                    self.act(&repair, now);
+                }
+            }
         }
     }
 
@@ -300,7 +328,7 @@ impl Node {
         }
         let clock = (self.clock)();
         if !new.is_empty() {
-            match self.tables.install(&new, copy_seen(clock)) {
+            match self.tables.install(&new, clock, copy_seen(clock)) {
                 Ok(done) => {
                     self.counters.installed += done.flows;
                     self.counters.conflicts += done.conflicts;
@@ -353,14 +381,16 @@ impl Node {
     }
 
     fn queue_for_all(&mut self, kind: Kind, entries: &[Entry], now: Instant) {
-        let datagrams = self.sender.datagrams(kind, entries);
+        let needed = entries
+            .len()
+            .div_ceil(wire::entries_that_fit(entries).max(1));
         for out in self.out.values_mut() {
-            let room = QUEUE.saturating_sub(out.queue.len());
-            if room < datagrams.len() {
+            if QUEUE.saturating_sub(out.queue.len()) < needed {
                 out.lost += entries.len() as u64;
                 continue;
             }
-            out.queue.extend(datagrams.iter().map(|d| (now, d.clone())));
+            let datagrams = out.sender.datagrams(kind, entries);
+            out.queue.extend(datagrams.into_iter().map(|d| (now, d)));
         }
     }
 
@@ -376,9 +406,8 @@ impl Node {
 
     /// A message without entries, ahead of anything queued for that peer.
     fn queue_first(&mut self, peer: IpAddr, kind: Kind, now: Instant) {
-        let datagrams = self.sender.datagrams(kind, &[]);
         if let Some(out) = self.out.get_mut(&peer) {
-            for d in datagrams.into_iter().rev() {
+            for d in out.sender.datagrams(kind, &[]).into_iter().rev() {
                 out.queue.push_front((now, d));
             }
         }
@@ -428,7 +457,6 @@ impl Node {
     fn flush(&mut self, now: Instant) {
         let Node {
             out,
-            sender,
             socket,
             v6_socket,
             port,
@@ -441,13 +469,13 @@ impl Node {
                     let chunk =
                         (entries.len() - *at).min(wire::entries_that_fit(&entries[*at..]) * 64);
                     if chunk == 0 {
-                        for d in sender.datagrams(Kind::BulkEnd, &[]) {
+                        for d in out.sender.datagrams(Kind::BulkEnd, &[]) {
                             out.queue.push_back((now, d));
                         }
                         out.bulk = None;
                         break;
                     }
-                    for d in sender.datagrams(Kind::Bulk, &entries[*at..*at + chunk]) {
+                    for d in out.sender.datagrams(Kind::Bulk, &entries[*at..*at + chunk]) {
                         out.queue.push_back((now, d));
                     }
                     *at += chunk;
@@ -531,6 +559,8 @@ impl Node {
                     received_datagrams: seen.map_or(0, |s| s.messages),
                     received_entries: seen.map_or(0, |s| s.entries),
                     restarts: seen.map_or(0, |s| s.restarts.saturating_sub(1)),
+                    lost_on_the_way: seen.map_or(0, |s| s.lost),
+                    repairs: v.repairs,
                 }
             })
             .collect();

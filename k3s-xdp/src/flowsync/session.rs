@@ -59,6 +59,8 @@ pub struct PeerView {
     pub entries: u64,
     /// Times it started a new epoch (its first message, then each restart).
     pub restarts: u64,
+    /// Its datagrams lost on the way (gaps in its numbering), over all its epochs.
+    pub lost: u64,
 }
 
 /// Takes datagrams from the configured peers only.
@@ -108,6 +110,11 @@ impl Receiver {
         let message = wire::decode(datagram, &self.key)?;
         let mut window = peer.window;
         let new_epoch = window.take(message.epoch, message.seq)?;
+        peer.lost += if new_epoch {
+            window.lost()
+        } else {
+            window.lost() - peer.window.lost()
+        };
         peer.window = window;
         peer.messages += 1;
         peer.entries += message.entries.len() as u64;

@@ -315,6 +315,11 @@ pub struct Window {
     top: u64,
     /// Bit i: `top - i` was taken.
     seen: u64,
+    /// Sequence numbers of this epoch that left the window untaken: datagrams lost on the
+    /// way (each peer has a sequence of its own, so a gap is a loss).
+    lost: u64,
+    /// The first sequence number taken in this epoch (what came before is not counted).
+    first: u64,
 }
 
 impl Window {
@@ -334,11 +339,23 @@ impl Window {
                 epoch,
                 top: seq,
                 seen: 1,
+                // What it sent before this node heard it (before it started) does not
+                // count: a node that starts asks for the whole table anyway.
+                lost: 0,
+                first: seq,
             };
             return Ok(true);
         }
         if seq > self.top {
             let shift = seq - self.top;
+            // The numbers that leave the window (below its new lowest) untaken are lost:
+            // those of the old window not marked, and those never seen at all.
+            let old_low = self.top.saturating_sub(Self::SIZE - 1).max(self.first);
+            let new_low = seq.saturating_sub(Self::SIZE - 1).max(self.first);
+            let taken = (old_low..new_low.min(self.top + 1))
+                .filter(|q| self.seen & (1 << (self.top - q)) != 0)
+                .count() as u64;
+            self.lost += new_low.saturating_sub(old_low) - taken;
             self.seen = if shift >= Self::SIZE {
                 0
             } else {
@@ -361,11 +378,46 @@ impl Window {
     pub fn epoch(&self) -> u64 {
         self.epoch
     }
+
+    /// Datagrams of this epoch lost on the way (see the field).
+    pub fn lost(&self) -> u64 {
+        self.lost
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Each peer numbers its datagrams to this node alone: what leaves the window untaken
+    /// was lost on the way; what arrives late but within the window is not.
+    #[test]
+    fn the_window_counts_datagrams_lost_on_the_way() {
+        let mut w = Window::default();
+        assert_eq!(w.take(5, 1), Ok(true));
+        for seq in 2..=100 {
+            w.take(5, seq).unwrap();
+        }
+        assert_eq!(w.lost(), 0, "all in order");
+        // 101 and 102 missing; 103..=200 arrive; 102 arrives late, within the window.
+        for seq in 103..=150 {
+            w.take(5, seq).unwrap();
+        }
+        w.take(5, 102).unwrap();
+        for seq in 151..=200 {
+            w.take(5, seq).unwrap();
+        }
+        assert_eq!(w.lost(), 1, "101 left the window untaken");
+        // A jump far ahead: what is skipped counts once it leaves the window (201..=936;
+        // 937..=999 may still arrive).
+        w.take(5, 1000).unwrap();
+        assert_eq!(w.lost(), 1 + 736);
+        // A new epoch starts counting afresh, from its first datagram heard.
+        w.take(6, 3).unwrap();
+        assert_eq!(w.lost(), 0);
+        w.take(6, 70).unwrap();
+        assert_eq!(w.lost(), 3, "4, 5 and 6 left the window untaken");
+    }
 
     fn key() -> Key {
         Key::from_file_bytes(b"0123456789abcdef0123456789abcdef\n").unwrap()
