@@ -557,3 +557,90 @@ fn without_flow_sync_server_push_connections_are_lost() {
     assert_eq!(ok, 0, "none survives the server speaking first: {lost:?}");
     assert!(p.lb2.status().unwrap().flow_sync.is_none());
 }
+
+/// `k3s-xdp check` on `[flow_sync]`: a key others may read is a warning, a short key and a
+/// peer that is an address of this host are errors, a taken port a warning.
+#[test]
+fn check_reads_the_key_and_refuses_this_host_as_a_peer() {
+    if !have_root() {
+        return;
+    }
+    // Run inside lb-1's namespace, where 192.0.2.98 is this host.
+    let topo = Topology::builder().only(&["lb-1"]).build().unwrap();
+    let dir = std::env::temp_dir().join(format!("k3s-xdp-fscheck-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    struct Remove(PathBuf);
+    impl Drop for Remove {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    let _remove = Remove(dir.clone());
+    let key = dir.join("key");
+    std::fs::write(&key, KEY).unwrap();
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let check = |peer: &str, port: u16| {
+        let config = dir.join("config.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "interface = \"eth1\"\n[[service]]\nname = \"api\"\nvip = \"192.0.2.100\"\nport = 6443\n\
+                 backends = [{{ name = \"s1\", address = \"192.0.2.50:6443\" }}]\n\
+                 [flow_sync]\npeers = [\"{peer}\"]\nport = {port}\nkey_file = \"{}\"\n",
+                key.display()
+            ),
+        )
+        .unwrap();
+        let bin = k3s_xdp_tests::daemon::binary().unwrap();
+        let out = topo
+            .node("lb-1")
+            .enter(|| {
+                std::process::Command::new(&bin)
+                    .args(["check", "--config"])
+                    .arg(&config)
+                    .output()
+            })
+            .unwrap()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).to_string()
+                + &String::from_utf8_lossy(&out.stdout),
+        )
+    };
+    let (ok, text) = check("192.0.2.99", 38780);
+    assert!(ok, "{text}");
+    assert!(
+        text.contains("mode 0644 lets group or others read it"),
+        "{text}"
+    );
+    assert!(
+        text.contains("flow sync: with 192.0.2.99 on UDP port 38780"),
+        "{text}"
+    );
+
+    let (ok, text) = check("192.0.2.98", 38780);
+    assert!(!ok, "{text}");
+    assert!(
+        text.contains("192.0.2.98, an address of this host"),
+        "{text}"
+    );
+
+    let taken = topo
+        .node("lb-1")
+        .enter(|| UdpSocket::bind("[::]:38781"))
+        .unwrap()
+        .unwrap();
+    let (ok, text) = check("192.0.2.99", 38781);
+    assert!(ok, "{text}");
+    assert!(
+        text.contains("flow_sync.port 38781 (UDP) is in use"),
+        "{text}"
+    );
+    drop(taken);
+
+    std::fs::write(&key, b"short\n").unwrap();
+    let (ok, text) = check("192.0.2.99", 38780);
+    assert!(!ok, "{text}");
+    assert!(text.contains("at least 32"), "{text}");
+}
