@@ -13,7 +13,7 @@ use k3s_xdp_tests::{
         action_name, have_root, lab_mac6, Outcome, XdpHarness, LAB_LB_MAC, XDP_DROP, XDP_PASS,
         XDP_TX,
     },
-    packet::{Frame, Icmp, L4, TCP_ACK, TCP_RST, TCP_SYN},
+    packet::{Frame, Icmp, L4, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
     packet6::{
         icmp6, tcp6, tcp6_syn, udp6, verify_checksums6, Ipv6, NEXT_DEST_OPTS, NEXT_FRAGMENT,
         NEXT_HOP_BY_HOP, NEXT_ROUTING,
@@ -455,4 +455,35 @@ fn new_ipv6_flows_are_reported_for_flow_sync() {
         (42000, 6443)
     );
     assert_ne!(e.flow.snat_port, 0);
+
+    // The client's FIN, then the backend's: its closing is reported once, with the IPv6
+    // reverse tuple, whose translation names the connection for the peers.
+    let (fwd, ip) = transmitted(&mut h, &tcp6(client, vip, TCP_FIN | TCP_ACK).frame());
+    let _ = fwd;
+    let (backend, snat_port) = (ip.dst, tcp_ports(&ip).0);
+    assert!(h.dataplane.drain_flow_events(10).unwrap().is_empty());
+    let mut fin = tcp6(
+        sock(backend, 6443),
+        sock(ip6(0x100), snat_port),
+        TCP_FIN | TCP_ACK,
+    )
+    .frame();
+    fin.eth_src = lab_mac6(backend);
+    transmitted(&mut h, &fin);
+    transmitted(&mut h, &fin);
+    let events = h.dataplane.drain_flow_events(10).unwrap();
+    let [FlowEventOf::V6(closed)] = events[..] else {
+        panic!("one IPv6 event: {events:?}")
+    };
+    assert_eq!(closed.op, k3s_xdp_common::FLOW_EVENT_CLOSED);
+    assert_eq!(v6_bytes(closed.key.src), backend.octets());
+    assert_eq!(u16::from_be(closed.key.dport), snat_port);
+    let slot = h
+        .dataplane
+        .flow_tables()
+        .unwrap()
+        .translation6(&closed.key)
+        .expect("the translation, closed");
+    assert!(slot.nat.closed());
+    assert_eq!(v6_bytes(slot.nat.client_addr), client.ip().octets());
 }
