@@ -765,3 +765,144 @@ fn ipv6_interface_settings_are_set_while_running_and_restored() {
         );
     }
 }
+
+/// Hostile clients of the metrics port and the control socket (issue 21, access): slow
+/// clients that never finish their request (slowloris) hold at most 32 connections, each for
+/// at most 5 s, the rest closed at once and counted; other methods than GET, an oversized
+/// head, an oversized control request are refused; the load balancer forwards throughout and
+/// both endpoints answer again afterwards.
+#[test]
+fn metrics_and_control_hold_against_slow_and_hostile_clients() {
+    use std::io::{Read, Write};
+    if !have_root() {
+        return;
+    }
+    let _serial = serial();
+    let topo = Topology::seed().unwrap();
+    let _servers = echo_servers(&topo);
+    let all = [("server-1", 100), ("server-2", 100), ("server-3", 100)];
+    let daemon = Daemon::start(
+        &topo,
+        "lb-1",
+        &format!(
+            "metrics_listen = \"127.0.0.1:9742\"\n{}",
+            service("check = \"tcp\"\ninter = \"500ms\"", &all)
+        ),
+    )
+    .unwrap();
+    daemon.wait_healthy(Duration::from_secs(10)).unwrap();
+    let lb1 = topo.node("lb-1");
+    let open = |n: usize| -> Vec<std::net::TcpStream> {
+        lb1.enter(|| {
+            (0..n)
+                .map(|_| {
+                    let mut s = std::net::TcpStream::connect("127.0.0.1:9742").unwrap();
+                    // The start of a request, never finished.
+                    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")
+                        .unwrap();
+                    s
+                })
+                .collect()
+        })
+        .unwrap()
+    };
+    // Whether the server closed `s` (EOF or reset) within `limit`.
+    let closed_within = |s: &mut std::net::TcpStream, limit: Duration| -> bool {
+        s.set_read_timeout(Some(limit)).unwrap();
+        let mut buf = [0u8; 256];
+        match s.read(&mut buf) {
+            Ok(0) => true,
+            Ok(_) => s.read(&mut buf).map(|n| n == 0).unwrap_or(true),
+            Err(e) => !matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ),
+        }
+    };
+    let started = std::time::Instant::now();
+    let mut slow = open(40);
+    // The 8 beyond the 32 are closed at once.
+    let at_once = slow
+        .iter_mut()
+        .rev()
+        .take(8)
+        .map(|s| closed_within(s, Duration::from_millis(500)))
+        .filter(|closed| *closed)
+        .count();
+    assert_eq!(at_once, 8, "the connections beyond 32 are closed at once");
+    // Traffic goes on meanwhile.
+    roundtrip(
+        topo.node("agent-1"),
+        SocketAddrV4::new(VIP, 6443),
+        b"through",
+        T,
+    )
+    .unwrap();
+    // The 32 slow ones are closed by the server within its request time (5 s).
+    for s in slow.iter_mut().take(32) {
+        assert!(
+            closed_within(s, Duration::from_secs(7)),
+            "a slow client is closed within the request time"
+        );
+    }
+    assert!(started.elapsed() < Duration::from_secs(9));
+    let body = k3s_xdp_tests::daemon::get_metrics(&topo, "lb-1", "127.0.0.1:9742").unwrap();
+    assert!(body.starts_with("HTTP/1.1 200"), "{body}");
+    assert!(
+        body.lines().any(
+            |l| l.starts_with("k3sxdp_metrics_connections_refused_total ")
+                && l.trim_end()
+                    .rsplit(' ')
+                    .next()
+                    .and_then(|v| v.parse::<f64>().ok())
+                    >= Some(8.0)
+        ),
+        "counted"
+    );
+
+    // Other methods than GET, an oversized head.
+    let ask = |request: Vec<u8>| -> String {
+        lb1.enter(move || {
+            let mut s = std::net::TcpStream::connect("127.0.0.1:9742").unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            let _ = s.write_all(&request);
+            let mut out = Vec::new();
+            let _ = s.read_to_end(&mut out);
+            String::from_utf8_lossy(&out).to_string()
+        })
+        .unwrap()
+    };
+    let post = ask(b"POST /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n".to_vec());
+    assert!(post.starts_with("HTTP/1.1 405"), "{post}");
+    let mut huge = b"GET /metrics HTTP/1.1\r\nHost: x\r\nX-Pad: ".to_vec();
+    huge.extend(std::iter::repeat_n(b'a', 64 * 1024));
+    huge.extend(b"\r\n\r\n");
+    let answer = ask(huge);
+    assert!(!answer.starts_with("HTTP/1.1 200"), "{answer}");
+
+    // The control socket: a request larger than 64 KiB without a newline is not read whole,
+    // nor answered with anything but an error; status works after.
+    let socket = daemon.socket.clone();
+    let answer = std::thread::spawn(move || {
+        let mut s = std::os::unix::net::UnixStream::connect(&socket).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let _ = s.write_all(&vec![b'{'; 200 * 1024]);
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out);
+        String::from_utf8_lossy(&out).to_string()
+    })
+    .join()
+    .unwrap();
+    assert!(
+        answer.is_empty() || answer.contains("error") || answer.contains("bad request"),
+        "{answer}"
+    );
+    daemon.status().unwrap();
+    roundtrip(
+        topo.node("agent-2"),
+        SocketAddrV4::new(VIP, 6443),
+        b"after",
+        T,
+    )
+    .unwrap();
+}

@@ -179,6 +179,11 @@ impl Collector for Snapshot {
             ],
         )?;
         f.counter(
+            "k3sxdp_metrics_connections_refused_total",
+            "Connections to this metrics endpoint closed at once because 32 were open (slow or too many clients).",
+            [(Vec::new(), s.metrics_connections_refused)],
+        )?;
+        f.counter(
             "k3sxdp_xdp_packets_total",
             "Packets seen by the XDP program, by what it did and why.",
             by("reason", &s.packets),

@@ -30,6 +30,14 @@ const CONNECTION_TIME: Duration = Duration::from_secs(30);
 /// The largest request head read.
 const MAX_HEAD: usize = 16 * 1024;
 
+/// Connections served at once; beyond, a new one is closed at once (and counted), so slow
+/// clients cannot hold more than this many tasks and sockets, each for at most
+/// [`REQUEST_TIME`] before its request arrives.
+pub const MAX_CONNECTIONS: usize = 32;
+
+/// Connections closed at once because [`MAX_CONNECTIONS`] were open.
+static REFUSED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 pub struct MetricsServer {
     listener: TcpListener,
 }
@@ -47,10 +55,23 @@ impl MetricsServer {
     }
 
     pub async fn serve(self, events: mpsc::Sender<Event>) {
+        let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
         loop {
             match self.listener.accept().await {
-                Ok((stream, _)) => {
-                    tokio::spawn(serve_connection(stream, events.clone()));
+                Ok((stream, peer)) => {
+                    let Ok(slot) = slots.clone().try_acquire_owned() else {
+                        let n = REFUSED.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+                        if n.is_power_of_two() {
+                            warn!("metrics: {MAX_CONNECTIONS} connections open, {peer} closed at once ({n} so far)");
+                        }
+                        drop(stream);
+                        continue;
+                    };
+                    let events = events.clone();
+                    tokio::spawn(async move {
+                        serve_connection(stream, events).await;
+                        drop(slot);
+                    });
                 }
                 Err(e) => {
                     warn!("metrics: accept failed: {e}");
@@ -107,11 +128,15 @@ async fn answer(
                     .and_then(|v| v.to_str().ok()),
             );
             match snapshot(&events).await {
-                Ok(status) => reply(
-                    StatusCode::OK,
-                    format.content_type(),
-                    exposition::render(&status, format),
-                ),
+                Ok(mut status) => {
+                    status.metrics_connections_refused =
+                        REFUSED.load(std::sync::atomic::Ordering::Relaxed);
+                    reply(
+                        StatusCode::OK,
+                        format.content_type(),
+                        exposition::render(&status, format),
+                    )
+                }
                 Err(e) => reply(StatusCode::SERVICE_UNAVAILABLE, text, format!("{e:#}\n")),
             }
         }

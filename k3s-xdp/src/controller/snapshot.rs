@@ -126,6 +126,7 @@ impl Controller {
             link_up: self.health.borrow().link_up,
             packets,
             flow_table,
+            metrics_connections_refused: 0,
         }
     }
 }

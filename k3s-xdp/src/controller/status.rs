@@ -51,6 +51,10 @@ pub struct Status {
     /// Signs of full flow tables (`flow_evicted`, `translation_taken_over`).
     #[serde(default)]
     pub flow_table: BTreeMap<String, u64>,
+    /// Metrics connections closed at once because the most were open (filled by the
+    /// metrics server).
+    #[serde(default)]
+    pub metrics_connections_refused: u64,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
