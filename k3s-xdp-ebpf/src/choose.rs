@@ -15,7 +15,7 @@ use k3s_xdp_common::{
     maglev_slot, maglev_word, reason,
     table::NatSlot,
     Backend, FlowKey, VipInfo, VipPort, BACKEND_UP, FLOW_SYNC_ON, MAX_PORTS_PER_VIP,
-    MAX_SNAT_SOURCES,
+    MAX_SNAT_SOURCES, NAT_BACKEND_FIN,
 };
 
 /// SNAT ports tried per new flow before giving up. Random probing from the flow's hash: with
@@ -280,25 +280,27 @@ pub fn reverse_key<F: Family>(
     }
 }
 
-/// Records in the reverse entry (of `reverse`, for backend slot `backend`, whose closing
-/// bits were `before`) that a side of the TCP connection sent a FIN or a RST; with flow sync
-/// on (`sync`), the translation's closing is reported when these bits close it.
-#[inline(always)]
-pub fn note_closing<F: Family>(
-    slot: *mut NatSlot<F>,
-    reverse: &FlowKey<F>,
-    backend: u16,
-    before: u32,
-    bits: u32,
-    sync: u32,
-) {
+/// Records in the reverse entry `slot` that a side of the TCP connection sent a FIN or a RST (`bits`; [`NAT_BACKEND_FIN`] stands for the backend's FIN, whose bits
+/// depend on whether the client's came first); with flow sync on (`sync`), the translation's
+/// closing is reported when these bits close it, with the reverse tuple the slot holds. Out
+/// of line and given only the slot: only FIN and RST packets call it, and the established
+/// path neither carries its code nor puts its tuple on the stack for it.
+#[inline(never)]
+pub fn note_closing<F: Family>(slot: *mut NatSlot<F>, bits: u32, sync: u32) {
     // SAFETY: a map value valid for this run; `closing` is outside the seal. A plain OR (the
     // BPF target has no atomic OR in Rust): two FINs on two CPUs at the same instant may lose
     // one bit, which only delays the reuse of that SNAT port until the translation goes idle;
     // it can never mistranslate.
-    unsafe { (*slot).nat.closing |= bits };
+    let before = unsafe { (*slot).nat.closing };
+    let bits = if bits == NAT_BACKEND_FIN {
+        k3s_xdp_common::backend_fin(before)
+    } else {
+        bits
+    };
+    // SAFETY: as above.
+    unsafe { (*slot).nat.closing = before | bits };
     let closes = !k3s_xdp_common::closed(before) & k3s_xdp_common::closed(before | bits);
     if (sync == FLOW_SYNC_ON) & closes {
-        crate::sync::report_closed(reverse, u32::from(backend));
+        crate::sync::report_closed(slot);
     }
 }

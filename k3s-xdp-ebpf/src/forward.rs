@@ -18,8 +18,8 @@ use crate::{
 };
 use aya_ebpf::{bindings::xdp_action, helpers::bpf_redirect, programs::XdpContext};
 use k3s_xdp_common::{
-    backend_fin, reason, table::same_key, Backend, FlowKey, Globals, NextHop, VipInfo, VipPort,
-    BACKEND_DOWN, BACKEND_FREE, IPPROTO_TCP, NAT_CLIENT_FIN, NAT_RESET, SERVICE_DSR,
+    reason, table::same_key, Backend, FlowKey, Globals, NextHop, VipInfo, VipPort, BACKEND_DOWN,
+    BACKEND_FREE, IPPROTO_TCP, NAT_BACKEND_FIN, NAT_CLIENT_FIN, NAT_RESET, SERVICE_DSR,
     SERVICE_RESET_ON_DOWN,
 };
 
@@ -150,9 +150,9 @@ pub fn translation_event<F: Family>(
                 // Taken over, or closed: a new connection on this tuple.
                 return true;
             } else if ours && tcp_flags & TCP_RST != 0 {
-                choose::note_closing(entry, &reverse, e.backend, e.closing, NAT_RESET, sync);
+                choose::note_closing(entry, NAT_RESET, sync);
             } else if ours && tcp_flags & TCP_FIN != 0 {
-                choose::note_closing(entry, &reverse, e.backend, e.closing, NAT_CLIENT_FIN, sync);
+                choose::note_closing(entry, NAT_CLIENT_FIN, sync);
             }
             false
         }
@@ -319,12 +319,10 @@ pub fn reply<F: Family>(
     table::touch_nat(entry, nat.seen, globals.clock);
     if protocol == IPPROTO_TCP {
         let flags = l4.tcp_flags(ctx);
-        let sync = globals.flow_sync;
         if flags & TCP_RST != 0 {
-            choose::note_closing(entry, &key, nat.backend, nat.closing, NAT_RESET, sync);
+            choose::note_closing(entry, NAT_RESET, globals.flow_sync);
         } else if flags & TCP_FIN != 0 {
-            let bits = backend_fin(nat.closing);
-            choose::note_closing(entry, &key, nat.backend, nat.closing, bits, sync);
+            choose::note_closing(entry, NAT_BACKEND_FIN, globals.flow_sync);
         }
     }
     // The hop toward the client comes from the FIB only, resolved on the first reply and after

@@ -5,7 +5,9 @@
 //! `[flow_sync]` on. A full ring loses the event (counted); the next bulk sync repairs.
 
 use crate::maps::{FLOW_EVENTS, FLOW_EVENTS_LOST};
-use k3s_xdp_common::{Address, Flow, FlowEvent, FlowKey, FLOW_EVENT_CLOSED, FLOW_EVENT_NEW};
+use k3s_xdp_common::{
+    table::NatSlot, Address, Flow, FlowEvent, FlowKey, FLOW_EVENT_CLOSED, FLOW_EVENT_NEW,
+};
 
 /// `BPF_RB_NO_WAKEUP`: the daemon polls the ring every few milliseconds, so no record wakes
 /// it (a wakeup is an irq_work the packet would pay for).
@@ -16,16 +18,18 @@ pub fn report_new<A: Address>(key: &FlowKey<A>, flow: &Flow) {
     report(key, flow, FLOW_EVENT_NEW);
 }
 
-/// A nat translation closed: `reverse` is its backend → SNAT address:port tuple, `backend`
-/// its backend slot. Out of line: only FIN and RST packets come here.
-#[inline(never)]
-pub fn report_closed<A: Address>(reverse: &FlowKey<A>, backend: u32) {
+/// The nat translation in `slot` closed: its reverse tuple (backend → SNAT address:port)
+/// and backend slot, read from the slot (its key is the tuple the caller just matched).
+#[inline(always)]
+pub fn report_closed<A: Address>(slot: *const NatSlot<A>) {
+    // SAFETY: a map value valid for this run; a copy of its key and backend.
+    let (reverse, backend) = unsafe { ((*slot).key, (*slot).nat.backend) };
     let flow = Flow {
-        backend,
+        backend: u32::from(backend),
         snat_port: 0,
         snat_source: 0,
     };
-    report(reverse, &flow, FLOW_EVENT_CLOSED);
+    report(&reverse, &flow, FLOW_EVENT_CLOSED);
 }
 
 #[inline(always)]
