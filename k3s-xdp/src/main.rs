@@ -79,9 +79,10 @@ enum Command {
         /// The keepalived.conf of the same pair (VRRP settings and the VIP).
         #[arg(long)]
         keepalived: Option<PathBuf>,
-        /// The VIP, when haproxy binds `*` and no keepalived.conf is given.
+        /// The VIP of frontends that bind every address (`*`, `::`), instead of keepalived's
+        /// first virtual address; once per family (`--vip 192.0.2.100 --vip 2001:db8::100`).
         #[arg(long)]
-        vip: Option<IpAddr>,
+        vip: Vec<IpAddr>,
     },
 }
 
@@ -166,7 +167,7 @@ fn main() -> ExitCode {
                 haproxy,
                 keepalived,
                 vip,
-            } => import(&haproxy, keepalived.as_deref(), vip),
+            } => import(&haproxy, keepalived.as_deref(), &vip),
         };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -285,7 +286,7 @@ fn check(path: &Path) -> ExitCode {
     }
 }
 
-fn import(haproxy: &Path, keepalived: Option<&Path>, vip: Option<IpAddr>) -> Result<()> {
+fn import(haproxy: &Path, keepalived: Option<&Path>, vips: &[IpAddr]) -> Result<()> {
     let h = std::fs::read_to_string(haproxy)
         .with_context(|| format!("reading {}", haproxy.display()))?;
     let k = keepalived
@@ -304,7 +305,7 @@ fn import(haproxy: &Path, keepalived: Option<&Path>, vip: Option<IpAddr>) -> Res
             name: &k_name,
             text,
         }),
-        vip,
+        vips,
     )?;
     eprint!("{}", imported.warnings);
     print!("{}", imported.toml);

@@ -1,8 +1,13 @@
 //! Reading haproxy.cfg: the frontends (what listens where), their backends (servers and their
 //! check settings), and `default-server` lines; everything else is reported as a directive
 //! without an equivalent. Pure: text in, model and warnings out.
+//!
+//! Addresses are read as HAProxy reads them (`str2sa_range`): an optional `ipv4@`/`ipv6@`
+//! prefix, then the port after the last colon; an IPv6 address may stand in brackets
+//! (`[2001:db8::50]:6443`) or bare, where the last colon always starts the port
+//! (`2001:db8::50:6443`, and `2001:db8::50:` for no port).
 
-use super::{Warnings, Where};
+use super::{family, Warnings, Where};
 use std::{collections::BTreeMap, net::IpAddr, time::Duration};
 
 /// A frontend (or `listen` section): where it binds and which backend serves it.
@@ -10,11 +15,53 @@ use std::{collections::BTreeMap, net::IpAddr, time::Duration};
 pub struct Frontend {
     pub name: String,
     pub line: usize,
-    /// Address to bind; None for `*` or an empty host.
-    pub bind: Option<IpAddr>,
+    /// The `bind` lines imported: one port, at most one address of each family.
+    pub binds: Vec<Bind>,
+    /// The port of the first `bind`; 0 without one.
     pub port: u16,
     pub backend: Option<String>,
     pub http: bool,
+}
+
+/// A `bind` line's address.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Bind {
+    pub line: usize,
+    /// As written, for messages.
+    pub text: String,
+    pub host: Host,
+    pub port: u16,
+}
+
+/// What a `bind` listens on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Host {
+    /// `*`, `0.0.0.0`, no host, `ipv4@`: every IPv4 address.
+    AnyV4,
+    /// `::`, `[::]`, `ipv6@`: every IPv6 address; on Linux also IPv4 (as mapped addresses)
+    /// unless `v6only`, as net.ipv6.bindv6only is 0 by default.
+    AnyV6 { v4_too: bool },
+    /// One address: the VIP.
+    Addr(IpAddr),
+}
+
+impl Bind {
+    /// Whether clients of this family (IPv4 if `v4`) reach HAProxy through this bind.
+    pub fn takes(&self, v4: bool) -> bool {
+        match self.host {
+            Host::AnyV4 => v4,
+            Host::AnyV6 { v4_too } => !v4 || v4_too,
+            Host::Addr(a) => a.is_ipv4() == v4,
+        }
+    }
+
+    /// The address it binds, unless a wildcard.
+    pub fn addr(&self) -> Option<IpAddr> {
+        match self.host {
+            Host::Addr(a) => Some(a),
+            _ => None,
+        }
+    }
 }
 
 /// Check settings, as `default-server` or `server` give them.
@@ -197,10 +244,25 @@ pub fn parse(text: &str, file: &str, warnings: &mut Warnings) -> Haproxy {
                 }
             }
             Section::Listen(i, name) => {
-                if !frontend_line(&mut out.frontends[*i], &words, &at, &mut Warnings::default()) {
-                    if let Some(b) = out.backends.get_mut(name) {
-                        backend_line(b, &mut section_defaults, &words, &at, warnings);
-                    }
+                // A listen section is both; `option` and `timeout` go to the backend, which
+                // reads `option httpchk`, `option tcp-check` and `timeout check`.
+                let frontend_only = matches!(
+                    first,
+                    "bind"
+                        | "default_backend"
+                        | "use_backend"
+                        | "mode"
+                        | "log"
+                        | "maxconn"
+                        | "tcp-request"
+                        | "http-request"
+                        | "acl"
+                        | "capture"
+                );
+                if frontend_only {
+                    frontend_line(&mut out.frontends[*i], &words, &at, warnings);
+                } else if let Some(b) = out.backends.get_mut(name) {
+                    backend_line(b, &mut section_defaults, &words, &at, warnings);
                 }
             }
         }
@@ -208,45 +270,52 @@ pub fn parse(text: &str, file: &str, warnings: &mut Warnings) -> Haproxy {
     out
 }
 
-/// A frontend directive; returns whether it was one (for `listen` sections).
-fn frontend_line(f: &mut Frontend, words: &[String], at: &Where, warnings: &mut Warnings) -> bool {
+/// A frontend directive.
+fn frontend_line(f: &mut Frontend, words: &[String], at: &Where, warnings: &mut Warnings) {
     match words[0].as_str() {
         "bind" => {
             let Some(addr) = words.get(1) else {
                 warnings.push(at.clone(), "`bind` without an address: skipped".into());
-                return true;
+                return;
             };
-            match parse_bind(addr) {
-                Some((host, port)) => {
-                    if f.port != 0 {
-                        warnings.push(
-                            at.clone(),
-                            format!(
-                                "frontend {}: a second `bind` ({addr}): only the first is imported",
-                                f.name
-                            ),
-                        );
-                    } else {
-                        f.bind = host;
-                        f.port = port;
-                    }
+            let options = &words[2..];
+            let mut others = Vec::new();
+            let mut v4_too = true;
+            for o in options {
+                match o.as_str() {
+                    // They say which families `::` takes, which the import needs.
+                    "v6only" => v4_too = false,
+                    "v4v6" => v4_too = true,
+                    _ => others.push(o.as_str()),
                 }
-                None => warnings.push(
-                    at.clone(),
-                    format!("`bind {addr}`: not an IPv4 address:port, skipped"),
-                ),
             }
-            if words.len() > 2 {
+            // `bind :6443,:::6443`: a list.
+            for one in addr.split(',') {
+                match parse_bind(one) {
+                    Ok((mut host, port)) => {
+                        if let Host::AnyV6 { .. } = host {
+                            host = Host::AnyV6 { v4_too };
+                        }
+                        let bind = Bind {
+                            line: at.line,
+                            text: one.to_string(),
+                            host,
+                            port,
+                        };
+                        add_bind(f, bind, at, warnings);
+                    }
+                    Err(why) => warnings.push(at.clone(), format!("`bind {one}`: {why}; skipped")),
+                }
+            }
+            if !others.is_empty() {
                 warnings.push(
                     at.clone(),
-                    format!("`bind` options `{}`: no equivalent (k3s-xdp forwards TCP/UDP, it does not terminate TLS)", words[2..].join(" ")),
+                    format!("`bind` options `{}`: no equivalent (k3s-xdp forwards TCP/UDP, it does not terminate TLS)", others.join(" ")),
                 );
             }
-            true
         }
         "default_backend" => {
             f.backend = words.get(1).cloned();
-            true
         }
         "mode" => {
             if words.get(1).map(String::as_str) == Some("http") {
@@ -256,7 +325,6 @@ fn frontend_line(f: &mut Frontend, words: &[String], at: &Where, warnings: &mut 
                     "`mode http`: k3s-xdp forwards at layer 4; HTTP features do not apply".into(),
                 );
             }
-            true
         }
         "use_backend" => {
             warnings.push(
@@ -266,15 +334,48 @@ fn frontend_line(f: &mut Frontend, words: &[String], at: &Where, warnings: &mut 
                     words.join(" ")
                 ),
             );
-            true
         }
-        "option" | "log" | "timeout" | "maxconn" | "tcp-request" | "http-request" | "acl"
-        | "capture" => {
-            warnings.push(at.clone(), no_equivalent(words));
-            true
-        }
-        _ => false,
+        _ => warnings.push(at.clone(), no_equivalent(words)),
     }
+}
+
+/// Adds a `bind` to the frontend: k3s-xdp serves one port per service, and one VIP of each
+/// family.
+fn add_bind(f: &mut Frontend, bind: Bind, at: &Where, warnings: &mut Warnings) {
+    if let Some(first) = f.binds.first() {
+        if bind.port != first.port {
+            warnings.push(
+                at.clone(),
+                format!(
+                    "frontend {}: `bind {}` on another port than `bind {}` (line {}): only port {} is imported; make another frontend for port {}",
+                    f.name, bind.text, first.text, first.line, first.port, bind.port
+                ),
+            );
+            return;
+        }
+    }
+    if let Some(a) = bind.addr() {
+        let same = f
+            .binds
+            .iter()
+            .find(|b| b.addr().is_some_and(|b| b.is_ipv4() == a.is_ipv4()));
+        if let Some(same) = same {
+            warnings.push(
+                at.clone(),
+                format!(
+                    "frontend {}: a second {} address (`bind {}`, after `bind {}` at line {}): a service has one VIP, only the first is imported",
+                    f.name,
+                    family(a),
+                    bind.text,
+                    same.text,
+                    same.line
+                ),
+            );
+            return;
+        }
+    }
+    f.port = bind.port;
+    f.binds.push(bind);
 }
 
 fn backend_line(
@@ -290,12 +391,12 @@ fn backend_line(
                 warnings.push(at.clone(), "`server` without a name and address: skipped".into());
                 return;
             };
-            let Some((addr, port)) = parse_server_address(address) else {
-                warnings.push(
-                    at.clone(),
-                    format!("server {name}: `{address}` is not an IP address[:port]; skipped"),
-                );
-                return;
+            let (addr, port) = match parse_server_address(address) {
+                Ok(a) => a,
+                Err(why) => {
+                    warnings.push(at.clone(), format!("server {name}: `{address}`: {why}; skipped"));
+                    return;
+                }
             };
             let own = server_params(&words[3..], at, warnings);
             b.servers.push(Server {
@@ -444,47 +545,123 @@ fn split(line: &str) -> Vec<String> {
     words
 }
 
-/// HAProxy's `HOST:PORT` (the port after the last colon, so `2001:db8::50:6443` is an IPv6
-/// host and its port), `[IPv6]:PORT`, `[IPv6]`, or a host without a colon; an `ipv4@`/`ipv6@`
-/// prefix is dropped.
-fn split_host_port(s: &str) -> (&str, Option<&str>) {
-    let s = s
-        .strip_prefix("ipv4@")
-        .or_else(|| s.strip_prefix("ipv6@"))
-        .unwrap_or(s);
-    if let Some(rest) = s.strip_prefix('[') {
-        return match rest.split_once(']') {
-            Some((host, after)) => (host, after.strip_prefix(':')),
-            None => (s, None),
-        };
-    }
-    // As HAProxy reads it: the port is after the last colon, so an IPv6 host without a port
-    // needs brackets (HAProxy itself fails on `2001:db8::50` alone).
-    match s.rsplit_once(':') {
-        Some((host, port)) => (host, Some(port)),
-        None => (s, None),
-    }
-}
-
-/// `*:6443`, `:6443`, `192.0.2.100:6443`, `0.0.0.0:6443`, `:::6443`, `[::]:6443`,
-/// `[2001:db8::100]:6443`, `ipv6@:::6443`; `None` for the host: every address (a wildcard).
-fn parse_bind(s: &str) -> Option<(Option<IpAddr>, u16)> {
-    let (host, port) = split_host_port(s);
-    let port: u16 = port?.parse().ok().filter(|p| *p != 0)?;
-    let host = match host {
-        "" | "*" | "0.0.0.0" | "::" => None,
-        h => Some(h.parse().ok()?),
+/// A `bind` address: `*:6443`, `:6443`, `0.0.0.0:6443`, `192.0.2.100:6443`, `:::6443`,
+/// `[::]:6443`, `[2001:db8::100]:6443`, `2001:db8::100:6443`, `ipv4@:6443`, `ipv6@:6443`.
+fn parse_bind(s: &str) -> Result<(Host, u16), String> {
+    let (forced, host, port) = split_address(s)?;
+    let Some(port) = port else {
+        return Err(format!("no port{}", bare_ipv6_hint(s)));
     };
-    Some((host, port))
+    if port.contains('-') {
+        return Err(format!(
+            "port range `{port}`: a service listens on one port"
+        ));
+    }
+    let port = match port.parse::<u16>() {
+        Ok(p) if p != 0 => p,
+        _ => return Err(format!("`{port}` is not a port 1..65535")),
+    };
+    let host = match (host, forced) {
+        ("" | "*", Some(Family::V6)) => Host::AnyV6 { v4_too: true },
+        ("" | "*", _) => Host::AnyV4,
+        _ => match ip(host, forced, s)? {
+            IpAddr::V4(a) if a.is_unspecified() => Host::AnyV4,
+            IpAddr::V6(a) if a.is_unspecified() => Host::AnyV6 { v4_too: true },
+            a => Host::Addr(a),
+        },
+    };
+    Ok((host, port))
 }
 
-fn parse_server_address(s: &str) -> Option<(IpAddr, Option<u16>)> {
-    let (host, port) = split_host_port(s);
+/// A `server` address, its port optional: `192.0.2.50:6443`, `192.0.2.50`,
+/// `[2001:db8::50]:6443`, `[2001:db8::50]`, `2001:db8::50:6443`, `2001:db8::50:`,
+/// `ipv6@2001:db8::50:6443`.
+fn parse_server_address(s: &str) -> Result<(IpAddr, Option<u16>), String> {
+    let (forced, host, port) = split_address(s)?;
     let port = match port {
-        Some(p) => Some(p.parse().ok()?),
         None => None,
+        Some(p) if p.starts_with('+') || p.starts_with('-') => {
+            return Err(format!(
+                "port offset `{p}` (the client's port plus an offset): k3s-xdp forwards to a fixed port"
+            ))
+        }
+        Some(p) => match p.parse::<u16>() {
+            Ok(p) if p != 0 => Some(p),
+            _ => return Err(format!("`{p}` is not a port 1..65535")),
+        },
     };
-    Some((host.parse().ok()?, port))
+    let addr = ip(host, forced, s)?;
+    if addr.is_unspecified() {
+        return Err("the wildcard address is no server".into());
+    }
+    Ok((addr, port))
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Family {
+    V4,
+    V6,
+}
+
+/// HAProxy's split of an address: the family prefix, the host, and the port after the last
+/// colon that follows any closing bracket (None: no port; an empty port is no port).
+fn split_address(s: &str) -> Result<(Option<Family>, &str, Option<&str>), String> {
+    let (forced, rest) = if let Some(rest) = s.strip_prefix("ipv4@") {
+        (Some(Family::V4), rest)
+    } else if let Some(rest) = s.strip_prefix("ipv6@") {
+        (Some(Family::V6), rest)
+    } else if let Some((prefix, _)) = s.split_once('@') {
+        return Err(format!(
+            "`{prefix}@` addresses (UNIX sockets, file descriptors, UDP, QUIC) have no equivalent; k3s-xdp forwards IP"
+        ));
+    } else if s.starts_with('/') {
+        return Err("a UNIX socket has no equivalent; k3s-xdp forwards IP".into());
+    } else {
+        (None, s)
+    };
+    Ok(match rest.rfind([':', ']']) {
+        Some(i) if rest.as_bytes()[i] == b':' => {
+            let port = &rest[i + 1..];
+            (forced, &rest[..i], (!port.is_empty()).then_some(port))
+        }
+        _ => (forced, rest, None),
+    })
+}
+
+/// The host of an address: an IP address, an IPv6 one possibly in brackets, of the prefix's
+/// family if there is one.
+fn ip(host: &str, forced: Option<Family>, whole: &str) -> Result<IpAddr, String> {
+    let bracketed = host.strip_prefix('[').and_then(|h| h.strip_suffix(']'));
+    let parsed = match bracketed {
+        Some(inner) => inner.parse::<std::net::Ipv6Addr>().map(IpAddr::V6).ok(),
+        None => host.parse::<IpAddr>().ok(),
+    };
+    let Some(addr) = parsed else {
+        return Err(format!(
+            "`{host}` is not an IPv4 or IPv6 address{}",
+            bare_ipv6_hint(whole)
+        ));
+    };
+    match (forced, addr) {
+        (Some(Family::V4), IpAddr::V6(_)) => Err(format!("`ipv4@` with the IPv6 address {addr}")),
+        (Some(Family::V6), IpAddr::V4(_)) => Err(format!("`ipv6@` with the IPv4 address {addr}")),
+        _ => Ok(addr),
+    }
+}
+
+/// For a bare IPv6 address without a port, HAProxy's reading: the port is what follows the
+/// last colon.
+fn bare_ipv6_hint(s: &str) -> String {
+    let s = s
+        .strip_prefix("ipv6@")
+        .or_else(|| s.strip_prefix("ipv4@"))
+        .unwrap_or(s);
+    match s.parse::<std::net::Ipv6Addr>() {
+        Ok(a) => format!(
+            " (HAProxy reads the port after the last colon of a bare IPv6 address; write [{a}]:PORT or {a}:PORT, or `{a}:` for none)"
+        ),
+        Err(_) => String::new(),
+    }
 }
 
 /// HAProxy time values: a bare number is milliseconds; units us, ms, s, m, h, d.
@@ -517,47 +694,208 @@ mod tests {
         assert_eq!(duration("10parsecs"), None);
     }
 
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    /// The bind forms of HAProxy's manual (`bind [<address>]:<port_range>`, `ipv4@`/`ipv6@`,
+    /// "the port is always the number after the last colon").
     #[test]
     fn binds() {
-        assert_eq!(parse_bind("*:6443"), Some((None, 6443)));
-        assert_eq!(parse_bind(":6443"), Some((None, 6443)));
-        assert_eq!(
-            parse_bind("10.10.10.100:6443"),
-            Some((Some("10.10.10.100".parse().unwrap()), 6443))
-        );
-        for wildcard in ["[::]:6443", ":::6443", "ipv6@:::6443", "ipv4@*:6443"] {
-            assert_eq!(parse_bind(wildcard), Some((None, 6443)), "{wildcard}");
+        let any6 = Host::AnyV6 { v4_too: true };
+        for (text, host, port) in [
+            ("*:6443", Host::AnyV4, 6443),
+            (":6443", Host::AnyV4, 6443),
+            ("0.0.0.0:6443", Host::AnyV4, 6443),
+            ("ipv4@:6443", Host::AnyV4, 6443),
+            ("ipv4@*:6443", Host::AnyV4, 6443),
+            ("10.10.10.100:6443", Host::Addr(ip("10.10.10.100")), 6443),
+            ("ipv4@192.0.2.100:80", Host::Addr(ip("192.0.2.100")), 80),
+            (":::6443", any6, 6443),
+            ("[::]:6443", any6, 6443),
+            ("ipv6@:6443", any6, 6443),
+            ("ipv6@*:6443", any6, 6443),
+            ("ipv6@:::6443", any6, 6443),
+            (
+                "[2001:db8::100]:6443",
+                Host::Addr(ip("2001:db8::100")),
+                6443,
+            ),
+            ("2001:db8::100:6443", Host::Addr(ip("2001:db8::100")), 6443),
+            (
+                "ipv6@2001:db8::100:30080",
+                Host::Addr(ip("2001:db8::100")),
+                30080,
+            ),
+        ] {
+            assert_eq!(parse_bind(text), Ok((host, port)), "{text}");
         }
-        let v6 = Some("2001:db8::100".parse().unwrap());
-        assert_eq!(parse_bind("[2001:db8::100]:6443"), Some((v6, 6443)));
-        assert_eq!(parse_bind("2001:db8::100:6443"), Some((v6, 6443)));
-        assert_eq!(parse_bind("*:0"), None);
-        assert_eq!(parse_bind("[2001:db8::100]"), None, "no port");
-        assert_eq!(parse_bind("[2001:db8::100:6443"), None);
+        for (text, why) in [
+            ("*:0", "is not a port"),
+            ("*:", "no port"),
+            ("*:6443-6450", "port range `6443-6450`"),
+            ("[2001:db8::100]", "no port"),
+            // The last colon starts the port: `2001:db8:` port 100, not an address.
+            ("2001:db8::100", "write [2001:db8::100]:PORT"),
+            ("ipv4@[2001:db8::100]:6443", "`ipv4@` with the IPv6 address"),
+            ("ipv6@192.0.2.100:6443", "`ipv6@` with the IPv4 address"),
+            ("unix@/run/k3s.sock", "`unix@` addresses"),
+            ("/run/k3s.sock", "UNIX socket"),
+            (
+                "k3s.example:6443",
+                "`k3s.example` is not an IPv4 or IPv6 address",
+            ),
+            ("[2001:db8::100:6443", "not an IPv4 or IPv6 address"),
+        ] {
+            let err = parse_bind(text).unwrap_err();
+            assert!(err.contains(why), "{text}: {err}");
+        }
     }
 
     #[test]
     fn server_addresses() {
-        let v6: IpAddr = "2001:db8::50".parse().unwrap();
+        for (text, addr, port) in [
+            ("192.0.2.50:6443", "192.0.2.50", Some(6443)),
+            ("192.0.2.50", "192.0.2.50", None),
+            ("[2001:db8::50]:6443", "2001:db8::50", Some(6443)),
+            ("[2001:db8::50]", "2001:db8::50", None),
+            ("2001:db8::50:6443", "2001:db8::50", Some(6443)),
+            ("2001:db8::50:", "2001:db8::50", None),
+            ("ipv6@2001:db8::50:6443", "2001:db8::50", Some(6443)),
+            ("ipv4@192.0.2.50", "192.0.2.50", None),
+        ] {
+            assert_eq!(parse_server_address(text), Ok((ip(addr), port)), "{text}");
+        }
+        for (text, why) in [
+            (
+                "2001:db8::50",
+                "write [2001:db8::50]:PORT or 2001:db8::50:PORT",
+            ),
+            ("192.0.2.50:+1000", "port offset `+1000`"),
+            ("192.0.2.50:0", "is not a port"),
+            ("[::]:6443", "wildcard"),
+            ("ipv6@192.0.2.50:6443", "`ipv6@` with the IPv4 address"),
+            (
+                "k3s-server-1:6443",
+                "`k3s-server-1` is not an IPv4 or IPv6 address",
+            ),
+        ] {
+            let err = parse_server_address(text).unwrap_err();
+            assert!(err.contains(why), "{text}: {err}");
+        }
+    }
+
+    /// Several binds: one port, one address per family; `v6only` keeps IPv4 clients out of `::`.
+    #[test]
+    fn frontend_binds_of_both_families() {
+        let cfg = "frontend f\n  bind 192.0.2.100:6443\n  bind [2001:db8::100]:6443\n  bind 192.0.2.101:6443\n  bind :::7443\n  bind :::6443 v6only\n";
+        let mut w = Warnings::default();
+        let h = parse(cfg, "haproxy.cfg", &mut w);
+        let f = &h.frontends[0];
+        let hosts: Vec<Host> = f.binds.iter().map(|b| b.host).collect();
         assert_eq!(
-            parse_server_address("[2001:db8::50]:6443"),
-            Some((v6, Some(6443)))
+            hosts,
+            [
+                Host::Addr(ip("192.0.2.100")),
+                Host::Addr(ip("2001:db8::100")),
+                Host::AnyV6 { v4_too: false }
+            ]
         );
+        assert!(!f.binds[2].takes(true) && f.binds[2].takes(false));
+        let text = w.to_string();
+        assert!(
+            text.contains("haproxy.cfg:4: frontend f: a second IPv4 address (`bind 192.0.2.101:6443`, after `bind 192.0.2.100:6443` at line 2)"),
+            "{text}"
+        );
+        assert!(
+            text.contains("haproxy.cfg:5: frontend f: `bind :::7443` on another port"),
+            "{text}"
+        );
+        assert_eq!(w.0.len(), 2, "{text}");
+    }
+
+    /// `bind` takes a comma-separated list, each element read on its own with the line's
+    /// options; `v4v6` (the default on Linux) lets `::` take IPv4 clients, `v6only` not.
+    #[test]
+    fn bind_lists_and_v4v6() {
+        let cfg = "frontend f\n  bind :6443,:::6443 v4v6\nfrontend g\n  bind 192.0.2.100:6443,[2001:db8::100]:6443,nowhere:6443 v6only ssl\n";
+        let mut w = Warnings::default();
+        let h = parse(cfg, "haproxy.cfg", &mut w);
+        let hosts = |i: usize| -> Vec<(Host, u16, &str, usize)> {
+            h.frontends[i]
+                .binds
+                .iter()
+                .map(|b| (b.host, b.port, b.text.as_str(), b.line))
+                .collect()
+        };
         assert_eq!(
-            parse_server_address("2001:db8::50:6443"),
-            Some((v6, Some(6443)))
+            hosts(0),
+            [
+                (Host::AnyV4, 6443, ":6443", 2),
+                (Host::AnyV6 { v4_too: true }, 6443, ":::6443", 2)
+            ]
         );
+        assert!(h.frontends[0].binds[1].takes(true));
         assert_eq!(
-            parse_server_address("2001:db8::50"),
-            None,
-            "as HAProxy: host `2001:db8:`, port 50"
+            hosts(1),
+            [
+                (Host::Addr(ip("192.0.2.100")), 6443, "192.0.2.100:6443", 4),
+                (
+                    Host::Addr(ip("2001:db8::100")),
+                    6443,
+                    "[2001:db8::100]:6443",
+                    4
+                )
+            ]
         );
-        assert_eq!(parse_server_address("[2001:db8::50]"), Some((v6, None)));
-        assert_eq!(
-            parse_server_address("192.0.2.50:6443"),
-            Some(("192.0.2.50".parse().unwrap(), Some(6443)))
+        let text = w.to_string();
+        assert!(
+            text.contains("haproxy.cfg:4: `bind nowhere:6443`: `nowhere` is not an IPv4 or IPv6 address; skipped"),
+            "{text}"
         );
-        assert_eq!(parse_server_address("k3s-server-1:6443"), None, "a name");
+        // `v6only` and `v4v6` are read, the others named.
+        assert!(
+            text.contains("haproxy.cfg:4: `bind` options `ssl`: no equivalent"),
+            "{text}"
+        );
+        assert!(!text.contains("v4v6") && !text.contains("v6only"), "{text}");
+        assert_eq!(w.0.len(), 2, "{text}");
+    }
+
+    /// A listen section's `option httpchk`, `timeout check` and bind warnings are its own.
+    #[test]
+    fn listen_sections_keep_backend_options_and_frontend_warnings() {
+        let cfg = "listen k3s\n  bind [2001:db8::100]:6443 ssl crt /x.pem\n  option httpchk GET /readyz\n  timeout check 3s\n  option tcplog\n  server s1 [2001:db8::50]:6443 check check-ssl\n";
+        let mut w = Warnings::default();
+        let h = parse(cfg, "haproxy.cfg", &mut w);
+        let b = &h.backends["k3s"];
+        assert_eq!(b.httpchk.as_deref(), Some("/readyz"));
+        assert_eq!(b.check_timeout, Some(Duration::from_secs(3)));
+        assert_eq!(b.servers[0].addr, ip("2001:db8::50"));
+        let text = w.to_string();
+        assert!(
+            text.contains("haproxy.cfg:2: `bind` options `ssl crt /x.pem`"),
+            "{text}"
+        );
+        assert!(text.contains("haproxy.cfg:5: `option tcplog`"), "{text}");
+    }
+
+    #[test]
+    fn bad_addresses_are_warnings_naming_the_line() {
+        let cfg = "frontend f\n  bind 2001:db8::100\n  default_backend b\nbackend b\n  server s1 2001:db8::50 check\n";
+        let mut w = Warnings::default();
+        let h = parse(cfg, "haproxy.cfg", &mut w);
+        assert!(h.frontends[0].binds.is_empty());
+        assert!(h.backends["b"].servers.is_empty());
+        let text = w.to_string();
+        assert!(
+            text.contains("haproxy.cfg:2: `bind 2001:db8::100`: `2001:db8:` is not an IPv4 or IPv6 address (HAProxy reads the port after the last colon"),
+            "{text}"
+        );
+        assert!(
+            text.contains("haproxy.cfg:5: server s1: `2001:db8::50`: `2001:db8:` is not an IPv4 or IPv6 address (HAProxy reads"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -22,6 +22,8 @@ pub struct Instance {
     pub unicast_peers: Vec<IpAddr>,
     /// Address and prefix length.
     pub virtual_ipaddress: Vec<(IpAddr, u8)>,
+    /// `version 2|3` in the instance, which overrides global_defs' `vrrp_version`.
+    pub version: Option<u8>,
     pub preempt: bool,
     pub preempt_delay: Option<Duration>,
     pub garp_master_repeat: Option<u32>,
@@ -370,6 +372,26 @@ fn instance_line(
                 }
             }
         }
+        "virtual_ipaddress_excluded" => {
+            let listed: Vec<&str> = block
+                .iter()
+                .filter_map(|v| v.words.first().map(String::as_str))
+                .collect();
+            warnings.push(
+                at,
+                format!(
+                    "virtual_ipaddress_excluded ({}): not imported; k3s-xdp advertises every address it moves, each family with its own virtual router: list them in virtual_ipaddress (IPv6 ones need version = 3)",
+                    listed.join(", ")
+                ),
+            );
+        }
+        "version" => match value.and_then(|v| v.parse::<u8>().ok()) {
+            Some(v @ (2 | 3)) => i.version = Some(v),
+            _ => bad(warnings, "not 2 or 3"),
+        },
+        // An IPv6 instance even before its first address: k3s-xdp runs a router per family of
+        // the addresses, so there is nothing to carry over.
+        "native_ipv6" => {}
         "track_script" => {
             tracked.extend(block.iter().filter_map(|t| t.words.first().cloned()));
             if tracked.len() > 1 {
@@ -457,6 +479,26 @@ mod tests {
         let w = format!("{w:?}");
         assert!(w.contains("2001:db8::102/129"), "{w}");
         assert!(w.contains("dev eth1"), "{w}");
+    }
+
+    /// An instance's `version` is read, `native_ipv6` needs nothing, and the addresses of
+    /// `virtual_ipaddress_excluded` are named in a warning at its line.
+    #[test]
+    fn version_native_ipv6_and_excluded_addresses() {
+        let text = "vrrp_instance VI_6 {\n  version 3\n  native_ipv6\n  virtual_ipaddress {\n    2001:db8::100/64\n  }\n  virtual_ipaddress_excluded {\n    2001:db8::101/64\n    192.0.2.101\n  }\n}\nvrrp_instance VI_7 {\n  version 4\n}\n";
+        let mut w = Warnings::default();
+        let k = parse(text, "k.conf", &mut w);
+        assert_eq!(k.instances[0].version, Some(3));
+        assert_eq!(k.instances[0].virtual_ipaddress.len(), 1);
+        assert_eq!(k.instances[1].version, None);
+        let w = w.to_string();
+        assert!(
+            w.contains("warning: k.conf:7: virtual_ipaddress_excluded (2001:db8::101/64, 192.0.2.101): not imported; k3s-xdp advertises every address it moves"),
+            "{w}"
+        );
+        assert!(w.contains("k.conf:13: `version 4`: not 2 or 3"), "{w}");
+        assert!(!w.contains("native_ipv6"), "{w}");
+        assert_eq!(w.lines().count(), 2, "{w}");
     }
 
     #[test]
