@@ -120,6 +120,13 @@ enum AdminArg {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Run { .. } | Command::Guard { .. }) {
+        // A command whose output goes to `| head` ends quietly when the reader leaves, as
+        // other command-line tools do, instead of panicking on the broken pipe. (The daemon
+        // keeps Rust's default: a write to a closed socket is an error it handles.)
+        // SAFETY: setting a signal disposition to the default has no preconditions.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     let result =
         match cli.command {
             Command::Check { config } => return check(&config),
