@@ -12,6 +12,9 @@
 //!   `bind *:6443`, round robin over the three servers with checks), Debian's packages;
 //! - k3s-xdp pair with advert_int 100 ms;
 //! - keepalived (VRRPv3) + HAProxy pair with advert_int 100 ms.
+//!
+//! The second part (`survive.rs`, same command, same report) counts the established
+//! connections that survive the same loss of the master when the server speaks first.
 
 use anyhow::{bail, Context, Result};
 use k3s_xdp_tests::{
@@ -75,8 +78,23 @@ const SETUPS: [Setup; 4] = [
 
 const ROUNDS: usize = 5;
 
-/// Runs the benchmark; returns its markdown report and adds its ratios to `summary`.
+/// Runs the benchmark, both parts (the downtime here, then the surviving connections of
+/// `survive.rs`); returns its markdown report and adds its ratios to `summary`. While
+/// developing, `K3S_XDP_BENCH_FAILOVER=downtime` or `=survive` runs one part only.
 pub fn run(summary: &mut Vec<crate::Ratio>) -> Result<String> {
+    let only = std::env::var("K3S_XDP_BENCH_FAILOVER").unwrap_or_default();
+    let mut out = String::new();
+    if only != "survive" {
+        out.push_str(&downtime(summary)?);
+    }
+    if only != "downtime" {
+        out.push_str(&crate::survive::run(summary)?);
+    }
+    Ok(out)
+}
+
+/// The first part: master lost → first connection through the VIP.
+fn downtime(summary: &mut Vec<crate::Ratio>) -> Result<String> {
     let mut times: Vec<Vec<Duration>> = vec![Vec::new(); SETUPS.len()];
     for round in 1..=ROUNDS {
         for (i, setup) in SETUPS.iter().enumerate() {
@@ -169,38 +187,13 @@ pub(crate) fn once(setup: Setup, round: usize) -> Result<Duration> {
     match setup {
         Setup::K3sXdp { fast } => {
             let advert_int = interval(fast);
-            let lb1 = Daemon::start(&topo, "lb-1", &k3s_xdp_config(200, true, advert_int))?;
-            let lb2 = Daemon::start(&topo, "lb-2", &k3s_xdp_config(100, false, advert_int))?;
-            let vrrp = |s: &k3s_xdp::controller::status::Status| s.vrrp.clone().unwrap_or_default();
-            lb1.wait_for(Duration::from_secs(10), "lb-1 MASTER", |s| {
-                vrrp(s).state == "MASTER"
-            })?;
-            lb2.wait_for(Duration::from_secs(10), "lb-2 follows lb-1", |s| {
-                let v = vrrp(s);
-                v.state == "BACKUP" && v.adverts_received > 0
-            })?;
-            lb1.wait_healthy(Duration::from_secs(10))?;
-            lb2.wait_healthy(Duration::from_secs(10))?;
-            held.daemons = vec![lb1, lb2];
+            held.daemons = start_k3s_xdp(
+                &topo,
+                &k3s_xdp_config(200, true, advert_int),
+                &k3s_xdp_config(100, false, advert_int),
+            )?;
         }
-        Setup::KeepalivedHaproxy { fast } => {
-            let cfg =
-                std::env::temp_dir().join(format!("k3s-xdp-bench-haproxy-{}.cfg", topo.prefix()));
-            std::fs::write(&cfg, haproxy_config())?;
-            held.files.push(cfg.clone());
-            for lb in ["lb-1", "lb-2"] {
-                let p = topo
-                    .node(lb)
-                    .spawn("haproxy", ["-db", "-f", &cfg.display().to_string()])
-                    .context("starting haproxy (cargo xtask setup --bench installs it)")?;
-                held.processes.push(p);
-            }
-            let k1 = Keepalived::start(&topo, "lb-1", &seed_keepalived(200, true, fast))?;
-            let k2 = Keepalived::start(&topo, "lb-2", &seed_keepalived(100, false, fast))?;
-            k1.wait_log("Entering MASTER STATE", 1, Duration::from_secs(10))?;
-            k2.wait_log("Entering BACKUP STATE", 1, Duration::from_secs(10))?;
-            held.keepalived = vec![k1, k2];
-        }
+        Setup::KeepalivedHaproxy { fast } => start_keepalived_haproxy(&topo, fast, &mut held)?,
     }
     // Steady: the VIP answers through lb-1 (HAProxy's first checks may take a moment).
     let deadline = Instant::now() + Duration::from_secs(15);
@@ -247,6 +240,45 @@ pub(crate) fn once(setup: Setup, round: usize) -> Result<Duration> {
     }
 }
 
+/// Starts k3s-xdp on lb-1 and lb-2 with these configs; returns once lb-1 is MASTER, lb-2
+/// BACKUP hearing it, and both have checked every backend up.
+pub(crate) fn start_k3s_xdp(topo: &Topology, lb1: &str, lb2: &str) -> Result<Vec<Daemon>> {
+    let lb1 = Daemon::start(topo, "lb-1", lb1)?;
+    let lb2 = Daemon::start(topo, "lb-2", lb2)?;
+    let vrrp = |s: &k3s_xdp::controller::status::Status| s.vrrp.clone().unwrap_or_default();
+    lb1.wait_for(Duration::from_secs(10), "lb-1 MASTER", |s| {
+        vrrp(s).state == "MASTER"
+    })?;
+    lb2.wait_for(Duration::from_secs(10), "lb-2 follows lb-1", |s| {
+        let v = vrrp(s);
+        v.state == "BACKUP" && v.adverts_received > 0
+    })?;
+    lb1.wait_healthy(Duration::from_secs(10))?;
+    lb2.wait_healthy(Duration::from_secs(10))?;
+    Ok(vec![lb1, lb2])
+}
+
+/// Starts the seeds' pair: HAProxy and keepalived on lb-1 (priority 200) and lb-2 (100);
+/// returns once lb-1 is MASTER and lb-2 BACKUP. What it started goes into `held`.
+pub(crate) fn start_keepalived_haproxy(topo: &Topology, fast: bool, held: &mut Held) -> Result<()> {
+    let cfg = std::env::temp_dir().join(format!("k3s-xdp-bench-haproxy-{}.cfg", topo.prefix()));
+    std::fs::write(&cfg, haproxy_config())?;
+    held.files.push(cfg.clone());
+    for lb in ["lb-1", "lb-2"] {
+        let p = topo
+            .node(lb)
+            .spawn("haproxy", ["-db", "-f", &cfg.display().to_string()])
+            .context("starting haproxy (cargo xtask setup --bench installs it)")?;
+        held.processes.push(p);
+    }
+    let k1 = Keepalived::start(topo, "lb-1", &seed_keepalived(200, true, fast))?;
+    let k2 = Keepalived::start(topo, "lb-2", &seed_keepalived(100, false, fast))?;
+    k1.wait_log("Entering MASTER STATE", 1, Duration::from_secs(10))?;
+    k2.wait_log("Entering BACKUP STATE", 1, Duration::from_secs(10))?;
+    held.keepalived = vec![k1, k2];
+    Ok(())
+}
+
 /// Where in the advert cycle round `round` cuts: spread over the interval.
 fn advert_phase(round: usize, setup: Setup) -> Duration {
     let interval_ms = if setup.fast() { 100 } else { 1000 };
@@ -275,11 +307,11 @@ fn wait_for_advert(topo: &Topology) -> Result<()> {
 
 /// What one run started; dropped (stopped, removed) before the topology goes.
 #[derive(Default)]
-struct Held {
-    daemons: Vec<Daemon>,
-    keepalived: Vec<Keepalived>,
-    processes: Vec<Process>,
-    files: Vec<std::path::PathBuf>,
+pub(crate) struct Held {
+    pub(crate) daemons: Vec<Daemon>,
+    pub(crate) keepalived: Vec<Keepalived>,
+    pub(crate) processes: Vec<Process>,
+    pub(crate) files: Vec<std::path::PathBuf>,
 }
 
 impl Drop for Held {
@@ -294,6 +326,18 @@ impl Drop for Held {
 }
 
 fn k3s_xdp_config(priority: u8, master: bool, advert_int: &str) -> String {
+    pair_config(priority, master, advert_int, "nat", "")
+}
+
+/// A k3s-xdp pair member's config: one service `VIP:6443` over the three servers in `mode`
+/// (tcp checks every second), VRRPv3 with `advert_int`; `tail` is appended (more tables).
+pub(crate) fn pair_config(
+    priority: u8,
+    master: bool,
+    advert_int: &str,
+    mode: &str,
+    tail: &str,
+) -> String {
     let backends: Vec<String> = SERVERS
         .iter()
         .map(|s| format!("  {{ name = \"{s}\", address = \"{}:6443\" }},", addr(s)))
@@ -304,6 +348,7 @@ fn k3s_xdp_config(priority: u8, master: bool, advert_int: &str) -> String {
 name = "k3s-api"
 vip = "{VIP}"
 port = 6443
+mode = "{mode}"
 backends = [
 {}
 ]
@@ -317,7 +362,7 @@ priority = {priority}
 state = "{}"
 advert_int = "{advert_int}"
 virtual_ipaddress = ["{VIP}/24"]
-"#,
+{tail}"#,
         backends.join("\n"),
         if master { "master" } else { "backup" },
     )
@@ -328,7 +373,7 @@ fn addr(server: &str) -> std::net::Ipv4Addr {
 }
 
 /// Seed 004's haproxy.cfg, TCP part, with the lab's addresses.
-fn haproxy_config() -> String {
+pub(crate) fn haproxy_config() -> String {
     let mut c = String::from(
         "global\n  maxconn 4096\n\ndefaults\n  mode tcp\n  timeout connect 5000\n  timeout client 50000\n  timeout server 50000\n\n\
          frontend kube-apiserver\n  bind *:6443\n  mode tcp\n  default_backend kube-apiserver\n\n\

@@ -11,7 +11,9 @@
 //!   backends; time from a backend's death to its removal from the data plane, with the default
 //!   timers and with `inter = "200ms"`.
 //! - `failover`: master lost → first connection through the VIP, k3s-xdp pair vs keepalived +
-//!   HAProxy pair, and k3s-xdp at 100 ms adverts (`failover.rs`).
+//!   HAProxy pair, and k3s-xdp at 100 ms adverts (`failover.rs`); then the established
+//!   connections, server speaking first, that survive it: k3s-xdp nat with and without flow
+//!   sync, dsr, and the seeds' keepalived + HAProxy (`survive.rs`).
 //! - `e2e`: the same client load direct, through k3s-xdp nat/dsr, HAProxy and nginx: new
 //!   connections/s, throughput, latency, CPU on the load-balancer node, plots (`e2e.rs`).
 //! - `scaleout`: BGP/ECMP over three nodes: a node's death (BFD) vs the VRRP pair, and the
@@ -29,6 +31,7 @@ mod micro;
 mod plot;
 mod profile;
 mod scaleout;
+mod survive;
 mod sync;
 
 use anyhow::{bail, Result};
