@@ -226,9 +226,10 @@ fn survivors(watches: &mut [Watch], tag: &str) -> (usize, Vec<String>) {
             .enumerate()
             .map(|(i, w)| {
                 scope.spawn(move || {
-                    // The master's death and the takeover take a few seconds; TCP retransmits
-                    // meanwhile.
-                    w.set_timeout(Duration::from_secs(8)).unwrap();
+                    // The master's death and the takeover take a few seconds; the server's TCP
+                    // retransmits meanwhile, backing off (0.2, 0.6, 1.4, 3, 6.2 s ... on a
+                    // loaded machine its timeout starts higher): a push may come 10 s late.
+                    w.set_timeout(Duration::from_secs(15)).unwrap();
                     w.next_push()
                         .and_then(|_| w.next_push())
                         .and_then(|_| w.echo(&format!("{tag} {i}")))
@@ -421,6 +422,11 @@ fn hostile_datagrams_are_counted_and_change_nothing() {
     p.lb1
         .wait_for(Duration::from_secs(10), "lb-1 MASTER", |s| {
             vrrp_state(s) == "MASTER"
+        })
+        .unwrap();
+    p.lb2
+        .wait_for(Duration::from_secs(10), "lb-2 BACKUP", |s| {
+            vrrp_state(s) == "BACKUP"
         })
         .unwrap();
     p.lb1.wait_healthy(Duration::from_secs(10)).unwrap();
