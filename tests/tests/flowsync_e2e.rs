@@ -12,11 +12,14 @@ use k3s_xdp_tests::{
     backend::{Backend, Kind as BackendKind, Watch, PUSH_EVERY},
     bpf::have_root,
     daemon::Daemon,
-    topology::{seed_backends_toml, Topology, AGENT3, LB1, LB2, SERVERS, VIP},
+    topology::{
+        addr6, seed_addr, seed_backends_toml, Topology, AGENT3, AGENTS, LB1, LB2, SERVERS, VIP,
+        VIP6,
+    },
     wait_until,
 };
 use std::{
-    net::{SocketAddr, SocketAddrV4, UdpSocket},
+    net::{SocketAddr, SocketAddrV4, SocketAddrV6, UdpSocket},
     os::unix::fs::PermissionsExt,
     path::PathBuf,
     sync::Mutex,
@@ -65,6 +68,9 @@ struct Opts {
     /// lb-2 also counts agent-3 as a peer: the hostile-traffic test speaks for it, with the
     /// right key, to replay its own messages.
     fake_peer: bool,
+    /// An IPv6 service too (VIP6, the servers' IPv6 addresses), its VIP in the virtual
+    /// router's addresses; the sync itself runs over IPv4.
+    ipv6: bool,
 }
 
 fn config(node: &str, key: &std::path::Path, o: Opts) -> String {
@@ -87,9 +93,29 @@ fn config(node: &str, key: &std::path::Path, o: Opts) -> String {
     } else {
         String::new()
     };
+    let (service6, vip6) = if o.ipv6 {
+        let backends: Vec<String> = SERVERS
+            .iter()
+            .map(|s| {
+                let a = addr6(seed_addr(s).unwrap());
+                format!("  {{ name = \"{s}\", address = \"[{a}]:6443\" }},")
+            })
+            .collect();
+        (
+            format!(
+                "\n[[service]]\nname = \"k3s-api-v6\"\nvip = \"{VIP6}\"\nport = 6443\nmode = \"nat\"\n\
+                 backends = [\n{}\n]\n[service.health]\ncheck = \"tcp\"\ninter = \"300ms\"\n\
+                 rise = 1\nfall = 2\ntimeout = \"300ms\"\n",
+                backends.join("\n")
+            ),
+            format!(", \"{VIP6}/64\""),
+        )
+    } else {
+        (String::new(), String::new())
+    };
     format!(
         r#"interface = "eth1"
-
+{service6}
 [[service]]
 name = "k3s-api"
 vip = "{VIP}"
@@ -110,7 +136,7 @@ virtual_router_id = 51
 priority = {priority}
 state = "{state}"
 advert_int = "1s"
-virtual_ipaddress = ["{VIP}/24"]
+virtual_ipaddress = ["{VIP}/24"{vip6}]
 preempt = true
 track = {{ dataplane = true, min_healthy_backends = 1, weight = 0 }}
 {flow_sync}"#
@@ -128,6 +154,11 @@ struct Pair {
 
 fn pair(opts: Opts) -> Pair {
     let topo = Topology::seed().unwrap();
+    if opts.ipv6 {
+        for node in ["lb-1", "lb-2"].iter().chain(&SERVERS).chain(&AGENTS) {
+            topo.add_ipv6(node).unwrap();
+        }
+    }
     let key = KeyFile::new(&topo);
     let servers = SERVERS
         .iter()
@@ -191,10 +222,14 @@ fn steady(p: &Pair) {
 
 /// `n` watches, spread over the agents, each with a first push received.
 fn open_watches(p: &Pair, n: usize, tag: &str) -> Vec<Watch> {
+    open_watches_to(p, n, tag, SocketAddr::V4(SocketAddrV4::new(VIP, 6443)))
+}
+
+fn open_watches_to(p: &Pair, n: usize, tag: &str, to: SocketAddr) -> Vec<Watch> {
     let mut watches: Vec<Watch> = (0..n)
         .map(|i| {
             let agent = ["agent-1", "agent-2", "agent-3"][i % 3];
-            Watch::open(p.topo.node(agent), SocketAddrV4::new(VIP, 6443), T)
+            Watch::open(p.topo.node(agent), to, T)
                 .unwrap_or_else(|e| panic!("watch {tag}{i} from {agent}: {e:#}"))
         })
         .collect();
@@ -292,6 +327,37 @@ fn server_push_connections_survive_kill_9_of_the_master() {
     let s = sync(&p.lb2.status().unwrap());
     assert_eq!(s.conflicts, 0, "{s:?}");
     assert!(s.dropped.values().all(|n| *n == 0), "{:?}", s.dropped);
+}
+
+/// IPv6 (NAT66) watches and IPv4 ones together: both families' flows cross (over the IPv4
+/// sync channel) and survive kill -9 of the master.
+#[test]
+fn ipv6_server_push_connections_survive_kill_9_too() {
+    if !have_root() {
+        return;
+    }
+    let _s = serial();
+    let mut p = pair(Opts {
+        flow_sync: true,
+        ipv6: true,
+        ..Default::default()
+    });
+    steady(&p);
+    let mut v6 = open_watches_to(
+        &p,
+        15,
+        "v6-",
+        SocketAddr::V6(SocketAddrV6::new(VIP6, 6443, 0, 0)),
+    );
+    let mut v4 = open_watches(&p, 15, "v4-");
+    wait_installed(&p.lb2, 30);
+    quiet();
+    p.lb1.crash();
+    wait_until(Duration::from_secs(6), "lb-2 takes both VIPs", || {
+        has_vip(&p.topo, "lb-2") && p.topo.has_address("lb-2", VIP6)
+    });
+    all_survive(&mut v6, "IPv6 after kill -9");
+    all_survive(&mut v4, "IPv4 after kill -9");
 }
 
 #[test]
@@ -417,6 +483,7 @@ fn hostile_datagrams_are_counted_and_change_nothing() {
     let mut p = pair(Opts {
         flow_sync: true,
         fake_peer: true,
+        ..Default::default()
     });
     // lb-2 waits for its silent fake peer's table; lb-1 is synced.
     p.lb1
