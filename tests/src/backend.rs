@@ -122,6 +122,8 @@ pub struct Backend {
     counters: Arc<Counters>,
     /// The status `GET /readyz` answers ([`Kind::Https`]).
     status: Arc<AtomicU16>,
+    /// [`Kind::Push`]: pushes are held back while set.
+    paused: Arc<AtomicBool>,
     running: Option<Running>,
 }
 
@@ -157,6 +159,7 @@ impl Backend {
             tls,
             counters: Arc::default(),
             status: Arc::new(AtomicU16::new(200)),
+            paused: Arc::default(),
             running: None,
         };
         backend.restart()?;
@@ -184,6 +187,12 @@ impl Backend {
     }
 
     /// The status `GET /readyz` answers from now on ([`Kind::Https`]).
+    /// [`Kind::Push`]: holds every connection's pushes back (each waits for its next turn
+    /// after `false`), as [`PUSH_EVERY`] keeps ticking.
+    pub fn pause_pushes(&self, paused: bool) {
+        self.paused.store(paused, Ordering::SeqCst);
+    }
+
     pub fn set_status(&self, status: u16) {
         self.status.store(status, Ordering::Relaxed);
     }
@@ -216,6 +225,7 @@ impl Backend {
             name: self.name.clone(),
             kind: self.kind,
             status: Arc::clone(&self.status),
+            paused: Arc::clone(&self.paused),
             tls: self.tls.clone(),
             counters: Arc::clone(&self.counters),
             stop: Arc::clone(&stop),
@@ -265,6 +275,8 @@ struct Server {
     name: String,
     kind: Kind,
     status: Arc<AtomicU16>,
+    /// [`Kind::Push`]: pushes are held back while set.
+    paused: Arc<AtomicBool>,
     tls: Option<Arc<ServerConfig>>,
     counters: Arc<Counters>,
     stop: Arc<AtomicBool>,
@@ -399,6 +411,7 @@ impl Server {
         let done = Arc::new(AtomicBool::new(false));
         let pusher = {
             let (writer, done, stop) = (writer.clone(), done.clone(), self.stop.clone());
+            let paused = self.paused.clone();
             let (name, counters) = (self.name.clone(), self.counters.clone());
             thread::spawn(move || {
                 for n in 1..=MAX_PUSHES {
@@ -408,6 +421,9 @@ impl Server {
                             return;
                         }
                         thread::sleep(PUSH_EVERY / 10);
+                    }
+                    if paused.load(Ordering::SeqCst) {
+                        continue;
                     }
                     let text = format!("push {name} {n}\n");
                     let Ok(mut w) = writer.lock() else { return };

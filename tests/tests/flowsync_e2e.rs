@@ -146,7 +146,7 @@ track = {{ dataplane = true, min_healthy_backends = 1, weight = 0 }}
 struct Pair {
     lb2: Daemon,
     lb1: Daemon,
-    _servers: Vec<Backend>,
+    servers: Vec<Backend>,
     _key: KeyFile,
     topo: Topology,
     opts: Opts,
@@ -169,7 +169,7 @@ fn pair(opts: Opts) -> Pair {
     Pair {
         lb2,
         lb1,
-        _servers: servers,
+        servers,
         _key: key,
         topo,
         opts,
@@ -282,20 +282,40 @@ fn survivors(watches: &mut [Watch], tag: &str) -> (usize, Vec<String>) {
 }
 
 fn all_survive(watches: &mut [Watch], tag: &str) {
+    survive_on(None, watches, tag)
+}
+
+/// [`all_survive`], with the status of `node` (the new master) in the failure message.
+fn survive_on(node: Option<&Daemon>, watches: &mut [Watch], tag: &str) {
     let (ok, lost) = survivors(watches, tag);
+    let status = node
+        .and_then(|d| d.status().ok())
+        .map(|s| k3s_xdp::controller::report::render_table(&s))
+        .unwrap_or_default();
     assert!(
         lost.is_empty(),
-        "{ok}/{} survived; lost:\n{}",
+        "{ok}/{} survived; lost:\n{}\n{status}",
         watches.len(),
         lost.join("\n")
     );
 }
 
-/// Established connections are quiet for a moment before the master dies (see vrrp_e2e's
-/// `idle`): a packet in the millisecond between the daemon's death and the guard's removal of
-/// the VIP would meet lb-1's kernel, which resets it.
-fn quiet() {
+/// Kills lb-1's daemon (kill -9) with the connections quiet for a moment around it: a packet
+/// in the milliseconds between the daemon's death (its XDP program goes with it) and the
+/// guard's removal of the VIP meets lb-1's kernel, which still holds the VIP and resets the
+/// connection (vrrp_e2e's `idle` does the same for clients). Here the servers speak, so
+/// their pushes are held back, from 300 ms before the kill (what was sent is acknowledged)
+/// to 100 ms after it; then they push on, to lb-2 once it holds the VIP.
+fn crash_quietly(p: &mut Pair) {
+    for s in &p.servers {
+        s.pause_pushes(true);
+    }
     std::thread::sleep(Duration::from_millis(300));
+    p.lb1.crash();
+    std::thread::sleep(Duration::from_millis(100));
+    for s in &p.servers {
+        s.pause_pushes(false);
+    }
 }
 
 #[test]
@@ -318,12 +338,11 @@ fn server_push_connections_survive_kill_9_of_the_master() {
             sync(s).closed >= 3
         })
         .unwrap();
-    quiet();
-    p.lb1.crash();
+    crash_quietly(&mut p);
     wait_until(Duration::from_secs(6), "lb-2 takes the VIP", || {
         has_vip(&p.topo, "lb-2")
     });
-    all_survive(&mut watches, "after kill -9");
+    survive_on(Some(&p.lb2), &mut watches, "after kill -9");
     let s = sync(&p.lb2.status().unwrap());
     assert_eq!(s.conflicts, 0, "{s:?}");
     assert!(s.dropped.values().all(|n| *n == 0), "{:?}", s.dropped);
@@ -351,13 +370,12 @@ fn ipv6_server_push_connections_survive_kill_9_too() {
     );
     let mut v4 = open_watches(&p, 15, "v4-");
     wait_installed(&p.lb2, 30);
-    quiet();
-    p.lb1.crash();
+    crash_quietly(&mut p);
     wait_until(Duration::from_secs(6), "lb-2 takes both VIPs", || {
         has_vip(&p.topo, "lb-2") && p.topo.has_address("lb-2", VIP6)
     });
-    all_survive(&mut v6, "IPv6 after kill -9");
-    all_survive(&mut v4, "IPv4 after kill -9");
+    survive_on(Some(&p.lb2), &mut v6, "IPv6 after kill -9");
+    survive_on(Some(&p.lb2), &mut v4, "IPv4 after kill -9");
 }
 
 #[test]
@@ -395,8 +413,7 @@ fn a_returning_master_takes_the_table_before_it_preempts() {
     steady(&p);
     let mut old = open_watches(&p, WATCHES, "old");
     wait_installed(&p.lb2, WATCHES as u64);
-    quiet();
-    p.lb1.crash();
+    crash_quietly(&mut p);
     wait_until(Duration::from_secs(6), "lb-2 takes the VIP", || {
         has_vip(&p.topo, "lb-2")
     });
@@ -463,8 +480,7 @@ fn a_restarted_backup_takes_the_table_and_the_failover_loses_nothing() {
             vrrp_state(s) == "BACKUP"
         })
         .unwrap();
-    quiet();
-    p.lb1.crash();
+    crash_quietly(&mut p);
     wait_until(Duration::from_secs(6), "lb-2 takes the VIP", || {
         has_vip(&p.topo, "lb-2")
     });
@@ -594,12 +610,15 @@ fn hostile_datagrams_are_counted_and_change_nothing() {
         .unwrap();
     assert_eq!(fake.received_datagrams, 1, "its first hello only: {fake:?}");
 
-    quiet();
-    p.lb1.crash();
+    crash_quietly(&mut p);
     wait_until(Duration::from_secs(6), "lb-2 takes the VIP", || {
         has_vip(&p.topo, "lb-2")
     });
-    all_survive(&mut watches, "after hostile traffic and kill -9");
+    survive_on(
+        Some(&p.lb2),
+        &mut watches,
+        "after hostile traffic and kill -9",
+    );
     let m =
         k3s_xdp_tests::daemon::get_metrics(&p.topo, "lb-2", "127.0.0.1:9742").unwrap_or_default();
     assert!(
@@ -619,8 +638,7 @@ fn without_flow_sync_server_push_connections_are_lost() {
     let mut p = pair(Opts::default());
     steady(&p);
     let mut watches = open_watches(&p, WATCHES, "w");
-    quiet();
-    p.lb1.crash();
+    crash_quietly(&mut p);
     wait_until(Duration::from_secs(6), "lb-2 takes the VIP", || {
         has_vip(&p.topo, "lb-2")
     });
