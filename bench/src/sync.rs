@@ -241,7 +241,6 @@ struct Run {
     /// Markers B never held within the wait.
     missing: usize,
     cpu: f64,
-    seconds: f64,
     /// How long making the flows took (the offered rate is kept if about one second).
     generated: Duration,
     ring_lost: u64,
@@ -341,7 +340,6 @@ pub fn run(summary: &mut Vec<Ratio>) -> Result<String> {
                         std::thread::sleep(Duration::from_micros(100));
                     }
                 });
-                let mut chunk_wall = Duration::ZERO;
                 // Inside the lab's namespace for the whole run (entering costs ~20 ms).
                 let inside = a.h.lab.as_ref().context("a lab harness")?.enter()?;
                 let result = (|| -> Result<()> {
@@ -353,7 +351,6 @@ pub fn run(summary: &mut Vec<Ratio>) -> Result<String> {
                         }
                         let c = next_chunk + i;
                         let start = make_chunk(&mut a.h, c)?;
-                        chunk_wall += start.elapsed();
                         let _ = tx.send((key(client(c, CHUNK)), start, Instant::now()));
                     }
                     Ok(())
@@ -361,7 +358,6 @@ pub fn run(summary: &mut Vec<Ratio>) -> Result<String> {
                 drop(tx);
                 drop(inside);
                 generated = started.elapsed();
-                let _ = chunk_wall;
                 let out = poller
                     .join()
                     .map_err(|_| anyhow::anyhow!("the poller panicked"))?;
@@ -384,7 +380,6 @@ pub fn run(summary: &mut Vec<Ratio>) -> Result<String> {
             lags,
             missing,
             cpu,
-            seconds,
             generated,
             ring_lost: a.h.dataplane.flow_events_lost()?,
             queue_lost: as_.peers[0].lost_entries,
@@ -444,7 +439,6 @@ pub fn run(summary: &mut Vec<Ratio>) -> Result<String> {
         if whole && p99 < LAG_TARGET {
             best = best.max(r.rate);
         }
-        let _ = r.seconds;
     }
     let _ = writeln!(
         out,

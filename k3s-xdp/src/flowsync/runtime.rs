@@ -10,7 +10,7 @@
 use super::{
     peers::{Bulk, Do, Peers},
     session::{Receiver, Sender},
-    translate::{Directory, MapAddress},
+    translate::Directory,
     wire::{self, Entry, Key, Kind, Op},
 };
 use crate::{
@@ -21,7 +21,7 @@ use crate::{
     dataplane::{FlowEventOf, FlowEvents, FlowTables},
 };
 use anyhow::{Context, Result};
-use k3s_xdp_common::{table::IDLE_SECS, FlowKey, FLOW_EVENT_CLOSED};
+use k3s_xdp_common::{table::IDLE_SECS, FLOW_EVENT_CLOSED};
 use std::{
     collections::{BTreeMap, VecDeque},
     io,
@@ -373,10 +373,8 @@ impl Node {
             return directory.outgoing(event);
         }
         match event {
-            FlowEventOf::V4(e) => closed_entry(directory, &e.key, self.tables.translation(&e.key)?),
-            FlowEventOf::V6(e) => {
-                closed_entry(directory, &e.key, self.tables.translation6(&e.key)?)
-            }
+            FlowEventOf::V4(e) => directory.closed(&e.key, &self.tables.translation(&e.key)?.nat),
+            FlowEventOf::V6(e) => directory.closed(&e.key, &self.tables.translation6(&e.key)?.nat),
         }
     }
 
@@ -592,14 +590,6 @@ impl Node {
         // Never waits: a busy controller gets the next one.
         let _ = self.report.try_send(Event::FlowSync(Box::new(status)));
     }
-}
-
-fn closed_entry<A: MapAddress>(
-    directory: &Directory,
-    reverse: &FlowKey<A>,
-    slot: k3s_xdp_common::table::NatSlot<A>,
-) -> Option<Entry> {
-    directory.closed(reverse, &slot.nat)
 }
 
 fn entry_count(datagram: &[u8]) -> u64 {
