@@ -148,6 +148,10 @@ pub async fn run(options: Options) -> Result<()> {
         );
     }
     let mode = controller.attach(&iface, attach_policy(&config))?;
+    match controller.dataplane_mut().link_id() {
+        Some(id) => guard.keep_link(id),
+        None => warn!("the XDP program is not attached through a bpf_link (Linux 5.9+): if this process is killed, its program goes before the guard removes its VIPs"),
+    }
     info!(
         "XDP program attached to {iface} in {mode} mode; {} service(s), control socket {}, metrics on http://{}/metrics",
         config.services.len(),
@@ -338,6 +342,7 @@ pub async fn run(options: Options) -> Result<()> {
     if let Some(sync) = flow_sync {
         sync.stop();
     }
+    guard.unlink();
     if let Some((iface, mode)) = controller.dataplane_mut().detach() {
         info!("XDP program detached from {iface} ({mode} mode)");
     }

@@ -1,9 +1,8 @@
 //! The guard: a small child process that undoes the daemon's changes to the host when the
 //! daemon dies without doing it itself (`kill -9`, a panic, the OOM killer).
 //!
-//! A crashed daemon's XDP program is gone with it (its link lives in the process), but the VIPs
-//! it held stay on the interface: the kernel would then answer ARP for them and reset every
-//! connection that reaches it, while the peer takes over. So `k3s-xdp run` starts
+//! A crashed daemon's VIPs stay on the interface: the kernel would then answer ARP for them and
+//! reset every connection that reaches it, while the peer takes over. So `k3s-xdp run` starts
 //! `k3s-xdp guard` with a pipe on its stdin and tells it, one line at a time, what to undo:
 //!
 //! ```text
@@ -13,17 +12,23 @@
 //! route 200 192.0.2.100   the daemon announces this VIP ([bgp]: its route in table 200)
 //! unroute 200 192.0.2.100 the daemon withdrew it itself
 //! restore /proc/sys/net/ipv4/conf/eth1/forwarding 0
+//! link 42                 the XDP program is attached by bpf_link 42: keep it attached
+//! unlink                  the daemon detaches it itself
 //! disarm                  clean shutdown: nothing to undo
 //! ```
 //!
+//! The guard holds the daemon's XDP link open (`system::bpf_link`), so the program outlives the
+//! daemon: a packet that reaches the node while the guard cleans up is still forwarded, never
+//! met by a kernel that holds the VIP without a program in front of it (which resets it).
+//!
 //! When the pipe closes without `disarm`, the daemon is dead: the guard withdraws its routes
 //! (first: the router stops sending while the rest is undone), removes the addresses it holds,
-//! restores the sysctls and exits. It ignores SIGTERM, SIGINT and SIGHUP, so that a
+//! then lets the XDP link go (the program is detached), restores the sysctls and exits. It ignores SIGTERM, SIGINT and SIGHUP, so that a
 //! service manager stopping the whole group does not kill it before it has cleaned up; it does
 //! a few netlink calls and exits within milliseconds. The ledger is a pure core, unit-tested
 //! below; the process around it is the edge.
 
-use crate::system::Netlink;
+use crate::system::{bpf_link::LinkRef, Netlink};
 use anyhow::{bail, Context, Result};
 use std::{
     collections::BTreeMap,
@@ -44,6 +49,8 @@ pub struct Ledger {
     pub routes: Vec<(u32, IpAddr)>,
     /// sysctl files and the value to write back.
     pub restore: BTreeMap<PathBuf, String>,
+    /// The bpf_link attaching the daemon's XDP program, kept open until the VIPs are gone.
+    pub link: Option<u32>,
     /// Set by a clean shutdown.
     pub disarmed: bool,
 }
@@ -85,6 +92,10 @@ impl Ledger {
             (Some("forget"), Some(path), None, None) => {
                 self.restore.remove(&PathBuf::from(path));
             }
+            (Some("link"), Some(id), None, None) => {
+                self.link = Some(id.parse().with_context(|| format!("bad link id {id:?}"))?);
+            }
+            (Some("unlink"), None, None, None) => self.link = None,
             (Some("disarm"), None, None, None) => self.disarmed = true,
             _ => bail!("unknown guard instruction {line:?}"),
         }
@@ -173,6 +184,17 @@ impl Guard {
         self.send(&format!("forget {path}"));
     }
 
+    /// The daemon's XDP program is attached by bpf_link `id`: the guard keeps it attached until
+    /// it has removed the VIPs of a dead daemon.
+    pub fn keep_link(&self, id: u32) {
+        self.send(&format!("link {id}"));
+    }
+
+    /// The daemon detaches its program itself.
+    pub fn unlink(&self) {
+        self.send("unlink");
+    }
+
     /// Clean shutdown: the daemon undid everything itself. Waits for the guard to exit.
     pub fn disarm(&self) {
         self.send("disarm");
@@ -200,10 +222,20 @@ pub fn serve(iface: &str) -> Result<()> {
         anyhow::Ok((netlink, ifindex))
     })?;
     let mut ledger = Ledger::default();
+    let mut link: Option<LinkRef> = None;
     for line in std::io::stdin().lock().lines() {
         let Ok(line) = line else { break };
         if let Err(e) = ledger.apply(&line) {
             error!("guard: {e:#}");
+        }
+        if link.as_ref().map(LinkRef::id) != ledger.link {
+            link = ledger.link.and_then(|id| {
+                LinkRef::open(id)
+                    .map_err(|e| {
+                        warn!("guard: cannot hold the XDP link {id} ({e}): if the daemon is killed, its program goes before its VIPs")
+                    })
+                    .ok()
+            });
         }
     }
     if !ledger.pending() {
@@ -220,6 +252,8 @@ pub fn serve(iface: &str) -> Result<()> {
         }
         (withdrawn, removed)
     });
+    // The VIPs are gone: the program may go too (it would go with this process anyway).
+    drop(link);
     let restored: Vec<std::io::Result<()>> = ledger
         .restore
         .iter()
@@ -336,6 +370,20 @@ mod tests {
     }
 
     #[test]
+    fn keeps_the_link_until_the_daemon_detaches_it() {
+        let l = ledger(&["link 42"]);
+        assert_eq!(l.link, Some(42));
+        assert!(
+            !l.pending(),
+            "a link alone needs no cleanup: it goes with the guard"
+        );
+        let l = ledger(&["link 42", "hold 192.0.2.100", "unlink"]);
+        assert_eq!(l.link, None);
+        assert!(l.pending());
+        assert_eq!(ledger(&["link 42", "link 43"]).link, Some(43));
+    }
+
+    #[test]
     fn disarm_leaves_nothing_to_do() {
         let l = ledger(&["hold 192.0.2.100", "disarm"]);
         assert!(!l.pending());
@@ -356,6 +404,11 @@ mod tests {
             "route x 192.0.2.1",
             "route 200 192.0.2",
             "unroute 200 192.0.2.1 extra",
+            "link",
+            "link x",
+            "link -1",
+            "link 1 2",
+            "unlink 1",
             "explode",
             "",
         ] {

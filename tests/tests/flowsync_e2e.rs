@@ -300,24 +300,6 @@ fn survive_on(node: Option<&Daemon>, watches: &mut [Watch], tag: &str) {
     );
 }
 
-/// Kills lb-1's daemon (kill -9) with the connections quiet for a moment around it: a packet
-/// in the milliseconds between the daemon's death (its XDP program goes with it) and the
-/// guard's removal of the VIP meets lb-1's kernel, which still holds the VIP and resets the
-/// connection (vrrp_e2e's `idle` does the same for clients). Here the servers speak, so
-/// their pushes are held back, from 300 ms before the kill (what was sent is acknowledged)
-/// to 100 ms after it; then they push on, to lb-2 once it holds the VIP.
-fn crash_quietly(p: &mut Pair) {
-    for s in &p.servers {
-        s.pause_pushes(true);
-    }
-    std::thread::sleep(Duration::from_millis(300));
-    p.lb1.crash();
-    std::thread::sleep(Duration::from_millis(100));
-    for s in &p.servers {
-        s.pause_pushes(false);
-    }
-}
-
 #[test]
 fn server_push_connections_survive_kill_9_of_the_master() {
     if !have_root() {
@@ -338,7 +320,7 @@ fn server_push_connections_survive_kill_9_of_the_master() {
             sync(s).closed >= 3
         })
         .unwrap();
-    crash_quietly(&mut p);
+    p.lb1.crash();
     wait_until(Duration::from_secs(6), "lb-2 takes the VIP", || {
         has_vip(&p.topo, "lb-2")
     });
@@ -370,7 +352,7 @@ fn ipv6_server_push_connections_survive_kill_9_too() {
     );
     let mut v4 = open_watches(&p, 15, "v4-");
     wait_installed(&p.lb2, 30);
-    crash_quietly(&mut p);
+    p.lb1.crash();
     wait_until(Duration::from_secs(6), "lb-2 takes both VIPs", || {
         has_vip(&p.topo, "lb-2") && p.topo.has_address("lb-2", VIP6)
     });
@@ -413,7 +395,7 @@ fn a_returning_master_takes_the_table_before_it_preempts() {
     steady(&p);
     let mut old = open_watches(&p, WATCHES, "old");
     wait_installed(&p.lb2, WATCHES as u64);
-    crash_quietly(&mut p);
+    p.lb1.crash();
     wait_until(Duration::from_secs(6), "lb-2 takes the VIP", || {
         has_vip(&p.topo, "lb-2")
     });
@@ -480,7 +462,7 @@ fn a_restarted_backup_takes_the_table_and_the_failover_loses_nothing() {
             vrrp_state(s) == "BACKUP"
         })
         .unwrap();
-    crash_quietly(&mut p);
+    p.lb1.crash();
     wait_until(Duration::from_secs(6), "lb-2 takes the VIP", || {
         has_vip(&p.topo, "lb-2")
     });
@@ -610,7 +592,7 @@ fn hostile_datagrams_are_counted_and_change_nothing() {
         .unwrap();
     assert_eq!(fake.received_datagrams, 1, "its first hello only: {fake:?}");
 
-    crash_quietly(&mut p);
+    p.lb1.crash();
     wait_until(Duration::from_secs(6), "lb-2 takes the VIP", || {
         has_vip(&p.topo, "lb-2")
     });
@@ -638,7 +620,7 @@ fn without_flow_sync_server_push_connections_are_lost() {
     let mut p = pair(Opts::default());
     steady(&p);
     let mut watches = open_watches(&p, WATCHES, "w");
-    crash_quietly(&mut p);
+    p.lb1.crash();
     wait_until(Duration::from_secs(6), "lb-2 takes the VIP", || {
         has_vip(&p.topo, "lb-2")
     });

@@ -935,6 +935,79 @@ fn send_raw(topo: &Topology, from: &str, to: Ipv4Addr, ttl: u8, payload: &[u8]) 
         .unwrap();
 }
 
+/// kill -9 of the master: its XDP program stays on the interface until the guard has removed
+/// the VIP, and goes after. lb-1's kernel never holds the VIP without the program in front of
+/// it: a packet reaching it then would be answered with a reset (before the guard held the
+/// daemon's link, that lasted the milliseconds between the daemon's death and the guard's
+/// cleanup, and servers' pushes in it lost connections).
+#[test]
+fn a_killed_masters_program_stays_until_its_vip_is_gone() {
+    if !have_root() {
+        return;
+    }
+    let _s = serial();
+    let mut p = pair(Opts::default());
+    steady(&p);
+    let lb1 = p.topo.node("lb-1");
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    // (milliseconds after the kill, VIP on eth1, an XDP program on eth1), as fast as netlink
+    // answers, from lb-1's namespace; bounded by time.
+    let samples = std::thread::scope(|scope| {
+        let sampler = scope.spawn(|| {
+            lb1.enter(|| {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                rt.block_on(async {
+                    let netlink = k3s_xdp::system::Netlink::connect().unwrap();
+                    let eth1 = netlink.ifindex("eth1").await.unwrap();
+                    let sample = || async {
+                        let vip = netlink
+                            .addresses(eth1)
+                            .await
+                            .unwrap()
+                            .iter()
+                            .any(|a| a.addr == std::net::IpAddr::V4(VIP));
+                        let prog = !netlink.xdp_programs(eth1).await.unwrap().is_empty();
+                        (vip, prog)
+                    };
+                    assert_eq!(sample().await, (true, true), "lb-1 MASTER with its program");
+                    ready_tx.send(()).unwrap();
+                    let start = Instant::now();
+                    let mut samples = Vec::new();
+                    while start.elapsed() < Duration::from_secs(5) {
+                        let (vip, prog) = sample().await;
+                        samples.push((start.elapsed().as_secs_f64() * 1e3, vip, prog));
+                        if !vip && !prog && samples.len() > 20 {
+                            break;
+                        }
+                    }
+                    samples
+                })
+            })
+            .unwrap()
+        });
+        ready_rx.recv().unwrap();
+        p.lb1.crash();
+        sampler.join().unwrap()
+    });
+    let bare: Vec<_> = samples
+        .iter()
+        .filter(|(_, vip, prog)| *vip && !prog)
+        .collect();
+    assert!(
+        bare.is_empty(),
+        "lb-1 held the VIP without its program at {bare:?} ({} samples)",
+        samples.len()
+    );
+    let last = samples.last().unwrap();
+    assert!(
+        !last.1 && !last.2,
+        "the guard removed the VIP and let the program go: last sample {last:?}"
+    );
+}
+
 /// dsr: a connection established through lb-1 keeps working after lb-2 takes over (the same
 /// Maglev table on both picks the same backend, and dsr keeps no translation).
 #[test]
@@ -949,7 +1022,6 @@ fn dsr_connections_survive_a_failover() {
     });
     steady(&p);
     let mut conns = open_connections(&p, 6);
-    idle();
     p.lb1.crash();
     wait_until(Duration::from_secs(6), "lb-2 takes the VIP", || {
         has_vip(&p.topo, "lb-2")
@@ -971,7 +1043,6 @@ fn nat_connections_survive_a_failover_when_the_client_speaks_next() {
     let mut p = pair(Opts::default());
     steady(&p);
     let mut conns = open_connections(&p, 6);
-    idle();
     p.lb1.crash();
     wait_until(Duration::from_secs(6), "lb-2 takes the VIP", || {
         has_vip(&p.topo, "lb-2")
@@ -980,14 +1051,6 @@ fn nat_connections_survive_a_failover_when_the_client_speaks_next() {
         echo(c, &format!("after the failover {i}"));
     }
     assert!(through_vip(&p, "agent-3").is_ok());
-}
-
-/// Established connections are idle for a moment before the master dies: a packet that reaches
-/// lb-1 in the millisecond or two between the daemon's death and the guard's removal of the VIP
-/// would meet lb-1's kernel, which resets it (the same as with HAProxy killed under keepalived,
-/// where the window lasts until the check script notices).
-fn idle() {
-    std::thread::sleep(Duration::from_millis(300));
 }
 
 fn open_connections(p: &Pair, n: usize) -> Vec<std::net::TcpStream> {

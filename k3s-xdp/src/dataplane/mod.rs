@@ -20,6 +20,7 @@ pub use plan::{
 };
 pub use publish::{publish_table, read_globals, remove_table, write_globals, Applied, Publisher};
 
+use crate::system::bpf_link::LinkRef;
 use anyhow::{anyhow, bail, Context, Result};
 use aya::{
     maps::{MapData, PerCpuArray, ProgramArray},
@@ -73,8 +74,11 @@ struct Attached {
     iface: String,
     mode: AttachMode,
     /// Owning the link keeps the program attached; dropping it detaches. On kernels with
-    /// bpf_link (5.9+) the process dying detaches it too, so a crash leaves nothing behind.
+    /// bpf_link (5.9+) the process dying detaches it too, so a crash leaves nothing behind
+    /// (once the guard, which holds the link too, has removed the VIPs).
     _link: XdpLink,
+    /// The bpf_link's kernel id (None: attached through netlink, before Linux 5.9).
+    link_id: Option<u32>,
 }
 
 /// Sizes the controller chooses at load time.
@@ -197,6 +201,7 @@ impl Dataplane {
                         iface: iface.to_string(),
                         mode,
                         _link: link,
+                        link_id: self.find_link_id(),
                     });
                     return Ok(mode);
                 }
@@ -219,9 +224,16 @@ impl Dataplane {
         Ok(program.take_link(id)?)
     }
 
-    /// Detaches the program, if attached. Also happens on drop and when the process dies.
+    /// Detaches the program, if attached, even while another process (the guard) holds its
+    /// link. Also happens on drop and when the process dies (and the guard lets go).
     pub fn detach(&mut self) -> Option<(String, AttachMode)> {
-        self.attached.take().map(|a| (a.iface, a.mode))
+        let attached = self.attached.take()?;
+        if let Some(id) = attached.link_id {
+            if let Err(e) = LinkRef::open(id).and_then(|l| l.detach()) {
+                tracing::warn!("detaching the XDP link {id}: {e}; it goes when the guard exits");
+            }
+        }
+        Some((attached.iface, attached.mode))
     }
 
     /// The kernel's id of the main program (what `ip link` shows as `prog/xdp id N`).
@@ -232,6 +244,24 @@ impl Dataplane {
             .ok_or_else(|| anyhow!("the XDP object has no program `{}`", names::PROGRAM))?
             .try_into()?;
         Ok(program.info()?.id())
+    }
+
+    /// The kernel id of the bpf_link that attaches the program (`bpftool link`). None when
+    /// attached without a bpf_link (kernels before 5.9 attach through netlink) or not attached.
+    pub fn link_id(&self) -> Option<u32> {
+        self.attached.as_ref()?.link_id
+    }
+
+    /// The program's XDP link among the kernel's links, found by the program's id.
+    fn find_link_id(&self) -> Option<u32> {
+        let program = self.program_id().ok()?;
+        aya::programs::loaded_links()
+            .filter_map(Result::ok)
+            .find(|l| {
+                l.program_id() == program
+                    && matches!(l.link_type(), Ok(aya::programs::links::LinkType::Xdp))
+            })
+            .map(|l| l.id())
     }
 
     /// The interface and mode the program is attached with.

@@ -2,6 +2,7 @@
 //! rtnetlink, and per-interface sysctls. Nothing here decides anything; callers (the daemon, VRRP) say what to
 //! add or remove.
 
+pub mod bpf_link;
 pub mod neighbours;
 mod netlink;
 pub mod raw;
