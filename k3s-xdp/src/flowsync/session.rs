@@ -110,11 +110,12 @@ impl Receiver {
         let message = wire::decode(datagram, &self.key)?;
         let mut window = peer.window;
         let new_epoch = window.take(message.epoch, message.seq)?;
-        peer.lost += if new_epoch {
+        // Saturating: a peer that jumps its numbering by 2^64 in two epochs has not lost more.
+        peer.lost = peer.lost.saturating_add(if new_epoch {
             window.lost()
         } else {
             window.lost() - peer.window.lost()
-        };
+        });
         peer.window = window;
         peer.messages += 1;
         peer.entries += message.entries.len() as u64;
@@ -194,6 +195,27 @@ mod tests {
             1,
             "one empty datagram"
         );
+    }
+
+    /// Found by the fuzzer (flowsync_receiver): sequence numbers that jump to the top in two
+    /// epochs counted more than 2^64 losses, an overflow (a panic with overflow checks).
+    #[test]
+    fn losses_over_epochs_saturate() {
+        let mut r = receiver();
+        let from = PEER.parse().unwrap();
+        for epoch in [1, 2] {
+            for seq in [1, u64::MAX] {
+                let message = Message {
+                    kind: Kind::Hello,
+                    epoch,
+                    seq,
+                    entries: Vec::new(),
+                };
+                r.take(from, &wire::encode(&message, &key(1))).unwrap();
+            }
+        }
+        let view = r.peer("192.0.2.98".parse().unwrap()).unwrap();
+        assert_eq!((view.messages, view.restarts, view.lost), (4, 2, u64::MAX));
     }
 
     /// Hostile traffic changes nothing but the counters: a stranger, a wrong key, a replay,
