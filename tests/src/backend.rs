@@ -7,6 +7,7 @@
 //! and the VIP, signed by a throwaway test CA ([`test_ca_pem`]). Counters ([`Stats`]) say how
 //! many connections and bytes each backend saw. A backend can be stopped (the listener and every
 //! open connection close, so new connections are refused, like a dead server) and started again;
+//! it can hang ([`Backend::hang`]: it accepts and then answers nothing, like a wedged server);
 //! it stops on drop.
 //!
 //! Plain threads: one accept loop per backend and one thread per connection, at most
@@ -124,6 +125,8 @@ pub struct Backend {
     status: Arc<AtomicU16>,
     /// [`Kind::Push`]: pushes are held back while set.
     paused: Arc<AtomicBool>,
+    /// Hung: connections are accepted, nothing is answered or sent.
+    hung: Arc<AtomicBool>,
     running: Option<Running>,
 }
 
@@ -160,6 +163,7 @@ impl Backend {
             counters: Arc::default(),
             status: Arc::new(AtomicU16::new(200)),
             paused: Arc::default(),
+            hung: Arc::default(),
             running: None,
         };
         backend.restart()?;
@@ -191,6 +195,13 @@ impl Backend {
     /// after `false`), as [`PUSH_EVERY`] keeps ticking.
     pub fn pause_pushes(&self, paused: bool) {
         self.paused.store(paused, Ordering::SeqCst);
+    }
+
+    /// Hangs (`true`) like a wedged server: the kernel still completes handshakes and the
+    /// backend keeps accepting, but no connection gets a greeting, a TLS handshake, an echo or a
+    /// push until `false`; what was held back then goes out.
+    pub fn hang(&self, hung: bool) {
+        self.hung.store(hung, Ordering::SeqCst);
     }
 
     pub fn set_status(&self, status: u16) {
@@ -226,6 +237,7 @@ impl Backend {
             kind: self.kind,
             status: Arc::clone(&self.status),
             paused: Arc::clone(&self.paused),
+            hung: Arc::clone(&self.hung),
             tls: self.tls.clone(),
             counters: Arc::clone(&self.counters),
             stop: Arc::clone(&stop),
@@ -277,6 +289,8 @@ struct Server {
     status: Arc<AtomicU16>,
     /// [`Kind::Push`]: pushes are held back while set.
     paused: Arc<AtomicBool>,
+    /// [`Backend::hang`].
+    hung: Arc<AtomicBool>,
     tls: Option<Arc<ServerConfig>>,
     counters: Arc<Counters>,
     stop: Arc<AtomicBool>,
@@ -348,7 +362,15 @@ impl Server {
         }
     }
 
+    /// Returns once the backend is not hung (or stops).
+    fn wait_while_hung(&self) {
+        while self.hung.load(Ordering::SeqCst) && !self.stop.load(Ordering::SeqCst) {
+            thread::sleep(ACCEPT_POLL);
+        }
+    }
+
     fn handle(&self, stream: TcpStream) -> io::Result<()> {
+        self.wait_while_hung();
         if self.kind == Kind::Silent {
             return self.silent(stream);
         }
@@ -411,7 +433,7 @@ impl Server {
         let done = Arc::new(AtomicBool::new(false));
         let pusher = {
             let (writer, done, stop) = (writer.clone(), done.clone(), self.stop.clone());
-            let paused = self.paused.clone();
+            let (paused, hung) = (self.paused.clone(), self.hung.clone());
             let (name, counters) = (self.name.clone(), self.counters.clone());
             thread::spawn(move || {
                 for n in 1..=MAX_PUSHES {
@@ -422,7 +444,7 @@ impl Server {
                         }
                         thread::sleep(PUSH_EVERY / 10);
                     }
-                    if paused.load(Ordering::SeqCst) {
+                    if paused.load(Ordering::SeqCst) || hung.load(Ordering::SeqCst) {
                         continue;
                     }
                     let text = format!("push {name} {n}\n");
@@ -449,6 +471,7 @@ impl Server {
                     self.counters
                         .bytes_in
                         .fetch_add(n as u64, Ordering::Relaxed);
+                    self.wait_while_hung();
                     if let Err(e) =
                         line(&writer, format!("echo {} {}\n", self.name, got.trim_end()))
                     {
@@ -526,6 +549,7 @@ impl Server {
             self.counters
                 .bytes_in
                 .fetch_add(n as u64, Ordering::Relaxed);
+            self.wait_while_hung();
             self.counters
                 .bytes_out
                 .fetch_add(n as u64, Ordering::Relaxed);

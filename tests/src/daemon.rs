@@ -312,3 +312,36 @@ impl Drop for Daemon {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// A `[flow_sync]` key file: a fixed 32-byte test key, root's alone (0600 in a 0700
+/// directory), removed on drop.
+pub struct KeyFile {
+    dir: PathBuf,
+    pub path: PathBuf,
+}
+
+impl KeyFile {
+    /// The key every test pair shares.
+    pub const KEY: [u8; 32] = *b"flow-sync-test-key-0123456789abc";
+
+    pub fn new(topo: &Topology) -> Result<KeyFile> {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("k3s-xdp-fskey-{}", topo.prefix()));
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let key = KeyFile {
+            path: dir.join("flow-sync.key"),
+            dir,
+        };
+        std::fs::set_permissions(&key.dir, std::fs::Permissions::from_mode(0o700))?;
+        std::fs::write(&key.path, Self::KEY)
+            .with_context(|| format!("writing {}", key.path.display()))?;
+        std::fs::set_permissions(&key.path, std::fs::Permissions::from_mode(0o600))?;
+        Ok(key)
+    }
+}
+
+impl Drop for KeyFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

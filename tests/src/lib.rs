@@ -12,6 +12,7 @@
 //! - [`ecmp`]: the BGP/ECMP lab: a router, three load balancers with BIRD and k3s-xdp.
 //! - [`traffic`]: UDP echo servers, and bounded streams of connections and requests whose every
 //!   outcome is recorded.
+//! - [`soak`]: the soak: the pair under traffic and a seeded schedule of faults, judged.
 
 pub mod backend;
 pub mod bird;
@@ -23,6 +24,7 @@ pub mod keepalived;
 pub mod netns;
 pub mod packet;
 pub mod packet6;
+pub mod soak;
 pub mod topology;
 pub mod traffic;
 

@@ -11,7 +11,7 @@ use k3s_xdp::flowsync::wire::{self, Entry, Key, Kind, Message, Op};
 use k3s_xdp_tests::{
     backend::{Backend, Kind as BackendKind, Watch, PUSH_EVERY},
     bpf::have_root,
-    daemon::Daemon,
+    daemon::{Daemon, KeyFile},
     topology::{
         addr6, seed_addr, seed_backends_toml, Topology, AGENT3, AGENTS, LB1, LB2, SERVERS, VIP,
         VIP6,
@@ -20,7 +20,6 @@ use k3s_xdp_tests::{
 };
 use std::{
     net::{SocketAddr, SocketAddrV4, SocketAddrV6, UdpSocket},
-    os::unix::fs::PermissionsExt,
     path::PathBuf,
     sync::Mutex,
     time::Duration,
@@ -30,36 +29,12 @@ const T: Duration = Duration::from_secs(2);
 const PORT: u16 = 3780;
 /// Watches per test: 10 from each agent.
 const WATCHES: usize = 30;
-const KEY: [u8; 32] = *b"flow-sync-test-key-0123456789abc";
+const KEY: [u8; 32] = KeyFile::KEY;
 
 static SERIAL: Mutex<()> = Mutex::new(());
 
 fn serial() -> std::sync::MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// The shared key, root's alone, removed at the end.
-struct KeyFile {
-    dir: PathBuf,
-    path: PathBuf,
-}
-
-impl KeyFile {
-    fn new(topo: &Topology) -> KeyFile {
-        let dir = std::env::temp_dir().join(format!("k3s-xdp-fskey-{}", topo.prefix()));
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
-        let path = dir.join("flow-sync.key");
-        std::fs::write(&path, KEY).unwrap();
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
-        KeyFile { dir, path }
-    }
-}
-
-impl Drop for KeyFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
 }
 
 #[derive(Clone, Copy, Default)]
@@ -159,7 +134,7 @@ fn pair(opts: Opts) -> Pair {
             topo.add_ipv6(node).unwrap();
         }
     }
-    let key = KeyFile::new(&topo);
+    let key = KeyFile::new(&topo).unwrap();
     let servers = SERVERS
         .iter()
         .map(|s| Backend::start(topo.node(s), s, 6443, BackendKind::Push, &[topo.addr(s)]).unwrap())
@@ -651,7 +626,11 @@ fn check_reads_the_key_and_refuses_this_host_as_a_peer() {
     let _remove = Remove(dir.clone());
     let key = dir.join("key");
     std::fs::write(&key, KEY).unwrap();
-    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    std::fs::set_permissions(
+        &key,
+        <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o644),
+    )
+    .unwrap();
     let check = |peer: &str, port: u16| {
         let config = dir.join("config.toml");
         std::fs::write(

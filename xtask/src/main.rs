@@ -7,6 +7,8 @@
 //! - `lab [--keep | --down] [--bgp]`: the seed topology in network namespaces, with traffic
 //!   through the VIP (`--bgp`: three active nodes behind a router, BGP/ECMP through BIRD).
 //! - `test`: unit tests, BPF tests and integration tests (root).
+//! - `soak [--minutes N] [--seed S]`: the VRRP pair under traffic and a seeded fault schedule for N
+//!   minutes (default 10; `test` runs 2), judged; the report in `bench-results/soak.md`.
 //! - `lint`: `cargo fmt --check` and `cargo clippy -- -D warnings`.
 //! - `bench [micro | controller | failover | e2e | scaleout | sync | all]`: benchmarks, results in
 //!   `bench-results/`.
@@ -62,6 +64,17 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// The soak (root): the VRRP pair with flow sync under new connections, long-lived ones
+    /// and UDP requests while a seeded schedule of faults runs; fails on any broken rule; the
+    /// report is printed and saved to bench-results/soak.md.
+    Soak {
+        /// How long traffic and faults run.
+        #[arg(long, default_value_t = 10)]
+        minutes: u64,
+        /// The fault schedule's seed (printed by every run, to repeat it); default: the clock.
+        #[arg(long)]
+        seed: Option<u64>,
+    },
     /// Check formatting and lints (`cargo fmt --check`, `cargo clippy -- -D warnings`).
     Lint,
     /// Benchmarks (root): micro (XDP ns/packet), controller (table build, failure detection),
@@ -112,6 +125,7 @@ fn run(cli: Cli) -> Result<()> {
             util::exec(cmd)
         }
         Command::Test { args } => test(args),
+        Command::Soak { minutes, seed } => soak(minutes, seed),
         Command::Bench { what } => {
             setup::ensure(setup::Scope { bench: true })?;
             build()?;
@@ -174,5 +188,31 @@ fn lint() -> Result<()> {
         "--",
         "-D",
         "warnings",
+    ])
+}
+
+/// `cargo xtask soak`: the release build, then the soak test with its settings and the report
+/// saved to bench-results/soak.md.
+fn soak(minutes: u64, seed: Option<u64>) -> Result<()> {
+    util::require_root("cargo xtask soak")?;
+    build()?;
+    let root = util::workspace_root();
+    std::fs::create_dir_all(root.join("bench-results"))?;
+    std::env::set_var("K3S_XDP_BIN", root.join("target/release/k3s-xdp"));
+    std::env::set_var("K3S_XDP_SOAK_MINUTES", minutes.to_string());
+    std::env::set_var("K3S_XDP_SOAK_REPORT", root.join("bench-results/soak.md"));
+    if let Some(seed) = seed {
+        std::env::set_var("K3S_XDP_SOAK_SEED", seed.to_string());
+    }
+    util::cargo(&[
+        "test",
+        "--release",
+        "--locked",
+        "--package",
+        "k3s-xdp-tests",
+        "--test",
+        "soak",
+        "--",
+        "--nocapture",
     ])
 }
