@@ -10,6 +10,7 @@
 //! - [`keepalived`]: a real keepalived as a VRRP peer in a node.
 //! - [`bird`]: a real BIRD 2, on the load balancers and on a router, for `[bgp]`.
 //! - [`ecmp`]: the BGP/ECMP lab: a router, three load balancers with BIRD and k3s-xdp.
+//! - [`flood`]: a SYN flood from documentation addresses, and the legitimate traffic beside it.
 //! - [`traffic`]: UDP echo servers, and bounded streams of connections and requests whose every
 //!   outcome is recorded.
 //! - [`soak`]: the soak: the pair under traffic and a seeded schedule of faults, judged.
@@ -20,6 +21,7 @@ pub mod bpf;
 pub mod config;
 pub mod daemon;
 pub mod ecmp;
+pub mod flood;
 pub mod keepalived;
 pub mod netns;
 pub mod packet;
