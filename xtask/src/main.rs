@@ -7,7 +7,7 @@
 //! - `lab [--keep | --down] [--bgp]`: the seed topology in network namespaces, with traffic
 //!   through the VIP (`--bgp`: three active nodes behind a router, BGP/ECMP through BIRD).
 //! - `test`: unit tests, BPF tests and integration tests (root).
-//! - `soak [--minutes N] [--seed S]`: the VRRP pair under traffic and a seeded fault schedule for N
+//! - `soak [--minutes N] [--seed S] [--table-full]`: the VRRP pair under traffic and a seeded fault schedule for N
 //!   minutes (default 10; `test` runs 2), judged; the report in `bench-results/soak.md`.
 //! - `lint`: `cargo fmt --check` and `cargo clippy -- -D warnings`.
 //! - `bench [micro | controller | failover | e2e | scaleout | sync | all]`: benchmarks, results in
@@ -74,6 +74,10 @@ enum Command {
         /// The fault schedule's seed (printed by every run, to repeat it); default: the clock.
         #[arg(long)]
         seed: Option<u64>,
+        /// Also push the flow tables to full with a burst of flows (fails today: established
+        /// connections are evicted and reset; issue 21's flood target).
+        #[arg(long)]
+        table_full: bool,
     },
     /// Check formatting and lints (`cargo fmt --check`, `cargo clippy -- -D warnings`).
     Lint,
@@ -125,7 +129,11 @@ fn run(cli: Cli) -> Result<()> {
             util::exec(cmd)
         }
         Command::Test { args } => test(args),
-        Command::Soak { minutes, seed } => soak(minutes, seed),
+        Command::Soak {
+            minutes,
+            seed,
+            table_full,
+        } => soak(minutes, seed, table_full),
         Command::Bench { what } => {
             setup::ensure(setup::Scope { bench: true })?;
             build()?;
@@ -193,7 +201,7 @@ fn lint() -> Result<()> {
 
 /// `cargo xtask soak`: the release build, then the soak test with its settings and the report
 /// saved to bench-results/soak.md.
-fn soak(minutes: u64, seed: Option<u64>) -> Result<()> {
+fn soak(minutes: u64, seed: Option<u64>, table_full: bool) -> Result<()> {
     util::require_root("cargo xtask soak")?;
     build()?;
     let root = util::workspace_root();
@@ -203,6 +211,9 @@ fn soak(minutes: u64, seed: Option<u64>) -> Result<()> {
     std::env::set_var("K3S_XDP_SOAK_REPORT", root.join("bench-results/soak.md"));
     if let Some(seed) = seed {
         std::env::set_var("K3S_XDP_SOAK_SEED", seed.to_string());
+    }
+    if table_full {
+        std::env::set_var("K3S_XDP_SOAK_TABLE_FULL", "1");
     }
     util::cargo(&[
         "test",

@@ -128,13 +128,25 @@ pub fn render(run: &Run, verdict: &Verdict) -> String {
     let _ = writeln!(w, "## Faults\n");
     let _ = writeln!(
         w,
-        "| # | fault | target | at | held | detection | recovery | settled after | note |"
+        "| # | fault | target | at | held | detection | recovery | settled after | failed meanwhile | long-lived ended meanwhile | note |"
     );
-    let _ = writeln!(w, "|---:|---|---|---:|---:|---:|---:|---:|---|");
+    let _ = writeln!(w, "|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---|");
     for (a, m) in run.faults.iter().zip(&verdict.measured) {
+        // From the fault's start until it settled (or the run ended).
+        let end = a.settled.unwrap_or(run.length);
+        let failed = run
+            .attempts
+            .iter()
+            .filter(|t| t.result.is_err() && t.ended >= a.started && t.started <= end)
+            .count();
+        let ended = run
+            .long_lived
+            .iter()
+            .filter(|c| c.ending != Ending::Closed && c.ended >= a.started && c.ended <= end)
+            .count();
         let _ = writeln!(
             w,
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {failed} | {ended} | {} |",
             a.fault.id,
             a.fault.kind,
             a.fault.target.unwrap_or(""),
@@ -201,6 +213,18 @@ pub fn render(run: &Run, verdict: &Verdict) -> String {
             minute,
             last.map(|x| mib(x.rss_kb)).unwrap_or_default(),
             mib(max),
+        );
+    }
+    for (node, counts) in &run.packets {
+        let text: Vec<String> = counts
+            .iter()
+            .filter(|(_, n)| **n > 0)
+            .map(|(k, n)| format!("{k} {n}"))
+            .collect();
+        let _ = writeln!(
+            w,
+            "\n{node}'s XDP packets by reason at the end (its last life): {}.",
+            text.join(", ")
         );
     }
     let l = &run.leftovers;
@@ -285,6 +309,7 @@ mod tests {
             }],
             leftovers: Leftovers::default(),
             ticks_per_second: 100,
+            packets: Default::default(),
         };
         let verdict = judge(&run);
         let text = render(&run, &verdict);

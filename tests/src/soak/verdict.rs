@@ -371,6 +371,9 @@ pub struct Run {
     pub leftovers: Leftovers,
     /// Clock ticks per second (for CPU time).
     pub ticks_per_second: u64,
+    /// Each daemon's XDP packet counts by reason, and its flow-table-full counters, at the end
+    /// (of its last life).
+    pub packets: BTreeMap<String, BTreeMap<String, u64>>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -712,6 +715,7 @@ mod tests {
             daemons: Vec::new(),
             leftovers: Leftovers::default(),
             ticks_per_second: 100,
+            packets: BTreeMap::new(),
         }
     }
 
