@@ -18,6 +18,8 @@
 //! segments left, then TCP, UDP or ICMPv6).
 //!
 //! The seed is fixed (reproducible); set `K3S_XDP_FUZZ_SEED` to explore others.
+//! `K3S_XDP_FUZZ_PACKETS` asks for more packets per family (`cargo xtask fuzz bpf` sends a
+//! million each).
 
 use k3s_xdp::{
     config::{Mode, OnBackendDown, Protocol},
@@ -307,6 +309,18 @@ fn fuzz_seed() -> u64 {
         .unwrap_or(0x6b33_7864_6675_7a7a_u64)
 }
 
+/// Packets per family: 100,000, or more with `K3S_XDP_FUZZ_PACKETS`.
+fn packets() -> u64 {
+    const USUAL: u64 = 100_000;
+    match std::env::var("K3S_XDP_FUZZ_PACKETS") {
+        Ok(n) => n
+            .parse::<u64>()
+            .unwrap_or_else(|_| panic!("K3S_XDP_FUZZ_PACKETS={n}: expected a number of packets"))
+            .max(USUAL),
+        Err(_) => USUAL,
+    }
+}
+
 #[test]
 fn a_hundred_thousand_hostile_packets() {
     if !have_root() {
@@ -314,6 +328,8 @@ fn a_hundred_thousand_hostile_packets() {
         return;
     }
     let seed = fuzz_seed();
+    let packets = packets();
+    let started = std::time::Instant::now();
     let mut rng = Rng(seed | 1);
     let mut h = XdpHarness::with_config_in_lab(CONFIG).expect("harness");
     let mut runs = 0u64;
@@ -349,7 +365,7 @@ fn a_hundred_thousand_hostile_packets() {
         check(&mut h, &p, &mut runs);
     }
     // Random mutations, sometimes stacked.
-    while runs < 100_000 {
+    while runs < packets {
         let bases = seeds(&mut rng);
         let base = &bases[rng.below(bases.len() as u64) as usize];
         let mut p = mutate(&mut rng, base);
@@ -374,7 +390,10 @@ fn a_hundred_thousand_hostile_packets() {
         actions[XDP_DROP as usize] > 1000,
         "and the drop paths: {actions:?}"
     );
-    eprintln!("{runs} packets: {actions:?} (aborted, drop, pass, tx, redirect); seed {seed:#x}");
+    eprintln!(
+        "{runs} packets in {:.1?}: {actions:?} (aborted, drop, pass, tx, redirect); seed {seed:#x}",
+        started.elapsed()
+    );
 }
 
 const VIP6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x100);
@@ -574,6 +593,8 @@ fn ipv6_hostile_packets() {
         return;
     }
     let seed = fuzz_seed();
+    let packets = packets();
+    let started = std::time::Instant::now();
     let mut rng = Rng(seed | 1);
     let mut h = XdpHarness::with_specs_in_lab(&services6()).expect("harness");
     let ipv6 = Invariants {
@@ -595,7 +616,7 @@ fn ipv6_hostile_packets() {
         syn.ext = chain(&mut rng);
         ipv6.check(&mut h, &syn.frame().to_bytes(), &mut runs, &mut actions);
     }
-    while runs < 100_000 {
+    while runs < packets {
         let bases = seeds6(&mut rng);
         let base = &bases[rng.below(bases.len() as u64) as usize];
         let mut p = mutate6(&mut rng, base);
@@ -624,6 +645,7 @@ fn ipv6_hostile_packets() {
         assert!(reasons[why] > 0, "{why} reached: {reasons:?}");
     }
     eprintln!(
-        "{runs} IPv6 packets: {actions:?} (aborted, drop, pass, tx, redirect); seed {seed:#x}"
+        "{runs} IPv6 packets in {:.1?}: {actions:?} (aborted, drop, pass, tx, redirect); seed {seed:#x}",
+        started.elapsed()
     );
 }

@@ -12,10 +12,16 @@
 //! - `lint`: `cargo fmt --check` and `cargo clippy -- -D warnings`.
 //! - `bench [micro | controller | failover | e2e | scaleout | sync | all]`: benchmarks, results in
 //!   `bench-results/`.
+//! - `fuzz [--seconds N] [--packets N] [TARGET]`: coverage-guided fuzzing of every parser of
+//!   outside input (the `fuzz/` crate: config, haproxy.cfg and keepalived.conf import, VRRP,
+//!   control socket, flow sync), N seconds per target from the corpus in `fuzz/corpus/`; then
+//!   the XDP program's fuzz test with a million packets per family (`bpf`, root). `test` runs
+//!   each parser target for a few seconds too.
 //!
 //! `lab`, `test` and `run` call `setup` themselves when something is missing, so a fresh machine
 //! needs nothing but these commands.
 
+mod fuzz;
 mod setup;
 mod util;
 
@@ -89,6 +95,19 @@ enum Command {
         #[arg(default_value = "all")]
         what: String,
     },
+    /// Fuzz the parsers of outside input (cargo-fuzz; corpus in fuzz/corpus/), each target for
+    /// --seconds, then the XDP program's fuzz test with --packets per family (target `bpf`,
+    /// root). Fails on a crash, a hang or a runaway allocation, naming the reproducer.
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+        /// Packets per family for the XDP program's fuzz test.
+        #[arg(long, default_value_t = 1_000_000)]
+        packets: u64,
+        /// One target (`cargo fuzz list`, or `bpf`); all of them by default.
+        target: Option<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -148,10 +167,20 @@ fn run(cli: Cli) -> Result<()> {
             util::exec(cmd)
         }
         Command::Lint => lint(),
+        Command::Fuzz {
+            seconds,
+            packets,
+            target,
+        } => fuzz::run(&fuzz::Options {
+            seconds,
+            target,
+            packets,
+            bpf: true,
+        }),
     }
 }
 
-fn build() -> Result<()> {
+pub(crate) fn build() -> Result<()> {
     setup::ensure(setup::Scope::default())?;
     // The default members: everything but the eBPF crate, which k3s-xdp's build.rs builds.
     util::cargo(&["build", "--release", "--locked", "--bins"])
@@ -182,8 +211,23 @@ fn test(args: Vec<String>) -> Result<()> {
         cargo_args.push("--");
         cargo_args.extend(args.iter().map(String::as_str));
     }
-    util::cargo(&cargo_args)
+    util::cargo(&cargo_args)?;
+    if !args.is_empty() {
+        // A filter asks for some tests, not for the whole suite.
+        return Ok(());
+    }
+    // Each parser's fuzz target, briefly, from the committed corpus (the XDP program's fuzz
+    // test ran above with its usual 100,000 packets per family).
+    fuzz::run(&fuzz::Options {
+        seconds: FUZZ_SECONDS_IN_TEST,
+        target: None,
+        packets: 0,
+        bpf: false,
+    })
 }
+
+/// Seconds per fuzz target in `cargo xtask test`.
+const FUZZ_SECONDS_IN_TEST: u64 = 15;
 
 fn lint() -> Result<()> {
     setup::ensure(setup::Scope::default())?;

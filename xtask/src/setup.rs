@@ -1,5 +1,7 @@
 //! `cargo xtask setup`: installs what building and testing k3s-xdp need, and nothing when it is
-//! all there (one `dpkg-query` and one `bpf-linker --version`, well under a second).
+//! all there (one `dpkg-query`, one `bpf-linker --version` and one `cargo fuzz --version`, well
+//! under a second). cargo-fuzz comes from the crate registry; the nightly compiler it needs is
+//! rustup's, or the default one with `RUSTC_BOOTSTRAP=1` (`fuzz.rs`).
 //!
 //! On Debian 12 the BPF compiler is Debian's `rustc-web` with its prebuilt BPF `core`, and the
 //! linker is `bpf-linker` 0.13 built against Debian's LLVM 22 (the LLVM that Debian's rustc-web uses). On other
@@ -53,6 +55,8 @@ const BENCH_PACKAGES: &[&str] = &[
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
+/// `cargo xtask fuzz` (and `test`, which fuzzes each target briefly).
+const CARGO_FUZZ_VERSION: &str = "0.13.2";
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 
 #[derive(Clone, Copy, Default)]
@@ -91,10 +95,11 @@ pub fn ensure(scope: Scope) -> Result<bool> {
     if std::env::var_os("K3S_XDP_SKIP_SETUP").is_some() {
         return Ok(false);
     }
+    let fuzz_installed = ensure_cargo_fuzz()?;
     let missing = missing_packages(&scope.packages())?;
     let linker_ok = bpf_linker_ok();
     if missing.is_empty() && linker_ok {
-        return Ok(false);
+        return Ok(fuzz_installed);
     }
     if !is_root() {
         let mut what: Vec<String> = missing.iter().map(|p| p.to_string()).collect();
@@ -191,6 +196,27 @@ fn install_bpf_linker() -> Result<()> {
     exec(cmd)?;
     println!("setup: bpf-linker installed in {:.1?}", started.elapsed());
     Ok(())
+}
+
+/// Installs cargo-fuzz from the crate registry when `cargo fuzz` is missing (no root needed);
+/// returns whether it did.
+pub fn ensure_cargo_fuzz() -> Result<bool> {
+    let present = Command::new("cargo")
+        .args(["fuzz", "--version"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if present {
+        return Ok(false);
+    }
+    println!("setup: installing cargo-fuzz {CARGO_FUZZ_VERSION} (about 90 s)");
+    let started = Instant::now();
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.args(["install", "--locked"])
+        .arg(format!("cargo-fuzz@{CARGO_FUZZ_VERSION}"));
+    exec(cmd)?;
+    println!("setup: cargo-fuzz installed in {:.1?}", started.elapsed());
+    Ok(true)
 }
 
 /// While alive, `/usr/sbin/policy-rc.d` tells Debian's maintainer scripts not to start services.

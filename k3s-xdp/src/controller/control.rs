@@ -10,19 +10,20 @@ use super::{
 };
 use anyhow::{bail, Context, Result};
 use std::{
+    future::Future,
     os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt},
     path::{Path, PathBuf},
     time::Duration,
 };
 use tokio::{
-    io::{AsyncBufReadExt, AsyncWriteExt, BufReader},
+    io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader},
     net::{UnixListener, UnixStream},
     sync::mpsc,
 };
 use tracing::{debug, warn};
 
-/// Largest request accepted, in bytes.
-const MAX_REQUEST: usize = 64 * 1024;
+/// The most bytes read from one connection (its requests together).
+pub const MAX_REQUEST: usize = 64 * 1024;
 
 /// The listening socket; removes its file on drop.
 pub struct ControlSocket {
@@ -105,18 +106,44 @@ async fn serve_one(stream: UnixStream, events: mpsc::Sender<Event>) -> Result<()
     let cred = stream
         .peer_cred()
         .context("reading the peer's credentials")?;
-    let (read, mut write) = stream.into_split();
+    let (read, write) = stream.into_split();
+    serve_requests(read, write, cred.uid(), |request| answer(&events, request)).await
+}
+
+async fn answer(events: &mpsc::Sender<Event>, request: Request) -> Response {
+    ask(events, request)
+        .await
+        .unwrap_or_else(|e| Response::Error {
+            message: format!("{e:#}"),
+        })
+}
+
+/// The protocol of one connection, whatever carries it (the socket; the fuzzer's bytes): at
+/// most [`MAX_REQUEST`] bytes read in all, one JSON request per line, each answered by one
+/// line from `answer` (or an error for a line that is not a request); a peer whose `uid` is
+/// not root gets one refusal and the connection ends.
+pub async fn serve_requests<R, W, F, Fut>(
+    read: R,
+    mut write: W,
+    uid: u32,
+    mut answer: F,
+) -> Result<()>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+    F: FnMut(Request) -> Fut,
+    Fut: Future<Output = Response>,
+{
     let mut lines = BufReader::new(read.take(MAX_REQUEST as u64)).lines();
     while let Some(line) = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
         .await
         .context("idle control connection")??
     {
         // The request is read before it is refused, so the client gets the answer, not EPIPE.
-        if cred.uid() != 0 {
+        if uid != 0 {
             let r = Response::Error {
                 message: format!(
-                    "permission denied: the control socket is for root (you are uid {})",
-                    cred.uid()
+                    "permission denied: the control socket is for root (you are uid {uid})"
                 ),
             };
             write
@@ -125,11 +152,7 @@ async fn serve_one(stream: UnixStream, events: mpsc::Sender<Event>) -> Result<()
             return Ok(());
         }
         let response = match serde_json::from_str::<Request>(&line) {
-            Ok(request) => ask(&events, request)
-                .await
-                .unwrap_or_else(|e| Response::Error {
-                    message: format!("{e:#}"),
-                }),
+            Ok(request) => answer(request).await,
             Err(e) => Response::Error {
                 message: format!("bad request: {e}"),
             },
