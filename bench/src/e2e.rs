@@ -746,7 +746,7 @@ fn k3s_xdp_config(mode: &str) -> String {
 /// with the lab's addresses. Left out: `log`, `chroot`, `user`/`group`, `daemon`, `pidfile`
 /// and `stats socket` (host installation details; logging would write to the host's syslog),
 /// and the ingress frontend on 30080 (not measured).
-fn haproxy_config() -> String {
+pub(crate) fn haproxy_config() -> String {
     let mut c = String::from(
         "global\n    maxconn     4000\n\n\
          defaults\n    option  dontlognull\n    timeout connect 5000\n    timeout client 50000\n    timeout server 50000\n\n\
@@ -795,7 +795,7 @@ fn netns_pids(ns: &NetNs) -> Result<Vec<u32>> {
 }
 
 /// The id of the XDP program attached to eth1 in `ns`.
-fn xdp_program_id(ns: &NetNs) -> Result<Option<u32>> {
+pub(crate) fn xdp_program_id(ns: &NetNs) -> Result<Option<u32>> {
     let out = ns.ip(["-d", "link", "show", "dev", "eth1"])?;
     let text = String::from_utf8_lossy(&out.stdout);
     let mut words = text.split_whitespace();
@@ -807,7 +807,7 @@ fn xdp_program_id(ns: &NetNs) -> Result<Option<u32>> {
     Ok(None)
 }
 
-fn clock_ticks() -> f64 {
+pub(crate) fn clock_ticks() -> f64 {
     // SAFETY: sysconf has no preconditions.
     let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
     if t > 0 {
@@ -851,7 +851,7 @@ fn stat_fields(pid: u32) -> Option<Vec<u64>> {
 }
 
 /// User + system CPU-seconds of process `pid` (all its threads), 0 if it is gone.
-fn process_cpu(pid: u32) -> f64 {
+pub(crate) fn process_cpu(pid: u32) -> f64 {
     // After the state: ppid pgrp session tty tpgid flags minflt cminflt majflt cmajflt utime stime
     stat_fields(pid)
         .map(|f| (f.get(10).unwrap_or(&0) + f.get(11).unwrap_or(&0)) as f64 / clock_ticks())

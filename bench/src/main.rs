@@ -1,4 +1,4 @@
-//! `cargo xtask bench [micro | controller | failover | e2e | scaleout | sync | all]`: benchmarks, never
+//! `cargo xtask bench [micro | controller | failover | e2e | scaleout | sync | flood | all]`: benchmarks, never
 //! assertions. Figures are reported as medians over interleaved rounds and as ratios to a
 //! baseline measured in the same run, because this machine's timings are noisy.
 //!
@@ -20,12 +20,16 @@
 //!   cost per connection through one, two and three nodes (`scaleout.rs`).
 //! - `sync`: flow sync between two nodes: new flows/s replicated, their lag, CPU per 1,000
 //!   flows (`sync.rs`).
+//! - `flood`: a SYN flood from one agent while the others connect and keep connections:
+//!   k3s-xdp nat (default and small flow table) against HAProxy: legitimate connections
+//!   served and their latency, long-lived ones lost, flow-table events, CPU (`flood.rs`).
 //! - `all` (the default): everything, and a summary table of ratios first.
 
 mod controller;
 mod e2e;
 mod e2e_report;
 mod failover;
+mod flood;
 mod load;
 mod micro;
 mod plot;
@@ -65,8 +69,11 @@ fn main() {
         if matches!(what, "sync" | "all") {
             report.push_str(&sync::run(&mut summary)?);
         }
+        if matches!(what, "flood" | "all") {
+            report.push_str(&flood::run(&mut summary)?);
+        }
         if report.is_empty() {
-            bail!("unknown benchmark {what:?}: micro, controller, failover, e2e, scaleout, sync or all");
+            bail!("unknown benchmark {what:?}: micro, controller, failover, e2e, scaleout, sync, flood or all");
         }
         if what == "all" {
             report = format!("{}\n{report}", render_summary(&summary));

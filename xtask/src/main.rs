@@ -10,8 +10,8 @@
 //! - `soak [--minutes N] [--seed S] [--table-full]`: the VRRP pair under traffic and a seeded fault schedule for N
 //!   minutes (default 10; `test` runs 2), judged; the report in `bench-results/soak.md`.
 //! - `lint`: `cargo fmt --check` and `cargo clippy -- -D warnings`.
-//! - `bench [micro | controller | failover | e2e | scaleout | sync | all]`: benchmarks, results in
-//!   `bench-results/`.
+//! - `bench [micro | controller | failover | e2e | scaleout | sync | flood | all]`: benchmarks,
+//!   results in `bench-results/`.
 //! - `fuzz [--seconds N] [--packets N] [TARGET]`: coverage-guided fuzzing of every parser of
 //!   outside input (the `fuzz/` crate: config, haproxy.cfg and keepalived.conf import, VRRP,
 //!   control socket, flow sync), N seconds per target from the corpus in `fuzz/corpus/`; then
@@ -89,8 +89,8 @@ enum Command {
     Lint,
     /// Benchmarks (root): micro (XDP ns/packet), controller (table build, failure detection),
     /// failover (VRRP vs keepalived), e2e (vs HAProxy and nginx), scaleout (BGP/ECMP over three
-    /// nodes), sync (flow sync's replication rate), or all of them with a summary table of
-    /// ratios; results in bench-results/.
+    /// nodes), sync (flow sync's replication rate), flood (a SYN flood, vs HAProxy), or all of
+    /// them with a summary table of ratios; results in bench-results/.
     Bench {
         #[arg(default_value = "all")]
         what: String,
