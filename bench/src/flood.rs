@@ -430,11 +430,14 @@ fn run_target(topo: &Topology, target: Target, seed: u64) -> Result<Run> {
         .filter_map(|c| c.result.as_ref().err().cloned())
         .take(3)
         .collect();
-    first_failures.extend(
-        lost.iter()
-            .take(2)
-            .filter_map(|l| l.lost.as_ref().map(|(_, e)| format!("long-lived: {e}"))),
-    );
+    first_failures.extend(lost.iter().take(2).filter_map(|l| {
+        l.lost.as_ref().map(|(at, e)| {
+            format!(
+                "long-lived: {e} ({:.1} s after the flood began)",
+                at.saturating_duration_since(m1.at).as_secs_f64()
+            )
+        })
+    }));
     let run = Run {
         target,
         flood,
