@@ -337,6 +337,10 @@ pub const NAT_RESET: u32 = 1 << 2;
 /// first, so it keeps the connection's 4-tuple (VIP:snat_port to backend:port) in TIME_WAIT
 /// and would refuse another client's SYN on it (PAWS): see [`waits`].
 pub const NAT_BACKEND_FIRST: u32 = 1 << 3;
+/// `NatReverse::closing`: the client has sent one packet only (see
+/// `table::UNCONFIRMED`); cleared by its second. When every SNAT port a new flow tries is
+/// held, an unconfirmed translation is taken over before one that waits or lives.
+pub const NAT_UNCONFIRMED: u32 = 1 << 4;
 
 impl<A: Address> NatReverse<A> {
     /// Whether the connection is over (FIN both ways, or a RST): its SNAT port may be reused.

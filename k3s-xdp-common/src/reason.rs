@@ -109,12 +109,20 @@ pub mod table {
     /// which the backend may still refuse once (PAWS): the port range is too small for the
     /// rate of connections that backends close first.
     pub const TRANSLATION_REUSED_WAITING: u32 = 2;
+    /// A new flow's entry replaced an unconfirmed one (a flow that had sent one packet only,
+    /// see `table::UNCONFIRMED`) rather than a confirmed one: what a SYN flood causes.
+    pub const FLOW_UNCONFIRMED_REPLACED: u32 = 3;
+    /// Every SNAT port a new flow tried was held: it took over an unconfirmed translation
+    /// (whose client had sent one packet only) rather than a waiting or live one.
+    pub const TRANSLATION_UNCONFIRMED_TAKEN: u32 = 4;
     /// Number of events; the length of the `TABLE_EVENTS` map.
-    pub const COUNT: u32 = 3;
+    pub const COUNT: u32 = 5;
     /// Label of each event, indexed by its constant.
     pub const NAMES: [&str; COUNT as usize] = [
         "flow_evicted",
         "translation_taken_over",
         "translation_reused_waiting",
+        "flow_unconfirmed_replaced",
+        "translation_unconfirmed_taken",
     ];
 }

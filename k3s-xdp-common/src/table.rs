@@ -229,30 +229,56 @@ impl<A: Address> NatSlot<A> {
     }
 }
 
+/// `FlowSlot::seen`'s top bit: the flow has seen one client packet only (its first, or SYNs
+/// since). A client proves it exists by a second packet (the ACK of the handshake): a flood
+/// of SYNs from forged sources, or of lone packets, never does. Unconfirmed flows are replaced
+/// before any confirmed one that is not idle, so a flood churns through its own entries and
+/// leaves established connections theirs. The clock (seconds since the daemon started) never
+/// reaches this bit.
+pub const UNCONFIRMED: u32 = 1 << 31;
+
+/// When an entry was last seen, without the [`UNCONFIRMED`] bit.
+#[inline(always)]
+pub fn seen_at(seen: u32) -> u32 {
+    seen & !UNCONFIRMED
+}
+
+/// Seconds from `seen` to `clock` on the 31-bit clock (the top bit is `UNCONFIRMED`'s); "seen
+/// in the future" (the clock restarted) counts as now.
+#[inline(always)]
+fn age(seen: u32, clock: u32) -> u32 {
+    let age = clock.wrapping_sub(seen) & !UNCONFIRMED;
+    if age >= 1 << 30 {
+        0
+    } else {
+        age
+    }
+}
+
 /// Whether an entry last seen at `seen` is idle at `clock` (the clock may wrap).
 #[inline(always)]
 // `&` on purpose, not `Range::contains` (`&&`): one branch less for the verifier to walk.
 #[allow(clippy::manual_range_contains)]
 pub fn idle(seen: u32, clock: u32) -> bool {
-    let age = clock.wrapping_sub(seen);
-    (age >= IDLE_SECS) & (age < u32::MAX / 2)
+    let age = clock.wrapping_sub(seen) & !UNCONFIRMED;
+    (age >= IDLE_SECS) & (age < 1 << 30)
 }
 
 /// How much a slot is worth keeping, for replacement: the lowest rank goes first. Free (or
-/// torn) slots first, then the one seen longest ago.
+/// torn) slots first; then unconfirmed or idle entries, the one seen longest ago first; then
+/// confirmed ones, the one seen longest ago first.
 #[inline(always)]
 pub fn keep_rank(valid: bool, seen: u32, clock: u32) -> u32 {
+    const HALF: u32 = 1 << 30;
     if !valid {
-        0
+        return 0;
+    }
+    let age = age(seen, clock);
+    let recency = HALF - age.min(HALF - 1);
+    if (seen & UNCONFIRMED != 0) | (age >= IDLE_SECS) {
+        recency
     } else {
-        // Age 0 (seen now) ranks highest; an entry "seen in the future" (clock restarted)
-        // counts as seen now.
-        let age = clock.wrapping_sub(seen);
-        if age > u32::MAX / 2 {
-            u32::MAX
-        } else {
-            u32::MAX - age
-        }
+        HALF + recency
     }
 }
 
@@ -462,8 +488,8 @@ mod tests {
         let mut closed = slot;
         closed.nat.closing = crate::NAT_RESET;
         assert!(closed.reusable(100));
-        // Across the clock's wrap.
-        let wrapped = NatSlot::new(k, flow_hash(&k), nat(), u32::MAX - 10);
+        // Across the clock's wrap (31 bits: the top one is `UNCONFIRMED`'s).
+        let wrapped = NatSlot::new(k, flow_hash(&k), nat(), (1 << 31) - 10);
         assert!(!wrapped.reusable(5));
         assert!(wrapped.reusable(IDLE_SECS));
     }
@@ -476,6 +502,25 @@ mod tests {
         assert!(keep_rank(true, 500, clock) < keep_rank(true, 1000, clock));
         assert!(keep_rank(false, 1000, clock) < keep_rank(true, 0, clock));
         // Seen "after" the clock (the controller restarted its clock): kept like a fresh one.
-        assert_eq!(keep_rank(true, 2000, clock), u32::MAX);
+        assert_eq!(keep_rank(true, 2000, clock), keep_rank(true, clock, clock));
+    }
+
+    #[test]
+    fn unconfirmed_flows_go_before_any_confirmed_one_that_is_not_idle() {
+        let clock = 1000;
+        let fresh_unconfirmed = keep_rank(true, clock | UNCONFIRMED, clock);
+        let old_confirmed = keep_rank(true, clock - (IDLE_SECS - 1), clock);
+        let idle_confirmed = keep_rank(true, clock - IDLE_SECS, clock);
+        assert!(keep_rank(false, clock, clock) < fresh_unconfirmed);
+        assert!(fresh_unconfirmed < old_confirmed);
+        assert!(idle_confirmed < fresh_unconfirmed, "idle: LRU as before");
+        assert!(
+            keep_rank(true, (clock - 5) | UNCONFIRMED, clock) < fresh_unconfirmed,
+            "among unconfirmed ones, the oldest first"
+        );
+        // The bit is no part of the time.
+        assert_eq!(seen_at(clock | UNCONFIRMED), clock);
+        assert!(!idle(clock | UNCONFIRMED, clock));
+        assert!(idle((clock - IDLE_SECS) | UNCONFIRMED, clock));
     }
 }

@@ -102,6 +102,8 @@ pub fn snat_port<F: Family>(
         (*probe).oldest_age = 0;
         (*probe).oldest_waiting = NO_TRY;
         (*probe).oldest_waiting_age = 0;
+        (*probe).oldest_unconfirmed = NO_TRY;
+        (*probe).oldest_unconfirmed_age = 0;
         // bpf_loop: the kernel verifies the callback once, whatever the number of tries.
         bpf_loop(
             SNAT_TRIES,
@@ -110,12 +112,17 @@ pub fn snat_port<F: Family>(
             0,
         );
         // Every port tried is held by a live connection or waits for its backend's
-        // TIME_WAIT: too many connections for the port range (or a flood of connections that
-        // never close). Rather than refuse every new flow until translations age out, take
-        // the waiting one closed longest ago, else (like an LRU table) the live one seen
-        // longest ago.
+        // TIME_WAIT: too many connections for the port range (or a flood). Rather than refuse
+        // every new flow until translations age out, take an unconfirmed one (whose client
+        // sent one packet only: what a SYN flood leaves), else the waiting one closed longest
+        // ago, else (like an LRU table) the live one seen longest ago.
         if (*probe).found & FOUND == 0 {
-            let (force, event) = if (*probe).oldest_waiting != NO_TRY {
+            let (force, event) = if (*probe).oldest_unconfirmed != NO_TRY {
+                (
+                    (*probe).oldest_unconfirmed,
+                    reason::table::TRANSLATION_UNCONFIRMED_TAKEN,
+                )
+            } else if (*probe).oldest_waiting != NO_TRY {
                 (
                     (*probe).oldest_waiting,
                     reason::table::TRANSLATION_REUSED_WAITING,
@@ -214,7 +221,13 @@ extern "C" fn snat_try<F: Family>(index: u64, _ctx: *mut c_void) -> i64 {
             let age = (*probe).clock.wrapping_sub((*probe).taken.refused_seen);
             // "Seen in the future" (the clock restarted) counts as seen now.
             let age = if age > u32::MAX / 2 { 0 } else { age };
-            if (*probe).taken.refused_waiting != 0 {
+            if (*probe).taken.refused_unconfirmed != 0 {
+                if ((*probe).oldest_unconfirmed == NO_TRY) | (age > (*probe).oldest_unconfirmed_age)
+                {
+                    (*probe).oldest_unconfirmed = index as u32;
+                    (*probe).oldest_unconfirmed_age = age;
+                }
+            } else if (*probe).taken.refused_waiting != 0 {
                 if ((*probe).oldest_waiting == NO_TRY) | (age > (*probe).oldest_waiting_age) {
                     (*probe).oldest_waiting = index as u32;
                     (*probe).oldest_waiting_age = age;
@@ -278,6 +291,14 @@ pub fn reverse_key<F: Family>(
         protocol: key.protocol,
         _pad: [0; 3],
     }
+}
+
+/// Confirms the translation in `slot`: its client sent a second packet (see
+/// `NAT_UNCONFIRMED`). A plain read and write of `closing`, as in [`note_closing`].
+#[inline(always)]
+pub fn confirm<F: Family>(slot: *mut NatSlot<F>) {
+    // SAFETY: a map value valid for this run; `closing` is outside the seal.
+    unsafe { (*slot).nat.closing &= !k3s_xdp_common::NAT_UNCONFIRMED };
 }
 
 /// Records in the reverse entry `slot` that a side of the TCP connection sent a FIN or a RST (`bits`; [`NAT_BACKEND_FIN`] stands for the backend's FIN, whose bits

@@ -18,8 +18,10 @@ use crate::{
 };
 use aya_ebpf::{bindings::xdp_action, helpers::bpf_redirect, programs::XdpContext};
 use k3s_xdp_common::{
-    reason, table::same_key, Backend, FlowKey, Globals, NextHop, VipInfo, VipPort, BACKEND_DOWN,
-    BACKEND_FREE, IPPROTO_TCP, NAT_BACKEND_FIN, NAT_CLIENT_FIN, NAT_RESET, SERVICE_DSR,
+    reason,
+    table::{same_key, UNCONFIRMED},
+    Backend, FlowKey, Globals, NextHop, VipInfo, VipPort, BACKEND_DOWN, BACKEND_FREE, IPPROTO_TCP,
+    NAT_BACKEND_FIN, NAT_CLIENT_FIN, NAT_RESET, NAT_UNCONFIRMED, SERVICE_DSR,
     SERVICE_RESET_ON_DOWN,
 };
 
@@ -88,7 +90,13 @@ pub fn lookup<F: Family>(
     tcp_flags: u8,
     globals: &Globals,
 ) -> Decision<F> {
-    let Some(flow) = table::find_flow(key, at, globals.clock) else {
+    // A SYN leaves an unconfirmed flow unconfirmed; any other packet confirms it.
+    let keep = if tcp_flags & TCP_SYN != 0 {
+        UNCONFIRMED
+    } else {
+        0
+    };
+    let Some((flow, unconfirmed)) = table::find_flow(key, at, globals.clock, keep) else {
         return Decision::Choose;
     };
     let Some(backend) = F::backend(flow.backend) else {
@@ -101,7 +109,11 @@ pub fn lookup<F: Family>(
         return Decision::Choose;
     };
     let mut choose_again = false;
-    if service.flags & SERVICE_DSR == 0 && tcp_flags & (TCP_SYN | TCP_FIN | TCP_RST) != 0 {
+    // The client's second packet confirms its translation too (once per flow).
+    let confirms = unconfirmed & (keep == 0);
+    if service.flags & SERVICE_DSR == 0
+        && (tcp_flags & (TCP_SYN | TCP_FIN | TCP_RST) != 0 || confirms)
+    {
         choose_again = F::translation_event(
             key,
             &backend,
@@ -132,7 +144,8 @@ pub fn lookup<F: Family>(
 /// In nat mode, what a client's SYN, FIN or RST means for its flow's translation (of
 /// `backend`, from `snat_addr:snat_port`): a FIN or RST marks it closing; a SYN on a
 /// translation taken over by another client, or closed, or gone, makes the flow choose again
-/// (the answer).
+/// (the answer). Any other packet of the client confirms an unconfirmed translation (called
+/// for those only while the flow is unconfirmed).
 #[inline(always)]
 pub fn translation_event<F: Family>(
     key: &FlowKey<F>,
@@ -146,10 +159,14 @@ pub fn translation_event<F: Family>(
     match table::find_nat(&reverse, Place::of(&reverse, mask)) {
         Some((entry, e)) => {
             let ours = e.client_addr.diff(&key.src) == 0 && e.client_port == key.sport;
-            if tcp_flags & TCP_SYN != 0 && (!ours || e.closing != 0) {
+            if tcp_flags & TCP_SYN != 0 && (!ours || e.closing & !NAT_UNCONFIRMED != 0) {
                 // Taken over, or closed: a new connection on this tuple.
                 return true;
-            } else if ours && tcp_flags & TCP_RST != 0 {
+            }
+            if ours && tcp_flags & TCP_SYN == 0 && e.closing & NAT_UNCONFIRMED != 0 {
+                choose::confirm(entry);
+            }
+            if ours && tcp_flags & TCP_RST != 0 {
                 choose::note_closing(entry, NAT_RESET, sync);
             } else if ours && tcp_flags & TCP_FIN != 0 {
                 choose::note_closing(entry, NAT_CLIENT_FIN, sync);

@@ -112,8 +112,13 @@ pub fn about_flow<F: Family>(
         protocol,
         _pad: [0; 3],
     };
-    let Some(flow) = table::find_flow(&key, Place::of(&key, globals.flow_mask), globals.clock)
-    else {
+    // ICMP about a flow confirms nothing (`UNCONFIRMED` kept).
+    let Some((flow, _)) = table::find_flow(
+        &key,
+        Place::of(&key, globals.flow_mask),
+        globals.clock,
+        k3s_xdp_common::table::UNCONFIRMED,
+    ) else {
         return Err(other);
     };
     let Some(backend) = F::backend(flow.backend) else {

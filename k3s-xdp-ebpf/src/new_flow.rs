@@ -23,8 +23,8 @@ use crate::{
     table::Place,
 };
 use k3s_xdp_common::{
-    reason, Flow, FlowKey, Globals, NextHop, VipInfo, VipPort, FLOW_SYNC_ON, MAX_PORTS_PER_VIP,
-    SERVICE_DSR,
+    reason, table::UNCONFIRMED, Flow, FlowKey, Globals, NextHop, VipInfo, VipPort, FLOW_SYNC_ON,
+    MAX_PORTS_PER_VIP, NAT_UNCONFIRMED, SERVICE_DSR,
 };
 
 /// `Probe::outcome` of a flow whose backend was chosen and recorded.
@@ -66,7 +66,8 @@ pub fn ask<F: Family>(
         (*state).entry.client_addr = key.src;
         (*state).entry.client_port = key.sport;
         (*state).entry.vip_port = key.dport;
-        (*state).entry.closing = 0;
+        // Unconfirmed until the client's second packet (`forward::lookup`).
+        (*state).entry.closing = NAT_UNCONFIRMED;
         // The hop back to the client: none yet, the first reply resolves it with the FIB.
         // Never the mirror of the client's frame: another router may have sent it on.
         (*state).entry.next_hop = NextHop::<F>::default();
@@ -111,7 +112,8 @@ pub fn decide<F: Family>(state: *mut Probe<F>) {
                             hash: (*state).flow_hash,
                             mask: (*state).mask,
                         };
-                        if F::store_flow(&(*state).key, at, flow, (*state).clock) {
+                        let seen = (*state).clock | UNCONFIRMED;
+                        if F::store_flow(&(*state).key, at, flow, seen) {
                             if (*state).sync == FLOW_SYNC_ON {
                                 sync::report_new(&(*state).key, &flow);
                             }

@@ -69,6 +69,9 @@ pub struct Probe<A: k3s_xdp_common::Address = u32> {
     /// The same among translations waiting for their backend's TIME_WAIT.
     pub(crate) oldest_waiting: u32,
     pub(crate) oldest_waiting_age: u32,
+    /// The same among unconfirmed translations (`NAT_UNCONFIRMED`), taken over first.
+    pub(crate) oldest_unconfirmed: u32,
+    pub(crate) oldest_unconfirmed_age: u32,
 }
 
 /// A translation taken over by `table::claim_nat`: the flow entry of `key` through `backend` with
@@ -88,5 +91,7 @@ pub struct TakenOver<A = u32> {
     /// translation was last seen.
     pub refused_live: u32,
     pub refused_waiting: u32,
+    /// The refusing translation is unconfirmed (`NAT_UNCONFIRMED`).
+    pub refused_unconfirmed: u32,
     pub refused_seen: u32,
 }

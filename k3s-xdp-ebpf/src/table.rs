@@ -11,9 +11,9 @@ use k3s_xdp_common::{
     reason,
     table::{
         bucket_index, idle, keep_rank, nat_index, same_key, FlowBucket, FlowSlot, NatSlot,
-        IDLE_SECS, WAYS,
+        UNCONFIRMED, WAYS,
     },
-    Flow, FlowKey, NatReverse,
+    Flow, FlowKey, NatReverse, NAT_UNCONFIRMED,
 };
 
 /// Reads one field of a map value, once.
@@ -88,12 +88,19 @@ fn flow_at<F: Family>(slot: *const FlowSlot<F>, key: &FlowKey<F>, hash: u32) -> 
     }
 }
 
-/// The flow entry of `key`, checked; records that a packet of it went through at `clock`
-/// (written only when the second changed, so established packets keep the cache line shared
-/// between CPUs). Returns no pointer into the bucket: which way held the key must not outlive
-/// the loop, or the verifier would walk the rest of the program once per way.
+/// The flow entry of `key`, checked, and whether it was unconfirmed (`UNCONFIRMED`: this is
+/// its client's second packet, or a SYN again); records that a packet of it went through at
+/// `clock` (written only when the second changed, so established packets keep the cache line
+/// shared between CPUs), which confirms it unless `keep` is `UNCONFIRMED` (a SYN, or ICMP
+/// about the flow). Returns no pointer into the bucket: which way held the key must not
+/// outlive the loop, or the verifier would walk the rest of the program once per way.
 #[inline(always)]
-pub fn find_flow<F: Family>(key: &FlowKey<F>, at: Place, clock: u32) -> Option<Flow> {
+pub fn find_flow<F: Family>(
+    key: &FlowKey<F>,
+    at: Place,
+    clock: u32,
+    keep: u32,
+) -> Option<(Flow, bool)> {
     let bucket = F::flow_bucket(at.index())?;
     let mut found = None;
     for way in 0..WAYS {
@@ -103,18 +110,21 @@ pub fn find_flow<F: Family>(key: &FlowKey<F>, at: Place, clock: u32) -> Option<F
             // SAFETY: a map value valid for this run, read once.
             let copy = unsafe { core::ptr::read_volatile(slot) };
             if copy.holds(key, at.hash) {
-                if copy.seen != clock {
+                let now = clock | (copy.seen & keep);
+                if copy.seen != now {
                     // SAFETY: a map value valid for this run; `seen` is outside the seal.
-                    unsafe { (*slot).seen = clock };
+                    unsafe { (*slot).seen = now };
                 }
-                found = Some(copy.flow);
+                found = Some((copy.flow, copy.seen & UNCONFIRMED != 0));
             }
         } else if let Some(flow) = flow_at(slot, key, at.hash) {
-            if field!((*slot).seen) != clock {
+            let seen = field!((*slot).seen);
+            let now = clock | (seen & keep);
+            if seen != now {
                 // SAFETY: a map value valid for this run; `seen` is outside the seal.
-                unsafe { (*slot).seen = clock };
+                unsafe { (*slot).seen = now };
             }
-            found = Some(flow);
+            found = Some((flow, seen & UNCONFIRMED != 0));
         }
     }
     found
@@ -165,33 +175,44 @@ pub fn clear_flow<F: Family>(key: &FlowKey<F>, at: Place) {
     }
 }
 
-/// Stores `flow` for `key`: in the slot that holds it, a free one, or the least recently seen
-/// of its bucket. False only if the table cannot be reached (no bucket at the mask's index).
+/// Stores `flow` for `key`, seen at `seen` (the clock, with `UNCONFIRMED` for a new flow): in
+/// the slot that holds it, a free one, or the one `keep_rank` values least in its bucket
+/// (unconfirmed or idle flows first, then the least recently seen). False only if the table
+/// cannot be reached (no bucket at the mask's index).
 #[inline(always)]
-pub fn store_flow<F: Family>(key: &FlowKey<F>, at: Place, flow: Flow, clock: u32) -> bool {
+pub fn store_flow<F: Family>(key: &FlowKey<F>, at: Place, flow: Flow, seen: u32) -> bool {
     let Some(bucket) = F::flow_bucket(at.index()) else {
         return false;
     };
+    let clock = seen & !UNCONFIRMED;
     let mut victim = 0;
     let mut lowest = u32::MAX;
+    let mut victim_seen = 0;
     for way in 0..WAYS {
         let slot = flow_slot(bucket, way);
         // The slot with the key ranks below everything (whole or torn, it is this key's to
         // rewrite: no seal to check); a free one below any taken one.
+        let was = field!((*slot).seen);
         // SAFETY: a map value valid for this run.
         let rank = if key_at(unsafe { core::ptr::addr_of!((*slot).key) }, key) {
             0
         } else {
-            keep_rank(field!((*slot).seal) != 0, field!((*slot).seen), clock).max(1)
+            keep_rank(field!((*slot).seal) != 0, was, clock).max(1)
         };
         if rank < lowest {
             victim = way;
             lowest = rank;
+            victim_seen = was;
         }
     }
-    // The victim held another flow that was not idle: the table is too small for its flows.
-    if lowest > u32::MAX - IDLE_SECS {
-        crate::counters::table_event(reason::table::FLOW_EVICTED);
+    // The victim held another flow: unconfirmed (a flood churns through its own entries), or
+    // confirmed and not idle (the table is too small for its flows).
+    if lowest > 1 {
+        if victim_seen & UNCONFIRMED != 0 {
+            crate::counters::table_event(reason::table::FLOW_UNCONFIRMED_REPLACED);
+        } else if !idle(victim_seen, clock) {
+            crate::counters::table_event(reason::table::FLOW_EVICTED);
+        }
     }
     let seal = FlowSlot::<F>::seal_for(at.hash, &flow);
     // Written in place (the seal last, though a reader checks it whatever the order), from a
@@ -204,7 +225,7 @@ pub fn store_flow<F: Family>(key: &FlowKey<F>, at: Place, flow: Flow, clock: u32
                 (*slot).seal = 0;
                 (*slot).key = *key;
                 (*slot).flow = flow;
-                (*slot).seen = clock;
+                (*slot).seen = seen;
                 (*slot).seal = seal;
             }
         }
@@ -333,7 +354,7 @@ pub fn claim_nat<F: Family>(
         & (client_addr.diff(&key.src) == 0)
         & (client_port == key.sport)
         & (vip_port == key.dport);
-    if ours & (closing == 0) {
+    if ours & (closing & !NAT_UNCONFIRMED == 0) {
         // This client tuple's already (its flow entry was replaced, or it reconnects from the
         // same port): reuse it.
         touch_nat(slot, seen, clock);
@@ -346,6 +367,7 @@ pub fn claim_nat<F: Family>(
         unsafe {
             (*taken).refused_live = 1;
             (*taken).refused_waiting = u32::from(waiting);
+            (*taken).refused_unconfirmed = u32::from(closing & NAT_UNCONFIRMED != 0);
             (*taken).refused_seen = seen;
         }
         return false;

@@ -1542,7 +1542,10 @@ fn a_full_reverse_nat_table_gives_new_flows_the_translations_seen_longest_ago() 
         (0..count)
             .map(|i| {
                 let c = client(batch, i);
-                (c, transmitted(h, &packet::tcp_syn(c, vip)))
+                let fwd = transmitted(h, &packet::tcp_syn(c, vip));
+                // The handshake's ACK confirms the flow: these are established connections.
+                transmitted(h, &packet::tcp(c, vip, TCP_ACK));
+                (c, fwd)
             })
             .collect()
     };
@@ -1558,7 +1561,7 @@ fn a_full_reverse_nat_table_gives_new_flows_the_translations_seen_longest_ago() 
         "{:?}",
         nonzero(&h)
     );
-    assert_eq!(h.reason(reason::TX_FORWARD).unwrap(), 1100);
+    assert_eq!(h.reason(reason::TX_FORWARD).unwrap(), 2 * 1100);
 
     // Does the backend's reply to a flow's translation still reach that flow's client?
     let answers = |h: &mut XdpHarness, (c, fwd): &(SocketAddrV4, Frame)| -> bool {
@@ -1603,6 +1606,78 @@ fn a_full_reverse_nat_table_gives_new_flows_the_translations_seen_longest_ago() 
     assert!(events["flow_evicted"] > 0, "{events:?}");
 }
 
+/// A SYN flood (lone SYNs from ever new sources, newer than every established connection)
+/// fills a small table: it replaces its own unconfirmed entries and translations, never an
+/// established connection's, whose replies and packets keep their way. Before flows were
+/// confirmed, least-recently-used replacement gave the flood every established entry.
+#[test]
+fn a_syn_flood_replaces_its_own_entries_not_established_connections() {
+    if !have_root() {
+        eprintln!("skipped: BPF_PROG_TEST_RUN needs root (run `cargo xtask test`)");
+        return;
+    }
+    let mut h = XdpHarness::with_config_in_lab_sized(CONFIG, 1024).unwrap();
+    let vip = sock(VIP, 6443);
+    h.set_clock(10).unwrap();
+    let established: Vec<(SocketAddrV4, Frame)> = (0..300)
+        .map(|i| {
+            let c = sock(Ipv4Addr::new(203, 0, 113, 1), 20000 + i);
+            let fwd = transmitted(&mut h, &packet::tcp_syn(c, vip));
+            transmitted(&mut h, &packet::tcp(c, vip, TCP_ACK));
+            (c, fwd)
+        })
+        .collect();
+    h.set_clock(20).unwrap();
+    for i in 0..4000u32 {
+        let c = sock(
+            Ipv4Addr::new(198, 51, 100, (i % 250) as u8 + 1),
+            30000 + (i / 250) as u16,
+        );
+        transmitted(&mut h, &packet::tcp_syn(c, vip));
+    }
+    let slot = h.publisher.service_slot("k3s-api").unwrap();
+    let flows_before = h.dataplane.service_traffic(slot).unwrap().new_flows;
+    let mut lost = Vec::new();
+    for (c, fwd) in &established {
+        let (backend, port) = (fwd.ip().unwrap().dst, fwd.tcp().unwrap().sport);
+        // The backend's packet still reaches its client...
+        let mut reply = packet::tcp(sock(backend, 6443), sock(VIP, port), TCP_ACK);
+        reply.eth_src = lab_mac(backend);
+        reply.eth_dst = LAB_LB_MAC;
+        let out = run(&mut h, &reply);
+        let to = out
+            .frame()
+            .ok()
+            .and_then(|f| Some((f.ip()?.dst, f.tcp()?.dport)));
+        // ...and the client's, its backend through the same port, as an established flow.
+        let next = transmitted(&mut h, &packet::tcp(*c, vip, TCP_ACK));
+        let same = (next.ip().unwrap().dst, next.tcp().unwrap().sport) == (backend, port);
+        if out.action != XDP_TX || to != Some((*c.ip(), c.port())) || !same {
+            lost.push(*c);
+        }
+    }
+    let events: std::collections::BTreeMap<_, _> =
+        h.dataplane.table_events().unwrap().into_iter().collect();
+    assert!(
+        lost.is_empty(),
+        "{} of 300 established connections lost to the flood: {:?} {events:?}",
+        lost.len(),
+        &lost[..lost.len().min(5)]
+    );
+    // A flood SYN evicts an established flow's entry only from a bucket whose four ways all
+    // hold established flows (300 flows in 256 buckets: a few); that flow chooses again, the
+    // same backend and SNAT port (its translation was kept), so its connection goes on.
+    let chose_again = h.dataplane.service_traffic(slot).unwrap().new_flows - flows_before;
+    assert_eq!(chose_again, events["flow_evicted"], "{events:?}");
+    assert!(
+        chose_again <= 15,
+        "{chose_again} of 300 established flows evicted: {events:?}"
+    );
+    assert_eq!(events["translation_taken_over"], 0, "{events:?}");
+    assert!(events["translation_unconfirmed_taken"] > 0, "{events:?}");
+    assert!(events["flow_unconfirmed_replaced"] > 0, "{events:?}");
+}
+
 #[test]
 fn a_translation_unseen_for_five_minutes_is_taken_over_and_its_flow_forgotten() {
     let Some(mut h) = harness() else { return };
@@ -1638,7 +1713,9 @@ fn a_translation_unseen_for_five_minutes_is_taken_over_and_its_flow_forgotten() 
         [
             ("flow_evicted", 0),
             ("translation_taken_over", 0),
-            ("translation_reused_waiting", 0)
+            ("translation_reused_waiting", 0),
+            ("flow_unconfirmed_replaced", 0),
+            ("translation_unconfirmed_taken", 0)
         ],
         "an idle translation is free to take: no sign of a full table"
     );
@@ -1915,10 +1992,12 @@ fn a_pool_translation_taken_over_forgets_its_clients_flow() {
     h.set_clock(10).unwrap();
     let first = agent(1, 43000);
     let fwd = transmitted(&mut h, &packet::tcp_syn(first, vip));
+    transmitted(&mut h, &packet::tcp(first, vip, TCP_ACK));
     let first_source = fwd.ip().unwrap().src;
     h.set_clock(20).unwrap();
     for c in [agent(2, 43001), agent(3, 43002)] {
         transmitted(&mut h, &packet::tcp_syn(c, vip));
+        transmitted(&mut h, &packet::tcp(c, vip, TCP_ACK));
     }
     h.set_clock(30).unwrap();
     let late = agent(4, 43003);

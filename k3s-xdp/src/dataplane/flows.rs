@@ -174,9 +174,12 @@ fn live_of<A: Address>(t: &Tables<A>, clock: u32, within: u32, mut f: impl FnMut
     let count = t.flows.entries();
     for i in 0..count {
         let Some(slot) = t.flows.get(i) else { break };
-        let age = clock.wrapping_sub(slot.seen);
-        let recent = age <= within || age > u32::MAX / 2;
-        if recent && slot.is_valid() {
+        let age = clock.wrapping_sub(slot.seen) & !table::UNCONFIRMED;
+        let recent = age <= within || age >= 1 << 30;
+        // An unconfirmed flow (one client packet so far: a flood's are) was reported when it
+        // began; a bulk or refresh carries confirmed ones only.
+        let confirmed = slot.seen & table::UNCONFIRMED == 0;
+        if recent && confirmed && slot.is_valid() {
             f(FlowEvent {
                 key: slot.key,
                 flow: slot.flow,
@@ -189,9 +192,10 @@ fn live_of<A: Address>(t: &Tables<A>, clock: u32, within: u32, mut f: impl FnMut
 }
 
 /// Whether clock value `a` is after `b` (the clock may wrap).
+/// Whether `a` was seen after `b`, on the 31-bit clock (the top bit is `UNCONFIRMED`'s).
 fn newer(a: u32, b: u32) -> bool {
-    let d = a.wrapping_sub(b);
-    d != 0 && d < u32::MAX / 2
+    let d = a.wrapping_sub(b) & !table::UNCONFIRMED;
+    d != 0 && d < 1 << 30
 }
 
 fn install_one<A: Address>(

@@ -54,7 +54,8 @@ pub const COPY_AGE: u32 = IDLE_SECS - 2 * REFRESH_SECS;
 
 /// The clock value a peer's flow is installed with at `clock`.
 pub fn copy_seen(clock: u32) -> u32 {
-    clock.wrapping_sub(COPY_AGE)
+    // On the 31-bit clock: the top bit of `seen` marks an unconfirmed flow, which a copy is not.
+    clock.wrapping_sub(COPY_AGE) & !k3s_xdp_common::table::UNCONFIRMED
 }
 
 /// What the thread needs from the daemon.
