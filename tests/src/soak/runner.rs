@@ -6,8 +6,9 @@
 //! 192.0.2.100 (nat: a TCP service on 6443, a UDP one on 5353) and 192.0.2.110 (dsr, TCP
 //! 6443). Each server runs a push backend on 6443 (greets, pushes a line every 0.5 s, echoes
 //! lines), a TLS endpoint on 6444 that the `tls` health checks probe (as k3s's port would be),
-//! and a UDP echo on 5353. The flow tables are small (`flow_table_size = 2048`) so that a
-//! burst can fill them cheaply.
+//! and a UDP echo on 5353. The flow tables hold every flow of a 10-minute run
+//! (`flow_table_size = 16384`), or, when the run includes the burst that fills them, 2048 so
+//! that the burst is cheap.
 //!
 //! Faults are applied one at a time: applied, held, undone, then the run waits until the pair
 //! has settled (every backend up on both nodes, lb-1 MASTER and lb-2 BACKUP holding nothing,
@@ -49,7 +50,11 @@ pub const PORT: u16 = 6443;
 pub const HEALTH_PORT: u16 = 6444;
 pub const UDP_PORT: u16 = 5353;
 pub const SYNC_PORT: u16 = 3780;
-pub const FLOW_TABLE_SIZE: u32 = 2048;
+/// The flow tables with the burst: small, so that filling them is cheap.
+pub const SMALL_FLOW_TABLE: u32 = 2048;
+/// Without it: room for every flow of a 10-minute run (a UDP flow stays 300 s), so that only
+/// the burst fills them.
+pub const FLOW_TABLE: u32 = 16384;
 /// A new connection from each agent this often (nat, dsr and UDP in turn).
 const INTERVAL: Duration = Duration::from_millis(300);
 /// Long-lived connections per agent: to the nat service, to the dsr service.
@@ -111,7 +116,7 @@ enum Variant {
 }
 
 /// The config of `node` (lb-1 or lb-2).
-fn config(node: &str, key: &Path, variant: Variant) -> String {
+fn config(node: &str, key: &Path, variant: Variant, flow_table_size: u32) -> String {
     let s = settings();
     let (priority, state, peer) = if node == "lb-1" {
         (200, "master", LB2)
@@ -151,7 +156,7 @@ fn config(node: &str, key: &Path, variant: Variant) -> String {
     );
     let text = format!(
         r#"interface = "eth1"
-flow_table_size = {FLOW_TABLE_SIZE}
+flow_table_size = {flow_table_size}
 
 [[service]]
 name = "{NAT}"
@@ -259,10 +264,11 @@ struct Lab {
     servers: Vec<Server>,
     key: KeyFile,
     topo: Topology,
+    flow_table_size: u32,
 }
 
 impl Lab {
-    fn start() -> Result<Lab> {
+    fn start(flow_table_size: u32) -> Result<Lab> {
         let mut topo = Topology::builder()
             .node(schedule::RELOAD_ADDS, SERVER4)
             .build()?;
@@ -273,14 +279,16 @@ impl Lab {
             servers.push(Server::start(&topo, name)?);
         }
         let key = KeyFile::new(&topo)?;
-        let lb1 = Daemon::start(&topo, "lb-1", &config("lb-1", &key.path, Variant::Normal))?;
-        let lb2 = Daemon::start(&topo, "lb-2", &config("lb-2", &key.path, Variant::Normal))?;
+        let normal = |node| config(node, &key.path, Variant::Normal, flow_table_size);
+        let lb1 = Daemon::start(&topo, "lb-1", &normal("lb-1"))?;
+        let lb2 = Daemon::start(&topo, "lb-2", &normal("lb-2"))?;
         Ok(Lab {
             lb1,
             lb2,
             servers,
             key,
             topo,
+            flow_table_size,
         })
     }
 
@@ -293,10 +301,18 @@ impl Lab {
 
     /// Writes `variant`'s config for both daemons.
     fn write(&self, variant: Variant) -> Result<()> {
-        self.lb1
-            .write_config(&config("lb-1", &self.key.path, variant))?;
-        self.lb2
-            .write_config(&config("lb-2", &self.key.path, variant))
+        self.lb1.write_config(&config(
+            "lb-1",
+            &self.key.path,
+            variant,
+            self.flow_table_size,
+        ))?;
+        self.lb2.write_config(&config(
+            "lb-2",
+            &self.key.path,
+            variant,
+            self.flow_table_size,
+        ))
     }
 
     /// Everything in place: lb-1 MASTER with both VIPs, lb-2 BACKUP with none, every backend of
@@ -544,7 +560,7 @@ fn apply(lab: &mut Lab, f: &Fault, clock: &Clock, lives: &mut Lives) -> Result<A
             lab.topo.set_link("lb-1", true)?;
         }
         FaultKind::TableFull => {
-            let udp = FLOW_TABLE_SIZE as usize * 3 / 2;
+            let udp = lab.flow_table_size as usize * 3 / 2;
             let tcp = 300;
             note = traffic::burst(
                 lab.topo.node("agent-3"),
@@ -600,7 +616,11 @@ pub fn run(opts: &Options) -> Result<Outcome> {
     }
     let schedule_text = schedule::render(opts.seed, &faults);
     eprintln!("{schedule_text}");
-    let mut lab = Lab::start()?;
+    let mut lab = Lab::start(if opts.table_full {
+        SMALL_FLOW_TABLE
+    } else {
+        FLOW_TABLE
+    })?;
     let prefix = lab.topo.prefix().to_string();
     let namespaces_before = namespaces_with_prefix(&prefix)?;
     let t0 = Instant::now();
