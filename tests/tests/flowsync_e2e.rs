@@ -121,7 +121,7 @@ track = {{ dataplane = true, min_healthy_backends = 1, weight = 0 }}
 struct Pair {
     lb2: Daemon,
     lb1: Daemon,
-    servers: Vec<Backend>,
+    _servers: Vec<Backend>,
     _key: KeyFile,
     topo: Topology,
     opts: Opts,
@@ -144,7 +144,7 @@ fn pair(opts: Opts) -> Pair {
     Pair {
         lb2,
         lb1,
-        servers,
+        _servers: servers,
         _key: key,
         topo,
         opts,

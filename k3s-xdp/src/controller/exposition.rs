@@ -190,7 +190,7 @@ impl Collector for Snapshot {
         )?;
         f.counter(
             "k3sxdp_flow_table_full_total",
-            "New flows that found the flow tables full: a live flow's entry evicted (flow_evicted), a live connection's SNAT translation taken over (translation_taken_over), a SNAT port taken while its backend may still hold it in TIME_WAIT (translation_reused_waiting: widen snat_port_range).",
+            "New flows that found the flow tables full: a live flow's entry evicted (flow_evicted), a live connection's SNAT translation taken over (translation_taken_over), a SNAT port taken while its backend may still hold it in TIME_WAIT (translation_reused_waiting: widen snat_port_range); an unconfirmed flow's entry or translation (its client sent one packet only, as a SYN flood's do) replaced first (flow_unconfirmed_replaced, translation_unconfirmed_taken).",
             by("event", &s.flow_table),
         )?;
         f.counter(
