@@ -128,17 +128,22 @@ pub fn render(run: &Run, verdict: &Verdict) -> String {
     let _ = writeln!(w, "## Faults\n");
     let _ = writeln!(
         w,
-        "| # | fault | target | at | held | detection | recovery | settled after | failed meanwhile | long-lived ended meanwhile | note |"
+        "| # | fault | target | at | held | detection | recovery | settled after | failed meanwhile (last one, after the start) | long-lived ended meanwhile | note |"
     );
     let _ = writeln!(w, "|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---|");
     for (a, m) in run.faults.iter().zip(&verdict.measured) {
         // From the fault's start until it settled (or the run ended).
         let end = a.settled.unwrap_or(run.length);
-        let failed = run
+        let failures: Vec<Duration> = run
             .attempts
             .iter()
             .filter(|t| t.result.is_err() && t.ended >= a.started && t.started <= end)
-            .count();
+            .map(|t| t.started.saturating_sub(a.started))
+            .collect();
+        let failed = match failures.iter().max() {
+            Some(last) => format!("{} ({})", failures.len(), secs(*last)),
+            None => "0".into(),
+        };
         let ended = run
             .long_lived
             .iter()
