@@ -1,8 +1,57 @@
-//! What the fuzz targets share: the checks after an import, the fixed flow-sync key, and a
-//! reader of structured input from the fuzzer's bytes.
+//! What the fuzz targets share: an allocator that refuses huge allocations, the checks after
+//! an import, the fixed flow-sync key, and a reader of structured input from the fuzzer's
+//! bytes.
 
 use k3s_xdp::{config, flowsync::wire::Key, import};
-use std::{net::IpAddr, path::Path};
+use std::{
+    alloc::{GlobalAlloc, Layout, System},
+    io::Write,
+    net::IpAddr,
+    path::Path,
+};
+
+/// The largest single allocation a target may make: no parser needs this much for inputs of a
+/// few kilobytes (the control socket reads at most 64 KiB).
+pub const ALLOCATION_LIMIT: usize = 64 << 20;
+
+/// The system allocator, except that an allocation above [`ALLOCATION_LIMIT`] aborts: a crash
+/// that libFuzzer saves with its input. Without a sanitizer, libFuzzer's `-malloc_limit_mb`
+/// sees no allocation, and `-rss_limit_mb` misses memory reserved but not yet touched (a
+/// `Vec::with_capacity` of a length read from the input).
+pub struct Limited;
+
+fn within_limit(size: usize) {
+    if size > ALLOCATION_LIMIT {
+        // No formatting: it could allocate.
+        let _ = std::io::stderr().write_all(b"fuzz: an allocation above ALLOCATION_LIMIT\n");
+        std::process::abort();
+    }
+}
+
+// SAFETY: every call goes to the system allocator with the caller's arguments.
+unsafe impl GlobalAlloc for Limited {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        within_limit(layout.size());
+        System.alloc(layout)
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        within_limit(layout.size());
+        System.alloc_zeroed(layout)
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        within_limit(new_size);
+        System.realloc(ptr, layout, new_size)
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        System.dealloc(ptr, layout)
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Limited = Limited;
 
 /// Imports `haproxy` (and `keepalived`) as `k3s-xdp import` does; what comes out must be TOML
 /// (whether `check` accepts it is the operator's next step, and is run too).

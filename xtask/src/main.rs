@@ -12,11 +12,11 @@
 //! - `lint`: `cargo fmt --check` and `cargo clippy -- -D warnings`.
 //! - `bench [micro | controller | failover | e2e | scaleout | sync | flood | all]`: benchmarks,
 //!   results in `bench-results/`.
-//! - `fuzz [--seconds N] [--packets N] [TARGET]`: coverage-guided fuzzing of every parser of
-//!   outside input (the `fuzz/` crate: config, haproxy.cfg and keepalived.conf import, VRRP,
-//!   control socket, flow sync), N seconds per target from the corpus in `fuzz/corpus/`; then
-//!   the XDP program's fuzz test with a million packets per family (`bpf`, root). `test` runs
-//!   each parser target for a few seconds too.
+//! - `fuzz [--seconds N] [--packets N] [--no-bpf] [TARGET]`: coverage-guided fuzzing of every
+//!   parser of outside input (the `fuzz/` crate: config, haproxy.cfg and keepalived.conf import,
+//!   VRRP, control socket, flow sync), N seconds per target from the corpus in `fuzz/corpus/`;
+//!   then the XDP program's fuzz test with a million packets per family (`bpf`, root). `test`
+//!   runs each parser target for 10 s too.
 //!
 //! `lab`, `test` and `run` call `setup` themselves when something is missing, so a fresh machine
 //! needs nothing but these commands.
@@ -105,6 +105,9 @@ enum Command {
         /// Packets per family for the XDP program's fuzz test.
         #[arg(long, default_value_t = 1_000_000)]
         packets: u64,
+        /// The parsers only, without the XDP program's fuzz test (what `test` runs; no root).
+        #[arg(long, conflicts_with = "target")]
+        no_bpf: bool,
         /// One target (`cargo fuzz list`, or `bpf`); all of them by default.
         target: Option<String>,
     },
@@ -170,12 +173,13 @@ fn run(cli: Cli) -> Result<()> {
         Command::Fuzz {
             seconds,
             packets,
+            no_bpf,
             target,
         } => fuzz::run(&fuzz::Options {
             seconds,
             target,
             packets,
-            bpf: true,
+            bpf: !no_bpf,
         }),
     }
 }
@@ -227,7 +231,7 @@ fn test(args: Vec<String>) -> Result<()> {
 }
 
 /// Seconds per fuzz target in `cargo xtask test`.
-const FUZZ_SECONDS_IN_TEST: u64 = 15;
+const FUZZ_SECONDS_IN_TEST: u64 = 10;
 
 fn lint() -> Result<()> {
     setup::ensure(setup::Scope::default())?;
