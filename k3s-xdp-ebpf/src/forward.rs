@@ -5,7 +5,7 @@
 use crate::{
     choose, counters,
     family::Family,
-    headers::{TCP_FIN, TCP_RST, TCP_SYN},
+    headers::{TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
     hop,
     maps::{self, NEW_FLOW},
     new_flow,
@@ -128,6 +128,11 @@ pub fn lookup<F: Family>(
         && protocol == IPPROTO_TCP
     {
         table::clear_flow(key, at);
+        // A SYN on the tuple of a flow pinned to a backend now down is a new connection (the
+        // client reuses its port): it chooses a healthy backend. The rest is refused.
+        if tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN {
+            return Decision::Choose;
+        }
         return Decision::Refuse(flow.backend);
     }
     if choose_again {

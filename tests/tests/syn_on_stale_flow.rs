@@ -1,8 +1,7 @@
 //! A new connection (SYN) whose 4-tuple matches the flow entry of an earlier, closed
-//! connection pinned to a backend that is now down: it should choose a healthy backend; today
-//! it is refused with a RST (`Decision::Refuse` comes before the SYN's choose-again). Found by
-//! the soak (a dsr connection refused 1.3 s after its backend fault's window); ignored until
-//! fixed.
+//! connection pinned to a backend that is now down chooses a healthy backend (it was refused
+//! with a RST: `Decision::Refuse` came before the SYN's choose-again). Found by the soak (a
+//! dsr connection refused 1.3 s after its backend fault's window).
 
 use k3s_xdp::controller::{
     model::Admin,
@@ -83,7 +82,6 @@ fn run(mode: &str) {
 }
 
 #[test]
-#[ignore = "product defect found by the soak: a SYN on a stale flow of a down backend is reset"]
 fn a_syn_on_a_stale_flow_of_a_down_backend_chooses_again_nat() {
     if have_root() {
         run("nat");
@@ -91,7 +89,6 @@ fn a_syn_on_a_stale_flow_of_a_down_backend_chooses_again_nat() {
 }
 
 #[test]
-#[ignore = "product defect found by the soak: a SYN on a stale flow of a down backend is reset"]
 fn a_syn_on_a_stale_flow_of_a_down_backend_chooses_again_dsr() {
     if have_root() {
         run("dsr");
