@@ -1,8 +1,9 @@
 //! Writes the seed inputs of the fuzz targets into `fuzz/corpus/<target>/seed-*`: the example
 //! configs and the seeds' haproxy.cfg/keepalived.conf fixtures as they are, VRRP adverts,
 //! control requests and flow-sync messages built with k3s-xdp's own encoders (so they follow
-//! the wire formats when those change). Run from `fuzz/`: `cargo +nightly run --example seeds`,
-//! then `cargo fuzz cmin TARGET` keeps what adds coverage.
+//! the wire formats when those change). Run from `fuzz/`: `K3S_XDP_BPF_STUB=1 cargo +nightly run
+//! --example seeds`. They stay in the corpus whatever a merge keeps besides them (README,
+//! "Fuzzing").
 
 use k3s_xdp::{
     controller::{model::Admin, status::Request},
