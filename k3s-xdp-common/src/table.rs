@@ -10,9 +10,11 @@
 //!
 //! The flow table: `buckets(size)` buckets (map entries) of `WAYS` slots; a key lives in one
 //! of the slots of the bucket `hash & mask` (`mask = buckets - 1`). A new key takes, in this
-//! order, the slot already holding it, a free slot, or the slot least recently seen (`seen`,
-//! from the controller's coarse clock in `Globals::clock`): least-recently-used replacement
-//! within a bucket, as the kernel's LRU hash does (approximately) within its lists.
+//! order, the slot already holding it, a free slot, an unconfirmed or idle one (see
+//! [`UNCONFIRMED`]: a flood's entries go before established connections'), or the slot least
+//! recently seen (`seen`, from the controller's coarse clock in `Globals::clock`):
+//! least-recently-used replacement within a bucket, as the kernel's LRU hash does
+//! (approximately) within its lists.
 //!
 //! The reverse NAT table: as many slots, direct-mapped (`nat_index`). A slot held by a live
 //! translation makes the SNAT port search step to its next port, whose slot is elsewhere, so

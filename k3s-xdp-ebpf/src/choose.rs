@@ -69,9 +69,10 @@ pub fn backend<F: Family>(service: &VipPort, hash: u32) -> Option<(u32, Backend<
 /// 4-tuple in TIME_WAIT and would refuse another client's SYN). A port whose connection has
 /// closed (FIN both ways, or a RST) or gone idle is taken over: the previous owner's flow entry
 /// is removed with it, so its stray packets cannot reach the new connection. When every port
-/// tried is live or waiting, the waiting one closed longest ago is taken (the least likely to
-/// be refused), or, if none waits, the live one seen longest ago (as an LRU table would evict
-/// it); each is counted.
+/// tried is held, an unconfirmed translation is taken (its client sent one packet only: what a
+/// SYN flood leaves), else the waiting one closed longest ago (the least likely to be
+/// refused), else the live one seen longest ago (as an LRU table would evict it); each is
+/// counted.
 #[inline(always)]
 pub fn snat_port<F: Family>(
     probe: *mut Probe<F>,
