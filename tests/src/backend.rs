@@ -123,8 +123,6 @@ pub struct Backend {
     counters: Arc<Counters>,
     /// The status `GET /readyz` answers ([`Kind::Https`]).
     status: Arc<AtomicU16>,
-    /// [`Kind::Push`]: pushes are held back while set.
-    paused: Arc<AtomicBool>,
     /// Hung: connections are accepted, nothing is answered or sent.
     hung: Arc<AtomicBool>,
     running: Option<Running>,
@@ -162,7 +160,6 @@ impl Backend {
             tls,
             counters: Arc::default(),
             status: Arc::new(AtomicU16::new(200)),
-            paused: Arc::default(),
             hung: Arc::default(),
             running: None,
         };
@@ -190,13 +187,6 @@ impl Backend {
         self.counters.snapshot()
     }
 
-    /// The status `GET /readyz` answers from now on ([`Kind::Https`]).
-    /// [`Kind::Push`]: holds every connection's pushes back (each waits for its next turn
-    /// after `false`), as [`PUSH_EVERY`] keeps ticking.
-    pub fn pause_pushes(&self, paused: bool) {
-        self.paused.store(paused, Ordering::SeqCst);
-    }
-
     /// Hangs (`true`) like a wedged server: the kernel still completes handshakes and the
     /// backend keeps accepting, but no connection gets a greeting, a TLS handshake, an echo or a
     /// push until `false`; what was held back then goes out.
@@ -204,6 +194,7 @@ impl Backend {
         self.hung.store(hung, Ordering::SeqCst);
     }
 
+    /// The status `GET /readyz` answers from now on ([`Kind::Https`]).
     pub fn set_status(&self, status: u16) {
         self.status.store(status, Ordering::Relaxed);
     }
@@ -236,7 +227,6 @@ impl Backend {
             name: self.name.clone(),
             kind: self.kind,
             status: Arc::clone(&self.status),
-            paused: Arc::clone(&self.paused),
             hung: Arc::clone(&self.hung),
             tls: self.tls.clone(),
             counters: Arc::clone(&self.counters),
@@ -287,8 +277,6 @@ struct Server {
     name: String,
     kind: Kind,
     status: Arc<AtomicU16>,
-    /// [`Kind::Push`]: pushes are held back while set.
-    paused: Arc<AtomicBool>,
     /// [`Backend::hang`].
     hung: Arc<AtomicBool>,
     tls: Option<Arc<ServerConfig>>,
@@ -433,7 +421,7 @@ impl Server {
         let done = Arc::new(AtomicBool::new(false));
         let pusher = {
             let (writer, done, stop) = (writer.clone(), done.clone(), self.stop.clone());
-            let (paused, hung) = (self.paused.clone(), self.hung.clone());
+            let hung = self.hung.clone();
             let (name, counters) = (self.name.clone(), self.counters.clone());
             thread::spawn(move || {
                 for n in 1..=MAX_PUSHES {
@@ -444,7 +432,7 @@ impl Server {
                         }
                         thread::sleep(PUSH_EVERY / 10);
                     }
-                    if paused.load(Ordering::SeqCst) || hung.load(Ordering::SeqCst) {
+                    if hung.load(Ordering::SeqCst) {
                         continue;
                     }
                     let text = format!("push {name} {n}\n");
