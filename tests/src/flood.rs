@@ -729,12 +729,34 @@ fn greeting_then_echo(stream: &mut TcpStream, sent: &[u8]) -> Result<(String, bo
 fn echo_once(stream: &mut TcpStream, line: &[u8]) -> Result<()> {
     stream.write_all(line).context("sending a line")?;
     let mut back = vec![0u8; line.len()];
-    stream.read_exact(&mut back).context("reading its echo")?;
+    // A flood that saturates the link drops the line or its echo now and then: TCP sends it
+    // again (the retransmission timeout doubling up to seconds), so a slow echo is waited for,
+    // up to `ECHO_PATIENCE`. A connection is lost when it breaks (a reset, its end, something
+    // else echoed) or stays silent that long.
+    let deadline = Instant::now() + ECHO_PATIENCE;
+    let mut got = 0;
+    while got < back.len() {
+        match stream.read(&mut back[got..]) {
+            Ok(0) => bail!("reading its echo: the connection ended"),
+            Ok(n) => got += n,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) && Instant::now() < deadline => {}
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e).context("reading its echo"),
+        }
+    }
     if back != line {
         bail!("echoed {:?}", String::from_utf8_lossy(&back));
     }
     Ok(())
 }
+
+/// How long a long-lived connection's echo may take before the connection counts as lost:
+/// longer than a flood and the retransmissions that follow it.
+const ECHO_PATIENCE: Duration = Duration::from_secs(15);
 
 /// The long-lived connections: each echoes a line every `every` until `stop` (or `limit`),
 /// then once more; a failure marks it lost.
