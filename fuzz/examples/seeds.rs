@@ -40,6 +40,7 @@ fn main() -> std::io::Result<()> {
         seeds.write(target, &name(&file), &fs::read(&file)?)?;
     }
     vrrp(&mut seeds)?;
+    vrrp_receive(&mut seeds)?;
     control(&mut seeds)?;
     flowsync(&mut seeds)?;
     println!("{} seeds written", seeds.count);
@@ -172,6 +173,128 @@ fn vrrp(seeds: &mut Seeds) -> std::io::Result<()> {
         "vrrp",
         "ipv6-v3-built",
         &[17, 2, 0, 1, 51, 1, 0, 100, 0, 10, 1],
+    )?;
+    Ok(())
+}
+
+/// The `vrrp_receive` target's layout (see fuzz_targets/vrrp_receive.rs): the router (setup
+/// bits: IPv6, version, no preempt, `state = "master"`, unicast; priority; indices of
+/// advert_int, preempt_delay and the tracking weight; startup flags; VIP count; VRID; the
+/// peers when unicast), then events, each an opcode and its bytes.
+fn vrrp_receive(seeds: &mut Seeds) -> std::io::Result<()> {
+    // Priority 100, advert_int 1 s, no preempt_delay, weight -150, 2 VIPs, VRID 51.
+    let router = |setup: u8, priority: u8| vec![setup, priority, 0, 0, 0, 0, 2, 51];
+    // An advert from neighbour `who` (0: below our address, 1: above, 2: a stranger, 3: us)
+    // with `priority` and 1 s (v3, in centiseconds; v2 in seconds), sent as it should be.
+    let v3 = |who: u8, priority: u8| vec![0, who, priority, 0, 100, 0, 0];
+    let v2 = |who: u8, priority: u8| vec![0, who, priority, 1, 0, 0];
+    // Time passing (milliseconds), timers firing on time.
+    let wait = |ms: u16| {
+        let [hi, lo] = ms.to_be_bytes();
+        vec![7, hi, lo, 0]
+    };
+    let seed = |parts: &[Vec<u8>]| parts.concat();
+
+    // IPv4 v3: alone, it becomes master; a better master takes over, leaves with priority 0.
+    let handover = |advert: &dyn Fn(u8, u8) -> Vec<u8>| {
+        seed(&[
+            wait(4000),
+            advert(1, 200),
+            wait(1000),
+            advert(1, 200),
+            wait(500),
+            advert(1, 0),
+            wait(1000),
+            advert(0, 50),
+            wait(3000),
+        ])
+    };
+    seeds.write(
+        "vrrp_receive",
+        "ipv4-v3-handover",
+        &[router(0, 100), handover(&v3)].concat(),
+    )?;
+    // VRRPv2 with auth_pass, the same story.
+    seeds.write(
+        "vrrp_receive",
+        "ipv4-v2-pass-handover",
+        &[router(4, 100), handover(&v2)].concat(),
+    )?;
+    // IPv6, and a master that steps down for an equal priority from a higher address.
+    seeds.write(
+        "vrrp_receive",
+        "ipv6-tie",
+        &[
+            router(1, 100),
+            wait(4000),
+            v3(0, 100),
+            v3(1, 100),
+            wait(2000),
+        ]
+        .concat(),
+    )?;
+    // IPv6 with the control messages reversed, another one first and the buffer cut (how:
+    // 128, layout 1 | 16 | 128, other 0 of length 4, cut at 64 bytes: after the hop limit).
+    let mut reversed = v3(1, 200);
+    reversed[5] = 128;
+    reversed.extend_from_slice(&[1 | 16 | 128, 0, 4, 64]);
+    seeds.write(
+        "vrrp_receive",
+        "ipv6-ancillary",
+        &[router(1, 100), reversed, wait(4000)].concat(),
+    )?;
+    // Priority 200 preempting a lower master that keeps advertising; ours and a stranger's
+    // adverts in unicast mode with peers 0 and 1.
+    let mut preempt = router(32, 200);
+    preempt.push(3);
+    for _ in 0..5 {
+        preempt.extend(v3(0, 100));
+        preempt.extend(v3(3, 100));
+        preempt.extend(v3(2, 250));
+        preempt.extend(wait(1000));
+    }
+    seeds.write("vrrp_receive", "ipv4-unicast-preempt", &preempt)?;
+    // Tracking, the link and flow sync: fail, down, up, recovered, unsynced; shutdown and
+    // start again.
+    let events = seed(&[
+        wait(4000),
+        vec![13, 1, 14, 1, 14, 0, 13, 0],
+        wait(4000),
+        vec![15, 1, 12, 11],
+        wait(8000),
+        vec![15, 0, 10, 0, 0],
+        wait(1000),
+    ]);
+    seeds.write(
+        "vrrp_receive",
+        "ipv4-track-link-sync",
+        &[router(0, 100), events.clone()].concat(),
+    )?;
+    // Weight 0 (index 1): failing tracking is a fault.
+    let mut weight0 = router(0, 100);
+    weight0[4] = 1;
+    seeds.write("vrrp_receive", "ipv4-weight-0", &[weight0, events].concat())?;
+    // A whole IPv4 packet as raw bytes (how: 2).
+    let advert = Advert {
+        vrid: 51,
+        priority: 150,
+        interval: Duration::from_secs(1),
+        addresses: vec![Ipv4Addr::new(192, 0, 2, 10), Ipv4Addr::new(192, 0, 2, 11)],
+    };
+    let src = Ipv4Addr::new(192, 0, 2, 200);
+    let message = packet::encode(&advert, &Version::V3, src, packet::MULTICAST_GROUP);
+    let mut ip = vec![0x45, 0, 0, 0, 0, 0, 0, 0, 255, packet::IPPROTO_VRRP, 0, 0];
+    ip[2..4].copy_from_slice(&((20 + message.len()) as u16).to_be_bytes());
+    ip.extend_from_slice(&src.octets());
+    ip.extend_from_slice(&packet::MULTICAST_GROUP.octets());
+    ip.extend_from_slice(&message);
+    let mut raw = vec![6, 2];
+    raw.extend_from_slice(&(ip.len() as u16).to_be_bytes());
+    raw.extend_from_slice(&ip);
+    seeds.write(
+        "vrrp_receive",
+        "ipv4-raw",
+        &[router(0, 100), raw, wait(5000)].concat(),
     )?;
     Ok(())
 }

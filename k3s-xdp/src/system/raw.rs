@@ -364,14 +364,7 @@ impl RouterSockets for Ipv6Sockets {
         buf: &'b mut [u8],
     ) -> io::Result<Result<Received<'b, Ipv6Addr>, Reject>> {
         let (n, src, facts) = read_with(&self.receiver, |s| recv_with_ancillary(s, buf)).await?;
-        Ok(Ok(Received {
-            src,
-            // Unknown destination: the checksum cannot match, and the packet is counted so.
-            dst: facts.dst.unwrap_or(Ipv6Addr::UNSPECIFIED),
-            // Unknown hop limit: not proven to be 255.
-            hop_limit: facts.hop_limit.unwrap_or(0),
-            message: &buf[..n],
-        }))
+        Ok(Ok(facts.received(src, &buf[..n])))
     }
 
     fn send(&self, dst: Ipv6Addr, message: &[u8]) -> Result<()> {
@@ -397,6 +390,20 @@ pub struct Ancillary {
     pub hop_limit: Option<u8>,
     /// `IPV6_PKTINFO`'s address: the packet's destination.
     pub dst: Option<Ipv6Addr>,
+}
+
+impl Ancillary {
+    /// A message from `src` as the codec judges it, with what these facts say about it.
+    pub fn received(self, src: Ipv6Addr, message: &[u8]) -> Received<'_, Ipv6Addr> {
+        Received {
+            src,
+            // Unknown destination: the checksum cannot match, and the packet is counted so.
+            dst: self.dst.unwrap_or(Ipv6Addr::UNSPECIFIED),
+            // Unknown hop limit: not proven to be 255.
+            hop_limit: self.hop_limit.unwrap_or(0),
+            message,
+        }
+    }
 }
 
 /// Room for an `IPV6_HOPLIMIT` and an `IPV6_PKTINFO` control message, and some to spare.
@@ -522,6 +529,22 @@ mod tests {
         assert_eq!(ancillary(&hoplimit(64)).hop_limit, Some(64));
         assert_eq!(ancillary(&[]), Ancillary::default());
         assert_eq!(ancillary(&hoplimit(-1)).hop_limit, None, "not a hop limit");
+    }
+
+    /// Without the facts, the packet cannot pass: hop limit 0, and a destination (::) that
+    /// makes the checksum fail.
+    #[test]
+    fn a_message_without_its_facts_is_not_proven() {
+        let src = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 1);
+        let r = Ancillary::default().received(src, &[3, 1]);
+        assert_eq!(
+            (r.src, r.dst, r.hop_limit, r.message),
+            (src, Ipv6Addr::UNSPECIFIED, 0, &[3u8, 1][..])
+        );
+        let mut facts = hoplimit(255);
+        facts.extend(pktinfo(MULTICAST_GROUP_V6));
+        let r = ancillary(&facts).received(src, &[]);
+        assert_eq!((r.dst, r.hop_limit), (MULTICAST_GROUP_V6, 255));
     }
 
     /// A truncated or lying buffer ends the walk; nothing panics.

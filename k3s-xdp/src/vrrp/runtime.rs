@@ -633,7 +633,8 @@ impl<S: RouterSockets> Speaker<S> {
 }
 
 /// Checks a received packet; `Ok(None)` for packets that are not for us to judge (our own).
-fn judge<A: Family>(
+/// Public for the `vrrp_receive` fuzz target, which drives the receive path into the machine.
+pub fn judge<A: Family>(
     received: &Received<'_, A>,
     expect: &Expect<'_, A>,
     peers: &[A],
