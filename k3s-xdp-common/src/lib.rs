@@ -38,9 +38,10 @@ pub mod names {
     pub const BACKEND_STATS: &str = "BACKEND_STATS";
     pub const GLOBALS: &str = "GLOBALS";
     pub const SNAT_SOURCES: &str = "SNAT_SOURCES";
-    /// Flow sync: the ring buffer of new flows (`FlowEvent`), and its per-CPU count of
-    /// events lost to a full ring.
+    /// Flow sync: the per-CPU log of new and closed flows (`FlowLogSlot`), each CPU's count
+    /// of the events it wrote (`FlowLogHead`), and its count of events it could not write.
     pub const FLOW_EVENTS: &str = "FLOW_EVENTS";
+    pub const FLOW_EVENTS_HEADS: &str = "FLOW_EVENTS_HEADS";
     pub const FLOW_EVENTS_LOST: &str = "FLOW_EVENTS_LOST";
     /// The IPv6 twins of the maps above: the same layouts over 16-byte addresses, so that the
     /// IPv4 tables keep their size (and their place in the cache).
@@ -416,23 +417,25 @@ pub struct Globals {
     /// `snat_timewait` in seconds: how long a translation whose backend closed first keeps
     /// its SNAT port from other client tuples (see [`waits`]).
     pub snat_timewait: u32,
-    /// [`FLOW_SYNC_ON`]: new flows and closed translations are reported in `FLOW_EVENTS` for
-    /// the peers.
+    /// [`FLOW_SYNC_ON`]: confirmed flows and closed translations are reported in
+    /// `FLOW_EVENTS` for the peers.
     pub flow_sync: u32,
 }
 
 /// `Globals::flow_sync`: report new flows.
 pub const FLOW_SYNC_ON: u32 = 1;
 
-/// `FlowEvent::op`: the program made this flow (its first packet).
+/// `FlowEvent::op`: a flow the program made, reported once its client confirmed it (the
+/// client's second packet: see `table::UNCONFIRMED`), so that a flood of SYNs from forged
+/// sources never reaches the peers.
 pub const FLOW_EVENT_NEW: u8 = 1;
 /// `FlowEvent::op`: a nat translation closed (both FINs, or a RST): `key` is its reverse
 /// tuple (backend → SNAT address:port) and `flow.backend` its backend slot.
 pub const FLOW_EVENT_CLOSED: u8 = 2;
 
-/// A record of the `FLOW_EVENTS` ring buffer: a flow the program made, with its backend slot
-/// and translation, for flow sync to send to the peers. Records of both families share the
-/// ring: `family` (4 or 6) and the record's length say which.
+/// An event for flow sync: a flow the program made, with its backend slot and translation, or
+/// a translation that closed; written into the `FLOW_EVENTS` log for the daemon to send to the
+/// peers.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FlowEvent<A: Address = u32> {
@@ -444,11 +447,35 @@ pub struct FlowEvent<A: Address = u32> {
     pub _pad: [u8; 6],
 }
 
-/// Bytes of the `FLOW_EVENTS` ring when flow sync is off (the kernel's least: one page);
-/// with it on, [`FLOW_EVENTS_BYTES`]: 4 MiB, 131,072 IPv4 events, more than a second of new
-/// flows at the rates the daemon drains.
-pub const FLOW_EVENTS_BYTES_OFF: u32 = 4096;
-pub const FLOW_EVENTS_BYTES: u32 = 4 << 20;
+/// A slot of the `FLOW_EVENTS` log: one cache line holding a [`FlowEvent`] of either family,
+/// `family` (4 or 6) saying which; the event's bytes start at `event`.
+///
+/// The log is per CPU, without a lock: CPU `c` owns slots `c * FLOW_LOG_SLOTS ..
+/// (c + 1) * FLOW_LOG_SLOTS`, written in turn, and counts the events it wrote in its entry of
+/// `FLOW_EVENTS_HEADS`. XDP runs one program at a time on a CPU, so each CPU's part has one
+/// writer, which writes the slot and then its head. The daemon maps both arrays, reads each
+/// CPU's new slots and then its head again: a slot the writer may have come round to
+/// meanwhile is a lost event (see `dataplane::FlowEvents`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FlowLogSlot {
+    pub family: u32,
+    pub _pad: u32,
+    /// A `FlowEvent<u32>` (its first 32 bytes) or a `FlowEvent<V6>`.
+    pub event: [u8; 56],
+}
+
+/// A CPU's count of the events it wrote into `FLOW_EVENTS`, alone on its cache line.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowLogHead {
+    pub written: u64,
+    pub _pad: [u64; 7],
+}
+
+/// Slots of `FLOW_EVENTS` per CPU (a power of two): 256 KiB per CPU, about 40 ms of new flows
+/// at 100,000 per second on one CPU, where the daemon reads every 2 ms.
+pub const FLOW_LOG_SLOTS: u32 = 4096;
 
 /// Bytes of a benchmark packet (`BENCH`).
 pub const BENCH_MAX_LEN: usize = 160;
@@ -462,6 +489,11 @@ pub const BENCH_NEW_SOURCE_PORT: u32 = 1;
 /// the entry point clears the seals of the flow bucket `forget_bucket` and of the reverse-NAT
 /// slot `forget_nat`, which the benchmark computed from the flow's first run.
 pub const BENCH_FORGET_FLOW: u32 = 2;
+/// `BenchPacket::mode`: the same packet (a client's ACK), its flow and translation made
+/// unconfirmed again before each run (every run is the packet that confirms a flow, the one
+/// that reports it to flow sync's peers): the entry point marks the flows of bucket
+/// `forget_bucket` and the translation in slot `forget_nat` unconfirmed.
+pub const BENCH_UNCONFIRM_FLOW: u32 = 3;
 
 /// The packet the benchmark entry points restore before each run (BPF_PROG_TEST_RUN with
 /// `repeat` would otherwise hand the program its own output), optionally with a fresh TCP/UDP
@@ -511,6 +543,8 @@ mod pod {
     unsafe impl aya::Pod for Globals {}
     unsafe impl<A: Address> aya::Pod for SnatSources<A> {}
     unsafe impl aya::Pod for BenchPacket {}
+    unsafe impl aya::Pod for FlowLogSlot {}
+    unsafe impl aya::Pod for FlowLogHead {}
     unsafe impl<A: Address> aya::Pod for table::FlowSlot<A> {}
     unsafe impl<A: Address> aya::Pod for table::NatSlot<A> {}
     unsafe impl<A: Address> aya::Pod for table::FlowBucket<A> {}
@@ -535,6 +569,9 @@ mod tests {
         assert_eq!(size_of::<Globals>(), 32);
         assert_eq!(size_of::<FlowEvent>(), 32);
         assert_eq!(size_of::<FlowEvent<V6>>(), 56);
+        assert_eq!(size_of::<FlowLogSlot>(), 64);
+        assert_eq!(size_of::<FlowLogHead>(), 64);
+        assert!(FLOW_LOG_SLOTS.is_power_of_two());
         assert_eq!(size_of::<SnatSources>(), 8 + 4 * MAX_SNAT_SOURCES);
         assert_eq!(size_of::<VipSlot>(), 8 + size_of::<VipInfo>());
         assert_eq!(size_of::<VipTable>(), 40);

@@ -2,14 +2,16 @@
 //! restore the packet from `BENCH` before each run, so that BPF_PROG_TEST_RUN with a large
 //! `repeat` measures the same path every time (BPF_PROG_TEST_RUN with `repeat` hands a program
 //! its own output from the second run on), optionally with a new source port per run (a new
-//! flow each time) or with the packet's flow forgotten (its new-flow path with the tables in the
-//! cache). The floor does the same restore before its MAC swap, so the restore's cost cancels
+//! flow each time), with the packet's flow forgotten (its new-flow path with the tables in the
+//! cache), or with its flow made unconfirmed again (the packet that confirms a flow). The floor does the same restore before its MAC swap, so the restore's cost cancels
 //! out of the comparison (forgetting a flow is not cancelled: it counts against k3s-xdp).
 
 use crate::{csum, family::Family, maps::BENCH, parse::ptr_at};
 use aya_ebpf::programs::XdpContext;
 use k3s_xdp_common::{
-    table::WAYS, BenchPacket, BENCH_FORGET_FLOW, BENCH_MAX_LEN, BENCH_NEW_SOURCE_PORT, V6,
+    table::{UNCONFIRMED, WAYS},
+    BenchPacket, BENCH_FORGET_FLOW, BENCH_MAX_LEN, BENCH_NEW_SOURCE_PORT, BENCH_UNCONFIRM_FLOW,
+    NAT_UNCONFIRMED, V6,
 };
 
 /// Offset of the L4 source port in an untagged IPv4 packet without options.
@@ -61,6 +63,9 @@ pub fn restore(ctx: &XdpContext) -> bool {
     if mode == BENCH_FORGET_FLOW {
         return forget(bench);
     }
+    if mode == BENCH_UNCONFIRM_FLOW {
+        return unconfirm(bench);
+    }
     if mode == BENCH_NEW_SOURCE_PORT {
         let (at_sport, at_check) = if is_ipv6(bench) {
             (SPORT6, TCP_CHECK6)
@@ -96,6 +101,35 @@ fn forget(bench: *const BenchPacket) -> bool {
     } else {
         clear::<u32>(bucket, nat)
     }
+}
+
+/// Makes the packet's flow and its translation unconfirmed again, as they were before the
+/// client's second packet: marks the flows of the bucket the benchmark names, and the
+/// reverse-NAT slot (outside their seals).
+#[inline(always)]
+fn unconfirm(bench: *const BenchPacket) -> bool {
+    // SAFETY: the benchmark's entry, valid for this run.
+    let (bucket, nat) = unsafe { ((*bench).forget_bucket, (*bench).forget_nat) };
+    if is_ipv6(bench) {
+        mark::<V6>(bucket, nat)
+    } else {
+        mark::<u32>(bucket, nat)
+    }
+}
+
+#[inline(always)]
+fn mark<F: Family>(bucket: u32, nat: u32) -> bool {
+    let (Some(bucket), Some(slot)) = (F::flow_bucket(bucket), F::nat_slot(nat)) else {
+        return false;
+    };
+    // SAFETY: map values valid for this run.
+    unsafe {
+        for way in 0..WAYS as usize {
+            (*bucket).slots[way].seen |= UNCONFIRMED;
+        }
+        (*slot).nat.closing |= NAT_UNCONFIRMED;
+    }
+    true
 }
 
 /// Clears the seals of flow bucket `bucket` and reverse-NAT slot `nat` of family `F`.

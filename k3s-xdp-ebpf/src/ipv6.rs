@@ -27,20 +27,33 @@ const REPLY6_SLOT: u32 = 4;
 const ICMP6_SLOT: u32 = 5;
 
 #[xdp]
+#[inline(always)]
 pub fn k3s_xdp6(ctx: XdpContext) -> u32 {
     finish(serve6(&ctx))
 }
 
 #[xdp]
+#[inline(always)]
 pub fn k3s_xdp_new_flow6(ctx: XdpContext) -> u32 {
     new_flow_of::<V6>(&ctx)
 }
 
 /// An IPv6 flow whose backend is known (`Probe::outcome`): sent there, or refused.
 #[xdp]
+#[inline(always)]
 pub fn k3s_xdp_decided6(ctx: XdpContext) -> u32 {
     let verdict = match V6::probe() {
-        Some(state) => forward::decided(&ctx, state),
+        Some(state) => {
+            // SAFETY: this CPU's state, written by `k3s_xdp6` in this run.
+            unsafe {
+                // Sent on (not refused): reported.
+                if ((*state).confirmed != 0) & ((*state).outcome == crate::new_flow::CHOSEN) {
+                    crate::sync::report_new(&(*state).key, &(*state).confirmed_flow);
+                }
+                (*state).confirmed = 0;
+            }
+            forward::decided(&ctx, state)
+        }
         None => Verdict::drop(reason::DROP_INTERNAL),
     };
     finish(verdict)
@@ -48,12 +61,14 @@ pub fn k3s_xdp_decided6(ctx: XdpContext) -> u32 {
 
 /// A backend's reply to an IPv6 translation, at the offsets `k3s_xdp6` parsed it with.
 #[xdp]
+#[inline(always)]
 pub fn k3s_xdp_reply6(ctx: XdpContext) -> u32 {
     finish(reply6(&ctx))
 }
 
 /// ICMPv6 to a VIP, parsed again (echo requests and Packet Too Big: rare).
 #[xdp]
+#[inline(always)]
 pub fn k3s_xdp_icmp6(ctx: XdpContext) -> u32 {
     finish(icmp6(&ctx))
 }

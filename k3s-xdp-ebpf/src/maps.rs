@@ -1,15 +1,15 @@
 //! The maps the controller writes and the program reads. Layouts live in `k3s-xdp-common`.
 
 use aya_ebpf::{
-    btf_maps::{Array, ArrayOfMaps, PerCpuArray, ProgramArray, RingBuf},
+    btf_maps::{Array, ArrayOfMaps, PerCpuArray, ProgramArray},
     macros::btf_map,
 };
 use k3s_xdp_common::{
     maglev_words, reason,
     table::{buckets, slots, FlowBucket, NatSlot},
-    Address, Backend, Globals, NextHop, SnatSources, Traffic, VipInfo, VipSlot, VipTable,
-    DEFAULT_FLOW_TABLE_SIZE, DEFAULT_TABLE_SIZE, FLOW_EVENTS_BYTES, MAX_BACKENDS, MAX_SERVICES,
-    MAX_SNAT_SOURCES, V6, VIP_SLOTS,
+    Address, Backend, FlowLogHead, FlowLogSlot, Globals, NextHop, SnatSources, Traffic, VipInfo,
+    VipSlot, VipTable, DEFAULT_FLOW_TABLE_SIZE, DEFAULT_TABLE_SIZE, FLOW_LOG_SLOTS, MAX_BACKENDS,
+    MAX_SERVICES, MAX_SNAT_SOURCES, V6, VIP_SLOTS,
 };
 
 /// Flags of the inner Maglev tables, which the controller must create with the same flags:
@@ -85,12 +85,19 @@ pub static REASONS: PerCpuArray<u64, { reason::COUNT as usize }> = PerCpuArray::
 #[btf_map]
 pub static TABLE_EVENTS: PerCpuArray<u64, { reason::table::COUNT as usize }> = PerCpuArray::new();
 
-/// Flow sync: new flows for the peers (`FlowEvent` of either family). Sized by the loader:
-/// one page without `[flow_sync]`.
+/// Flow sync: the per-CPU log of confirmed flows and closed translations for the peers
+/// (`FlowLogSlot`, see `sync.rs`): `FLOW_LOG_SLOTS` slots per CPU. Sized by the loader, for
+/// the machine's CPUs with `[flow_sync]`, one slot without. Mapped by the daemon, which reads
+/// it without a system call.
 #[btf_map]
-pub static FLOW_EVENTS: RingBuf<u8, { FLOW_EVENTS_BYTES as usize }> = RingBuf::new();
+pub static FLOW_EVENTS: Array<FlowLogSlot, { FLOW_LOG_SLOTS as usize }, MMAPABLE> = Array::new();
 
-/// Flow sync: events lost to a full `FLOW_EVENTS`, per CPU (the next bulk sync repairs).
+/// Flow sync: each CPU's count of the events it wrote into `FLOW_EVENTS`.
+#[btf_map]
+pub static FLOW_EVENTS_HEADS: Array<FlowLogHead, 1, MMAPABLE> = Array::new();
+
+/// Flow sync: events not written (a CPU beyond the log's size), per CPU. The next bulk sync
+/// repairs.
 #[btf_map]
 pub static FLOW_EVENTS_LOST: PerCpuArray<u64, 1> = PerCpuArray::new();
 

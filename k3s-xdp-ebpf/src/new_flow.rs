@@ -19,11 +19,10 @@ use crate::{
     family::Family,
     parse::{Ip, Offsets, L4},
     state::Probe,
-    sync,
     table::Place,
 };
 use k3s_xdp_common::{
-    reason, table::UNCONFIRMED, Flow, FlowKey, Globals, NextHop, VipInfo, VipPort, FLOW_SYNC_ON,
+    reason, table::UNCONFIRMED, Flow, FlowKey, Globals, NextHop, VipInfo, VipPort,
     MAX_PORTS_PER_VIP, NAT_UNCONFIRMED, SERVICE_DSR,
 };
 
@@ -80,7 +79,8 @@ pub fn ask<F: Family>(
         (*state).clock = globals.clock;
         (*state).mask = globals.flow_mask;
         (*state).timewait = globals.snat_timewait;
-        (*state).sync = globals.flow_sync;
+        // Nothing confirmed to report (see `Family::confirmed`).
+        (*state).confirmed = 0;
     }
 }
 
@@ -113,10 +113,8 @@ pub fn decide<F: Family>(state: *mut Probe<F>) {
                             mask: (*state).mask,
                         };
                         let seen = (*state).clock | UNCONFIRMED;
+                        // Reported to the peers once confirmed (`forward::lookup`).
                         if F::store_flow(&(*state).key, at, flow, seen) {
-                            if (*state).sync == FLOW_SYNC_ON {
-                                sync::report_new(&(*state).key, &flow);
-                            }
                             (*state).id = id;
                             (*state).backend = backend;
                             (*state).snat_port = port;

@@ -1,53 +1,87 @@
-//! Flow sync's side of the data plane: a new flow, once recorded, is reported in the
-//! `FLOW_EVENTS` ring buffer (with its backend slot and translation) for the daemon to send
-//! to the peers, and so is a nat translation when it closes (both FINs, or a RST). Established
-//! packets pay nothing; a new flow and a closing one pay one ring buffer write each, only with
-//! `[flow_sync]` on. A full ring loses the event (counted); the next bulk sync repairs.
+//! Flow sync's side of the data plane: a flow, once its client confirmed it (its second
+//! packet, see `forward::lookup`), is reported with its backend slot and translation for the
+//! daemon to send to the peers, and so is a nat translation when it closes (both FINs, or a
+//! RST). A SYN from a forged source is never confirmed, so a SYN flood costs the peers
+//! nothing. Other packets pay nothing; a confirmed flow and a closing one pay one write each,
+//! only with `[flow_sync]` on.
+//!
+//! The events go into `FLOW_EVENTS`, a log with a part per CPU (see
+//! `k3s_xdp_common::FlowLogSlot`): this CPU's next slot, then its count of events written. No
+//! lock and no atomic: only this program writes this CPU's part, one run at a time. A log the
+//! daemon has not read in time is overwritten; it counts those as lost, and the next bulk sync
+//! repairs.
 
-use crate::maps::{FLOW_EVENTS, FLOW_EVENTS_LOST};
+use crate::maps::{FLOW_EVENTS, FLOW_EVENTS_HEADS, FLOW_EVENTS_LOST};
+use aya_ebpf::helpers::bpf_get_smp_processor_id;
 use k3s_xdp_common::{
     table::NatSlot, Address, Flow, FlowEvent, FlowKey, FLOW_EVENT_CLOSED, FLOW_EVENT_NEW,
+    FLOW_LOG_SLOTS,
 };
-
-/// `BPF_RB_NO_WAKEUP`: the daemon polls the ring every few milliseconds, so no record wakes
-/// it (a wakeup is an irq_work the packet would pay for).
-const NO_WAKEUP: u64 = 1;
 
 #[inline(always)]
 pub fn report_new<A: Address>(key: &FlowKey<A>, flow: &Flow) {
-    report(key, flow, FLOW_EVENT_NEW);
+    report(key, *flow, FLOW_EVENT_NEW);
 }
 
 /// The nat translation in `slot` closed: its reverse tuple (backend → SNAT address:port)
 /// and backend slot, read from the slot (its key is the tuple the caller just matched).
 #[inline(always)]
 pub fn report_closed<A: Address>(slot: *const NatSlot<A>) {
-    // SAFETY: a map value valid for this run; a copy of its key and backend.
-    let (reverse, backend) = unsafe { ((*slot).key, (*slot).nat.backend) };
+    // SAFETY: a map value valid for this run. The key is read where it is, not copied onto
+    // the stack: its caller's frame has no room for it beside the IPv6 path's.
+    let (reverse, backend) = unsafe { (&(*slot).key, (*slot).nat.backend) };
     let flow = Flow {
         backend: u32::from(backend),
         snat_port: 0,
         snat_source: 0,
     };
-    report(&reverse, &flow, FLOW_EVENT_CLOSED);
+    report(reverse, flow, FLOW_EVENT_CLOSED);
 }
 
 #[inline(always)]
-fn report<A: Address>(key: &FlowKey<A>, flow: &Flow, op: u8) {
-    // Written in place in the ring: no copy through the stack.
-    let Some(mut entry) = FLOW_EVENTS.reserve_untyped::<FlowEvent<A>>(0) else {
-        if let Some(lost) = FLOW_EVENTS_LOST.get_ptr_mut(0) {
-            // SAFETY: per-CPU slot, only this CPU writes it while this program runs.
-            unsafe { *lost += 1 };
-        }
-        return;
+fn report<A: Address>(key: &FlowKey<A>, flow: Flow, op: u8) {
+    let family = if A::LEN == 4 { 4 } else { 6 };
+    // SAFETY: a helper without arguments (the verifier inlines it).
+    let cpu = unsafe { bpf_get_smp_processor_id() };
+    let Some(head) = FLOW_EVENTS_HEADS.get_ptr_mut(cpu) else {
+        return lost();
     };
-    entry.write(FlowEvent::<A> {
-        key: *key,
-        flow: *flow,
-        op,
-        family: if A::LEN == 4 { 4 } else { 6 },
-        _pad: [0; 6],
-    });
-    entry.submit(NO_WAKEUP);
+    // SAFETY: map values valid for this run. This CPU's head and slots have no other writer
+    // (see above); the daemon reads them concurrently, so the count is written last, after
+    // the slot, with volatile writes the compiler keeps in this order.
+    unsafe {
+        let written = (*head).written;
+        let at = cpu * FLOW_LOG_SLOTS + (written as u32 & (FLOW_LOG_SLOTS - 1));
+        let Some(slot) = FLOW_EVENTS.get_ptr_mut(at) else {
+            return lost();
+        };
+        core::ptr::write_volatile(core::ptr::addr_of_mut!((*slot).family), family);
+        // Whole words first, then the fields: the padding is zero without a call to memset
+        // (which a struct literal with byte-array padding compiles to).
+        let words = core::ptr::addr_of_mut!((*slot).event).cast::<u64>();
+        for i in 0..7 {
+            // Volatile: a plain loop of zero stores would become the memset call again.
+            core::ptr::write_volatile(words.add(i), 0);
+        }
+        let event = core::ptr::addr_of_mut!((*slot).event).cast::<FlowEvent<A>>();
+        (*event).key.src = key.src;
+        (*event).key.dst = key.dst;
+        (*event).key.sport = key.sport;
+        (*event).key.dport = key.dport;
+        (*event).key.protocol = key.protocol;
+        (*event).flow = flow;
+        (*event).op = op;
+        (*event).family = family as u8;
+        core::sync::atomic::compiler_fence(core::sync::atomic::Ordering::Release);
+        core::ptr::write_volatile(core::ptr::addr_of_mut!((*head).written), written + 1);
+    }
+}
+
+/// An event this CPU could not write (a CPU beyond the log the loader sized), counted.
+#[inline(always)]
+fn lost() {
+    if let Some(lost) = FLOW_EVENTS_LOST.get_ptr_mut(0) {
+        // SAFETY: per-CPU slot, only this CPU writes it while this program runs.
+        unsafe { *lost += 1 };
+    }
 }

@@ -2043,16 +2043,18 @@ fn fragmentation_needed_about_a_pooled_flow_quotes_its_pool_address() {
     assert_eq!(packet::ones_complement_sum(&quoted[..20], 0), 0xffff);
 }
 
-/// Flow sync (issue 20): with `Globals::flow_sync` on, a new flow is reported once in the
-/// `FLOW_EVENTS` ring with the flow entry the program recorded (backend slot, SNAT port and
-/// source); its later packets and a retransmitted SYN report nothing; with it off, nothing is
-/// reported at all.
+/// Flow sync (issues 20 and 21): with `Globals::flow_sync` on, a flow is reported once in the
+/// `FLOW_EVENTS` log, with the flow entry the program recorded (backend slot, SNAT port and
+/// source), when its client confirms it: its second packet, the handshake's ACK. Its SYN, a
+/// retransmitted SYN and its later packets report nothing; a SYN never followed by the client's
+/// ACK (a flood from a forged source) is never reported; with flow sync off, nothing is.
 #[test]
-fn new_flows_are_reported_for_flow_sync_once_each() {
+fn flows_are_reported_for_flow_sync_once_confirmed() {
     let Some(mut h) = harness() else { return };
     let vip = sock(VIP, 6443);
     let off = agent(1, 42001);
     transmitted(&mut h, &packet::tcp_syn(off, vip));
+    transmitted(&mut h, &packet::tcp(off, vip, TCP_ACK));
     assert!(
         h.dataplane.drain_flow_events(100).unwrap().is_empty(),
         "off"
@@ -2064,6 +2066,15 @@ fn new_flows_are_reported_for_flow_sync_once_each() {
     for c in clients {
         transmitted(&mut h, &packet::tcp_syn(c, vip));
         transmitted(&mut h, &packet::tcp_syn(c, vip));
+    }
+    let forged = agent(3, 42999);
+    transmitted(&mut h, &packet::tcp_syn(forged, vip));
+    assert!(
+        h.dataplane.drain_flow_events(100).unwrap().is_empty(),
+        "nothing before the clients' ACKs"
+    );
+    for c in clients {
+        transmitted(&mut h, &packet::tcp(c, vip, TCP_ACK));
         transmitted(&mut h, &packet::tcp(c, vip, TCP_ACK));
     }
     transmitted(&mut h, &packet::tcp(off, vip, TCP_ACK));
@@ -2079,7 +2090,74 @@ fn new_flows_are_reported_for_flow_sync_once_each() {
         assert_eq!(Some(e.flow), h.dataplane.flow(&k).unwrap(), "as recorded");
         assert_ne!(e.flow.snat_port, 0, "nat: the SNAT port");
     }
+    assert!(
+        h.dataplane
+            .flow(&key(forged, vip, IPPROTO_TCP))
+            .unwrap()
+            .is_some(),
+        "the unconfirmed flow is served, not reported"
+    );
     assert_eq!(h.dataplane.flow_events_lost().unwrap(), 0);
+}
+
+/// The flow-sync log keeps each CPU's last `FLOW_LOG_SLOTS` events: a reader that falls behind
+/// counts what was overwritten as lost and reads the rest whole, in order.
+#[test]
+fn a_reader_behind_the_flow_sync_log_counts_what_it_lost() {
+    if harness().is_none() {
+        return;
+    }
+    let mut h =
+        XdpHarness::with_config_in_lab_from(k3s_xdp::dataplane::BPF_OBJECT, CONFIG, 1 << 16)
+            .unwrap();
+    // One CPU, so that every event goes into one CPU's part of the log.
+    // SAFETY: a CPU set for this thread, built with the libc macros' functions.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(libc::sched_getcpu().max(0) as usize, &mut set);
+        assert_eq!(
+            libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set),
+            0
+        );
+    }
+    h.update_globals(|g| g.flow_sync = k3s_xdp_common::FLOW_SYNC_ON)
+        .unwrap();
+    let vip = sock(VIP, 6443);
+    let slots = k3s_xdp_common::FLOW_LOG_SLOTS as usize;
+    let flows = slots + 100;
+    let client = |i: usize| {
+        sock(
+            Ipv4Addr::new(203, 0, 113, 1 + (i / 20000) as u8),
+            20000 + (i % 20000) as u16,
+        )
+    };
+    for i in 0..flows {
+        transmitted(&mut h, &packet::tcp_syn(client(i), vip));
+        transmitted(&mut h, &packet::tcp(client(i), vip, TCP_ACK));
+    }
+    let events = h.dataplane.drain_flow_events(2 * flows).unwrap();
+    let lost = h.dataplane.flow_events_lost().unwrap();
+    assert_eq!(
+        events.len() as u64 + lost,
+        flows as u64,
+        "each read or lost"
+    );
+    assert!(lost >= 100, "{lost} lost: the log holds {slots} per CPU");
+    // The events read are the latest ones, whole.
+    let FlowEventOf::V4(last) = events[events.len() - 1] else {
+        panic!("IPv4")
+    };
+    assert_eq!(last.key, key(client(flows - 1), vip, IPPROTO_TCP));
+    for e in &events {
+        let FlowEventOf::V4(e) = e else {
+            panic!("IPv4")
+        };
+        assert_eq!(Some(e.flow), h.dataplane.flow(&e.key).unwrap(), "whole");
+    }
+    assert!(
+        h.dataplane.drain_flow_events(10).unwrap().is_empty(),
+        "read once"
+    );
 }
 
 /// Flow sync end to end through the real program on two nodes (issue 20): node A makes a nat
@@ -2128,6 +2206,7 @@ fn a_synced_flow_is_translated_both_ways_by_the_peer() {
     let vip = sock(VIP, 6443);
     let fwd = transmitted(&mut a, &packet::tcp_syn(client, vip));
     let (backend_ip, snat_port) = (fwd.ip().unwrap().dst, fwd.tcp().unwrap().sport);
+    transmitted(&mut a, &packet::tcp(client, vip, TCP_ACK));
     let events = a.dataplane.drain_flow_events(10).unwrap();
     let entry = dir_a.outgoing(&events[0]).expect("A names its flow");
 
@@ -2234,6 +2313,7 @@ fn a_closed_translation_is_reported_once_and_closed_on_the_peer() {
     let vip = sock(VIP, 6443);
     let fwd = transmitted(&mut a, &packet::tcp_syn(client, vip));
     let (backend_ip, snat_port) = (fwd.ip().unwrap().dst, fwd.tcp().unwrap().sport);
+    transmitted(&mut a, &packet::tcp(client, vip, TCP_ACK));
     let new = a.dataplane.drain_flow_events(10).unwrap();
     assert_eq!(new.len(), 1);
     let install = dir_b.incoming(&dir_a.outgoing(&new[0]).unwrap()).unwrap();
@@ -2289,6 +2369,7 @@ fn a_closed_translation_is_reported_once_and_closed_on_the_peer() {
     // A RST from the client closes a live translation at once: reported too.
     let c2 = agent(3, 44001);
     transmitted(&mut a, &packet::tcp_syn(c2, vip));
+    transmitted(&mut a, &packet::tcp(c2, vip, TCP_ACK));
     a.dataplane.drain_flow_events(10).unwrap();
     transmitted(&mut a, &packet::tcp(c2, vip, TCP_RST));
     let reset = a.dataplane.drain_flow_events(10).unwrap();

@@ -132,7 +132,8 @@ pub struct FlowSyncStatus {
     /// could not be named for the peers (a backend no longer published, a translation gone).
     pub reported: u64,
     pub unnamed: u64,
-    /// Reports the program could not write: the ring was full (repaired by a bulk sync).
+    /// Reports lost in the program's log: overwritten before they were read (repaired by a
+    /// bulk sync).
     pub events_lost: u64,
     /// Entries taken from the peers; installed (flows written), closed (found and closed
     /// here), conflicts (a live translation of another connection kept its slot), not placed

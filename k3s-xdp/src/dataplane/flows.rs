@@ -12,11 +12,12 @@ use k3s_xdp_common::{
     hash::flow_hash,
     names,
     table::{self, bucket_index, keep_rank, nat_index, FlowBucket, FlowSlot, NatSlot},
-    Address, Flow, FlowEvent, FlowKey, NatReverse, FLOW_EVENT_NEW, V6,
+    Address, Flow, FlowEvent, FlowKey, FlowLogHead, FlowLogSlot, NatReverse, FLOW_EVENT_NEW,
+    FLOW_LOG_SLOTS, V6,
 };
 use std::collections::BTreeMap;
 
-/// A record of the `FLOW_EVENTS` ring, of either family.
+/// An event of the `FLOW_EVENTS` log, of either family.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FlowEventOf {
     V4(FlowEvent),
@@ -24,47 +25,107 @@ pub enum FlowEventOf {
 }
 
 impl FlowEventOf {
-    /// The record in `bytes` (as the ring holds it), if it is one.
-    pub fn parse(bytes: &[u8]) -> Option<Self> {
+    /// The event a slot of the log holds, if it holds one.
+    pub fn of(slot: &FlowLogSlot) -> Option<Self> {
         fn read<T: Copy>(bytes: &[u8]) -> Option<T> {
-            (bytes.len() == std::mem::size_of::<T>())
-                // SAFETY: exactly the bytes of a `T`, a plain `repr(C)` record without
+            (bytes.len() >= std::mem::size_of::<T>())
+                // SAFETY: at least the bytes of a `T`, a plain `repr(C)` record without
                 // invalid bit patterns; read unaligned.
                 .then(|| unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<T>()) })
         }
-        let event = match read::<FlowEvent>(bytes) {
-            Some(e) if e.family == 4 => FlowEventOf::V4(e),
-            _ => match read::<FlowEvent<V6>>(bytes) {
-                Some(e) if e.family == 6 => FlowEventOf::V6(e),
-                _ => return None,
-            },
-        };
-        Some(event)
-    }
-}
-
-fn drain<T: std::borrow::BorrowMut<MapData>>(
-    ring: &mut aya::maps::RingBuf<T>,
-    max: usize,
-) -> Vec<FlowEventOf> {
-    let mut out = Vec::new();
-    while out.len() < max {
-        let Some(item) = ring.next() else { break };
-        if let Some(event) = FlowEventOf::parse(&item) {
-            out.push(event);
+        match slot.family {
+            4 => read::<FlowEvent>(&slot.event)
+                .filter(|e| e.family == 4)
+                .map(FlowEventOf::V4),
+            6 => read::<FlowEvent<V6>>(&slot.event)
+                .filter(|e| e.family == 6)
+                .map(FlowEventOf::V6),
+            _ => None,
         }
     }
-    out
+
+    fn op(&self) -> u8 {
+        match self {
+            FlowEventOf::V4(e) => e.op,
+            FlowEventOf::V6(e) => e.op,
+        }
+    }
 }
 
-/// The reader of the `FLOW_EVENTS` ring, out of the data plane (see
-/// [`Dataplane::take_flow_events`]).
-pub struct FlowEvents(aya::maps::RingBuf<MapData>);
+/// Where to read a CPU's part of the log from, given that `read` events were read before and
+/// `written` were written: the first event still in the log, and how many were overwritten
+/// unread (the log keeps the last `slots`).
+pub fn unread_from(read: u64, written: u64, slots: u64) -> (u64, u64) {
+    // A count below `read` is a log that started again (never while the program is loaded).
+    let read = read.min(written);
+    let oldest = written.saturating_sub(slots);
+    (read.max(oldest), oldest.saturating_sub(read))
+}
+
+/// Whether event `i`, copied while the writer's count went on to `written`, was whole when
+/// copied: the writer had not come round to its slot again (it writes the slot of event
+/// `written` before counting it).
+pub fn intact(i: u64, written: u64, slots: u64) -> bool {
+    written < i + slots
+}
+
+/// The reader of the `FLOW_EVENTS` log, through shared mappings of the log and its heads (see
+/// `k3s_xdp_common::FlowLogSlot`): no system call per read. Events overwritten before they
+/// were read are counted (`lost`, shared with the data plane's [`Dataplane::flow_events_lost`]).
+pub struct FlowEvents {
+    slots: sys::MappedArray<FlowLogSlot>,
+    heads: sys::MappedArray<FlowLogHead>,
+    /// Events read, per CPU.
+    read: Vec<u64>,
+    /// The CPU the next drain starts with, so that none waits behind the others.
+    next: usize,
+    lost: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
 
 impl FlowEvents {
-    /// Up to `max` records, in the order the program wrote them.
+    /// Up to `max` events, each CPU's in the order it wrote them; the new flows of one drain
+    /// before its closed translations (a connection that opens and closes within one drain
+    /// may have its two events on two CPUs).
     pub fn drain(&mut self, max: usize) -> Vec<FlowEventOf> {
-        drain(&mut self.0, max)
+        use std::sync::atomic::{fence, Ordering};
+        let slots = u64::from(FLOW_LOG_SLOTS);
+        let cpus = self.read.len();
+        let mut out = Vec::new();
+        let mut copied = Vec::new();
+        for n in 0..cpus {
+            let cpu = (self.next + n) % cpus;
+            if out.len() >= max {
+                break;
+            }
+            let Some(head) = self.heads.get(cpu) else {
+                continue;
+            };
+            // The slots are read after the count that says they are written.
+            fence(Ordering::Acquire);
+            let (from, overwritten) = unread_from(self.read[cpu], head.written, slots);
+            let to = head.written.min(from + (max - out.len()) as u64);
+            copied.clear();
+            copied.extend((from..to).filter_map(|i| {
+                let at = cpu * FLOW_LOG_SLOTS as usize + (i % slots) as usize;
+                self.slots.get(at).map(|slot| (i, slot))
+            }));
+            // ... and the count again after them: a slot written meanwhile is not kept.
+            fence(Ordering::Acquire);
+            let after = self.heads.get(cpu).map_or(head.written, |h| h.written);
+            let mut lost = overwritten;
+            for (i, slot) in &copied {
+                match FlowEventOf::of(slot) {
+                    Some(event) if intact(*i, after, slots) => out.push(event),
+                    _ => lost += 1,
+                }
+            }
+            self.lost.fetch_add(lost, Ordering::Relaxed);
+            self.read[cpu] = to;
+        }
+        self.next = (self.next + 1) % cpus.max(1);
+        // New flows first (stable): see above.
+        out.sort_by_key(|e| e.op() != FLOW_EVENT_NEW);
+        out
     }
 }
 
@@ -356,11 +417,17 @@ impl Dataplane {
         })
     }
 
-    /// Takes up to `max` records from the `FLOW_EVENTS` ring (new flows, for flow sync), in
-    /// the order the program wrote them; a record that is not an event is skipped.
+    /// Takes up to `max` events from the `FLOW_EVENTS` log (for flow sync), each CPU's in the
+    /// order it wrote them (see [`FlowEvents::drain`]).
     pub fn drain_flow_events(&mut self, max: usize) -> Result<Vec<FlowEventOf>> {
-        let mut ring = aya::maps::RingBuf::try_from(self.map_mut(names::FLOW_EVENTS)?)?;
-        Ok(drain(&mut ring, max))
+        if self.flow_events.is_none() {
+            self.flow_events = Some(self.flow_events_reader()?);
+        }
+        Ok(self
+            .flow_events
+            .as_mut()
+            .map(|r| r.drain(max))
+            .unwrap_or_default())
     }
 
     /// Writes a peer's flows (flow sync) where this node's program looks for them, last seen
@@ -403,15 +470,46 @@ impl Dataplane {
         })
     }
 
-    /// Takes the reader of the `FLOW_EVENTS` ring out of the data plane, for flow sync's own
-    /// thread ([`Dataplane::drain_flow_events`] then has nothing to read).
+    /// Takes the reader of the `FLOW_EVENTS` log out of the data plane, for flow sync's own
+    /// thread ([`Dataplane::drain_flow_events`] then reads no more).
     pub fn take_flow_events(&mut self) -> Result<FlowEvents> {
-        let map = self
-            .bpf
-            .take_map(names::FLOW_EVENTS)
-            .ok_or_else(|| anyhow::anyhow!("{} was taken already", names::FLOW_EVENTS))?;
-        Ok(FlowEvents(aya::maps::RingBuf::try_from(map)?))
+        match self.flow_events.take() {
+            Some(reader) => {
+                self.flow_events_taken = true;
+                Ok(reader)
+            }
+            None if self.flow_events_taken => {
+                anyhow::bail!("{} was taken already", names::FLOW_EVENTS)
+            }
+            None => {
+                self.flow_events_taken = true;
+                self.flow_events_reader()
+            }
+        }
     }
+
+    fn flow_events_reader(&self) -> Result<FlowEvents> {
+        use std::os::fd::{AsFd, AsRawFd};
+        let fd = |name: &str| -> Result<i32> {
+            let aya::maps::Map::Array(map) = self.map(name)? else {
+                anyhow::bail!("{name} is not an array");
+            };
+            Ok(map.fd().as_fd().as_raw_fd())
+        };
+        let cpus = self.flow_log_cpus as usize;
+        Ok(FlowEvents {
+            slots: sys::MappedArray::map(
+                fd(names::FLOW_EVENTS)?,
+                cpus * FLOW_LOG_SLOTS as usize,
+                false,
+            )?,
+            heads: sys::MappedArray::map(fd(names::FLOW_EVENTS_HEADS)?, cpus, false)?,
+            read: vec![0; cpus],
+            next: 0,
+            lost: self.flow_events_lost.clone(),
+        })
+    }
+
     /// The flow table entry of a client → VIP tuple.
     pub fn flow(&self, key: &FlowKey) -> Result<Option<Flow>> {
         let hash = flow_hash(key);
@@ -481,5 +579,65 @@ impl Dataplane {
         let index = bucket_index(hash, self.flow_mask);
         let mut map: Array<&mut MapData, B> = Array::try_from(self.map_mut(name)?)?;
         Ok(map.set(index, bucket, 0)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reader_in_time_reads_from_where_it_stopped() {
+        assert_eq!(unread_from(0, 0, 8), (0, 0));
+        assert_eq!(unread_from(3, 10, 8), (3, 0));
+        assert_eq!(unread_from(2, 10, 8), (2, 0));
+    }
+
+    #[test]
+    fn a_reader_behind_the_log_counts_what_was_overwritten() {
+        // 11 written, the log keeps 8 (events 3..11): 0, 1 and 2 were lost.
+        assert_eq!(unread_from(0, 11, 8), (3, 3));
+        assert_eq!(unread_from(5, 100, 8), (92, 87));
+    }
+
+    #[test]
+    fn a_log_that_started_again_is_read_from_its_start() {
+        assert_eq!(unread_from(50, 4, 8), (4, 0));
+    }
+
+    #[test]
+    fn a_copy_is_whole_until_the_writer_comes_round_to_its_slot() {
+        // Event 3's slot is next written for event 11 (3 + 8), after 11 events are counted.
+        assert!(intact(3, 10, 8));
+        assert!(
+            !intact(3, 11, 8),
+            "the writer may be writing event 11 into it"
+        );
+        assert!(!intact(3, 20, 8));
+    }
+
+    #[test]
+    fn a_slot_says_which_family_its_event_is() {
+        let v4 = FlowEvent {
+            op: FLOW_EVENT_NEW,
+            family: 4,
+            ..Default::default()
+        };
+        let mut slot = FlowLogSlot {
+            family: 4,
+            _pad: 0,
+            event: [0; 56],
+        };
+        // SAFETY: a `FlowEvent` is 32 plain bytes, within the slot's 56.
+        unsafe { std::ptr::write_unaligned(slot.event.as_mut_ptr().cast(), v4) };
+        assert_eq!(FlowEventOf::of(&slot), Some(FlowEventOf::V4(v4)));
+        slot.family = 6;
+        assert_eq!(
+            FlowEventOf::of(&slot),
+            None,
+            "a family the event does not carry"
+        );
+        slot.family = 0;
+        assert_eq!(FlowEventOf::of(&slot), None, "a slot never written");
     }
 }

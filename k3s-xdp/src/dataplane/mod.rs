@@ -68,6 +68,13 @@ pub struct Dataplane {
     flow_mask: u32,
     /// Whether the IPv6 flow tables were sized (`LoadOptions::ipv6`).
     ipv6: bool,
+    /// CPUs with a part of flow sync's `FLOW_EVENTS` log (0 without flow sync).
+    flow_log_cpus: u32,
+    /// The log's reader, until flow sync takes it (`take_flow_events`).
+    flow_events: Option<flows::FlowEvents>,
+    flow_events_taken: bool,
+    /// Events the reader found overwritten before it read them.
+    flow_events_lost: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 struct Attached {
@@ -90,8 +97,8 @@ pub struct LoadOptions {
     /// IPv6 services. Otherwise they hold one bucket: at the default size they would take
     /// 44 MiB for nothing.
     pub ipv6: bool,
-    /// Whether new flows are reported for flow sync: the `FLOW_EVENTS` ring gets its size
-    /// (`FLOW_EVENTS_BYTES`), else one page.
+    /// Whether flows are reported for flow sync: the `FLOW_EVENTS` log gets
+    /// `FLOW_LOG_SLOTS` slots per CPU, else one slot.
     pub flow_sync: bool,
 }
 
@@ -113,6 +120,13 @@ impl Dataplane {
         } else {
             0
         };
+        // Flow sync's log: a part per CPU the program may run on, none without flow sync.
+        let flow_log_cpus = if options.flow_sync {
+            let cpus = aya::util::nr_cpus().map_err(|(path, e)| anyhow!("reading {path}: {e}"))?;
+            u32::try_from(cpus).context("CPU count")?
+        } else {
+            0
+        };
         let mut bpf = EbpfLoader::new()
             .map_max_entries(names::FLOWS, buckets)
             .map_max_entries(names::NAT_REVERSE, table::slots(options.flow_table_size))
@@ -120,12 +134,9 @@ impl Dataplane {
             .map_max_entries(names::NAT_REVERSE6, table::slots(size6))
             .map_max_entries(
                 names::FLOW_EVENTS,
-                if options.flow_sync {
-                    k3s_xdp_common::FLOW_EVENTS_BYTES
-                } else {
-                    k3s_xdp_common::FLOW_EVENTS_BYTES_OFF
-                },
+                (flow_log_cpus * k3s_xdp_common::FLOW_LOG_SLOTS).max(1),
             )
+            .map_max_entries(names::FLOW_EVENTS_HEADS, flow_log_cpus.max(1))
             .load(object)
             .context("cannot load the XDP object into the kernel (needs root, or CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN)")?;
         for name in [names::PROGRAM, names::PASS_PROGRAM, names::FLOOR_PROGRAM]
@@ -161,6 +172,10 @@ impl Dataplane {
             attached: None,
             flow_mask: table::buckets(options.flow_table_size) - 1,
             ipv6: options.ipv6,
+            flow_log_cpus,
+            flow_events: None,
+            flow_events_taken: false,
+            flow_events_lost: Default::default(),
         };
         // The program finds flow slots with the mask: it is in place before any packet.
         publish::write_globals(&mut dp, &Globals::default())?;
@@ -305,9 +320,14 @@ impl Dataplane {
         self.per_cpu_sums(names::TABLE_EVENTS, &reason::table::NAMES)
     }
 
-    /// Flow sync events lost to a full ring, summed over CPUs.
+    /// Flow sync events lost: overwritten in the log before they were read, or not written
+    /// (summed over CPUs).
     pub fn flow_events_lost(&self) -> Result<u64> {
-        Ok(self.per_cpu_sums(names::FLOW_EVENTS_LOST, &["lost"])?[0].1)
+        let unwritten = self.per_cpu_sums(names::FLOW_EVENTS_LOST, &["lost"])?[0].1;
+        Ok(unwritten
+            + self
+                .flow_events_lost
+                .load(std::sync::atomic::Ordering::Relaxed))
     }
 
     fn per_cpu_sums(&self, map: &str, labels: &[&'static str]) -> Result<Vec<(&'static str, u64)>> {

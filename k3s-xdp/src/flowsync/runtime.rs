@@ -37,7 +37,7 @@ use std::{
 use tokio::sync::{mpsc, watch};
 use tracing::info;
 
-/// How often the ring is read and the socket waited on (the lag of a new flow to the peers).
+/// How often the log is read and the socket waited on (the lag of a new flow to the peers).
 const POLL: Duration = Duration::from_millis(2);
 /// Datagrams waiting per peer at most (about 5.6 MB); beyond, updates are lost (counted).
 const QUEUE: usize = 4096;
@@ -198,7 +198,7 @@ impl Outbox {
 
 #[derive(Default)]
 struct Counters {
-    /// Records read from the ring, and those that could not be named (backend slot not
+    /// Events read from the log, and those that could not be named (backend slot not
     /// published, translation gone).
     reported: u64,
     unnamed: u64,
@@ -270,7 +270,7 @@ impl Node {
     }
 
     fn receive(&mut self, buf: &mut [u8], now: Instant) {
-        // Bounded per round, so a flood of datagrams cannot starve the ring.
+        // Bounded per round, so a flood of datagrams cannot starve the log.
         for _ in 0..4096 {
             let (n, from) = match self.socket.recv_from(buf) {
                 Ok(x) => x,
@@ -342,7 +342,7 @@ impl Node {
         }
     }
 
-    /// Reads the ring: new flows and closed translations, to every peer.
+    /// Reads the log: confirmed flows and closed translations, to every peer.
     fn report_flows(&mut self, now: Instant) {
         let directory = self.directory.borrow().clone();
         let mut entries = Vec::new();
