@@ -178,9 +178,34 @@ impl Machine {
         &self.params
     }
 
-    /// New settings (reload); the state is kept.
-    pub fn set_params(&mut self, params: Params) {
+    /// New settings (reload); the state is kept, unless tracking fails and its weight moved
+    /// between 0 (fault) and a priority change: the router is then where the new weight puts
+    /// a failing track, as if it had just failed.
+    pub fn set_params(&mut self, params: Params, now: Instant) -> Output {
+        let was_fault_mode = self.params.track_weight == 0;
         self.params = params;
+        let mut out = Output::default();
+        let fault_mode = self.params.track_weight == 0;
+        if self.track_ok || fault_mode == was_fault_mode {
+            return out;
+        }
+        match self.state {
+            State::Backup | State::Master => {
+                self.track_ok = true;
+                self.track(false, now, &mut out);
+            }
+            State::Fault if self.link_up => {
+                self.master_down_timer = Some(now + self.master_down_interval());
+                self.waiting = Wait::MasterDown;
+                self.go(
+                    State::Backup,
+                    "tracking fails, but its weight is no longer 0".into(),
+                    &mut out,
+                );
+            }
+            _ => {}
+        }
+        out
     }
 
     /// The priority advertised now: configured, lowered by tracking while it fails.
@@ -240,6 +265,10 @@ impl Machine {
     }
 
     fn go(&mut self, to: State, reason: String, out: &mut Output) {
+        if matches!(to, State::Fault | State::Initialize) {
+            // A lower master heard before is timed again from when it is heard next.
+            self.lower_master_since = None;
+        }
         if self.state != to {
             out.transition = Some(Transition {
                 from: self.state,
@@ -989,6 +1018,95 @@ mod tests {
         assert_eq!(m.state(), State::Backup);
         run_until(&mut m, t0 + 10 * S);
         assert_eq!(m.state(), State::Master);
+    }
+
+    #[test]
+    fn a_reload_to_weight_zero_while_tracking_fails_faults_and_back() {
+        let t0 = Instant::now();
+        let mut m = started(
+            Params {
+                track_weight: -50,
+                ..params(200)
+            },
+            t0,
+        );
+        run_until(&mut m, t0 + 4 * S);
+        m.handle(Event::Track { ok: false }, t0 + 5 * S);
+        assert_eq!(m.state(), State::Master, "weight -50: a lower priority");
+        let out = m.set_params(
+            Params {
+                track_weight: 0,
+                ..params(200)
+            },
+            t0 + 6 * S,
+        );
+        assert_eq!(m.state(), State::Fault);
+        assert_eq!(
+            out.actions,
+            vec![Action::Advertise { priority: 0 }, Action::ReleaseVips]
+        );
+        // Back to a weight: out of fault, and master again once no one else is.
+        let out = m.set_params(
+            Params {
+                track_weight: -50,
+                ..params(200)
+            },
+            t0 + 7 * S,
+        );
+        assert_eq!(m.state(), State::Backup);
+        assert!(out.transition.is_some());
+        assert_eq!(m.priority(), 150);
+        run_until(&mut m, t0 + 11 * S);
+        assert_eq!(m.state(), State::Master);
+        // A reload that keeps the weight changes nothing.
+        let out = m.set_params(
+            Params {
+                track_weight: -40,
+                ..params(200)
+            },
+            t0 + 12 * S,
+        );
+        assert_eq!((m.state(), out.actions.len()), (State::Master, 0));
+    }
+
+    #[test]
+    fn a_lower_master_is_timed_again_after_a_fault() {
+        let t0 = Instant::now();
+        let mut m = started(
+            Params {
+                preempt_delay: 10 * S,
+                ..params(200)
+            },
+            t0,
+        );
+        // A lower master from the start: preemption waits 10 s from then.
+        m.handle(
+            Event::Advert {
+                from: PEER,
+                priority: 100,
+                interval: S,
+            },
+            t0 + S,
+        );
+        m.handle(Event::Link { up: false }, t0 + 2 * S);
+        m.handle(Event::Link { up: true }, t0 + 20 * S);
+        assert_eq!(m.state(), State::Backup);
+        // Heard again after the fault: its delay starts now, not at t0 + 1 s, so its adverts
+        // hold this backup back (without it, they would be ignored and the backup would take
+        // over when its master-down timer ran out, about 3 s after the link came up).
+        for i in 0..6 {
+            let at = t0 + 21 * S + i * S;
+            run_until(&mut m, at);
+            m.handle(
+                Event::Advert {
+                    from: PEER,
+                    priority: 100,
+                    interval: S,
+                },
+                at,
+            );
+            assert_eq!(m.state(), State::Backup, "{i} s after it was heard again");
+        }
     }
 
     #[test]

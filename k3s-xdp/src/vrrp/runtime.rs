@@ -18,7 +18,7 @@
 //! exits.
 
 use super::{
-    machine::{Action, Event, Machine, Params, State},
+    machine::{Action, Event, Machine, Output, Params, State},
     packet::{self, Advert, Expect, Family, Received, Reject, Version},
 };
 use crate::{
@@ -416,7 +416,9 @@ async fn run<S: RouterSockets>(
 impl<S: RouterSockets> Speaker<S> {
     /// New live settings from a reload (the identity fields are the running ones).
     async fn retune(&mut self, config: config::Vrrp, track_ok: bool) {
-        self.machine.set_params(params(&config, self.primary));
+        let out = self
+            .machine
+            .set_params(params(&config, self.primary), Instant::now());
         info!(
             "{} retuned: priority {}, advert_int {:?}, preempt {}",
             tag::<S::Addr>(),
@@ -425,6 +427,7 @@ impl<S: RouterSockets> Speaker<S> {
             config.preempt
         );
         self.config = config;
+        self.apply(out).await;
         if track_ok != self.track_ok {
             self.track_ok = track_ok;
             self.handle(Event::Track { ok: track_ok }).await;
@@ -477,6 +480,12 @@ impl<S: RouterSockets> Speaker<S> {
     /// Runs `event` through the machine and carries out its actions.
     async fn handle(&mut self, event: Event) {
         let out = self.machine.handle(event, Instant::now());
+        self.apply(out).await;
+    }
+
+    /// Carries out what the state machine said: its transition logged and reported, then its
+    /// actions.
+    async fn apply(&mut self, out: Output) {
         if let Some(t) = &out.transition {
             self.counters.transitions += 1;
             let line = format!("{} {} -> {}: {}", tag::<S::Addr>(), t.from, t.to, t.reason);
