@@ -321,15 +321,33 @@ pub fn transport(ctx: &XdpContext, valid: &Valid, protocol: u8) -> Result<L4, u3
 /// from the transport header.
 #[inline(always)]
 pub fn flow_key<F: Family>(ip: &Ip<F>, l4: &L4) -> FlowKey<F> {
-    FlowKey {
-        src: F::src(ip.hdr),
-        dst: F::dst(ip.hdr),
-        sport: l4.sport,
-        dport: l4.dport,
-        protocol: l4.protocol,
-        _pad: [0; 3],
+    let mut key = core::mem::MaybeUninit::<FlowKey<F>>::uninit();
+    let k = key.as_mut_ptr();
+    // SAFETY: every field written before `assume_init`. The protocol and its 3 bytes of
+    // padding are one aligned 32-bit word (offset 12 or 36), written whole: a literal's
+    // `_pad: [0; 3]` compiles to a call to memset on the IPv6 path (little-endian target:
+    // the protocol is the word's first byte).
+    unsafe {
+        core::ptr::addr_of_mut!((*k).src).write(F::src(ip.hdr));
+        core::ptr::addr_of_mut!((*k).dst).write(F::dst(ip.hdr));
+        core::ptr::addr_of_mut!((*k).sport).write(l4.sport);
+        core::ptr::addr_of_mut!((*k).dport).write(l4.dport);
+        core::ptr::addr_of_mut!((*k).protocol)
+            .cast::<u32>()
+            .write(u32::from(l4.protocol));
+        key.assume_init()
     }
 }
+
+// `flow_key` writes the protocol and the padding after it as one aligned word.
+const _: () = {
+    use core::mem::{align_of, offset_of};
+    assert!(offset_of!(FlowKey<u32>, protocol) % 4 == 0 && align_of::<FlowKey<u32>>() >= 4);
+    assert!(
+        offset_of!(FlowKey<k3s_xdp_common::V6>, protocol) % 4 == 0
+            && align_of::<FlowKey<k3s_xdp_common::V6>>() >= 4
+    );
+};
 
 /// Where a packet's headers start, once parsed and checked: what `again` needs to find them.
 #[repr(C)]
