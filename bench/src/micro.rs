@@ -447,7 +447,7 @@ pub fn micro(summary: &mut Vec<Ratio>) -> Result<String> {
             target: Some(150.0),
             flow_sync: None,
         },
-        // The same, with flow sync on: a flow is reported once confirmed, so nothing more here.
+        // The same, with flow sync on: each new flow also goes into the FLOW_EVENTS log.
         Case {
             name: "new-flow path, tables in cache (nat), flow sync on",
             program: names::BENCH_PROGRAM,
@@ -461,11 +461,10 @@ pub fn micro(summary: &mut Vec<Ratio>) -> Result<String> {
             expect_action: 3,
             reason: Some(reason::TX_FORWARD),
             target: None,
-            flow_sync: Some(0),
+            flow_sync: Some(1),
         },
         // The client's second packet (the handshake's ACK), which confirms its flow and
-        // translation: each run marks them unconfirmed again first. With flow sync on, this
-        // is the packet that reports the flow to the peers: the cost flow sync adds per flow.
+        // translation (flood-resistant admission): each run marks them unconfirmed again first.
         Case {
             name: "confirming packet (nat)",
             program: names::BENCH_PROGRAM,
@@ -480,21 +479,6 @@ pub fn micro(summary: &mut Vec<Ratio>) -> Result<String> {
             reason: Some(reason::TX_FORWARD),
             target: None,
             flow_sync: None,
-        },
-        Case {
-            name: "confirming packet (nat), flow sync on",
-            program: names::BENCH_PROGRAM,
-            frame: Box::new({
-                let ack = hot_ack.clone();
-                move |_| ack.clone()
-            }),
-            mode: BENCH_UNCONFIRM_FLOW,
-            forget: hot_forget,
-            service: "k3s-api",
-            expect_action: 3,
-            reason: Some(reason::TX_FORWARD),
-            target: None,
-            flow_sync: Some(1),
         },
         // A new flow per run: the source port advances each run, the source address each round.
         Case {
@@ -770,7 +754,7 @@ pub fn micro(summary: &mut Vec<Ratio>) -> Result<String> {
         &mut out,
         summary,
         TwinTable {
-            title: "Flow sync's cost per flow (reported by the packet that confirms it)",
+            title: "Flow sync on a new flow",
             columns: ("off ns", "on ns", "on - off"),
             twin_of: |name| name.strip_suffix(", flow sync on"),
             what: |name| format!("XDP: {name}"),

@@ -4,9 +4,8 @@
 //! Two nodes in one process, each the real XDP program (`BENCH_OBJECT`, tables of 1M
 //! flows) and the real flow-sync thread (`flowsync::runtime`), their sockets in lb-1's and
 //! lb-2's namespaces of the seed topology (192.0.2.98 and .99, a bridge between them). Node A
-//! makes new nat flows by running its program on SYNs of new tuples and their ACKs
-//! (BPF_PROG_TEST_RUN, chunks at the offered rate); each, once confirmed by its ACK, is
-//! reported in its log, named, batched, signed
+//! makes new nat flows by running its program on SYNs of new tuples (BPF_PROG_TEST_RUN,
+//! chunks at the offered rate); each is reported in its log, named, batched, signed
 //! and sent; node B checks and installs them. The last flow of every chunk is a marker: a
 //! poller times from the end of its chunk until B's table holds it (the lag, sampled every
 //! 0.1 ms). CPU is the two flow-sync threads' (user + system, from /proc), per 1,000 flows
@@ -26,7 +25,7 @@ use k3s_xdp::{
 use k3s_xdp_common::{names, BenchPacket, FlowKey, BENCH_NEW_SOURCE_PORT, IPPROTO_TCP};
 use k3s_xdp_tests::{
     bpf::XdpHarness,
-    packet::{self, TCP_ACK, TCP_SYN},
+    packet::{self, TCP_SYN},
     topology::{Topology, LB1, LB2, VIP},
 };
 use std::{
@@ -180,57 +179,52 @@ fn key(client: SocketAddrV4) -> FlowKey {
     }
 }
 
-/// Runs node A's program on `CHUNK` new connections of chunk `c`: their SYNs, then their
-/// ACKs, which confirm them (a flow is reported to the peers once confirmed); when the runs
-/// started (the last one ended between then and the return).
+/// Runs node A's program on `CHUNK` SYNs of new tuples of chunk `c`; when the runs started
+/// (the last one ended between then and the return).
 fn make_chunk(a: &mut XdpHarness, c: u32) -> Result<Instant> {
     let base = client(c, 0);
+    let mut frame = packet::tcp(base, SocketAddrV4::new(VIP, 6443), TCP_SYN).to_bytes();
+    while !frame.len().is_multiple_of(8) {
+        frame.push(0);
+    }
+    {
+        let map = a
+            .dataplane
+            .bpf_mut()
+            .map_mut(names::BENCH)
+            .context("the object has no BENCH map")?;
+        let mut bench: aya::maps::Array<_, BenchPacket> = aya::maps::Array::try_from(map)?;
+        let mut p = BenchPacket {
+            len: frame.len() as u32,
+            mode: BENCH_NEW_SOURCE_PORT,
+            ..Default::default()
+        };
+        p.bytes[..frame.len()].copy_from_slice(&frame);
+        bench.set(0, p, 0)?;
+    }
+    let lab = a.lab.as_ref().context("a lab harness")?;
+    let ctx: Vec<u8> = [0u32, frame.len() as u32, 0, lab.ifindex, 0, 0]
+        .iter()
+        .flat_map(|v| v.to_ne_bytes())
+        .collect();
+    let mut out = vec![0u8; frame.len() + 256];
     let started = Instant::now();
-    for flags in [TCP_SYN, TCP_ACK] {
-        let mut frame = packet::tcp(base, SocketAddrV4::new(VIP, 6443), flags).to_bytes();
-        while !frame.len().is_multiple_of(8) {
-            frame.push(0);
-        }
-        {
-            let map = a
-                .dataplane
-                .bpf_mut()
-                .map_mut(names::BENCH)
-                .context("the object has no BENCH map")?;
-            let mut bench: aya::maps::Array<_, BenchPacket> = aya::maps::Array::try_from(map)?;
-            // A new entry: its run counter starts again, so the ACKs follow the SYNs' ports.
-            let mut p = BenchPacket {
-                len: frame.len() as u32,
-                mode: BENCH_NEW_SOURCE_PORT,
-                ..Default::default()
-            };
-            p.bytes[..frame.len()].copy_from_slice(&frame);
-            bench.set(0, p, 0)?;
-        }
-        let lab = a.lab.as_ref().context("a lab harness")?;
-        let ctx: Vec<u8> = [0u32, frame.len() as u32, 0, lab.ifindex, 0, 0]
-            .iter()
-            .flat_map(|v| v.to_ne_bytes())
-            .collect();
-        let mut out = vec![0u8; frame.len() + 256];
-        // One run per call: a call with `repeat` > 1 swaps the XDP dispatcher in and out, two
-        // RCU grace periods (~16 ms here) that would pace the generator instead of the offered
-        // rate.
-        let program = a.dataplane.program_mut(names::BENCH_PROGRAM)?;
-        for _ in 0..CHUNK {
-            let r = program.test_run(TestRunOptions {
-                data_in: Some(&frame),
-                data_out: Some(&mut out),
-                ctx_in: Some(&ctx),
-                repeat: 1,
-                ..Default::default()
-            })?;
-            if r.return_value != 3 {
-                bail!(
-                    "chunk {c}: the program answered {} (XDP_TX expected)",
-                    r.return_value
-                );
-            }
+    // One run per call: a call with `repeat` > 1 swaps the XDP dispatcher in and out, two RCU
+    // grace periods (~16 ms here) that would pace the generator instead of the offered rate.
+    let program = a.dataplane.program_mut(names::BENCH_PROGRAM)?;
+    for _ in 0..CHUNK {
+        let r = program.test_run(TestRunOptions {
+            data_in: Some(&frame),
+            data_out: Some(&mut out),
+            ctx_in: Some(&ctx),
+            repeat: 1,
+            ..Default::default()
+        })?;
+        if r.return_value != 3 {
+            bail!(
+                "chunk {c}: the program answered {} (XDP_TX expected)",
+                r.return_value
+            );
         }
     }
     Ok(started)
@@ -397,7 +391,7 @@ pub fn run(summary: &mut Vec<Ratio>) -> Result<String> {
     let mut out = String::from("## Flow sync: replication between two nodes\n\n");
     let _ = writeln!(
         out,
-        "Node A makes new nat flows with its real XDP program (BPF_PROG_TEST_RUN on SYNs of new tuples, then their ACKs, which confirm them, chunks of {CHUNK}, one call per packet, paced at the offered rate for one second); its flow-sync thread reads them from the log and sends them over UDP (lb-1 → lb-2 namespaces, a bridge); node B's thread checks and installs them. Lag: from the start of a chunk until B's table holds its last flow (sampled every 0.1 ms); in parentheses, from the chunk's return (the last flow was made between the two: under this machine's CPU contention a chunk's syscall takes longer than its runs). CPU: both flow-sync threads, user + system, minus their idle cost ({:.1} ms/s: a 2 ms poll), per 1,000 flows. Lost: in A's log (overwritten unread), in A's queue, on the way (datagrams B saw missing from A's numbering; cumulative; each asks A for its whole table again, so the flows arrive after all).\n",
+        "Node A makes new nat flows with its real XDP program (BPF_PROG_TEST_RUN on SYNs of new tuples, chunks of {CHUNK}, one call per flow, paced at the offered rate for one second); its flow-sync thread reads them from the log and sends them over UDP (lb-1 → lb-2 namespaces, a bridge); node B's thread checks and installs them. Lag: from the start of a chunk until B's table holds its last flow (sampled every 0.1 ms); in parentheses, from the chunk's return (the last flow was made between the two: under this machine's CPU contention a chunk's syscall takes longer than its runs). CPU: both flow-sync threads, user + system, minus their idle cost ({:.1} ms/s: a 2 ms poll), per 1,000 flows. Lost: in A's log (overwritten unread), in A's queue, on the way (datagrams B saw missing from A's numbering; cumulative; each asks A for its whole table again, so the flows arrive after all).\n",
         idle_cpu * 1000.0
     );
     out.push_str("| offered (flows/s) | made in | new flows made on A | installed on B | conflicts | lag p50 | lag p99 | lag max | markers missing | lost (log / queue / wire) | B's UDP buffer drops | CPU per 1,000 flows |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");

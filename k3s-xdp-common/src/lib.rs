@@ -417,17 +417,15 @@ pub struct Globals {
     /// `snat_timewait` in seconds: how long a translation whose backend closed first keeps
     /// its SNAT port from other client tuples (see [`waits`]).
     pub snat_timewait: u32,
-    /// [`FLOW_SYNC_ON`]: confirmed flows and closed translations are reported in
-    /// `FLOW_EVENTS` for the peers.
+    /// [`FLOW_SYNC_ON`]: new flows and closed translations are reported in `FLOW_EVENTS` for
+    /// the peers.
     pub flow_sync: u32,
 }
 
 /// `Globals::flow_sync`: report new flows.
 pub const FLOW_SYNC_ON: u32 = 1;
 
-/// `FlowEvent::op`: a flow the program made, reported once its client confirmed it (the
-/// client's second packet: see `table::UNCONFIRMED`), so that a flood of SYNs from forged
-/// sources never reaches the peers.
+/// `FlowEvent::op`: the program made this flow (its first packet).
 pub const FLOW_EVENT_NEW: u8 = 1;
 /// `FlowEvent::op`: a nat translation closed (both FINs, or a RST): `key` is its reverse
 /// tuple (backend → SNAT address:port) and `flow.backend` its backend slot.

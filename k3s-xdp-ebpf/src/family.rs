@@ -115,14 +115,6 @@ pub trait Family: Address {
         forward::send(ctx, ip, l4, service, chosen, dsr, globals, false)
     }
 
-    /// A flow its client's packet just confirmed, with flow sync on: reported to the peers
-    /// (`sync::report_new`). IPv6 leaves it to `k3s_xdp_decided6` (in `Probe::confirmed`),
-    /// where the stack has room for it.
-    #[inline(always)]
-    fn confirmed(key: &FlowKey<Self>, flow: &Flow) {
-        crate::sync::report_new(key, flow);
-    }
-
     /// A flow pinned to a backend that is down: a RST (`reset::send`). IPv6: as above.
     #[inline(always)]
     fn refused(
@@ -312,17 +304,6 @@ impl Family for V6 {
             (*state).first = 0;
         }
         hand_over(ctx, state, ip, l4, key, service)
-    }
-
-    #[inline(always)]
-    fn confirmed(_key: &FlowKey<V6>, flow: &Flow) {
-        if let Some(state) = V6::probe() {
-            // SAFETY: this CPU's state, valid for this run; `hand_over` adds the key.
-            unsafe {
-                (*state).confirmed = 1;
-                (*state).confirmed_flow = *flow;
-            }
-        }
     }
 
     #[inline(always)]

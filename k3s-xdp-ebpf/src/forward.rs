@@ -20,8 +20,8 @@ use aya_ebpf::{bindings::xdp_action, helpers::bpf_redirect, programs::XdpContext
 use k3s_xdp_common::{
     reason,
     table::{same_key, UNCONFIRMED},
-    Backend, FlowKey, Globals, NextHop, VipInfo, VipPort, BACKEND_DOWN, BACKEND_FREE, FLOW_SYNC_ON,
-    IPPROTO_TCP, NAT_BACKEND_FIN, NAT_CLIENT_FIN, NAT_RESET, NAT_UNCONFIRMED, SERVICE_DSR,
+    Backend, FlowKey, Globals, NextHop, VipInfo, VipPort, BACKEND_DOWN, BACKEND_FREE, IPPROTO_TCP,
+    NAT_BACKEND_FIN, NAT_CLIENT_FIN, NAT_RESET, NAT_UNCONFIRMED, SERVICE_DSR,
     SERVICE_RESET_ON_DOWN,
 };
 
@@ -111,11 +111,6 @@ pub fn lookup<F: Family>(
     let mut choose_again = false;
     // The client's second packet confirms its translation too (once per flow).
     let confirms = unconfirmed & (keep == 0);
-    // Confirmed by this packet: now the peers learn of it (flow sync). Not a SYN, so the flow
-    // cannot choose again below; a flow refused below is refused on the peers too.
-    if confirms & (globals.flow_sync == FLOW_SYNC_ON) {
-        F::confirmed(key, &flow);
-    }
     if service.flags & SERVICE_DSR == 0
         && (tcp_flags & (TCP_SYN | TCP_FIN | TCP_RST) != 0 || confirms)
     {

@@ -43,17 +43,7 @@ pub fn k3s_xdp_new_flow6(ctx: XdpContext) -> u32 {
 #[inline(always)]
 pub fn k3s_xdp_decided6(ctx: XdpContext) -> u32 {
     let verdict = match V6::probe() {
-        Some(state) => {
-            // SAFETY: this CPU's state, written by `k3s_xdp6` in this run.
-            unsafe {
-                // Sent on (not refused): reported.
-                if ((*state).confirmed != 0) & ((*state).outcome == crate::new_flow::CHOSEN) {
-                    crate::sync::report_new(&(*state).key, &(*state).confirmed_flow);
-                }
-                (*state).confirmed = 0;
-            }
-            forward::decided(&ctx, state)
-        }
+        Some(state) => forward::decided(&ctx, state),
         None => Verdict::drop(reason::DROP_INTERNAL),
     };
     finish(verdict)

@@ -19,10 +19,11 @@ use crate::{
     family::Family,
     parse::{Ip, Offsets, L4},
     state::Probe,
+    sync,
     table::Place,
 };
 use k3s_xdp_common::{
-    reason, table::UNCONFIRMED, Flow, FlowKey, Globals, NextHop, VipInfo, VipPort,
+    reason, table::UNCONFIRMED, Flow, FlowKey, Globals, NextHop, VipInfo, VipPort, FLOW_SYNC_ON,
     MAX_PORTS_PER_VIP, NAT_UNCONFIRMED, SERVICE_DSR,
 };
 
@@ -79,8 +80,7 @@ pub fn ask<F: Family>(
         (*state).clock = globals.clock;
         (*state).mask = globals.flow_mask;
         (*state).timewait = globals.snat_timewait;
-        // Nothing confirmed to report (see `Family::confirmed`).
-        (*state).confirmed = 0;
+        (*state).sync = globals.flow_sync;
     }
 }
 
@@ -113,8 +113,13 @@ pub fn decide<F: Family>(state: *mut Probe<F>) {
                             mask: (*state).mask,
                         };
                         let seen = (*state).clock | UNCONFIRMED;
-                        // Reported to the peers once confirmed (`forward::lookup`).
                         if F::store_flow(&(*state).key, at, flow, seen) {
+                            // Reported at once, not when its client confirms it: behind ECMP
+                            // the backend's SYN-ACK may reach another node, which needs the
+                            // translation before the client can confirm anything.
+                            if (*state).sync == FLOW_SYNC_ON {
+                                sync::report_new(&(*state).key, &flow);
+                            }
                             (*state).id = id;
                             (*state).backend = backend;
                             (*state).snat_port = port;

@@ -4,9 +4,7 @@
 //! so that the map holding it (`maps::SNAT_SEARCH`) does not import the code that fills it.
 
 use crate::parse::Offsets;
-use k3s_xdp_common::{
-    Backend, Flow, FlowKey, NatReverse, VipPort, MAX_PORTS_PER_VIP, MAX_SNAT_SOURCES,
-};
+use k3s_xdp_common::{Backend, FlowKey, NatReverse, VipPort, MAX_PORTS_PER_VIP, MAX_SNAT_SOURCES};
 
 // One `Probe` per family: `SNAT_SEARCH` (IPv4) and `SNAT_SEARCH6` (`A` = `V6`).
 
@@ -38,6 +36,8 @@ pub struct Probe<A: k3s_xdp_common::Address = u32> {
     pub mask: u32,
     /// `snat_timewait`, seconds.
     pub timewait: u32,
+    /// `Globals::flow_sync`: report the flow once recorded.
+    pub sync: u32,
     // The answer, written by the second half.
     /// `new_flow::CHOSEN` or a drop reason.
     pub outcome: u32,
@@ -47,10 +47,6 @@ pub struct Probe<A: k3s_xdp_common::Address = u32> {
     pub first: u32,
     /// IPv6 replies (`ipv6.rs`): 1 when the reply came to an address of a SNAT pool.
     pub reply_pool: u32,
-    /// IPv6 established flows (`Family::confirmed`): 1 when the packet handed over confirmed
-    /// its flow, which `k3s_xdp_decided6` then reports to flow sync's peers, with its entry.
-    pub confirmed: u32,
-    pub confirmed_flow: Flow,
     pub backend: Backend<A>,
     pub snat_port: u16,
     /// The source address the backend sees (nat mode).

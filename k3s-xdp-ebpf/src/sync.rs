@@ -1,9 +1,7 @@
-//! Flow sync's side of the data plane: a flow, once its client confirmed it (its second
-//! packet, see `forward::lookup`), is reported with its backend slot and translation for the
-//! daemon to send to the peers, and so is a nat translation when it closes (both FINs, or a
-//! RST). A SYN from a forged source is never confirmed, so a SYN flood costs the peers
-//! nothing. Other packets pay nothing; a confirmed flow and a closing one pay one write each,
-//! only with `[flow_sync]` on.
+//! Flow sync's side of the data plane: a new flow, once recorded, is reported with its backend
+//! slot and translation for the daemon to send to the peers, and so is a nat translation when
+//! it closes (both FINs, or a RST). Established packets pay nothing; a new flow and a closing
+//! one pay one write each, only with `[flow_sync]` on.
 //!
 //! The events go into `FLOW_EVENTS`, a log with a part per CPU (see
 //! `k3s_xdp_common::FlowLogSlot`): this CPU's next slot, then its count of events written. No
