@@ -460,15 +460,19 @@ pub fn ancillary(control: &[u8]) -> Ancillary {
         else {
             break;
         };
+        // A record too short for its value is malformed too: the walk ends, keeping what
+        // the records before it said.
         match (level, kind) {
             (libc::IPPROTO_IPV6, libc::IPV6_HOPLIMIT) => {
-                if let Some(v) = data.get(..4) {
-                    let v = i32::from_ne_bytes(v.try_into().unwrap_or_default());
-                    facts.hop_limit = u8::try_from(v).ok();
-                }
+                let Some(v) = data.get(..4) else { break };
+                let v = i32::from_ne_bytes(v.try_into().unwrap_or_default());
+                facts.hop_limit = u8::try_from(v).ok();
             }
             (libc::IPPROTO_IPV6, libc::IPV6_PKTINFO) => {
-                facts.dst = data.get(..16).and_then(Ipv6Addr::read);
+                let Some(dst) = data.get(..16).and_then(Ipv6Addr::read) else {
+                    break;
+                };
+                facts.dst = Some(dst);
             }
             _ => {}
         }
@@ -529,6 +533,33 @@ mod tests {
         assert_eq!(ancillary(&hoplimit(64)).hop_limit, Some(64));
         assert_eq!(ancillary(&[]), Ancillary::default());
         assert_eq!(ancillary(&hoplimit(-1)).hop_limit, None, "not a hop limit");
+    }
+
+    #[test]
+    fn a_record_too_short_for_its_value_ends_the_walk_keeping_what_came_before() {
+        let dst = MULTICAST_GROUP_V6;
+        let mut short_pktinfo = hoplimit(255);
+        short_pktinfo.extend(pktinfo(dst));
+        short_pktinfo.extend(cmsg(libc::IPPROTO_IPV6, libc::IPV6_PKTINFO, &[0xff; 8]));
+        short_pktinfo.extend(hoplimit(1));
+        assert_eq!(
+            ancillary(&short_pktinfo),
+            Ancillary {
+                hop_limit: Some(255),
+                dst: Some(dst),
+            }
+        );
+        let mut short_hoplimit = pktinfo(dst);
+        short_hoplimit.extend(hoplimit(255));
+        short_hoplimit.extend(cmsg(libc::IPPROTO_IPV6, libc::IPV6_HOPLIMIT, &[1, 0]));
+        short_hoplimit.extend(pktinfo(std::net::Ipv6Addr::UNSPECIFIED));
+        assert_eq!(
+            ancillary(&short_hoplimit),
+            Ancillary {
+                hop_limit: Some(255),
+                dst: Some(dst),
+            }
+        );
     }
 
     /// Without the facts, the packet cannot pass: hop limit 0, and a destination (::) that
