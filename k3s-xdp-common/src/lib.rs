@@ -488,9 +488,9 @@ pub const BENCH_NEW_SOURCE_PORT: u32 = 1;
 /// slot `forget_nat`, which the benchmark computed from the flow's first run.
 pub const BENCH_FORGET_FLOW: u32 = 2;
 /// `BenchPacket::mode`: the same packet (a client's ACK), its flow and translation made
-/// unconfirmed again before each run (every run is the packet that confirms a flow, the one
-/// that reports it to flow sync's peers): the entry point marks the flows of bucket
-/// `forget_bucket` and the translation in slot `forget_nat` unconfirmed.
+/// unconfirmed again before each run (every run is the packet that confirms a flow, see
+/// `table::UNCONFIRMED`): the entry point marks the flows of bucket `forget_bucket` and the
+/// translation in slot `forget_nat` unconfirmed.
 pub const BENCH_UNCONFIRM_FLOW: u32 = 3;
 
 /// The packet the benchmark entry points restore before each run (BPF_PROG_TEST_RUN with

@@ -3,8 +3,10 @@
 //! `repeat` measures the same path every time (BPF_PROG_TEST_RUN with `repeat` hands a program
 //! its own output from the second run on), optionally with a new source port per run (a new
 //! flow each time), with the packet's flow forgotten (its new-flow path with the tables in the
-//! cache), or with its flow made unconfirmed again (the packet that confirms a flow). The floor does the same restore before its MAC swap, so the restore's cost cancels
-//! out of the comparison (forgetting a flow is not cancelled: it counts against k3s-xdp).
+//! cache), or with its flow made unconfirmed again (the packet that confirms a flow). The floor
+//! does the same restore before its MAC swap, so the restore's cost cancels out of the
+//! comparison (forgetting a flow, or unconfirming it, is not cancelled: it counts against
+//! k3s-xdp).
 
 use crate::{csum, family::Family, maps::BENCH, parse::ptr_at};
 use aya_ebpf::programs::XdpContext;

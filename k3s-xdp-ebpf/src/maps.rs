@@ -85,7 +85,7 @@ pub static REASONS: PerCpuArray<u64, { reason::COUNT as usize }> = PerCpuArray::
 #[btf_map]
 pub static TABLE_EVENTS: PerCpuArray<u64, { reason::table::COUNT as usize }> = PerCpuArray::new();
 
-/// Flow sync: the per-CPU log of confirmed flows and closed translations for the peers
+/// Flow sync: the per-CPU log of new flows and closed translations for the peers
 /// (`FlowLogSlot`, see `sync.rs`): `FLOW_LOG_SLOTS` slots per CPU. Sized by the loader, for
 /// the machine's CPUs with `[flow_sync]`, one slot without. Mapped by the daemon, which reads
 /// it without a system call.
