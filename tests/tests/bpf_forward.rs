@@ -2082,6 +2082,102 @@ fn new_flows_are_reported_for_flow_sync_once_each() {
     assert_eq!(h.dataplane.flow_events_lost().unwrap(), 0);
 }
 
+/// Flow sync under table pressure (the soak's finding: a backup's copies are never touched by
+/// traffic, so a burst of new flows announced by the master crowded out the copies of its
+/// long-lived ones). A bucket full of copies the peer refreshed keeps them against a copy
+/// announced since (counted as crowded, its translation still installed); a refreshed copy
+/// takes the way of the one refreshed longest ago; once a refresh is missed, an announced
+/// copy may take it too.
+#[test]
+fn a_full_bucket_keeps_refreshed_copies_before_announced_ones() {
+    use k3s_xdp::flowsync::{
+        runtime::{copy_seen, refreshed_seen},
+        translate::{Install, InstallOf},
+    };
+    use k3s_xdp_common::{table::bucket_index, Flow, NatReverse};
+    let Some(h) = harness() else { return };
+    let mut tables = h.dataplane.flow_tables().unwrap();
+    let mask = h.dataplane.flow_mask();
+    let vip = sock(VIP, 6443);
+    let bucket = |c| bucket_index(flow_hash(&key(c, vip, IPPROTO_TCP)), mask);
+    let target = bucket(agent(1, 30000));
+    let same: Vec<SocketAddrV4> = (30000..65000)
+        .map(|p| agent(1, p))
+        .filter(|&c| bucket(c) == target)
+        .take(7)
+        .collect();
+    assert_eq!(same.len(), 7);
+    let copy = |c: SocketAddrV4, port: u16| {
+        InstallOf::V4(Install {
+            key: key(c, vip, IPPROTO_TCP),
+            flow: Flow {
+                backend: 1,
+                snat_port: port.to_be(),
+                snat_source: 0,
+            },
+            reverse: Some((
+                key(
+                    sock(Ipv4Addr::new(192, 0, 2, 50), 6443),
+                    sock(VIP, port),
+                    IPPROTO_TCP,
+                ),
+                NatReverse {
+                    client_addr: u32::from(*c.ip()).to_be(),
+                    client_port: c.port().to_be(),
+                    vip_port: 6443u16.to_be(),
+                    backend: 1,
+                    ..Default::default()
+                },
+            )),
+        })
+    };
+    let held = |c: SocketAddrV4| {
+        h.dataplane
+            .flow(&key(c, vip, IPPROTO_TCP))
+            .unwrap()
+            .is_some()
+    };
+    let t = 1000;
+    let refreshed: Vec<_> = (0..4).map(|i| copy(same[i], 20000 + i as u16)).collect();
+    let done = tables.install(&refreshed, t, refreshed_seen(t)).unwrap();
+    assert_eq!((done.flows, done.crowded), (4, 0));
+
+    // Announced 30 s after the refresh: the bucket keeps the refreshed four.
+    let done = tables
+        .install(&[copy(same[4], 20004)], t + 30, copy_seen(t + 30))
+        .unwrap();
+    assert_eq!((done.flows, done.crowded), (0, 1));
+    assert!(same[..4].iter().all(|&c| held(c)) && !held(same[4]));
+    let reverse = key(
+        sock(Ipv4Addr::new(192, 0, 2, 50), 6443),
+        sock(VIP, 20004),
+        IPPROTO_TCP,
+    );
+    assert!(
+        tables.translation(&reverse).is_some(),
+        "its translation is installed: the server's packets are answered"
+    );
+
+    // Refreshed again 30 s later: takes a way (of one refreshed 30 s before it).
+    let done = tables
+        .install(&[copy(same[5], 20005)], t + 30, refreshed_seen(t + 30))
+        .unwrap();
+    assert_eq!((done.flows, done.crowded), (1, 0));
+    assert!(held(same[5]));
+    assert_eq!(same[..4].iter().filter(|&&c| held(c)).count(), 3);
+
+    // Two minutes on, the first ones were not refreshed again: an announced copy outranks
+    // them.
+    let done = tables
+        .install(&[copy(same[6], 20006)], t + 120, copy_seen(t + 120))
+        .unwrap();
+    assert_eq!((done.flows, done.crowded), (1, 0));
+    assert!(
+        held(same[6]) && held(same[5]),
+        "the latest refreshed one stays"
+    );
+}
+
 /// The flow-sync log keeps each CPU's last `FLOW_LOG_SLOTS` events: a reader that falls behind
 /// counts what was overwritten as lost and reads the rest whole, in order.
 #[test]

@@ -469,13 +469,14 @@ fn flow_sync_families(
     )?;
     f.counter(
         "k3sxdp_flow_sync_flows_total",
-        "Flows by what flow sync did with them: reported by the XDP program, unnamed (its backend no longer published), installed from a peer, closed on a peer's word, conflicts (a live translation of another connection kept its slot), not_placed (a service, backend or SNAT address this node does not have), lost in the program (overwritten in the log before the daemon read it).",
+        "Flows by what flow sync did with them: reported by the XDP program, unnamed (its backend no longer published), installed from a peer, closed on a peer's word, conflicts (a live translation of another connection kept its slot), crowded (a copy's flow entry not written: its bucket full of entries worth more), not_placed (a service, backend or SNAT address this node does not have), lost in the program (overwritten in the log before the daemon read it).",
         [
             ("reported", fs.reported),
             ("unnamed", fs.unnamed),
             ("installed", fs.installed),
             ("closed", fs.closed),
             ("conflicts", fs.conflicts),
+            ("crowded", fs.crowded),
             ("not_placed", fs.not_placed),
             ("lost_in_ring", fs.events_lost),
         ]

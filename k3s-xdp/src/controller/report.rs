@@ -80,8 +80,8 @@ fn flow_sync_lines(out: &mut String, f: &super::status::FlowSyncStatus) {
     };
     let _ = writeln!(
         out,
-        "Flow sync: UDP {}; {state}; {} flows reported here, {} installed from peers, {} closed, {} conflicts, {} not placed",
-        f.port, f.reported, f.installed, f.closed, f.conflicts, f.not_placed
+        "Flow sync: UDP {}; {state}; {} flows reported here, {} installed from peers, {} closed, {} conflicts, {} crowded, {} not placed",
+        f.port, f.reported, f.installed, f.closed, f.conflicts, f.crowded, f.not_placed
     );
     for p in &f.peers {
         let heard = match p.heard_ms_ago {

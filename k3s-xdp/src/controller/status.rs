@@ -136,12 +136,16 @@ pub struct FlowSyncStatus {
     /// bulk sync).
     pub events_lost: u64,
     /// Entries taken from the peers; installed (flows written), closed (found and closed
-    /// here), conflicts (a live translation of another connection kept its slot), not placed
-    /// (a service, backend or SNAT address this node does not have).
+    /// here), conflicts (a live translation of another connection kept its slot), crowded
+    /// (the flow entry not written: its bucket full of entries worth more, this node's own
+    /// flows or copies refreshed since; the translation is), not placed (a service, backend
+    /// or SNAT address this node does not have).
     pub received_entries: u64,
     pub installed: u64,
     pub closed: u64,
     pub conflicts: u64,
+    #[serde(default)]
+    pub crowded: u64,
     pub not_placed: u64,
     pub socket_errors: u64,
     /// Datagrams refused, by reason (not_a_peer, oversized, malformed, unauthenticated,

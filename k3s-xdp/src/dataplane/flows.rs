@@ -150,7 +150,8 @@ impl FlowTables {
     /// Writes a peer's flows where this node's program looks for them, at `clock`, as last
     /// seen at `seen` (a peer's copies are older than this node's own flows): each flow into
     /// one slot of its bucket (the one holding its key, else a free one, else the least
-    /// recently seen), each translation into its reverse-NAT slot unless a translation of
+    /// recently seen, unless even that one is worth more than the copy: `Installed::crowded`),
+    /// each translation into its reverse-NAT slot unless a translation of
     /// another client that this node's program saw more recently than `seen` (its own live
     /// connection) holds it. A copy the peer has since replaced (it took the SNAT port over)
     /// is replaced here too.
@@ -304,12 +305,24 @@ fn install_one<A: Address>(
         .filter_map(|j| t.flows.get(j))
         .collect();
     let held = current.iter().position(|s| s.holds(&i.key, hash));
-    let way = held
-        .or_else(|| {
-            (0..current.len())
-                .min_by_key(|&w| keep_rank(current[w].is_valid(), current[w].seen, clock))
-        })
-        .unwrap_or(0);
+    let rank = |w: usize| keep_rank(current[w].is_valid(), current[w].seen, clock);
+    let way = match held {
+        Some(w) => w,
+        None => {
+            let Some(w) = (0..current.len()).min_by_key(|&w| rank(w)) else {
+                return;
+            };
+            // A copy takes a way only from an entry worth less than itself: a bucket full of
+            // this node's own flows, or of copies refreshed since, keeps them (the
+            // translation, installed above, still answers the server; a client's packet
+            // chooses the same backend and finds it).
+            if rank(w) > keep_rank(true, seen, clock) {
+                done.crowded += 1;
+                return;
+            }
+            w
+        }
+    };
     let last = match held {
         Some(w) if newer(current[w].seen, seen) => current[w].seen,
         _ => seen,
@@ -366,6 +379,9 @@ pub struct Installed {
     /// reverse-NAT slot (the same backend and SNAT address and port for another client, or a
     /// colliding tuple): that connection wins.
     pub conflicts: u64,
+    /// Flow entries not written because every way of their bucket holds an entry worth more
+    /// (`keep_rank`): this node's own flows, or copies refreshed more recently.
+    pub crowded: u64,
 }
 
 /// A backend's SNAT ports (see [`Dataplane::snat_ports`]).

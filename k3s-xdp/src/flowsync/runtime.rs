@@ -58,6 +58,14 @@ pub fn copy_seen(clock: u32) -> u32 {
     clock.wrapping_sub(COPY_AGE) & !k3s_xdp_common::table::UNCONFIRMED
 }
 
+/// The same for a flow the peer refreshed (`wire::REFRESHED`: live there in its last refresh
+/// period), a refresh period younger than an announced one: when the tables are full, a
+/// burst of new flows announced since does not crowd out the copies of long-lived ones (they
+/// are refreshed again before an announced copy could outrank them).
+pub fn refreshed_seen(clock: u32) -> u32 {
+    copy_seen(clock.wrapping_add(REFRESH_SECS))
+}
+
 /// What the thread needs from the daemon.
 pub struct Settings {
     pub peers: Vec<IpAddr>,
@@ -206,6 +214,7 @@ struct Counters {
     installed: u64,
     closed: u64,
     conflicts: u64,
+    crowded: u64,
     /// Entries this node cannot place (a service or backend it does not have).
     not_placed: u64,
     errors: u64,
@@ -319,22 +328,28 @@ impl Node {
         self.counters.received_entries += entries.len() as u64;
         let directory = self.directory.borrow().clone();
         let mut new = Vec::new();
+        let mut refreshed = Vec::new();
         let mut closed = Vec::new();
         for e in entries {
             match (e.op, directory.incoming(e)) {
                 (_, None) => self.counters.not_placed += 1,
+                (Op::Flow, Some(i)) if e.flags & wire::REFRESHED != 0 => refreshed.push(i),
                 (Op::Flow, Some(i)) => new.push(i),
                 (Op::Closed, Some(i)) => closed.push((i, e.flags)),
             }
         }
         let clock = (self.clock)();
-        if !new.is_empty() {
-            match self.tables.install(&new, clock, copy_seen(clock)) {
+        for (flows, seen) in [(new, copy_seen(clock)), (refreshed, refreshed_seen(clock))] {
+            if flows.is_empty() {
+                continue;
+            }
+            match self.tables.install(&flows, clock, seen) {
                 Ok(done) => {
                     self.counters.installed += done.flows;
                     self.counters.conflicts += done.conflicts;
+                    self.counters.crowded += done.crowded;
                 }
-                Err(_) => self.counters.not_placed += new.len() as u64,
+                Err(_) => self.counters.not_placed += flows.len() as u64,
             }
         }
         if !closed.is_empty() {
@@ -447,6 +462,10 @@ impl Node {
             .live(clock, REFRESH_SECS)
             .iter()
             .filter_map(|e| directory.outgoing(e))
+            .map(|e| Entry {
+                flags: e.flags | wire::REFRESHED,
+                ..e
+            })
             .collect();
         if !entries.is_empty() {
             self.queue_for_all(Kind::Update, &entries, now);
@@ -578,6 +597,7 @@ impl Node {
             installed: c.installed,
             closed: c.closed,
             conflicts: c.conflicts,
+            crowded: c.crowded,
             not_placed: c.not_placed,
             socket_errors: c.errors,
             events_lost: 0,
@@ -634,6 +654,29 @@ mod tests {
             "two refreshes missed at most"
         );
         assert!(idle(seen, clock + 2 * REFRESH_SECS), "then replaceable");
+    }
+
+    #[test]
+    fn a_refreshed_copy_outranks_the_copies_announced_until_its_next_refresh() {
+        use k3s_xdp_common::table::{idle, keep_rank};
+        let t = 1000;
+        let refreshed = refreshed_seen(t);
+        for since in 0..REFRESH_SECS {
+            let now = t + since;
+            assert!(
+                keep_rank(true, refreshed, now) > keep_rank(true, copy_seen(now), now),
+                "a copy announced {since} s after the refresh ranks lower"
+            );
+        }
+        assert!(
+            !idle(refreshed, t + 3 * REFRESH_SECS - 1),
+            "three refreshes missed"
+        );
+        assert!(idle(refreshed, t + 3 * REFRESH_SECS));
+        assert!(
+            keep_rank(true, t, t) > keep_rank(true, refreshed, t),
+            "this node's own flows rank above any copy"
+        );
     }
 
     #[test]

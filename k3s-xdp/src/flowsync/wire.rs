@@ -70,6 +70,12 @@ pub enum Op {
     Closed = 2,
 }
 
+/// `Entry::flags` of a flow (`Op::Flow`): the sender's refresh, a flow whose packets went
+/// through the sender in the last refresh period (not only announced when it began). The
+/// receiver keeps such copies before announced ones when its tables are full. A `closed`
+/// entry's flags are its closing bits instead.
+pub const REFRESHED: u8 = 1;
+
 /// One flow, in the words both nodes share: addresses and ports.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Entry {
