@@ -437,11 +437,28 @@ impl Node {
             return;
         }
         let directory = self.directory.borrow().clone();
+        // The flows active here in the last refresh period go flagged as refreshed: a peer
+        // whose table is too small for the whole keeps them before the idler ones.
+        let recent: std::collections::HashSet<_> = self
+            .tables
+            .live(clock, REFRESH_SECS)
+            .iter()
+            .filter_map(|e| directory.outgoing(e))
+            .map(|e| (e.client, e.vip, e.protocol))
+            .collect();
         let entries: Vec<Entry> = self
             .tables
             .live(clock, IDLE_SECS - 1)
             .iter()
             .filter_map(|e| directory.outgoing(e))
+            .map(|e| Entry {
+                flags: if recent.contains(&(e.client, e.vip, e.protocol)) {
+                    e.flags | wire::REFRESHED
+                } else {
+                    e.flags
+                },
+                ..e
+            })
             .collect();
         info!(
             "flow sync: {peer} asked for this node's table: sending {} flows",

@@ -70,7 +70,7 @@ pub enum Op {
     Closed = 2,
 }
 
-/// `Entry::flags` of a flow (`Op::Flow`): the sender's refresh, a flow whose packets went
+/// `Entry::flags` of a flow (`Op::Flow`), in a refresh or a bulk: a flow whose packets went
 /// through the sender in the last refresh period (not only announced when it began). The
 /// receiver keeps such copies before announced ones when its tables are full. A `closed`
 /// entry's flags are its closing bits instead.
