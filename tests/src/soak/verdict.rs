@@ -514,11 +514,14 @@ pub fn judge(run: &Run) -> Verdict {
                     .map(|d| a.started + d)
                     .or(a.acked)
                     .unwrap_or(a.started + s.backend_window());
+                // A connection opened after that (to the backend come back) is given the
+                // same time from its opening: it was not pinned when the fault was detected.
                 let from = if added(a) {
                     a.undone
                 } else {
                     detected.max(a.started)
-                };
+                }
+                .max(c.opened);
                 let deadline = from + s.reset_bound();
                 if c.ended > deadline {
                     e.2 += 1;
@@ -901,6 +904,25 @@ mod tests {
         assert!(judge(&r).passed());
         r.long_lived.push(watch("server-2", 18.0, Ending::Stalled));
         assert_eq!(rules(&judge(&r)), ["pinned-reset"]);
+    }
+
+    #[test]
+    fn a_connection_opened_after_detection_is_timed_from_its_opening() {
+        let mut r = killed_backend();
+        // Opened at 17 s, to server-2 restarted, closed by it at 21 s: within the bound from
+        // its opening (by 22 s), where from the detection (by 17.5 s) it would be late.
+        r.long_lived = vec![LongLived {
+            opened: s(17.0),
+            ..watch("server-2", 21.0, Ending::Eof)
+        }];
+        let v = judge(&r);
+        assert!(v.passed(), "{:?}", v.violations);
+        r.long_lived[0].ended = s(22.5);
+        assert_eq!(
+            rules(&judge(&r)),
+            ["pinned-reset"],
+            "past the bound from its opening"
+        );
     }
 
     #[test]
