@@ -357,7 +357,7 @@ impl Node {
         }
     }
 
-    /// Reads the log: confirmed flows and closed translations, to every peer.
+    /// Reads the log: new flows and closed translations, to every peer.
     fn report_flows(&mut self, now: Instant) {
         let directory = self.directory.borrow().clone();
         let mut entries = Vec::new();
