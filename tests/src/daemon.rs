@@ -227,15 +227,19 @@ impl Daemon {
         }
     }
 
-    /// Waits until every backend has been checked and is up: the health checks have resolved
-    /// lb's neighbour entries for the backends, which the data plane's next hops need.
+    /// Waits until every backend has passed a check since the daemon started (a backend starts
+    /// up, as in HAProxy, and its first failed check takes it down) and has a resolved next hop
+    /// (until then it takes no new flows): traffic started earlier races the first checks.
     pub fn wait_healthy(&self, limit: Duration) -> Result<Status> {
-        self.wait_for(limit, "every backend checked and up", |s| {
-            s.services
-                .iter()
-                .flat_map(|svc| &svc.backends)
-                .all(|b| b.checks > 0 && b.health == "up")
-        })
+        self.wait_for(
+            limit,
+            "every backend checked, up, and its next hop resolved",
+            |s| {
+                s.services.iter().flat_map(|svc| &svc.backends).all(|b| {
+                    b.checks > 0 && b.health == "up" && b.next_hop_resolved
+                })
+            },
+        )
     }
 
     pub fn pid(&self) -> u32 {

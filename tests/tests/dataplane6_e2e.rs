@@ -75,13 +75,8 @@ fn lab(mode: &str) -> Lab {
         backends.insert(name.to_string(), b);
     }
     let daemon = Daemon::start(&topo, "lb-1", &config(&topo, mode)).expect("k3s-xdp starts");
-    daemon
-        .wait_for(
-            Duration::from_secs(15),
-            "every backend of both services up",
-            |s| s.services.len() == 2 && s.services.iter().all(|svc| svc.healthy_backends == 3),
-        )
-        .unwrap();
+    let status = daemon.wait_healthy(Duration::from_secs(15)).unwrap();
+    assert_eq!(status.services.len(), 2, "both services configured");
     Lab {
         backends,
         daemon,

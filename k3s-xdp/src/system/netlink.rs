@@ -43,23 +43,40 @@ impl InterfaceAddress {
     }
 }
 
-/// The request that adds `address` to `ifindex`; an IPv6 address without duplicate address
-/// detection (`nodad`): a VIP moves between nodes on purpose, and a tentative address could
-/// not be used (nor announced) for a second or more.
+/// A lifetime the kernel reads as "forever" (`INFINITY_LIFE_TIME`).
+const FOREVER: u32 = u32::MAX;
+
+/// The request that adds `address` to `ifindex`, valid for `valid` seconds ([`FOREVER`]).
+///
+/// An IPv6 address goes without duplicate address detection (`nodad`): a VIP moves between
+/// nodes on purpose, and a tentative address could not be used (nor announced) for a second
+/// or more. And it is deprecated (`preferred_lft 0`): it takes traffic to it as any other, but
+/// the host never picks it as the source of its own connections (RFC 6724, rule 3). Otherwise
+/// the longest-prefix rule may prefer the VIP to the node's address: a health check from the
+/// VIP is answered by a dsr backend to itself (it holds the VIP too), and in nat mode its port
+/// may be one the data plane translates a client's connection from.
 fn add_request(
     handle: &rtnetlink::Handle,
     ifindex: u32,
     address: InterfaceAddress,
+    valid: u32,
 ) -> rtnetlink::AddressAddRequest {
     let mut request = handle
         .address()
         .add(ifindex, address.addr, address.prefix_len);
-    if address.addr.is_ipv6() {
-        let message = request.message_mut();
+    let ipv6 = address.addr.is_ipv6();
+    let message = request.message_mut();
+    if ipv6 {
         message.header.flags |= AddressHeaderFlags::Nodad;
         message
             .attributes
             .push(AddressAttribute::Flags(AddressFlags::Nodad));
+    }
+    if ipv6 || valid != FOREVER {
+        let mut lifetime = CacheInfo::default();
+        lifetime.ifa_preferred = if ipv6 { 0 } else { valid };
+        lifetime.ifa_valid = valid;
+        message.attributes.push(AddressAttribute::CacheInfo(lifetime));
     }
     request
 }
@@ -165,9 +182,9 @@ impl Netlink {
         Ok(out)
     }
 
-    /// Adds `addr/prefix_len` to interface `ifindex` (IPv6: `nodad`).
+    /// Adds `addr/prefix_len` to interface `ifindex` (IPv6: `nodad`, deprecated).
     pub async fn add_address(&self, ifindex: u32, address: InterfaceAddress) -> Result<()> {
-        add_request(&self.handle, ifindex, address)
+        add_request(&self.handle, ifindex, address, FOREVER)
             .execute()
             .await
             .with_context(|| {
@@ -187,15 +204,8 @@ impl Netlink {
         address: InterfaceAddress,
         lease: std::time::Duration,
     ) -> Result<()> {
-        let secs = lease.as_secs().clamp(1, u64::from(u32::MAX - 1)) as u32;
-        let mut request = add_request(&self.handle, ifindex, address).replace();
-        let mut lifetime = CacheInfo::default();
-        lifetime.ifa_preferred = secs;
-        lifetime.ifa_valid = secs;
-        request
-            .message_mut()
-            .attributes
-            .push(AddressAttribute::CacheInfo(lifetime));
+        let secs = lease.as_secs().clamp(1, u64::from(FOREVER - 1)) as u32;
+        let request = add_request(&self.handle, ifindex, address, secs).replace();
         request.execute().await.with_context(|| {
             format!(
                 "cannot add {}/{} to interface {ifindex}",
