@@ -235,9 +235,10 @@ impl Daemon {
             limit,
             "every backend checked, up, and its next hop resolved",
             |s| {
-                s.services.iter().flat_map(|svc| &svc.backends).all(|b| {
-                    b.checks > 0 && b.health == "up" && b.next_hop_resolved
-                })
+                s.services
+                    .iter()
+                    .flat_map(|svc| &svc.backends)
+                    .all(|b| b.checks > 0 && b.health == "up" && b.next_hop_resolved)
             },
         )
     }

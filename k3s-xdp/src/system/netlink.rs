@@ -76,7 +76,9 @@ fn add_request(
         let mut lifetime = CacheInfo::default();
         lifetime.ifa_preferred = if ipv6 { 0 } else { valid };
         lifetime.ifa_valid = valid;
-        message.attributes.push(AddressAttribute::CacheInfo(lifetime));
+        message
+            .attributes
+            .push(AddressAttribute::CacheInfo(lifetime));
     }
     request
 }
