@@ -50,15 +50,13 @@ pub mod names {
     /// in the `NEW_FLOW` slot of its place in [`TAIL_CALLS`].
     pub const PROGRAM6: &str = "k3s_xdp6";
     pub const DECIDED6_PROGRAM: &str = "k3s_xdp_decided6";
-    pub const REPLY6_PROGRAM: &str = "k3s_xdp_reply6";
     pub const ICMP6_PROGRAM: &str = "k3s_xdp_icmp6";
     /// The programs of `NEW_FLOW`, by slot.
-    pub const TAIL_CALLS: [&str; 6] = [
+    pub const TAIL_CALLS: [&str; 5] = [
         NEW_FLOW_PROGRAM,
         NEW_FLOW6_PROGRAM,
         PROGRAM6,
         DECIDED6_PROGRAM,
-        REPLY6_PROGRAM,
         ICMP6_PROGRAM,
     ];
     pub const VIPS6: &str = "VIPS6";

@@ -99,8 +99,8 @@ pub trait Family: Address {
         forward::translation_event(key, backend, snat_addr, snat_port, tcp_flags, mask_sync)
     }
 
-    /// An established flow's packet, on to its backend (`forward::send`). IPv6 hands it
-    /// over to `k3s_xdp_decided6`, a program of its own (see `ipv6.rs`).
+    /// An established flow's packet, on to its backend (`forward::send`), in the program that
+    /// looked it up: IPv6's too, whose established flows pay no second tail call.
     #[inline(always)]
     fn established(
         ctx: &XdpContext,
@@ -280,31 +280,6 @@ impl Family for V6 {
     const NEW_FLOW_SLOT: u32 = 1;
     const COPY_SLOTS: bool = false;
     const L4_MASK: u16 = 0x3fff;
-
-    #[inline(always)]
-    fn established(
-        ctx: &XdpContext,
-        ip: &Ip<V6>,
-        l4: &L4,
-        key: &FlowKey<V6>,
-        service: &VipPort,
-        chosen: &Chosen<V6>,
-        _globals: &Globals,
-    ) -> Verdict {
-        let Some(state) = V6::probe() else {
-            return Verdict::drop(reason::DROP_INTERNAL);
-        };
-        // SAFETY: this CPU's state, valid for this run.
-        unsafe {
-            (*state).outcome = crate::new_flow::CHOSEN;
-            (*state).id = chosen.id;
-            (*state).backend = chosen.backend;
-            (*state).snat_port = chosen.snat_port;
-            (*state).snat_addr = chosen.snat_addr;
-            (*state).first = 0;
-        }
-        hand_over(ctx, state, ip, l4, key, service)
-    }
 
     #[inline(always)]
     fn refused(

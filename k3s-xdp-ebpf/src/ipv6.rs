@@ -2,10 +2,11 @@
 //! steps over the IPv6 maps (see `family.rs`), in programs of their own chained by tail
 //! calls, because an IPv6 packet's state does not fit one 512-byte stack frame with the
 //! rest of the path (16-byte addresses spill; measured per function with `-bpf-stack-size`):
-//! - `k3s_xdp6`: parse, VIP, checks, the flow lookup; an established or refused flow goes on
-//!   to `k3s_xdp_decided6`, a new one to `k3s_xdp_new_flow6` (which goes on to
-//!   `k3s_xdp_decided6` too), a backend's reply to `k3s_xdp_reply6`, ICMPv6 to
-//!   `k3s_xdp_icmp6`;
+//! - `k3s_xdp6`: parse, VIP, checks, the flow lookup; an established flow is sent to its
+//!   backend and a backend's reply to its client here (the packets that matter: no second
+//!   tail call, and the settings read in place, not copied, to fit the frame); a refused flow
+//!   goes on to `k3s_xdp_decided6`, a new one to `k3s_xdp_new_flow6` (which goes on to
+//!   `k3s_xdp_decided6` too), ICMPv6 to `k3s_xdp_icmp6`;
 //! - the state between them is this CPU's `SNAT_SEARCH6` entry (`state::Probe`), as between
 //!   the halves of the IPv4 new-flow path.
 
@@ -14,8 +15,7 @@ use crate::{
     family::{Family, DECIDED6_SLOT},
     forward, icmp6,
     maps::{self, NEW_FLOW},
-    new_flow_of,
-    parse::{self, Offsets},
+    new_flow_of, parse,
     verdict::Verdict,
 };
 use aya_ebpf::{macros::xdp, programs::XdpContext};
@@ -23,8 +23,7 @@ use k3s_xdp_common::{reason, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, V6, VIP_S
 
 /// The `NEW_FLOW` slot of `k3s_xdp6` (slots 0 and 1: the new-flow halves of each family).
 pub const SLOT: u32 = 2;
-const REPLY6_SLOT: u32 = 4;
-const ICMP6_SLOT: u32 = 5;
+const ICMP6_SLOT: u32 = 4;
 
 #[xdp]
 #[inline(always)]
@@ -47,13 +46,6 @@ pub fn k3s_xdp_decided6(ctx: XdpContext) -> u32 {
         None => Verdict::drop(reason::DROP_INTERNAL),
     };
     finish(verdict)
-}
-
-/// A backend's reply to an IPv6 translation, at the offsets `k3s_xdp6` parsed it with.
-#[xdp]
-#[inline(always)]
-pub fn k3s_xdp_reply6(ctx: XdpContext) -> u32 {
-    finish(reply6(&ctx))
 }
 
 /// ICMPv6 to a VIP, parsed again (echo requests and Packet Too Big: rare).
@@ -86,8 +78,10 @@ fn serve6(ctx: &XdpContext) -> Verdict {
     let Some(vip) = maps::vip6(&V6::dst(ip.hdr)) else {
         return Verdict::pass(reason::PASS_NOT_VIP);
     };
-    let globals = maps::globals();
-    if !crate::for_this_host(&ip, &globals) {
+    let Some(globals) = maps::globals_ref() else {
+        return Verdict::drop(reason::DROP_INTERNAL);
+    };
+    if !crate::for_this_host(&ip, globals) {
         return Verdict::pass(reason::PASS_OTHER_HOST);
     }
     let pool = vip.flags & VIP_SNAT_ONLY != 0;
@@ -118,39 +112,9 @@ fn serve6(ctx: &XdpContext) -> Verdict {
         choose::service(vip, l4.dport, protocol)
     };
     match service {
-        Some(service) => forward::to_backend(ctx, &ip, &valid, l4, vip, &service, &globals),
-        None => {
-            let Some(state) = V6::probe() else {
-                return Verdict::drop(reason::DROP_INTERNAL);
-            };
-            // SAFETY: this CPU's state, valid for this run.
-            unsafe {
-                (*state).headers = Offsets::of(&ip, &l4);
-                (*state).key.protocol = protocol;
-                (*state).reply_pool = u32::from(pool);
-            }
-            go_on(ctx, REPLY6_SLOT)
-        }
+        Some(service) => forward::to_backend(ctx, &ip, &valid, l4, vip, &service, globals),
+        None => forward::reply(ctx, &ip, l4, protocol, globals, pool),
     }
-}
-
-#[inline(always)]
-fn reply6(ctx: &XdpContext) -> Verdict {
-    let Some(state) = V6::probe() else {
-        return Verdict::drop(reason::DROP_INTERNAL);
-    };
-    // SAFETY: this CPU's state, written by `k3s_xdp6` in this run.
-    let (at, protocol, pool) = unsafe {
-        (
-            (*state).headers,
-            (*state).key.protocol,
-            (*state).reply_pool != 0,
-        )
-    };
-    let Some((ip, l4)) = parse::again::<V6>(ctx, at, protocol) else {
-        return Verdict::drop(reason::DROP_INTERNAL);
-    };
-    forward::reply(ctx, &ip, l4, protocol, &maps::globals(), pool)
 }
 
 #[inline(always)]

@@ -68,10 +68,10 @@ pub static NAT_REVERSE: Array<NatSlot, { slots(DEFAULT_FLOW_TABLE_SIZE) as usize
 
 /// The programs `k3s_xdp` tail-calls: slot 0 the second half of an IPv4 new flow's path
 /// (`k3s_xdp_new_flow`, see `new_flow.rs`), 1 its IPv6 twin (`k3s_xdp_new_flow6`), 2 the IPv6
-/// path (`k3s_xdp6`) and 3-5 its later steps (see `ipv6.rs`). The controller fills them
+/// path (`k3s_xdp6`) and 3-4 its later steps (see `ipv6.rs`). The controller fills them
 /// before attaching.
 #[btf_map]
-pub static NEW_FLOW: ProgramArray<6> = ProgramArray::new();
+pub static NEW_FLOW: ProgramArray<5> = ProgramArray::new();
 
 /// A new flow's question and answer between the halves, and its SNAT port search (one per CPU), see `choose::snat_port`.
 #[btf_map]
@@ -156,6 +156,13 @@ pub static BENCH: Array<k3s_xdp_common::BenchPacket, 1> = Array::new();
 #[inline(always)]
 pub fn globals() -> Globals {
     GLOBALS.get(0).copied().unwrap_or_default()
+}
+
+/// The settings in place, read where they are (no copy on the stack: the IPv6 program's
+/// frame has no room for one). `None` only if the map has no entry, which never happens.
+#[inline(always)]
+pub fn globals_ref() -> Option<&'static Globals> {
+    GLOBALS.get(0)
 }
 
 /// The services of `dst` (network byte order) if it is a VIP or a SNAT-only address

@@ -45,8 +45,6 @@ pub struct Probe<A: k3s_xdp_common::Address = u32> {
     pub id: u32,
     /// 1 when the packet starts its flow (counted as a new flow).
     pub first: u32,
-    /// IPv6 replies (`ipv6.rs`): 1 when the reply came to an address of a SNAT pool.
-    pub reply_pool: u32,
     pub backend: Backend<A>,
     pub snat_port: u16,
     /// The source address the backend sees (nat mode).
