@@ -32,7 +32,7 @@ fn finish(mut h: u32) -> u32 {
 }
 
 /// Hash of a client → VIP 5-tuple (fields as stored in [`FlowKey`], network byte order),
-/// IPv4 or IPv6: every word of both addresses goes in.
+/// IPv4 or IPv6: every word of both addresses goes in (IPv6 folded first, see `Address::absorb`).
 #[inline(always)]
 pub fn flow_hash<A: Address>(key: &FlowKey<A>) -> u32 {
     tuple_hash(SEED_FLOW, key)
@@ -117,7 +117,7 @@ mod tests {
         };
         assert_eq!(
             flow_hash(&k),
-            0x1997_88b5,
+            0x653a_f736,
             "flow_hash changed for IPv6: nodes of different versions would disagree"
         );
         assert_ne!(flow_hash(&k), snat_hash(&k));
@@ -128,6 +128,48 @@ mod tests {
             let mut other = k;
             other.dst[word / 2] ^= 1 << (20 + 32 * (word % 2));
             assert_ne!(flow_hash(&k), flow_hash(&other), "destination word {word}");
+        }
+    }
+
+    /// IPv6 clients as they come: many in one /64 (identifiers counting up), and one
+    /// identifier in many /64s of a /48. Both spread evenly over the flow table's buckets.
+    #[test]
+    fn ipv6_clients_spread_evenly() {
+        let client = |subnet: u16, iid: u32| {
+            let mut b = [0u8; 16];
+            b[..6].copy_from_slice(&[0x20, 0x01, 0x0d, 0xb8, 0x00, 0x10]);
+            b[6..8].copy_from_slice(&subnet.to_be_bytes());
+            b[12..].copy_from_slice(&iid.to_be_bytes());
+            crate::address::v6_words(b)
+        };
+        let vip = client(0, 0x100);
+        let spread = |keys: &mut dyn Iterator<Item = crate::V6>| {
+            let mut buckets = [0u32; 64];
+            for src in keys {
+                let k = FlowKey {
+                    src,
+                    dst: vip,
+                    sport: 40000u16.to_be(),
+                    dport: 6443u16.to_be(),
+                    protocol: 6,
+                    _pad: [0; 3],
+                };
+                buckets[(flow_hash(&k) & 63) as usize] += 1;
+            }
+            buckets
+        };
+        // 65536 flows over 64 buckets: each within 12% of 1024.
+        for buckets in [
+            spread(&mut (0..65536).map(|iid| client(1, iid))),
+            spread(
+                &mut (0..65535)
+                    .chain([0])
+                    .map(|subnet| client(subnet as u16, 0x42)),
+            ),
+        ] {
+            for b in buckets {
+                assert!((901..=1147).contains(&b), "uneven spread: {buckets:?}");
+            }
         }
     }
 

@@ -51,6 +51,14 @@ impl Delta {
         Delta(self.0 + u32::from(!old) + u32::from(new))
     }
 
+    /// The delta with `sum` added, a one's-complement sum of 16-bit words held in up to 33
+    /// bits (e.g. 32-bit halves summed in 64 bits, folded once).
+    #[inline(always)]
+    pub fn folded(self, sum: u64) -> Self {
+        let sum = (sum & 0xffff) + ((sum >> 16) & 0xffff) + (sum >> 32);
+        Delta(self.0 + sum as u32)
+    }
+
     /// `check` with the delta applied.
     #[inline(always)]
     pub fn apply(self, check: u16) -> u16 {

@@ -387,13 +387,21 @@ impl Family for V6 {
         }
     }
 
+    /// The eight 32-bit halves summed in 64 bits (no carry is lost: eight values under
+    /// 2^32), then folded once: a third of the instructions of eight `Delta::word32`.
     #[inline(always)]
     fn delta(delta: Delta, old: V6, new: V6) -> Delta {
-        delta
-            .word32(old[0] as u32, new[0] as u32)
-            .word32((old[0] >> 32) as u32, (new[0] >> 32) as u32)
-            .word32(old[1] as u32, new[1] as u32)
-            .word32((old[1] >> 32) as u32, (new[1] >> 32) as u32)
+        const LOW: u64 = 0xffff_ffff;
+        let (o0, o1) = (!old[0], !old[1]);
+        let sum = (o0 & LOW)
+            + (o0 >> 32)
+            + (o1 & LOW)
+            + (o1 >> 32)
+            + (new[0] & LOW)
+            + (new[0] >> 32)
+            + (new[1] & LOW)
+            + (new[1] >> 32);
+        delta.folded((sum & LOW) + (sum >> 32))
     }
 
     #[inline(always)]
