@@ -120,10 +120,14 @@ impl Dataplane {
         } else {
             0
         };
-        // Flow sync's log: a part per CPU the program may run on, none without flow sync.
+        // Flow sync's log: a part per CPU the program may run on (indexed by CPU number, so
+        // up to the highest possible one: the possible CPUs need not be numbered without
+        // gaps), none without flow sync.
         let flow_log_cpus = if options.flow_sync {
-            let cpus = aya::util::nr_cpus().map_err(|(path, e)| anyhow!("reading {path}: {e}"))?;
-            u32::try_from(cpus).context("CPU count")?
+            let possible = std::fs::read_to_string(POSSIBLE_CPUS)
+                .with_context(|| format!("reading {POSSIBLE_CPUS}"))?;
+            cpu_numbers(&possible)
+                .with_context(|| format!("{POSSIBLE_CPUS}: {:?}", possible.trim()))?
         } else {
             0
         };
@@ -392,4 +396,39 @@ fn verifier_error(name: &str, e: aya::programs::ProgramError) -> anyhow::Error {
     anyhow::Error::new(e).context(format!(
         "the kernel's verifier rejected the XDP program `{name}`"
     ))
+}
+
+/// The kernel's list of the CPUs that may ever run (`0-3`, `0-3,8-11`).
+const POSSIBLE_CPUS: &str = "/sys/devices/system/cpu/possible";
+
+/// How many CPU numbers a list like `0-3,8-11` spans: its highest CPU plus one.
+fn cpu_numbers(list: &str) -> Result<u32> {
+    let mut highest = None;
+    for part in list.trim().split(',').filter(|p| !p.is_empty()) {
+        let last = part.rsplit('-').next().unwrap_or(part);
+        let cpu: u32 = last
+            .trim()
+            .parse()
+            .with_context(|| format!("not a CPU number or range: {part:?}"))?;
+        highest = highest.max(Some(cpu));
+    }
+    let highest = highest.ok_or_else(|| anyhow!("no CPU listed"))?;
+    highest
+        .checked_add(1)
+        .filter(|n| *n <= 1 << 16)
+        .ok_or_else(|| anyhow!("CPU {highest} is beyond any machine"))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn cpu_numbers_span_gaps_in_the_possible_list() {
+        assert_eq!(super::cpu_numbers("0-3\n").unwrap(), 4);
+        assert_eq!(super::cpu_numbers("0").unwrap(), 1);
+        assert_eq!(super::cpu_numbers("0-3,8-11").unwrap(), 12);
+        assert_eq!(super::cpu_numbers("0,2,5").unwrap(), 6);
+        assert!(super::cpu_numbers("").is_err());
+        assert!(super::cpu_numbers("0-x").is_err());
+        assert!(super::cpu_numbers("0-4294967295").is_err());
+    }
 }
