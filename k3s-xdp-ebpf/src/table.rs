@@ -81,7 +81,9 @@ fn flow_at<F: Family>(slot: *const FlowSlot<F>, key: &FlowKey<F>, hash: u32) -> 
     let seal = field!((*slot).seal);
     // SAFETY: a map value valid for this run.
     let same = key_at(unsafe { core::ptr::addr_of!((*slot).key) }, key);
-    if same & (seal == FlowSlot::<F>::seal_for(hash, &flow)) {
+    // The seal only for the way whose key matches (at most one): the others skip its
+    // multiplications.
+    if same && seal == FlowSlot::<F>::seal_for(hash, &flow) {
         Some(flow)
     } else {
         None
