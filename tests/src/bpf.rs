@@ -21,7 +21,6 @@ use std::{
     collections::BTreeMap,
     net::Ipv4Addr,
     os::fd::{AsFd, AsRawFd, OwnedFd},
-    sync::atomic::{AtomicU32, Ordering},
 };
 
 pub const XDP_ABORTED: u32 = 0;
@@ -390,8 +389,6 @@ pub fn lab_mac6(addr: std::net::Ipv6Addr) -> [u8; 6] {
     [0x02, 0, 0, 0, o[14], o[15]]
 }
 
-static LAB_COUNTER: AtomicU32 = AtomicU32::new(0);
-
 /// A network namespace holding the LB interface `eth1` (192.0.2.98/24, `LAB_LB_MAC`, IPv4
 /// forwarding on, as `bpf_fib_lookup` requires), static neighbours for 192.0.2.50-59 and
 /// 192.0.2.101-109, and a route to 203.0.113.0/24 via 192.0.2.1; and the same in IPv6
@@ -404,11 +401,7 @@ pub struct FibLab {
 
 impl FibLab {
     pub fn new() -> Result<Self> {
-        let name = format!(
-            "kxfib{}x{}",
-            std::process::id(),
-            LAB_COUNTER.fetch_add(1, Ordering::Relaxed)
-        );
+        let name = format!("{}-fib", crate::topology::instance_prefix());
         let lab = FibLab {
             ns: NetNs::create(&name)?,
             ifindex: 0,

@@ -221,13 +221,7 @@ impl Topology {
                 bail!("node {name} ({addr}) is defined twice");
             }
         }
-        let prefix = spec.prefix.clone().unwrap_or_else(|| {
-            format!(
-                "{NAME_MAGIC}{}x{}",
-                std::process::id(),
-                INSTANCE.fetch_add(1, Ordering::Relaxed)
-            )
-        });
+        let prefix = spec.prefix.clone().unwrap_or_else(instance_prefix);
         let switch = NetNs::create(&format!("{prefix}-sw"))?;
         switch.ip([
             "link",
@@ -618,6 +612,17 @@ pub fn namespaces_with_prefix(prefix: &str) -> Result<Vec<String>> {
         .collect())
 }
 
+/// A new instance's name prefix, `kx<pid>x<n>`: its namespaces are `<prefix>-<name>`, and
+/// [`Topology::cleanup_stale`] deletes them once this process is gone, even if it was killed
+/// before it could (the BPF tests' [`crate::bpf::FibLab`] is named so too).
+pub(crate) fn instance_prefix() -> String {
+    format!(
+        "{NAME_MAGIC}{}x{}",
+        std::process::id(),
+        INSTANCE.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
 /// The PID in a name of our scheme, `kx<pid>x<n>-…`.
 fn owner_pid(name: &str) -> Option<u32> {
     let rest = name.strip_prefix(NAME_MAGIC)?;
@@ -662,6 +667,7 @@ mod tests {
     fn owner_pid_reads_our_names_only() {
         assert_eq!(owner_pid("kx1234x0-lb-1"), Some(1234));
         assert_eq!(owner_pid("kx1234x17-sw"), Some(1234));
+        assert_eq!(owner_pid("kx1234x3-fib"), Some(1234));
         assert_eq!(owner_pid("kxfib1234x0"), None);
         assert_eq!(owner_pid("kx1234x-sw"), None);
         assert_eq!(owner_pid("kx1234-sw"), None);
