@@ -5,7 +5,7 @@
 
 use crate::{
     csum::{self, Delta},
-    forward::{self, Chosen},
+    forward,
     headers::{Ipv4Hdr, Ipv6Hdr, TcpHdr},
     maps::{
         BACKENDS, BACKENDS6, BACKEND_HOPS, BACKEND_HOPS6, FLOWS, FLOWS6, NAT_REVERSE, NAT_REVERSE6,
@@ -22,7 +22,7 @@ use core::mem::size_of;
 use k3s_xdp_common::{
     reason,
     table::{FlowBucket, NatSlot},
-    Address, Backend, Flow, FlowKey, Globals, NextHop, SnatSources, VipPort, IPPROTO_TCP, V6,
+    Address, Backend, Flow, FlowKey, NextHop, SnatSources, VipPort, IPPROTO_TCP, V6,
 };
 
 /// Hop limit (TTL) of the packets the program answers with (RSTs, echo replies).
@@ -99,23 +99,8 @@ pub trait Family: Address {
         forward::translation_event(key, backend, snat_addr, snat_port, tcp_flags, mask_sync)
     }
 
-    /// An established flow's packet, on to its backend (`forward::send`), in the program that
-    /// looked it up: IPv6's too, whose established flows pay no second tail call.
-    #[inline(always)]
-    fn established(
-        ctx: &XdpContext,
-        ip: &Ip<Self>,
-        l4: &L4,
-        _key: &FlowKey<Self>,
-        service: &VipPort,
-        chosen: &Chosen<Self>,
-        globals: &Globals,
-    ) -> Verdict {
-        let dsr = service.flags & k3s_xdp_common::SERVICE_DSR != 0;
-        forward::send(ctx, ip, l4, service, chosen, dsr, globals, false)
-    }
-
-    /// A flow pinned to a backend that is down: a RST (`reset::send`). IPv6: as above.
+    /// A flow pinned to a backend that is down: a RST (`reset::send`). IPv6 hands it over to
+    /// `k3s_xdp_decided6`, a program of its own (see `ipv6.rs`).
     #[inline(always)]
     fn refused(
         ctx: &XdpContext,

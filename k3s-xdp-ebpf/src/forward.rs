@@ -48,8 +48,10 @@ pub fn to_backend<F: Family>(
     };
     let at = Place::of(&key, globals.flow_mask);
     match lookup(&key, at, service, protocol, tcp_flags, globals) {
+        // Sent from the program that looked it up (IPv6's too: no second tail call).
         Decision::Established(chosen) => {
-            F::established(ctx, ip, &l4, &key, service, &chosen, globals)
+            let dsr = service.flags & SERVICE_DSR != 0;
+            send(ctx, ip, &l4, service, &chosen, dsr, globals, false)
         }
         Decision::Refuse(backend) => F::refused(ctx, ip, valid, &l4, &key, service, backend),
         Decision::Choose => {
