@@ -34,6 +34,10 @@ pub trait Address: Copy + Default + Eq + core::fmt::Debug + 'static {
     /// The word the VIP table's perfect hash (`VipHash::slot`) takes: cheap, because every
     /// packet of the family pays it; userspace checks that the VIPs fold apart.
     fn vip_fold(&self) -> u32;
+
+    /// The address in 64 bits (IPv6: the prefix's words against the interface identifier's,
+    /// crosswise), for the known-source set (`guard::known_bit`).
+    fn fold64(&self) -> u64;
 }
 
 impl Address for u32 {
@@ -59,6 +63,11 @@ impl Address for u32 {
     fn vip_fold(&self) -> u32 {
         *self
     }
+
+    #[inline(always)]
+    fn fold64(&self) -> u64 {
+        u64::from(*self)
+    }
 }
 
 impl Address for V6 {
@@ -77,8 +86,7 @@ impl Address for V6 {
     /// alike only when their prefixes differ exactly as their swapped identifiers do.
     #[inline(always)]
     fn absorb(&self, h: u32) -> u32 {
-        let [a, b] = *self;
-        let x = a ^ b.rotate_left(32);
+        let x = self.fold64();
         mix(mix(h, x as u32), (x >> 32) as u32)
     }
 
@@ -96,6 +104,12 @@ impl Address for V6 {
             ^ (b as u32).rotate_left(8)
             ^ ((a >> 32) as u32).rotate_left(16)
             ^ (a as u32).rotate_left(24)
+    }
+
+    #[inline(always)]
+    fn fold64(&self) -> u64 {
+        let [a, b] = *self;
+        a ^ b.rotate_left(32)
     }
 }
 

@@ -6,7 +6,11 @@
 //! With the `user` feature, the types implement `aya::Pod` for the controller.
 #![no_std]
 
+#[cfg(test)]
+extern crate std;
+
 pub mod address;
+pub mod guard;
 pub mod hash;
 pub mod reason;
 pub mod table;
@@ -37,6 +41,9 @@ pub mod names {
     pub const SERVICE_STATS: &str = "SERVICE_STATS";
     pub const BACKEND_STATS: &str = "BACKEND_STATS";
     pub const GLOBALS: &str = "GLOBALS";
+    /// The SYN flood guard: known sources, and the settings (see `guard`).
+    pub const KNOWN_SOURCES: &str = "KNOWN_SOURCES";
+    pub const SYN_GUARD: &str = "SYN_GUARD";
     pub const SNAT_SOURCES: &str = "SNAT_SOURCES";
     /// Flow sync: the per-CPU log of new and closed flows (`FlowLogSlot`), each CPU's count
     /// of the events it wrote (`FlowLogHead`), and its count of events it could not write.
@@ -537,6 +544,7 @@ mod pod {
     unsafe impl<A: Address> aya::Pod for NatReverse<A> {}
     unsafe impl aya::Pod for Traffic {}
     unsafe impl aya::Pod for Globals {}
+    unsafe impl aya::Pod for crate::guard::SynGuard {}
     unsafe impl<A: Address> aya::Pod for SnatSources<A> {}
     unsafe impl aya::Pod for BenchPacket {}
     unsafe impl aya::Pod for FlowLogSlot {}

@@ -64,8 +64,13 @@ pub const PASS_SNAT_ADDRESS: u32 = 22;
 /// than the walk's bound (`crate::MAX_EXTENSION_HEADERS`). A fragment counts as `DROP_FRAGMENT`.
 pub const DROP_BAD_EXTENSION: u32 = 23;
 
+/// A SYN of a new TCP flow from a source that never completed a handshake through this node,
+/// dropped while the SYN flood guard is up and its admissions are spent (see
+/// `crate::guard`).
+pub const DROP_SYN_FLOOD: u32 = 24;
+
 /// Number of reasons; the length of the `REASONS` map.
-pub const COUNT: u32 = 24;
+pub const COUNT: u32 = 25;
 
 /// Label of each reason, indexed by its constant.
 pub const NAMES: [&str; COUNT as usize] = [
@@ -93,9 +98,10 @@ pub const NAMES: [&str; COUNT as usize] = [
     "pass_no_neighbour",
     "pass_snat_address",
     "drop_bad_extension",
+    "drop_syn_flood",
 ];
 
-/// Signs that the flow tables are too small (or flooded), counted per CPU in `TABLE_EVENTS`,
+/// Signs that the flow tables are too small (or flooded), and what the SYN flood guard saw, counted per CPU in `TABLE_EVENTS`,
 /// indexed by these constants. Not packet fates: the packet went on.
 pub mod table {
     /// A new flow's entry replaced another flow's that had seen a packet in the last
@@ -115,8 +121,14 @@ pub mod table {
     /// Every SNAT port a new flow tried was held: it took over an unconfirmed translation
     /// (whose client had sent one packet only) rather than a waiting or live one.
     pub const TRANSLATION_UNCONFIRMED_TAKEN: u32 = 4;
+    /// A SYN of a new TCP flow from a source not known to have completed a handshake (see
+    /// `crate::guard`), counted while the SYN flood guard is on, whatever its fate.
+    pub const SYN_UNKNOWN_SOURCE: u32 = 5;
+    /// Such a SYN admitted while the guard was up (within `[syn_flood] admit`); the rest are
+    /// dropped (`DROP_SYN_FLOOD`).
+    pub const SYN_GUARD_ADMITTED: u32 = 6;
     /// Number of events; the length of the `TABLE_EVENTS` map.
-    pub const COUNT: u32 = 5;
+    pub const COUNT: u32 = 7;
     /// Label of each event, indexed by its constant.
     pub const NAMES: [&str; COUNT as usize] = [
         "flow_evicted",
@@ -124,5 +136,7 @@ pub mod table {
         "translation_reused_waiting",
         "flow_unconfirmed_replaced",
         "translation_unconfirmed_taken",
+        "syn_unknown_source",
+        "syn_guard_admitted",
     ];
 }

@@ -5,6 +5,7 @@
 use crate::{
     choose, counters,
     family::Family,
+    guard,
     headers::{TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
     hop,
     maps::{self, NEW_FLOW},
@@ -58,7 +59,9 @@ pub fn to_backend<F: Family>(
             let Some(state) = new_flow::state::<F>() else {
                 return Verdict::drop(reason::DROP_INTERNAL);
             };
-            new_flow::ask(state, ip, &l4, &key, at.hash, vip, service, globals);
+            new_flow::ask(
+                state, ip, &l4, &key, at.hash, vip, service, globals, tcp_flags,
+            );
             // SAFETY: a tail call into the new-flow program, which the controller puts in its
             // slot before attaching; on success it does not return. The packet is as it came.
             unsafe { NEW_FLOW.tail_call(ctx, F::NEW_FLOW_SLOT) };
@@ -111,8 +114,12 @@ pub fn lookup<F: Family>(
         return Decision::Choose;
     };
     let mut choose_again = false;
-    // The client's second packet confirms its translation too (once per flow).
+    // The client's second packet confirms its translation too (once per flow), and makes its
+    // source known to the SYN flood guard (TCP: its handshake is done).
     let confirms = unconfirmed & (keep == 0);
+    if confirms && protocol == IPPROTO_TCP {
+        guard::confirmed(&key.src);
+    }
     if service.flags & SERVICE_DSR == 0
         && (tcp_flags & (TCP_SYN | TCP_FIN | TCP_RST) != 0 || confirms)
     {

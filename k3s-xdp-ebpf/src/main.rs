@@ -22,6 +22,7 @@ mod counters;
 mod csum;
 mod family;
 mod forward;
+mod guard;
 mod headers;
 mod hop;
 mod icmp;

@@ -143,6 +143,17 @@ pub static SNAT_SEARCH6: PerCpuArray<crate::state::Probe<V6>, 1> = PerCpuArray::
 #[btf_map]
 pub static FIB_PARAMS: PerCpuArray<aya_ebpf::bindings::bpf_fib_lookup, 1> = PerCpuArray::new();
 
+/// The SYN flood guard: the sources known to have completed a handshake (a Bloom filter, see
+/// `k3s_xdp_common::guard`), shared by the CPUs and both families; and its settings.
+#[btf_map]
+pub static KNOWN_SOURCES: Array<
+    u64,
+    { k3s_xdp_common::guard::KNOWN_SOURCE_WORDS as usize },
+    MMAPABLE,
+> = Array::new();
+#[btf_map]
+pub static SYN_GUARD: Array<k3s_xdp_common::guard::SynGuard, 1> = Array::new();
+
 /// Program-wide settings, one entry.
 #[btf_map]
 pub static GLOBALS: Array<Globals, 1> = Array::new();

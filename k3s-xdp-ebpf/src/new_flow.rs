@@ -17,6 +17,8 @@
 use crate::{
     choose,
     family::Family,
+    guard,
+    headers::{TCP_ACK, TCP_SYN},
     parse::{Ip, Offsets, L4},
     state::Probe,
     sync,
@@ -51,6 +53,7 @@ pub fn ask<F: Family>(
     vip: &VipInfo,
     service: &VipPort,
     globals: &Globals,
+    tcp_flags: u8,
 ) {
     let (mut min, mut max) = (SNAT_DEFAULT_MIN, SNAT_DEFAULT_MAX);
     if globals.snat_port_min != 0 && globals.snat_port_min <= globals.snat_port_max {
@@ -81,6 +84,7 @@ pub fn ask<F: Family>(
         (*state).mask = globals.flow_mask;
         (*state).timewait = globals.snat_timewait;
         (*state).sync = globals.flow_sync;
+        (*state).syn = u32::from(tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN);
     }
 }
 
@@ -92,6 +96,11 @@ pub fn decide<F: Family>(state: *mut Probe<F>) {
     unsafe {
         (*state).id = 0;
         (*state).first = 1;
+        // A SYN from a source never seen completing a handshake may be a flood's.
+        if (*state).syn != 0 && !guard::admit(state) {
+            (*state).outcome = reason::DROP_SYN_FLOOD;
+            return;
+        }
         let outcome = match choose::backend::<F>(&(*state).service, (*state).flow_hash) {
             None => reason::DROP_NO_BACKEND,
             Some((id, backend)) => {

@@ -4,7 +4,9 @@
 //! so that the map holding it (`maps::SNAT_SEARCH`) does not import the code that fills it.
 
 use crate::parse::Offsets;
-use k3s_xdp_common::{Backend, FlowKey, NatReverse, VipPort, MAX_PORTS_PER_VIP, MAX_SNAT_SOURCES};
+use k3s_xdp_common::{
+    guard::GuardWindow, Backend, FlowKey, NatReverse, VipPort, MAX_PORTS_PER_VIP, MAX_SNAT_SOURCES,
+};
 
 // One `Probe` per family: `SNAT_SEARCH` (IPv4) and `SNAT_SEARCH6` (`A` = `V6`).
 
@@ -38,6 +40,10 @@ pub struct Probe<A: k3s_xdp_common::Address = u32> {
     pub timewait: u32,
     /// `Globals::flow_sync`: report the flow once recorded.
     pub sync: u32,
+    /// 1 when the packet is a TCP SYN (without ACK): the SYN flood guard's business.
+    pub syn: u32,
+    /// The SYN flood guard's count of this second, kept from packet to packet (see `guard.rs`).
+    pub guard: GuardWindow,
     // The answer, written by the second half.
     /// `new_flow::CHOSEN` or a drop reason.
     pub outcome: u32,

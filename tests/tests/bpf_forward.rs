@@ -1715,7 +1715,9 @@ fn a_translation_unseen_for_five_minutes_is_taken_over_and_its_flow_forgotten() 
             ("translation_taken_over", 0),
             ("translation_reused_waiting", 0),
             ("flow_unconfirmed_replaced", 0),
-            ("translation_unconfirmed_taken", 0)
+            ("translation_unconfirmed_taken", 0),
+            ("syn_unknown_source", 0),
+            ("syn_guard_admitted", 0)
         ],
         "an idle translation is free to take: no sign of a full table"
     );
@@ -2453,4 +2455,104 @@ fn a_closed_translation_is_reported_once_and_closed_on_the_peer() {
     let reset = a.dataplane.drain_flow_events(10).unwrap();
     assert_eq!(reset.len(), 1);
     assert!(matches!(reset[0], FlowEventOf::V4(e) if e.op == k3s_xdp_common::FLOW_EVENT_CLOSED));
+}
+
+/// Keeps this thread on CPU 0: the SYN flood guard counts per CPU, and BPF_PROG_TEST_RUN runs
+/// the program on the caller's CPU.
+fn stay_on_cpu_0() {
+    // SAFETY: a zeroed cpu_set_t is a valid empty set; CPU_SET writes within it; pid 0 is
+    // the calling thread.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(0, &mut set);
+        assert_eq!(
+            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set),
+            0,
+            "sched_setaffinity"
+        );
+    }
+}
+
+fn event(h: &XdpHarness, name: &str) -> u64 {
+    h.dataplane
+        .table_events()
+        .unwrap()
+        .into_iter()
+        .find(|(n, _)| *n == name)
+        .map_or(0, |(_, v)| v)
+}
+
+/// The SYN flood guard: SYNs of new flows from sources that never completed a handshake are
+/// counted; past `threshold` in a second only `admit` more go on and the rest are dropped
+/// (`drop_syn_flood`), until a second under the threshold; SYNs from a source whose flow was
+/// confirmed, and packets other than SYNs, always go on.
+#[test]
+fn the_syn_flood_guard_admits_known_sources_and_a_budget_of_unknown_ones() {
+    let Some(mut h) = harness() else { return };
+    stay_on_cpu_0();
+    let vip = sock(VIP, 6443);
+    h.dataplane
+        .write_syn_guard(&k3s_xdp_common::guard::SynGuard {
+            threshold: 5,
+            admit: 2,
+        })
+        .unwrap();
+    h.set_clock(10).unwrap();
+
+    // A client completes a handshake: its source becomes known.
+    let known = sock(Ipv4Addr::new(203, 0, 113, 7), 40000);
+    transmitted(&mut h, &packet::tcp_syn(known, vip));
+    transmitted(&mut h, &packet::tcp(known, vip, TCP_ACK));
+    assert_eq!(
+        event(&h, "syn_unknown_source"),
+        1,
+        "its SYN came from an unknown source"
+    );
+
+    // A flood from 20 forged sources: 4 more make the threshold (the client's SYN was the
+    // first), 2 admitted, 14 dropped.
+    let forged = |i: u16| sock(Ipv4Addr::new(198, 51, 100, (i % 250) as u8 + 1), 1000 + i);
+    let mut fates = Vec::new();
+    for i in 0..20 {
+        fates.push(run(&mut h, &packet::tcp_syn(forged(i), vip)).action);
+    }
+    let sent = fates.iter().filter(|a| **a == XDP_TX).count();
+    assert_eq!(sent, 6, "fates {fates:?}");
+    assert!(fates[..6].iter().all(|a| *a == XDP_TX), "{fates:?}");
+    assert!(fates[6..].iter().all(|a| *a == XDP_DROP), "{fates:?}");
+    assert_eq!(h.reason(reason::DROP_SYN_FLOOD).unwrap(), 14);
+    assert_eq!(event(&h, "syn_unknown_source"), 21);
+    assert_eq!(event(&h, "syn_guard_admitted"), 2);
+
+    // The known source opens a new connection (another port) while the guard is up.
+    transmitted(&mut h, &packet::tcp_syn(sock(*known.ip(), 40001), vip));
+    // An unknown source's packet other than a SYN (a flow taken over after a failover) goes on.
+    transmitted(&mut h, &packet::tcp(forged(900), vip, TCP_ACK));
+    // A SYN retransmitted on a flow the guard admitted goes on: the flow exists.
+    transmitted(&mut h, &packet::tcp_syn(forged(0), vip));
+
+    // The next second starts up (the last one was over): the budget only.
+    h.set_clock(11).unwrap();
+    let fates: Vec<u32> = (100..104)
+        .map(|i| run(&mut h, &packet::tcp_syn(forged(i), vip)).action)
+        .collect();
+    assert_eq!(fates, [XDP_TX, XDP_TX, XDP_DROP, XDP_DROP]);
+
+    // After a second without a SYN from an unknown source, all are admitted again.
+    h.set_clock(13).unwrap();
+    for i in 200..205 {
+        transmitted(&mut h, &packet::tcp_syn(forged(i), vip));
+    }
+    assert_eq!(h.reason(reason::DROP_SYN_FLOOD).unwrap(), 16);
+
+    // Off: no count, no drop.
+    h.dataplane
+        .write_syn_guard(&k3s_xdp_common::guard::SynGuard::default())
+        .unwrap();
+    let before = event(&h, "syn_unknown_source");
+    for i in 300..320 {
+        transmitted(&mut h, &packet::tcp_syn(forged(i), vip));
+    }
+    assert_eq!(event(&h, "syn_unknown_source"), before);
+    assert_eq!(h.reason(reason::DROP_SYN_FLOOD).unwrap(), 16);
 }

@@ -487,3 +487,45 @@ fn new_ipv6_flows_are_reported_for_flow_sync() {
     assert!(slot.nat.closed());
     assert_eq!(v6_bytes(slot.nat.client_addr), client.ip().octets());
 }
+
+/// The SYN flood guard over IPv6: a source is known once its handshake completed; forged
+/// sources past the threshold get the budget only.
+#[test]
+fn the_syn_flood_guard_admits_known_ipv6_sources_first() {
+    let Some(mut h) = harness() else { return };
+    // SAFETY: a zeroed cpu_set_t is a valid empty set; pid 0 is this thread. The guard counts
+    // per CPU, and BPF_PROG_TEST_RUN runs on the caller's.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(0, &mut set);
+        assert_eq!(
+            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set),
+            0
+        );
+    }
+    h.dataplane
+        .write_syn_guard(&k3s_xdp_common::guard::SynGuard {
+            threshold: 3,
+            admit: 1,
+        })
+        .unwrap();
+    h.set_clock(20).unwrap();
+    let vip = sock(ip6(0x100), 6443);
+    let client = sock(ip6(0x107), 42000);
+    transmitted(&mut h, &tcp6_syn(client, vip).frame());
+    transmitted(&mut h, &tcp6(client, vip, TCP_ACK).frame());
+
+    // Forged sources in other /64s: 2 more make the threshold, 1 admitted, the rest dropped.
+    let forged = |i: u16| sock(Ipv6Addr::new(0x2001, 0xdb8, 0xf, i, 0, 0, 0, 1), 1000 + i);
+    let fates: Vec<u32> = (0..8)
+        .map(|i| run(&mut h, &tcp6_syn(forged(i), vip).frame()).action)
+        .collect();
+    assert_eq!(
+        fates,
+        [XDP_TX, XDP_TX, XDP_TX, XDP_DROP, XDP_DROP, XDP_DROP, XDP_DROP, XDP_DROP]
+    );
+    assert_eq!(h.reason(reason::DROP_SYN_FLOOD).unwrap(), 5);
+    // The known client still connects.
+    transmitted(&mut h, &tcp6_syn(sock(ip6(0x107), 42001), vip).frame());
+    assert!(h.dataplane.known_sources().unwrap() >= 1);
+}

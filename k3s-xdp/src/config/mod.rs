@@ -66,6 +66,13 @@ pub mod defaults {
     /// an idle translation is taken over anyway.
     pub const SNAT_TIMEWAIT_MAX: Duration = Duration::from_secs(300);
 
+    /// A k3s cluster's clients are its nodes and operators: after their first connection they
+    /// are known. 1,000 SYNs per second from never-seen sources is no cluster's bootstrap.
+    pub const SYN_FLOOD_THRESHOLD: u32 = 1000;
+    pub const SYN_FLOOD_THRESHOLD_MAX: u32 = 100_000_000;
+    /// New clients (a joining node) still get in under a flood, at this rate shared with it.
+    pub const SYN_FLOOD_ADMIT: u32 = 100;
+
     pub const PROTOCOL: Protocol = Protocol::Tcp;
     pub const MODE: Mode = Mode::Nat;
     pub const ON_BACKEND_DOWN: OnBackendDown = OnBackendDown::Reset;
@@ -172,6 +179,8 @@ pub struct Config {
     pub bgp: Option<Bgp>,
     /// `[flow_sync]`: nat flows shared with the other load balancers.
     pub flow_sync: Option<FlowSync>,
+    /// `[syn_flood]`: the SYN flood guard (on by default).
+    pub syn_flood: SynFlood,
     /// Non-fatal notes about the file (e.g. no `interface`), for `check` to print and `run` to
     /// log. Not configuration: ignored by `==` and not serialized.
     #[serde(skip)]
@@ -196,6 +205,7 @@ impl PartialEq for Config {
             vrrp,
             bgp,
             flow_sync,
+            syn_flood,
             warnings: _,
         } = self;
         *interface == other.interface
@@ -210,6 +220,7 @@ impl PartialEq for Config {
             && *vrrp == other.vrrp
             && *bgp == other.bgp
             && *flow_sync == other.flow_sync
+            && *syn_flood == other.syn_flood
     }
 }
 
@@ -230,6 +241,7 @@ impl Config {
             vrrp: None,
             bgp: None,
             flow_sync: None,
+            syn_flood: SynFlood::default(),
             warnings: Vec::new(),
         }
     }
@@ -317,6 +329,50 @@ pub struct FlowSync {
     pub port: u16,
     /// The shared secret: the file's bytes (at least 32; a final newline ignored).
     pub key_file: PathBuf,
+}
+
+/// `[syn_flood]`: the SYN flood guard. A client's source is *known* once one of its TCP
+/// handshakes completed through this node. While SYNs of new flows from unknown sources
+/// arrive faster than `threshold` per second, only `admit` of them per second go on, the
+/// rest are dropped (`drop_syn_flood`); known sources always go through. Figures are for the
+/// node; the program counts them per CPU (divided by the CPUs it may run on).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct SynFlood {
+    /// false: every SYN goes on, as before the guard existed.
+    pub guard: bool,
+    /// SYNs of new flows from unknown sources per second above which the guard is up.
+    pub threshold: u32,
+    /// Such SYNs admitted per second while it is up (new clients still get in, slowly).
+    pub admit: u32,
+}
+
+impl Default for SynFlood {
+    fn default() -> Self {
+        SynFlood {
+            guard: true,
+            threshold: defaults::SYN_FLOOD_THRESHOLD,
+            admit: defaults::SYN_FLOOD_ADMIT,
+        }
+    }
+}
+
+impl SynFlood {
+    /// The program's settings on a machine of `cpus` CPUs: the node's figures divided among
+    /// them (at least 1 each), or all zero (off).
+    pub fn per_cpu(&self, cpus: u32) -> k3s_xdp_common::guard::SynGuard {
+        if !self.guard {
+            return k3s_xdp_common::guard::SynGuard::default();
+        }
+        let cpus = cpus.max(1);
+        k3s_xdp_common::guard::SynGuard {
+            threshold: self.threshold.div_ceil(cpus).max(1),
+            admit: if self.admit == 0 {
+                0
+            } else {
+                self.admit.div_ceil(cpus).max(1)
+            },
+        }
+    }
 }
 
 /// How the XDP program is attached.

@@ -8,8 +8,8 @@
 //! looks for first (the health check kind and timings, the VRRP identity and priority).
 
 use super::{
-    defaults, duration, BackendConfig, Bgp, BgpTrack, Config, Health, Service, SnatSource, Track,
-    Vrrp,
+    defaults, duration, BackendConfig, Bgp, BgpTrack, Config, Health, Service, SnatSource,
+    SynFlood, Track, Vrrp,
 };
 use std::{path::Path, time::Duration};
 use toml_edit::{value, Array, ArrayOfTables, DocumentMut, InlineTable, Item, Table, Value};
@@ -64,6 +64,20 @@ pub(super) fn to_document(config: &Config) -> DocumentMut {
     }
     if let Some(bgp) = &config.bgp {
         root.insert("bgp", Item::Table(bgp_table(bgp)));
+    }
+    if config.syn_flood != SynFlood::default() {
+        let mut t = Table::new();
+        let (f, d) = (config.syn_flood, SynFlood::default());
+        if f.guard != d.guard {
+            t.insert("guard", value(f.guard));
+        }
+        if f.threshold != d.threshold {
+            t.insert("threshold", value(i64::from(f.threshold)));
+        }
+        if f.admit != d.admit {
+            t.insert("admit", value(i64::from(f.admit)));
+        }
+        root.insert("syn_flood", Item::Table(t));
     }
     doc
 }

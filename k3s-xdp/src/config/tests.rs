@@ -2005,3 +2005,54 @@ unicast_src_ip = "192.0.2.98"
         "at least one peer",
     );
 }
+
+#[test]
+fn syn_flood_guard_is_on_by_default_reads_renders_back_and_divides_among_cpus() {
+    let base = r#"
+[[service]]
+name = "api"
+vip = "192.0.2.100"
+port = 6443
+backends = [{ name = "s1", address = "192.0.2.50:6443" }]
+"#;
+    let c = ok(base);
+    assert_eq!(c.syn_flood, SynFlood::default());
+    assert!(c.syn_flood.guard);
+    assert!(
+        !c.to_toml().contains("syn_flood"),
+        "defaults are not written"
+    );
+    let g = c.syn_flood.per_cpu(2);
+    assert_eq!((g.threshold, g.admit), (500, 50));
+    // Never below one per CPU, however many CPUs.
+    let g = c.syn_flood.per_cpu(4096);
+    assert_eq!((g.threshold, g.admit), (1, 1));
+
+    let c = ok(&format!(
+        "{base}[syn_flood]\nthreshold = 20000\nadmit = 0\n"
+    ));
+    assert_eq!((c.syn_flood.threshold, c.syn_flood.admit), (20000, 0));
+    assert_eq!(
+        c.syn_flood.per_cpu(3).admit,
+        0,
+        "admit 0 stays 0: none admitted"
+    );
+    assert_eq!(ok(&c.to_toml()), c, "rendered and read back");
+
+    let off = ok(&format!("{base}[syn_flood]\nguard = false\n"));
+    assert_eq!(
+        off.syn_flood.per_cpu(2),
+        Default::default(),
+        "off: all zero"
+    );
+    assert_eq!(ok(&off.to_toml()), off);
+
+    let errors = errors_in(&format!(
+        "{base}[syn_flood]\nguard = \"yes\"\nthreshold = 0\nadmit = -1\nrate = 5\n"
+    ));
+    has_error(&errors, "syn_flood.guard", 7, "true or false");
+    has_error(&errors, "syn_flood.threshold", 8, "between 1 and");
+    has_error(&errors, "syn_flood.admit", 9, "between 0 and");
+    has_error(&errors, "syn_flood.rate", 10, "unknown key");
+    assert_eq!(errors.len(), 4, "{}", ConfigErrors(errors.clone()));
+}

@@ -193,6 +193,32 @@ impl Collector for Snapshot {
             "New flows that found the flow tables full: a live flow's entry evicted (flow_evicted), a live connection's SNAT translation taken over (translation_taken_over), a SNAT port taken while its backend may still hold it in TIME_WAIT (translation_reused_waiting: widen snat_port_range); an unconfirmed flow's entry or translation (its client sent one packet only, as a SYN flood's do) replaced first (flow_unconfirmed_replaced, translation_unconfirmed_taken).",
             by("event", &s.flow_table),
         )?;
+        let g = &s.syn_flood;
+        f.gauge(
+            "k3sxdp_syn_flood_guard",
+            "1 while the SYN flood guard is on ([syn_flood] guard), 0 while it is off.",
+            one(flag(g.guard)),
+        )?;
+        f.counter(
+            "k3sxdp_syn_unknown_source_total",
+            "SYNs of new flows from sources not known to have completed a handshake through this node (counted while the guard is on). Those dropped are k3sxdp_xdp_packets_total{reason=\"drop_syn_flood\"}.",
+            one(g.unknown_syns),
+        )?;
+        f.counter(
+            "k3sxdp_syn_guard_admitted_total",
+            "SYNs from unknown sources admitted while the guard was up ([syn_flood] admit per second).",
+            one(g.admitted),
+        )?;
+        f.gauge(
+            "k3sxdp_known_source_bits",
+            "Bits set in the known-source set (of k3sxdp_known_source_capacity_bits): the chance that a forged source passes as known.",
+            one(i64::try_from(g.known_bits).unwrap_or(i64::MAX)),
+        )?;
+        f.gauge(
+            "k3sxdp_known_source_capacity_bits",
+            "Size of the known-source set in bits.",
+            one(i64::try_from(g.known_capacity).unwrap_or(i64::MAX)),
+        )?;
         f.counter(
             "k3sxdp_service_packets_total",
             "Packets forwarded for the service (both directions in nat mode).",

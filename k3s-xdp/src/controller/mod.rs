@@ -28,7 +28,7 @@ use crate::{
 };
 use anyhow::{anyhow, Context, Result};
 use model::{Admin, Model};
-use status::{BackendStatus, Request, Response, ServiceStatus, Status, VrrpStatus};
+use status::{BackendStatus, Request, Response, ServiceStatus, Status, SynFloodStatus, VrrpStatus};
 use std::{
     collections::BTreeMap,
     path::PathBuf,
@@ -208,6 +208,18 @@ fn globals(
     }
 }
 
+/// The CPUs the XDP program may run on (online ones), among which the SYN flood guard's
+/// figures are divided; read once.
+fn program_cpus() -> u32 {
+    static CPUS: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    *CPUS.get_or_init(|| {
+        aya::util::online_cpus()
+            .map(|c| u32::try_from(c.len()).unwrap_or(u32::MAX))
+            .unwrap_or(1)
+            .max(1)
+    })
+}
+
 /// The data plane's coarse clock at `now`: whole seconds since the controller started, from 1
 /// (0 means "no clock" to the program).
 fn clock_at(started: Instant, now: Instant) -> u32 {
@@ -233,6 +245,7 @@ impl Controller {
         model.node = node;
         let fib_generation = 1;
         dataplane::write_globals(&mut dp, &globals(&config, fib_generation, mac, 1))?;
+        dp.write_syn_guard(&config.syn_flood.per_cpu(program_cpus()))?;
         let attached = dp.attachment().is_some();
         let (health, health_rx) = watch::channel(Health {
             healthy_backends: model.healthy_backends(),
@@ -569,11 +582,15 @@ impl Controller {
         }
     }
 
+    /// Writes the settings of the data plane (each clock tick, so a failed write is repaired
+    /// within a second): its globals and the SYN flood guard's.
     fn write_globals(&mut self) -> Result<()> {
         dataplane::write_globals(
             &mut self.dp,
             &globals(&self.config, self.fib_generation, self.mac, self.clock),
-        )
+        )?;
+        self.dp
+            .write_syn_guard(&self.config.syn_flood.per_cpu(program_cpus()))
     }
 
     /// Advances the data plane's clock when a second has passed (flows record when they were

@@ -101,12 +101,17 @@ impl Controller {
             if let Some(keeper) = &self.next_hops {
                 keeper.want(self.model.addresses());
             }
+            let syn_flood_changed = new.syn_flood != self.config.syn_flood;
+            if syn_flood_changed {
+                changes.push(format!("syn_flood: {}", describe_syn_flood(&new.syn_flood)));
+            }
             let snat_changed = (new.snat_port_min, new.snat_port_max, new.snat_timewait)
                 != (
                     self.config.snat_port_min,
                     self.config.snat_port_max,
                     self.config.snat_timewait,
-                );
+                )
+                || syn_flood_changed;
             // The running instance keeps its identity until a restart; the config says so.
             new.vrrp.clone_from(&self.config.vrrp);
             new.flow_sync.clone_from(&self.config.flow_sync);
@@ -134,7 +139,7 @@ impl Controller {
                 // The config is adopted already; the data plane keeps the old SNAT settings
                 // until the next write succeeds (every clock tick writes them).
                 if let Err(e) = self.write_globals() {
-                    warn!("reload: writing the new SNAT settings to the data plane: {e:#}");
+                    warn!("reload: writing the new SNAT or SYN flood settings to the data plane: {e:#}");
                 }
             }
             let mut summary = if changes.is_empty() {
@@ -204,4 +209,16 @@ fn describe_bgp(old: &config::Bgp, new: &config::Bgp) -> String {
         out.push(format!("bird_socket {}", new.bird_socket.display()));
     }
     out.join(", ")
+}
+
+/// `[syn_flood]` in a few words, for logs and the reload's answer.
+pub(crate) fn describe_syn_flood(f: &config::SynFlood) -> String {
+    if f.guard {
+        format!(
+            "guard on (threshold {}/s, admit {}/s from unknown sources)",
+            f.threshold, f.admit
+        )
+    } else {
+        "guard off".to_string()
+    }
 }

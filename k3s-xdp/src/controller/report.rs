@@ -281,6 +281,16 @@ pub fn render_table(s: &Status) -> String {
             "SNAT ports short: {reused} new connections took a port its backend may still hold in TIME_WAIT (widen snat_port_range; see `k3s-xdp check`)"
         );
     }
+    let g = &s.syn_flood;
+    if g.guard {
+        let _ = writeln!(
+            out,
+            "SYN flood guard: on (threshold {}/s, admit {}/s): {} SYNs from unknown sources, {} admitted while up, {} dropped; {} known-source bits of {} set",
+            g.threshold, g.admit, g.unknown_syns, g.admitted, g.dropped, g.known_bits, g.known_capacity
+        );
+    } else {
+        let _ = writeln!(out, "SYN flood guard: off");
+    }
     out
 }
 

@@ -17,7 +17,19 @@ impl Controller {
                 .unwrap_or_default()
         };
         let packets = labelled(self.dp.reasons());
-        let flow_table = labelled(self.dp.table_events());
+        let mut flow_table = labelled(self.dp.table_events());
+        // The guard's events are its own section, not signs of full tables.
+        let mut take = |event: &str| flow_table.remove(event).unwrap_or(0);
+        let syn_flood = SynFloodStatus {
+            guard: self.config.syn_flood.guard,
+            threshold: self.config.syn_flood.threshold,
+            admit: self.config.syn_flood.admit,
+            unknown_syns: take("syn_unknown_source"),
+            admitted: take("syn_guard_admitted"),
+            dropped: packets.get("drop_syn_flood").copied().unwrap_or(0),
+            known_bits: self.dp.known_sources().unwrap_or(0),
+            known_capacity: u64::from(k3s_xdp_common::guard::KNOWN_SOURCE_WORDS) * 64,
+        };
         let snat = self
             .dp
             .snat_ports(self.clock, self.config.snat_timewait_secs())
@@ -127,6 +139,7 @@ impl Controller {
             packets,
             flow_table,
             metrics_connections_refused: 0,
+            syn_flood,
         }
     }
 }

@@ -55,6 +55,26 @@ pub struct Status {
     /// metrics server).
     #[serde(default)]
     pub metrics_connections_refused: u64,
+    /// The SYN flood guard (`[syn_flood]`) and what it saw.
+    #[serde(default)]
+    pub syn_flood: SynFloodStatus,
+}
+
+/// The SYN flood guard's settings (per node) and counts.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct SynFloodStatus {
+    pub guard: bool,
+    pub threshold: u32,
+    pub admit: u32,
+    /// SYNs of new flows from sources not known to have completed a handshake (counted while
+    /// the guard is on), those of them admitted while it was up, and those dropped.
+    pub unknown_syns: u64,
+    pub admitted: u64,
+    pub dropped: u64,
+    /// Bits set in the known-source set, of `known_capacity`: the chance that a forged
+    /// source passes as known.
+    pub known_bits: u64,
+    pub known_capacity: u64,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
@@ -516,6 +536,46 @@ mod tests {
         let old = r#"{"state":"MASTER","virtual_router_id":51,"version":3,"priority":200,"effective_priority":200,"master":null,"virtual_ipaddress":[],"adverts_sent":0,"adverts_received":0,"adverts_rejected":{},"transitions":0,"last_transition":null,"track_ok":true}"#;
         let v: VrrpStatus = serde_json::from_str(old).unwrap();
         assert_eq!((v.family.as_str(), v.ipv6.is_none()), ("ipv4", true));
+    }
+
+    #[test]
+    fn the_syn_flood_guard_is_said_in_the_table_and_the_metrics() {
+        let s = Status {
+            syn_flood: SynFloodStatus {
+                guard: true,
+                threshold: 1000,
+                admit: 100,
+                unknown_syns: 5000,
+                admitted: 150,
+                dropped: 3850,
+                known_bits: 3,
+                known_capacity: 1 << 20,
+            },
+            ..sample()
+        };
+        let table = render_table(&s);
+        assert!(
+            table.contains("SYN flood guard: on (threshold 1000/s, admit 100/s): 5000 SYNs from unknown sources, 150 admitted while up, 3850 dropped; 3 known-source bits of 1048576 set"),
+            "{table}"
+        );
+        let metrics = render_metrics(&s);
+        assert!(
+            metrics.contains("\nk3sxdp_syn_flood_guard 1\n"),
+            "{metrics}"
+        );
+        assert!(metrics.contains("\nk3sxdp_syn_unknown_source_total 5000\n"));
+        assert!(metrics.contains("\nk3sxdp_syn_guard_admitted_total 150\n"));
+        assert!(metrics.contains("\nk3sxdp_known_source_bits 3\n"));
+        let off = Status {
+            syn_flood: SynFloodStatus::default(),
+            ..sample()
+        };
+        assert!(render_table(&off).contains("SYN flood guard: off"));
+        // A status from an older daemon, without the field, still reads.
+        let mut json = serde_json::to_value(sample()).unwrap();
+        json.as_object_mut().unwrap().remove("syn_flood");
+        let old: Status = serde_json::from_value(json).unwrap();
+        assert!(!old.syn_flood.guard);
     }
 
     #[test]

@@ -27,7 +27,10 @@ use aya::{
     programs::{xdp::XdpLink, Xdp, XdpMode},
     Ebpf, EbpfLoader,
 };
-use k3s_xdp_common::{names, reason, table, Globals, Traffic};
+use k3s_xdp_common::{
+    guard::{known_bit, SynGuard, KNOWN_SOURCE_WORDS},
+    names, reason, table, Globals, Traffic,
+};
 use std::fmt;
 
 /// How the program ended up attached.
@@ -342,6 +345,51 @@ impl Dataplane {
             out.push((*name, per_cpu.iter().sum()));
         }
         Ok(out)
+    }
+}
+
+/// The SYN flood guard's maps (see `k3s_xdp_common::guard`).
+impl Dataplane {
+    /// Writes the guard's per-CPU settings (all zero: off).
+    pub fn write_syn_guard(&mut self, guard: &SynGuard) -> Result<()> {
+        let mut map: aya::maps::Array<&mut MapData, SynGuard> =
+            aya::maps::Array::try_from(self.map_mut(names::SYN_GUARD)?)?;
+        Ok(map.set(0, *guard, 0)?)
+    }
+
+    fn known_sources_mapped(&self, writable: bool) -> Result<sys::MappedArray<u64>> {
+        use std::os::fd::{AsFd, AsRawFd};
+        let aya::maps::Map::Array(map) = self.map(names::KNOWN_SOURCES)? else {
+            bail!("{} is not an array", names::KNOWN_SOURCES);
+        };
+        sys::MappedArray::map(
+            map.fd().as_fd().as_raw_fd(),
+            KNOWN_SOURCE_WORDS as usize,
+            writable,
+        )
+    }
+
+    /// Bits set in the known-source set, of `KNOWN_SOURCE_WORDS * 64`: the share a forged
+    /// source passes as known by chance.
+    pub fn known_sources(&self) -> Result<u64> {
+        let map = self.known_sources_mapped(false)?;
+        Ok((0..map.entries())
+            .filter_map(|i| map.get(i))
+            .map(|w| u64::from(w.count_ones()))
+            .sum())
+    }
+
+    /// Records `source` as known, as the program does when one of its flows is confirmed (for
+    /// benchmarks and tests that start from clients a cluster already has).
+    pub fn mark_known(&mut self, source: std::net::IpAddr) -> Result<()> {
+        let (word, mask) = match source {
+            std::net::IpAddr::V4(a) => known_bit(&u32::from_ne_bytes(a.octets())),
+            std::net::IpAddr::V6(a) => known_bit(&k3s_xdp_common::address::v6_words(a.octets())),
+        };
+        let mut map = self.known_sources_mapped(true)?;
+        let old = map.get(word as usize).unwrap_or(0);
+        map.set(word as usize, old | mask);
+        Ok(())
     }
 }
 

@@ -15,6 +15,7 @@ pub(super) const ROOT_KEYS: &[&str] = &[
     "vrrp",
     "bgp",
     "flow_sync",
+    "syn_flood",
 ];
 pub(super) const SERVICE_KEYS: &[&str] = &[
     "name",
@@ -67,6 +68,7 @@ pub(super) const TRACK_KEYS: &[&str] = &["dataplane", "min_healthy_backends", "w
 pub(super) const BGP_KEYS: &[&str] = &["table", "vips", "track", "drain_time", "bird_socket"];
 pub(super) const BGP_TRACK_KEYS: &[&str] = &["dataplane", "min_healthy_backends"];
 pub(super) const FLOW_SYNC_KEYS: &[&str] = &["peers", "port", "key_file"];
+pub(super) const SYN_FLOOD_KEYS: &[&str] = &["guard", "threshold", "admit"];
 
 /// Every table, as messages name it, with its keys: an unknown key that belongs to another
 /// table is pointed there.
@@ -80,6 +82,7 @@ pub(super) const TABLES: &[(&str, &[&str])] = &[
     ("[bgp]", BGP_KEYS),
     ("bgp.track", BGP_TRACK_KEYS),
     ("[flow_sync]", FLOW_SYNC_KEYS),
+    ("[syn_flood]", SYN_FLOOD_KEYS),
 ];
 
 /// Words from haproxy.cfg and keepalived.conf that have no key of the same name.

@@ -16,8 +16,8 @@
 use super::{
     self as config, defaults, duration, duration::DurationError, error::line_column, validate,
     BackendConfig, Bgp, BgpTrack, CheckKind, Config, ConfigError, ConfigErrors, FlowSync, Health,
-    InitialState, Mode, OnBackendDown, Protocol, Service, SnatSource, Track, VirtualAddress, Vrrp,
-    XdpMode,
+    InitialState, Mode, OnBackendDown, Protocol, Service, SnatSource, SynFlood, Track,
+    VirtualAddress, Vrrp, XdpMode,
 };
 use std::{
     collections::{HashMap, HashSet},
@@ -272,6 +272,11 @@ fn read_config(cx: &mut Cx, root: &toml_edit::Table) -> Config {
     let flow_sync = t.get(cx, "flow_sync", |cx, p, item| {
         sub_table(cx, p, item, "a [flow_sync] table", read_flow_sync)
     });
+    let syn_flood = t
+        .get(cx, "syn_flood", |cx, p, item| {
+            sub_table(cx, p, item, "a [syn_flood] table", read_syn_flood)
+        })
+        .unwrap_or_default();
 
     Config {
         interface,
@@ -286,7 +291,34 @@ fn read_config(cx: &mut Cx, root: &toml_edit::Table) -> Config {
         vrrp,
         bgp,
         flow_sync,
+        syn_flood,
         warnings: Vec::new(),
+    }
+}
+
+/// `[syn_flood]`.
+fn read_syn_flood(
+    cx: &mut Cx,
+    path: &str,
+    table: &dyn TableLike,
+    span: Option<Range<usize>>,
+) -> SynFlood {
+    let t = Fields::open(cx, path, table, span, "[syn_flood]", SYN_FLOOD_KEYS);
+    let guard = t.get(cx, "guard", boolean).unwrap_or(true);
+    let threshold = t
+        .get(cx, "threshold", |cx, p, i| {
+            int(cx, p, i, 1, defaults::SYN_FLOOD_THRESHOLD_MAX)
+        })
+        .unwrap_or(defaults::SYN_FLOOD_THRESHOLD);
+    let admit = t
+        .get(cx, "admit", |cx, p, i| {
+            int(cx, p, i, 0, defaults::SYN_FLOOD_THRESHOLD_MAX)
+        })
+        .unwrap_or(defaults::SYN_FLOOD_ADMIT);
+    SynFlood {
+        guard,
+        threshold,
+        admit,
     }
 }
 
