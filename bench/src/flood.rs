@@ -11,8 +11,10 @@
 //! own thread) and keep [`LONG_LIVED`] connections that echo a line every [`ECHO_EVERY`].
 //!
 //! Targets, interleaved round by round: k3s-xdp in nat mode with the default flow table
-//! (262,144 entries), k3s-xdp with [`SMALL_TABLE`] entries (which the flood fills within the
-//! run), and HAProxy with the seeds' haproxy.cfg (addresses adapted, as `bench e2e` runs it;
+//! (262,144 entries) and with [`SMALL_TABLE`] entries (which the flood fills within the run),
+//! each with the SYN flood guard on (the default: agent-2 and agent-3 are known sources once
+//! their first connections completed, the flood's forged sources never are) and off, and
+//! HAProxy with the seeds' haproxy.cfg (addresses adapted, as `bench e2e` runs it;
 //! the bench puts the VIP on lb-1). Each run has a quiet phase (legitimate traffic alone: the
 //! baseline) and a flood phase (the same traffic under the flood).
 //!
@@ -72,20 +74,52 @@ const LEGIT_AGENTS: [&str; 2] = ["agent-2", "agent-3"];
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Target {
+    /// The defaults: the SYN flood guard on, the default table.
     Xdp,
+    XdpNoGuard,
     XdpSmall,
+    XdpSmallNoGuard,
     Haproxy,
 }
 
-const TARGETS: [Target; 3] = [Target::Xdp, Target::XdpSmall, Target::Haproxy];
+const TARGETS: [Target; 5] = [
+    Target::Xdp,
+    Target::XdpNoGuard,
+    Target::XdpSmall,
+    Target::XdpSmallNoGuard,
+    Target::Haproxy,
+];
 
 impl Target {
     fn label(self) -> String {
         match self {
-            Target::Xdp => "k3s-xdp nat, default table (262,144)".into(),
-            Target::XdpSmall => format!("k3s-xdp nat, flow_table_size {SMALL_TABLE}"),
+            Target::Xdp => "k3s-xdp nat, default table (262,144), SYN flood guard on".into(),
+            Target::XdpNoGuard => "k3s-xdp nat, default table, guard off".into(),
+            Target::XdpSmall => format!("k3s-xdp nat, flow_table_size {SMALL_TABLE}, guard on"),
+            Target::XdpSmallNoGuard => {
+                format!("k3s-xdp nat, flow_table_size {SMALL_TABLE}, guard off")
+            }
             Target::Haproxy => "HAProxy (seed haproxy.cfg)".into(),
         }
+    }
+
+    /// The column header of the ratios.
+    fn short(self) -> String {
+        match self {
+            Target::Xdp => "k3s-xdp (guard on)".into(),
+            Target::XdpNoGuard => "k3s-xdp, guard off".into(),
+            Target::XdpSmall => format!("k3s-xdp {SMALL_TABLE} (guard on)"),
+            Target::XdpSmallNoGuard => format!("k3s-xdp {SMALL_TABLE}, guard off"),
+            Target::Haproxy => "HAProxy".into(),
+        }
+    }
+
+    fn small_table(self) -> bool {
+        matches!(self, Target::XdpSmall | Target::XdpSmallNoGuard)
+    }
+
+    fn guard_off(self) -> bool {
+        matches!(self, Target::XdpNoGuard | Target::XdpSmallNoGuard)
     }
 }
 
@@ -111,10 +145,13 @@ impl<'a> Lb<'a> {
         };
         let lb1 = topo.node("lb-1");
         match target {
-            Target::Xdp | Target::XdpSmall => {
+            Target::Xdp | Target::XdpNoGuard | Target::XdpSmall | Target::XdpSmallNoGuard => {
                 let mut config = SeedConfig::new().health("inter = \"2s\"");
-                if target == Target::XdpSmall {
+                if target.small_table() {
                     config = config.top(format!("flow_table_size = {SMALL_TABLE}"));
+                }
+                if target.guard_off() {
+                    config = config.top("syn_flood = { guard = false }");
                 }
                 let daemon = Daemon::start(topo, "lb-1", &config.render())?;
                 daemon.wait_healthy(Duration::from_secs(20))?;
@@ -691,16 +728,12 @@ fn report(
     let long = |t: Target| of(t).map(|r| r.long_lived).sum::<usize>();
     let _ = writeln!(
         o,
-        "\n### Ratios (means over the rounds)\n\n| figure | k3s-xdp default table | k3s-xdp {SMALL_TABLE} | HAProxy |\n|---|---:|---:|---:|"
+        "\n### Ratios (means over the rounds)\n\n| figure | {} |\n|---|{}",
+        TARGETS.map(Target::short).join(" | "),
+        "---:|".repeat(TARGETS.len())
     );
     let row = |o: &mut String, what: &str, f: &dyn Fn(Target) -> String| {
-        let _ = writeln!(
-            o,
-            "| {what} | {} | {} | {} |",
-            f(Target::Xdp),
-            f(Target::XdpSmall),
-            f(Target::Haproxy)
-        );
+        let _ = writeln!(o, "| {what} | {} |", TARGETS.map(f).join(" | "));
     };
     row(&mut o, "new connections served, flooded / quiet", &|t| {
         format!(
@@ -762,7 +795,7 @@ fn report(
         },
     );
 
-    for t in [Target::Xdp, Target::XdpSmall, Target::Haproxy] {
+    for t in TARGETS {
         let met = share(t) >= 0.99 && lost(t) == 0;
         summary.push(Ratio {
             what: format!(
@@ -784,7 +817,7 @@ fn report(
         });
     }
     summary.push(Ratio {
-        what: "flood: machine CPU per 1M SYNs sent, k3s-xdp (default table) / HAProxy".into(),
+        what: "flood: machine CPU per 1M SYNs sent, k3s-xdp (defaults: guard on) / HAProxy".into(),
         value: format!("{:.2} s", machine_per_m(Target::Xdp)),
         baseline: format!("{:.2} s", machine_per_m(Target::Haproxy)),
         ratio: machine_per_m(Target::Xdp) / machine_per_m(Target::Haproxy).max(1e-9),

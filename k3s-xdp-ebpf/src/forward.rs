@@ -115,22 +115,23 @@ pub fn lookup<F: Family>(
     };
     let mut choose_again = false;
     // The client's second packet confirms its translation too (once per flow), and makes its
-    // source known to the SYN flood guard (TCP: its handshake is done).
+    // source known to the SYN flood guard (TCP: its handshake is done). One test on the path
+    // of established packets, which are neither.
     let confirms = unconfirmed & (keep == 0);
-    if confirms && protocol == IPPROTO_TCP {
-        guard::confirmed(&key.src);
-    }
-    if service.flags & SERVICE_DSR == 0
-        && (tcp_flags & (TCP_SYN | TCP_FIN | TCP_RST) != 0 || confirms)
-    {
-        choose_again = F::translation_event(
-            key,
-            &backend,
-            snat_addr,
-            flow.snat_port,
-            tcp_flags,
-            (globals.flow_mask, globals.flow_sync),
-        );
+    if confirms | (tcp_flags & (TCP_SYN | TCP_FIN | TCP_RST) != 0) {
+        if confirms && protocol == IPPROTO_TCP {
+            guard::confirmed(&key.src);
+        }
+        if service.flags & SERVICE_DSR == 0 {
+            choose_again = F::translation_event(
+                key,
+                &backend,
+                snat_addr,
+                flow.snat_port,
+                tcp_flags,
+                (globals.flow_mask, globals.flow_sync),
+            );
+        }
     }
     if backend.state == BACKEND_DOWN
         && service.flags & SERVICE_RESET_ON_DOWN != 0
