@@ -674,7 +674,7 @@ fn report(
         "\n### Flow table and kernel counters during the flood\n\n\
          k3s-xdp: new flows (per service), the flow-table events (`k3s-xdp status`'s `Flow tables full`), the drop reasons. \
          Kernel (`nstat`): SYN cookies sent, listen overflows and drops, cookies that failed, on lb-1 and on the servers \
-         (summed): with k3s-xdp the flood reaches the servers; with HAProxy, lb-1's kernel answers it.\n\n\
+         (summed): with k3s-xdp's SYN flood guard off the flood reaches the servers, with it on it stops at lb-1 (`drop_syn_flood`); with HAProxy, lb-1's kernel answers it.\n\n\
          | target | round | new flows | table events | drops | lb-1: cookies / overflows / drops / failed | servers: cookies / overflows / drops / failed |\n\
          |---|---:|---:|---|---|---|---|\n",
     );
@@ -772,16 +772,11 @@ fn report(
             machine_per_m(t)
         )
     });
-    let xdp_per_m = |t: Target| {
-        mean(of(t).filter_map(|r| {
-            r.flooded
-                .xdp_cpu
-                .map(|c| c / (r.taken().max(1) as f64 / 1e6))
-        }))
-    };
+    let xdp_per_m =
+        |t: Target| mean(of(t).filter_map(|r| r.flooded.xdp_cpu.map(|c| c / r.sent_m())));
     row(
         &mut o,
-        "LB's own CPU: XDP program per 1M SYNs taken (the SYNs and the servers' SYN-ACKs) / HAProxy process, flooded and quiet (CPU-s/s)",
+        "LB's own CPU: XDP program per 1M flood SYNs sent (the SYNs, and the servers' SYN-ACKs to those forwarded) / HAProxy process, flooded and quiet (CPU-s/s)",
         &|t| {
             if t == Target::Haproxy {
                 format!(

@@ -462,6 +462,33 @@ fn reload_applies_differences_and_refuses_broken_configs() {
     // Still forwarding on the old config: the long-lived connection and new ones.
     echo(&mut watch, "after the broken reload");
     assert!(roundtrip(topo.node("agent-2"), vip, b"new", T).is_ok());
+    // The SYN flood guard: on by default, its known sources the agents whose handshakes
+    // completed; a reload retunes it.
+    let s = daemon.status().unwrap();
+    assert!(
+        s.syn_flood.guard && s.syn_flood.threshold == 1000,
+        "{:?}",
+        s.syn_flood
+    );
+    assert!(
+        s.syn_flood.known_bits >= 2,
+        "agent-1 and agent-2: {:?}",
+        s.syn_flood
+    );
+    assert_eq!(s.syn_flood.dropped, 0);
+    std::fs::write(
+        &daemon.config,
+        format!("{running}\n[syn_flood]\nthreshold = 5000\nadmit = 0\n"),
+    )
+    .unwrap();
+    let answer = daemon.reload().unwrap();
+    assert!(
+        answer.contains("syn_flood: guard on (threshold 5000/s, admit 0/s"),
+        "{answer}"
+    );
+    let s = daemon.status().unwrap();
+    assert_eq!((s.syn_flood.threshold, s.syn_flood.admit), (5000, 0));
+    assert!(roundtrip(topo.node("agent-3"), vip, b"guarded", T).is_ok());
     daemon.stop();
 }
 
