@@ -515,3 +515,20 @@ impl FibLab {
         self.ns.join_this_thread()
     }
 }
+
+/// Keeps the calling thread on CPU 0, for tests of what the program counts per CPU (the SYN
+/// flood guard): BPF_PROG_TEST_RUN runs the program on the caller's CPU.
+pub fn stay_on_cpu_0() {
+    // SAFETY: a zeroed cpu_set_t is a valid empty set; CPU_SET writes within it; pid 0 is the
+    // calling thread.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(0, &mut set);
+        assert_eq!(
+            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set),
+            0,
+            "sched_setaffinity: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}

@@ -2457,22 +2457,6 @@ fn a_closed_translation_is_reported_once_and_closed_on_the_peer() {
     assert!(matches!(reset[0], FlowEventOf::V4(e) if e.op == k3s_xdp_common::FLOW_EVENT_CLOSED));
 }
 
-/// Keeps this thread on CPU 0: the SYN flood guard counts per CPU, and BPF_PROG_TEST_RUN runs
-/// the program on the caller's CPU.
-fn stay_on_cpu_0() {
-    // SAFETY: a zeroed cpu_set_t is a valid empty set; CPU_SET writes within it; pid 0 is
-    // the calling thread.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(0, &mut set);
-        assert_eq!(
-            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set),
-            0,
-            "sched_setaffinity"
-        );
-    }
-}
-
 fn event(h: &XdpHarness, name: &str) -> u64 {
     h.dataplane
         .table_events()
@@ -2489,7 +2473,7 @@ fn event(h: &XdpHarness, name: &str) -> u64 {
 #[test]
 fn the_syn_flood_guard_admits_known_sources_and_a_budget_of_unknown_ones() {
     let Some(mut h) = harness() else { return };
-    stay_on_cpu_0();
+    k3s_xdp_tests::bpf::stay_on_cpu_0();
     let vip = sock(VIP, 6443);
     h.dataplane
         .write_syn_guard(&k3s_xdp_common::guard::SynGuard {

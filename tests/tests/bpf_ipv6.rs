@@ -493,16 +493,7 @@ fn new_ipv6_flows_are_reported_for_flow_sync() {
 #[test]
 fn the_syn_flood_guard_admits_known_ipv6_sources_first() {
     let Some(mut h) = harness() else { return };
-    // SAFETY: a zeroed cpu_set_t is a valid empty set; pid 0 is this thread. The guard counts
-    // per CPU, and BPF_PROG_TEST_RUN runs on the caller's.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(0, &mut set);
-        assert_eq!(
-            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set),
-            0
-        );
-    }
+    k3s_xdp_tests::bpf::stay_on_cpu_0();
     h.dataplane
         .write_syn_guard(&k3s_xdp_common::guard::SynGuard {
             threshold: 3,
