@@ -549,8 +549,23 @@ async fn claim_vips(
     let mut added = Vec::new();
     for &vip in addresses {
         let host = if vip.is_ipv4() { 32 } else { 128 };
-        if present.iter().any(|a| a.addr == vip) {
-            info!("{vip} is already on {iface}; leaving it as it is");
+        if let Some(&there) = present.iter().find(|a| a.addr == vip) {
+            if vip.is_ipv4() {
+                info!("{vip} is already on {iface}; leaving it as it is");
+                continue;
+            }
+            // Left by a crashed run, or added by hand: as a preferred address the host could
+            // pick it as the source of its own connections (health checks among them).
+            match netlink.deprecate(ifindex, there).await {
+                Ok(()) => info!(
+                    "{vip} is already on {iface}; left there, made deprecated (never the \
+                     source of this host's connections)"
+                ),
+                Err(e) => warn!(
+                    "{vip} is already on {iface} and could not be made deprecated ({e:#}): \
+                     the host may pick it as the source of health checks"
+                ),
+            }
             continue;
         }
         if !present.iter().any(|a| a.prefix_len < host && a.covers(vip)) {

@@ -214,7 +214,33 @@ fn open_watches_to(p: &Pair, n: usize, tag: &str, to: SocketAddr) -> Vec<Watch> 
     }
     let servers: std::collections::BTreeSet<&str> =
         watches.iter().map(|w| w.server.as_str()).collect();
-    assert!(servers.len() > 1, "spread over the servers: {servers:?}");
+    if servers.len() <= 1 {
+        // Say what each node's data plane thought of the backends, and which flows it made.
+        let seen: Vec<String> = [("lb-1", &p.lb1), ("lb-2", &p.lb2)]
+            .iter()
+            .map(|(node, d)| match d.status() {
+                Ok(s) => format!(
+                    "{node}: {:?}; packets {:?}",
+                    s.services
+                        .iter()
+                        .flat_map(|x| &x.backends)
+                        .map(|b| format!(
+                            "{} {} {} eff.weight {} flows {} hop {}",
+                            b.name,
+                            b.health,
+                            b.state,
+                            b.effective_weight,
+                            b.new_flows,
+                            b.next_hop_resolved
+                        ))
+                        .collect::<Vec<_>>(),
+                    s.packets
+                ),
+                Err(e) => format!("{node}: no status: {e:#}"),
+            })
+            .collect();
+        panic!("spread over the servers: {servers:?}; {seen:?}");
+    }
     watches
 }
 

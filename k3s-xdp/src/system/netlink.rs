@@ -197,6 +197,24 @@ impl Netlink {
             })
     }
 
+    /// Makes the IPv6 address `address`, already on `ifindex`, `nodad` and deprecated as the
+    /// daemon's own are (see [`add_request`]), keeping it; an IPv4 address is left alone.
+    pub async fn deprecate(&self, ifindex: u32, address: InterfaceAddress) -> Result<()> {
+        if address.addr.is_ipv4() {
+            return Ok(());
+        }
+        add_request(&self.handle, ifindex, address, FOREVER)
+            .replace()
+            .execute()
+            .await
+            .with_context(|| {
+                format!(
+                    "cannot mark {}/{} deprecated on interface {ifindex}",
+                    address.addr, address.prefix_len
+                )
+            })
+    }
+
     /// Adds or refreshes `addr/prefix_len` on interface `ifindex` with a lifetime: the kernel
     /// removes it by itself `lease` after the last refresh. A VRRP master leases its VIPs, so a
     /// master that crashes or hangs does not keep answering for them.
