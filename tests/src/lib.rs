@@ -47,3 +47,12 @@ pub fn wait_until(
     }
     started.elapsed()
 }
+
+/// Holds the test binary's one lock while a test that builds a topology or starts daemons runs:
+/// they share the machine's 2 cores, its metrics port and its kernel, so they run one at a time
+/// (each test binary has its own lock; binaries run one after the other). A test that panicked
+/// while holding it leaves it usable.
+pub fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}

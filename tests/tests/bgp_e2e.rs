@@ -18,23 +18,17 @@ use k3s_xdp_tests::{
     config::SeedConfig,
     daemon::{get_metrics, Daemon},
     ecmp::{self, Ecmp, LB3, TABLE},
+    serial,
     topology::{addr6, Topology, AGENTS, LB1, LB2, SERVERS, VIP, VIP6},
     traffic::{self, Stream, StreamSpec},
 };
 use std::{
     io::{Read, Write},
     net::{Ipv4Addr, SocketAddrV4, TcpStream},
-    sync::Mutex,
     time::{Duration, Instant},
 };
 
 const T: Duration = Duration::from_secs(3);
-
-static SERIAL: Mutex<()> = Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 struct Lab {
     // Dropped in this order: k3s-xdp and BIRD, the backends, then the topology.

@@ -11,11 +11,10 @@ use k3s_xdp_tests::{
     bpf::have_root,
     config::SeedConfig,
     daemon::Daemon,
+    serial,
     topology::{Topology, SERVERS, VIP},
 };
-use std::{net::SocketAddrV4, sync::Mutex, time::Duration};
-
-static SERIAL: Mutex<()> = Mutex::new(());
+use std::{net::SocketAddrV4, time::Duration};
 
 /// The unit's `CapabilityBoundingSet=`, as setpriv names (`bpf`, `net_admin`, ...).
 fn unit_capabilities() -> Vec<String> {
@@ -68,7 +67,7 @@ fn the_units_capabilities_are_enough() {
     if !have_root() {
         return;
     }
-    let _s = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _s = serial();
     let caps = unit_capabilities();
     assert_eq!(caps, ["bpf", "perfmon", "net_admin", "net_raw"]);
     let topo = Topology::seed().unwrap();
@@ -145,7 +144,7 @@ fn without_perfmon_the_verifier_refuses_the_program() {
     if !have_root() {
         return;
     }
-    let _s = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _s = serial();
     refused_without("perfmon");
 }
 
@@ -154,7 +153,7 @@ fn without_net_raw_it_refuses_to_start_and_says_why() {
     if !have_root() {
         return;
     }
-    let _s = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _s = serial();
     let (topo, log) = refused_without("net_raw");
     let forwarding = topo
         .node("lb-1")

@@ -9,6 +9,7 @@ use k3s_xdp_tests::{
     bpf::have_root,
     config::SeedConfig,
     daemon::{self, Daemon},
+    serial,
     topology::{addr6, seed_addr, Topology, SERVERS, VIP, VIP6},
 };
 use std::{
@@ -23,13 +24,6 @@ use std::{
 };
 
 const T: Duration = Duration::from_secs(2);
-
-/// These tests each run a daemon and traffic: one at a time on 2 cores.
-static SERIAL: Mutex<()> = Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 fn backends_toml(port: u16, servers: &[(&str, u32)]) -> String {
     servers

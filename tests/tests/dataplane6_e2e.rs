@@ -9,6 +9,7 @@ use k3s_xdp_tests::{
     bpf::have_root,
     config::SeedConfig,
     daemon::{self, get_metrics, Daemon},
+    serial,
     topology::{addr6, Topology, AGENTS, LB1, SERVERS, VIP, VIP6},
 };
 use std::{
@@ -20,9 +21,6 @@ use std::{
 
 const T: Duration = Duration::from_secs(3);
 const METRICS: &str = "127.0.0.1:9742";
-
-/// Each test runs a daemon and hundreds of connections: one at a time on 2 cores.
-static SERIAL: Mutex<()> = Mutex::new(());
 
 fn vip6() -> SocketAddr {
     SocketAddr::V6(SocketAddrV6::new(VIP6, 6443, 0, 0))
@@ -141,7 +139,7 @@ fn serves_both_families(mode: &str, leftover: bool) {
         eprintln!("skipped: needs root (run `cargo xtask test`)");
         return;
     }
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _serial = serial();
     let lab = lab(mode, leftover);
     let v4 = SocketAddr::V4(SocketAddrV4::new(VIP, 6443));
     let started = Instant::now();
@@ -203,7 +201,7 @@ fn ipv6_host_traffic_status_and_a_dead_backend() {
     if !have_root() {
         return;
     }
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _serial = serial();
     let mut lab = lab("nat", false);
     let topo = &lab.topo;
 

@@ -6,6 +6,7 @@ use k3s_xdp_tests::{
     bpf::have_root,
     config::SeedConfig,
     daemon::Daemon,
+    serial,
     topology::{Topology, LB1, SERVERS, VIP},
 };
 use std::{
@@ -16,9 +17,6 @@ use std::{
 };
 
 const T: Duration = Duration::from_secs(3);
-
-/// These tests each run a daemon and hundreds of connections: one at a time on 2 cores.
-static SERIAL: Mutex<()> = Mutex::new(());
 
 fn config(mode: &str, servers: &[usize]) -> String {
     SeedConfig::new()
@@ -90,7 +88,7 @@ fn balanced_300(mode: &str) {
         eprintln!("skipped: needs root (run `cargo xtask test`)");
         return;
     }
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _serial = serial();
     let lab = lab(mode, &[0, 1, 2]);
     let started = Instant::now();
     let (per_backend, failures) = burst(&lab.topo, 100);
@@ -143,7 +141,7 @@ fn a_long_lived_connection_survives_backend_changes() {
     if !have_root() {
         return;
     }
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _serial = serial();
     let lab = lab("nat", &[0, 1]);
     let mut watch = connect(lab.topo.node("agent-1"), SocketAddrV4::new(VIP, 6443), T).unwrap();
     let (pinned, echoed) = echo_roundtrip(&mut watch, b"watch start").unwrap();
@@ -196,7 +194,7 @@ fn non_vip_traffic_and_ping_still_work() {
     if !have_root() {
         return;
     }
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _serial = serial();
     let lab = lab("nat", &[0, 1, 2]);
     // A service of lb-1 itself (think ssh), reached from an agent.
     let own = SocketAddrV4::new(LB1, 2222);

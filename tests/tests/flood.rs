@@ -27,20 +27,14 @@ use k3s_xdp_tests::{
         route_flood_replies, Flood, FloodReport, FloodSpec, Legit, LegitReport, LegitSpec,
         LinkStats, NewSummary,
     },
+    serial,
     topology::{Topology, VIP},
     traffic,
 };
 use std::{
     net::SocketAddrV4,
-    sync::Mutex,
     time::{Duration, Instant},
 };
-
-static SERIAL: Mutex<()> = Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 /// The flood's bounds: a few seconds, and at most this many SYNs.
 const FLOOD_TIME: Duration = Duration::from_secs(3);

@@ -12,6 +12,7 @@ use k3s_xdp_tests::{
     backend::{Backend, Kind as BackendKind, Watch, PUSH_EVERY},
     bpf::have_root,
     daemon::{Daemon, KeyFile},
+    serial,
     topology::{
         addr6, seed_addr, seed_backends_toml, Topology, AGENT3, AGENTS, LB1, LB2, SERVERS, VIP,
         VIP6,
@@ -21,7 +22,6 @@ use k3s_xdp_tests::{
 use std::{
     net::{SocketAddr, SocketAddrV4, SocketAddrV6, UdpSocket},
     path::PathBuf,
-    sync::Mutex,
     time::Duration,
 };
 
@@ -30,12 +30,6 @@ const PORT: u16 = 3780;
 /// Watches per test: 10 from each agent.
 const WATCHES: usize = 30;
 const KEY: [u8; 32] = KeyFile::KEY;
-
-static SERIAL: Mutex<()> = Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 #[derive(Clone, Copy, Default)]
 struct Opts {

@@ -15,20 +15,14 @@ use k3s_xdp_tests::{
     bpf::have_root,
     daemon::Daemon,
     keepalived::{self, Instance, Keepalived},
+    serial,
     topology::{mac_string, seed_backends_toml, Topology, LB1, LB2, SERVERS, VIP, VIP6},
     wait_until,
 };
 use std::{
     net::SocketAddrV4,
-    sync::Mutex,
     time::{Duration, Instant},
 };
-
-static SERIAL: Mutex<()> = Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 /// Whether the tests can run here: root and keepalived installed (`cargo xtask setup`).
 fn able() -> bool {

@@ -11,22 +11,15 @@ use k3s_xdp_tests::{
     backend::{echo_roundtrip, Backend, Kind},
     bpf::have_root,
     daemon::Daemon,
+    serial,
     topology::{mac_for, mac_string, seed_addr, Topology, AGENTS, VIP},
     traffic::{self, Stream, StreamSpec, UdpEcho},
     wait_until,
 };
 use std::{
     net::{Ipv4Addr, SocketAddrV4},
-    sync::Mutex,
     time::{Duration, Instant},
 };
-
-/// Each test runs daemons and traffic: one at a time on 2 cores.
-static SERIAL: Mutex<()> = Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 const SERVER4: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 53);
 const UDP_PORT: u16 = 5353;

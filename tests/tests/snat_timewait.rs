@@ -10,20 +10,14 @@ use k3s_xdp_tests::{
     bpf::have_root,
     config::SeedConfig,
     daemon::Daemon,
+    serial,
     topology::{Topology, AGENTS, LB1, SERVERS, VIP},
     traffic::{self, request_closed_by_server, ClosesFirst},
 };
 use std::{
     net::SocketAddrV4,
-    sync::Mutex,
     time::{Duration, Instant},
 };
-
-static SERIAL: Mutex<()> = Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 fn config(ports: (u16, u16), snat_source: &str) -> String {
     SeedConfig::new()

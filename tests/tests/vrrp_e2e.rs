@@ -9,23 +9,17 @@ use k3s_xdp_tests::{
     backend::{connect, echo_roundtrip, roundtrip, Backend, Kind},
     bpf::have_root,
     daemon::Daemon,
+    serial,
     topology::{mac_string, seed_backends_toml, Topology, LB1, LB2, SERVERS, VIP, VIP6},
     wait_until,
 };
 use std::{
     io::{Read, Write},
     net::{Ipv4Addr, SocketAddrV4},
-    sync::Mutex,
     time::{Duration, Instant},
 };
 
 const T: Duration = Duration::from_secs(2);
-
-static SERIAL: Mutex<()> = Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 #[derive(Clone)]
 struct Opts {
