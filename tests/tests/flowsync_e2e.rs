@@ -189,7 +189,8 @@ fn steady(p: &Pair) {
     }
 }
 
-/// `n` watches, spread over the agents, each with a first push received.
+/// `n` watches, spread over the agents, each with a first push received; nine or more are
+/// spread over the servers too.
 fn open_watches(p: &Pair, n: usize, tag: &str) -> Vec<Watch> {
     open_watches_to(p, n, tag, SocketAddr::V4(SocketAddrV4::new(VIP, 6443)))
 }
@@ -208,7 +209,9 @@ fn open_watches_to(p: &Pair, n: usize, tag: &str, to: SocketAddr) -> Vec<Watch> 
     }
     let servers: std::collections::BTreeSet<&str> =
         watches.iter().map(|w| w.server.as_str()).collect();
-    if servers.len() <= 1 {
+    // A few watches may all land on one server by chance (3 on one of 3 servers: 1 in 9): the
+    // spread is asserted for the many only.
+    if n >= 9 && servers.len() <= 1 {
         // Say what each node's data plane thought of the backends, and which flows it made.
         let seen: Vec<String> = [("lb-1", &p.lb1), ("lb-2", &p.lb2)]
             .iter()
