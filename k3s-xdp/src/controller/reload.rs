@@ -105,7 +105,7 @@ impl Controller {
             if syn_flood_changed {
                 changes.push(format!("syn_flood: {}", describe_syn_flood(&new.syn_flood)));
             }
-            let snat_changed = (new.snat_port_min, new.snat_port_max, new.snat_timewait)
+            let settings_changed = (new.snat_port_min, new.snat_port_max, new.snat_timewait)
                 != (
                     self.config.snat_port_min,
                     self.config.snat_port_max,
@@ -135,9 +135,9 @@ impl Controller {
                     changed
                 });
             }
-            if snat_changed {
-                // The config is adopted already; the data plane keeps the old SNAT settings
-                // until the next write succeeds (every clock tick writes them).
+            if settings_changed {
+                // The config is adopted already; the data plane keeps the old SNAT and SYN flood
+                // settings until the next write succeeds (every clock tick writes them).
                 if let Err(e) = self.write_globals() {
                     warn!("reload: writing the new SNAT or SYN flood settings to the data plane: {e:#}");
                 }
