@@ -102,6 +102,7 @@ fn node(topo: &Topology, name: &str, peer: Ipv4Addr) -> Result<Node> {
             port: PORT,
             key: Key::from_file_bytes(&[b'b'; 32]).map_err(|e| anyhow::anyhow!(e))?,
             clock: Box::new(|| 10),
+            serving: tokio::sync::watch::channel(true).1,
         },
         h.dataplane.take_flow_events()?,
         h.dataplane.flow_tables()?,

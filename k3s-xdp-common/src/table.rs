@@ -248,7 +248,7 @@ pub fn seen_at(seen: u32) -> u32 {
 /// Seconds from `seen` to `clock` on the 31-bit clock (the top bit is `UNCONFIRMED`'s); "seen
 /// in the future" (the clock restarted) counts as now.
 #[inline(always)]
-fn age(seen: u32, clock: u32) -> u32 {
+pub fn age(seen: u32, clock: u32) -> u32 {
     let age = clock.wrapping_sub(seen) & !UNCONFIRMED;
     if age >= 1 << 30 {
         0

@@ -12,6 +12,7 @@ use k3s_xdp_tests::{
     backend::{Backend, Kind as BackendKind, Watch, PUSH_EVERY},
     bpf::have_root,
     daemon::{Daemon, KeyFile},
+    flood::{route_flood_replies, Flood, FloodSpec},
     serial,
     topology::{
         addr6, seed_addr, seed_backends_toml, Topology, AGENT3, AGENTS, LB1, LB2, SERVERS, VIP,
@@ -40,6 +41,8 @@ struct Opts {
     /// An IPv6 service too (VIP6, the servers' IPv6 addresses), its VIP in the virtual
     /// router's addresses; the sync itself runs over IPv4.
     ipv6: bool,
+    /// `flow_table_size`, when not the default.
+    flow_table_size: Option<u32>,
 }
 
 fn config(node: &str, key: &std::path::Path, o: Opts) -> String {
@@ -82,9 +85,13 @@ fn config(node: &str, key: &std::path::Path, o: Opts) -> String {
     } else {
         (String::new(), String::new())
     };
+    let table = o
+        .flow_table_size
+        .map(|n| format!("flow_table_size = {n}\n"))
+        .unwrap_or_default();
     format!(
         r#"interface = "eth1"
-{service6}
+{table}{service6}
 [[service]]
 name = "k3s-api"
 vip = "{VIP}"
@@ -422,6 +429,82 @@ fn a_returning_master_takes_the_table_before_it_preempts() {
     all_survive(&mut new, "back on lb-1");
     let log = p.lb1.log();
     assert!(log.contains("peers' tables taken"), "{log}");
+}
+
+/// The backup's leftovers of its time as master yield to the master's connections. lb-2
+/// serves alone and is flooded with SYNs that never complete (their SYN-ACKs go nowhere):
+/// its reverse-NAT table fills with its own unconfirmed translations, which lb-1, down
+/// meanwhile, never hears of (a bulk sync carries confirmed flows only). lb-1 comes back,
+/// preempts, and its new connections take SNAT ports whose slots those leftovers hold on
+/// lb-2. lb-2, now the backup, takes lb-1's translations over its own (it kept its own
+/// before, and every such connection was reset at the next failover), and lb-1's death
+/// then loses nothing.
+#[test]
+fn a_backups_leftover_translations_yield_to_the_masters_connections() {
+    if !have_root() {
+        return;
+    }
+    let _s = serial();
+    let mut p = pair(Opts {
+        flow_sync: true,
+        flow_table_size: Some(1024),
+        ..Default::default()
+    });
+    steady(&p);
+    route_flood_replies(&p.topo, "agent-3", &["lb-1", "lb-2"], &SERVERS).unwrap();
+    p.lb1.crash();
+    wait_until(Duration::from_secs(6), "lb-2 takes the VIP", || {
+        has_vip(&p.topo, "lb-2")
+    });
+    let flood = Flood::start(
+        p.topo.node("agent-3"),
+        FloodSpec {
+            target: SocketAddrV4::new(VIP, 6443),
+            src_mac: p.topo.mac("agent-3"),
+            dst_mac: p.topo.mac("lb-2"),
+            max_packets: 800,
+            max_time: Duration::from_secs(2),
+            seed: 20,
+        },
+    )
+    .unwrap()
+    .finish()
+    .unwrap();
+    let s = p.lb2.status().unwrap();
+    let made: u64 = s
+        .services
+        .iter()
+        .flat_map(|x| &x.backends)
+        .map(|b| b.new_flows)
+        .sum();
+    // Some of a burst's frames are lost on the way (the switch's queues): half are plenty.
+    assert!(
+        made >= 400,
+        "the forged SYNs made flows on lb-2: {made} of {} sent; {:?}",
+        flood.sent,
+        s.packets
+    );
+
+    p.lb1.restart(&p.topo).unwrap();
+    steady(&p);
+    let mut watches = open_watches(&p, WATCHES, "w");
+    let s = p
+        .lb2
+        .wait_for(T, "lb-1's flows taken or refused on lb-2", |s| {
+            let f = sync(s);
+            f.installed + f.conflicts >= WATCHES as u64
+        })
+        .unwrap();
+    let f = sync(&s);
+    assert_eq!(
+        f.conflicts, 0,
+        "lb-2 kept leftovers over lb-1's flows: {f:?}"
+    );
+    p.lb1.crash();
+    wait_until(Duration::from_secs(6), "lb-2 takes the VIP", || {
+        has_vip(&p.topo, "lb-2")
+    });
+    survive_on(Some(&p.lb2), &mut watches, "after kill -9");
 }
 
 /// The backup restarts while the flows are open: it takes the master's whole table (bulk

@@ -125,6 +125,9 @@ pub struct Controller {
     /// Flow sync's names of the published services (`[flow_sync]`), and its last report.
     directory: Option<watch::Sender<Arc<Directory>>>,
     flow_sync: Option<status::FlowSyncStatus>,
+    /// Whether this node serves the VIPs: with `[vrrp]`, while it is MASTER; without, always
+    /// (`[bgp]` nodes all serve). Flow sync's installs follow it.
+    serving: watch::Sender<bool>,
 }
 
 /// How a service's backends are checked.
@@ -247,6 +250,7 @@ impl Controller {
         dataplane::write_globals(&mut dp, &globals(&config, fib_generation, mac, 1))?;
         dp.write_syn_guard(&config.syn_flood.per_cpu(program_cpus()))?;
         let attached = dp.attachment().is_some();
+        let standalone = config.vrrp.is_none();
         let (health, health_rx) = watch::channel(Health {
             healthy_backends: model.healthy_backends(),
             dataplane_attached: attached,
@@ -279,6 +283,7 @@ impl Controller {
             next_hops: None,
             directory: None,
             flow_sync: None,
+            serving: watch::Sender::new(standalone),
         };
         c.publish(now)?;
         Ok((c, health_rx))
@@ -314,6 +319,7 @@ impl Controller {
                 port: c.port,
                 key,
                 clock: Box::new(move || clock_at(started, Instant::now())),
+                serving: self.serving.subscribe(),
             },
             self.dp.take_flow_events()?,
             self.dp.flow_tables()?,
@@ -496,7 +502,12 @@ impl Controller {
             Event::Metrics { reply } => {
                 let _ = reply.send(Box::new(self.status(now)));
             }
-            Event::Vrrp(v) => self.vrrp = Some(*v),
+            Event::Vrrp(v) => {
+                let master = v.state == "MASTER";
+                self.serving
+                    .send_if_modified(|s| std::mem::replace(s, master) != master);
+                self.vrrp = Some(*v);
+            }
             Event::Bgp(r) => self.bgp_report = Some(*r),
             Event::FlowSync(s) => {
                 let synced = s.synced;

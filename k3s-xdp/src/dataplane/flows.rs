@@ -13,7 +13,7 @@ use k3s_xdp_common::{
     names,
     table::{self, bucket_index, keep_rank, nat_index, FlowBucket, FlowSlot, NatSlot},
     Address, Flow, FlowEvent, FlowKey, FlowLogHead, FlowLogSlot, NatReverse, FLOW_EVENT_NEW,
-    FLOW_LOG_SLOTS, V6,
+    FLOW_LOG_SLOTS, NAT_UNCONFIRMED, V6,
 };
 use std::collections::BTreeMap;
 
@@ -151,13 +151,20 @@ impl FlowTables {
     /// seen at `seen` (a peer's copies are older than this node's own flows): each flow into
     /// one slot of its bucket (the one holding its key, else a free one, else the least
     /// recently seen, unless even that one is worth more than the copy: `Installed::crowded`),
-    /// each translation into its reverse-NAT slot unless a translation of
-    /// another client that this node's program saw more recently than `seen` (its own live
-    /// connection) holds it. A copy the peer has since replaced (it took the SNAT port over)
-    /// is replaced here too.
-    pub fn install(&mut self, entries: &[InstallOf], clock: u32, seen: u32) -> Result<Installed> {
+    /// each translation into its reverse-NAT slot unless this node serves (`Role::Serving`)
+    /// and the slot holds a live translation of another client that is its own: confirmed,
+    /// and seen by its program more recently than any copy is made to look (within the last
+    /// `COPY_AGE - REFRESH_SECS` seconds). A copy the peer has since replaced (it took the
+    /// SNAT port over), refreshed or not, is replaced here too; on `Role::Standby` the
+    /// peer's translation always takes the slot (see [`Role`]).
+    pub fn install(
+        &mut self,
+        entries: &[InstallOf],
+        (clock, seen): (u32, u32),
+        role: Role,
+    ) -> Result<Installed> {
         let mut done = Installed::default();
-        let at = (clock, seen);
+        let at = (clock, seen, role);
         for e in entries {
             match e {
                 InstallOf::V4(i) => install_one(&mut self.v4, self.mask, i, at, &mut done),
@@ -264,7 +271,7 @@ fn install_one<A: Address>(
     t: &mut Tables<A>,
     mask: u32,
     i: &Install<A>,
-    (clock, seen): (u32, u32),
+    (clock, seen, role): (u32, u32, Role),
     done: &mut Installed,
 ) {
     if let Some((rkey, reverse)) = &i.reverse {
@@ -277,12 +284,26 @@ fn install_one<A: Address>(
                 && s.nat.client_addr.diff(&reverse.client_addr) == 0
                 && s.nat.client_port == reverse.client_port
         });
-        // Another client's, live, and seen through this node's program since: this node's
-        // own connection, which it keeps.
-        let taken =
-            same.is_none() && current.is_some_and(|s| !s.reusable(clock) && newer(s.seen, seen));
-        if taken {
+        // Another client's, live, and this node's own: its program saw it more recently than
+        // any copy is made to look (a refreshed one is as if seen `COPY_AGE - REFRESH_SECS`
+        // ago), and its client sent more than one packet (an unconfirmed translation's one
+        // use, the answer to a UDP request or a SYN, is long over, or was never coming). A
+        // node that serves keeps its own; a copy (of the peer's, which replaced it since)
+        // never holds a slot against the peer.
+        let own = |s: &NatSlot<A>| {
+            !s.reusable(clock)
+                && s.nat.closing & NAT_UNCONFIRMED == 0
+                && newer(s.seen, crate::flowsync::runtime::refreshed_seen(clock))
+        };
+        let taken = role == Role::Serving && same.is_none() && current.is_some_and(|s| own(&s));
+        if let Some(s) = current.filter(|_| taken) {
             done.conflicts += 1;
+            done.last_conflict = Some(Held {
+                protocol: s.key.protocol,
+                same_tuple: s.holds(rkey, rhash),
+                age: table::age(s.seen, clock),
+                closing: s.nat.closing,
+            });
             return;
         }
         // A translation this node has already keeps its closing bits, next hop and the
@@ -370,6 +391,23 @@ fn close_one<A: Address>(
     found
 }
 
+/// Whether this node serves the VIPs now, for [`FlowTables::install`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// It does (VRRP master, `[bgp]`, or alone): a live translation of its own connection
+    /// keeps its reverse-NAT slot against a peer's.
+    Serving,
+    /// It does not (VRRP backup, or fault): the peer that serves chose that SNAT port because
+    /// it holds nothing live there, and its connections are the ones carrying traffic. This
+    /// node's own translations are leftovers of its last time as master: connections that
+    /// moved to the peer (which then holds them too, so it would not choose their slot) or
+    /// that ended where this node did not see it (their flow reset for a backend gone down,
+    /// a UDP request or a SYN never answered, a close whose report was lost). Keeping one
+    /// would leave the peer's new connection without its translation here, to be reset at
+    /// the next failover.
+    Standby,
+}
+
 /// What [`Dataplane::install`] did with a batch of a peer's flows.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Installed {
@@ -382,6 +420,22 @@ pub struct Installed {
     /// Flow entries not written because every way of their bucket holds an entry worth more
     /// (`keep_rank`): this node's own flows, or copies refreshed more recently.
     pub crowded: u64,
+    /// The translation that kept its slot in the last conflict.
+    pub last_conflict: Option<Held>,
+}
+
+/// A translation of this node's that kept its reverse-NAT slot against a peer's (for the log).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Held {
+    /// Its protocol.
+    pub protocol: u8,
+    /// The same reverse tuple as the peer's (the same backend and SNAT port; else the two
+    /// tuples only share the slot).
+    pub same_tuple: bool,
+    /// Seconds since this node's program last saw the slot's translation.
+    pub age: u32,
+    /// Its closing bits (`NAT_*`).
+    pub closing: u32,
 }
 
 /// A backend's SNAT ports (see [`Dataplane::snat_ports`]).
@@ -446,15 +500,16 @@ impl Dataplane {
             .unwrap_or_default())
     }
 
-    /// Writes a peer's flows (flow sync) where this node's program looks for them, last seen
-    /// at `seen` (see [`FlowTables::install`]).
+    /// Writes a peer's flows (flow sync) where this node's program looks for them, as a copy
+    /// installed at `clock` (see [`FlowTables::install`]).
     pub fn install(
         &mut self,
         entries: &[crate::flowsync::translate::InstallOf],
         clock: u32,
+        role: Role,
     ) -> Result<Installed> {
         let seen = crate::flowsync::runtime::copy_seen(clock);
-        self.flow_tables()?.install(entries, clock, seen)
+        self.flow_tables()?.install(entries, (clock, seen), role)
     }
 
     /// The flow and reverse-NAT tables of both families, mapped into this process (flow

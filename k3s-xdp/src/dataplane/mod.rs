@@ -11,7 +11,7 @@ mod publish;
 mod sys;
 mod vip_index;
 
-pub use flows::{FlowEventOf, FlowEvents, FlowTables, Installed, SnatPorts};
+pub use flows::{FlowEventOf, FlowEvents, FlowTables, Held, Installed, Role, SnatPorts};
 #[cfg(feature = "bench")]
 pub use object::BENCH_OBJECT;
 pub use object::BPF_OBJECT;

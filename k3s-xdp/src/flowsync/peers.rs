@@ -91,8 +91,8 @@ pub struct PeerView {
 pub struct Peers {
     peers: BTreeMap<IpAddr, Peer>,
     last_hello: Option<Instant>,
-    /// Latched: this node held (or gave up waiting for) every peer's table once.
-    synced: Option<Instant>,
+    /// When this node first held (or gave up waiting for) every peer's table.
+    first_synced: Option<Instant>,
     started: Instant,
 }
 
@@ -120,7 +120,7 @@ impl Peers {
                 })
                 .collect(),
             last_hello: None,
-            synced: peers.is_empty().then_some(now),
+            first_synced: peers.is_empty().then_some(now),
             started: now,
         }
     }
@@ -265,20 +265,23 @@ impl Peers {
     }
 
     fn latch(&mut self, now: Instant) {
-        if self.synced.is_none() && self.peers.values().all(|p| p.bulk.finished()) {
-            self.synced = Some(now);
+        if self.first_synced.is_none() && self.synced() {
+            self.first_synced = Some(now);
         }
     }
 
-    /// Whether this node holds its peers' tables (or gave up waiting for them): from then on
-    /// it may preempt a master.
+    /// Whether this node holds every peer's table (or gave up waiting for it): at start, and
+    /// again after a peer came back (restarted, or heard after a silence: its table may hold
+    /// flows this node does not have) or lost datagrams on the way. Until then VRRP does not
+    /// preempt a master: a node that took the VIPs without a peer's flows would break their
+    /// connections, and choose SNAT ports that the peer's connections hold.
     pub fn synced(&self) -> bool {
-        self.synced.is_some()
+        self.peers.values().all(|p| p.bulk.finished())
     }
 
     /// How long the first sync took, once done.
     pub fn synced_after(&self) -> Option<Duration> {
-        self.synced
+        self.first_synced
             .map(|t| t.saturating_duration_since(self.started))
     }
 
@@ -378,14 +381,22 @@ mod tests {
         );
         p.heard(a, Kind::BulkEnd, 3, false, t0 + 2 * MS);
         assert!(p.synced());
-        // Silence: down; then heard again: asked for its table again (synced stays).
+        // Silence: down; then heard again: asked for its table again, and not synced until
+        // it arrived (no preemption without the flows it served meanwhile).
         p.tick(t0 + DOWN_AFTER + 10 * MS);
         assert!(!p.view(t0 + DOWN_AFTER + 10 * MS)[0].up);
+        assert!(p.synced(), "a silent peer has nothing to wait for");
         let back = p.heard(a, Kind::Hello, 0, false, t0 + DOWN_AFTER + 20 * MS);
         assert_eq!(back, vec![Do::AskBulk(a)]);
-        assert!(p.synced());
+        assert!(!p.synced());
         // A restart (new epoch) while up: the same.
         p.heard(a, Kind::BulkEnd, 0, false, t0 + DOWN_AFTER + 30 * MS);
+        assert!(p.synced());
+        assert_eq!(
+            p.synced_after(),
+            Some(2 * MS),
+            "the first sync's time stays"
+        );
         let restarted = p.heard(a, Kind::Update, 5, true, t0 + DOWN_AFTER + 40 * MS);
         assert_eq!(restarted, vec![Do::AskBulk(a)]);
     }
@@ -416,7 +427,9 @@ mod tests {
         assert_eq!(p.lost(a, t0 + 4 * MS), vec![], "not again so soon");
         assert_eq!(p.lost(a, t0 + REPAIR_EVERY + 5 * MS), vec![Do::AskBulk(a)]);
         assert_eq!(p.view(t0)[0].repairs, 2);
-        assert!(p.synced(), "a repair does not unsync");
+        assert!(!p.synced(), "until the repair's table arrived");
+        p.heard(a, Kind::BulkEnd, 0, false, t0 + REPAIR_EVERY + 6 * MS);
+        assert!(p.synced());
     }
 
     #[test]

@@ -18,7 +18,7 @@ use crate::{
         status::{FlowSyncPeerStatus, FlowSyncStatus},
         Event,
     },
-    dataplane::{FlowEventOf, FlowEvents, FlowTables},
+    dataplane::{FlowEventOf, FlowEvents, FlowTables, Held, Role},
 };
 use anyhow::{Context, Result};
 use k3s_xdp_common::{table::IDLE_SECS, FLOW_EVENT_CLOSED};
@@ -73,6 +73,9 @@ pub struct Settings {
     pub key: Key,
     /// The data plane's clock (the controller's: whole seconds since it started).
     pub clock: Box<dyn Fn() -> u32 + Send>,
+    /// Whether this node serves the VIPs (VRRP master, or without `[vrrp]`): a peer's
+    /// translation takes a slot from this node's own only when it does not.
+    pub serving: watch::Receiver<bool>,
 }
 
 pub struct FlowSync {
@@ -110,11 +113,14 @@ impl FlowSync {
             tables,
             directory,
             clock: settings.clock,
+            serving: settings.serving,
             report,
             counters: Counters::default(),
             last_report: None,
             last_refresh: Instant::now(),
             was_synced: false,
+            synced_once: false,
+            conflicts_log: ConflictLog::default(),
         };
         let flag = stop.clone();
         let thread = std::thread::Builder::new()
@@ -231,11 +237,57 @@ struct Node {
     tables: FlowTables,
     directory: watch::Receiver<Arc<Directory>>,
     clock: Box<dyn Fn() -> u32 + Send>,
+    serving: watch::Receiver<bool>,
     report: mpsc::Sender<Event>,
     counters: Counters,
     last_report: Option<Instant>,
     last_refresh: Instant,
+    /// Synced as last reported; synced at least once.
     was_synced: bool,
+    synced_once: bool,
+    conflicts_log: ConflictLog,
+}
+
+/// Conflicts in the log: at most a line every [`ConflictLog::EVERY`], with the count since
+/// the last line and the last one's translation.
+#[derive(Default)]
+struct ConflictLog {
+    since: u64,
+    last_line: Option<Instant>,
+}
+
+impl ConflictLog {
+    const EVERY: Duration = Duration::from_secs(5);
+
+    fn note(&mut self, conflicts: u64, held: Held, now: Instant) {
+        self.since += conflicts;
+        if self
+            .last_line
+            .is_some_and(|t| now.saturating_duration_since(t) < Self::EVERY)
+        {
+            return;
+        }
+        self.last_line = Some(now);
+        let protocol = match held.protocol {
+            6 => "tcp".to_string(),
+            17 => "udp".to_string(),
+            p => format!("protocol {p}"),
+        };
+        info!(
+            "flow sync: {} peer translations not installed: their reverse-NAT slots hold live \
+             translations of this node's (the last: {protocol}, {}, seen here {} s ago, \
+             closing bits {:#x})",
+            self.since,
+            if held.same_tuple {
+                "the same backend and SNAT port for another client"
+            } else {
+                "another tuple in the same slot"
+            },
+            held.age,
+            held.closing
+        );
+        self.since = 0;
+    }
 }
 
 impl Node {
@@ -339,15 +391,24 @@ impl Node {
             }
         }
         let clock = (self.clock)();
+        let role = if *self.serving.borrow() {
+            Role::Serving
+        } else {
+            Role::Standby
+        };
         for (flows, seen) in [(new, copy_seen(clock)), (refreshed, refreshed_seen(clock))] {
             if flows.is_empty() {
                 continue;
             }
-            match self.tables.install(&flows, clock, seen) {
+            match self.tables.install(&flows, (clock, seen), role) {
                 Ok(done) => {
                     self.counters.installed += done.flows;
                     self.counters.conflicts += done.conflicts;
                     self.counters.crowded += done.crowded;
+                    if let Some(held) = done.last_conflict {
+                        self.conflicts_log
+                            .note(done.conflicts, held, Instant::now());
+                    }
                 }
                 Err(_) => self.counters.not_placed += flows.len() as u64,
             }
@@ -548,23 +609,34 @@ impl Node {
 
     fn status(&mut self, now: Instant) {
         let synced = self.peers.synced();
-        if synced && !self.was_synced {
-            self.was_synced = true;
+        let changed = synced != self.was_synced;
+        if changed {
+            self.was_synced = synced;
             let views = self.peers.view(now);
             let how: Vec<String> = views
                 .iter()
                 .map(|v| format!("{} {}", v.peer, bulk_words(&v.bulk)))
                 .collect();
-            info!(
-                "flow sync: peers' tables taken ({}) after {:.1?}",
-                how.join(", "),
-                self.peers.synced_after().unwrap_or_default()
-            );
+            if !synced {
+                info!(
+                    "flow sync: waiting for peers' tables again ({}): no preemption until they arrive",
+                    how.join(", ")
+                );
+            } else if self.synced_once {
+                info!("flow sync: peers' tables taken again ({})", how.join(", "));
+            } else {
+                self.synced_once = true;
+                info!(
+                    "flow sync: peers' tables taken ({}) after {:.1?}",
+                    how.join(", "),
+                    self.peers.synced_after().unwrap_or_default()
+                );
+            }
         }
         let due = self
             .last_report
             .is_none_or(|t| now.saturating_duration_since(t) >= Duration::from_millis(500));
-        if !due && synced == self.was_synced {
+        if !due && !changed {
             return;
         }
         self.last_report = Some(now);

@@ -10,7 +10,7 @@ use super::{
 };
 use k3s_xdp::controller::{
     control,
-    status::{Request, Response, Status},
+    status::{FlowSyncPeerStatus, FlowSyncStatus, Request, Response, Status},
 };
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -101,6 +101,7 @@ fn watch(
     let mut vrrp: BTreeMap<String, String> = BTreeMap::new();
     let mut backends: Backends = BTreeMap::new();
     let mut full: BTreeMap<String, u64> = BTreeMap::new();
+    let mut sync: BTreeMap<(String, &'static str), u64> = BTreeMap::new();
     let mut next_sample = clock.at();
     while !stop.load(std::sync::atomic::Ordering::Relaxed) {
         for (node, socket) in sockets {
@@ -155,6 +156,17 @@ fn watch(
                     total,
                 });
             }
+            for (counter, total) in s.flow_sync.as_ref().map(sync_trouble).unwrap_or_default() {
+                let before = sync.insert((node.clone(), counter), total);
+                // A restarted daemon counts from 0 again: only a rise is an event.
+                if before.is_some_and(|b| total > b) || (before.is_none() && total > 0) {
+                    push(Observation::FlowSync {
+                        node: node.clone(),
+                        counter,
+                        total,
+                    });
+                }
+            }
         }
         if clock.at() >= next_sample {
             next_sample += SAMPLE_EVERY;
@@ -173,6 +185,21 @@ fn watch(
         thread::sleep(STATUS_EVERY);
     }
     seen
+}
+
+/// Flow sync's counters of trouble: entries this node could not take or send.
+fn sync_trouble(f: &FlowSyncStatus) -> Vec<(&'static str, u64)> {
+    let peers = |v: fn(&FlowSyncPeerStatus) -> u64| f.peers.iter().map(v).sum::<u64>();
+    vec![
+        ("conflicts", f.conflicts),
+        ("crowded", f.crowded),
+        ("not_placed", f.not_placed),
+        ("unnamed", f.unnamed),
+        ("events_lost", f.events_lost),
+        ("queue_lost", peers(|p| p.lost_entries)),
+        ("lost_on_the_way", peers(|p| p.lost_on_the_way)),
+        ("repairs", peers(|p| p.repairs)),
+    ]
 }
 
 /// One reading of process `pid`, or None if it is gone.

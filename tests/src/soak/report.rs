@@ -2,7 +2,7 @@
 //! windows, connections by kind and outcome, each fault with its measured detection and
 //! recovery, the daemons' CPU and memory, and the verdict with every violation.
 
-use super::verdict::{AttemptKind, Ending, Run, Verdict, DSR, NAT};
+use super::verdict::{AttemptKind, Ending, Observation, Run, Verdict, DSR, NAT};
 use std::{fmt::Write, time::Duration};
 
 fn secs(d: Duration) -> String {
@@ -171,6 +171,34 @@ pub fn render(run: &Run, verdict: &Verdict) -> String {
          backend up everywhere, the pair back in place, flows synced.\n"
     );
 
+    let trouble: Vec<String> = run
+        .events
+        .iter()
+        .filter_map(|e| match &e.what {
+            Observation::FlowSync {
+                node,
+                counter,
+                total,
+            } => Some(format!("{} {node} {counter} {total}", secs(e.at))),
+            _ => None,
+        })
+        .collect();
+    if !trouble.is_empty() {
+        let _ = writeln!(
+            w,
+            "Flow sync's trouble counters as they rose (time, node, counter, total in that daemon's life): {}.\n",
+            trouble.join("; ")
+        );
+    }
+
+    if !run.sync_log.is_empty() {
+        let _ = writeln!(w, "Flow sync's log of trouble:\n\n```");
+        for line in &run.sync_log {
+            let _ = writeln!(w, "{line}");
+        }
+        let _ = writeln!(w, "```\n");
+    }
+
     let _ = writeln!(w, "## Daemons\n");
     let _ = writeln!(
         w,
@@ -315,6 +343,7 @@ mod tests {
             leftovers: Leftovers::default(),
             ticks_per_second: 100,
             packets: Default::default(),
+            sync_log: Vec::new(),
         };
         let verdict = judge(&run);
         let text = render(&run, &verdict);

@@ -773,10 +773,19 @@ pub fn run(opts: &Options) -> Result<Outcome> {
             .maps
             .push(format!("map id {id} (held by a daemon) is still loaded"));
     }
+    let mut sync_log = Vec::new();
     for d in [&lab.lb1, &lab.lb2] {
-        for line in d.log().lines().filter(|l| l.contains("panicked")) {
+        let log = d.log();
+        for line in log.lines().filter(|l| l.contains("panicked")) {
             leftovers.panics.push(format!("{}: {line}", d.node));
         }
+        sync_log.extend(
+            log.lines()
+                .filter(|l| {
+                    l.contains("flow sync:") && (l.contains("not installed") || l.contains("lost"))
+                })
+                .map(|l| format!("{}: {l}", d.node)),
+        );
     }
     let mut daemons = lives.list;
     for d in &mut daemons {
@@ -802,6 +811,7 @@ pub fn run(opts: &Options) -> Result<Outcome> {
         // SAFETY: sysconf has no preconditions.
         ticks_per_second: unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64,
         packets,
+        sync_log,
     };
     let verdict = verdict::judge(&run);
     let report = report::render(&run, &verdict);

@@ -87,6 +87,13 @@ pub enum Observation {
     },
     /// The flow tables' full counters went up (flow_evicted + translation_taken_over, total).
     TableFull { node: String, total: u64 },
+    /// One of flow sync's trouble counters went up (conflicts, crowded, not_placed, unnamed,
+    /// events_lost, queue_lost, lost_on_the_way, repairs): its new total in this daemon's life.
+    FlowSync {
+        node: String,
+        counter: &'static str,
+        total: u64,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -374,6 +381,8 @@ pub struct Run {
     /// Each daemon's XDP packet counts by reason, and its flow-table-full counters, at the end
     /// (of its last life).
     pub packets: BTreeMap<String, BTreeMap<String, u64>>,
+    /// The daemons' log lines about flow sync's trouble (conflicts, losses), by node.
+    pub sync_log: Vec<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -719,6 +728,7 @@ mod tests {
             leftovers: Leftovers::default(),
             ticks_per_second: 100,
             packets: BTreeMap::new(),
+            sync_log: Vec::new(),
         }
     }
 
