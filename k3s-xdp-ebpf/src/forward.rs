@@ -133,14 +133,13 @@ pub fn lookup<F: Family>(
             );
         }
     }
-    if backend.state == BACKEND_DOWN
-        && service.flags & SERVICE_RESET_ON_DOWN != 0
-        && protocol == IPPROTO_TCP
-    {
+    if backend.state == BACKEND_DOWN && service.flags & SERVICE_RESET_ON_DOWN != 0 {
         table::clear_flow(key, at);
         // A SYN on the tuple of a flow pinned to a backend now down is a new connection (the
-        // client reuses its port): it chooses a healthy backend. The rest is refused.
-        if tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN {
+        // client reuses its port): it chooses a healthy backend, and so does a UDP flow's
+        // next datagram (no connection to reset: a request that came back on the same
+        // source port, or a client that keeps its socket). The rest of TCP is refused.
+        if (protocol != IPPROTO_TCP) | (tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN) {
             return Decision::Choose;
         }
         return Decision::Refuse(flow.backend);

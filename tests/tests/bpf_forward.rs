@@ -4,7 +4,7 @@
 //! needed", several services, a VLAN tag, and SNAT pools. Every output is parsed and its checksums are
 //! recomputed from scratch (not with the program's incremental arithmetic).
 
-use k3s_xdp::dataplane::{BackendState, FlowEventOf, ServiceSpec};
+use k3s_xdp::dataplane::{BackendState, FlowEventOf, Role, ServiceSpec};
 use k3s_xdp_common::{
     hash::{flow_hash, reduce},
     reason, FlowKey, IPPROTO_TCP,
@@ -59,6 +59,16 @@ vip = "192.0.2.100"
 port = 53
 protocol = "udp"
 backends = [{ name = "server-6", address = "192.0.2.55:53" }]
+
+[[service]]
+name = "syslog"
+vip = "192.0.2.100"
+port = 514
+protocol = "udp"
+backends = [
+  { name = "server-9", address = "192.0.2.58:514" },
+  { name = "server-10", address = "192.0.2.59:514" },
+]
 
 [[service]]
 name = "kept"
@@ -426,6 +436,35 @@ fn a_flow_pinned_to_a_down_backend_gets_a_rst_then_reconnects_elsewhere() {
     // The client reconnects (same port, new SYN): a healthy backend.
     let again = transmitted(&mut h, &packet::tcp_syn(client, vip));
     assert_ne!(again.ip().unwrap().dst, backend);
+}
+
+/// A UDP flow pinned to a backend that went down chooses a healthy one on its next datagram:
+/// there is no connection to reset, and its client may keep its socket or come back on the
+/// same source port (found by the soak: a request on a reused port went to the killed server).
+#[test]
+fn a_udp_flow_pinned_to_a_down_backend_chooses_again() {
+    let Some(mut h) = harness() else { return };
+    let client = agent(1, 47000);
+    let vip = sock(VIP, 514);
+    let first = transmitted(&mut h, &packet::udp(client, vip, b"one"))
+        .ip()
+        .unwrap()
+        .dst;
+    let again = transmitted(&mut h, &packet::udp(client, vip, b"two"));
+    assert_eq!(again.ip().unwrap().dst, first, "pinned while it is up");
+    set_state(&mut h, "syslog", first, BackendState::Down);
+    let out = transmitted(&mut h, &packet::udp(client, vip, b"three"));
+    assert_ne!(out.ip().unwrap().dst, first, "a healthy backend");
+    assert_eq!(out.udp().unwrap().payload, b"three");
+    let next = transmitted(&mut h, &packet::udp(client, vip, b"four"));
+    assert_eq!(
+        next.ip().unwrap().dst,
+        out.ip().unwrap().dst,
+        "pinned there now"
+    );
+    let slot = h.publisher.service_slot("syslog").unwrap();
+    assert_eq!(h.dataplane.service_traffic(slot).unwrap().new_flows, 2);
+    assert_eq!(h.reason(reason::TX_RESET).unwrap(), 0, "nothing to reset");
 }
 
 #[test]
@@ -2141,12 +2180,18 @@ fn a_full_bucket_keeps_refreshed_copies_before_announced_ones() {
     };
     let t = 1000;
     let refreshed: Vec<_> = (0..4).map(|i| copy(same[i], 20000 + i as u16)).collect();
-    let done = tables.install(&refreshed, t, refreshed_seen(t)).unwrap();
+    let done = tables
+        .install(&refreshed, (t, refreshed_seen(t)), Role::Serving)
+        .unwrap();
     assert_eq!((done.flows, done.crowded), (4, 0));
 
     // Announced 30 s after the refresh: the bucket keeps the refreshed four.
     let done = tables
-        .install(&[copy(same[4], 20004)], t + 30, copy_seen(t + 30))
+        .install(
+            &[copy(same[4], 20004)],
+            (t + 30, copy_seen(t + 30)),
+            Role::Serving,
+        )
         .unwrap();
     assert_eq!((done.flows, done.crowded), (0, 1));
     assert!(same[..4].iter().all(|&c| held(c)) && !held(same[4]));
@@ -2162,7 +2207,11 @@ fn a_full_bucket_keeps_refreshed_copies_before_announced_ones() {
 
     // Refreshed again 30 s later: takes a way (of one refreshed 30 s before it).
     let done = tables
-        .install(&[copy(same[5], 20005)], t + 30, refreshed_seen(t + 30))
+        .install(
+            &[copy(same[5], 20005)],
+            (t + 30, refreshed_seen(t + 30)),
+            Role::Serving,
+        )
         .unwrap();
     assert_eq!((done.flows, done.crowded), (1, 0));
     assert!(held(same[5]));
@@ -2171,7 +2220,11 @@ fn a_full_bucket_keeps_refreshed_copies_before_announced_ones() {
     // Two minutes on, the first ones were not refreshed again: an announced copy outranks
     // them.
     let done = tables
-        .install(&[copy(same[6], 20006)], t + 120, copy_seen(t + 120))
+        .install(
+            &[copy(same[6], 20006)],
+            (t + 120, copy_seen(t + 120)),
+            Role::Serving,
+        )
         .unwrap();
     assert_eq!((done.flows, done.crowded), (1, 0));
     assert!(
@@ -2303,7 +2356,7 @@ fn a_synced_flow_is_translated_both_ways_by_the_peer() {
     let received = wire::decode(&datagram, &key).unwrap();
     let install = dir_b.incoming(&received.entries[0]).expect("B places it");
     b.set_clock(5).unwrap();
-    let done = b.dataplane.install(&[install], 5).unwrap();
+    let done = b.dataplane.install(&[install], 5, Role::Serving).unwrap();
     assert_eq!((done.flows, done.conflicts), (1, 0));
 
     // The backend's reply reaches B (A failed over): back to the client as the VIP.
@@ -2326,13 +2379,39 @@ fn a_synced_flow_is_translated_both_ways_by_the_peer() {
     assert_eq!(b.dataplane.service_traffic(slot).unwrap().new_flows, 0);
 
     // A second install of the same flow refreshes it; another client's flow on B's same
-    // backend and SNAT port is refused while B's own translation lives.
-    assert_eq!(b.dataplane.install(&[install], 6).unwrap().flows, 1);
+    // backend and SNAT port is refused while B's own translation lives and B serves.
+    assert_eq!(
+        b.dataplane
+            .install(&[install], 6, Role::Serving)
+            .unwrap()
+            .flows,
+        1
+    );
     let mut other = received.entries[0];
     other.client = "198.51.100.9:50000".parse().unwrap();
     let clash = dir_b.incoming(&other).unwrap();
-    let done = b.dataplane.install(&[clash], 6).unwrap();
+    let done = b.dataplane.install(&[clash], 6, Role::Serving).unwrap();
     assert_eq!((done.flows, done.conflicts), (0, 1));
+    let held = done
+        .last_conflict
+        .expect("the translation that kept its slot");
+    assert!(
+        held.same_tuple && held.protocol == 6 && held.age <= 1,
+        "{held:?}"
+    );
+    let reverse = self::key(
+        sock(backend_ip, 6443),
+        sock(VIP, snat_port),
+        k3s_xdp_common::IPPROTO_TCP,
+    );
+    let nat = b.dataplane.nat_reverse(&reverse).unwrap().unwrap();
+    assert_eq!(nat.client_port, 43000u16.to_be(), "B's own kept it");
+    // On standby (a VRRP backup) the serving peer's word wins: B's own translation is a
+    // leftover of its time as master, which the peer, choosing this port, no longer holds.
+    let done = b.dataplane.install(&[clash], 6, Role::Standby).unwrap();
+    assert_eq!((done.flows, done.conflicts), (1, 0));
+    let nat = b.dataplane.nat_reverse(&reverse).unwrap().unwrap();
+    assert_eq!(nat.client_port, 50000u16.to_be(), "the peer's client's now");
 
     // A copy that nothing went through here since it came: when the peer gives its SNAT port
     // to another client (it took the translation over), the new one replaces it here too.
@@ -2341,14 +2420,14 @@ fn a_synced_flow_is_translated_both_ways_by_the_peer() {
     first.snat = std::net::SocketAddr::new(first.snat.ip(), 61000);
     let done = b
         .dataplane
-        .install(&[dir_b.incoming(&first).unwrap()], 7)
+        .install(&[dir_b.incoming(&first).unwrap()], 7, Role::Serving)
         .unwrap();
     assert_eq!((done.flows, done.conflicts), (1, 0));
     let mut second = first;
     second.client = "198.51.100.21:50001".parse().unwrap();
     let done = b
         .dataplane
-        .install(&[dir_b.incoming(&second).unwrap()], 8)
+        .install(&[dir_b.incoming(&second).unwrap()], 8, Role::Serving)
         .unwrap();
     assert_eq!((done.flows, done.conflicts), (1, 0), "the copy is replaced");
     let reverse = self::key(
@@ -2397,7 +2476,7 @@ fn a_closed_translation_is_reported_once_and_closed_on_the_peer() {
     let new = a.dataplane.drain_flow_events(10).unwrap();
     assert_eq!(new.len(), 1);
     let install = dir_b.incoming(&dir_a.outgoing(&new[0]).unwrap()).unwrap();
-    b.dataplane.install(&[install], 3).unwrap();
+    b.dataplane.install(&[install], 3, Role::Serving).unwrap();
     let k = key(client, vip, IPPROTO_TCP);
     assert!(b.dataplane.flow(&k).unwrap().is_some(), "B has the copy");
 
