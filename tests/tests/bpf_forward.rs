@@ -2412,6 +2412,19 @@ fn a_synced_flow_is_translated_both_ways_by_the_peer() {
     assert_eq!((done.flows, done.conflicts), (1, 0));
     let nat = b.dataplane.nat_reverse(&reverse).unwrap().unwrap();
     assert_eq!(nat.client_port, 50000u16.to_be(), "the peer's client's now");
+    // The first client's flow entry went with its translation (as the program's SNAT search
+    // clears a flow whose translation it takes over); were it left, it would be stale, and no
+    // bulk or refresh of B's would carry it.
+    assert!(
+        b.dataplane
+            .flow(&self::key(client, vip, IPPROTO_TCP))
+            .unwrap()
+            .is_none(),
+        "the replaced translation's flow is gone"
+    );
+    let tables = b.dataplane.flow_tables().unwrap();
+    assert!(!tables.holds_translation(&install), "stale");
+    assert!(tables.holds_translation(&clash));
 
     // A copy that nothing went through here since it came: when the peer gives its SNAT port
     // to another client (it took the translation over), the new one replaces it here too.
@@ -2430,6 +2443,11 @@ fn a_synced_flow_is_translated_both_ways_by_the_peer() {
         .install(&[dir_b.incoming(&second).unwrap()], 8, Role::Serving)
         .unwrap();
     assert_eq!((done.flows, done.conflicts), (1, 0), "the copy is replaced");
+    let first_key = self::key("198.51.100.20:50000".parse().unwrap(), vip, IPPROTO_TCP);
+    assert!(
+        b.dataplane.flow(&first_key).unwrap().is_none(),
+        "with its flow entry"
+    );
     let reverse = self::key(
         sock(backend_ip, 6443),
         sock(VIP, 61000),

@@ -210,6 +210,25 @@ impl FlowTables {
         out
     }
 
+    /// Whether this node's reverse-NAT table still holds the translation of the flow `e` for
+    /// its client (always, for a dsr flow): a flow entry whose translation another client
+    /// took since (a peer's word replaced it here) is stale, and goes in no bulk or refresh,
+    /// where it would take that client's slot on the peer.
+    pub fn holds_translation(&self, e: &InstallOf) -> bool {
+        fn held<A: Address>(t: &Tables<A>, mask: u32, i: &Install<A>) -> bool {
+            i.reverse.as_ref().is_none_or(|(rkey, reverse)| {
+                translation_of(t, mask, rkey).is_some_and(|s| {
+                    s.nat.client_addr.diff(&reverse.client_addr) == 0
+                        && s.nat.client_port == reverse.client_port
+                })
+            })
+        }
+        match e {
+            InstallOf::V4(i) => held(&self.v4, self.mask, i),
+            InstallOf::V6(i) => self.v6.as_ref().is_some_and(|t| held(t, self.mask, i)),
+        }
+    }
+
     /// The flow of the IPv4 client tuple `key`, if its bucket holds it.
     pub fn flow(&self, key: &FlowKey) -> Option<Flow> {
         let hash = flow_hash(key);
@@ -318,6 +337,13 @@ fn install_one<A: Address>(
             }
         }
         t.nat.set(at, NatSlot::new(*rkey, rhash, reverse, last));
+        // The translation replaced, another client's: its flow entry goes with it (as the
+        // program's SNAT search clears the flow of a translation it takes over). Left, it
+        // would send that client's packets on with a SNAT port now another's, and a bulk or
+        // refresh would carry it to the peers.
+        if let Some(old) = current.filter(|_| same.is_none()) {
+            forget_owner(t, mask, &old, i);
+        }
     }
     let hash = flow_hash(&i.key);
     let ways = table::WAYS as usize;
@@ -351,6 +377,36 @@ fn install_one<A: Address>(
     t.flows
         .set(first + way, FlowSlot::new(i.key, hash, i.flow, last));
     done.flows += 1;
+}
+
+/// Removes the flow entry of the translation `old`, replaced by `i`'s. Its key is the old
+/// client's tuple to the VIP: `i`'s VIP for the same service, else the address the backend
+/// answered (the VIP, without a SNAT pool); only an entry whose flow used that translation
+/// (its backend slot and SNAT port) goes.
+fn forget_owner<A: Address>(t: &mut Tables<A>, mask: u32, old: &NatSlot<A>, i: &Install<A>) {
+    let vip = match &i.reverse {
+        Some((_, reverse)) if reverse.service == old.nat.service => i.key.dst,
+        _ => old.key.dst,
+    };
+    let key = FlowKey {
+        src: old.nat.client_addr,
+        dst: vip,
+        sport: old.nat.client_port,
+        dport: old.nat.vip_port,
+        protocol: old.key.protocol,
+        _pad: [0; 3],
+    };
+    let hash = flow_hash(&key);
+    let first = bucket_index(hash, mask) as usize * table::WAYS as usize;
+    for j in first..first + table::WAYS as usize {
+        if let Some(s) = t.flows.get(j).filter(|s| {
+            s.holds(&key, hash)
+                && s.flow.backend == u32::from(old.nat.backend)
+                && s.flow.snat_port == old.key.dport
+        }) {
+            t.flows.set(j, FlowSlot { seal: 0, ..s });
+        }
+    }
 }
 
 fn close_one<A: Address>(

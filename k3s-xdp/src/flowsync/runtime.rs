@@ -501,17 +501,11 @@ impl Node {
         // The flows active here in the last refresh period go flagged as refreshed: a peer
         // whose table is too small for the whole keeps them before the idler ones.
         let recent: std::collections::HashSet<_> = self
-            .tables
-            .live(clock, REFRESH_SECS)
-            .iter()
-            .filter_map(|e| directory.outgoing(e))
+            .own_live(&directory, clock, REFRESH_SECS)
             .map(|e| (e.client, e.vip, e.protocol))
             .collect();
         let entries: Vec<Entry> = self
-            .tables
-            .live(clock, IDLE_SECS - 1)
-            .iter()
-            .filter_map(|e| directory.outgoing(e))
+            .own_live(&directory, clock, IDLE_SECS - 1)
             .map(|e| Entry {
                 flags: if recent.contains(&(e.client, e.vip, e.protocol)) {
                     e.flags | wire::REFRESHED
@@ -531,15 +525,31 @@ impl Node {
         }
     }
 
+    /// The flows seen here at most `within` seconds before `clock`, named for the peers,
+    /// whose translations are still theirs here (see [`FlowTables::holds_translation`]).
+    fn own_live<'a>(
+        &'a self,
+        directory: &'a Directory,
+        clock: u32,
+        within: u32,
+    ) -> impl Iterator<Item = Entry> + 'a {
+        self.tables
+            .live(clock, within)
+            .into_iter()
+            .filter_map(|e| directory.outgoing(&e))
+            .filter(|e| {
+                directory
+                    .incoming(e)
+                    .is_some_and(|i| self.tables.holds_translation(&i))
+            })
+    }
+
     /// The flows active here in the last refresh period, to every peer again.
     fn refresh(&mut self, now: Instant) {
         let clock = (self.clock)();
         let directory = self.directory.borrow().clone();
         let entries: Vec<Entry> = self
-            .tables
-            .live(clock, REFRESH_SECS)
-            .iter()
-            .filter_map(|e| directory.outgoing(e))
+            .own_live(&directory, clock, REFRESH_SECS)
             .map(|e| Entry {
                 flags: e.flags | wire::REFRESHED,
                 ..e
