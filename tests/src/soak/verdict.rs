@@ -233,17 +233,31 @@ pub fn measure(a: &Applied, events: &[Event]) -> Measured {
             })
         }
         k if k.is_master_failure() => {
-            let lb1 = first_after(
-                events,
-                a.undone,
-                |o| matches!(o, Observation::Vrrp { node, state } if node == "lb-1" && state == "MASTER"),
-            );
-            let lb2 = lb1.and_then(|t| {
-                first_after(events, t, |o| {
-                    matches!(o, Observation::Vrrp { node, state } if node == "lb-2" && state == "BACKUP")
-                })
-            });
-            lb1.zip(lb2).map(|(a, b)| a.max(b))
+            // lb-1 MASTER and lb-2 BACKUP, by their last words since the fault (a restart may
+            // bring lb-1 back as MASTER before the runner noted the undoing: that counts from
+            // the undoing), both spoken after the fault.
+            let mut state: BTreeMap<&str, bool> = BTreeMap::new();
+            let mut back = None;
+            for e in events.iter().filter(|e| e.at >= a.started) {
+                if let Observation::Vrrp { node, state: s } = &e.what {
+                    let good = match node.as_str() {
+                        "lb-1" => s == "MASTER",
+                        "lb-2" => s == "BACKUP",
+                        _ => continue,
+                    };
+                    state.insert(node.as_str(), good);
+                }
+                let both = state.len() == 2 && state.values().all(|g| *g);
+                if both && back.is_none() {
+                    back = Some(e.at.max(a.undone));
+                    if e.at >= a.undone {
+                        break;
+                    }
+                } else if !both && e.at < a.undone {
+                    back = None;
+                }
+            }
+            back
         }
         _ => a.settled,
     };
@@ -897,6 +911,35 @@ mod tests {
         assert!(judge(&r).passed());
         r.attempts.push(attempt(25.7, false));
         assert_eq!(rules(&judge(&r)), ["new-connection"]);
+    }
+
+    /// Found in a soak report (a SIGTERM "recovered" after 55 s): lb-1 restarted and was
+    /// MASTER again, and lb-2 BACKUP, before the runner noted the undoing.
+    #[test]
+    fn a_master_back_before_the_undoing_was_noted_has_recovered_at_the_undoing() {
+        let r = run(
+            vec![applied(
+                fault(1, FaultKind::MasterTerm, None),
+                20.0,
+                27.0,
+                27.5,
+            )],
+            vec![
+                vrrp(0.5, "lb-1", "MASTER"),
+                vrrp(0.6, "lb-2", "BACKUP"),
+                vrrp(20.1, "lb-1", "gone"),
+                vrrp(20.7, "lb-2", "MASTER"),
+                vrrp(26.8, "lb-1", "MASTER"),
+                vrrp(26.9, "lb-2", "BACKUP"),
+                vrrp(80.0, "lb-1", "gone"),
+                vrrp(82.0, "lb-1", "MASTER"),
+            ],
+        );
+        let m = measure(&r.faults[0], &r.events);
+        assert_eq!(m.recovery, Some(s(0.0)));
+        // lb-1's state from before the fault does not count.
+        let r = run(r.faults.clone(), r.events[..4].to_vec());
+        assert_eq!(measure(&r.faults[0], &r.events).recovery, None);
     }
 
     #[test]
