@@ -217,10 +217,7 @@ impl FlowTables {
     pub fn holds_translation(&self, e: &InstallOf) -> bool {
         fn held<A: Address>(t: &Tables<A>, mask: u32, i: &Install<A>) -> bool {
             i.reverse.as_ref().is_none_or(|(rkey, reverse)| {
-                translation_of(t, mask, rkey).is_some_and(|s| {
-                    s.nat.client_addr.diff(&reverse.client_addr) == 0
-                        && s.nat.client_port == reverse.client_port
-                })
+                translation_of(t, mask, rkey).is_some_and(|s| same_client(&s, reverse))
             })
         }
         match e {
@@ -279,7 +276,11 @@ fn live_of<A: Address>(t: &Tables<A>, clock: u32, within: u32, mut f: impl FnMut
     }
 }
 
-/// Whether clock value `a` is after `b` (the clock may wrap).
+/// Whether the translation in slot `s` is `reverse`'s client's.
+fn same_client<A: Address>(s: &NatSlot<A>, reverse: &NatReverse<A>) -> bool {
+    s.nat.client_addr.diff(&reverse.client_addr) == 0 && s.nat.client_port == reverse.client_port
+}
+
 /// Whether `a` was seen after `b`, on the 31-bit clock (the top bit is `UNCONFIRMED`'s).
 fn newer(a: u32, b: u32) -> bool {
     let d = a.wrapping_sub(b) & !table::UNCONFIRMED;
@@ -298,11 +299,7 @@ fn install_one<A: Address>(
         let at = nat_index(rhash, mask) as usize;
         let current = t.nat.get(at).filter(|s| s.is_valid());
         // This very translation (same tuple, same client) already here.
-        let same = current.filter(|s| {
-            s.holds(rkey, rhash)
-                && s.nat.client_addr.diff(&reverse.client_addr) == 0
-                && s.nat.client_port == reverse.client_port
-        });
+        let same = current.filter(|s| s.holds(rkey, rhash) && same_client(s, reverse));
         // Another client's, live, and this node's own: its program saw it more recently than
         // any copy is made to look (a refreshed one is as if seen `COPY_AGE - REFRESH_SECS`
         // ago), and its client sent more than one packet (an unconfirmed translation's one
@@ -420,11 +417,11 @@ fn close_one<A: Address>(
     if let Some((rkey, reverse)) = &i.reverse {
         let rhash = flow_hash(rkey);
         let at = nat_index(rhash, mask) as usize;
-        if let Some(mut s) = t.nat.get(at).filter(|s| {
-            s.holds(rkey, rhash)
-                && s.nat.client_addr.diff(&reverse.client_addr) == 0
-                && s.nat.client_port == reverse.client_port
-        }) {
+        if let Some(mut s) = t
+            .nat
+            .get(at)
+            .filter(|s| s.holds(rkey, rhash) && same_client(s, reverse))
+        {
             s.nat.closing |= closing;
             s.seen = clock;
             t.nat.set(at, s);
