@@ -265,7 +265,12 @@ impl Twins<'_> {
 
 pub fn micro(summary: &mut Vec<Ratio>) -> Result<String> {
     const ROUNDS: usize = 15;
-    const REPEAT: u32 = 10_000;
+    // More runs per case for a profiler (`perf record` of a filtered case); the report's
+    // figures are made with the default.
+    let repeat: u32 = std::env::var("K3S_XDP_BENCH_REPEAT")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(10_000);
     const TABLE_SIZE: u32 = 1 << 20;
     let mut h = XdpHarness::with_config_in_lab_from(BENCH_OBJECT, CONFIG, TABLE_SIZE)?;
     for name in [names::BENCH_PROGRAM, names::BENCH_FLOOR_PROGRAM] {
@@ -653,16 +658,16 @@ pub fn micro(summary: &mut Vec<Ratio>) -> Result<String> {
             if case.flow_sync.is_some() {
                 h.update_globals(|g| g.flow_sync = k3s_xdp_common::FLOW_SYNC_ON)?;
             }
-            let measured = run_repeated(&mut h, case.program, &frame, REPEAT);
+            let measured = run_repeated(&mut h, case.program, &frame, repeat);
             if let Some(per_run) = case.flow_sync {
                 h.update_globals(|g| g.flow_sync = 0)?;
                 // The log keeps the last FLOW_LOG_SLOTS events of a CPU, fewer than a case's
                 // runs, and nothing reads it during them: every run wrote one, read or lost.
-                let reported = h.dataplane.drain_flow_events(2 * REPEAT as usize)?.len() as u64;
+                let reported = h.dataplane.drain_flow_events(2 * repeat as usize)?.len() as u64;
                 let lost = h.dataplane.flow_events_lost()? - lost_before;
-                if reported + lost != u64::from(REPEAT) * per_run {
+                if reported + lost != u64::from(repeat) * per_run {
                     bail!(
-                        "{}: {reported} flow events reported and {lost} lost in {REPEAT} runs (round {round})",
+                        "{}: {reported} flow events reported and {lost} lost in {repeat} runs (round {round})",
                         case.name
                     );
                 }
@@ -678,11 +683,11 @@ pub fn micro(summary: &mut Vec<Ratio>) -> Result<String> {
             }
             if let Some(r) = case.reason {
                 let took = h.reason(r)? - before;
-                if took != u64::from(REPEAT) {
+                if took != u64::from(repeat) {
                     let reasons: Vec<_> =
                         h.reasons()?.into_iter().filter(|(_, v)| *v > 0).collect();
                     bail!(
-                        "{}: {took} of {REPEAT} runs took the measured path (round {round}; counters {reasons:?})",
+                        "{}: {took} of {repeat} runs took the measured path (round {round}; counters {reasons:?})",
                         case.name
                     );
                 }
@@ -692,11 +697,11 @@ pub fn micro(summary: &mut Vec<Ratio>) -> Result<String> {
             let expected = if case.mode == BENCH_SAME || case.mode == BENCH_UNCONFIRM_FLOW {
                 0
             } else {
-                u64::from(REPEAT)
+                u64::from(repeat)
             };
             if case.reason.is_some() && made != expected {
                 bail!(
-                    "{}: {made} new flows in {REPEAT} runs, expected {expected} (round {round})",
+                    "{}: {made} new flows in {repeat} runs, expected {expected} (round {round})",
                     case.name
                 );
             }
@@ -716,7 +721,7 @@ pub fn micro(summary: &mut Vec<Ratio>) -> Result<String> {
     let _ = writeln!(out, "## XDP program, ns per packet (BPF_PROG_TEST_RUN)\n");
     let _ = writeln!(
         out,
-        "{ROUNDS} interleaved rounds; in each, every case runs {REPEAT} times in one BPF_PROG_TEST_RUN (kernel's average per run). A bench entry point restores the packet before each run (so the program never sees its own output), the floor does the same restore before its MAC swap, so the difference is the cost of k3s-xdp's processing. Median of the rounds (min-max). Counters confirm every run took the measured path, and that every run of a new-flow case made a new flow; the SYN flood guard is on as the daemon's default, with every client of the cases known (their SYNs pay its check); the nat case with new tuples created {new_flows} flows (1M-entry flow and reverse-NAT tables; 10 backends, so each backend's SNAT port space stays under a quarter full of these never-closed flows).\n"
+        "{ROUNDS} interleaved rounds; in each, every case runs {repeat} times in one BPF_PROG_TEST_RUN (kernel's average per run). A bench entry point restores the packet before each run (so the program never sees its own output), the floor does the same restore before its MAC swap, so the difference is the cost of k3s-xdp's processing. Median of the rounds (min-max). Counters confirm every run took the measured path, and that every run of a new-flow case made a new flow; the SYN flood guard is on as the daemon's default, with every client of the cases known (their SYNs pay its check); the nat case with new tuples created {new_flows} flows (1M-entry flow and reverse-NAT tables; 10 backends, so each backend's SNAT port space stays under a quarter full of these never-closed flows).\n"
     );
     let _ = writeln!(
         out,
