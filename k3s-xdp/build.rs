@@ -145,10 +145,14 @@ fn build_ebpf(
         path.push(p);
     }
     // aya-ebpf uses `asm_experimental_arch`; a stable compiler accepts it with this.
+    // `target-cpu=v3` (Linux 5.1+; the program needs 5.17+ for `bpf_loop` anyway): 32-bit
+    // ALU and jumps, so 32-bit arithmetic (the hashes, checksums, ports) needs no masking
+    // in 64-bit registers; 3-5 ns less per packet in `bench micro`, both families.
     let rustflags = [
         "--cfg=bpf_target_arch=\"x86_64\"",
         "-Cdebuginfo=2",
         "-Clink-arg=--btf",
+        "-Ctarget-cpu=v3",
     ]
     .join("\x1f");
     cmd.current_dir(workspace)
