@@ -196,14 +196,13 @@ extern "C" fn snat_try<F: Family>(index: u64, _ctx: *mut c_void) -> i64 {
         if (force != NO_TRY) & (force != index as u32) {
             return 0;
         }
-        let reverse = FlowKey {
-            src: (*probe).backend_addr,
-            dst: addr,
-            sport: (*probe).backend_port,
-            dport: port,
-            protocol: (*probe).key.protocol,
-            _pad: [0; 3],
-        };
+        let reverse = crate::parse::key(
+            (*probe).backend_addr,
+            addr,
+            (*probe).backend_port,
+            port,
+            (*probe).key.protocol,
+        );
         if table::claim_nat(
             &(*probe).key,
             &reverse,
@@ -284,14 +283,13 @@ pub fn reverse_key<F: Family>(
     snat_addr: F,
     snat_port: u16,
 ) -> FlowKey<F> {
-    FlowKey {
-        src: backend.addr,
-        dst: snat_addr,
-        sport: backend.port,
-        dport: snat_port,
-        protocol: key.protocol,
-        _pad: [0; 3],
-    }
+    crate::parse::key(
+        backend.addr,
+        snat_addr,
+        backend.port,
+        snat_port,
+        key.protocol,
+    )
 }
 
 /// Confirms the translation in `slot`: its client sent a second packet (see

@@ -41,6 +41,24 @@ pub fn resolve<F: Family>(
     }
 }
 
+/// Writes "no hop" (all zero, `ifindex` 0: not resolved) at `at`, word by word: a
+/// `NextHop::default()` compiles to a call to `memset` (the MAC addresses are byte arrays),
+/// which a new flow would pay for its translation's hop back to the client.
+#[inline(always)]
+pub fn none<F: Family>(at: *mut NextHop<F>) {
+    const {
+        assert!(
+            size_of::<NextHop<u32>>().is_multiple_of(4)
+                && size_of::<NextHop<k3s_xdp_common::V6>>().is_multiple_of(4)
+        )
+    };
+    let words = at.cast::<u32>();
+    for i in 0..size_of::<NextHop<F>>() / 4 {
+        // SAFETY: within the hop (its size is a multiple of 4, its alignment at least 4).
+        unsafe { core::ptr::write_volatile(words.add(i), 0) };
+    }
+}
+
 /// `resolve`'s FIB lookup, a BPF subprogram of its own, with its 64-byte parameter block in a
 /// per-CPU map rather than on a stack: every frame on the way to it counts toward the
 /// verifier's 512 bytes (the new-flow program's SNAT search and the IPv6 path need that room). Looks up the way from

@@ -19,7 +19,7 @@ use crate::{
 use aya_ebpf::programs::XdpContext;
 use core::mem::size_of;
 use k3s_xdp_common::{
-    reason, Backend, Flow, FlowKey, Globals, NextHop, VipInfo, VipPort, BACKEND_FREE, IPPROTO_ICMP,
+    reason, Backend, Flow, Globals, NextHop, VipInfo, VipPort, BACKEND_FREE, IPPROTO_ICMP,
     IPPROTO_TCP, IPPROTO_UDP, SERVICE_DSR,
 };
 
@@ -104,14 +104,7 @@ pub fn about_flow<F: Family>(
         return Err(other);
     };
     // The client → VIP flow the quoted packet answered.
-    let key = FlowKey {
-        src: dst,
-        dst: src,
-        sport: dport,
-        dport: sport,
-        protocol,
-        _pad: [0; 3],
-    };
+    let key = crate::parse::key(dst, src, dport, sport, protocol);
     // ICMP about a flow confirms nothing (`UNCONFIRMED` kept).
     let Some((flow, _)) = table::find_flow(
         &key,

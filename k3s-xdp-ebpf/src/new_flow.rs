@@ -19,13 +19,14 @@ use crate::{
     family::Family,
     guard,
     headers::{TCP_ACK, TCP_SYN},
+    hop,
     parse::{Ip, Offsets, L4},
     state::Probe,
     sync,
     table::Place,
 };
 use k3s_xdp_common::{
-    reason, table::UNCONFIRMED, Flow, FlowKey, Globals, NextHop, VipInfo, VipPort, FLOW_SYNC_ON,
+    reason, table::UNCONFIRMED, Flow, FlowKey, Globals, VipInfo, VipPort, FLOW_SYNC_ON,
     MAX_PORTS_PER_VIP, NAT_UNCONFIRMED, SERVICE_DSR,
 };
 
@@ -73,7 +74,7 @@ pub fn ask<F: Family>(
         (*state).entry.closing = NAT_UNCONFIRMED;
         // The hop back to the client: none yet, the first reply resolves it with the FIB.
         // Never the mirror of the client's frame: another router may have sent it on.
-        (*state).entry.next_hop = NextHop::<F>::default();
+        hop::none(core::ptr::addr_of_mut!((*state).entry.next_hop));
         (*state).min = min;
         (*state).span = max - min + 1;
         for i in 0..MAX_PORTS_PER_VIP {

@@ -321,25 +321,37 @@ pub fn transport(ctx: &XdpContext, valid: &Valid, protocol: u8) -> Result<L4, u3
 /// from the transport header.
 #[inline(always)]
 pub fn flow_key<F: Family>(ip: &Ip<F>, l4: &L4) -> FlowKey<F> {
+    key(
+        F::src(ip.hdr),
+        F::dst(ip.hdr),
+        l4.sport,
+        l4.dport,
+        l4.protocol,
+    )
+}
+
+/// A flow key. The protocol and its 3 bytes of padding are one aligned 32-bit word (offset
+/// 12 or 36), written whole: a literal's `_pad: [0; 3]` compiles to a call to `memset` (a
+/// BPF-to-BPF call, and its return, on every packet that builds a key).
+#[inline(always)]
+pub fn key<F: Family>(src: F, dst: F, sport: u16, dport: u16, protocol: u8) -> FlowKey<F> {
     let mut key = core::mem::MaybeUninit::<FlowKey<F>>::uninit();
     let k = key.as_mut_ptr();
-    // SAFETY: every field written before `assume_init`. The protocol and its 3 bytes of
-    // padding are one aligned 32-bit word (offset 12 or 36), written whole: a literal's
-    // `_pad: [0; 3]` compiles to a call to memset on the IPv6 path (little-endian target:
-    // the protocol is the word's first byte).
+    // SAFETY: every field written before `assume_init` (little-endian target: the protocol
+    // is the word's first byte).
     unsafe {
-        core::ptr::addr_of_mut!((*k).src).write(F::src(ip.hdr));
-        core::ptr::addr_of_mut!((*k).dst).write(F::dst(ip.hdr));
-        core::ptr::addr_of_mut!((*k).sport).write(l4.sport);
-        core::ptr::addr_of_mut!((*k).dport).write(l4.dport);
+        core::ptr::addr_of_mut!((*k).src).write(src);
+        core::ptr::addr_of_mut!((*k).dst).write(dst);
+        core::ptr::addr_of_mut!((*k).sport).write(sport);
+        core::ptr::addr_of_mut!((*k).dport).write(dport);
         core::ptr::addr_of_mut!((*k).protocol)
             .cast::<u32>()
-            .write(u32::from(l4.protocol));
+            .write(u32::from(protocol));
         key.assume_init()
     }
 }
 
-// `flow_key` writes the protocol and the padding after it as one aligned word.
+// `key` writes the protocol and the padding after it as one aligned word.
 const _: () = {
     use core::mem::{align_of, offset_of};
     assert!(offset_of!(FlowKey<u32>, protocol) % 4 == 0 && align_of::<FlowKey<u32>>() >= 4);

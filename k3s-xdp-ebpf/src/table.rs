@@ -382,14 +382,13 @@ pub fn claim_nat<F: Family>(
             // even if the claim then loses a race: the old translation is overwritten
             // either way.
             unsafe {
-                (*taken).key = FlowKey {
-                    src: client_addr,
-                    dst: old_key.dst,
-                    sport: client_port,
-                    dport: vip_port,
-                    protocol: old_key.protocol,
-                    _pad: [0; 3],
-                };
+                (*taken).key = crate::parse::key(
+                    client_addr,
+                    old_key.dst,
+                    client_port,
+                    vip_port,
+                    old_key.protocol,
+                );
                 (*taken).backend = ids >> 16;
                 (*taken).service = ids & 0xffff;
                 (*taken).snat_port = old_key.dport;
