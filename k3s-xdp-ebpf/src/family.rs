@@ -14,7 +14,6 @@ use crate::{
     parse::{self, Ip, Valid, L4},
     reset,
     state::Probe,
-    table::{self, Place},
     verdict::Verdict,
 };
 use aya_ebpf::{bindings::bpf_fib_lookup, programs::XdpContext};
@@ -22,7 +21,7 @@ use core::mem::size_of;
 use k3s_xdp_common::{
     reason,
     table::{FlowBucket, NatSlot},
-    Address, Backend, Flow, FlowKey, NextHop, SnatSources, VipPort, IPPROTO_TCP, V6,
+    Address, Backend, FlowKey, NextHop, SnatSources, VipPort, IPPROTO_TCP, V6,
 };
 
 /// Hop limit (TTL) of the packets the program answers with (RSTs, echo replies).
@@ -82,9 +81,9 @@ pub trait Family: Address {
     /// follows the fixed header). Returns where the RST's TCP header goes.
     fn turn_around(hdr: *mut Self::Hdr, l3: usize, valid: &Valid) -> usize;
 
-    // The flow path's bigger steps: inline by default (IPv4); IPv6 runs them as subprograms
-    // of their own, because its addresses do not fit one 512-byte stack frame with the rest
-    // of the path (a subprogram's frame is taken only while it runs).
+    // The flow path's bigger steps: inline by default (IPv4); IPv6 hands the refusal and a
+    // new flow's recording and sending to `k3s_xdp_decided6`, a program of its own, because
+    // its addresses do not fit one 512-byte stack frame with the rest of the path.
 
     /// `forward::translation_event`.
     #[inline(always)]
@@ -112,13 +111,6 @@ pub trait Family: Address {
         backend: u32,
     ) -> Verdict {
         reset::send(ctx, ip, valid, l4, service.service, backend)
-    }
-
-    /// `table::store_flow`; IPv6: a subprogram, so that its frame is not part of the
-    /// new-flow program's, on which the SNAT search's callback frame stacks.
-    #[inline(always)]
-    fn store_flow(key: &FlowKey<Self>, at: Place, flow: Flow, clock: u32) -> bool {
-        table::store_flow(key, at, flow, clock)
     }
 
     /// A new flow's second half, once it decided: `forward::decided`. IPv6: as above.
@@ -288,15 +280,6 @@ impl Family for V6 {
     }
 
     #[inline(always)]
-    fn store_flow(key: &FlowKey<V6>, at: Place, flow: Flow, clock: u32) -> bool {
-        let flow = (u64::from(flow.backend) << 32)
-            | (u64::from(flow.snat_source) << 16)
-            | u64::from(flow.snat_port);
-        let place = (u64::from(at.hash) << 32) | u64::from(at.mask);
-        store_flow6(key, place, flow, u64::from(clock)) != 0
-    }
-
-    #[inline(always)]
     fn decided(ctx: &XdpContext, _state: *mut Probe<V6>) -> Verdict {
         // SAFETY: a tail call into `k3s_xdp_decided6`, put in its slot before attaching.
         unsafe { NEW_FLOW.tail_call(ctx, DECIDED6_SLOT) };
@@ -451,20 +434,6 @@ impl Family for V6 {
 #[inline(always)]
 fn words([a, b]: V6) -> [u32; 4] {
     [a as u32, (a >> 32) as u32, b as u32, (b >> 32) as u32]
-}
-
-#[inline(never)]
-fn store_flow6(key: &FlowKey<V6>, place: u64, flow: u64, clock: u64) -> u64 {
-    let at = Place {
-        hash: (place >> 32) as u32,
-        mask: place as u32,
-    };
-    let flow = Flow {
-        backend: (flow >> 32) as u32,
-        snat_source: (flow >> 16) as u16,
-        snat_port: flow as u16,
-    };
-    u64::from(table::store_flow(key, at, flow, clock as u32))
 }
 
 /// The `NEW_FLOW` slot of `k3s_xdp_decided6`.

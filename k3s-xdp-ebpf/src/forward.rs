@@ -194,12 +194,13 @@ pub fn translation_event<F: Family>(
 /// The new-flow program's verdict on the packet whose flow `new_flow::decide` just handled:
 /// sent to the backend chosen, refused with a RST when no backend is healthy, or dropped.
 /// (IPv6 also hands its established and refused flows over to this, in a program of its
-/// own: see `Family::established`.)
+/// own: see `Family::refused`.)
 /// Pointers into the packet cannot cross the tail call: the packet sent on is found again at
 /// the offsets the first half parsed it with (it is the same packet, unchanged), the one
 /// refused is parsed again; either is checked to be the packet the question was about.
 #[inline(always)]
-pub fn decided<F: Family>(ctx: &XdpContext, state: *const Probe<F>) -> Verdict {
+pub fn decided<F: Family>(ctx: &XdpContext, state: *mut Probe<F>) -> Verdict {
+    new_flow::record(state);
     // SAFETY: this CPU's new-flow state, written by both halves during this run.
     let (key, service, outcome) = unsafe { ((*state).key, (*state).service, (*state).outcome) };
     match outcome {

@@ -1,9 +1,10 @@
 //! A new flow, in two programs. `k3s_xdp` (the first half) handles every packet; when a packet
 //! starts a flow, it writes the question (the flow, its service, the SNAT settings) into this
 //! CPU's `SNAT_SEARCH` entry and tail-calls `k3s_xdp_new_flow` (the second half). That one
-//! chooses the backend with Maglev, claims the SNAT port (nat mode), records the flow, writes
-//! the answer next to the question, finds the packet's headers again at the offsets the first
-//! half left in the question, and forwards it (`forward::decided`).
+//! chooses the backend with Maglev, claims the SNAT port (nat mode), writes the answer next to
+//! the question, records the flow, finds the packet's headers again at the offsets the first
+//! half left in the question, and forwards it (`forward::decided`; IPv6 records and forwards
+//! in `k3s_xdp_decided6`, see `ipv6.rs`).
 //!
 //! Why two programs: the choice needs the SNAT search's bpf_loop, whose callback's stack is
 //! stacked on its caller's; in a program of its own, that stack starts from a small frame and
@@ -23,7 +24,7 @@ use crate::{
     parse::{Ip, Offsets, L4},
     state::Probe,
     sync,
-    table::Place,
+    table::{self, Place},
 };
 use k3s_xdp_common::{
     reason, table::UNCONFIRMED, Flow, FlowKey, Globals, VipInfo, VipPort, FLOW_SYNC_ON,
@@ -89,8 +90,8 @@ pub fn ask<F: Family>(
     }
 }
 
-/// The second half: chooses the backend of the flow in `state`, claims its SNAT port (nat
-/// mode), records the flow, and leaves the answer.
+/// The second half: chooses the backend of the flow in `state` and claims its SNAT port (nat
+/// mode), and leaves the answer (`CHOSEN`, or why not); [`record`] then records the flow.
 #[inline(always)]
 pub fn decide<F: Family>(state: *mut Probe<F>) {
     // SAFETY: this CPU's entry, valid for this run.
@@ -113,35 +114,50 @@ pub fn decide<F: Family>(state: *mut Probe<F>) {
                 match port {
                     Err(why) => why,
                     Ok((port, source, addr)) => {
-                        let flow = Flow {
-                            backend: id,
-                            snat_port: port,
-                            snat_source: source,
-                        };
-                        let at = Place {
-                            hash: (*state).flow_hash,
-                            mask: (*state).mask,
-                        };
-                        let seen = (*state).clock | UNCONFIRMED;
-                        if F::store_flow(&(*state).key, at, flow, seen) {
-                            // Reported at once, not when its client confirms it: behind ECMP
-                            // the backend's SYN-ACK may reach another node, which needs the
-                            // translation before the client can confirm anything.
-                            if (*state).sync == FLOW_SYNC_ON {
-                                sync::report_new(&(*state).key, &flow);
-                            }
-                            (*state).id = id;
-                            (*state).backend = backend;
-                            (*state).snat_port = port;
-                            (*state).snat_addr = addr;
-                            CHOSEN
-                        } else {
-                            reason::DROP_MAP_UPDATE
-                        }
+                        (*state).id = id;
+                        (*state).backend = backend;
+                        (*state).snat_port = port;
+                        (*state).snat_source = source;
+                        (*state).snat_addr = addr;
+                        CHOSEN
                     }
                 }
             }
         };
         (*state).outcome = outcome;
+    }
+}
+
+/// Records the flow `decide` chose (`CHOSEN`), and reports it with flow sync on; a flow that
+/// cannot be recorded is dropped (`DROP_MAP_UPDATE`). Called by `forward::decided`, in the
+/// program that sends the packet: for IPv6 that is `k3s_xdp_decided6`, whose frame is not
+/// under the SNAT search's (`store_flow` inline there costs no subprogram call).
+#[inline(always)]
+pub fn record<F: Family>(state: *mut Probe<F>) {
+    // SAFETY: this CPU's entry, valid for this run.
+    unsafe {
+        if (*state).outcome != CHOSEN {
+            return;
+        }
+        let flow = Flow {
+            backend: (*state).id,
+            snat_port: (*state).snat_port,
+            snat_source: (*state).snat_source,
+        };
+        let at = Place {
+            hash: (*state).flow_hash,
+            mask: (*state).mask,
+        };
+        let seen = (*state).clock | UNCONFIRMED;
+        if !table::store_flow(&(*state).key, at, flow, seen) {
+            (*state).outcome = reason::DROP_MAP_UPDATE;
+            return;
+        }
+        // Reported at once, not when its client confirms it: behind ECMP the backend's
+        // SYN-ACK may reach another node, which needs the translation before the client can
+        // confirm anything.
+        if (*state).sync == FLOW_SYNC_ON {
+            sync::report_new(&(*state).key, &flow);
+        }
     }
 }

@@ -45,7 +45,7 @@ pub struct Probe<A: k3s_xdp_common::Address = u32> {
     /// The SYN flood guard's count of this second, kept from packet to packet (see `guard.rs`).
     pub guard: GuardWindow,
     // The answer, written by the second half.
-    /// `new_flow::CHOSEN` or a drop reason.
+    /// `new_flow::CHOSEN` (recorded by `new_flow::record`) or a drop reason.
     pub outcome: u32,
     /// The backend chosen, or the one that refused (0: none).
     pub id: u32,
@@ -53,6 +53,8 @@ pub struct Probe<A: k3s_xdp_common::Address = u32> {
     pub first: u32,
     pub backend: Backend<A>,
     pub snat_port: u16,
+    /// The `Flow::snat_source` of `snat_addr`.
+    pub snat_source: u16,
     /// The source address the backend sees (nat mode).
     pub snat_addr: A,
     // The SNAT search's own.
