@@ -73,6 +73,12 @@ fn key_at<F: Family>(slot: *const FlowKey<F>, key: &FlowKey<F>) -> bool {
         == 0
 }
 
+/// Whether the slot's key has `key`'s ports: what tells most other flows apart.
+#[inline(always)]
+fn ports_at<F: Family>(slot: *const FlowSlot<F>, key: &FlowKey<F>) -> bool {
+    (field!((*slot).key.sport) == key.sport) & (field!((*slot).key.dport) == key.dport)
+}
+
 /// The flow in `slot` if it holds `key` (whose flow hash is `hash`) whole: every field read
 /// once, so what is checked is what is used.
 #[inline(always)]
@@ -119,6 +125,9 @@ pub fn find_flow<F: Family>(
                 }
                 found = Some((copy.flow, copy.seen & UNCONFIRMED != 0));
             }
+        } else if !ports_at(slot, key) {
+            // IPv6: a way whose ports differ (another flow, or none) costs two reads, not
+            // the whole key's.
         } else if let Some(flow) = flow_at(slot, key, at.hash) {
             let seen = field!((*slot).seen);
             let now = clock | (seen & keep);
@@ -196,7 +205,9 @@ pub fn store_flow<F: Family>(key: &FlowKey<F>, at: Place, flow: Flow, seen: u32)
         // rewrite: no seal to check); a free one below any taken one.
         let was = field!((*slot).seen);
         // SAFETY: a map value valid for this run.
-        let rank = if key_at(unsafe { core::ptr::addr_of!((*slot).key) }, key) {
+        let same = (F::COPY_SLOTS || ports_at(slot, key))
+            && key_at(unsafe { core::ptr::addr_of!((*slot).key) }, key);
+        let rank = if same {
             0
         } else {
             keep_rank(field!((*slot).seal) != 0, was, clock).max(1)

@@ -520,3 +520,67 @@ fn the_syn_flood_guard_admits_known_ipv6_sources_first() {
     transmitted(&mut h, &tcp6_syn(sock(ip6(0x107), 42001), vip).frame());
     assert!(h.dataplane.known_sources().unwrap() >= 1);
 }
+
+/// Four IPv6 flows in one bucket of the flow table (all its ways): two of one client on
+/// other ports, two of other clients on the same ports as the first. The lookup tells ways
+/// apart by their ports first, then by the whole key: each flow's next packet finds its own
+/// entry (its backend and SNAT port, no new flow), including those whose ports are another's.
+#[test]
+fn ipv6_flows_sharing_a_bucket_each_find_their_own_entry() {
+    use k3s_xdp_common::{
+        address::v6_words, hash::flow_hash, table::bucket_index, FlowKey, IPPROTO_TCP,
+    };
+    let Some(mut h) = harness() else { return };
+    let mask = h.dataplane.flow_mask();
+    let vip = sock(ip6(0x100), 6443);
+    let bucket = |c: SocketAddrV6| {
+        let key = FlowKey {
+            src: v6_words(c.ip().octets()),
+            dst: v6_words(vip.ip().octets()),
+            sport: c.port().to_be(),
+            dport: vip.port().to_be(),
+            protocol: IPPROTO_TCP,
+            _pad: [0; 3],
+        };
+        bucket_index(flow_hash(&key), mask)
+    };
+    let first = sock(ip6(0x200), 30000);
+    let target = bucket(first);
+    let other_port = (30001..65000)
+        .map(|p| sock(ip6(0x200), p))
+        .find(|&c| bucket(c) == target)
+        .expect("a port of the same client in the bucket");
+    let same_ports: Vec<SocketAddrV6> = (0..=u16::MAX)
+        .map(|x| sock(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 1, x), 30000))
+        .filter(|&c| bucket(c) == target)
+        .take(2)
+        .collect();
+    assert_eq!(
+        same_ports.len(),
+        2,
+        "two other clients on port 30000 in the bucket"
+    );
+    let clients = [first, other_port, same_ports[0], same_ports[1]];
+
+    let mut chosen = Vec::new();
+    for &c in &clients {
+        let (_, ip) = transmitted(&mut h, &tcp6_syn(c, vip).frame());
+        chosen.push((ip.dst, tcp_ports(&ip).0));
+    }
+    let mut ports: Vec<u16> = chosen.iter().map(|c| c.1).collect();
+    ports.sort_unstable();
+    ports.dedup();
+    assert_eq!(ports.len(), 4, "each flow its own SNAT port: {chosen:?}");
+    let slot = h.publisher.service_slot("api6").unwrap();
+    let made = h.dataplane.service_traffic(slot).unwrap().new_flows;
+    // The next packets, last flow first: each finds its own entry.
+    for (c, want) in clients.iter().zip(&chosen).rev() {
+        let (_, ip) = transmitted(&mut h, &tcp6(*c, vip, TCP_ACK).frame());
+        assert_eq!((ip.dst, tcp_ports(&ip).0), *want, "client {c}");
+    }
+    assert_eq!(
+        h.dataplane.service_traffic(slot).unwrap().new_flows,
+        made,
+        "no flow chose again"
+    );
+}
