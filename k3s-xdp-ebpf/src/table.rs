@@ -349,61 +349,67 @@ pub fn claim_nat<F: Family>(
     let Some(slot) = nat_slot::<F>(hash, mask) else {
         return false;
     };
-    // Fields read once each into locals, not copied whole: the claim runs on a small stack.
-    let old_key = field!((*slot).key);
-    // SAFETY: a field of a map value valid for this run.
-    let client_addr = F::load(unsafe { addr_of!((*slot).nat.client_addr) });
-    let client_port = field!((*slot).nat.client_port);
-    let vip_port = field!((*slot).nat.vip_port);
-    let ids =
-        (u32::from(field!((*slot).nat.backend)) << 16) | u32::from(field!((*slot).nat.service));
-    let closing = field!((*slot).nat.closing);
+    // A free slot (a fresh table's are all free) has nothing to check: its seal is the one
+    // read, and the slot is written.
     let old_seal = field!((*slot).seal);
-    let seen = field!((*slot).seen);
-    let ports = (u32::from(client_port) << 16) | u32::from(vip_port);
-    let holds = same_key(&old_key, reverse)
-        & (old_seal == k3s_xdp_common::table::seal(hash, client_addr.seal_word(), ports, ids));
-    let ours = holds
-        & (client_addr.diff(&key.src) == 0)
-        & (client_port == key.sport)
-        & (vip_port == key.dport);
-    if ours & (closing & !NAT_UNCONFIRMED == 0) {
-        // This client tuple's already (its flow entry was replaced, or it reconnects from the
-        // same port): reuse it.
-        touch_nat(slot, seen, clock);
-        return true;
-    }
-    let waiting = k3s_xdp_common::waits(closing, seen, clock, timewait);
-    let reusable = (k3s_xdp_common::closed(closing) & !waiting) | idle(seen, clock) | force;
-    if (old_seal != 0) & !reusable & !ours {
-        // SAFETY: the caller's record (per-CPU scratch), valid for this run.
-        unsafe {
-            (*taken).refused_live = 1;
-            (*taken).refused_waiting = u32::from(waiting);
-            (*taken).refused_unconfirmed = u32::from(closing & NAT_UNCONFIRMED != 0);
-            (*taken).refused_seen = seen;
+    if old_seal != 0 {
+        // Fields read once each into locals, not copied whole: the claim runs on a small stack.
+        let old_key = field!((*slot).key);
+        // SAFETY: a field of a map value valid for this run.
+        let client_addr = F::load(unsafe { addr_of!((*slot).nat.client_addr) });
+        let client_port = field!((*slot).nat.client_port);
+        let vip_port = field!((*slot).nat.vip_port);
+        let ids =
+            (u32::from(field!((*slot).nat.backend)) << 16) | u32::from(field!((*slot).nat.service));
+        let closing = field!((*slot).nat.closing);
+        let seen = field!((*slot).seen);
+        let ports = (u32::from(client_port) << 16) | u32::from(vip_port);
+        let holds = same_key(&old_key, reverse)
+            & (old_seal == k3s_xdp_common::table::seal(hash, client_addr.seal_word(), ports, ids));
+        let ours = holds
+            & (client_addr.diff(&key.src) == 0)
+            & (client_port == key.sport)
+            & (vip_port == key.dport);
+        if ours & (closing & !NAT_UNCONFIRMED == 0) {
+            // This client tuple's already (its flow entry was replaced, or it reconnects from the
+            // same port): reuse it.
+            touch_nat(slot, seen, clock);
+            return true;
         }
-        return false;
-    }
-    if (old_seal != 0) & !ours {
-        // A whole translation of another client, taken over: its flow entry goes with it.
-        let old_hash = flow_hash(&old_key);
-        if old_seal == k3s_xdp_common::table::seal(old_hash, client_addr.seal_word(), ports, ids) {
-            // SAFETY: the caller's record (per-CPU scratch), valid for this run. Left set
-            // even if the claim then loses a race: the old translation is overwritten
-            // either way.
+        let waiting = k3s_xdp_common::waits(closing, seen, clock, timewait);
+        let reusable = (k3s_xdp_common::closed(closing) & !waiting) | idle(seen, clock) | force;
+        if !reusable & !ours {
+            // SAFETY: the caller's record (per-CPU scratch), valid for this run.
             unsafe {
-                (*taken).key = crate::parse::key(
-                    client_addr,
-                    old_key.dst,
-                    client_port,
-                    vip_port,
-                    old_key.protocol,
-                );
-                (*taken).backend = ids >> 16;
-                (*taken).service = ids & 0xffff;
-                (*taken).snat_port = old_key.dport;
-                (*taken).set = 1;
+                (*taken).refused_live = 1;
+                (*taken).refused_waiting = u32::from(waiting);
+                (*taken).refused_unconfirmed = u32::from(closing & NAT_UNCONFIRMED != 0);
+                (*taken).refused_seen = seen;
+            }
+            return false;
+        }
+        if !ours {
+            // A whole translation of another client, taken over: its flow entry goes with it.
+            let old_hash = flow_hash(&old_key);
+            if old_seal
+                == k3s_xdp_common::table::seal(old_hash, client_addr.seal_word(), ports, ids)
+            {
+                // SAFETY: the caller's record (per-CPU scratch), valid for this run. Left set
+                // even if the claim then loses a race: the old translation is overwritten
+                // either way.
+                unsafe {
+                    (*taken).key = crate::parse::key(
+                        client_addr,
+                        old_key.dst,
+                        client_port,
+                        vip_port,
+                        old_key.protocol,
+                    );
+                    (*taken).backend = ids >> 16;
+                    (*taken).service = ids & 0xffff;
+                    (*taken).snat_port = old_key.dport;
+                    (*taken).set = 1;
+                }
             }
         }
     }
