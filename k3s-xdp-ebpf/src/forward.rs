@@ -19,11 +19,9 @@ use crate::{
 };
 use aya_ebpf::{bindings::xdp_action, helpers::bpf_redirect, programs::XdpContext};
 use k3s_xdp_common::{
-    reason,
-    table::{same_key, UNCONFIRMED},
-    Backend, FlowKey, Globals, NextHop, VipInfo, VipPort, BACKEND_DOWN, BACKEND_FREE, IPPROTO_TCP,
-    NAT_BACKEND_FIN, NAT_CLIENT_FIN, NAT_RESET, NAT_UNCONFIRMED, SERVICE_DSR,
-    SERVICE_RESET_ON_DOWN,
+    reason, table::UNCONFIRMED, Backend, FlowKey, Globals, NextHop, VipInfo, VipPort, BACKEND_DOWN,
+    BACKEND_FREE, IPPROTO_TCP, NAT_BACKEND_FIN, NAT_CLIENT_FIN, NAT_RESET, NAT_UNCONFIRMED,
+    SERVICE_DSR, SERVICE_RESET_ON_DOWN,
 };
 
 /// A client's packet to `service` on `vip`: an established flow goes to its backend. A packet
@@ -201,8 +199,16 @@ pub fn translation_event<F: Family>(
 #[inline(always)]
 pub fn decided<F: Family>(ctx: &XdpContext, state: *mut Probe<F>) -> Verdict {
     new_flow::record(state);
-    // SAFETY: this CPU's new-flow state, written by both halves during this run.
-    let (key, service, outcome) = unsafe { ((*state).key, (*state).service, (*state).outcome) };
+    // SAFETY: this CPU's new-flow state, written by both halves during this run. The key is
+    // compared where it is, not copied (an IPv6 one is 40 bytes).
+    let (key, protocol, service, outcome) = unsafe {
+        (
+            core::ptr::addr_of!((*state).key),
+            (*state).key.protocol,
+            (*state).service,
+            (*state).outcome,
+        )
+    };
     match outcome {
         new_flow::CHOSEN => {
             // SAFETY: as above.
@@ -217,35 +223,29 @@ pub fn decided<F: Family>(ctx: &XdpContext, state: *mut Probe<F>) -> Verdict {
                     },
                 )
             };
-            let Some((ip, l4)) = parse::again::<F>(ctx, at, key.protocol) else {
+            let Some((ip, l4)) = parse::again::<F>(ctx, at, protocol) else {
                 return Verdict::drop(reason::DROP_INTERNAL);
             };
-            if !is_about(&ip, &l4, &key) {
+            if !is_about(&ip, &l4, key) {
                 return Verdict::drop(reason::DROP_INTERNAL);
             }
             let dsr = service.flags & SERVICE_DSR != 0;
             // SAFETY: as above.
             let first = unsafe { (*state).first } != 0;
-            send(
-                ctx,
-                &ip,
-                &l4,
-                &service,
-                &chosen,
-                dsr,
-                &maps::globals(),
-                first,
-            )
+            let Some(globals) = maps::globals_ref() else {
+                return Verdict::drop(reason::DROP_INTERNAL);
+            };
+            send(ctx, &ip, &l4, &service, &chosen, dsr, globals, first)
         }
         // No healthy backend: refuse at once rather than let the client time out.
-        reason::DROP_NO_BACKEND if key.protocol == IPPROTO_TCP => {
+        reason::DROP_NO_BACKEND if protocol == IPPROTO_TCP => {
             let Ok((ip, valid)) = F::parse(ctx) else {
                 return Verdict::drop(reason::DROP_INTERNAL);
             };
-            let Ok(l4) = parse::transport(ctx, &valid, key.protocol) else {
+            let Ok(l4) = parse::transport(ctx, &valid, protocol) else {
                 return Verdict::drop(reason::DROP_INTERNAL);
             };
-            if !is_about(&ip, &l4, &key) {
+            if !is_about(&ip, &l4, key) {
                 return Verdict::drop(reason::DROP_INTERNAL);
             }
             // SAFETY: as above: the backend refused (0: none was healthy).
@@ -256,10 +256,11 @@ pub fn decided<F: Family>(ctx: &XdpContext, state: *mut Probe<F>) -> Verdict {
     }
 }
 
-/// Whether the packet with these headers is of the flow `key`.
+/// Whether the packet with these headers is of the flow whose key is at `key` (this CPU's
+/// new-flow state), compared in place.
 #[inline(always)]
-fn is_about<F: Family>(ip: &Ip<F>, l4: &L4, key: &FlowKey<F>) -> bool {
-    same_key(&parse::flow_key(ip, l4), key)
+fn is_about<F: Family>(ip: &Ip<F>, l4: &L4, key: *const FlowKey<F>) -> bool {
+    table::key_at(key, &parse::flow_key(ip, l4))
 }
 
 /// Where a flow goes: its backend (slot `id`), and in nat mode the source the backend sees.

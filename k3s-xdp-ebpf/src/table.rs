@@ -62,7 +62,7 @@ fn flow_slot<F: Family>(bucket: *mut FlowBucket<F>, way: u32) -> *mut FlowSlot<F
 /// Whether the slot's key is `key`, each field of it read once, in place (an IPv6 slot is too
 /// big to copy onto the stack once per way).
 #[inline(always)]
-fn key_at<F: Family>(slot: *const FlowKey<F>, key: &FlowKey<F>) -> bool {
+pub fn key_at<F: Family>(slot: *const FlowKey<F>, key: &FlowKey<F>) -> bool {
     let ports = (u32::from(field!((*slot).sport)) << 16) | u32::from(field!((*slot).dport));
     // SAFETY: fields of a map value valid for this run.
     let (src, dst) = unsafe { (addr_of!((*slot).src), addr_of!((*slot).dst)) };
