@@ -190,9 +190,10 @@ pub fn translation_event<F: Family>(
 }
 
 /// The new-flow program's verdict on the packet whose flow `new_flow::decide` just handled:
-/// sent to the backend chosen, refused with a RST when no backend is healthy, or dropped.
-/// (IPv6 also hands its established and refused flows over to this, in a program of its
-/// own: see `Family::refused`.)
+/// recorded (`new_flow::record`) and sent to the backend chosen, refused with a RST when no
+/// backend is healthy, or dropped. (IPv6 runs this in a program of its own,
+/// `k3s_xdp_decided6`, for its new flows and for flows pinned to a backend that is down: see
+/// `Family::refused`.)
 /// Pointers into the packet cannot cross the tail call: the packet sent on is found again at
 /// the offsets the first half parsed it with (it is the same packet, unchanged), the one
 /// refused is parsed again; either is checked to be the packet the question was about.
