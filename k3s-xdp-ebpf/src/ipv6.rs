@@ -5,8 +5,9 @@
 //! - `k3s_xdp6`: parse, VIP, checks, the flow lookup; an established flow is sent to its
 //!   backend and a backend's reply to its client here (the packets that matter: no second
 //!   tail call, and the settings read in place, not copied, to fit the frame); a refused flow
-//!   goes on to `k3s_xdp_decided6`, a new one to `k3s_xdp_new_flow6` (which goes on to
-//!   `k3s_xdp_decided6` too), ICMPv6 to `k3s_xdp_icmp6`;
+//!   goes on to `k3s_xdp_decided6`, a new one to `k3s_xdp_new_flow6` (which chooses its
+//!   backend and SNAT port, then goes on to `k3s_xdp_decided6`, which records the flow and
+//!   sends the packet), ICMPv6 to `k3s_xdp_icmp6`;
 //! - the state between them is this CPU's `SNAT_SEARCH6` entry (`state::Probe`), as between
 //!   the halves of the IPv4 new-flow path.
 
