@@ -80,9 +80,13 @@ fn ports_at<F: Family>(slot: *const FlowSlot<F>, key: &FlowKey<F>) -> bool {
 }
 
 /// The flow in `slot` if it holds `key` (whose flow hash is `hash`) whole: every field read
-/// once, so what is checked is what is used.
+/// once, so what is checked is what is used. A way whose ports differ (another flow, or none)
+/// costs two reads, not the whole key's.
 #[inline(always)]
 fn flow_at<F: Family>(slot: *const FlowSlot<F>, key: &FlowKey<F>, hash: u32) -> Option<Flow> {
+    if !ports_at(slot, key) {
+        return None;
+    }
     let flow = field!((*slot).flow);
     let seal = field!((*slot).seal);
     // SAFETY: a map value valid for this run.
@@ -125,9 +129,6 @@ pub fn find_flow<F: Family>(
                 }
                 found = Some((copy.flow, copy.seen & UNCONFIRMED != 0));
             }
-        } else if !ports_at(slot, key) {
-            // IPv6: a way whose ports differ (another flow, or none) costs two reads, not
-            // the whole key's.
         } else if let Some(flow) = flow_at(slot, key, at.hash) {
             let seen = field!((*slot).seen);
             let now = clock | (seen & keep);
@@ -205,8 +206,7 @@ pub fn store_flow<F: Family>(key: &FlowKey<F>, at: Place, flow: Flow, seen: u32)
         // rewrite: no seal to check); a free one below any taken one.
         let was = field!((*slot).seen);
         // SAFETY: a map value valid for this run.
-        let same = (F::COPY_SLOTS || ports_at(slot, key))
-            && key_at(unsafe { core::ptr::addr_of!((*slot).key) }, key);
+        let same = ports_at(slot, key) && key_at(unsafe { core::ptr::addr_of!((*slot).key) }, key);
         let rank = if same {
             0
         } else {
