@@ -3,7 +3,8 @@
 //! pushes a line every 0.5 s unasked, and answers the client's lines. With `[flow_sync]`
 //! every connection survives the master's death (kill -9), its SIGTERM, its return and
 //! preemption, and a restart of the backup before the failover (bulk sync), with hostile
-//! datagrams on the sync port counted and ignored. Without it, today's behaviour: the
+//! datagrams on the sync port counted and ignored, and in an IPv6-only pair whose sync runs over
+//! IPv6. Without it, today's behaviour: the
 //! server's next push finds no translation on the new master and the connection dies.
 
 use k3s_xdp::controller::status::{FlowSyncStatus, Status};
@@ -41,6 +42,9 @@ struct Opts {
     /// An IPv6 service too (VIP6, the servers' IPv6 addresses), its VIP in the virtual
     /// router's addresses; the sync itself runs over IPv4.
     ipv6: bool,
+    /// IPv6 only: the IPv6 service alone, only VIP6 in the virtual router's addresses, and
+    /// the peers named by their IPv6 addresses (the sync runs over IPv6).
+    ipv6_only: bool,
     /// `flow_table_size`, when not the default.
     flow_table_size: Option<u32>,
 }
@@ -55,6 +59,8 @@ fn config(node: &str, key: &std::path::Path, o: Opts) -> String {
     let flow_sync = if o.flow_sync {
         let peers = if o.fake_peer && node == "lb-2" {
             format!("\"{peer}\", \"{AGENT3}\"")
+        } else if o.ipv6_only {
+            format!("\"{}\"", addr6(peer))
         } else {
             format!("\"{peer}\"")
         };
@@ -65,7 +71,7 @@ fn config(node: &str, key: &std::path::Path, o: Opts) -> String {
     } else {
         String::new()
     };
-    let (service6, vip6) = if o.ipv6 {
+    let (service6, vip6) = if o.ipv6 || o.ipv6_only {
         let backends: Vec<String> = SERVERS
             .iter()
             .map(|s| {
@@ -89,9 +95,12 @@ fn config(node: &str, key: &std::path::Path, o: Opts) -> String {
         .flow_table_size
         .map(|n| format!("flow_table_size = {n}\n"))
         .unwrap_or_default();
-    format!(
-        r#"interface = "eth1"
-{table}{service6}
+    let (service4, vip4) = if o.ipv6_only {
+        (String::new(), String::new())
+    } else {
+        (
+            format!(
+                r#"
 [[service]]
 name = "k3s-api"
 vip = "{VIP}"
@@ -106,13 +115,25 @@ inter = "300ms"
 rise = 1
 fall = 2
 timeout = "300ms"
-
+"#
+            ),
+            format!("\"{VIP}/24\""),
+        )
+    };
+    let vips = if o.ipv6_only {
+        vip6.trim_start_matches(", ").to_string()
+    } else {
+        format!("{vip4}{vip6}")
+    };
+    format!(
+        r#"interface = "eth1"
+{table}{service6}{service4}
 [vrrp]
 virtual_router_id = 51
 priority = {priority}
 state = "{state}"
 advert_int = "1s"
-virtual_ipaddress = ["{VIP}/24"{vip6}]
+virtual_ipaddress = [{vips}]
 preempt = true
 track = {{ dataplane = true, min_healthy_backends = 1, weight = 0 }}
 {flow_sync}"#
@@ -130,7 +151,7 @@ struct Pair {
 
 fn pair(opts: Opts) -> Pair {
     let topo = Topology::seed().unwrap();
-    if opts.ipv6 {
+    if opts.ipv6 || opts.ipv6_only {
         for node in ["lb-1", "lb-2"].iter().chain(&SERVERS).chain(&AGENTS) {
             topo.add_ipv6(node).unwrap();
         }
@@ -164,6 +185,17 @@ fn has_vip(topo: &Topology, node: &str) -> bool {
     topo.has_address(node, VIP)
 }
 
+impl Pair {
+    /// Whether `node` holds the pair's VIP (VIP6 in an IPv6-only pair).
+    fn has_vip(&self, node: &str) -> bool {
+        if self.opts.ipv6_only {
+            self.topo.has_address(node, VIP6)
+        } else {
+            has_vip(&self.topo, node)
+        }
+    }
+}
+
 /// lb-1 MASTER with the VIP, lb-2 BACKUP; with flow sync, each holds the other's table.
 fn steady(p: &Pair) {
     p.lb1
@@ -177,7 +209,7 @@ fn steady(p: &Pair) {
         })
         .unwrap();
     wait_until(T, "the VIP on lb-1 only", || {
-        has_vip(&p.topo, "lb-1") && !has_vip(&p.topo, "lb-2")
+        p.has_vip("lb-1") && !p.has_vip("lb-2")
     });
     p.lb1.wait_healthy(Duration::from_secs(10)).unwrap();
     p.lb2.wait_healthy(Duration::from_secs(10)).unwrap();
@@ -363,6 +395,46 @@ fn ipv6_server_push_connections_survive_kill_9_too() {
     });
     survive_on(Some(&p.lb2), &mut v6, "IPv6 after kill -9");
     survive_on(Some(&p.lb2), &mut v4, "IPv4 after kill -9");
+}
+
+/// An IPv6-only pair: the IPv6 service alone, an IPv6 virtual router only, and the peers
+/// named by their IPv6 addresses, so the flow sync itself runs over IPv6.
+#[test]
+fn an_ipv6_only_pair_syncs_over_ipv6_and_loses_nothing_to_kill_9() {
+    if !have_root() {
+        return;
+    }
+    let _s = serial();
+    let mut p = pair(Opts {
+        flow_sync: true,
+        ipv6_only: true,
+        ..Default::default()
+    });
+    steady(&p);
+    for (d, peer) in [(&p.lb1, LB2), (&p.lb2, LB1)] {
+        let s = sync(&d.status().unwrap());
+        let peers: Vec<String> = s.peers.iter().map(|x| x.peer.clone()).collect();
+        assert_eq!(peers, [addr6(peer).to_string()], "{s:?}");
+    }
+    let mut watches = open_watches_to(
+        &p,
+        WATCHES,
+        "v6only-",
+        SocketAddr::V6(SocketAddrV6::new(VIP6, 6443, 0, 0)),
+    );
+    wait_installed(&p.lb2, WATCHES as u64);
+    p.lb1.crash();
+    wait_until(Duration::from_secs(6), "lb-2 takes VIP6", || {
+        p.has_vip("lb-2")
+    });
+    survive_on(Some(&p.lb2), &mut watches, "IPv6 only, after kill -9");
+    let s = sync(&p.lb2.status().unwrap());
+    assert_eq!(s.conflicts, 0, "{s:?}");
+    assert!(s.dropped.values().all(|n| *n == 0), "{:?}", s.dropped);
+    assert!(
+        !has_vip(&p.topo, "lb-2"),
+        "no IPv4 VIP in an IPv6-only pair"
+    );
 }
 
 #[test]
