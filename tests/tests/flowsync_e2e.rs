@@ -3,10 +3,9 @@
 //! pushes a line every 0.5 s unasked, and answers the client's lines. With `[flow_sync]`
 //! every connection survives the master's death (kill -9), its SIGTERM, its return and
 //! preemption, and a restart of the backup before the failover (bulk sync), with hostile
-//! datagrams on the sync port counted and ignored, and in an IPv6-only pair whose sync runs over
-//! IPv6. Without it, today's behaviour: the
-//! server's next push finds no translation on the new master and the connection dies.
-
+//! datagrams on the sync port counted and ignored; so do an IPv6-only pair's, whose sync runs
+//! over IPv6. Without it, today's behaviour: the server's next push finds no translation on
+//! the new master and the connection dies.
 use k3s_xdp::controller::status::{FlowSyncStatus, Status};
 use k3s_xdp::flowsync::wire::{self, Entry, Key, Kind, Message, Op};
 use k3s_xdp_tests::{
