@@ -6,6 +6,7 @@
 //! datagrams on the sync port counted and ignored; so do an IPv6-only pair's, whose sync runs
 //! over IPv6. Without it, today's behaviour: the server's next push finds no translation on
 //! the new master and the connection dies.
+
 use k3s_xdp::controller::status::{FlowSyncStatus, Status};
 use k3s_xdp::flowsync::wire::{self, Entry, Key, Kind, Message, Op};
 use k3s_xdp_tests::{
