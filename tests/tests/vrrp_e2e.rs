@@ -956,14 +956,18 @@ fn a_killed_masters_program_stays_until_its_vip_is_gone() {
                 rt.block_on(async {
                     let netlink = k3s_xdp::system::Netlink::connect().unwrap();
                     let eth1 = netlink.ifindex("eth1").await.unwrap();
+                    // The program first, then the VIP: after the kill each only goes, so a
+                    // VIP still there after the program was seen gone was there without it.
+                    // (In the other order, the guard's removal of the VIP and its release of
+                    // the program between the two reads looked like a VIP without program.)
                     let sample = || async {
+                        let prog = !netlink.xdp_programs(eth1).await.unwrap().is_empty();
                         let vip = netlink
                             .addresses(eth1)
                             .await
                             .unwrap()
                             .iter()
                             .any(|a| a.addr == std::net::IpAddr::V4(VIP));
-                        let prog = !netlink.xdp_programs(eth1).await.unwrap().is_empty();
                         (vip, prog)
                     };
                     assert_eq!(sample().await, (true, true), "lb-1 MASTER with its program");
