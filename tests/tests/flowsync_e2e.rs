@@ -86,7 +86,7 @@ fn config(node: &str, key: &std::path::Path, o: Opts) -> String {
                  rise = 1\nfall = 2\ntimeout = \"300ms\"\n",
                 backends.join("\n")
             ),
-            format!(", \"{VIP6}/64\""),
+            format!("\"{VIP6}/64\""),
         )
     } else {
         (String::new(), String::new())
@@ -120,11 +120,11 @@ timeout = "300ms"
             format!("\"{VIP}/24\""),
         )
     };
-    let vips = if o.ipv6_only {
-        vip6.trim_start_matches(", ").to_string()
-    } else {
-        format!("{vip4}{vip6}")
-    };
+    let vips = [vip4, vip6]
+        .into_iter()
+        .filter(|v| !v.is_empty())
+        .collect::<Vec<_>>()
+        .join(", ");
     format!(
         r#"interface = "eth1"
 {table}{service6}{service4}
