@@ -831,7 +831,7 @@ pub fn micro(summary: &mut Vec<Ratio>) -> Result<String> {
         ),
         bytes(
             std::mem::size_of::<table::FlowBucket<k3s_xdp_common::V6>>(),
-            std::mem::size_of::<table::NatSlot<k3s_xdp_common::V6>>(),
+            std::mem::size_of::<table::NatSlot6>(),
         ),
     );
     let (cold, cold6, warm) = (

@@ -20,6 +20,10 @@ pub trait Address: Copy + Default + Eq + core::fmt::Debug + 'static {
     /// IPv4 layouts are as they were).
     type Tail: Copy + Default + Eq + core::fmt::Debug + 'static;
 
+    /// The family's reverse-NAT slot (`NAT_REVERSE`, `NAT_REVERSE6`): see
+    /// [`crate::table::Translation`].
+    type NatSlot: crate::table::Translation<Self>;
+
     /// 0 when `self == other`, anything else otherwise; one branch-free expression (the
     /// verifier walks every branch of every way of a bucket).
     fn diff(&self, other: &Self) -> u32;
@@ -43,6 +47,7 @@ pub trait Address: Copy + Default + Eq + core::fmt::Debug + 'static {
 impl Address for u32 {
     const LEN: usize = 4;
     type Tail = ();
+    type NatSlot = crate::table::NatSlot<u32>;
 
     #[inline(always)]
     fn diff(&self, other: &Self) -> u32 {
@@ -73,6 +78,7 @@ impl Address for u32 {
 impl Address for V6 {
     const LEN: usize = 16;
     type Tail = u32;
+    type NatSlot = crate::table::NatSlot6;
 
     #[inline(always)]
     fn diff(&self, other: &Self) -> u32 {

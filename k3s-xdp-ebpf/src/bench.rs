@@ -8,7 +8,7 @@
 //! comparison (forgetting a flow, or unconfirming it, is not cancelled: it counts against
 //! k3s-xdp).
 
-use crate::{csum, family::Family, maps::BENCH, parse::ptr_at};
+use crate::{csum, family::Family, maps::BENCH, parse::ptr_at, table::NatPlace};
 use aya_ebpf::programs::XdpContext;
 use k3s_xdp_common::{
     table::{UNCONFIRMED, WAYS},
@@ -132,8 +132,8 @@ fn mark<F: Family>(bucket: u32, nat: u32) -> bool {
         for way in 0..WAYS as usize {
             (*bucket).slots[way].seen |= UNCONFIRMED;
         }
-        (*slot).nat.closing |= NAT_UNCONFIRMED;
     }
+    F::Nat::set_closing(slot, F::Nat::closing(slot) | NAT_UNCONFIRMED);
     true
 }
 
@@ -148,7 +148,7 @@ fn clear<F: Family>(bucket: u32, nat: u32) -> bool {
         for way in 0..WAYS as usize {
             (*bucket).slots[way].seal = 0;
         }
-        (*slot).seal = 0;
     }
+    F::Nat::clear(slot);
     true
 }

@@ -6,16 +6,14 @@ use crate::{
     family::Family,
     maps::MAGLEV,
     state::Probe,
-    table::{self, Place},
+    table::{self, NatPlace, Place},
 };
 use aya_ebpf::helpers::bpf_loop;
 use core::ffi::c_void;
 use k3s_xdp_common::{
     hash::{probe as probe_hash, reduce, snat_hash},
-    maglev_slot, maglev_word, reason,
-    table::NatSlot,
-    Backend, FlowKey, VipInfo, VipPort, BACKEND_UP, FLOW_SYNC_ON, MAX_PORTS_PER_VIP,
-    MAX_SNAT_SOURCES, NAT_BACKEND_FIN,
+    maglev_slot, maglev_word, reason, Backend, FlowKey, VipInfo, VipPort, BACKEND_UP, FLOW_SYNC_ON,
+    MAX_PORTS_PER_VIP, MAX_SNAT_SOURCES, NAT_BACKEND_FIN,
 };
 
 /// SNAT ports tried per new flow before giving up. Random probing from the flow's hash: with
@@ -295,9 +293,12 @@ pub fn reverse_key<F: Family>(
 /// Confirms the translation in `slot`: its client sent a second packet (see
 /// `NAT_UNCONFIRMED`). A plain read and write of `closing`, as in [`note_closing`].
 #[inline(always)]
-pub fn confirm<F: Family>(slot: *mut NatSlot<F>) {
-    // SAFETY: a map value valid for this run; `closing` is outside the seal.
-    unsafe { (*slot).nat.closing &= !k3s_xdp_common::NAT_UNCONFIRMED };
+pub fn confirm<F: Family>(slot: *mut F::Nat) {
+    // `closing` is outside the seal.
+    F::Nat::set_closing(
+        slot,
+        F::Nat::closing(slot) & !k3s_xdp_common::NAT_UNCONFIRMED,
+    );
 }
 
 /// Records in the reverse entry `slot` that a side of the TCP connection sent a FIN or a RST (`bits`; [`NAT_BACKEND_FIN`] stands for the backend's FIN, whose bits
@@ -306,21 +307,19 @@ pub fn confirm<F: Family>(slot: *mut NatSlot<F>) {
 /// of line and given only the slot: only FIN and RST packets call it, and the established
 /// path neither carries its code nor puts its tuple on the stack for it.
 #[inline(never)]
-pub fn note_closing<F: Family>(slot: *mut NatSlot<F>, bits: u32, sync: u32) {
-    // SAFETY: a map value valid for this run; `closing` is outside the seal. A plain OR (the
-    // BPF target has no atomic OR in Rust): two FINs on two CPUs at the same instant may lose
-    // one bit, which only delays the reuse of that SNAT port until the translation goes idle;
-    // it can never mistranslate.
-    let before = unsafe { (*slot).nat.closing };
+pub fn note_closing<F: Family>(slot: *mut F::Nat, bits: u32, sync: u32) {
+    // `closing` is outside the seal. A plain OR (the BPF target has no atomic OR in Rust): two
+    // FINs on two CPUs at the same instant may lose one bit, which only delays the reuse of
+    // that SNAT port until the translation goes idle; it can never mistranslate.
+    let before = F::Nat::closing(slot);
     let bits = if bits == NAT_BACKEND_FIN {
         k3s_xdp_common::backend_fin(before)
     } else {
         bits
     };
-    // SAFETY: as above.
-    unsafe { (*slot).nat.closing = before | bits };
+    F::Nat::set_closing(slot, before | bits);
     let closes = !k3s_xdp_common::closed(before) & k3s_xdp_common::closed(before | bits);
     if (sync == FLOW_SYNC_ON) & closes {
-        crate::sync::report_closed(slot);
+        crate::sync::report_closed::<F>(slot);
     }
 }

@@ -20,7 +20,7 @@ use aya_ebpf::{bindings::bpf_fib_lookup, programs::XdpContext};
 use core::mem::size_of;
 use k3s_xdp_common::{
     reason,
-    table::{FlowBucket, NatSlot},
+    table::{FlowBucket, NatSlot, NatSlot6},
     Address, Backend, FlowKey, NextHop, SnatSources, VipPort, IPPROTO_TCP, V6,
 };
 
@@ -33,6 +33,8 @@ const AF_INET6: u8 = 10;
 pub trait Family: Address {
     /// The IP header.
     type Hdr;
+    /// The reverse-NAT slot (`Address::NatSlot`), as the program reads and writes it.
+    type Nat: crate::table::NatPlace<Self>;
     /// The new-flow program's slot in `NEW_FLOW`.
     const NEW_FLOW_SLOT: u32;
     /// Whether table readers copy a whole slot and check the copy (IPv4: 32- and 64-byte slots
@@ -65,8 +67,13 @@ pub trait Family: Address {
     fn sum(self, sum: u32) -> u32;
 
     fn flow_bucket(index: u32) -> Option<*mut FlowBucket<Self>>;
-    fn nat_slot(index: u32) -> Option<*mut NatSlot<Self>>;
+    fn nat_slot(index: u32) -> Option<*mut Self::Nat>;
     fn backend(id: u32) -> Option<Backend<Self>>;
+    /// The address of backend slot `id`.
+    #[inline(always)]
+    fn backend_addr(id: u32) -> Option<Self> {
+        Self::backend(id).map(|b| b.addr)
+    }
     fn backend_hop(id: u32) -> Option<*mut NextHop<Self>>;
     fn snat_sources(service: u32) -> Option<&'static SnatSources<Self>>;
     /// This CPU's new-flow state (see `new_flow.rs`).
@@ -130,6 +137,7 @@ pub const TCP_LEN: usize = size_of::<TcpHdr>();
 
 impl Family for u32 {
     type Hdr = Ipv4Hdr;
+    type Nat = NatSlot<u32>;
     const NEW_FLOW_SLOT: u32 = 0;
     const COPY_SLOTS: bool = true;
     const L4_MASK: u16 = 0x7f;
@@ -254,6 +262,7 @@ impl Family for u32 {
 
 impl Family for V6 {
     type Hdr = Ipv6Hdr;
+    type Nat = NatSlot6;
     const NEW_FLOW_SLOT: u32 = 1;
     const COPY_SLOTS: bool = false;
     const L4_MASK: u16 = 0x3fff;
@@ -388,7 +397,7 @@ impl Family for V6 {
     }
 
     #[inline(always)]
-    fn nat_slot(index: u32) -> Option<*mut NatSlot<V6>> {
+    fn nat_slot(index: u32) -> Option<*mut NatSlot6> {
         NAT_REVERSE6.get_ptr_mut(index)
     }
 

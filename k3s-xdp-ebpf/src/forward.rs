@@ -14,7 +14,7 @@ use crate::{
     reset,
     rewrite::{self, Tuple},
     state::Probe,
-    table::{self, Place},
+    table::{self, NatPlace, Place},
     verdict::Verdict,
 };
 use aya_ebpf::{bindings::xdp_action, helpers::bpf_redirect, programs::XdpContext};
@@ -176,12 +176,12 @@ pub fn translation_event<F: Family>(
                 return true;
             }
             if ours && tcp_flags & TCP_SYN == 0 && e.closing & NAT_UNCONFIRMED != 0 {
-                choose::confirm(entry);
+                choose::confirm::<F>(entry);
             }
             if ours && tcp_flags & TCP_RST != 0 {
-                choose::note_closing(entry, NAT_RESET, sync);
+                choose::note_closing::<F>(entry, NAT_RESET, sync);
             } else if ours && tcp_flags & TCP_FIN != 0 {
-                choose::note_closing(entry, NAT_CLIENT_FIN, sync);
+                choose::note_closing::<F>(entry, NAT_CLIENT_FIN, sync);
             }
             false
         }
@@ -350,28 +350,26 @@ pub fn reply<F: Family>(
     } else {
         key.dst
     };
-    table::touch_nat(entry, nat.seen, globals.clock);
+    table::touch_nat::<F>(entry, nat.seen, globals.clock);
     if protocol == IPPROTO_TCP {
         let flags = l4.tcp_flags(ctx);
         if flags & TCP_RST != 0 {
-            choose::note_closing(entry, NAT_RESET, globals.flow_sync);
+            choose::note_closing::<F>(entry, NAT_RESET, globals.flow_sync);
         } else if flags & TCP_FIN != 0 {
-            choose::note_closing(entry, NAT_BACKEND_FIN, globals.flow_sync);
+            choose::note_closing::<F>(entry, NAT_BACKEND_FIN, globals.flow_sync);
         }
     }
     // The hop toward the client comes from the FIB only, resolved on the first reply and after
     // route or neighbour changes; never from the client's frame, which another router (an old
     // VRRP master still forwarding) may have sent on. Only a resolved hop is kept.
-    // SAFETY: a map value valid for this run; `next_hop` is outside the seal, used only for
-    // the address it names.
-    let cached = unsafe { core::ptr::read_volatile(core::ptr::addr_of!((*entry).nat.next_hop)) };
+    // The hop is outside the seal, used only for the address it names.
+    let cached = F::Nat::hop(entry);
     let hop = if hop::is_fresh(&cached, nat.client_addr, generation) {
         cached
     } else {
         match hop::resolve(ctx, vip, nat.client_addr, false, generation) {
             Ok(hop) => {
-                // SAFETY: a map value valid for this run; `next_hop` is outside the seal.
-                unsafe { (*entry).nat.next_hop = hop };
+                F::Nat::set_hop(entry, &hop);
                 hop
             }
             // Unresolved (`ifindex` 0): the kernel resolves it (see `onward`).

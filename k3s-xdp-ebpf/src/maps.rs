@@ -6,7 +6,7 @@ use aya_ebpf::{
 };
 use k3s_xdp_common::{
     maglev_words, reason,
-    table::{buckets, slots, FlowBucket, NatSlot},
+    table::{buckets, slots, FlowBucket, NatSlot, NatSlot6},
     Address, Backend, FlowLogHead, FlowLogSlot, Globals, NextHop, SnatSources, Traffic, VipInfo,
     VipSlot, VipTable, DEFAULT_FLOW_TABLE_SIZE, DEFAULT_TABLE_SIZE, FLOW_LOG_SLOTS, MAX_BACKENDS,
     MAX_SERVICES, MAX_SNAT_SOURCES, V6, VIP_SLOTS,
@@ -130,7 +130,7 @@ pub static FLOWS6: Array<FlowBucket<V6>, { buckets(DEFAULT_FLOW_TABLE_SIZE) as u
     Array::new();
 
 #[btf_map]
-pub static NAT_REVERSE6: Array<NatSlot<V6>, { slots(DEFAULT_FLOW_TABLE_SIZE) as usize }, MMAPABLE> =
+pub static NAT_REVERSE6: Array<NatSlot6, { slots(DEFAULT_FLOW_TABLE_SIZE) as usize }, MMAPABLE> =
     Array::new();
 
 #[btf_map]

@@ -10,34 +10,60 @@
 //! repairs.
 
 use crate::maps::{FLOW_EVENTS, FLOW_EVENTS_HEADS, FLOW_EVENTS_LOST};
+use crate::{family::Family, table::NatPlace};
 use aya_ebpf::helpers::bpf_get_smp_processor_id;
 use k3s_xdp_common::{
-    table::NatSlot, Address, Flow, FlowEvent, FlowKey, FLOW_EVENT_CLOSED, FLOW_EVENT_NEW,
+    table::Translation, Address, Flow, FlowEvent, FlowKey, FLOW_EVENT_CLOSED, FLOW_EVENT_NEW,
     FLOW_LOG_SLOTS,
 };
 
 #[inline(always)]
 pub fn report_new<A: Address>(key: &FlowKey<A>, flow: &Flow) {
-    report(key, *flow, FLOW_EVENT_NEW);
+    let flow = *flow;
+    report::<A>(FLOW_EVENT_NEW, |event| {
+        // SAFETY: the event being written (see `report`).
+        unsafe {
+            (*event).key.src = key.src;
+            (*event).key.dst = key.dst;
+            (*event).key.sport = key.sport;
+            (*event).key.dport = key.dport;
+            (*event).key.protocol = key.protocol;
+            (*event).flow = flow;
+        }
+    });
 }
 
 /// The nat translation in `slot` closed: its reverse tuple (backend → SNAT address:port)
-/// and backend slot, read from the slot (its key is the tuple the caller just matched).
+/// and backend slot, read from the slot (its tuple is the one the caller just matched; an
+/// IPv6 slot's source, the backend's address, from `BACKENDS6`, which the caller checked it
+/// against).
 #[inline(always)]
-pub fn report_closed<A: Address>(slot: *const NatSlot<A>) {
-    // SAFETY: a map value valid for this run. The key is read where it is, not copied onto
-    // the stack: its caller's frame has no room for it beside the IPv6 path's.
-    let (reverse, backend) = unsafe { (&(*slot).key, (*slot).nat.backend) };
-    let flow = Flow {
-        backend: u32::from(backend),
-        snat_port: 0,
-        snat_source: 0,
-    };
-    report(reverse, flow, FLOW_EVENT_CLOSED);
+pub fn report_closed<F: Family>(slot: *const F::Nat) {
+    report::<F>(FLOW_EVENT_CLOSED, |event| {
+        // The tuple is written where it goes, not copied onto the stack: the caller's frame
+        // has no room for it beside the IPv6 path's.
+        // SAFETY: the event being written (see `report`).
+        unsafe {
+            let key = core::ptr::addr_of_mut!((*event).key);
+            let backend = F::Nat::reverse_into(slot, key);
+            if !<F::NatSlot as Translation<F>>::KEEPS_BACKEND_ADDR {
+                if let Some(b) = F::backend_addr(u32::from(backend)) {
+                    (*event).key.src = b;
+                }
+            }
+            (*event).flow = Flow {
+                backend: u32::from(backend),
+                snat_port: 0,
+                snat_source: 0,
+            };
+        }
+    });
 }
 
+/// Writes an event `op` of family `A`: its key and flow by `fill`, into this CPU's next slot
+/// of the log.
 #[inline(always)]
-fn report<A: Address>(key: &FlowKey<A>, flow: Flow, op: u8) {
+fn report<A: Address>(op: u8, fill: impl FnOnce(*mut FlowEvent<A>)) {
     let family = if A::LEN == 4 { 4 } else { 6 };
     // SAFETY: a helper without arguments (the verifier inlines it).
     let cpu = unsafe { bpf_get_smp_processor_id() };
@@ -62,12 +88,7 @@ fn report<A: Address>(key: &FlowKey<A>, flow: Flow, op: u8) {
             core::ptr::write_volatile(words.add(i), 0);
         }
         let event = core::ptr::addr_of_mut!((*slot).event).cast::<FlowEvent<A>>();
-        (*event).key.src = key.src;
-        (*event).key.dst = key.dst;
-        (*event).key.sport = key.sport;
-        (*event).key.dport = key.dport;
-        (*event).key.protocol = key.protocol;
-        (*event).flow = flow;
+        fill(event);
         (*event).op = op;
         (*event).family = family as u8;
         core::sync::atomic::compiler_fence(core::sync::atomic::Ordering::Release);

@@ -10,10 +10,10 @@ use k3s_xdp_common::{
     hash::flow_hash,
     reason,
     table::{
-        bucket_index, idle, keep_rank, nat_index, same_key, FlowBucket, FlowSlot, NatSlot,
-        UNCONFIRMED, WAYS,
+        bucket_index, idle, keep_rank, nat_index, nat_seal, same_key, FlowBucket, FlowSlot,
+        NatSlot, NatSlot6, UNCONFIRMED, WAYS,
     },
-    Flow, FlowKey, NatReverse, NAT_UNCONFIRMED,
+    Address, Flow, FlowKey, NatReverse, NextHop, NAT_UNCONFIRMED, V6,
 };
 
 /// Reads one field of a map value, once.
@@ -251,13 +251,13 @@ pub fn store_flow<F: Family>(key: &FlowKey<F>, at: Place, flow: Flow, seen: u32)
 /// the same slot, the second one's SNAT port search moves on to its next port, which is a slot
 /// elsewhere (the port search is the associativity).
 #[inline(always)]
-fn nat_slot<F: Family>(hash: u32, mask: u32) -> Option<*mut NatSlot<F>> {
+fn nat_slot<F: Family>(hash: u32, mask: u32) -> Option<*mut F::Nat> {
     F::nat_slot(nat_index(hash, mask))
 }
 
 /// What a reader of a translation uses, each field read once from its slot and checked
-/// against the seal: the whole slot is not copied (an IPv6 one is 112 bytes). The next hop
-/// is outside the seal: read it from the slot when needed.
+/// against the seal. The next hop is outside the seal: read it from the slot when needed
+/// ([`NatPlace::hop`]).
 #[derive(Clone, Copy)]
 pub struct NatView<F> {
     pub client_addr: F,
@@ -269,62 +269,415 @@ pub struct NatView<F> {
     pub seen: u32,
 }
 
-/// The reverse NAT entry of `key`: the slot and what was checked of it.
-#[inline(always)]
-pub fn find_nat<F: Family>(key: &FlowKey<F>, at: Place) -> Option<(*mut NatSlot<F>, NatView<F>)> {
-    let slot = nat_slot::<F>(at.hash, at.mask)?;
-    if F::COPY_SLOTS {
-        // IPv4: the whole slot copied and checked, as the IPv4 path always read it.
+/// What the SNAT claim reads of a slot that holds a translation.
+#[derive(Clone, Copy)]
+pub struct Held<F> {
+    /// The slot holds the reverse tuple claimed (IPv6: through the same backend slot), whole.
+    pub holds: bool,
+    /// Its tuple (IPv6: without the source, the backend's address).
+    pub key: FlowKey<F>,
+    /// Its tuple's flow hash, kept by IPv6 slots (IPv4 computes it from `key` when needed:
+    /// [`NatPlace::hash_of`]).
+    pub hash: u32,
+    pub client_addr: F,
+    pub client_port: u16,
+    pub vip_port: u16,
+    /// `backend << 16 | service`.
+    pub ids: u32,
+    pub closing: u32,
+    pub seen: u32,
+}
+
+/// How the program reads and writes a family's reverse-NAT slot in place (the layouts:
+/// `k3s_xdp_common::table::{NatSlot, NatSlot6}`). Every field is read once, so what is checked
+/// is what is used.
+pub trait NatPlace<F: Family>: Sized {
+    /// The translation of `key` (flow hash `hash`) in `slot`, checked: its tuple and seal, and
+    /// for IPv6 the backend's address in `BACKENDS6`.
+    fn find(slot: *mut Self, key: &FlowKey<F>, hash: u32) -> Option<NatView<F>>;
+    fn seal(slot: *const Self) -> u32;
+    /// What the claim of `reverse` (flow hash `hash`) through `backend` sees in a slot sealed
+    /// `seal` (not 0).
+    fn held(slot: *const Self, reverse: &FlowKey<F>, backend: u16, hash: u32, seal: u32)
+        -> Held<F>;
+    /// The flow hash of a held translation's tuple.
+    fn hash_of(held: &Held<F>) -> u32;
+    /// Writes the translation `entry` of `reverse` (flow hash `hash`), seen at `seen`, sealed
+    /// `seal`: the seal last.
+    fn write(
+        slot: *mut Self,
+        reverse: &FlowKey<F>,
+        hash: u32,
+        entry: &NatReverse<F>,
+        seen: u32,
+        seal: u32,
+    );
+    /// Whether the slot reads back as `write` left it for the client `key`.
+    fn wrote(slot: *const Self, reverse: &FlowKey<F>, key: &FlowKey<F>, seal: u32) -> bool;
+    /// `seen`, outside the seal.
+    fn seen(slot: *mut Self) -> *mut u32;
+    /// The `NAT_*` closing bits, outside the seal.
+    fn closing(slot: *const Self) -> u32;
+    fn set_closing(slot: *mut Self, closing: u32);
+    /// The next hop toward the client cached in the slot (`ifindex` 0: none), outside the
+    /// seal: used only for the address it names.
+    fn hop(slot: *const Self) -> NextHop<F>;
+    fn set_hop(slot: *mut Self, hop: &NextHop<F>);
+    /// Clears the seal: no reader takes the slot any more (the benchmarks forget a flow).
+    #[cfg_attr(not(feature = "bench"), allow(dead_code))]
+    fn clear(slot: *mut Self);
+    /// Writes the slot's reverse tuple into `out` (IPv6: all but its source) and returns its
+    /// backend slot.
+    fn reverse_into(slot: *const Self, out: *mut FlowKey<F>) -> u16;
+}
+
+impl NatPlace<u32> for NatSlot<u32> {
+    #[inline(always)]
+    fn find(slot: *mut Self, key: &FlowKey<u32>, hash: u32) -> Option<NatView<u32>> {
+        // The whole slot copied and checked, as the IPv4 path always read it.
         // SAFETY: a map value valid for this run, read once.
         let copy = unsafe { core::ptr::read_volatile(slot) };
-        if !copy.holds(key, at.hash) {
+        if !copy.holds(key, hash) {
             return None;
         }
         let nat = copy.nat;
-        return Some((
-            slot,
-            NatView {
-                client_addr: nat.client_addr,
-                client_port: nat.client_port,
-                vip_port: nat.vip_port,
-                backend: nat.backend,
-                service: nat.service,
-                closing: nat.closing,
-                seen: copy.seen,
-            },
-        ));
+        Some(NatView {
+            client_addr: nat.client_addr,
+            client_port: nat.client_port,
+            vip_port: nat.vip_port,
+            backend: nat.backend,
+            service: nat.service,
+            closing: nat.closing,
+            seen: copy.seen,
+        })
     }
-    let view = NatView {
+
+    #[inline(always)]
+    fn seal(slot: *const Self) -> u32 {
+        field!((*slot).seal)
+    }
+
+    #[inline(always)]
+    fn held(
+        slot: *const Self,
+        reverse: &FlowKey<u32>,
+        _backend: u16,
+        hash: u32,
+        seal: u32,
+    ) -> Held<u32> {
+        let key = field!((*slot).key);
+        let client_addr = field!((*slot).nat.client_addr);
+        let client_port = field!((*slot).nat.client_port);
+        let vip_port = field!((*slot).nat.vip_port);
+        let ids =
+            (u32::from(field!((*slot).nat.backend)) << 16) | u32::from(field!((*slot).nat.service));
+        let ports = (u32::from(client_port) << 16) | u32::from(vip_port);
+        Held {
+            holds: same_key(&key, reverse)
+                & (seal == k3s_xdp_common::table::seal(hash, client_addr, ports, ids)),
+            key,
+            hash: 0,
+            client_addr,
+            client_port,
+            vip_port,
+            ids,
+            closing: field!((*slot).nat.closing),
+            seen: field!((*slot).seen),
+        }
+    }
+
+    #[inline(always)]
+    fn hash_of(held: &Held<u32>) -> u32 {
+        flow_hash(&held.key)
+    }
+
+    #[inline(always)]
+    fn write(
+        slot: *mut Self,
+        reverse: &FlowKey<u32>,
+        _hash: u32,
+        entry: &NatReverse<u32>,
+        seen: u32,
+        seal: u32,
+    ) {
+        // SAFETY: a map value valid for this run.
+        unsafe {
+            (*slot).seal = 0;
+            (*slot).key = *reverse;
+            (*slot).nat = *entry;
+            (*slot).seen = seen;
+            (*slot).seal = seal;
+        }
+    }
+
+    #[inline(always)]
+    fn wrote(slot: *const Self, reverse: &FlowKey<u32>, key: &FlowKey<u32>, seal: u32) -> bool {
+        same_key(&field!((*slot).key), reverse)
+            & (field!((*slot).nat.client_addr) == key.src)
+            & (field!((*slot).nat.client_port) == key.sport)
+            & (field!((*slot).seal) == seal)
+    }
+
+    #[inline(always)]
+    fn seen(slot: *mut Self) -> *mut u32 {
         // SAFETY: a field of a map value valid for this run.
-        client_addr: F::load(unsafe { addr_of!((*slot).nat.client_addr) }),
-        client_port: field!((*slot).nat.client_port),
-        vip_port: field!((*slot).nat.vip_port),
-        backend: field!((*slot).nat.backend),
-        service: field!((*slot).nat.service),
-        closing: field!((*slot).nat.closing),
-        seen: field!((*slot).seen),
-    };
-    let seal = field!((*slot).seal);
-    let ports = (u32::from(view.client_port) << 16) | u32::from(view.vip_port);
-    let ids = (u32::from(view.backend) << 16) | u32::from(view.service);
-    // SAFETY: a map value valid for this run.
-    let same = key_at(unsafe { core::ptr::addr_of!((*slot).key) }, key);
-    let whole =
-        seal == k3s_xdp_common::table::seal(at.hash, view.client_addr.seal_word(), ports, ids);
-    if same & whole {
-        Some((slot, view))
-    } else {
-        None
+        unsafe { core::ptr::addr_of_mut!((*slot).seen) }
     }
+
+    #[inline(always)]
+    fn closing(slot: *const Self) -> u32 {
+        // SAFETY: a map value valid for this run.
+        unsafe { (*slot).nat.closing }
+    }
+
+    #[inline(always)]
+    fn set_closing(slot: *mut Self, closing: u32) {
+        // SAFETY: a map value valid for this run.
+        unsafe { (*slot).nat.closing = closing };
+    }
+
+    #[inline(always)]
+    fn hop(slot: *const Self) -> NextHop<u32> {
+        field!((*slot).nat.next_hop)
+    }
+
+    #[inline(always)]
+    fn set_hop(slot: *mut Self, hop: &NextHop<u32>) {
+        // SAFETY: a map value valid for this run.
+        unsafe { (*slot).nat.next_hop = *hop };
+    }
+
+    #[inline(always)]
+    fn clear(slot: *mut Self) {
+        // SAFETY: a map value valid for this run.
+        unsafe { (*slot).seal = 0 };
+    }
+
+    #[inline(always)]
+    fn reverse_into(slot: *const Self, out: *mut FlowKey<u32>) -> u16 {
+        // SAFETY: a map value valid for this run; the caller's record.
+        unsafe {
+            (*out).src = (*slot).key.src;
+            (*out).dst = (*slot).key.dst;
+            (*out).sport = (*slot).key.sport;
+            (*out).dport = (*slot).key.dport;
+            (*out).protocol = (*slot).key.protocol;
+            (*slot).nat.backend
+        }
+    }
+}
+
+impl NatPlace<V6> for NatSlot6 {
+    /// Read in place, field by field (a copy would go through the stack); the backend's
+    /// address, which the slot does not keep, from `BACKENDS6`, for the one slot whose tuple
+    /// matched.
+    #[inline(always)]
+    fn find(slot: *mut Self, key: &FlowKey<V6>, hash: u32) -> Option<NatView<V6>> {
+        let view = NatView {
+            // SAFETY: a field of a map value valid for this run.
+            client_addr: V6::load(unsafe { addr_of!((*slot).client_addr) }),
+            client_port: field!((*slot).client_port),
+            vip_port: field!((*slot).vip_port),
+            backend: field!((*slot).backend),
+            service: field!((*slot).service),
+            closing: u32::from(field!((*slot).closing)),
+            seen: field!((*slot).seen),
+        };
+        let seal = field!((*slot).seal);
+        let ports = (u32::from(view.client_port) << 16) | u32::from(view.vip_port);
+        let ids = (u32::from(view.backend) << 16) | u32::from(view.service);
+        let tuple =
+            (u32::from(field!((*slot).backend_port)) << 16) | u32::from(field!((*slot).snat_port));
+        // SAFETY: a field of a map value valid for this run.
+        let same = (V6::diff_at(unsafe { addr_of!((*slot).snat_addr) }, &key.dst)
+            | (tuple ^ ((u32::from(key.sport) << 16) | u32::from(key.dport)))
+            | u32::from(field!((*slot).protocol) ^ key.protocol)
+            | (field!((*slot).hash) ^ hash))
+            == 0;
+        let whole =
+            seal == k3s_xdp_common::table::seal(hash, view.client_addr.seal_word(), ports, ids);
+        if !(same & whole) {
+            return None;
+        }
+        let backend = crate::maps::BACKENDS6.get_ptr(u32::from(view.backend))?;
+        // SAFETY: a map value valid for this run.
+        if V6::diff_at(unsafe { addr_of!((*backend).addr) }, &key.src) != 0 {
+            return None;
+        }
+        Some(view)
+    }
+
+    #[inline(always)]
+    fn seal(slot: *const Self) -> u32 {
+        field!((*slot).seal)
+    }
+
+    #[inline(always)]
+    fn held(
+        slot: *const Self,
+        reverse: &FlowKey<V6>,
+        backend: u16,
+        hash: u32,
+        seal: u32,
+    ) -> Held<V6> {
+        // SAFETY: fields of a map value valid for this run.
+        let (dst, client_addr) = unsafe {
+            (
+                V6::load(addr_of!((*slot).snat_addr)),
+                V6::load(addr_of!((*slot).client_addr)),
+            )
+        };
+        let key = FlowKey {
+            src: [0; 2],
+            dst,
+            sport: field!((*slot).backend_port),
+            dport: field!((*slot).snat_port),
+            protocol: field!((*slot).protocol),
+            _pad: [0; 3],
+        };
+        let old_hash = field!((*slot).hash);
+        let client_port = field!((*slot).client_port);
+        let vip_port = field!((*slot).vip_port);
+        let old_backend = field!((*slot).backend);
+        let ids = (u32::from(old_backend) << 16) | u32::from(field!((*slot).service));
+        let ports = (u32::from(client_port) << 16) | u32::from(vip_port);
+        let tuple = (dst.diff(&reverse.dst)
+            | ((u32::from(key.sport) << 16 | u32::from(key.dport))
+                ^ (u32::from(reverse.sport) << 16 | u32::from(reverse.dport)))
+            | u32::from(key.protocol ^ reverse.protocol)
+            | (old_hash ^ hash)
+            | u32::from(old_backend ^ backend))
+            == 0;
+        Held {
+            holds: tuple
+                & (seal == k3s_xdp_common::table::seal(hash, client_addr.seal_word(), ports, ids)),
+            key,
+            hash: old_hash,
+            client_addr,
+            client_port,
+            vip_port,
+            ids,
+            closing: u32::from(field!((*slot).closing)),
+            seen: field!((*slot).seen),
+        }
+    }
+
+    #[inline(always)]
+    fn hash_of(held: &Held<V6>) -> u32 {
+        held.hash
+    }
+
+    /// Writes the first line only: the next hop stays as it was, marked unresolved (`hop`).
+    #[inline(always)]
+    fn write(
+        slot: *mut Self,
+        reverse: &FlowKey<V6>,
+        hash: u32,
+        entry: &NatReverse<V6>,
+        seen: u32,
+        seal: u32,
+    ) {
+        // SAFETY: a map value valid for this run.
+        unsafe {
+            (*slot).seal = 0;
+            (*slot).snat_addr = reverse.dst;
+            (*slot).client_addr = entry.client_addr;
+            (*slot).backend_port = reverse.sport;
+            (*slot).snat_port = reverse.dport;
+            (*slot).client_port = entry.client_port;
+            (*slot).vip_port = entry.vip_port;
+            (*slot).backend = entry.backend;
+            (*slot).service = entry.service;
+            (*slot).protocol = reverse.protocol;
+            (*slot).closing = entry.closing as u8;
+            (*slot).hop = 0;
+            (*slot).hash = hash;
+            (*slot).seen = seen;
+            (*slot).seal = seal;
+        }
+    }
+
+    #[inline(always)]
+    fn wrote(slot: *const Self, reverse: &FlowKey<V6>, key: &FlowKey<V6>, seal: u32) -> bool {
+        // SAFETY: fields of a map value valid for this run.
+        let (dst, client) = unsafe { (addr_of!((*slot).snat_addr), addr_of!((*slot).client_addr)) };
+        (V6::diff_at(dst, &reverse.dst) == 0)
+            & (field!((*slot).snat_port) == reverse.dport)
+            & (field!((*slot).backend_port) == reverse.sport)
+            & (V6::diff_at(client, &key.src) == 0)
+            & (field!((*slot).client_port) == key.sport)
+            & (field!((*slot).seal) == seal)
+    }
+
+    #[inline(always)]
+    fn seen(slot: *mut Self) -> *mut u32 {
+        // SAFETY: a field of a map value valid for this run.
+        unsafe { core::ptr::addr_of_mut!((*slot).seen) }
+    }
+
+    #[inline(always)]
+    fn closing(slot: *const Self) -> u32 {
+        // SAFETY: a map value valid for this run.
+        u32::from(unsafe { (*slot).closing })
+    }
+
+    #[inline(always)]
+    fn set_closing(slot: *mut Self, closing: u32) {
+        // SAFETY: a map value valid for this run.
+        unsafe { (*slot).closing = closing as u8 };
+    }
+
+    #[inline(always)]
+    fn hop(slot: *const Self) -> NextHop<V6> {
+        if field!((*slot).hop) == 0 {
+            return NextHop::default();
+        }
+        field!((*slot).next_hop)
+    }
+
+    #[inline(always)]
+    fn set_hop(slot: *mut Self, hop: &NextHop<V6>) {
+        // SAFETY: a map value valid for this run.
+        unsafe {
+            (*slot).next_hop = *hop;
+            (*slot).hop = 1;
+        }
+    }
+
+    #[inline(always)]
+    fn clear(slot: *mut Self) {
+        // SAFETY: a map value valid for this run.
+        unsafe { (*slot).seal = 0 };
+    }
+
+    #[inline(always)]
+    fn reverse_into(slot: *const Self, out: *mut FlowKey<V6>) -> u16 {
+        // SAFETY: a map value valid for this run; the caller's record.
+        unsafe {
+            (*out).dst = V6::load(addr_of!((*slot).snat_addr));
+            (*out).sport = (*slot).backend_port;
+            (*out).dport = (*slot).snat_port;
+            (*out).protocol = (*slot).protocol;
+            (*slot).backend
+        }
+    }
+}
+
+/// The reverse NAT entry of `key`: the slot and what was checked of it.
+#[inline(always)]
+pub fn find_nat<F: Family>(key: &FlowKey<F>, at: Place) -> Option<(*mut F::Nat, NatView<F>)> {
+    let slot = nat_slot::<F>(at.hash, at.mask)?;
+    let view = F::Nat::find(slot, key, at.hash)?;
+    Some((slot, view))
 }
 
 /// Records that a packet of the translation in `slot` went through at `clock` (as
 /// [`find_flow`] does for flows).
 #[inline(always)]
-pub fn touch_nat<F: Family>(slot: *mut NatSlot<F>, seen: u32, clock: u32) {
+pub fn touch_nat<F: Family>(slot: *mut F::Nat, seen: u32, clock: u32) {
     if seen != clock {
         // SAFETY: a map value valid for this run; `seen` is outside the seal.
-        unsafe { (*slot).seen = clock };
+        unsafe { *F::Nat::seen(slot) = clock };
     }
 }
 
@@ -351,82 +704,66 @@ pub fn claim_nat<F: Family>(
     };
     // A free slot (a fresh table's are all free) has nothing to check: its seal is the one
     // read, and the slot is written.
-    let old_seal = field!((*slot).seal);
+    let old_seal = F::Nat::seal(slot);
     if old_seal != 0 {
         // Fields read once each into locals, not copied whole: the claim runs on a small stack.
-        let old_key = field!((*slot).key);
-        // SAFETY: a field of a map value valid for this run.
-        let client_addr = F::load(unsafe { addr_of!((*slot).nat.client_addr) });
-        let client_port = field!((*slot).nat.client_port);
-        let vip_port = field!((*slot).nat.vip_port);
-        let ids =
-            (u32::from(field!((*slot).nat.backend)) << 16) | u32::from(field!((*slot).nat.service));
-        let closing = field!((*slot).nat.closing);
-        let seen = field!((*slot).seen);
-        let ports = (u32::from(client_port) << 16) | u32::from(vip_port);
-        let holds = same_key(&old_key, reverse)
-            & (old_seal == k3s_xdp_common::table::seal(hash, client_addr.seal_word(), ports, ids));
-        let ours = holds
-            & (client_addr.diff(&key.src) == 0)
-            & (client_port == key.sport)
-            & (vip_port == key.dport);
-        if ours & (closing & !NAT_UNCONFIRMED == 0) {
+        let old = F::Nat::held(slot, reverse, entry.backend, hash, old_seal);
+        let ours = old.holds
+            & (old.client_addr.diff(&key.src) == 0)
+            & (old.client_port == key.sport)
+            & (old.vip_port == key.dport);
+        if ours & (old.closing & !NAT_UNCONFIRMED == 0) {
             // This client tuple's already (its flow entry was replaced, or it reconnects from the
             // same port): reuse it.
-            touch_nat(slot, seen, clock);
+            touch_nat::<F>(slot, old.seen, clock);
             return true;
         }
-        let waiting = k3s_xdp_common::waits(closing, seen, clock, timewait);
-        let reusable = (k3s_xdp_common::closed(closing) & !waiting) | idle(seen, clock) | force;
+        let waiting = k3s_xdp_common::waits(old.closing, old.seen, clock, timewait);
+        let reusable =
+            (k3s_xdp_common::closed(old.closing) & !waiting) | idle(old.seen, clock) | force;
         if !reusable & !ours {
             // SAFETY: the caller's record (per-CPU scratch), valid for this run.
             unsafe {
                 (*taken).refused_live = 1;
                 (*taken).refused_waiting = u32::from(waiting);
-                (*taken).refused_unconfirmed = u32::from(closing & NAT_UNCONFIRMED != 0);
-                (*taken).refused_seen = seen;
+                (*taken).refused_unconfirmed = u32::from(old.closing & NAT_UNCONFIRMED != 0);
+                (*taken).refused_seen = old.seen;
             }
             return false;
         }
         if !ours {
             // A whole translation of another client, taken over: its flow entry goes with it.
-            let old_hash = flow_hash(&old_key);
+            let ports = (u32::from(old.client_port) << 16) | u32::from(old.vip_port);
             if old_seal
-                == k3s_xdp_common::table::seal(old_hash, client_addr.seal_word(), ports, ids)
+                == k3s_xdp_common::table::seal(
+                    F::Nat::hash_of(&old),
+                    old.client_addr.seal_word(),
+                    ports,
+                    old.ids,
+                )
             {
                 // SAFETY: the caller's record (per-CPU scratch), valid for this run. Left set
                 // even if the claim then loses a race: the old translation is overwritten
                 // either way.
                 unsafe {
                     (*taken).key = crate::parse::key(
-                        client_addr,
-                        old_key.dst,
-                        client_port,
-                        vip_port,
-                        old_key.protocol,
+                        old.client_addr,
+                        old.key.dst,
+                        old.client_port,
+                        old.vip_port,
+                        old.key.protocol,
                     );
-                    (*taken).backend = ids >> 16;
-                    (*taken).service = ids & 0xffff;
-                    (*taken).snat_port = old_key.dport;
+                    (*taken).backend = old.ids >> 16;
+                    (*taken).service = old.ids & 0xffff;
+                    (*taken).snat_port = old.key.dport;
                     (*taken).set = 1;
                 }
             }
         }
     }
-    let seal = NatSlot::seal_for(hash, entry);
-    // SAFETY: a map value valid for this run.
-    unsafe {
-        (*slot).seal = 0;
-        (*slot).key = *reverse;
-        (*slot).nat = *entry;
-        (*slot).seen = clock;
-        (*slot).seal = seal;
-    }
+    let seal = nat_seal(hash, entry);
+    F::Nat::write(slot, reverse, hash, entry, clock, seal);
     // Another CPU may have written the same slot at the same instant: keep the port only if
     // the slot reads back whole and ours.
-    same_key(&field!((*slot).key), reverse)
-        // SAFETY: as above.
-        & (F::diff_at(unsafe { addr_of!((*slot).nat.client_addr) }, &key.src) == 0)
-        & (field!((*slot).nat.client_port) == key.sport)
-        & (field!((*slot).seal) == seal)
+    F::Nat::wrote(slot, reverse, key, seal)
 }

@@ -7,7 +7,7 @@ use k3s_xdp::{
     config::{Mode, OnBackendDown, Protocol},
     dataplane::{BackendSpec, BackendState, FlowEventOf, ServiceSpec},
 };
-use k3s_xdp_common::{address::v6_bytes, reason};
+use k3s_xdp_common::{address::v6_bytes, reason, table::Translation};
 use k3s_xdp_tests::{
     bpf::{
         action_name, have_root, lab_mac6, Outcome, XdpHarness, LAB_LB_MAC, XDP_DROP, XDP_PASS,
@@ -211,6 +211,74 @@ fn nat66_round_trip_restores_the_clients_tuple() {
         (3, 1),
         "SYN, reply, ACK: one flow"
     );
+}
+
+/// An IPv6 translation keeps its backend's slot, not its address: a reply is translated only
+/// if its source is the address that slot holds now. The test moves the chosen backend's slot
+/// to another address: its reply finds its translation's slot (the tuple's hash is the
+/// same), and still passes, untranslated; moved back, it is translated again.
+#[test]
+fn an_ipv6_reply_is_translated_only_from_its_backends_address() {
+    use aya::maps::{Array, MapData};
+    use k3s_xdp_common::{address::v6_words, Backend, V6};
+    let Some(mut h) = harness() else { return };
+    let client = sock(ip6(0x103), 41001);
+    let vip = sock(ip6(0x100), 6443);
+    let (_, ip) = transmitted(&mut h, &tcp6_syn(client, vip).frame());
+    let (snat_port, _, _) = tcp_ports(&ip);
+    let backend = ip.dst;
+    let reply = |from: Ipv6Addr, port: u16| {
+        let mut f = tcp6(
+            sock(from, port),
+            sock(ip6(0x100), snat_port),
+            TCP_SYN | TCP_ACK,
+        )
+        .frame();
+        f.eth_src = lab_mac6(from);
+        f
+    };
+    // Another backend, a stranger, or the backend from another port: not a reply.
+    let other = (0x50..0x53).map(ip6).find(|b| *b != backend).unwrap();
+    passed_untouched(&mut h, &reply(other, 6443), reason::PASS_VIP_OTHER);
+    passed_untouched(&mut h, &reply(ip6(0x77), 6443), reason::PASS_VIP_OTHER);
+    passed_untouched(&mut h, &reply(backend, 6444), reason::PASS_VIP_OTHER);
+
+    let slot_of = |h: &mut XdpHarness| -> (u32, Backend<V6>) {
+        let map: Array<&MapData, Backend<V6>> = Array::try_from(
+            h.dataplane
+                .bpf()
+                .map(k3s_xdp_common::names::BACKENDS6)
+                .unwrap(),
+        )
+        .unwrap();
+        (0..map.len())
+            .filter_map(|i| Some((i, map.get(&i, 0).ok()?)))
+            .find(|(_, b)| b.addr == v6_words(backend.octets()))
+            .expect("the chosen backend's slot")
+    };
+    let write = |h: &mut XdpHarness, id: u32, b: Backend<V6>| {
+        let mut map: Array<&mut MapData, Backend<V6>> = Array::try_from(
+            h.dataplane
+                .bpf_mut()
+                .map_mut(k3s_xdp_common::names::BACKENDS6)
+                .unwrap(),
+        )
+        .unwrap();
+        map.set(id, b, 0).unwrap();
+    };
+    let (id, was) = slot_of(&mut h);
+    write(
+        &mut h,
+        id,
+        Backend {
+            addr: v6_words(ip6(0x77).octets()),
+            ..was
+        },
+    );
+    passed_untouched(&mut h, &reply(backend, 6443), reason::PASS_VIP_OTHER);
+    write(&mut h, id, was);
+    let (_, ip) = transmitted(&mut h, &reply(backend, 6443));
+    assert_eq!((ip.dst, tcp_ports(&ip).1), (*client.ip(), client.port()));
 }
 
 #[test]
@@ -484,8 +552,8 @@ fn new_ipv6_flows_are_reported_for_flow_sync() {
         .unwrap()
         .translation6(&closed.key)
         .expect("the translation, closed");
-    assert!(slot.nat.closed());
-    assert_eq!(v6_bytes(slot.nat.client_addr), client.ip().octets());
+    assert!(slot.nat().closed());
+    assert_eq!(v6_bytes(slot.nat().client_addr), client.ip().octets());
 }
 
 /// The SYN flood guard over IPv6: a source is known once its handshake completed; forged

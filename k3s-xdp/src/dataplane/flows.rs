@@ -11,7 +11,10 @@ use aya::maps::{Array, MapData};
 use k3s_xdp_common::{
     hash::flow_hash,
     names,
-    table::{self, bucket_index, keep_rank, nat_index, FlowBucket, FlowSlot, NatSlot},
+    table::{
+        self, bucket_index, keep_rank, nat_index, FlowBucket, FlowSlot, NatSlot, NatSlot6,
+        Translation,
+    },
     Address, Flow, FlowEvent, FlowKey, FlowLogHead, FlowLogSlot, NatReverse, FLOW_EVENT_NEW,
     FLOW_LOG_SLOTS, NAT_UNCONFIRMED, V6,
 };
@@ -132,7 +135,7 @@ impl FlowEvents {
 /// One family's flow and reverse-NAT tables, mapped.
 struct Tables<A: Address> {
     flows: sys::MappedArray<FlowSlot<A>>,
-    nat: sys::MappedArray<NatSlot<A>>,
+    nat: sys::MappedArray<A::NatSlot>,
 }
 
 /// The flow and reverse-NAT tables mapped into this process ([`Dataplane::flow_tables`]):
@@ -217,7 +220,7 @@ impl FlowTables {
     pub fn holds_translation(&self, e: &InstallOf) -> bool {
         fn held<A: Address>(t: &Tables<A>, mask: u32, i: &Install<A>) -> bool {
             i.reverse.as_ref().is_none_or(|(rkey, reverse)| {
-                translation_of(t, mask, rkey).is_some_and(|s| same_client(&s, reverse))
+                translation_of(t, mask, rkey).is_some_and(|s| same_client::<A>(&s, reverse))
             })
         }
         match e {
@@ -243,12 +246,12 @@ impl FlowTables {
     }
 
     /// The translation of the IPv6 reverse tuple `key`, if its slot holds it.
-    pub fn translation6(&self, key: &FlowKey<V6>) -> Option<NatSlot<V6>> {
+    pub fn translation6(&self, key: &FlowKey<V6>) -> Option<NatSlot6> {
         translation_of(self.v6.as_ref()?, self.mask, key)
     }
 }
 
-fn translation_of<A: Address>(t: &Tables<A>, mask: u32, key: &FlowKey<A>) -> Option<NatSlot<A>> {
+fn translation_of<A: Address>(t: &Tables<A>, mask: u32, key: &FlowKey<A>) -> Option<A::NatSlot> {
     let hash = flow_hash(key);
     t.nat
         .get(nat_index(hash, mask) as usize)
@@ -277,8 +280,9 @@ fn live_of<A: Address>(t: &Tables<A>, clock: u32, within: u32, mut f: impl FnMut
 }
 
 /// Whether the translation in slot `s` is `reverse`'s client's.
-fn same_client<A: Address>(s: &NatSlot<A>, reverse: &NatReverse<A>) -> bool {
-    s.nat.client_addr.diff(&reverse.client_addr) == 0 && s.nat.client_port == reverse.client_port
+fn same_client<A: Address>(s: &A::NatSlot, reverse: &NatReverse<A>) -> bool {
+    let nat = s.nat();
+    nat.client_addr.diff(&reverse.client_addr) == 0 && nat.client_port == reverse.client_port
 }
 
 /// Whether `a` was seen after `b`, on the 31-bit clock (the top bit is `UNCONFIRMED`'s).
@@ -299,26 +303,26 @@ fn install_one<A: Address>(
         let at = nat_index(rhash, mask) as usize;
         let current = t.nat.get(at).filter(|s| s.is_valid());
         // This very translation (same tuple, same client) already here.
-        let same = current.filter(|s| s.holds(rkey, rhash) && same_client(s, reverse));
+        let same = current.filter(|s| s.holds(rkey, rhash) && same_client::<A>(s, reverse));
         // Another client's, live, and this node's own: its program saw it more recently than
         // any copy is made to look (a refreshed one is as if seen `COPY_AGE - REFRESH_SECS`
         // ago), and its client sent more than one packet (an unconfirmed translation's one
         // use, the answer to a UDP request or a SYN, is long over, or was never coming). A
         // node that serves keeps its own; a copy (of the peer's, which replaced it since)
         // never holds a slot against the peer.
-        let own = |s: &NatSlot<A>| {
+        let own = |s: &A::NatSlot| {
             !s.reusable(clock)
-                && s.nat.closing & NAT_UNCONFIRMED == 0
-                && newer(s.seen, crate::flowsync::runtime::refreshed_seen(clock))
+                && s.nat().closing & NAT_UNCONFIRMED == 0
+                && newer(s.seen(), crate::flowsync::runtime::refreshed_seen(clock))
         };
         let taken = role == Role::Serving && same.is_none() && current.is_some_and(|s| own(&s));
         if let Some(s) = current.filter(|_| taken) {
             done.conflicts += 1;
             done.last_conflict = Some(Held {
-                protocol: s.key.protocol,
+                protocol: s.reverse().protocol,
                 same_tuple: s.holds(rkey, rhash),
-                age: table::age(s.seen, clock),
-                closing: s.nat.closing,
+                age: table::age(s.seen(), clock),
+                closing: s.nat().closing,
             });
             return;
         }
@@ -327,13 +331,14 @@ fn install_one<A: Address>(
         let mut reverse = *reverse;
         let mut last = seen;
         if let Some(s) = same {
-            reverse.closing |= s.nat.closing;
-            reverse.next_hop = s.nat.next_hop;
-            if newer(s.seen, seen) {
-                last = s.seen;
+            let held = s.nat();
+            reverse.closing |= held.closing;
+            reverse.next_hop = held.next_hop;
+            if newer(s.seen(), seen) {
+                last = s.seen();
             }
         }
-        t.nat.set(at, NatSlot::new(*rkey, rhash, reverse, last));
+        t.nat.set(at, A::NatSlot::new(rkey, rhash, &reverse, last));
         // The translation replaced, another client's: its flow entry goes with it (as the
         // program's SNAT search clears the flow of a translation it takes over). Left, it
         // would send that client's packets on with a SNAT port now another's, and a bulk or
@@ -380,17 +385,18 @@ fn install_one<A: Address>(
 /// client's tuple to the VIP: `i`'s VIP for the same service, else the address the backend
 /// answered (the VIP, without a SNAT pool); only an entry whose flow used that translation
 /// (its backend slot and SNAT port) goes.
-fn forget_owner<A: Address>(t: &mut Tables<A>, mask: u32, old: &NatSlot<A>, i: &Install<A>) {
+fn forget_owner<A: Address>(t: &mut Tables<A>, mask: u32, old: &A::NatSlot, i: &Install<A>) {
+    let (nat, tuple) = (old.nat(), old.reverse());
     let vip = match &i.reverse {
-        Some((_, reverse)) if reverse.service == old.nat.service => i.key.dst,
-        _ => old.key.dst,
+        Some((_, reverse)) if reverse.service == nat.service => i.key.dst,
+        _ => tuple.dst,
     };
     let key = FlowKey {
-        src: old.nat.client_addr,
+        src: nat.client_addr,
         dst: vip,
-        sport: old.nat.client_port,
-        dport: old.nat.vip_port,
-        protocol: old.key.protocol,
+        sport: nat.client_port,
+        dport: nat.vip_port,
+        protocol: tuple.protocol,
         _pad: [0; 3],
     };
     let hash = flow_hash(&key);
@@ -398,8 +404,8 @@ fn forget_owner<A: Address>(t: &mut Tables<A>, mask: u32, old: &NatSlot<A>, i: &
     for j in first..first + table::WAYS as usize {
         if let Some(s) = t.flows.get(j).filter(|s| {
             s.holds(&key, hash)
-                && s.flow.backend == u32::from(old.nat.backend)
-                && s.flow.snat_port == old.key.dport
+                && s.flow.backend == u32::from(nat.backend)
+                && s.flow.snat_port == tuple.dport
         }) {
             t.flows.set(j, FlowSlot { seal: 0, ..s });
         }
@@ -417,14 +423,14 @@ fn close_one<A: Address>(
     if let Some((rkey, reverse)) = &i.reverse {
         let rhash = flow_hash(rkey);
         let at = nat_index(rhash, mask) as usize;
-        if let Some(mut s) = t
+        if let Some(s) = t
             .nat
             .get(at)
-            .filter(|s| s.holds(rkey, rhash) && same_client(s, reverse))
+            .filter(|s| s.holds(rkey, rhash) && same_client::<A>(s, reverse))
         {
-            s.nat.closing |= closing;
-            s.seen = clock;
-            t.nat.set(at, s);
+            let mut nat = s.nat();
+            nat.closing |= closing;
+            t.nat.set(at, A::NatSlot::new(rkey, rhash, &nat, clock));
             found = true;
         }
     }
@@ -527,14 +533,15 @@ impl Dataplane {
             anyhow::bail!("{name} is not an array");
         };
         let count = (self.flow_mask as usize + 1) * table::WAYS as usize;
-        sys::scan_mmapable_array(map.fd().as_fd().as_raw_fd(), count, |slot: NatSlot<A>| {
-            if !slot.is_valid() || table::idle(slot.seen, clock) {
+        sys::scan_mmapable_array(map.fd().as_fd().as_raw_fd(), count, |slot: A::NatSlot| {
+            if !slot.is_valid() || table::idle(slot.seen(), clock) {
                 return;
             }
-            let ports = out.entry(u32::from(slot.nat.backend)).or_default();
-            if k3s_xdp_common::waits(slot.nat.closing, slot.seen, clock, timewait) {
+            let nat = slot.nat();
+            let ports = out.entry(u32::from(nat.backend)).or_default();
+            if k3s_xdp_common::waits(nat.closing, slot.seen(), clock, timewait) {
                 ports.waiting += 1;
-            } else if !slot.nat.closed() {
+            } else if !nat.closed() {
                 ports.in_use += 1;
             }
         })

@@ -21,7 +21,10 @@ use crate::{
     dataplane::{FlowEventOf, FlowEvents, FlowTables, Held, Role},
 };
 use anyhow::{Context, Result};
-use k3s_xdp_common::{table::IDLE_SECS, FLOW_EVENT_CLOSED};
+use k3s_xdp_common::{
+    table::{Translation, IDLE_SECS},
+    FLOW_EVENT_CLOSED,
+};
 use std::{
     collections::{BTreeMap, VecDeque},
     io,
@@ -451,7 +454,9 @@ impl Node {
         }
         match event {
             FlowEventOf::V4(e) => directory.closed(&e.key, &self.tables.translation(&e.key)?.nat),
-            FlowEventOf::V6(e) => directory.closed(&e.key, &self.tables.translation6(&e.key)?.nat),
+            FlowEventOf::V6(e) => {
+                directory.closed(&e.key, &self.tables.translation6(&e.key)?.nat())
+            }
         }
     }
 
