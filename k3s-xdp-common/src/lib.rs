@@ -71,6 +71,7 @@ pub mod names {
     pub const BACKEND_HOPS6: &str = "BACKEND_HOPS6";
     pub const FLOWS6: &str = "FLOWS6";
     pub const NAT_REVERSE6: &str = "NAT_REVERSE6";
+    pub const NAT_HOPS6: &str = "NAT_HOPS6";
     pub const SNAT_SOURCES6: &str = "SNAT_SOURCES6";
 }
 
@@ -258,7 +259,8 @@ pub struct FlowKey<A = u32> {
 }
 
 /// A next hop resolved by `bpf_fib_lookup`, cached so that established packets skip the lookup:
-/// per backend in `BACKEND_HOPS`, per client in `NAT_REVERSE`.
+/// per backend in `BACKEND_HOPS`, per client in `NAT_REVERSE` (IPv6: in `NAT_HOPS6`, beside
+/// `NAT_REVERSE6`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct NextHop<A: Address = u32> {

@@ -233,17 +233,17 @@ impl<A: Address> NatSlot<A> {
 }
 
 /// A slot of `NAT_REVERSE6`: an IPv6 backend → VIP:snat_port tuple and the client it stands
-/// for. 128 bytes, two cache lines, and a new translation writes the first only: on this
-/// machine kind each more line a new flow touches costs about 50 ns (measured with `bench
-/// micro`), and the IPv6 translation laid out as IPv4's (120 bytes) spanned two or three.
-/// What makes it fit:
+/// for. 64 bytes, one cache line, as IPv4's: laid out as IPv4's, with its 16-byte addresses, it
+/// was 120 bytes, and `bench micro` measured what that cost a new flow in 1M-entry tables:
+/// each more cache line a new flow touches costs about 50 ns on this machine kind, and a
+/// reverse table twice the size (more page-table walks) about as much again. What makes it fit:
 /// - the tuple's source, the backend's address, is not kept: `backend` names its slot, and the
 ///   program checks a reply's source against `BACKENDS6[backend]` (a removed backend's slot is
 ///   freed or holds another address: its old translations then match nothing);
 /// - `hash`, the tuple's flow hash (which took that address in), is, so that a reader that
 ///   does not know the tuple can check the seal;
-/// - the next hop toward the client, in the second line, is written by the first reply
-///   (`hop` says it was, for this translation), never by the claim.
+/// - the next hop toward the client lives in `NAT_HOPS6`, at the same index, written by the
+///   first reply (`hop` says it was, for this translation), never by the claim.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct NatSlot6 {
@@ -273,9 +273,6 @@ pub struct NatSlot6 {
     /// `Globals::clock` when a packet of the connection last went through, either way.
     pub seen: u32,
     pub _line: u32,
-    /// Toward the client, from the FIB (valid when `hop` is 1).
-    pub next_hop: NextHop<V6>,
-    pub _end: [u64; 3],
 }
 
 /// What flow sync and the tools need of a family's reverse-NAT slot, whatever its layout
@@ -299,7 +296,7 @@ pub trait Translation<A: Address>:
     /// Whether the slot holds a whole entry (for readers that do not know the tuple).
     fn is_valid(&self) -> bool;
 
-    /// The client side. (An IPv6 slot's unresolved next hop reads as none.)
+    /// The client side. (An IPv6 slot's next hop is in `NAT_HOPS6`: it reads as none.)
     fn nat(&self) -> NatReverse<A>;
 
     /// The reverse tuple; its source is 0 in an IPv6 slot (see `KEEPS_BACKEND_ADDR`).
@@ -377,11 +374,9 @@ impl Translation<V6> for NatSlot6 {
             service: nat.service,
             protocol: key.protocol,
             closing: nat.closing as u8,
-            hop: u8::from(nat.next_hop.ifindex != 0),
             hash,
             seal: nat_seal(hash, nat),
             seen,
-            next_hop: nat.next_hop,
             ..Default::default()
         }
     }
@@ -403,11 +398,7 @@ impl Translation<V6> for NatSlot6 {
             service: self.service,
             closing: u32::from(self.closing),
             _tail: 0,
-            next_hop: if self.hop != 0 {
-                self.next_hop
-            } else {
-                NextHop::default()
-            },
+            next_hop: NextHop::default(),
         }
     }
 
@@ -517,8 +508,7 @@ mod tests {
         assert_eq!(size_of::<NatSlot>(), 64);
         assert_eq!(size_of::<FlowBucket>(), 128);
         assert_eq!(size_of::<FlowSlot<crate::V6>>(), 56);
-        assert_eq!(size_of::<NatSlot6>(), 128);
-        assert_eq!(core::mem::offset_of!(NatSlot6, next_hop), 64);
+        assert_eq!(size_of::<NatSlot6>(), 64);
         assert_eq!(size_of::<FlowBucket<crate::V6>>(), 224);
     }
 
@@ -710,17 +700,12 @@ mod tests {
         }
     }
 
-    /// What a new IPv6 translation writes is its slot's first cache line: the rest is the hop.
+    /// An IPv6 translation without the backend's address: its tuple, all else, and the hash.
     #[test]
-    fn an_ipv6_translation_is_written_in_its_first_line() {
+    fn an_ipv6_translation_holds_its_tuple_through_its_hash() {
         let k = key6(50, 5000);
         let h = flow_hash(&k);
         let slot = NatSlot6::new(&k, h, &nat6(101, 3), 7);
-        let bytes: [u8; 128] = unsafe { core::mem::transmute(slot) };
-        assert!(
-            bytes[64..].iter().all(|&b| b == 0),
-            "no hop: nothing past the line"
-        );
         assert!(slot.holds(&k, h));
         assert!(slot.is_valid());
         assert_eq!(slot.nat(), nat6(101, 3));
@@ -734,36 +719,28 @@ mod tests {
         }
         assert!(!slot.cleared().is_valid());
         assert!(!NatSlot6::default().is_valid());
-        // A resolved hop is kept and read back; closing bits and `seen` are outside the seal.
-        let hop = NextHop {
-            dst: nat6(101, 3).client_addr,
-            generation: 2,
-            ifindex: 4,
-            ..Default::default()
-        };
-        let with_hop = NatSlot6::new(
+        // Closing bits and `seen` are outside the seal.
+        let closed = NatSlot6::new(
             &k,
             h,
             &NatReverse {
-                next_hop: hop,
                 closing: crate::NAT_RESET,
                 ..nat6(101, 3)
             },
             9,
         );
-        assert!(with_hop.holds(&k, h));
-        assert_eq!(with_hop.nat().next_hop, hop);
-        assert!(with_hop.reusable(9));
+        assert!(closed.holds(&k, h));
+        assert!(closed.reusable(9));
+        assert!(!slot.reusable(9));
     }
 
-    /// The seal of an IPv6 slot: whatever mix of two translations' words of the first line
-    /// a reader sees, it takes one of them whole or neither.
+    /// The seal of an IPv6 slot: whatever mix of two translations' words a reader sees, it takes one of them whole or neither.
     #[test]
     fn a_torn_ipv6_nat_slot_is_never_taken_for_a_whole_one() {
         let (k1, k2) = (key6(50, 1111), key6(51, 2222));
         let old = NatSlot6::new(&k1, flow_hash(&k1), &nat6(101, 3), 1);
         let new = NatSlot6::new(&k2, flow_hash(&k2), &nat6(102, 4), 2);
-        let words = |s: &NatSlot6| -> [u64; 16] { unsafe { core::mem::transmute(*s) } };
+        let words = |s: &NatSlot6| -> [u64; 8] { unsafe { core::mem::transmute(*s) } };
         let (a, b) = (words(&old), words(&new));
         for mix in 0u32..(1 << 8) {
             let mut w = a;

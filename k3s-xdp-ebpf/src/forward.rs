@@ -363,13 +363,13 @@ pub fn reply<F: Family>(
     // route or neighbour changes; never from the client's frame, which another router (an old
     // VRRP master still forwarding) may have sent on. Only a resolved hop is kept.
     // The hop is outside the seal, used only for the address it names.
-    let cached = F::Nat::hop(entry);
+    let cached = F::Nat::hop(entry, nat.at);
     let hop = if hop::is_fresh(&cached, nat.client_addr, generation) {
         cached
     } else {
         match hop::resolve(ctx, vip, nat.client_addr, false, generation) {
             Ok(hop) => {
-                F::Nat::set_hop(entry, &hop);
+                F::Nat::set_hop(entry, nat.at, &hop);
                 hop
             }
             // Unresolved (`ifindex` 0): the kernel resolves it (see `onward`).

@@ -133,6 +133,12 @@ pub static FLOWS6: Array<FlowBucket<V6>, { buckets(DEFAULT_FLOW_TABLE_SIZE) as u
 pub static NAT_REVERSE6: Array<NatSlot6, { slots(DEFAULT_FLOW_TABLE_SIZE) as usize }, MMAPABLE> =
     Array::new();
 
+/// The hop toward the client of the translation at the same index of `NAT_REVERSE6`, out of
+/// its slot so that the slot is one cache line (see `NatSlot6`): written by replies only.
+#[btf_map]
+pub static NAT_HOPS6: Array<NextHop<V6>, { slots(DEFAULT_FLOW_TABLE_SIZE) as usize }> =
+    Array::new();
+
 #[btf_map]
 pub static SNAT_SOURCES6: Array<SnatSources<V6>, { MAX_SERVICES as usize }> = Array::new();
 

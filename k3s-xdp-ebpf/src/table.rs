@@ -256,10 +256,12 @@ fn nat_slot<F: Family>(hash: u32, mask: u32) -> Option<*mut F::Nat> {
 }
 
 /// What a reader of a translation uses, each field read once from its slot and checked
-/// against the seal. The next hop is outside the seal: read it from the slot when needed
-/// ([`NatPlace::hop`]).
+/// against the seal; and where the slot is. The next hop is outside the seal: read it when
+/// needed ([`NatPlace::hop`]).
 #[derive(Clone, Copy)]
 pub struct NatView<F> {
+    /// The slot's index (IPv6 keeps the hop at the same index of `NAT_HOPS6`).
+    pub at: u32,
     pub client_addr: F,
     pub client_port: u16,
     pub vip_port: u16,
@@ -294,7 +296,7 @@ pub struct Held<F> {
 pub trait NatPlace<F: Family>: Sized {
     /// The translation of `key` (flow hash `hash`) in `slot`, checked: its tuple and seal, and
     /// for IPv6 the backend's address in `BACKENDS6`.
-    fn find(slot: *mut Self, key: &FlowKey<F>, hash: u32) -> Option<NatView<F>>;
+    fn find(slot: *mut Self, at: u32, key: &FlowKey<F>, hash: u32) -> Option<NatView<F>>;
     fn seal(slot: *const Self) -> u32;
     /// What the claim of `reverse` (flow hash `hash`) through `backend` sees in a slot sealed
     /// `seal` (not 0).
@@ -319,10 +321,10 @@ pub trait NatPlace<F: Family>: Sized {
     /// The `NAT_*` closing bits, outside the seal.
     fn closing(slot: *const Self) -> u32;
     fn set_closing(slot: *mut Self, closing: u32);
-    /// The next hop toward the client cached in the slot (`ifindex` 0: none), outside the
-    /// seal: used only for the address it names.
-    fn hop(slot: *const Self) -> NextHop<F>;
-    fn set_hop(slot: *mut Self, hop: &NextHop<F>);
+    /// The next hop toward the client cached for the translation in `slot`, at index `at`
+    /// (`ifindex` 0: none), outside the seal: used only for the address it names.
+    fn hop(slot: *const Self, at: u32) -> NextHop<F>;
+    fn set_hop(slot: *mut Self, at: u32, hop: &NextHop<F>);
     /// Clears the seal: no reader takes the slot any more (the benchmarks forget a flow).
     #[cfg_attr(not(feature = "bench"), allow(dead_code))]
     fn clear(slot: *mut Self);
@@ -333,7 +335,7 @@ pub trait NatPlace<F: Family>: Sized {
 
 impl NatPlace<u32> for NatSlot<u32> {
     #[inline(always)]
-    fn find(slot: *mut Self, key: &FlowKey<u32>, hash: u32) -> Option<NatView<u32>> {
+    fn find(slot: *mut Self, at: u32, key: &FlowKey<u32>, hash: u32) -> Option<NatView<u32>> {
         // The whole slot copied and checked, as the IPv4 path always read it.
         // SAFETY: a map value valid for this run, read once.
         let copy = unsafe { core::ptr::read_volatile(slot) };
@@ -342,6 +344,7 @@ impl NatPlace<u32> for NatSlot<u32> {
         }
         let nat = copy.nat;
         Some(NatView {
+            at,
             client_addr: nat.client_addr,
             client_port: nat.client_port,
             vip_port: nat.vip_port,
@@ -437,12 +440,12 @@ impl NatPlace<u32> for NatSlot<u32> {
     }
 
     #[inline(always)]
-    fn hop(slot: *const Self) -> NextHop<u32> {
+    fn hop(slot: *const Self, _at: u32) -> NextHop<u32> {
         field!((*slot).nat.next_hop)
     }
 
     #[inline(always)]
-    fn set_hop(slot: *mut Self, hop: &NextHop<u32>) {
+    fn set_hop(slot: *mut Self, _at: u32, hop: &NextHop<u32>) {
         // SAFETY: a map value valid for this run.
         unsafe { (*slot).nat.next_hop = *hop };
     }
@@ -472,8 +475,9 @@ impl NatPlace<V6> for NatSlot6 {
     /// address, which the slot does not keep, from `BACKENDS6`, for the one slot whose tuple
     /// matched.
     #[inline(always)]
-    fn find(slot: *mut Self, key: &FlowKey<V6>, hash: u32) -> Option<NatView<V6>> {
+    fn find(slot: *mut Self, at: u32, key: &FlowKey<V6>, hash: u32) -> Option<NatView<V6>> {
         let view = NatView {
+            at,
             // SAFETY: a field of a map value valid for this run.
             client_addr: V6::load(unsafe { addr_of!((*slot).client_addr) }),
             client_port: field!((*slot).client_port),
@@ -567,7 +571,7 @@ impl NatPlace<V6> for NatSlot6 {
         held.hash
     }
 
-    /// Writes the first line only: the next hop stays as it was, marked unresolved (`hop`).
+    /// The hop in `NAT_HOPS6` stays as it was, marked not this translation's (`hop`).
     #[inline(always)]
     fn write(
         slot: *mut Self,
@@ -628,19 +632,26 @@ impl NatPlace<V6> for NatSlot6 {
     }
 
     #[inline(always)]
-    fn hop(slot: *const Self) -> NextHop<V6> {
+    fn hop(slot: *const Self, at: u32) -> NextHop<V6> {
         if field!((*slot).hop) == 0 {
             return NextHop::default();
         }
-        field!((*slot).next_hop)
+        match crate::maps::NAT_HOPS6.get_ptr(at) {
+            // SAFETY: a map value valid for this run.
+            Some(hop) => unsafe { core::ptr::read_volatile(hop) },
+            None => NextHop::default(),
+        }
     }
 
+    /// The hop first, then the mark that it is this translation's.
     #[inline(always)]
-    fn set_hop(slot: *mut Self, hop: &NextHop<V6>) {
-        // SAFETY: a map value valid for this run.
-        unsafe {
-            (*slot).next_hop = *hop;
-            (*slot).hop = 1;
+    fn set_hop(slot: *mut Self, at: u32, hop: &NextHop<V6>) {
+        if let Some(cached) = crate::maps::NAT_HOPS6.get_ptr_mut(at) {
+            // SAFETY: map values valid for this run.
+            unsafe {
+                *cached = *hop;
+                (*slot).hop = 1;
+            }
         }
     }
 
@@ -666,8 +677,9 @@ impl NatPlace<V6> for NatSlot6 {
 /// The reverse NAT entry of `key`: the slot and what was checked of it.
 #[inline(always)]
 pub fn find_nat<F: Family>(key: &FlowKey<F>, at: Place) -> Option<(*mut F::Nat, NatView<F>)> {
-    let slot = nat_slot::<F>(at.hash, at.mask)?;
-    let view = F::Nat::find(slot, key, at.hash)?;
+    let index = nat_index(at.hash, at.mask);
+    let slot = F::nat_slot(index)?;
+    let view = F::Nat::find(slot, index, key, at.hash)?;
     Some((slot, view))
 }
 

@@ -95,10 +95,10 @@ struct Attached {
 #[derive(Clone, Copy, Debug)]
 pub struct LoadOptions {
     pub flow_table_size: u32,
-    /// Whether the IPv6 flow tables (`FLOWS6`, `NAT_REVERSE6`) get `flow_table_size` entries
+    /// Whether the IPv6 flow tables (`FLOWS6`, `NAT_REVERSE6`, `NAT_HOPS6`) get `flow_table_size` entries
     /// too (the program indexes both families' tables with one mask): when the config has
     /// IPv6 services. Otherwise they hold one bucket: at the default size they would take
-    /// 44 MiB for nothing.
+    /// 40 MiB for nothing.
     pub ipv6: bool,
     /// Whether flows are reported for flow sync: the `FLOW_EVENTS` log gets
     /// `FLOW_LOG_SLOTS` slots per CPU, else one slot.
@@ -139,6 +139,7 @@ impl Dataplane {
             .map_max_entries(names::NAT_REVERSE, table::slots(options.flow_table_size))
             .map_max_entries(names::FLOWS6, table::buckets(size6))
             .map_max_entries(names::NAT_REVERSE6, table::slots(size6))
+            .map_max_entries(names::NAT_HOPS6, table::slots(size6))
             .map_max_entries(
                 names::FLOW_EVENTS,
                 (flow_log_cpus * k3s_xdp_common::FLOW_LOG_SLOTS).max(1),
