@@ -246,7 +246,8 @@ pub struct Backend<A: Address = u32> {
 }
 
 /// Key of `FLOWS` and `NAT_REVERSE` (an IPv4 5-tuple as seen on the wire), and of `FLOWS6`
-/// and `NAT_REVERSE6` (`FlowKey<V6>`).
+/// and `NAT_REVERSE6` (`FlowKey<V6>`; a `NatSlot6` keeps all of it but the source, the
+/// backend's address).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct FlowKey<A = u32> {

@@ -1,6 +1,7 @@
 //! Next hops: where a rewritten frame goes, from `bpf_fib_lookup`. The hop toward a backend
 //! depends only on the backend, so it is resolved once and cached per backend slot in
-//! `BACKEND_HOPS`; the hop toward a client is cached in its `NAT_REVERSE` entry. A cached hop
+//! `BACKEND_HOPS`; the hop toward a client is cached in its `NAT_REVERSE` entry (IPv6: at the
+//! same index of `NAT_HOPS6`, see `NatSlot6`). A cached hop
 //! is used while its `generation` matches `GLOBALS.fib_generation`, which the controller bumps
 //! when routes or neighbours change.
 

@@ -51,7 +51,8 @@ pub static MAGLEV: ArrayOfMaps<
 > = ArrayOfMaps::new();
 
 /// `BPF_F_MMAPABLE`: the kernel places the entries from a page boundary, so each 64-byte
-/// `NatSlot` is one cache line (and userspace could read the tables through a mapping).
+/// `NatSlot` (and `NatSlot6`) is one cache line (and userspace reads the tables through a
+/// mapping).
 const MMAPABLE: usize = 1 << 10;
 
 /// Client → VIP tuple → backend and SNAT port: a set-associative table, an array of buckets

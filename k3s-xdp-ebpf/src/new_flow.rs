@@ -24,7 +24,7 @@ use crate::{
     parse::{Ip, Offsets, L4},
     state::Probe,
     sync,
-    table::{self, Place},
+    table::{self, NatPlace, Place},
 };
 use k3s_xdp_common::{
     reason, table::UNCONFIRMED, Flow, FlowKey, Globals, VipInfo, VipPort, FLOW_SYNC_ON,
@@ -74,8 +74,11 @@ pub fn ask<F: Family>(
         // Unconfirmed until the client's second packet (`forward::lookup`).
         (*state).entry.closing = NAT_UNCONFIRMED;
         // The hop back to the client: none yet, the first reply resolves it with the FIB.
-        // Never the mirror of the client's frame: another router may have sent it on.
-        hop::none(core::ptr::addr_of_mut!((*state).entry.next_hop));
+        // Never the mirror of the client's frame: another router may have sent it on. (An
+        // IPv6 translation keeps no hop in its slot: nothing to write.)
+        if F::Nat::HOP_IN_SLOT {
+            hop::none(core::ptr::addr_of_mut!((*state).entry.next_hop));
+        }
         (*state).min = min;
         (*state).span = max - min + 1;
         for i in 0..MAX_PORTS_PER_VIP {

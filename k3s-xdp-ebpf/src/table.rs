@@ -294,6 +294,10 @@ pub struct Held<F> {
 /// `k3s_xdp_common::table::{NatSlot, NatSlot6}`). Every field is read once, so what is checked
 /// is what is used.
 pub trait NatPlace<F: Family>: Sized {
+    /// Whether the slot holds the hop toward the client (IPv4), written with the rest of a new
+    /// translation; IPv6 keeps it apart, in `NAT_HOPS6`.
+    const HOP_IN_SLOT: bool;
+
     /// The translation of `key` (flow hash `hash`) in `slot`, checked: its tuple and seal, and
     /// for IPv6 the backend's address in `BACKENDS6`.
     fn find(slot: *mut Self, at: u32, key: &FlowKey<F>, hash: u32) -> Option<NatView<F>>;
@@ -334,6 +338,8 @@ pub trait NatPlace<F: Family>: Sized {
 }
 
 impl NatPlace<u32> for NatSlot<u32> {
+    const HOP_IN_SLOT: bool = true;
+
     #[inline(always)]
     fn find(slot: *mut Self, at: u32, key: &FlowKey<u32>, hash: u32) -> Option<NatView<u32>> {
         // The whole slot copied and checked, as the IPv4 path always read it.
@@ -471,6 +477,8 @@ impl NatPlace<u32> for NatSlot<u32> {
 }
 
 impl NatPlace<V6> for NatSlot6 {
+    const HOP_IN_SLOT: bool = false;
+
     /// Read in place, field by field (a copy would go through the stack); the backend's
     /// address, which the slot does not keep, from `BACKENDS6`, for the one slot whose tuple
     /// matched.
