@@ -301,7 +301,13 @@ pub trait NatPlace<F: Family>: Sized {
     /// The translation of `key` (flow hash `hash`) in `slot`, checked: its tuple and seal, and
     /// for IPv6 the backend's address in `BACKENDS6`.
     fn find(slot: *mut Self, at: u32, key: &FlowKey<F>, hash: u32) -> Option<NatView<F>>;
-    fn seal(slot: *const Self) -> u32;
+    /// The seal's word in the slot.
+    fn seal_at(slot: *mut Self) -> *mut u32;
+    #[inline(always)]
+    fn seal(slot: *mut Self) -> u32 {
+        // SAFETY: a field of a map value valid for this run, read once.
+        unsafe { core::ptr::read_volatile(Self::seal_at(slot)) }
+    }
     /// What the claim of `reverse` (flow hash `hash`) through `backend` sees in a slot sealed
     /// `seal` (not 0).
     fn held(slot: *const Self, reverse: &FlowKey<F>, backend: u16, hash: u32, seal: u32)
@@ -331,7 +337,11 @@ pub trait NatPlace<F: Family>: Sized {
     fn set_hop(slot: *mut Self, at: u32, hop: &NextHop<F>);
     /// Clears the seal: no reader takes the slot any more (the benchmarks forget a flow).
     #[cfg_attr(not(feature = "bench"), allow(dead_code))]
-    fn clear(slot: *mut Self);
+    #[inline(always)]
+    fn clear(slot: *mut Self) {
+        // SAFETY: a field of a map value valid for this run.
+        unsafe { *Self::seal_at(slot) = 0 };
+    }
     /// Writes the slot's reverse tuple into `out` (IPv6: all but its source) and returns its
     /// backend slot.
     fn reverse_into(slot: *const Self, out: *mut FlowKey<F>) -> u16;
@@ -362,8 +372,9 @@ impl NatPlace<u32> for NatSlot<u32> {
     }
 
     #[inline(always)]
-    fn seal(slot: *const Self) -> u32 {
-        field!((*slot).seal)
+    fn seal_at(slot: *mut Self) -> *mut u32 {
+        // SAFETY: a field of a map value valid for this run.
+        unsafe { core::ptr::addr_of_mut!((*slot).seal) }
     }
 
     #[inline(always)]
@@ -457,12 +468,6 @@ impl NatPlace<u32> for NatSlot<u32> {
     }
 
     #[inline(always)]
-    fn clear(slot: *mut Self) {
-        // SAFETY: a map value valid for this run.
-        unsafe { (*slot).seal = 0 };
-    }
-
-    #[inline(always)]
     fn reverse_into(slot: *const Self, out: *mut FlowKey<u32>) -> u16 {
         // SAFETY: a map value valid for this run; the caller's record.
         unsafe {
@@ -520,8 +525,9 @@ impl NatPlace<V6> for NatSlot6 {
     }
 
     #[inline(always)]
-    fn seal(slot: *const Self) -> u32 {
-        field!((*slot).seal)
+    fn seal_at(slot: *mut Self) -> *mut u32 {
+        // SAFETY: a field of a map value valid for this run.
+        unsafe { core::ptr::addr_of_mut!((*slot).seal) }
     }
 
     #[inline(always)]
@@ -661,12 +667,6 @@ impl NatPlace<V6> for NatSlot6 {
                 (*slot).hop = 1;
             }
         }
-    }
-
-    #[inline(always)]
-    fn clear(slot: *mut Self) {
-        // SAFETY: a map value valid for this run.
-        unsafe { (*slot).seal = 0 };
     }
 
     #[inline(always)]
