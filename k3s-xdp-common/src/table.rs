@@ -207,12 +207,6 @@ impl<A: Address> NatSlot<A> {
         }
     }
 
-    /// The seal of a slot holding `nat` for the key whose flow hash is `hash`.
-    #[inline(always)]
-    pub fn seal_for(hash: u32, nat: &NatReverse<A>) -> u32 {
-        nat_seal(hash, nat)
-    }
-
     /// Whether this slot holds `key` (whose flow hash is `hash`), whole.
     #[inline(always)]
     pub fn holds(&self, key: &FlowKey<A>, hash: u32) -> bool {
@@ -304,9 +298,6 @@ pub trait Translation<A: Address>:
 
     fn seen(&self) -> u32;
 
-    /// The same slot, cleared (no reader takes it any more).
-    fn cleared(self) -> Self;
-
     /// Whether a new flow may take this slot although it holds a translation: its connection
     /// closed, or nothing went through it for [`IDLE_SECS`].
     fn reusable(&self, clock: u32) -> bool {
@@ -339,10 +330,6 @@ impl<A: Address> Translation<A> for NatSlot<A> {
 
     fn seen(&self) -> u32 {
         self.seen
-    }
-
-    fn cleared(self) -> Self {
-        NatSlot { seal: 0, ..self }
     }
 }
 
@@ -415,10 +402,6 @@ impl Translation<V6> for NatSlot6 {
 
     fn seen(&self) -> u32 {
         self.seen
-    }
-
-    fn cleared(self) -> Self {
-        NatSlot6 { seal: 0, ..self }
     }
 }
 
@@ -717,7 +700,7 @@ mod tests {
         for k2 in [key6(50, 5001), FlowKey { protocol: 17, ..k }] {
             assert!(!slot.holds(&k2, flow_hash(&k2)), "{k2:?}");
         }
-        assert!(!slot.cleared().is_valid());
+        assert!(!NatSlot6 { seal: 0, ..slot }.is_valid());
         assert!(!NatSlot6::default().is_valid());
         // Closing bits and `seen` are outside the seal.
         let closed = NatSlot6::new(
