@@ -24,6 +24,9 @@ pub trait Address: Copy + Default + Eq + core::fmt::Debug + 'static {
     /// [`crate::table::Translation`].
     type NatSlot: crate::table::Translation<Self>;
 
+    /// The family's flow slot (`FLOWS`, `FLOWS6`): see [`crate::table::FlowWay`].
+    type FlowSlot: crate::table::FlowWay<Self>;
+
     /// 0 when `self == other`, anything else otherwise; one branch-free expression (the
     /// verifier walks every branch of every way of a bucket).
     fn diff(&self, other: &Self) -> u32;
@@ -48,6 +51,7 @@ impl Address for u32 {
     const LEN: usize = 4;
     type Tail = ();
     type NatSlot = crate::table::NatSlot<u32>;
+    type FlowSlot = crate::table::FlowSlot<u32>;
 
     #[inline(always)]
     fn diff(&self, other: &Self) -> u32 {
@@ -79,6 +83,7 @@ impl Address for V6 {
     const LEN: usize = 16;
     type Tail = u32;
     type NatSlot = crate::table::NatSlot6;
+    type FlowSlot = crate::table::FlowSlot6;
 
     #[inline(always)]
     fn diff(&self, other: &Self) -> u32 {

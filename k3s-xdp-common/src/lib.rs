@@ -558,6 +558,7 @@ mod pod {
     unsafe impl<A: Address> aya::Pod for table::FlowSlot<A> {}
     unsafe impl<A: Address> aya::Pod for table::NatSlot<A> {}
     unsafe impl aya::Pod for table::NatSlot6 {}
+    unsafe impl aya::Pod for table::FlowSlot6 {}
     unsafe impl<A: Address> aya::Pod for table::FlowBucket<A> {}
 }
 

@@ -8,7 +8,13 @@
 //! comparison (forgetting a flow, or unconfirming it, is not cancelled: it counts against
 //! k3s-xdp).
 
-use crate::{csum, family::Family, maps::BENCH, parse::ptr_at, table::NatPlace};
+use crate::{
+    csum,
+    family::Family,
+    maps::BENCH,
+    parse::ptr_at,
+    table::{FlowPlace, NatPlace},
+};
 use aya_ebpf::programs::XdpContext;
 use k3s_xdp_common::{
     table::{UNCONFIRMED, WAYS},
@@ -130,7 +136,7 @@ fn mark<F: Family>(bucket: u32, nat: u32) -> bool {
     // SAFETY: map values valid for this run.
     unsafe {
         for way in 0..WAYS as usize {
-            (*bucket).slots[way].seen |= UNCONFIRMED;
+            *F::FlowSlot::seen_at(&mut (*bucket).slots[way]) |= UNCONFIRMED;
         }
     }
     F::Nat::set_closing(slot, F::Nat::closing(slot) | NAT_UNCONFIRMED);
@@ -146,7 +152,7 @@ fn clear<F: Family>(bucket: u32, nat: u32) -> bool {
     // SAFETY: map values valid for this run.
     unsafe {
         for way in 0..WAYS as usize {
-            (*bucket).slots[way].seal = 0;
+            *F::FlowSlot::seal_at(&mut (*bucket).slots[way]) = 0;
         }
     }
     F::Nat::clear(slot);

@@ -266,6 +266,7 @@ fn clear_taken_over<F: Family>() {
     }
     table::clear_flow_through(
         &key,
+        taken.service,
         Place::of(&key, mask),
         taken.backend,
         taken.snat_port,

@@ -30,17 +30,13 @@ pub const HOP_LIMIT: u8 = 64;
 const AF_INET: u8 = 2;
 const AF_INET6: u8 = 10;
 
-pub trait Family: Address {
+pub trait Family: Address<FlowSlot: crate::table::FlowPlace<Self>> {
     /// The IP header.
     type Hdr;
     /// The reverse-NAT slot (`Address::NatSlot`), as the program reads and writes it.
     type Nat: crate::table::NatPlace<Self>;
     /// The new-flow program's slot in `NEW_FLOW`.
     const NEW_FLOW_SLOT: u32;
-    /// Whether table readers copy a whole slot and check the copy (IPv4: 32- and 64-byte slots
-    /// fit in registers) or read each field once in place (IPv6: a copy would go through the
-    /// stack, once per way of a bucket).
-    const COPY_SLOTS: bool;
     /// Bounds the L4 offset a new flow's second half finds its packet's headers at again:
     /// IPv6 extension headers can put it far from the IP header.
     const L4_MASK: u16;
@@ -139,7 +135,6 @@ impl Family for u32 {
     type Hdr = Ipv4Hdr;
     type Nat = NatSlot<u32>;
     const NEW_FLOW_SLOT: u32 = 0;
-    const COPY_SLOTS: bool = true;
     const L4_MASK: u16 = 0x7f;
 
     #[inline(always)]
@@ -264,7 +259,6 @@ impl Family for V6 {
     type Hdr = Ipv6Hdr;
     type Nat = NatSlot6;
     const NEW_FLOW_SLOT: u32 = 1;
-    const COPY_SLOTS: bool = false;
     const L4_MASK: u16 = 0x3fff;
 
     #[inline(always)]

@@ -99,7 +99,8 @@ pub fn lookup<F: Family>(
     } else {
         0
     };
-    let Some((flow, unconfirmed)) = table::find_flow(key, at, globals.clock, keep) else {
+    let Some((flow, unconfirmed)) = table::find_flow(key, service.service, at, globals.clock, keep)
+    else {
         return Decision::Choose;
     };
     let Some(backend) = F::backend(flow.backend) else {
@@ -132,7 +133,7 @@ pub fn lookup<F: Family>(
         }
     }
     if backend.state == BACKEND_DOWN && service.flags & SERVICE_RESET_ON_DOWN != 0 {
-        table::clear_flow(key, at);
+        table::clear_flow(key, service.service, at);
         // A SYN on the tuple of a flow pinned to a backend now down is a new connection (the
         // client reuses its port): it chooses a healthy backend, and so does a UDP flow's
         // next datagram (no connection to reset: a request that came back on the same

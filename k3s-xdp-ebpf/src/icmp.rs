@@ -108,6 +108,7 @@ pub fn about_flow<F: Family>(
     // ICMP about a flow confirms nothing (`UNCONFIRMED` kept).
     let Some((flow, _)) = table::find_flow(
         &key,
+        service.service,
         Place::of(&key, globals.flow_mask),
         globals.clock,
         k3s_xdp_common::table::UNCONFIRMED,

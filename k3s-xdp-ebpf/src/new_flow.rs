@@ -152,7 +152,7 @@ pub fn record<F: Family>(state: *mut Probe<F>) {
             mask: (*state).mask,
         };
         let seen = (*state).clock | UNCONFIRMED;
-        if !table::store_flow(&(*state).key, at, flow, seen) {
+        if !table::store_flow(&(*state).key, (*state).service.service, at, flow, seen) {
             (*state).outcome = reason::DROP_MAP_UPDATE;
             return;
         }

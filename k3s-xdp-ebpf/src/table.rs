@@ -10,8 +10,8 @@ use k3s_xdp_common::{
     hash::flow_hash,
     reason,
     table::{
-        bucket_index, idle, keep_rank, nat_index, nat_seal, same_key, FlowBucket, FlowSlot,
-        NatSlot, NatSlot6, UNCONFIRMED, WAYS,
+        bucket_index, flow_seal, idle, keep_rank, nat_index, nat_seal, same_key, FlowBucket,
+        FlowSlot, FlowSlot6, NatSlot, NatSlot6, UNCONFIRMED, WAYS,
     },
     Address, Flow, FlowKey, NatReverse, NextHop, NAT_UNCONFIRMED, V6,
 };
@@ -48,7 +48,7 @@ impl Place {
 
 /// A slot of a bucket: the bucket and the way.
 #[inline(always)]
-fn flow_slot<F: Family>(bucket: *mut FlowBucket<F>, way: u32) -> *mut FlowSlot<F> {
+fn flow_slot<F: Family>(bucket: *mut FlowBucket<F>, way: u32) -> *mut F::FlowSlot {
     // SAFETY: `way < WAYS` (callers pass loop indexes or checked values); in bounds of the
     // bucket, a map value valid for this run.
     unsafe {
@@ -59,8 +59,7 @@ fn flow_slot<F: Family>(bucket: *mut FlowBucket<F>, way: u32) -> *mut FlowSlot<F
     }
 }
 
-/// Whether the slot's key is `key`, each field of it read once, in place (an IPv6 slot is too
-/// big to copy onto the stack once per way).
+/// Whether the key at `slot` is `key`, each field of it read once, in place.
 #[inline(always)]
 pub fn key_at<F: Family>(slot: *const FlowKey<F>, key: &FlowKey<F>) -> bool {
     let ports = (u32::from(field!((*slot).sport)) << 16) | u32::from(field!((*slot).dport));
@@ -73,81 +72,276 @@ pub fn key_at<F: Family>(slot: *const FlowKey<F>, key: &FlowKey<F>) -> bool {
         == 0
 }
 
-/// Whether the slot's key has `key`'s ports: what tells most other flows apart.
-#[inline(always)]
-fn ports_at<F: Family>(slot: *const FlowSlot<F>, key: &FlowKey<F>) -> bool {
-    (field!((*slot).key.sport) == key.sport) & (field!((*slot).key.dport) == key.dport)
+/// How the program reads and writes a family's flow slot in place (the layouts:
+/// `k3s_xdp_common::table::{FlowSlot, FlowSlot6}`). A key is looked for with its service's
+/// slot, which IPv6's slot keeps in place of the VIP, port and protocol. Every field is read
+/// once, so what is checked is what is used.
+pub trait FlowPlace<F: Family>: Sized {
+    /// The flow in `slot` if it holds `key` of `service` (flow hash `hash`) whole. A way that
+    /// holds another flow (or none) costs the reads that tell it apart, not the whole key's.
+    fn flow_at(slot: *const Self, key: &FlowKey<F>, service: u32, hash: u32) -> Option<Flow>;
+    /// [`Self::flow_at`], and records that a packet of it went through at `clock` (see
+    /// [`find_flow`]); the flow and whether it was unconfirmed.
+    #[inline(always)]
+    fn find(
+        slot: *mut Self,
+        key: &FlowKey<F>,
+        service: u32,
+        hash: u32,
+        (clock, keep): (u32, u32),
+    ) -> Option<(Flow, bool)> {
+        let flow = Self::flow_at(slot, key, service, hash)?;
+        // SAFETY: a field of a map value valid for this run.
+        let seen_at = Self::seen_at(slot);
+        let seen = unsafe { core::ptr::read_volatile(seen_at) };
+        let now = clock | (seen & keep);
+        if seen != now {
+            // SAFETY: as above; `seen` is outside the seal.
+            unsafe { *seen_at = now };
+        }
+        Some((flow, seen & UNCONFIRMED != 0))
+    }
+    /// [`Self::find`] over the ways of `bucket`: [`find_flow`].
+    #[inline(always)]
+    fn find_in(
+        bucket: *mut FlowBucket<F>,
+        key: &FlowKey<F>,
+        service: u32,
+        hash: u32,
+        clock_keep: (u32, u32),
+    ) -> Option<(Flow, bool)> {
+        // Not an `Option` carried through the ways: its payload is undefined on the paths
+        // that found nothing yet, and IPv6's code spills the register holding it, which the
+        // verifier refuses to read.
+        let mut found = (Flow::default(), false);
+        let mut hit = false;
+        for way in 0..WAYS {
+            if let Some(f) =
+                F::FlowSlot::find(flow_slot(bucket, way), key, service, hash, clock_keep)
+            {
+                found = f;
+                hit = true;
+            }
+        }
+        hit.then_some(found)
+    }
+    /// Whether the slot's key is `key` of `service`, whatever its seal.
+    fn same_at(slot: *const Self, key: &FlowKey<F>, service: u32) -> bool;
+    /// Whether the slot holds `key` of `service` sealed `seal`.
+    #[inline(always)]
+    fn sealed_as(slot: *mut Self, key: &FlowKey<F>, service: u32, seal: u32) -> bool {
+        // SAFETY: a field of a map value valid for this run, read once.
+        (unsafe { core::ptr::read_volatile(Self::seal_at(slot)) } == seal)
+            & Self::same_at(slot, key, service)
+    }
+    /// Writes `flow` for `key` of `service`, seen at `seen`, sealed `seal`: the seal last.
+    fn write(slot: *mut Self, key: &FlowKey<F>, service: u32, flow: &Flow, seen: u32, seal: u32);
+    /// `seen`, outside the seal.
+    fn seen_at(slot: *mut Self) -> *mut u32;
+    /// The seal's word; 0 clears the slot (no reader takes it any more).
+    fn seal_at(slot: *mut Self) -> *mut u32;
 }
 
-/// The flow in `slot` if it holds `key` (whose flow hash is `hash`) whole: every field read
-/// once, so what is checked is what is used. A way whose ports differ (another flow, or none)
-/// costs two reads, not the whole key's.
-#[inline(always)]
-fn flow_at<F: Family>(slot: *const FlowSlot<F>, key: &FlowKey<F>, hash: u32) -> Option<Flow> {
-    if !ports_at(slot, key) {
-        return None;
+impl FlowPlace<u32> for FlowSlot<u32> {
+    /// The slot's ports first (what tells most other flows apart: two reads), then the rest
+    /// of its key, then its seal, for the way whose key matches (at most one).
+    #[inline(always)]
+    fn flow_at(slot: *const Self, key: &FlowKey<u32>, _service: u32, hash: u32) -> Option<Flow> {
+        if !((field!((*slot).key.sport) == key.sport) & (field!((*slot).key.dport) == key.dport)) {
+            return None;
+        }
+        let flow = field!((*slot).flow);
+        let seal = field!((*slot).seal);
+        // SAFETY: a map value valid for this run.
+        let same = key_at(unsafe { addr_of!((*slot).key) }, key);
+        if same && seal == flow_seal(hash, &flow) {
+            Some(flow)
+        } else {
+            None
+        }
     }
-    let flow = field!((*slot).flow);
-    let seal = field!((*slot).seal);
-    // SAFETY: a map value valid for this run.
-    let same = key_at(unsafe { core::ptr::addr_of!((*slot).key) }, key);
-    // The seal only for the way whose key matches (at most one): the others skip its
-    // multiplications.
-    if same && seal == FlowSlot::<F>::seal_for(hash, &flow) {
-        Some(flow)
-    } else {
-        None
+
+    /// The whole slot in registers, checked, as the IPv4 path always read it.
+    #[inline(always)]
+    fn find(
+        slot: *mut Self,
+        key: &FlowKey<u32>,
+        _service: u32,
+        hash: u32,
+        (clock, keep): (u32, u32),
+    ) -> Option<(Flow, bool)> {
+        // SAFETY: a map value valid for this run, read once.
+        let copy = unsafe { core::ptr::read_volatile(slot) };
+        if !copy.holds(key, hash) {
+            return None;
+        }
+        let now = clock | (copy.seen & keep);
+        if copy.seen != now {
+            // SAFETY: a map value valid for this run; `seen` is outside the seal.
+            unsafe { (*slot).seen = now };
+        }
+        Some((copy.flow, copy.seen & UNCONFIRMED != 0))
+    }
+
+    /// The loop IPv4's path always had: an `Option` carried through the ways, which keeps
+    /// each way's seal behind its key's check (the flag [`FlowPlace::find_in`] carries
+    /// instead let the compiler compute every way's seal).
+    #[inline(always)]
+    fn find_in(
+        bucket: *mut FlowBucket<u32>,
+        key: &FlowKey<u32>,
+        service: u32,
+        hash: u32,
+        clock_keep: (u32, u32),
+    ) -> Option<(Flow, bool)> {
+        let mut found = None;
+        for way in 0..WAYS {
+            if let Some(f) = Self::find(flow_slot(bucket, way), key, service, hash, clock_keep) {
+                found = Some(f);
+            }
+        }
+        found
+    }
+
+    #[inline(always)]
+    fn same_at(slot: *const Self, key: &FlowKey<u32>, _service: u32) -> bool {
+        ((field!((*slot).key.sport) == key.sport) & (field!((*slot).key.dport) == key.dport))
+            // SAFETY: a map value valid for this run.
+            && key_at(unsafe { addr_of!((*slot).key) }, key)
+    }
+
+    #[inline(always)]
+    fn sealed_as(slot: *mut Self, key: &FlowKey<u32>, _service: u32, seal: u32) -> bool {
+        (field!((*slot).seal) == seal) & same_key(&field!((*slot).key), key)
+    }
+
+    #[inline(always)]
+    fn write(
+        slot: *mut Self,
+        key: &FlowKey<u32>,
+        _service: u32,
+        flow: &Flow,
+        seen: u32,
+        seal: u32,
+    ) {
+        // SAFETY: a map value valid for this run.
+        unsafe {
+            (*slot).seal = 0;
+            (*slot).key = *key;
+            (*slot).flow = *flow;
+            (*slot).seen = seen;
+            (*slot).seal = seal;
+        }
+    }
+
+    #[inline(always)]
+    fn seen_at(slot: *mut Self) -> *mut u32 {
+        // SAFETY: a field of a map value valid for this run.
+        unsafe { core::ptr::addr_of_mut!((*slot).seen) }
+    }
+
+    #[inline(always)]
+    fn seal_at(slot: *mut Self) -> *mut u32 {
+        // SAFETY: a field of a map value valid for this run.
+        unsafe { core::ptr::addr_of_mut!((*slot).seal) }
     }
 }
 
-/// The flow entry of `key`, checked, and whether it was unconfirmed (`UNCONFIRMED`: this is
-/// its client's second packet, or a SYN again); records that a packet of it went through at
-/// `clock` (written only when the second changed, so established packets keep the cache line
-/// shared between CPUs), which confirms it unless `keep` is `UNCONFIRMED` (a SYN, or ICMP
-/// about the flow). Returns no pointer into the bucket: which way held the key must not
-/// outlive the loop, or the verifier would walk the rest of the program once per way.
+impl FlowPlace<V6> for FlowSlot6 {
+    /// The client's port and the service first (two reads tell most other flows apart), then
+    /// the client's address, then the seal, for the way whose client matches (at most one).
+    #[inline(always)]
+    fn flow_at(slot: *const Self, key: &FlowKey<V6>, service: u32, hash: u32) -> Option<Flow> {
+        if !((field!((*slot).client_port) == key.sport)
+            & (u32::from(field!((*slot).service)) == service))
+        {
+            return None;
+        }
+        let flow = Flow {
+            backend: u32::from(field!((*slot).backend)),
+            snat_port: field!((*slot).snat_port),
+            snat_source: u16::from(field!((*slot).snat_source)),
+        };
+        let seal = field!((*slot).seal);
+        // SAFETY: a field of a map value valid for this run.
+        let same = V6::diff_at(unsafe { addr_of!((*slot).client_addr) }, &key.src) == 0;
+        if same && seal == flow_seal(hash, &flow) {
+            Some(flow)
+        } else {
+            None
+        }
+    }
+
+    #[inline(always)]
+    fn same_at(slot: *const Self, key: &FlowKey<V6>, service: u32) -> bool {
+        ((field!((*slot).client_port) == key.sport)
+            & (u32::from(field!((*slot).service)) == service))
+            // SAFETY: a field of a map value valid for this run.
+            && V6::diff_at(unsafe { addr_of!((*slot).client_addr) }, &key.src) == 0
+    }
+
+    #[inline(always)]
+    fn write(slot: *mut Self, key: &FlowKey<V6>, service: u32, flow: &Flow, seen: u32, seal: u32) {
+        // Narrowed as `FlowSlot6::new` does: a value that does not fit reads back as another,
+        // which the seal (of the values given) refuses.
+        // SAFETY: a map value valid for this run.
+        unsafe {
+            (*slot).seal = 0;
+            (*slot).client_addr = key.src;
+            (*slot).client_port = key.sport;
+            (*slot).service = service as u8;
+            (*slot).snat_source = flow.snat_source as u8;
+            (*slot).backend = flow.backend as u16;
+            (*slot).snat_port = flow.snat_port;
+            (*slot).seen = seen;
+            (*slot).seal = seal;
+        }
+    }
+
+    #[inline(always)]
+    fn seen_at(slot: *mut Self) -> *mut u32 {
+        // SAFETY: a field of a map value valid for this run.
+        unsafe { core::ptr::addr_of_mut!((*slot).seen) }
+    }
+
+    #[inline(always)]
+    fn seal_at(slot: *mut Self) -> *mut u32 {
+        // SAFETY: a field of a map value valid for this run.
+        unsafe { core::ptr::addr_of_mut!((*slot).seal) }
+    }
+}
+
+/// The flow entry of `key` (of service slot `service`), checked, and whether it was
+/// unconfirmed (`UNCONFIRMED`: this is its client's second packet, or a SYN again); records
+/// that a packet of it went through at `clock` (written only when the second changed, so
+/// established packets keep the cache line shared between CPUs), which confirms it unless
+/// `keep` is `UNCONFIRMED` (a SYN, or ICMP about the flow). Returns no pointer into the
+/// bucket: which way held the key must not outlive the loop, or the verifier would walk the
+/// rest of the program once per way.
 #[inline(always)]
 pub fn find_flow<F: Family>(
     key: &FlowKey<F>,
+    service: u32,
     at: Place,
     clock: u32,
     keep: u32,
 ) -> Option<(Flow, bool)> {
-    let bucket = F::flow_bucket(at.index())?;
-    let mut found = None;
-    for way in 0..WAYS {
-        let slot = flow_slot(bucket, way);
-        if F::COPY_SLOTS {
-            // IPv4: the whole slot in registers, checked, as the IPv4 path always read it.
-            // SAFETY: a map value valid for this run, read once.
-            let copy = unsafe { core::ptr::read_volatile(slot) };
-            if copy.holds(key, at.hash) {
-                let now = clock | (copy.seen & keep);
-                if copy.seen != now {
-                    // SAFETY: a map value valid for this run; `seen` is outside the seal.
-                    unsafe { (*slot).seen = now };
-                }
-                found = Some((copy.flow, copy.seen & UNCONFIRMED != 0));
-            }
-        } else if let Some(flow) = flow_at(slot, key, at.hash) {
-            let seen = field!((*slot).seen);
-            let now = clock | (seen & keep);
-            if seen != now {
-                // SAFETY: a map value valid for this run; `seen` is outside the seal.
-                unsafe { (*slot).seen = now };
-            }
-            found = Some((flow, seen & UNCONFIRMED != 0));
-        }
-    }
-    found
+    F::FlowSlot::find_in(
+        F::flow_bucket(at.index())?,
+        key,
+        service,
+        at.hash,
+        (clock, keep),
+    )
 }
 
-/// Clears the flow entry of `key` (its seal, so no reader takes it any more) if it still goes
-/// through `backend` with `snat_port` of `snat_source`. Reads fields one by one (registers,
-/// not stack copies): it runs after the SNAT claim, on a small stack.
+/// Clears the flow entry of `key` (of `service`; its seal, so no reader takes it any more) if
+/// it still goes through `backend` with `snat_port` of `snat_source`. Reads fields one by one
+/// (registers, not stack copies): it runs after the SNAT claim, on a small stack.
 #[inline(always)]
 pub fn clear_flow_through<F: Family>(
     key: &FlowKey<F>,
+    service: u32,
     at: Place,
     backend: u32,
     snat_port: u16,
@@ -156,43 +350,50 @@ pub fn clear_flow_through<F: Family>(
     let Some(bucket) = F::flow_bucket(at.index()) else {
         return;
     };
-    let seal = k3s_xdp_common::table::seal(
+    let seal = flow_seal(
         at.hash,
-        backend,
-        k3s_xdp_common::table::snat_word(snat_port, snat_source),
-        0,
+        &Flow {
+            backend,
+            snat_port,
+            snat_source,
+        },
     );
     for way in 0..WAYS {
         let slot = flow_slot(bucket, way);
-        let same = (field!((*slot).seal) == seal) & same_key(&field!((*slot).key), key);
-        if same {
+        if F::FlowSlot::sealed_as(slot, key, service, seal) {
             // SAFETY: a map value valid for this run.
-            unsafe { (*slot).seal = 0 };
+            unsafe { *F::FlowSlot::seal_at(slot) = 0 };
         }
     }
 }
 
-/// Clears the flow entry of `key`, whatever it holds.
+/// Clears the flow entry of `key` (of `service`), whatever it holds.
 #[inline(always)]
-pub fn clear_flow<F: Family>(key: &FlowKey<F>, at: Place) {
+pub fn clear_flow<F: Family>(key: &FlowKey<F>, service: u32, at: Place) {
     let Some(bucket) = F::flow_bucket(at.index()) else {
         return;
     };
     for way in 0..WAYS {
         let slot = flow_slot(bucket, way);
-        if flow_at(slot, key, at.hash).is_some() {
+        if F::FlowSlot::flow_at(slot, key, service, at.hash).is_some() {
             // SAFETY: a map value valid for this run.
-            unsafe { (*slot).seal = 0 };
+            unsafe { *F::FlowSlot::seal_at(slot) = 0 };
         }
     }
 }
 
-/// Stores `flow` for `key`, seen at `seen` (the clock, with `UNCONFIRMED` for a new flow): in
-/// the slot that holds it, a free one, or the one `keep_rank` values least in its bucket
-/// (unconfirmed or idle flows first, then the least recently seen). False only if the table
-/// cannot be reached (no bucket at the mask's index).
+/// Stores `flow` for `key` of `service`, seen at `seen` (the clock, with `UNCONFIRMED` for a
+/// new flow): in the slot that holds it, a free one, or the one `keep_rank` values least in
+/// its bucket (unconfirmed or idle flows first, then the least recently seen). False only if
+/// the table cannot be reached (no bucket at the mask's index).
 #[inline(always)]
-pub fn store_flow<F: Family>(key: &FlowKey<F>, at: Place, flow: Flow, seen: u32) -> bool {
+pub fn store_flow<F: Family>(
+    key: &FlowKey<F>,
+    service: u32,
+    at: Place,
+    flow: Flow,
+    seen: u32,
+) -> bool {
     let Some(bucket) = F::flow_bucket(at.index()) else {
         return false;
     };
@@ -204,13 +405,14 @@ pub fn store_flow<F: Family>(key: &FlowKey<F>, at: Place, flow: Flow, seen: u32)
         let slot = flow_slot(bucket, way);
         // The slot with the key ranks below everything (whole or torn, it is this key's to
         // rewrite: no seal to check); a free one below any taken one.
-        let was = field!((*slot).seen);
-        // SAFETY: a map value valid for this run.
-        let same = ports_at(slot, key) && key_at(unsafe { core::ptr::addr_of!((*slot).key) }, key);
-        let rank = if same {
+        // SAFETY: fields of a map value valid for this run, read once.
+        let was = unsafe { core::ptr::read_volatile(F::FlowSlot::seen_at(slot)) };
+        let rank = if F::FlowSlot::same_at(slot, key, service) {
             0
         } else {
-            keep_rank(field!((*slot).seal) != 0, was, clock).max(1)
+            // SAFETY: as above.
+            let sealed = unsafe { core::ptr::read_volatile(F::FlowSlot::seal_at(slot)) } != 0;
+            keep_rank(sealed, was, clock).max(1)
         };
         if rank < lowest {
             victim = way;
@@ -227,20 +429,12 @@ pub fn store_flow<F: Family>(key: &FlowKey<F>, at: Place, flow: Flow, seen: u32)
             crate::counters::table_event(reason::table::FLOW_EVICTED);
         }
     }
-    let seal = FlowSlot::<F>::seal_for(at.hash, &flow);
+    let seal = flow_seal(at.hash, &flow);
     // Written in place (the seal last, though a reader checks it whatever the order), from a
     // loop over constant ways so the chosen way is dead afterwards (see `find_flow`).
     for way in 0..WAYS {
         if way == victim {
-            let slot = flow_slot(bucket, way);
-            // SAFETY: a map value valid for this run.
-            unsafe {
-                (*slot).seal = 0;
-                (*slot).key = *key;
-                (*slot).flow = flow;
-                (*slot).seen = seen;
-                (*slot).seal = seal;
-            }
+            F::FlowSlot::write(flow_slot(bucket, way), key, service, &flow, seen, seal);
         }
     }
     true

@@ -2151,6 +2151,7 @@ fn a_full_bucket_keeps_refreshed_copies_before_announced_ones() {
     let copy = |c: SocketAddrV4, port: u16| {
         InstallOf::V4(Install {
             key: key(c, vip, IPPROTO_TCP),
+            service: 0,
             flow: Flow {
                 backend: 1,
                 snat_port: port.to_be(),

@@ -652,3 +652,121 @@ fn ipv6_flows_sharing_a_bucket_each_find_their_own_entry() {
         "no flow chose again"
     );
 }
+
+/// One client port to two services of one VIP (nat 6443 and dsr 80), both flows in one
+/// bucket: an IPv6 flow slot keeps the service's slot in place of the VIP, port and protocol,
+/// and each flow's next packet finds its own entry, never the other service's.
+#[test]
+fn one_client_port_to_two_ipv6_services_keeps_two_flows() {
+    use k3s_xdp_common::{
+        address::v6_words, hash::flow_hash, table::bucket_index, FlowKey, IPPROTO_TCP,
+    };
+    let Some(mut h) = harness() else { return };
+    let mask = h.dataplane.flow_mask();
+    let (api, web) = (sock(ip6(0x100), 6443), sock(ip6(0x100), 80));
+    let bucket = |c: SocketAddrV6, vip: SocketAddrV6| {
+        let key = FlowKey {
+            src: v6_words(c.ip().octets()),
+            dst: v6_words(vip.ip().octets()),
+            sport: c.port().to_be(),
+            dport: vip.port().to_be(),
+            protocol: IPPROTO_TCP,
+            _pad: [0; 3],
+        };
+        bucket_index(flow_hash(&key), mask)
+    };
+    let client = (30000..65000)
+        .map(|p| sock(ip6(0x300), p))
+        .find(|&c| bucket(c, api) == bucket(c, web))
+        .expect("a client port whose two flows share a bucket");
+    let slots = [
+        h.publisher.service_slot("api6").unwrap(),
+        h.publisher.service_slot("web6").unwrap(),
+    ];
+    let (_, to_api) = transmitted(&mut h, &tcp6_syn(client, api).frame());
+    let (web_frame, to_web) = transmitted(&mut h, &tcp6_syn(client, web).frame());
+    let api_flow = (to_api.dst, tcp_ports(&to_api).0);
+    assert_eq!(
+        tcp_ports(&to_web).0,
+        client.port(),
+        "dsr keeps the client's port"
+    );
+    let made = slots.map(|s| h.dataplane.service_traffic(s).unwrap().new_flows);
+    for _ in 0..2 {
+        let (frame, _) = transmitted(&mut h, &tcp6(client, web, TCP_ACK).frame());
+        assert_eq!(
+            frame.eth_dst, web_frame.eth_dst,
+            "the dsr flow keeps its backend"
+        );
+        let (_, ip) = transmitted(&mut h, &tcp6(client, api, TCP_ACK).frame());
+        assert_eq!(
+            (ip.dst, tcp_ports(&ip).0),
+            api_flow,
+            "the nat flow keeps its own"
+        );
+    }
+    assert_eq!(
+        slots.map(|s| h.dataplane.service_traffic(s).unwrap().new_flows),
+        made,
+        "no flow chose again"
+    );
+}
+
+/// Flow sync's bulk and refresh read IPv6 flows back from the table, whose slots keep the
+/// service's slot in place of the VIP, port and protocol: the published services name it
+/// again, the key is whole, and a peer that installs the flow sends the client's next packet
+/// on to the same backend from the same SNAT port, choosing nothing.
+#[test]
+fn live_ipv6_flows_are_named_again_for_a_peers_bulk() {
+    use k3s_xdp::{dataplane::Role, flowsync::translate::Directory};
+    let Some(mut a) = harness() else { return };
+    let mut b = harness().unwrap();
+    let specs = services();
+    let directory = |h: &XdpHarness| {
+        Directory::new(
+            &specs,
+            |n| h.publisher.service_slot(n),
+            |n, addr| h.publisher.backend_slot(n, addr),
+        )
+    };
+    let (dir_a, dir_b) = (directory(&a), directory(&b));
+    a.set_clock(100).unwrap();
+    let (client, vip) = (sock(ip6(0x104), 43000), sock(ip6(0x100), 6443));
+    let (_, first) = transmitted(&mut a, &tcp6_syn(client, vip).frame());
+    // Confirmed: a bulk carries confirmed flows only.
+    transmitted(&mut a, &tcp6(client, vip, TCP_ACK).frame());
+    let tables = a.dataplane.flow_tables().unwrap();
+    let live = tables.live(100, 60, &|s| dir_a.service_tuple(s));
+    let [FlowEventOf::V6(e)] = live[..] else {
+        panic!("one IPv6 flow: {live:?}")
+    };
+    assert_eq!(v6_bytes(e.key.src), client.ip().octets());
+    assert_eq!(v6_bytes(e.key.dst), vip.ip().octets());
+    assert_eq!(
+        (
+            u16::from_be(e.key.sport),
+            u16::from_be(e.key.dport),
+            e.key.protocol
+        ),
+        (43000, 6443, k3s_xdp_common::IPPROTO_TCP)
+    );
+    assert!(
+        tables.live(100, 60, &|_| None).is_empty(),
+        "a flow of a service nobody names is left out"
+    );
+    let entry = dir_a.outgoing(&live[0]).expect("named for the peers");
+    assert_eq!(entry.backend.ip(), first.dst);
+    let install = dir_b.incoming(&entry).expect("placed on the peer");
+    b.set_clock(100).unwrap();
+    let done = b.dataplane.install(&[install], 100, Role::Serving).unwrap();
+    assert_eq!((done.flows, done.conflicts), (1, 0), "{done:?}");
+    let slot = b.publisher.service_slot("api6").unwrap();
+    let made = b.dataplane.service_traffic(slot).unwrap().new_flows;
+    let (_, ip) = transmitted(&mut b, &tcp6(client, vip, TCP_ACK).frame());
+    assert_eq!(
+        (ip.dst, tcp_ports(&ip).0),
+        (first.dst, tcp_ports(&first).0),
+        "the peer sends it on as the node that saw its SYN"
+    );
+    assert_eq!(b.dataplane.service_traffic(slot).unwrap().new_flows, made);
+}

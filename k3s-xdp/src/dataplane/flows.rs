@@ -12,8 +12,8 @@ use k3s_xdp_common::{
     hash::flow_hash,
     names,
     table::{
-        self, bucket_index, keep_rank, nat_index, FlowBucket, FlowSlot, NatSlot, NatSlot6,
-        Translation,
+        self, bucket_index, keep_rank, nat_index, FlowBucket, FlowSlot, FlowWay, NatSlot, NatSlot6,
+        ServiceTuple, Translation,
     },
     Address, Flow, FlowEvent, FlowKey, FlowLogHead, FlowLogSlot, NatReverse, FLOW_EVENT_NEW,
     FLOW_LOG_SLOTS, NAT_UNCONFIRMED, V6,
@@ -134,7 +134,7 @@ impl FlowEvents {
 
 /// One family's flow and reverse-NAT tables, mapped.
 struct Tables<A: Address> {
-    flows: sys::MappedArray<FlowSlot<A>>,
+    flows: sys::MappedArray<A::FlowSlot>,
     nat: sys::MappedArray<A::NatSlot>,
 }
 
@@ -203,12 +203,23 @@ impl FlowTables {
 
     /// The flows whose slots were seen at most `within` seconds before `clock` (of both
     /// families, as the program reports new ones): for a peer's bulk sync (`within` below
-    /// `IDLE_SECS`: every live flow) and the periodic refresh.
-    pub fn live(&self, clock: u32, within: u32) -> Vec<FlowEventOf> {
+    /// `IDLE_SECS`: every live flow) and the periodic refresh. An IPv6 flow slot keeps its
+    /// service's slot, not the VIP, port and protocol: `services6` says what a slot stands
+    /// for (the published services); a flow of a slot it does not know is left out.
+    pub fn live(
+        &self,
+        clock: u32,
+        within: u32,
+        services6: &dyn Fn(u32) -> Option<ServiceTuple<V6>>,
+    ) -> Vec<FlowEventOf> {
         let mut out = Vec::new();
-        live_of(&self.v4, clock, within, |e| out.push(FlowEventOf::V4(e)));
+        live_of(&self.v4, clock, within, &|_| None, |e| {
+            out.push(FlowEventOf::V4(e))
+        });
         if let Some(t) = &self.v6 {
-            live_of(t, clock, within, |e| out.push(FlowEventOf::V6(e)));
+            live_of(t, clock, within, services6, |e| {
+                out.push(FlowEventOf::V6(e))
+            });
         }
         out
     }
@@ -258,19 +269,32 @@ fn translation_of<A: Address>(t: &Tables<A>, mask: u32, key: &FlowKey<A>) -> Opt
         .filter(|s| s.holds(key, hash))
 }
 
-fn live_of<A: Address>(t: &Tables<A>, clock: u32, within: u32, mut f: impl FnMut(FlowEvent<A>)) {
+fn live_of<A: Address>(
+    t: &Tables<A>,
+    clock: u32,
+    within: u32,
+    services: &dyn Fn(u32) -> Option<ServiceTuple<A>>,
+    mut f: impl FnMut(FlowEvent<A>),
+) {
     let count = t.flows.entries();
     for i in 0..count {
         let Some(slot) = t.flows.get(i) else { break };
-        let age = clock.wrapping_sub(slot.seen) & !table::UNCONFIRMED;
+        let seen = slot.seen();
+        let age = clock.wrapping_sub(seen) & !table::UNCONFIRMED;
         let recent = age <= within || age >= 1 << 30;
         // An unconfirmed flow (one client packet so far: a flood's are) was reported when it
         // began; a bulk or refresh carries confirmed ones only.
-        let confirmed = slot.seen & table::UNCONFIRMED == 0;
-        if recent && confirmed && slot.is_valid() {
+        let confirmed = seen & table::UNCONFIRMED == 0;
+        if !(recent && confirmed && slot.sealed()) {
+            continue;
+        }
+        let Some(key) = slot.key(services) else {
+            continue;
+        };
+        if slot.holds(&key, slot.service(), flow_hash(&key)) {
             f(FlowEvent {
-                key: slot.key,
-                flow: slot.flow,
+                key,
+                flow: slot.flow(),
                 op: FLOW_EVENT_NEW,
                 family: if A::LEN == 4 { 4 } else { 6 },
                 _pad: [0; 6],
@@ -350,11 +374,15 @@ fn install_one<A: Address>(
     let hash = flow_hash(&i.key);
     let ways = table::WAYS as usize;
     let first = bucket_index(hash, mask) as usize * ways;
-    let current: Vec<FlowSlot<A>> = (first..first + ways)
+    let current: Vec<A::FlowSlot> = (first..first + ways)
         .filter_map(|j| t.flows.get(j))
         .collect();
-    let held = current.iter().position(|s| s.holds(&i.key, hash));
-    let rank = |w: usize| keep_rank(current[w].is_valid(), current[w].seen, clock);
+    let held = current
+        .iter()
+        .position(|s| s.holds(&i.key, i.service, hash));
+    // A sealed slot counts as taken, whole or not: a torn one is being written by the
+    // program (a new flow of its own, which a copy must not take the place of).
+    let rank = |w: usize| keep_rank(current[w].sealed(), current[w].seen(), clock);
     let way = match held {
         Some(w) => w,
         None => {
@@ -373,11 +401,13 @@ fn install_one<A: Address>(
         }
     };
     let last = match held {
-        Some(w) if newer(current[w].seen, seen) => current[w].seen,
+        Some(w) if newer(current[w].seen(), seen) => current[w].seen(),
         _ => seen,
     };
-    t.flows
-        .set(first + way, FlowSlot::new(i.key, hash, i.flow, last));
+    t.flows.set(
+        first + way,
+        A::FlowSlot::new(&i.key, i.service, hash, i.flow, last),
+    );
     done.flows += 1;
 }
 
@@ -403,11 +433,11 @@ fn forget_owner<A: Address>(t: &mut Tables<A>, mask: u32, old: &A::NatSlot, i: &
     let first = bucket_index(hash, mask) as usize * table::WAYS as usize;
     for j in first..first + table::WAYS as usize {
         if let Some(s) = t.flows.get(j).filter(|s| {
-            s.holds(&key, hash)
-                && s.flow.backend == u32::from(nat.backend)
-                && s.flow.snat_port == tuple.dport
+            s.holds(&key, u32::from(nat.service), hash)
+                && s.flow().backend == u32::from(nat.backend)
+                && s.flow().snat_port == tuple.dport
         }) {
-            t.flows.set(j, FlowSlot { seal: 0, ..s });
+            t.flows.set(j, s.cleared());
         }
     }
 }
@@ -441,9 +471,9 @@ fn close_one<A: Address>(
         if let Some(s) = t
             .flows
             .get(j)
-            .filter(|s| s.holds(&i.key, hash) && s.flow == i.flow)
+            .filter(|s| s.holds(&i.key, i.service, hash) && s.flow() == i.flow)
         {
-            t.flows.set(j, FlowSlot { seal: 0, ..s });
+            t.flows.set(j, s.cleared());
             found = true;
         }
     }

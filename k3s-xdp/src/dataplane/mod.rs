@@ -98,7 +98,7 @@ pub struct LoadOptions {
     /// Whether the IPv6 flow tables (`FLOWS6`, `NAT_REVERSE6`, `NAT_HOPS6`) get `flow_table_size` entries
     /// too (the program indexes both families' tables with one mask): when the config has
     /// IPv6 services. Otherwise they hold one bucket: at the default size they would take
-    /// 40 MiB for nothing.
+    /// 34 MiB for nothing.
     pub ipv6: bool,
     /// Whether flows are reported for flow sync: the `FLOW_EVENTS` log gets
     /// `FLOW_LOG_SLOTS` slots per CPU, else one slot.

@@ -539,7 +539,7 @@ impl Node {
         within: u32,
     ) -> impl Iterator<Item = Entry> + 'a {
         self.tables
-            .live(clock, within)
+            .live(clock, within, &|slot| directory.service_tuple(slot))
             .into_iter()
             .filter_map(|e| directory.outgoing(&e))
             .filter(|e| {

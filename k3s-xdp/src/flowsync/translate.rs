@@ -11,6 +11,7 @@ use crate::{
 };
 use k3s_xdp_common::{
     address::{v6_bytes, v6_words},
+    table::ServiceTuple,
     Address, Flow, FlowKey, NatReverse, IPPROTO_TCP, IPPROTO_UDP, V6,
 };
 use std::{
@@ -53,6 +54,8 @@ impl MapAddress for V6 {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Install<A: Address> {
     pub key: FlowKey<A>,
+    /// The service's slot here (an IPv6 flow slot keeps it in place of the VIP and port).
+    pub service: u32,
     pub flow: Flow,
     pub reverse: Option<(FlowKey<A>, NatReverse<A>)>,
 }
@@ -80,6 +83,8 @@ pub struct Directory {
     services: BTreeMap<(SocketAddr, u8), Service>,
     /// Backend slot → (VIP:port, protocol, backend address).
     slots: BTreeMap<u32, ((SocketAddr, u8), SocketAddr)>,
+    /// Service slot → (VIP:port, protocol).
+    by_slot: BTreeMap<u32, (SocketAddr, u8)>,
 }
 
 fn protocol_number(p: Protocol) -> u8 {
@@ -109,6 +114,7 @@ impl Directory {
                     d.slots.insert(bslot, (id, b.address));
                 }
             }
+            d.by_slot.insert(slot, id);
             d.services.insert(
                 id,
                 Service {
@@ -120,6 +126,18 @@ impl Directory {
             );
         }
         d
+    }
+
+    /// What service slot `slot` stands for, in the maps' terms, if it is published in
+    /// family `A` (flow slots keep it in place of the VIP, port and protocol: see
+    /// `k3s_xdp_common::table::FlowSlot6`).
+    pub fn service_tuple<A: MapAddress>(&self, slot: u32) -> Option<ServiceTuple<A>> {
+        let &(vip, protocol) = self.by_slot.get(&slot)?;
+        Some(ServiceTuple {
+            vip: A::from_ip(vip.ip())?,
+            port: vip.port().to_be(),
+            protocol,
+        })
     }
 
     /// The wire entry of a new flow the program reported; `None` when its backend slot or
@@ -216,6 +234,7 @@ impl Directory {
             };
             return Some(Install {
                 key,
+                service: service.slot,
                 flow,
                 reverse: None,
             });
@@ -254,6 +273,7 @@ impl Directory {
         };
         Some(Install {
             key,
+            service: service.slot,
             flow,
             reverse: Some((reverse_key, nat)),
         })
