@@ -473,6 +473,21 @@ mod tests {
     }
 
     /// What this node cannot place is refused, never installed wrong.
+    /// What an IPv6 flow slot keeps of its key's VIP, port and protocol is the service's
+    /// slot: each node names its own slots back.
+    #[test]
+    fn a_service_slot_names_its_vip_port_and_protocol() {
+        for offset in [0, 7] {
+            let d = node(offset);
+            let api6 = specs().iter().position(|s| s.name == "api6").unwrap() as u32 + offset;
+            let t = d.service_tuple::<V6>(api6).expect("published");
+            assert_eq!(t.vip.to_ip(), "2001:db8::100".parse::<IpAddr>().unwrap());
+            assert_eq!((u16::from_be(t.port), t.protocol), (6443, IPPROTO_TCP));
+            assert_eq!(d.service_tuple::<u32>(api6), None, "not an IPv4 service");
+            assert_eq!(d.service_tuple::<V6>(offset + 100), None, "no such slot");
+        }
+    }
+
     #[test]
     fn unknown_services_backends_and_addresses_are_refused() {
         let (a, b) = (node(0), node(0));
