@@ -142,6 +142,23 @@ pub trait FlowPlace<F: Family>: Sized {
     fn seal_at(slot: *mut Self) -> *mut u32;
 }
 
+/// `FlowPlace::seen_at` and `seal_at` of a layout whose fields are named `seen` and `seal`.
+macro_rules! seen_and_seal {
+    () => {
+        #[inline(always)]
+        fn seen_at(slot: *mut Self) -> *mut u32 {
+            // SAFETY: a field of a map value valid for this run.
+            unsafe { core::ptr::addr_of_mut!((*slot).seen) }
+        }
+
+        #[inline(always)]
+        fn seal_at(slot: *mut Self) -> *mut u32 {
+            // SAFETY: a field of a map value valid for this run.
+            unsafe { core::ptr::addr_of_mut!((*slot).seal) }
+        }
+    };
+}
+
 impl FlowPlace<u32> for FlowSlot<u32> {
     /// The slot's ports first (what tells most other flows apart: two reads), then the rest
     /// of its key, then its seal, for the way whose key matches (at most one).
@@ -234,17 +251,7 @@ impl FlowPlace<u32> for FlowSlot<u32> {
         }
     }
 
-    #[inline(always)]
-    fn seen_at(slot: *mut Self) -> *mut u32 {
-        // SAFETY: a field of a map value valid for this run.
-        unsafe { core::ptr::addr_of_mut!((*slot).seen) }
-    }
-
-    #[inline(always)]
-    fn seal_at(slot: *mut Self) -> *mut u32 {
-        // SAFETY: a field of a map value valid for this run.
-        unsafe { core::ptr::addr_of_mut!((*slot).seal) }
-    }
+    seen_and_seal!();
 }
 
 impl FlowPlace<V6> for FlowSlot6 {
@@ -298,17 +305,7 @@ impl FlowPlace<V6> for FlowSlot6 {
         }
     }
 
-    #[inline(always)]
-    fn seen_at(slot: *mut Self) -> *mut u32 {
-        // SAFETY: a field of a map value valid for this run.
-        unsafe { core::ptr::addr_of_mut!((*slot).seen) }
-    }
-
-    #[inline(always)]
-    fn seal_at(slot: *mut Self) -> *mut u32 {
-        // SAFETY: a field of a map value valid for this run.
-        unsafe { core::ptr::addr_of_mut!((*slot).seal) }
-    }
+    seen_and_seal!();
 }
 
 /// The flow entry of `key` (of service slot `service`), checked, and whether it was

@@ -145,6 +145,15 @@ impl XdpHarness {
         k3s_xdp::dataplane::write_globals(&mut self.dataplane, &globals)
     }
 
+    /// Flow sync's directory of `specs` as this harness published them (its own slots).
+    pub fn directory(&self, specs: &[ServiceSpec]) -> k3s_xdp::flowsync::translate::Directory {
+        k3s_xdp::flowsync::translate::Directory::new(
+            specs,
+            |n| self.publisher.service_slot(n),
+            |n, addr| self.publisher.backend_slot(n, addr),
+        )
+    }
+
     /// Sets the data plane's clock to `clock` seconds.
     pub fn set_clock(&mut self, clock: u32) -> Result<()> {
         self.update_globals(|g| g.clock = clock)

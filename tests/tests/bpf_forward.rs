@@ -2301,10 +2301,7 @@ fn a_reader_behind_the_flow_sync_log_counts_what_it_lost() {
 /// reaches the same backend from the same SNAT port, with no new flow made on B.
 #[test]
 fn a_synced_flow_is_translated_both_ways_by_the_peer() {
-    use k3s_xdp::flowsync::{
-        translate::Directory,
-        wire::{self, Key, Kind, Message},
-    };
+    use k3s_xdp::flowsync::wire::{self, Key, Kind, Message};
     let Some(mut a) = harness() else { return };
     let config = k3s_xdp::config::parse(CONFIG, "t.toml".as_ref()).unwrap();
     let specs: Vec<ServiceSpec> = config
@@ -2319,14 +2316,7 @@ fn a_synced_flow_is_translated_both_ways_by_the_peer() {
     early[0].port = 1;
     let mut b = XdpHarness::with_specs_in_lab(&early).unwrap();
     b.apply(&specs).unwrap();
-    let directory = |h: &XdpHarness| {
-        Directory::new(
-            &specs,
-            |n| h.publisher.service_slot(n),
-            |n, addr| h.publisher.backend_slot(n, addr),
-        )
-    };
-    let (dir_a, dir_b) = (directory(&a), directory(&b));
+    let (dir_a, dir_b) = (a.directory(&specs), b.directory(&specs));
     let server = "192.0.2.50:6443".parse().unwrap();
     assert_ne!(
         a.publisher.backend_slot("k3s-api", server),
@@ -2468,7 +2458,7 @@ fn a_synced_flow_is_translated_both_ways_by_the_peer() {
 /// translation closed (so its SNAT port follows the backend's TIME_WAIT there too).
 #[test]
 fn a_closed_translation_is_reported_once_and_closed_on_the_peer() {
-    use k3s_xdp::flowsync::translate::{Directory, InstallOf};
+    use k3s_xdp::flowsync::translate::InstallOf;
     let Some(mut a) = harness() else { return };
     let config = k3s_xdp::config::parse(CONFIG, "t.toml".as_ref()).unwrap();
     let specs: Vec<ServiceSpec> = config
@@ -2477,14 +2467,7 @@ fn a_closed_translation_is_reported_once_and_closed_on_the_peer() {
         .map(ServiceSpec::from_config)
         .collect();
     let mut b = XdpHarness::with_specs_in_lab(&specs).unwrap();
-    let directory = |h: &XdpHarness| {
-        Directory::new(
-            &specs,
-            |n| h.publisher.service_slot(n),
-            |n, addr| h.publisher.backend_slot(n, addr),
-        )
-    };
-    let (dir_a, dir_b) = (directory(&a), directory(&b));
+    let (dir_a, dir_b) = (a.directory(&specs), b.directory(&specs));
     a.update_globals(|g| g.flow_sync = k3s_xdp_common::FLOW_SYNC_ON)
         .unwrap();
     let client = agent(3, 44000);

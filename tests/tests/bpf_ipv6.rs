@@ -121,6 +121,20 @@ fn transmitted(h: &mut XdpHarness, frame: &Frame) -> (Frame, Ipv6) {
     (frame, ip)
 }
 
+/// The flow-table bucket of the TCP flow `client` → `vip`.
+fn flow_bucket(h: &XdpHarness, client: SocketAddrV6, vip: SocketAddrV6) -> u32 {
+    use k3s_xdp_common::{address::v6_words, hash::flow_hash, table::bucket_index, FlowKey};
+    let key = FlowKey {
+        src: v6_words(client.ip().octets()),
+        dst: v6_words(vip.ip().octets()),
+        sport: client.port().to_be(),
+        dport: vip.port().to_be(),
+        protocol: k3s_xdp_common::IPPROTO_TCP,
+        _pad: [0; 3],
+    };
+    bucket_index(flow_hash(&key), h.dataplane.flow_mask())
+}
+
 fn tcp_ports(ip: &Ipv6) -> (u16, u16, u8) {
     match &ip.l4 {
         L4::Tcp(t) => (t.sport, t.dport, t.flags),
@@ -595,23 +609,9 @@ fn the_syn_flood_guard_admits_known_ipv6_sources_first() {
 /// entry (its backend and SNAT port, no new flow), including those whose ports are another's.
 #[test]
 fn ipv6_flows_sharing_a_bucket_each_find_their_own_entry() {
-    use k3s_xdp_common::{
-        address::v6_words, hash::flow_hash, table::bucket_index, FlowKey, IPPROTO_TCP,
-    };
     let Some(mut h) = harness() else { return };
-    let mask = h.dataplane.flow_mask();
     let vip = sock(ip6(0x100), 6443);
-    let bucket = |c: SocketAddrV6| {
-        let key = FlowKey {
-            src: v6_words(c.ip().octets()),
-            dst: v6_words(vip.ip().octets()),
-            sport: c.port().to_be(),
-            dport: vip.port().to_be(),
-            protocol: IPPROTO_TCP,
-            _pad: [0; 3],
-        };
-        bucket_index(flow_hash(&key), mask)
-    };
+    let bucket = |c: SocketAddrV6| flow_bucket(&h, c, vip);
     let first = sock(ip6(0x200), 30000);
     let target = bucket(first);
     let other_port = (30001..65000)
@@ -658,23 +658,9 @@ fn ipv6_flows_sharing_a_bucket_each_find_their_own_entry() {
 /// and each flow's next packet finds its own entry, never the other service's.
 #[test]
 fn one_client_port_to_two_ipv6_services_keeps_two_flows() {
-    use k3s_xdp_common::{
-        address::v6_words, hash::flow_hash, table::bucket_index, FlowKey, IPPROTO_TCP,
-    };
     let Some(mut h) = harness() else { return };
-    let mask = h.dataplane.flow_mask();
     let (api, web) = (sock(ip6(0x100), 6443), sock(ip6(0x100), 80));
-    let bucket = |c: SocketAddrV6, vip: SocketAddrV6| {
-        let key = FlowKey {
-            src: v6_words(c.ip().octets()),
-            dst: v6_words(vip.ip().octets()),
-            sport: c.port().to_be(),
-            dport: vip.port().to_be(),
-            protocol: IPPROTO_TCP,
-            _pad: [0; 3],
-        };
-        bucket_index(flow_hash(&key), mask)
-    };
+    let bucket = |c: SocketAddrV6, vip: SocketAddrV6| flow_bucket(&h, c, vip);
     let client = (30000..65000)
         .map(|p| sock(ip6(0x300), p))
         .find(|&c| bucket(c, api) == bucket(c, web))
@@ -718,18 +704,10 @@ fn one_client_port_to_two_ipv6_services_keeps_two_flows() {
 /// on to the same backend from the same SNAT port, choosing nothing.
 #[test]
 fn live_ipv6_flows_are_named_again_for_a_peers_bulk() {
-    use k3s_xdp::{dataplane::Role, flowsync::translate::Directory};
+    use k3s_xdp::dataplane::Role;
     let Some(mut a) = harness() else { return };
     let mut b = harness().unwrap();
-    let specs = services();
-    let directory = |h: &XdpHarness| {
-        Directory::new(
-            &specs,
-            |n| h.publisher.service_slot(n),
-            |n, addr| h.publisher.backend_slot(n, addr),
-        )
-    };
-    let (dir_a, dir_b) = (directory(&a), directory(&b));
+    let (dir_a, dir_b) = (a.directory(&services()), b.directory(&services()));
     a.set_clock(100).unwrap();
     let (client, vip) = (sock(ip6(0x104), 43000), sock(ip6(0x100), 6443));
     let (_, first) = transmitted(&mut a, &tcp6_syn(client, vip).frame());
