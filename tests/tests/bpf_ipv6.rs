@@ -748,3 +748,68 @@ fn live_ipv6_flows_are_named_again_for_a_peers_bulk() {
     );
     assert_eq!(b.dataplane.service_traffic(slot).unwrap().new_flows, made);
 }
+
+/// A new IPv6 flow that takes over a closed translation (the same backend and first SNAT port)
+/// removes the old client's flow entry with it, found through the translation's service slot:
+/// left, it would send that client's packets on with a SNAT port now another's.
+#[test]
+fn taking_over_an_ipv6_translation_removes_its_old_flow() {
+    use k3s_xdp_common::{
+        address::v6_words,
+        hash::{flow_hash, probe, reduce, snat_hash},
+        FlowKey, IPPROTO_TCP,
+    };
+    let Some(mut h) = harness() else { return };
+    let dir = h.directory(&services());
+    let vip = sock(ip6(0x100), 6443);
+    let key = |c: SocketAddrV6| FlowKey {
+        src: v6_words(c.ip().octets()),
+        dst: v6_words(vip.ip().octets()),
+        sport: c.port().to_be(),
+        dport: vip.port().to_be(),
+        protocol: IPPROTO_TCP,
+        _pad: [0; 3],
+    };
+    // Where a new flow of `c` goes first: its Maglev entry, and the first SNAT port it tries.
+    let slot = h.publisher.service_slot("api6").unwrap();
+    let table = h.publisher.published_table(slot).to_vec();
+    let first_try = |c: SocketAddrV6| {
+        let k = key(c);
+        (
+            table[reduce(flow_hash(&k), table.len() as u32) as usize],
+            reduce(probe(snat_hash(&k), 0), 65535 - 1024 + 1),
+        )
+    };
+    let a = sock(ip6(0x105), 41000);
+    let b = (0x106..0x120)
+        .flat_map(|last| (1024..=65535).map(move |p| sock(ip6(last), p)))
+        .find(|&c| first_try(c) == first_try(a))
+        .expect("a client whose new flow tries a's backend and SNAT port first");
+    h.set_clock(100).unwrap();
+    let (_, to_a) = transmitted(&mut h, &tcp6_syn(a, vip).frame());
+    transmitted(&mut h, &tcp6(a, vip, TCP_ACK).frame());
+    transmitted(&mut h, &tcp6(a, vip, TCP_RST | TCP_ACK).frame());
+    let live = |h: &XdpHarness| -> Vec<FlowKey<_>> {
+        let tables = h.dataplane.flow_tables().unwrap();
+        tables
+            .live(100, 60, &|s| dir.service_tuple(s))
+            .into_iter()
+            .filter_map(|e| match e {
+                FlowEventOf::V6(e) => Some(e.key),
+                FlowEventOf::V4(_) => None,
+            })
+            .collect()
+    };
+    assert_eq!(
+        live(&h),
+        [key(a)],
+        "a's flow, closed, stays until taken over"
+    );
+    let (_, to_b) = transmitted(&mut h, &tcp6_syn(b, vip).frame());
+    assert_eq!(
+        (to_b.dst, tcp_ports(&to_b).0),
+        (to_a.dst, tcp_ports(&to_a).0),
+        "b took a's translation over"
+    );
+    assert!(live(&h).is_empty(), "a's flow went with its translation");
+}
