@@ -503,6 +503,11 @@ pub trait Translation<A: Address>:
     fn reusable(&self, clock: u32) -> bool {
         crate::closed(self.nat().closing) | idle(self.seen(), clock)
     }
+
+    /// The same translation with the `NAT_*` bits `closing` added, seen at `seen`: both are
+    /// outside the seal, and the rest (the hop toward the client, IPv6's mark that it has one)
+    /// is kept.
+    fn closing_with(self, closing: u32, seen: u32) -> Self;
 }
 
 impl<A: Address> Translation<A> for NatSlot<A> {
@@ -530,6 +535,12 @@ impl<A: Address> Translation<A> for NatSlot<A> {
 
     fn seen(&self) -> u32 {
         self.seen
+    }
+
+    fn closing_with(mut self, closing: u32, seen: u32) -> Self {
+        self.nat.closing |= closing;
+        self.seen = seen;
+        self
     }
 }
 
@@ -602,6 +613,13 @@ impl Translation<V6> for NatSlot6 {
 
     fn seen(&self) -> u32 {
         self.seen
+    }
+
+    fn closing_with(mut self, closing: u32, seen: u32) -> Self {
+        // The `NAT_*` bits are the low byte.
+        self.closing |= closing as u8;
+        self.seen = seen;
+        self
     }
 }
 
@@ -915,6 +933,42 @@ mod tests {
         assert!(closed.holds(&k, h));
         assert!(closed.reusable(9));
         assert!(!slot.reusable(9));
+    }
+
+    /// A peer's word that a translation closed adds its bits and keeps the rest: the seal
+    /// (still whole) and, in IPv6, the mark that the hop toward the client was resolved.
+    #[test]
+    fn closing_a_translation_keeps_its_seal_and_hop() {
+        let k = key6(50, 5000);
+        let h = flow_hash(&k);
+        let slot = NatSlot6 {
+            hop: 1,
+            ..NatSlot6::new(&k, h, &nat6(101, 3), 7)
+        };
+        let closed = slot.closing_with(crate::NAT_CLIENT_FIN | crate::NAT_BACKEND_FIN, 9);
+        assert!(closed.holds(&k, h));
+        assert_eq!(closed.hop, 1);
+        assert_eq!(closed.seen(), 9);
+        assert!(closed.nat().closed());
+        assert_eq!(closed.nat().client_addr, slot.nat().client_addr);
+        let k4 = key(1111);
+        let hop = NextHop {
+            ifindex: 4,
+            ..Default::default()
+        };
+        let slot4 = NatSlot::new(
+            k4,
+            flow_hash(&k4),
+            NatReverse {
+                next_hop: hop,
+                ..nat()
+            },
+            7,
+        );
+        let closed4 = slot4.closing_with(crate::NAT_RESET, 9);
+        assert!(closed4.holds(&k4, flow_hash(&k4)));
+        assert_eq!(closed4.nat.next_hop, hop);
+        assert!(closed4.nat.closed());
     }
 
     /// The seal of an IPv6 slot: whatever mix of two translations' words a reader sees, it takes one of them whole or neither.

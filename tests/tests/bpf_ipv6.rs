@@ -813,3 +813,64 @@ fn taking_over_an_ipv6_translation_removes_its_old_flow() {
     );
     assert!(live(&h).is_empty(), "a's flow went with its translation");
 }
+
+/// A peer's word that an IPv6 translation closed (flow sync) adds its bits and keeps the rest:
+/// the hop toward the client its first reply resolved stays cached. The client's neighbour
+/// is deleted after that reply: the backend's next reply still leaves from XDP, through the
+/// cached hop, where a fresh lookup would find no neighbour and pass it to the kernel.
+#[test]
+fn a_peers_close_keeps_the_cached_hop_toward_the_ipv6_client() {
+    use k3s_xdp_common::{address::v6_words, FlowKey, IPPROTO_TCP, NAT_CLIENT_FIN};
+    let Some(mut h) = harness() else { return };
+    let dir = h.directory(&services());
+    h.set_clock(100).unwrap();
+    let (client, vip) = (sock(ip6(0x107), 42500), sock(ip6(0x100), 6443));
+    let (_, ip) = transmitted(&mut h, &tcp6_syn(client, vip).frame());
+    let (backend, snat_port) = (ip.dst, tcp_ports(&ip).0);
+    transmitted(&mut h, &tcp6(client, vip, TCP_ACK).frame());
+    let reply = |flags| {
+        let mut f = tcp6(sock(backend, 6443), sock(ip6(0x100), snat_port), flags).frame();
+        f.eth_src = lab_mac6(backend);
+        f
+    };
+    let (back, _) = transmitted(&mut h, &reply(TCP_ACK));
+    assert_eq!(back.eth_dst, lab_mac6(*client.ip()));
+    h.lab
+        .as_ref()
+        .unwrap()
+        .ns
+        .ip([
+            "-6",
+            "neigh",
+            "del",
+            &client.ip().to_string(),
+            "dev",
+            "eth1",
+        ])
+        .unwrap();
+
+    let rkey = FlowKey {
+        src: v6_words(backend.octets()),
+        dst: v6_words(ip6(0x100).octets()),
+        sport: 6443u16.to_be(),
+        dport: snat_port.to_be(),
+        protocol: IPPROTO_TCP,
+        _pad: [0; 3],
+    };
+    let mut tables = h.dataplane.flow_tables().unwrap();
+    let held = tables.translation6(&rkey).expect("the translation");
+    let entry = dir.closed(&rkey, &held.nat()).expect("named for the peers");
+    let install = dir.incoming(&entry).expect("placed");
+    assert_eq!(tables.close(&[(install, NAT_CLIENT_FIN as u8)], 101), 1);
+    let closed = tables.translation6(&rkey).expect("still held");
+    assert_eq!(closed.closing & NAT_CLIENT_FIN as u8, NAT_CLIENT_FIN as u8);
+    assert_eq!(closed.hop, 1, "its hop kept");
+
+    let (back, ip) = transmitted(&mut h, &reply(TCP_FIN | TCP_ACK));
+    assert_eq!(
+        back.eth_dst,
+        lab_mac6(*client.ip()),
+        "through the cached hop"
+    );
+    assert_eq!((ip.dst, tcp_ports(&ip).1), (*client.ip(), client.port()));
+}

@@ -458,9 +458,7 @@ fn close_one<A: Address>(
             .get(at)
             .filter(|s| s.holds(rkey, rhash) && same_client::<A>(s, reverse))
         {
-            let mut nat = s.nat();
-            nat.closing |= closing;
-            t.nat.set(at, A::NatSlot::new(rkey, rhash, &nat, clock));
+            t.nat.set(at, s.closing_with(closing, clock));
             found = true;
         }
     }
