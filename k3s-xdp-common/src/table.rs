@@ -94,7 +94,7 @@ pub fn same_key<A: Address>(a: &FlowKey<A>, b: &FlowKey<A>) -> bool {
 /// Mixes the fields that decide a packet's destination with the key's hash. Never 0, so an
 /// all-zero (never written) or cleared slot never passes. A flow slot seals
 /// `(backend, snat_source << 16 | snat_port, 0)`; a translation `(client_addr, client_port << 16 | vip_port,
-/// backend << 16 | service)` (see the `seal_of` functions).
+/// backend << 16 | service)` (see [`flow_seal`] and [`nat_seal`]).
 #[inline(always)]
 pub fn seal(hash: u32, a: u32, b: u32, c: u32) -> u32 {
     (hash
@@ -150,26 +150,15 @@ impl<A: Address> FlowSlot<A> {
         FlowSlot {
             key,
             flow,
-            seal: Self::seal_of(hash, &flow),
+            seal: flow_seal(hash, &flow),
             seen,
         }
-    }
-
-    /// The seal of a slot holding `flow` for the key whose flow hash is `hash`.
-    #[inline(always)]
-    pub fn seal_for(hash: u32, flow: &Flow) -> u32 {
-        flow_seal(hash, flow)
-    }
-
-    #[inline(always)]
-    fn seal_of(hash: u32, flow: &Flow) -> u32 {
-        flow_seal(hash, flow)
     }
 
     /// Whether this slot holds `key` (whose flow hash is `hash`), whole.
     #[inline(always)]
     pub fn holds(&self, key: &FlowKey<A>, hash: u32) -> bool {
-        same_key(&self.key, key) & (self.seal == Self::seal_of(hash, &self.flow))
+        same_key(&self.key, key) & (self.seal == flow_seal(hash, &self.flow))
     }
 
     /// Whether the slot holds a whole entry (for readers that do not know the key).
