@@ -255,10 +255,10 @@ pub trait FlowWay<A: Address>:
     /// The service slot it keeps (IPv4's: none, 0).
     fn service(&self) -> u32;
 
-    /// Whether the slot holds a whole entry, for readers that do not know the key.
-    fn is_valid(&self, tuple: &dyn Fn(u32) -> Option<ServiceTuple<A>>) -> bool {
+    /// Its key, if the slot holds a whole entry (for readers that do not know the key).
+    fn whole_key(&self, tuple: &dyn Fn(u32) -> Option<ServiceTuple<A>>) -> Option<FlowKey<A>> {
         self.key(tuple)
-            .is_some_and(|k| self.holds(&k, self.service(), flow_hash(&k)))
+            .filter(|k| self.holds(k, self.service(), flow_hash(k)))
     }
 
     /// Whether it holds an entry, whole or torn (not free, not cleared).
@@ -1021,8 +1021,11 @@ mod tests {
         assert!(slot.holds(&k, 1, h));
         assert_eq!(FlowWay::flow(&slot), flow);
         assert_eq!(slot.key(&tuple6), Some(k));
-        assert!(slot.is_valid(&tuple6));
-        assert!(!slot.is_valid(&|_| None), "a service no longer published");
+        assert!(slot.whole_key(&tuple6).is_some());
+        assert!(
+            slot.whole_key(&|_| None).is_none(),
+            "a service no longer published"
+        );
         assert!(!slot.holds(&k, 2, h), "another service");
         for other in [client6(102, 40000), client6(101, 40001)] {
             assert!(!slot.holds(&other, 1, flow_hash(&other)), "{other:?}");
@@ -1035,7 +1038,7 @@ mod tests {
         assert!(!slot.holds(&vip2, 1, flow_hash(&vip2)));
         assert!(!slot.cleared().holds(&k, 1, h));
         assert!(!slot.cleared().sealed());
-        assert!(!FlowSlot6::default().is_valid(&tuple6));
+        assert!(FlowSlot6::default().whole_key(&tuple6).is_none());
         // `seen` is outside the seal.
         assert!(FlowSlot6 { seen: 99, ..slot }.holds(&k, 1, h));
     }

@@ -288,10 +288,7 @@ fn live_of<A: Address>(
         if !(recent && confirmed && slot.sealed()) {
             continue;
         }
-        let Some(key) = slot.key(services) else {
-            continue;
-        };
-        if slot.holds(&key, slot.service(), flow_hash(&key)) {
+        if let Some(key) = slot.whole_key(services) {
             f(FlowEvent {
                 key,
                 flow: slot.flow(),
